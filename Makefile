@@ -1,0 +1,21 @@
+# Two entry points for a fresh machine: `make demo` (the CPU demo end to end) and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+# torch is installed first and pinned in pyproject.toml so pip never picks a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/tritongen demo --out demo-out --force
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,1 @@
+"""Placeholder: the owning work item fills this command group in."""

@@ -1,0 +1,29 @@
+"""Commands about the spec itself: init and spec-reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from generator.cli._app import app, console, out
+from generator.errors import TritongenError
+from generator.specdoc import commented_yaml, markdown_reference
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("tritongen.yaml"), help="Where to write the spec."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented spec with every field and its default (Qwen3-8B, NVFP4 + FP8 KV, RTX 5090)."""
+    if path.exists() and not force:
+        raise TritongenError("file exists", where=str(path), fix=f"tritongen init {path} --force")
+    path.write_text(commented_yaml(), encoding="utf-8")
+    console.print(f"wrote {path}")
+
+
+@app.command("spec-reference")
+def spec_reference() -> None:
+    """Print the spec reference (every field, default, meaning) as Markdown."""
+    out.print(markdown_reference(), markup=False, highlight=False, soft_wrap=True)

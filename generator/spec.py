@@ -1,0 +1,492 @@
+"""The typed spec: the single source of truth that every stage reads.
+
+Every default lives here. Stages receive a ``Spec`` object; none of them re-reads YAML or invents
+defaults. Field docstrings are the reference documentation (README and ``tritongen init`` are
+generated from them).
+"""
+
+from __future__ import annotations
+
+import copy
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from generator.errors import TritongenError
+
+
+class _Section(BaseModel):
+    """Base of every spec section: unknown keys are errors, docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class QuantFormat(str, Enum):
+    nvfp4 = "nvfp4"
+    fp8 = "fp8"
+    int4_awq = "int4_awq"
+    int8_sq = "int8_sq"
+    none = "none"
+
+
+class KVCacheFormat(str, Enum):
+    fp8 = "fp8"
+    int8 = "int8"
+    none = "none"
+
+
+class EngineTarget(str, Enum):
+    auto = "auto"
+    tensorrtllm = "tensorrtllm"
+    cpu_reference = "cpu-reference"
+    llmapi = "llmapi"
+
+
+class ModelSpec(_Section):
+    source: str = "Qwen/Qwen3-8B"
+    """Hugging Face repo id (``org/name``) or a local folder with config.json, tokenizer and safetensors."""
+
+    revision: Optional[str] = None
+    """Branch, tag or commit of the Hugging Face repo; ignored for a local folder. None means the default branch."""
+
+    trust_remote_code: bool = False
+    """Allow the model repo's own Python code to run when loading it (tokenizer and model)."""
+
+
+class CalibrationSpec(_Section):
+    size: int = Field(512, ge=1)
+    """Number of calibration samples fed through the model during post-training quantization."""
+
+    max_seq_len: int = Field(2048, ge=8)
+    """Tokens per calibration sample (longer texts are truncated)."""
+
+    dataset: str = "cnn_dailymail"
+    """Calibration text: a local .txt (one sample per blank-line-separated paragraph) or .jsonl
+    (a ``text`` field per line) file, or a Hugging Face data set name (needs the network)."""
+
+    batch_size: int = Field(1, ge=1)
+    """Samples per calibration forward pass; 1 keeps an 8B model within a 24 GB card."""
+
+    seed: int = 0
+    """Seed for sample selection, so two calibrations of the same data give the same checkpoint."""
+
+
+class QuantizationSpec(_Section):
+    format: QuantFormat = QuantFormat.nvfp4
+    """Weight format: nvfp4 (4-bit E2M1, FP8 scale per 16 values; Blackwell only), fp8 (E4M3, SM89+),
+    int4_awq (4-bit AWQ, block 128), int8_sq (INT8 SmoothQuant), or none (keep BF16/FP16 weights)."""
+
+    kv_cache: KVCacheFormat = KVCacheFormat.fp8
+    """KV-cache format: fp8 (E4M3, halves KV memory), int8, or none (the build dtype)."""
+
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    """Calibration data and size for post-training quantization."""
+
+    exclude_modules: list[str] = Field(default_factory=lambda: ["lm_head"])
+    """Module name patterns (fnmatch) kept unquantized. lm_head stays in full precision by default."""
+
+    awq_block_size: int = Field(128, ge=16)
+    """Group size of int4_awq weights (ignored by other formats; NVFP4's block is fixed at 16)."""
+
+    @property
+    def quantizes_anything(self) -> bool:
+        return self.format is not QuantFormat.none or self.kv_cache is not KVCacheFormat.none
+
+
+class PluginOverrides(_Section):
+    """Force a ``trtllm-build`` choice that the plan would otherwise make from the GPU and format.
+
+    None (the default) means: let the plan decide and explain why.
+    """
+
+    context_fmha: Optional[bool] = None
+    """--context_fmha (fused multi-head attention in the context phase). Plan: off on SM120, on elsewhere."""
+
+    use_fp8_context_fmha: Optional[bool] = None
+    """--use_fp8_context_fmha (FP8 attention for FP8 KV cache). Plan: off on SM120 and without FP8 KV."""
+
+    fuse_fp4_quant: Optional[bool] = None
+    """--fuse_fp4_quant (fuse NVFP4 activation quantization into attention). Plan: off on SM120."""
+
+    use_fused_mlp: Optional[bool] = None
+    """--use_fused_mlp (fuse gate and up projections). Accepted but without effect for NVFP4."""
+
+    norm_quant_fusion: Optional[bool] = None
+    """--norm_quant_fusion (fuse RMSNorm with activation quantization)."""
+
+    use_paged_context_fmha: Optional[bool] = None
+    """--use_paged_context_fmha (needed for chunked context and KV-cache reuse)."""
+
+    gemm_plugin: Optional[str] = None
+    """--gemm_plugin value (auto, nvfp4, fp8, bfloat16, float16, disable). Plan: from the format."""
+
+
+class BuildSpec(_Section):
+    gpu: str = "rtx-5090"
+    """Target GPU by name (rtx-5090, h100-sxm, b200, ...) or by compute capability (sm120, sm90)."""
+
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Activation and unquantized-weight dtype of the engine."""
+
+    max_input_len: int = Field(4096, ge=1)
+    """Longest prompt in tokens the engine accepts."""
+
+    max_output_len: int = Field(512, ge=1)
+    """Most tokens generated per request (not a trtllm-build flag since 2024; it sets max_seq_len)."""
+
+    max_seq_len: Optional[int] = Field(None, ge=2)
+    """Prompt plus output tokens per sequence. None means max_input_len + max_output_len."""
+
+    max_batch_size: int = Field(32, ge=1)
+    """Most sequences the engine runs at once (the engine's limit; Triton's batch size may be lower)."""
+
+    max_num_tokens: int = Field(8192, ge=1)
+    """Most tokens (prompt and generated, all sequences) processed in one engine step."""
+
+    max_beam_width: int = Field(1, ge=1)
+    """Beam width the engine supports; 1 means greedy/sampling only."""
+
+    kv_cache_type: Literal["paged", "continuous"] = "paged"
+    """KV-cache layout. In-flight batching needs paged."""
+
+    tokens_per_block: int = Field(64, ge=1)
+    """Tokens per KV-cache block (page). A power of two."""
+
+    tp_size: int = Field(1, ge=1)
+    """Tensor-parallel size (GPUs per pipeline stage)."""
+
+    pp_size: int = Field(1, ge=1)
+    """Pipeline-parallel size."""
+
+    multiple_profiles: bool = True
+    """Build several TensorRT optimization profiles (faster at small batches, longer build)."""
+
+    workers: int = Field(1, ge=1)
+    """Parallel engine builds (one per rank) in trtllm-build."""
+
+    plugins: PluginOverrides = Field(default_factory=PluginOverrides)
+    """Overrides of the plan's plugin and fusion choices."""
+
+    @property
+    def resolved_max_seq_len(self) -> int:
+        return self.max_seq_len if self.max_seq_len is not None else self.max_input_len + self.max_output_len
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+
+class ServingSpec(_Section):
+    engine: EngineTarget = EngineTarget.auto
+    """Engine behind the tensorrt_llm model: tensorrtllm (a trtllm-build engine on a GPU), llmapi
+    (TensorRT-LLM's LLM-API Python backend, no engine build), cpu-reference (the CPU reference engine),
+    or auto (tensorrtllm when a CUDA GPU is visible, else cpu-reference)."""
+
+    max_batch_size: Optional[int] = Field(None, ge=1)
+    """Triton max_batch_size of every model. None means build.max_batch_size (the engine's limit,
+    or the built engine's config.json when one exists); it must not exceed it."""
+
+    decoupled: bool = True
+    """Decoupled (streaming) transaction policy for tensorrt_llm, BLS and hence the ensemble."""
+
+    batching_strategy: Literal["inflight_fused_batching", "inflight_batching"] = "inflight_fused_batching"
+    """gpt_model_type of the tensorrt_llm model."""
+
+    batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
+    """Scheduler: guaranteed_no_evict reserves KV for the whole request; max_utilization packs more and may pause requests."""
+
+    max_queue_delay_microseconds: int = Field(0, ge=0)
+    """Dynamic-batcher wait for more requests before running a batch (pre/postprocessing)."""
+
+    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
+    """Fraction of GPU memory left after loading the weights that goes to the KV cache."""
+
+    max_tokens_in_paged_kv_cache: Optional[int] = Field(None, ge=1)
+    """Hard cap on KV-cache tokens; the smaller of this and the fraction wins. None means no cap."""
+
+    enable_kv_cache_reuse: bool = False
+    """Reuse KV blocks of shared prompt prefixes across requests."""
+
+    enable_chunked_context: bool = False
+    """Split long prompts over several engine steps (lets max_num_tokens be below max_input_len)."""
+
+    exclude_input_in_output: bool = True
+    """Return only generated tokens, not the prompt, in output_ids / text_output."""
+
+    preprocessing_instances: int = Field(1, ge=1)
+    """Instances (processes) of the preprocessing model."""
+
+    postprocessing_instances: int = Field(1, ge=1)
+    """Instances (processes) of the postprocessing model."""
+
+    bls: bool = True
+    """Also render tensorrt_llm_bls, the Python alternative to the ensemble."""
+
+    bls_instances: int = Field(1, ge=1)
+    """Instances of tensorrt_llm_bls."""
+
+    accumulate_tokens: bool = False
+    """BLS streaming: send the whole text so far in each response instead of the new piece."""
+
+    apply_chat_template: bool = False
+    """Preprocessing wraps each prompt in the tokenizer's chat template as one user message."""
+
+    cpu_kv_cache_mib: int = Field(256, ge=1)
+    """CPU reference engine only: the memory (MiB) that stands for free GPU memory, of which
+    kv_cache_free_gpu_mem_fraction becomes the KV cache."""
+
+    cpu_threads: Optional[int] = Field(None, ge=1)
+    """CPU reference engine only: torch threads. None means torch's default."""
+
+    def resolved_engine(self, gpu_visible: bool) -> EngineTarget:
+        """``auto`` becomes tensorrtllm with a GPU and cpu-reference without one."""
+        if self.engine is not EngineTarget.auto:
+            return self.engine
+        return EngineTarget.tensorrtllm if gpu_visible else EngineTarget.cpu_reference
+
+
+class LoadTestSpec(_Section):
+    """Defaults of ``tritongen loadtest`` and ``tritongen sweep``."""
+
+    protocol: Literal["http-stream", "grpc-stream", "http"] = "grpc-stream"
+    """Client protocol: HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP generate."""
+
+    model: str = "ensemble"
+    """Model the users call: ensemble or tensorrt_llm_bls."""
+
+    users: int = Field(16, ge=1)
+    """Concurrent users (closed loop), when request_rate is not set."""
+
+    spawn_rate: float = Field(16.0, gt=0)
+    """Users started per second."""
+
+    duration_s: float = Field(30.0, gt=0)
+    """Run time in seconds after spawning."""
+
+    max_requests: Optional[int] = Field(None, ge=1)
+    """Stop after this many requests (None: run for duration_s)."""
+
+    request_rate: Optional[float] = Field(None, gt=0)
+    """Open-loop mode: requests per second on a schedule; latency counts from the scheduled send."""
+
+    arrival: Literal["constant", "poisson"] = "poisson"
+    """Arrival process in open-loop mode."""
+
+    prompts: Optional[Path] = None
+    """JSONL file with a ``text`` (and optional ``max_tokens``) per line. None means synthetic prompts."""
+
+    input_tokens_mean: int = Field(128, ge=1)
+    """Synthetic prompts: mean input length in tokens."""
+
+    input_tokens_stddev: int = Field(0, ge=0)
+    """Synthetic prompts: standard deviation of input length."""
+
+    output_tokens_mean: int = Field(64, ge=1)
+    """Requested output tokens per request (mean)."""
+
+    output_tokens_stddev: int = Field(0, ge=0)
+    """Standard deviation of requested output tokens."""
+
+    seed: int = 0
+    """Seed for prompts, lengths and arrivals, so runs are repeatable."""
+
+    warmup_requests: int = Field(4, ge=0)
+    """Requests sent and discarded before measuring."""
+
+    workers: int = Field(0, ge=0)
+    """Distributed Locust: worker processes under one master (0 runs a single process)."""
+
+    slo: Optional[str] = None
+    """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
+
+
+class ArtifactsSpec(_Section):
+    dir: Path = Path("tritongen-out")
+    """Working folder for fetched models, checkpoints, engines and reports (relative to the spec file)."""
+
+    model_dir: Optional[Path] = None
+    """Downloaded or local Hugging Face model. None means the local model.source folder if it is one, else DIR/model."""
+
+    checkpoint_dir: Optional[Path] = None
+    """Quantized (ModelOpt) checkpoint with tokenizer files. None means DIR/checkpoint."""
+
+    engine_dir: Optional[Path] = None
+    """TensorRT-LLM engine built by trtllm-build. None means DIR/engine."""
+
+
+class Spec(_Section):
+    """A whole tritongen deployment: model, quantization, engine build, serving and load test."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    """Which model to deploy."""
+
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    """ModelOpt post-training quantization."""
+
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    """trtllm-build limits and target GPU."""
+
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    """Triton model repository settings."""
+
+    loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
+    """Load-test defaults."""
+
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
+    """Where stage outputs go."""
+
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    """Folder relative paths are resolved against (the spec file's folder); not written to YAML."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "Spec":
+        b = self.build
+        if b.max_seq_len is not None and b.max_input_len >= b.max_seq_len:
+            raise ValueError(
+                f"build.max_input_len ({b.max_input_len}) must be below build.max_seq_len ({b.max_seq_len}); "
+                "leave max_seq_len unset to use max_input_len + max_output_len"
+            )
+        if self.serving.max_batch_size is not None and self.serving.max_batch_size > b.max_batch_size:
+            raise ValueError(
+                f"serving.max_batch_size ({self.serving.max_batch_size}) exceeds build.max_batch_size "
+                f"({b.max_batch_size}), the engine's limit; lower it or raise build.max_batch_size"
+            )
+        return self
+
+    # Derived values: computed in one place so stages never re-derive them.
+
+    @property
+    def triton_max_batch_size(self) -> int:
+        """Batch size written into every Triton config (one place, never typed twice)."""
+        return self.serving.max_batch_size or self.build.max_batch_size
+
+    def path(self, p: Path) -> Path:
+        """Resolve a spec path against the spec file's folder."""
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def model_is_local(self) -> bool:
+        return self.path(Path(self.model.source)).is_dir()
+
+    @property
+    def model_dir(self) -> Path:
+        if self.artifacts.model_dir is not None:
+            return self.path(self.artifacts.model_dir)
+        if self.model_is_local:
+            return self.path(Path(self.model.source))
+        return self.path(self.artifacts.dir) / "model"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path(self.artifacts.checkpoint_dir or self.artifacts.dir / "checkpoint")
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.path(self.artifacts.engine_dir or self.artifacts.dir / "engine")
+
+    @property
+    def serving_weights_dir(self) -> Path:
+        """What the served model loads: the quantized checkpoint, or the original model for format none."""
+        if self.quantization.quantizes_anything:
+            return self.checkpoint_dir
+        return self.model_dir
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "spec"
+    got = err.get("input")
+    msg = err["msg"]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field (check the spelling; `tritongen init` writes every field with its default)"
+    if err["type"] == "enum" and "expected" in ctx:
+        return f"{loc}: got {got!r}; allowed: {ctx['expected']}"
+    if err["type"] == "literal_error" and "expected" in ctx:
+        return f"{loc}: got {got!r}; allowed: {ctx['expected']}"
+    if err["type"] == "value_error":
+        return f"{loc}: {msg.removeprefix('Value error, ')}"
+    return f"{loc}: got {got!r}; {msg[0].lower() + msg[1:]}"
+
+
+def spec_error_from_validation(exc: ValidationError, source: str) -> TritongenError:
+    lines = [_describe_error(e) for e in exc.errors()]
+    return TritongenError(
+        "invalid spec:\n  " + "\n  ".join(lines),
+        where=source,
+        fix="edit the fields named above (see `tritongen spec-reference` for allowed values)",
+    )
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a","b","c"], YAML-parsed value)."""
+    if "=" not in item:
+        raise TritongenError(
+            f"override {item!r} is not KEY=VALUE", where="--set", fix="write e.g. --set build.max_batch_size=16"
+        )
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise TritongenError(f"override {item!r} has an empty key", where="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def spec_from_dict(data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "spec") -> Spec:
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error_from_validation(exc, source) from None
+    spec.base_dir = Path(base_dir).resolve()
+    return spec
+
+
+def load_spec(path: Path | str | None, overrides: list[str] | None = None) -> Spec:
+    """Read a spec YAML file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    overrides = overrides or []
+    if path is None:
+        return spec_from_dict(apply_overrides({}, overrides), source="defaults")
+    path = Path(path)
+    if not path.is_file():
+        raise TritongenError("spec file not found", where=str(path), fix=f"tritongen init {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise TritongenError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if not isinstance(data, dict):
+        raise TritongenError("the spec must be a YAML mapping of sections (model, quantization, ...)", where=str(path))
+    return spec_from_dict(apply_overrides(data, overrides), base_dir=path.parent, source=str(path))
+
+
+def with_overrides(spec: Spec, overrides: list[str]) -> Spec:
+    """A copy of ``spec`` with ``--set`` overrides applied (used by sweeps)."""
+    return spec_from_dict(apply_overrides(spec.to_yaml_dict(), overrides), base_dir=spec.base_dir, source="--set")
