@@ -25,3 +25,8 @@ def model_repo_dir() -> Path:
 
 def loadtest_dir() -> Path:
     return resource_dir("loadtest")
+
+
+def data_dir() -> Path:
+    """Bundled text (tokenizer training, calibration, held-out evaluation) and lookup tables."""
+    return _PKG / "data"

@@ -34,9 +34,9 @@ def tiny_model_dir(work_dir) -> Path:
 def cpu_spec(tiny_model_dir, work_dir):
     """A spec for the tiny model on the CPU reference engine with small, test-sized limits."""
     from generator.spec import load_spec
-    from generator.resources import _PKG
+    from generator.resources import data_dir
 
-    corpus = _PKG / "data" / "corpus.txt"
+    corpus = data_dir() / "corpus.txt"
     return load_spec(
         None,
         [
