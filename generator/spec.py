@@ -99,23 +99,31 @@ class QuantizationSpec(_Section):
 class PluginOverrides(_Section):
     """Force a ``trtllm-build`` choice that the plan would otherwise make from the GPU and format.
 
-    None (the default) means: let the plan decide and explain why.
+    None (the default) means: let the plan decide and explain why (``tritongen plan``). true passes
+    ``--X enable`` (or the value), false passes ``--X disable``.
     """
 
     context_fmha: Optional[bool] = None
-    """--context_fmha (fused multi-head attention in the context phase). Plan: off on SM120, on elsewhere."""
+    """--context_fmha (fused multi-head attention in the context phase). Plan: not passed, so trtllm-build's
+    default (enable) applies; on SM120 never forced on (field reports). false also turns FP8 and paged context
+    FMHA off, which chunked context and KV-cache reuse need."""
 
     use_fp8_context_fmha: Optional[bool] = None
-    """--use_fp8_context_fmha (FP8 attention for FP8 KV cache). Plan: off on SM120 and without FP8 KV."""
+    """--use_fp8_context_fmha (FP8 context attention). Plan: not passed (trtllm-build default enable; the builder
+    keeps it only for FP8/NVFP4 checkpoints on SM89+ and forces it on with FP8 KV + paged context FMHA); on SM120
+    never forced on (field reports)."""
 
     fuse_fp4_quant: Optional[bool] = None
-    """--fuse_fp4_quant (fuse NVFP4 activation quantization into attention). Plan: off on SM120."""
+    """--fuse_fp4_quant (fuse NVFP4 activation quantization into attention). Plan: not passed (default disable);
+    field reports of missing kernels on SM120."""
 
     use_fused_mlp: Optional[bool] = None
-    """--use_fused_mlp (fuse gate and up projections). Accepted but without effect for NVFP4."""
+    """--use_fused_mlp (fuse gate and up projections). Plan: enable; accepted but without effect unless the
+    weights are FP8 or unquantized."""
 
     norm_quant_fusion: Optional[bool] = None
-    """--norm_quant_fusion (fuse RMSNorm with activation quantization)."""
+    """--norm_quant_fusion (fuse RMSNorm with activation quantization). Plan: enable for NVFP4; the builder
+    keeps it only for LlamaForCausalLM NVFP4 checkpoints."""
 
     use_paged_context_fmha: Optional[bool] = None
     """--use_paged_context_fmha (needed for chunked context and KV-cache reuse)."""
@@ -201,6 +209,9 @@ class ServingSpec(_Section):
     max_queue_delay_microseconds: int = Field(0, ge=0)
     """Dynamic-batcher wait for more requests before running a batch (pre/postprocessing)."""
 
+    max_queue_size: int = Field(0, ge=0)
+    """Requests that may wait in each model's dynamic-batching queue before Triton rejects new ones; 0 means no limit."""
+
     kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
     """Fraction of GPU memory left after loading the weights that goes to the KV cache."""
 
@@ -233,6 +244,9 @@ class ServingSpec(_Section):
 
     apply_chat_template: bool = False
     """Preprocessing wraps each prompt in the tokenizer's chat template as one user message."""
+
+    skip_special_tokens: bool = True
+    """Postprocessing drops special tokens (end of text, chat markers) when turning token ids into text."""
 
     cpu_kv_cache_mib: int = Field(256, ge=1)
     """CPU reference engine only: the memory (MiB) that stands for free GPU memory, of which
@@ -290,6 +304,13 @@ class LoadTestSpec(_Section):
     output_tokens_stddev: int = Field(0, ge=0)
     """Standard deviation of requested output tokens."""
 
+    num_prompts: int = Field(100, ge=1)
+    """Synthetic prompts: how many distinct prompts are made; requests cycle through them in order."""
+
+    tokenizer: Optional[Path] = None
+    """Folder with tokenizer.json for counting tokens and making prompts. None means the served
+    repository's ``tokenizer_dir`` parameter (read from the server's model config)."""
+
     seed: int = 0
     """Seed for prompts, lengths and arrivals, so runs are repeatable."""
 
@@ -298,6 +319,14 @@ class LoadTestSpec(_Section):
 
     workers: int = Field(0, ge=0)
     """Distributed Locust: worker processes under one master (0 runs a single process)."""
+
+    request_timeout_s: float = Field(300.0, gt=0)
+    """A request with no response for this long counts as an error; also the most a run waits at its
+    end for requests still in flight (they finish and count, instead of being cut off)."""
+
+    reference_checks: int = Field(8, ge=0)
+    """Streamed answers (evenly spread over the run) re-asked without streaming after the run, to check
+    that the streamed text equals the server's one-piece detokenization. 0 turns the check off."""
 
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
@@ -387,6 +416,17 @@ class Spec(_Section):
     @property
     def engine_dir(self) -> Path:
         return self.path(self.artifacts.engine_dir or self.artifacts.dir / "engine")
+
+    @property
+    def trtllm_checkpoint_dir(self) -> Path:
+        """TensorRT-LLM checkpoint (config.json with mapping + rank<N>.safetensors) that trtllm-build reads;
+        trtllm-build 1.2.1 cannot read the ModelOpt Hugging Face export in checkpoint_dir."""
+        return self.path(self.artifacts.dir / "trtllm-checkpoint")
+
+    @property
+    def logs_dir(self) -> Path:
+        """Logs of long-running GPU-host steps (checkpoint conversion, trtllm-build)."""
+        return self.path(self.artifacts.dir / "logs")
 
     @property
     def serving_weights_dir(self) -> Path:

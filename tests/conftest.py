@@ -32,27 +32,11 @@ def tiny_model_dir(work_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_spec(tiny_model_dir, work_dir):
-    """A spec for the tiny model on the CPU reference engine with small, test-sized limits."""
+    """The demo's spec: the tiny model on the CPU reference engine with small limits."""
+    from generator.demo import demo_overrides
     from generator.spec import load_spec
-    from generator.resources import data_dir
 
-    corpus = data_dir() / "corpus.txt"
-    return load_spec(
-        None,
-        [
-            f"model.source={tiny_model_dir}",
-            f"artifacts.dir={work_dir / 'artifacts'}",
-            f"quantization.calibration.dataset={corpus}",
-            "quantization.calibration.size=16",
-            "quantization.calibration.max_seq_len=128",
-            "build.max_input_len=256",
-            "build.max_output_len=64",
-            "build.max_batch_size=16",
-            "build.max_num_tokens=512",
-            "build.tokens_per_block=16",
-            "serving.engine=cpu-reference",
-        ],
-    )
+    return load_spec(None, demo_overrides(tiny_model_dir, work_dir / "artifacts"))
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +60,47 @@ def cpu_server(cpu_repo_dir, work_dir):
 
     with TritonServer(cpu_repo_dir, log_file=work_dir / "triton-cpu.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tokenizer_weights_dir(tmp_path_factory) -> Path:
+    """A weights folder with just a small word-level tokenizer and a config.json.
+
+    Render and validate read these files but never run the model, so they need no weights; building
+    this takes milliseconds, where the tiny model needs the tiny-model code and seconds.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("weights")
+    words = ["<unk>", "<eos>", "hello", "world", "the", "a", "triton", "model"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>").save_pretrained(out)
+    (out / "config.json").write_text('{"model_type": "qwen3", "vocab_size": 8}\n', encoding="utf-8")
+    return out
+
+
+@pytest.fixture
+def write_engine_config():
+    """Test double for trtllm-build's output (no GPU here): writes ENGINE_DIR/config.json in the layout
+    TensorRT-LLM 1.2 saves (version, pretrained_config with mapping and quantization, build_config)."""
+    import json
+
+    def write(spec, **build_changes) -> Path:
+        b = spec.build
+        mapping = build_changes.pop("mapping", {"world_size": b.world_size, "tp_size": b.tp_size, "pp_size": b.pp_size})
+        quant = build_changes.pop("quantization", {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"})
+        build = {"max_batch_size": b.max_batch_size, "max_input_len": b.max_input_len,
+                 "max_seq_len": b.resolved_max_seq_len, "max_num_tokens": b.max_num_tokens,
+                 "max_beam_width": b.max_beam_width, **build_changes}
+        config = {"version": "1.2.1",
+                  "pretrained_config": {"architecture": "Qwen3ForCausalLM", "dtype": b.dtype, "mapping": mapping,
+                                        "quantization": quant},
+                  "build_config": build}
+        spec.engine_dir.mkdir(parents=True, exist_ok=True)
+        path = spec.engine_dir / "config.json"
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,179 @@
+"""CPU stand-in for TensorRT-LLM's LLM-API Triton model: same tensors, text in and text out.
+
+NVIDIA's model hands ``text_input`` to ``LLM.generate_async``. Here the tokenizer of the checkpoint
+named in ``model.yaml`` encodes the prompt, the CPU reference engine (a model with the C++
+``tensorrt_llm`` backend's token interface, named by the ``engine_model`` parameter) generates through
+a BLS call, and the tokens are decoded back. Streamed ``text_output`` is the whole text so far, as
+``CompletionOutput.text`` is in the LLM API. Stands alone: imports nothing from tritongen.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+import yaml
+
+_SAMPLING_TO_ENGINE = {
+    "sampling_param_temperature": ("temperature", np.float32),
+    "sampling_param_top_k": ("runtime_top_k", np.int32),
+    "sampling_param_top_p": ("runtime_top_p", np.float32),
+    "sampling_param_frequency_penalty": ("frequency_penalty", np.float32),
+    "sampling_param_presence_penalty": ("presence_penalty", np.float32),
+    "sampling_param_seed": ("random_seed", np.uint64),
+}
+
+
+def _scalar(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    array = tensor.as_numpy()
+    if array.size != 1:
+        raise pb_utils.TritonModelException(f"Expected a scalar tensor for tensor {name}")
+    return array.reshape(-1)[0]
+
+
+def _strings(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from transformers import AutoTokenizer
+
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.engine_model = config["parameters"]["engine_model"]["string_value"]
+        with open(os.path.join(os.path.dirname(__file__), "model.yaml"), encoding="utf-8") as f:
+            self.llm_args = yaml.safe_load(f)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.llm_args["model"], trust_remote_code=bool(self.llm_args.get("trust_remote_code", False))
+        )
+        self.end_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        self.max_tokens_default = int(self.llm_args["max_seq_len"]) - 1
+
+    def execute(self, requests):
+        if not self.decoupled:
+            return [self._serve(request, None) for request in requests]
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self._serve(request, sender)
+            except Exception as exc:  # one failing request must not take the others down
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _serve(self, request, sender):
+        """Generate one request; streams through ``sender`` when given, else returns the response."""
+        arrival = time.monotonic_ns()
+        if _scalar(request, "stop"):
+            raise pb_utils.TritonModelException("Request cancelled by client")
+        texts = _strings(request, "text_input")
+        if len(texts) != 1:
+            raise pb_utils.TritonModelException("text_input must hold exactly one prompt")
+        streaming = bool(_scalar(request, "streaming") or False)
+        if streaming and not self.decoupled:
+            raise pb_utils.TritonModelException("Streaming is only supported in decoupled mode.")
+        max_tokens = _scalar(request, "sampling_param_max_tokens")
+        max_tokens = int(max_tokens) if max_tokens is not None else self.max_tokens_default
+        stops = _strings(request, "sampling_param_stop")
+        wants = {k: bool(_scalar(request, k) or False)
+                 for k in ("return_finish_reason", "return_stop_reason", "sampling_param_return_perf_metrics")}
+
+        prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+        engine_request = pb_utils.InferenceRequest(
+            model_name=self.engine_model,
+            requested_output_names=["output_ids", "sequence_length"],
+            inputs=self._engine_inputs(request, prompt_ids, max_tokens, self.decoupled),
+        )
+        generated: list[int] = []
+        first_token = None
+        stop_hit = None
+        pending = None
+        responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
+        for response in responses:
+            if response.has_error():
+                raise pb_utils.TritonModelException(response.error().message())
+            ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+            if ids_tensor is None:  # the engine's empty final response
+                continue
+            new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
+            if not new:
+                continue
+            first_token = first_token or time.monotonic_ns()
+            generated += new
+            text, stop_hit = self._text(generated, stops)
+            if streaming and stop_hit is None:
+                if pending is not None:  # one chunk behind, so the final response carries the last text once
+                    sender.send(self._response(pending, None, None, {}, ()))
+                pending = text
+            if stop_hit is not None:
+                break  # the engine keeps going to max_tokens: cancellation does not reach it through BLS
+        text, stop_hit = self._text(generated, stops)
+        finish = "stop" if stop_hit is not None or (generated and generated[-1] == self.end_id) else "length"
+        times = (arrival, arrival, first_token or time.monotonic_ns(), time.monotonic_ns())
+        final = self._response(text, finish, stop_hit, wants, times)
+        if sender is None:
+            return final
+        sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+
+    def _engine_inputs(self, request, prompt_ids, max_tokens, streaming):
+        def t(name, value, dtype):
+            return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
+
+        inputs = [
+            pb_utils.Tensor("input_ids", np.array([prompt_ids], dtype=np.int32)),
+            t("input_lengths", len(prompt_ids), np.int32),
+            t("request_output_len", max_tokens, np.int32),
+            t("end_id", self.end_id, np.int32),
+            t("pad_id", self.pad_id, np.int32),
+            t("streaming", streaming, np.bool_),
+        ]
+        for source, (target, dtype) in _SAMPLING_TO_ENGINE.items():
+            value = _scalar(request, source)
+            if value is not None:
+                inputs.append(t(target, value, dtype))
+        return inputs
+
+    @staticmethod
+    def _new_tokens(response, ids_tensor, prompt_ids, have, engine_streams):
+        """Streamed engine responses carry only new tokens; a single response may include the prompt."""
+        ids = ids_tensor.as_numpy().reshape(-1, ids_tensor.as_numpy().shape[-1])[0]
+        lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length")
+        if lengths is not None:
+            ids = ids[: int(lengths.as_numpy().reshape(-1)[0])]
+        ids = [int(i) for i in ids]
+        if engine_streams:
+            return ids
+        if ids[: len(prompt_ids)] == list(prompt_ids):
+            ids = ids[len(prompt_ids):]
+        return ids[have:]
+
+    def _text(self, generated, stops):
+        """Decoded text so far, cut at the first stop string (returned as the stop reason)."""
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        hits = [(text.find(s), s) for s in stops if s and s in text]
+        if not hits:
+            return text, None
+        pos, stop = min(hits)
+        return text[:pos], stop
+
+    @staticmethod
+    def _response(text, finish, stop, wants, times):
+        out = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+        if wants.get("return_finish_reason"):
+            out.append(pb_utils.Tensor("finish_reason", np.array([str(finish).encode()], dtype=np.object_)))
+        if wants.get("return_stop_reason"):
+            out.append(pb_utils.Tensor("stop_reason", np.array([str(stop).encode()], dtype=np.object_)))
+        if wants.get("sampling_param_return_perf_metrics") and times:
+            names = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
+            out += [pb_utils.Tensor(n, np.array([v], dtype=np.int64)) for n, v in zip(names, times)]
+        return pb_utils.InferenceResponse(output_tensors=out)
