@@ -19,6 +19,9 @@ from typing import Any, NamedTuple
 import yaml
 
 from generator.errors import TritongenError
+from generator.problems import (
+    Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
+)
 from generator.resources import data_dir, templates_dir
 from generator.spec import KVCacheFormat, QuantFormat, Spec
 
@@ -29,17 +32,6 @@ CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
 """CPU stand-in only: the CPU reference engine (tensorrt_llm's token interface) under its own name."""
 
 DATA_FILE = "llmapi_1.2.json"
-
-# ModelOpt's hf_quant_config.json names for the spec's formats (what the checkpoint must say).
-_QUANT_ALGO = {
-    QuantFormat.nvfp4: "NVFP4",
-    QuantFormat.fp8: "FP8",
-    QuantFormat.int4_awq: "W4A16_AWQ",
-    QuantFormat.int8_sq: "W8A8_SQ_PER_CHANNEL",
-    QuantFormat.none: None,
-}
-_KV_ALGO = {KVCacheFormat.fp8: "FP8", KVCacheFormat.int8: "INT8", KVCacheFormat.none: None}
-
 
 @functools.lru_cache(maxsize=1)
 def llmapi_data() -> dict[str, Any]:
@@ -58,13 +50,6 @@ class MappingRow(NamedTuple):
     llmapi_key: str
     value: Any
     note: str
-
-
-class Problem(NamedTuple):
-    file: str
-    line: int | None
-    message: str
-    fix: str
 
 
 # ---------------------------------------------------------------- spec → model.yaml
@@ -302,41 +287,33 @@ def _check_model_yaml(path: Path, doc: dict[str, Any], lines: dict[tuple[str, ..
     return problems
 
 
-def _check_config(path: Path, tc: dict[str, Any] | None) -> tuple[list[Problem], Any]:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
+def _check_config(path: Path, tc: dict[str, Any] | None) -> list[Problem]:
+    parsed, problems = parse_config(path)
+    if parsed is None:
+        return problems
+    text, cfg = parsed
     f = str(path)
-    cfg = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(path.read_text(encoding="utf-8"), cfg)
-    except text_format.ParseError as exc:
-        line = getattr(exc, "GetLine", lambda: None)()
-        return [Problem(f, line, f"not a valid Triton ModelConfig: {exc}", "fix the syntax or re-render")], None
-    problems = []
     if cfg.name != MODEL_NAME:
-        problems.append(Problem(f, None, f"name is {cfg.name!r}, expected {MODEL_NAME!r} (the folder name clients call)",
-                                f'set name: "{MODEL_NAME}"'))
+        problems.append(Problem(f, text.field("name"), f"name is {cfg.name!r}, expected {MODEL_NAME!r} (the folder "
+                                "name clients call)", f'set name: "{MODEL_NAME}"'))
     if cfg.backend != "python":
-        problems.append(Problem(f, None, f"backend is {cfg.backend!r}; the LLM-API model is a Python-backend model",
-                                'set backend: "python"'))
+        problems.append(Problem(f, text.field("backend") or text.field("platform"), f"backend is {cfg.backend!r}; the "
+                                "LLM-API model is a Python-backend model", 'set backend: "python"'))
     if tc is not None:
-        if "max_batch_size" in tc and cfg.max_batch_size != int(tc["max_batch_size"]):
-            problems.append(Problem(f, None, f"max_batch_size {cfg.max_batch_size} disagrees with model.yaml "
-                                    f"triton_config.max_batch_size {tc['max_batch_size']}",
+        if "max_batch_size" in tc and str(cfg.max_batch_size) != str(tc["max_batch_size"]):
+            problems.append(Problem(f, text.field("max_batch_size"), f"max_batch_size {cfg.max_batch_size} disagrees "
+                                    f"with model.yaml triton_config.max_batch_size {tc['max_batch_size']}",
                                     "make them equal (re-render writes both from the spec)"))
         if "decoupled" in tc and cfg.model_transaction_policy.decoupled != bool(tc["decoupled"]):
-            problems.append(Problem(f, None, f"model_transaction_policy.decoupled {cfg.model_transaction_policy.decoupled} "
+            problems.append(Problem(f, text.field("decoupled") or text.field("name"),
+                                    f"model_transaction_policy.decoupled {cfg.model_transaction_policy.decoupled} "
                                     f"disagrees with model.yaml triton_config.decoupled {tc['decoupled']} "
                                     "(launch_triton_server.py disables auto-complete, so config.pbtxt wins)",
                                     "make them equal (re-render writes both from serving.decoupled)"))
-    problems += _check_tensors(f, cfg)
-    return problems, cfg
+    return problems + _check_tensors(f, text, cfg)
 
 
-def _check_tensors(f: str, cfg: Any) -> list[Problem]:
-    from tritonclient.grpc import model_config_pb2
-
+def _check_tensors(f: str, text: Any, cfg: Any) -> list[Problem]:
     data = llmapi_data()
     problems = []
     for kind, recorded, actual in (("input", data["triton_inputs"], cfg.input), ("output", data["triton_outputs"], cfg.output)):
@@ -345,60 +322,48 @@ def _check_tensors(f: str, cfg: Any) -> list[Problem]:
             got = by_name.pop(want["name"], None)
             if got is None:
                 if not want.get("optional"):
-                    problems.append(Problem(f, None, f"required {kind} {want['name']!r} is missing", "re-render"))
+                    problems.append(Problem(f, text.field(kind), f"required {kind} {want['name']!r} is missing", "re-render"))
                 continue
-            dtype = model_config_pb2.DataType.Name(got.data_type)
+            line = text.tensor(kind, got.name)
+            dtype = type_name(got.data_type)
             if dtype != want["data_type"] or list(got.dims) != want["dims"]:
-                problems.append(Problem(f, None, f"{kind} {want['name']!r} is {dtype} {list(got.dims)}, NVIDIA's is "
+                problems.append(Problem(f, line, f"{kind} {want['name']!r} is {dtype} {list(got.dims)}, NVIDIA's is "
                                         f"{want['data_type']} {want['dims']}", "re-render"))
             if kind == "input" and bool(got.optional) != bool(want.get("optional")):
-                problems.append(Problem(f, None, f"input {want['name']!r} optional={got.optional}, NVIDIA's is "
+                problems.append(Problem(f, line, f"input {want['name']!r} optional={got.optional}, NVIDIA's is "
                                         f"{bool(want.get('optional'))}", "re-render"))
         for extra in by_name:
-            problems.append(Problem(f, None, f"{kind} {extra!r} is not one of the LLM-API model's tensors", f"remove {extra!r}"))
+            problems.append(Problem(f, text.tensor(kind, extra), f"{kind} {extra!r} is not one of the LLM-API model's "
+                                    "tensors", f"remove {extra!r}"))
     return problems
 
 
-def _read_quant_config(ckpt: Path) -> dict[str, Any] | None:
-    path = ckpt / "hf_quant_config.json"
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    return doc.get("quantization", doc)
+def _check_checkpoint(ckpt: Path, spec: Spec, yaml_file: str, model_line: int | None) -> list[Problem]:
+    """The folder LLM() loads: not there yet is a warning; there, its quantization must be the spec's."""
+    if not ckpt.exists():
+        return [not_built(yaml_file, model_line, f"model folder {str(ckpt)!r} (the checkpoint LLM() loads) does not exist",
+                          weights_command(spec))]
+    return [p._replace(message=p.message + "; LLM() serves what the checkpoint says")
+            for p in checkpoint_quant_problems(ckpt, spec, required=True)]
 
 
-def _check_quantization(ckpt: Path, spec: Spec, yaml_file: str, model_line: int | None) -> list[Problem]:
-    problems = []
-    if not ckpt.is_dir():
-        return [Problem(yaml_file, model_line, f"model folder {ckpt} does not exist", "run `tritongen quantize SPEC` first")]
-    q = _read_quant_config(ckpt) or {}
-    qfile = str(ckpt / "hf_quant_config.json")
-    want = (("quant_algo", _QUANT_ALGO[spec.quantization.format], "quantization.format", spec.quantization.format.value),
-            ("kv_cache_quant_algo", _KV_ALGO[spec.quantization.kv_cache], "quantization.kv_cache", spec.quantization.kv_cache.value))
-    for key, expected, field, spec_value in want:
-        got = q.get(key)
-        if (got or None) != expected:
-            problems.append(Problem(qfile, None, f"checkpoint {key} is {got!r} but the spec's {field} is {spec_value!r} "
-                                    f"(expects {expected!r}); LLM() serves what the checkpoint says",
-                                    f"re-run `tritongen quantize SPEC --force`, or set {field} to match the checkpoint"))
-    return problems
-
-
-def _spec_from_manifest(repo: Path) -> Spec | None:
-    from generator.spec import spec_from_dict
-
-    manifest = repo / "tritongen.json"
-    if not manifest.is_file():
-        return None
-    doc = json.loads(manifest.read_text(encoding="utf-8"))
-    return spec_from_dict(doc["spec"], source=str(manifest)) if isinstance(doc.get("spec"), dict) else None
+def _check_model_code(model_dir: Path) -> list[Problem]:
+    """NVIDIA's model.py is not shipped with tritongen (GPU variant): until it is copied in, warn."""
+    code = model_dir / "1" / "model.py"
+    if code.is_file():
+        return []
+    v = llmapi_data()["tensorrt_llm_version"]
+    return [Problem(str(code), None, "not there yet: NVIDIA's LLM-API model.py and helpers.py (tritongen does not "
+                    "ship them)", f"copy triton_backend/all_models/llmapi/tensorrt_llm/1/{{model,helpers}}.py of "
+                    f"TensorRT-LLM v{v} into {code.parent}", Severity.warning)]
 
 
 def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
-    """Every problem of an LLM-API repository at once (reads files only).
+    """Every problem of the LLM-API model in ``repo_dir`` at once (reads files only).
 
-    ``spec`` defaults to the one recorded in ``DIR/tritongen.json`` (key ``spec``); without either,
-    the spec-dependent checks (quantization vs checkpoint, model.yaml vs spec) are skipped.
+    Without ``spec`` the spec-dependent checks (quantization vs checkpoint, model.yaml vs spec) are
+    skipped; ``generator.validate.validate_repository`` passes the one recorded in ``tritongen.json``
+    and adds the CPU stand-in's engine model.
     """
     repo = Path(repo_dir)
     model_dir = repo / MODEL_NAME
@@ -427,8 +392,8 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
     if not cfg_path.is_file():
         problems.append(Problem(str(cfg_path), None, "config.pbtxt is missing", "re-render with `tritongen render`"))
     else:
-        problems += _check_config(cfg_path, tc)[0]
-    spec = spec or _spec_from_manifest(repo)
+        problems += _check_config(cfg_path, tc)
+    problems += _check_model_code(model_dir)
     if spec is not None and doc:
         expected = llmapi_model_yaml(spec)
         for key, value in _flatten(expected).items():
@@ -438,7 +403,7 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
                 problems.append(Problem(str(yaml_path), lines.get(key), f"{dotted}={got!r} but the spec gives {value!r}",
                                         "re-render from the spec, or change the spec"))
         if "model" in doc:
-            problems += _check_quantization(Path(str(doc["model"])), spec, str(yaml_path), lines.get(("model",)))
+            problems += _check_checkpoint(Path(str(doc["model"])), spec, str(yaml_path), lines.get(("model",)))
     return problems
 
 

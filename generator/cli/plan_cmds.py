@@ -12,6 +12,7 @@ from rich.table import Table
 
 from generator.cli._app import SetOpt, SpecArg, app, console, get_spec, out
 from generator.errors import TritongenError
+from generator.spec import EngineTarget
 
 ModelConfigOpt = typer.Option(
     None, "--model-config", help="The model's config.json (default: MODEL_DIR/config.json, or the shipped Qwen3-8B one)."
@@ -96,12 +97,36 @@ def plan_cmd(
 
     Each trtllm-build flag with its reason and source, the flags left out, the checkpoint step and the memory plan. Exit 1 when the spec is refused (all reasons are printed).
     """
-    _, plan = _plan_for(spec_path, set_, model_config)
+    spec, plan = _plan_for(spec_path, set_, model_config)
+    if spec.serving.engine is EngineTarget.llmapi:
+        _print_llmapi_plan(spec, as_json)
+        return
     if as_json:
         typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
     else:
         print_plan(plan)
     if plan.errors:
+        raise typer.Exit(1)
+
+
+def _print_llmapi_plan(spec, as_json: bool) -> None:
+    """The LLM-API target builds no engine: show how the spec maps onto model.yaml, and what it refuses."""
+    from generator.llmapi import llmapi_mapping, llmapi_refusals
+
+    rows, refusals = llmapi_mapping(spec), llmapi_refusals(spec)
+    if as_json:
+        typer.echo(json.dumps({"target": "llmapi", "mapping": [r._asdict() for r in rows], "errors": refusals},
+                              indent=2, default=str))
+    else:
+        table = Table(title="LLM-API backend: spec → model.yaml (no engine build)", title_justify="left")
+        for col in ("spec field", "model.yaml key", "value", "note"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(r.spec_field, r.llmapi_key, str(r.value), r.note)
+        out.print(table)
+        for reason in refusals:
+            out.print(f"[bold red]refused:[/] {reason}")
+    if refusals:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,181 @@
+"""What ``tritongen validate`` reports, and the checks both repository layouts share.
+
+The inflight_batcher_llm validator (generator/validate.py) and the LLM-API one (generator/llmapi.py)
+report the same ``Problem`` record, parse ``config.pbtxt`` the same way and compare checkpoints with
+the spec through the same quant-algo table. Kept apart from both so that render (which imports llmapi)
+and validate (which imports render) share it without an import cycle. Reads files only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from generator.spec import KVCacheFormat, QuantFormat, Spec
+
+
+class Severity(str, Enum):
+    """An error is something that exists and is wrong; a warning is an artifact that does not exist yet.
+
+    Users render on a laptop before the GPU host has quantized and built: a missing checkpoint or
+    engine is the normal state then, so it must not fail ``validate`` unless ``--strict`` asks it to.
+    """
+
+    error = "error"
+    warning = "warning"
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a repository: where (file, 1-based line or None), what, how to fix it, how bad."""
+
+    file: str
+    line: Optional[int]
+    message: str
+    fix: str
+    severity: Severity = Severity.error
+
+
+def not_built(file: str | Path, line: Optional[int], what: str, command: str) -> Problem:
+    """A warning for an artifact that a later pipeline step writes (checkpoint, tokenizer, engine)."""
+    return Problem(str(file), line, f"not built yet: {what}", f"run `{command}`, then validate again", Severity.warning)
+
+
+def weights_command(spec: Optional[Spec]) -> str:
+    """The command that writes the served weights folder (and its tokenizer) for this spec."""
+    if spec is not None and not spec.quantization.quantizes_anything:
+        return "tritongen fetch SPEC"
+    return "tritongen quantize SPEC"
+
+
+def failing(problems: list[Problem], *, strict: bool = False) -> list[Problem]:
+    """The problems that make ``validate`` fail: errors, and with ``strict`` warnings too."""
+    return [p for p in problems if strict or p.severity is Severity.error]
+
+
+# ---------------------------------------------------------------- config.pbtxt
+
+
+class ConfigText:
+    """A config.pbtxt's lines, to point problems at the line that holds a field, tensor or parameter."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def find(self, pattern: str, start: int = 1) -> Optional[int]:
+        rx = re.compile(pattern)
+        for i in range(max(start, 1) - 1, len(self.lines)):
+            if rx.search(self.lines[i].split("#", 1)[0]):
+                return i + 1
+        return None
+
+    def field(self, name: str) -> Optional[int]:
+        return self.find(rf"(^|[\s{{]){re.escape(name)}\s*[:{{]")
+
+    def tensor(self, section: str, name: str) -> Optional[int]:
+        start = self.find(rf"^\s*{section}\s*\[") or 1
+        return self.find(rf'name\s*:\s*"{re.escape(name)}"', start)
+
+    def parameter(self, key: str) -> Optional[int]:
+        return self.find(rf'key\s*:\s*"{re.escape(key)}"', self.field("parameters") or 1)
+
+    def step(self, index: int) -> Optional[int]:
+        line = 0
+        for _ in range(index + 1):
+            line = self.find(r"model_name\s*:", line + 1)
+            if line is None:
+                return None
+        return line
+
+    def map_entry(self, step_line: Optional[int], kind: str, key: str) -> Optional[int]:
+        return self.find(rf'{kind}\s*{{\s*key\s*:\s*"{re.escape(key)}"', step_line or 1) or step_line
+
+
+def type_name(dtype: int) -> str:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.DataType.Name(dtype)
+
+
+def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
+    """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    ct = ConfigText(path, text)
+    problems = []
+    for no, line in enumerate(ct.lines, 1):
+        if "${" in line.split("#", 1)[0]:
+            problems.append(Problem(
+                str(path), no, f"unfilled template placeholder {re.search(r'[$][{][^}]*[}]?', line).group(0)!r}",
+                "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))
+    try:
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        message = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        problems.append(Problem(str(path), exc.GetLine(), f"not a valid Triton ModelConfig (column {exc.GetColumn()}): "
+                                f"{message}", "fix the syntax or the field name (see Triton's model_config.proto), or re-render"))
+        return None, problems
+    return (ct, config), problems
+
+
+# ---------------------------------------------------------------- JSON and quantization
+
+
+def read_json(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
+    """A JSON object from ``path`` (None with a problem when unreadable or not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, [Problem(str(path), getattr(exc, "lineno", None), f"cannot read JSON: {exc}", "rebuild / re-export it")]
+    if not isinstance(data, dict):
+        return None, [Problem(str(path), 1, "not a JSON object", "rebuild / re-export it")]
+    return data, []
+
+
+# TensorRT-LLM / ModelOpt quant_algo names that each spec format may appear as.
+QUANT_ALGOS: dict[QuantFormat, tuple[Optional[str], ...]] = {
+    QuantFormat.nvfp4: ("NVFP4",),
+    QuantFormat.fp8: ("FP8",),
+    QuantFormat.int4_awq: ("W4A16_AWQ",),
+    QuantFormat.int8_sq: ("W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "W8A8_SQ_PER_TENSOR_PLUGIN"),
+    QuantFormat.none: (None,),
+}
+KV_ALGOS: dict[KVCacheFormat, tuple[Optional[str], ...]] = {
+    KVCacheFormat.fp8: ("FP8",), KVCacheFormat.int8: ("INT8",), KVCacheFormat.none: (None,),
+}
+
+
+def quant_problems(file: str | Path, quant: dict[str, Any], spec: Spec, what: str, note: str = "") -> list[Problem]:
+    """``quant_algo`` / ``kv_cache_quant_algo`` (engine or checkpoint) against the spec's quantization."""
+    q = spec.quantization
+    problems = []
+    for key, got, allowed, field, value in (
+        ("quant_algo", quant.get("quant_algo"), QUANT_ALGOS[q.format], "quantization.format", q.format.value),
+        ("kv_cache_quant_algo", quant.get("kv_cache_quant_algo"), KV_ALGOS[q.kv_cache], "quantization.kv_cache",
+         q.kv_cache.value),
+    ):
+        if (got or None) not in allowed:
+            problems.append(Problem(str(file), None, f"{what} {key} is {got!r}{note} but the spec's {field} is "
+                                    f"{value!r} (expects {allowed[0]!r})", f"re-quantize (and rebuild), or set {field} to match"))
+    return problems
+
+
+def checkpoint_quant_problems(weights: Path, spec: Spec, *, required: bool) -> list[Problem]:
+    """The checkpoint's ``hf_quant_config.json`` against the spec.
+
+    ``required``: a missing file counts as "not quantized" (LLM() then serves unquantized weights);
+    otherwise a folder without one is not compared.
+    """
+    path = weights / "hf_quant_config.json"
+    if not path.is_file():
+        return quant_problems(path, {}, spec, "checkpoint", " (no hf_quant_config.json)") if required else []
+    doc, problems = read_json(path)
+    if doc is None:
+        return problems
+    quant = doc.get("quantization", doc)
+    return quant_problems(path, quant if isinstance(quant, dict) else {}, spec, "checkpoint")

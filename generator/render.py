@@ -1,0 +1,400 @@
+"""Render: the Triton model repository for a spec.
+
+The pure part (``plan_repository``) turns a ``Spec`` into a ``RepoPlan`` (file texts, files to copy,
+empty folders); ``render_repository`` writes that plan in one move. Every value in a config is decided
+here; the Jinja2 templates in ``templates/<layout>/`` only lay them out.
+
+Tensor names, types, dims and parameter keys follow NVIDIA's ``inflight_batcher_llm`` repository of
+TensorRT-LLM 1.2.1 (``triton_backend/all_models/inflight_batcher_llm`` in NVIDIA/TensorRT-LLM); the
+facts and the commits they were read from are in ``generator/data/inflight_batcher_llm_1.2.1.json``.
+The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come from generator.llmapi).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from generator.errors import TritongenError
+from generator.fsutil import atomic_dir
+from generator.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
+from generator.llmapi import MODEL_NAME as LLMAPI_MODEL
+from generator.resources import data_dir, model_repo_dir, templates_dir
+from generator.spec import EngineTarget, Spec
+
+TENSORRT_LLM_VERSION = "1.2.1"
+REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
+MANIFEST = "tritongen.json"
+IFB_LAYOUT = "inflight_batcher_llm"
+LLMAPI_LAYOUT = "llmapi"
+
+# Model names of the layout; the ensemble and BLS call the others by these names.
+PREPROCESSING, TENSORRT_LLM, POSTPROCESSING, ENSEMBLE, BLS = (
+    "preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls",
+)
+
+# Parameters tritongen adds to upstream's keys, per model (validate accepts these and upstream's).
+# tensorrt_llm's extras are the CPU reference engine's limits; it has no engine file to read them from.
+EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "tensorrt_llm": ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
+                     "cpu_threads", "dtype"),
+    "preprocessing": ("skip_special_tokens", "apply_chat_template"),
+    "postprocessing": ("apply_chat_template",),
+    "tensorrt_llm_bls": ("tokenizer_dir",),
+    "ensemble": (),
+}
+
+# Only used when the executor runs in orchestrator mode; upstream ships this fixed path.
+_EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
+
+
+@functools.lru_cache(maxsize=None)
+def reference_facts() -> dict[str, Any]:
+    """The recorded upstream tensors and parameter keys per model (used by render, validate and tests)."""
+    return json.loads((data_dir() / REFERENCE_FILE).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class RepoPlan:
+    """Everything a rendered repository contains, decided before anything is written."""
+
+    target: EngineTarget
+    layout: str
+    max_batch_size: int
+    max_batch_size_source: str
+    files: dict[str, str] = field(default_factory=dict)
+    """Relative path → text."""
+    copies: dict[str, Path] = field(default_factory=dict)
+    """Relative path → source file (Python model code from model_repo/)."""
+    dirs: tuple[str, ...] = ()
+    """Empty folders that must exist (tensorrt_llm/1 of the C++ backend)."""
+
+
+# ---------------------------------------------------------------- engine and batch size
+
+
+def engine_config_path(spec: Spec) -> Path:
+    return spec.engine_dir / "config.json"
+
+
+def read_engine_config(path: Path) -> Optional[dict[str, Any]]:
+    """The built engine's config.json (``pretrained_config`` + ``build_config``), or None without one."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TritongenError(
+            f"engine config is not valid JSON ({exc.msg} at line {exc.lineno})",
+            where=str(path),
+            fix="rebuild the engine with `tritongen build`",
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("build_config"), dict):
+        raise TritongenError(
+            "engine config has no build_config section (not a trtllm-build output?)",
+            where=str(path),
+            fix="point artifacts.engine_dir at a trtllm-build output folder",
+        )
+    return data
+
+
+def resolve_max_batch_size(spec: Spec, engine_config: Optional[dict[str, Any]], source: str = "engine config.json") -> tuple[int, str]:
+    """Triton's max_batch_size for every model, from one place.
+
+    Without an engine it is the spec's ``triton_max_batch_size``. With one, the engine's
+    ``build_config.max_batch_size`` is the truth: the spec may ask for less (serving.max_batch_size) but
+    never more, and build.max_batch_size must describe the engine that was actually built.
+    """
+    if engine_config is None:
+        origin = "serving.max_batch_size" if spec.serving.max_batch_size else "build.max_batch_size"
+        return spec.triton_max_batch_size, f"spec {origin}"
+    built = engine_config["build_config"].get("max_batch_size")
+    if not isinstance(built, int) or built < 1:
+        raise TritongenError(f"engine build_config.max_batch_size is {built!r}", where=source)
+    wanted = spec.serving.max_batch_size
+    if wanted is not None:
+        if wanted > built:
+            raise TritongenError(
+                f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {built}",
+                where=source,
+                fix=f"--set serving.max_batch_size={built} (or rebuild with build.max_batch_size={wanted})",
+            )
+        return wanted, f"spec serving.max_batch_size (engine allows {built})"
+    if spec.build.max_batch_size != built:
+        raise TritongenError(
+            f"the engine was built with max_batch_size {built} but the spec says build.max_batch_size="
+            f"{spec.build.max_batch_size}",
+            where=source,
+            fix=f"--set build.max_batch_size={built}, or rebuild the engine from this spec",
+        )
+    return built, f"engine {source}"
+
+
+# ---------------------------------------------------------------- values per model
+
+
+def pbtxt_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """Parameter (key, value) pairs as strings; a None value means "not set" and is left out."""
+    out = []
+    for key, value in pairs:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = pbtxt_bool(value)
+        out.append((key, str(value)))
+    return out
+
+
+def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str, str]]:
+    s, b = spec.serving, spec.build
+    gpu = target is EngineTarget.tensorrtllm
+    common = [
+        ("max_beam_width", b.max_beam_width),
+        ("FORCE_CPU_ONLY_INPUT_TENSORS", "no"),
+        ("gpt_model_type", s.batching_strategy),
+        ("gpt_model_path", spec.engine_dir if gpu else spec.serving_weights_dir),
+        ("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache),
+        ("batch_scheduler_policy", s.batch_scheduler_policy),
+        ("kv_cache_free_gpu_mem_fraction", s.kv_cache_free_gpu_mem_fraction),
+        ("exclude_input_in_output", s.exclude_input_in_output),
+        ("enable_kv_cache_reuse", s.enable_kv_cache_reuse),
+        ("enable_chunked_context", s.enable_chunked_context),
+        ("executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None),
+        ("tokenizer_dir", spec.serving_weights_dir),
+    ]
+    # The CPU reference engine has no engine file to read its limits from: they travel as parameters.
+    cpu_only = [] if gpu else [
+        ("tokens_per_block", b.tokens_per_block),
+        ("max_num_tokens", b.max_num_tokens),
+        ("max_input_len", b.max_input_len),
+        ("max_seq_len", b.resolved_max_seq_len),
+        ("cpu_kv_cache_mib", s.cpu_kv_cache_mib),
+        ("cpu_threads", s.cpu_threads),
+        ("dtype", b.dtype),
+    ]
+    return _params(common + cpu_only)
+
+
+def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[str, dict[str, Any]]:
+    """Template values of the five inflight_batcher_llm models."""
+    s = spec.serving
+    facts = reference_facts()
+    shared = {
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_microseconds": s.max_queue_delay_microseconds,
+        "max_queue_size": s.max_queue_size,
+        "decoupled": s.decoupled,
+        **facts["placeholder_types"],
+    }
+    tokenizer = [
+        ("tokenizer_dir", spec.serving_weights_dir),
+        ("skip_special_tokens", s.skip_special_tokens),
+        ("apply_chat_template", s.apply_chat_template),
+    ]
+    models = {
+        ENSEMBLE: {"platform": "ensemble", "preprocessing_model": PREPROCESSING,
+                   "tensorrt_llm_model": TENSORRT_LLM, "postprocessing_model": POSTPROCESSING},
+        PREPROCESSING: {"backend": "python", "instance_count": s.preprocessing_instances,
+                        "parameters": _params(tokenizer)},
+        TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
+                       "instance_count": 1, "parameters": _tensorrt_llm_parameters(spec, target)},
+        POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances,
+                         "parameters": _params(tokenizer)},
+    }
+    if s.bls:
+        models[BLS] = {"backend": "python", "instance_count": s.bls_instances, "parameters": _params([
+            ("accumulate_tokens", s.accumulate_tokens),
+            ("tensorrt_llm_model_name", TENSORRT_LLM),
+            ("tokenizer_dir", spec.serving_weights_dir),
+        ])}
+    for name, values in models.items():
+        values.update(shared, name=name, platform=values.get("platform"),
+                      reference=f"NVIDIA TensorRT-LLM {TENSORRT_LLM_VERSION} {facts['models'][name]['source']['path']}")
+    return models
+
+
+def _model_code(model: str, src_name: str) -> dict[str, Path]:
+    """``{model}/1/<file>`` → source, for every file of model_repo/<src_name>/1/ (Python model code)."""
+    src = model_repo_dir() / src_name / "1"
+    if not (src / "model.py").is_file():
+        raise TritongenError(
+            f"Python model code for {model} is missing ({src / 'model.py'})",
+            where=str(src),
+            fix="reinstall tritongen; model_repo/ must ship with it",
+        )
+    return {f"{model}/1/{f.relative_to(src).as_posix()}": f for f in sorted(src.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo")}
+
+
+def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Python model code copied from model_repo/, and the empty version folder of the C++ backend."""
+    sources = {name: name for name in models if name != ENSEMBLE}
+    dirs: list[str] = [f"{ENSEMBLE}/1"]  # Triton wants a version folder even for an ensemble
+    if target is EngineTarget.tensorrtllm:
+        del sources[TENSORRT_LLM]
+        dirs.append(f"{TENSORRT_LLM}/1")
+    else:
+        sources[TENSORRT_LLM] = "tensorrt_llm_cpu"
+    copies: dict[str, Path] = {}
+    for model, src_name in sources.items():
+        copies.update(_model_code(model, src_name))
+    return copies, tuple(dirs)
+
+
+# ---------------------------------------------------------------- templates and plan
+
+
+def _quote(value: Any) -> str:
+    """A protobuf text-format string literal."""
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise TritongenError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.lru_cache(maxsize=None)
+def _environment(layout: str):
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir() / layout)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = _quote
+    env.filters["tf"] = pbtxt_bool
+    return env
+
+
+def render_template(layout: str, name: str, **values: Any) -> str:
+    return _environment(layout).get_template(name).render(**values)
+
+
+def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size: int, source: str,
+             models: list[str], reference: str, **extra: Any) -> dict[str, Any]:
+    """tritongen.json: how the repository was made, so validate and people can check it later."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tritongen_version = version("tritongen")
+    except PackageNotFoundError:
+        tritongen_version = "unknown"
+    return {
+        "generator": "tritongen",
+        "tritongen_version": tritongen_version,
+        "layout": layout,
+        "target": plan_target.value,
+        "tensorrt_llm_version": TENSORRT_LLM_VERSION,
+        "reference": reference,
+        "models": models,
+        "max_batch_size": max_batch_size,
+        "max_batch_size_source": source,
+        "max_input_len": spec.build.max_input_len,
+        "max_seq_len": spec.build.resolved_max_seq_len,
+        "weights_dir": str(spec.serving_weights_dir),
+        "engine_dir": str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
+        **extra,
+        "spec": spec.to_yaml_dict(),
+    }
+
+
+def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
+    engine_config = None
+    cfg_path = engine_config_path(spec)
+    if target is EngineTarget.tensorrtllm:
+        engine_config = read_engine_config(cfg_path)
+    bs, source = resolve_max_batch_size(spec, engine_config, source=str(cfg_path))
+    models = _ifb_models(spec, target, bs)
+    files = {
+        f"{name}/config.pbtxt": render_template(IFB_LAYOUT, f"{name}/config.pbtxt.j2", m=values)
+        for name, values in models.items()
+    }
+    copies, dirs = _ifb_code(target, list(models))
+    facts = reference_facts()
+    info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}")
+    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+    files["README.md"] = render_template(IFB_LAYOUT, "README.md.j2", info=info)
+    return RepoPlan(target=target, layout=IFB_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
+                    files=files, copies=copies, dirs=dirs)
+
+
+def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
+    """NVIDIA's LLM-API model; without a GPU, tritongen's stand-in and the CPU reference engine it calls.
+
+    On a GPU host, 1/model.py and helpers.py are NVIDIA's and are not shipped (the config says where
+    to copy them from). The CPU stand-in calls the CPU reference engine, which keeps the C++
+    tensorrt_llm model's interface, so its config is the cpu-reference one under another name.
+    """
+    cpu = not gpu_visible
+    bs, source = resolve_max_batch_size(spec, None)
+    files = render_llmapi_files(spec, cpu=cpu)
+    copies: dict[str, Path] = {}
+    models = [LLMAPI_MODEL]
+    if cpu:
+        engine = {**_ifb_models(spec, EngineTarget.cpu_reference, bs)[TENSORRT_LLM], "name": CPU_ENGINE_MODEL}
+        files[f"{CPU_ENGINE_MODEL}/config.pbtxt"] = render_template(IFB_LAYOUT, "tensorrt_llm/config.pbtxt.j2", m=engine)
+        copies.update(_model_code(LLMAPI_MODEL, "llmapi_cpu"))
+        copies.update(_model_code(CPU_ENGINE_MODEL, "tensorrt_llm_cpu"))
+        models.append(CPU_ENGINE_MODEL)
+    data = llmapi_data()
+    info = manifest(spec, target, LLMAPI_LAYOUT, bs, f"{source}, as LLM() max_batch_size (Triton's is 0)", models,
+                    data["sources"]["triton_model"]["path"], tensorrt_llm_version=data["tensorrt_llm_version"],
+                    cpu_stand_in=cpu)
+    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+    return RepoPlan(target=target, layout=LLMAPI_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
+                    files=files, copies=copies)
+
+
+# A target is a layout planner.
+_PLANNERS: dict[EngineTarget, Callable[[Spec, EngineTarget, bool], RepoPlan]] = {
+    EngineTarget.tensorrtllm: _plan_ifb,
+    EngineTarget.cpu_reference: _plan_ifb,
+    EngineTarget.llmapi: _plan_llmapi,
+}
+
+
+def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
+    """Decide every file of the repository (reads templates, model code and an engine config.json; writes nothing)."""
+    target = spec.serving.resolved_engine(gpu_visible)
+    planner = _PLANNERS.get(target)
+    if planner is None:
+        allowed = ", ".join(t.value for t in _PLANNERS)
+        raise TritongenError(
+            f"render does not support engine target {target.value!r} yet",
+            where="serving.engine",
+            fix=f"use one of: {allowed}",
+        )
+    return planner(spec, target, gpu_visible)
+
+
+def write_plan(plan: RepoPlan, root: Path) -> None:
+    for rel in plan.dirs:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    for rel, text in plan.files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    for rel, src in plan.copies.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, path)
+
+
+def render_repository(spec: Spec, out_dir: Path, *, force: bool = False, gpu_visible: bool = False) -> Path:
+    """Write the repository for ``spec`` to ``out_dir`` whole or not at all; returns the folder."""
+    plan = plan_repository(spec, gpu_visible=gpu_visible)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, force=force, command_hint=f"tritongen render -o {out_dir}") as tmp:
+        write_plan(plan, tmp)
+    return out_dir.resolve()

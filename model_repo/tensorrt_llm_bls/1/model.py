@@ -1,0 +1,280 @@
+"""Triton Python model ``tensorrt_llm_bls``: preprocessing → tensorrt_llm → postprocessing in Python.
+
+The same inputs and outputs as NVIDIA's inflight_batcher_llm tensorrt_llm_bls (TensorRT-LLM 1.2.1),
+so a client can call it instead of the ensemble. Differences from the ensemble that matter:
+
+* Streaming text is always exact: every stream gets its own id for postprocessing, whose
+  incremental detokenizer then holds back incomplete characters, and an empty chunk at the end
+  flushes it (see postprocessing/1/model.py).
+* Decoupled (the spec's ``serving.decoupled``): tensorrt_llm is called with
+  ``exec(decoupled=True)``; with ``stream`` true each engine response becomes one response here,
+  otherwise one response carries the whole text. ``accumulate_tokens`` sends the text so far in
+  every streamed response instead of the new piece.
+* Errors: an error is sent as its own response and the final flag separately; one ``send()``
+  with both after a streamed token hangs a BLS caller in Triton 2.51.
+* A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input.
+
+Parameters: ``tensorrt_llm_model_name`` (default tensorrt_llm), ``accumulate_tokens``.
+"""
+
+import json
+import traceback
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_TRUE = {"true", "1", "yes", "y", "t", "on"}
+PREPROCESSING = "preprocessing"
+POSTPROCESSING = "postprocessing"
+
+# BLS input → preprocessing input.
+_TO_PREPROCESSING = {
+    "text_input": "QUERY",
+    "decoder_text_input": "DECODER_QUERY",
+    "max_tokens": "REQUEST_OUTPUT_LEN",
+    "bad_words": "BAD_WORDS_DICT",
+    "stop_words": "STOP_WORDS_DICT",
+    "embedding_bias_words": "EMBEDDING_BIAS_WORDS",
+    "embedding_bias_weights": "EMBEDDING_BIAS_WEIGHTS",
+    "end_id": "END_ID",
+    "pad_id": "PAD_ID",
+    "prompt_table_extra_id": "PROMPT_TABLE_EXTRA_ID",
+}
+# preprocessing output → tensorrt_llm input.
+_FROM_PREPROCESSING = {
+    "INPUT_ID": "input_ids",
+    "REQUEST_INPUT_LEN": "input_lengths",
+    "DECODER_INPUT_ID": "decoder_input_ids",
+    "REQUEST_DECODER_INPUT_LEN": "decoder_input_lengths",
+    "REQUEST_OUTPUT_LEN": "request_output_len",
+    "BAD_WORDS_IDS": "bad_words_list",
+    "STOP_WORDS_IDS": "stop_words_list",
+    "EMBEDDING_BIAS": "embedding_bias",
+    "OUT_END_ID": "end_id",
+    "OUT_PAD_ID": "pad_id",
+    "OUT_PROMPT_TABLE_EXTRA_IDS": "prompt_table_extra_ids",
+}
+# BLS input → tensorrt_llm input, passed through unchanged.
+_TO_ENGINE = {
+    "beam_width": "beam_width",
+    "top_k": "runtime_top_k",
+    "top_p": "runtime_top_p",
+    "temperature": "temperature",
+    "length_penalty": "len_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "min_tokens": "min_tokens",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+    "return_log_probs": "return_log_probs",
+    "return_context_logits": "return_context_logits",
+    "return_generation_logits": "return_generation_logits",
+    "return_perf_metrics": "return_perf_metrics",
+    "return_num_input_tokens": "return_num_input_tokens",
+    "return_num_output_tokens": "return_num_output_tokens",
+    "num_return_sequences": "num_return_sequences",
+    "exclude_input_in_output": "exclude_input_in_output",
+    "stream": "streaming",
+    "prompt_embedding_table": "prompt_embedding_table",
+    "prompt_vocab_size": "prompt_vocab_size",
+    "lora_task_id": "lora_task_id",
+    "lora_weights": "lora_weights",
+    "lora_config": "lora_config",
+    "guided_decoding_guide_type": "guided_decoding_guide_type",
+    "guided_decoding_guide": "guided_decoding_guide",
+}
+# tensorrt_llm outputs that the BLS returns as they are (text_output comes from postprocessing).
+_PASSTHROUGH_OUTPUTS = (
+    "cum_log_probs", "output_log_probs", "context_logits", "generation_logits", "batch_index",
+    "sequence_index", "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+    "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
+    "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens", "num_input_tokens",
+    "num_output_tokens",
+)
+_UNSUPPORTED = {
+    "image_input": "image inputs need a multimodal model",
+    "image_bytes_input": "image inputs need a multimodal model",
+    "image_url_input": "image inputs need a multimodal model",
+    "image_sizes_input": "image inputs need a multimodal model",
+    "video_bytes_input": "video inputs need a multimodal model",
+}
+
+
+class RequestError(Exception):
+    """A problem with one request that its sender can fix."""
+
+
+def _param(params, key, default=""):
+    value = params.get(key, {}).get("string_value", "")
+    return default if not value or value.startswith("${") else value
+
+
+def _as_batch(array, batch_size):
+    """Inputs declared with ``reshape: { shape: [] }`` arrive as [batch]; tensorrt_llm wants [batch, 1]."""
+    array = np.asarray(array)
+    return array.reshape(batch_size, 1) if array.ndim == 1 else array
+
+
+def _index(response, name):
+    tensor = pb_utils.get_output_tensor_by_name(response, name)
+    return 0 if tensor is None else int(tensor.as_numpy().reshape(-1)[0])
+
+
+def _first(array, default=None):
+    return default if array is None else np.asarray(array).reshape(-1)[0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self.accumulate = _param(params, "accumulate_tokens").lower() in _TRUE
+        self.engine = _param(params, "tensorrt_llm_model_name", "tensorrt_llm")
+        self.logger = pb_utils.Logger
+
+    # -------------------------------------------------------------- the three calls
+
+    def _preprocess(self, inputs, stream_id):
+        tensors = [pb_utils.Tensor(dst, inputs[src]) for src, dst in _TO_PREPROCESSING.items() if src in inputs]
+        response = pb_utils.InferenceRequest(
+            model_name=PREPROCESSING, inputs=tensors, request_id=stream_id,
+            requested_output_names=list(_FROM_PREPROCESSING),
+        ).exec()
+        if response.has_error():
+            raise RequestError(response.error().message())
+        return {t.name(): t.as_numpy() for t in response.output_tensors()}
+
+    def _engine_request(self, inputs, pre, stream_id):
+        batch = inputs["text_input"].shape[0]
+        tensors = [pb_utils.Tensor(_FROM_PREPROCESSING[name], value) for name, value in pre.items()
+                   if name in _FROM_PREPROCESSING]
+        tensors += [pb_utils.Tensor(dst, _as_batch(inputs[src], batch)) for src, dst in _TO_ENGINE.items()
+                    if src in inputs]
+        return pb_utils.InferenceRequest(
+            model_name=self.engine, inputs=tensors, request_id=stream_id,
+            requested_output_names=["output_ids", "sequence_length", *_PASSTHROUGH_OUTPUTS],
+        )
+
+    def _postprocess(self, tokens, lengths, stream_id):
+        """Text of new tokens for this stream; empty ``tokens`` flushes what postprocessing holds."""
+        response = pb_utils.InferenceRequest(
+            model_name=POSTPROCESSING, request_id=stream_id, requested_output_names=["OUTPUT"],
+            inputs=[pb_utils.Tensor("TOKENS_BATCH", tokens.astype(np.int32)),
+                    pb_utils.Tensor("SEQUENCE_LENGTH", lengths.astype(np.int32))],
+        ).exec()
+        if response.has_error():
+            raise RuntimeError(f"postprocessing failed: {response.error().message()}")
+        return [t.decode("utf-8") for t in pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)]
+
+    def _stop_engine(self, stream_id):
+        """Cancel a running engine request (upstream's protocol: same request id, ``stop`` true)."""
+        try:
+            request = pb_utils.InferenceRequest(
+                model_name=self.engine, request_id=stream_id, requested_output_names=["output_ids"],
+                inputs=[pb_utils.Tensor("input_ids", np.zeros((1, 1), np.int32)),
+                        pb_utils.Tensor("input_lengths", np.zeros((1, 1), np.int32)),
+                        pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
+                        pb_utils.Tensor("stop", np.ones((1, 1), bool))],
+            )
+            for _ in request.exec(decoupled=True) if self.decoupled else [request.exec()]:
+                pass
+        except Exception:  # noqa: BLE001 - best effort; the engine may already be done
+            self.logger.log_warn(f"tensorrt_llm_bls: could not stop engine request {stream_id}")
+
+    # -------------------------------------------------------------- one request
+
+    def _inputs(self, request):
+        inputs = {}
+        for tensor in request.inputs():
+            inputs[tensor.name()] = tensor.as_numpy()
+        for name, why in _UNSUPPORTED.items():
+            if name in inputs:
+                raise RequestError(f"{name}: {why}; this repository serves a text-only model")
+        if _first(inputs.get("num_draft_tokens"), 0) > 0:
+            raise RequestError("num_draft_tokens: speculative decoding needs a draft model, which this repository has none of")
+        return inputs
+
+    def _generate(self, request, sender):
+        """Yield (sequence key, text pieces per beam, engine response) for each engine response.
+
+        The engine answers a batch (or several return sequences) as separate responses tagged with
+        batch_index / sequence_index; each such sequence is its own stream for postprocessing.
+        """
+        inputs = self._inputs(request)
+        stream_id = f"bls-{uuid.uuid4().hex}"
+        pre = self._preprocess(inputs, stream_id)
+        engine_request = self._engine_request(inputs, pre, stream_id)
+        responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
+        shapes = {}
+        for response in responses:
+            if response.has_error():
+                raise RequestError(response.error().message())
+            if sender is not None and sender.is_cancelled():
+                self._stop_engine(stream_id)
+                return
+            ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
+            if ids is None:  # an empty final response without tensors
+                continue
+            tokens = ids.as_numpy()
+            lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+            key = (_index(response, "batch_index"), _index(response, "sequence_index"))
+            shapes[key] = tokens.shape[:2]
+            yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
+        for key, shape in shapes.items():
+            tail = self._postprocess(np.zeros((*shape, 0), np.int32), np.zeros(shape, np.int32),
+                                     f"{stream_id}/{key[0]}/{key[1]}")
+            if any(tail):
+                yield key, tail, None
+
+    @staticmethod
+    def _response(texts, engine_response):
+        tensors = [pb_utils.Tensor("text_output", np.array([t.encode("utf-8") for t in texts], dtype=np.object_))]
+        if engine_response is not None:
+            for name in _PASSTHROUGH_OUTPUTS:
+                tensor = pb_utils.get_output_tensor_by_name(engine_response, name)
+                if tensor is not None:
+                    tensors.append(pb_utils.Tensor(name, tensor.as_numpy()))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _run(self, request, sender):
+        """Stream pieces to ``sender`` and return None, or return one response with the whole text."""
+        stream = pb_utils.get_input_tensor_by_name(request, "stream")
+        streaming = sender is not None and stream is not None and bool(_first(stream.as_numpy(), False))
+        whole, last = {}, {}
+        for key, pieces, engine_response in self._generate(request, sender):
+            whole[key] = [a + b for a, b in zip(whole[key], pieces)] if key in whole else pieces
+            last[key] = engine_response or last.get(key)
+            if streaming:
+                sender.send(self._response(whole[key] if self.accumulate else pieces, last[key]))
+        if streaming:
+            return None
+        keys = sorted(whole)
+        texts = [t for key in keys for t in whole[key]] or [""]
+        return self._response(texts, last[keys[-1]] if keys else None)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            sender = request.get_response_sender() if self.decoupled else None
+            try:
+                response = self._run(request, sender)
+                if sender is None:
+                    responses.append(response)
+                elif response is not None:
+                    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                else:
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+                message = str(exc) if isinstance(exc, RequestError) else traceback.format_exc()
+                if not isinstance(exc, RequestError):
+                    self.logger.log_error(f"tensorrt_llm_bls: {message}")
+                error = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+                if sender is None:
+                    responses.append(error)
+                else:
+                    # Error first, final flag in a send of its own (both in one send hangs callers).
+                    sender.send(error)
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None if self.decoupled else responses
