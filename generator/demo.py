@@ -6,11 +6,15 @@ same code a user runs on a real model; only the sizes are small.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 from generator.resources import data_dir
 
@@ -88,19 +92,18 @@ class DemoRun:
 Stage = tuple[str, Callable[[], str]]
 
 
-def run_stages(run: DemoRun, stages: list[Stage], on_start: Callable[[str], Any], on_end: Callable[[StageResult], Any]) -> DemoRun:
+def run_stages(run: DemoRun, stages: list[Stage], on_start: Callable[[str], Any],
+               on_end: Callable[[StageResult], Any]) -> DemoRun:
     """Run stages in order; stop at the first failure, keeping what succeeded in place."""
     for name, fn in stages:
         on_start(name)
         started = time.monotonic()
-        log = run.out / "logs" / f"{name.replace(' ', '-')}.log"
         try:
             detail = fn() or ""
             result = StageResult(name, time.monotonic() - started, True, detail)
         except Exception as exc:  # a failing stage is reported, not raised: earlier outputs stay usable
+            log = run.out / "logs" / f"{name.replace(' ', '-')}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
-            import traceback
-
             log.write_text(traceback.format_exc(), encoding="utf-8")
             result = StageResult(name, time.monotonic() - started, False, str(exc), log)
         run.stages.append(result)
@@ -109,3 +112,135 @@ def run_stages(run: DemoRun, stages: list[Stage], on_start: Callable[[str], Any]
             break
     (run.out / "demo-summary.json").write_text(run.summary_json(), encoding="utf-8")
     return run
+
+
+def _problems_line(problems) -> str:
+    from generator.problems import Severity
+
+    errors = sum(1 for p in problems if p.severity is Severity.error)
+    return f"{errors} errors, {len(problems) - errors} warnings"
+
+
+def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callable[[Any], None]) -> list[Stage]:
+    """The demo as a list of named steps sharing one spec; each returns a one-line result.
+
+    The server started by one step lives on ``stack``; the caller closes it whatever happens.
+    """
+    from generator.spec import load_spec, with_overrides
+
+    out = run.out
+    state: dict[str, Any] = {}
+
+    def tiny_model() -> str:
+        from generator.tinymodel import make_tiny_model
+
+        path = make_tiny_model(out / "tiny-model", seed=0, force=True)
+        spec_file = out / "tritongen.yaml"
+        spec = load_spec(None, demo_overrides(path, out / "artifacts"))
+        spec_file.write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False), encoding="utf-8")
+        state["spec"] = load_spec(spec_file)
+        return f"{path} (spec: {spec_file})"
+
+    def quantize() -> str:
+        from generator.quantize import quantize as run_quantize
+
+        manifest = run_quantize(state["spec"], force=True)
+        run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
+        return f"{state['spec'].checkpoint_dir}"
+
+    def plan() -> str:
+        from generator.plan import make_plan, read_model_config
+
+        spec = with_overrides(state["spec"], ["serving.engine=tensorrtllm"])
+        config, source = read_model_config(spec)
+        the_plan = make_plan(spec, config, config_source=source)
+        show_plan(the_plan)
+        the_plan.raise_if_refused()
+        return f"{len(the_plan.flags)} trtllm-build flags for {the_plan.gpu.name}"
+
+    def render(engine: str, folder: str) -> Callable[[], str]:
+        def step() -> str:
+            from generator.problems import failing
+            from generator.render import render_repository
+            from generator.validate import validate_repository
+
+            spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
+            repo = render_repository(spec, out / folder, force=True)
+            problems = validate_repository(repo)
+            bad = failing(problems)
+            if bad:
+                raise RuntimeError(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad))
+            state[engine] = repo
+            return f"{repo} ({_problems_line(problems)})"
+        return step
+
+    def serve() -> str:
+        from generator.server import TritonServer
+
+        server = TritonServer(state["cpu-reference"], log_file=out / "logs" / "tritonserver.log")
+        stack.enter_context(server)
+        state["server"] = server
+        return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
+
+    def smoke() -> str:
+        from generator.smoke import run_smoke
+
+        server = state["server"]
+        report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len)
+        (out / "smoke.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if not report.ok:
+            raise RuntimeError("smoke checks failed: " + ", ".join(c.name for c in report.failed))
+        return f"{len(report.checks)} checks passed"
+
+    def loadtest() -> str:
+        from generator.loadtest import run_loadtest
+
+        server = state["server"]
+        folder = out / "loadtest"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_loadtest(state["spec"], folder, url=server.http_url, grpc_url=server.grpc_url,
+                              metrics_url=server.metrics_url, title="demo load test")
+        stack.close()  # the sweep starts its own servers; two on 2 cores would skew it
+        r = result.results
+        run.figures["loadtest"] = {
+            "requests_ok": r["counts"]["ok"], "errors": r["counts"]["errors"],
+            "output_tokens_per_s": r["throughput"]["output_tokens_per_s"],
+            "ttft_ms": r["latency_ms"]["ttft"], "itl_ms": r["latency_ms"]["itl"],
+            "report": str(folder / "report.html"),
+        }
+        if not r["counts"]["ok"]:
+            raise RuntimeError(f"no request succeeded; see {folder / 'report.html'}")
+        tps = r["throughput"]["output_tokens_per_s"] or 0
+        return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
+
+    def sweep() -> str:
+        from generator.sweep import plan_sweep, run_sweep
+
+        folder = out / "sweep"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_sweep(state["spec"], plan_sweep(SWEEP_POINTS), folder)
+        run.figures["sweep"] = {"report": str(folder / "report.html"), "best": (result.get("best") or {}).get("label"),
+                                "points": [_point_figures(p) for p in result.get("points", [])]}
+        return f"report {folder / 'report.html'}"
+
+    return [
+        ("tiny model", tiny_model),
+        ("quantize nvfp4 + fp8 kv", quantize),
+        ("plan for " + GPU_TARGET, plan),
+        ("render + validate tensorrtllm", render("tensorrtllm", "repo-" + GPU_TARGET)),
+        ("render + validate cpu-reference", render("cpu-reference", "repo-cpu")),
+        ("serve", serve),
+        ("smoke", smoke),
+        ("load test", loadtest),
+        ("sweep", sweep),
+    ]
+
+
+def _point_figures(point: dict[str, Any]) -> dict[str, Any]:
+    results = point.get("results") or {}
+    return {
+        "label": point.get("label"),
+        "status": point.get("status"),
+        "output_tokens_per_s": (results.get("throughput") or {}).get("output_tokens_per_s"),
+        "ttft_p50_ms": ((results.get("latency_ms") or {}).get("ttft") or {}).get("p50"),
+    }

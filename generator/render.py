@@ -178,7 +178,7 @@ def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str
         ("max_seq_len", b.resolved_max_seq_len),
         ("cpu_kv_cache_mib", s.cpu_kv_cache_mib),
         ("cpu_threads", s.cpu_threads),
-        ("dtype", b.dtype),
+        ("dtype", s.cpu_dtype),
     ]
     return _params(common + cpu_only)
 

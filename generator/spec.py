@@ -91,6 +91,10 @@ class QuantizationSpec(_Section):
     awq_block_size: int = Field(128, ge=16)
     """Group size of int4_awq weights (ignored by other formats; NVFP4's block is fixed at 16)."""
 
+    quality_tokens: int = Field(2048, ge=0)
+    """Held-out tokens (bundled English text) on which the exported checkpoint is compared with the
+    original model after quantization: perplexity, top-1 agreement, KL divergence. 0 skips the check."""
+
     @property
     def quantizes_anything(self) -> bool:
         return self.format is not QuantFormat.none or self.kv_cache is not KVCacheFormat.none
@@ -252,6 +256,10 @@ class ServingSpec(_Section):
     """CPU reference engine only: the memory (MiB) that stands for free GPU memory, of which
     kv_cache_free_gpu_mem_fraction becomes the KV cache."""
 
+    cpu_dtype: Literal["float32", "bfloat16"] = "float32"
+    """CPU reference engine only: compute dtype. float32 keeps batched greedy output equal to
+    ``generate`` (bfloat16 rounds differently per batch) and is faster on CPUs without BF16 instructions."""
+
     cpu_threads: Optional[int] = Field(None, ge=1)
     """CPU reference engine only: torch threads. None means torch's default."""
 
@@ -324,9 +332,9 @@ class LoadTestSpec(_Section):
     """A request with no response for this long counts as an error; also the most a run waits at its
     end for requests still in flight (they finish and count, instead of being cut off)."""
 
-    reference_checks: int = Field(8, ge=0)
-    """Streamed answers (evenly spread over the run) re-asked without streaming after the run, to check
-    that the streamed text equals the server's one-piece detokenization. 0 turns the check off."""
+    reference_checks: int = Field(100, ge=0)
+    """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
+    to them is compared with the server's one-piece detokenization of the same tokens. 0: no comparison."""
 
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""

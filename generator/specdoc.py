@@ -74,3 +74,14 @@ def _md_rows(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def markdown_reference() -> str:
     return "\n".join(["| field | default | meaning |", "| --- | --- | --- |", *_md_rows(Spec)]) + "\n"
+
+
+README_START = "<!-- spec-reference:start -->"
+README_END = "<!-- spec-reference:end -->"
+
+
+def with_reference(readme: str) -> str:
+    """``readme`` with the text between the spec-reference markers replaced by the current table."""
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{markdown_reference()}{README_END}{tail}"

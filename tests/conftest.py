@@ -104,3 +104,38 @@ def write_engine_config():
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def cpu_loadtest(cpu_spec, cpu_server, work_dir):
+    """A short closed-loop gRPC-streaming load test against cpu_server: its folder and results."""
+    from generator.loadtest import run_loadtest
+    from generator.spec import with_overrides
+
+    out = work_dir / "loadtest-grpc"
+    out.mkdir()
+    spec = with_overrides(cpu_spec, [
+        "loadtest.users=4", "loadtest.duration_s=4", "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16",
+        "loadtest.warmup_requests=2", "loadtest.num_prompts=8", "loadtest.reference_checks=8",
+        "loadtest.request_timeout_s=120",
+        "loadtest.slo=ttft_p99<120s,error_rate<50%",
+    ])
+    return run_loadtest(spec, out, url=f"http://{cpu_server.http_url}", grpc_url=cpu_server.grpc_url,
+                        metrics_url=cpu_server.metrics_url, title="test load")
+
+
+@pytest.fixture(scope="session")
+def trtllm_gauge():
+    """Read one of the engine's nv_trt_llm_* gauges from a running server, e.g.
+    ``trtllm_gauge(server, "nv_trt_llm_kv_cache_block_metrics", "used")``."""
+    import requests
+
+    from generator.tritonstats import parse_metrics
+
+    def read(server, family: str, label: str) -> float:
+        samples = parse_metrics(requests.get(server.metrics_url, timeout=10).text)
+        values = [value for _, name, labels, value in samples if name == family and label in labels.values()]
+        assert values, f"the server publishes no {family} gauge labelled {label!r}"
+        return values[0]
+
+    return read

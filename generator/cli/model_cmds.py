@@ -1,1 +1,150 @@
-"""Placeholder: the owning work item fills this command group in."""
+"""Model commands: ``fetch`` (Hugging Face download), ``tiny-model`` (a local test model) and ``quantize``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from generator.cli._app import SetOpt, app, console, get_spec, out, step
+from generator.spec import KVCacheFormat, QuantFormat, Spec
+
+STAGES = {
+    "load": "loading model and tokenizer",
+    "original": "scoring the original model (held-out text)",
+    "calibrate": "calibrating",
+    "simulated": "scoring simulated quantization",
+    "export": "exporting the unified checkpoint",
+    "exported": "scoring the exported checkpoint",
+}
+
+
+@app.command()
+def fetch(
+    model: str = typer.Argument(..., help="Hugging Face repo id (org/name) or a local model folder."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (hub only)."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="Download into this folder instead of the Hugging Face cache."),
+) -> None:
+    """Download a model's config, tokenizer and safetensors (nothing else); a local folder is checked as is."""
+    from generator.fetch import fetch as fetch_model
+
+    started = time.monotonic()
+    path = fetch_model(model, revision=revision, dir=dir)
+    console.print(f"[green]✓[/] {model} [dim]({time.monotonic() - started:.1f} s)[/]")
+    out.print(str(path), markup=False, highlight=False)
+
+
+@app.command("tiny-model")
+def tiny_model(
+    dir: Path = typer.Argument(..., help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and training (same seed, same bytes)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+) -> None:
+    """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo)."""
+    from generator.tinymodel import make_tiny_model
+
+    with step(f"training a tiny Qwen3 model into {dir}"):
+        path = make_tiny_model(dir, seed=seed, force=force)
+    out.print(str(path), markup=False, highlight=False)
+
+
+def _progress_callback(progress: Progress):
+    """Turn quantize()'s (stage, done, total) reports into one rich task per stage."""
+    tasks: dict[str, Any] = {}
+
+    def report(stage: str, done: int, total: Optional[int]) -> None:
+        if stage not in tasks:
+            label = STAGES.get(stage) or STAGES.get(stage.split(" ")[0], stage)
+            if stage.startswith("calibrate ("):
+                label += " " + stage.split(" ", 1)[1]
+            tasks[stage] = progress.add_task(label, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return report
+
+
+def _spec_for(target: Optional[str], overrides: List[str]) -> Spec:
+    """A spec file as given, or the default spec pointed at a model folder / hub id."""
+    if target and Path(target).is_file():
+        return get_spec(Path(target), overrides)
+    if target:
+        local = Path(target).expanduser()
+        source = str(local.resolve()) if local.is_dir() else target
+        overrides = [f"model.source={source}", *overrides]
+    return get_spec(None, overrides)
+
+
+def print_manifest(manifest: dict, checkpoint: Path) -> None:
+    hq = manifest["hf_quant_config"]
+    sizes, q, t = manifest["sizes"], manifest["quality"], manifest["timings_s"]
+    out.print(f"[bold]Checkpoint[/] {checkpoint}")
+    out.print(f"[bold]Format[/] {hq.get('quant_algo')} weights, {hq.get('kv_cache_quant_algo')} KV cache; "
+              f"kept unquantized: {', '.join(hq.get('exclude_modules') or [])}")
+    cal = manifest["calibration"]
+    out.print(f"[bold]Calibration[/] {cal['samples']} samples ({cal['tokens']} tokens, ≤{cal['max_seq_len']} each) "
+              f"from {cal['dataset']} on {manifest['device']}")
+    table = Table(title="Sizes", title_justify="left")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("all weights", f"{sizes['input_bytes']:,} B", f"{sizes['output_bytes']:,} B")
+    table.add_row(f"quantized linear layers ({sizes['quantized_layers']})", f"{sizes['quantized_linear_bf16_bytes']:,} B (BF16)",
+                  f"{sizes['quantized_linear_bytes']:,} B = {sizes['quantized_linear_ratio']:.1%}")
+    out.print(table)
+    if q:
+        table = Table(title=f"Quality on {q['tokens']} held-out tokens ({q['dtype']})", title_justify="left")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row("perplexity, original", f"{q['perplexity_original']:.3f}")
+        table.add_row("perplexity, exported checkpoint", f"{q['perplexity_quantized']:.3f}")
+        table.add_row("perplexity, ModelOpt simulated quantization", f"{q['perplexity_simulated']:.3f}")
+        table.add_row("top-1 agreement with original", f"{q['top1_agreement']:.2%}")
+        table.add_row("KL(original ‖ exported), nats/token", f"{q['kl_divergence_mean']:.6f}")
+        fid = q["simulated_vs_exported"]
+        table.add_row("simulated vs exported: max |Δlogit|", f"{fid['max_abs_logit_diff']:.4g}")
+        out.print(table)
+    out.print("[bold]Times[/] " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()))
+
+
+@app.command()
+def quantize(
+    target: Optional[str] = typer.Argument(None, help="Spec YAML file, or a model (local folder or hub id) with default settings."),
+    format: Optional[QuantFormat] = typer.Option(None, "--format", help="Weight format (spec: quantization.format)."),
+    kv_cache: Optional[KVCacheFormat] = typer.Option(None, "--kv-cache", help="KV-cache format (spec: quantization.kv_cache)."),
+    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration samples."),
+    calib_seq_len: Optional[int] = typer.Option(None, "--calib-seq-len", help="Tokens per calibration sample."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Calibration .txt/.jsonl file, or a hub data set name."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint folder (spec: artifacts.checkpoint_dir)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint folder."),
+    overrides: Optional[List[str]] = SetOpt,
+) -> None:
+    """Quantize with ModelOpt (NVFP4 + FP8 KV by default) and export the checkpoint TensorRT-LLM builds from."""
+    from generator.quantize import quantize as run_quantize
+
+    sets = list(overrides or [])
+    if format is not None:
+        sets.append(f"quantization.format={format.value}")
+    if kv_cache is not None:
+        sets.append(f"quantization.kv_cache={kv_cache.value}")
+    if calib_size is not None:
+        sets.append(f"quantization.calibration.size={calib_size}")
+    if calib_seq_len is not None:
+        sets.append(f"quantization.calibration.max_seq_len={calib_seq_len}")
+    if dataset is not None:
+        local = Path(dataset).expanduser()
+        sets.append(f"quantization.calibration.dataset={local.resolve() if local.exists() else dataset}")
+    if output is not None:
+        sets.append(f"artifacts.checkpoint_dir={output.expanduser().resolve()}")
+    spec = _spec_for(target, sets)
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        manifest = run_quantize(spec, force=force, progress=_progress_callback(progress))
+    if "skipped" in manifest:
+        console.print(f"[yellow]nothing to do:[/] {manifest['skipped']}")
+        return
+    print_manifest(manifest, spec.checkpoint_dir)

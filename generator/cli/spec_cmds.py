@@ -8,7 +8,7 @@ import typer
 
 from generator.cli._app import app, console, out
 from generator.errors import TritongenError
-from generator.specdoc import commented_yaml, markdown_reference
+from generator.specdoc import README_END, README_START, commented_yaml, markdown_reference, with_reference
 
 
 @app.command()
@@ -24,6 +24,15 @@ def init(
 
 
 @app.command("spec-reference")
-def spec_reference() -> None:
-    """Print the spec reference (every field, default, meaning) as Markdown."""
-    out.print(markdown_reference(), markup=False, highlight=False, soft_wrap=True)
+def spec_reference(
+    readme: Path = typer.Option(None, "--update", help="Rewrite the table between the spec-reference markers of this file."),
+) -> None:
+    """Print the spec reference (every field, default, meaning) as Markdown, or update it in the README."""
+    if readme is None:
+        out.print(markdown_reference(), markup=False, highlight=False, soft_wrap=True)
+        return
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise TritongenError(f"no {README_START} ... {README_END} markers", where=str(readme))
+    readme.write_text(with_reference(text), encoding="utf-8")
+    console.print(f"updated {readme}")

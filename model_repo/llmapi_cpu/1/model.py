@@ -21,7 +21,7 @@ _SAMPLING_TO_ENGINE = {
     "sampling_param_top_p": ("runtime_top_p", np.float32),
     "sampling_param_frequency_penalty": ("frequency_penalty", np.float32),
     "sampling_param_presence_penalty": ("presence_penalty", np.float32),
-    "sampling_param_seed": ("random_seed", np.uint64),
+    "sampling_param_seed": ("seed", np.uint64),
 }
 
 

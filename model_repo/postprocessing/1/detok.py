@@ -76,8 +76,12 @@ class IncrementalDetokenizer:
     def _advance(self, text: str, emitted: List[int]) -> str:
         prefix = self._context_text
         piece = text[len(prefix):] if text.startswith(prefix) else text[_common_prefix(text, prefix):]
-        self._context = (self._context + emitted)[-self._context_size:]
-        self._context_text = self._decode(self._context) if self._context else ""
+        self._context = self._context + emitted
+        if len(self._context) <= 2 * self._context_size:
+            self._context_text = text  # already the decode of the grown context
+        else:  # trim now and then, not on every token: one decode per push most of the time
+            self._context = self._context[-self._context_size:]
+            self._context_text = self._decode(self._context)
         return piece
 
 

@@ -43,7 +43,16 @@ def parameter_flag(params, key, default):
     return value in _TRUE
 
 
-def word_lists_to_ids(encode, word_lists, batch_size):
+def _utf8(raw, name):
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start:exc.start + 1]!r})")
+
+
+def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words"):
     """Bad/stop words per batch item → int32 [batch, 2, N]: row 0 the ids of all words back to back
     (padded with 0), row 1 the cumulative end offset of each word (padded with -1).
 
@@ -55,7 +64,7 @@ def word_lists_to_ids(encode, word_lists, batch_size):
     for words in word_lists:
         ids, ends = [], []
         for word in words:
-            text = word.decode("utf-8") if isinstance(word, bytes) else str(word)
+            text = _utf8(word, name)
             word_ids = encode(text) if text else []
             if word_ids:
                 ids.extend(word_ids)
@@ -73,17 +82,7 @@ def word_lists_to_ids(encode, word_lists, batch_size):
 
 def _texts(array, name):
     """A [batch, 1] BYTES tensor as str, with a clear error for bytes that are not UTF-8."""
-    texts = []
-    for row in array.reshape(array.shape[0], -1):
-        raw = row[0] if len(row) else b""
-        if isinstance(raw, str):
-            texts.append(raw)
-            continue
-        try:
-            texts.append(bytes(raw).decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start:exc.start + 1]!r})")
-    return texts
+    return [_utf8(row[0] if len(row) else b"", name) for row in array.reshape(array.shape[0], -1)]
 
 
 def _optional(request, name):
@@ -147,8 +146,7 @@ class TritonPythonModel:
             if len(item_words) != len(item_weights):
                 raise RequestError("embedding_bias_words and embedding_bias_weights differ in length")
             for word, weight in zip(item_words, item_weights):
-                text = word.decode("utf-8") if isinstance(word, bytes) else str(word)
-                for token in self._encode_words(text):
+                for token in self._encode_words(_utf8(word, "embedding_bias_words")):
                     bias[i, token] += weight
         return bias
 
@@ -170,17 +168,18 @@ class TritonPythonModel:
         end = _optional(request, "END_ID")
         pad = _optional(request, "PAD_ID")
         end_ids = _per_item(end, batch, "end_id") if end is not None else [self.end_id] * batch
-        pad_ids = _per_item(pad, batch, "pad_id") if pad is not None else [self.pad_id] * batch
         if None in end_ids:
             raise RequestError("the tokenizer defines no end-of-sequence token: send end_id with the request")
+        pad_ids = _per_item(pad, batch, "pad_id") if pad is not None else [
+            self.pad_id if self.pad_id is not None else e for e in end_ids]
         extra = _optional(request, "PROMPT_TABLE_EXTRA_ID")
         return {
             "batch": batch,
             "prompts": prompts,
             "decoder_prompts": _texts(decoder, "decoder_text_input") if decoder is not None else None,
             "output_len": output_len.astype(np.int32),
-            "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch),
-            "stop": word_lists_to_ids(self._encode_words, _optional(request, "STOP_WORDS_DICT"), batch),
+            "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch, "bad_words"),
+            "stop": word_lists_to_ids(self._encode_words, _optional(request, "STOP_WORDS_DICT"), batch, "stop_words"),
             "bias": self._embedding_bias(
                 _optional(request, "EMBEDDING_BIAS_WORDS"), _optional(request, "EMBEDDING_BIAS_WEIGHTS"), batch
             ),
@@ -234,9 +233,9 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 parsed.append(self._parse(request))
-            except RequestError as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the whole batch
                 parsed.append(None)
-                errors[i] = str(exc)
+                errors[i] = str(exc) if isinstance(exc, RequestError) else f"preprocessing failed: {exc!r}"
         prompts = [p for item in parsed if item for p in item["prompts"]]
         decoder_prompts = [p for item in parsed if item and item["decoder_prompts"] for p in item["decoder_prompts"]]
         encoded = iter(self._encode_prompts(prompts, self.chat))

@@ -10,8 +10,12 @@ so a client can call it instead of the ensemble. Differences from the ensemble t
   ``exec(decoupled=True)``; with ``stream`` true each engine response becomes one response here,
   otherwise one response carries the whole text. ``accumulate_tokens`` sends the text so far in
   every streamed response instead of the new piece.
+* Requests run on threads, so one instance keeps many streams in the engine's in-flight batch
+  (upstream's BLS serves one request per instance at a time).
 * Errors: an error is sent as its own response and the final flag separately; one ``send()``
-  with both after a streamed token hangs a BLS caller in Triton 2.51.
+  with both hangs a BLS caller in Triton 2.51. In the other direction Triton 2.51 drops an error
+  that tensorrt_llm sends mid-stream before it reaches this model, leaving a bare final flag;
+  that is reported to the client as an engine failure.
 * A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input.
 
 Parameters: ``tensorrt_llm_model_name`` (default tensorrt_llm), ``accumulate_tokens``.
@@ -20,6 +24,7 @@ Parameters: ``tensorrt_llm_model_name`` (default tensorrt_llm), ``accumulate_tok
 import json
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -133,6 +138,8 @@ class TritonPythonModel:
         self.accumulate = _param(params, "accumulate_tokens").lower() in _TRUE
         self.engine = _param(params, "tensorrt_llm_model_name", "tensorrt_llm")
         self.logger = pb_utils.Logger
+        self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.get("max_batch_size", 0)) * 2),
+                                       thread_name_prefix="bls")
 
     # -------------------------------------------------------------- the three calls
 
@@ -207,24 +214,31 @@ class TritonPythonModel:
         pre = self._preprocess(inputs, stream_id)
         engine_request = self._engine_request(inputs, pre, stream_id)
         responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
-        shapes = {}
-        for response in responses:
-            if response.has_error():
-                raise RequestError(response.error().message())
-            if sender is not None and sender.is_cancelled():
-                self._stop_engine(stream_id)
-                return
-            ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-            if ids is None:  # an empty final response without tensors
-                continue
-            tokens = ids.as_numpy()
-            lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-            key = (_index(response, "batch_index"), _index(response, "sequence_index"))
-            shapes[key] = tokens.shape[:2]
-            yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
-        for key, shape in shapes.items():
-            tail = self._postprocess(np.zeros((*shape, 0), np.int32), np.zeros(shape, np.int32),
-                                     f"{stream_id}/{key[0]}/{key[1]}")
+        shapes, result_ended = {}, False
+        try:
+            for response in responses:
+                if response.has_error():
+                    raise RequestError(response.error().message())
+                if sender is not None and sender.is_cancelled():
+                    self._stop_engine(stream_id)
+                    return
+                ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
+                result_ended = ids is not None
+                if ids is None:
+                    continue
+                tokens = ids.as_numpy()
+                lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+                key = (_index(response, "batch_index"), _index(response, "sequence_index"))
+                shapes[key] = tokens.shape[:2]
+                yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
+            if not result_ended:
+                # tensorrt_llm ends every result with a response carrying output_ids. A bare final flag
+                # means it failed mid-stream: Triton 2.51 drops such an error on its way to a BLS caller.
+                raise RequestError(f"{self.engine} failed during generation (its error is in the server log)")
+        finally:
+            tails = {key: self._postprocess(np.zeros((*shape, 0), np.int32), np.zeros(shape, np.int32),
+                                            f"{stream_id}/{key[0]}/{key[1]}") for key, shape in shapes.items()}
+        for key, tail in tails.items():
             if any(tail):
                 yield key, tail, None
 
@@ -254,27 +268,39 @@ class TritonPythonModel:
         texts = [t for key in keys for t in whole[key]] or [""]
         return self._response(texts, last[keys[-1]] if keys else None)
 
+    def _serve(self, request):
+        """One request from start to end; returns its response when the model is not decoupled."""
+        sender = request.get_response_sender() if self.decoupled else None
+        try:
+            response = self._run(request, sender)
+            if sender is None:
+                return response
+            if response is not None:
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+            message = str(exc) if isinstance(exc, RequestError) else traceback.format_exc()
+            if not isinstance(exc, RequestError):
+                self.logger.log_error(f"tensorrt_llm_bls: {message}")
+            error = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+            if sender is None:
+                return error
+            try:  # error first, final flag in a send of its own (both in one send hangs BLS callers)
+                sender.send(error)
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # noqa: BLE001 - the client is gone
+                pass
+        return None
+
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            sender = request.get_response_sender() if self.decoupled else None
-            try:
-                response = self._run(request, sender)
-                if sender is None:
-                    responses.append(response)
-                elif response is not None:
-                    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                else:
-                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
-                message = str(exc) if isinstance(exc, RequestError) else traceback.format_exc()
-                if not isinstance(exc, RequestError):
-                    self.logger.log_error(f"tensorrt_llm_bls: {message}")
-                error = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-                if sender is None:
-                    responses.append(error)
-                else:
-                    # Error first, final flag in a send of its own (both in one send hangs callers).
-                    sender.send(error)
-                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        return None if self.decoupled else responses
+        """Requests run side by side on threads, so one instance keeps many streams in the engine's
+        in-flight batch; a decoupled model answers through response senders after returning."""
+        if self.decoupled:
+            for request in requests:
+                self.pool.submit(self._serve, request)
+            return None
+        return list(self.pool.map(self._serve, requests))
+
+    def finalize(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,209 @@
+"""Per-request load-test figures, defined once, from the raw records the Locust users write.
+
+A record is one request as the load generator saw it (a JSON object per line, written by loadtest/):
+monotonic nanosecond timestamps of the scheduled send, the actual send and every streamed response, the
+text of each response, and the server's own per-request figures when the model returns them. Both the
+Locust process (for its live view) and the report read the figures through this module, so there is one
+definition of TTFT, inter-token latency and the streamed-output checks. Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+RECORD_VERSION = 1
+
+REPLACEMENT_CHAR = "\ufffd"
+
+# Names of the streamed-output checks (the report counts failures per name).
+CHECK_REPLACEMENT = "replacement_char"
+CHECK_EMPTY_CHUNK = "empty_chunk"
+CHECK_TOKEN_COUNT = "token_count"
+CHECK_REFERENCE = "reference_mismatch"
+CHECKS = (CHECK_REPLACEMENT, CHECK_EMPTY_CHUNK, CHECK_TOKEN_COUNT, CHECK_REFERENCE)
+
+# Server outputs the users ask for (NVIDIA's tensor names in the inflight_batcher_llm ensemble).
+PERF_TIME_FIELDS = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
+KV_FIELDS = ("kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks")
+COUNT_FIELDS = ("num_input_tokens", "num_output_tokens")
+SERVER_FIELDS = PERF_TIME_FIELDS + KV_FIELDS + COUNT_FIELDS
+
+
+def request_inputs(accepted: set[str], text: str, max_tokens: int, stream: bool) -> dict[str, Any]:
+    """Request fields by ensemble input name; the optional ones only when the model accepts them.
+
+    min_tokens = max_tokens makes every answer exactly max_tokens long, so the load does not depend on
+    what the model writes; the return_* flags ask for the server's own per-request timing and counts.
+    """
+    values: dict[str, Any] = {"text_input": text, "max_tokens": max_tokens}
+    optional = {
+        "stream": stream, "min_tokens": max_tokens, "exclude_input_in_output": True,
+        "return_perf_metrics": True, "return_num_input_tokens": True, "return_num_output_tokens": True,
+    }
+    values.update({k: v for k, v in optional.items() if k in accepted})
+    return values
+
+
+@dataclass
+class RequestMetrics:
+    """What one record says, in nanoseconds; None where the record cannot say (errors, one-token answers)."""
+
+    ok: bool
+    warmup: bool
+    streaming: bool
+    start_unix_ns: int
+    lateness_ns: int
+    """Actual send minus scheduled send (open-loop mode; ~0 in closed loop)."""
+    ttft_ns: Optional[int] = None
+    """Scheduled send to the first response carrying text."""
+    e2e_ns: Optional[int] = None
+    """Scheduled send to the last response."""
+    gaps_ns: list[int] = field(default_factory=list)
+    """Per-gap inter-token latency: time between consecutive responses that carry text."""
+    itl_ns: Optional[float] = None
+    """Per-request inter-token latency: (E2E - TTFT) / (output tokens - 1)."""
+    reference: Optional[str] = None
+    """``equal``/``detokenization``/``diverged`` against the one-piece answer, None without one."""
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    """Server's count when it returned one, else the client tokenizer's count."""
+    client_output_tokens: Optional[int] = None
+    server_output_tokens: Optional[int] = None
+    server_input_tokens: Optional[int] = None
+    split: Optional[dict[str, int]] = None
+    """TTFT split (send_delay, front_end, queue, prefill) and decode, from the server's perf metrics."""
+    failures: list[str] = field(default_factory=list)
+
+
+def _data_responses(rec: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """Responses that belong to the answer: all of them except an empty final one (BLS sends one)."""
+    times, texts = list(rec.get("resp_ns") or []), list(rec.get("resp_text") or [])
+    if texts and texts[-1] == "":
+        times, texts = times[:-1], texts[:-1]
+    return times, texts
+
+
+def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
+    """Split the client's TTFT with the engine's own clock (only differences of server times are used).
+
+    send_delay = scheduled -> actual send (the client's own lateness); queue = arrival -> first
+    scheduled; prefill = first scheduled -> first token; front_end = the rest of the client's TTFT
+    (network, HTTP/gRPC front end, preprocessing, postprocessing, the way back); decode = first token ->
+    last token. The four TTFT parts add up to the client's TTFT exactly. When the server and client share
+    the monotonic clock (same host), front_end is further split into front_in (send -> arrival) and
+    front_out (first token -> client receipt).
+    """
+    s = rec.get("server") or {}
+    if any(s.get(k) in (None, 0) for k in PERF_TIME_FIELDS):
+        return None
+    queue = s["first_scheduled_time_ns"] - s["arrival_time_ns"]
+    prefill = s["first_token_time_ns"] - s["first_scheduled_time_ns"]
+    send_delay = rec["sent_ns"] - rec["sched_ns"]
+    split = {
+        "send_delay": send_delay,
+        "front_end": ttft_ns - send_delay - queue - prefill,
+        "queue": queue,
+        "prefill": prefill,
+        "decode": s["last_token_time_ns"] - s["first_token_time_ns"],
+    }
+    first_seen = rec["sched_ns"] + ttft_ns
+    if rec["sent_ns"] <= s["arrival_time_ns"] <= s["first_token_time_ns"] <= first_seen:
+        split["front_in"] = s["arrival_time_ns"] - rec["sent_ns"]
+        split["front_out"] = first_seen - s["first_token_time_ns"]
+    return split
+
+
+def _streaming_damage(streamed: str, reference: str) -> bool:
+    """Whether one differing stretch looks like detokenization damage: on the streamed side only U+FFFD or
+    whitespace, on the one-piece side only whitespace or non-ASCII characters (a character cut between
+    responses becomes U+FFFD; a space a token carries can be dropped)."""
+    return all(c == REPLACEMENT_CHAR or c.isspace() for c in streamed) and all(
+        c.isspace() or ord(c) > 127 for c in reference
+    )
+
+
+def compare_texts(streamed: str, reference: str) -> str:
+    """``equal``; ``detokenization`` when every difference is streaming damage (see _streaming_damage);
+    else ``diverged``: the engine produced other tokens from some point on (e.g. a batch-dependent numerical
+    difference between the two requests), which says nothing about the streaming path."""
+    if streamed == reference:
+        return "equal"
+    ops = difflib.SequenceMatcher(None, streamed, reference, autojunk=False).get_opcodes()
+    damage = all(_streaming_damage(streamed[i1:i2], reference[j1:j2]) for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    return "detokenization" if damage else "diverged"
+
+
+def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> list[str]:
+    """Checks of one streamed answer; ``reference`` is the same prompt's answer in one piece, if known.
+
+    - replacement_char: U+FFFD in the streamed text that the one-piece text does not have (any U+FFFD
+      when there is no reference; not judged when the two diverged): a character cut between responses;
+    - empty_chunk: an empty response before the last one that is not a character held back until its
+      last byte arrived (the response after it then starts with a non-ASCII character);
+    - token_count: the server's summed num_output_tokens differs from the requested length (the users
+      ask for exactly max_tokens), exceeds it, or is below the number of responses with text, i.e.
+      responses were lost, merged or duplicated on the way;
+    - reference_mismatch: the streamed text differs from the one-piece text by streaming damage only.
+    """
+    if rec.get("error") or not rec.get("streaming"):
+        return []
+    _, texts = _data_responses(rec)
+    text = "".join(texts)
+    comparison = compare_texts(text, reference) if reference is not None else None
+    failures = []
+    if comparison != "diverged" and text.count(REPLACEMENT_CHAR) > (reference or "").count(REPLACEMENT_CHAR):
+        failures.append(CHECK_REPLACEMENT)
+    following = [next((t for t in texts[i + 1:] if t), "") for i in range(len(texts))]
+    if any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following)):
+        failures.append(CHECK_EMPTY_CHUNK)
+    tokens = (rec.get("server") or {}).get("num_output_tokens")
+    max_tokens = rec.get("max_tokens")
+    if tokens is not None and max_tokens is not None and (
+        tokens > max_tokens or (rec.get("exact_length") and tokens != max_tokens)
+        or tokens < sum(1 for t in texts if t)
+    ):
+        failures.append(CHECK_TOKEN_COUNT)
+    if comparison == "detokenization":
+        failures.append(CHECK_REFERENCE)
+    return failures
+
+
+def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> RequestMetrics:
+    """Derive every per-request figure from one raw record (``reference``: see stream_failures)."""
+    sched = rec["sched_ns"]
+    m = RequestMetrics(
+        ok=not rec.get("error"),
+        warmup=bool(rec.get("warmup")),
+        streaming=bool(rec.get("streaming")),
+        start_unix_ns=rec["start_unix_ns"],
+        lateness_ns=rec["sent_ns"] - sched,
+        input_tokens=rec.get("input_tokens"),
+        client_output_tokens=rec.get("output_tokens"),
+        server_output_tokens=(rec.get("server") or {}).get("num_output_tokens"),
+        server_input_tokens=(rec.get("server") or {}).get("num_input_tokens"),
+    )
+    if not m.ok:
+        return m
+    times, texts = _data_responses(rec)
+    visible = [t for t, text in zip(times, texts) if text]
+    if not visible:
+        return m
+    m.ttft_ns = visible[0] - sched
+    m.e2e_ns = rec["end_ns"] - sched
+    m.gaps_ns = [b - a for a, b in zip(visible, visible[1:])] if m.streaming else []
+    m.output_tokens = m.server_output_tokens if m.server_output_tokens is not None else m.client_output_tokens
+    if m.streaming and m.output_tokens and m.output_tokens > 1:
+        m.itl_ns = (m.e2e_ns - m.ttft_ns) / (m.output_tokens - 1)
+    m.split = server_split(rec, m.ttft_ns)
+    if reference is not None and m.streaming:
+        m.reference = compare_texts("".join(_data_responses(rec)[1]), reference)
+    m.failures = stream_failures(rec, reference)
+    return m
+
+
+def quantile_sample(values: list[float], size: int = 2000) -> list[float]:
+    """At most ``size`` evenly spaced order statistics: a histogram of them has the shape of the whole."""
+    ordered = sorted(values)
+    return ordered[:: max(1, len(ordered) // size)]

@@ -1,0 +1,466 @@
+"""Quantize stage: ModelOpt post-training quantization into the unified Hugging Face checkpoint.
+
+The checkpoint (safetensors + ``hf_quant_config.json``) is what TensorRT-LLM 1.x builds from and
+what the CPU reference engine serves. Steps: load the model in the build dtype, score held-out
+text, calibrate with our own loop over local (or hub) text, apply the scale fusion that export
+would apply and score the simulated-quantization model, export (destructive: the model cannot run
+afterwards), then read the export back through the serving loader and score it. The scores, sizes,
+timings, versions and input hash go into a manifest beside the weights.
+
+Deciders (``refusal``, ``modelopt_config``, ``misfit_layers``, ``read_calibration_file``) are pure;
+``quantize`` is the edge that loads models and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from generator.errors import TritongenError
+from generator.fsutil import atomic_dir, check_writable_target
+from generator.spec import KVCacheFormat, QuantFormat, QuantizationSpec, Spec
+
+MANIFEST_NAME = "tritongen-manifest.json"
+LOG_NAME = "tritongen-quantize.log"
+
+Progress = Optional[Callable[[str, int, Optional[int]], None]]
+"""``progress(stage, done, total)``: stages load, original, calibrate, simulated, export, exported."""
+
+FORMAT_PRESETS = {
+    QuantFormat.nvfp4: "NVFP4_DEFAULT_CFG",
+    QuantFormat.fp8: "FP8_DEFAULT_CFG",
+    QuantFormat.int4_awq: "INT4_AWQ_CFG",
+    QuantFormat.int8_sq: "INT8_SMOOTHQUANT_CFG",
+}
+"""ModelOpt's preset for each weight format (their defaults also keep routers, vision towers ... unquantized)."""
+
+NVFP4_BLOCK = 16
+HUB_DATASETS = {"cnn_dailymail": ("abisee/cnn_dailymail", "3.0.0", "article")}
+"""Known hub calibration sets: name -> (repo, config, text column). Others are read with config None and column ``text``."""
+
+
+# ------------------------------------------------------------------ deciders
+
+
+def refusal(q: QuantizationSpec) -> Optional[str]:
+    """Why this format combination cannot be produced with ModelOpt 0.47's unified export, or None."""
+    if q.kv_cache is KVCacheFormat.int8:
+        return (
+            "kv_cache int8 cannot be exported: ModelOpt 0.47's unified Hugging Face export writes KV scales "
+            "only for FP8 (and NVFP4) KV caches, and ModelOpt has no INT8 KV preset"
+        )
+    return None
+
+
+def modelopt_config(q: QuantizationSpec) -> dict[str, Any]:
+    """ModelOpt quant_cfg for the spec: the format preset, KV-cache entries, the spec's exclusions.
+
+    The preset's own ``*lm_head*`` exclusion is dropped so that ``exclude_modules`` alone decides
+    (it keeps lm_head by default); each pattern disables every quantizer under matching modules.
+    """
+    import copy
+
+    import modelopt.torch.quantization as mtq
+
+    if q.format is QuantFormat.none:
+        cfg: dict[str, Any] = {"quant_cfg": [{"quantizer_name": "*", "enable": False}], "algorithm": "max"}
+    else:
+        cfg = copy.deepcopy(getattr(mtq, FORMAT_PRESETS[q.format]))
+        cfg["quant_cfg"] = [e for e in cfg["quant_cfg"] if e.get("quantizer_name") != "*lm_head*"]
+    if q.format is QuantFormat.int4_awq:
+        for entry in cfg["quant_cfg"]:
+            if entry.get("quantizer_name") == "*weight_quantizer":
+                entry["cfg"]["block_sizes"][-1] = q.awq_block_size
+    if q.kv_cache is KVCacheFormat.fp8:
+        cfg["quant_cfg"] = cfg["quant_cfg"] + copy.deepcopy(mtq.FP8_KV_CFG["quant_cfg"])
+    cfg["quant_cfg"] += [{"quantizer_name": f"{pattern}.*", "enable": False} for pattern in q.exclude_modules]
+    return cfg
+
+
+def excluded(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def misfit_layers(linears: dict[str, tuple[int, int]], q: QuantizationSpec) -> list[str]:
+    """Quantized linear layers (name -> (in, out) features) whose shape the format's blocks cannot tile."""
+    bad = []
+    for name, (fan_in, fan_out) in linears.items():
+        if excluded(name, q.exclude_modules):
+            continue
+        if q.format is QuantFormat.nvfp4 and fan_in % NVFP4_BLOCK:
+            bad.append(f"{name} (in {fan_in}, not a multiple of {NVFP4_BLOCK})")
+        if q.format is QuantFormat.int4_awq and (fan_in % q.awq_block_size or fan_out % 2):
+            bad.append(f"{name} (in {fan_in}, out {fan_out}; needs in a multiple of {q.awq_block_size}, out even)")
+    return bad
+
+
+def read_calibration_file(path: Path) -> list[str]:
+    """Texts of a local calibration file: .jsonl (a ``text`` field per line) or text (blank-line paragraphs)."""
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise TritongenError(
+                    f"line {n} is not a JSON object with a text field", where=str(path), fix='write one {"text": "..."} per line'
+                ) from None
+        return [t for t in texts if t.strip()]
+    return [p.strip() for p in raw.split("\n\n") if p.strip()]
+
+
+def select_samples(texts: list[str], size: int, seed: int) -> list[str]:
+    """A seeded sample of ``size`` texts (all of them, shuffled, when there are fewer)."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    return [texts[i] for i in order[:size]]
+
+
+# ------------------------------------------------------------------ edges: data
+
+
+def calibration_texts(spec: Spec) -> tuple[list[str], str]:
+    """Calibration texts and a description of where they came from."""
+    cal = spec.quantization.calibration
+    local = spec.path(Path(cal.dataset))
+    looks_local = local.exists() or local.suffix in (".txt", ".jsonl", ".md") or cal.dataset.startswith((".", "/", "~"))
+    if looks_local:
+        if not local.is_file():
+            raise TritongenError(
+                "calibration file not found", where=str(local),
+                fix="pass an existing .txt or .jsonl file with --dataset (e.g. generator/data/corpus.txt)",
+            )
+        texts = read_calibration_file(local)
+        if not texts:
+            raise TritongenError("calibration file holds no text", where=str(local))
+        return select_samples(texts, cal.size, cal.seed), str(local)
+    return _hub_texts(cal.dataset, cal.size, cal.seed), f"hub:{cal.dataset}"
+
+
+def _hub_texts(name: str, size: int, seed: int) -> list[str]:
+    from generator.fetch import offline_mode
+
+    fix = "calibrate from a local file instead: --dataset PATH.txt|PATH.jsonl (or --set quantization.calibration.dataset=PATH)"
+    if offline_mode():
+        raise TritongenError(f"calibration data set {name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set", where="quantization.calibration.dataset", fix=fix)
+    try:
+        import datasets
+    except ImportError:
+        raise TritongenError(
+            f"calibration data set {name!r} needs the `datasets` package (not a tritongen dependency) and network access",
+            where="quantization.calibration.dataset", fix=f"pip install datasets, or {fix}",
+        ) from None
+    repo, config, column = HUB_DATASETS.get(name, (name, None, "text"))
+    try:
+        stream = datasets.load_dataset(repo, config, split="train", streaming=True).shuffle(seed=seed, buffer_size=10_000)
+        texts = [row[column] for _, row in zip(range(size), stream)]
+    except Exception as exc:  # network, missing repo, missing column: all end the same way for the user
+        raise TritongenError(f"could not read calibration data set {name!r}: {exc}", where="quantization.calibration.dataset", fix=fix) from exc
+    return [t for t in texts if t and t.strip()]
+
+
+def _sha256_files(files: list[Path]) -> dict[str, Any]:
+    per_file = {}
+    for path in files:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        per_file[path.name] = digest.hexdigest()
+    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode()).hexdigest()
+    return {"sha256": combined, "files": per_file}
+
+
+_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+
+
+def tensor_table(folder: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """name -> (safetensors dtype, shape, bytes) for every tensor of a folder, without loading data."""
+    from safetensors import safe_open
+
+    table = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                shape = tuple(sl.get_shape())
+                count = 1
+                for d in shape:
+                    count *= d
+                table[key] = (sl.get_dtype(), shape, count * _DTYPE_BYTES[sl.get_dtype()])
+    return table
+
+
+def size_report(source: dict, exported: dict) -> dict[str, Any]:
+    """Whole-checkpoint sizes and the quantized linear layers' share of their BF16 size.
+
+    A quantized layer is one with a ``weight_scale``; its exported bytes are every tensor under its
+    name except KV-cache scales; its BF16 size is 2 bytes per weight element.
+    """
+    modules = {k[: -len(".weight_scale")] for k in exported if k.endswith(".weight_scale")}
+    quant_bytes = sum(
+        size for k, (_, _, size) in exported.items()
+        if k.rpartition(".")[0] in modules and not k.endswith((".k_scale", ".v_scale"))
+    )
+    bf16_bytes = 0
+    for m in modules:
+        count = 1
+        for d in source.get(f"{m}.weight", (None, (0,), 0))[1]:
+            count *= d
+        bf16_bytes += 2 * count
+    return {
+        "input_bytes": sum(s for _, _, s in source.values()),
+        "output_bytes": sum(s for _, _, s in exported.values()),
+        "quantized_layers": len(modules),
+        "quantized_linear_bf16_bytes": bf16_bytes,
+        "quantized_linear_bytes": quant_bytes,
+        "quantized_linear_ratio": round(quant_bytes / bf16_bytes, 4) if bf16_bytes else None,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for dist in ("tritongen", "torch", "transformers", "nvidia-modelopt", "tokenizers", "safetensors", "huggingface_hub"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+# ------------------------------------------------------------------ edges: model
+
+
+@contextlib.contextmanager
+def _quiet(log: io.StringIO):
+    """Send ModelOpt's prints, library warnings and transformers' progress bars to the log, not the terminal."""
+    import transformers
+
+    tlog = transformers.utils.logging
+    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(log):
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.write(f"warning: {w.category.__name__}: {w.message}\n")
+            tlog.set_verbosity(verbosity)
+            if bars:
+                tlog.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _nvfp4_on_cpu():
+    """ModelOpt's NVFP4 fake-quantization op asserts a CUDA tensor; on the CPU use the serving loader's
+    plain-torch copy of the same kernel (same thresholds and rounding), so the simulated model runs."""
+    import modelopt.torch.quantization.tensor_quant as tq
+
+    from generator.quality import checkpoint_loader
+
+    original = tq.dynamic_block_quantize_op
+    fp4 = checkpoint_loader().nvfp4_fake_quantize
+
+    def op(inputs, block_size, amax, num_bits, exponent_bits, scale_num_bits, scale_exponent_bits):
+        if inputs.is_cuda or (num_bits, exponent_bits, scale_num_bits, scale_exponent_bits) != (4, 2, 8, 4):
+            return original(inputs, block_size, amax, num_bits, exponent_bits, scale_num_bits, scale_exponent_bits)
+        return fp4(inputs, amax.float().amax() / (6.0 * 448.0), block_size)
+
+    tq.dynamic_block_quantize_op = op
+    try:
+        yield
+    finally:
+        tq.dynamic_block_quantize_op = original
+
+
+def _linear_shapes(model) -> dict[str, tuple[int, int]]:
+    import torch
+
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _check_layers(model, q: QuantizationSpec) -> None:
+    linears = _linear_shapes(model)
+    unmatched = [p for p in q.exclude_modules if not any(excluded(n, [p]) for n in linears)]
+    if unmatched:
+        example = next(iter(linears), "model.layers.0.mlp.down_proj")
+        raise TritongenError(
+            f"exclude_modules pattern(s) {unmatched} match no linear layer of this model",
+            where="quantization.exclude_modules", fix=f"use fnmatch patterns over module names such as {example!r} or 'lm_head'",
+        )
+    bad = misfit_layers(linears, q)
+    if bad:
+        fix = (
+            f"choose another --format, or exclude those layers (quantization.exclude_modules); "
+            f"for int4_awq a smaller quantization.awq_block_size may fit"
+        )
+        raise TritongenError(
+            f"{q.format.value} cannot quantize {len(bad)} layer(s) of this model: " + "; ".join(bad[:3]),
+            where="quantization.format", fix=fix,
+        )
+
+
+def _calibration_loop(samples: list[list[int]], batch_size: int, pad_id: int, progress: Progress):
+    """ModelOpt's forward_loop: right-padded batches with an attention mask, progress per batch."""
+    import torch
+
+    ordered = sorted(samples, key=len) if batch_size > 1 else samples
+    passes = [0]
+
+    def loop(model):
+        device = next(model.parameters()).device
+        passes[0] += 1
+        stage = "calibrate" if passes[0] == 1 else f"calibrate (pass {passes[0]})"
+        done = 0
+        for i in range(0, len(ordered), batch_size):
+            batch = ordered[i : i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, s in enumerate(batch):
+                ids[row, : len(s)] = torch.tensor(s)
+                mask[row, : len(s)] = 1
+            with torch.no_grad():
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            done += len(batch)
+            if progress:
+                progress(stage, done, len(ordered))
+
+    return loop
+
+
+def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, progress: Progress = None) -> dict[str, Any]:
+    """Quantize ``spec``'s model and write the checkpoint, tokenizer and manifest; returns the manifest.
+
+    Formats that quantize nothing (format none, kv_cache none) write nothing: the original model
+    folder is what is served.
+    """
+    q = spec.quantization
+    if not q.quantizes_anything:
+        return {"skipped": "format none with kv_cache none quantizes nothing; the model folder is served as is",
+                "serving_weights_dir": str(spec.model_dir)}
+    reason = refusal(q)
+    if reason:
+        raise TritongenError(reason, where="quantization.kv_cache", fix="use --kv-cache fp8 (or none)")
+    out = Path(out_dir) if out_dir else spec.checkpoint_dir
+    check_writable_target(out.resolve(), force, "tritongen quantize ...")
+
+    from generator.fetch import TOKENIZER_FILES, add_legacy_rope_theta, fetch
+    from generator.quality import checkpoint_loader, figures, heldout_chunks, next_token_logits
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    texts, dataset = calibration_texts(spec)  # before a download, so a bad data set fails fast
+    model_dir = fetch(spec)
+    log = io.StringIO()
+    with _quiet(log):
+        t = time.perf_counter()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import modelopt.torch.quantization as mtq
+        from modelopt.torch.export import export_hf_checkpoint
+        from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
+
+        timings["import_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = getattr(torch, spec.build.dtype)
+        if progress:
+            progress("load", 0, None)
+        trust = spec.model.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, trust_remote_code=trust).to(device).eval()
+        _check_layers(model, q)
+        cal = q.calibration
+        samples = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"][: cal.max_seq_len] for t in texts) if len(ids) > 1]
+        if not samples:
+            raise TritongenError("no calibration sample has two tokens or more", where=dataset)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        chunks = heldout_chunks(tokenizer, max_tokens=q.quality_tokens, chunk_len=cal.max_seq_len) if q.quality_tokens else []
+        timings["load_s"] = time.perf_counter() - t
+        if progress:
+            progress("load", 1, 1)
+
+        t = time.perf_counter()
+        original = next_token_logits(model, chunks, stage="original", progress=progress)
+        timings["score_original_s"] = time.perf_counter() - t
+        with _nvfp4_on_cpu() if device == "cpu" else contextlib.nullcontext():
+            t = time.perf_counter()
+            mtq.quantize(model, modelopt_config(q), forward_loop=_calibration_loop(samples, cal.batch_size, pad_id, progress))
+            timings["calibrate_s"] = time.perf_counter() - t
+            # Export unifies the global scales of layers that share an input (q/k/v, gate/up) and
+            # re-quantizes; doing it first (idempotent) makes the simulated model what export writes.
+            t = time.perf_counter()
+            with torch.no_grad():
+                requantize_resmooth_fused_llm_layers(model)
+            simulated = next_token_logits(model, chunks, stage="simulated", progress=progress)
+            timings["score_simulated_s"] = time.perf_counter() - t
+
+        with atomic_dir(out, force=force, command_hint="tritongen quantize ...") as tmp:
+            t = time.perf_counter()
+            if progress:
+                progress("export", 0, 1)
+            export_hf_checkpoint(model, dtype=dtype, export_dir=str(tmp))
+            add_legacy_rope_theta(tmp / "config.json")
+            for name in TOKENIZER_FILES:
+                if (model_dir / name).is_file():
+                    shutil.copy2(model_dir / name, tmp / name)
+            if progress:
+                progress("export", 1, 1)
+            timings["export_s"] = time.perf_counter() - t
+            del model
+            gc.collect()
+
+            t = time.perf_counter()
+            hf_quant = json.loads((tmp / "hf_quant_config.json").read_text())["quantization"]
+            quality: dict[str, Any] | None = None
+            if chunks:
+                served = checkpoint_loader().load_causal_lm(tmp, dtype=dtype).to(device)
+                exported = next_token_logits(served, chunks, stage="exported", progress=progress)
+                del served
+                quality = {**figures(original, simulated, exported, chunks), "dtype": spec.build.dtype}
+            timings["score_exported_s"] = time.perf_counter() - t
+            timings["total_s"] = time.perf_counter() - started
+
+            manifest = {
+                "tool": "tritongen quantize",
+                "versions": library_versions(),
+                "created_unix": int(time.time()),
+                "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+                "input_model": {"source": spec.model.source, "revision": spec.model.revision, "dir": str(model_dir),
+                                **_sha256_files(sorted(model_dir.glob("*.safetensors")))},
+                "format": q.format.value,
+                "kv_cache": q.kv_cache.value,
+                "hf_quant_config": hf_quant,
+                "exclude_patterns": list(q.exclude_modules),
+                "export_dtype": spec.build.dtype,
+                "calibration": {"dataset": dataset, "requested_samples": cal.size, "samples": len(samples),
+                                "tokens": sum(len(s) for s in samples), "max_seq_len": cal.max_seq_len,
+                                "batch_size": cal.batch_size, "seed": cal.seed},
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "sizes": size_report(tensor_table(model_dir), tensor_table(tmp)),
+                "quality": quality,
+            }
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            (tmp / LOG_NAME).write_text(log.getvalue(), encoding="utf-8")
+    return manifest

@@ -1,0 +1,470 @@
+"""Start and stop a real ``tritonserver`` on a model repository.
+
+``tritonserver`` on PATH wins (an NGC container); otherwise the copy bundled in the nvidia-pytriton
+wheel runs, with a backend folder assembled for the running Python (the Python backend's ``.so``,
+its utils module and the stub built for this Python version). Every address binds to loopback by
+default, free ports are picked, readiness is polled, and a failed start names the models that did
+not load. The server runs in its own process group so that stopping it also ends the Python
+backend stubs; the shared-memory regions of this server carry their own prefix and are removed.
+
+Pure helpers (`server_command`, `server_env`, `failed_models_from_index`, `failed_models_from_log`)
+decide; `TritonServer` acts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+from generator.errors import TritongenError
+
+SHM_DIR = Path("/dev/shm")
+_PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class ServerInstall:
+    """Where the server binary and its Python backend come from."""
+
+    binary: Path
+    bundled: bool
+    """True for the nvidia-pytriton copy (needs an assembled backend folder and library path)."""
+    pytriton_dir: Optional[Path] = None
+    """The wheel's ``pytriton`` package folder when bundled."""
+
+
+def find_install() -> ServerInstall:
+    """``tritonserver`` on PATH (NGC container), else the one in the nvidia-pytriton wheel."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return ServerInstall(Path(on_path), bundled=False)
+    try:
+        spec = importlib.util.find_spec("pytriton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise TritongenError(
+            "no tritonserver found: not on PATH and the nvidia-pytriton wheel is not installed",
+            fix="pip install nvidia-pytriton==0.7.0 (bundles tritonserver), or run inside an NGC Triton container",
+        )
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    binary = pkg / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise TritongenError("the nvidia-pytriton wheel has no tritonserver binary", where=str(binary))
+    return ServerInstall(binary, bundled=True, pytriton_dir=pkg)
+
+
+def assemble_backend_dir(pytriton_dir: Path, target: Path, python_version: str = _PY_VERSION) -> Path:
+    """Make ``target/python/`` hold the Python backend and the stub for ``python_version``.
+
+    The wheel keeps one stub per Python version apart from the backend; Triton expects them together.
+    """
+    src = pytriton_dir / "tritonserver"
+    stub = src / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+    if not stub.is_file():
+        available = sorted(p.name for p in (src / "python_backend_stubs").glob("3.*"))
+        raise TritongenError(
+            f"the bundled Python backend has no stub for Python {python_version} (has {', '.join(available)})",
+            where=str(stub.parent),
+            fix="run tritongen with one of those Python versions",
+        )
+    dest = target / "python"
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in (
+        src / "backends" / "python" / "libtriton_python.so",
+        src / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        link = dest / item.name
+        if not link.exists():
+            try:
+                link.symlink_to(item)
+            except OSError:
+                shutil.copy2(item, link)
+    return target
+
+
+def server_command(
+    binary: Path,
+    repo_dir: Path,
+    *,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    backend_dir: Optional[Path],
+    shm_prefix: str,
+    log_verbose: int = 0,
+    exit_timeout_s: int = 10,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The tritonserver command line. ``extra_args`` come last so they override the defaults."""
+    cmd = [
+        str(binary),
+        f"--model-repository={repo_dir}",
+        f"--http-address={host}",
+        f"--http-port={http_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={host}",
+        f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        f"--log-verbose={log_verbose}",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+    ]
+    if backend_dir is not None:
+        cmd.append(f"--backend-directory={backend_dir}")
+    cmd.extend(extra_args)
+    return cmd
+
+
+def server_env(
+    base: Mapping[str, str],
+    *,
+    python_bin_dir: Path,
+    lib_dirs: Sequence[Path] = (),
+) -> dict[str, str]:
+    """Environment for the server: this Python's ``bin`` first on PATH (the stub runs the first
+    ``python3`` there to find packages) and, for the bundled server, this Python's LIBDIR before the
+    wheel's libraries (otherwise another libpython mixes with this standard library)."""
+    env = dict(base)
+    env["PATH"] = os.pathsep.join([str(python_bin_dir)] + [p for p in env.get("PATH", "").split(os.pathsep) if p])
+    if lib_dirs:
+        rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(d) for d in lib_dirs] + rest)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def bundled_lib_dirs(pytriton_dir: Path) -> list[Path]:
+    libdir = sysconfig.get_config_var("LIBDIR")
+    dirs = [Path(libdir)] if libdir else []
+    return dirs + [pytriton_dir.parent / "nvidia_pytriton.libs"]
+
+
+def _first_line(reason: str, limit: int = 300) -> str:
+    """The message of a load error without the Python traceback Triton appends (as literal \\n)."""
+    text = reason.replace("\\n", "\n").strip()
+    line = text.split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def failed_models_from_index(index: Iterable[Mapping]) -> dict[str, str]:
+    """Models of a ``/v2/repository/index`` answer that are not READY, with Triton's reason."""
+    failed = {}
+    for entry in index:
+        state = entry.get("state", "")
+        if state and state != "READY":
+            failed[entry.get("name", "?")] = _first_line(entry.get("reason") or state)
+    return failed
+
+
+_LOAD_FAIL = re.compile(r"failed to load '([^']+)'(?: version \d+)?: (.*)")
+_ENSEMBLE_FAIL = re.compile(r"(in ensemble '?([^',\s]+)'?, .*?)\"?$")
+_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\S+\s*\|\s*(UNAVAILABLE: .*?)\s*\|\s*$")
+
+
+def failed_models_from_log(log_text: str) -> dict[str, str]:
+    """Models that a server log reports as failing to load (the load errors and the final table)."""
+    failed: dict[str, str] = {}
+    for line in log_text.splitlines():
+        m = _LOAD_FAIL.search(line)
+        if m:
+            failed.setdefault(m.group(1), _first_line(m.group(2)))
+            continue
+        m = _ENSEMBLE_FAIL.search(line)
+        if m:
+            failed.setdefault(m.group(2), _first_line(m.group(1)))
+            continue
+        m = _TABLE_ROW.match(line.strip())
+        if m:
+            failed.setdefault(m.group(1), _first_line(m.group(2)))
+    return failed
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free on ``host`` now (the server binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class TritonServer:
+    """A tritonserver process on ``repo_dir``; a context manager that starts and stops it.
+
+    ``.http_url`` / ``.grpc_url`` are ``host:port`` (what tritonclient takes); ``.metrics_url`` is a
+    full URL. Ports left as None are picked free at start.
+    """
+
+    def __init__(
+        self,
+        repo_dir: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        http_port: Optional[int] = None,
+        grpc_port: Optional[int] = None,
+        metrics_port: Optional[int] = None,
+        log_file: Path | str | None = None,
+        extra_args: Sequence[str] = (),
+        log_verbose: int = 0,
+    ):
+        self.repo_dir = Path(repo_dir).resolve()
+        self.host = host
+        self._ports_given = (http_port, grpc_port, metrics_port)
+        self.http_port, self.grpc_port, self.metrics_port = self._ports_given
+        self._log_given = Path(log_file).resolve() if log_file else None
+        self.log_file = self._log_given
+        self.extra_args = tuple(extra_args)
+        self.log_verbose = log_verbose
+        self.shm_prefix = f"tritongen_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.process: Optional[subprocess.Popen] = None
+        self._workdir: Optional[Path] = None
+        self._log_handle = None
+        self._start_failed = False
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def http_url(self) -> str:
+        return f"{_client_host(self.host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{_client_host(self.host)}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "TritonServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        """Start the server and wait until ``/v2/health/ready``; raise naming the failed models."""
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        if not self.repo_dir.is_dir():
+            raise TritongenError("model repository folder not found", where=str(self.repo_dir))
+        install = find_install()
+        self._start_failed = False
+        self._workdir = Path(tempfile.mkdtemp(prefix="tritongen-server-"))
+        self.log_file = self._log_given or self._workdir / "tritonserver.log"
+        backend_dir = assemble_backend_dir(install.pytriton_dir, self._workdir / "backends") if install.bundled else None
+        lib_dirs = bundled_lib_dirs(install.pytriton_dir) if install.bundled else []
+        env = server_env(os.environ, python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
+        # A port picked free can be taken before the server binds it; then try fresh ones.
+        attempts = 1 if all(self._ports_given) else 3
+        for attempt in range(attempts):
+            self._launch(install, backend_dir, env, append=attempt > 0)
+            try:
+                self._wait_ready(timeout_s)
+                return self
+            except _PortTaken:
+                self._terminate()
+                if attempt == attempts - 1:
+                    self._start_failed = True
+                    self._cleanup()
+                    raise TritongenError(
+                        "tritonserver could not bind its ports:\n" + _tail(self.log_file, 10),
+                        fix="pass free --http-port/--grpc-port/--metrics-port",
+                    ) from None
+            except BaseException:
+                self._start_failed = True
+                self.stop()
+                raise
+        return self
+
+    def _launch(self, install: ServerInstall, backend_dir: Optional[Path], env: dict, append: bool) -> None:
+        given = self._ports_given
+        picked = [p if p is not None else free_port(self.host or "127.0.0.1") for p in given]
+        self.http_port, self.grpc_port, self.metrics_port = picked
+        cmd = server_command(
+            install.binary,
+            self.repo_dir,
+            host=self.host,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            metrics_port=self.metrics_port,
+            backend_dir=backend_dir,
+            shm_prefix=self.shm_prefix,
+            log_verbose=self.log_verbose,
+            extra_args=self.extra_args,
+        )
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self._log_handle:
+            self._log_handle.close()
+        self._log_handle = open(self.log_file, "ab" if append else "wb")
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self._workdir,
+            start_new_session=True,  # own process group: stopping it ends the stubs too
+        )
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        url = f"http://{self.http_url}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def _post(self, path: str, body: dict, timeout: float = 5.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            f"http://{self.http_url}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def is_ready(self) -> bool:
+        try:
+            return self._get("/v2/health/ready")[0] == 200
+        except OSError:
+            return False
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                log = self.log_file.read_text(encoding="utf-8", errors="replace")
+                if "already in use" in log and not all(self._ports_given):
+                    raise _PortTaken()
+                raise self._start_error(f"tritonserver exited with code {code} while loading", log)
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        index = []
+        try:
+            status, body = self._post("/v2/repository/index", {})
+            if status == 200:
+                index = json.loads(body)
+        except (OSError, ValueError):
+            pass
+        log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
+        raise self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
+
+    def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> TritongenError:
+        failed = failed_models_from_index(index) or failed_models_from_log(log)
+        lines = [headline]
+        if failed:
+            lines.append("models that failed to load:")
+            lines += [f"  {name}: {reason}" for name, reason in sorted(failed.items())]
+        lines.append(f"last lines of the server log ({self.log_file}):")
+        lines.append(_tail(self.log_file))
+        first = sorted(failed)[0] if failed else None
+        return TritongenError(
+            "\n".join(lines),
+            where=str(self.repo_dir / first / "config.pbtxt") if first else str(self.repo_dir),
+            fix=f"tritongen validate {self.repo_dir}, then see the named model's error above",
+        )
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s``; remove this server's shm regions."""
+        self._terminate(timeout_s)
+        self._cleanup()
+
+    def _terminate(self, timeout_s: float = 20.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        pgid = proc.pid
+        descendants = _descendants(proc.pid)
+        if proc.poll() is None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left in the group (stubs stuck on a request) or escaped it goes now.
+        _signal_group(pgid, signal.SIGKILL)
+        for p in descendants:
+            try:
+                p.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _cleanup(self) -> None:
+        if self._log_handle:
+            self._log_handle.close()
+            self._log_handle = None
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            try:
+                region.unlink()
+            except OSError:
+                pass
+        if self._workdir is not None:
+            # A failed start keeps its log (the error names it); otherwise nothing is left behind.
+            keep_log = self._start_failed and self._workdir in self.log_file.parents
+            shutil.rmtree(self._workdir / "backends" if keep_log else self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _descendants(pid: int) -> list:
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - process gone or psutil missing
+        return []

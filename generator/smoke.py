@@ -1,0 +1,605 @@
+"""Smoke test of a running Triton server: the checks a user runs before trusting a repository.
+
+Every check talks to the server through the clients production uses: HTTP ``generate`` /
+``generate_stream`` (server-sent events), HTTP ``infer`` and gRPC decoupled streaming
+(tritonclient). A failed check never stops the run; the report lists every check with its detail.
+
+Streaming checks send a unique request id per request: the postprocessing model uses it to
+detokenize a stream incrementally (see model_repo/postprocessing/1/model.py), which is what
+makes the joined stream equal the non-streamed text.
+
+Client helpers (``generate``, ``generate_stream``, ``grpc_stream``, ``text_inputs``) are public:
+tests and benchmarks call the server the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_PROMPT = "Tea travelled a long way before it reached the small café on the corner."
+REPLACEMENT = "\ufffd"
+
+_TRITON_TO_METADATA = {"TYPE_STRING": "BYTES"}
+
+
+class ServerRequestError(Exception):
+    """The server answered a request with an error (its message is the exception's)."""
+
+
+# ---------------------------------------------------------------- client helpers
+
+
+def _url(http_url: str, path: str) -> str:
+    base = http_url if http_url.startswith("http") else f"http://{http_url}"
+    return base.rstrip("/") + path
+
+
+def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
+    import requests
+
+    r = requests.get(_url(http_url, path), timeout=timeout)
+    if r.status_code != 200:
+        raise ServerRequestError(f"GET {path}: HTTP {r.status_code} {r.text.strip()}")
+    return r.json()
+
+
+def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
+    import requests
+
+    r = requests.post(_url(http_url, path), json=body, timeout=timeout)
+    if r.status_code != 200:
+        raise ServerRequestError(_error_text(r))
+    return r.json()
+
+
+def _error_text(response) -> str:
+    try:
+        return f"HTTP {response.status_code}: {response.json().get('error', response.text)}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text.strip()}"
+
+
+def generate(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> dict:
+    """POST /v2/models/MODEL/generate (one response); raises ServerRequestError on an error."""
+    return post_json(http_url, f"/v2/models/{model}/generate", body, timeout)
+
+
+def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> list[dict]:
+    """POST /v2/models/MODEL/generate_stream and read the server-sent events (one per response)."""
+    import requests
+
+    events = []
+    with requests.post(_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
+                       timeout=timeout) as r:
+        if r.status_code != 200:
+            raise ServerRequestError(_error_text(r))
+        for line in r.iter_lines():
+            if not line.startswith(b"data:"):
+                continue
+            event = json.loads(line[5:].decode("utf-8"))
+            if "error" in event:
+                raise ServerRequestError(event["error"])
+            events.append(event)
+    return events
+
+
+def text_inputs(
+    prompt: str | bytes,
+    max_tokens: int,
+    *,
+    stream: Optional[bool] = None,
+    stop_words: Sequence[str] = (),
+    extra: Optional[Mapping[str, np.ndarray]] = None,
+) -> dict[str, np.ndarray]:
+    """Tensors for the ensemble / BLS (batch of one)."""
+    raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8")
+    inputs = {
+        "text_input": np.array([[raw]], dtype=np.object_),
+        "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+    }
+    if stream is not None:
+        inputs["stream"] = np.array([[stream]], dtype=bool)
+    if stop_words:
+        inputs["stop_words"] = np.array([[w.encode("utf-8") for w in stop_words]], dtype=np.object_)
+    inputs.update(extra or {})
+    return inputs
+
+
+@dataclass
+class StreamResult:
+    """What one gRPC stream returned: text pieces (one per response) and the other outputs."""
+
+    pieces: list[str] = field(default_factory=list)
+    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def grpc_stream(
+    grpc_url: str,
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    request_id: Optional[str] = None,
+    timeout: float = 120.0,
+    on_response: Optional[Callable[[int], bool]] = None,
+) -> StreamResult:
+    """One request over a gRPC decoupled stream, read until the final response.
+
+    ``on_response(n)`` is called after the n-th response; returning False abandons the stream
+    (a client that goes away mid-answer).
+    """
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    responses: "queue.Queue" = queue.Queue()
+    result = StreamResult()
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        tensors = []
+        for name, array in inputs.items():
+            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        client.async_stream_infer(model, tensors, request_id=request_id or uuid.uuid4().hex,
+                                  enable_empty_final_response=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                response, error = responses.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                result.error = f"no final response within {timeout:.0f} s"
+                break
+            if error is not None:
+                result.error = error.message() if hasattr(error, "message") else str(error)
+                break
+            outputs = {o.name: response.as_numpy(o.name) for o in response.get_response().outputs}
+            text = outputs.get("text_output")
+            if text is not None:
+                result.pieces.append(b"".join(np.asarray(text).reshape(-1)[:1]).decode("utf-8"))
+                result.outputs.append(outputs)
+            if on_response is not None and not on_response(len(result.outputs)):
+                break
+            if response.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    return result
+
+
+# ---------------------------------------------------------------- pure deciders
+
+
+def compare_metadata(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """Differences between a model's metadata and its config (inputs, outputs, platform)."""
+    problems = []
+    batch = [-1] if config.get("max_batch_size", 0) > 0 else []
+    platform = config.get("platform") or config.get("backend")
+    if metadata.get("platform") != platform:
+        problems.append(f"platform {metadata.get('platform')!r} vs config {platform!r}")
+    for kind, key in (("inputs", "input"), ("outputs", "output")):
+        expected = {
+            t["name"]: (_TRITON_TO_METADATA.get(t["data_type"], t["data_type"].removeprefix("TYPE_")),
+                        batch + [int(d) for d in t.get("dims", [])])
+            for t in config.get(key, [])
+        }
+        actual = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in metadata.get(kind, [])}
+        for name in sorted(set(expected) | set(actual)):
+            if name not in actual:
+                problems.append(f"{kind[:-1]} {name} in config but not in metadata")
+            elif name not in expected:
+                problems.append(f"{kind[:-1]} {name} in metadata but not in config")
+            elif actual[name] != expected[name]:
+                problems.append(f"{kind[:-1]} {name}: metadata {actual[name]} vs config {expected[name]}")
+    return problems
+
+
+def same_text(streamed: str, whole: str) -> tuple[bool, str]:
+    """Streamed text equals the whole text; a stream may hold back a final incomplete character
+    when the engine ends it without an empty final response, which shows as missing U+FFFD."""
+    if streamed == whole:
+        return True, "equal"
+    if whole.endswith(REPLACEMENT) and streamed == whole.rstrip(REPLACEMENT):
+        return True, "equal except a trailing incomplete character held back"
+    at = next((i for i, (a, b) in enumerate(zip(streamed, whole)) if a != b), min(len(streamed), len(whole)))
+    return False, f"differ at char {at}: streamed {streamed[at:at + 20]!r} vs {whole[at:at + 20]!r}"
+
+
+def stop_word_candidates(pieces: Sequence[str], limit: int = 3) -> list[tuple[str, str, str]]:
+    """(word, text through the word, text before it) for streamed pieces that can serve as a stop
+    word: printable, not seen earlier in the stream, not the first piece."""
+    out = []
+    for i in range(1, len(pieces)):
+        word = pieces[i]
+        before = "".join(pieces[:i])
+        if not word.strip() or REPLACEMENT in word or not word.isprintable() or word in before:
+            continue
+        out.append((word, before + word, before))
+        if len(out) == limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- the report
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+@dataclass
+class SmokeReport:
+    http_url: str
+    grpc_url: str
+    model: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def to_dict(self) -> dict:
+        return {"http_url": self.http_url, "grpc_url": self.grpc_url, "model": self.model, "ok": self.ok,
+                "checks": [c.__dict__ for c in self.checks]}
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def _expect(condition: bool, detail: str) -> None:
+    if not condition:
+        raise CheckFailed(detail)
+
+
+def _short(text: str, n: int = 48) -> str:
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
+class _Smoke:
+    """The checks, in order; later checks reuse the reference answer of the first generate."""
+
+    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress):
+        self.http, self.grpc, self.model, self.bls = http_url, grpc_url, model, bls_model
+        self.prompt, self.max_tokens, self.max_input_len = prompt, max_tokens, max_input_len
+        self.timeout = timeout_s
+        self.progress = progress
+        self.report = SmokeReport(http_url, grpc_url, model)
+        self.reference: Optional[str] = None
+        self.stream: Optional[StreamResult] = None
+        self.models: list[str] = []
+        self.configs: dict[str, dict] = {}
+
+    def check(self, name: str, fn: Callable[[], str]) -> None:
+        if self.progress:
+            self.progress(name)
+        started = time.monotonic()
+        try:
+            ok, detail = True, fn()
+        except CheckFailed as exc:
+            ok, detail = False, str(exc)
+        except ServerRequestError as exc:
+            ok, detail = False, f"server error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a broken check is a failed check, not a crash
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.report.checks.append(Check(name, ok, detail, time.monotonic() - started))
+
+    # -------------------------------------------------------------- helpers
+
+    def body(self, max_tokens: Optional[int] = None, **extra) -> dict:
+        body = {"text_input": self.prompt, "max_tokens": self.max_tokens if max_tokens is None else max_tokens}
+        body.update(extra)
+        return body
+
+    def text(self, model: Optional[str] = None, **body) -> str:
+        return generate(self.http, model or self.model, self.body(**body), self.timeout)["text_output"]
+
+    def need_reference(self) -> str:
+        _expect(self.reference is not None, "skipped: the non-streaming generate check failed")
+        return self.reference
+
+    def expect_error(self, send: Callable[[], Any], *words: str) -> str:
+        """The request must fail with a message naming one of ``words``; the server must stay ready."""
+        try:
+            answer = send()
+        except ServerRequestError as exc:
+            message = str(exc)
+        else:
+            if isinstance(answer, StreamResult) and answer.error:
+                message = answer.error
+            else:
+                raise CheckFailed(f"no error; the server answered {str(answer)[:80]!r}")
+        _expect(any(w.lower() in message.lower() for w in words),
+                f"error does not say what is wrong (expected one of {words}): {message[:160]}")
+        _expect(self.ready(), "server not ready after the bad request")
+        return message[:140]
+
+    def ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(_url(self.http, "/v2/health/ready"), timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    @property
+    def streams(self) -> bool:
+        """Token streaming needs a decoupled model (serving.decoupled); otherwise one response comes."""
+        return self.decoupled(self.model)
+
+    def stream_text(self, model: str, max_tokens: int, **kw) -> StreamResult:
+        return grpc_stream(self.grpc, model, text_inputs(self.prompt, max_tokens, stream=self.streams, **kw),
+                           timeout=self.timeout)
+
+    # -------------------------------------------------------------- checks
+
+    def live(self) -> str:
+        import requests
+
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            r = requests.get(_url(self.http, path), timeout=10)
+            _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
+        return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
+
+    def models_ready(self) -> str:
+        index = post_json(self.http, "/v2/repository/index", {})
+        bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
+        self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
+        _expect(not bad, "; ".join(bad))
+        _expect(self.model in self.models, f"model {self.model!r} is not in the repository ({', '.join(self.models)})")
+        return ", ".join(self.models)
+
+    def metadata(self) -> str:
+        _expect(bool(self.models), "skipped: no ready models")
+        problems = []
+        for name in self.models:
+            config = get_json(self.http, f"/v2/models/{name}/config")
+            self.configs[name] = config
+            problems += [f"{name}: {p}" for p in compare_metadata(get_json(self.http, f"/v2/models/{name}"), config)]
+        _expect(not problems, "; ".join(problems[:5]))
+        return f"{len(self.models)} models: inputs, outputs and platform match"
+
+    def decoupled(self, name: str) -> bool:
+        config = self.configs.get(name) or get_json(self.http, f"/v2/models/{name}/config")
+        return bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+
+    def first_generate(self) -> str:
+        self.reference = self.text()
+        _expect(self.reference.strip() != "", "empty text_output")
+        return _short(self.reference)
+
+    def infer(self) -> str:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        reference = self.need_reference()
+        client = httpclient.InferenceServerClient(self.http, network_timeout=self.timeout)
+        tensors = []
+        for name, array in text_inputs(self.prompt, self.max_tokens).items():
+            t = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        if not self.decoupled(self.model):
+            text = client.infer(self.model, tensors).as_numpy("text_output").reshape(-1)[0].decode("utf-8")
+            _expect(text == reference, f"infer {_short(text)} differs from generate {_short(reference)}")
+            return "text equals generate"
+        try:
+            client.infer(self.model, tensors)
+        except InferenceServerException as exc:
+            _expect("decoupled" in str(exc), f"unexpected error: {exc}")
+            return "refused, as Triton does for decoupled models (stream over gRPC instead)"
+        raise CheckFailed("plain infer on a decoupled model was accepted")
+
+    def infer_tokenizer_round_trip(self) -> str:
+        """preprocessing and postprocessing are plain (not decoupled) models: infer works on them."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http, network_timeout=self.timeout)
+        query = httpclient.InferInput("QUERY", [1, 1], "BYTES")
+        query.set_data_from_numpy(np.array([[self.prompt.encode("utf-8")]], dtype=np.object_))
+        out_len = httpclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32")
+        out_len.set_data_from_numpy(np.array([[self.max_tokens]], dtype=np.int32))
+        ids = client.infer("preprocessing", [query, out_len]).as_numpy("INPUT_ID")
+        tokens = httpclient.InferInput("TOKENS_BATCH", [1, 1, ids.shape[1]], "INT32")
+        tokens.set_data_from_numpy(ids.reshape(1, 1, -1).astype(np.int32))
+        lengths = httpclient.InferInput("SEQUENCE_LENGTH", [1, 1], "INT32")
+        lengths.set_data_from_numpy(np.array([[ids.shape[1]]], dtype=np.int32))
+        text = client.infer("postprocessing", [tokens, lengths]).as_numpy("OUTPUT").reshape(-1)[0].decode("utf-8")
+        _expect(self.prompt in text, f"ids of the prompt decode to {_short(text)}")
+        return f"{ids.shape[1]} prompt tokens decode back to the prompt"
+
+    def grpc_streaming(self) -> str:
+        reference = self.need_reference()
+        self.stream = self.stream_text(self.model, self.max_tokens)
+        _expect(self.stream.error is None, f"stream error: {self.stream.error}")
+        _expect(self.stream.text.strip() != "", "stream carried no text")
+        ok, how = same_text(self.stream.text, reference)
+        _expect(ok, how)
+        kind = "responses" if self.streams else "response (model not decoupled: no token streaming)"
+        return f"{len(self.stream.pieces)} {kind}; joined text {how} to generate"
+
+    def sse_streaming(self) -> str:
+        reference = self.need_reference()
+        events = generate_stream(self.http, self.model, self.body(stream=self.streams, id=uuid.uuid4().hex),
+                                 self.timeout)
+        text = "".join(e.get("text_output", "") for e in events)
+        ok, how = same_text(text, reference)
+        _expect(ok, how)
+        return f"{len(events)} events; joined text {how} to generate"
+
+    def deterministic(self) -> str:
+        reference = self.need_reference()
+        again = self.text()
+        _expect(again == reference, f"second answer {_short(again)} differs from {_short(reference)}")
+        return "same prompt, same answer"
+
+    def max_tokens_honoured(self) -> str:
+        reference = self.need_reference()
+        half = max(1, self.max_tokens // 2)
+        short = self.text(max_tokens=half)
+        _expect(reference.startswith(short.rstrip(REPLACEMENT)),
+                f"max_tokens={half} gave {_short(short)}, not a prefix of the max_tokens={self.max_tokens} answer")
+        _expect(self.stream is not None, "skipped: no gRPC stream to count")
+        n = len(self.stream.pieces)
+        _expect(n <= self.max_tokens + 1, f"{n} streamed responses for max_tokens={self.max_tokens}")
+        return f"max_tokens={half} answer is a prefix; {n} streamed responses ≤ {self.max_tokens} tokens + final"
+
+    def stop_words(self) -> str:
+        _expect(self.stream is not None, "skipped: no gRPC stream to pick a stop word from")
+        pieces = self.stream.pieces
+        if len(pieces) < 3:  # one response (not decoupled): words of the text instead of token pieces
+            pieces = re.findall(r"\s*\S+", self.stream.text)
+        candidates = stop_word_candidates(pieces)
+        _expect(bool(candidates), "no streamed piece is usable as a stop word")
+        reference = self.need_reference()
+        for word, through, before in candidates:
+            text = generate(self.http, self.model, self.body(stop_words=[word]), self.timeout)["text_output"]
+            if text in (through, before):
+                return f"stopped at {word!r} ({len(text)} of {len(reference)} chars)"
+            _expect(text == reference, f"stop word {word!r} gave {_short(text)}, neither stopped nor unchanged")
+        raise CheckFailed(f"none of {[c[0] for c in candidates]} stopped generation")
+
+    def bad_missing_input(self) -> str:
+        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": self.prompt}), "max_tokens")
+
+    def bad_dtype(self) -> str:
+        inputs = text_inputs(self.prompt, self.max_tokens, stream=False)
+        inputs["max_tokens"] = np.array([[float(self.max_tokens)]], dtype=np.float32)
+        return self.expect_error(lambda: grpc_stream(self.grpc, self.model, inputs, timeout=self.timeout),
+                                 "data-type", "datatype", "data type")
+
+    def bad_empty_prompt(self) -> str:
+        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": "", "max_tokens": 4}),
+                                 "empty")
+
+    def bad_long_prompt(self) -> str:
+        words = (self.max_input_len or 32768) + 16
+        body = {"text_input": "hello " * words, "max_tokens": 4}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout),
+                                 "length", "long", "exceed")
+
+    def bad_zero_tokens(self) -> str:
+        return self.expect_error(lambda: generate(self.http, self.model, self.body(max_tokens=0)), "max_tokens", "output")
+
+    def huge_tokens(self) -> str:
+        """TensorRT-LLM clamps an output length past max_seq_len (with a warning) or refuses it."""
+        reference = self.need_reference()
+        try:
+            text = self.text(max_tokens=2**31 - 1)
+        except ServerRequestError as exc:
+            _expect(self.ready(), "server not ready after the request")
+            return f"refused: {str(exc)[:120]}"
+        _expect(text.startswith(reference.rstrip(REPLACEMENT)), f"clamped answer {_short(text)} does not extend the reference")
+        _expect(self.ready(), "server not ready after the request")
+        return f"clamped to the sequence limit ({len(text)} chars)"
+
+    def bad_utf8(self) -> str:
+        inputs = text_inputs(b"\xff\xfe caf\xe9", self.max_tokens, stream=False)
+        return self.expect_error(lambda: grpc_stream(self.grpc, self.model, inputs, timeout=self.timeout), "utf-8", "utf8")
+
+    def still_serving(self) -> str:
+        reference = self.need_reference()
+        text = self.text()
+        _expect(text == reference, f"answer changed after the bad requests: {_short(text)}")
+        return "ready, and the same answer as before"
+
+    def bls_generate(self) -> str:
+        reference = self.need_reference()
+        text = self.text(model=self.bls)
+        _expect(text == reference, f"BLS {_short(text)} differs from {self.model} {_short(reference)}")
+        return f"equals {self.model}"
+
+    def bls_stream(self) -> str:
+        reference = self.need_reference()
+        result = self.stream_text(self.bls, self.max_tokens)
+        _expect(result.error is None, f"stream error: {result.error}")
+        ok, how = same_text(result.text, reference)
+        _expect(ok, how)
+        return f"{len(result.pieces)} responses; joined text {how} to {self.model}"
+
+    def run(self) -> SmokeReport:
+        self.check("server live and ready", self.live)
+        self.check("every model ready", self.models_ready)
+        self.check("model metadata equals config", self.metadata)
+        self.check("HTTP generate (non-streaming)", self.first_generate)
+        self.check("HTTP infer", self.infer)
+        if {"preprocessing", "postprocessing"} <= set(self.models):
+            self.check("HTTP infer preprocessing → postprocessing", self.infer_tokenizer_round_trip)
+        self.check("gRPC streaming", self.grpc_streaming)
+        self.check("HTTP generate_stream (SSE)", self.sse_streaming)
+        self.check("greedy answers deterministic", self.deterministic)
+        self.check("max_tokens honoured", self.max_tokens_honoured)
+        self.check("stop words honoured", self.stop_words)
+        self.check("bad request: missing input", self.bad_missing_input)
+        self.check("bad request: wrong dtype", self.bad_dtype)
+        self.check("bad request: empty prompt", self.bad_empty_prompt)
+        self.check("bad request: prompt over max_input_len", self.bad_long_prompt)
+        self.check("bad request: max_tokens 0", self.bad_zero_tokens)
+        self.check("request: huge max_tokens", self.huge_tokens)
+        self.check("bad request: non-UTF-8 bytes", self.bad_utf8)
+        self.check("server still serving", self.still_serving)
+        if self.bls and self.bls in self.models:
+            self.check("BLS generate (non-streaming)", self.bls_generate)
+            self.check("BLS gRPC streaming", self.bls_stream)
+        return self.report
+
+
+def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm") -> Optional[int]:
+    """The engine's prompt limit: the CPU engine's parameter, or the engine config.json when the
+    engine folder is readable from here (same machine)."""
+    try:
+        params = get_json(http_url, f"/v2/models/{engine_model}/config").get("parameters", {})
+    except (ServerRequestError, OSError, ValueError):
+        return None
+    value = params.get("max_input_len", {}).get("string_value")
+    if value and value.isdigit():
+        return int(value)
+    engine_dir = params.get("gpt_model_path", {}).get("string_value")
+    config = Path(engine_dir) / "config.json" if engine_dir else None
+    if config and config.is_file():
+        try:
+            return int(json.loads(config.read_text())["build_config"]["max_input_len"])
+        except (KeyError, ValueError, TypeError):
+            return None
+    return None
+
+
+def run_smoke(
+    http_url: str,
+    grpc_url: str,
+    *,
+    model: str = "ensemble",
+    bls_model: Optional[str] = "tensorrt_llm_bls",
+    prompt: str = DEFAULT_PROMPT,
+    max_tokens: int = 16,
+    max_input_len: Optional[int] = None,
+    timeout_s: float = 120.0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> SmokeReport:
+    """Run every smoke check against a running server; ``progress(name)`` is told of each check."""
+    if max_input_len is None:
+        max_input_len = max_input_len_from_server(http_url)
+    smoke = _Smoke(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress)
+    return smoke.run()

@@ -1,0 +1,137 @@
+"""``tritongen sweep``: the same seeded load against each combination of serving settings.
+
+For every point: apply its overrides to the spec, render the repository, validate it, start the server,
+warm up and run the load test (generator.loadtest), stop. A point that cannot run (invalid setting,
+validation errors, a server that does not load, e.g. a KV cache too small for the engine) is reported
+with its reason, never dropped. The best point is the one with the highest output-token throughput
+among those that pass the SLO (without an SLO: among those that completed and were not client-limited).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from generator.errors import TritongenError
+from generator.spec import Spec, parse_override, with_overrides
+
+STATUS_OK = "ok"
+STATUS_INVALID = "invalid setting"
+STATUS_VALIDATION = "validation failed"
+STATUS_SERVER = "server failed"
+STATUS_LOAD = "load test failed"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    fixed: list[str]
+    """Overrides applied to every point."""
+    axes: list[tuple[str, list[str]]]
+    """Swept fields and their values, in the order given."""
+
+    @property
+    def points(self) -> list[list[str]]:
+        """Every combination, as --set overrides (fixed ones first), first axis varying slowest."""
+        combos = itertools.product(*[[f"{key}={v}" for v in values] for key, values in self.axes])
+        return [self.fixed + list(combo) for combo in combos]
+
+    def label(self, overrides: list[str]) -> str:
+        swept = overrides[len(self.fixed):]
+        return ", ".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1] for o in swept) or "spec"
+
+
+def plan_sweep(sets: list[str]) -> SweepPlan:
+    """``--set a.b=1,4,16`` makes an axis; ``--set a.b=1`` (no comma, or a YAML list) a fixed override."""
+    fixed, axes = [], []
+    for item in sets:
+        keys, _ = parse_override(item)  # validates KEY=VALUE
+        key, raw = item.split("=", 1)
+        raw = raw.strip()
+        if "," in raw and not raw.startswith(("[", "{")):
+            values = [v.strip() for v in raw.split(",")]
+            if any(not v for v in values):
+                raise TritongenError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
+            axes.append((".".join(keys), values))
+        else:
+            fixed.append(item)
+    if not axes:
+        raise TritongenError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
+                             "--set serving.max_batch_size=1,4,16")
+    return SweepPlan(fixed, axes)
+
+
+def best_point(points: list[dict[str, Any]], with_slo: bool) -> Optional[dict[str, Any]]:
+    """Highest output tokens/s among points that pass the SLO (or, without one, completed cleanly)."""
+    def eligible(p: dict[str, Any]) -> bool:
+        r = p.get("results") or {}
+        if p["status"] != STATUS_OK or r.get("client", {}).get("client_limited"):
+            return False
+        return (r.get("slo") or {}).get("verdict") == "pass" if with_slo else not r.get("error_rate")
+
+    candidates = [p for p in points if eligible(p) and p["results"]["throughput"]["output_tokens_per_s"]]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: p["results"]["throughput"]["output_tokens_per_s"])
+    why = "passes the SLO" if with_slo else "no errors, load generator kept up"
+    tps = best["results"]["throughput"]["output_tokens_per_s"]
+    return {"label": best["label"], "overrides": best["overrides"],
+            "reason": f"{why}; highest output throughput, {tps:.1f} tokens/s"}
+
+
+def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+              progress: Callable[[str], None]) -> dict[str, Any]:
+    """One point, start to finish; every failure becomes the point's status and detail."""
+    from generator.loadtest import run_loadtest
+    from generator.problems import failing
+    from generator.render import render_repository
+    from generator.validate import validate_repository
+
+    point: dict[str, Any] = {"label": label, "overrides": overrides, "dir": str(out_dir), "status": STATUS_OK,
+                             "detail": "", "results": None}
+    try:
+        pspec = with_overrides(spec, overrides)
+    except TritongenError as exc:
+        return {**point, "status": STATUS_INVALID, "detail": exc.message}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"{label}: rendering")
+    try:
+        repo = render_repository(pspec, out_dir / "repo", force=True, gpu_visible=gpu_visible)
+    except TritongenError as exc:
+        return {**point, "status": STATUS_INVALID, "detail": str(exc)}
+    errors = failing(validate_repository(repo, pspec))
+    if errors:
+        return {**point, "status": STATUS_VALIDATION, "detail": "; ".join(p.message for p in errors[:3])}
+    progress(f"{label}: starting the server")
+    from generator.server import TritonServer
+
+    server = TritonServer(repo, log_file=out_dir / "triton.log")
+    try:
+        server.start()
+    except TritongenError as exc:
+        return {**point, "status": STATUS_SERVER, "detail": exc.message.splitlines()[0]}
+    try:
+        progress(f"{label}: load test")
+        result = run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                              metrics_url=server.metrics_url, title=f"Sweep point {label}")
+    except TritongenError as exc:
+        return {**point, "status": STATUS_LOAD, "detail": exc.message.splitlines()[0]}
+    finally:
+        server.stop()
+    return {**point, "results": result.results}
+
+
+def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,
+              progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+    """Run every point into OUT/points/<n>/ and write the sweep report into OUT."""
+    from generator.report import write_sweep_report
+
+    points = []
+    for i, overrides in enumerate(plan.points):
+        label = plan.label(overrides)
+        progress(f"point {i + 1}/{len(plan.points)}: {label}")
+        points.append(run_point(spec, overrides, label, out_dir / "points" / str(i), gpu_visible, progress))
+    best = best_point(points, with_slo=bool(spec.loadtest.slo))
+    write_sweep_report(out_dir, "tritongen sweep", points, best, spec.loadtest.slo)
+    return {"points": points, "best": best}

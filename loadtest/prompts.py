@@ -1,0 +1,91 @@
+"""Prompts for the load test: a JSONL file, or synthesized to a target token-length distribution.
+
+Synthetic prompts follow genai-perf's idea (lengths drawn from a normal distribution with a mean and a
+standard deviation, seeded) but are built from whole-word tokens of the served model's own vocabulary,
+so that a prompt of N words encodes to exactly N tokens without a text corpus. Only the ``tokenizers``
+library is used: this runs inside the Locust process, which must stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from tokenizers import Tokenizer
+
+_WORD = re.compile(r"^ [A-Za-z]{2,}$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    index: int
+    text: str
+    max_tokens: int
+    input_tokens: int
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass a folder with tokenizer.json (--tokenizer)")
+    return Tokenizer.from_file(str(path))
+
+
+def count_tokens(tokenizer: Tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _length(rng: random.Random, mean: int, stddev: int) -> int:
+    return max(1, round(rng.gauss(mean, stddev))) if stddev else mean
+
+
+def word_tokens(tokenizer: Tokenizer) -> list[str]:
+    """Vocabulary entries that are one space plus letters and encode back to themselves alone."""
+    special = set(tokenizer.get_added_tokens_decoder())
+    words = []
+    for tid in range(tokenizer.get_vocab_size()):
+        if tid in special:
+            continue
+        text = tokenizer.decode([tid])
+        if _WORD.match(text) and tokenizer.encode(text, add_special_tokens=False).ids == [tid]:
+            words.append(text)
+    if len(words) < 20:
+        raise ValueError("the tokenizer has too few whole-word tokens to synthesize prompts; pass --prompts FILE")
+    return words
+
+
+def synthesize(
+    tokenizer: Tokenizer, *, count: int, seed: int, input_mean: int, input_stddev: int,
+    output_mean: int, output_stddev: int,
+) -> list[Prompt]:
+    """``count`` prompts whose token lengths follow N(input_mean, input_stddev), seeded."""
+    rng = random.Random(seed)
+    words = word_tokens(tokenizer)
+    prompts = []
+    for i in range(count):
+        n_in = _length(rng, input_mean, input_stddev)
+        text = "".join(rng.choice(words) for _ in range(n_in))
+        prompts.append(Prompt(i, text, _length(rng, output_mean, output_stddev), count_tokens(tokenizer, text)))
+    return prompts
+
+
+def read_jsonl(
+    path: Path, tokenizer: Tokenizer, *, seed: int, output_mean: int, output_stddev: int
+) -> list[Prompt]:
+    """Prompts from a JSONL file: ``text`` per line, optional ``max_tokens`` (else drawn like synthetic ones)."""
+    rng = random.Random(seed)
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a string 'text'")
+            max_tokens = int(item.get("max_tokens") or _length(rng, output_mean, output_stddev))
+            prompts.append(Prompt(len(prompts), item["text"], max_tokens, count_tokens(tokenizer, item["text"])))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts

@@ -1,0 +1,185 @@
+"""Triton Python-backend model standing in for NVIDIA's ``tensorrt_llm`` model on machines without a GPU.
+
+Same inputs, outputs and parameters as the C++ ``tensorrtllm`` backend's model (TensorRT-LLM 1.2.1),
+so the ensemble and BLS do not change between CPU and GPU. This file is only the Triton edge: it
+turns Triton tensors into numpy, hands requests to ``CpuEngine`` (``cpu_engine.py``) and sends what
+the engine produces. It also publishes the backend's ``nv_trt_llm_*`` gauges (request counts, KV-cache
+blocks, iterations), fed from the engine every ``stats_check_period_ms``.
+Stands alone: imports nothing from tritongen.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cpu_engine import CpuEngine, EngineSettings, load_model  # noqa: E402
+from trtllm_io import RequestError, parse_request  # noqa: E402
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _message(exc: Exception) -> str:
+    """The client's error text: a refusal as is, anything else marked as the engine's fault."""
+    return str(exc) if isinstance(exc, RequestError) else f"CPU reference engine error: {exc!r}"
+
+
+class _StreamSink:
+    """Responses of one request through its decoupled response sender."""
+
+    def __init__(self, sender):
+        self.sender = sender
+
+    def send(self, tensors, final):
+        flags = _FINAL if final else 0
+        if tensors is None:
+            self.sender.send(flags=flags)
+            return
+        outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+
+    def send_error(self, message, final):
+        self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=_FINAL if final else 0)
+
+    def is_cancelled(self):
+        return self.sender.is_cancelled()
+
+
+class _BlockingSink:
+    """Non-decoupled mode: one response per request, returned by ``execute`` once the engine is done."""
+
+    def __init__(self):
+        self.response = None
+        self.done = threading.Event()
+
+    def send(self, tensors, final):
+        if tensors is not None:
+            outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
+            self.response = pb_utils.InferenceResponse(output_tensors=outputs)
+        if final:
+            self.done.set()
+
+    def send_error(self, message, final):
+        self.response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        self.done.set()
+
+    def is_cancelled(self):
+        return False
+
+
+# nv_trt_llm_* families of the C++ backend (custom_metrics_reporter.cc): label value -> EngineStats field
+_METRIC_FAMILIES = {
+    ("nv_trt_llm_request_metrics", "TRT LLM request metrics", "request_type"): {
+        "active": "active_requests", "max": "max_requests", "scheduled": "scheduled_requests",
+        "context": "context_requests", "waiting": "waiting_requests",
+    },
+    ("nv_trt_llm_kv_cache_block_metrics", "TRT LLM KV cache block metrics", "kv_cache_block_type"): {
+        "max": "max_blocks", "free": "free_blocks", "used": "used_blocks", "tokens_per": "tokens_per_block",
+        "reused": "reused_blocks", "fraction": None,
+    },
+    ("nv_trt_llm_general_metrics", "General TRT LLM metrics", "general_type"): {
+        "iteration_counter": "iterations",
+    },
+}
+
+
+class _Metrics:
+    """Publishes ``EngineStats`` as the backend's gauges from a background thread."""
+
+    def __init__(self, engine, model_name, version, period_s):
+        self.engine = engine
+        self.period_s = period_s
+        self.families = []
+        self.gauges = []
+        labels = {"model": model_name, "version": str(version)}
+        for (name, description, category), fields in _METRIC_FAMILIES.items():
+            family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+            self.families.append(family)
+            for label, field in fields.items():
+                self.gauges.append((family.Metric(labels={**labels, category: label}), field))
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="cpu-engine-metrics", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self.stopping.wait(self.period_s):
+            try:
+                stats = self.engine.stats()
+            except Exception:  # a snapshot taken mid-update; the next one will do
+                continue
+            for gauge, field in self.gauges:
+                if field is None:
+                    value = stats.used_blocks / stats.max_blocks if stats.max_blocks else 0.0
+                else:
+                    value = getattr(stats, field)
+                gauge.set(float(value))
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.gauges.clear()  # metrics must go before their families
+        self.families.clear()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+        settings = EngineSettings.from_parameters(params, config.get("max_batch_size", 1))
+        logger = pb_utils.Logger
+        started = time.perf_counter()
+        model = load_model(settings.weights_dir, settings.dtype, settings.cpu_threads)
+        logger.log_info(f"CPU reference engine: loaded {settings.weights_dir} in {time.perf_counter() - started:.1f} s")
+        self.engine = CpuEngine(settings, model, log=logger.log_info)
+        self.engine.start()
+        self.metrics = _Metrics(
+            self.engine, args["model_name"], args["model_version"], settings.stats_check_period_ms / 1000.0
+        )
+
+    def execute(self, requests):
+        if not self.decoupled:
+            return self._execute_blocking(requests)
+        for request in requests:
+            sink = _StreamSink(request.get_response_sender())
+            try:
+                self._submit(request, sink)
+            except Exception as exc:  # one bad request must not leave the others of this batch unanswered
+                sink.send_error(_message(exc), final=True)
+        return None
+
+    def _execute_blocking(self, requests):
+        """One response per request; all requests go to the engine before waiting, so they share steps."""
+        results = []
+        for request in requests:
+            sink = _BlockingSink()
+            try:
+                self._submit(request, sink)
+            except Exception as exc:
+                sink.send_error(_message(exc), final=True)
+            results.append(sink)
+        for sink in results:
+            sink.done.wait()
+        return [sink.response or pb_utils.InferenceResponse(output_tensors=[]) for sink in results]
+
+    def _submit(self, request, sink):
+        arrival_ns = time.perf_counter_ns()
+        tensors = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+        stop = tensors.get("stop")
+        if stop is not None and stop.size and bool(stop.reshape(-1)[0]):
+            self.engine.stop_request(request.request_id())
+            sink.send(None, final=True)  # the C++ backend also answers a stop request with an empty response
+            return
+        rows = parse_request(
+            tensors, default_exclude_input=self.engine.settings.exclude_input_in_output, decoupled=self.decoupled
+        )
+        self.engine.submit(rows, sink, arrival_ns=arrival_ns, triton_id=request.request_id())
+
+    def finalize(self):
+        self.metrics.close()
+        self.engine.shutdown()

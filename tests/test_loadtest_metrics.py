@@ -1,0 +1,303 @@
+"""The load test's pure parts: per-request figures from raw records, stream checks, arrival schedules,
+synthetic prompts, Locust configuration, statistics, the SLO gate and the client verdict.
+
+Records here are written by hand with round timestamps, so every expected figure can be worked out on
+paper; the server tests (test_loadtest_server.py) produce real ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.errors import TritongenError
+from generator.loadrecords import compare_texts, request_inputs, request_metrics, stream_failures
+from generator.loadtest import Endpoints, client_verdict, locust_commands, locust_options, summarize
+from generator.resources import loadtest_dir
+from generator.slo import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, evaluate, parse_slo
+from generator.spec import load_spec
+
+sys.path.insert(0, str(loadtest_dir()))
+import prompts as lt_prompts  # noqa: E402  (loadtest/prompts.py: tokenizers only, safe outside Locust)
+import schedule  # noqa: E402
+
+MS = 1_000_000
+
+
+def record(texts, *, sched=0, sent=0, first=10, gap=5, end=None, server=None, max_tokens=None, **extra):
+    """A streamed request: responses at first, first+gap, ... ms after 0 (monotonic ms → ns)."""
+    times = [(first + i * gap) * MS for i in range(len(texts))]
+    rec = {
+        "kind": "request", "id": "p0-0", "proc": 0, "seq": 0, "prompt": 0, "warmup": False, "streaming": True,
+        "protocol": "grpc-stream", "start_unix_ns": 1_700_000_000 * 10**9 + sched * MS,
+        "sched_ns": sched * MS, "sent_ns": sent * MS, "end_ns": (end if end is not None else times[-1] / MS) * MS,
+        "resp_ns": times, "resp_text": list(texts), "server": server or {}, "error": None,
+        "max_tokens": max_tokens if max_tokens is not None else len(texts), "exact_length": True,
+        "input_tokens": 7, "output_tokens": len(texts),
+    }
+    rec.update(extra)
+    return rec
+
+
+def perf(arrival, scheduled, first_token, last_token, tokens):
+    return {"arrival_time_ns": arrival * MS, "first_scheduled_time_ns": scheduled * MS,
+            "first_token_time_ns": first_token * MS, "last_token_time_ns": last_token * MS,
+            "num_output_tokens": tokens, "num_input_tokens": 7}
+
+
+# ---------------------------------------------------------------- per-request figures
+
+
+def test_ttft_itl_e2e_from_exact_timestamps():
+    m = request_metrics(record(["a", " b", " c", " d"], first=12, gap=6))
+    assert m.ttft_ns == 12 * MS
+    assert m.gaps_ns == [6 * MS] * 3
+    assert m.e2e_ns == 30 * MS
+    assert m.itl_ns == pytest.approx((30 - 12) / 3 * MS)  # (E2E - TTFT) / (tokens - 1)
+
+
+def test_open_loop_latency_counts_from_the_scheduled_send():
+    """A send 40 ms late against its slot shows up as 40 ms more TTFT, and as lateness."""
+    m = request_metrics(record(["x", "y"], sched=0, sent=40, first=52))
+    assert m.lateness_ns == 40 * MS
+    assert m.ttft_ns == 52 * MS
+
+
+def test_server_token_count_wins_over_the_tokenizer_for_per_request_itl():
+    rec = record(["ab", "cd"], server=perf(1, 2, 8, 20, 4), max_tokens=4, output_tokens=2)
+    m = request_metrics(rec)
+    assert m.output_tokens == 4 and m.client_output_tokens == 2
+    assert m.itl_ns == pytest.approx((m.e2e_ns - m.ttft_ns) / 3)
+
+
+def test_ttft_split_adds_up_and_splits_the_front_end_on_a_shared_clock():
+    rec = record(["a", "b", "c"], sched=0, sent=1, first=30, gap=10, server=perf(4, 9, 25, 45, 3))
+    m = request_metrics(rec)
+    s = m.split
+    assert (s["send_delay"], s["queue"], s["prefill"], s["decode"]) == (1 * MS, 5 * MS, 16 * MS, 20 * MS)
+    assert s["send_delay"] + s["front_end"] + s["queue"] + s["prefill"] == m.ttft_ns
+    assert (s["front_in"], s["front_out"]) == (3 * MS, 5 * MS)
+    assert s["front_in"] + s["front_out"] == s["front_end"]
+
+
+def test_split_without_perf_metrics_is_none():
+    assert request_metrics(record(["a", "b"])).split is None
+
+
+def test_first_token_is_the_first_response_with_text():
+    """A held-back first token (empty text) does not count as the first token the user sees."""
+    m = request_metrics(record(["", "é", "x"], first=10, gap=5))
+    assert m.ttft_ns == 15 * MS
+
+
+def test_errors_have_no_latency():
+    m = request_metrics(record(["a"], error="HTTP 500: boom"))
+    assert not m.ok and m.ttft_ns is None and m.failures == []
+
+
+# ---------------------------------------------------------------- streamed-output checks
+
+
+def test_clean_stream_passes_every_check():
+    assert stream_failures(record(["Hello", " wor", "ld"]), reference="Hello world") == []
+
+
+def test_replacement_character_cut_between_responses_fails():
+    rec = record(["caf", "\ufffd", "\ufffd", " ok"])
+    assert set(stream_failures(rec, reference="café ok")) == {"replacement_char", "reference_mismatch"}
+    assert stream_failures(rec) == ["replacement_char"]  # no reference: any U+FFFD counts
+
+
+def test_replacement_character_the_model_really_wrote_is_not_a_streaming_fault():
+    """Invalid bytes decode to U+FFFD in one piece too (a random model writes them)."""
+    assert stream_failures(record(["a", "\ufffd", "b"]), reference="a\ufffdb") == []
+
+
+def test_held_back_character_may_leave_an_empty_chunk_but_a_lost_one_may_not():
+    assert stream_failures(record(["a", "", "é!"]), reference="aé!") == []
+    assert "empty_chunk" in stream_failures(record(["a", "", "b", "c"]))
+    assert stream_failures(record(["a", "b", ""])) == []  # an empty final response is fine
+
+
+def test_lost_spaces_are_detokenization_damage():
+    assert compare_texts("Helloworld", "Hello world") == "detokenization"
+    assert "reference_mismatch" in stream_failures(record(["Hello", "world"]), reference="Hello world")
+
+
+def test_other_tokens_are_divergence_not_a_streaming_fault():
+    assert compare_texts("the cat sat", "the dog ran") == "diverged"
+    assert stream_failures(record(["the", " cat", " sat"]), reference="the dog ran") == []
+
+
+def test_token_count_must_match_the_requested_length():
+    ok = record(["a", "b", "c"], server={"num_output_tokens": 3}, max_tokens=3)
+    lost = record(["a", "b"], server={"num_output_tokens": 2}, max_tokens=3)
+    merged = record(["a", "b", "c"], server={"num_output_tokens": 2}, max_tokens=2, exact_length=False)
+    assert stream_failures(ok) == []
+    assert stream_failures(lost) == ["token_count"]
+    assert stream_failures(merged) == ["token_count"]
+
+
+def test_request_inputs_only_send_what_the_model_accepts():
+    minimal = request_inputs({"text_input", "max_tokens"}, "hi", 8, True)
+    assert minimal == {"text_input": "hi", "max_tokens": 8}
+    full = request_inputs({"text_input", "max_tokens", "stream", "min_tokens", "return_perf_metrics"}, "hi", 8, True)
+    assert full["min_tokens"] == 8 and full["stream"] is True and full["return_perf_metrics"] is True
+
+
+# ---------------------------------------------------------------- schedule and prompts
+
+
+def test_constant_arrivals_of_several_processes_interleave_into_one_rate():
+    offsets = sorted(o for i in range(3) for o, _ in zip(schedule.arrival_offsets(10.0, "constant", 0, i, 3), range(10)))
+    assert offsets == [round(k * 1e8) for k in range(30)]  # 10/s → every 100 ms
+
+
+def test_poisson_arrivals_are_seeded_and_keep_the_rate():
+    a = list(zip(range(2000), schedule.arrival_offsets(50.0, "poisson", 7, 0, 1)))
+    b = list(zip(range(2000), schedule.arrival_offsets(50.0, "poisson", 7, 0, 1)))
+    assert a == b
+    assert a[-1][1] / 1e9 == pytest.approx(2000 / 50.0, rel=0.1)
+
+
+def test_shares_add_up():
+    assert [schedule.share(10, i, 3) for i in range(3)] == [4, 3, 3]
+
+
+def test_synthetic_prompts_hit_their_token_lengths(tiny_model_dir):
+    tok = lt_prompts.load_tokenizer(tiny_model_dir)
+    made = lt_prompts.synthesize(tok, count=20, seed=3, input_mean=40, input_stddev=8, output_mean=16, output_stddev=0)
+    again = lt_prompts.synthesize(tok, count=20, seed=3, input_mean=40, input_stddev=8, output_mean=16, output_stddev=0)
+    assert made == again
+    lengths = [p.input_tokens for p in made]
+    assert len(set(lengths)) > 1 and 25 < sum(lengths) / len(lengths) < 55
+    assert all(p.max_tokens == 16 for p in made)
+    assert all(lt_prompts.count_tokens(tok, p.text) == p.input_tokens for p in made)
+
+
+def test_prompts_from_jsonl(tmp_path, tiny_model_dir):
+    tok = lt_prompts.load_tokenizer(tiny_model_dir)
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"text": "hello there", "max_tokens": 5}\n\n{"text": "second"}\n', encoding="utf-8")
+    got = lt_prompts.read_jsonl(f, tok, seed=0, output_mean=9, output_stddev=0)
+    assert [(p.text, p.max_tokens) for p in got] == [("hello there", 5), ("second", 9)]
+    f.write_text('{"prompt": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="string 'text'"):
+        lt_prompts.read_jsonl(f, tok, seed=0, output_mean=9, output_stddev=0)
+
+
+# ---------------------------------------------------------------- Locust configuration
+
+
+def test_locust_options_follow_the_spec():
+    spec = load_spec(None, ["loadtest.users=3", "loadtest.protocol=http-stream", "loadtest.request_rate=5"])
+    ep = Endpoints.from_urls("http://127.0.0.1:8000")
+    assert ep.grpc_url == "127.0.0.1:8001" and ep.metrics_url == "http://127.0.0.1:8002/metrics"
+    opts = locust_options(spec.loadtest, ep, Path("/r.jsonl"), Path("/lf.py"))
+    assert opts["host"] == "http://127.0.0.1:8000"
+    assert opts["users"] == 1  # open loop: one dispatching user per process
+    assert opts["request-rate"] == 5 and opts["protocol"] == "http-stream" and opts["records"] == "/r.jsonl"
+    grpc = locust_options(load_spec(None, []).loadtest, ep, Path("/r.jsonl"), Path("/lf.py"))
+    assert grpc["host"] == "grpc://127.0.0.1:8001" and grpc["users"] == 16 and "request-rate" not in grpc
+
+
+def test_distributed_commands_are_one_master_and_n_workers():
+    cmds = locust_commands(Path("/c.conf"), Path("/lf.py"), 2, 5599, python="py", prefix=("nice",))
+    assert len(cmds) == 3
+    assert cmds[0][:4] == ["nice", "py", "-m", "locust"] and "--master" in cmds[0] and "2" in cmds[0]
+    assert all("--worker" in c and "5599" in c for c in cmds[1:])
+    assert locust_commands(Path("/c.conf"), Path("/lf.py"), 0, 1)[0][-2:] == ["--config", "/c.conf"]
+
+
+def test_bad_url_is_a_user_error():
+    with pytest.raises(TritongenError, match="host and a port"):
+        Endpoints.from_urls("http://localhost")
+
+
+# ---------------------------------------------------------------- statistics, SLO, verdict
+
+
+def _run(n=20):
+    recs = [record(["a", "b", "c"], sched=i * 100, sent=i * 100, first=i * 100 + 10 + i, gap=5,
+                   server=perf(i * 100 + 1, i * 100 + 2 + i, i * 100 + 8 + i, i * 100 + 20 + i, 3))
+            for i in range(n)]
+    for i, r in enumerate(recs):
+        r["id"], r["seq"], r["prompt"] = f"p0-{i}", i, i
+    recs[0]["warmup"] = True
+    recs[1]["error"] = "timeout"
+    return recs
+
+
+def test_summary_counts_throughput_and_queue_trend():
+    res = summarize(_run())
+    assert res["counts"] == {"requests": 19, "ok": 18, "errors": 1, "warmup": 1, "cancelled": 0, "no_text": 0}
+    assert res["error_rate"] == pytest.approx(1 / 19)
+    assert res["latency_ms"]["ttft"]["count"] == 18
+    assert res["split"]["parts_sum_mean_ms"] == pytest.approx(res["split"]["ttft_mean_ms"])
+    first, _, last = res["queue_trend"]["median_ms_by_third"]
+    assert last > first and res["queue_trend"]["slope_ms_per_s"] > 0
+    # window: first scheduled send (200 ms) to the last answer (1900 + 29 + 10 ms)
+    assert res["window_s"] == pytest.approx((1939 - 200) / 1000)
+    assert res["throughput"]["output_tokens_per_s"] == pytest.approx(18 * 3 / res["window_s"])
+
+
+def test_genai_perf_and_vllm_equivalents_use_the_actual_send():
+    rec = record(["", "a", "b", "c"], sched=0, sent=10, first=20, gap=10, output_tokens=3)
+    eq = summarize([rec])["equivalents"]
+    assert eq["genai_perf"]["ttft"]["mean"] == pytest.approx(10.0)  # first response, even empty, from the send
+    assert eq["vllm"]["ttft"]["mean"] == pytest.approx(20.0)  # first text, from the send
+    assert eq["vllm"]["itl"]["mean"] == pytest.approx(10.0)
+    assert eq["genai_perf"]["itl"]["mean"] == pytest.approx((40 - 10) / 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ttft_p95<", "cannot read"), ("latency_p95<5ms", "unknown SLO metric"), ("ttft_p95<5", "time unit"),
+    ("requests_per_s>2%", "not a rate"), ("", "empty SLO"),
+])
+def test_slo_syntax_errors_are_user_errors(text, message):
+    with pytest.raises(TritongenError, match=message):
+        parse_slo(text)
+
+
+def test_slo_units():
+    terms = parse_slo("ttft_p95<0.5s, itl_p99<=800us ,error_rate<0.1%,output_tokens_per_s>100")
+    assert [(t.metric, t.stat, t.op, t.limit) for t in terms] == [
+        ("ttft", "p95", "<", 500.0), ("itl", "p99", "<=", 0.8), ("error_rate", None, "<", 0.001),
+        ("output_tokens_per_s", None, ">", 100.0)]
+
+
+def test_slo_pass_fail_and_not_measured():
+    res = summarize(_run())
+    res["client"] = {"client_limited": False, "processes": []}
+    ttft = res["latency_ms"]["ttft"]["p95"]
+    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res)["exit_code"] == EXIT_PASS
+    failed = evaluate(parse_slo(f"ttft_p95<{ttft - 1}ms,error_rate<50%"), res)
+    assert failed["verdict"] == "fail" and failed["exit_code"] == EXIT_FAIL
+    assert [t["result"] for t in failed["terms"]] == ["fail", "pass"]
+    res["latency_ms"]["itl"] = None
+    assert evaluate(parse_slo("itl_p95<1s"), res)["exit_code"] == EXIT_INCONCLUSIVE
+
+
+def test_client_limited_run_never_passes_and_fails_only_beyond_its_own_error():
+    res = summarize(_run())
+    res["client"] = {"client_limited": True, "processes": [{"lag_p99_ms": 5.0}]}
+    ttft = res["latency_ms"]["ttft"]["p95"]
+    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res)["verdict"] == "inconclusive"
+    assert evaluate(parse_slo(f"ttft_p95<{ttft - 2}ms"), res)["verdict"] == "inconclusive"  # within 5 ms lag
+    assert evaluate(parse_slo(f"ttft_p95<{ttft - 6}ms"), res)["verdict"] == "fail"
+    assert evaluate(parse_slo("output_tokens_per_s>1e9"), res)["verdict"] == "inconclusive"
+
+
+def test_client_verdict_flags_cpu_lag_and_lateness():
+    res = summarize(_run())
+    calm = {"proc": 0, "host": "h", "wall_s": 10.0, "cpu_s": 2.0, "lag_ns": [1 * MS] * 100, "lag_max_ns": 2 * MS}
+    assert client_verdict([calm], res, open_loop=False)["client_limited"] is False
+    busy = dict(calm, cpu_s=9.5)
+    laggy = dict(calm, lag_ns=[1 * MS] * 90 + [50 * MS] * 10)
+    v = client_verdict([busy, dict(laggy, proc=1)], res, open_loop=False)
+    assert v["client_limited"] and len(v["reasons"]) == 2
+    res["latency_ms"]["lateness"]["p99"] = 40.0
+    assert "late against the schedule" in client_verdict([calm], res, open_loop=True)["reasons"][0]
+    assert client_verdict([], res, open_loop=False)["client_limited"]

@@ -1,0 +1,226 @@
+"""Pre- and postprocessing logic without a server: incremental detokenization, word lists, prompts.
+
+The model files are loaded from model_repo/ by path, as Triton loads them. Tokenizers are trained
+here on the bundled corpus (milliseconds): a byte-level BPE like Qwen's and a SentencePiece-style
+BPE with byte fallback like Llama's, the two families whose streaming breaks in different ways.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generator.resources import data_dir, model_repo_dir
+
+REPO = model_repo_dir()
+SAMPLES = [
+    "Plain English, with spaces and punctuation.",
+    "A café, a naïve façade and a crème roll.",
+    "東京 and 京都 are two cities.",
+    "Emoji: 😊 👍 ❤️ 🇯🇵 done.",
+    "  two leading spaces,  and  double  spaces  ",
+]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+detok = _load("tritongen_detok", REPO / "postprocessing" / "1" / "detok.py")
+
+
+def _python_backend_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    """The preprocessing model module (its Triton utils import is the real file from the wheel)."""
+    sys.path.insert(0, str(_python_backend_dir()))
+    try:
+        return _load("tritongen_preprocessing", REPO / "preprocessing" / "1" / "model.py")
+    finally:
+        sys.path.remove(str(_python_backend_dir()))
+
+
+@pytest.fixture(scope="module")
+def engine_io():
+    return _load("tritongen_trtllm_io", REPO / "tensorrt_llm_cpu" / "1" / "trtllm_io.py")
+
+
+def _corpus() -> str:
+    return (data_dir() / "corpus.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def byte_level():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_corpus()], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return fast
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_like():
+    """Metaspace BPE with byte fallback: '▁' marks spaces, unknown characters become <0xXX> bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator([_corpus()], trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>"],
+                                                             limit_alphabet=60))
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):  # byte-fallback tokens belong to the model's vocabulary, not to the special tokens
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _decoder(tok):
+    return lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+
+def _chunks(ids, rng, max_size):
+    out, i = [], 0
+    while i < len(ids):
+        n = rng.randint(1, max_size)
+        out.append(ids[i:i + n])
+        i += n
+    return out
+
+
+# ---------------------------------------------------------------- incremental detokenization
+
+
+@pytest.mark.parametrize("family", ["byte_level", "sentencepiece_like"])
+@pytest.mark.parametrize("text", SAMPLES)
+def test_stream_joins_to_the_whole_text_and_never_splits_a_character(request, family, text):
+    tok = request.getfixturevalue(family)
+    decode = _decoder(tok)
+    ids = tok.encode(text, add_special_tokens=False)
+    whole = decode(ids)
+    pieces = detok.detokenize_stream(decode, [[i] for i in ids])
+    assert "".join(pieces) == whole
+    assert not any(detok.REPLACEMENT in p for p in pieces)  # valid text: no broken character in any piece
+    rng = random.Random(text)
+    for _ in range(20):  # engines may also send several tokens per response
+        assert "".join(detok.detokenize_stream(decode, _chunks(ids, rng, 4))) == whole
+
+
+def test_the_cases_are_real_token_by_token_decoding_breaks_them(byte_level, sentencepiece_like):
+    """Guard against a vacuous suite: the naive per-chunk decode (upstream's) fails on these samples."""
+    for tok in (byte_level, sentencepiece_like):
+        decode = _decoder(tok)
+        broken = [t for t in SAMPLES if "".join(decode([i]) for i in tok.encode(t, add_special_tokens=False)) != decode(tok.encode(t, add_special_tokens=False))]
+        assert len(broken) >= 2
+    spaced = sentencepiece_like.encode("a café, a crème", add_special_tokens=False)
+    assert " " not in "".join(_decoder(sentencepiece_like)([i]) for i in spaced)  # spaces lost when alone
+
+
+def test_incomplete_character_is_held_back_until_complete(byte_level):
+    decode = _decoder(byte_level)
+    d = detok.IncrementalDetokenizer(decode)
+    emoji = byte_level.encode("😊", add_special_tokens=False)
+    assert len(emoji) > 1, "the emoji must span tokens for this test to mean anything"
+    assert d.push(byte_level.encode("Hi ", add_special_tokens=False)) == "Hi "
+    assert d.push(emoji[:1]) == "" and d.holding
+    assert d.push(emoji[1:]) == "😊" and not d.holding
+
+
+def test_finish_releases_a_truncated_character_as_the_whole_decode_shows_it(byte_level):
+    decode = _decoder(byte_level)
+    ids = byte_level.encode("ok 東", add_special_tokens=False)[:-1]  # cut inside the last character
+    d = detok.IncrementalDetokenizer(decode)
+    pieces = [d.push([i]) for i in ids] + [d.finish()]
+    assert "".join(pieces) == decode(ids) and decode(ids).endswith(detok.REPLACEMENT)
+
+
+def test_special_tokens_are_skipped(byte_level):
+    decode = _decoder(byte_level)
+    special = byte_level.convert_tokens_to_ids("<|im_start|>")
+    ids = byte_level.encode("one two", add_special_tokens=False) + [special] + byte_level.encode(" three", add_special_tokens=False)
+    pieces = detok.detokenize_stream(decode, [[i] for i in ids])
+    assert "".join(pieces) == "one two three"
+
+
+def test_byte_level_streams_match_even_for_invalid_byte_sequences(byte_level):
+    """Random ids (what a random-weight model emits) include lone continuation bytes: still equal."""
+    decode = _decoder(byte_level)
+    rng = random.Random(0)
+    for _ in range(300):
+        ids = [rng.randrange(len(byte_level)) for _ in range(rng.randint(1, 30))]
+        assert "".join(detok.detokenize_stream(decode, _chunks(ids, rng, 3))) == decode(ids)
+
+
+def test_stream_table_bounds_and_expires_streams():
+    now = [0.0]
+    table = detok.StreamTable(lambda: detok.IncrementalDetokenizer(lambda ids: ""), max_streams=2, idle_s=10,
+                              clock=lambda: now[0])
+    a = table.get("a")
+    assert table.get("a") is a
+    table.get("b")
+    table.get("c")  # over the bound: the least recently used ("a") goes
+    assert len(table) == 2 and table.pop("a") is None
+    now[0] = 11.0
+    fresh = table.get("b")  # idle past the limit: a new stream
+    assert len(table) == 1 and table.pop("b") is fresh
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_word_lists_use_the_offsets_layout_the_engine_reads(preprocessing, engine_io, byte_level):
+    encode = lambda w: byte_level.encode(w, add_special_tokens=False)  # noqa: E731
+    words = [[b" the", "café".encode(), b""], [b"\xe6\x9d\xb1\xe4\xba\xac"]]
+    out = preprocessing.word_lists_to_ids(encode, words, 2)
+    assert out.dtype == np.int32 and out.shape[:2] == (2, 2)
+    first = [encode(" the"), encode("café")]
+    assert out[0, 1, :2].tolist() == [len(first[0]), len(first[0]) + len(first[1])]  # cumulative end offsets
+    assert (out[0, 1, 2:] == -1).all()
+    for row, expected in zip(out, [first, [encode("東京")]]):
+        assert engine_io.word_list(row) == expected  # what the CPU engine (and TensorRT-LLM) reads back
+    empty = preprocessing.word_lists_to_ids(encode, None, 3)
+    assert empty.shape == (3, 2, 0)
+    assert engine_io.word_list(preprocessing.word_lists_to_ids(encode, [[b""]], 1)[0]) == []
+
+
+def test_chat_template_wraps_each_prompt_in_one_batch(preprocessing, byte_level):
+    model = preprocessing.TritonPythonModel()
+    model.tokenizer, model.add_special_tokens = byte_level, True
+    ids = model._encode_prompts(["hello there", "東京"], chat=True)
+    assert ids[0] == byte_level.apply_chat_template([{"role": "user", "content": "hello there"}],
+                                                    add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"]
+    assert byte_level.decode(ids[1]).startswith("<|im_start|>user\n東京<|im_end|>")
+    assert model._encode_prompts(["hello there"], chat=False)[0] == byte_level.encode("hello there")
+
+
+def test_prompt_bytes_must_be_utf8(preprocessing):
+    assert preprocessing._texts(np.array([["café".encode()]], dtype=object), "text_input") == ["café"]
+    with pytest.raises(preprocessing.RequestError, match="text_input is not valid UTF-8"):
+        preprocessing._texts(np.array([[b"\xff\xfe"]], dtype=object), "text_input")

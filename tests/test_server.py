@@ -1,0 +1,247 @@
+"""The server launcher: command line and environment (pure), then real tritonserver runs: a failed
+start names the broken model, stopping leaves no process or shared memory behind, `tritongen serve`
+stops on SIGTERM, and the CPU repository serves 16 concurrent streams and survives a killed client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from generator.errors import TritongenError
+from generator.server import (
+    SHM_DIR,
+    TritonServer,
+    assemble_backend_dir,
+    failed_models_from_index,
+    failed_models_from_log,
+    find_install,
+    free_port,
+    server_command,
+    server_env,
+)
+from generator.smoke import generate, grpc_stream, same_text, text_inputs
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def test_command_binds_loopback_and_lets_extra_args_override():
+    cmd = server_command(Path("/x/tritonserver"), Path("/repo"), host="127.0.0.1", http_port=1, grpc_port=2,
+                         metrics_port=3, backend_dir=Path("/b"), shm_prefix="pfx_", extra_args=["--log-verbose=1"])
+    assert cmd[0] == "/x/tritonserver" and "--model-repository=/repo" in cmd
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                 "--http-port=1", "--grpc-port=2", "--metrics-port=3", "--backend-directory=/b",
+                 "--backend-config=python,shm-region-prefix-name=pfx_"):
+        assert flag in cmd
+    assert cmd[-1] == "--log-verbose=1" and cmd.index("--log-verbose=0") < len(cmd) - 1
+    ngc = server_command(Path("tritonserver"), Path("/repo"), host="0.0.0.0", http_port=1, grpc_port=2,
+                         metrics_port=3, backend_dir=None, shm_prefix="p")
+    assert not any(a.startswith("--backend-directory") for a in ngc)
+
+
+def test_environment_puts_this_python_first():
+    env = server_env({"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/old", "PYTHONHOME": "/elsewhere"},
+                     python_bin_dir=Path("/venv/bin"), lib_dirs=[Path("/py/lib"), Path("/wheel.libs")])
+    assert env["PATH"].split(os.pathsep) == ["/venv/bin", "/usr/bin"]
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep) == ["/py/lib", "/wheel.libs", "/old"]
+    assert "PYTHONHOME" not in env
+    assert "LD_LIBRARY_PATH" not in server_env({"PATH": ""}, python_bin_dir=Path("/venv/bin"))
+
+
+def test_backend_folder_has_the_stub_for_this_python(tmp_path):
+    install = find_install()
+    if not install.bundled:
+        pytest.skip("tritonserver comes from PATH here, not from the nvidia-pytriton wheel")
+    backend = assemble_backend_dir(install.pytriton_dir, tmp_path / "b")
+    names = sorted(p.name for p in (backend / "python").iterdir())
+    assert names == ["libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
+    with pytest.raises(TritongenError, match="no stub for Python 2.7"):
+        assemble_backend_dir(install.pytriton_dir, tmp_path / "c", python_version="2.7")
+
+
+def test_failed_models_are_read_from_the_log_and_the_index():
+    log = textwrap.dedent("""\
+        E1126 01:19:27.006480 7350 model_repository_manager.cc:703] "Invalid argument: in ensemble ens, step of model 'ens' receives inputs originated from different decoupled models"
+        E1126 01:20:00.000000 7350 model_lifecycle.cc:654] "failed to load 'tensorrt_llm' version 1: Internal: MemoryError: too big\\n\\nAt:\\n  cache.py(704)"
+        | preprocessing | 1       | READY                     |
+        | tensorrt_llm  | 1       | UNAVAILABLE: Internal: MemoryError: too big |
+        """)
+    failed = failed_models_from_log(log)
+    assert set(failed) == {"ens", "tensorrt_llm"}
+    assert failed["tensorrt_llm"] == "Internal: MemoryError: too big"  # the traceback is cut off
+    assert "different decoupled models" in failed["ens"]
+    index = [{"name": "a", "state": "READY"}, {"name": "b", "state": "UNAVAILABLE", "reason": "boom\\nAt: x"}]
+    assert failed_models_from_index(index) == {"b": "boom"}
+
+
+# ---------------------------------------------------------------- small real repositories
+
+_PLAIN_MODEL = """
+import numpy as np
+import time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        {init}
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())])
+                for r in requests]
+
+    def finalize(self):
+        {finalize}
+"""
+
+
+def _write_model(repo: Path, name: str, *, init: str = "pass", finalize: str = "pass", instances: int = 1) -> None:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(textwrap.dedent(f"""\
+        name: "{name}"
+        backend: "python"
+        max_batch_size: 4
+        input [ {{ name: "IN" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        output [ {{ name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+        instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+        """))
+    (repo / name / "1" / "model.py").write_text(_PLAIN_MODEL.format(init=init, finalize=finalize))
+
+
+def _alive(pids) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.server
+def test_failed_start_names_the_broken_model_and_leaves_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    _write_model(repo, "healthy")
+    _write_model(repo, "broken_model", init='raise ValueError("weights are missing from /nowhere")')
+    server = TritonServer(repo)
+    with pytest.raises(TritongenError) as info:
+        server.start(timeout_s=120)
+    message = str(info.value)
+    assert "broken_model: " in message and "weights are missing from /nowhere" in message
+    assert "healthy:" not in message  # only the failed model is named
+    assert info.value.where.endswith("broken_model/config.pbtxt")
+    assert "last lines of the server log" in message and server.log_file.is_file()
+    assert server.process is None and not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+@pytest.mark.server
+def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo", instances=2)
+    _write_model(repo, "stuck", finalize="time.sleep(600)")  # unloading never ends: SIGKILL must follow
+    server = TritonServer(repo)
+    server.start(timeout_s=120)
+    try:
+        assert requests.get(f"http://{server.http_url}/v2/health/ready", timeout=5).status_code == 200
+        family = [server.pid] + [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
+        stubs = [p for p in psutil.Process(server.pid).children(recursive=True) if "stub" in p.name()]
+        assert len(stubs) == 3  # two echo instances and one stuck instance, all in the server's group
+        assert all(os.getpgid(p.pid) == server.pid for p in stubs)
+        assert list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+    finally:
+        server.stop(timeout_s=3)
+    assert _alive(family) == []
+    assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+@pytest.mark.server
+def test_serve_command_stops_on_sigterm(tmp_path):
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    http_port = free_port()
+    tritongen = Path(sys.executable).parent / "tritongen"
+    cli = subprocess.Popen([str(tritongen), "serve", str(repo), "--http-port", str(http_port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in cli.stdout:  # the addresses are printed once every model is ready
+            lines.append(line)
+            if line.startswith("HTTP"):
+                break
+        assert f"127.0.0.1:{http_port}" in "".join(lines), "".join(lines)
+        assert requests.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5).status_code == 200
+        family = [p.pid for p in psutil.Process(cli.pid).children(recursive=True)]
+        assert any("tritonserver" in psutil.Process(p).name() for p in family)
+        cli.send_signal(signal.SIGTERM)
+        output, _ = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, output
+    assert _alive(family) == []
+
+
+# ---------------------------------------------------------------- the CPU repository under load
+
+PROMPTS = ["The repair café meets", "Tea travelled a long way", "東京 and 京都", "Emoji began as 😊"]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_sixteen_concurrent_streams_get_the_sequential_answers(cpu_server, model):
+    expected = {p: generate(cpu_server.http_url, "ensemble", {"text_input": p, "max_tokens": 12})["text_output"]
+                for p in PROMPTS}
+
+    def stream(i):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        return prompt, grpc_stream(cpu_server.grpc_url, model, text_inputs(prompt, 12, stream=True), timeout=300)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(stream, range(16)))
+    for prompt, result in results:
+        assert result.error is None
+        ok, how = same_text(result.text, expected[prompt])
+        assert ok, f"{prompt!r}: {how}"
+
+
+_STREAMING_CLIENT = """
+import sys
+from generator.smoke import grpc_stream, text_inputs
+
+def seen(n):
+    print(n, flush=True)
+    return True
+
+grpc_stream(sys.argv[1], "ensemble", text_inputs("The bakery in the old quarter", 60, stream=True), on_response=seen)
+"""
+
+
+@pytest.mark.server
+def test_killed_client_leaves_the_server_serving(cpu_server, trtllm_gauge):
+    reference = generate(cpu_server.http_url, "ensemble", {"text_input": PROMPTS[0], "max_tokens": 8})["text_output"]
+    client = subprocess.Popen([sys.executable, "-c", _STREAMING_CLIENT, cpu_server.grpc_url],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "1"  # the stream is running ...
+        client.stdout.readline()
+    finally:
+        client.kill()  # ... and its client dies without closing anything
+        client.wait()
+    assert requests.get(f"http://{cpu_server.http_url}/v2/health/ready", timeout=5).status_code == 200
+    again = generate(cpu_server.http_url, "ensemble", {"text_input": PROMPTS[0], "max_tokens": 8})["text_output"]
+    assert again == reference
+    deadline = time.monotonic() + 120  # the orphaned request ends (max tokens) and frees its KV blocks
+    used = lambda: trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used")  # noqa: E731
+    while used() > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert used() == 0

@@ -1,0 +1,84 @@
+"""The smoke test: its pure deciders, then `tritongen smoke --url` against the served CPU repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.smoke import REPLACEMENT, compare_metadata, same_text, stop_word_candidates
+
+TRITONGEN = str(Path(sys.executable).parent / "tritongen")
+
+CONFIG = {
+    "name": "m", "backend": "python", "max_batch_size": 8,
+    "input": [{"name": "text_input", "data_type": "TYPE_STRING", "dims": [1]},
+              {"name": "max_tokens", "data_type": "TYPE_INT32", "dims": [1]}],
+    "output": [{"name": "text_output", "data_type": "TYPE_STRING", "dims": [-1]}],
+}
+METADATA = {
+    "name": "m", "platform": "python",
+    "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1, 1]},
+               {"name": "max_tokens", "datatype": "INT32", "shape": [-1, 1]}],
+    "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1, -1]}],
+}
+
+
+def test_metadata_comparison_finds_each_kind_of_difference():
+    assert compare_metadata(METADATA, CONFIG) == []
+    wrong = json.loads(json.dumps(METADATA))
+    wrong["inputs"][1]["datatype"] = "FP32"
+    wrong["outputs"][0]["shape"] = [-1]
+    wrong["inputs"].append({"name": "extra", "datatype": "BOOL", "shape": [-1, 1]})
+    problems = compare_metadata(wrong, {**CONFIG, "input": CONFIG["input"] + [
+        {"name": "missing", "data_type": "TYPE_BOOL", "dims": [1]}]})
+    assert len(problems) == 4
+    assert any("max_tokens" in p and "FP32" in p for p in problems)
+    assert any("text_output" in p for p in problems)
+    assert any("extra in metadata but not in config" in p for p in problems)
+    assert any("missing in config but not in metadata" in p for p in problems)
+    assert compare_metadata({**METADATA, "platform": "ensemble"}, CONFIG)
+    unbatched = {**METADATA, **{k: [dict(t, shape=t["shape"][1:]) for t in METADATA[k]] for k in ("inputs", "outputs")}}
+    assert compare_metadata(unbatched, {**CONFIG, "max_batch_size": 0}) == []
+
+
+def test_streamed_text_comparison():
+    assert same_text("abc", "abc") == (True, "equal")
+    ok, how = same_text("ab", "ab" + REPLACEMENT)
+    assert ok and "held back" in how
+    ok, how = same_text("abX", "abc")
+    assert not ok and "char 2" in how
+
+
+def test_stop_word_candidates_are_new_printable_pieces():
+    pieces = ["The", " cat", " sat", REPLACEMENT, " cat", " on", ""]
+    assert stop_word_candidates(pieces) == [
+        (" cat", "The cat", "The"),
+        (" sat", "The cat sat", "The cat"),
+        (" on", "The cat sat" + REPLACEMENT + " cat on", "The cat sat" + REPLACEMENT + " cat"),
+    ]
+
+
+def test_smoke_needs_a_repository_or_an_address():
+    run = subprocess.run([TRITONGEN, "smoke"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--url" in run.stderr
+
+
+@pytest.mark.server
+def test_smoke_passes_on_the_cpu_repository(cpu_server, tmp_path):
+    report_file = tmp_path / "smoke.json"
+    run = subprocess.run([TRITONGEN, "smoke", "--url", cpu_server.http_url, "--grpc-url", cpu_server.grpc_url,
+                          "--json", str(report_file)], capture_output=True, text=True, timeout=600)
+    report = json.loads(report_file.read_text())
+    failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
+    assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])
+    names = {c["name"] for c in report["checks"]}
+    for required in ("every model ready", "model metadata equals config", "HTTP generate (non-streaming)",
+                     "HTTP infer", "gRPC streaming", "HTTP generate_stream (SSE)", "greedy answers deterministic",
+                     "max_tokens honoured", "stop words honoured", "bad request: non-UTF-8 bytes",
+                     "bad request: prompt over max_input_len", "server still serving", "BLS gRPC streaming"):
+        assert required in names
+    assert "checks passed" in run.stderr and "gRPC streaming" in run.stdout

@@ -1,0 +1,86 @@
+"""The spec: defaults, errors that name the field, overrides, and docs generated from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator.errors import TritongenError
+from generator.spec import EngineTarget, Spec, load_spec, with_overrides
+from generator.specdoc import commented_yaml, markdown_reference, with_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_reference_deployment():
+    spec = load_spec(None)
+    assert spec.model.source == "Qwen/Qwen3-8B"
+    assert (spec.quantization.format.value, spec.quantization.kv_cache.value) == ("nvfp4", "fp8")
+    assert spec.quantization.exclude_modules == ["lm_head"]
+    assert (spec.quantization.calibration.size, spec.quantization.calibration.max_seq_len) == (512, 2048)
+    assert spec.build.gpu == "rtx-5090"
+    assert spec.build.resolved_max_seq_len == 4096 + 512
+    assert spec.triton_max_batch_size == 32
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("build.max_batch_size=abc", "build.max_batch_size: got 'abc'"),
+        ("quantization.format=nvfp5", "quantization.format: got 'nvfp5'; allowed: 'nvfp4'"),
+        ("build.max_batch_sise=4", "build.max_batch_sise: unknown field"),
+        ("serving.max_batch_size=64", "exceeds build.max_batch_size (32)"),
+        ("build.max_seq_len=100", "build.max_input_len (4096) must be below build.max_seq_len (100)"),
+        ("serving.kv_cache_free_gpu_mem_fraction=1.5", "serving.kv_cache_free_gpu_mem_fraction: got 1.5"),
+    ],
+)
+def test_bad_values_name_the_field(override, needle):
+    with pytest.raises(TritongenError) as err:
+        load_spec(None, [override])
+    assert needle in str(err.value)
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("build:\n  max_batch_size: [1\n", encoding="utf-8")
+    with pytest.raises(TritongenError) as err:
+        load_spec(bad)
+    assert str(bad) in str(err.value) and ":3:" in str(err.value)
+    with pytest.raises(TritongenError, match="tritongen init"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_overrides_and_relative_paths(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"artifacts": {"dir": "work"}, "serving": {"engine": "cpu-reference"}}))
+    spec = load_spec(path, ["serving.max_batch_size=4"])
+    assert spec.checkpoint_dir == (tmp_path / "work" / "checkpoint").resolve()
+    assert spec.triton_max_batch_size == 4
+    assert with_overrides(spec, ["serving.engine=tensorrtllm"]).serving.engine is EngineTarget.tensorrtllm
+    assert spec.serving.engine is EngineTarget.cpu_reference
+
+
+def test_auto_engine_follows_the_gpu():
+    serving = load_spec(None).serving
+    assert serving.resolved_engine(gpu_visible=True) is EngineTarget.tensorrtllm
+    assert serving.resolved_engine(gpu_visible=False) is EngineTarget.cpu_reference
+
+
+def test_init_yaml_round_trips_to_the_defaults(tmp_path):
+    path = tmp_path / "tritongen.yaml"
+    path.write_text(commented_yaml(), encoding="utf-8")
+    assert load_spec(path).to_yaml_dict() == Spec().to_yaml_dict()
+
+
+def test_every_field_is_documented():
+    reference = markdown_reference()
+    assert "| `build.max_num_tokens` | `8192` |" in reference
+    for line in reference.splitlines()[2:]:
+        assert line.rstrip("| ").split("|")[-1].strip(), f"field without a docstring: {line}"
+
+
+def test_readme_reference_is_current():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert with_reference(readme) == readme, "run `tritongen spec-reference --update README.md`"
