@@ -42,7 +42,7 @@ def demo_overrides(model_dir: Path, artifacts_dir: Path) -> list[str]:
         "serving.engine=cpu-reference",
         "loadtest.users=8",
         "loadtest.spawn_rate=8",
-        "loadtest.duration_s=15",
+        "loadtest.duration_s=10",
         "loadtest.input_tokens_mean=32",
         "loadtest.output_tokens_mean=24",
     ]

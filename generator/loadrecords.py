@@ -140,8 +140,9 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
 
     - replacement_char: U+FFFD in the streamed text that the one-piece text does not have (any U+FFFD
       when there is no reference; not judged when the two diverged): a character cut between responses;
-    - empty_chunk: an empty response before the last one that is not a character held back until its
-      last byte arrived (the response after it then starts with a non-ASCII character);
+    - empty_chunk: an empty response before the last one that is neither a character held back until
+      its last byte arrived (the next text then starts with a non-ASCII character) nor shown harmless by
+      the one-piece text being equal (a token that decodes to nothing, e.g. a skipped special token);
     - token_count: the server's summed num_output_tokens differs from the requested length (the users
       ask for exactly max_tokens), exceeds it, or is below the number of responses with text, i.e.
       responses were lost, merged or duplicated on the way;
@@ -156,7 +157,8 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
     if comparison != "diverged" and text.count(REPLACEMENT_CHAR) > (reference or "").count(REPLACEMENT_CHAR):
         failures.append(CHECK_REPLACEMENT)
     following = [next((t for t in texts[i + 1:] if t), "") for i in range(len(texts))]
-    if any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following)):
+    unexplained = any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following))
+    if unexplained and comparison != "equal":
         failures.append(CHECK_EMPTY_CHUNK)
     tokens = (rec.get("server") or {}).get("num_output_tokens")
     max_tokens = rec.get("max_tokens")
@@ -201,6 +203,11 @@ def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> Req
         m.reference = compare_texts("".join(_data_responses(rec)[1]), reference)
     m.failures = stream_failures(rec, reference)
     return m
+
+
+def empty_chunks(rec: dict[str, Any]) -> int:
+    """Empty responses before the last one (counted for the report; see stream_failures for when they fail)."""
+    return sum(1 for t in _data_responses(rec)[1][:-1] if t == "")
 
 
 def quantile_sample(values: list[float], size: int = 2000) -> list[float]:

@@ -28,6 +28,7 @@ from generator.errors import TritongenError
 from generator.loadrecords import (
     CHECK_REFERENCE,
     CHECKS,
+    empty_chunks,
     RequestMetrics,
     quantile_sample,
     request_inputs,
@@ -294,6 +295,7 @@ def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str
             "with_reference": sum(1 for m in streamed if m.reference is not None),
             "reference": dict(Counter(m.reference for m in streamed if m.reference is not None)),
             "failed_requests": sum(1 for m in streamed if m.failures),
+            "empty_chunks": sum(empty_chunks(r) for r, m in ok if m.streaming),
             "failures": {name: failures[name] for name in CHECKS},
             "samples": samples,
         },

@@ -116,6 +116,7 @@ def _save_tokenizer(tok, out: Path) -> None:
 
 
 def tiny_config(tok):
+    """Qwen3Config at the tiny size, with the special-token ids of the trained tokenizer."""
     from transformers import Qwen3Config
 
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}

@@ -56,7 +56,7 @@ def _repacked_by_modelopt(folder, algo: str) -> list[str]:
     bad = []
     for layer in _quantized_layers(tensors):
         parts = {s: tensors.get(f"{layer}.{s}") for s in ("weight", "weight_scale", "weight_scale_2")}
-        weight = loader._dequantize(algo, parts)
+        weight = loader.dequantize(algo, parts)
         packed = to_quantized_weight(weight, parts["weight_scale"], names[algo], parts["weight_scale_2"], group)
         if not torch.equal(_bits(packed, algo), _bits(parts["weight"], algo)):
             bad.append(layer)
@@ -203,7 +203,8 @@ def test_existing_checkpoint_is_not_overwritten(nvfp4_checkpoint_dir, cpu_spec):
 
 
 def _small(cpu_spec, *overrides):
-    return with_overrides(cpu_spec, ["quantization.calibration.size=4", "quantization.quality_tokens=256", *overrides])
+    sizes = ["quantization.calibration.size=4", "quantization.calibration.max_seq_len=64", "quantization.quality_tokens=256"]
+    return with_overrides(cpu_spec, [*sizes, *overrides])
 
 
 def test_fp8_with_extra_exclusion(cpu_spec, tmp_path):

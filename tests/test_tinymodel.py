@@ -65,14 +65,17 @@ def test_training_made_it_better_than_chance(tiny_model_dir):
     assert ppl < len(tok) / 2, ppl  # an untrained model sits near the vocabulary size
 
 
-def test_same_seed_same_bytes(tiny_model_dir, tmp_path):
-    from generator.tinymodel import make_tiny_model
+def test_same_seed_same_bytes(tmp_path, monkeypatch):
+    """Two builds with the same seed are byte-identical (a shortened run: the same code, fewer steps)."""
+    import generator.tinymodel as tiny
 
-    again = make_tiny_model(tmp_path / "again", seed=0)
-    names = sorted(p.name for p in tiny_model_dir.iterdir())
-    assert names == sorted(p.name for p in again.iterdir())
+    monkeypatch.setattr(tiny, "TRAIN_STEPS", 2)
+    first = tiny.make_tiny_model(tmp_path / "first", seed=3)
+    second = tiny.make_tiny_model(tmp_path / "second", seed=3)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir()) and "model.safetensors" in names
     for name in names:
-        assert (tiny_model_dir / name).read_bytes() == (again / name).read_bytes(), name
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_refuses_to_overwrite_without_force(tiny_model_dir):

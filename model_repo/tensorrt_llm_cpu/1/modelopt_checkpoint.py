@@ -223,7 +223,8 @@ def _read_tensors(weights_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _dequantize(algo: str, t: dict[str, torch.Tensor]) -> torch.Tensor:
+def dequantize(algo: str, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One layer's float32 weight from its exported tensors (``weight``, ``weight_scale``, ...) by quant_algo."""
     if algo == "NVFP4":
         return dequantize_nvfp4(t["weight"], t["weight_scale"], t["weight_scale_2"])
     if algo == "FP8":
@@ -243,7 +244,7 @@ def _split_checkpoint(tensors: dict[str, torch.Tensor], algo: str | None, dtype:
     state, inputs, kv = {}, {}, {}
     for prefix in quantized:
         parts = {s: tensors.get(f"{prefix}.{s}") for s in _PER_MODULE}
-        state[f"{prefix}.weight"] = _dequantize(algo, parts).to(dtype)
+        state[f"{prefix}.weight"] = dequantize(algo, parts).to(dtype)
         pqs = parts["pre_quant_scale"]
         if parts["input_scale"] is None and pqs is None:
             continue
@@ -258,7 +259,7 @@ def _split_checkpoint(tensors: dict[str, torch.Tensor], algo: str | None, dtype:
             continue
         if leaf in ("k_scale", "v_scale"):
             attn = prefix.rpartition(".")[0] if prefix.endswith((".k_proj", ".v_proj")) else prefix
-            kv.setdefault(attn, {})[leaf] = value.float() * FP8_MAX
+            kv.setdefault(attn, {})[leaf[0]] = value.float() * FP8_MAX  # scale = amax / 448
             continue
         state[key] = value.to(dtype) if value.is_floating_point() else value
     return state, inputs, kv
@@ -314,5 +315,5 @@ def load_causal_lm(weights_dir: str | Path, dtype: torch.dtype = torch.float32):
     if kv_algo == "FP8":
         install_kv_quantization()
         for name, scales in kv.items():
-            model.get_submodule(name).kv_quantizer = KVCacheQuantizer(scales["k_scale"], scales["v_scale"])
+            model.get_submodule(name).kv_quantizer = KVCacheQuantizer(scales["k"], scales["v"])
     return model.eval()

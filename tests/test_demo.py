@@ -1,0 +1,55 @@
+"""`tritongen demo` end to end, as a newcomer runs it: every stage, real server, real reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    tritongen = Path(sys.executable).with_name("tritongen")
+    proc = subprocess.run([str(tritongen), "demo", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    return out, proc
+
+
+def test_demo_passes_every_stage(demo_run):
+    out, proc = demo_run
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "demo-summary.json").read_text())
+    assert summary["ok"]
+    names = [s["name"] for s in summary["stages"]]
+    assert names[0] == "tiny model" and names[-1] == "sweep" and len(names) == 9
+    assert "tritongen demo: passed" in proc.stdout
+
+
+def test_demo_outputs_are_real(demo_run):
+    out, _ = demo_run
+    summary = json.loads((out / "demo-summary.json").read_text())
+    figures = summary["figures"]
+    quant = json.loads((out / "artifacts" / "checkpoint" / "hf_quant_config.json").read_text())["quantization"]
+    assert (quant["quant_algo"], quant["kv_cache_quant_algo"]) == ("NVFP4", "FP8")
+    assert "lm_head" in quant["exclude_modules"]
+    assert figures["quantize"]["sizes"]["quantized_linear_ratio"] <= 0.30
+    assert figures["loadtest"]["requests_ok"] > 0 and figures["loadtest"]["errors"] == 0
+    assert [p["status"] for p in figures["sweep"]["points"]] == ["ok", "ok"]
+    for report in (out / "loadtest" / "report.html", out / "sweep" / "report.html"):
+        assert report.stat().st_size > 10_000  # plots are embedded
+    smoke = json.loads((out / "smoke.json").read_text())
+    assert smoke["ok"] and len(smoke["checks"]) >= 10
+    assert (out / "repo-rtx-5090" / "tensorrt_llm" / "config.pbtxt").read_text().count('backend: "tensorrtllm"') == 1
+
+
+def test_demo_refuses_to_overwrite_without_force(demo_run):
+    out, _ = demo_run
+    tritongen = Path(sys.executable).with_name("tritongen")
+    proc = subprocess.run([str(tritongen), "demo", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--force" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,74 @@
+"""Reports: Markdown and HTML say the same, the HTML stands alone, a headless browser renders it, and the
+sweep report lists every point (failed ones too) with its CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from generator.report import POINT_COLUMNS, loadtest_doc, write_sweep_report
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def test_markdown_and_html_carry_the_same_tables(cpu_loadtest):
+    out = cpu_loadtest.out_dir
+    md = (out / "report.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for heading in ("Summary", "SLO gate", "Load generator", "Where the time went (server side)",
+                    "Streamed output checks", "Appendix: metric definitions"):
+        assert f"## {heading}" in md and f"<h2>{heading}</h2>" in page.replace("&#x27;", "'")
+    assert md.count("\n|---") == page.count("<table>")
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)  # self-contained
+    assert len(re.findall(r"!\[[^]]*\]\(plots/(\w+)\.png\)", md)) == len(images)
+    assert all((out / "plots" / f"{name}.png").is_file() for name in re.findall(r"\(plots/(\w+)\.png\)", md))
+    assert "genai-perf" in md and "vLLM" in md  # the appendix's side-by-side definitions
+
+
+def test_report_is_built_from_results_alone(cpu_loadtest):
+    results = json.loads((cpu_loadtest.out_dir / "results.json").read_text(encoding="utf-8"))
+    doc = loadtest_doc(results)
+    assert doc.markdown() == (cpu_loadtest.out_dir / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install -y chromium")
+def test_headless_browser_renders_the_html_report(cpu_loadtest, tmp_path):
+    from matplotlib.image import imread
+
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400",
+         f"--screenshot={shot}", (cpu_loadtest.out_dir / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), proc.stderr[-2000:]
+    img = imread(shot)[..., :3]
+    assert img.shape[:2] == (2400, 1200)
+    assert img.std() > 0.1  # not a blank page
+    green = (abs(img[..., 0] - 118 / 255) < 0.03) & (abs(img[..., 1] - 185 / 255) < 0.03) & (img[..., 2] < 0.05)
+    assert green.sum() > 500  # the title rule and the TTFT histogram, drawn in #76b900
+
+
+def test_sweep_report_lists_every_point(cpu_loadtest, tmp_path):
+    points = [
+        {"label": "max_batch_size=4", "overrides": ["serving.max_batch_size=4"], "status": "ok", "detail": "",
+         "results": cpu_loadtest.results},
+        {"label": "max_batch_size=64", "overrides": ["serving.max_batch_size=64"], "status": "invalid setting",
+         "detail": "serving.max_batch_size (64) exceeds build.max_batch_size (16)", "results": None},
+    ]
+    best = {"label": "max_batch_size=4", "overrides": points[0]["overrides"], "reason": "only one"}
+    write_sweep_report(tmp_path, "sweep", points, best, "ttft_p99<120s")
+    rows = list(csv.DictReader((tmp_path / "points.csv").open(encoding="utf-8")))
+    assert [r["point"] for r in rows] == ["max_batch_size=4", "max_batch_size=64"]
+    assert list(rows[0]) == list(POINT_COLUMNS)
+    assert float(rows[0]["output_tokens_per_s"]) > 0 and rows[1]["status"] == "invalid setting"
+    assert json.loads((tmp_path / "points.json").read_text())["best"]["label"] == "max_batch_size=4"
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "INVALID SETTING" in md and "exceeds build.max_batch_size" in md and "**max_batch_size=4**" in md
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text(encoding="utf-8")
