@@ -11,8 +11,6 @@ validates a rendered repository against the argument names recorded from NVIDIA'
 from __future__ import annotations
 
 import difflib
-import functools
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +20,7 @@ from generator.errors import TritongenError
 from generator.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
-from generator.resources import data_dir, templates_dir
+from generator.resources import data_json, templates_dir
 from generator.spec import KVCacheFormat, QuantFormat, Spec
 
 MODEL_NAME = "tensorrt_llm"
@@ -33,10 +31,9 @@ CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
 
 DATA_FILE = "llmapi_1.2.json"
 
-@functools.lru_cache(maxsize=1)
 def llmapi_data() -> dict[str, Any]:
     """The recorded facts about the targeted TensorRT-LLM version (argument names, tensors, sources)."""
-    return json.loads((data_dir() / DATA_FILE).read_text(encoding="utf-8"))
+    return data_json(DATA_FILE)
 
 
 def accepted_llm_args() -> set[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -321,7 +320,8 @@ def client_verdict(processes: list[dict[str, Any]], summary: dict[str, Any], ope
     for p in sorted(processes, key=lambda p: p["proc"]):
         cpu = p["cpu_s"] / p["wall_s"] if p["wall_s"] else 0.0
         lag99 = float(np.percentile(p["lag_ns"], 99)) / 1e6 if p["lag_ns"] else 0.0
-        per_process.append({"proc": p["proc"], "host": p["host"], "cpu": cpu, "lag_p99_ms": lag99,
+        per_process.append({"proc": p["proc"], "host": p["host"], "cpu": cpu,
+                            "cpu_max": max(p.get("cpu_percent") or [0.0]) / 100, "lag_p99_ms": lag99,
                             "lag_max_ms": p["lag_max_ns"] / 1e6})
         if cpu >= CPU_LIMIT:
             reasons.append(f"Locust process {p['proc']} used {cpu:.0%} of a core (limit {CPU_LIMIT:.0%})")
@@ -355,12 +355,6 @@ def split_vs_stages(split: Optional[dict[str, Any]], stages: dict[str, Any]) -> 
 # ---------------------------------------------------------------- the edges: server, Locust, reference checks
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str], metrics_url: Optional[str],
             log_file: Path) -> Iterator[Endpoints]:
@@ -381,6 +375,8 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     """Run the Locust processes to completion; their logs go to OUT/locust*.log."""
     conf = out_dir / "locust.conf"
     conf.write_text(locust_conf_text(options), encoding="utf-8")
+    from generator.server import free_port
+
     commands = locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs = []
@@ -480,7 +476,13 @@ def run_loadtest(
     generator, as the client-bottleneck test does.
     """
     from generator.resources import loadtest_dir
-    from generator.tritonstats import MetricsSampler, fetch_model_stats, stage_times, metrics_summary
+    from generator.tritonstats import (
+        MetricsSampler,
+        counter_stages,
+        fetch_model_stats,
+        metrics_summary,
+        stage_times,
+    )
 
     from generator.report import write_loadtest_report
     from generator.slo import evaluate, parse_slo
@@ -513,9 +515,11 @@ def run_loadtest(
     results = summarize(requests, references)
     results["checks"]["reference_errors"] = reference_errors
     stages = stage_times(before, after)
+    metrics = metrics_summary(getattr(sampler, "samples", []))
     results["server"] = {
         "stages": stages,
-        "metrics": metrics_summary(getattr(sampler, "samples", [])),
+        "metrics": metrics,
+        "metrics_stages": counter_stages(metrics["counters"]),
         "split_vs_stages": split_vs_stages(results["split"], stages),
     }
     results["client"] = client_verdict(processes, results, lt.request_rate is not None)

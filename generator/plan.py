@@ -14,13 +14,12 @@ import json
 import math
 import shlex
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from generator.errors import TritongenError
 from generator.gpus import GpuSpec, lookup_gpu
-from generator.resources import data_dir
+from generator.resources import data_dir, data_json
 from generator.spec import Spec
 
 TRTLLM_VERSION = "1.2.1"
@@ -62,10 +61,9 @@ _CHECKPOINT_KV_ALGO = {"fp8": ("FP8",), "int8": ("INT8",), "none": (None,)}
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2}
 
 
-@lru_cache(maxsize=1)
 def flag_data() -> dict[str, Any]:
     """The recorded trtllm-build 1.2.1 parser (and quantize.py flags, container tag, sources)."""
-    return json.loads((data_dir() / FLAG_DATA_FILE).read_text(encoding="utf-8"))
+    return data_json(FLAG_DATA_FILE)
 
 
 # ---------------------------------------------------------------- model shape and memory

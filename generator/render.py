@@ -23,7 +23,7 @@ from generator.errors import TritongenError
 from generator.fsutil import atomic_dir
 from generator.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.llmapi import MODEL_NAME as LLMAPI_MODEL
-from generator.resources import data_dir, model_repo_dir, templates_dir
+from generator.resources import data_json, model_repo_dir, templates_dir
 from generator.spec import EngineTarget, Spec
 
 TENSORRT_LLM_VERSION = "1.2.1"
@@ -52,10 +52,9 @@ EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
 _EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 
 
-@functools.lru_cache(maxsize=None)
 def reference_facts() -> dict[str, Any]:
     """The recorded upstream tensors and parameter keys per model (used by render, validate and tests)."""
-    return json.loads((data_dir() / REFERENCE_FILE).read_text(encoding="utf-8"))
+    return data_json(REFERENCE_FILE)
 
 
 @dataclass(frozen=True)

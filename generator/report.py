@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -100,7 +101,7 @@ class Doc:
             elif kind == "table":
                 headers, rows = value
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-                cells = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                cells = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
         return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
 
@@ -122,7 +123,7 @@ h1 {{ border-bottom: 3px solid #76b900; padding-bottom: .3em; }}
 h2 {{ margin-top: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }}
 table {{ border-collapse: collapse; margin: .8em 0; font-size: 14px; }}
 th, td {{ border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }}
-th {{ background: #f3f6f9; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #f3f6f9; }} td.t, th:first-child {{ text-align: left; }}
 tr:nth-child(even) td {{ background: #fafbfc; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #e1e4e8; }}
 figcaption {{ color: #57606a; font-size: 13px; }}
@@ -134,6 +135,14 @@ code {{ background: #f6f8fa; padding: 0 3px; }}
 {body}
 </body></html>
 """
+
+
+_NUMERIC = re.compile(r"^[-+]?[0-9.,]+\s*(%|ms|s)?$|^–$")
+
+
+def _td(cell: str) -> str:
+    """Numbers align right, words left."""
+    return f"<td>{_inline(cell)}</td>" if _NUMERIC.match(cell) else f'<td class="t">{_inline(cell)}</td>'
 
 
 def _cell(value: Any) -> str:
@@ -211,8 +220,10 @@ def _client_section(doc: Doc, client: dict[str, Any]) -> None:
               f"{CPU_LIMIT:.0%} of a core with event-loop lag p99 under {LAG_P99_LIMIT_MS:g} ms"
               f" (open loop also: send lateness and connection waits p99 under {LATENESS_P99_LIMIT_MS:g} "
               f"and {CONN_WAIT_P99_LIMIT_MS:g} ms).")
-    doc.table(["process", "host", "CPU (share of a core)", "loop lag p99 ms", "loop lag max ms"], [
-        [p["proc"], p["host"], f"{p['cpu']:.0%}", p["lag_p99_ms"], p["lag_max_ms"]] for p in client["processes"]
+    doc.table(["process", "host", "CPU, mean (share of a core)", "CPU, busiest second", "loop lag p99 ms",
+               "loop lag max ms"], [
+        [p["proc"], p["host"], f"{p['cpu']:.0%}", f"{p['cpu_max']:.0%}", p["lag_p99_ms"], p["lag_max_ms"]]
+        for p in client["processes"]
     ])
 
 
@@ -246,6 +257,11 @@ def _server_section(doc: Doc, results: dict[str, Any]) -> None:
                    "queue ms", "compute ms"],
                   [[m, s["requests"], s["failures"], s["inferences"], s["executions"], s["batch_size"],
                     s["request_ms"], s["queue_ms"], s["compute_ms"]] for m, s in stages.items()])
+    from_metrics = server.get("metrics_stages")
+    if from_metrics:
+        doc.p("The same from the `/metrics` counters (increase over the run), as a cross-check:")
+        doc.table(["model", "requests", "batch size", "queue ms", "compute (infer only) ms"],
+                  [[m, s["requests"], s["batch_size"], s["queue_ms"], s["compute_ms"]] for m, s in from_metrics.items()])
     explained = server.get("split_vs_stages")
     if explained:
         doc.p(f"Front end: {explained['front_end_mean_ms']:.2f} ms per request, of which pre- and postprocessing "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -30,3 +32,9 @@ def loadtest_dir() -> Path:
 def data_dir() -> Path:
     """Bundled text (tokenizer training, calibration, held-out evaluation) and lookup tables."""
     return _PKG / "data"
+
+
+@functools.lru_cache(maxsize=None)
+def data_json(name: str) -> dict:
+    """A recorded upstream fact table from generator/data (parsed once per process)."""
+    return json.loads((data_dir() / name).read_text(encoding="utf-8"))

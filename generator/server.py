@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -341,6 +342,7 @@ class TritonServer:
             env=env,
             cwd=self._workdir,
             start_new_session=True,  # own process group: stopping it ends the stubs too
+            preexec_fn=_terminate_with_parent(),
         )
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -452,6 +454,25 @@ class TritonServer:
 
 class _PortTaken(Exception):
     pass
+
+
+def _terminate_with_parent():
+    """A child setup that has Linux send SIGTERM to the server when this process dies unexpectedly
+    (killed, crashed), so the server shuts down instead of outliving us in its own session.
+
+    Linux ties the signal to the thread that started the child, so it is only armed from the main thread.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    return arm
 
 
 def _signal_group(pgid: int, sig: int) -> None:

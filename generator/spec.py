@@ -65,7 +65,8 @@ class CalibrationSpec(_Section):
 
     dataset: str = "cnn_dailymail"
     """Calibration text: a local .txt (one sample per blank-line-separated paragraph) or .jsonl
-    (a ``text`` field per line) file, or a Hugging Face data set name (needs the network)."""
+    (a ``text`` field per line) file, or a Hugging Face data set name (needs the network and the
+    ``datasets`` package, which tritongen does not install; cnn_dailymail reads abisee/cnn_dailymail 3.0.0)."""
 
     batch_size: int = Field(1, ge=1)
     """Samples per calibration forward pass; 1 keeps an 8B model within a 24 GB card."""

@@ -124,6 +124,29 @@ def metrics_summary(samples: list[tuple[float, list[Sample]]]) -> dict[str, Any]
     return {"counters": counters, "gauges": gauges, "series": series}
 
 
+def counter_stages(counters: dict[str, float]) -> dict[str, dict[str, Optional[float]]]:
+    """The same per-model figures as stage_times, from the /metrics counters (a cross-check of the two)."""
+    per_model: dict[str, dict[str, float]] = {}
+    for key, value in counters.items():
+        name, _, labels = key.partition("{")
+        model = dict(part.split("=", 1) for part in labels.rstrip("}").split(",") if "=" in part).get("model")
+        if model and name.startswith("nv_inference_"):
+            per_model.setdefault(model.strip('"'), {})[name.removesuffix("_total")] = value
+    out = {}
+    for model, c in per_model.items():
+        ok = c.get("nv_inference_request_success", 0.0)
+        if not ok:
+            continue
+        execs = c.get("nv_inference_exec_count", 0.0)
+        out[model] = {
+            "requests": ok,
+            "batch_size": c.get("nv_inference_count", 0.0) / execs if execs else None,
+            "queue_ms": c.get("nv_inference_queue_duration_us", 0.0) / ok / 1e3,
+            "compute_ms": c.get("nv_inference_compute_infer_duration_us", 0.0) / ok / 1e3,
+        }
+    return out
+
+
 class MetricsSampler:
     """Reads ``/metrics`` every ``interval_s`` in a thread until stopped; misses are counted, not fatal."""
 

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 # gRPC under gevent deadlocks unless its gevent integration is on before any channel exists.
 import grpc.experimental.gevent as _grpc_gevent
@@ -118,7 +118,6 @@ class LoadState:
         self.warmup_left = share(opts.warmup_requests, self.index, self.count)
         self.quota = None if opts.max_requests is None else share(opts.max_requests, self.index, self.count)
         self.seq = itertools.count()
-        self.measured_done = 0
         self.inflight = 0
         self.draining = False
         self.done_sent = False
@@ -149,11 +148,9 @@ class LoadState:
         return seq, prompt, warmup
 
     def finished(self, record: dict[str, Any]) -> None:
-        """Count, report to Locust, store; then stop this process if its share is done."""
+        """Store, report to Locust; then stop this process if its share is done."""
         self.sink.add(record)
         fire_locust_events(self.environment, record)
-        if not record["warmup"]:
-            self.measured_done += 1
         self.check_done()
 
     def check_done(self) -> None:

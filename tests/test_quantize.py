@@ -245,6 +245,20 @@ def test_integer_formats(cpu_spec, tmp_path, fmt, algo, weight_dtype):
     assert manifest["quality"]["top1_agreement"] > 0.5
 
 
+def test_kv_cache_only(cpu_spec, tmp_path):
+    import torch
+
+    from generator.quantize import quantize
+
+    manifest = quantize(_small(cpu_spec, "quantization.format=none"), out_dir=tmp_path / "kv")
+    hq = _hf_quant(tmp_path / "kv")
+    assert hq["quant_algo"] is None and hq["kv_cache_quant_algo"] == "FP8"
+    t = _tensors(tmp_path / "kv")
+    assert all(v.dtype in (torch.bfloat16, torch.float32) for v in t.values()) and "model.layers.0.self_attn.k_proj.k_scale" in t
+    assert manifest["sizes"]["quantized_layers"] == 0
+    assert manifest["quality"]["simulated_vs_exported"]["max_abs_logit_diff"] == 0.0
+
+
 # ------------------------------------------------------------------ refusals and deciders
 
 

@@ -133,14 +133,14 @@ def test_failed_start_names_the_broken_model_and_leaves_nothing(tmp_path):
     repo = tmp_path / "repo"
     _write_model(repo, "healthy")
     _write_model(repo, "broken_model", init='raise ValueError("weights are missing from /nowhere")')
-    server = TritonServer(repo)
+    server = TritonServer(repo, log_file=tmp_path / "triton.log")
     with pytest.raises(TritongenError) as info:
         server.start(timeout_s=120)
     message = str(info.value)
     assert "broken_model: " in message and "weights are missing from /nowhere" in message
     assert "healthy:" not in message  # only the failed model is named
     assert info.value.where.endswith("broken_model/config.pbtxt")
-    assert "last lines of the server log" in message and server.log_file.is_file()
+    assert f"last lines of the server log ({tmp_path / 'triton.log'})" in message
     assert server.process is None and not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
 
 
@@ -162,6 +162,38 @@ def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
         server.stop(timeout_s=3)
     assert _alive(family) == []
     assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+_LAUNCHER = """
+import sys, time
+from generator.server import TritonServer
+
+server = TritonServer(sys.argv[1], log_file=sys.argv[2])
+server.start(timeout_s=120)
+print(server.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.server
+def test_server_goes_when_its_launcher_is_killed(tmp_path):
+    """The server runs in its own session, so a launcher killed outright cannot stop it; Linux sends
+    it SIGTERM instead (parent-death signal) and it shuts down with its stubs."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(repo), str(tmp_path / "triton.log")],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(launcher.stdout.readline())
+        family = [server_pid] + [p.pid for p in psutil.Process(server_pid).children(recursive=True)]
+        assert len(family) == 2  # tritonserver and the echo model's stub
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 60
+    while _alive(family) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(family) == []
 
 
 @pytest.mark.server

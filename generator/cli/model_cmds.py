@@ -82,8 +82,9 @@ def print_manifest(manifest: dict, checkpoint: Path) -> None:
     hq = manifest["hf_quant_config"]
     sizes, q, t = manifest["sizes"], manifest["quality"], manifest["timings_s"]
     out.print(f"[bold]Checkpoint[/] {checkpoint}")
-    out.print(f"[bold]Format[/] {hq.get('quant_algo')} weights, {hq.get('kv_cache_quant_algo')} KV cache; "
-              f"kept unquantized: {', '.join(hq.get('exclude_modules') or [])}")
+    kept = ", ".join(hq.get("exclude_modules") or [])
+    out.print(f"[bold]Format[/] {hq.get('quant_algo') or 'unquantized'} weights, "
+              f"{hq.get('kv_cache_quant_algo') or 'unquantized'} KV cache" + (f"; kept unquantized: {kept}" if kept else ""))
     cal = manifest["calibration"]
     out.print(f"[bold]Calibration[/] {cal['samples']} samples ({cal['tokens']} tokens, ≤{cal['max_seq_len']} each) "
               f"from {cal['dataset']} on {manifest['device']}")
@@ -92,8 +93,9 @@ def print_manifest(manifest: dict, checkpoint: Path) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_row("all weights", f"{sizes['input_bytes']:,} B", f"{sizes['output_bytes']:,} B")
-    table.add_row(f"quantized linear layers ({sizes['quantized_layers']})", f"{sizes['quantized_linear_bf16_bytes']:,} B (BF16)",
-                  f"{sizes['quantized_linear_bytes']:,} B = {sizes['quantized_linear_ratio']:.1%}")
+    if sizes["quantized_layers"]:
+        table.add_row(f"quantized linear layers ({sizes['quantized_layers']})", f"{sizes['quantized_linear_bf16_bytes']:,} B (BF16)",
+                      f"{sizes['quantized_linear_bytes']:,} B = {sizes['quantized_linear_ratio']:.1%}")
     out.print(table)
     if q:
         table = Table(title=f"Quality on {q['tokens']} held-out tokens ({q['dtype']})", title_justify="left")
