@@ -186,7 +186,7 @@ def _print_sweep(result: dict[str, Any], out_dir: Path) -> None:
     table = Table(title="sweep")
     cols = ("setting", "status", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for p in result["points"]:
         r = point_row(p)
 

@@ -44,7 +44,10 @@ class _StreamSink:
         self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
 
     def send_error(self, message, final):
-        self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=_FINAL if final else 0)
+        # The error and the final flag go in two sends: in one, Triton 2.51 hangs a BLS caller.
+        self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+        if final:
+            self.sender.send(flags=_FINAL)
 
     def is_cancelled(self):
         return self.sender.is_cancelled()
