@@ -104,7 +104,8 @@ def main() -> None:
                                        metrics_url=server.metrics_url, title=f"loadgen ceiling {out.name}").results
                     tp, client = res["throughput"], res["client"]
                     rows.append({
-                        "protocol": protocol, "processes": max(workers, 1), "users": users,
+                        "protocol": protocol, "layout": f"master + {workers} worker(s)" if workers else "one process",
+                        "users": users,
                         "requests_per_s": tp["requests_per_s"], "responses_per_s": tp["output_tokens_per_s"],
                         "ttft_p50_ms": res["latency_ms"]["ttft"]["p50"], "itl_p50_ms": res["latency_ms"]["itl"]["p50"],
                         "cpu": max(p["cpu"] for p in client["processes"]),
@@ -113,11 +114,11 @@ def main() -> None:
                     })
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"server and load generator on the same machine; {args.seconds:g} s per row, {args.tokens} tokens per answer")
-    print("| protocol | Locust processes | users | requests/s | streamed responses/s | TTFT p50 ms | ITL p50 ms "
+    print("| protocol | Locust | users | requests/s | streamed responses/s | TTFT p50 ms | ITL p50 ms "
           "| max Locust CPU | loop lag p99 ms | client-limited | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['protocol']} | {r['processes']} | {r['users']} | {r['requests_per_s']:.0f} | "
+        print(f"| {r['protocol']} | {r['layout']} | {r['users']} | {r['requests_per_s']:.0f} | "
               f"{r['responses_per_s']:.0f} | {r['ttft_p50_ms']:.1f} | {r['itl_p50_ms']:.2f} | {r['cpu']:.0%} | "
               f"{r['lag_p99_ms']:.1f} | {r['client_limited']} | {r['errors']} |")
     (args.out / "ceiling.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")

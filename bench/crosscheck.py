@@ -3,9 +3,8 @@
 The independent client is NVIDIA's perf_analyzer (C++, its own gRPC stack), which writes every request's
 send time and every streamed response's time (``--profile-export-file``); TTFT, per-gap ITL and E2E are
 computed from those timestamps with the same definitions. The load is the same: the prompts and lengths
-the Locust run used, the same concurrency, gRPC streaming to the ensemble. Two Locust runs bracket the
-perf_analyzer run, so the Locust-vs-perf_analyzer difference can be read against Locust's own
-run-to-run spread.
+the Locust run used, the same concurrency, gRPC streaming to the ensemble. The two clients take turns for
+several rounds, so the difference between them can be read against each one's run-to-run spread.
 
 perf_analyzer: the ``perf-analyzer`` PyPI package is empty; the binary ships in the tritonclient 2.51.0
 manylinux wheel (later ones need glibc 2.38). Extract it and link two libraries from nvidia-pytriton:
@@ -14,7 +13,7 @@ manylinux wheel (later ones need glibc 2.38). Extract it and link two libraries 
     cp tritonclient-2.51.0.data/data/bin/perf_analyzer . && L=$VENV/lib/python3.11/site-packages/nvidia_pytriton.libs
     ln -s $L/libb64-*.so.0d libb64.so.0d && ln -s $L/libcudart-*.so.12* libcudart.so.12
 
-    .venv/bin/python bench/crosscheck.py --repo REPO --perf-analyzer /tmp/pa/perf_analyzer [--users 4 --seconds 20]
+    .venv/bin/python bench/crosscheck.py --repo REPO --perf-analyzer /tmp/pa/perf_analyzer [--users 4 --seconds 20 --rounds 3]
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def perf_analyzer_figures(export: Path, tokens: int) -> dict[str, dict[str, float]]:
-    """TTFT, per-gap ITL and E2E (ms) from perf_analyzer's per-request timestamps (ns)."""
+    """TTFT, per-gap ITL and E2E (ms) from perf_analyzer's per-request timestamps (ns), and the front end:
+    TTFT minus the engine's own arrival → first token (server clock differences only)."""
     data = json.loads(export.read_text(encoding="utf-8"))
-    ttft, gaps, e2e = [], [], []
+    ttft, gaps, e2e, front = [], [], [], []
     for experiment in data["experiments"]:
         for req in experiment["requests"]:
             times = req["response_timestamps"]
@@ -48,7 +48,13 @@ def perf_analyzer_figures(export: Path, tokens: int) -> dict[str, dict[str, floa
             ttft.append((times[0] - req["timestamp"]) / 1e6)
             gaps.extend((b - a) / 1e6 for a, b in zip(times, times[1:]))
             e2e.append((times[-1] - req["timestamp"]) / 1e6)
-    return {"ttft": percentiles(ttft), "itl": percentiles(gaps), "e2e": percentiles(e2e)}
+            outs = req.get("response_outputs") or [{}]
+            arrival = max(o.get("arrival_time_ns", 0) for o in outs)
+            first = max(o.get("first_token_time_ns", 0) for o in outs)
+            if arrival and first:
+                front.append(ttft[-1] - (first - arrival) / 1e6)
+    return {"ttft": percentiles(ttft), "itl": percentiles(gaps), "e2e": percentiles(e2e),
+            "front_end": percentiles(front)}
 
 
 def input_data(records: Path, tokens: int, out: Path) -> int:
@@ -59,7 +65,7 @@ def input_data(records: Path, tokens: int, out: Path) -> int:
         if "prompt_text" in rec:
             prompts[rec["prompt"]] = rec["prompt_text"]
     rows = [{"text_input": [prompts[i]], "max_tokens": [tokens], "min_tokens": [tokens], "stream": [True],
-             "exclude_input_in_output": [True]} for i in sorted(prompts)]
+             "exclude_input_in_output": [True], "return_perf_metrics": [True]} for i in sorted(prompts)]
     out.write_text(json.dumps({"data": rows}), encoding="utf-8")
     return len(rows)
 
@@ -71,6 +77,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck"))
     args = parser.parse_args()
 
@@ -84,7 +91,7 @@ def main() -> None:
         f"loadtest.duration_s={args.seconds}", "loadtest.input_tokens_mean=64",
         f"loadtest.output_tokens_mean={args.tokens}", "loadtest.num_prompts=32", "loadtest.reference_checks=0",
     ])
-    rows = {}
+    rows: dict[str, dict] = {}
     with TritonServer(args.repo, log_file=args.out / "triton.log") as server:
         def locust(name: str) -> None:
             out = args.out / name
@@ -92,38 +99,54 @@ def main() -> None:
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url, title=name).results
             rows[name] = {k: res["latency_ms"][k] for k in ("ttft", "itl", "e2e")}
-            rows[name]["requests_per_s"] = res["throughput"]["requests_per_s"]
-            rows[name]["client_limited"] = res["client"]["client_limited"]
+            parts = res["split"]["parts"]
+            # the same front end as for perf_analyzer: client TTFT minus the engine's arrival → first token
+            rows[name]["front_end"] = {s: parts["front_end"][s] + parts["send_delay"][s] for s in ("p50", "p90")}
 
-        locust("locust-1")
-        n = input_data(args.out / "locust-1" / "records.jsonl", args.tokens, args.out / "pa-input.json")
-        export = args.out / "pa-export.json"
-        env = dict(os.environ, LD_LIBRARY_PATH=str(args.perf_analyzer.resolve().parent))
-        cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
-               "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
-               "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
-               "--stability-percentage", "100", "--max-trials", "3", "--profile-export-file", str(export)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
-        (args.out / "pa.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-        if proc.returncode != 0:
-            sys.exit(f"perf_analyzer failed ({proc.returncode}); see {args.out / 'pa.log'}")
-        rows["perf_analyzer"] = perf_analyzer_figures(export, args.tokens)
-        locust("locust-2")
+        def perf_analyzer(name: str) -> None:
+            export = args.out / f"{name}.json"
+            env = dict(os.environ, LD_LIBRARY_PATH=str(args.perf_analyzer.resolve().parent))
+            cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
+                   "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
+                   "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
+                   "--stability-percentage", "100", "--max-trials", "3", "--profile-export-file", str(export)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
+            (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+            if proc.returncode != 0:
+                sys.exit(f"perf_analyzer failed ({proc.returncode}); see {args.out / name}.log")
+            rows[name] = perf_analyzer_figures(export, args.tokens)
 
-    print(f"{args.users} concurrent gRPC streams, {args.tokens} tokens per answer, {n} prompts; ms")
-    print("| run | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 | E2E p50 | E2E p90 | requests |")
-    print("|---|---|---|---|---|---|---|---|")
+        # Alternate the two clients so that drifts of the machine hit both alike.
+        for i in range(args.rounds):
+            locust(f"locust-{i}")
+            if i == 0:
+                n = input_data(args.out / "locust-0" / "records.jsonl", args.tokens, args.out / "pa-input.json")
+            perf_analyzer(f"perf_analyzer-{i}")
+
+    keys = [(k, s) for k in ("ttft", "itl", "e2e", "front_end") for s in ("p50", "p90")]
+    print(f"{args.users} concurrent gRPC streams, {args.tokens} tokens per answer, {n} prompts, "
+          f"{args.rounds} alternating rounds of {args.seconds:g} s; ms")
+    print("| run | " + " | ".join(f"{k.upper()} {s}" for k, s in keys) + " | requests |")
+    print("|---" * (len(keys) + 2) + "|")
     for name, r in rows.items():
-        print(f"| {name} | {r['ttft']['p50']:.1f} | {r['ttft']['p90']:.1f} | {r['itl']['p50']:.2f} | "
-              f"{r['itl']['p90']:.2f} | {r['e2e']['p50']:.1f} | {r['e2e']['p90']:.1f} | {r['ttft']['count']} |")
-    pa = rows["perf_analyzer"]
-    for name in ("locust-1", "locust-2"):
-        diffs = {f"{k}_{s}": rows[name][k][s] / pa[k][s] - 1 for k in ("ttft", "itl", "e2e") for s in ("p50", "p90")}
-        print(f"{name} vs perf_analyzer: " + ", ".join(f"{k} {v:+.1%}" for k, v in diffs.items()))
-    spread = {f"{k}_{s}": rows["locust-2"][k][s] / rows["locust-1"][k][s] - 1 for k in ("ttft", "itl", "e2e")
-              for s in ("p50", "p90")}
-    print("locust-2 vs locust-1: " + ", ".join(f"{k} {v:+.1%}" for k, v in spread.items()))
-    (args.out / "crosscheck.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['ttft']['count']} |")
+    print("(front end = client TTFT minus the engine's arrival → first token; p50/p90 of the parts for Locust)")
+    summary = {}
+    for k, s in keys:
+        lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
+        pa = [rows[f"perf_analyzer-{i}"][k][s] for i in range(args.rounds)]
+        summary[f"{k}_{s}"] = {
+            "locust_median": float(np.median(lo)), "perf_analyzer_median": float(np.median(pa)),
+            "difference": float(np.median(lo) / np.median(pa) - 1),
+            "locust_spread": max(lo) / min(lo) - 1, "perf_analyzer_spread": max(pa) / min(pa) - 1,
+        }
+    print("| figure | Locust (median of rounds) | perf_analyzer (median) | difference | Locust run-to-run | "
+          "perf_analyzer run-to-run |")
+    print("|---|---|---|---|---|---|")
+    for key, v in summary.items():
+        print(f"| {key} | {v['locust_median']:.1f} | {v['perf_analyzer_median']:.1f} | {v['difference']:+.1%} | "
+              f"{v['locust_spread']:.0%} | {v['perf_analyzer_spread']:.0%} |")
+    (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

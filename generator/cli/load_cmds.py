@@ -156,7 +156,7 @@ def sweep(
 ) -> None:
     """Render, validate, serve and load-test each setting with the same seeded load; report and pick the best.
 
-    Exit codes: 0 a best setting was found, 1 none passed the SLO, 3 none passed but some were inconclusive.
+    Exit codes with --slo: 0 a setting passed, 1 none passed, 3 none passed but some were inconclusive.
     """
     from generator.cli.repo_cmds import _cuda_visible
     from generator.fsutil import atomic_dir
@@ -173,7 +173,7 @@ def sweep(
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=_cuda_visible(), progress=lambda m: console.print(f"  {m}"))
     _print_sweep(result, output.resolve())
-    if result["best"] is None:
+    if spec.loadtest.slo and result["best"] is None:
         verdicts = [(p.get("results") or {}).get("slo", {}).get("verdict") for p in result["points"]]
         raise typer.Exit(code=EXIT_INCONCLUSIVE if "inconclusive" in verdicts else EXIT_FAIL)
 
