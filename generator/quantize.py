@@ -310,8 +310,8 @@ def _check_layers(model, q: QuantizationSpec) -> None:
     bad = misfit_layers(linears, q)
     if bad:
         fix = (
-            f"choose another --format, or exclude those layers (quantization.exclude_modules); "
-            f"for int4_awq a smaller quantization.awq_block_size may fit"
+            "choose another --format, or exclude those layers (quantization.exclude_modules); "
+            "for int4_awq a smaller quantization.awq_block_size may fit"
         )
         raise TritongenError(
             f"{q.format.value} cannot quantize {len(bad)} layer(s) of this model: " + "; ".join(bad[:3]),

@@ -13,22 +13,11 @@ from generator import render
 from generator.errors import TritongenError
 from generator.render import EXTRA_PARAMETERS, reference_facts, render_repository
 from generator.resources import model_repo_dir
-from generator.spec import load_spec
+from helpers import small_spec
 
 MODELS = ["ensemble", "preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls"]
 
 
-def small_spec(weights: Path, artifacts: Path, *extra: str):
-    return load_spec(None, [
-        f"artifacts.dir={artifacts}",
-        f"artifacts.checkpoint_dir={weights}",
-        "build.max_input_len=256",
-        "build.max_output_len=64",
-        "build.max_batch_size=16",
-        "build.max_num_tokens=512",
-        "build.tokens_per_block=16",
-        *extra,
-    ])
 
 
 def parse(repo: Path, model: str) -> model_config_pb2.ModelConfig:

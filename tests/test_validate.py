@@ -12,21 +12,10 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.render import render_repository
-from generator.spec import load_spec
+from helpers import small_spec as make_spec
 from generator.validate import Problem, validate_repository
 
 
-def make_spec(weights: Path, artifacts: Path, *extra: str):
-    return load_spec(None, [
-        f"artifacts.dir={artifacts}",
-        f"artifacts.checkpoint_dir={weights}",
-        "build.max_input_len=256",
-        "build.max_output_len=64",
-        "build.max_batch_size=16",
-        "build.max_num_tokens=512",
-        "build.tokens_per_block=16",
-        *extra,
-    ])
 
 
 @pytest.fixture
