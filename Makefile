@@ -17,5 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/tritongen demo --out demo-out --force
 
+# The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: chromium not installed; the report screenshot test will be skipped"
 	$(BIN)/python -m pytest -q
