@@ -91,7 +91,8 @@ def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
     send_delay = scheduled -> actual send (the client's own lateness); queue = arrival -> first
     scheduled; prefill = first scheduled -> first token; front_end = the rest of the client's TTFT
     (network, HTTP/gRPC front end, preprocessing, postprocessing, the way back); decode = first token ->
-    last token. The four TTFT parts add up to the client's TTFT exactly. When the server and client share
+    last token. The four TTFT parts (and decode, without streaming) add up to the client's TTFT exactly.
+    When the server and client share
     the monotonic clock (same host), front_end is further split into front_in (send -> arrival) and
     front_out (first token -> client receipt).
     """
@@ -101,17 +102,21 @@ def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
     queue = s["first_scheduled_time_ns"] - s["arrival_time_ns"]
     prefill = s["first_token_time_ns"] - s["first_scheduled_time_ns"]
     send_delay = rec["sent_ns"] - rec["sched_ns"]
+    decode = s["last_token_time_ns"] - s["first_token_time_ns"]
+    # Without streaming the first text arrives with the last token: decode is part of that "TTFT".
+    engine = queue + prefill + (0 if rec.get("streaming") else decode)
     split = {
         "send_delay": send_delay,
-        "front_end": ttft_ns - send_delay - queue - prefill,
+        "front_end": ttft_ns - send_delay - engine,
         "queue": queue,
         "prefill": prefill,
-        "decode": s["last_token_time_ns"] - s["first_token_time_ns"],
+        "decode": decode,
     }
     first_seen = rec["sched_ns"] + ttft_ns
-    if rec["sent_ns"] <= s["arrival_time_ns"] <= s["first_token_time_ns"] <= first_seen:
+    last_engine = s["first_token_time_ns"] if rec.get("streaming") else s["last_token_time_ns"]
+    if rec["sent_ns"] <= s["arrival_time_ns"] <= last_engine <= first_seen:
         split["front_in"] = s["arrival_time_ns"] - rec["sent_ns"]
-        split["front_out"] = first_seen - s["first_token_time_ns"]
+        split["front_out"] = first_seen - last_engine
     return split
 
 

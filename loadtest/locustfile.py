@@ -2,8 +2,9 @@
 
 `tritongen loadtest` runs this file; it also works on its own, e.g.
 ``locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8000 --protocol http-stream -u 8 -t 30s``
-(see ``locust -f loadtest/locustfile.py --help`` for the LLM options). To script other behaviour, subclass
-``TritonLLMUser`` in your own locustfile next to this one.
+(the LLM options are the spec's loadtest fields as flags, listed in ``_SPEC_ARGS`` of tritonllm.py, plus
+``--records`` and ``--duration``; docs/loadtest.md). To script other behaviour, subclass ``TritonLLMUser``
+in your own locustfile next to this one.
 """
 
 import sys

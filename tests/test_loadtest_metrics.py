@@ -82,6 +82,16 @@ def test_ttft_split_adds_up_and_splits_the_front_end_on_a_shared_clock():
     assert s["front_in"] + s["front_out"] == s["front_end"]
 
 
+def test_without_streaming_the_first_text_comes_with_the_last_token():
+    rec = record(["whole answer"], sched=0, sent=0, first=60, server=perf(2, 5, 15, 55, 8), max_tokens=8,
+                 streaming=False)
+    m = request_metrics(rec)
+    assert m.ttft_ns == m.e2e_ns == 60 * MS and m.gaps_ns == [] and m.itl_ns is None
+    s = m.split
+    assert s["send_delay"] + s["front_end"] + s["queue"] + s["prefill"] + s["decode"] == m.ttft_ns
+    assert (s["front_in"], s["front_out"]) == (2 * MS, 5 * MS)
+
+
 def test_split_without_perf_metrics_is_none():
     assert request_metrics(record(["a", "b"])).split is None
 
@@ -303,3 +313,7 @@ def test_client_verdict_flags_cpu_lag_and_lateness():
     res["latency_ms"]["lateness"]["p99"] = 40.0
     assert "late against the schedule" in client_verdict([calm], res, open_loop=True)["reasons"][0]
     assert client_verdict([], res, open_loop=False)["client_limited"]
+    slow_model = summarize(_run())  # tokens 5 ms apart: the 10 ms floor applies; 200 ms apart: 50 ms
+    assert client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False)["client_limited"]
+    slow_model["latency_ms"]["itl"]["p50"] = 200.0
+    assert not client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False)["client_limited"]

@@ -62,7 +62,7 @@ def _print_results(results: dict[str, Any], out_dir: Path) -> None:
     if split:
         parts = split["parts"]
         out.print("TTFT split (mean ms): " + ", ".join(
-            f"{k} {parts[k]['mean']:.1f}" for k in ("send_delay", "front_end", "queue", "prefill") if k in parts))
+            f"{k} {parts[k]['mean']:.1f}" for k in split["ttft_parts"]))
     client = results["client"]
     if client["client_limited"]:
         console.print("[yellow]load generator was the limit:[/] " + "; ".join(client["reasons"]))
