@@ -49,3 +49,8 @@ def step(description: str) -> Iterator[None]:
 def fail(exc: TritongenError) -> "typer.Exit":
     console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(code=2)
+
+
+def cuda_visible() -> bool:
+    """Whether a CUDA GPU is visible, without importing torch (nvidia-smi's device files)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))

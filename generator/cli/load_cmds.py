@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from generator.cli._app import SetOpt, SpecArg, app, console, out, step
+from generator.cli._app import SetOpt, SpecArg, app, console, cuda_visible, out, step
 from generator.errors import TritongenError
 from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
 
@@ -158,7 +158,6 @@ def sweep(
 
     Exit codes with --slo: 0 a setting passed, 1 none passed, 3 none passed but some were inconclusive.
     """
-    from generator.cli.repo_cmds import _cuda_visible
     from generator.fsutil import atomic_dir
     from generator.slo import EXIT_FAIL, EXIT_INCONCLUSIVE
     from generator.sweep import plan_sweep, run_sweep
@@ -171,7 +170,7 @@ def sweep(
     console.print(f"{len(plan.points)} points: " + "; ".join(plan.label(p) for p in plan.points))
     with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output)) as tmp:
         with step("sweep"):
-            result = run_sweep(spec, plan, tmp, gpu_visible=_cuda_visible(), progress=lambda m: console.print(f"  {m}"))
+            result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {m}"))
     _print_sweep(result, output.resolve())
     if spec.loadtest.slo and result["best"] is None:
         verdicts = [(p.get("results") or {}).get("slo", {}).get("verdict") for p in result["points"]]

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from generator.cli._app import SetOpt, SpecArg, app, console, get_spec, out, step
+from generator.cli._app import SetOpt, SpecArg, app, console, cuda_visible, get_spec, out, step
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
@@ -68,7 +68,7 @@ def render(
     from generator.render import render_repository
 
     spec = get_spec(spec_path, overrides)
-    gpu_visible = gpu if gpu is not None else _cuda_visible()
+    gpu_visible = gpu if gpu is not None else cuda_visible()
     with step(f"rendering {output}"):
         repo = render_repository(spec, output, force=force, gpu_visible=gpu_visible)
     console.print(f"wrote {repo} (engine target {spec.serving.resolved_engine(gpu_visible).value})")
@@ -94,7 +94,3 @@ def validate(
     spec = get_spec(spec_path, overrides) if spec_path or overrides else None
     _validate_and_report(repo_dir, spec, strict=strict)
 
-
-def _cuda_visible() -> bool:
-    """Whether a CUDA GPU is visible, without importing torch (nvidia-smi's device files)."""
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
