@@ -142,7 +142,7 @@ def bench_engine(params: dict[str, str], max_batch_size: int, levels, work) -> l
 def bench_server(repo_dir: Path, levels, work) -> list[Level]:
     import tritonclient.grpc as grpcclient
 
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     with TritonServer(repo_dir, log_file=repo_dir.parent / "bench-triton.log") as server:
         def one_request(client_state, item):
@@ -194,12 +194,12 @@ def bench_server(repo_dir: Path, levels, work) -> list[Level]:
 def demo_repository(out: Path, weights: Path | None) -> tuple[Path, Path]:
     """Render the demo's cpu-reference repository; make and quantize the tiny model unless weights are given."""
     from generator.demo import demo_overrides
-    from generator.render import render_repository
+    from generator.repo.render import render_repository
     from generator.spec import load_spec
 
     if weights is None:
-        from generator.quantize import quantize
-        from generator.tinymodel import make_tiny_model
+        from generator.model.quantize import quantize
+        from generator.model.tinymodel import make_tiny_model
 
         model_dir = make_tiny_model(out / "tiny-qwen3", seed=0)
         spec = load_spec(None, demo_overrides(model_dir, out / "artifacts"))

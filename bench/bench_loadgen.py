@@ -79,10 +79,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/loadgen"))
     args = parser.parse_args()
 
-    from generator.loadtest import run_loadtest
-    from generator.server import TritonServer
+    from generator.measure.runner import run_loadtest
+    from generator.serve.server import TritonServer
     from generator.spec import load_spec
-    from generator.tinymodel import make_tiny_model
+    from generator.model.tinymodel import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="tritongen-bench-"))
     tokenizer = make_tiny_model(work / "tiny")

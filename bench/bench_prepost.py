@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generator.resources import model_repo_dir  # noqa: E402
-from generator.tinymodel import corpus_paragraphs  # noqa: E402
+from generator.model.tinymodel import corpus_paragraphs  # noqa: E402
 
 
 def _load(name: str, path: Path):
@@ -48,7 +48,7 @@ def _tokenizer(path: str | None):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-    from generator.tinymodel import train_tokenizer
+    from generator.model.tinymodel import train_tokenizer
 
     return PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(corpus_paragraphs()), eos_token="<|im_end|>")
 

@@ -81,8 +81,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck"))
     args = parser.parse_args()
 
-    from generator.loadtest import run_loadtest
-    from generator.server import TritonServer
+    from generator.measure.runner import run_loadtest
+    from generator.serve.server import TritonServer
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def run_stages(run: DemoRun, stages: list[Stage], on_start: Callable[[str], Any]
 
 
 def _problems_line(problems) -> str:
-    from generator.problems import Severity
+    from generator.repo.problems import Severity
 
     errors = sum(1 for p in problems if p.severity is Severity.error)
     return f"{errors} errors, {len(problems) - errors} warnings"
@@ -132,7 +132,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
     state: dict[str, Any] = {}
 
     def tiny_model() -> str:
-        from generator.tinymodel import make_tiny_model
+        from generator.model.tinymodel import make_tiny_model
 
         path = make_tiny_model(out / "tiny-model", seed=0, force=True)
         spec_file = out / "tritongen.yaml"
@@ -142,14 +142,14 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"{path} (spec: {spec_file})"
 
     def quantize() -> str:
-        from generator.quantize import quantize as run_quantize
+        from generator.model.quantize import quantize as run_quantize
 
         manifest = run_quantize(state["spec"], force=True)
         run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
         return f"{state['spec'].checkpoint_dir}"
 
     def plan() -> str:
-        from generator.plan import make_plan, read_model_config
+        from generator.engine.plan import make_plan, read_model_config
 
         spec = with_overrides(state["spec"], ["serving.engine=tensorrtllm"])
         config, source = read_model_config(spec)
@@ -160,9 +160,9 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
     def render(engine: str, folder: str) -> Callable[[], str]:
         def step() -> str:
-            from generator.problems import failing
-            from generator.render import render_repository
-            from generator.validate import validate_repository
+            from generator.repo.problems import failing
+            from generator.repo.render import render_repository
+            from generator.repo.validate import validate_repository
 
             spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
             repo = render_repository(spec, out / folder, force=True)
@@ -175,7 +175,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return step
 
     def serve() -> str:
-        from generator.server import TritonServer
+        from generator.serve.server import TritonServer
 
         server = TritonServer(state["cpu-reference"], log_file=out / "logs" / "tritonserver.log")
         stack.enter_context(server)
@@ -183,7 +183,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
 
     def smoke() -> str:
-        from generator.smoke import run_smoke
+        from generator.serve.smoke import run_smoke
 
         server = state["server"]
         report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len)
@@ -193,7 +193,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"{len(report.checks)} checks passed"
 
     def loadtest() -> str:
-        from generator.loadtest import run_loadtest
+        from generator.measure.runner import run_loadtest
 
         server = state["server"]
         folder = out / "loadtest"
@@ -214,7 +214,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
 
     def sweep() -> str:
-        from generator.sweep import plan_sweep, run_sweep
+        from generator.measure.sweep import plan_sweep, run_sweep
 
         folder = out / "sweep"
         folder.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from locust import User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from generator.loadrecords import RECORD_VERSION, SERVER_FIELDS, quantile_sample, request_inputs, request_metrics  # noqa: E402
+from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, quantile_sample, request_inputs, request_metrics  # noqa: E402
 from generator.spec import LoadTestSpec  # noqa: E402
 from prompts import Prompt, count_tokens, load_tokenizer, read_jsonl, synthesize  # noqa: E402
 from schedule import arrival_offsets, share  # noqa: E402

@@ -25,7 +25,7 @@ def work_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(work_dir) -> Path:
-    from generator.tinymodel import make_tiny_model
+    from generator.model.tinymodel import make_tiny_model
 
     return make_tiny_model(work_dir / "tiny-qwen3", seed=0)
 
@@ -41,7 +41,7 @@ def cpu_spec(tiny_model_dir, work_dir):
 
 @pytest.fixture(scope="session")
 def nvfp4_checkpoint_dir(cpu_spec) -> Path:
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     quantize(cpu_spec)
     return cpu_spec.checkpoint_dir
@@ -49,14 +49,14 @@ def nvfp4_checkpoint_dir(cpu_spec) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repo_dir(cpu_spec, nvfp4_checkpoint_dir, work_dir) -> Path:
-    from generator.render import render_repository
+    from generator.repo.render import render_repository
 
     return render_repository(cpu_spec, work_dir / "repo-cpu")
 
 
 @pytest.fixture(scope="session")
 def cpu_server(cpu_repo_dir, work_dir):
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     with TritonServer(cpu_repo_dir, log_file=work_dir / "triton-cpu.log") as server:
         yield server
@@ -109,7 +109,7 @@ def write_engine_config():
 @pytest.fixture(scope="session")
 def cpu_loadtest(cpu_spec, cpu_server, work_dir):
     """A short closed-loop gRPC-streaming load test against cpu_server: its folder and results."""
-    from generator.loadtest import run_loadtest
+    from generator.measure.runner import run_loadtest
     from generator.spec import with_overrides
 
     out = work_dir / "loadtest-grpc"
@@ -130,7 +130,7 @@ def trtllm_gauge():
     ``trtllm_gauge(server, "nv_trt_llm_kv_cache_block_metrics", "used")``."""
     import requests
 
-    from generator.tritonstats import parse_metrics
+    from generator.measure.tritonstats import parse_metrics
 
     def read(server, family: str, label: str) -> float:
         samples = parse_metrics(requests.get(server.metrics_url, timeout=10).text)

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from generator.server import TritonServer
-from generator.smoke import generate, grpc_stream, same_text, text_inputs
+from generator.serve.server import TritonServer
+from generator.serve.smoke import generate, grpc_stream, same_text, text_inputs
 
 BLS = "tensorrt_llm_bls"
 PROMPT = "The repair café meets in the church hall"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from generator.build import run_build
+from generator.engine.build import run_build
 from generator.cli import app
 from generator.errors import TritongenError
-from generator.plan import engine_config_mismatches, make_plan
+from generator.engine.plan import engine_config_mismatches, make_plan
 from generator.spec import load_spec
 
 FAKE_BIN = Path(__file__).parent / "fake_bin"

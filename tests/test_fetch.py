@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from generator.errors import TritongenError
-from generator.fetch import fetch, hub_error
+from generator.model.fetch import fetch, hub_error
 
 
 def test_local_folder_is_used_as_is(tiny_model_dir, cpu_spec):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from generator import llmapi
+from generator.repo import llmapi
 from generator.cli import app
 from generator.errors import TritongenError
-from generator.render import render_repository
+from generator.repo.render import render_repository
 from generator.spec import load_spec
-from generator.validate import validate_repository
+from generator.repo.validate import validate_repository
 
 
 def _spec(tmp_path: Path, *overrides: str):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from generator.errors import TritongenError
-from generator.loadrecords import compare_texts, request_inputs, request_metrics, stream_failures
-from generator.loadtest import Endpoints, client_verdict, locust_commands, locust_options, summarize
+from generator.measure.records import compare_texts, request_inputs, request_metrics, stream_failures
+from generator.measure.runner import Endpoints, client_verdict, locust_commands, locust_options, summarize
 from generator.resources import loadtest_dir
-from generator.slo import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, evaluate, parse_slo
+from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, evaluate, parse_slo
 from generator.spec import load_spec
 
 sys.path.insert(0, str(loadtest_dir()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.loadtest import read_records, run_loadtest
+from generator.measure.runner import read_records, run_loadtest
 from generator.spec import with_overrides
 
 pytestmark = pytest.mark.server
@@ -114,7 +114,7 @@ class TritonPythonModel:
 
 
 def test_broken_postprocessing_fails_the_streamed_output_checks(cpu_spec, cpu_repo_dir, tmp_path):
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     repo = tmp_path / "repo"
     shutil.copytree(cpu_repo_dir, repo)

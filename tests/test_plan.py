@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.errors import TritongenError
-from generator.gpus import GPUS, lookup_gpu
-from generator.plan import (
+from generator.engine.gpus import GPUS, lookup_gpu
+from generator.engine.plan import (
     SRC_FIELD_SM120,
     SRC_SPEC,
     check_argv,

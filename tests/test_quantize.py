@@ -19,7 +19,7 @@ import json
 import pytest
 
 from generator.errors import TritongenError
-from generator.quantize import MANIFEST_NAME, misfit_layers, modelopt_config, read_calibration_file, refusal
+from generator.model.quantize import MANIFEST_NAME, misfit_layers, modelopt_config, read_calibration_file, refusal
 from generator.spec import QuantizationSpec, with_overrides
 
 
@@ -47,7 +47,7 @@ def _repacked_by_modelopt(folder, algo: str) -> list[str]:
     import torch
     from modelopt.torch.export.quant_utils import to_quantized_weight
 
-    from generator.quality import checkpoint_loader
+    from generator.model.quality import checkpoint_loader
 
     loader = checkpoint_loader()
     tensors = _tensors(folder)
@@ -137,7 +137,7 @@ def test_loader_emulates_input_and_kv_quantization_and_generates(nvfp4_checkpoin
     import torch
     from transformers import AutoTokenizer
 
-    from generator.quality import checkpoint_loader
+    from generator.model.quality import checkpoint_loader
 
     model = checkpoint_loader().load_causal_lm(nvfp4_checkpoint_dir)
     assert model.dtype == torch.float32
@@ -161,7 +161,7 @@ def test_plain_folder_loads_as_transformers_does(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from generator.quality import checkpoint_loader
+    from generator.model.quality import checkpoint_loader
 
     ids = torch.arange(3, 40)[None]
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_fake_quantizers_match_modelopt_ops():
     from modelopt.torch.quantization.qtensor import NVFP4QTensor
     from modelopt.torch.quantization.tensor_quant import _tensor_quant, fp8_eager
 
-    from generator.quality import checkpoint_loader
+    from generator.model.quality import checkpoint_loader
 
     loader = checkpoint_loader()
     g = torch.Generator().manual_seed(0)
@@ -191,7 +191,7 @@ def test_fake_quantizers_match_modelopt_ops():
 
 
 def test_existing_checkpoint_is_not_overwritten(nvfp4_checkpoint_dir, cpu_spec):
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     before = (nvfp4_checkpoint_dir / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(TritongenError, match="already exists"):
@@ -210,7 +210,7 @@ def _small(cpu_spec, *overrides):
 def test_fp8_with_extra_exclusion(cpu_spec, tmp_path):
     import torch
 
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     spec = _small(cpu_spec, "quantization.format=fp8", "quantization.exclude_modules=[lm_head, '*.mlp.down_proj']")
     calls = []
@@ -232,7 +232,7 @@ def test_fp8_with_extra_exclusion(cpu_spec, tmp_path):
 
 @pytest.mark.parametrize("fmt,algo,weight_dtype", [("int4_awq", "W4A16_AWQ", "uint8"), ("int8_sq", "W8A8_SQ_PER_CHANNEL", "int8")])
 def test_integer_formats(cpu_spec, tmp_path, fmt, algo, weight_dtype):
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     manifest = quantize(_small(cpu_spec, f"quantization.format={fmt}"), out_dir=tmp_path / fmt)
     hq = _hf_quant(tmp_path / fmt)
@@ -248,7 +248,7 @@ def test_integer_formats(cpu_spec, tmp_path, fmt, algo, weight_dtype):
 def test_kv_cache_only(cpu_spec, tmp_path):
     import torch
 
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     manifest = quantize(_small(cpu_spec, "quantization.format=none"), out_dir=tmp_path / "kv")
     hq = _hf_quant(tmp_path / "kv")
@@ -263,7 +263,7 @@ def test_kv_cache_only(cpu_spec, tmp_path):
 
 
 def test_refusals_are_explained(cpu_spec, tmp_path, monkeypatch):
-    from generator.quantize import quantize
+    from generator.model.quantize import quantize
 
     with pytest.raises(TritongenError, match="FP8"):
         quantize(with_overrides(cpu_spec, ["quantization.kv_cache=int8"]), out_dir=tmp_path / "a")

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from generator import render
+from generator.repo import render
 from generator.errors import TritongenError
-from generator.render import EXTRA_PARAMETERS, reference_facts, render_repository
+from generator.repo.render import EXTRA_PARAMETERS, reference_facts, render_repository
 from generator.resources import model_repo_dir
 from helpers import small_spec
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from generator.report import POINT_COLUMNS, loadtest_doc, write_sweep_report
+from generator.measure.report import POINT_COLUMNS, loadtest_doc, write_sweep_report
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 

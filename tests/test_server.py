@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from generator.errors import TritongenError
-from generator.server import (
+from generator.serve.server import (
     SHM_DIR,
     TritonServer,
     assemble_backend_dir,
@@ -30,7 +30,7 @@ from generator.server import (
     server_command,
     server_env,
 )
-from generator.smoke import generate, grpc_stream, same_text, text_inputs
+from generator.serve.smoke import generate, grpc_stream, same_text, text_inputs
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -166,7 +166,7 @@ def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
 
 _LAUNCHER = """
 import sys, time
-from generator.server import TritonServer
+from generator.serve.server import TritonServer
 
 server = TritonServer(sys.argv[1], log_file=sys.argv[2])
 server.start(timeout_s=120)
@@ -248,7 +248,7 @@ def test_sixteen_concurrent_streams_get_the_sequential_answers(cpu_server, model
 
 _STREAMING_CLIENT = """
 import sys
-from generator.smoke import grpc_stream, text_inputs
+from generator.serve.smoke import grpc_stream, text_inputs
 
 def seen(n):
     print(n, flush=True)

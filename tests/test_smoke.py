@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.smoke import REPLACEMENT, compare_metadata, same_text, stop_word_candidates
+from generator.serve.smoke import REPLACEMENT, compare_metadata, same_text, stop_word_candidates
 
 TRITONGEN = str(Path(sys.executable).parent / "tritongen")
 

@@ -9,7 +9,7 @@ import yaml
 
 from generator.errors import TritongenError
 from generator.spec import EngineTarget, Spec, load_spec, with_overrides
-from generator.specdoc import commented_yaml, markdown_reference, with_reference
+from generator.spec.doc import commented_yaml, markdown_reference, with_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from generator.errors import TritongenError
-from generator.sweep import STATUS_INVALID, STATUS_OK, best_point, plan_sweep, run_sweep
+from generator.measure.sweep import STATUS_INVALID, STATUS_OK, best_point, plan_sweep, run_sweep
 
 
 def test_comma_lists_are_axes_and_single_values_are_fixed():

@@ -67,7 +67,7 @@ def test_training_made_it_better_than_chance(tiny_model_dir):
 
 def test_same_seed_same_bytes(tmp_path, monkeypatch):
     """Two builds with the same seed are byte-identical (a shortened run: the same code, fewer steps)."""
-    import generator.tinymodel as tiny
+    import generator.model.tinymodel as tiny
 
     monkeypatch.setattr(tiny, "TRAIN_STEPS", 2)
     first = tiny.make_tiny_model(tmp_path / "first", seed=3)
@@ -79,7 +79,7 @@ def test_same_seed_same_bytes(tmp_path, monkeypatch):
 
 
 def test_refuses_to_overwrite_without_force(tiny_model_dir):
-    from generator.tinymodel import make_tiny_model
+    from generator.model.tinymodel import make_tiny_model
 
     with pytest.raises(TritongenError, match="already exists"):
         make_tiny_model(tiny_model_dir)

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.render import render_repository
+from generator.repo.render import render_repository
 from helpers import small_spec as make_spec
-from generator.validate import Problem, validate_repository
+from generator.repo.validate import Problem, validate_repository
 
 
 

@@ -118,8 +118,8 @@ def loadtest(
     (the load generator limited the run, or a term could not be measured), 2 bad input.
     """
     from generator.fsutil import atomic_dir
-    from generator.loadtest import run_loadtest
-    from generator.slo import EXIT_FAIL
+    from generator.measure.runner import run_loadtest
+    from generator.measure.slo import EXIT_FAIL
 
     if (repo is None) == (url is None):
         raise TritongenError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
@@ -159,8 +159,8 @@ def sweep(
     Exit codes with --slo: 0 a setting passed, 1 none passed, 3 none passed but some were inconclusive.
     """
     from generator.fsutil import atomic_dir
-    from generator.slo import EXIT_FAIL, EXIT_INCONCLUSIVE
-    from generator.sweep import plan_sweep, run_sweep
+    from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE
+    from generator.measure.sweep import plan_sweep, run_sweep
 
     plan = plan_sweep(list(sets or []))
     flags = _flag_overrides(users=users, duration=duration, requests=requests, rate=rate, protocol=protocol, slo=slo)
@@ -180,7 +180,7 @@ def sweep(
 def _print_sweep(result: dict[str, Any], out_dir: Path) -> None:
     from rich.table import Table
 
-    from generator.report import point_row
+    from generator.measure.report import point_row
 
     table = Table(title="sweep")
     cols = ("setting", "status", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")

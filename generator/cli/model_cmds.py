@@ -30,7 +30,7 @@ def fetch(
     dir: Optional[Path] = typer.Option(None, "--dir", help="Download into this folder instead of the Hugging Face cache."),
 ) -> None:
     """Download a model's config, tokenizer and safetensors (nothing else); a local folder is checked as is."""
-    from generator.fetch import fetch as fetch_model
+    from generator.model.fetch import fetch as fetch_model
 
     started = time.monotonic()
     path = fetch_model(model, revision=revision, dir=dir)
@@ -45,7 +45,7 @@ def tiny_model(
     force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
 ) -> None:
     """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo)."""
-    from generator.tinymodel import make_tiny_model
+    from generator.model.tinymodel import make_tiny_model
 
     with step(f"training a tiny Qwen3 model into {dir}"):
         path = make_tiny_model(dir, seed=seed, force=force)
@@ -125,7 +125,7 @@ def quantize(
     overrides: Optional[List[str]] = SetOpt,
 ) -> None:
     """Quantize with ModelOpt (NVFP4 + FP8 KV by default) and export the checkpoint TensorRT-LLM builds from."""
-    from generator.quantize import quantize as run_quantize
+    from generator.model.quantize import quantize as run_quantize
 
     sets = list(overrides or [])
     if format is not None:

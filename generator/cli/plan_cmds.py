@@ -79,7 +79,7 @@ def print_plan(plan) -> None:
 
 
 def _plan_for(spec_path: Optional[Path], overrides: Optional[List[str]], model_config: Optional[Path]):
-    from generator.plan import make_plan, read_model_config
+    from generator.engine.plan import make_plan, read_model_config
 
     spec = get_spec(spec_path, overrides)
     config, source = read_model_config(spec, model_config)
@@ -111,7 +111,7 @@ def plan_cmd(
 
 def _print_llmapi_plan(spec, as_json: bool) -> None:
     """The LLM-API target builds no engine: show how the spec maps onto model.yaml, and what it refuses."""
-    from generator.llmapi import llmapi_mapping, llmapi_refusals
+    from generator.repo.llmapi import llmapi_mapping, llmapi_refusals
 
     rows, refusals = llmapi_mapping(spec), llmapi_refusals(spec)
     if as_json:
@@ -142,7 +142,7 @@ def build_cmd(
 
     Exit 0: built, or --dry-run printed the commands. Exit 1: the plan refuses the spec. Exit 2: TensorRT-LLM is not installed here (the GPU-host commands are printed), a step failed, or the engine does not match the spec.
     """
-    from generator.build import run_build, trtllm_build_path
+    from generator.engine.build import run_build, trtllm_build_path
 
     spec, plan = _plan_for(spec_path, set_, model_config)
     if plan.errors:

@@ -17,7 +17,7 @@ def print_problems(problems: list, repo: Path) -> None:
     """A table of problems (severity, file:line, what, fix), errors first, or one line saying the repository is fine."""
     from rich.table import Table
 
-    from generator.problems import Severity
+    from generator.repo.problems import Severity
 
     if not problems:
         console.print(f"[green]✓[/] {repo}: no problems found")
@@ -39,8 +39,8 @@ def print_problems(problems: list, repo: Path) -> None:
 
 def _validate_and_report(repo: Path, spec=None, *, strict: bool = False) -> None:
     """Print every problem; exit 1 on errors (and, with ``strict``, on warnings: artifacts not built yet)."""
-    from generator.problems import failing
-    from generator.validate import validate_repository
+    from generator.repo.problems import failing
+    from generator.repo.validate import validate_repository
 
     with step(f"validating {repo}"):
         problems = validate_repository(repo, spec)
@@ -65,7 +65,7 @@ def render(
     strict: bool = typer.Option(False, "--strict", help="With --validate: fail on warnings too (artifacts not built yet)."),
 ) -> None:
     """Render the Triton repository (engine layout, or the LLM-API model for serving.engine=llmapi), then validate it."""
-    from generator.render import render_repository
+    from generator.repo.render import render_repository
 
     spec = get_spec(spec_path, overrides)
     gpu_visible = gpu if gpu is not None else cuda_visible()

@@ -37,7 +37,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file):
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     server = TritonServer(repo_dir, host=host, http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, log_file=log_file)
@@ -102,7 +102,7 @@ def smoke(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
-    from generator.smoke import run_smoke
+    from generator.serve.smoke import run_smoke
 
     if (repo_dir is None) == (url is None):
         raise TritongenError("give either a repository folder or --url (with --grpc-url)",

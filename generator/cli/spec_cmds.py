@@ -8,7 +8,7 @@ import typer
 
 from generator.cli._app import app, console, out
 from generator.errors import TritongenError
-from generator.specdoc import README_END, README_START, commented_yaml, markdown_reference, with_reference
+from generator.spec.doc import README_END, README_START, commented_yaml, markdown_reference, with_reference
 
 
 @app.command()

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from generator.fetch import add_legacy_rope_theta
+from generator.model.fetch import add_legacy_rope_theta
 from generator.fsutil import atomic_dir
 from generator.resources import data_dir
 

@@ -7,15 +7,12 @@ generated from them).
 
 from __future__ import annotations
 
-import copy
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generator.errors import TritongenError
 
 
 class _Section(BaseModel):
@@ -447,95 +444,3 @@ class Spec(_Section):
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"base_dir"})
 
-
-# ---------------------------------------------------------------- loading and errors
-
-
-def _describe_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "spec"
-    got = err.get("input")
-    msg = err["msg"]
-    ctx = err.get("ctx") or {}
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown field (check the spelling; `tritongen init` writes every field with its default)"
-    if err["type"] == "enum" and "expected" in ctx:
-        return f"{loc}: got {got!r}; allowed: {ctx['expected']}"
-    if err["type"] == "literal_error" and "expected" in ctx:
-        return f"{loc}: got {got!r}; allowed: {ctx['expected']}"
-    if err["type"] == "value_error":
-        return f"{loc}: {msg.removeprefix('Value error, ')}"
-    return f"{loc}: got {got!r}; {msg[0].lower() + msg[1:]}"
-
-
-def spec_error_from_validation(exc: ValidationError, source: str) -> TritongenError:
-    lines = [_describe_error(e) for e in exc.errors()]
-    return TritongenError(
-        "invalid spec:\n  " + "\n  ".join(lines),
-        where=source,
-        fix="edit the fields named above (see `tritongen spec-reference` for allowed values)",
-    )
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` → (["a","b","c"], YAML-parsed value)."""
-    if "=" not in item:
-        raise TritongenError(
-            f"override {item!r} is not KEY=VALUE", where="--set", fix="write e.g. --set build.max_batch_size=16"
-        )
-    key, raw = item.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
-        raise TritongenError(f"override {item!r} has an empty key", where="--set")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return keys, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[k] = nxt
-            node = nxt
-        node[keys[-1]] = value
-    return data
-
-
-def spec_from_dict(data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "spec") -> Spec:
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as exc:
-        raise spec_error_from_validation(exc, source) from None
-    spec.base_dir = Path(base_dir).resolve()
-    return spec
-
-
-def load_spec(path: Path | str | None, overrides: list[str] | None = None) -> Spec:
-    """Read a spec YAML file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
-    overrides = overrides or []
-    if path is None:
-        return spec_from_dict(apply_overrides({}, overrides), source="defaults")
-    path = Path(path)
-    if not path.is_file():
-        raise TritongenError("spec file not found", where=str(path), fix=f"tritongen init {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise TritongenError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
-    if not isinstance(data, dict):
-        raise TritongenError("the spec must be a YAML mapping of sections (model, quantization, ...)", where=str(path))
-    return spec_from_dict(apply_overrides(data, overrides), base_dir=path.parent, source=str(path))
-
-
-def with_overrides(spec: Spec, overrides: list[str]) -> Spec:
-    """A copy of ``spec`` with ``--set`` overrides applied (used by sweeps)."""
-    return spec_from_dict(apply_overrides(spec.to_yaml_dict(), overrides), base_dir=spec.base_dir, source="--set")

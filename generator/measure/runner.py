@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 from generator.errors import TritongenError
-from generator.loadrecords import (
+from generator.measure.records import (
     CHECK_REFERENCE,
     CHECKS,
     empty_chunks,
@@ -370,7 +370,7 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
             raise TritongenError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
         yield Endpoints.from_urls(url, grpc_url, metrics_url)
         return
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     with TritonServer(Path(repo_dir), log_file=log_file) as server:
         yield Endpoints(f"http://{server.http_url}", server.grpc_url, server.metrics_url)
@@ -381,7 +381,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     """Run the Locust processes to completion; their logs go to OUT/locust*.log."""
     conf = out_dir / "locust.conf"
     conf.write_text(locust_conf_text(options), encoding="utf-8")
-    from generator.server import free_port
+    from generator.serve.server import free_port
 
     commands = locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -419,7 +419,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def model_inputs(http_url: str, model: str) -> set[str]:
-    from generator.tritonstats import http_get
+    from generator.measure.tritonstats import http_get
 
     config = json.loads(http_get(f"{http_url}/v2/models/{model}/config"))
     return {i["name"] for i in config.get("input", [])}
@@ -482,7 +482,7 @@ def run_loadtest(
     generator, as the client-bottleneck test does.
     """
     from generator.resources import loadtest_dir
-    from generator.tritonstats import (
+    from generator.measure.tritonstats import (
         MetricsSampler,
         counter_stages,
         fetch_model_stats,
@@ -490,8 +490,8 @@ def run_loadtest(
         stage_times,
     )
 
-    from generator.report import write_loadtest_report
-    from generator.slo import evaluate, parse_slo
+    from generator.measure.report import write_loadtest_report
+    from generator.measure.slo import evaluate, parse_slo
 
     out_dir = Path(out_dir).resolve()
     lt = spec.loadtest

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from generator.errors import TritongenError
-from generator.problems import (
+from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
 from generator.resources import data_json, templates_dir
@@ -359,7 +359,7 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
     """Every problem of the LLM-API model in ``repo_dir`` at once (reads files only).
 
     Without ``spec`` the spec-dependent checks (quantization vs checkpoint, model.yaml vs spec) are
-    skipped; ``generator.validate.validate_repository`` passes the one recorded in ``tritongen.json``
+    skipped; ``generator.repo.validate.validate_repository`` passes the one recorded in ``tritongen.json``
     and adds the CPU stand-in's engine model.
     """
     repo = Path(repo_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from generator.errors import TritongenError
-from generator.gpus import GpuSpec, lookup_gpu
+from generator.engine.gpus import GpuSpec, lookup_gpu
 from generator.resources import data_dir, data_json
 from generator.spec import Spec
 

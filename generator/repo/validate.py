@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.llmapi import CPU_ENGINE_MODEL, validate_llmapi
-from generator.llmapi import MODEL_NAME as LLMAPI_MODEL
-from generator.problems import (
+from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
+from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
+from generator.repo.problems import (
     ConfigText, Problem, Severity, checkpoint_quant_problems, not_built, parse_config, quant_problems, read_json,
     type_name, weights_command,
 )
-from generator.render import (
+from generator.repo.render import (
     BLS, ENSEMBLE, EXTRA_PARAMETERS, LLMAPI_LAYOUT, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM,
     reference_facts,
 )
@@ -521,7 +521,7 @@ def _validate_ifb(repo: Path, manifest: dict[str, Any], spec: Optional[Spec], re
 
 
 def _validate_llmapi(repo: Path, manifest: dict[str, Any], spec: Optional[Spec], report: _Report) -> None:
-    """The LLM-API model (generator.llmapi), plus, in the CPU stand-in, the engine model it calls.
+    """The LLM-API model (generator.repo.llmapi), plus, in the CPU stand-in, the engine model it calls.
 
     The stand-in's engine is the CPU reference engine under another folder name, with the C++
     tensorrt_llm model's interface: the single-model checks of the engine layout apply to it unchanged.

@@ -1,6 +1,6 @@
 """The build stage's edge: run the plan's checkpoint step and trtllm-build on a GPU host, then check the engine.
 
-All decisions (arguments, refusals, what the engine must look like) come from generator.plan; this module
+All decisions (arguments, refusals, what the engine must look like) come from generator.engine.plan; this module
 only finds the programs, runs them with exactly the planned arguments, streams and keeps their logs,
 writes outputs through a temporary folder, and compares the engine's config.json with the spec.
 """
@@ -22,7 +22,7 @@ from typing import Callable
 
 from generator.errors import TritongenError
 from generator.fsutil import atomic_dir, check_writable_target
-from generator.plan import Plan, checkpoint_config_mismatches, engine_config_mismatches, flag_data
+from generator.engine.plan import Plan, checkpoint_config_mismatches, engine_config_mismatches, flag_data
 from generator.spec import Spec
 
 EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"

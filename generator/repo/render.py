@@ -7,7 +7,7 @@ here; the Jinja2 templates in ``templates/<layout>/`` only lay them out.
 Tensor names, types, dims and parameter keys follow NVIDIA's ``inflight_batcher_llm`` repository of
 TensorRT-LLM 1.2.1 (``triton_backend/all_models/inflight_batcher_llm`` in NVIDIA/TensorRT-LLM); the
 facts and the commits they were read from are in ``generator/data/inflight_batcher_llm_1.2.1.json``.
-The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come from generator.llmapi).
+The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come from generator.repo.llmapi).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional
 
 from generator.errors import TritongenError
 from generator.fsutil import atomic_dir
-from generator.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
-from generator.llmapi import MODEL_NAME as LLMAPI_MODEL
+from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
+from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.resources import data_json, model_repo_dir, templates_dir
 from generator.spec import EngineTarget, Spec
 

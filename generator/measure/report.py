@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from generator.fsutil import atomic_write_text
-from generator.loadtest import CONN_WAIT_P99_LIMIT_MS, CPU_LIMIT, LAG_P99_LIMIT_MS, LAG_SHARE, LATENESS_P99_LIMIT_MS
+from generator.measure.runner import CONN_WAIT_P99_LIMIT_MS, CPU_LIMIT, LAG_P99_LIMIT_MS, LAG_SHARE, LATENESS_P99_LIMIT_MS
 
 LATENCY_ROWS = (
     ("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"), ("e2e", "End-to-end"),

@@ -1,7 +1,7 @@
 """``tritongen sweep``: the same seeded load against each combination of serving settings.
 
 For every point: apply its overrides to the spec, render the repository, validate it, start the server,
-warm up and run the load test (generator.loadtest), stop. A point that cannot run (invalid setting,
+warm up and run the load test (generator.measure.runner), stop. A point that cannot run (invalid setting,
 validation errors, a server that does not load, e.g. a KV cache too small for the engine) is reported
 with its reason, never dropped. The best point is the one with the highest output-token throughput
 among those that pass the SLO (without an SLO: among those that completed and were not client-limited).
@@ -83,10 +83,10 @@ def best_point(points: list[dict[str, Any]], with_slo: bool) -> Optional[dict[st
 def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
               progress: Callable[[str], None]) -> dict[str, Any]:
     """One point, start to finish; every failure becomes the point's status and detail."""
-    from generator.loadtest import run_loadtest
-    from generator.problems import failing
-    from generator.render import render_repository
-    from generator.validate import validate_repository
+    from generator.measure.runner import run_loadtest
+    from generator.repo.problems import failing
+    from generator.repo.render import render_repository
+    from generator.repo.validate import validate_repository
 
     point: dict[str, Any] = {"label": label, "overrides": overrides, "dir": str(out_dir), "status": STATUS_OK,
                              "detail": "", "results": None}
@@ -104,7 +104,7 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
     if errors:
         return {**point, "status": STATUS_VALIDATION, "detail": "; ".join(p.message for p in errors[:3])}
     progress(f"{label}: starting the server")
-    from generator.server import TritonServer
+    from generator.serve.server import TritonServer
 
     server = TritonServer(repo, log_file=out_dir / "triton.log")
     try:
@@ -125,7 +125,7 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
 def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,
               progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
     """Run every point into OUT/points/<n>/ and write the sweep report into OUT."""
-    from generator.report import write_sweep_report
+    from generator.measure.report import write_sweep_report
 
     points = []
     for i, overrides in enumerate(plan.points):

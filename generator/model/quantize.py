@@ -153,7 +153,7 @@ def calibration_texts(spec: Spec) -> tuple[list[str], str]:
 
 
 def _hub_texts(name: str, size: int, seed: int) -> list[str]:
-    from generator.fetch import offline_mode
+    from generator.model.fetch import offline_mode
 
     fix = "calibrate from a local file instead: --dataset PATH.txt|PATH.jsonl (or --set quantization.calibration.dataset=PATH)"
     if offline_mode():
@@ -275,7 +275,7 @@ def _nvfp4_on_cpu():
     plain-torch copy of the same kernel (same thresholds and rounding), so the simulated model runs."""
     import modelopt.torch.quantization.tensor_quant as tq
 
-    from generator.quality import checkpoint_loader
+    from generator.model.quality import checkpoint_loader
 
     original = tq.dynamic_block_quantize_op
     fp4 = checkpoint_loader().nvfp4_fake_quantize
@@ -364,8 +364,8 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     out = Path(out_dir) if out_dir else spec.checkpoint_dir
     check_writable_target(out.resolve(), force, "tritongen quantize ...")
 
-    from generator.fetch import TOKENIZER_FILES, add_legacy_rope_theta, fetch
-    from generator.quality import checkpoint_loader, figures, heldout_chunks, next_token_logits
+    from generator.model.fetch import TOKENIZER_FILES, add_legacy_rope_theta, fetch
+    from generator.model.quality import checkpoint_loader, figures, heldout_chunks, next_token_logits
 
     timings: dict[str, float] = {}
     started = time.perf_counter()

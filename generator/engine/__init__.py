@@ -1,0 +1,1 @@
+"""Engine stage: the GPU table, the trtllm-build plan (flags, refusals, memory) and the build itself."""

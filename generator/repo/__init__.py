@@ -1,0 +1,1 @@
+"""Repository stage: render the Triton model repository (engine or LLM-API target) and validate it."""

@@ -1,0 +1,23 @@
+"""The typed spec every stage reads (``schema``), how it is loaded (``load``) and documented (``doc``)."""
+
+from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
+from generator.spec.schema import (
+    ArtifactsSpec,
+    BuildSpec,
+    CalibrationSpec,
+    EngineTarget,
+    KVCacheFormat,
+    LoadTestSpec,
+    ModelSpec,
+    PluginOverrides,
+    QuantFormat,
+    QuantizationSpec,
+    ServingSpec,
+    Spec,
+)
+
+__all__ = [
+    "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "LoadTestSpec",
+    "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec",
+    "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
+]
