@@ -7,6 +7,7 @@ from generator.spec.schema import (
     CalibrationSpec,
     EngineTarget,
     KVCacheFormat,
+    KubernetesSpec,
     LoadTestSpec,
     ModelSpec,
     PluginOverrides,
@@ -14,10 +15,11 @@ from generator.spec.schema import (
     QuantizationSpec,
     ServingSpec,
     Spec,
+    TopologySpec,
 )
 
 __all__ = [
-    "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "LoadTestSpec",
-    "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec",
+    "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "KubernetesSpec", "LoadTestSpec",
+    "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec", "TopologySpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]
