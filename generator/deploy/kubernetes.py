@@ -11,6 +11,7 @@ written into the YAML as comments.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,8 +117,15 @@ def repository_path(spec: Spec) -> Path:
     return spec.path(spec.artifacts.dir) / "repository"
 
 
+def read_paths(spec: Spec) -> list[Path]:
+    """Every folder the served repository reads: engine, weights and tokenizer, the repository itself."""
+    return [spec.path(spec.artifacts.dir), spec.engine_dir, spec.serving_weights_dir, repository_path(spec)]
+
+
 def artifacts_mount(spec: Spec) -> Path:
-    return spec.path(spec.artifacts.dir)
+    """Where every pod mounts the artifacts volume: the deepest folder holding all of read_paths, so the
+    absolute paths written into the repository are the same in the pod."""
+    return Path(os.path.commonpath([str(p) for p in read_paths(spec)]))
 
 
 def labels(spec: Spec) -> dict[str, str]:

@@ -309,8 +309,9 @@ class KubernetesSpec(_Section):
     (validate refuses an image made for another version)."""
 
     volume_claim: str = Field("tritongen-artifacts", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
-    """PersistentVolumeClaim that holds artifacts.dir (engine, checkpoint, tokenizer and the rendered
-    repository); every pod mounts it at the same absolute path as here."""
+    """PersistentVolumeClaim that holds the engine, checkpoint, tokenizer and the rendered repository;
+    every pod mounts it at the deepest folder holding all of them (usually artifacts.dir), so the
+    paths in the repository are the same in the pod."""
 
     repository_path: Optional[Path] = None
     """Where the rendered repository lies on that volume. None means artifacts.dir/repository."""
