@@ -346,7 +346,7 @@ def _check_pod(path: Path, line: int, role: str, pod: dict[str, Any], server: bo
     for name, port in PORTS.items():
         if ports.get(name) != port or f"--{name}-port={port}" not in cmd:
             out.add(path, line, f"{role} {name} port: containerPort {ports.get(name)} and the launch argument "
-                    f"--{name}-port must both be {port}", "re-render the manifests")
+                    f"--{name}-port must both be {port}", f"containerPort: {port} and --{name}-port={port} (re-render)")
     if topo.multi_node:
         env = {e.get("name"): e.get("value") for e in c.get("env") or []}
         hosts = [h for h in str(env.get("MPI_HOSTS") or "").split(",") if h]
