@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT
 from generator.deploy.topology import GIB, Topology
-from generator.errors import TritongenError
+from generator.errors import PlanRefused
 from generator.resources import data_json
 from generator.spec import EngineTarget, Spec
 
@@ -105,7 +105,7 @@ def server_image(spec: Spec, trtllm_version: str) -> str:
         return spec.kubernetes.image
     image = expected_image(trtllm_version)
     if image is None:
-        raise TritongenError(f"no known Triton container for TensorRT-LLM {trtllm_version}", where="kubernetes.image",
+        raise PlanRefused(f"no known Triton container for TensorRT-LLM {trtllm_version}", where="kubernetes.image",
                              fix="set kubernetes.image to the NGC tritonserver <yy.mm>-trtllm-python-py3 tag of that version")
     return image
 

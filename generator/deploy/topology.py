@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from generator.errors import TritongenError
+from generator.errors import PlanRefused
 from generator.spec import EngineTarget, Spec
 
 GIB = 1 << 30
@@ -214,7 +214,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
                 f"{memory.kv_tokens} tokens per instance ({memory.kv_bytes_per_token_per_gpu} B per token per GPU), "
                 f"less than one sequence of max_seq_len {b.resolved_max_seq_len}: raise tp/pp or lower max_seq_len")
     if refusals:
-        raise TritongenError("the topology does not fit:\n  " + "\n  ".join(refusals), where="topology",
+        raise PlanRefused("the topology does not fit:\n  " + "\n  ".join(refusals), where="topology",
                              fix="change the fields named above (tritongen plan SPEC shows the memory per GPU)")
     return _placement(spec, target, gpu_target, memory, notes)
 
