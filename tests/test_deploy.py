@@ -332,3 +332,47 @@ def test_loadtest_configmap_package_imports_on_its_own(weights, tmp_path, write_
     assert done.stdout.strip() == str(root / "generator" / "__init__.py")
     conf = configmap["data"]["locust.conf"]
     assert "host = grpc://tritongen.default.svc:8001" in conf and f"records = {weights.parent}/loadtest/records.jsonl" in conf
+
+
+# ---------------------------------------------------------------- for real: several CPU instances, distributed load
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu_spec, nvfp4_checkpoint_dir, tmp_path):
+    """Two instances of the CPU engine behind one ensemble, started by the rendered launch script, both
+    doing work under a Locust master with two workers whose records all reach the one records file."""
+    import psutil
+
+    from generator.measure.runner import read_records, run_loadtest
+    from generator.serve.server import TritonServer
+    from generator.spec import with_overrides
+
+    spec = with_overrides(cpu_spec, ["topology.instances_per_node=2", "serving.cpu_threads=1", "loadtest.workers=2",
+                                     "loadtest.users=4", "loadtest.spawn_rate=4", "loadtest.duration_s=8",
+                                     "loadtest.output_tokens_mean=8", "loadtest.reference_checks=4"])
+    repo = render_repository(spec, tmp_path / "repo")
+    assert [p for p in validate_repository(repo) if p.severity == "error"] == []
+    out = tmp_path / "load"
+    out.mkdir()
+    with TritonServer(repo, log_file=tmp_path / "triton.log") as server:
+        assert server.launch_script == repo / "launch.sh"
+        proc = psutil.Process(server.pid)
+        assert Path(proc.cmdline()[0]).name == "tritonserver"  # the script exec'd the server itself
+        assert f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}0_" in proc.cmdline()
+        stubs = {c.cmdline()[-2]: c for c in proc.children(recursive=True)
+                 if c.cmdline() and c.cmdline()[0].endswith("triton_python_backend_stub")}
+        engines = {name: p for name, p in stubs.items() if re.fullmatch(r"tensorrt_llm_\d+_\d+", name)}
+        assert len(engines) == 2, sorted(stubs)
+        cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
+        before = {name: cpu(p) for name, p in engines.items()}
+        result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                              metrics_url=server.metrics_url).results
+        after = {name: cpu(p) for name, p in engines.items()}
+    requests, processes = read_records(out / "records.jsonl")
+    served = result["server"]["stages"]["ensemble"]
+    assert result["counts"]["errors"] == 0 and result["counts"]["ok"] > 0
+    assert len(requests) == served["requests"] + served["failures"]  # every request recorded once, none lost
+    assert len({(r["proc"], r["seq"]) for r in requests}) == len(requests)
+    assert {r["proc"] for r in requests} == {p["proc"] for p in processes} and len(processes) == 2
+    assert all(after[name] > before[name] for name in engines), (before, after)  # both instances did work
