@@ -2,6 +2,7 @@
 
 from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
 from generator.spec.schema import (
+    REFERENCE_MODEL,
     ArtifactsSpec,
     BuildSpec,
     CalibrationSpec,
@@ -19,7 +20,8 @@ from generator.spec.schema import (
 )
 
 __all__ = [
-    "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "KubernetesSpec", "LoadTestSpec",
-    "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec", "TopologySpec",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
+    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
+    "Spec", "TopologySpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]
