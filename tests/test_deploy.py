@@ -376,3 +376,15 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
     assert len({(r["proc"], r["seq"]) for r in requests}) == len(requests)
     assert {r["proc"] for r in requests} == {p["proc"] for p in processes} and len(processes) == 2
     assert all(after[name] > before[name] for name in engines), (before, after)  # both instances did work
+    # The in-cluster run's records become the same report through --records (no server needed).
+    report = CliRunner().invoke(app, ["loadtest", "--records", str(out / "records.jsonl"), "-o", str(tmp_path / "rep"),
+                                      "--spec", str(_spec_file(spec, tmp_path))], env={"COLUMNS": "200"})
+    assert report.exit_code == 0, report.output
+    again = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert again["counts"] == result["counts"] and (tmp_path / "rep" / "report.html").is_file()
+
+
+def _spec_file(spec, tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.to_yaml_dict()), encoding="utf-8")
+    return path
