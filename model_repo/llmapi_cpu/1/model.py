@@ -5,10 +5,15 @@ named in ``model.yaml`` encodes the prompt, the CPU reference engine (a model wi
 ``tensorrt_llm`` backend's token interface, named by the ``engine_model`` parameter) generates through
 a BLS call, and the tokens are decoded back. Streamed ``text_output`` is the whole text so far, as
 ``CompletionOutput.text`` is in the LLM API. Stands alone: imports nothing from tritongen.
+
+As upstream, a decoupled model serves each request on its own (upstream: an asyncio task per request;
+here a thread), so requests overlap and the engine batches them in flight, and a request with ``stop``
+set cancels the requests in progress that carry the same request id.
 """
 
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -23,6 +28,12 @@ _SAMPLING_TO_ENGINE = {
     "sampling_param_presence_penalty": ("presence_penalty", np.float32),
     "sampling_param_seed": ("seed", np.uint64),
 }
+
+DEFAULT_MAX_TOKENS = 32
+"""SamplingParams.max_tokens's default in TensorRT-LLM 1.2 (tensorrt_llm/sampling_params.py): what the LLM
+API generates when a request gives no sampling_param_max_tokens."""
+
+CANCELLED = "Request cancelled by client"
 
 
 def _scalar(request, name):
@@ -56,25 +67,58 @@ class TritonPythonModel:
         )
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
-        self.max_tokens_default = int(self.llm_args["max_seq_len"]) - 1
+        self.lock = threading.Lock()
+        self.cancel_events = {}  # request id -> threading.Event of the requests in progress
 
     def execute(self, requests):
         if not self.decoupled:
-            return [self._serve(request, None) for request in requests]
+            return [self._serve(request, None, None) for request in requests]
         for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._serve(request, sender)
-            except Exception as exc:  # one failing request must not take the others down
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True).start()
         return None
 
-    def _serve(self, request, sender):
+    def _serve_decoupled(self, request):
+        sender = request.get_response_sender()
+        rid = request.request_id()
+        try:
+            if _scalar(request, "stop"):
+                self._stop(rid, sender)
+                return
+            cancelled = threading.Event()
+            if rid:
+                with self.lock:
+                    self.cancel_events.setdefault(rid, set()).add(cancelled)
+            try:
+                self._serve(request, sender, cancelled)
+            finally:
+                if rid:
+                    with self.lock:
+                        self.cancel_events.get(rid, set()).discard(cancelled)
+                        if not self.cancel_events.get(rid):
+                            self.cancel_events.pop(rid, None)
+        except Exception as exc:  # one failing request must not take the others down
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _stop(self, rid, sender):
+        """A ``stop`` request: cancel the requests in progress with this id; the stop request itself is
+        answered with a CANCELLED error, as upstream does."""
+        if not rid:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "A request id must be provided for request cancellation")),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        with self.lock:
+            for event in self.cancel_events.get(rid, ()):
+                event.set()
+        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(CANCELLED, pb_utils.TritonError.CANCELLED)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _serve(self, request, sender, cancelled):
         """Generate one request; streams through ``sender`` when given, else returns the response."""
         arrival = time.monotonic_ns()
         if _scalar(request, "stop"):
-            raise pb_utils.TritonModelException("Request cancelled by client")
+            raise pb_utils.TritonModelException("a stop request needs a decoupled model")
         texts = _strings(request, "text_input")
         if len(texts) != 1:
             raise pb_utils.TritonModelException("text_input must hold exactly one prompt")
@@ -82,7 +126,7 @@ class TritonPythonModel:
         if streaming and not self.decoupled:
             raise pb_utils.TritonModelException("Streaming is only supported in decoupled mode.")
         max_tokens = _scalar(request, "sampling_param_max_tokens")
-        max_tokens = int(max_tokens) if max_tokens is not None else self.max_tokens_default
+        max_tokens = int(max_tokens) if max_tokens is not None else DEFAULT_MAX_TOKENS
         stops = _strings(request, "sampling_param_stop")
         wants = {k: bool(_scalar(request, k) or False)
                  for k in ("return_finish_reason", "return_stop_reason", "sampling_param_return_perf_metrics")}
@@ -97,8 +141,14 @@ class TritonPythonModel:
         first_token = None
         stop_hit = None
         pending = None
+        aborted = False
         responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
         for response in responses:
+            if cancelled is not None and cancelled.is_set():
+                aborted = True
+                if hasattr(responses, "cancel"):
+                    responses.cancel()
+                break
             if response.has_error():
                 raise pb_utils.TritonModelException(response.error().message())
             ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
@@ -115,9 +165,16 @@ class TritonPythonModel:
                     sender.send(self._response(pending, None, None, {}, ()))
                 pending = text
             if stop_hit is not None:
-                break  # the engine keeps going to max_tokens: cancellation does not reach it through BLS
+                if hasattr(responses, "cancel"):  # tell the engine; it stops at its next step
+                    responses.cancel()
+                break
         text, stop_hit = self._text(generated, stops)
-        finish = "stop" if stop_hit is not None or (generated and generated[-1] == self.end_id) else "length"
+        if aborted:
+            finish = "cancelled"
+        elif stop_hit is not None or (generated and generated[-1] == self.end_id):
+            finish = "stop"
+        else:
+            finish = "length"
         times = (arrival, arrival, first_token or time.monotonic_ns(), time.monotonic_ns())
         final = self._response(text, finish, stop_hit, wants, times)
         if sender is None:
