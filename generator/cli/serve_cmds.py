@@ -96,7 +96,9 @@ def smoke(
     repo_dir: Optional[Path] = typer.Argument(None, help="Repository to serve and test (omit with --url)."),
     url: Optional[str] = typer.Option(None, "--url", help="HTTP address HOST:PORT of a running server."),
     grpc_url: Optional[str] = typer.Option(None, "--grpc-url", help="gRPC address HOST:PORT of that server."),
-    model: str = typer.Option("ensemble", "--model", help="Model to test: ensemble (or tensorrt_llm_bls)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model to test (default: the repository's entry model, from its tritongen.json or "
+        "what the server serves: ensemble, or tensorrt_llm for the LLM-API target; tensorrt_llm_bls also works)."),
     max_tokens: int = typer.Option(16, "--max-tokens", min=2, help="Tokens per test answer."),
     timeout: float = TimeoutOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
@@ -112,7 +114,8 @@ def smoke(
 
     def run(http: str, grpc: str):
         with step("running smoke checks"):
-            return run_smoke(http, grpc, model=model, max_tokens=max_tokens, timeout_s=min(timeout, 300.0))
+            return run_smoke(http, grpc, model=model, repo_dir=repo_dir, max_tokens=max_tokens,
+                             timeout_s=min(timeout, 300.0))
 
     if repo_dir is not None:
         with _sigterm_as_interrupt():

@@ -84,7 +84,8 @@ def joined_text(texts: Sequence[str], cumulative: bool) -> str:
 # ---------------------------------------------------------------- HTTP
 
 
-def _url(http_url: str, path: str) -> str:
+def endpoint_url(http_url: str, path: str) -> str:
+    """http://HOST:PORT/path from HOST:PORT or a URL."""
     base = http_url if http_url.startswith("http") else f"http://{http_url}"
     return base.rstrip("/") + path
 
@@ -92,7 +93,7 @@ def _url(http_url: str, path: str) -> str:
 def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
     import requests
 
-    r = requests.get(_url(http_url, path), timeout=timeout)
+    r = requests.get(endpoint_url(http_url, path), timeout=timeout)
     if r.status_code != 200:
         raise ServerRequestError(f"GET {path}: HTTP {r.status_code} {r.text.strip()}")
     return r.json()
@@ -101,7 +102,7 @@ def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
 def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
     import requests
 
-    r = requests.post(_url(http_url, path), json=body, timeout=timeout)
+    r = requests.post(endpoint_url(http_url, path), json=body, timeout=timeout)
     if r.status_code != 200:
         raise ServerRequestError(_error_text(r))
     return r.json()
@@ -111,7 +112,7 @@ def is_ready(http_url: str) -> bool:
     import requests
 
     try:
-        return requests.get(_url(http_url, "/v2/health/ready"), timeout=5).status_code == 200
+        return requests.get(endpoint_url(http_url, "/v2/health/ready"), timeout=5).status_code == 200
     except requests.RequestException:
         return False
 
@@ -137,7 +138,7 @@ def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout:
     import requests
 
     events = []
-    with requests.post(_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
+    with requests.post(endpoint_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
                        timeout=timeout) as r:
         if r.status_code != 200:
             raise ServerRequestError(_error_text(r))

@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from generator.serve.client import (
-    ENSEMBLE, LLMAPI, REPLACEMENT, Dialect, ServerRequestError, StreamResult, _url, dialect_for_inputs, generate,
-    generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text, llmapi_inputs, post_json,
+    ENSEMBLE, LLMAPI, LLMAPI_TARGET, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
+    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text, post_json,
     text_inputs,
 )
 
@@ -223,7 +223,7 @@ class Smoke:
         import requests
 
         for path in ("/v2/health/live", "/v2/health/ready"):
-            r = requests.get(_url(self.http, path), timeout=10)
+            r = requests.get(endpoint_url(self.http, path), timeout=10)
             _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
@@ -468,11 +468,26 @@ def served_dialect(http_url: str, model: str) -> Dialect:
     return dialect_for_inputs({i["name"] for i in config.get("input", [])})
 
 
+def entry_model(http_url: str, repo_dir: Optional[Path] = None) -> str:
+    """The model a smoke test checks unless told: what the repository's manifest (tritongen.json) says its
+    target serves, else what the server serves: the ensemble when there is one, else the LLM-API model."""
+    manifest = Path(repo_dir) / "tritongen.json" if repo_dir is not None else None
+    if manifest is not None and manifest.is_file():
+        target = json.loads(manifest.read_text(encoding="utf-8")).get("target")
+        return "tensorrt_llm" if target == LLMAPI_TARGET else "ensemble"
+    try:
+        index = post_json(http_url, "/v2/repository/index", {})
+    except (ServerRequestError, OSError, ValueError):
+        return "ensemble"
+    return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
+
+
 def run_smoke(
     http_url: str,
     grpc_url: str,
     *,
-    model: str = "ensemble",
+    model: Optional[str] = None,
+    repo_dir: Optional[Path] = None,
     bls_model: Optional[str] = "tensorrt_llm_bls",
     prompt: str = DEFAULT_PROMPT,
     max_tokens: int = 16,
@@ -482,8 +497,10 @@ def run_smoke(
 ) -> SmokeReport:
     """Run every smoke check against a running server; ``progress(name)`` is told of each check.
 
-    The checks speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks.
+    ``model`` None: see :func:`entry_model` (``repo_dir`` is the served repository, when known). The checks
+    speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks.
     """
+    model = model or entry_model(http_url, repo_dir)
     if served_dialect(http_url, model) is LLMAPI:
         from generator.repo.llmapi import CPU_ENGINE_MODEL
         from generator.serve.smoke_llmapi import LLMAPISmoke as cls
