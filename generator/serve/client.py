@@ -297,9 +297,15 @@ def grpc_stream(
 
 
 
+def http_client(http_url: str, timeout: float = 120.0):
+    """tritonclient's HTTP client for HOST:PORT or an http:// URL (it takes no scheme)."""
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(http_url.split("://", 1)[-1], network_timeout=timeout)
+
+
 def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0):
     """Plain HTTP infer (KServe v2); returns tritonclient's result. Refused by decoupled models."""
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(http_url, network_timeout=timeout)
-    return client.infer(model, _tensors(httpclient, inputs))
+    return http_client(http_url, timeout).infer(model, _tensors(httpclient, inputs))

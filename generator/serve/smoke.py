@@ -27,8 +27,8 @@ import numpy as np
 
 from generator.serve.client import (
     ENSEMBLE, LLMAPI, LLMAPI_TARGET, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
-    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text, post_json,
-    text_inputs,
+    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_client, http_infer, is_ready, joined_text,
+    post_json, text_inputs,
 )
 
 DEFAULT_PROMPT = "Tea travelled a long way before it reached the small café on the corner."
@@ -275,7 +275,7 @@ class Smoke:
         """preprocessing and postprocessing are plain (not decoupled) models: infer works on them."""
         import tritonclient.http as httpclient
 
-        client = httpclient.InferenceServerClient(self.http, network_timeout=self.timeout)
+        client = http_client(self.http, self.timeout)
         query = httpclient.InferInput("QUERY", [1, 1], "BYTES")
         query.set_data_from_numpy(np.array([[self.prompt.encode("utf-8")]], dtype=np.object_))
         out_len = httpclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32")
