@@ -35,6 +35,10 @@ API generates when a request gives no sampling_param_max_tokens."""
 
 CANCELLED = "Request cancelled by client"
 
+PERF_TIMES = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
+"""Upstream returns the LLM engine's own time points; here the CPU engine's, on the same clock
+(time.perf_counter_ns, CLOCK_MONOTONIC), with this model's own arrival."""
+
 
 def _scalar(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -116,7 +120,7 @@ class TritonPythonModel:
 
     def _serve(self, request, sender, cancelled):
         """Generate one request; streams through ``sender`` when given, else returns the response."""
-        arrival = time.monotonic_ns()
+        arrival = time.perf_counter_ns()
         if _scalar(request, "stop"):
             raise pb_utils.TritonModelException("a stop request needs a decoupled model")
         texts = _strings(request, "text_input")
@@ -134,7 +138,7 @@ class TritonPythonModel:
         prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,
-            requested_output_names=["output_ids", "sequence_length"],
+            requested_output_names=["output_ids", "sequence_length"] + list(PERF_TIMES[1:]),
             inputs=self._engine_inputs(request, prompt_ids, max_tokens, self.decoupled),
         )
         generated: list[int] = []
@@ -142,6 +146,7 @@ class TritonPythonModel:
         stop_hit = None
         pending = None
         aborted = False
+        engine_times = {}
         responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
         for response in responses:
             if cancelled is not None and cancelled.is_set():
@@ -151,13 +156,17 @@ class TritonPythonModel:
                 break
             if response.has_error():
                 raise pb_utils.TritonModelException(response.error().message())
+            for name in PERF_TIMES[1:]:
+                tensor = pb_utils.get_output_tensor_by_name(response, name)
+                if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
+                    engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
             ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
             if ids_tensor is None:  # the engine's empty final response
                 continue
             new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
             if not new:
                 continue
-            first_token = first_token or time.monotonic_ns()
+            first_token = first_token or time.perf_counter_ns()
             generated += new
             text, stop_hit = self._text(generated, stops)
             if streaming and stop_hit is None:
@@ -175,7 +184,9 @@ class TritonPythonModel:
             finish = "stop"
         else:
             finish = "length"
-        times = (arrival, arrival, first_token or time.monotonic_ns(), time.monotonic_ns())
+        now = time.perf_counter_ns()
+        times = (arrival, engine_times.get("first_scheduled_time_ns", arrival),
+                 engine_times.get("first_token_time_ns", first_token or now), engine_times.get("last_token_time_ns", now))
         final = self._response(text, finish, stop_hit, wants, times)
         if sender is None:
             return final
@@ -193,6 +204,7 @@ class TritonPythonModel:
             t("end_id", self.end_id, np.int32),
             t("pad_id", self.pad_id, np.int32),
             t("streaming", streaming, np.bool_),
+            t("return_perf_metrics", bool(_scalar(request, "sampling_param_return_perf_metrics")), np.bool_),
         ]
         for source, (target, dtype) in _SAMPLING_TO_ENGINE.items():
             value = _scalar(request, source)
