@@ -30,7 +30,8 @@ _SAMPLING_TO_ENGINE = {
 }
 
 DEFAULT_MAX_TOKENS = 32
-"""SamplingParams.max_tokens's default in TensorRT-LLM 1.2 (tensorrt_llm/sampling_params.py): what the LLM
+"""SamplingParams.max_tokens's default in TensorRT-LLM 1.2 (tensorrt_llm/sampling_params.py; tritongen records the source in
+generator/data/llmapi_1.2.json, sources.request_semantics): what the LLM
 API generates when a request gives no sampling_param_max_tokens."""
 
 CANCELLED = "Request cancelled by client"
