@@ -1,18 +1,21 @@
 """The LLM-API dialect on the client side, without a server: cumulative text into pieces, request fields,
-per-request figures from cumulative records, and which model a smoke test picks."""
+per-request figures from cumulative records, and which model a smoke test or load test picks."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
+from generator.errors import TritongenError
 from generator.measure.records import answer_text, request_inputs, request_metrics, stream_failures
 from generator.serve.client import (
     ENSEMBLE, LLMAPI, REPLACEMENT, dialect_for_inputs, joined_text, llmapi_inputs, output_scalar, text_delta,
 )
 from generator.serve.smoke import entry_model
 from generator.serve.smoke_llmapi import extends
+from generator.spec import load_spec
 
 MS = 1_000_000
 LLMAPI_INPUTS = {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_exclude_input_from_output",
@@ -98,3 +101,16 @@ def test_smoke_picks_the_model_the_manifest_names(tmp_path):
     assert entry_model("127.0.0.1:9", tmp_path) == "tensorrt_llm"
     (tmp_path / "tritongen.json").write_text(json.dumps({"target": "cpu-reference"}))
     assert entry_model("127.0.0.1:9", tmp_path) == "ensemble"
+
+
+def test_load_tests_follow_the_engine_unless_told(tmp_path):
+    spec = load_spec(None, ["serving.engine=llmapi", f"artifacts.dir={tmp_path}"])
+    assert spec.loadtest_model == "tensorrt_llm" and spec.loadtest_tokenizer == spec.serving_weights_dir
+    assert load_spec(None, []).loadtest_model == "ensemble" and load_spec(None, []).loadtest_tokenizer is None
+    assert load_spec(None, ["loadtest.model=tensorrt_llm_bls"]).loadtest_model == "tensorrt_llm_bls"
+
+
+def test_an_ensemble_model_with_the_llmapi_engine_is_refused():
+    with pytest.raises(TritongenError) as err:
+        load_spec(None, ["serving.engine=llmapi", "loadtest.model=ensemble"])
+    assert "loadtest.model" in str(err.value) and "tensorrt_llm" in str(err.value)

@@ -390,6 +390,12 @@ class Spec(_Section):
                 f"serving.max_batch_size ({self.serving.max_batch_size}) exceeds build.max_batch_size "
                 f"({b.max_batch_size}), the engine's limit; lower it or raise build.max_batch_size"
             )
+        model = self.loadtest.model
+        if self.serving.engine is EngineTarget.llmapi and model in ("ensemble", "tensorrt_llm_bls"):
+            raise ValueError(
+                f"loadtest.model is {model!r} but serving.engine=llmapi serves one model, tensorrt_llm; "
+                "remove loadtest.model (unset, it follows the engine) or set it to tensorrt_llm"
+            )
         return self
 
     # Derived values: computed in one place so stages never re-derive them.
