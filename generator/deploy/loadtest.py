@@ -22,16 +22,39 @@ MASTER_PORT = 5557
 MOUNT = "/loadtest"
 REQUIREMENTS = ("tritonclient[grpc,http]>=2.51", "numpy<2", "pydantic>=2.7", "pyyaml>=6", "tokenizers>=0.22")
 
-_GENERATOR_MODULES = ("__init__.py", "errors.py", "spec/__init__.py", "spec/load.py", "spec/schema.py",
-                      "measure/__init__.py", "measure/records.py")
-"""The generator modules loadtest/tritonllm.py imports (a test imports the package from these alone)."""
+def _generator_imports(source: Path) -> set[str]:
+    """``generator.*`` modules a file imports at its top level (lazy imports inside functions stay out)."""
+    import ast
+
+    names = set()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "generator" and not node.level:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "generator")
+    return names
 
 
 def package_files() -> dict[str, Path]:
-    """Relative path in the pod → source file: loadtest/*.py at the top, the generator modules under generator/."""
+    """Relative path in the pod → source file: loadtest/*.py at the top, and under generator/ the modules
+    they import, followed through their own imports (with each package's __init__.py)."""
+    root = Path(__file__).resolve().parents[1].parent
     files = {p.name: p for p in sorted(loadtest_dir().glob("*.py"))}
-    generator_dir = Path(__file__).resolve().parents[1]
-    files.update({f"generator/{rel}": generator_dir / rel for rel in _GENERATOR_MODULES})
+    todo = set().union(*(_generator_imports(p) for p in files.values()))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # the module and every package above it
+            module = ".".join(parts[:i])
+            if module in seen:
+                continue
+            seen.add(module)
+            base = root.joinpath(*parts[:i])
+            path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = path
+                todo |= _generator_imports(path) - seen
     return files
 
 
