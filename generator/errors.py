@@ -20,3 +20,11 @@ class TritongenError(Exception):
         if self.fix:
             text += f"\n  fix: {self.fix}"
         return text
+
+
+class PlanRefused(TritongenError):
+    """The spec is valid but the target cannot do what it asks (GPU, format, limits, engine target)."""
+
+
+class ArtifactCorrupt(TritongenError):
+    """A file or folder exists but cannot be read, or does not match the spec it claims to follow."""
