@@ -94,6 +94,8 @@ def gpu_host(monkeypatch):
         monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("TRTLLM_EXAMPLES_DIR", str(FAKE_BIN / "examples"))
         monkeypatch.setenv("FAKE_TRTLLM_SM", str(sm))
+        for key in ("FAKE_TRTLLM_VERSION", "FAKE_TRTLLM_OVERRIDES", "FAKE_TRTLLM_EXIT"):
+            monkeypatch.delenv(key, raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
 

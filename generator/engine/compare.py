@@ -131,8 +131,8 @@ def compare_engine(spec: Spec, facts: EngineFacts) -> list[Check]:
         key="runtime max_input_len", relation=Relation.at_least, engine=limits.max_input_len, spec=b.max_input_len,
         ok=limits.max_input_len >= b.max_input_len,
         reason=f"the runtime derives {limits.max_input_len_rule} (rule \"runtime_max_input_len\")",
-        fix=(f"raise build.max_num_tokens to at least {b.max_input_len} and rebuild, or --set "
-             "serving.enable_chunked_context=true" if facts.context_fmha and facts.remove_input_padding
+        fix=(f"rebuild with build.max_num_tokens of at least {b.max_input_len} ({REBUILD}), or --set "
+             "serving.enable_chunked_context=true and re-render" if facts.context_fmha and facts.remove_input_padding
              else f"rebuild from this spec ({REBUILD})"),
     ))
     if facts.context_fmha and facts.remove_input_padding:
@@ -151,7 +151,8 @@ def compare_engine(spec: Spec, facts: EngineFacts) -> list[Check]:
     if needs:
         checks.append(_equal("build_config.plugin_config.use_paged_context_fmha", facts.use_paged_context_fmha, (True,),
                              f"{' and '.join(needs)} need paged context FMHA, which this engine lacks (an INT8 KV "
-                             f"cache or context_fmha=false turn it off): rebuild ({REBUILD}) or set them to false",
+                             f"cache or context_fmha=false turn it off): "
+                             + " ".join(f"--set {n}=false" for n in needs) + f" and re-render, or rebuild ({REBUILD})",
                              "rule \"plugin_overrides\""))
     return checks
 

@@ -179,6 +179,9 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
     if needs_paged_context and (plug.context_fmha is False or plug.use_paged_context_fmha is False):
         errors.append(f"{' and '.join(needs_paged_context)} need paged context FMHA, which build.plugins turn off "
                       "(context_fmha=false disables it too, builder.build)")
+    elif needs_paged_context and kv == "int8":
+        errors.append(f"{' and '.join(needs_paged_context)} need paged context FMHA, which builder.build turns off "
+                      "with an INT8 KV cache; use quantization.kv_cache=fp8 or none, or turn them off")
 
     # ---- the checkpoint step
     conversion, conversion_warnings = _checkpoint_command(spec, data["container"]["examples_dir"])

@@ -62,11 +62,12 @@ def _repository_vs_engine(file: str, text: ConfigText, params: dict[str, str], m
     if mbs > engine.max_batch_size:
         problems.append(Problem(file, text.field("max_batch_size"), f"max_batch_size {mbs} exceeds the engine's "
                                 f"{engine.max_batch_size} ({engine.config_path})",
-                                f"re-render (the batch size then comes from the engine), or rebuild with max_batch_size {mbs}"))
+                                f"--set build.max_batch_size={engine.max_batch_size} (or a lower serving.max_batch_size) "
+                                f"and re-render, or rebuild the engine with max_batch_size {mbs} (tritongen build SPEC --force)"))
     beam = params.get("max_beam_width", "1")
     if beam.isdigit() and int(beam) > engine.max_beam_width:
         problems.append(Problem(file, text.parameter("max_beam_width"), f"max_beam_width {beam} exceeds the engine's "
-                                f"{engine.max_beam_width}", "lower it or rebuild"))
+                                f"{engine.max_beam_width}", f"{RERENDER}, or rebuild the engine with build.max_beam_width={beam}"))
     if engine.tp_size * engine.pp_size != engine.world_size:
         problems.append(Problem(engine.config_path, None, f"engine mapping tp_size {engine.tp_size} x pp_size "
                                 f"{engine.pp_size} = {engine.tp_size * engine.pp_size} but world_size is "
