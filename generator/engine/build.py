@@ -24,9 +24,11 @@ from generator.engine.compare import checkpoint_mismatches, engine_mismatches, m
 from generator.engine.facts import EngineFacts, read_engine
 from generator.engine.flags import flag_data
 from generator.engine.plan import Plan
-from generator.errors import TritongenError
+from generator.errors import ArtifactMissing, StepFailed, ToolMissing
 from generator.fsutil import atomic_dir, check_writable_target
 from generator.spec import Spec
+
+REBUILD_CHECKPOINT = "tritongen build SPEC --force (converts again)"
 
 EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"
 """Folder holding TensorRT-LLM's examples/ (quantization/quantize.py); defaults to the container's."""
@@ -55,7 +57,7 @@ def examples_dir() -> Path:
     for candidate in candidates:
         if (candidate / "quantization" / "quantize.py").is_file():
             return candidate
-    raise TritongenError(
+    raise ToolMissing(
         "TensorRT-LLM's examples/quantization/quantize.py was not found", where=", ".join(map(str, candidates)),
         fix=f"git clone -b v1.2.1 https://github.com/NVIDIA/TensorRT-LLM and set {EXAMPLES_ENV}=TensorRT-LLM/examples")
 
@@ -68,7 +70,7 @@ def _python_with_trtllm() -> str:
 
 
 def _run(name: str, argv: list[str], *, log_path: Path, cwd: Path, on_line: LineSink, hint: str) -> None:
-    """Run ``argv``, echo and log every output line, and turn a non-zero exit into a TritongenError with the tail."""
+    """Run ``argv``, echo and log every output line, and turn a non-zero exit into StepFailed with the tail."""
     tail: deque[str] = deque(maxlen=15)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
@@ -87,7 +89,7 @@ def _run(name: str, argv: list[str], *, log_path: Path, cwd: Path, on_line: Line
                 proc.wait()
     if code != 0:
         last = "\n    ".join(tail)
-        raise TritongenError(f"{name} failed with exit code {code}; last lines:\n    {last}", where=str(log_path), fix=hint)
+        raise StepFailed(f"{name} failed with exit code {code}; last lines:\n    {last}", where=str(log_path), fix=hint)
 
 
 def _failure_hint(spec: Spec, plan: Plan) -> str:
@@ -102,14 +104,13 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
     target = spec.trtllm_checkpoint_dir
     existing = target / "config.json"
     if existing.is_file() and not force:
-        problems = checkpoint_mismatches(spec, existing)
+        problems = checkpoint_mismatches(spec, existing, fix=REBUILD_CHECKPOINT)
         if problems:
-            raise mismatch_error("the existing TensorRT-LLM checkpoint", problems, str(existing),
-                                 "tritongen build SPEC --force (converts again)")
+            raise mismatch_error("the existing TensorRT-LLM checkpoint", problems, str(existing), REBUILD_CHECKPOINT)
         on_line(f"reusing the TensorRT-LLM checkpoint in {target} (it matches the spec; --force converts again)")
         return True
     if not (spec.model_dir / "config.json").is_file():
-        raise TritongenError("the checkpoint step quantizes from the original model, which is not here",
+        raise ArtifactMissing("the checkpoint step quantizes from the original model, which is not here",
                              where=str(spec.model_dir), fix=f"tritongen fetch {spec.model.source}")
     script = examples_dir() / "quantization" / "quantize.py"
     with atomic_dir(target, force=force, command_hint="tritongen build SPEC") as tmp:
@@ -118,11 +119,12 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
              hint="read the log; the step needs a CUDA GPU with TensorRT-LLM 1.2.1 and ModelOpt installed")
         written = tmp / "config.json"
         if not written.is_file():
-            raise TritongenError("quantize.py finished but wrote no config.json", where=str(tmp))
-        problems = checkpoint_mismatches(spec, written)
+            raise StepFailed("quantize.py finished but wrote no config.json", where=str(tmp),
+                             fix=f"read {spec.logs_dir / 'checkpoint.log'}")
+        log_hint = f"read {spec.logs_dir / 'checkpoint.log'} for clipped or ignored flags"
+        problems = checkpoint_mismatches(spec, written, fix=log_hint)
         if problems:
-            raise mismatch_error("the checkpoint quantize.py wrote", problems, str(written),
-                                 "read the log above; quantize.py ignored an argument")
+            raise mismatch_error("the checkpoint quantize.py wrote", problems, str(written), log_hint, StepFailed)
     return False
 
 
@@ -131,13 +133,13 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
 
     The engine is written to a temporary sibling of spec.engine_dir and moved into place when trtllm-build
     succeeds; trtllm-build runs in spec.logs_dir so its timing cache (model.cache) lands somewhere writable.
-    Raises TritongenError when the plan refuses the spec, a step fails, or the engine does not match the spec
+    Raises PlanRefused when the plan refuses the spec, a step fails, or the engine does not match the spec
     (the engine is kept for inspection in that case).
     """
     plan.raise_if_refused()
     trtllm_build = trtllm_build_path()
     if trtllm_build is None:
-        raise TritongenError("trtllm-build is not on PATH: TensorRT-LLM is not installed here",
+        raise ToolMissing("trtllm-build is not on PATH: TensorRT-LLM is not installed here",
                              fix="run on a GPU host with pip install 'tritongen[gpu]', or tritongen build SPEC --dry-run")
     check_writable_target(spec.engine_dir, force, "tritongen build SPEC")
     started = time.monotonic()
@@ -149,11 +151,11 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
         argv[0] = trtllm_build
         _run("trtllm-build", argv, log_path=build_log, cwd=spec.logs_dir, on_line=on_line, hint=_failure_hint(spec, plan))
         if not (tmp / "config.json").is_file():
-            raise TritongenError("trtllm-build finished but wrote no config.json", where=str(tmp), fix=f"read {build_log}")
+            raise StepFailed("trtllm-build finished but wrote no config.json", where=str(tmp), fix=f"read {build_log}")
     engine = read_engine(spec.engine_dir)
     problems = engine_mismatches(spec, engine)
     if problems:
         raise mismatch_error("the engine", problems, engine.config_path,
-                             "check the trtllm-build log for clipped values, then tritongen build SPEC --force")
+                             "check the trtllm-build log for clipped values, then tritongen build SPEC --force", StepFailed)
     logs = (() if reused else (spec.logs_dir / "checkpoint.log",)) + (build_log,)
     return BuildResult(spec.engine_dir, engine, reused, logs, time.monotonic() - started)

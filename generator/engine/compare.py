@@ -9,14 +9,14 @@ with the reason) and, when it fails, the fix. Pure.
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from generator.engine.facts import (
-    KV_ALGOS, QUANT_ALGOS, TRTLLM_VERSION, EngineFacts, read_json_object, runtime_limits,
-)
-from generator.errors import ArtifactCorrupt
+from generator.engine.facts import KV_ALGOS, QUANT_ALGOS, TRTLLM_VERSION, EngineFacts, runtime_limits
+from generator.errors import ArtifactCorrupt, TritongenError
+from generator.fsutil import read_json_object
 from generator.spec import Spec
 
 REBUILD = "tritongen build SPEC --force"
@@ -170,15 +170,16 @@ def compare_checkpoint(spec: Spec, config: dict[str, Any]) -> list[Check]:
             + _quant_checks(spec, quant.get("quant_algo"), quant.get("kv_cache_quant_algo"), ""))
 
 
-def checkpoint_mismatches(spec: Spec, config_path) -> list[Check]:
-    """The failing checks of :func:`compare_checkpoint` for the checkpoint config.json at ``config_path``."""
-    config = read_json_object(config_path, "TensorRT-LLM checkpoint config", f"convert it again: {REBUILD}")
-    return [c for c in compare_checkpoint(spec, config) if not c.ok]
+def checkpoint_mismatches(spec: Spec, config_path: Path, *, fix: str) -> list[Check]:
+    """The failing checks of :func:`compare_checkpoint` for the checkpoint config.json at ``config_path``
+    (``fix`` says how to make it again when it is not a JSON object)."""
+    return [c for c in compare_checkpoint(spec, read_json_object(config_path, fix=fix)) if not c.ok]
 
 
-def mismatch_error(what: str, checks: list[Check], where: str, fix: str = "") -> ArtifactCorrupt:
+def mismatch_error(what: str, checks: list[Check], where: str, fix: str = "",
+                   kind: type[TritongenError] = ArtifactCorrupt) -> TritongenError:
     """One error listing failing checks; the fix is the check's own when there is one, else ``fix``."""
     listed = "\n  ".join(c.message for c in checks)
     own = checks[0].fix if len(checks) == 1 else ""
-    return ArtifactCorrupt(f"{what} does not match the spec:\n  {listed}", where=where,
-                           fix=own or fix or f"rebuild from this spec ({REBUILD}), or change the spec fields named above")
+    return kind(f"{what} does not match the spec:\n  {listed}", where=where,
+                fix=own or fix or f"rebuild from this spec ({REBUILD}), or change the spec fields named above")

@@ -10,13 +10,13 @@ Pure: reads files only.
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel
 
 from generator.errors import ArtifactCorrupt
+from generator.fsutil import read_json_object
 from generator.resources import data_json
 from generator.spec import KVCacheFormat, QuantFormat
 
@@ -130,20 +130,6 @@ def runtime_limits(facts: EngineFacts, *, chunked_context: bool) -> RuntimeLimit
 # ---------------------------------------------------------------- reading
 
 
-def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
-    """A JSON object from ``path``; anything else is an ArtifactCorrupt naming the file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactCorrupt(f"cannot read the {what}: {exc}", where=str(path), fix=fix) from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactCorrupt(f"the {what} is not valid JSON ({exc.msg} at line {exc.lineno})", where=str(path),
-                              fix=fix) from None
-    if not isinstance(data, dict):
-        raise ArtifactCorrupt(f"the {what} is not a JSON object", where=str(path), fix=fix)
-    return data
-
-
 def _get(tree: dict[str, Any], dotted: str, kind: type | tuple[type, ...], path: Path, *, optional: bool = False) -> Any:
     node: Any = tree
     for key in dotted.split("."):
@@ -167,7 +153,7 @@ def read_engine(engine_dir: Path) -> EngineFacts:
     if not path.is_file():
         raise ArtifactCorrupt("engine folder has no config.json (not a trtllm-build output)", where=str(engine_dir),
                               fix=f"{_REBUILD}, or point artifacts.engine_dir at trtllm-build's --output_dir")
-    data = read_json_object(path, "engine config", _REBUILD)
+    data = read_json_object(path, fix=_REBUILD)
     if "build_config" not in data and ("architectures" in data or "model_type" in data):
         raise ArtifactCorrupt("this is a Hugging Face model config, not a trtllm-build engine config",
                               where=str(path), fix="point artifacts.engine_dir at trtllm-build's --output_dir")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.engine.facts import read_json_object
-from generator.errors import TritongenError
+from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
+from generator.fsutil import read_json_object
 from generator.resources import data_dir
 from generator.spec import Spec
 
@@ -44,11 +44,12 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
                if not isinstance(config.get(k), int)]
     if missing:
-        raise TritongenError(
+        raise ArtifactCorrupt(
             f"model config.json lacks {', '.join(missing)}; the plan needs a decoder model's sizes",
             where="config.json", fix="pass the model's own config.json with --model-config PATH")
     if any(config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
-        raise TritongenError("mixture-of-experts models are not covered by the memory plan", where="config.json")
+        raise PlanRefused("mixture-of-experts models are not covered by the memory plan", where="config.json",
+                          fix="plan a dense decoder model; build MoE models with TensorRT-LLM's own tools")
     heads = config["num_attention_heads"]
     model_type = str(config.get("model_type", ""))
     attention_bias = bool(config.get("attention_bias", False))
@@ -102,8 +103,9 @@ def read_model_config(spec: Spec, path: Path | None = None) -> tuple[dict[str, A
                                f"({REFERENCE_CONFIG_FILE}); no model downloaded"))
     for candidate, source in candidates:
         if candidate.is_file():
-            return read_json_object(candidate, "model config", "fetch the model again, or pass --model-config PATH"), source
-    raise TritongenError(
+            fix = f"replace it with the model's own config.json (tritongen fetch {spec.model.source}), or pass --model-config PATH"
+            return read_json_object(candidate, fix=fix), source
+    raise ArtifactMissing(
         f"no config.json for model {spec.model.source}", where=str(candidates[0][0]),
         fix=f"tritongen fetch {spec.model.source}, or pass --model-config PATH/config.json")
 

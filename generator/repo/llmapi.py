@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from generator.engine.facts import read_json_object
-from generator.errors import TritongenError
+from generator.errors import PlanRefused, TritongenError
+from generator.fsutil import read_json_object
 from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
@@ -97,10 +97,10 @@ def llmapi_refusals(spec: Spec) -> list[str]:
 
 
 def check_llmapi_spec(spec: Spec) -> None:
-    """Raise one TritongenError listing every setting the LLM-API backend cannot honour."""
+    """Raise one PlanRefused listing every setting the LLM-API backend cannot honour."""
     reasons = llmapi_refusals(spec)
     if reasons:
-        raise TritongenError(
+        raise PlanRefused(
             "the llmapi engine target cannot honour these settings:\n  " + "\n  ".join(reasons),
             where="serving.engine=llmapi",
             fix="change the settings named above, or pick serving.engine=tensorrtllm (engine build)",
@@ -350,10 +350,12 @@ def _check_parallel_vs_checkpoint(ckpt: Path, doc: dict[str, Any], yaml_file: st
     """tensor_parallel_size must split the checkpoint's attention and KV heads evenly (as the plan refuses for
     engines); LLM() fails at load otherwise. Not compared while the checkpoint is not there."""
     tp = doc.get("tensor_parallel_size", 1)
-    try:
-        config = read_json_object(ckpt / "config.json", "model config", weights_command(None))
-    except TritongenError:
+    if not (ckpt / "config.json").is_file():
         return []
+    try:
+        config = read_json_object(ckpt / "config.json", fix=weights_command(None))
+    except TritongenError:
+        return []  # reported by the checkpoint checks
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads") or config.get("num_attention_heads")
     if not isinstance(tp, int) or not isinstance(heads, int) or not isinstance(kv, int) or tp < 1:
         return []

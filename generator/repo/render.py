@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from generator.engine.compare import engine_mismatches, mismatch_error
 from generator.engine.facts import EngineFacts, read_engine_if_built
-from generator.errors import PlanRefused, TritongenError
+from generator.errors import PlanRefused, SpecError, ToolMissing
 from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
@@ -97,7 +97,7 @@ def engine_for(spec: Spec) -> Optional[EngineFacts]:
 def _check_serving_batch(spec: Spec, facts: EngineFacts) -> None:
     wanted = spec.serving.max_batch_size
     if wanted is not None and wanted > facts.max_batch_size:
-        raise PlanRefused(
+        raise SpecError(
             f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {facts.max_batch_size}",
             where=facts.config_path,
             fix=f"--set serving.max_batch_size={facts.max_batch_size} (or rebuild with build.max_batch_size={wanted})",
@@ -204,7 +204,7 @@ def _model_code(model: str, src_name: str) -> dict[str, Path]:
     """``{model}/1/<file>`` → source, for every file of model_repo/<src_name>/1/ (Python model code)."""
     src = model_repo_dir() / src_name / "1"
     if not (src / "model.py").is_file():
-        raise TritongenError(
+        raise ToolMissing(
             f"Python model code for {model} is missing ({src / 'model.py'})",
             where=str(src),
             fix="reinstall tritongen; model_repo/ must ship with it",
@@ -235,7 +235,8 @@ def _quote(value: Any) -> str:
     """A protobuf text-format string literal."""
     text = str(value)
     if "\n" in text or "\r" in text:
-        raise TritongenError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold")
+        raise SpecError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold",
+                        fix="remove the line break from that value (a path or name in the spec)")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -346,7 +347,7 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
     planner = _PLANNERS.get(target)
     if planner is None:
         allowed = ", ".join(t.value for t in _PLANNERS)
-        raise TritongenError(
+        raise PlanRefused(
             f"render does not support engine target {target.value!r} yet",
             where="serving.engine",
             fix=f"use one of: {allowed}",
