@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from generator.engine.build import run_build
 from generator.cli import app
 from generator.errors import TritongenError
 from generator.engine.compare import Relation, compare_engine, engine_mismatches
-from generator.engine.facts import read_engine
+from generator.engine import compare
+from generator.engine.facts import read_engine, rules
 from generator.engine.plan import make_plan
 from generator.errors import ArtifactCorrupt
 from generator.spec import load_spec
@@ -125,12 +127,20 @@ def test_one_comparison_says_how_each_fact_is_compared(host):
     ]
 
 
+def test_every_rule_named_is_recorded_with_its_source():
+    named = set(re.findall(r'rule \\"(\w+)\\"', Path(compare.__file__).read_text()))
+    assert named and named <= set(rules())
+    for name, entry in rules().items():
+        src = entry["source"]
+        assert entry["rule"] and src["path"] and src["symbol"] and src["commit"], name
+
+
 @pytest.mark.parametrize("text, says", [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "not a JSON object"),
     ('{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}', "Hugging Face model config"),
     ('{"builder_config": {"name": "gpt"}}', "before 0.9"),
-    ('{"version": "1.2.1", "pretrained_config": {}, "build_config": {}}', "no pretrained_config.architecture"),
+    ('{"version": "1.2.1", "pretrained_config": {}, "build_config": {}}', "no pretrained_config.dtype"),
 ])
 def test_corrupt_or_foreign_engine_config_is_named_with_its_fix(tmp_path, text, says):
     (tmp_path / "config.json").write_text(text)

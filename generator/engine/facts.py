@@ -3,7 +3,8 @@
 One reader of the engine's ``config.json`` (a corrupt or foreign file is an ``ArtifactCorrupt`` naming the file
 and the fix), one derivation of the limits the C++ runtime actually applies (``RuntimeLimits``), the names
 checkpoints and engines give each quantization format, and the module-exclusion rule. Every rule is recorded
-with its upstream file, symbol and commit in generator/data/trtllm_engine_1.2.1.json; ``rule(name)`` returns it.
+with its upstream file, symbol and commit in generator/data/trtllm_engine_1.2.1.json (``rules()``); messages
+name the rule they apply.
 Pure: reads files only.
 """
 
@@ -49,13 +50,6 @@ def rules() -> dict[str, dict[str, Any]]:
     return data_json(RULES_FILE)["rules"]
 
 
-def rule(name: str) -> str:
-    """A rule's text with its source, for messages and plan reasons."""
-    r = rules()[name]
-    src = r["source"]
-    return f"{r['rule']} [{src['path']} {src['symbol']} @{src['commit'][:12]}]"
-
-
 def is_excluded(module: str, patterns: Iterable[str]) -> bool:
     """ModelOpt-style exclusion: fnmatch patterns against the module name (``lm_head``, ``*mlp*``)."""
     return any(fnmatch.fnmatchcase(module, p) for p in patterns)
@@ -66,16 +60,12 @@ class EngineFacts(BaseModel):
 
     config_path: str
     version: str
-    architecture: str
     dtype: str
     tp_size: int
     pp_size: int
     world_size: int
     quant_algo: Optional[str]
     kv_cache_quant_algo: Optional[str]
-    max_position_embeddings: Optional[int]
-    num_attention_heads: Optional[int]
-    num_key_value_heads: Optional[int]
     max_batch_size: int
     max_beam_width: int
     max_input_len: int
@@ -84,7 +74,6 @@ class EngineFacts(BaseModel):
     max_num_tokens: Optional[int]
     kv_cache_type: str
     tokens_per_block: int
-    paged_kv_cache: bool
     remove_input_padding: bool
     context_fmha: bool
     use_paged_context_fmha: bool
@@ -164,16 +153,12 @@ def read_engine(engine_dir: Path) -> EngineFacts:
     return EngineFacts(
         config_path=str(path),
         version=str(_get(data, "version", (str, int, float), path)),
-        architecture=_get(data, "pretrained_config.architecture", str, path),
         dtype=_get(data, "pretrained_config.dtype", str, path),
         tp_size=_get(data, "pretrained_config.mapping.tp_size", int, path),
         pp_size=_get(data, "pretrained_config.mapping.pp_size", int, path),
         world_size=_get(data, "pretrained_config.mapping.world_size", int, path),
         quant_algo=_get(data, "pretrained_config.quantization.quant_algo", str, path, optional=True),
         kv_cache_quant_algo=_get(data, "pretrained_config.quantization.kv_cache_quant_algo", str, path, optional=True),
-        max_position_embeddings=_get(data, "pretrained_config.max_position_embeddings", int, path, optional=True),
-        num_attention_heads=_get(data, "pretrained_config.num_attention_heads", int, path, optional=True),
-        num_key_value_heads=_get(data, "pretrained_config.num_key_value_heads", int, path, optional=True),
         max_batch_size=_get(data, "build_config.max_batch_size", int, path),
         max_beam_width=_get(data, "build_config.max_beam_width", int, path),
         max_input_len=_get(data, "build_config.max_input_len", int, path),
@@ -181,7 +166,6 @@ def read_engine(engine_dir: Path) -> EngineFacts:
         max_num_tokens=_get(data, "build_config.max_num_tokens", int, path, optional=True),
         kv_cache_type=_get(data, "build_config.kv_cache_type", str, path),
         tokens_per_block=_get(data, f"{plugin}.tokens_per_block", int, path),
-        paged_kv_cache=bool(_get(data, f"{plugin}.paged_kv_cache", bool, path, optional=True)),
         remove_input_padding=_get(data, f"{plugin}.remove_input_padding", bool, path),
         context_fmha=_get(data, f"{plugin}.context_fmha", bool, path),
         use_paged_context_fmha=_get(data, f"{plugin}.use_paged_context_fmha", bool, path),
