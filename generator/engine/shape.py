@@ -13,9 +13,8 @@ from typing import Any, Optional
 from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
 from generator.fsutil import read_json_object
 from generator.resources import data_dir
-from generator.spec import Spec
+from generator.spec import REFERENCE_MODEL, Spec
 
-REFERENCE_MODEL = "Qwen/Qwen3-8B"
 REFERENCE_CONFIG_FILE = "qwen3-8b-config.json"
 
 
