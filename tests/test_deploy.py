@@ -58,11 +58,11 @@ def gpu_spec(weights: Path, engine: str, *overrides: str):
                             f"serving.engine={engine}", "build.gpu=b200", *overrides])
 
 
-def render_gpu(spec, out: Path, write_engine_config) -> Path:
+def render_gpu(spec, out: Path, build_engine) -> Path:
     """Render for a GPU host with the engine a build would leave (test double) and NVIDIA's model.py copied in."""
     if spec.serving.engine is EngineTarget.tensorrtllm:
         shutil.rmtree(spec.engine_dir, ignore_errors=True)
-        write_engine_config(spec)
+        build_engine(spec)
     repo = render_repository(spec, out, gpu_visible=True, force=True)
     if spec.serving.engine is EngineTarget.llmapi:
         (repo / "tensorrt_llm" / "1" / "model.py").write_text("# NVIDIA's model.py, copied by the user\n")
@@ -124,9 +124,9 @@ def test_tp8_pp2_over_two_nodes():
     (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "Service",
                                      "PodMonitor", "HorizontalPodAutoscaler"]),
 ])
-def test_render_then_validate_strict(weights, tmp_path, write_engine_config, overrides, kinds):
+def test_render_then_validate_strict(weights, tmp_path, build_engine, overrides, kinds):
     spec = gpu_spec(weights, "tensorrtllm", *overrides)
-    write_engine_config(spec)
+    build_engine(spec)
     args = [f"--set={o}" for o in [f"artifacts.dir={weights.parent}", f"artifacts.checkpoint_dir={weights}",
                                    "serving.engine=tensorrtllm", "build.gpu=b200", *overrides]]
     runner = CliRunner()
@@ -150,16 +150,16 @@ def test_render_then_validate_strict(weights, tmp_path, write_engine_config, ove
 
 
 @pytest.mark.parametrize("gpus, nodes, instances, tp, pp, extra", TOPOLOGIES)
-def test_engine_topologies_validate_clean(weights, tmp_path, write_engine_config, gpus, nodes, instances, tp, pp, extra):
+def test_engine_topologies_validate_clean(weights, tmp_path, build_engine, gpus, nodes, instances, tp, pp, extra):
     spec = gpu_spec(weights, "tensorrtllm", *topo_overrides(gpus, nodes, instances, tp, pp, *extra))
-    repo = render_gpu(spec, tmp_path / "repo", write_engine_config)
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
     assert failing(validate_repository(repo), strict=True) == []
 
 
 @pytest.mark.parametrize("gpus, nodes, instances, tp, pp", LLMAPI_TOPOLOGIES)
-def test_llmapi_topologies_validate_clean(weights, tmp_path, write_engine_config, gpus, nodes, instances, tp, pp):
+def test_llmapi_topologies_validate_clean(weights, tmp_path, build_engine, gpus, nodes, instances, tp, pp):
     spec = gpu_spec(weights, "llmapi", *topo_overrides(gpus, nodes, instances, tp, pp))
-    repo = render_gpu(spec, tmp_path / "repo", write_engine_config)
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
     assert failing(validate_repository(repo), strict=True) == []
     launch = (repo / "launch.sh").read_text()
     if nodes > 1 and tp * pp > gpus:
@@ -285,9 +285,9 @@ CORPUS = [
 
 
 @pytest.mark.parametrize("name, overrides, mutate, words, fix", CORPUS, ids=[c[0] for c in CORPUS])
-def test_corpus_mutation_is_caught_with_its_fix(weights, tmp_path, write_engine_config, name, overrides, mutate, words, fix):
+def test_corpus_mutation_is_caught_with_its_fix(weights, tmp_path, build_engine, name, overrides, mutate, words, fix):
     spec = gpu_spec(weights, "tensorrtllm", *overrides)
-    repo = render_gpu(spec, tmp_path / "repo", write_engine_config)
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
     assert failing(validate_repository(repo), strict=True) == []
     mutate(repo, spec)
     hits = [p for p in validate_repository(repo) if words in p.message and p.severity == "error"]
@@ -295,9 +295,9 @@ def test_corpus_mutation_is_caught_with_its_fix(weights, tmp_path, write_engine_
     assert any(fix in p.fix for p in hits), [p.fix for p in hits]
 
 
-def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, write_engine_config):
+def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, build_engine):
     spec = gpu_spec(weights, "tensorrtllm", *TP2X2)
-    repo = render_gpu(spec, tmp_path / "repo", write_engine_config)
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
     spec.topology.instances_per_node = 3
     problems = check_deployment(repo, json.loads((repo / "tritongen.json").read_text()), spec)
     assert any("= 6 GPUs, but topology.gpus_per_node is 4" in p.message for p in problems)
@@ -310,10 +310,10 @@ def test_corpus_size():
 # ---------------------------------------------------------------- in-cluster load test package
 
 
-def test_loadtest_configmap_package_imports_on_its_own(weights, tmp_path, write_engine_config):
+def test_loadtest_configmap_package_imports_on_its_own(weights, tmp_path, build_engine):
     """The ConfigMap holds everything loadtest/tritonllm.py imports from tritongen: unpacked alone, it imports."""
     spec = gpu_spec(weights, "tensorrtllm", *TP2X2)
-    repo = render_gpu(spec, tmp_path / "repo", write_engine_config)
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
     docs = list(yaml.safe_load_all((repo / LOADTEST_MANIFESTS).read_text()))
     configmap = next(d for d in docs if d["kind"] == "ConfigMap")
     job = next(d for d in docs if d["kind"] == "Job")
