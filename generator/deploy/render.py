@@ -20,7 +20,7 @@ from generator.spec import EngineTarget, Spec
 
 def model_config_or_none(spec: Spec) -> Optional[dict[str, Any]]:
     """The model's config.json when one can be read (local, downloaded, or the shipped Qwen3-8B one)."""
-    from generator.engine.plan import read_model_config
+    from generator.engine.shape import read_model_config
 
     try:
         return read_model_config(spec)[0]

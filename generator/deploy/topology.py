@@ -192,7 +192,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
     shape = None
     notes: list[str] = []
     if model_config is not None:
-        from generator.engine.plan import model_shape
+        from generator.engine.shape import model_shape
 
         shape = model_shape(model_config)
     elif gpu_target:
@@ -200,7 +200,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
     refusals = topology_refusals(spec, target, shape, gpu)
     memory = None
     if shape is not None and gpu is not None and not refusals:
-        from generator.engine.plan import memory_plan
+        from generator.engine.memory import memory_plan
 
         memory = memory_plan(spec, shape, gpu)
         if memory.weights_per_gpu_bytes > memory.gpu_bytes:
