@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
+from generator.engine.calibration import CalibrationEstimate, calibration_estimate
 from generator.engine.gpus import GpuSpec, lookup_gpu
 from generator.fsutil import read_json_object
 from generator.resources import data_dir, data_json
@@ -281,6 +282,8 @@ class Plan:
     flags: tuple[Flag, ...]
     omitted: tuple[Omitted, ...]
     memory: MemoryPlan
+    calibration: Optional[CalibrationEstimate]
+    """What quantizing costs on this GPU; None when the spec quantizes nothing."""
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
     errors: tuple[str, ...]
@@ -311,7 +314,8 @@ class Plan:
             "model": self.model, "model_config_source": self.model_config_source, "gpu": gpu, "versions": self.versions,
             "conversion": asdict(self.conversion), "trtllm_build": asdict(self.build),
             "flags": [asdict(f) for f in self.flags], "omitted": [asdict(o) for o in self.omitted],
-            "memory": memory, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
+            "memory": memory,
+            "calibration": self.calibration.model_dump() if self.calibration else None, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
         }
 
 
@@ -624,6 +628,7 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
     return Plan(
         model=spec.model.source, model_config_source=config_source, gpu=gpu, versions=versions, conversion=conversion,
         flags=tuple(flags), omitted=tuple(omitted), memory=memory, notes=tuple(notes), warnings=tuple(warnings),
+        calibration=calibration_estimate(spec, shape, memory.parameters, gpu) if spec.quantization.quantizes_anything else None,
         errors=tuple(errors),
     )
 
