@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     from generator.engine.calibration import calibration_estimate
     from generator.engine.gpus import lookup_gpu
-    from generator.engine.plan import memory_plan, model_shape
+    from generator.engine.memory import memory_plan
+    from generator.engine.shape import model_shape
     from generator.spec import spec_from_dict
 
     work = Path(args.work)

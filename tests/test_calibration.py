@@ -8,7 +8,8 @@ import pytest
 
 from generator.engine.calibration import GIB, MEASURED, calibration_estimate
 from generator.engine.gpus import lookup_gpu
-from generator.engine.plan import memory_plan, model_shape
+from generator.engine.memory import memory_plan
+from generator.engine.shape import model_shape
 from generator.resources import data_dir
 from generator.spec import with_overrides, load_spec
 

@@ -18,15 +18,13 @@ docs/benchmarks.md hold the figures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from generator.engine.gpus import GpuSpec
+from generator.engine.shape import ModelShape
 from generator.spec import QuantFormat, Spec
-
-if TYPE_CHECKING:  # plan builds the estimate, so the shape type is imported for annotations only
-    from generator.engine.plan import ModelShape
 
 GIB = 1 << 30
 
