@@ -25,6 +25,8 @@ from generator.repo.problems import Problem, parse_config
 from generator.spec import EngineTarget, Spec
 
 ENGINE_MODEL = "tensorrt_llm"
+CONFIGMAP_LIMIT = 1 << 20
+"""Kubernetes stores a ConfigMap in etcd, which refuses objects over 1 MiB."""
 CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
 def check_deployment(repo: Path, manifest: dict[str, Any], spec: Optional[Spec]) -> list[Problem]:
     """Every disagreement between the rendered scale-out artifacts and the spec's topology."""
@@ -53,6 +55,10 @@ def check_deployment(repo: Path, manifest: dict[str, Any], spec: Optional[Spec])
         if (repo / LOADTEST_MANIFESTS).is_file():
             for doc, line in documents(repo / LOADTEST_MANIFESTS, out):
                 schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
+                size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())
+                if doc.get("kind") == "ConfigMap" and size > CONFIGMAP_LIMIT:
+                    out.add(repo / LOADTEST_MANIFESTS, line, f"ConfigMap data is {size:,} bytes; the API server "
+                            f"refuses more than {CONFIGMAP_LIMIT:,}", "ship fewer files (re-render)")
     return out.problems
 
 
