@@ -97,3 +97,13 @@ def test_sweep_runs_every_point_and_reports_the_one_that_cannot(cpu_spec, nvfp4_
     for name in ("report.md", "report.html", "points.csv"):
         assert (tmp_path / name).is_file()
     assert SweepResult.model_validate_json((tmp_path / "points.json").read_text()) == result
+
+
+def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tmp_path):
+    from generator.measure.sweep import run_point
+    from generator.spec import load_spec
+
+    steps = []
+    point = run_point(load_spec(None, []), ["loadtest.users=0"], "users=0", tmp_path / "p", False, steps.append)
+    assert point.status is PointStatus.INVALID and "loadtest.users" in point.detail and point.results is None
+    assert steps == [] and not (tmp_path / "p").exists()

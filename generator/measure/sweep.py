@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from generator.errors import TritongenError
-from generator.measure.results import BestPoint, PointStatus, SweepPoint, SweepResult, Verdict
+from generator.errors import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    CheckFailed,
+    PlanRefused,
+    ServerError,
+    SpecError,
+    ToolMissing,
+    TritongenError,
+)
+from generator.measure.results import BestPoint, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
 from generator.spec import Spec, parse_override, with_overrides
 
 
@@ -47,13 +56,13 @@ def plan_sweep(sets: list[str]) -> SweepPlan:
         if "," in raw and not raw.startswith(("[", "{")):
             values = [v.strip() for v in raw.split(",")]
             if any(not v for v in values):
-                raise TritongenError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
+                raise SpecError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
     if not axes:
-        raise TritongenError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
-                             "--set serving.max_batch_size=1,4,16")
+        raise SpecError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
+                        "--set serving.max_batch_size=1,4,16")
     return SweepPlan(fixed, axes)
 
 
@@ -79,49 +88,49 @@ def best_point(points: list[SweepPoint], with_slo: bool) -> Optional[BestPoint]:
                      reason=f"{why}; highest output throughput, {tps:.1f} tokens/s")
 
 
-def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
-              progress: Callable[[str], None]) -> SweepPoint:
-    """One point, start to finish; every failure becomes the point's status and detail."""
+def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+                   progress: Callable[[str], None]) -> LoadTestResult:
+    """Render, validate, serve and load one point; each step raises its own TritongenError subclass."""
     from generator.measure.runner import run_loadtest
     from generator.repo.problems import failing
     from generator.repo.render import render_repository
     from generator.repo.validate import validate_repository
+    from generator.serve.server import TritonServer
 
+    pspec = with_overrides(spec, overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"{label}: rendering")
+    repo = render_repository(pspec, out_dir / "repo", force=True, gpu_visible=gpu_visible)
+    errors = failing(validate_repository(repo, pspec))
+    if errors:
+        raise CheckFailed("; ".join(p.message for p in errors[:3]), where=str(repo),
+                          fix=f"tritongen validate {repo} shows each problem with its fix")
+    progress(f"{label}: starting the server")
+    with TritonServer(repo, log_file=out_dir / "triton.log") as server:
+        progress(f"{label}: load test")
+        return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                            metrics_url=server.metrics_url, title=f"Sweep point {label}").results
+
+
+def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+              progress: Callable[[str], None]) -> SweepPoint:
+    """One point, start to finish; a failure becomes the point's status (by its error class) and detail."""
     point = SweepPoint(label=label, overrides=overrides, dir=str(out_dir))
 
     def failed(status: PointStatus, detail: str) -> SweepPoint:
         return point.model_copy(update={"status": status, "detail": detail})
 
     try:
-        pspec = with_overrides(spec, overrides)
-    except TritongenError as exc:
+        results = _measure_point(spec, overrides, label, out_dir, gpu_visible, progress)
+    except (SpecError, PlanRefused, ArtifactMissing, ArtifactCorrupt) as exc:  # the setting cannot be served
         return failed(PointStatus.INVALID, exc.message)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress(f"{label}: rendering")
-    try:
-        repo = render_repository(pspec, out_dir / "repo", force=True, gpu_visible=gpu_visible)
-    except TritongenError as exc:
-        return failed(PointStatus.INVALID, str(exc))
-    errors = failing(validate_repository(repo, pspec))
-    if errors:
-        return failed(PointStatus.VALIDATION, "; ".join(p.message for p in errors[:3]))
-    progress(f"{label}: starting the server")
-    from generator.serve.server import TritonServer
-
-    server = TritonServer(repo, log_file=out_dir / "triton.log")
-    try:
-        server.start()
-    except TritongenError as exc:
+    except CheckFailed as exc:
+        return failed(PointStatus.VALIDATION, exc.message)
+    except (ServerError, ToolMissing) as exc:  # first line only: the rest is the server log's tail
         return failed(PointStatus.SERVER, exc.message.splitlines()[0])
-    try:
-        progress(f"{label}: load test")
-        result = run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url, title=f"Sweep point {label}")
-    except TritongenError as exc:
+    except TritongenError as exc:  # LoadTestError, or anything else while loading
         return failed(PointStatus.LOAD, exc.message.splitlines()[0])
-    finally:
-        server.stop()
-    return point.model_copy(update={"results": result.results})
+    return point.model_copy(update={"results": results})
 
 
 def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,
