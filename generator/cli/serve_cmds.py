@@ -124,7 +124,7 @@ def smoke(
     else:
         endpoints = Endpoints.from_urls(url, grpc_url)
         endpoints.check_reachable()
-        report = run(endpoints.http_url, endpoints.grpc_url)
+        report = run(endpoints.http_hostport, endpoints.grpc_url)
     print_report(report)
     if json_out is not None:
         import json
