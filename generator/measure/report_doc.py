@@ -20,6 +20,8 @@ from generator.fsutil import atomic_write_text
 
 @dataclass
 class Doc:
+    """One report page as blocks; markdown() and html() render the same blocks, write() both."""
+
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
     figures: dict[str, bytes] = field(default_factory=dict)
