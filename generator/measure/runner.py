@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from generator.errors import LoadTestError, SpecError
 from generator.measure.records import request_inputs
-from generator.measure.results import LoadTestResult, RunInfo, ServerView
+from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import LoadTestSpec, Spec
 
@@ -269,7 +269,9 @@ def run_loadtest(
 def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
     """The report of a run recorded elsewhere (the in-cluster Locust master's records.jsonl): the same
     statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
-    from generator.measure.report import write_loadtest_report
+    from generator.measure.report_loadtest import write_loadtest_report
+    from generator.measure.statistics import summarize
+    from generator.measure.verdict import client_verdict
 
     out_dir = Path(out_dir).resolve()
     target = out_dir / "records.jsonl"
@@ -279,13 +281,15 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
-    results = summarize(requests)
-    results["checks"]["reference_errors"] = []
-    results["server"] = {}
-    results["client"] = client_verdict(processes, results, spec.loadtest.request_rate is not None)
-    results["run"] = {"title": title or f"tritongen load test (records of {records})", "target": str(records),
-                      "started_unix": min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                      "mode": "open loop" if spec.loadtest.request_rate is not None else "closed loop",
-                      "loadtest": spec.loadtest.model_dump(mode="json")}
+    summary = summarize(requests)
+    open_loop = spec.loadtest.request_rate is not None
+    results = LoadTestResult(
+        **dict(summary),
+        server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
+        client=client_verdict(processes, summary.latency_ms, open_loop),
+        run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
+                    started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
+                    mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest),
+    )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)
