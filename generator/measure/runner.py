@@ -27,6 +27,7 @@ from generator.errors import TritongenError
 from generator.measure.records import (
     CHECK_REFERENCE,
     CHECKS,
+    count_client_tokens,
     empty_chunks,
     RequestMetrics,
     quantile_sample,
@@ -414,6 +415,17 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
         )
 
 
+def count_tokens_after_run(requests: list[dict[str, Any]], processes: list[dict[str, Any]]) -> None:
+    """The client tokenizer's output-token counts, with the tokenizer the Locust processes used."""
+    folder = next((p["tokenizer"] for p in processes if p.get("tokenizer")), None)
+    if folder is None:
+        return
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    count_client_tokens(requests, lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
@@ -515,6 +527,7 @@ def run_loadtest(
         if not requests:
             raise TritongenError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
                                  where=str(out_dir / "locust.log"))
+        count_tokens_after_run(requests, processes)
         references, reference_errors = reference_answers(
             endpoints.http_url, lt.model, requests, lt.reference_checks, lt.request_timeout_s
         )
