@@ -14,12 +14,14 @@ Prints a Markdown table (recorded in docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 TRIVIAL_CONFIG = """name: "ensemble"
 backend: "python"
@@ -69,6 +71,18 @@ def trivial_repo(root: Path, tokenizer_dir: Path) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def trivial_server(work: Path) -> Iterator[tuple[str, str, str]]:
+    """(HTTP URL, gRPC address, metrics URL) of a real tritonserver on the trivial model; tokenizer: work/tiny."""
+    from generator.model.tinymodel import make_tiny_model
+    from generator.serve.server import TritonServer
+
+    tokenizer = make_tiny_model(work / "tiny")
+    repo = trivial_repo(work / "repo", tokenizer)
+    with TritonServer(repo, log_file=work / "triton.log") as server:
+        yield f"http://{server.http_url}", server.grpc_url, server.metrics_url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -80,15 +94,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from generator.measure.runner import run_loadtest
-    from generator.serve.server import TritonServer
     from generator.spec import load_spec
-    from generator.model.tinymodel import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="tritongen-bench-"))
-    tokenizer = make_tiny_model(work / "tiny")
-    repo = trivial_repo(work / "repo", tokenizer)
+    tokenizer = work / "tiny"
     rows = []
-    with TritonServer(repo, log_file=work / "triton.log") as server:
+    with trivial_server(work) as (http_url, grpc_url, metrics_url):
         for protocol in args.protocols.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
                 for users in (int(u) for u in args.users.split(",")):
@@ -100,8 +111,8 @@ def main() -> None:
                         f"loadtest.output_tokens_mean={args.tokens}", "loadtest.input_tokens_mean=16",
                         "loadtest.num_prompts=16", "loadtest.reference_checks=0", f"loadtest.tokenizer={tokenizer}",
                     ])
-                    res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                                       metrics_url=server.metrics_url, title=f"loadgen ceiling {out.name}").results
+                    res = run_loadtest(spec, out, url=http_url, grpc_url=grpc_url,
+                                       metrics_url=metrics_url, title=f"loadgen ceiling {out.name}").results
                     tp, client = res["throughput"], res["client"]
                     rows.append({
                         "protocol": protocol, "layout": f"master + {workers} worker(s)" if workers else "one process",
