@@ -103,7 +103,7 @@ def loadtest(
     arrival: Optional[str] = typer.Option(None, "--arrival", help="Open loop: poisson or constant."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="grpc-stream, http-stream or http."),
     model: Optional[str] = typer.Option(None, "--model", help="ensemble or tensorrt_llm_bls."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Distributed Locust: worker processes."),
+    workers: Optional[str] = typer.Option(None, "--workers", help="Distributed Locust: worker processes, or auto (one per core)."),
     slo: Optional[str] = typer.Option(None, "--slo", help='e.g. "ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%".'),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts (a 'text' per line)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the served one)."),

@@ -80,6 +80,19 @@ class Endpoints:
 # ---------------------------------------------------------------- Locust configuration (pure)
 
 
+def resolve_workers(workers: int | str, cores: int) -> int:
+    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
+    if workers != "auto":
+        return int(workers)
+    return cores if cores > 1 else 0
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+
 def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
     """Everything the Locust processes need, as Locust config-file keys (custom ones from loadtest/)."""
     processes = max(lt.workers, 1)
@@ -507,6 +520,7 @@ def run_loadtest(
 
     out_dir = Path(out_dir).resolve()
     lt = spec.loadtest
+    lt = lt.model_copy(update={"workers": resolve_workers(lt.workers, available_cores())})
     slo_terms = parse_slo(lt.slo) if lt.slo else None
     if lt.prompts is not None:
         lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -323,8 +323,10 @@ class LoadTestSpec(_Section):
     warmup_requests: int = Field(4, ge=0)
     """Requests sent and discarded before measuring."""
 
-    workers: int = Field(0, ge=0)
-    """Distributed Locust: worker processes under one master (0 runs a single process)."""
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = 0
+    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: one per
+    core this process may run on (os.sched_getaffinity), a single process when that is one core. A Locust
+    process uses at most one core: its measured ceiling is in docs/benchmarks.md."""
 
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its
