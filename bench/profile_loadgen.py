@@ -30,14 +30,14 @@ from cpu_sampler import INTERVAL_S  # noqa: E402
 # What a sampled stack is doing: the first rule that matches, scanning from the innermost frame outwards.
 PARTS: tuple[tuple[str, str], ...] = (
     ("logging", r"logging/"),
-    ("JSON (records)", r"json/|write_records|RecordSink\.write"),
+    ("JSON (records written, SSE payloads read)", r"json/|write_records"),
     ("per-chunk text work (tokenizing, checks)", r"count_tokens|tokenizers|prompts\.py|stream_failures|compare_texts|"
                                                   r"request_metrics|_strings|\.decode \("),
     ("response decoding (protobuf, tensors)", r"_infer_result|tritonclient/utils|numpy|FromString|_parse|"
                                               r"decode_infer_responses|decode_json|GrpcLLMClient\.generate \("),
     ("timestamps and record keeping", r"Exchange|new_record|fire_locust_events|locust/stats|locust/event|"
                                       r"RecordSink|LoadState\.finished|run_request"),
-    ("gRPC / gevent transport", r"grpc|gevent|greenlet|threading\.py|_read|_messages|GrpcStream|queue"),
+    ("transport: gRPC or HTTP, gevent", r"grpc|gevent|greenlet|threading\.py|_read|_messages|GrpcStream|queue"),
     ("Locust users and the rest", r"."),
 )
 _STARTUP = re.compile(r"importlib|<module>|_on_test_start|LoadState\.__init__")
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--protocol", default="grpc-stream", help="grpc-stream or http-stream (SSE)")
     parser.add_argument("--url", default=None, help="a running server's HTTP URL (else the trivial model is started)")
     parser.add_argument("--grpc-url", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
@@ -84,7 +85,7 @@ def main() -> None:
     server = contextlib.nullcontext((args.url, args.grpc_url, None)) if args.url else trivial_server(work)
     with server as (url, grpc_url, metrics_url):
         spec = load_spec(None, [
-            "loadtest.protocol=grpc-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
+            f"loadtest.protocol={args.protocol}", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
             f"loadtest.duration_s={args.seconds}", f"loadtest.output_tokens_mean={args.tokens}",
             "loadtest.input_tokens_mean=16", "loadtest.num_prompts=16", "loadtest.reference_checks=0",
         ] + ([f"loadtest.tokenizer={work / 'tiny'}"] if not args.url else []))
@@ -105,7 +106,7 @@ def main() -> None:
     print("|---|---:|---:|")
     rows = {name: n * INTERVAL_S for name, n in parts.items()}
     if cpu_s > sampled_s * 1.05:  # CPU of other threads while the main thread waited: signals coalesce
-        rows["other threads, not sampled (grpcio's C core)"] = cpu_s - sampled_s
+        rows["not sampled: other threads (grpcio's C core, where used)"] = cpu_s - sampled_s
         sampled_s = cpu_s
     for name, seconds in sorted(rows.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {seconds * per:.1f} | {seconds / sampled_s:.0%} |")

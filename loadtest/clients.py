@@ -251,13 +251,16 @@ def decode_infer_responses(payloads: list[Any]) -> Decoded:
     return texts, server, None
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
+def with_id(body: bytes, request_id: str) -> bytes:
+    """A serialized ModelInferRequest with its ``id`` (field 3) set: a field appended to a serialized protobuf
+    message is parsed as part of it, so the request is serialized once per prompt, not per request."""
+    rid = request_id.encode()
+    n, length = len(rid), bytearray()
     while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
+        length.append((n & 0x7F) | 0x80)
         n >>= 7
-    out.append(n)
-    return bytes(out)
+    length.append(n)
+    return body + b"\x1a" + bytes(length) + rid
 
 
 class GrpcLLMClient:
@@ -336,14 +339,13 @@ class GrpcLLMClient:
 
     def generate(self, ex: Exchange, prompt: Prompt) -> None:
         body, ex.record["exact_length"] = self.bodies.get(prompt.index) or self._body(prompt)
-        rid = ex.request_id.encode()
         if self.stream.closed is not None:
             self.stream = self._open()
         ex.done = gevent.event.Event()
         self.waiting[ex.request_id] = ex
         try:
             ex.sent()
-            self.stream.send(body + b"\x1a" + _varint(len(rid)) + rid)  # field 3: id
+            self.stream.send(with_id(body, ex.request_id))
             ex.wait(self.timeout)
         finally:
             self.waiting.pop(ex.request_id, None)

@@ -11,13 +11,14 @@ stream (trailers, RST_STREAM, GOAWAY). Header blocks are rare (stream start and 
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 from typing import Callable, Optional
 
 import gevent
 import gevent.event
+import gevent.lock
+from gevent import socket  # cooperative whether or not the process is monkey-patched (Locust's is)
 from hpack import Decoder
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -84,6 +85,7 @@ class GrpcStream:
         self.max_frame = 16384
         self.send_window = self.conn_window = _DEFAULT_WINDOW
         self.window_open = gevent.event.Event()
+        self.message_lock, self.write_lock = gevent.lock.Semaphore(), gevent.lock.Semaphore()
         self.window_open.set()
         self.closed: Optional[StreamClosed] = None
         self.consumed = 0
@@ -103,21 +105,28 @@ class GrpcStream:
 
     def send(self, message: bytes, last: bool = False) -> None:
         """One gRPC message (uncompressed), split into DATA frames within the peer's frame size and windows;
-        ``last`` ends the client's side of the call."""
-        if self.closed is not None:
-            raise self.closed
-        data = b"\x00" + _HEADER.pack(len(message)) + message
-        while data:
-            while min(self.send_window, self.conn_window) <= 0:
-                self.window_open.clear()
-                self.window_open.wait()
-                if self.closed is not None:
-                    raise self.closed
-            n = min(len(data), self.max_frame, self.send_window, self.conn_window)
-            chunk, data = data[:n], data[n:]
-            self.send_window -= n
-            self.conn_window -= n
-            self.sock.sendall(frame(DATA, END_STREAM if last and not data else 0, _STREAM, chunk))
+        ``last`` ends the client's side of the call. One message at a time (its frames must not interleave
+        with another's); the socket lock is held per write only, so the reader can still acknowledge
+        settings and pings while a sender waits for the window."""
+        with self.message_lock:
+            if self.closed is not None:
+                raise self.closed
+            data = b"\x00" + _HEADER.pack(len(message)) + message
+            while data:
+                while min(self.send_window, self.conn_window) <= 0:
+                    self.window_open.clear()
+                    self.window_open.wait()
+                    if self.closed is not None:
+                        raise self.closed
+                n = min(len(data), self.max_frame, self.send_window, self.conn_window)
+                chunk, data = data[:n], data[n:]
+                self.send_window -= n
+                self.conn_window -= n
+                self._write(frame(DATA, END_STREAM if last and not data else 0, _STREAM, chunk))
+
+    def _write(self, data: bytes) -> None:
+        with self.write_lock:
+            self.sock.sendall(data)
 
     def close(self) -> None:
         if self.closed is None:
@@ -165,7 +174,7 @@ class GrpcStream:
                 if self.consumed > _MAX_WINDOW // 2:  # top up both receive windows in one go
                     inc = _HEADER.pack(self.consumed)
                     self.consumed = 0
-                    self.sock.sendall(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, _STREAM, inc))
+                    self._write(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, _STREAM, inc))
         except StreamClosed as exc:
             self._closed(exc)
         except OSError as exc:
@@ -206,10 +215,10 @@ class GrpcStream:
                     self.max_frame = value
                 elif key == 0x1:
                     self.decoder.header_table_size = value
-            self.sock.sendall(frame(SETTINGS, ACK, 0))
+            self._write(frame(SETTINGS, ACK, 0))
             self.window_open.set()
         elif kind == PING and not flags & ACK:
-            self.sock.sendall(frame(PING, ACK, 0, payload))
+            self._write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             inc = _HEADER.unpack(payload)[0] & _MAX_WINDOW
             if stream == 0:

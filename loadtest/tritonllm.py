@@ -160,6 +160,7 @@ class LoadState:
         self.sink.flush()
         process = self.monitor.record(self.index)
         process["tokenizer"] = self.tokenizer_dir  # the measure side counts the answers' tokens with it
+        process["requests"], process["responses"] = self.sink.requests, self.sink.responses
         self.sink.send([process])
 
 
@@ -244,6 +245,7 @@ class RecordSink:
         self.runner = environment.runner
         self.worker = isinstance(self.runner, WorkerRunner)
         self.pending: list[Exchange] = []
+        self.requests = self.responses = 0  # what this process received, for its CPU cost per response
         path = environment.parsed_options.records
         self.file = None if self.worker or not path else open(path, "a", encoding="utf-8")
         gevent.spawn(self._flusher)
@@ -256,6 +258,8 @@ class RecordSink:
             return
         batch, self.pending = self.pending, []
         records = [ex.finish() for ex in batch]
+        self.requests += len(records)
+        self.responses += sum(len(r["resp_ns"]) for r in records)
         for record in records:
             fire_locust_events(self.environment, record)
         self.send(records)

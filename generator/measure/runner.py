@@ -34,6 +34,7 @@ from generator.measure.records import (
     request_metrics,
 )
 from generator.serve.endpoints import Endpoints
+from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.spec import LoadTestSpec, Spec
 
 # Client-bottleneck thresholds: above any of them the load generator, not the server, may have set the
@@ -533,6 +534,7 @@ def run_loadtest(
         "split_vs_stages": split_vs_stages(results["split"], stages),
     }
     results["client"] = client_verdict(processes, results, lt.request_rate is not None)
+    results["client"]["capacity"] = capacity(processes, recorded_ceiling())
     results["run"] = {
         "title": title or "tritongen load test",
         "target": str(repo_dir) if repo_dir else endpoints.http_url,
