@@ -51,6 +51,7 @@ def test_results_have_latency_split_stages_and_clean_checks(cpu_loadtest):
     assert split["parts_sum_mean_ms"] == pytest.approx(split["ttft_mean_ms"], rel=1e-9)
     assert split["shared_clock"]  # the engine's perf_counter_ns and the client's monotonic_ns agree
     assert res["tokens"]["agreement"]["input"]["equal"] == res["counts"]["ok"]
+    assert res["tokens"]["agreement"]["output"]["compared"] == res["counts"]["ok"]  # counted after the run
     checks = res["checks"]
     assert checks["with_reference"] > 0 and checks["failed_requests"] == 0
     assert set(checks["reference"]) <= {"equal", "diverged"}
@@ -70,6 +71,10 @@ def test_distributed_workers_split_the_request_count_and_merge_records(cpu_spec,
     requests, processes = read_records(tmp_path / "records.jsonl")
     assert res["counts"]["ok"] == 10 and res["counts"]["warmup"] == 2
     assert {r["proc"] for r in requests} == {0, 1} and sorted(p["proc"] for p in processes) == [0, 1]
+    assert len({r["id"] for r in requests}) == len(requests) == 12  # each request exactly once, warm-up included
+    for p in processes:  # what each worker counted is what the master wrote for it
+        mine = [r for r in requests if r["proc"] == p["proc"]]
+        assert (p["requests"], p["responses"]) == (len(mine), sum(len(r["resp_ns"]) for r in mine))
     assert res["checks"]["failed_requests"] == 0
 
 
