@@ -18,6 +18,7 @@ import gevent.event
 from geventhttpclient import HTTPClient
 
 from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, request_inputs
+from generator.serve.client import dialect_for_inputs
 from grpcwire import GrpcStream, StreamClosed, unary
 from prompts import Prompt
 
@@ -107,6 +108,8 @@ class ModelInfo:
         self.inputs = {i["name"] for i in config.get("input", [])}
         self.outputs = {o["name"] for o in config.get("output", [])}
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.cumulative = dialect_for_inputs(self.inputs).cumulative
+        """Streamed text_output is the whole text so far (the LLM-API model), not the new text."""
         self.tokenizer_dir = tokenizer_dir
 
 
@@ -141,8 +144,11 @@ def _config_fetcher(host: str, timeout: float) -> Callable[[str], Optional[dict[
     return fetch_http
 
 
-def model_info(host: str, model: str, timeout: float) -> ModelInfo:
+def model_info(host: str, model: Optional[str], timeout: float) -> ModelInfo:
+    """``model`` None: the repository's entry model (loadtest.model), ensemble or else the LLM-API tensorrt_llm."""
     fetch = _config_fetcher(host, timeout)
+    if model is None:
+        model = "ensemble" if fetch("ensemble") is not None else "tensorrt_llm"
     config = fetch(model)
     if config is None:
         raise RuntimeError(f"model {model!r} is not served at {host}")

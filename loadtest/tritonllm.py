@@ -95,7 +95,8 @@ class LoadState:
         self.info = model_info(self.host, opts.model, opts.request_timeout_s)
         tokenizer_dir = opts.tokenizer or self.info.tokenizer_dir
         if not tokenizer_dir:
-            raise RuntimeError(f"model {opts.model!r} has no tokenizer_dir parameter: pass --tokenizer DIR")
+            raise RuntimeError(f"model {self.info.name!r} has no tokenizer_dir parameter: pass --tokenizer DIR "
+                               "(for the LLM-API model, the checkpoint folder its model.yaml names)")
         self.tokenizer_dir = str(Path(tokenizer_dir).resolve())
         self.tokenizer = load_tokenizer(Path(tokenizer_dir))
         if opts.prompts:
@@ -189,8 +190,9 @@ def run_request(
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
     """
-    record = new_record(st.opts.protocol, st.opts.model, st.index, seq, prompt, warmup, sched_ns)
+    record = new_record(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns)
     record["conn_ns"] = conn_ns
+    record["cumulative"] = st.info.cumulative
     if prompt.index not in st.prompts_sent:
         st.prompts_sent.add(prompt.index)
         record["prompt_text"] = prompt.text
@@ -332,8 +334,9 @@ class TritonLLMUser(User):
         self.client = make_client(st.opts.protocol, self.host or st.host, st.info, st.opts.request_timeout_s)
 
     def on_stop(self) -> None:
-        if self.client is not self.st.grpc:  # the shared gRPC stream closes with the process
-            self.client.close()
+        client = getattr(self, "client", None)  # None when on_start stopped the user (setup failed)
+        if client is not None and client is not self.st.grpc:  # the shared gRPC stream closes with the process
+            client.close()
 
     @task
     def generate(self) -> None:

@@ -20,11 +20,10 @@ from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
 from generator.engine.gpus import GpuSpec, lookup_gpu
 from generator.fsutil import read_json_object
 from generator.resources import data_dir, data_json
-from generator.spec import Spec
+from generator.spec import REFERENCE_MODEL, Spec
 
 TRTLLM_VERSION = "1.2.1"
 FLAG_DATA_FILE = "trtllm_build_1.2.1.json"
-REFERENCE_MODEL = "Qwen/Qwen3-8B"
 REFERENCE_CONFIG_FILE = "qwen3-8b-config.json"
 
 # Where a decision comes from. The plan shows these next to every flag.
