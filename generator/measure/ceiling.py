@@ -3,9 +3,10 @@ of CPU, as measured by bench/sidebyside.py (kept as data with the command, in lo
 
 A Locust process is one gevent loop and uses at most one core, so a target rate of streamed responses
 (one per output token) needs enough processes: ``workers_for`` keeps each at ``TARGET_SHARE`` of the
-ceiling, where its timestamps are still exact (a loop near saturation wakes late). The ceiling was measured
-with short answers (per-request costs are spread over few responses) on a small shared machine: a
-conservative figure for long answers and faster cores.
+ceiling, where its timestamps are still exact (a loop near saturation wakes late). The figure is the
+measured CPU cost per response turned into a rate; the trivial model sends an answer's responses at
+once, so several arrive per socket read. A server whose tokens arrive spread out costs more reads per
+response: read the figure as an upper bound there; each run's own verdict (CPU, loop lag) stays the judge.
 """
 
 from __future__ import annotations
