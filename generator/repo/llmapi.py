@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from generator.errors import PlanRefused
+from generator.errors import PlanRefused, TritongenError
+from generator.fsutil import read_json_object
 from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
@@ -169,9 +170,11 @@ def llmapi_model_yaml(spec: Spec) -> dict[str, Any]:
     return doc
 
 
-def _config_values(spec: Spec, *, cpu: bool) -> dict[str, Any]:
+def _config_values(spec: Spec, *, cpu: bool, instances: int = 1, gpu_device_ids: str | None = None) -> dict[str, Any]:
     data = llmapi_data()
     params = {"engine_model": CPU_ENGINE_MODEL} if cpu else {}
+    if gpu_device_ids:
+        params["gpu_device_ids"] = gpu_device_ids  # one GPU set per instance (multi-instance model.py)
     return {
         "name": MODEL_NAME,
         "max_batch_size": 0,
@@ -179,6 +182,7 @@ def _config_values(spec: Spec, *, cpu: bool) -> dict[str, Any]:
         "inputs": [_tensor_view(t) for t in data["triton_inputs"]],
         "outputs": [_tensor_view(t) for t in data["triton_outputs"]],
         "parameters": params,
+        "instances": instances,
         "trtllm_version": data["tensorrt_llm_version"],
         "cpu": cpu,
     }
@@ -189,7 +193,8 @@ def _tensor_view(t: dict[str, Any]) -> dict[str, Any]:
             "optional": bool(t.get("optional"))}
 
 
-def render_llmapi_files(spec: Spec, *, cpu: bool = False) -> dict[str, str]:
+def render_llmapi_files(spec: Spec, *, cpu: bool = False, instances: int = 1,
+                        gpu_device_ids: str | None = None) -> dict[str, str]:
     """``{relative path: text}`` of the LLM-API model: ``tensorrt_llm/config.pbtxt`` and ``tensorrt_llm/1/model.yaml``.
 
     ``cpu`` renders the CPU stand-in's config (same tensors, plus the parameters that name the
@@ -208,7 +213,7 @@ def render_llmapi_files(spec: Spec, *, cpu: bool = False) -> dict[str, str]:
     llm_args = llmapi_model_yaml(spec)
     triton_yaml = yaml.safe_dump({"triton_config": llm_args.pop("triton_config")}, sort_keys=False)
     model_yaml = yaml.safe_dump(llm_args, sort_keys=False)
-    values = _config_values(spec, cpu=cpu)
+    values = _config_values(spec, cpu=cpu, instances=instances, gpu_device_ids=gpu_device_ids)
     return {
         f"{MODEL_NAME}/config.pbtxt": env.get_template("tensorrt_llm/config.pbtxt.j2").render(**values),
         f"{MODEL_NAME}/1/model.yaml": env.get_template("tensorrt_llm/model.yaml.j2").render(
@@ -344,6 +349,28 @@ def _check_checkpoint(ckpt: Path, spec: Spec, yaml_file: str, model_line: int | 
             for p in checkpoint_quant_problems(ckpt, spec, required=True)]
 
 
+def _check_parallel_vs_checkpoint(ckpt: Path, doc: dict[str, Any], yaml_file: str,
+                                  lines: dict[tuple[str, ...], int]) -> list[Problem]:
+    """tensor_parallel_size must split the checkpoint's attention and KV heads evenly (as the plan refuses for
+    engines); LLM() fails at load otherwise. Not compared while the checkpoint is not there."""
+    tp = doc.get("tensor_parallel_size", 1)
+    if not (ckpt / "config.json").is_file():
+        return []
+    try:
+        config = read_json_object(ckpt / "config.json", fix=weights_command(None))
+    except TritongenError:
+        return []  # reported by the checkpoint checks
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads") or config.get("num_attention_heads")
+    if not isinstance(tp, int) or not isinstance(heads, int) or not isinstance(kv, int) or tp < 1:
+        return []
+    if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+        return []
+    fits = max(n for n in range(1, min(tp, heads) + 1) if heads % n == 0 and (kv % n == 0 or n % kv == 0))
+    return [Problem(yaml_file, lines.get(("tensor_parallel_size",)), f"tensor_parallel_size {tp} does not split the "
+                    f"checkpoint's {heads} attention heads and {kv} KV heads ({ckpt / 'config.json'}) evenly; LLM() "
+                    f"fails at load", f"--set build.tp_size={fits} (or another divisor of both) and re-render")]
+
+
 def _check_model_code(model_dir: Path) -> list[Problem]:
     """NVIDIA's model.py is not shipped with tritongen (GPU variant): until it is copied in, warn."""
     code = model_dir / "1" / "model.py"
@@ -401,6 +428,8 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
                                         "re-render from the spec, or change the spec"))
         if "model" in doc:
             problems += _check_checkpoint(Path(str(doc["model"])), spec, str(yaml_path), lines.get(("model",)))
+    if "model" in doc:
+        problems += _check_parallel_vs_checkpoint(Path(str(doc["model"])), doc, str(yaml_path), lines)
     return problems
 
 

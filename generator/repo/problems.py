@@ -2,7 +2,7 @@
 
 The inflight_batcher_llm validator (generator/validate.py) and the LLM-API one (generator/llmapi.py)
 report the same ``Problem`` record, parse ``config.pbtxt`` the same way and compare checkpoints with
-the spec through the same quant-algo table. Kept apart from both so that render (which imports llmapi)
+the spec through the quant-algo table of generator.engine.facts. Kept apart from both so that render (which imports llmapi)
 and validate (which imports render) share it without an import cycle. Reads files only.
 """
 
@@ -14,7 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-from generator.spec import KVCacheFormat, QuantFormat, Spec
+from generator.engine.facts import KV_ALGOS, QUANT_ALGOS
+from generator.spec import Spec
 
 
 class Severity(str, Enum):
@@ -26,6 +27,8 @@ class Severity(str, Enum):
 
     error = "error"
     warning = "warning"
+    note = "note"
+    """Worth knowing, never a failure: an optional parameter left as a ``${…}`` placeholder (unset)."""
 
 
 class Problem(NamedTuple):
@@ -51,8 +54,8 @@ def weights_command(spec: Optional[Spec]) -> str:
 
 
 def failing(problems: list[Problem], *, strict: bool = False) -> list[Problem]:
-    """The problems that make ``validate`` fail: errors, and with ``strict`` warnings too."""
-    return [p for p in problems if strict or p.severity is Severity.error]
+    """The problems that make ``validate`` fail: errors, and with ``strict`` warnings too (notes never)."""
+    return [p for p in problems if p.severity is Severity.error or (strict and p.severity is Severity.warning)]
 
 
 # ---------------------------------------------------------------- config.pbtxt
@@ -109,7 +112,10 @@ def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Pro
     ct = ConfigText(path, text)
     problems = []
     for no, line in enumerate(ct.lines, 1):
-        if "${" in line.split("#", 1)[0]:
+        code = line.split("#", 1)[0]
+        # A parameter's string_value is the backend's to read (validate judges those per key); anywhere
+        # else Triton itself parses the text, so a placeholder there is always wrong.
+        if "${" in code and "string_value" not in code:
             problems.append(Problem(
                 str(path), no, f"unfilled template placeholder {re.search(r'[$][{][^}]*[}]?', line).group(0)!r}",
                 "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))
@@ -135,19 +141,6 @@ def read_json(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
     if not isinstance(data, dict):
         return None, [Problem(str(path), 1, "not a JSON object", "rebuild / re-export it")]
     return data, []
-
-
-# TensorRT-LLM / ModelOpt quant_algo names that each spec format may appear as.
-QUANT_ALGOS: dict[QuantFormat, tuple[Optional[str], ...]] = {
-    QuantFormat.nvfp4: ("NVFP4",),
-    QuantFormat.fp8: ("FP8",),
-    QuantFormat.int4_awq: ("W4A16_AWQ",),
-    QuantFormat.int8_sq: ("W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "W8A8_SQ_PER_TENSOR_PLUGIN"),
-    QuantFormat.none: (None,),
-}
-KV_ALGOS: dict[KVCacheFormat, tuple[Optional[str], ...]] = {
-    KVCacheFormat.fp8: ("FP8",), KVCacheFormat.int8: ("INT8",), KVCacheFormat.none: (None,),
-}
 
 
 def quant_problems(file: str | Path, quant: dict[str, Any], spec: Spec, what: str, note: str = "") -> list[Problem]:

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import ArtifactCorrupt, PlanRefused, SpecError, ToolMissing
-from generator.fsutil import atomic_dir, read_json_object
+from generator.deploy.render import deploy_files, deploy_topology, engine_parameters
+from generator.deploy.topology import Topology
+from generator.engine.compare import engine_mismatches, mismatch_error
+from generator.engine.facts import EngineFacts, read_engine_if_built
+from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
+from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.resources import data_json, model_repo_dir, templates_dir
@@ -76,55 +80,39 @@ class RepoPlan:
 # ---------------------------------------------------------------- engine and batch size
 
 
-def engine_config_path(spec: Spec) -> Path:
-    return spec.engine_dir / "config.json"
+def engine_for(spec: Spec) -> Optional[EngineFacts]:
+    """The built engine the repository will serve, or None before it is built.
 
-
-def read_engine_config(path: Path) -> Optional[dict[str, Any]]:
-    """The built engine's config.json (``pretrained_config`` + ``build_config``), or None without one."""
-    if not path.is_file():
-        return None
-    data = read_json_object(path, fix="rebuild the engine with `tritongen build SPEC --force`")
-    if not isinstance(data.get("build_config"), dict):
-        raise ArtifactCorrupt(
-            "engine config has no build_config section (not a trtllm-build output?)",
-            where=str(path),
-            fix="point artifacts.engine_dir at a trtllm-build output folder",
-        )
-    return data
-
-
-def resolve_max_batch_size(spec: Spec, engine_config: Optional[dict[str, Any]], source: str = "engine config.json") -> tuple[int, str]:
-    """Triton's max_batch_size for every model, from one place.
-
-    Without an engine it is the spec's ``triton_max_batch_size``. With one, the engine's
-    ``build_config.max_batch_size`` is the truth: the spec may ask for less (serving.max_batch_size) but
-    never more, and build.max_batch_size must describe the engine that was actually built.
+    An engine that the spec does not describe is refused with the same comparison ``tritongen build`` and
+    ``tritongen validate`` run (generator.engine.compare), so the three can never disagree about it.
     """
-    if engine_config is None:
-        origin = "serving.max_batch_size" if spec.serving.max_batch_size else "build.max_batch_size"
-        return spec.triton_max_batch_size, f"spec {origin}"
-    built = engine_config["build_config"].get("max_batch_size")
-    if not isinstance(built, int) or built < 1:
-        raise ArtifactCorrupt(f"engine build_config.max_batch_size is {built!r}", where=source,
-                              fix="rebuild the engine with `tritongen build SPEC --force`")
+    facts = read_engine_if_built(spec.engine_dir)
+    if facts is None:
+        return None
+    _check_serving_batch(spec, facts)
+    problems = engine_mismatches(spec, facts)
+    if problems:
+        raise mismatch_error(f"the engine in {spec.engine_dir}", problems, facts.config_path)
+    return facts
+
+
+def _check_serving_batch(spec: Spec, facts: EngineFacts) -> None:
     wanted = spec.serving.max_batch_size
-    if wanted is not None:
-        if wanted > built:
-            raise SpecError(
-                f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {built}",
-                where=source,
-                fix=f"--set serving.max_batch_size={built} (or rebuild with build.max_batch_size={wanted})",
-            )
-        return wanted, f"spec serving.max_batch_size (engine allows {built})"
-    if spec.build.max_batch_size != built:
+    if wanted is not None and wanted > facts.max_batch_size:
         raise SpecError(
-            f"the engine was built with max_batch_size {built} but the spec says build.max_batch_size="
-            f"{spec.build.max_batch_size}",
-            where=source,
-            fix=f"--set build.max_batch_size={built}, or rebuild the engine from this spec",
+            f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {facts.max_batch_size}",
+            where=facts.config_path,
+            fix=f"--set serving.max_batch_size={facts.max_batch_size} (or rebuild with build.max_batch_size={wanted})",
         )
-    return built, f"engine {source}"
+
+
+def resolve_max_batch_size(spec: Spec, engine: Optional[EngineFacts]) -> tuple[int, str]:
+    """Triton's max_batch_size for every model, from one place: the spec's ``triton_max_batch_size``, which
+    :func:`engine_for` has checked against the engine when there is one."""
+    origin = "serving.max_batch_size" if spec.serving.max_batch_size else "build.max_batch_size"
+    if engine is None:
+        return spec.triton_max_batch_size, f"spec {origin}"
+    return spec.triton_max_batch_size, f"spec {origin}; engine {engine.config_path} allows {engine.max_batch_size}"
 
 
 # ---------------------------------------------------------------- values per model
@@ -146,7 +134,14 @@ def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
-def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str, str]]:
+def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
+    """The engine model's parameters; ``topo`` defaults to the spec's topology (without one that fits, the
+    topology's own parameters are left out: validate reports the refusal)."""
+    if topo is None:
+        try:
+            topo = deploy_topology(spec, target, gpu_visible=True)
+        except TritongenError:
+            topo = None
     s, b = spec.serving, spec.build
     gpu = target is EngineTarget.tensorrtllm
     common = [
@@ -154,7 +149,6 @@ def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str
         ("FORCE_CPU_ONLY_INPUT_TENSORS", "no"),
         ("gpt_model_type", s.batching_strategy),
         ("gpt_model_path", spec.engine_dir if gpu else spec.serving_weights_dir),
-        ("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache),
         ("batch_scheduler_policy", s.batch_scheduler_policy),
         ("kv_cache_free_gpu_mem_fraction", s.kv_cache_free_gpu_mem_fraction),
         ("exclude_input_in_output", s.exclude_input_in_output),
@@ -162,6 +156,8 @@ def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str
         ("enable_chunked_context", s.enable_chunked_context),
         ("executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None),
         ("tokenizer_dir", spec.serving_weights_dir),
+        *(engine_parameters(topo, spec) if topo is not None else
+          [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]),
     ]
     # The CPU reference engine has no engine file to read its limits from: they travel as parameters.
     cpu_only = [] if gpu else [
@@ -176,7 +172,7 @@ def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str
     return _params(common + cpu_only)
 
 
-def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[str, dict[str, Any]]:
+def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Topology) -> dict[str, dict[str, Any]]:
     """Template values of the five inflight_batcher_llm models."""
     s = spec.serving
     facts = reference_facts()
@@ -198,7 +194,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[s
         PREPROCESSING: {"backend": "python", "instance_count": s.preprocessing_instances,
                         "parameters": _params(tokenizer)},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
-                       "instance_count": 1, "parameters": _tensorrt_llm_parameters(spec, target)},
+                       "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo)},
         POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances,
                          "parameters": _params(tokenizer)},
     }
@@ -303,27 +299,25 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
     }
 
 
-def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
-    engine_config = None
-    cfg_path = engine_config_path(spec)
-    if target is EngineTarget.tensorrtllm:
-        engine_config = read_engine_config(cfg_path)
-    bs, source = resolve_max_batch_size(spec, engine_config, source=str(cfg_path))
-    models = _ifb_models(spec, target, bs)
+def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
+    engine = engine_for(spec) if target is EngineTarget.tensorrtllm else None
+    bs, source = resolve_max_batch_size(spec, engine)
+    models = _ifb_models(spec, target, bs, topo)
     files = {
         f"{name}/config.pbtxt": render_template(IFB_LAYOUT, f"{name}/config.pbtxt.j2", m=values)
         for name, values in models.items()
     }
     copies, dirs = _ifb_code(target, list(models))
     facts = reference_facts()
-    info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}")
+    info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}",
+                    topology=topo.model_dump(mode="json"))
     files[MANIFEST] = json.dumps(info, indent=2) + "\n"
     files["README.md"] = render_template(IFB_LAYOUT, "README.md.j2", info=info)
     return RepoPlan(target=target, layout=IFB_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies, dirs=dirs)
 
 
-def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
+def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
     """NVIDIA's LLM-API model; without a GPU, tritongen's stand-in and the CPU reference engine it calls.
 
     On a GPU host, 1/model.py and helpers.py are NVIDIA's and are not shipped (the config says where
@@ -332,11 +326,12 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPla
     """
     cpu = not gpu_visible
     bs, source = resolve_max_batch_size(spec, None)
-    files = render_llmapi_files(spec, cpu=cpu)
+    files = render_llmapi_files(spec, cpu=cpu, instances=1 if cpu else topo.instance_count,
+                                gpu_device_ids=topo.gpu_device_ids)
     copies: dict[str, Path] = {}
     models = [LLMAPI_MODEL]
     if cpu:
-        engine = {**_ifb_models(spec, EngineTarget.cpu_reference, bs)[TENSORRT_LLM], "name": CPU_ENGINE_MODEL}
+        engine = {**_ifb_models(spec, EngineTarget.cpu_reference, bs, topo)[TENSORRT_LLM], "name": CPU_ENGINE_MODEL}
         files[f"{CPU_ENGINE_MODEL}/config.pbtxt"] = render_template(IFB_LAYOUT, "tensorrt_llm/config.pbtxt.j2", m=engine)
         copies.update(_model_code(LLMAPI_MODEL, "llmapi_cpu"))
         copies.update(_model_code(CPU_ENGINE_MODEL, "tensorrt_llm_cpu"))
@@ -344,14 +339,14 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPla
     data = llmapi_data()
     info = manifest(spec, target, LLMAPI_LAYOUT, bs, f"{source}, as LLM() max_batch_size (Triton's is 0)", models,
                     data["sources"]["triton_model"]["path"], tensorrt_llm_version=data["tensorrt_llm_version"],
-                    cpu_stand_in=cpu)
+                    cpu_stand_in=cpu, topology=topo.model_dump(mode="json"))
     files[MANIFEST] = json.dumps(info, indent=2) + "\n"
     return RepoPlan(target=target, layout=LLMAPI_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies)
 
 
 # A target is a layout planner.
-_PLANNERS: dict[EngineTarget, Callable[[Spec, EngineTarget, bool], RepoPlan]] = {
+_PLANNERS: dict[EngineTarget, Callable[[Spec, EngineTarget, bool, Topology], RepoPlan]] = {
     EngineTarget.tensorrtllm: _plan_ifb,
     EngineTarget.cpu_reference: _plan_ifb,
     EngineTarget.llmapi: _plan_llmapi,
@@ -369,7 +364,11 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
             where="serving.engine",
             fix=f"use one of: {allowed}",
         )
-    return planner(spec, target, gpu_visible)
+    topo = deploy_topology(spec, target, gpu_visible)
+    plan = planner(spec, target, gpu_visible, topo)
+    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TENSORRT_LLM_VERSION)
+    plan.files.update(deploy_files(spec, topo, version))
+    return plan
 
 
 def write_plan(plan: RepoPlan, root: Path) -> None:
@@ -379,6 +378,8 @@ def write_plan(plan: RepoPlan, root: Path) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if text.startswith("#!"):
+            path.chmod(0o755)  # the launch script and kubessh run as programs
     for rel, src in plan.copies.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

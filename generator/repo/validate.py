@@ -17,17 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from generator.deploy.checks import check_deployment
 from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import (
-    ConfigText, Problem, Severity, checkpoint_quant_problems, not_built, parse_config, quant_problems, read_json,
+    ConfigText, Problem, Severity, checkpoint_quant_problems, not_built, parse_config,
     type_name, weights_command,
 )
 from generator.repo.render import (
     BLS, ENSEMBLE, EXTRA_PARAMETERS, LLMAPI_LAYOUT, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM,
-    reference_facts,
+    reference_facts, tensorrt_llm_parameters,
 )
-from generator.spec import Spec
+from generator.repo.enginecheck import engine_problems
+from generator.spec import EngineTarget, Spec
 
 __all__ = ["Problem", "Severity", "validate_repository"]
 
@@ -57,6 +59,11 @@ _ENUM_PARAMS = {
     "dtype": ("bfloat16", "float16", "float32"),
 }
 _STREAMING_PROTOCOLS = ("http-stream", "grpc-stream")
+REQUIRED_PARAMETERS = {
+    PREPROCESSING: ("tokenizer_dir",), POSTPROCESSING: ("tokenizer_dir",), TENSORRT_LLM: ("gpt_model_path",),
+    BLS: ("tensorrt_llm_model_name",),
+}
+"""Parameters a deployment cannot run without: left as a placeholder they are errors, not notes."""
 
 
 @dataclass
@@ -194,7 +201,14 @@ def _check_parameters(m: Model, report: _Report) -> None:
                        f"rename it to {close[0]!r}" if close else "remove it")
         v = value.strip()
         if "${" in v:
-            continue  # already reported as a placeholder
+            if key in REQUIRED_PARAMETERS.get(m.kind, ()):
+                report.add(m.file, line, f"parameter {key!r} of {m.name} is still the template placeholder {v!r}; "
+                           "the deployment needs it", f"fill it (e.g. fill_template.py {m.name}/config.pbtxt {key}:PATH), "
+                           "or re-render with `tritongen render`")
+            else:
+                report.add(m.file, line, f"optional parameter {key!r} left as placeholder {v!r}: the backend reads it "
+                           "as unset", "nothing to do, or set a value / remove the parameter", Severity.note)
+            continue
         if v == "":
             report.add(m.file, line, f"parameter {key!r} is empty", "remove it (unset optional parameters are omitted)")
         elif key in _INT_PARAMS:
@@ -373,58 +387,11 @@ def _check_tokenizers(models: dict[str, Model], spec: Optional[Spec], report: _R
 
 def _check_engine(trt: Model, spec: Optional[Spec], report: _Report) -> None:
     """A built engine (trtllm-build's config.json at gpt_model_path) must agree with the configs and spec."""
-    path_text = trt.params.get("gpt_model_path", "")
     if trt.config.backend == "python":
         _check_cpu_engine(trt, spec, report)
         return
-    if not path_text:
-        report.add(trt.file, trt.text.field("parameters"), f"{trt.name} has no gpt_model_path parameter",
-                   "re-render; it names the engine folder")
-        return
-    cfg_path = Path(path_text) / "config.json"
-    line = trt.text.parameter("gpt_model_path")
-    if not Path(path_text).exists():  # built later, usually on the GPU host
-        report.extend([not_built(trt.file, line, f"engine folder {path_text!r} does not exist", "tritongen build SPEC")])
-        return
-    if not cfg_path.is_file():
-        report.add(trt.file, line, f"engine folder {path_text!r} has no config.json (not a trtllm-build output)",
-                   "rebuild with `tritongen build SPEC --force`, or fix artifacts.engine_dir")
-        return
-    engine, unreadable = read_json(cfg_path)
-    report.extend(unreadable)
-    if engine is None:
-        return
-    build = engine.get("build_config") or {}
-    pre = engine.get("pretrained_config") or {}
-    mbs = trt.config.max_batch_size
-    if isinstance(build.get("max_batch_size"), int) and mbs > build["max_batch_size"]:
-        report.add(trt.file, trt.text.field("max_batch_size"),
-                   f"max_batch_size {mbs} exceeds the engine's {build['max_batch_size']} ({cfg_path})",
-                   f"re-render (the batch size then comes from the engine), or rebuild with max_batch_size {mbs}")
-    beam = trt.params.get("max_beam_width", "1")
-    if beam.isdigit() and isinstance(build.get("max_beam_width"), int) and int(beam) > build["max_beam_width"]:
-        report.add(trt.file, trt.text.parameter("max_beam_width"),
-                   f"max_beam_width {beam} exceeds the engine's {build['max_beam_width']}", "lower it or rebuild")
-    mapping = pre.get("mapping") or {}
-    tp, pp, ws = mapping.get("tp_size", 1), mapping.get("pp_size", 1), mapping.get("world_size")
-    if ws is not None and tp * pp != ws:
-        report.add(cfg_path, None, f"engine mapping tp_size {tp} x pp_size {pp} = {tp * pp} but world_size is {ws}",
-                   "rebuild the engine; the checkpoint's mapping is inconsistent")
-    ranks = sorted(Path(path_text).glob("rank*.engine"))
-    if ranks and ws is not None and len(ranks) != ws:
-        report.add(cfg_path, None, f"{len(ranks)} rank*.engine files but world_size {ws}", "rebuild the engine")
-    if spec is None:
-        return
-    if (ws or tp * pp) != spec.build.world_size:
-        report.add(cfg_path, None, f"engine world size {ws or tp * pp} (tp {tp} x pp {pp}) but the spec's "
-                   f"build.tp_size x build.pp_size = {spec.build.world_size}", "rebuild, or set tp_size/pp_size to match")
-    for key, want in (("max_input_len", spec.build.max_input_len), ("max_seq_len", spec.build.resolved_max_seq_len)):
-        got = build.get(key)
-        if got is not None and got != want:
-            report.add(cfg_path, None, f"engine {key} is {got} but the spec gives {want}",
-                       f"rebuild the engine from this spec, or set build.{key}={got}")
-    if isinstance(pre.get("quantization"), dict):
-        report.extend(quant_problems(cfg_path, pre["quantization"], spec, "engine"))
+    rendered = dict(tensorrt_llm_parameters(spec, EngineTarget.tensorrtllm)) if spec is not None else {}
+    report.extend(engine_problems(trt.file, trt.text, trt.params, trt.config.max_batch_size, spec, rendered))
 
 
 def _check_cpu_engine(trt: Model, spec: Optional[Spec], report: _Report) -> None:
@@ -478,10 +445,15 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
         return [Problem(str(repo), None, "repository folder does not exist", "tritongen render SPEC -o DIR")]
     manifest = read_manifest(repo, report)
     spec = spec or _spec_from_manifest(repo, manifest, report)
+    if spec is None:
+        report.add(repo, None, "no spec (no tritongen.json and no --spec): the engine-vs-spec, quantization-vs-spec "
+                   "and decoupled-vs-streaming checks were skipped",
+                   f"tritongen import {repo} -o spec.yaml, then tritongen validate {repo} --spec spec.yaml", Severity.note)
     if manifest.get("layout") == LLMAPI_LAYOUT:
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
+    report.extend(check_deployment(repo, manifest, spec))
     return report.problems
 
 
