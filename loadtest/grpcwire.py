@@ -179,6 +179,8 @@ class GrpcStream:
             self._closed(exc)
         except OSError as exc:
             self._closed(StreamClosed(f"connection error: {exc}"))
+        except Exception as exc:  # a message the handler could not take: end the call, fail what waits on it
+            self._closed(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
 
     def _messages(self, t: int, pending: bytearray) -> None:
         """Hand on every whole gRPC message in ``pending`` and drop it from there."""
@@ -236,6 +238,7 @@ class GrpcStream:
         if self.closed is None:
             self.closed = exc
         self.window_open.set()
+        self.sock.close()
         self.on_close(self.closed)
 
 
