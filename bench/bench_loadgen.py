@@ -117,17 +117,17 @@ def main() -> None:
                     ] + ([] if args.url else [f"loadtest.tokenizer={tokenizer}"]))
                     res = run_loadtest(spec, out, url=http_url, grpc_url=grpc_url,
                                        metrics_url=metrics_url, title=f"loadgen ceiling {out.name}").results
-                    tp, client = res["throughput"], res["client"]
-                    n = len(client["processes"])
+                    tp, client = res.throughput, res.client
+                    n = len(client.processes)
                     rows.append({
                         "protocol": protocol, "users": users,
                         "layout": f"workers={workers}: " + (f"master + {n} worker(s)" if workers != "0" else "one process"),
-                        "requests_per_s": tp["requests_per_s"], "responses_per_s": tp["output_tokens_per_s"],
-                        "ttft_p50_ms": res["latency_ms"]["ttft"]["p50"], "itl_p50_ms": res["latency_ms"]["itl"]["p50"],
-                        "cpu": max(p["cpu"] for p in client["processes"]),
-                        "per_core": (client.get("capacity") or {}).get("responses_per_core_s"),
-                        "lag_p99_ms": max(p["lag_p99_ms"] for p in client["processes"]),
-                        "client_limited": client["client_limited"], "errors": res["counts"]["errors"],
+                        "requests_per_s": tp.requests_per_s, "responses_per_s": tp.output_tokens_per_s,
+                        "ttft_p50_ms": res.latency_ms.ttft.p50, "itl_p50_ms": res.latency_ms.itl.p50,
+                        "cpu": max(p.cpu for p in client.processes),
+                        "per_core": client.capacity.responses_per_core_s if client.capacity else None,
+                        "lag_p99_ms": max(p.lag_p99_ms for p in client.processes),
+                        "client_limited": client.client_limited, "errors": res.counts.errors,
                     })
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"server and load generator on the same machine; {args.seconds:g} s per row, {args.tokens} tokens per answer")

@@ -85,9 +85,9 @@ def main() -> None:
             requests, processes = read_records(out / "records.jsonl")
             cpu = sum(p["cpu_s"] for p in processes)
             rows.append({"client": "tritongen", "round": i, "requests": len(requests), "cpu_s": cpu,
-                         "requests_per_s": res["throughput"]["requests_per_s"],
+                         "requests_per_s": res.throughput.requests_per_s,
                          "cores": cpu / max(p["wall_s"] for p in processes),
-                         "errors": res["counts"]["errors"]})
+                         "errors": res.counts.errors})
 
         def perf_analyzer(i: int) -> None:
             export = args.out / f"perf_analyzer-{i}.json"

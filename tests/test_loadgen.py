@@ -114,10 +114,10 @@ def test_ceiling_sizes_the_workers():
     assert loadgen_plan(None, 500, 0, ceiling)["processes_needed"] is None
     procs = [{"responses": int(per_process * 10), "cpu_s": 9.0, "wall_s": 10.0}]
     cap = capacity(procs + [dict(procs[0])], ceiling)
-    assert cap["processes"] == 2 and cap["processes_needed"] == 2 and cap["advice"] is None
+    assert cap.processes == 2 and cap.processes_needed == 2 and cap.advice is None
     cap = capacity([{"responses": int(per_process * 30), "cpu_s": 9.0, "wall_s": 10.0}], ceiling)
-    assert cap["processes_needed"] == 3 and "--workers 3" in cap["advice"]
-    assert cap["responses_per_core_s"] == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
+    assert cap.processes_needed == 3 and "--workers 3" in cap.advice
+    assert cap.responses_per_core_s == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
     assert capacity([{"cpu_s": 1.0, "wall_s": 1.0}], ceiling) is None  # records of an older load generator
 
 

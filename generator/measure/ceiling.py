@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from generator.measure.results import Capacity
+
 TARGET_SHARE = 0.7
 """Plan each Locust process for this fraction of its ceiling."""
 
@@ -54,7 +56,7 @@ def ceiling_text(ceiling: Ceiling) -> str:
             f"on the same load), measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
 
 
-def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[dict[str, Any]]:
+def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capacity]:
     """This run's load against the ceiling: streamed responses/s in all, per process and per core-second of
     the processes' CPU (this machine's own figure), the share of the recorded ceiling per process, and how
     many Locust processes the rate needs at TARGET_SHARE."""
@@ -65,18 +67,18 @@ def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[dict
     wall_s = max(p["wall_s"] for p in processes)
     rate = responses / wall_s if wall_s else 0.0
     needed = workers_for(rate, ceiling)
-    return {
-        "responses_per_s": rate,
-        "responses_per_core_s": responses / cpu_s if cpu_s else None,
-        "ceiling_responses_per_core_s": ceiling.responses_per_core_s,
-        "ceiling_share_per_process": rate / len(processes) / ceiling.responses_per_core_s,
-        "processes": len(processes),
-        "processes_needed": needed,
-        "advice": (f"{rate:,.0f} streamed responses/s need {needed} Locust processes at {TARGET_SHARE:.0%} of the "
-                   f"ceiling each: --workers {needed} (or auto on a machine with {needed} free cores)")
+    return Capacity(
+        responses_per_s=rate,
+        responses_per_core_s=responses / cpu_s if cpu_s else None,
+        ceiling_responses_per_core_s=ceiling.responses_per_core_s,
+        ceiling_share_per_process=rate / len(processes) / ceiling.responses_per_core_s,
+        processes=len(processes),
+        processes_needed=needed,
+        advice=(f"{rate:,.0f} streamed responses/s need {needed} Locust processes at {TARGET_SHARE:.0%} of the "
+                f"ceiling each: --workers {needed} (or auto on a machine with {needed} free cores)")
         if needed > len(processes) else None,
-        "ceiling": ceiling_text(ceiling),
-    }
+        ceiling=ceiling_text(ceiling),
+    )
 
 
 def loadgen_plan(request_rate: Optional[float], output_tokens_mean: int, workers: int | str, ceiling: Ceiling,
