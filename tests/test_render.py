@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 
 from generator.repo import render
 from generator.errors import TritongenError
+from generator.fsutil import MARKER
 from generator.repo.render import EXTRA_PARAMETERS, reference_facts, render_repository
 from generator.resources import model_repo_dir
 from helpers import small_spec
@@ -186,8 +187,12 @@ def test_refuses_to_overwrite_without_force(cpu_repo):
     with pytest.raises(TritongenError, match="already exists"):
         render_repository(spec, repo)
     assert marker.read_text() == "mine"
+    with pytest.raises(TritongenError, match="files tritongen did not write there: keep.txt"):
+        render_repository(spec, repo, force=True)  # --force never deletes the user's files
+    marker.unlink()
+    (repo / "ensemble" / "config.pbtxt").write_text("edited")
     render_repository(spec, repo, force=True)
-    assert not marker.exists() and (repo / "ensemble" / "config.pbtxt").is_file()
+    assert (repo / "ensemble" / "config.pbtxt").read_text() != "edited"
 
 
 def test_nothing_half_written_on_failure(cpu_repo, monkeypatch):
@@ -237,7 +242,7 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
     assert not (repo / "ensemble").exists() and not (repo / "preprocessing").exists()
     if gpu_visible:  # NVIDIA's model.py is the user's to copy; tritongen ships none
         assert manifest["models"] == ["tensorrt_llm"]
-        assert sorted(p.name for p in repo.iterdir()) == ["tensorrt_llm", "tritongen.json"]
+        assert sorted(p.name for p in repo.iterdir()) == [MARKER, "tensorrt_llm", "tritongen.json"]
         assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()
         return
     assert manifest["models"] == ["tensorrt_llm", "tensorrt_llm_cpu"]

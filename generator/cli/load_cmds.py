@@ -130,7 +130,8 @@ def loadtest(
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
     load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
-    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output)) as tmp:
+    protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
             result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url)
     _print_results(result.results, output.resolve())
@@ -168,7 +169,7 @@ def sweep(
     for overrides in plan.points:  # fail on a bad field before the first server starts
         load_spec(spec_path, flags + overrides)
     console.print(f"{len(plan.points)} points: " + "; ".join(plan.label(p) for p in plan.points))
-    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output)) as tmp:
+    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output), protected=spec.named_paths()) as tmp:
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {m}"))
     _print_sweep(result, output.resolve())

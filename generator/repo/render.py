@@ -394,6 +394,6 @@ def render_repository(spec: Spec, out_dir: Path, *, force: bool = False, gpu_vis
     """Write the repository for ``spec`` to ``out_dir`` whole or not at all; returns the folder."""
     plan = plan_repository(spec, gpu_visible=gpu_visible)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force, command_hint=f"tritongen render -o {out_dir}") as tmp:
+    with atomic_dir(out_dir, force=force, command_hint=f"tritongen render -o {out_dir}", protected=spec.named_paths()) as tmp:
         write_plan(plan, tmp)
     return out_dir.resolve()

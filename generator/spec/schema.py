@@ -441,6 +441,22 @@ class Spec(_Section):
             return self.checkpoint_dir
         return self.model_dir
 
+    def named_paths(self, *, except_: tuple[str, ...] = ()) -> dict[str, Path]:
+        """What this spec names (name -> path), which no output folder may replace; ``except_``
+        drops the names of what the calling stage writes itself (quantize: checkpoint_dir)."""
+        named = {
+            "model_dir": self.model_dir,
+            "checkpoint_dir": self.checkpoint_dir,
+            "engine_dir": self.engine_dir,
+            "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
+            "folder": self.base_dir,
+        }
+        for name in ("prompts", "tokenizer"):
+            value = getattr(self.loadtest, name)
+            if value is not None:
+                named[f"loadtest.{name}"] = self.path(value)
+        return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
+
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"base_dir"})
 
