@@ -101,7 +101,8 @@ def main() -> None:
                         "loadtest.num_prompts=16", "loadtest.reference_checks=0", f"loadtest.tokenizer={tokenizer}",
                     ])
                     res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                                       metrics_url=server.metrics_url, title=f"loadgen ceiling {out.name}").results
+                                       metrics_url=server.metrics_url, title=f"loadgen ceiling {out.name}",
+                                       admin_key=server.admin_key).results
                     tp, client = res["throughput"], res["client"]
                     rows.append({
                         "protocol": protocol, "layout": f"master + {workers} worker(s)" if workers else "one process",

@@ -97,7 +97,7 @@ def main() -> None:
             out = args.out / name
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                               metrics_url=server.metrics_url, title=name).results
+                               metrics_url=server.metrics_url, title=name, admin_key=server.admin_key).results
             rows[name] = {k: res["latency_ms"][k] for k in ("ttft", "itl", "e2e")}
             parts = res["split"]["parts"]
             # the same front end as for perf_analyzer: client TTFT minus the engine's arrival → first token

@@ -186,7 +186,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         from generator.serve.smoke import run_smoke
 
         server = state["server"]
-        report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len)
+        report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len,
+                           admin_key=server.admin_key)
         (out / "smoke.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         if not report.ok:
             raise RuntimeError("smoke checks failed: " + ", ".join(c.name for c in report.failed))
@@ -199,7 +200,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         folder = out / "loadtest"
         folder.mkdir(parents=True, exist_ok=True)
         result = run_loadtest(state["spec"], folder, url=server.http_url, grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url, title="demo load test")
+                              metrics_url=server.metrics_url, title="demo load test", admin_key=server.admin_key)
         stack.close()  # the sweep starts its own servers; two on 2 cores would skew it
         r = result.results
         run.figures["loadtest"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from generator.cli._app import app, console
@@ -19,7 +20,13 @@ from generator.cli import (  # noqa: E402,F401
 )
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except TritongenError as exc:

@@ -28,6 +28,11 @@ SpecArg = typer.Argument(None, help="Spec YAML file (see `tritongen init`). Omit
 SetOpt = typer.Option(
     None, "--set", help="Override a spec field, e.g. --set build.max_batch_size=16 (repeatable)."
 )
+AdminKeyOpt = typer.Option(
+    None, "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
+    help="Key for the admin APIs (statistics, repository index) of a server `tritongen serve` started: "
+         "the content of the admin-key file it prints.",
+)
 
 
 def get_spec(path: Optional[Path], overrides: Optional[List[str]]) -> Spec:

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from generator.cli._app import SetOpt, SpecArg, app, console, cuda_visible, out, step
+from generator.cli._app import AdminKeyOpt, SetOpt, SpecArg, app, console, cuda_visible, out, step
 from generator.errors import TritongenError
 from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
 
@@ -108,6 +108,7 @@ def loadtest(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSONL prompts (a 'text' per line)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the served one)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for prompts, lengths and arrivals."),
+    admin_key: Optional[str] = AdminKeyOpt,
     output: Path = typer.Option(Path("loadtest-results"), "--output", "-o", help="Folder for records and the report."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     overrides: Optional[List[str]] = SetOpt,
@@ -133,7 +134,8 @@ def loadtest(
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url)
+            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                                  admin_key=admin_key)
     _print_results(result.results, output.resolve())
     if result.results.get("slo"):
         raise typer.Exit(code=result.results["slo"]["exit_code"])

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
-from generator.cli._app import app, console, out, step
+from generator.cli._app import AdminKeyOpt, app, console, out, step
 from generator.errors import TritongenError
 
 RepoArg = typer.Argument(..., help="Rendered repository folder (see `tritongen render`).")
@@ -22,25 +20,11 @@ TimeoutOpt = typer.Option(300.0, "--timeout", help="Seconds to wait for every mo
 LogOpt = typer.Option(None, "--log-file", help="Server log file (default: a temporary file, kept if the start fails).")
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends `serve` the way Ctrl-C does, so the server and its stubs are stopped."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file):
+def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file, admin_key=None):
     from generator.serve.server import TritonServer
 
     server = TritonServer(repo_dir, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file)
+                          metrics_port=metrics_port, log_file=log_file, admin_key=admin_key)
     with step(f"starting tritonserver on {repo_dir}"):
         server.start(timeout_s=timeout)
     return server
@@ -55,22 +39,31 @@ def serve(
     host: str = HostOpt,
     timeout: float = TimeoutOpt,
     log_file: Optional[Path] = LogOpt,
+    admin_key: Optional[str] = typer.Option(
+        None, "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
+        help="Key the admin APIs (logging, trace, shared memory, statistics, repository) require "
+             "(default: a new one per run, written to the admin-key file printed at start)."),
 ) -> None:
-    """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs)."""
-    with _sigterm_as_interrupt():
-        server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file)
-        try:
-            out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
-                      f"log      {server.log_file}")
-            console.print("[dim]serving; Ctrl-C stops[/]")
-            while server.process is not None and server.process.poll() is None:
-                time.sleep(0.5)
-            code = server.process.returncode if server.process is not None else None
-            raise TritongenError(f"tritonserver exited on its own (code {code})", where=str(server.log_file))
-        except KeyboardInterrupt:
-            console.print("stopping tritonserver")
-        finally:
-            server.stop()
+    """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs).
+
+    The admin APIs answer only requests with the header `tritongen-admin-key: KEY`; smoke and loadtest
+    take the key with --admin-key (or TRITONGEN_ADMIN_KEY)."""
+    from generator.serve.server import ADMIN_HEADER
+
+    server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key)
+    try:
+        out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
+                  f"log      {server.log_file}\n"
+                  f"admin    header {ADMIN_HEADER}: the key in {server.admin_key_file}", soft_wrap=True)
+        console.print("[dim]serving; Ctrl-C stops[/]")
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        code = server.process.returncode if server.process is not None else None
+        raise TritongenError(f"tritonserver exited on its own (code {code})", where=str(server.log_file))
+    except KeyboardInterrupt:
+        console.print("stopping tritonserver")
+    finally:
+        server.stop()
 
 
 def print_report(report) -> None:
@@ -97,9 +90,10 @@ def smoke(
     url: Optional[str] = typer.Option(None, "--url", help="HTTP address HOST:PORT of a running server."),
     grpc_url: Optional[str] = typer.Option(None, "--grpc-url", help="gRPC address HOST:PORT of that server."),
     model: str = typer.Option("ensemble", "--model", help="Model to test: ensemble (or tensorrt_llm_bls)."),
-    max_tokens: int = typer.Option(16, "--max-tokens", min=2, help="Tokens per test answer."),
+    max_tokens: int = typer.Option(16, "--max-tokens", min=2, max=2**31 - 1, help="Tokens per test answer."),
     timeout: float = TimeoutOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    admin_key: Optional[str] = AdminKeyOpt,
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
     from generator.serve.smoke import run_smoke
@@ -110,19 +104,19 @@ def smoke(
     if url is not None and grpc_url is None:
         raise TritongenError("--url needs --grpc-url too (streaming is tested over gRPC)", where="--grpc-url")
 
-    def run(http: str, grpc: str):
+    def run(http: str, grpc: str, key: Optional[str]):
         with step("running smoke checks"):
-            return run_smoke(http, grpc, model=model, max_tokens=max_tokens, timeout_s=min(timeout, 300.0))
+            return run_smoke(http, grpc, model=model, max_tokens=max_tokens, timeout_s=min(timeout, 300.0),
+                             admin_key=key)
 
     if repo_dir is not None:
-        with _sigterm_as_interrupt():
-            server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None)
-            try:
-                report = run(server.http_url, server.grpc_url)
-            finally:
-                server.stop()
+        server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None)
+        try:
+            report = run(server.http_url, server.grpc_url, server.admin_key)
+        finally:
+            server.stop()
     else:
-        report = run(url, grpc_url)
+        report = run(url, grpc_url, admin_key)
     print_report(report)
     if json_out is not None:
         import json

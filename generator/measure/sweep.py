@@ -114,7 +114,7 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
     try:
         progress(f"{label}: load test")
         result = run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url, title=f"Sweep point {label}")
+                              metrics_url=server.metrics_url, title=f"Sweep point {label}", admin_key=server.admin_key)
     except TritongenError as exc:
         return {**point, "status": STATUS_LOAD, "detail": exc.message.splitlines()[0]}
     finally:

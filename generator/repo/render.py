@@ -251,12 +251,21 @@ def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path],
 # ---------------------------------------------------------------- templates and plan
 
 
+_PBTXT_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _quote(value: Any) -> str:
-    """A protobuf text-format string literal."""
+    """A protobuf text-format string literal: quotes, backslashes and every control character escaped
+    (other control characters as octal, as protobuf writes them), so Triton reads back exactly ``value``."""
     text = str(value)
-    if "\n" in text or "\r" in text:
-        raise TritongenError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TritongenError(f"value {text!r} is not valid Unicode text (a lone surrogate)",
+                             fix="use a path or value made of real characters") from None
+    escaped = "".join(_PBTXT_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                      for c in text)
+    return f'"{escaped}"'
 
 
 @functools.lru_cache(maxsize=None)

@@ -52,10 +52,11 @@ def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
     return r.json()
 
 
-def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
+def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0,
+              headers: Optional[Mapping[str, str]] = None) -> Any:
     import requests
 
-    r = requests.post(_url(http_url, path), json=body, timeout=timeout)
+    r = requests.post(_url(http_url, path), json=body, timeout=timeout, headers=headers)
     if r.status_code != 200:
         raise ServerRequestError(_error_text(r))
     return r.json()
@@ -281,8 +282,12 @@ def _short(text: str, n: int = 48) -> str:
 class _Smoke:
     """The checks, in order; later checks reuse the reference answer of the first generate."""
 
-    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress):
+    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
+                 admin_key=None):
+        from generator.serve.server import ADMIN_HEADER
+
         self.http, self.grpc, self.model, self.bls = http_url, grpc_url, model, bls_model
+        self.admin_headers = {ADMIN_HEADER: admin_key} if admin_key else None
         self.prompt, self.max_tokens, self.max_input_len = prompt, max_tokens, max_input_len
         self.timeout = timeout_s
         self.progress = progress
@@ -364,7 +369,7 @@ class _Smoke:
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
-        index = post_json(self.http, "/v2/repository/index", {})
+        index = post_json(self.http, "/v2/repository/index", {}, headers=self.admin_headers)
         bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
         self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
         _expect(not bad, "; ".join(bad))
@@ -597,9 +602,12 @@ def run_smoke(
     max_input_len: Optional[int] = None,
     timeout_s: float = 120.0,
     progress: Optional[Callable[[str], None]] = None,
+    admin_key: Optional[str] = None,
 ) -> SmokeReport:
-    """Run every smoke check against a running server; ``progress(name)`` is told of each check."""
+    """Run every smoke check against a running server; ``progress(name)`` is told of each check.
+    ``admin_key``: the key of a server tritongen started (its repository index is an admin API)."""
     if max_input_len is None:
         max_input_len = max_input_len_from_server(http_url)
-    smoke = _Smoke(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress)
+    smoke = _Smoke(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
+                   admin_key)
     return smoke.run()

@@ -12,6 +12,50 @@ from pydantic import ValidationError
 from generator.errors import TritongenError
 from generator.spec.schema import Spec
 
+MAX_SPEC_BYTES = 1 << 20
+"""A spec is a few kilobytes; a bigger file is not one."""
+MAX_YAML_NODES = 100_000
+"""Values a YAML document may expand to once its aliases are followed (a spec has a few hundred);
+counted on the parsed node graph, before any object is built, so an alias bomb costs nothing."""
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], path: set[int]) -> int:
+    key = id(node)
+    if key in path:
+        raise TritongenError("the YAML refers to itself through an alias (a recursive structure)",
+                             fix="remove the anchor (&name) used inside its own value")
+    if key not in memo:
+        path.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        memo[key] = 1 + sum(_expanded_nodes(child, memo, path) for child in children)
+        path.discard(key)
+    return memo[key]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses a document whose aliases expand past ``MAX_YAML_NODES`` values."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_nodes(node, {}, set())
+        except TritongenError as exc:
+            raise TritongenError(exc.message, where=where, fix=exc.fix) from None
+        if size > MAX_YAML_NODES:
+            raise TritongenError(
+                f"the YAML expands to {size:,} values through its aliases (at most {MAX_YAML_NODES:,}): "
+                "an alias bomb, not a spec", where=where, fix="write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def _describe_error(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "spec"
@@ -49,7 +93,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise TritongenError(f"override {item!r} has an empty key", where="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, "--set") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return keys, value
@@ -87,8 +131,11 @@ def load_spec(path: Path | str | None, overrides: list[str] | None = None) -> Sp
     path = Path(path)
     if not path.is_file():
         raise TritongenError("spec file not found", where=str(path), fix=f"tritongen init {path}")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise TritongenError(f"the file has {path.stat().st_size:,} bytes; a spec has at most {MAX_SPEC_BYTES:,}",
+                             where=str(path), fix="pass the spec file, not a data file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

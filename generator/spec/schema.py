@@ -11,14 +11,26 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+INT32_MAX = 2**31 - 1
+"""Every integer of the spec ends up in an INT32 (Triton config fields, TensorRT-LLM limits, request
+tensors): larger values would wrap or be refused downstream, so the spec refuses them."""
 
 
 class _Section(BaseModel):
-    """Base of every spec section: unknown keys are errors, docstrings become descriptions."""
+    """Base of every spec section: unknown keys are errors, docstrings become descriptions, integers fit INT32."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int32(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT32_MAX - 1 <= value <= INT32_MAX:
+            field = cls.model_fields[info.field_name]
+            low = next((m.ge for m in field.metadata if hasattr(m, "ge")), -INT32_MAX - 1)
+            raise ValueError(f"got {value}; allowed: {low} to {INT32_MAX} (it becomes an INT32 in the configs)")
+        return value
 
 
 class QuantFormat(str, Enum):
@@ -384,6 +396,9 @@ class Spec(_Section):
                 f"build.max_input_len ({b.max_input_len}) must be below build.max_seq_len ({b.max_seq_len}); "
                 "leave max_seq_len unset to use max_input_len + max_output_len"
             )
+        if b.resolved_max_seq_len > INT32_MAX:
+            raise ValueError(f"build.max_input_len + build.max_output_len ({b.resolved_max_seq_len}) must be at most "
+                             f"{INT32_MAX} (max_seq_len is an INT32)")
         if self.serving.max_batch_size is not None and self.serving.max_batch_size > b.max_batch_size:
             raise ValueError(
                 f"serving.max_batch_size ({self.serving.max_batch_size}) exceeds build.max_batch_size "
