@@ -15,9 +15,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactCorrupt, OutputExists
 
 MARKER = ".tritongen-output"
 """Written into every folder tritongen creates as a whole; ``--force`` replaces only folders that have it."""
@@ -66,7 +66,7 @@ def check_writable_target(
     named = dict(protected, **{"the working directory": Path.cwd()})
     for label, path in named.items():
         if _inside(Path(path).resolve(), target):
-            raise TritongenError(
+            raise OutputExists(
                 f"output folder holds {label} ({path}), which this command must not replace",
                 where=str(target), fix="choose an output folder outside it",
             )
@@ -74,10 +74,10 @@ def check_writable_target(
         return
     if not force:
         fix = f"{command_hint} --force" if command_hint else "pass --force to replace it, or choose another output"
-        raise TritongenError("output already exists and would be overwritten", where=str(target), fix=fix)
+        raise OutputExists("output already exists and would be overwritten", where=str(target), fix=fix)
     reason = _not_ours(target)
     if reason:
-        raise TritongenError(
+        raise OutputExists(
             f"--force replaces only a folder tritongen wrote, and {reason}",
             where=str(target), fix="choose another output folder, or move this one away yourself",
         )
@@ -148,8 +148,22 @@ def atomic_write_text(path: Path, text: str, *, force: bool = True) -> None:
     """Write a file via a temporary sibling and rename, so readers never see half a file."""
     path = Path(path)
     if path.exists() and not force:
-        raise TritongenError("file exists", where=str(path), fix="pass --force to replace it")
+        raise OutputExists("file exists", where=str(path), fix="pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as f:
         f.write(text)
     Path(f.name).replace(path)
+
+
+def read_json_object(path: Path, *, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else (not UTF-8, not JSON, not an object) is ArtifactCorrupt
+    naming the file, with ``fix`` saying how to make it again."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactCorrupt(f"not UTF-8 text (byte {exc.start})", where=str(path), fix=fix) from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactCorrupt(f"not valid JSON ({exc.msg} at line {exc.lineno})", where=str(path), fix=fix) from None
+    if not isinstance(data, dict):
+        raise ArtifactCorrupt(f"not a JSON object (a {type(data).__name__})", where=str(path), fix=fix)
+    return data

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from generator.errors import TritongenError
+from generator.errors import StepFailed
 
 ENV_ALLOWED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
@@ -133,7 +133,7 @@ class ChildGroup:
         self._reap()
         survivors = self.alive()
         if survivors:  # the guard keeps trying after we return
-            raise TritongenError(
+            raise StepFailed(
                 "processes survived SIGKILL: " + ", ".join(f"{pid} ({name}, state {st})" for pid, name, st in survivors),
                 fix="they are stuck in the kernel (state D: I/O); check the disk or device, then kill them",
             )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 
-from generator.cli._app import app, console
+from rich.markup import escape
+
+from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, exit_code
 from generator.errors import TritongenError
 
 # Command groups register themselves on `app` when imported.
@@ -27,11 +29,20 @@ def _interrupt(signum, frame) -> None:
 def main() -> None:
     # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A file name that is not UTF-8 reaches Python as lone surrogates; print them escaped, never crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except TritongenError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exit_code(exc))
+    except OSError as exc:  # permissions, a full disk, a path that is a file: the OS names the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}\n"
+                      "  fix: check the path, its permissions and the free space")
+        sys.exit(EXIT_OS_ERROR)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -54,8 +54,12 @@ class EngineTarget(str, Enum):
     llmapi = "llmapi"
 
 
+REFERENCE_MODEL = "Qwen/Qwen3-8B"
+"""The default model; the plan ships its config.json so a plan works offline on a clean clone."""
+
+
 class ModelSpec(_Section):
-    source: str = "Qwen/Qwen3-8B"
+    source: str = REFERENCE_MODEL
     """Hugging Face repo id (``org/name``) or a local folder with config.json, tokenizer and safetensors."""
 
     revision: Optional[str] = None
