@@ -295,6 +295,55 @@ def test_serve_interrupted_then_killed_leaves_no_stub_and_no_work_folder(tmp_pat
     assert not workdir.exists()
 
 
+def _loadtest_until_locust_runs(server: TritonServer, tokenizer: Path, out: Path) -> tuple[subprocess.Popen, list]:
+    """`tritongen loadtest --url` (HF_TOKEN in its environment) against ``server``, once Locust runs."""
+    tritongen = Path(sys.executable).parent / "tritongen"
+    cli = subprocess.Popen([str(tritongen), "loadtest", "--url", server.http_url, "--admin-key", server.admin_key,
+                            "--model", "echo", "--protocol", "http", "--tokenizer", str(tokenizer), "-u", "2",
+                            "-t", "600", "-o", str(out)],
+                           env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    locusts = []
+    while not locusts and cli.poll() is None and time.monotonic() < deadline:
+        locusts = [p for p in psutil.Process(cli.pid).children(recursive=True) if "locust" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert locusts, "Locust did not start"
+    return cli, locusts
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+@pytest.mark.server
+def test_loadtest_killed_or_terminated_leaves_no_locust_and_no_temporary_folder(tmp_path, tokenizer_weights_dir):
+    """SIGKILL: the kernel and the guard end Locust; the hidden folder is removed by the next run.
+    SIGTERM: the CLI stops Locust and removes its folder itself. Locust never sees HF_TOKEN."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    work = tmp_path / "work"
+    work.mkdir()
+    with TritonServer(repo) as server:
+        cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
+        assert all(b"hf_secret_of_the_user" not in Path(f"/proc/{p.pid}/environ").read_bytes() for p in locusts)
+        cli.kill()
+        cli.wait()
+        deadline = time.monotonic() + 60
+        while _alive([p.pid for p in locusts]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive([p.pid for p in locusts]) == []
+        left = _leftovers(work)
+        assert len(left) == 1  # SIGKILL allows no clean-up: the next run does it
+
+        cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
+        assert left[0] not in _leftovers(work)
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=120)
+        assert _alive([p.pid for p in locusts]) == []
+        assert _leftovers(work) == [] and not (work / "out").exists()
+
+
 # ---------------------------------------------------------------- the CPU repository under load
 
 PROMPTS = ["The repair café meets", "Tea travelled a long way", "東京 and 京都", "Emoji began as 😊"]
