@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from generator.errors import TritongenError
+from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.server import (
     ADMIN_HEADER,
     SHM_DIR,
@@ -31,7 +32,7 @@ from generator.serve.server import (
     server_command,
     server_env,
 )
-from generator.serve.smoke import generate, grpc_stream, same_text, text_inputs
+from generator.serve.smoke import same_text
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -369,7 +370,7 @@ def test_sixteen_concurrent_streams_get_the_sequential_answers(cpu_server, model
 
 _STREAMING_CLIENT = """
 import sys
-from generator.serve.smoke import grpc_stream, text_inputs
+from generator.serve.client import grpc_stream, text_inputs
 
 def seen(n):
     print(n, flush=True)
