@@ -26,12 +26,13 @@ ENV_ALLOWED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
     "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONUNBUFFERED",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
-    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "CUDA_MODULE_LOADING",
+    "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "MPI_HOSTS",
     "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME",
 })
 """What a server, its Python stubs and Locust may inherit: paths, locale, thread counts, GPU choice,
-offline caches. Anything else (HF_TOKEN, cloud keys, tritongen's admin key) stays behind."""
-ENV_ALLOWED_PREFIXES = ("LC_",)
+offline caches, the settings of CUDA, NCCL, MPI and TensorRT-LLM (``ENV_ALLOWED_PREFIXES``). Anything
+else (HF_TOKEN, cloud keys, tritongen's admin key) stays behind."""
+ENV_ALLOWED_PREFIXES = ("LC_", "CUDA_", "NCCL_", "UCX_", "OMPI_", "PMIX_", "TRTLLM_", "TLLM_")
 
 
 def child_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:

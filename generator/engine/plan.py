@@ -20,6 +20,7 @@ from generator.engine.flags import (
     SRC_BUILD_PY, SRC_BUILDER, SRC_CHECKPOINT, SRC_FIELD_SM120, SRC_PARSER, SRC_REFERENCE, SRC_SPEC, Command, Flag,
     Omitted, check_argv, flag_data,
 )
+from generator.engine.calibration import CalibrationEstimate, calibration_estimate
 from generator.engine.gpus import GpuSpec, lookup_gpu
 from generator.engine.memory import GIB, MemoryPlan, kv_token_ceiling, memory_plan
 from generator.engine.shape import model_shape
@@ -37,6 +38,8 @@ class Plan:
     flags: tuple[Flag, ...]
     omitted: tuple[Omitted, ...]
     memory: MemoryPlan
+    calibration: Optional[CalibrationEstimate]
+    """What quantizing costs on this GPU; None when the spec quantizes nothing."""
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
     errors: tuple[str, ...]
@@ -67,7 +70,8 @@ class Plan:
             "model": self.model, "model_config_source": self.model_config_source, "gpu": gpu, "versions": self.versions,
             "conversion": asdict(self.conversion), "trtllm_build": asdict(self.build),
             "flags": [asdict(f) for f in self.flags], "omitted": [asdict(o) for o in self.omitted],
-            "memory": memory, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
+            "memory": memory,
+            "calibration": self.calibration.model_dump() if self.calibration else None, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
         }
 
 
@@ -354,5 +358,6 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
         model=spec.model.source, model_config_source=config_source, gpu=gpu, versions=versions, conversion=conversion,
         flags=tuple(flags), omitted=tuple(omitted), memory=memory, notes=tuple(notes), warnings=tuple(warnings),
         errors=tuple(errors),
+        calibration=calibration_estimate(spec, shape, memory.parameters, gpu) if spec.quantization.quantizes_anything else None,
     )
 

@@ -124,12 +124,18 @@ def server_command(
     exit_timeout_s: int = 10,
     admin_key: Optional[str] = None,
     extra_args: Sequence[str] = (),
+    launch_script: Optional[Path] = None,
 ) -> list[str]:
     """The tritonserver command line. ``extra_args`` come last so they override the defaults.
-    With ``admin_key`` the admin APIs need the ``ADMIN_HEADER`` header with that value (HTTP and gRPC)."""
+    With ``admin_key`` the admin APIs need the ``ADMIN_HEADER`` header with that value (HTTP and gRPC).
+
+    With the repository's ``launch_script`` (what render writes for the topology), the script starts the
+    server(s) and these arguments go to every process; the binary and the shared-memory prefix then
+    travel as TRITONSERVER and SHM_PREFIX (see ``launch_env``).
+    """
+    head = ["/bin/sh", str(launch_script)] if launch_script is not None else [str(binary), f"--model-repository={repo_dir}"]
     cmd = [
-        str(binary),
-        f"--model-repository={repo_dir}",
+        *head,
         f"--http-address={host}",
         f"--http-port={http_port}",
         f"--grpc-address={host}",
@@ -139,8 +145,9 @@ def server_command(
         "--allow-metrics=true",
         f"--log-verbose={log_verbose}",
         f"--exit-timeout-secs={exit_timeout_s}",
-        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
     ]
+    if launch_script is None:
+        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     if admin_key is not None:
@@ -148,6 +155,14 @@ def server_command(
         cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
     cmd.extend(extra_args)
     return cmd
+
+
+LAUNCH_SCRIPT = "launch.sh"
+
+
+def launch_env(binary: Path, shm_prefix: str) -> dict[str, str]:
+    """What the rendered launch script reads: the server binary and the shared-memory prefix of its ranks."""
+    return {"TRITONSERVER": str(binary), "SHM_PREFIX": shm_prefix}
 
 
 def server_env(
@@ -265,6 +280,9 @@ class TritonServer:
         self.admin_key = admin_key or secrets.token_urlsafe(24)
         """Value of the ``ADMIN_HEADER`` header the admin APIs require (made per run unless given)."""
         self.admin_key_file: Optional[Path] = None
+        script = self.repo_dir / LAUNCH_SCRIPT
+        self.launch_script: Optional[Path] = script if script.is_file() else None
+        """The repository's rendered launch script, which starts the server(s) when there is one."""
         self.process: Optional[subprocess.Popen] = None
         self._group: Optional[ChildGroup] = None
         self._workdir: Optional[Path] = None
@@ -355,7 +373,10 @@ class TritonServer:
             log_verbose=self.log_verbose,
             admin_key=self.admin_key,
             extra_args=self.extra_args,
+            launch_script=self.launch_script,
         )
+        if self.launch_script is not None:
+            env = {**env, **launch_env(install.binary, self.shm_prefix)}
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self._log_handle:
             self._log_handle.close()
