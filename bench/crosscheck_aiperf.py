@@ -88,9 +88,9 @@ def main() -> None:
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url,
                                title=name).results
-            lat = res["latency_ms"]
-            rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "e2e": lat["e2e"], "requests": res["counts"]["ok"],
-                          "errors": res["counts"]["errors"]}
+            lat = res.latency_ms.model_dump()
+            rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "e2e": lat["e2e"], "requests": res.counts.ok,
+                          "errors": res.counts.errors}
             requests, _ = read_records(out / "records.jsonl")
             rows[name]["output_tokens"] = sorted({r["output_tokens"] for r in requests if not r["error"]})
 
