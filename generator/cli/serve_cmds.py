@@ -97,7 +97,7 @@ def smoke(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     admin_key: AdminKey = None,
 ) -> None:
-    """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
+    """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS; for the LLM-API model also finish/stop reasons, perf metrics, cancellation, default max_tokens); exit 1 on any failure."""
     from generator.serve.endpoints import Endpoints
     from generator.serve.smoke import run_smoke
 
