@@ -21,7 +21,7 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 TRIVIAL_CONFIG = """name: "ensemble"
 backend: "python"
@@ -72,15 +72,16 @@ def trivial_repo(root: Path, tokenizer_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def trivial_server(work: Path) -> Iterator[tuple[str, str, str]]:
-    """(HTTP URL, gRPC address, metrics URL) of a real tritonserver on the trivial model; tokenizer: work/tiny."""
+def trivial_server(work: Path) -> Iterator[tuple[str, str, str, Optional[str]]]:
+    """(HTTP URL, gRPC address, metrics URL, admin key) of a real tritonserver on the trivial model; tokenizer:
+    work/tiny."""
     from generator.model.tinymodel import make_tiny_model
     from generator.serve.server import TritonServer
 
     tokenizer = make_tiny_model(work / "tiny")
     repo = trivial_repo(work / "repo", tokenizer)
     with TritonServer(repo, log_file=work / "triton.log") as server:
-        yield f"http://{server.http_url}", server.grpc_url, server.metrics_url
+        yield f"http://{server.http_url}", server.grpc_url, server.metrics_url, server.admin_key
 
 
 def main() -> None:
@@ -101,8 +102,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tritongen-bench-"))
     tokenizer = work / "tiny"
     rows = []
-    server = contextlib.nullcontext((args.url, args.grpc_url, None)) if args.url else trivial_server(work)
-    with server as (http_url, grpc_url, metrics_url):
+    server = contextlib.nullcontext((args.url, args.grpc_url, None, None)) if args.url else trivial_server(work)
+    with server as (http_url, grpc_url, metrics_url, admin_key):
         for protocol in args.protocols.split(","):
             for workers in args.workers.split(","):
                 for users in (int(u) for u in args.users.split(",")):
@@ -116,7 +117,8 @@ def main() -> None:
                         "loadtest.num_prompts=16", "loadtest.reference_checks=0",
                     ] + ([] if args.url else [f"loadtest.tokenizer={tokenizer}"]))
                     res = run_loadtest(spec, out, url=http_url, grpc_url=grpc_url,
-                                       metrics_url=metrics_url, title=f"loadgen ceiling {out.name}").results
+                                       metrics_url=metrics_url, title=f"loadgen ceiling {out.name}",
+                                       admin_key=admin_key).results
                     tp, client = res.throughput, res.client
                     n = len(client.processes)
                     rows.append({

@@ -105,7 +105,7 @@ def main() -> None:
             out = args.out / name
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                               metrics_url=server.metrics_url, title=name).results
+                               metrics_url=server.metrics_url, title=name, admin_key=server.admin_key).results
             rows[name] = {k: getattr(res.latency_ms, k).model_dump() for k in ("ttft", "itl", "e2e")}
             rows[name]["genai_perf_definitions"] = res.equivalents.genai_perf.model_dump()
             parts = res.split.parts

@@ -82,8 +82,8 @@ def main() -> None:
     (args.out / "records.jsonl").unlink(missing_ok=True)
     profile = (args.out / "profile.txt").resolve()
     work = Path(tempfile.mkdtemp(prefix="tritongen-profile-"))
-    server = contextlib.nullcontext((args.url, args.grpc_url, None)) if args.url else trivial_server(work)
-    with server as (url, grpc_url, metrics_url):
+    server = contextlib.nullcontext((args.url, args.grpc_url, None, None)) if args.url else trivial_server(work)
+    with server as (url, grpc_url, metrics_url, admin_key):
         spec = load_spec(None, [
             f"loadtest.protocol={args.protocol}", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
             f"loadtest.duration_s={args.seconds}", f"loadtest.output_tokens_mean={args.tokens}",
@@ -91,7 +91,7 @@ def main() -> None:
         ] + ([f"loadtest.tokenizer={work / 'tiny'}"] if not args.url else []))
         prefix = [sys.executable, str(Path(__file__).resolve().parent / "cpu_sampler.py"), str(profile)]
         run_loadtest(spec, args.out.resolve(), url=url, grpc_url=grpc_url, metrics_url=metrics_url,
-                     locust_prefix=prefix, title="load generator profile")
+                     locust_prefix=prefix, title="load generator profile", admin_key=admin_key)
     requests, processes = read_records(args.out / "records.jsonl")
     responses = sum(len(r.get("resp_ns") or []) for r in requests)
     cpu_s = sum(p["cpu_s"] for p in processes)

@@ -68,9 +68,9 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="tritongen-sidebyside-"))
-    server = contextlib.nullcontext((args.url, args.grpc_url, None)) if args.url else trivial_server(work)
+    server = contextlib.nullcontext((args.url, args.grpc_url, None, None)) if args.url else trivial_server(work)
     rows: list[dict] = []
-    with server as (url, grpc_url, metrics_url):
+    with server as (url, grpc_url, metrics_url, admin_key):
         spec = load_spec(None, [
             "loadtest.protocol=grpc-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
             f"loadtest.duration_s={args.seconds}", f"loadtest.output_tokens_mean={args.tokens}",
@@ -81,7 +81,8 @@ def main() -> None:
             out = (args.out / f"tritongen-{i}").resolve()
             out.mkdir(exist_ok=True)
             (out / "records.jsonl").unlink(missing_ok=True)
-            res = run_loadtest(spec, out, url=url, grpc_url=grpc_url, metrics_url=metrics_url, title=out.name).results
+            res = run_loadtest(spec, out, url=url, grpc_url=grpc_url, metrics_url=metrics_url, title=out.name,
+                               admin_key=admin_key).results
             requests, processes = read_records(out / "records.jsonl")
             cpu = sum(p["cpu_s"] for p in processes)
             rows.append({"client": "tritongen", "round": i, "requests": len(requests), "cpu_s": cpu,

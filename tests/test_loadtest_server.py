@@ -28,7 +28,7 @@ SHORT = ["loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16", "loa
 def run(spec, out: Path, server, *overrides, **kw):
     out.mkdir(parents=True, exist_ok=True)
     return run_loadtest(with_overrides(spec, SHORT + list(overrides)), out, url=f"http://{server.http_url}",
-                        grpc_url=server.grpc_url, metrics_url=server.metrics_url, **kw)
+                        grpc_url=server.grpc_url, metrics_url=server.metrics_url, admin_key=server.admin_key, **kw)
 
 
 def test_every_streamed_response_is_recorded_with_its_own_timestamp(cpu_loadtest):
@@ -168,6 +168,7 @@ def test_cli_slo_tighter_than_measured_exits_1(cpu_server, tmp_path):
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "tritongen"), "loadtest", "--url", f"http://{cpu_server.http_url}",
            "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "3",
+           "--admin-key", cpu_server.admin_key,
            "--slo", "ttft_p95<0.001ms,error_rate<1%", "-o", str(out),
            "--set", "loadtest.output_tokens_mean=8", "--set", "loadtest.input_tokens_mean=16",
            "--set", "loadtest.reference_checks=2", "--set", "loadtest.warmup_requests=1"]

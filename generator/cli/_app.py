@@ -90,6 +90,10 @@ GrpcPort = Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535
 MetricsPort = Annotated[Optional[int], typer.Option(
     "--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: a free one).")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for every model to load.")]
+AdminKey = Annotated[Optional[str], typer.Option(
+    "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
+    help="Key for the admin APIs (statistics, repository index) of a server `tritongen serve` started: "
+         "the content of the admin-key file it prints.")]
 
 
 # ---------------------------------------------------------------- options made from spec fields
