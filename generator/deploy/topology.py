@@ -101,15 +101,22 @@ class Topology(_Frozen):
         return {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1" if self.spawn_processes else "0"}
 
 
+def gpus_per_node(spec: Spec) -> int:
+    """topology.gpus_per_node, or what one server needs on one node when it is not given."""
+    t = spec.topology
+    return t.gpus_per_node or spec.build.tp_size * spec.build.pp_size * t.instances_per_node
+
+
 def topology_refusals(spec: Spec, target: EngineTarget, shape: Any = None, gpu: Any = None) -> list[str]:
     """Every reason this topology cannot run, each naming the numbers (empty when it fits)."""
-    b, t = spec.build, spec.topology
+    b, t = spec.build, spec.topology.model_copy(update={"gpus_per_node": gpus_per_node(spec)})
     tp, pp = b.tp_size, b.pp_size
     ranks = tp * pp
     out: list[str] = []
     gpu_target = target is EngineTarget.tensorrtllm or target is EngineTarget.llmapi and gpu is not None
     if target is EngineTarget.cpu_reference or (target is EngineTarget.llmapi and gpu is None):
-        if ranks > 1:
+        # The LLM-API stand-in keeps tp/pp in model.yaml for the GPU host and serves with one engine process.
+        if ranks > 1 and target is EngineTarget.cpu_reference:
             out.append(f"build.tp_size {tp} x build.pp_size {pp} = {ranks} ranks, but the CPU reference engine runs "
                        "one process per instance: keep tp_size=1 and pp_size=1, or render for a GPU target")
         if t.nodes > 1:
@@ -146,7 +153,8 @@ def topology_refusals(spec: Spec, target: EngineTarget, shape: Any = None, gpu: 
             if mode == "orchestrator" and ranks > t.gpus_per_node:
                 out.append(f"topology.mode=orchestrator spawns ranks on one node, but an instance of {ranks} ranks spans "
                            f"{math.ceil(ranks / t.gpus_per_node)} nodes: use topology.mode=leader (or auto)")
-    if shape is not None:
+    # LLM-API: validate reports heads that tp does not split at model.yaml (generator.repo.llmapi).
+    if shape is not None and target is EngineTarget.tensorrtllm:
         if shape.num_heads % tp:
             out.append(f"build.tp_size {tp} does not divide the model's {shape.num_heads} attention heads: use a tp_size "
                        f"among {_divisors(shape.num_heads)}")
@@ -220,7 +228,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
 
 
 def _placement(spec: Spec, target: EngineTarget, gpu_target: bool, memory: Any, notes: list[str]) -> Topology:
-    b, t = spec.build, spec.topology
+    b, t = spec.build, spec.topology.model_copy(update={"gpus_per_node": gpus_per_node(spec)})
     ranks = b.tp_size * b.pp_size
     mode = _mode(spec, target)
     span = max(1, ranks // t.gpus_per_node) if gpu_target and ranks > t.gpus_per_node else 1

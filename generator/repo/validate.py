@@ -131,7 +131,8 @@ def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: _Report) -
     if not isinstance(manifest.get("spec"), dict):
         return None
     try:
-        return spec_from_dict(manifest["spec"], source=str(repo / MANIFEST))
+        base = Path(manifest["spec_dir"]) if isinstance(manifest.get("spec_dir"), str) else Path(".")
+        return spec_from_dict(manifest["spec"], base_dir=base, source=str(repo / MANIFEST))
     except TritongenError as exc:
         report.add(repo / MANIFEST, None, f"recorded spec is invalid: {exc.message}", "re-render from a valid spec")
         return None
