@@ -79,11 +79,16 @@ def test_serve_scenario(path, request, tmp_path):
     smoke = run_smoke(server.http_url, server.grpc_url, max_input_len=spec.build.max_input_len)
     failed = [f"{c.name}: {c.detail}" for c in smoke.failed]
     assert not failed and len(smoke.checks) == expect["smoke_checks"], failed or [c.name for c in smoke.checks]
-    out = tmp_path / "loadtest"
-    out.mkdir()
-    load_spec = with_overrides(spec, [f"loadtest.{k}={v}" for k, v in expect["loadtest"]["set"].items()])
-    results = run_loadtest(load_spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                           metrics_url=server.metrics_url, title=scenario["name"]).results
+    if "loadtest_fixture" in scenario:  # a load test the run already made on this server, with these settings
+        run = request.getfixturevalue(scenario["loadtest_fixture"])
+        results = run.results
+        assert {k: results["run"]["loadtest"][k] for k in expect["loadtest"]["set"]} == expect["loadtest"]["set"]
+    else:
+        out = tmp_path / "loadtest"
+        out.mkdir()
+        load_spec = with_overrides(spec, [f"loadtest.{k}={v}" for k, v in expect["loadtest"]["set"].items()])
+        results = run_loadtest(load_spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                               metrics_url=server.metrics_url, title=scenario["name"]).results
     assert results["counts"]["errors"] == expect["loadtest"]["errors"]
     assert results["counts"]["ok"] >= expect["loadtest"]["min_ok"]
     assert results["checks"]["failed_requests"] == 0
