@@ -63,6 +63,29 @@ def cpu_server(cpu_repo_dir, work_dir):
 
 
 @pytest.fixture(scope="session")
+def llmapi_spec(cpu_spec):
+    """The demo's spec on the LLM-API target (same checkpoint; the CPU stand-in serves it here)."""
+    from generator.spec import with_overrides
+
+    return with_overrides(cpu_spec, ["serving.engine=llmapi"])
+
+
+@pytest.fixture(scope="session")
+def llmapi_repo_dir(llmapi_spec, nvfp4_checkpoint_dir, work_dir) -> Path:
+    from generator.repo.render import render_repository
+
+    return render_repository(llmapi_spec, work_dir / "repo-llmapi")
+
+
+@pytest.fixture(scope="session")
+def llmapi_server(llmapi_repo_dir, work_dir):
+    from generator.serve.server import TritonServer
+
+    with TritonServer(llmapi_repo_dir, log_file=work_dir / "triton-llmapi.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def tokenizer_weights_dir(tmp_path_factory) -> Path:
     """A weights folder with just a small word-level tokenizer and a config.json.
 
