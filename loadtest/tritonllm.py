@@ -44,7 +44,7 @@ from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from generator.measure.records import (  # noqa: E402
     RECORD_VERSION, SERVER_FIELDS, answer_text, quantile_sample, request_inputs, request_metrics,
 )
-from generator.serve.client import dialect_for_inputs  # noqa: E402
+from generator.serve.dialect import dialect_for_inputs  # noqa: E402
 from generator.spec import LoadTestSpec  # noqa: E402
 from prompts import Prompt, count_tokens, load_tokenizer, read_jsonl, synthesize  # noqa: E402
 from schedule import arrival_offsets, share  # noqa: E402
