@@ -154,7 +154,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"{state['spec'].checkpoint_dir}"
 
     def plan() -> str:
-        from generator.engine.plan import make_plan, read_model_config
+        from generator.engine.plan import make_plan
+        from generator.engine.shape import read_model_config
 
         spec = with_overrides(state["spec"], ["serving.engine=tensorrtllm"])
         config, source = read_model_config(spec)

@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from generator.engine.facts import read_engine_if_built, runtime_limits
+from generator.errors import TritongenError
 from generator.serve.client import (
     ENSEMBLE, LLMAPI, LLMAPI_TARGET, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
     endpoint_url, generate, generate_stream, get_json, grpc_stream, http_client, http_infer, is_ready, joined_text,
@@ -440,8 +442,8 @@ class Smoke:
 
 
 def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm") -> Optional[int]:
-    """The engine's prompt limit: the CPU engine's parameter, or the engine config.json when the
-    engine folder is readable from here (same machine)."""
+    """The engine's prompt limit: the CPU engine's parameter, or, when the engine folder is readable from
+    here (same machine), the limit the C++ runtime derives from it (generator.engine.facts.runtime_limits)."""
     try:
         params = get_json(http_url, f"/v2/models/{engine_model}/config").get("parameters", {})
     except (ServerRequestError, OSError, ValueError):
@@ -450,13 +452,14 @@ def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm")
     if value and value.isdigit():
         return int(value)
     engine_dir = params.get("gpt_model_path", {}).get("string_value")
-    config = Path(engine_dir) / "config.json" if engine_dir else None
-    if config and config.is_file():
-        try:
-            return int(json.loads(config.read_text())["build_config"]["max_input_len"])
-        except (KeyError, ValueError, TypeError):
-            return None
-    return None
+    try:
+        engine = read_engine_if_built(Path(engine_dir)) if engine_dir else None
+    except TritongenError:
+        return None
+    if engine is None:
+        return None
+    chunked = params.get("enable_chunked_context", {}).get("string_value", "").lower() in ("true", "1", "yes")
+    return runtime_limits(engine, chunked_context=chunked).max_input_len
 
 
 def served_dialect(http_url: str, model: str) -> Dialect:
