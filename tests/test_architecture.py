@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PURE = (
     "generator.errors", "generator.fsutil", "generator.resources",
     "generator.spec", "generator.spec.*",
-    "generator.engine.gpus", "generator.engine.plan", "generator.engine.plan*",
-    "generator.repo.render", "generator.repo.validate", "generator.repo.validate*", "generator.repo.llmapi",
-    "generator.repo.problems",
-    "generator.measure.records", "generator.measure.slo",
+    "generator.engine.gpus", "generator.engine.plan*", "generator.engine.shape", "generator.engine.memory",
+    "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
+    "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
+    "generator.repo.enginecheck",
+    "generator.serve.dialect", "generator.measure.records", "generator.measure.slo",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")
