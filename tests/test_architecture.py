@@ -4,6 +4,7 @@
 - loadtest/ runs in Locust's process and generator never imports it;
 - only generator/cli imports typer;
 - the pure deciders start no process and touch no network, not even through what they import;
+- generator's parts depend downwards only (cli → demo → measure → serve → repo → engine → model → spec → errors);
 - generator's modules import each other without a cycle.
 """
 
@@ -25,7 +26,8 @@ PURE = (
     "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck",
-    "generator.serve.dialect", "generator.measure.records", "generator.measure.slo",
+    "generator.serve.dialect", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
+    "generator.measure.verdict", "generator.measure.slo",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")
@@ -123,6 +125,21 @@ def test_pure_deciders_reach_no_process_or_network_module():
                     via[nxt] = f"{via[current]} → {nxt}" if current != start else nxt
                     todo.append(nxt)
     assert not problems, "pure deciders must start no process and touch no network:\n" + "\n".join(problems)
+
+
+# generator's parts from the top (the command line) down; a module imports only from parts below its own.
+LAYERS = ("cli", "demo", "measure", "serve", "repo", "engine", "model", "spec", "fsutil", "resources", "errors")
+
+
+def test_stages_depend_downwards_only():
+    def part(module: str) -> str:
+        return module.split(".")[1]
+
+    graph = generator_graph()
+    assert {part(m) for m in graph if m != "generator"} <= set(LAYERS), "a new part of generator/ needs its place in LAYERS"
+    upward = [f"{a} → {b}" for a, targets in graph.items() if a != "generator" for b in targets
+              if part(a) != part(b) and LAYERS.index(part(b)) < LAYERS.index(part(a))]
+    assert not upward, "imports against the pipeline's direction:\n" + "\n".join(sorted(upward))
 
 
 def test_generator_modules_import_without_a_cycle():
