@@ -36,6 +36,11 @@ TEMPLATE = ('{"text_input": {{ text|tojson }}, "sampling_param_max_tokens": {{ m
 FIGURES = ("ttft", "itl_gap", "itl_request", "e2e")
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b - 1; NaN when b is 0 (e.g. a p50 gap of 0 ms: events that arrived together)."""
+    return a / b - 1 if b else float("nan")
+
+
 def aiperf_figures(export: Path, tokens: int) -> dict[str, dict[str, float]]:
     data = json.loads(export.read_text(encoding="utf-8"))
 
@@ -124,8 +129,8 @@ def main() -> None:
         lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
         ai = [rows[f"aiperf-{i}"][k][s] for i in range(args.rounds)]
         summary[f"{k}_{s}"] = {"locust_median": float(np.median(lo)), "aiperf_median": float(np.median(ai)),
-                               "difference": float(np.median(lo) / np.median(ai) - 1),
-                               "locust_spread": max(lo) / min(lo) - 1, "aiperf_spread": max(ai) / min(ai) - 1}
+                               "difference": ratio(float(np.median(lo)), float(np.median(ai))),
+                               "locust_spread": ratio(max(lo), min(lo)), "aiperf_spread": ratio(max(ai), min(ai))}
     print("| figure | Locust (median of rounds) | AIPerf (median) | difference | Locust run-to-run | AIPerf run-to-run |")
     print("|---|---|---|---|---|---|")
     for key, v in summary.items():

@@ -117,6 +117,9 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    records: Annotated[Optional[Path], typer.Option(
+        "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
+                          "records.jsonl from kubernetes-loadtest.yaml); starts no load.")] = None,
     output: Output = Path("loadtest-results"),
     force: Force = False,
     overrides: Sets = None,
@@ -127,9 +130,17 @@ def loadtest(
     (the load generator limited the run, or a term could not be measured), 2 bad input; README "Exit codes" lists the others.
     """
     from generator.fsutil import atomic_dir
-    from generator.measure.runner import run_loadtest
+    from generator.measure.runner import report_records, run_loadtest
     from generator.measure.slo import EXIT_FAIL
 
+    if records is not None:
+        if not records.is_file():
+            raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
+        spec = loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals()))
+        with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
+            result = report_records(spec, records, tmp)
+        _print_results(result.results, output.resolve())
+        return
     if (repo is None) == (url is None):
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
     flags = spec_overrides(loadtest, locals())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -514,5 +515,30 @@ def run_loadtest(
     }
     if slo_terms:
         results["slo"] = evaluate(slo_terms, results)
+    write_loadtest_report(out_dir, results)
+    return LoadResult(out_dir, results)
+
+
+def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
+    """The report of a run recorded elsewhere (the in-cluster Locust master's records.jsonl): the same
+    statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
+    from generator.measure.report import write_loadtest_report
+
+    out_dir = Path(out_dir).resolve()
+    target = out_dir / "records.jsonl"
+    if Path(records).resolve() != target:
+        shutil.copyfile(records, target)
+    requests, processes = read_records(target)
+    if not requests:
+        raise LoadTestError(f"no request records in {records}", where=str(records),
+                            fix="point --records at the records.jsonl the Locust master wrote")
+    results = summarize(requests)
+    results["checks"]["reference_errors"] = []
+    results["server"] = {}
+    results["client"] = client_verdict(processes, results, spec.loadtest.request_rate is not None)
+    results["run"] = {"title": title or f"tritongen load test (records of {records})", "target": str(records),
+                      "started_unix": min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
+                      "mode": "open loop" if spec.loadtest.request_rate is not None else "closed loop",
+                      "loadtest": spec.loadtest.model_dump(mode="json")}
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from generator.deploy.checks import check_deployment
 from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import (
@@ -436,6 +437,7 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
+    report.extend(check_deployment(repo, manifest, spec))
     return report.problems
 
 
