@@ -102,6 +102,7 @@ def smoke(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
+    from generator.serve.client import check_reachable
     from generator.serve.endpoints import Endpoints
     from generator.serve.smoke import run_smoke
 
@@ -123,7 +124,7 @@ def smoke(
                 server.stop()
     else:
         endpoints = Endpoints.from_urls(url, grpc_url)
-        endpoints.check_reachable()
+        check_reachable(endpoints.http_url)
         report = run(endpoints.http_hostport, endpoints.grpc_url)
     print_report(report)
     if json_out is not None:

@@ -344,8 +344,10 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
     if repo_dir is None:
         if not url:
             raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
+        from generator.serve.client import check_reachable
+
         endpoints = Endpoints.from_urls(url, grpc_url, metrics_url)
-        endpoints.check_reachable()
+        check_reachable(endpoints.http_url)
         yield endpoints
         return
     from generator.serve.server import TritonServer

@@ -40,6 +40,21 @@ class ServerRequestError(Exception):
     """The server answered a request with an error (its message is the exception's)."""
 
 
+def check_reachable(http_url: str, timeout_s: float = 10.0) -> None:
+    """Fail with the address and the fix when nothing answers Triton's liveness endpoint at ``http_url``."""
+    import urllib.request
+
+    from generator.errors import ServerError
+
+    try:
+        with urllib.request.urlopen(endpoint_url(http_url, "/v2/health/live"), timeout=timeout_s):  # noqa: S310
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ServerError(f"no Triton server answers at {http_url}: {reason}", where="--url",
+                          fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None
+
+
 # ---------------------------------------------------------------- HTTP
 
 
