@@ -67,7 +67,6 @@ def test_serve_scenario(path, request, tmp_path):
     """The scenario's spec and server are session fixtures (``spec_fixture``, ``server_fixture``), so a scenario
     costs no server start of its own."""
     from generator.measure.runner import run_loadtest
-    from generator.serve.smoke import run_smoke
     from generator.spec import with_overrides
 
     scenario = load(path)
@@ -76,9 +75,10 @@ def test_serve_scenario(path, request, tmp_path):
     server = request.getfixturevalue(scenario["server_fixture"])
     for key, value in scenario["spec"].items():
         assert getattr(getattr(spec, key.split(".")[0]), key.split(".")[1]) == value, (key, "differs from the fixture")
-    smoke = run_smoke(server.http_url, server.grpc_url, max_input_len=spec.build.max_input_len)
-    failed = [f"{c.name}: {c.detail}" for c in smoke.failed]
-    assert not failed and len(smoke.checks) == expect["smoke_checks"], failed or [c.name for c in smoke.checks]
+    run, smoke = request.getfixturevalue("smoke_cli")(server)  # `tritongen smoke --url`, shared with the smoke tests
+    assert run.returncode == 0 and smoke is not None, run.stdout[-3000:] + run.stderr[-2000:]
+    failed = [f"{c['name']}: {c['detail']}" for c in smoke["checks"] if not c["ok"]]
+    assert not failed and len(smoke["checks"]) == expect["smoke_checks"], failed or [c["name"] for c in smoke["checks"]]
     if "loadtest_fixture" in scenario:  # a load test the run already made on this server, with these settings
         run = request.getfixturevalue(scenario["loadtest_fixture"])
         results = run.results
