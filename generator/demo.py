@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from generator.errors import CheckFailed
+from generator.errors import ChecksFailed
 from generator.resources import data_dir
 
 GPU_TARGET = "rtx-5090"
@@ -175,7 +175,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             problems = validate_repository(repo)
             bad = failing(problems)
             if bad:
-                raise CheckFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
+                raise ChecksFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
                                   fix=f"tritongen validate {repo} shows each problem with its fix")
             state[engine] = repo
             return f"{repo} ({_problems_line(problems)})"
@@ -204,7 +204,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             passed = len(report.checks) - len(report.failed)
             target_figures(engine)["smoke"] = {"model": report.model, "passed": passed, "checks": len(report.checks)}
             if not report.ok:
-                raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
+                raise ChecksFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
                                   fix=f"read {out / f'smoke{name}.json'} and the server log {server.log_file}")
             return f"{len(report.checks)} checks passed ({report.model})"
         return step
@@ -231,7 +231,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             if engine == "cpu-reference":
                 run.figures["loadtest"] = figures
             if not r["counts"]["ok"]:
-                raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
+                raise ChecksFailed("no request succeeded", where=str(folder / "report.html"),
                                   fix="read the report's errors and the server log")
             tps = r["throughput"]["output_tokens_per_s"] or 0
             return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"

@@ -28,7 +28,7 @@ class TritongenError(Exception):
         return text
 
 
-class CheckFailed(TritongenError):
+class ChecksFailed(TritongenError):
     """A check tritongen ran found problems: validate errors, failed smoke checks, no successful request."""
 
 

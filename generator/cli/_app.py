@@ -26,7 +26,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from generator.errors import (
     ArtifactCorrupt,
     ArtifactMissing,
-    CheckFailed,
+    ChecksFailed,
     HubError,
     LoadTestError,
     PlanRefused,
@@ -50,7 +50,7 @@ out = Console()
 
 # Exit status per error class (README "Exit codes"). 0 is success, 3 an inconclusive SLO verdict.
 EXIT_CODES: dict[type[TritongenError], int] = {
-    CheckFailed: 1,
+    ChecksFailed: 1,
     SpecError: 2,
     PlanRefused: 4,
     ArtifactMissing: 5,
