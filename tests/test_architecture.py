@@ -29,7 +29,7 @@ PURE = (
     "generator.serve.dialect", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
     "generator.measure.verdict", "generator.measure.slo",
 )
-PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib", "http.client", "tritonclient", "huggingface_hub",
+PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib.request", "urllib.error", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")
 
 

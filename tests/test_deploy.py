@@ -370,9 +370,9 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
                               metrics_url=server.metrics_url).results
         after = {name: cpu(p) for name, p in engines.items()}
     requests, processes = read_records(out / "records.jsonl")
-    served = result["server"]["stages"]["ensemble"]
-    assert result["counts"]["errors"] == 0 and result["counts"]["ok"] > 0
-    assert len(requests) == served["requests"] + served["failures"]  # every request recorded once, none lost
+    served = result.server.stages["ensemble"]
+    assert result.counts.errors == 0 and result.counts.ok > 0
+    assert len(requests) == served.requests + served.failures  # every request recorded once, none lost
     assert len({(r["proc"], r["seq"]) for r in requests}) == len(requests)
     assert {r["proc"] for r in requests} == {p["proc"] for p in processes} and len(processes) == 2
     assert all(after[name] > before[name] for name in engines), (before, after)  # both instances did work
@@ -381,7 +381,7 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
                                       "--spec", str(_spec_file(spec, tmp_path))], env={"COLUMNS": "200"})
     assert report.exit_code == 0, report.output
     again = json.loads((tmp_path / "rep" / "results.json").read_text())
-    assert again["counts"] == result["counts"] and (tmp_path / "rep" / "report.html").is_file()
+    assert again["counts"] == result.counts.model_dump() and (tmp_path / "rep" / "report.html").is_file()
 
 
 def _spec_file(spec, tmp_path: Path) -> Path:

@@ -82,13 +82,13 @@ def test_serve_scenario(path, request, tmp_path):
     if "loadtest_fixture" in scenario:  # a load test the run already made on this server, with these settings
         run = request.getfixturevalue(scenario["loadtest_fixture"])
         results = run.results
-        assert {k: results["run"]["loadtest"][k] for k in expect["loadtest"]["set"]} == expect["loadtest"]["set"]
+        assert {k: getattr(results.run.loadtest, k) for k in expect["loadtest"]["set"]} == expect["loadtest"]["set"]
     else:
         out = tmp_path / "loadtest"
         out.mkdir()
         load_spec = with_overrides(spec, [f"loadtest.{k}={v}" for k, v in expect["loadtest"]["set"].items()])
         results = run_loadtest(load_spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url, title=scenario["name"]).results
-    assert results["counts"]["errors"] == expect["loadtest"]["errors"]
-    assert results["counts"]["ok"] >= expect["loadtest"]["min_ok"]
-    assert results["checks"]["failed_requests"] == 0
+    assert results.counts.errors == expect["loadtest"]["errors"]
+    assert results.counts.ok >= expect["loadtest"]["min_ok"]
+    assert results.checks.failed_requests == 0

@@ -104,7 +104,7 @@ def smoke(
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
     from generator.serve.client import check_reachable
     from generator.serve.endpoints import Endpoints
-    from generator.serve.smoke import run_smoke
+    from generator.serve.smoke_run import run_smoke
 
     if (repo_dir is None) == (url is None):
         raise SpecError("give either a repository folder or --url",
