@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from generator.errors import ChecksFailed
+from generator.errors import CheckFailed
 from generator.measure.results import Dist, SweepPoint
 from generator.resources import data_dir
 
@@ -176,7 +176,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             problems = validate_repository(repo)
             bad = failing(problems)
             if bad:
-                raise ChecksFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
+                raise CheckFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
                                   fix=f"tritongen validate {repo} shows each problem with its fix")
             state[engine] = repo
             return f"{repo} ({_problems_line(problems)})"
@@ -199,13 +199,13 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
             server = state["server"]
             report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],
-                               max_input_len=state["spec"].build.max_input_len)
+                               max_input_len=state["spec"].build.max_input_len, admin_key=server.admin_key)
             name = TARGET_FILES[engine]
             (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
             passed = len(report.checks) - len(report.failed)
             target_figures(engine)["smoke"] = {"model": report.model, "passed": passed, "checks": len(report.checks)}
             if not report.ok:
-                raise ChecksFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
+                raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
                                   fix=f"read {out / f'smoke{name}.json'} and the server log {server.log_file}")
             return f"{len(report.checks)} checks passed ({report.model})"
         return step
@@ -219,7 +219,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             folder.mkdir(parents=True, exist_ok=True)
             spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
             result = run_loadtest(spec, folder, url=server.http_url, grpc_url=server.grpc_url,
-                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})")
+                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})",
+                                  admin_key=server.admin_key)
             stack.close()  # the next stages start their own servers
             r = result.results
             figures = {
@@ -232,7 +233,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             if engine == "cpu-reference":
                 run.figures["loadtest"] = figures
             if not r.counts.ok:
-                raise ChecksFailed("no request succeeded", where=str(folder / "report.html"),
+                raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
                                   fix="read the report's errors and the server log")
             tps = r.throughput.output_tokens_per_s or 0
             return f"{r.counts.ok} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"

@@ -28,7 +28,7 @@ class TritongenError(Exception):
         return text
 
 
-class ChecksFailed(TritongenError):
+class CheckFailed(TritongenError):
     """A check tritongen ran found problems: validate errors, failed smoke checks, no successful request."""
 
 

@@ -100,7 +100,7 @@ def smoke_cli(work_dir):
         if server.http_url not in runs:
             report = work_dir / f"smoke-{len(runs)}.json"
             proc = subprocess.run([str(Path(sys.executable).with_name("tritongen")), "smoke", "--url", server.http_url,
-                                   "--grpc-url", server.grpc_url, "--json", str(report)],
+                                   "--grpc-url", server.grpc_url, "--admin-key", server.admin_key, "--json", str(report)],
                                   capture_output=True, text=True, timeout=600)
             runs[server.http_url] = (proc, json.loads(report.read_text()) if report.is_file() else None)
         return runs[server.http_url]
@@ -185,7 +185,7 @@ def cpu_loadtest(cpu_spec, cpu_server, work_dir):
         "loadtest.slo=ttft_p99<120s,error_rate<50%",
     ])
     return run_loadtest(spec, out, url=f"http://{cpu_server.http_url}", grpc_url=cpu_server.grpc_url,
-                        metrics_url=cpu_server.metrics_url, title="test load")
+                        metrics_url=cpu_server.metrics_url, title="test load", admin_key=cpu_server.admin_key)
 
 
 @pytest.fixture(scope="session")

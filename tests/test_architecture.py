@@ -134,8 +134,8 @@ def test_pure_deciders_reach_no_process_or_network_module():
 # generator's parts from the top (the command line) down. A module imports from its own layer or below; above
 # it, only pure modules (shared vocabulary such as the endpoint rule or the Locust configuration), never an edge.
 # The repository and its deployment files (Kubernetes, launch script) are one layer: render writes both.
-LAYERS = ("cli", "demo", "measure", "serve", ("repo", "deploy"), "engine", "model", "spec", "fsutil", "resources",
-          "errors")
+LAYERS = ("cli", "demo", "measure", "serve", ("repo", "deploy"), "engine", "model", "spec",
+          ("procs", "_guard", "fsutil", "resources"), "errors")
 
 
 def layer(module: str) -> int:

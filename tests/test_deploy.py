@@ -367,7 +367,7 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
         cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
         before = {name: cpu(p) for name, p in engines.items()}
         result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url).results
+                              metrics_url=server.metrics_url, admin_key=server.admin_key).results
         after = {name: cpu(p) for name, p in engines.items()}
     requests, processes = read_records(out / "records.jsonl")
     served = result.server.stages["ensemble"]
@@ -388,3 +388,15 @@ def _spec_file(spec, tmp_path: Path) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.to_yaml_dict()), encoding="utf-8")
     return path
+
+
+def test_plan_shows_the_topology_and_refuses_what_does_not_fit():
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", "--set", "build.gpu=b200", "--set", "build.tp_size=8", "--set", "build.pp_size=2",
+                             "--set", "topology.gpus_per_node=8", "--set", "topology.nodes=2"], env={"COLUMNS": "200"})
+    assert ok.exit_code == 0, ok.output
+    assert "tp 8 x pp 2 = 16" in ok.output and "leader / mpirun / 16" in ok.output
+    refused = runner.invoke(app, ["plan", "--set", "build.gpu=b200", "--set", "build.tp_size=2", "--set",
+                                  "topology.gpus_per_node=4", "--set", "topology.instances_per_node=3"],
+                            env={"COLUMNS": "200"})
+    assert refused.exit_code == 4 and "= 6 GPUs, but topology.gpus_per_node is 4" in refused.output

@@ -46,7 +46,7 @@ def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_pat
         "loadtest.reference_checks=6", "loadtest.request_timeout_s=120",
     ])
     res = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
-                       metrics_url=llmapi_server.metrics_url).results
+                       metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key).results
     assert res.counts.errors == 0 and res.counts.ok > 0
     requests, _ = read_records(tmp_path / "records.jsonl")
     measured = [r for r in requests if not r["warmup"]]

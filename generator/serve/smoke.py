@@ -140,8 +140,10 @@ class Smoke:
 
     dialect: Dialect = ENSEMBLE
 
-    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress):
+    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
+                 admin_key=None):
         self.http, self.grpc, self.model, self.bls = http_url, grpc_url, model, bls_model
+        self.admin_headers = admin_headers(admin_key)
         self.prompt, self.max_tokens, self.max_input_len = prompt, max_tokens, max_input_len
         self.timeout = timeout_s
         self.progress = progress
@@ -229,7 +231,7 @@ class Smoke:
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
-        index = post_json(self.http, "/v2/repository/index", {})
+        index = post_json(self.http, "/v2/repository/index", {}, headers=self.admin_headers)
         bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
         self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
         _expect(not bad, "; ".join(bad))
@@ -468,3 +470,10 @@ def served_dialect(http_url: str, model: str) -> Dialect:
     except (ServerRequestError, OSError, ValueError):
         return ENSEMBLE
     return dialect_for_inputs({i["name"] for i in config.get("input", [])})
+
+
+def admin_headers(admin_key: Optional[str]) -> Optional[dict[str, str]]:
+    """The header a server tritongen started wants on its admin APIs (the repository index is one)."""
+    from generator.serve.server import ADMIN_HEADER
+
+    return {ADMIN_HEADER: admin_key} if admin_key else None
