@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/tritongen demo --out demo-out --force
+	$(BIN)/tritongen demo -o demo-out --force
 
 # The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from generator.errors import CheckFailed
 from generator.resources import data_dir
 
 GPU_TARGET = "rtx-5090"
@@ -169,7 +170,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             problems = validate_repository(repo)
             bad = failing(problems)
             if bad:
-                raise RuntimeError(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad))
+                raise CheckFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
+                                  fix=f"tritongen validate {repo} shows each problem with its fix")
             state[engine] = repo
             return f"{repo} ({_problems_line(problems)})"
         return step
@@ -189,7 +191,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len)
         (out / "smoke.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
         if not report.ok:
-            raise RuntimeError("smoke checks failed: " + ", ".join(c.name for c in report.failed))
+            raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
+                              fix=f"read {out / 'smoke.json'} and the server log {server.log_file}")
         return f"{len(report.checks)} checks passed"
 
     def loadtest() -> str:
@@ -209,7 +212,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             "report": str(folder / "report.html"),
         }
         if not r["counts"]["ok"]:
-            raise RuntimeError(f"no request succeeded; see {folder / 'report.html'}")
+            raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
+                              fix="read the report's errors and the server log")
         tps = r["throughput"]["output_tokens_per_s"] or 0
         return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
 

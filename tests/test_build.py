@@ -134,10 +134,10 @@ def test_cli_build_without_tensorrt_llm(tmp_path, monkeypatch):
     assert dry.exit_code == 0, dry.output
     assert "quantization/quantize.py" in dry.output and "trtllm-build --checkpoint_dir" in dry.output
     refused = runner.invoke(app, ["build", str(spec), "--dry-run", "--set", "build.gpu=a100"])
-    assert refused.exit_code == 1 and "nvfp4 needs Blackwell" in refused.output
+    assert refused.exit_code == 4 and "nvfp4 needs Blackwell" in refused.output
     # the installed command: the GPU-host commands are printed and the exit code says nothing was built
     tritongen = Path(sys.executable).parent / "tritongen"
     missing = subprocess.run([str(tritongen), "build", str(spec)], capture_output=True, text=True,
                              env={**os.environ, "COLUMNS": "200"}, timeout=120)
-    assert missing.returncode == 2, missing.stderr
+    assert missing.returncode == 7, missing.stderr
     assert "not installed here" in missing.stderr and "--multiple_profiles enable" in missing.stdout

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     tritongen = Path(sys.executable).with_name("tritongen")
-    proc = subprocess.run([str(tritongen), "demo", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run([str(tritongen), "demo", "-o", str(out)], capture_output=True, text=True, timeout=1500)
     return out, proc
 
 
@@ -50,6 +50,6 @@ def test_demo_outputs_are_real(demo_run):
 def test_demo_refuses_to_overwrite_without_force(demo_run):
     out, _ = demo_run
     tritongen = Path(sys.executable).with_name("tritongen")
-    proc = subprocess.run([str(tritongen), "demo", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([str(tritongen), "demo", "-o", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--force" in proc.stderr and "Traceback" not in proc.stderr

@@ -79,4 +79,4 @@ def test_cli_prints_the_folder_or_the_fix(tiny_model_dir):
     assert ok.returncode == 0 and ok.stdout.strip() == str(tiny_model_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     failed = subprocess.run([tritongen, "fetch", "tritongen-tests/never-downloaded"], capture_output=True, text=True, env=env, timeout=120)
-    assert failed.returncode == 2 and "HF_HUB_OFFLINE" in failed.stderr and "Traceback" not in failed.stderr
+    assert failed.returncode == 9 and "HF_HUB_OFFLINE" in failed.stderr and "Traceback" not in failed.stderr

@@ -263,5 +263,5 @@ def test_cli_plan_text_json_and_refusal(tmp_path):
     assert data["memory"]["kv_bytes_per_token"] == 73_728 and data["errors"] == []
     assert data["trtllm_build"]["argv"][0] == "trtllm-build"
     refused = runner.invoke(app, ["plan", str(spec), "--set", "build.gpu=h100-sxm", "--set", "build.tp_size=3"])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 4
     assert "nvfp4 needs Blackwell" in refused.output and "attention heads" in refused.output

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from generator.cli._app import app, console
+from rich.markup import escape
+
+from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, exit_code
 from generator.errors import TritongenError
 
 # Command groups register themselves on `app` when imported.
@@ -20,11 +22,20 @@ from generator.cli import (  # noqa: E402,F401
 
 
 def main() -> None:
+    # A file name that is not UTF-8 reaches Python as lone surrogates; print them escaped, never crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except TritongenError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exit_code(exc))
+    except OSError as exc:  # permissions, a full disk, a path that is a file: the OS names the cause
+        where = f"{exc.filename}: " if exc.filename else ""
+        console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}\n"
+                      "  fix: check the path, its permissions and the free space")
+        sys.exit(EXIT_OS_ERROR)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -7,23 +7,24 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import app, console, out
+from generator.cli._app import Force, Output, app, console, out
 from generator.fsutil import check_writable_target
 
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for everything the demo makes."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing demo folder."),
+    out_dir: Output = Path("demo-out"),
+    force: Force = False,
 ) -> None:
     """Tiny Qwen3 → NVFP4 + FP8 KV → plan → two repositories → real tritonserver → smoke → load test → sweep."""
-    from generator.cli.plan_cmds import print_plan
+    from generator.cli.printing import print_plan
     from generator.demo import DemoRun, demo_stages, run_stages
 
-    check_writable_target(out_dir, force, f"tritongen demo --out {out_dir}")
+    check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     run = DemoRun(out=out_dir.resolve())
     started = time.monotonic()
@@ -33,14 +34,14 @@ def demo(
         task = {"id": None}
 
         def on_start(name: str) -> None:
-            task["id"] = progress.add_task(name, total=None)
+            task["id"] = progress.add_task(escape(name), total=None)
 
         def on_end(result) -> None:
             progress.remove_task(task["id"])
             mark = "[green]✓[/]" if result.ok else "[bold red]✗[/]"
-            console.print(f"{mark} {result.name} [dim]({result.seconds:.1f} s)[/] {result.detail}")
+            console.print(f"{mark} {escape(result.name)} [dim]({result.seconds:.1f} s)[/] {escape(result.detail)}")
             if result.log:
-                console.print(f"  log: {result.log}")
+                console.print(f"  log: {escape(str(result.log))}")
 
         def show_plan(plan) -> None:
             progress.stop()
@@ -53,11 +54,11 @@ def demo(
     for col in ("stage", "seconds", "result"):
         table.add_column(col, overflow="fold")
     for s in run.stages:
-        table.add_row(("" if s.ok else "[red]") + s.name, f"{s.seconds:.1f}", s.detail)
+        table.add_row(("" if s.ok else "[red]") + escape(s.name), f"{s.seconds:.1f}", escape(s.detail))
     out.print(table)
     for key in ("loadtest", "sweep"):
         if key in run.figures:
-            out.print(f"{key} report: {run.figures[key]['report']}")
-    out.print(f"summary: {run.out / 'demo-summary.json'}")
+            out.print(f"{key} report: {escape(str(run.figures[key]['report']))}")
+    out.print(f"summary: {escape(str(run.out / 'demo-summary.json'))}")
     if not run.ok:
         raise typer.Exit(1)

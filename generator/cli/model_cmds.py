@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import SetOpt, app, console, get_spec, out, step
-from generator.spec import KVCacheFormat, QuantFormat, Spec
+from generator.cli._app import Force, Sets, app, console, get_spec, out, spec_option, spec_overrides, step
+from generator.spec import Spec
 
 STAGES = {
     "load": "loading model and tokenizer",
@@ -34,7 +35,7 @@ def fetch(
 
     started = time.monotonic()
     path = fetch_model(model, revision=revision, dir=dir)
-    console.print(f"[green]✓[/] {model} [dim]({time.monotonic() - started:.1f} s)[/]")
+    console.print(f"[green]✓[/] {escape(model)} [dim]({time.monotonic() - started:.1f} s)[/]")
     out.print(str(path), markup=False, highlight=False)
 
 
@@ -42,7 +43,7 @@ def fetch(
 def tiny_model(
     dir: Path = typer.Argument(..., help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and training (same seed, same bytes)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+    force: Force = False,
 ) -> None:
     """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo)."""
     from generator.model.tinymodel import make_tiny_model
@@ -67,7 +68,7 @@ def _progress_callback(progress: Progress):
     return report
 
 
-def _spec_for(target: Optional[str], overrides: List[str]) -> Spec:
+def _spec_for(target: Optional[str], overrides: list[str]) -> Spec:
     """A spec file as given, or the default spec pointed at a model folder / hub id."""
     if target and Path(target).is_file():
         return get_spec(Path(target), overrides)
@@ -81,13 +82,13 @@ def _spec_for(target: Optional[str], overrides: List[str]) -> Spec:
 def print_manifest(manifest: dict, checkpoint: Path) -> None:
     hq = manifest["hf_quant_config"]
     sizes, q, t = manifest["sizes"], manifest["quality"], manifest["timings_s"]
-    out.print(f"[bold]Checkpoint[/] {checkpoint}")
+    out.print(f"[bold]Checkpoint[/] {escape(str(checkpoint))}")
     kept = ", ".join(hq.get("exclude_modules") or [])
     out.print(f"[bold]Format[/] {hq.get('quant_algo') or 'unquantized'} weights, "
-              f"{hq.get('kv_cache_quant_algo') or 'unquantized'} KV cache" + (f"; kept unquantized: {kept}" if kept else ""))
+              f"{hq.get('kv_cache_quant_algo') or 'unquantized'} KV cache" + (f"; kept unquantized: {escape(kept)}" if kept else ""))
     cal = manifest["calibration"]
     out.print(f"[bold]Calibration[/] {cal['samples']} samples ({cal['tokens']} tokens, ≤{cal['max_seq_len']} each) "
-              f"from {cal['dataset']} on {manifest['device']}")
+              f"from {escape(cal['dataset'])} on {manifest['device']}")
     table = Table(title="Sizes", title_justify="left")
     table.add_column("")
     table.add_column("before", justify="right")
@@ -112,41 +113,40 @@ def print_manifest(manifest: dict, checkpoint: Path) -> None:
     out.print("[bold]Times[/] " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()))
 
 
+Format = spec_option("quantization.format", "--format")
+KVCache = spec_option("quantization.kv_cache", "--kv-cache")
+CalibSize = spec_option("quantization.calibration.size", "--calib-size")
+CalibSeqLen = spec_option("quantization.calibration.max_seq_len", "--calib-seq-len")
+Checkpoint = spec_option("artifacts.checkpoint_dir", "--output", "-o")
+
+
 @app.command()
 def quantize(
-    target: Optional[str] = typer.Argument(None, help="Spec YAML file, or a model (local folder or hub id) with default settings."),
-    format: Optional[QuantFormat] = typer.Option(None, "--format", help="Weight format (spec: quantization.format)."),
-    kv_cache: Optional[KVCacheFormat] = typer.Option(None, "--kv-cache", help="KV-cache format (spec: quantization.kv_cache)."),
-    calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration samples."),
-    calib_seq_len: Optional[int] = typer.Option(None, "--calib-seq-len", help="Tokens per calibration sample."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Calibration .txt/.jsonl file, or a hub data set name."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Checkpoint folder (spec: artifacts.checkpoint_dir)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing checkpoint folder."),
-    overrides: Optional[List[str]] = SetOpt,
+    target: Annotated[Optional[str], typer.Argument(
+        help="Spec YAML file, or a model (local folder or hub id) with default settings.")] = None,
+    format: Format = None,
+    kv_cache: KVCache = None,
+    calib_size: CalibSize = None,
+    calib_seq_len: CalibSeqLen = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Calibration .txt/.jsonl file, or a hub data set name (spec: quantization.calibration.dataset).")] = None,
+    output: Checkpoint = None,
+    force: Force = False,
+    overrides: Sets = None,
 ) -> None:
     """Quantize with ModelOpt (NVFP4 + FP8 KV by default) and export the checkpoint TensorRT-LLM builds from."""
     from generator.model.quantize import quantize as run_quantize
 
-    sets = list(overrides or [])
-    if format is not None:
-        sets.append(f"quantization.format={format.value}")
-    if kv_cache is not None:
-        sets.append(f"quantization.kv_cache={kv_cache.value}")
-    if calib_size is not None:
-        sets.append(f"quantization.calibration.size={calib_size}")
-    if calib_seq_len is not None:
-        sets.append(f"quantization.calibration.max_seq_len={calib_seq_len}")
+    sets = list(overrides or []) + spec_overrides(quantize, locals())
     if dataset is not None:
         local = Path(dataset).expanduser()
         sets.append(f"quantization.calibration.dataset={local.resolve() if local.exists() else dataset}")
-    if output is not None:
-        sets.append(f"artifacts.checkpoint_dir={output.expanduser().resolve()}")
     spec = _spec_for(target, sets)
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         manifest = run_quantize(spec, force=force, progress=_progress_callback(progress))
     if "skipped" in manifest:
-        console.print(f"[yellow]nothing to do:[/] {manifest['skipped']}")
+        console.print(f"[yellow]nothing to do:[/] {escape(manifest['skipped'])}")
         return
     print_manifest(manifest, spec.checkpoint_dir)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from generator.cli._app import SetOpt, SpecArg, app, console, cuda_visible, get_spec, out, step
+from generator.cli._app import Force, Output, Sets, SpecPath, app, console, cuda_visible, get_spec, out, step
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
@@ -20,10 +21,10 @@ def print_problems(problems: list, repo: Path) -> None:
     from generator.repo.problems import Severity
 
     if not problems:
-        console.print(f"[green]✓[/] {repo}: no problems found")
+        console.print(f"[green]✓[/] {escape(str(repo))}: no problems found")
         return
     errors = sum(p.severity == "error" for p in problems)
-    title = f"{errors} error(s), {len(problems) - errors} warning(s) in {repo}"
+    title = f"{errors} error(s), {len(problems) - errors} warning(s) in {escape(str(repo))}"
     table = Table(title=title, show_lines=True, expand=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("where", overflow="fold", ratio=3)
@@ -33,7 +34,8 @@ def print_problems(problems: list, repo: Path) -> None:
         path = Path(p.file)
         shown = str(path.relative_to(repo)) if path.is_relative_to(repo) else p.file
         sev = Severity(p.severity).value
-        table.add_row(f"[{_SEVERITY_STYLE[sev]}]{sev}[/]", f"{shown}:{p.line}" if p.line else shown, p.message, p.fix)
+        where = f"{shown}:{p.line}" if p.line else shown
+        table.add_row(f"[{_SEVERITY_STYLE[sev]}]{sev}[/]", escape(where), escape(p.message), escape(p.fix))
     out.print(table)
 
 
@@ -54,15 +56,15 @@ def _validate_and_report(repo: Path, spec=None, *, strict: bool = False) -> None
 
 @app.command()
 def render(
-    spec_path: Optional[Path] = SpecArg,
-    output: Path = typer.Option(..., "--output", "-o", help="Repository folder to write."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing repository."),
-    overrides: Optional[List[str]] = SetOpt,
-    gpu: Optional[bool] = typer.Option(
-        None, "--gpu/--no-gpu", help="For serving.engine=auto: render for a GPU engine. Default: whether CUDA is visible."
-    ),
-    check: bool = typer.Option(True, "--validate/--no-validate", help="Validate the repository after writing it."),
-    strict: bool = typer.Option(False, "--strict", help="With --validate: fail on warnings too (artifacts not built yet)."),
+    output: Output,
+    spec_path: SpecPath = None,
+    force: Force = False,
+    overrides: Sets = None,
+    gpu: Annotated[Optional[bool], typer.Option(
+        "--gpu/--no-gpu", help="For serving.engine=auto: render for a GPU engine. Default: whether CUDA is visible.")] = None,
+    check: Annotated[bool, typer.Option("--validate/--no-validate", help="Validate the repository after writing it.")] = True,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="With --validate: fail on warnings too (artifacts not built yet).")] = False,
 ) -> None:
     """Render the Triton repository (engine layout, or the LLM-API model for serving.engine=llmapi), then validate it."""
     from generator.repo.render import render_repository
@@ -71,21 +73,19 @@ def render(
     gpu_visible = gpu if gpu is not None else cuda_visible()
     with step(f"rendering {output}"):
         repo = render_repository(spec, output, force=force, gpu_visible=gpu_visible)
-    console.print(f"wrote {repo} (engine target {spec.serving.resolved_engine(gpu_visible).value})")
+    console.print(f"wrote {escape(str(repo))} (engine target {spec.serving.resolved_engine(gpu_visible).value})")
     if check:
         _validate_and_report(repo, spec, strict=strict)
 
 
 @app.command()
 def validate(
-    repo_dir: Path = typer.Argument(..., help="Rendered repository folder."),
-    spec_path: Optional[Path] = typer.Option(
-        None, "--spec", help="Check against this spec instead of the one recorded in DIR/tritongen.json."
-    ),
-    overrides: Optional[List[str]] = SetOpt,
-    strict: bool = typer.Option(
-        False, "--strict", help="Fail on warnings too: checkpoint, tokenizer or engine not built yet (for the GPU host)."
-    ),
+    repo_dir: Annotated[Path, typer.Argument(help="Rendered repository folder.")],
+    spec_path: Annotated[Optional[Path], typer.Option(
+        "--spec", help="Check against this spec instead of the one recorded in DIR/tritongen.json.")] = None,
+    overrides: Sets = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Fail on warnings too: checkpoint, tokenizer or engine not built yet (for the GPU host).")] = False,
 ) -> None:
     """Check a repository offline: protobuf syntax, ensemble wiring, batch sizes, tokenizer, engine vs spec.
 

@@ -6,20 +6,19 @@ import contextlib
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
+from rich.markup import escape
 
-from generator.cli._app import app, console, out, step
-from generator.errors import TritongenError
+from generator.cli._app import GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, out, spec_option, step
+from generator.errors import ServerError, SpecError
+from generator.spec import LoadTestSpec
 
-RepoArg = typer.Argument(..., help="Rendered repository folder (see `tritongen render`).")
-HostOpt = typer.Option("127.0.0.1", "--host", help="Address HTTP, gRPC and metrics bind to (0.0.0.0 exposes them).")
-HttpPortOpt = typer.Option(None, "--http-port", help="HTTP port (default: a free one).")
-GrpcPortOpt = typer.Option(None, "--grpc-port", help="gRPC port (default: a free one).")
-MetricsPortOpt = typer.Option(None, "--metrics-port", help="Prometheus metrics port (default: a free one).")
-TimeoutOpt = typer.Option(300.0, "--timeout", help="Seconds to wait for every model to load.")
-LogOpt = typer.Option(None, "--log-file", help="Server log file (default: a temporary file, kept if the start fails).")
+Host = Annotated[str, typer.Option("--host", help="Address HTTP, gRPC and metrics bind to (0.0.0.0 exposes them).")]
+LogFile = Annotated[Optional[Path], typer.Option(
+    "--log-file", help="Server log file (default: a temporary file, kept if the start fails).")]
+Model = spec_option("loadtest.model", "--model", help="Model to test: ensemble (or tensorrt_llm_bls).")
 
 
 @contextlib.contextmanager
@@ -48,25 +47,26 @@ def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeou
 
 @app.command()
 def serve(
-    repo_dir: Path = RepoArg,
-    http_port: Optional[int] = HttpPortOpt,
-    grpc_port: Optional[int] = GrpcPortOpt,
-    metrics_port: Optional[int] = MetricsPortOpt,
-    host: str = HostOpt,
-    timeout: float = TimeoutOpt,
-    log_file: Optional[Path] = LogOpt,
+    repo_dir: Annotated[Path, typer.Argument(help="Rendered repository folder (see `tritongen render`).")],
+    http_port: HttpPort = None,
+    grpc_port: GrpcPort = None,
+    metrics_port: MetricsPort = None,
+    host: Host = "127.0.0.1",
+    timeout: Timeout = 300.0,
+    log_file: LogFile = None,
 ) -> None:
     """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs)."""
     with _sigterm_as_interrupt():
         server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file)
         try:
             out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
-                      f"log      {server.log_file}")
+                      f"log      {server.log_file}", markup=False, highlight=False)
             console.print("[dim]serving; Ctrl-C stops[/]")
             while server.process is not None and server.process.poll() is None:
                 time.sleep(0.5)
             code = server.process.returncode if server.process is not None else None
-            raise TritongenError(f"tritonserver exited on its own (code {code})", where=str(server.log_file))
+            raise ServerError(f"tritonserver exited on its own (code {code})", where=str(server.log_file),
+                              fix="read the server log named here")
         except KeyboardInterrupt:
             console.print("stopping tritonserver")
         finally:
@@ -77,7 +77,7 @@ def print_report(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"smoke test of {report.model} at {report.http_url} (gRPC {report.grpc_url})",
+    table = Table(title=escape(f"smoke test of {report.model} at {report.http_url} (gRPC {report.grpc_url})"),
                   show_lines=False, expand=True)
     table.add_column("", width=2)
     table.add_column("check", ratio=3)
@@ -93,22 +93,22 @@ def print_report(report) -> None:
 
 @app.command()
 def smoke(
-    repo_dir: Optional[Path] = typer.Argument(None, help="Repository to serve and test (omit with --url)."),
-    url: Optional[str] = typer.Option(None, "--url", help="HTTP address HOST:PORT of a running server."),
-    grpc_url: Optional[str] = typer.Option(None, "--grpc-url", help="gRPC address HOST:PORT of that server."),
-    model: str = typer.Option("ensemble", "--model", help="Model to test: ensemble (or tensorrt_llm_bls)."),
-    max_tokens: int = typer.Option(16, "--max-tokens", min=2, help="Tokens per test answer."),
-    timeout: float = TimeoutOpt,
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    repo_dir: Annotated[Optional[Path], typer.Argument(help="Repository to serve and test (omit with --url).")] = None,
+    url: Url = None,
+    grpc_url: GrpcUrl = None,
+    model: Model = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Tokens per test answer.")] = 16,
+    timeout: Timeout = 300.0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
+    from generator.serve.endpoints import Endpoints
     from generator.serve.smoke import run_smoke
 
     if (repo_dir is None) == (url is None):
-        raise TritongenError("give either a repository folder or --url (with --grpc-url)",
-                             fix="tritongen smoke REPO_DIR   or   tritongen smoke --url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001")
-    if url is not None and grpc_url is None:
-        raise TritongenError("--url needs --grpc-url too (streaming is tested over gRPC)", where="--grpc-url")
+        raise SpecError("give either a repository folder or --url",
+                        fix="tritongen smoke REPO_DIR   or   tritongen smoke --url 127.0.0.1:8000 (gRPC on port + 1)")
+    model = model or LoadTestSpec.model_fields["model"].default
 
     def run(http: str, grpc: str):
         with step("running smoke checks"):
@@ -122,7 +122,9 @@ def smoke(
             finally:
                 server.stop()
     else:
-        report = run(url, grpc_url)
+        endpoints = Endpoints.from_urls(url, grpc_url)
+        endpoints.check_reachable()
+        report = run(endpoints.http_url, endpoints.grpc_url)
     print_report(report)
     if json_out is not None:
         import json

@@ -8,7 +8,6 @@ writes outputs through a temporary folder, and compares the engine's config.json
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shlex
 import shutil
@@ -20,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from generator.errors import TritongenError
-from generator.fsutil import atomic_dir, check_writable_target
+from generator.errors import ArtifactCorrupt, ArtifactMissing, StepFailed, ToolMissing
+from generator.fsutil import atomic_dir, check_writable_target, read_json_object
 from generator.engine.plan import Plan, checkpoint_config_mismatches, engine_config_mismatches, flag_data
 from generator.spec import Spec
+
+REBUILD_CHECKPOINT = "tritongen build SPEC --force (converts again)"
 
 EXAMPLES_ENV = "TRTLLM_EXAMPLES_DIR"
 """Folder holding TensorRT-LLM's examples/ (quantization/quantize.py); defaults to the container's."""
@@ -52,7 +53,7 @@ def examples_dir() -> Path:
     for candidate in candidates:
         if (candidate / "quantization" / "quantize.py").is_file():
             return candidate
-    raise TritongenError(
+    raise ToolMissing(
         "TensorRT-LLM's examples/quantization/quantize.py was not found", where=", ".join(map(str, candidates)),
         fix=f"git clone -b v1.2.1 https://github.com/NVIDIA/TensorRT-LLM and set {EXAMPLES_ENV}=TensorRT-LLM/examples")
 
@@ -65,7 +66,7 @@ def _python_with_trtllm() -> str:
 
 
 def _run(name: str, argv: list[str], *, log_path: Path, cwd: Path, on_line: LineSink, hint: str) -> None:
-    """Run ``argv``, echo and log every output line, and turn a non-zero exit into a TritongenError with the tail."""
+    """Run ``argv``, echo and log every output line, and turn a non-zero exit into StepFailed with the tail."""
     tail: deque[str] = deque(maxlen=15)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
@@ -84,7 +85,7 @@ def _run(name: str, argv: list[str], *, log_path: Path, cwd: Path, on_line: Line
                 proc.wait()
     if code != 0:
         last = "\n    ".join(tail)
-        raise TritongenError(f"{name} failed with exit code {code}; last lines:\n    {last}", where=str(log_path), fix=hint)
+        raise StepFailed(f"{name} failed with exit code {code}; last lines:\n    {last}", where=str(log_path), fix=hint)
 
 
 def _failure_hint(spec: Spec, plan: Plan) -> str:
@@ -99,14 +100,14 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
     target = spec.trtllm_checkpoint_dir
     existing = target / "config.json"
     if existing.is_file() and not force:
-        problems = checkpoint_config_mismatches(spec, json.loads(existing.read_text(encoding="utf-8")))
+        problems = checkpoint_config_mismatches(spec, read_json_object(existing, fix=REBUILD_CHECKPOINT))
         if problems:
-            raise TritongenError("the existing TensorRT-LLM checkpoint does not match the spec:\n  " + "\n  ".join(problems),
-                                 where=str(existing), fix="tritongen build SPEC --force (converts again)")
+            raise ArtifactCorrupt("the existing TensorRT-LLM checkpoint does not match the spec:\n  " + "\n  ".join(problems),
+                                 where=str(existing), fix=REBUILD_CHECKPOINT)
         on_line(f"reusing the TensorRT-LLM checkpoint in {target} (it matches the spec; --force converts again)")
         return True
     if not (spec.model_dir / "config.json").is_file():
-        raise TritongenError("the checkpoint step quantizes from the original model, which is not here",
+        raise ArtifactMissing("the checkpoint step quantizes from the original model, which is not here",
                              where=str(spec.model_dir), fix=f"tritongen fetch {spec.model.source}")
     script = examples_dir() / "quantization" / "quantize.py"
     with atomic_dir(target, force=force, command_hint="tritongen build SPEC") as tmp:
@@ -115,11 +116,12 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
              hint="read the log; the step needs a CUDA GPU with TensorRT-LLM 1.2.1 and ModelOpt installed")
         written = tmp / "config.json"
         if not written.is_file():
-            raise TritongenError("quantize.py finished but wrote no config.json", where=str(tmp))
-        problems = checkpoint_config_mismatches(spec, json.loads(written.read_text(encoding="utf-8")))
+            raise StepFailed("quantize.py finished but wrote no config.json", where=str(tmp),
+                             fix=f"read {spec.logs_dir / 'checkpoint.log'}")
+        problems = checkpoint_config_mismatches(spec, read_json_object(written, fix=f"read {spec.logs_dir / 'checkpoint.log'}"))
         if problems:
-            raise TritongenError("quantize.py wrote a checkpoint that does not match the spec:\n  " + "\n  ".join(problems),
-                                 where=str(written))
+            raise StepFailed("quantize.py wrote a checkpoint that does not match the spec:\n  " + "\n  ".join(problems),
+                             where=str(written), fix=f"read {spec.logs_dir / 'checkpoint.log'} for clipped or ignored flags")
     return False
 
 
@@ -128,13 +130,13 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
 
     The engine is written to a temporary sibling of spec.engine_dir and moved into place when trtllm-build
     succeeds; trtllm-build runs in spec.logs_dir so its timing cache (model.cache) lands somewhere writable.
-    Raises TritongenError when the plan refuses the spec, a step fails, or the engine does not match the spec
+    Raises PlanRefused when the plan refuses the spec, a step fails, or the engine does not match the spec
     (the engine is kept for inspection in that case).
     """
     plan.raise_if_refused()
     trtllm_build = trtllm_build_path()
     if trtllm_build is None:
-        raise TritongenError("trtllm-build is not on PATH: TensorRT-LLM is not installed here",
+        raise ToolMissing("trtllm-build is not on PATH: TensorRT-LLM is not installed here",
                              fix="run on a GPU host with pip install 'tritongen[gpu]', or tritongen build SPEC --dry-run")
     check_writable_target(spec.engine_dir, force, "tritongen build SPEC")
     started = time.monotonic()
@@ -146,11 +148,11 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
         argv[0] = trtllm_build
         _run("trtllm-build", argv, log_path=build_log, cwd=spec.logs_dir, on_line=on_line, hint=_failure_hint(spec, plan))
         if not (tmp / "config.json").is_file():
-            raise TritongenError("trtllm-build finished but wrote no config.json", where=str(tmp), fix=f"read {build_log}")
-        engine_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+            raise StepFailed("trtllm-build finished but wrote no config.json", where=str(tmp), fix=f"read {build_log}")
+        engine_config = read_json_object(tmp / "config.json", fix=f"read {build_log}")
     problems = engine_config_mismatches(spec, engine_config)
     if problems:
-        raise TritongenError("the engine does not match the spec:\n  " + "\n  ".join(problems),
+        raise StepFailed("the engine does not match the spec:\n  " + "\n  ".join(problems),
                              where=str(spec.engine_dir / "config.json"),
                              fix="check the trtllm-build log for clipped values, then tritongen build SPEC --force")
     logs = (() if reused else (spec.logs_dir / "checkpoint.log",)) + (build_log,)

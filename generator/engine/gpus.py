@@ -11,7 +11,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from generator.errors import TritongenError
+from generator.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def lookup_gpu(name: str) -> GpuSpec:
                 name=f"SM{sm} (memory plan assumes {smallest.name}, {smallest.memory_gib:g} GiB, the smallest SM{sm} card known)",
             )
     sms = sorted({g.sm for g in GPUS})
-    raise TritongenError(
+    raise SpecError(
         f"unknown GPU {name!r}; known: {', '.join(known_gpu_names())} or an SM: {', '.join(f'sm{s}' for s in sms)}",
         where="build.gpu",
         fix="set build.gpu to one of the names above, e.g. --set build.gpu=rtx-5090",

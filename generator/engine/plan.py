@@ -10,15 +10,15 @@ instead of a failed build on a GPU host. The memory plan is arithmetic on the mo
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
 from generator.engine.gpus import GpuSpec, lookup_gpu
+from generator.fsutil import read_json_object
 from generator.resources import data_dir, data_json
 from generator.spec import Spec
 
@@ -94,11 +94,12 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
                if not isinstance(config.get(k), int)]
     if missing:
-        raise TritongenError(
+        raise ArtifactCorrupt(
             f"model config.json lacks {', '.join(missing)}; the plan needs a decoder model's sizes",
             where="config.json", fix="pass the model's own config.json with --model-config PATH")
     if any(config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
-        raise TritongenError("mixture-of-experts models are not covered by the memory plan", where="config.json")
+        raise PlanRefused("mixture-of-experts models are not covered by the memory plan", where="config.json",
+                          fix="plan a dense decoder model; build MoE models with TensorRT-LLM's own tools")
     heads = config["num_attention_heads"]
     model_type = str(config.get("model_type", ""))
     attention_bias = bool(config.get("attention_bias", False))
@@ -301,7 +302,7 @@ class Plan:
 
     def raise_if_refused(self) -> None:
         if self.errors:
-            raise TritongenError("the plan refuses this spec:\n  " + "\n  ".join(self.errors),
+            raise PlanRefused("the plan refuses this spec:\n  " + "\n  ".join(self.errors),
                                  where="spec", fix="change the fields named above, then `tritongen plan SPEC`")
 
     def to_dict(self) -> dict[str, Any]:
@@ -648,11 +649,9 @@ def read_model_config(spec: Spec, path: Path | None = None) -> tuple[dict[str, A
                                f"({REFERENCE_CONFIG_FILE}); no model downloaded"))
     for candidate, source in candidates:
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text(encoding="utf-8")), source
-            except json.JSONDecodeError as exc:
-                raise TritongenError(f"not valid JSON: {exc}", where=str(candidate)) from None
-    raise TritongenError(
+            fix = f"replace it with the model's own config.json (tritongen fetch {spec.model.source}), or pass --model-config PATH"
+            return read_json_object(candidate, fix=fix), source
+    raise ArtifactMissing(
         f"no config.json for model {spec.model.source}", where=str(candidates[0][0]),
         fix=f"tritongen fetch {spec.model.source}, or pass --model-config PATH/config.json")
 

@@ -21,9 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
-from urllib.parse import urlsplit
 
-from generator.errors import TritongenError
+from generator.errors import LoadTestError, SpecError
 from generator.measure.records import (
     CHECK_REFERENCE,
     CHECKS,
@@ -33,6 +32,7 @@ from generator.measure.records import (
     request_inputs,
     request_metrics,
 )
+from generator.serve.endpoints import Endpoints
 from generator.spec import LoadTestSpec, Spec
 
 # Client-bottleneck thresholds: above any of them the load generator, not the server, may have set the
@@ -49,31 +49,6 @@ CONN_WAIT_P99_LIMIT_MS = 10.0
 """Open loop: 99th percentile of the wait for a connection when all were busy."""
 
 PERCENTILES = (50, 90, 95, 99)
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the server listens. gRPC and metrics default to Triton's convention: HTTP port + 1 and + 2."""
-
-    http_url: str
-    grpc_url: str
-    metrics_url: Optional[str]
-
-    @classmethod
-    def from_urls(cls, url: str, grpc_url: Optional[str] = None, metrics_url: Optional[str] = None) -> "Endpoints":
-        if "://" not in url:
-            url = f"http://{url}"
-        parts = urlsplit(url)
-        if not parts.hostname or not parts.port:
-            raise TritongenError(f"URL {url!r} needs a host and a port", where="--url", fix="e.g. --url http://127.0.0.1:8000")
-        return cls(
-            http_url=f"{parts.scheme}://{parts.hostname}:{parts.port}",
-            grpc_url=grpc_url or f"{parts.hostname}:{parts.port + 1}",
-            metrics_url=metrics_url or f"http://{parts.hostname}:{parts.port + 2}/metrics",
-        )
-
-    def locust_host(self, protocol: str) -> str:
-        return f"grpc://{self.grpc_url}" if protocol == "grpc-stream" else self.http_url
 
 
 # ---------------------------------------------------------------- Locust configuration (pure)
@@ -367,8 +342,10 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
     """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block."""
     if repo_dir is None:
         if not url:
-            raise TritongenError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
-        yield Endpoints.from_urls(url, grpc_url, metrics_url)
+            raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
+        endpoints = Endpoints.from_urls(url, grpc_url, metrics_url)
+        endpoints.check_reachable()
+        yield endpoints
         return
     from generator.serve.server import TritonServer
 
@@ -395,7 +372,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
         for p in procs[1:]:
             p.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        raise TritongenError(
+        raise LoadTestError(
             f"Locust did not finish within {timeout_s:.0f} s", where=str(out_dir / "locust.log"),
             fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
         ) from None
@@ -408,9 +385,9 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             if p.poll() is None:
                 p.kill()
     if procs[0].returncode != 0:
-        raise TritongenError(
+        raise LoadTestError(
             f"Locust exited with code {procs[0].returncode}:\n{_tail(out_dir / 'locust.log')}",
-            where=str(out_dir / "locust.log"),
+            where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above",
         )
 
 
@@ -513,8 +490,8 @@ def run_loadtest(
         after = fetch_model_stats(endpoints.http_url)
         requests, processes = read_records(records)
         if not requests:
-            raise TritongenError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
-                                 where=str(out_dir / "locust.log"))
+            raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
+                                where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above")
         references, reference_errors = reference_answers(
             endpoints.http_url, lt.model, requests, lt.reference_checks, lt.request_timeout_s
         )

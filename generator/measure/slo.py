@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from generator.errors import TritongenError
+from generator.errors import SpecError
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -58,7 +58,7 @@ def _split_metric(name: str) -> tuple[str, Optional[str]]:
     if name in _SCALARS:
         return name, None
     known = [f"{m}_{{{'|'.join(_STATS)}}}" for m in _LATENCY] + list(_SCALARS)
-    raise TritongenError(f"unknown SLO metric {name!r}", where="--slo", fix="use one of: " + ", ".join(known))
+    raise SpecError(f"unknown SLO metric {name!r}", where="--slo", fix="use one of: " + ", ".join(known))
 
 
 def parse_slo(text: str) -> list[Term]:
@@ -67,24 +67,24 @@ def parse_slo(text: str) -> list[Term]:
     for raw in [t for t in text.split(",") if t.strip()]:
         m = _TERM.match(raw.lower())
         if not m:
-            raise TritongenError(f"cannot read SLO term {raw.strip()!r}", where="--slo",
-                                 fix='write METRIC<VALUE[UNIT], e.g. "ttft_p95<500ms,error_rate<0.1%"')
+            raise SpecError(f"cannot read SLO term {raw.strip()!r}", where="--slo",
+                            fix='write METRIC<VALUE[UNIT], e.g. "ttft_p95<500ms,error_rate<0.1%"')
         name, op, value, unit = m.groups()
         metric, stat = _split_metric(name)
         limit = float(value)
         if stat is not None:
             if unit not in _TIME_UNITS:
-                raise TritongenError(f"SLO term {raw.strip()!r} needs a time unit", where="--slo", fix="add us, ms or s")
+                raise SpecError(f"SLO term {raw.strip()!r} needs a time unit", where="--slo", fix="add us, ms or s")
             limit *= _TIME_UNITS[unit]
         elif unit == "%":
             if not _SCALARS[metric][1]:
-                raise TritongenError(f"{metric} is not a rate; drop the %", where="--slo")
+                raise SpecError(f"{metric} is not a rate; drop the %", where="--slo", fix=f"write {metric} as a plain number")
             limit /= 100.0
         elif unit:
-            raise TritongenError(f"unit {unit!r} does not fit {metric}", where="--slo")
+            raise SpecError(f"unit {unit!r} does not fit {metric}", where="--slo", fix=f"write {metric} without a unit")
         terms.append(Term(raw.strip(), metric, stat, op, limit))
     if not terms:
-        raise TritongenError("empty SLO", where="--slo", fix='e.g. --slo "ttft_p95<500ms"')
+        raise SpecError("empty SLO", where="--slo", fix='e.g. --slo "ttft_p95<500ms"')
     return terms
 
 

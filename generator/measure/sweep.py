@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import TritongenError
+from generator.errors import SpecError, TritongenError
 from generator.spec import Spec, parse_override, with_overrides
 
 STATUS_OK = "ok"
@@ -52,13 +52,13 @@ def plan_sweep(sets: list[str]) -> SweepPlan:
         if "," in raw and not raw.startswith(("[", "{")):
             values = [v.strip() for v in raw.split(",")]
             if any(not v for v in values):
-                raise TritongenError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
+                raise SpecError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
     if not axes:
-        raise TritongenError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
-                             "--set serving.max_batch_size=1,4,16")
+        raise SpecError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
+                        "--set serving.max_batch_size=1,4,16")
     return SweepPlan(fixed, axes)
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactMissing, HubError, SpecError
 from generator.spec import Spec
 
 ALLOW_PATTERNS = [
@@ -82,46 +82,46 @@ def check_model_folder(folder: Path, *, where: str | None = None) -> Path:
             if has_bin and "*.safetensors weights" in missing
             else "point model.source at a complete Hugging Face model folder, or at a hub id (org/name)"
         )
-        raise TritongenError(f"model folder is missing {', '.join(missing)}", where=where or str(folder), fix=fix)
+        raise ArtifactMissing(f"model folder is missing {', '.join(missing)}", where=where or str(folder), fix=fix)
     return folder
 
 
-def hub_error(exc: BaseException, repo_id: str, revision: str | None = None) -> TritongenError | None:
+def hub_error(exc: BaseException, repo_id: str, revision: str | None = None) -> HubError | SpecError | None:
     """Translate a huggingface_hub failure into what the user can do about it (None: not a hub failure we know)."""
     from huggingface_hub import errors
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     login = "hf auth login (or huggingface-cli login), or set HF_TOKEN=hf_... in the environment"
     if isinstance(exc, errors.GatedRepoError):
-        return TritongenError(
+        return HubError(
             f"the model is gated: accept its license on https://huggingface.co/{repo_id} with your account, then use a token",
             where=where,
             fix=login,
         )
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return TritongenError(
+        return HubError(
             "model not found on the Hugging Face Hub (wrong id, or private and no token)",
             where=where,
             fix=f"check the id (org/name, e.g. Qwen/Qwen3-8B); if it is private: {login}",
         )
     if isinstance(exc, errors.RevisionNotFoundError):
-        return TritongenError(
+        return HubError(
             f"revision {revision!r} does not exist in this repo", where=where, fix="pass an existing branch, tag or commit with --revision"
         )
     if isinstance(exc, errors.HFValidationError):
-        return TritongenError(
+        return SpecError(
             "neither a local folder nor a valid Hugging Face repo id", where=repo_id, fix=f"use org/name, or {LOCAL_FOLDER_FIX}"
         )
     if isinstance(exc, errors.HfHubHTTPError) and exc.response is not None and exc.response.status_code in (401, 403):
-        return TritongenError("the Hugging Face Hub refused the token", where=where, fix=login)
+        return HubError("the Hugging Face Hub refused the token", where=where, fix=login)
     if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
         if offline_mode():
-            return TritongenError(
+            return HubError(
                 "offline mode (HF_HUB_OFFLINE=1) is on and the model is not in the local Hugging Face cache",
                 where=where,
                 fix=f"download it once with network access (unset HF_HUB_OFFLINE), or {LOCAL_FOLDER_FIX}",
             )
-        return TritongenError(
+        return HubError(
             "could not reach the Hugging Face Hub (no network?) and the model is not in the local cache",
             where=where,
             fix=f"set HF_HUB_OFFLINE=1 to use a cached copy, or {LOCAL_FOLDER_FIX}",
@@ -146,7 +146,7 @@ def fetch(spec_or_source: Union[Spec, str, Path], revision: str | None = None, d
     if local.is_dir():
         return check_model_folder(local.resolve())
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise TritongenError(
+        raise ArtifactMissing(
             "no such folder, and not a Hugging Face repo id (org/name)", where=source, fix=LOCAL_FOLDER_FIX
         )
 

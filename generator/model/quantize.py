@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused, SpecError, ToolMissing
 from generator.fsutil import atomic_dir, check_writable_target
 from generator.spec import KVCacheFormat, QuantFormat, QuantizationSpec, Spec
 
@@ -108,7 +108,11 @@ def misfit_layers(linears: dict[str, tuple[int, int]], q: QuantizationSpec) -> l
 
 def read_calibration_file(path: Path) -> list[str]:
     """Texts of a local calibration file: .jsonl (a ``text`` field per line) or text (blank-line paragraphs)."""
-    raw = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactCorrupt(f"calibration file is not UTF-8 text (byte {exc.start})", where=str(path),
+                              fix="save it as UTF-8, or pass another file with --dataset") from None
     if path.suffix == ".jsonl":
         texts = []
         for n, line in enumerate(raw.splitlines(), 1):
@@ -117,7 +121,7 @@ def read_calibration_file(path: Path) -> list[str]:
             try:
                 texts.append(json.loads(line)["text"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise TritongenError(
+                raise ArtifactCorrupt(
                     f"line {n} is not a JSON object with a text field", where=str(path), fix='write one {"text": "..."} per line'
                 ) from None
         return [t for t in texts if t.strip()]
@@ -141,13 +145,14 @@ def calibration_texts(spec: Spec) -> tuple[list[str], str]:
     looks_local = local.exists() or local.suffix in (".txt", ".jsonl", ".md") or cal.dataset.startswith((".", "/", "~"))
     if looks_local:
         if not local.is_file():
-            raise TritongenError(
+            raise ArtifactMissing(
                 "calibration file not found", where=str(local),
                 fix="pass an existing .txt or .jsonl file with --dataset (e.g. generator/data/corpus.txt)",
             )
         texts = read_calibration_file(local)
         if not texts:
-            raise TritongenError("calibration file holds no text", where=str(local))
+            raise ArtifactCorrupt("calibration file holds no text", where=str(local),
+                                  fix="put text in it (paragraphs separated by blank lines), or pass another --dataset")
         return select_samples(texts, cal.size, cal.seed), str(local)
     return _hub_texts(cal.dataset, cal.size, cal.seed), f"hub:{cal.dataset}"
 
@@ -157,11 +162,11 @@ def _hub_texts(name: str, size: int, seed: int) -> list[str]:
 
     fix = "calibrate from a local file instead: --dataset PATH.txt|PATH.jsonl (or --set quantization.calibration.dataset=PATH)"
     if offline_mode():
-        raise TritongenError(f"calibration data set {name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set", where="quantization.calibration.dataset", fix=fix)
+        raise SpecError(f"calibration data set {name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set", where="quantization.calibration.dataset", fix=fix)
     try:
         import datasets
     except ImportError:
-        raise TritongenError(
+        raise ToolMissing(
             f"calibration data set {name!r} needs the `datasets` package (not a tritongen dependency) and network access",
             where="quantization.calibration.dataset", fix=f"pip install datasets, or {fix}",
         ) from None
@@ -170,7 +175,7 @@ def _hub_texts(name: str, size: int, seed: int) -> list[str]:
         stream = datasets.load_dataset(repo, config, split="train", streaming=True).shuffle(seed=seed, buffer_size=10_000)
         texts = [row[column] for _, row in zip(range(size), stream)]
     except Exception as exc:  # network, missing repo, missing column: all end the same way for the user
-        raise TritongenError(f"could not read calibration data set {name!r}: {exc}", where="quantization.calibration.dataset", fix=fix) from exc
+        raise ArtifactMissing(f"could not read calibration data set {name!r}: {exc}", where="quantization.calibration.dataset", fix=fix) from exc
     return [t for t in texts if t and t.strip()]
 
 
@@ -303,7 +308,7 @@ def _check_layers(model, q: QuantizationSpec) -> None:
     unmatched = [p for p in q.exclude_modules if not any(excluded(n, [p]) for n in linears)]
     if unmatched:
         example = next(iter(linears), "model.layers.0.mlp.down_proj")
-        raise TritongenError(
+        raise SpecError(
             f"exclude_modules pattern(s) {unmatched} match no linear layer of this model",
             where="quantization.exclude_modules", fix=f"use fnmatch patterns over module names such as {example!r} or 'lm_head'",
         )
@@ -313,7 +318,7 @@ def _check_layers(model, q: QuantizationSpec) -> None:
             "choose another --format, or exclude those layers (quantization.exclude_modules); "
             "for int4_awq a smaller quantization.awq_block_size may fit"
         )
-        raise TritongenError(
+        raise SpecError(
             f"{q.format.value} cannot quantize {len(bad)} layer(s) of this model: " + "; ".join(bad[:3]),
             where="quantization.format", fix=fix,
         )
@@ -360,7 +365,7 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
                 "serving_weights_dir": str(spec.model_dir)}
     reason = refusal(q)
     if reason:
-        raise TritongenError(reason, where="quantization.kv_cache", fix="use --kv-cache fp8 (or none)")
+        raise PlanRefused(reason, where="quantization.kv_cache", fix="use --kv-cache fp8 (or none)")
     out = Path(out_dir) if out_dir else spec.checkpoint_dir
     check_writable_target(out.resolve(), force, "tritongen quantize ...")
 
@@ -394,7 +399,8 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
         cal = q.calibration
         samples = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"][: cal.max_seq_len] for t in texts) if len(ids) > 1]
         if not samples:
-            raise TritongenError("no calibration sample has two tokens or more", where=dataset)
+            raise ArtifactCorrupt("no calibration sample has two tokens or more", where=dataset,
+                                  fix="calibrate on longer texts (--dataset), or raise quantization.calibration.max_seq_len")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         chunks = heldout_chunks(tokenizer, max_tokens=q.quality_tokens, chunk_len=cal.max_seq_len) if q.quality_tokens else []
         timings["load_s"] = time.perf_counter() - t

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from generator.errors import TritongenError
+from generator.errors import PlanRefused
 from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
@@ -96,10 +96,10 @@ def llmapi_refusals(spec: Spec) -> list[str]:
 
 
 def check_llmapi_spec(spec: Spec) -> None:
-    """Raise one TritongenError listing every setting the LLM-API backend cannot honour."""
+    """Raise one PlanRefused listing every setting the LLM-API backend cannot honour."""
     reasons = llmapi_refusals(spec)
     if reasons:
-        raise TritongenError(
+        raise PlanRefused(
             "the llmapi engine target cannot honour these settings:\n  " + "\n  ".join(reasons),
             where="serving.engine=llmapi",
             fix="change the settings named above, or pick serving.engine=tensorrtllm (engine build)",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import TritongenError
-from generator.fsutil import atomic_dir
+from generator.errors import ArtifactCorrupt, PlanRefused, SpecError, ToolMissing
+from generator.fsutil import atomic_dir, read_json_object
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.resources import data_json, model_repo_dir, templates_dir
@@ -84,16 +84,9 @@ def read_engine_config(path: Path) -> Optional[dict[str, Any]]:
     """The built engine's config.json (``pretrained_config`` + ``build_config``), or None without one."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TritongenError(
-            f"engine config is not valid JSON ({exc.msg} at line {exc.lineno})",
-            where=str(path),
-            fix="rebuild the engine with `tritongen build`",
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("build_config"), dict):
-        raise TritongenError(
+    data = read_json_object(path, fix="rebuild the engine with `tritongen build SPEC --force`")
+    if not isinstance(data.get("build_config"), dict):
+        raise ArtifactCorrupt(
             "engine config has no build_config section (not a trtllm-build output?)",
             where=str(path),
             fix="point artifacts.engine_dir at a trtllm-build output folder",
@@ -113,18 +106,19 @@ def resolve_max_batch_size(spec: Spec, engine_config: Optional[dict[str, Any]], 
         return spec.triton_max_batch_size, f"spec {origin}"
     built = engine_config["build_config"].get("max_batch_size")
     if not isinstance(built, int) or built < 1:
-        raise TritongenError(f"engine build_config.max_batch_size is {built!r}", where=source)
+        raise ArtifactCorrupt(f"engine build_config.max_batch_size is {built!r}", where=source,
+                              fix="rebuild the engine with `tritongen build SPEC --force`")
     wanted = spec.serving.max_batch_size
     if wanted is not None:
         if wanted > built:
-            raise TritongenError(
+            raise SpecError(
                 f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {built}",
                 where=source,
                 fix=f"--set serving.max_batch_size={built} (or rebuild with build.max_batch_size={wanted})",
             )
         return wanted, f"spec serving.max_batch_size (engine allows {built})"
     if spec.build.max_batch_size != built:
-        raise TritongenError(
+        raise SpecError(
             f"the engine was built with max_batch_size {built} but the spec says build.max_batch_size="
             f"{spec.build.max_batch_size}",
             where=source,
@@ -237,7 +231,7 @@ def _model_code(model: str, src_name: str) -> dict[str, Path]:
     shared = model_repo_dir() / SHARED_CODE
     for needed in (src / "model.py", shared / "model_common.py"):
         if not needed.is_file():
-            raise TritongenError(
+            raise ToolMissing(
                 f"Python model code for {model} is missing ({needed})",
                 where=str(needed.parent),
                 fix="reinstall tritongen; model_repo/ must ship with it",
@@ -268,7 +262,8 @@ def _quote(value: Any) -> str:
     """A protobuf text-format string literal."""
     text = str(value)
     if "\n" in text or "\r" in text:
-        raise TritongenError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold")
+        raise SpecError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold",
+                        fix="remove the line break from that value (a path or name in the spec)")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -382,7 +377,7 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
     planner = _PLANNERS.get(target)
     if planner is None:
         allowed = ", ".join(t.value for t in _PLANNERS)
-        raise TritongenError(
+        raise PlanRefused(
             f"render does not support engine target {target.value!r} yet",
             where="serving.engine",
             fix=f"use one of: {allowed}",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactMissing, ServerError, ToolMissing
 
 SHM_DIR = Path("/dev/shm")
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -60,14 +60,15 @@ def find_install() -> ServerInstall:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise TritongenError(
+        raise ToolMissing(
             "no tritonserver found: not on PATH and the nvidia-pytriton wheel is not installed",
             fix="pip install nvidia-pytriton==0.7.0 (bundles tritonserver), or run inside an NGC Triton container",
         )
     pkg = Path(list(spec.submodule_search_locations)[0])
     binary = pkg / "tritonserver" / "bin" / "tritonserver"
     if not binary.is_file():
-        raise TritongenError("the nvidia-pytriton wheel has no tritonserver binary", where=str(binary))
+        raise ToolMissing("the nvidia-pytriton wheel has no tritonserver binary", where=str(binary),
+                          fix="pip install --force-reinstall nvidia-pytriton==0.7.0")
     return ServerInstall(binary, bundled=True, pytriton_dir=pkg)
 
 
@@ -80,7 +81,7 @@ def assemble_backend_dir(pytriton_dir: Path, target: Path, python_version: str =
     stub = src / "python_backend_stubs" / python_version / "triton_python_backend_stub"
     if not stub.is_file():
         available = sorted(p.name for p in (src / "python_backend_stubs").glob("3.*"))
-        raise TritongenError(
+        raise ToolMissing(
             f"the bundled Python backend has no stub for Python {python_version} (has {', '.join(available)})",
             where=str(stub.parent),
             fix="run tritongen with one of those Python versions",
@@ -284,7 +285,8 @@ class TritonServer:
         if self.process is not None:
             raise RuntimeError("server already started")
         if not self.repo_dir.is_dir():
-            raise TritongenError("model repository folder not found", where=str(self.repo_dir))
+            raise ArtifactMissing("model repository folder not found", where=str(self.repo_dir),
+                                  fix="render one first: tritongen render SPEC -o DIR")
         install = find_install()
         self._start_failed = False
         self._workdir = Path(tempfile.mkdtemp(prefix="tritongen-server-"))
@@ -304,7 +306,7 @@ class TritonServer:
                 if attempt == attempts - 1:
                     self._start_failed = True
                     self._cleanup()
-                    raise TritongenError(
+                    raise ServerError(
                         "tritonserver could not bind its ports:\n" + _tail(self.log_file, 10),
                         fix="pass free --http-port/--grpc-port/--metrics-port",
                     ) from None
@@ -392,7 +394,7 @@ class TritonServer:
         log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
         raise self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
 
-    def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> TritongenError:
+    def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> ServerError:
         failed = failed_models_from_index(index) or failed_models_from_log(log)
         lines = [headline]
         if failed:
@@ -401,7 +403,7 @@ class TritonServer:
         lines.append(f"last lines of the server log ({self.log_file}):")
         lines.append(_tail(self.log_file))
         first = sorted(failed)[0] if failed else None
-        return TritongenError(
+        return ServerError(
             "\n".join(lines),
             where=str(self.repo_dir / first / "config.pbtxt") if first else str(self.repo_dir),
             fix=f"tritongen validate {self.repo_dir}, then see the named model's error above",

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from generator.errors import TritongenError
+from generator.errors import ArtifactMissing, SpecError
 from generator.spec.schema import Spec
 
 
@@ -29,9 +29,9 @@ def _describe_error(err: dict[str, Any]) -> str:
     return f"{loc}: got {got!r}; {msg[0].lower() + msg[1:]}"
 
 
-def spec_error_from_validation(exc: ValidationError, source: str) -> TritongenError:
+def spec_error_from_validation(exc: ValidationError, source: str) -> SpecError:
     lines = [_describe_error(e) for e in exc.errors()]
-    return TritongenError(
+    return SpecError(
         "invalid spec:\n  " + "\n  ".join(lines),
         where=source,
         fix="edit the fields named above (see `tritongen spec-reference` for allowed values)",
@@ -41,13 +41,14 @@ def spec_error_from_validation(exc: ValidationError, source: str) -> TritongenEr
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` → (["a","b","c"], YAML-parsed value)."""
     if "=" not in item:
-        raise TritongenError(
+        raise SpecError(
             f"override {item!r} is not KEY=VALUE", where="--set", fix="write e.g. --set build.max_batch_size=16"
         )
     key, raw = item.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise TritongenError(f"override {item!r} has an empty key", where="--set")
+        raise SpecError(f"override {item!r} has an empty key", where="--set",
+                        fix="name a spec field before =, e.g. --set build.max_batch_size=16")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -70,7 +71,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _not_utf8(node: Any, loc: str = "") -> str | None:
+    """The dotted field of the first string that UTF-8 cannot encode (a lone surrogate), or None."""
+    if isinstance(node, dict):
+        return next((bad for k, v in node.items() if (bad := _not_utf8(v, f"{loc}{k}.") or _not_utf8(k, loc))), None)
+    if isinstance(node, list):
+        return next((bad for i, v in enumerate(node) if (bad := _not_utf8(v, f"{loc}{i}."))), None)
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc.rstrip(".") or "spec"
+    return None
+
+
 def spec_from_dict(data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "spec") -> Spec:
+    bad = _not_utf8(data)
+    if bad:
+        raise SpecError(f"{bad}: not valid text (bytes that are not UTF-8, or a lone surrogate)", where=source,
+                        fix="write the value as UTF-8 text (file names too)")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -86,15 +105,20 @@ def load_spec(path: Path | str | None, overrides: list[str] | None = None) -> Sp
         return spec_from_dict(apply_overrides({}, overrides), source="defaults")
     path = Path(path)
     if not path.is_file():
-        raise TritongenError("spec file not found", where=str(path), fix=f"tritongen init {path}")
+        raise ArtifactMissing("spec file not found", where=str(path), fix=f"tritongen init {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})", where=str(path),
+                        fix="save the spec as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise TritongenError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where,
+                        fix="correct the YAML at the line and column shown (`tritongen init` writes a valid spec)") from None
     if not isinstance(data, dict):
-        raise TritongenError("the spec must be a YAML mapping of sections (model, quantization, ...)", where=str(path))
+        raise SpecError("the spec must be a YAML mapping of sections (model, quantization, ...)", where=str(path),
+                        fix="start from `tritongen init` and keep its section: field layout")
     return spec_from_dict(apply_overrides(data, overrides), base_dir=path.parent, source=str(path))
 
 

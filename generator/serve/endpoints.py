@@ -1,0 +1,69 @@
+"""Where a running Triton server listens, from the URLs a user gives: one rule for every command.
+
+``--url`` is the HTTP address; gRPC and metrics default to Triton's own layout (HTTP port + 1 and + 2)
+unless ``--grpc-url`` / ``--metrics-url`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlsplit
+
+from generator.errors import ServerError, SpecError
+
+URL_FIX = "e.g. --url http://127.0.0.1:8000 (gRPC then defaults to port 8001, metrics to 8002)"
+
+
+def _host_port(url: str, option: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``; a bare HOST:PORT means http."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or not port:
+        raise SpecError(f"URL {url!r} needs a host and a port (1-65535)", where=option, fix=URL_FIX)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return parts.scheme, host, port
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """HTTP (with scheme), gRPC (HOST:PORT) and metrics URLs of one server."""
+
+    http_url: str
+    grpc_url: str
+    metrics_url: Optional[str]
+
+    @classmethod
+    def from_urls(cls, url: str, grpc_url: Optional[str] = None, metrics_url: Optional[str] = None) -> "Endpoints":
+        scheme, host, port = _host_port(url, "--url")
+        if port + 2 > 65535 and not (grpc_url and metrics_url):
+            raise SpecError(f"HTTP port {port} leaves no room for gRPC and metrics at + 1 and + 2", where="--url",
+                            fix="pass --grpc-url and --metrics-url too")
+        if grpc_url:
+            _, ghost, gport = _host_port(grpc_url, "--grpc-url")
+            grpc_url = f"{ghost}:{gport}"
+        if metrics_url:
+            _host_port(metrics_url, "--metrics-url")
+        return cls(
+            http_url=f"{scheme}://{host}:{port}",
+            grpc_url=grpc_url or f"{host}:{port + 1}",
+            metrics_url=metrics_url or f"http://{host}:{port + 2}/metrics",
+        )
+
+    def locust_host(self, protocol: str) -> str:
+        return f"grpc://{self.grpc_url}" if protocol == "grpc-stream" else self.http_url
+
+    def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Fail with the address and the fix when nothing answers Triton's liveness endpoint."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/live", timeout=timeout_s):  # noqa: S310
+                pass
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ServerError(f"no Triton server answers at {self.http_url}: {reason}", where="--url",
+                              fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None
