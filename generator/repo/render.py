@@ -48,6 +48,13 @@ EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
     "ensemble": (),
 }
 
+# Tensors tritongen adds to upstream's, per model and section: how postprocessing tells streams apart
+# by an identity the server made (see model_repo/postprocessing/1/model.py).
+EXTRA_TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
+    "preprocessing": {"input": ("RETURN_PERF_METRICS",), "output": ("OUT_RETURN_PERF_METRICS",)},
+    "postprocessing": {"input": ("STREAM_ID", "ARRIVAL_TIME_NS"), "output": ()},
+}
+
 # Only used when the executor runs in orchestrator mode; upstream ships this fixed path.
 _EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 
