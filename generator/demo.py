@@ -49,6 +49,10 @@ def demo_overrides(model_dir: Path, artifacts_dir: Path) -> list[str]:
     ]
 
 
+TARGET_FILES = {"cpu-reference": "", "llmapi": "-llmapi"}
+"""The two served targets and the suffix of their smoke/load-test outputs: the ensemble on the CPU reference
+engine, and the LLM-API model (the CPU stand-in) in front of the same engine."""
+
 SWEEP_POINTS = ["serving.max_batch_size=1,16"]
 """The demo's two-point sweep: no in-flight batching against batching up to 16 requests."""
 
@@ -150,7 +154,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         return f"{state['spec'].checkpoint_dir}"
 
     def plan() -> str:
-        from generator.engine.plan import make_plan, read_model_config
+        from generator.engine.plan import make_plan
+        from generator.engine.shape import read_model_config
 
         spec = with_overrides(state["spec"], ["serving.engine=tensorrtllm"])
         config, source = read_model_config(spec)
@@ -176,46 +181,64 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             return f"{repo} ({_problems_line(problems)})"
         return step
 
-    def serve() -> str:
-        from generator.serve.server import TritonServer
+    def serve(engine: str) -> Callable[[], str]:
+        def step() -> str:
+            from generator.serve.server import TritonServer
 
-        server = TritonServer(state["cpu-reference"], log_file=out / "logs" / "tritonserver.log")
-        stack.enter_context(server)
-        state["server"] = server
-        return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
+            stack.close()  # one server at a time: two on 2 cores would skew the figures
+            server = TritonServer(state[engine], log_file=out / "logs" / f"tritonserver-{engine}.log")
+            stack.enter_context(server)
+            state["server"] = server
+            return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
+        return step
 
-    def smoke() -> str:
-        from generator.serve.smoke import run_smoke
+    def smoke(engine: str) -> Callable[[], str]:
+        def step() -> str:
+            from generator.serve.smoke import run_smoke
 
-        server = state["server"]
-        report = run_smoke(server.http_url, server.grpc_url, max_input_len=state["spec"].build.max_input_len)
-        (out / "smoke.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        if not report.ok:
-            raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
-                              fix=f"read {out / 'smoke.json'} and the server log {server.log_file}")
-        return f"{len(report.checks)} checks passed"
+            server = state["server"]
+            report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],
+                               max_input_len=state["spec"].build.max_input_len)
+            name = TARGET_FILES[engine]
+            (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+            passed = len(report.checks) - len(report.failed)
+            target_figures(engine)["smoke"] = {"model": report.model, "passed": passed, "checks": len(report.checks)}
+            if not report.ok:
+                raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
+                                  fix=f"read {out / f'smoke{name}.json'} and the server log {server.log_file}")
+            return f"{len(report.checks)} checks passed ({report.model})"
+        return step
 
-    def loadtest() -> str:
-        from generator.measure.runner import run_loadtest
+    def loadtest(engine: str) -> Callable[[], str]:
+        def step() -> str:
+            from generator.measure.runner import run_loadtest
 
-        server = state["server"]
-        folder = out / "loadtest"
-        folder.mkdir(parents=True, exist_ok=True)
-        result = run_loadtest(state["spec"], folder, url=server.http_url, grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url, title="demo load test")
-        stack.close()  # the sweep starts its own servers; two on 2 cores would skew it
-        r = result.results
-        run.figures["loadtest"] = {
-            "requests_ok": r["counts"]["ok"], "errors": r["counts"]["errors"],
-            "output_tokens_per_s": r["throughput"]["output_tokens_per_s"],
-            "ttft_ms": r["latency_ms"]["ttft"], "itl_ms": r["latency_ms"]["itl"],
-            "report": str(folder / "report.html"),
-        }
-        if not r["counts"]["ok"]:
-            raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
-                              fix="read the report's errors and the server log")
-        tps = r["throughput"]["output_tokens_per_s"] or 0
-        return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
+            server = state["server"]
+            folder = out / f"loadtest{TARGET_FILES[engine]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
+            result = run_loadtest(spec, folder, url=server.http_url, grpc_url=server.grpc_url,
+                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})")
+            stack.close()  # the next stages start their own servers
+            r = result.results
+            figures = {
+                "requests_ok": r["counts"]["ok"], "errors": r["counts"]["errors"],
+                "output_tokens_per_s": r["throughput"]["output_tokens_per_s"],
+                "ttft_ms": r["latency_ms"]["ttft"], "itl_ms": r["latency_ms"]["itl"],
+                "report": str(folder / "report.html"),
+            }
+            target_figures(engine)["loadtest"] = figures
+            if engine == "cpu-reference":
+                run.figures["loadtest"] = figures
+            if not r["counts"]["ok"]:
+                raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
+                                  fix="read the report's errors and the server log")
+            tps = r["throughput"]["output_tokens_per_s"] or 0
+            return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
+        return step
+
+    def target_figures(engine: str) -> dict[str, Any]:
+        return run.figures.setdefault("targets", {}).setdefault(engine, {})
 
     def sweep() -> str:
         from generator.measure.sweep import plan_sweep, run_sweep
@@ -233,11 +256,36 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         ("plan for " + GPU_TARGET, plan),
         ("render + validate tensorrtllm", render("tensorrtllm", "repo-" + GPU_TARGET)),
         ("render + validate cpu-reference", render("cpu-reference", "repo-cpu")),
-        ("serve", serve),
-        ("smoke", smoke),
-        ("load test", loadtest),
+        ("serve", serve("cpu-reference")),
+        ("smoke", smoke("cpu-reference")),
+        ("load test", loadtest("cpu-reference")),
+        ("render + validate llmapi", render("llmapi", "repo-llmapi")),
+        ("serve llmapi", serve("llmapi")),
+        ("smoke llmapi", smoke("llmapi")),
+        ("load test llmapi", loadtest("llmapi")),
         ("sweep", sweep),
     ]
+
+
+TARGET_COLUMNS = ("target", "model", "smoke", "requests ok", "errors", "out tok/s", "TTFT p50 ms", "ITL p50 ms")
+
+
+def target_rows(figures: dict[str, Any]) -> list[list[str]]:
+    """The served targets side by side (TARGET_COLUMNS), from the demo's figures; "–" where a stage did not run."""
+    def num(value: Any, fmt: str = "{:.1f}") -> str:
+        return "–" if value is None else fmt.format(value)
+
+    rows = []
+    for engine, f in figures.get("targets", {}).items():
+        smoke, load = f.get("smoke") or {}, f.get("loadtest") or {}
+        rows.append([
+            engine, smoke.get("model", "–"),
+            f"{smoke['passed']}/{smoke['checks']}" if smoke else "–",
+            num(load.get("requests_ok"), "{}"), num(load.get("errors"), "{}"),
+            num(load.get("output_tokens_per_s"), "{:.0f}"),
+            num((load.get("ttft_ms") or {}).get("p50")), num((load.get("itl_ms") or {}).get("p50")),
+        ])
+    return rows
 
 
 def _point_figures(point: dict[str, Any]) -> dict[str, Any]:

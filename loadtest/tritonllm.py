@@ -41,7 +41,10 @@ from locust import User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, quantile_sample, request_inputs, request_metrics  # noqa: E402
+from generator.measure.records import (  # noqa: E402
+    RECORD_VERSION, SERVER_FIELDS, answer_text, quantile_sample, request_inputs, request_metrics,
+)
+from generator.serve.client import dialect_for_inputs  # noqa: E402
 from generator.spec import LoadTestSpec  # noqa: E402
 from prompts import Prompt, count_tokens, load_tokenizer, read_jsonl, synthesize  # noqa: E402
 from schedule import arrival_offsets, share  # noqa: E402
@@ -102,7 +105,8 @@ class LoadState:
         self.info = model_info(opts.protocol, self.host, opts.model, opts.request_timeout_s)
         tokenizer_dir = opts.tokenizer or self.info.tokenizer_dir
         if not tokenizer_dir:
-            raise RuntimeError(f"model {opts.model!r} has no tokenizer_dir parameter: pass --tokenizer DIR")
+            raise RuntimeError(f"model {self.info.name!r} has no tokenizer_dir parameter: pass --tokenizer DIR "
+                               "(for the LLM-API model, the checkpoint folder its model.yaml names)")
         self.tokenizer = load_tokenizer(Path(tokenizer_dir))
         if opts.prompts:
             self.prompts = read_jsonl(
@@ -183,6 +187,8 @@ class ModelInfo:
         self.inputs = {i["name"] for i in config.get("input", [])}
         self.outputs = {o["name"] for o in config.get("output", [])}
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.cumulative = dialect_for_inputs(self.inputs).cumulative
+        """Streamed text_output is the whole text so far (the LLM-API model), not the new text."""
         self.tokenizer_dir = tokenizer_dir
 
 
@@ -215,8 +221,11 @@ def _config_fetcher(protocol: str, host: str, timeout: float) -> Callable[[str],
     return fetch_http
 
 
-def model_info(protocol: str, host: str, model: str, timeout: float) -> ModelInfo:
+def model_info(protocol: str, host: str, model: Optional[str], timeout: float) -> ModelInfo:
+    """``model`` None: the repository's entry model (loadtest.model), ensemble or else the LLM-API tensorrt_llm."""
     fetch = _config_fetcher(protocol, host, timeout)
+    if model is None:
+        model = "ensemble" if fetch("ensemble") is not None else "tensorrt_llm"
     config = fetch(model)
     if config is None:
         raise RuntimeError(f"model {model!r} is not served at {host}")
@@ -442,8 +451,9 @@ def run_request(
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
     """
-    ex = Exchange(st.opts.protocol, st.opts.model, st.index, seq, prompt, warmup, sched_ns)
+    ex = Exchange(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns)
     ex.record["conn_ns"] = conn_ns
+    ex.record["cumulative"] = st.info.cumulative
     if prompt.index not in st.prompts_sent:
         st.prompts_sent.add(prompt.index)
         ex.record["prompt_text"] = prompt.text
@@ -459,7 +469,7 @@ def run_request(
     finally:
         st.inflight -= 1
         if not ex.record["error"]:
-            ex.record["output_tokens"] = count_tokens(st.tokenizer, "".join(ex.record["resp_text"]))
+            ex.record["output_tokens"] = count_tokens(st.tokenizer, answer_text(ex.record))
         st.finished(ex.record)
 
 
@@ -570,8 +580,9 @@ class TritonLLMUser(User):
         self.client = make_client(st.opts.protocol, self.host or st.host, st.info, st.opts.request_timeout_s)
 
     def on_stop(self) -> None:
-        if self.client is not self.st.grpc:  # the shared gRPC stream closes with the process
-            self.client.close()
+        client = getattr(self, "client", None)  # None when on_start stopped the user (setup failed)
+        if client is not None and client is not self.st.grpc:  # the shared gRPC stream closes with the process
+            client.close()
 
     @task
     def generate(self) -> None:

@@ -5,6 +5,7 @@ Everything is made locally through the same code paths users run; nothing is dow
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,29 @@ def cpu_server(cpu_repo_dir, work_dir):
 
 
 @pytest.fixture(scope="session")
+def llmapi_spec(cpu_spec):
+    """The demo's spec on the LLM-API target (same checkpoint; the CPU stand-in serves it here)."""
+    from generator.spec import with_overrides
+
+    return with_overrides(cpu_spec, ["serving.engine=llmapi"])
+
+
+@pytest.fixture(scope="session")
+def llmapi_repo_dir(llmapi_spec, nvfp4_checkpoint_dir, work_dir) -> Path:
+    from generator.repo.render import render_repository
+
+    return render_repository(llmapi_spec, work_dir / "repo-llmapi")
+
+
+@pytest.fixture(scope="session")
+def llmapi_server(llmapi_repo_dir, work_dir):
+    from generator.serve.server import TritonServer
+
+    with TritonServer(llmapi_repo_dir, log_file=work_dir / "triton-llmapi.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def tokenizer_weights_dir(tmp_path_factory) -> Path:
     """A weights folder with just a small word-level tokenizer and a config.json.
 
@@ -81,29 +105,47 @@ def tokenizer_weights_dir(tmp_path_factory) -> Path:
     return out
 
 
+FAKE_BIN = Path(__file__).parent / "fake_bin"
+
+
 @pytest.fixture
-def write_engine_config():
-    """Test double for trtllm-build's output (no GPU here): writes ENGINE_DIR/config.json in the layout
-    TensorRT-LLM 1.2 saves (version, pretrained_config with mapping and quantization, build_config)."""
+def gpu_host(monkeypatch):
+    """This machine as a GPU host: the trtllm-build and quantize.py stand-ins (tests/fake_bin) on PATH.
+    ``sm`` is the build GPU's compute capability, which the stand-in cannot ask CUDA for."""
+
+    def use(sm: int = 90, **env: str) -> None:
+        monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("TRTLLM_EXAMPLES_DIR", str(FAKE_BIN / "examples"))
+        monkeypatch.setenv("FAKE_TRTLLM_SM", str(sm))
+        for key in ("FAKE_TRTLLM_VERSION", "FAKE_TRTLLM_OVERRIDES", "FAKE_TRTLLM_EXIT"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+
+    return use
+
+
+@pytest.fixture
+def build_engine(gpu_host, qwen3_8b_config):
+    """Build ``spec``'s engine with the stand-ins, as `tritongen build` does (the model folder gets Qwen3-8B's
+    config.json when it has none); returns the engine's config.json. ``env`` imitates another build host."""
     import json
+    import shutil
 
-    def write(spec, **build_changes) -> Path:
-        b = spec.build
-        mapping = build_changes.pop("mapping", {"world_size": b.world_size, "tp_size": b.tp_size, "pp_size": b.pp_size})
-        quant = build_changes.pop("quantization", {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"})
-        build = {"max_batch_size": b.max_batch_size, "max_input_len": b.max_input_len,
-                 "max_seq_len": b.resolved_max_seq_len, "max_num_tokens": b.max_num_tokens,
-                 "max_beam_width": b.max_beam_width, **build_changes}
-        config = {"version": "1.2.1",
-                  "pretrained_config": {"architecture": "Qwen3ForCausalLM", "dtype": b.dtype, "mapping": mapping,
-                                        "quantization": quant},
-                  "build_config": build}
-        spec.engine_dir.mkdir(parents=True, exist_ok=True)
-        path = spec.engine_dir / "config.json"
-        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        return path
+    from generator.engine.build import run_build
+    from generator.engine.gpus import lookup_gpu
+    from generator.engine.plan import make_plan
 
-    return write
+    def build(spec, **env: str) -> Path:
+        gpu_host(lookup_gpu(spec.build.gpu).sm, **env)
+        if not (spec.model_dir / "config.json").is_file():
+            spec.model_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(qwen3_8b_config, spec.model_dir / "config.json")
+        plan = make_plan(spec, json.loads((spec.model_dir / "config.json").read_text()))
+        run_build(spec, plan, force=True, on_line=lambda _: None)
+        return spec.engine_dir / "config.json"
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from generator.spec import load_spec
@@ -19,3 +21,25 @@ def small_spec(weights: Path, artifacts: Path, *extra: str):
         "build.tokens_per_block=16",
         *extra,
     ])
+
+
+def local_model(folder: Path, model_config: Path, tokenizer_dir: Path) -> Path:
+    """A local model folder as `tritongen fetch` leaves it, minus the weights: config.json and tokenizer files."""
+    shutil.copytree(tokenizer_dir, folder, dirs_exist_ok=True)
+    shutil.copy(model_config, folder / "config.json")
+    return folder
+
+
+def write_quantized_checkpoint(spec, quant_algo: str | None = None, kv_algo: str | None = None) -> Path:
+    """Stand-in for `tritongen quantize` (ModelOpt needs the real weights): the served checkpoint folder with the
+    model's tokenizer and config.json and ModelOpt's hf_quant_config.json for the spec's formats (or the given
+    quant_algo/kv_algo, to imitate a checkpoint of another format)."""
+    from generator.engine.facts import KV_ALGOS, QUANT_ALGOS
+
+    q = spec.quantization
+    out = spec.checkpoint_dir
+    shutil.copytree(spec.model_dir, out, dirs_exist_ok=True)
+    quant = {"quant_algo": quant_algo or QUANT_ALGOS[q.format][0],
+             "kv_cache_quant_algo": kv_algo or KV_ALGOS[q.kv_cache][0], "exclude_modules": ["lm_head"]}
+    (out / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": quant}))
+    return out

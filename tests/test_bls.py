@@ -14,8 +14,9 @@ import time
 import numpy as np
 import pytest
 
+from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.server import TritonServer
-from generator.serve.smoke import generate, grpc_stream, same_text, text_inputs
+from generator.serve.smoke import same_text
 
 BLS = "tensorrt_llm_bls"
 PROMPT = "The repair café meets in the church hall"

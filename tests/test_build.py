@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,17 +18,20 @@ from typer.testing import CliRunner
 from generator.engine.build import run_build
 from generator.cli import app
 from generator.errors import TritongenError
-from generator.engine.plan import engine_config_mismatches, make_plan
+from generator.engine.compare import Relation, compare_engine, engine_mismatches
+from generator.engine import compare
+from generator.engine.facts import read_engine, rules
+from generator.engine.plan import make_plan
+from generator.errors import ArtifactCorrupt
 from generator.spec import load_spec
 
-FAKE_BIN = Path(__file__).parent / "fake_bin"
 
 
 @pytest.fixture
-def gpu_host(monkeypatch, tmp_path, qwen3_8b_config):
-    """PATH with the trtllm-build stand-in, its examples folder, a local model folder and a spec for it."""
-    monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("TRTLLM_EXAMPLES_DIR", str(FAKE_BIN / "examples"))
+def host(gpu_host, monkeypatch, tmp_path, qwen3_8b_config):
+    """PATH with the trtllm-build stand-in (an SM120 build host), its examples folder, a local model folder and a
+    spec for it."""
+    gpu_host(120)
     record = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_TRTLLM_RECORD", str(record))
     model = tmp_path / "Qwen3-8B"
@@ -42,8 +46,8 @@ def gpu_host(monkeypatch, tmp_path, qwen3_8b_config):
     return spec, plan, calls
 
 
-def test_planned_arguments_reach_trtllm_build(gpu_host):
-    spec, plan, calls = gpu_host
+def test_planned_arguments_reach_trtllm_build(host):
+    spec, plan, calls = host
     lines = []
     result = run_build(spec, plan, on_line=lines.append)
     convert, build = calls()
@@ -59,14 +63,14 @@ def test_planned_arguments_reach_trtllm_build(gpu_host):
     # it ran in the logs folder, so the timing cache did not land in the engine or a read-only cwd
     assert build["cwd"] == str(spec.logs_dir) and (spec.logs_dir / "model.cache").is_file()
     assert sorted(p.name for p in spec.engine_dir.iterdir()) == ["config.json", "rank0.engine"]
-    assert result.engine_config["build_config"]["max_seq_len"] == 4608 and not result.checkpoint_reused
+    assert result.engine.max_seq_len == 4608 and not result.checkpoint_reused
     log = (spec.logs_dir / "trtllm-build.log").read_text()
     assert "--multiple_profiles enable" in log.splitlines()[0] and "Total time of building" in log
     assert any("Overriding norm_quant_fusion" in line for line in lines)
 
 
-def test_matching_checkpoint_is_reused_and_engine_needs_force(gpu_host):
-    spec, plan, calls = gpu_host
+def test_matching_checkpoint_is_reused_and_engine_needs_force(host):
+    spec, plan, calls = host
     run_build(spec, plan, on_line=lambda _: None)
     with pytest.raises(TritongenError, match="would be overwritten"):
         run_build(spec, plan, on_line=lambda _: None)
@@ -84,8 +88,8 @@ def test_matching_checkpoint_is_reused_and_engine_needs_force(gpu_host):
         run_build(fp8, fp8_plan, on_line=lambda _: None)
 
 
-def test_engine_that_differs_from_the_spec_is_reported(gpu_host, monkeypatch):
-    spec, plan, _ = gpu_host
+def test_engine_that_differs_from_the_spec_is_reported(host, monkeypatch):
+    spec, plan, _ = host
     monkeypatch.setenv("FAKE_TRTLLM_OVERRIDES", json.dumps(
         {"build_config": {"max_batch_size": 16}, "pretrained_config": {"quantization": {"kv_cache_quant_algo": None}}}))
     with pytest.raises(TritongenError) as err:
@@ -95,8 +99,8 @@ def test_engine_that_differs_from_the_spec_is_reported(gpu_host, monkeypatch):
     assert (spec.engine_dir / "config.json").is_file()  # kept for inspection
 
 
-def test_failed_build_leaves_no_engine(gpu_host, monkeypatch):
-    spec, plan, _ = gpu_host
+def test_failed_build_leaves_no_engine(host, monkeypatch):
+    spec, plan, _ = host
     monkeypatch.setenv("FAKE_TRTLLM_EXIT", "3")
     with pytest.raises(TritongenError) as err:
         run_build(spec, plan, on_line=lambda _: None)
@@ -105,22 +109,44 @@ def test_failed_build_leaves_no_engine(gpu_host, monkeypatch):
     assert not [p for p in spec.engine_dir.parent.iterdir() if p.name.startswith(".engine")]
 
 
-def test_engine_config_mismatches_pure(gpu_host):
-    spec, _, _ = gpu_host
-    good = {
-        "version": "1.2.1",
-        "pretrained_config": {"mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-                              "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}},
-        "build_config": {"max_batch_size": 32, "max_seq_len": 4608, "max_num_tokens": 8192, "max_beam_width": 1,
-                         "kv_cache_type": "PAGED", "plugin_config": {"tokens_per_block": 64}},
-    }
-    assert engine_config_mismatches(spec, good) == []
+def test_one_comparison_says_how_each_fact_is_compared(host):
+    spec, plan, _ = host
+    engine = run_build(spec, plan, on_line=lambda _: None).engine
+    checks = {c.key: c for c in compare_engine(spec, engine)}
+    assert engine_mismatches(spec, engine) == []
+    # The recorded max_input_len is trtllm-build's default (the plan leaves the flag out); the runtime's limit counts.
+    assert engine.max_input_len == 1024
+    assert checks["build_config.max_input_len"].relation is Relation.not_compared
+    runtime = checks["runtime max_input_len"]
+    assert runtime.relation is Relation.at_least and (runtime.engine, runtime.spec) == (4607, 4096)
+    assert checks["build_config.max_batch_size"].relation is Relation.equal
     tp2 = load_spec(None, ["build.tp_size=2"])
-    assert engine_config_mismatches(tp2, good) == [
+    assert [c.message for c in engine_mismatches(tp2, engine)] == [
         "pretrained_config.mapping.tp_size is 1, the spec wants 2",
         "pretrained_config.mapping.world_size is 1, the spec wants 2",
     ]
-    assert engine_config_mismatches(spec, {"build_config": {}})[-1] == "pretrained_config is missing"
+
+
+def test_every_rule_named_is_recorded_with_its_source():
+    named = set(re.findall(r'rule \\"(\w+)\\"', Path(compare.__file__).read_text()))
+    assert named and named <= set(rules())
+    for name, entry in rules().items():
+        src = entry["source"]
+        assert entry["rule"] and src["path"] and src["symbol"] and src["commit"], name
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}', "Hugging Face model config"),
+    ('{"builder_config": {"name": "gpt"}}', "before 0.9"),
+    ('{"version": "1.2.1", "pretrained_config": {}, "build_config": {}}', "no pretrained_config.dtype"),
+])
+def test_corrupt_or_foreign_engine_config_is_named_with_its_fix(tmp_path, text, says):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ArtifactCorrupt) as err:
+        read_engine(tmp_path)
+    assert says in err.value.message and err.value.where == str(tmp_path / "config.json") and err.value.fix
 
 
 def test_cli_build_without_tensorrt_llm(tmp_path, monkeypatch):

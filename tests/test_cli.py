@@ -104,6 +104,7 @@ def test_one_url_rule_for_every_command():
     ep = Endpoints.from_urls("127.0.0.1:8000")
     assert (ep.http_url, ep.grpc_url, ep.metrics_url) == ("http://127.0.0.1:8000", "127.0.0.1:8001",
                                                           "http://127.0.0.1:8002/metrics")
+    assert ep.http_hostport == "127.0.0.1:8000"
     given = Endpoints.from_urls("http://h:80", "g:9", "http://m:7/metrics")
     assert (given.grpc_url, given.metrics_url) == ("g:9", "http://m:7/metrics")
     for bad in ("127.0.0.1:99999", "localhost", "h:port"):

@@ -26,8 +26,9 @@ def test_demo_passes_every_stage(demo_run):
     summary = json.loads((out / "demo-summary.json").read_text())
     assert summary["ok"]
     names = [s["name"] for s in summary["stages"]]
-    assert names[0] == "tiny model" and names[-1] == "sweep" and len(names) == 9
-    assert "tritongen demo: passed" in proc.stdout
+    assert names[0] == "tiny model" and names[-1] == "sweep" and len(names) == 13
+    assert {"serve llmapi", "smoke llmapi", "load test llmapi"} <= set(names)
+    assert "tritongen demo: passed" in proc.stdout and "served targets side by side" in proc.stdout
 
 
 def test_demo_outputs_are_real(demo_run):
@@ -44,6 +45,13 @@ def test_demo_outputs_are_real(demo_run):
         assert report.stat().st_size > 10_000  # plots are embedded
     smoke = json.loads((out / "smoke.json").read_text())
     assert smoke["ok"] and len(smoke["checks"]) >= 10
+    smoke_llmapi = json.loads((out / "smoke-llmapi.json").read_text())
+    assert smoke_llmapi["ok"] and smoke_llmapi["model"] == "tensorrt_llm" and smoke_llmapi["dialect"] == "llmapi"
+    targets = figures["targets"]
+    assert set(targets) == {"cpu-reference", "llmapi"}
+    for target in targets.values():
+        assert target["loadtest"]["requests_ok"] > 0 and target["loadtest"]["errors"] == 0
+    assert (out / "loadtest-llmapi" / "report.html").is_file()
     assert (out / "repo-rtx-5090" / "tensorrt_llm" / "config.pbtxt").read_text().count('backend: "tensorrtllm"') == 1
 
 

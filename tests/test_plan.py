@@ -11,15 +11,9 @@ from typer.testing import CliRunner
 from generator.cli import app
 from generator.errors import TritongenError
 from generator.engine.gpus import GPUS, lookup_gpu
-from generator.engine.plan import (
-    SRC_FIELD_SM120,
-    SRC_SPEC,
-    check_argv,
-    flag_data,
-    make_plan,
-    read_model_config,
-    reference_config_path,
-)
+from generator.engine.flags import SRC_FIELD_SM120, SRC_SPEC, check_argv, flag_data
+from generator.engine.plan import make_plan
+from generator.engine.shape import read_model_config, reference_config_path
 from generator.spec import load_spec
 
 REFERENCE_FLAGS = (

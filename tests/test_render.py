@@ -13,6 +13,7 @@ from generator.repo import render
 from generator.errors import TritongenError
 from generator.repo.render import EXTRA_PARAMETERS, EXTRA_TENSORS, reference_facts, render_repository
 from generator.resources import model_repo_dir
+from generator.spec import with_overrides
 from helpers import small_spec
 
 MODELS = ["ensemble", "preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls"]
@@ -160,9 +161,9 @@ def test_optional_values_and_switches(tokenizer_weights_dir, tmp_path):
     assert json.loads((repo / "tritongen.json").read_text())["models"] == MODELS[:4]
 
 
-def test_batch_size_comes_from_the_engine(tokenizer_weights_dir, tmp_path, write_engine_config):
+def test_batch_size_comes_from_the_engine(tokenizer_weights_dir, tmp_path, build_engine):
     spec = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=8")
-    write_engine_config(spec)
+    build_engine(spec)
     plan = render.plan_repository(spec)
     assert plan.max_batch_size == 8 and "engine" in plan.max_batch_size_source
     repo = render_repository(spec, tmp_path / "repo")
@@ -177,7 +178,7 @@ def test_batch_size_comes_from_the_engine(tokenizer_weights_dir, tmp_path, write
     other = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=32")
     with pytest.raises(TritongenError) as err:
         render.plan_repository(other)
-    assert "built with max_batch_size 8" in err.value.message and "32" in err.value.message
+    assert "build_config.max_batch_size is 8, the spec wants 32" in err.value.message
     assert err.value.where.endswith("config.json")
     more = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=32",
                       "serving.max_batch_size=16")
@@ -185,9 +186,9 @@ def test_batch_size_comes_from_the_engine(tokenizer_weights_dir, tmp_path, write
         render.plan_repository(more)
 
 
-def test_cpu_target_ignores_an_engine_folder(tokenizer_weights_dir, tmp_path, write_engine_config):
+def test_cpu_target_ignores_an_engine_folder(tokenizer_weights_dir, tmp_path, build_engine):
     spec = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=cpu-reference")
-    write_engine_config(spec, max_batch_size=4)
+    build_engine(with_overrides(spec, ["build.max_batch_size=4"]))
     assert render.plan_repository(spec).max_batch_size == 16
 
 

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from generator.errors import TritongenError
+from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.server import (
     SHM_DIR,
     TritonServer,
@@ -30,7 +31,7 @@ from generator.serve.server import (
     server_command,
     server_env,
 )
-from generator.serve.smoke import generate, grpc_stream, same_text, text_inputs
+from generator.serve.smoke import same_text
 
 # ---------------------------------------------------------------- pure pieces
 
@@ -248,7 +249,7 @@ def test_sixteen_concurrent_streams_get_the_sequential_answers(cpu_server, model
 
 _STREAMING_CLIENT = """
 import sys
-from generator.serve.smoke import grpc_stream, text_inputs
+from generator.serve.client import grpc_stream, text_inputs
 
 def seen(n):
     print(n, flush=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from generator.serve.smoke import REPLACEMENT, compare_metadata, same_text, stop_word_candidates
+from generator.serve.client import REPLACEMENT
+from generator.serve.smoke import compare_metadata, same_text, stop_word_candidates
 
 TRITONGEN = str(Path(sys.executable).parent / "tritongen")
 

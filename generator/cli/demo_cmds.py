@@ -20,9 +20,9 @@ def demo(
     out_dir: Output = Path("demo-out"),
     force: Force = False,
 ) -> None:
-    """Tiny Qwen3 → NVFP4 + FP8 KV → plan → two repositories → real tritonserver → smoke → load test → sweep."""
+    """Tiny Qwen3 → NVFP4 + FP8 KV → plan → repositories → real tritonserver for the ensemble and the LLM-API model → smoke → load test → sweep."""
     from generator.cli.printing import print_plan
-    from generator.demo import DemoRun, demo_stages, run_stages
+    from generator.demo import TARGET_COLUMNS, DemoRun, demo_stages, run_stages, target_rows
 
     check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,9 +56,19 @@ def demo(
     for s in run.stages:
         table.add_row(("" if s.ok else "[red]") + escape(s.name), f"{s.seconds:.1f}", escape(s.detail))
     out.print(table)
-    for key in ("loadtest", "sweep"):
-        if key in run.figures:
-            out.print(f"{key} report: {escape(str(run.figures[key]['report']))}")
+    rows = target_rows(run.figures)
+    if rows:
+        side = Table(title="served targets side by side (same checkpoint, same CPU engine)")
+        for col in TARGET_COLUMNS:
+            side.add_column(col, overflow="fold")
+        for row in rows:
+            side.add_row(*(escape(v) for v in row))
+        out.print(side)
+    for engine, figures in run.figures.get("targets", {}).items():
+        if "loadtest" in figures:
+            out.print(f"load test report ({escape(engine)}): {escape(figures['loadtest']['report'])}")
+    if "sweep" in run.figures:
+        out.print(f"sweep report: {escape(str(run.figures['sweep']['report']))}")
     out.print(f"summary: {escape(str(run.out / 'demo-summary.json'))}")
     if not run.ok:
         raise typer.Exit(1)

@@ -22,7 +22,8 @@ EXIT_REFUSED = EXIT_CODES[PlanRefused]
 
 
 def _plan_for(spec_path: Optional[Path], overrides: Optional[List[str]], model_config: Optional[Path]):
-    from generator.engine.plan import make_plan, read_model_config
+    from generator.engine.plan import make_plan
+    from generator.engine.shape import read_model_config
 
     spec = get_spec(spec_path, overrides)
     config, source = read_model_config(spec, model_config)

@@ -54,6 +54,13 @@ def print_plan(plan) -> None:
     mem.add_row(f"KV budget ({m.kv_fraction:g} of the rest)", _gb(m.kv_budget_bytes))
     mem.add_row("KV capacity", f"{m.kv_tokens:,} tokens = {m.full_sequences} sequences of {m.max_seq_len}")
     mem.add_row("max_batch_size x max_seq_len", f"{m.demand_tokens:,} tokens " + ("[green]fits[/]" if m.fits_batch else "[yellow]does not fit[/]"))
+    c = plan.calibration
+    if c is not None:
+        mem.add_row(f"calibration peak (batch {c.batch_size} × {c.tokens_per_sample} tokens, unquantized weights)",
+                    _gb(c.peak_bytes) + (" [green]fits[/]" if c.fits else " [red]does not fit: lower quantization.calibration.batch_size[/]"))
+        if c.seconds_per_sample is not None:
+            mem.add_row(f"calibration time ({c.samples} samples)",
+                        f"~{c.seconds_per_sample:.2f} s/sample, ~{c.calibration_seconds / 60:.1f} min (H200-fitted estimate)")
     out.print(mem)
     out.print(f"[dim]{escape(m.assumption)}[/]")
 

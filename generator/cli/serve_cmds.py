@@ -13,12 +13,12 @@ from rich.markup import escape
 
 from generator.cli._app import GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, out, spec_option, step
 from generator.errors import ServerError, SpecError
-from generator.spec import LoadTestSpec
 
 Host = Annotated[str, typer.Option("--host", help="Address HTTP, gRPC and metrics bind to (0.0.0.0 exposes them).")]
 LogFile = Annotated[Optional[Path], typer.Option(
     "--log-file", help="Server log file (default: a temporary file, kept if the start fails).")]
-Model = spec_option("loadtest.model", "--model", help="Model to test: ensemble (or tensorrt_llm_bls).")
+Model = spec_option("loadtest.model", "--model", help="Model to test (default: the repository's entry model, from its "
+                    "tritongen.json or what the server serves: ensemble, or tensorrt_llm for the LLM-API target).")
 
 
 @contextlib.contextmanager
@@ -108,11 +108,11 @@ def smoke(
     if (repo_dir is None) == (url is None):
         raise SpecError("give either a repository folder or --url",
                         fix="tritongen smoke REPO_DIR   or   tritongen smoke --url 127.0.0.1:8000 (gRPC on port + 1)")
-    model = model or LoadTestSpec.model_fields["model"].default
 
     def run(http: str, grpc: str):
         with step("running smoke checks"):
-            return run_smoke(http, grpc, model=model, max_tokens=max_tokens, timeout_s=min(timeout, 300.0))
+            return run_smoke(http, grpc, model=model, repo_dir=repo_dir, max_tokens=max_tokens,
+                             timeout_s=min(timeout, 300.0))
 
     if repo_dir is not None:
         with _sigterm_as_interrupt():
@@ -124,7 +124,7 @@ def smoke(
     else:
         endpoints = Endpoints.from_urls(url, grpc_url)
         endpoints.check_reachable()
-        report = run(endpoints.http_url, endpoints.grpc_url)
+        report = run(endpoints.http_hostport, endpoints.grpc_url)
     print_report(report)
     if json_out is not None:
         import json

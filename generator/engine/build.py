@@ -1,8 +1,9 @@
 """The build stage's edge: run the plan's checkpoint step and trtllm-build on a GPU host, then check the engine.
 
-All decisions (arguments, refusals, what the engine must look like) come from generator.engine.plan; this module
-only finds the programs, runs them with exactly the planned arguments, streams and keeps their logs,
-writes outputs through a temporary folder, and compares the engine's config.json with the spec.
+All decisions come from generator.engine.plan (arguments, refusals) and generator.engine.compare (what the
+checkpoint and the engine must look like, the same comparison render and validate run); this module only
+finds the programs, runs them with exactly the planned arguments, streams and keeps their logs, and writes
+outputs through a temporary folder.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from generator.errors import ArtifactCorrupt, ArtifactMissing, StepFailed, ToolMissing
-from generator.fsutil import atomic_dir, check_writable_target, read_json_object
-from generator.engine.plan import Plan, checkpoint_config_mismatches, engine_config_mismatches, flag_data
+from generator.engine.compare import checkpoint_mismatches, engine_mismatches, mismatch_error
+from generator.engine.facts import EngineFacts, read_engine
+from generator.engine.flags import flag_data
+from generator.engine.plan import Plan
+from generator.errors import ArtifactMissing, StepFailed, ToolMissing
+from generator.fsutil import atomic_dir, check_writable_target
 from generator.spec import Spec
 
 REBUILD_CHECKPOINT = "tritongen build SPEC --force (converts again)"
@@ -35,7 +39,7 @@ LineSink = Callable[[str], None]
 @dataclass(frozen=True)
 class BuildResult:
     engine_dir: Path
-    engine_config: dict
+    engine: EngineFacts
     checkpoint_reused: bool
     logs: tuple[Path, ...]
     seconds: float
@@ -100,10 +104,9 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
     target = spec.trtllm_checkpoint_dir
     existing = target / "config.json"
     if existing.is_file() and not force:
-        problems = checkpoint_config_mismatches(spec, read_json_object(existing, fix=REBUILD_CHECKPOINT))
+        problems = checkpoint_mismatches(spec, existing, fix=REBUILD_CHECKPOINT)
         if problems:
-            raise ArtifactCorrupt("the existing TensorRT-LLM checkpoint does not match the spec:\n  " + "\n  ".join(problems),
-                                 where=str(existing), fix=REBUILD_CHECKPOINT)
+            raise mismatch_error("the existing TensorRT-LLM checkpoint", problems, str(existing), REBUILD_CHECKPOINT)
         on_line(f"reusing the TensorRT-LLM checkpoint in {target} (it matches the spec; --force converts again)")
         return True
     if not (spec.model_dir / "config.json").is_file():
@@ -118,10 +121,10 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
         if not written.is_file():
             raise StepFailed("quantize.py finished but wrote no config.json", where=str(tmp),
                              fix=f"read {spec.logs_dir / 'checkpoint.log'}")
-        problems = checkpoint_config_mismatches(spec, read_json_object(written, fix=f"read {spec.logs_dir / 'checkpoint.log'}"))
+        log_hint = f"read {spec.logs_dir / 'checkpoint.log'} for clipped or ignored flags"
+        problems = checkpoint_mismatches(spec, written, fix=log_hint)
         if problems:
-            raise StepFailed("quantize.py wrote a checkpoint that does not match the spec:\n  " + "\n  ".join(problems),
-                             where=str(written), fix=f"read {spec.logs_dir / 'checkpoint.log'} for clipped or ignored flags")
+            raise mismatch_error("the checkpoint quantize.py wrote", problems, str(written), log_hint, StepFailed)
     return False
 
 
@@ -149,11 +152,10 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
         _run("trtllm-build", argv, log_path=build_log, cwd=spec.logs_dir, on_line=on_line, hint=_failure_hint(spec, plan))
         if not (tmp / "config.json").is_file():
             raise StepFailed("trtllm-build finished but wrote no config.json", where=str(tmp), fix=f"read {build_log}")
-        engine_config = read_json_object(tmp / "config.json", fix=f"read {build_log}")
-    problems = engine_config_mismatches(spec, engine_config)
+    engine = read_engine(spec.engine_dir)
+    problems = engine_mismatches(spec, engine)
     if problems:
-        raise StepFailed("the engine does not match the spec:\n  " + "\n  ".join(problems),
-                             where=str(spec.engine_dir / "config.json"),
-                             fix="check the trtllm-build log for clipped values, then tritongen build SPEC --force")
+        raise mismatch_error("the engine", problems, engine.config_path,
+                             "check the trtllm-build log for clipped values, then tritongen build SPEC --force", StepFailed)
     logs = (() if reused else (spec.logs_dir / "checkpoint.log",)) + (build_log,)
-    return BuildResult(spec.engine_dir, engine_config, reused, logs, time.monotonic() - started)
+    return BuildResult(spec.engine_dir, engine, reused, logs, time.monotonic() - started)

@@ -34,6 +34,9 @@ class GpuSpec:
     source: str = ""
     """Where memory and SM come from."""
 
+    bf16_dense_tflops: float | None = None
+    """Dense BF16 tensor throughput with FP32 accumulation (datasheet, no sparsity); sizes calibration time."""
+
     @property
     def fp8(self) -> bool:
         """FP8 (E4M3) tensor cores arrived with Ada (SM89) and Hopper (SM90)."""
@@ -72,23 +75,23 @@ _CC = "CUDA compute capability list (developer.nvidia.com/cuda-gpus)"
 
 GPUS: tuple[GpuSpec, ...] = (
     GpuSpec("a100-40gb", "NVIDIA A100 40GB", 80, 40, ("a100-40g", "a100-pcie-40gb", "a100-sxm4-40gb"),
-            f"NVIDIA A100 Tensor Core GPU datasheet (40 GB HBM2); {_CC}: 8.0"),
+            f"NVIDIA A100 Tensor Core GPU datasheet (40 GB HBM2); {_CC}: 8.0", bf16_dense_tflops=312),
     GpuSpec("a100-80gb", "NVIDIA A100 80GB", 80, 80, ("a100", "a100-80g", "a100-sxm", "a100-pcie", "a100-sxm4-80gb"),
-            f"NVIDIA A100 Tensor Core GPU datasheet (80 GB HBM2e); {_CC}: 8.0"),
+            f"NVIDIA A100 Tensor Core GPU datasheet (80 GB HBM2e); {_CC}: 8.0", bf16_dense_tflops=312),
     GpuSpec("rtx-4090", "NVIDIA GeForce RTX 4090", 89, 24, ("4090", "geforce-rtx-4090"),
-            f"GeForce RTX 4090 specifications (24 GB GDDR6X); {_CC}: 8.9"),
+            f"GeForce RTX 4090 specifications (24 GB GDDR6X); {_CC}: 8.9", bf16_dense_tflops=165.2),
     GpuSpec("l40s", "NVIDIA L40S", 89, 48, ("l40-s",),
-            f"NVIDIA L40S datasheet (48 GB GDDR6 with ECC); {_CC}: 8.9"),
+            f"NVIDIA L40S datasheet (48 GB GDDR6 with ECC); {_CC}: 8.9", bf16_dense_tflops=362.05),
     GpuSpec("h100-pcie", "NVIDIA H100 PCIe 80GB", 90, 80, ("h100pcie",),
-            f"NVIDIA H100 Tensor Core GPU datasheet, PCIe (80 GB HBM2e); {_CC}: 9.0"),
+            f"NVIDIA H100 Tensor Core GPU datasheet, PCIe (80 GB HBM2e); {_CC}: 9.0", bf16_dense_tflops=756),
     GpuSpec("h100-sxm", "NVIDIA H100 SXM 80GB", 90, 80, ("h100", "h100-sxm5", "h100-80gb"),
-            f"NVIDIA H100 Tensor Core GPU datasheet, SXM (80 GB HBM3); {_CC}: 9.0"),
+            f"NVIDIA H100 Tensor Core GPU datasheet, SXM (80 GB HBM3); {_CC}: 9.0", bf16_dense_tflops=989),
     GpuSpec("h200", "NVIDIA H200 141GB", 90, 141, ("h200-sxm", "h200-nvl"),
-            f"NVIDIA H200 Tensor Core GPU datasheet (141 GB HBM3e); {_CC}: 9.0"),
+            f"NVIDIA H200 Tensor Core GPU datasheet (141 GB HBM3e); {_CC}: 9.0", bf16_dense_tflops=989),
     GpuSpec("b200", "NVIDIA B200", 100, 180, ("b200-sxm", "hgx-b200"),
-            f"NVIDIA HGX B200 datasheet (1,440 GB for 8 GPUs = 180 GB each); {_CC}: 10.0"),
+            f"NVIDIA HGX B200 datasheet (1,440 GB for 8 GPUs = 180 GB each); {_CC}: 10.0", bf16_dense_tflops=2250),
     GpuSpec("rtx-5090", "NVIDIA GeForce RTX 5090", 120, 32, ("5090", "geforce-rtx-5090"),
-            f"GeForce RTX 5090 specifications (32 GB GDDR7); {_CC}: 12.0"),
+            f"GeForce RTX 5090 specifications (32 GB GDDR7); {_CC}: 12.0", bf16_dense_tflops=209.5),
     GpuSpec("rtx-pro-6000", "NVIDIA RTX PRO 6000 Blackwell", 120, 96,
             ("rtx-pro-6000-blackwell", "rtx-pro-6000-blackwell-workstation", "rtx-pro-6000-blackwell-server",
              "rtx-6000-pro"),

@@ -1,275 +1,31 @@
 """The build plan: which TensorRT-LLM 1.2.1 commands turn the spec into an engine, and why.
 
 Pure functions only: ``make_plan(spec, model_config)`` reads nothing but its arguments and the recorded
-parser data (generator/data/trtllm_build_1.2.1.json), starts no process and touches no network. Every
-flag it emits carries the reason it is there and the source of that reason; every flag it leaves out
-that a user might expect says why. Impossible combinations become ``Plan.errors`` (all of them at once)
-instead of a failed build on a GPU host. The memory plan is arithmetic on the model's config.json.
+parser data (generator.engine.flags), starts no process and touches no network. Every flag it emits carries
+the reason it is there and the source of that reason; every flag it leaves out that a user might expect says
+why. Impossible combinations become ``Plan.errors`` (all of them at once) instead of a failed build on a GPU
+host. The model's sizes come from generator.engine.shape, the memory plan from generator.engine.memory.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused
-from generator.engine.gpus import GpuSpec, lookup_gpu
-from generator.fsutil import read_json_object
-from generator.resources import data_dir, data_json
-from generator.spec import Spec
-
-TRTLLM_VERSION = "1.2.1"
-FLAG_DATA_FILE = "trtllm_build_1.2.1.json"
-REFERENCE_MODEL = "Qwen/Qwen3-8B"
-REFERENCE_CONFIG_FILE = "qwen3-8b-config.json"
-
-# Where a decision comes from. The plan shows these next to every flag.
-SRC_SPEC = "spec"
-SRC_REFERENCE = "reference deployment (Qwen3-8B NVFP4 on SM120, TensorRT-LLM 1.2)"
-SRC_FIELD_SM120 = "field report, SM120, TRT-LLM 1.2"
-SRC_PARSER = "trtllm-build 1.2.1 parser (commands/build.py, plugin/plugin.py)"
-SRC_BUILD_PY = "upstream rule: tensorrt_llm/commands/build.py"
-SRC_BUILDER = "upstream rule: tensorrt_llm/builder.py build()"
-SRC_MODELING = "upstream rule: tensorrt_llm/models/modeling_utils.py fuse_gate_mlp"
-SRC_CHECKPOINT = "upstream rule: PretrainedConfig.from_dict needs a TensorRT-LLM checkpoint"
-SRC_GPU = "GPU table (generator/gpus.py)"
-
-GIB = 1 << 30
-RUNTIME_RESERVE_BYTES = GIB
-"""CUDA context, cuBLAS/TensorRT workspaces and decoder buffers: an assumption, not a measurement."""
-
-MEMORY_ASSUMPTION = (
-    "GPU memory minus weights minus a runtime reserve (1 GiB for the CUDA context, cuBLAS/TensorRT "
-    "workspaces and decoder buffers, plus activations of max_num_tokens tokens: 4 x hidden + 2 x "
-    "intermediate/tp values in the activation dtype, plus FP32 logits of max_batch_size rows); "
-    "kv_cache_free_gpu_mem_fraction of the rest becomes KV cache. An estimate, not a measurement."
+from generator.engine.facts import QUANTIZE_QFORMAT, is_excluded
+from generator.engine.flags import (
+    SRC_BUILD_PY, SRC_BUILDER, SRC_CHECKPOINT, SRC_FIELD_SM120, SRC_PARSER, SRC_REFERENCE, SRC_SPEC, Command, Flag,
+    Omitted, check_argv, flag_data,
 )
-
-_QUANTIZE_QFORMAT = {"nvfp4": "nvfp4", "fp8": "fp8", "int4_awq": "int4_awq", "int8_sq": "int8_sq", "none": "full_prec"}
-_CHECKPOINT_QUANT_ALGO = {
-    "nvfp4": ("NVFP4",),
-    "fp8": ("FP8",),
-    "int4_awq": ("W4A16_AWQ",),
-    "int8_sq": ("W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "W8A8_SQ_PER_TENSOR_PLUGIN"),
-    "none": (None,),
-}
-_CHECKPOINT_KV_ALGO = {"fp8": ("FP8",), "int8": ("INT8",), "none": (None,)}
-_DTYPE_BYTES = {"bfloat16": 2, "float16": 2}
-
-
-def flag_data() -> dict[str, Any]:
-    """The recorded trtllm-build 1.2.1 parser (and quantize.py flags, container tag, sources)."""
-    return data_json(FLAG_DATA_FILE)
-
-
-# ---------------------------------------------------------------- model shape and memory
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The parts of a decoder-only config.json that decide sizes."""
-
-    architecture: str
-    model_type: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    o_bias: bool
-    qk_norm: bool
-    max_position_embeddings: Optional[int]
-
-
-def model_shape(config: dict[str, Any]) -> ModelShape:
-    """Read the sizes from a Hugging Face config.json; dense decoder models only."""
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-               if not isinstance(config.get(k), int)]
-    if missing:
-        raise ArtifactCorrupt(
-            f"model config.json lacks {', '.join(missing)}; the plan needs a decoder model's sizes",
-            where="config.json", fix="pass the model's own config.json with --model-config PATH")
-    if any(config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
-        raise PlanRefused("mixture-of-experts models are not covered by the memory plan", where="config.json",
-                          fix="plan a dense decoder model; build MoE models with TensorRT-LLM's own tools")
-    heads = config["num_attention_heads"]
-    model_type = str(config.get("model_type", ""))
-    attention_bias = bool(config.get("attention_bias", False))
-    return ModelShape(
-        architecture=(config.get("architectures") or ["unknown"])[0],
-        model_type=model_type,
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        intermediate_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"],
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-        # Qwen2 hard-codes q/k/v biases; Llama-style configs say so with attention_bias (all four projections).
-        qkv_bias=attention_bias or model_type == "qwen2",
-        o_bias=attention_bias,
-        qk_norm=model_type.startswith("qwen3"),
-        max_position_embeddings=config.get("max_position_embeddings"),
-    )
-
-
-def linear_modules(shape: ModelShape) -> list[tuple[str, int, int, bool]]:
-    """(Hugging Face module name, in_features, out_features, has_bias) of every Linear, lm_head last."""
-    h, q, kv, i = shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
-    per_layer = [
-        ("self_attn.q_proj", h, q, shape.qkv_bias), ("self_attn.k_proj", h, kv, shape.qkv_bias),
-        ("self_attn.v_proj", h, kv, shape.qkv_bias), ("self_attn.o_proj", q, h, shape.o_bias),
-        ("mlp.gate_proj", h, i, False), ("mlp.up_proj", h, i, False), ("mlp.down_proj", i, h, False),
-    ]
-    mods = [(f"model.layers.{n}.{name}", fin, fout, bias) for n in range(shape.num_layers) for name, fin, fout, bias in per_layer]
-    if not shape.tie_word_embeddings:
-        mods.append(("lm_head", h, shape.vocab_size, False))
-    return mods
-
-
-def quantized_linear_bytes(fmt: str, fin: int, fout: int, dtype_bytes: int, awq_block: int) -> tuple[int, int]:
-    """(weight bytes, scale bytes) of one Linear in the exported checkpoint.
-
-    nvfp4: 4-bit E2M1 values, one FP8 E4M3 scale per 16 values, FP32 per-tensor weight and input scales.
-    fp8: 8-bit E4M3 values, FP32 per-tensor weight and input scales.
-    int4_awq: 4-bit values, a 16-bit scale per awq_block inputs per output, a pre-quant scale per input.
-    int8_sq: 8-bit values, an FP32 scale per output channel, an FP32 input scale, a smoothing scale per input.
-    """
-    n = fin * fout
-    if fmt == "nvfp4":
-        return n // 2, n // 16 + 8
-    if fmt == "fp8":
-        return n, 8
-    if fmt == "int4_awq":
-        return n // 2, math.ceil(fin / awq_block) * fout * 2 + fin * dtype_bytes
-    if fmt == "int8_sq":
-        return n, fout * 4 + 4 + fin * dtype_bytes
-    raise ValueError(f"not a quantized weight format: {fmt}")
-
-
-def is_excluded(module: str, patterns: Iterable[str]) -> bool:
-    """ModelOpt-style exclusion: fnmatch patterns against the module name (``lm_head``, ``*mlp*``)."""
-    return any(fnmatch.fnmatchcase(module, p) for p in patterns)
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    parameters: int
-    weight_bytes: dict[str, int]
-    checkpoint_bytes: int
-    weights_per_gpu_bytes: int
-    kv_dtype: str
-    kv_bytes_per_token: int
-    kv_bytes_per_token_per_gpu: int
-    gpu_bytes: int
-    runtime_reserve_bytes: int
-    activation_bytes: int
-    kv_fraction: float
-    kv_budget_bytes: int
-    kv_tokens: int
-    full_sequences: int
-    max_seq_len: int
-    demand_tokens: int
-    assumption: str = MEMORY_ASSUMPTION
-
-    @property
-    def fits_batch(self) -> bool:
-        return self.kv_tokens >= self.demand_tokens
-
-
-def memory_plan(spec: Spec, shape: ModelShape, gpu: GpuSpec) -> MemoryPlan:
-    """Weights per format, KV bytes per token and KV capacity, from config.json sizes only."""
-    b, q = spec.build, spec.quantization
-    fmt, kv = q.format.value, q.kv_cache.value
-    dtype_bytes = _DTYPE_BYTES[b.dtype]
-    groups = {"quantized linear weights": 0, "quantization scales": 0, "linear weights kept unquantized": 0,
-              "embeddings": 0, "norms and biases": 0, "KV-cache scales": 0}
-    params = shape.vocab_size * shape.hidden_size
-    groups["embeddings"] = params * dtype_bytes
-    for name, fin, fout, bias in linear_modules(shape):
-        params += fin * fout + (fout if bias else 0)
-        groups["norms and biases"] += fout * dtype_bytes if bias else 0
-        if fmt == "none" or is_excluded(name, q.exclude_modules):
-            groups["linear weights kept unquantized"] += fin * fout * dtype_bytes
-        else:
-            weights, scales = quantized_linear_bytes(fmt, fin, fout, dtype_bytes, q.awq_block_size)
-            groups["quantized linear weights"] += weights
-            groups["quantization scales"] += scales
-    norms = shape.num_layers * (2 * shape.hidden_size + (2 * shape.head_dim if shape.qk_norm else 0)) + shape.hidden_size
-    params += norms
-    groups["norms and biases"] += norms * dtype_bytes
-    if kv != "none":
-        groups["KV-cache scales"] = shape.num_layers * 2 * 4
-    total = sum(groups.values())
-
-    tp, pp = b.tp_size, b.pp_size
-    kv_value_bytes = 1 if kv in ("fp8", "int8") else dtype_bytes
-    kv_per_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * kv_value_bytes
-    kv_per_token_gpu = 2 * math.ceil(shape.num_layers / pp) * max(1, shape.num_kv_heads // tp) * shape.head_dim * kv_value_bytes
-    weights_gpu = math.ceil(total / (tp * pp))
-    activations = b.max_num_tokens * (4 * shape.hidden_size + 2 * shape.intermediate_size // tp) * dtype_bytes
-    activations += b.max_batch_size * shape.vocab_size * 4
-    gpu_bytes = int(gpu.memory_gib * GIB)
-    free = gpu_bytes - weights_gpu - RUNTIME_RESERVE_BYTES - activations
-    budget = int(max(free, 0) * spec.serving.kv_cache_free_gpu_mem_fraction)
-    if spec.serving.max_tokens_in_paged_kv_cache is not None:
-        budget = min(budget, spec.serving.max_tokens_in_paged_kv_cache * kv_per_token_gpu)
-    kv_tokens = budget // kv_per_token_gpu // b.tokens_per_block * b.tokens_per_block
-    seq = b.resolved_max_seq_len
-    return MemoryPlan(
-        parameters=params, weight_bytes=groups, checkpoint_bytes=total, weights_per_gpu_bytes=weights_gpu,
-        kv_dtype=kv if kv != "none" else b.dtype, kv_bytes_per_token=kv_per_token,
-        kv_bytes_per_token_per_gpu=kv_per_token_gpu, gpu_bytes=gpu_bytes, runtime_reserve_bytes=RUNTIME_RESERVE_BYTES,
-        activation_bytes=activations, kv_fraction=spec.serving.kv_cache_free_gpu_mem_fraction, kv_budget_bytes=budget,
-        kv_tokens=kv_tokens, full_sequences=kv_tokens // seq, max_seq_len=seq, demand_tokens=b.max_batch_size * seq,
-    )
-
-
-# ---------------------------------------------------------------- plan objects
-
-
-@dataclass(frozen=True)
-class Flag:
-    flag: str
-    value: Optional[str]
-    reason: str
-    source: str
-    no_effect: Optional[str] = None
-    """Set when the parser accepts the flag but the build ignores or overrides it, with the rule."""
-
-
-@dataclass(frozen=True)
-class Omitted:
-    flag: str
-    reason: str
-    source: str
-
-
-@dataclass(frozen=True)
-class Command:
-    title: str
-    argv: tuple[str, ...]
-    reason: str
-    source: str
-
-    def with_values(self, values: dict[str, str], head: Optional[tuple[str, ...]] = None) -> list[str]:
-        """The argv with some flag values (e.g. ``--output_dir``) and optionally the program part replaced."""
-        argv = list(self.argv)
-        for i, arg in enumerate(argv[:-1]):
-            if arg in values:
-                argv[i + 1] = str(values[arg])
-        if head is not None:
-            argv[: len(head)] = list(head)
-        return argv
+from generator.engine.calibration import CalibrationEstimate, calibration_estimate
+from generator.engine.gpus import GpuSpec, lookup_gpu
+from generator.engine.memory import GIB, MemoryPlan, kv_token_ceiling, memory_plan
+from generator.engine.shape import model_shape
+from generator.errors import PlanRefused
+from generator.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -282,6 +38,8 @@ class Plan:
     flags: tuple[Flag, ...]
     omitted: tuple[Omitted, ...]
     memory: MemoryPlan
+    calibration: Optional[CalibrationEstimate]
+    """What quantizing costs on this GPU; None when the spec quantizes nothing."""
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
     errors: tuple[str, ...]
@@ -312,43 +70,10 @@ class Plan:
             "model": self.model, "model_config_source": self.model_config_source, "gpu": gpu, "versions": self.versions,
             "conversion": asdict(self.conversion), "trtllm_build": asdict(self.build),
             "flags": [asdict(f) for f in self.flags], "omitted": [asdict(o) for o in self.omitted],
-            "memory": memory, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
+            "memory": memory,
+            "calibration": self.calibration.model_dump() if self.calibration else None, "notes": list(self.notes), "warnings": list(self.warnings), "errors": list(self.errors),
         }
 
-
-# ---------------------------------------------------------------- flag checking
-
-
-def check_argv(argv: list[str], table: dict[str, Any], not_accepted: dict[str, str] | None = None) -> list[str]:
-    """Problems of an argument list against a recorded parser table: unknown, removed or deprecated flags,
-    values outside the choices, non-integers, switches given a value, values missing."""
-    aliases = {a: name for name, spec in table.items() for a in spec.get("aliases", [])}
-    problems, i = [], 0
-    while i < len(argv):
-        flag = argv[i]
-        value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
-        i += 1 if value is None else 2
-        spec = table.get(aliases.get(flag, flag))
-        if spec is None:
-            why = (not_accepted or {}).get(flag, "not in the recorded parser")
-            problems.append(f"{flag} is not accepted: {why}")
-            continue
-        if spec.get("deprecated"):
-            problems.append(f"{flag} is deprecated: {spec['deprecated']}")
-        kind = spec["type"]
-        if kind == "switch":
-            if value is not None:
-                problems.append(f"{flag} takes no value (got {value!r})")
-        elif value is None:
-            problems.append(f"{flag} needs a value")
-        elif kind == "choice" and value not in spec["choices"]:
-            problems.append(f"{flag} {value!r} is not one of {', '.join(spec['choices'])}")
-        elif kind == "int" and not value.lstrip("-").isdigit():
-            problems.append(f"{flag} needs an integer (got {value!r})")
-    return problems
-
-
-# ---------------------------------------------------------------- the plan
 
 
 def _onoff(value: bool) -> str:
@@ -360,7 +85,7 @@ def _checkpoint_command(spec: Spec, examples_dir: str) -> tuple[Command, list[st
     q, b = spec.quantization, spec.build
     warnings = []
     argv = ["python3", f"{examples_dir}/quantization/quantize.py", "--model_dir", str(spec.model_dir),
-            "--dtype", b.dtype, "--qformat", _QUANTIZE_QFORMAT[q.format.value]]
+            "--dtype", b.dtype, "--qformat", QUANTIZE_QFORMAT[q.format]]
     if q.kv_cache.value != "none":
         argv += ["--kv_cache_dtype", q.kv_cache.value]
     if q.format.value != "none" or q.kv_cache.value != "none":
@@ -458,6 +183,9 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
     if needs_paged_context and (plug.context_fmha is False or plug.use_paged_context_fmha is False):
         errors.append(f"{' and '.join(needs_paged_context)} need paged context FMHA, which build.plugins turn off "
                       "(context_fmha=false disables it too, builder.build)")
+    elif needs_paged_context and kv == "int8":
+        errors.append(f"{' and '.join(needs_paged_context)} need paged context FMHA, which builder.build turns off "
+                      "with an INT8 KV cache; use quantization.kv_cache=fp8 or none, or turn them off")
 
     # ---- the checkpoint step
     conversion, conversion_warnings = _checkpoint_command(spec, data["container"]["examples_dir"])
@@ -600,6 +328,10 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
     # ---- memory
     memory = memory_plan(spec, shape, gpu)
     gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
+    cap, ceiling = s.max_tokens_in_paged_kv_cache, kv_token_ceiling(memory)
+    if cap is not None and cap > ceiling:
+        errors.append(f"serving.max_tokens_in_paged_kv_cache={cap} is more KV cache than {gpu.name} can hold after the "
+                      f"weights (at most {ceiling} tokens of {memory.kv_bytes_per_token_per_gpu} B); lower it or leave it unset")
     if memory.weights_per_gpu_bytes > memory.gpu_bytes:
         errors.append(f"the weights need {gib(memory.weights_per_gpu_bytes)} per GPU but {gpu.name} has "
                       f"{gpu.memory_gib:g} GiB: use a smaller format, a larger GPU or more GPUs (tp_size/pp_size)")
@@ -626,94 +358,6 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
         model=spec.model.source, model_config_source=config_source, gpu=gpu, versions=versions, conversion=conversion,
         flags=tuple(flags), omitted=tuple(omitted), memory=memory, notes=tuple(notes), warnings=tuple(warnings),
         errors=tuple(errors),
+        calibration=calibration_estimate(spec, shape, memory.parameters, gpu) if spec.quantization.quantizes_anything else None,
     )
 
-
-# ---------------------------------------------------------------- model config input
-
-
-def reference_config_path() -> Path:
-    return data_dir() / REFERENCE_CONFIG_FILE
-
-
-def read_model_config(spec: Spec, path: Path | None = None) -> tuple[dict[str, Any], str]:
-    """The model's config.json and where it came from: ``path``, the downloaded model, or (for the default
-    Qwen/Qwen3-8B only) the copy shipped with tritongen, so a plan works offline on a clean clone."""
-    if path is not None:
-        candidates = [(Path(path), str(path))]
-    else:
-        local = spec.model_dir / "config.json"
-        candidates = [(local, str(local))]
-        if not local.is_file() and spec.model.source == REFERENCE_MODEL:
-            candidates.append((reference_config_path(), f"shipped reference config of {REFERENCE_MODEL} "
-                               f"({REFERENCE_CONFIG_FILE}); no model downloaded"))
-    for candidate, source in candidates:
-        if candidate.is_file():
-            fix = f"replace it with the model's own config.json (tritongen fetch {spec.model.source}), or pass --model-config PATH"
-            return read_json_object(candidate, fix=fix), source
-    raise ArtifactMissing(
-        f"no config.json for model {spec.model.source}", where=str(candidates[0][0]),
-        fix=f"tritongen fetch {spec.model.source}, or pass --model-config PATH/config.json")
-
-
-# ---------------------------------------------------------------- built engine vs spec
-
-
-def _dig(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            raise KeyError(dotted)
-        node = node[key]
-    return node
-
-
-def _compare(tree: dict[str, Any], expected: dict[str, tuple[Any, ...]], prefix: str) -> list[str]:
-    problems = []
-    for key, allowed in expected.items():
-        try:
-            value = _dig(tree, key)
-        except KeyError:
-            problems.append(f"{prefix}{key} is missing")
-            continue
-        if value not in allowed:
-            want = allowed[0] if len(allowed) == 1 else " or ".join(map(str, allowed))
-            problems.append(f"{prefix}{key} is {value!r}, the spec wants {want!r}")
-    return problems
-
-
-def _pretrained_expectations(spec: Spec) -> dict[str, tuple[Any, ...]]:
-    b = spec.build
-    return {
-        "mapping.tp_size": (b.tp_size,),
-        "mapping.pp_size": (b.pp_size,),
-        "mapping.world_size": (b.world_size,),
-        "quantization.quant_algo": _CHECKPOINT_QUANT_ALGO[spec.quantization.format.value],
-        "quantization.kv_cache_quant_algo": _CHECKPOINT_KV_ALGO[spec.quantization.kv_cache.value],
-    }
-
-
-def checkpoint_config_mismatches(spec: Spec, checkpoint_config: dict[str, Any]) -> list[str]:
-    """Differences between a TensorRT-LLM checkpoint's config.json and the spec (mapping, quantization)."""
-    return _compare(checkpoint_config, _pretrained_expectations(spec), "")
-
-
-def engine_config_mismatches(spec: Spec, engine_config: dict[str, Any]) -> list[str]:
-    """Differences between a built engine's config.json (TensorRT-LLM 1.2 layout: version, pretrained_config,
-    build_config) and the spec: batch size, sequence length, tokens per step, beam width, KV layout, quantization,
-    tp/pp. Empty when they agree. Shared by ``tritongen build`` and ``tritongen validate``."""
-    b = spec.build
-    seq = b.resolved_max_seq_len
-    build_expected = {
-        "max_batch_size": (b.max_batch_size,),
-        "max_seq_len": (seq,),
-        "max_num_tokens": (min(b.max_num_tokens, seq * b.max_batch_size),),  # trtllm-build clips (check_max_num_tokens)
-        "max_beam_width": (b.max_beam_width,),
-        "kv_cache_type": (b.kv_cache_type.upper(),),
-        "plugin_config.tokens_per_block": (b.tokens_per_block,),
-    }
-    problems = _compare(engine_config, {f"build_config.{k}": v for k, v in build_expected.items()}, "")
-    pretrained = engine_config.get("pretrained_config")
-    if not isinstance(pretrained, dict):
-        return problems + ["pretrained_config is missing"]
-    return problems + _compare(pretrained, _pretrained_expectations(spec), "pretrained_config.")

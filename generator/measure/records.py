@@ -2,7 +2,8 @@
 
 A record is one request as the load generator saw it (a JSON object per line, written by loadtest/):
 monotonic nanosecond timestamps of the scheduled send, the actual send and every streamed response, the
-text of each response, and the server's own per-request figures when the model returns them. Both the
+text of each response (as sent: the LLM-API model sends the whole text so far, marked ``cumulative``),
+and the server's own per-request figures when the model returns them. Both the
 Locust process (for its live view) and the report read the figures through this module, so there is one
 definition of TTFT, inter-token latency and the streamed-output checks. Pure: no I/O, no clocks.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from generator.serve.client import LLMAPI, dialect_for_inputs, text_delta
 
 RECORD_VERSION = 1
 
@@ -32,16 +35,23 @@ SERVER_FIELDS = PERF_TIME_FIELDS + KV_FIELDS + COUNT_FIELDS
 
 
 def request_inputs(accepted: set[str], text: str, max_tokens: int, stream: bool) -> dict[str, Any]:
-    """Request fields by ensemble input name; the optional ones only when the model accepts them.
+    """Request fields in the served model's dialect; the optional ones only when the model accepts them.
 
-    min_tokens = max_tokens makes every answer exactly max_tokens long, so the load does not depend on
-    what the model writes; the return_* flags ask for the server's own per-request timing and counts.
+    Ensemble: min_tokens = max_tokens makes every answer exactly max_tokens long, so the load does not
+    depend on what the model writes; the return_* flags ask for the server's own per-request timing and
+    counts. LLM-API model: it has no min_tokens input (answers may end early at the end token) and no
+    token counts; sampling_param_return_perf_metrics gives the same four time points.
     """
-    values: dict[str, Any] = {"text_input": text, "max_tokens": max_tokens}
-    optional = {
-        "stream": stream, "min_tokens": max_tokens, "exclude_input_in_output": True,
-        "return_perf_metrics": True, "return_num_input_tokens": True, "return_num_output_tokens": True,
-    }
+    if dialect_for_inputs(accepted) is LLMAPI:
+        values: dict[str, Any] = {"text_input": text, "sampling_param_max_tokens": max_tokens}
+        optional = {"streaming": stream, "sampling_param_exclude_input_from_output": True,
+                    "sampling_param_return_perf_metrics": True}
+    else:
+        values = {"text_input": text, "max_tokens": max_tokens}
+        optional = {
+            "stream": stream, "min_tokens": max_tokens, "exclude_input_in_output": True,
+            "return_perf_metrics": True, "return_num_input_tokens": True, "return_num_output_tokens": True,
+        }
     values.update({k: v for k, v in optional.items() if k in accepted})
     return values
 
@@ -78,8 +88,11 @@ class RequestMetrics:
 
 
 def _data_responses(rec: dict[str, Any]) -> tuple[list[int], list[str]]:
-    """Responses that belong to the answer: all of them except an empty final one (BLS sends one)."""
+    """Responses that belong to the answer, each with its new text: all of them except an empty final one
+    (BLS sends one). A cumulative record's texts become the part each response added."""
     times, texts = list(rec.get("resp_ns") or []), list(rec.get("resp_text") or [])
+    if rec.get("cumulative"):
+        texts = [text_delta(previous, text) for previous, text in zip([""] + texts, texts)]
     if texts and texts[-1] == "":
         times, texts = times[:-1], texts[:-1]
     return times, texts
@@ -205,9 +218,14 @@ def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> Req
         m.itl_ns = (m.e2e_ns - m.ttft_ns) / (m.output_tokens - 1)
     m.split = server_split(rec, m.ttft_ns)
     if reference is not None and m.streaming:
-        m.reference = compare_texts("".join(_data_responses(rec)[1]), reference)
+        m.reference = compare_texts(answer_text(rec), reference)
     m.failures = stream_failures(rec, reference)
     return m
+
+
+def answer_text(rec: dict[str, Any]) -> str:
+    """The whole answer a record received (joined pieces, or the last cumulative text)."""
+    return "".join(_data_responses(rec)[1])
 
 
 def empty_chunks(rec: dict[str, Any]) -> int:

@@ -475,8 +475,7 @@ def run_loadtest(
     slo_terms = parse_slo(lt.slo) if lt.slo else None
     if lt.prompts is not None:
         lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})
-    if lt.tokenizer is not None:
-        lt = lt.model_copy(update={"tokenizer": spec.path(lt.tokenizer)})
+    lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
     records = out_dir / "records.jsonl"
     started = time.time()
     with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log") as endpoints:

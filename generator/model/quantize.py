@@ -25,6 +25,7 @@ import random
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -325,7 +326,7 @@ def _check_layers(model, q: QuantizationSpec) -> None:
 
 
 def _calibration_loop(samples: list[list[int]], batch_size: int, pad_id: int, progress: Progress):
-    """ModelOpt's forward_loop: right-padded batches with an attention mask, progress per batch."""
+    """ModelOpt's forward_loop: right-padded batches (masked where padded), progress per batch."""
     import torch
 
     ordered = sorted(samples, key=len) if batch_size > 1 else samples
@@ -344,8 +345,10 @@ def _calibration_loop(samples: list[list[int]], batch_size: int, pad_id: int, pr
             for row, s in enumerate(batch):
                 ids[row, : len(s)] = torch.tensor(s)
                 mask[row, : len(s)] = 1
+            # A batch without padding needs no mask, and a mask costs transformers a 4-D mask per pass.
+            padded = bool((mask == 0).any())
             with torch.no_grad():
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                model(input_ids=ids.to(device), attention_mask=mask.to(device) if padded else None, use_cache=False)
             done += len(batch)
             if progress:
                 progress(stage, done, len(ordered))
@@ -376,6 +379,10 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     started = time.perf_counter()
     texts, dataset = calibration_texts(spec)  # before a download, so a bad data set fails fast
     model_dir = fetch(spec)
+    # Hashing 16 GB of input takes seconds of CPU while the GPU calibrates: do it beside the work.
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritongen-sha256")
+    input_hash = hashing.submit(_sha256_files, sorted(model_dir.glob("*.safetensors")))
+    hashing.shutdown(wait=False)
     log = io.StringIO()
     with _quiet(log):
         t = time.perf_counter()
@@ -411,16 +418,21 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
         original = next_token_logits(model, chunks, stage="original", progress=progress)
         timings["score_original_s"] = time.perf_counter() - t
         with _nvfp4_on_cpu() if device == "cpu" else contextlib.nullcontext():
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()  # the peak of calibration alone, not of scoring
             t = time.perf_counter()
             mtq.quantize(model, modelopt_config(q), forward_loop=_calibration_loop(samples, cal.batch_size, pad_id, progress))
             timings["calibrate_s"] = time.perf_counter() - t
+            peak_gpu_bytes = torch.cuda.max_memory_allocated() if device == "cuda" else None
             # Export unifies the global scales of layers that share an input (q/k/v, gate/up) and
             # re-quantizes; doing it first (idempotent) makes the simulated model what export writes.
-            t = time.perf_counter()
-            with torch.no_grad():
-                requantize_resmooth_fused_llm_layers(model)
-            simulated = next_token_logits(model, chunks, stage="simulated", progress=progress)
-            timings["score_simulated_s"] = time.perf_counter() - t
+            simulated = None
+            if chunks:  # export applies the same fusion itself; only the score needs it first
+                t = time.perf_counter()
+                with torch.no_grad():
+                    requantize_resmooth_fused_llm_layers(model)
+                simulated = next_token_logits(model, chunks, stage="simulated", progress=progress)
+                timings["score_simulated_s"] = time.perf_counter() - t
 
         with atomic_dir(out, force=force, command_hint="tritongen quantize ...") as tmp:
             t = time.perf_counter()
@@ -454,7 +466,7 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
                 "created_unix": int(time.time()),
                 "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
                 "input_model": {"source": spec.model.source, "revision": spec.model.revision, "dir": str(model_dir),
-                                **_sha256_files(sorted(model_dir.glob("*.safetensors")))},
+                                **input_hash.result()},
                 "format": q.format.value,
                 "kv_cache": q.kv_cache.value,
                 "hf_quant_config": hf_quant,
@@ -464,6 +476,8 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
                                 "tokens": sum(len(s) for s in samples), "max_seq_len": cal.max_seq_len,
                                 "batch_size": cal.batch_size, "seed": cal.seed},
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "calibration_s_per_sample": round(timings["calibrate_s"] / len(samples), 4),
+                "peak_gpu_bytes": peak_gpu_bytes,
                 "sizes": size_report(tensor_table(model_dir), tensor_table(tmp)),
                 "quality": quality,
             }

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from generator.errors import PlanRefused
+from generator.errors import PlanRefused, TritongenError
+from generator.fsutil import read_json_object
 from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
@@ -344,6 +345,28 @@ def _check_checkpoint(ckpt: Path, spec: Spec, yaml_file: str, model_line: int | 
             for p in checkpoint_quant_problems(ckpt, spec, required=True)]
 
 
+def _check_parallel_vs_checkpoint(ckpt: Path, doc: dict[str, Any], yaml_file: str,
+                                  lines: dict[tuple[str, ...], int]) -> list[Problem]:
+    """tensor_parallel_size must split the checkpoint's attention and KV heads evenly (as the plan refuses for
+    engines); LLM() fails at load otherwise. Not compared while the checkpoint is not there."""
+    tp = doc.get("tensor_parallel_size", 1)
+    if not (ckpt / "config.json").is_file():
+        return []
+    try:
+        config = read_json_object(ckpt / "config.json", fix=weights_command(None))
+    except TritongenError:
+        return []  # reported by the checkpoint checks
+    heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads") or config.get("num_attention_heads")
+    if not isinstance(tp, int) or not isinstance(heads, int) or not isinstance(kv, int) or tp < 1:
+        return []
+    if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+        return []
+    fits = max(n for n in range(1, min(tp, heads) + 1) if heads % n == 0 and (kv % n == 0 or n % kv == 0))
+    return [Problem(yaml_file, lines.get(("tensor_parallel_size",)), f"tensor_parallel_size {tp} does not split the "
+                    f"checkpoint's {heads} attention heads and {kv} KV heads ({ckpt / 'config.json'}) evenly; LLM() "
+                    f"fails at load", f"--set build.tp_size={fits} (or another divisor of both) and re-render")]
+
+
 def _check_model_code(model_dir: Path) -> list[Problem]:
     """NVIDIA's model.py is not shipped with tritongen (GPU variant): until it is copied in, warn."""
     code = model_dir / "1" / "model.py"
@@ -401,6 +424,8 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
                                         "re-render from the spec, or change the spec"))
         if "model" in doc:
             problems += _check_checkpoint(Path(str(doc["model"])), spec, str(yaml_path), lines.get(("model",)))
+    if "model" in doc:
+        problems += _check_parallel_vs_checkpoint(Path(str(doc["model"])), doc, str(yaml_path), lines)
     return problems
 
 

@@ -2,7 +2,7 @@
 
 The inflight_batcher_llm validator (generator/validate.py) and the LLM-API one (generator/llmapi.py)
 report the same ``Problem`` record, parse ``config.pbtxt`` the same way and compare checkpoints with
-the spec through the same quant-algo table. Kept apart from both so that render (which imports llmapi)
+the spec through the quant-algo table of generator.engine.facts. Kept apart from both so that render (which imports llmapi)
 and validate (which imports render) share it without an import cycle. Reads files only.
 """
 
@@ -14,7 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-from generator.spec import KVCacheFormat, QuantFormat, Spec
+from generator.engine.facts import KV_ALGOS, QUANT_ALGOS
+from generator.spec import Spec
 
 
 class Severity(str, Enum):
@@ -135,19 +136,6 @@ def read_json(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
     if not isinstance(data, dict):
         return None, [Problem(str(path), 1, "not a JSON object", "rebuild / re-export it")]
     return data, []
-
-
-# TensorRT-LLM / ModelOpt quant_algo names that each spec format may appear as.
-QUANT_ALGOS: dict[QuantFormat, tuple[Optional[str], ...]] = {
-    QuantFormat.nvfp4: ("NVFP4",),
-    QuantFormat.fp8: ("FP8",),
-    QuantFormat.int4_awq: ("W4A16_AWQ",),
-    QuantFormat.int8_sq: ("W8A8_SQ_PER_CHANNEL", "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN", "W8A8_SQ_PER_TENSOR_PLUGIN"),
-    QuantFormat.none: (None,),
-}
-KV_ALGOS: dict[KVCacheFormat, tuple[Optional[str], ...]] = {
-    KVCacheFormat.fp8: ("FP8",), KVCacheFormat.int8: ("INT8",), KVCacheFormat.none: (None,),
-}
 
 
 def quant_problems(file: str | Path, quant: dict[str, Any], spec: Spec, what: str, note: str = "") -> list[Problem]:

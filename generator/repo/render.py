@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import ArtifactCorrupt, PlanRefused, SpecError, ToolMissing
-from generator.fsutil import atomic_dir, read_json_object
+from generator.engine.compare import engine_mismatches, mismatch_error
+from generator.engine.facts import EngineFacts, read_engine_if_built
+from generator.errors import PlanRefused, SpecError, ToolMissing
+from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.resources import data_json, model_repo_dir, templates_dir
@@ -83,55 +85,39 @@ class RepoPlan:
 # ---------------------------------------------------------------- engine and batch size
 
 
-def engine_config_path(spec: Spec) -> Path:
-    return spec.engine_dir / "config.json"
+def engine_for(spec: Spec) -> Optional[EngineFacts]:
+    """The built engine the repository will serve, or None before it is built.
 
-
-def read_engine_config(path: Path) -> Optional[dict[str, Any]]:
-    """The built engine's config.json (``pretrained_config`` + ``build_config``), or None without one."""
-    if not path.is_file():
-        return None
-    data = read_json_object(path, fix="rebuild the engine with `tritongen build SPEC --force`")
-    if not isinstance(data.get("build_config"), dict):
-        raise ArtifactCorrupt(
-            "engine config has no build_config section (not a trtllm-build output?)",
-            where=str(path),
-            fix="point artifacts.engine_dir at a trtllm-build output folder",
-        )
-    return data
-
-
-def resolve_max_batch_size(spec: Spec, engine_config: Optional[dict[str, Any]], source: str = "engine config.json") -> tuple[int, str]:
-    """Triton's max_batch_size for every model, from one place.
-
-    Without an engine it is the spec's ``triton_max_batch_size``. With one, the engine's
-    ``build_config.max_batch_size`` is the truth: the spec may ask for less (serving.max_batch_size) but
-    never more, and build.max_batch_size must describe the engine that was actually built.
+    An engine that the spec does not describe is refused with the same comparison ``tritongen build`` and
+    ``tritongen validate`` run (generator.engine.compare), so the three can never disagree about it.
     """
-    if engine_config is None:
-        origin = "serving.max_batch_size" if spec.serving.max_batch_size else "build.max_batch_size"
-        return spec.triton_max_batch_size, f"spec {origin}"
-    built = engine_config["build_config"].get("max_batch_size")
-    if not isinstance(built, int) or built < 1:
-        raise ArtifactCorrupt(f"engine build_config.max_batch_size is {built!r}", where=source,
-                              fix="rebuild the engine with `tritongen build SPEC --force`")
+    facts = read_engine_if_built(spec.engine_dir)
+    if facts is None:
+        return None
+    _check_serving_batch(spec, facts)
+    problems = engine_mismatches(spec, facts)
+    if problems:
+        raise mismatch_error(f"the engine in {spec.engine_dir}", problems, facts.config_path)
+    return facts
+
+
+def _check_serving_batch(spec: Spec, facts: EngineFacts) -> None:
     wanted = spec.serving.max_batch_size
-    if wanted is not None:
-        if wanted > built:
-            raise SpecError(
-                f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {built}",
-                where=source,
-                fix=f"--set serving.max_batch_size={built} (or rebuild with build.max_batch_size={wanted})",
-            )
-        return wanted, f"spec serving.max_batch_size (engine allows {built})"
-    if spec.build.max_batch_size != built:
+    if wanted is not None and wanted > facts.max_batch_size:
         raise SpecError(
-            f"the engine was built with max_batch_size {built} but the spec says build.max_batch_size="
-            f"{spec.build.max_batch_size}",
-            where=source,
-            fix=f"--set build.max_batch_size={built}, or rebuild the engine from this spec",
+            f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {facts.max_batch_size}",
+            where=facts.config_path,
+            fix=f"--set serving.max_batch_size={facts.max_batch_size} (or rebuild with build.max_batch_size={wanted})",
         )
-    return built, f"engine {source}"
+
+
+def resolve_max_batch_size(spec: Spec, engine: Optional[EngineFacts]) -> tuple[int, str]:
+    """Triton's max_batch_size for every model, from one place: the spec's ``triton_max_batch_size``, which
+    :func:`engine_for` has checked against the engine when there is one."""
+    origin = "serving.max_batch_size" if spec.serving.max_batch_size else "build.max_batch_size"
+    if engine is None:
+        return spec.triton_max_batch_size, f"spec {origin}"
+    return spec.triton_max_batch_size, f"spec {origin}; engine {engine.config_path} allows {engine.max_batch_size}"
 
 
 # ---------------------------------------------------------------- values per model
@@ -153,7 +139,7 @@ def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
-def _tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str, str]]:
+def tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str, str]]:
     s, b = spec.serving, spec.build
     gpu = target is EngineTarget.tensorrtllm
     common = [
@@ -205,7 +191,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[s
             ("max_output_len", spec.build.max_output_len),
         ])},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
-                       "instance_count": 1, "parameters": _tensorrt_llm_parameters(spec, target)},
+                       "instance_count": 1, "parameters": tensorrt_llm_parameters(spec, target)},
         POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances, "parameters": _params([
             ("tokenizer_dir", spec.serving_weights_dir),
             ("skip_special_tokens", s.skip_special_tokens),
@@ -324,11 +310,8 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
 
 
 def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
-    engine_config = None
-    cfg_path = engine_config_path(spec)
-    if target is EngineTarget.tensorrtllm:
-        engine_config = read_engine_config(cfg_path)
-    bs, source = resolve_max_batch_size(spec, engine_config, source=str(cfg_path))
+    engine = engine_for(spec) if target is EngineTarget.tensorrtllm else None
+    bs, source = resolve_max_batch_size(spec, engine)
     models = _ifb_models(spec, target, bs)
     files = {
         f"{name}/config.pbtxt": render_template(IFB_LAYOUT, f"{name}/config.pbtxt.j2", m=values)

@@ -20,14 +20,15 @@ from typing import Any, Optional
 from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import (
-    ConfigText, Problem, Severity, checkpoint_quant_problems, not_built, parse_config, quant_problems, read_json,
+    ConfigText, Problem, Severity, checkpoint_quant_problems, not_built, parse_config,
     type_name, weights_command,
 )
 from generator.repo.render import (
     BLS, ENSEMBLE, EXTRA_PARAMETERS, LLMAPI_LAYOUT, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM,
-    reference_facts,
+    reference_facts, tensorrt_llm_parameters,
 )
-from generator.spec import Spec
+from generator.repo.enginecheck import engine_problems
+from generator.spec import EngineTarget, Spec
 
 __all__ = ["Problem", "Severity", "validate_repository"]
 
@@ -373,58 +374,11 @@ def _check_tokenizers(models: dict[str, Model], spec: Optional[Spec], report: _R
 
 def _check_engine(trt: Model, spec: Optional[Spec], report: _Report) -> None:
     """A built engine (trtllm-build's config.json at gpt_model_path) must agree with the configs and spec."""
-    path_text = trt.params.get("gpt_model_path", "")
     if trt.config.backend == "python":
         _check_cpu_engine(trt, spec, report)
         return
-    if not path_text:
-        report.add(trt.file, trt.text.field("parameters"), f"{trt.name} has no gpt_model_path parameter",
-                   "re-render; it names the engine folder")
-        return
-    cfg_path = Path(path_text) / "config.json"
-    line = trt.text.parameter("gpt_model_path")
-    if not Path(path_text).exists():  # built later, usually on the GPU host
-        report.extend([not_built(trt.file, line, f"engine folder {path_text!r} does not exist", "tritongen build SPEC")])
-        return
-    if not cfg_path.is_file():
-        report.add(trt.file, line, f"engine folder {path_text!r} has no config.json (not a trtllm-build output)",
-                   "rebuild with `tritongen build SPEC --force`, or fix artifacts.engine_dir")
-        return
-    engine, unreadable = read_json(cfg_path)
-    report.extend(unreadable)
-    if engine is None:
-        return
-    build = engine.get("build_config") or {}
-    pre = engine.get("pretrained_config") or {}
-    mbs = trt.config.max_batch_size
-    if isinstance(build.get("max_batch_size"), int) and mbs > build["max_batch_size"]:
-        report.add(trt.file, trt.text.field("max_batch_size"),
-                   f"max_batch_size {mbs} exceeds the engine's {build['max_batch_size']} ({cfg_path})",
-                   f"re-render (the batch size then comes from the engine), or rebuild with max_batch_size {mbs}")
-    beam = trt.params.get("max_beam_width", "1")
-    if beam.isdigit() and isinstance(build.get("max_beam_width"), int) and int(beam) > build["max_beam_width"]:
-        report.add(trt.file, trt.text.parameter("max_beam_width"),
-                   f"max_beam_width {beam} exceeds the engine's {build['max_beam_width']}", "lower it or rebuild")
-    mapping = pre.get("mapping") or {}
-    tp, pp, ws = mapping.get("tp_size", 1), mapping.get("pp_size", 1), mapping.get("world_size")
-    if ws is not None and tp * pp != ws:
-        report.add(cfg_path, None, f"engine mapping tp_size {tp} x pp_size {pp} = {tp * pp} but world_size is {ws}",
-                   "rebuild the engine; the checkpoint's mapping is inconsistent")
-    ranks = sorted(Path(path_text).glob("rank*.engine"))
-    if ranks and ws is not None and len(ranks) != ws:
-        report.add(cfg_path, None, f"{len(ranks)} rank*.engine files but world_size {ws}", "rebuild the engine")
-    if spec is None:
-        return
-    if (ws or tp * pp) != spec.build.world_size:
-        report.add(cfg_path, None, f"engine world size {ws or tp * pp} (tp {tp} x pp {pp}) but the spec's "
-                   f"build.tp_size x build.pp_size = {spec.build.world_size}", "rebuild, or set tp_size/pp_size to match")
-    for key, want in (("max_input_len", spec.build.max_input_len), ("max_seq_len", spec.build.resolved_max_seq_len)):
-        got = build.get(key)
-        if got is not None and got != want:
-            report.add(cfg_path, None, f"engine {key} is {got} but the spec gives {want}",
-                       f"rebuild the engine from this spec, or set build.{key}={got}")
-    if isinstance(pre.get("quantization"), dict):
-        report.extend(quant_problems(cfg_path, pre["quantization"], spec, "engine"))
+    rendered = dict(tensorrt_llm_parameters(spec, EngineTarget.tensorrtllm)) if spec is not None else {}
+    report.extend(engine_problems(trt.file, trt.text, trt.params, trt.config.max_batch_size, spec, rendered))
 
 
 def _check_cpu_engine(trt: Model, spec: Optional[Spec], report: _Report) -> None:

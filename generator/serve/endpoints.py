@@ -55,6 +55,11 @@ class Endpoints:
             metrics_url=metrics_url or f"http://{host}:{port + 2}/metrics",
         )
 
+    @property
+    def http_hostport(self) -> str:
+        """HOST:PORT of the HTTP endpoint, for clients that take no scheme (tritonclient)."""
+        return self.http_url.split("://", 1)[-1]
+
     def locust_host(self, protocol: str) -> str:
         return f"grpc://{self.grpc_url}" if protocol == "grpc-stream" else self.http_url
 

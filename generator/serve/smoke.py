@@ -1,21 +1,21 @@
 """Smoke test of a running Triton server: the checks a user runs before trusting a repository.
 
-Every check talks to the server through the clients production uses: HTTP ``generate`` /
-``generate_stream`` (server-sent events), HTTP ``infer`` and gRPC decoupled streaming
-(tritonclient). A failed check never stops the run; the report lists every check with its detail.
+Every check talks to the server through the clients production uses (generator/serve/client.py): HTTP
+``generate`` / ``generate_stream`` (server-sent events), HTTP ``infer`` and gRPC decoupled streaming.
+A failed check never stops the run; the report lists every check with its detail.
+
+The same checks run against both kinds of repository, in the request dialect the served model speaks
+(client.ENSEMBLE or client.LLMAPI); the LLM-API model's own checks (finish and stop reasons, perf
+metrics, cancellation by the ``stop`` input) are in smoke_llmapi.py.
 
 Streaming checks send a unique request id per request: the postprocessing model uses it to
 detokenize a stream incrementally (see model_repo/postprocessing/1/model.py), which is what
 makes the joined stream equal the non-streamed text.
-
-Client helpers (``generate``, ``generate_stream``, ``grpc_stream``, ``text_inputs``) are public:
-tests and benchmarks call the server the same way.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import re
 import time
 import uuid
@@ -25,160 +25,17 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from generator.engine.facts import read_engine_if_built, runtime_limits
+from generator.errors import TritongenError
+from generator.serve.client import (
+    ENSEMBLE, LLMAPI, LLMAPI_TARGET, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
+    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_client, http_infer, is_ready, joined_text,
+    post_json, text_inputs,
+)
+
 DEFAULT_PROMPT = "Tea travelled a long way before it reached the small café on the corner."
-REPLACEMENT = "\ufffd"
 
 _TRITON_TO_METADATA = {"TYPE_STRING": "BYTES"}
-
-
-class ServerRequestError(Exception):
-    """The server answered a request with an error (its message is the exception's)."""
-
-
-# ---------------------------------------------------------------- client helpers
-
-
-def _url(http_url: str, path: str) -> str:
-    base = http_url if http_url.startswith("http") else f"http://{http_url}"
-    return base.rstrip("/") + path
-
-
-def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
-    import requests
-
-    r = requests.get(_url(http_url, path), timeout=timeout)
-    if r.status_code != 200:
-        raise ServerRequestError(f"GET {path}: HTTP {r.status_code} {r.text.strip()}")
-    return r.json()
-
-
-def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
-    import requests
-
-    r = requests.post(_url(http_url, path), json=body, timeout=timeout)
-    if r.status_code != 200:
-        raise ServerRequestError(_error_text(r))
-    return r.json()
-
-
-def _error_text(response) -> str:
-    try:
-        return f"HTTP {response.status_code}: {response.json().get('error', response.text)}"
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text.strip()}"
-
-
-def generate(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> dict:
-    """POST /v2/models/MODEL/generate (one response); raises ServerRequestError on an error."""
-    return post_json(http_url, f"/v2/models/{model}/generate", body, timeout)
-
-
-def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> list[dict]:
-    """POST /v2/models/MODEL/generate_stream and read the server-sent events (one per response)."""
-    import requests
-
-    events = []
-    with requests.post(_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
-                       timeout=timeout) as r:
-        if r.status_code != 200:
-            raise ServerRequestError(_error_text(r))
-        for line in r.iter_lines():
-            if not line.startswith(b"data:"):
-                continue
-            event = json.loads(line[5:].decode("utf-8"))
-            if "error" in event:
-                raise ServerRequestError(event["error"])
-            events.append(event)
-    return events
-
-
-def text_inputs(
-    prompt: str | bytes,
-    max_tokens: int,
-    *,
-    stream: Optional[bool] = None,
-    stop_words: Sequence[str] = (),
-    extra: Optional[Mapping[str, np.ndarray]] = None,
-) -> dict[str, np.ndarray]:
-    """Tensors for the ensemble / BLS (batch of one)."""
-    raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8")
-    inputs = {
-        "text_input": np.array([[raw]], dtype=np.object_),
-        "max_tokens": np.array([[max_tokens]], dtype=np.int32),
-    }
-    if stream is not None:
-        inputs["stream"] = np.array([[stream]], dtype=bool)
-    if stop_words:
-        inputs["stop_words"] = np.array([[w.encode("utf-8") for w in stop_words]], dtype=np.object_)
-    inputs.update(extra or {})
-    return inputs
-
-
-@dataclass
-class StreamResult:
-    """What one gRPC stream returned: text pieces (one per response) and the other outputs."""
-
-    pieces: list[str] = field(default_factory=list)
-    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
-    error: Optional[str] = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-
-def grpc_stream(
-    grpc_url: str,
-    model: str,
-    inputs: Mapping[str, np.ndarray],
-    *,
-    request_id: Optional[str] = None,
-    timeout: float = 120.0,
-    on_response: Optional[Callable[[int], bool]] = None,
-) -> StreamResult:
-    """One request over a gRPC decoupled stream, read until the final response.
-
-    ``on_response(n)`` is called after the n-th response; returning False abandons the stream
-    (a client that goes away mid-answer).
-    """
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    responses: "queue.Queue" = queue.Queue()
-    result = StreamResult()
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        tensors = []
-        for name, array in inputs.items():
-            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            t.set_data_from_numpy(array)
-            tensors.append(t)
-        client.async_stream_infer(model, tensors, request_id=request_id or uuid.uuid4().hex,
-                                  enable_empty_final_response=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                response, error = responses.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                result.error = f"no final response within {timeout:.0f} s"
-                break
-            if error is not None:
-                result.error = error.message() if hasattr(error, "message") else str(error)
-                break
-            outputs = {o.name: response.as_numpy(o.name) for o in response.get_response().outputs}
-            text = outputs.get("text_output")
-            if text is not None:
-                result.pieces.append(b"".join(np.asarray(text).reshape(-1)[:1]).decode("utf-8"))
-                result.outputs.append(outputs)
-            if on_response is not None and not on_response(len(result.outputs)):
-                break
-            if response.get_response().parameters["triton_final_response"].bool_param:
-                break
-    finally:
-        client.stop_stream(cancel_requests=True)
-        client.close()
-    return result
 
 
 # ---------------------------------------------------------------- pure deciders
@@ -250,6 +107,7 @@ class SmokeReport:
     http_url: str
     grpc_url: str
     model: str
+    dialect: str = ENSEMBLE.name
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -261,8 +119,8 @@ class SmokeReport:
         return [c for c in self.checks if not c.ok]
 
     def to_dict(self) -> dict:
-        return {"http_url": self.http_url, "grpc_url": self.grpc_url, "model": self.model, "ok": self.ok,
-                "checks": [c.__dict__ for c in self.checks]}
+        return {"http_url": self.http_url, "grpc_url": self.grpc_url, "model": self.model, "dialect": self.dialect,
+                "ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
 
 
 class CheckFailed(Exception):
@@ -278,18 +136,21 @@ def _short(text: str, n: int = 48) -> str:
     return repr(text if len(text) <= n else text[:n] + "…")
 
 
-class _Smoke:
+class Smoke:
     """The checks, in order; later checks reuse the reference answer of the first generate."""
+
+    dialect: Dialect = ENSEMBLE
 
     def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress):
         self.http, self.grpc, self.model, self.bls = http_url, grpc_url, model, bls_model
         self.prompt, self.max_tokens, self.max_input_len = prompt, max_tokens, max_input_len
         self.timeout = timeout_s
         self.progress = progress
-        self.report = SmokeReport(http_url, grpc_url, model)
+        self.report = SmokeReport(http_url, grpc_url, model, self.dialect.name)
         self.reference: Optional[str] = None
         self.stream: Optional[StreamResult] = None
         self.models: list[str] = []
+        self.stop_word: Optional[str] = None
         self.configs: dict[str, dict] = {}
 
     def check(self, name: str, fn: Callable[[], str]) -> None:
@@ -308,10 +169,20 @@ class _Smoke:
 
     # -------------------------------------------------------------- helpers
 
-    def body(self, max_tokens: Optional[int] = None, **extra) -> dict:
-        body = {"text_input": self.prompt, "max_tokens": self.max_tokens if max_tokens is None else max_tokens}
+    def body(self, max_tokens: Optional[int] = None, *, stop_words: Sequence[str] = (), **extra) -> dict:
+        """A generate request body in the model's dialect (greedy, so answers can be compared)."""
+        d = self.dialect
+        body = {"text_input": self.prompt, d.max_tokens: self.max_tokens if max_tokens is None else max_tokens,
+                **d.greedy}
+        if stop_words:
+            body[d.stop] = list(stop_words)
         body.update(extra)
         return body
+
+    def tensors(self, prompt: str | bytes, max_tokens: int, *, stream: Optional[bool] = None,
+                stop_words: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The same request as tensors (gRPC and HTTP infer)."""
+        return text_inputs(prompt, max_tokens, stream=stream, stop_words=stop_words)
 
     def text(self, model: Optional[str] = None, **body) -> str:
         return generate(self.http, model or self.model, self.body(**body), self.timeout)["text_output"]
@@ -337,12 +208,7 @@ class _Smoke:
         return message[:140]
 
     def ready(self) -> bool:
-        import requests
-
-        try:
-            return requests.get(_url(self.http, "/v2/health/ready"), timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
+        return is_ready(self.http)
 
     @property
     def streams(self) -> bool:
@@ -350,8 +216,8 @@ class _Smoke:
         return self.decoupled(self.model)
 
     def stream_text(self, model: str, max_tokens: int, **kw) -> StreamResult:
-        return grpc_stream(self.grpc, model, text_inputs(self.prompt, max_tokens, stream=self.streams, **kw),
-                           timeout=self.timeout)
+        return grpc_stream(self.grpc, model, self.tensors(self.prompt, max_tokens, stream=self.streams, **kw),
+                           timeout=self.timeout, cumulative=self.dialect.cumulative)
 
     # -------------------------------------------------------------- checks
 
@@ -359,7 +225,7 @@ class _Smoke:
         import requests
 
         for path in ("/v2/health/live", "/v2/health/ready"):
-            r = requests.get(_url(self.http, path), timeout=10)
+            r = requests.get(endpoint_url(self.http, path), timeout=10)
             _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
@@ -391,22 +257,17 @@ class _Smoke:
         return _short(self.reference)
 
     def infer(self) -> str:
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+        from tritonclient.utils import InferenceServerException
 
         reference = self.need_reference()
-        client = httpclient.InferenceServerClient(self.http, network_timeout=self.timeout)
-        tensors = []
-        for name, array in text_inputs(self.prompt, self.max_tokens).items():
-            t = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            t.set_data_from_numpy(array)
-            tensors.append(t)
+        tensors = self.tensors(self.prompt, self.max_tokens)
         if not self.decoupled(self.model):
-            text = client.infer(self.model, tensors).as_numpy("text_output").reshape(-1)[0].decode("utf-8")
+            result = http_infer(self.http, self.model, tensors, self.timeout)
+            text = result.as_numpy("text_output").reshape(-1)[0].decode("utf-8")
             _expect(text == reference, f"infer {_short(text)} differs from generate {_short(reference)}")
             return "text equals generate"
         try:
-            client.infer(self.model, tensors)
+            http_infer(self.http, self.model, tensors, self.timeout)
         except InferenceServerException as exc:
             _expect("decoupled" in str(exc), f"unexpected error: {exc}")
             return "refused, as Triton does for decoupled models (stream over gRPC instead)"
@@ -416,7 +277,7 @@ class _Smoke:
         """preprocessing and postprocessing are plain (not decoupled) models: infer works on them."""
         import tritonclient.http as httpclient
 
-        client = httpclient.InferenceServerClient(self.http, network_timeout=self.timeout)
+        client = http_client(self.http, self.timeout)
         query = httpclient.InferInput("QUERY", [1, 1], "BYTES")
         query.set_data_from_numpy(np.array([[self.prompt.encode("utf-8")]], dtype=np.object_))
         out_len = httpclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32")
@@ -442,9 +303,9 @@ class _Smoke:
 
     def sse_streaming(self) -> str:
         reference = self.need_reference()
-        events = generate_stream(self.http, self.model, self.body(stream=self.streams, id=uuid.uuid4().hex),
-                                 self.timeout)
-        text = "".join(e.get("text_output", "") for e in events)
+        events = generate_stream(self.http, self.model,
+                                 self.body(**{self.dialect.stream: self.streams, "id": uuid.uuid4().hex}), self.timeout)
+        text = joined_text([e.get("text_output", "") for e in events], self.dialect.cumulative)
         ok, how = same_text(text, reference)
         _expect(ok, how)
         return f"{len(events)} events; joined text {how} to generate"
@@ -477,6 +338,7 @@ class _Smoke:
         for word, through, before in candidates:
             text = generate(self.http, self.model, self.body(stop_words=[word]), self.timeout)["text_output"]
             if text in (through, before):
+                self.stop_word = word
                 return f"stopped at {word!r} ({len(text)} of {len(reference)} chars)"
             _expect(text == reference, f"stop word {word!r} gave {_short(text)}, neither stopped nor unchanged")
         raise CheckFailed(f"none of {[c[0] for c in candidates]} stopped generation")
@@ -485,18 +347,19 @@ class _Smoke:
         return self.expect_error(lambda: generate(self.http, self.model, {"text_input": self.prompt}), "max_tokens")
 
     def bad_dtype(self) -> str:
-        inputs = text_inputs(self.prompt, self.max_tokens, stream=False)
-        inputs["max_tokens"] = np.array([[float(self.max_tokens)]], dtype=np.float32)
+        inputs = self.tensors(self.prompt, self.max_tokens, stream=False)
+        name = self.dialect.max_tokens
+        inputs[name] = inputs[name].astype(np.float32)
         return self.expect_error(lambda: grpc_stream(self.grpc, self.model, inputs, timeout=self.timeout),
                                  "data-type", "datatype", "data type")
 
     def bad_empty_prompt(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": "", "max_tokens": 4}),
+        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": "", self.dialect.max_tokens: 4}),
                                  "empty")
 
     def bad_long_prompt(self) -> str:
         words = (self.max_input_len or 32768) + 16
-        body = {"text_input": "hello " * words, "max_tokens": 4}
+        body = {"text_input": "hello " * words, self.dialect.max_tokens: 4}
         return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout),
                                  "length", "long", "exceed")
 
@@ -516,7 +379,7 @@ class _Smoke:
         return f"clamped to the sequence limit ({len(text)} chars)"
 
     def bad_utf8(self) -> str:
-        inputs = text_inputs(b"\xff\xfe caf\xe9", self.max_tokens, stream=False)
+        inputs = self.tensors(b"\xff\xfe caf\xe9", self.max_tokens, stream=False)
         return self.expect_error(lambda: grpc_stream(self.grpc, self.model, inputs, timeout=self.timeout), "utf-8", "utf8")
 
     def still_serving(self) -> str:
@@ -539,36 +402,48 @@ class _Smoke:
         _expect(ok, how)
         return f"{len(result.pieces)} responses; joined text {how} to {self.model}"
 
-    def run(self) -> SmokeReport:
-        self.check("server live and ready", self.live)
-        self.check("every model ready", self.models_ready)
-        self.check("model metadata equals config", self.metadata)
-        self.check("HTTP generate (non-streaming)", self.first_generate)
-        self.check("HTTP infer", self.infer)
+    def plan(self) -> list[tuple[str, Callable[[], str]]]:
+        """The checks to run, in order (a check may need the answers of earlier ones)."""
+        checks = [
+            ("server live and ready", self.live),
+            ("every model ready", self.models_ready),
+            ("model metadata equals config", self.metadata),
+            ("HTTP generate (non-streaming)", self.first_generate),
+            ("HTTP infer", self.infer),
+        ]
         if {"preprocessing", "postprocessing"} <= set(self.models):
-            self.check("HTTP infer preprocessing → postprocessing", self.infer_tokenizer_round_trip)
-        self.check("gRPC streaming", self.grpc_streaming)
-        self.check("HTTP generate_stream (SSE)", self.sse_streaming)
-        self.check("greedy answers deterministic", self.deterministic)
-        self.check("max_tokens honoured", self.max_tokens_honoured)
-        self.check("stop words honoured", self.stop_words)
-        self.check("bad request: missing input", self.bad_missing_input)
-        self.check("bad request: wrong dtype", self.bad_dtype)
-        self.check("bad request: empty prompt", self.bad_empty_prompt)
-        self.check("bad request: prompt over max_input_len", self.bad_long_prompt)
-        self.check("bad request: max_tokens 0", self.bad_zero_tokens)
-        self.check("request: huge max_tokens", self.huge_tokens)
-        self.check("bad request: non-UTF-8 bytes", self.bad_utf8)
-        self.check("server still serving", self.still_serving)
+            checks.append(("HTTP infer preprocessing → postprocessing", self.infer_tokenizer_round_trip))
+        checks += [
+            ("gRPC streaming", self.grpc_streaming),
+            ("HTTP generate_stream (SSE)", self.sse_streaming),
+            ("greedy answers deterministic", self.deterministic),
+            ("max_tokens honoured", self.max_tokens_honoured),
+            ("stop words honoured", self.stop_words),
+            ("bad request: missing input", self.bad_missing_input),
+            ("bad request: wrong dtype", self.bad_dtype),
+            ("bad request: empty prompt", self.bad_empty_prompt),
+            ("bad request: prompt over max_input_len", self.bad_long_prompt),
+            ("bad request: max_tokens 0", self.bad_zero_tokens),
+            ("request: huge max_tokens", self.huge_tokens),
+            ("bad request: non-UTF-8 bytes", self.bad_utf8),
+            ("server still serving", self.still_serving),
+        ]
         if self.bls and self.bls in self.models:
-            self.check("BLS generate (non-streaming)", self.bls_generate)
-            self.check("BLS gRPC streaming", self.bls_stream)
+            checks += [("BLS generate (non-streaming)", self.bls_generate), ("BLS gRPC streaming", self.bls_stream)]
+        return checks
+
+    def run(self) -> SmokeReport:
+        head = 3  # live, models ready, metadata: they find the models the rest of the plan depends on
+        for name, fn in self.plan()[:head]:
+            self.check(name, fn)
+        for name, fn in self.plan()[head:]:
+            self.check(name, fn)
         return self.report
 
 
 def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm") -> Optional[int]:
-    """The engine's prompt limit: the CPU engine's parameter, or the engine config.json when the
-    engine folder is readable from here (same machine)."""
+    """The engine's prompt limit: the CPU engine's parameter, or, when the engine folder is readable from
+    here (same machine), the limit the C++ runtime derives from it (generator.engine.facts.runtime_limits)."""
     try:
         params = get_json(http_url, f"/v2/models/{engine_model}/config").get("parameters", {})
     except (ServerRequestError, OSError, ValueError):
@@ -577,20 +452,45 @@ def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm")
     if value and value.isdigit():
         return int(value)
     engine_dir = params.get("gpt_model_path", {}).get("string_value")
-    config = Path(engine_dir) / "config.json" if engine_dir else None
-    if config and config.is_file():
-        try:
-            return int(json.loads(config.read_text())["build_config"]["max_input_len"])
-        except (KeyError, ValueError, TypeError):
-            return None
-    return None
+    try:
+        engine = read_engine_if_built(Path(engine_dir)) if engine_dir else None
+    except TritongenError:
+        return None
+    if engine is None:
+        return None
+    chunked = params.get("enable_chunked_context", {}).get("string_value", "").lower() in ("true", "1", "yes")
+    return runtime_limits(engine, chunked_context=chunked).max_input_len
+
+
+def served_dialect(http_url: str, model: str) -> Dialect:
+    """The dialect of the served model, from its config's input names; ENSEMBLE when it cannot be read."""
+    try:
+        config = get_json(http_url, f"/v2/models/{model}/config")
+    except (ServerRequestError, OSError, ValueError):
+        return ENSEMBLE
+    return dialect_for_inputs({i["name"] for i in config.get("input", [])})
+
+
+def entry_model(http_url: str, repo_dir: Optional[Path] = None) -> str:
+    """The model a smoke test checks unless told: what the repository's manifest (tritongen.json) says its
+    target serves, else what the server serves: the ensemble when there is one, else the LLM-API model."""
+    manifest = Path(repo_dir) / "tritongen.json" if repo_dir is not None else None
+    if manifest is not None and manifest.is_file():
+        target = json.loads(manifest.read_text(encoding="utf-8")).get("target")
+        return "tensorrt_llm" if target == LLMAPI_TARGET else "ensemble"
+    try:
+        index = post_json(http_url, "/v2/repository/index", {})
+    except (ServerRequestError, OSError, ValueError):
+        return "ensemble"
+    return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
 
 
 def run_smoke(
     http_url: str,
     grpc_url: str,
     *,
-    model: str = "ensemble",
+    model: Optional[str] = None,
+    repo_dir: Optional[Path] = None,
     bls_model: Optional[str] = "tensorrt_llm_bls",
     prompt: str = DEFAULT_PROMPT,
     max_tokens: int = 16,
@@ -598,8 +498,20 @@ def run_smoke(
     timeout_s: float = 120.0,
     progress: Optional[Callable[[str], None]] = None,
 ) -> SmokeReport:
-    """Run every smoke check against a running server; ``progress(name)`` is told of each check."""
+    """Run every smoke check against a running server; ``progress(name)`` is told of each check.
+
+    ``model`` None: see :func:`entry_model` (``repo_dir`` is the served repository, when known). The checks
+    speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks.
+    """
+    model = model or entry_model(http_url, repo_dir)
+    if served_dialect(http_url, model) is LLMAPI:
+        from generator.repo.llmapi import CPU_ENGINE_MODEL
+        from generator.serve.smoke_llmapi import LLMAPISmoke as cls
+
+        engine_model = CPU_ENGINE_MODEL  # the CPU stand-in's engine; on a GPU the limit is in model.yaml
+    else:
+        cls, engine_model = Smoke, "tensorrt_llm"
     if max_input_len is None:
-        max_input_len = max_input_len_from_server(http_url)
-    smoke = _Smoke(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress)
+        max_input_len = max_input_len_from_server(http_url, engine_model)
+    smoke = cls(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress)
     return smoke.run()

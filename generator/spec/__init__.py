@@ -2,6 +2,7 @@
 
 from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
 from generator.spec.schema import (
+    REFERENCE_MODEL,
     ArtifactsSpec,
     BuildSpec,
     CalibrationSpec,
@@ -17,7 +18,7 @@ from generator.spec.schema import (
 )
 
 __all__ = [
-    "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "LoadTestSpec",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "LoadTestSpec",
     "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]

@@ -42,8 +42,12 @@ class EngineTarget(str, Enum):
     llmapi = "llmapi"
 
 
+REFERENCE_MODEL = "Qwen/Qwen3-8B"
+"""The default model; the plan ships its config.json so a plan works offline on a clean clone."""
+
+
 class ModelSpec(_Section):
-    source: str = "Qwen/Qwen3-8B"
+    source: str = REFERENCE_MODEL
     """Hugging Face repo id (``org/name``) or a local folder with config.json, tokenizer and safetensors."""
 
     revision: Optional[str] = None
@@ -283,8 +287,9 @@ class LoadTestSpec(_Section):
     protocol: Literal["http-stream", "grpc-stream", "http"] = "grpc-stream"
     """Client protocol: HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP generate."""
 
-    model: str = "ensemble"
-    """Model the users call: ensemble or tensorrt_llm_bls."""
+    model: Optional[str] = None
+    """Model the users call. None means the repository's entry model: ensemble, or tensorrt_llm (the
+    LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path."""
 
     users: int = Field(16, ge=1)
     """Concurrent users (closed loop), when request_rate is not set."""
@@ -398,6 +403,12 @@ class Spec(_Section):
                 f"serving.max_batch_size ({self.serving.max_batch_size}) exceeds build.max_batch_size "
                 f"({b.max_batch_size}), the engine's limit; lower it or raise build.max_batch_size"
             )
+        model = self.loadtest.model
+        if self.serving.engine is EngineTarget.llmapi and model in ("ensemble", "tensorrt_llm_bls"):
+            raise ValueError(
+                f"loadtest.model is {model!r} but serving.engine=llmapi serves one model, tensorrt_llm; "
+                "remove loadtest.model (unset, it follows the engine) or set it to tensorrt_llm"
+            )
         return self
 
     # Derived values: computed in one place so stages never re-derive them.
@@ -449,6 +460,23 @@ class Spec(_Section):
         if self.quantization.quantizes_anything:
             return self.checkpoint_dir
         return self.model_dir
+
+    @property
+    def loadtest_model(self) -> str:
+        """The model load tests call (see loadtest.model)."""
+        if self.loadtest.model is not None:
+            return self.loadtest.model
+        return "tensorrt_llm" if self.serving.engine is EngineTarget.llmapi else "ensemble"
+
+    @property
+    def loadtest_tokenizer(self) -> Optional[Path]:
+        """The tokenizer load tests count with: loadtest.tokenizer, else the served model's own. The LLM-API
+        model names no tokenizer_dir; it loads the checkpoint (model.yaml's ``model``), tokenizer included."""
+        if self.loadtest.tokenizer is not None:
+            return self.path(self.loadtest.tokenizer)
+        if self.serving.engine is EngineTarget.llmapi:
+            return self.serving_weights_dir
+        return None
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"base_dir"})

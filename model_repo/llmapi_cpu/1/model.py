@@ -5,11 +5,16 @@ named in ``model.yaml`` encodes the prompt, the CPU reference engine (a model wi
 ``tensorrt_llm`` backend's token interface, named by the ``engine_model`` parameter) generates through
 a BLS call, and the tokens are decoded back. Streamed ``text_output`` is the whole text so far, as
 ``CompletionOutput.text`` is in the LLM API. Stands alone: imports nothing from tritongen.
+
+As upstream, a decoupled model serves each request on its own (upstream: an asyncio task per request;
+here a thread), so requests overlap and the engine batches them in flight, and a request with ``stop``
+set cancels the requests in progress that carry the same request id.
 """
 
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -27,6 +32,17 @@ _SAMPLING_TO_ENGINE = {
     "sampling_param_presence_penalty": ("presence_penalty", np.float32),
     "sampling_param_seed": ("seed", np.uint64),
 }
+
+DEFAULT_MAX_TOKENS = 32
+"""SamplingParams.max_tokens's default in TensorRT-LLM 1.2 (tensorrt_llm/sampling_params.py; tritongen records the source in
+generator/data/llmapi_1.2.json, sources.request_semantics): what the LLM
+API generates when a request gives no sampling_param_max_tokens."""
+
+CANCELLED = "Request cancelled by client"
+
+PERF_TIMES = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
+"""Upstream returns the LLM engine's own time points; here the CPU engine's, on the same clock
+(time.perf_counter_ns, CLOCK_MONOTONIC), with this model's own arrival."""
 
 
 def _scalar(request, name):
@@ -56,25 +72,58 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(self.llm_args["model"], bool(self.llm_args.get("trust_remote_code", False)))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
-        self.max_tokens_default = int(self.llm_args["max_seq_len"]) - 1
+        self.lock = threading.Lock()
+        self.cancel_events = {}  # request id -> threading.Event of the requests in progress
 
     def execute(self, requests):
         if not self.decoupled:
-            return [self._serve(request, None) for request in requests]
+            return [self._serve(request, None, None) for request in requests]
         for request in requests:
-            sender = request.get_response_sender()
-            try:
-                self._serve(request, sender)
-            except Exception as exc:  # one failing request must not take the others down
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True).start()
         return None
 
-    def _serve(self, request, sender):
+    def _serve_decoupled(self, request):
+        sender = request.get_response_sender()
+        rid = request.request_id()
+        try:
+            if _scalar(request, "stop"):
+                self._stop(rid, sender)
+                return
+            cancelled = threading.Event()
+            if rid:
+                with self.lock:
+                    self.cancel_events.setdefault(rid, set()).add(cancelled)
+            try:
+                self._serve(request, sender, cancelled)
+            finally:
+                if rid:
+                    with self.lock:
+                        self.cancel_events.get(rid, set()).discard(cancelled)
+                        if not self.cancel_events.get(rid):
+                            self.cancel_events.pop(rid, None)
+        except Exception as exc:  # one failing request must not take the others down
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _stop(self, rid, sender):
+        """A ``stop`` request: cancel the requests in progress with this id; the stop request itself is
+        answered with a CANCELLED error, as upstream does."""
+        if not rid:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "A request id must be provided for request cancellation")),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        with self.lock:
+            for event in self.cancel_events.get(rid, ()):
+                event.set()
+        sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(CANCELLED, pb_utils.TritonError.CANCELLED)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _serve(self, request, sender, cancelled):
         """Generate one request; streams through ``sender`` when given, else returns the response."""
-        arrival = time.monotonic_ns()
+        arrival = time.perf_counter_ns()
         if _scalar(request, "stop"):
-            raise pb_utils.TritonModelException("Request cancelled by client")
+            raise pb_utils.TritonModelException("a stop request needs a decoupled model")
         texts = _strings(request, "text_input")
         if len(texts) != 1:
             raise pb_utils.TritonModelException("text_input must hold exactly one prompt")
@@ -82,7 +131,7 @@ class TritonPythonModel:
         if streaming and not self.decoupled:
             raise pb_utils.TritonModelException("Streaming is only supported in decoupled mode.")
         max_tokens = _scalar(request, "sampling_param_max_tokens")
-        max_tokens = int(max_tokens) if max_tokens is not None else self.max_tokens_default
+        max_tokens = int(max_tokens) if max_tokens is not None else DEFAULT_MAX_TOKENS
         stops = _strings(request, "sampling_param_stop")
         wants = {k: bool(_scalar(request, k) or False)
                  for k in ("return_finish_reason", "return_stop_reason", "sampling_param_return_perf_metrics")}
@@ -90,24 +139,35 @@ class TritonPythonModel:
         prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,
-            requested_output_names=["output_ids", "sequence_length"],
+            requested_output_names=["output_ids", "sequence_length"] + list(PERF_TIMES[1:]),
             inputs=self._engine_inputs(request, prompt_ids, max_tokens, self.decoupled),
         )
         generated: list[int] = []
         first_token = None
         stop_hit = None
         pending = None
+        aborted = False
+        engine_times = {}
         responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
         for response in responses:
+            if cancelled is not None and cancelled.is_set():
+                aborted = True
+                if hasattr(responses, "cancel"):
+                    responses.cancel()
+                break
             if response.has_error():
                 raise pb_utils.TritonModelException(response.error().message())
+            for name in PERF_TIMES[1:]:
+                tensor = pb_utils.get_output_tensor_by_name(response, name)
+                if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
+                    engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
             ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
             if ids_tensor is None:  # the engine's empty final response
                 continue
             new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
             if not new:
                 continue
-            first_token = first_token or time.monotonic_ns()
+            first_token = first_token or time.perf_counter_ns()
             generated += new
             text, stop_hit = self._text(generated, stops)
             if streaming and stop_hit is None:
@@ -115,10 +175,19 @@ class TritonPythonModel:
                     sender.send(self._response(pending, None, None, {}, ()))
                 pending = text
             if stop_hit is not None:
-                break  # the engine keeps going to max_tokens: cancellation does not reach it through BLS
+                if hasattr(responses, "cancel"):  # tell the engine; it stops at its next step
+                    responses.cancel()
+                break
         text, stop_hit = self._text(generated, stops)
-        finish = "stop" if stop_hit is not None or (generated and generated[-1] == self.end_id) else "length"
-        times = (arrival, arrival, first_token or time.monotonic_ns(), time.monotonic_ns())
+        if aborted:
+            finish = "cancelled"
+        elif stop_hit is not None or (generated and generated[-1] == self.end_id):
+            finish = "stop"
+        else:
+            finish = "length"
+        now = time.perf_counter_ns()
+        times = (arrival, engine_times.get("first_scheduled_time_ns", arrival),
+                 engine_times.get("first_token_time_ns", first_token or now), engine_times.get("last_token_time_ns", now))
         final = self._response(text, finish, stop_hit, wants, times)
         if sender is None:
             return final
@@ -136,6 +205,7 @@ class TritonPythonModel:
             t("end_id", self.end_id, np.int32),
             t("pad_id", self.pad_id, np.int32),
             t("streaming", streaming, np.bool_),
+            t("return_perf_metrics", bool(_scalar(request, "sampling_param_return_perf_metrics")), np.bool_),
         ]
         for source, (target, dtype) in _SAMPLING_TO_ENGINE.items():
             value = _scalar(request, source)

@@ -1,0 +1,311 @@
+"""One Triton client for tritongen: HTTP generate / generate_stream, gRPC decoupled streaming, and the
+two request dialects a rendered repository speaks.
+
+Smoke test, tests, benchmarks and the load test's reference answers call the server through this
+module, so a request looks the same everywhere. Two dialects:
+
+- ``ensemble`` (NVIDIA's inflight_batcher_llm ensemble and BLS): ``max_tokens``, ``stream``,
+  ``stop_words``; each streamed ``text_output`` is the new text only.
+- ``llmapi`` (TensorRT-LLM's LLM-API model, ``all_models/llmapi/tensorrt_llm``): ``sampling_param_*``
+  inputs, ``streaming``; each streamed ``text_output`` is the whole text so far, because the model
+  sends ``CompletionOutput.text`` (cumulative) on every step.
+
+:func:`text_delta` turns cumulative text into the new part, so everything downstream sees pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+REPLACEMENT = "\ufffd"
+
+
+class ServerRequestError(Exception):
+    """The server answered a request with an error (its message is the exception's)."""
+
+
+# ---------------------------------------------------------------- dialects
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Tensor names and streaming semantics of one kind of served LLM model."""
+
+    name: str
+    max_tokens: str
+    stream: str
+    stop: str
+    cumulative: bool
+    """Streamed text_output is the whole text so far (True) or only the new text (False)."""
+    greedy: Mapping[str, Any] = field(default_factory=dict)
+    """Inputs that make decoding greedy where the model's default is not (sent by the smoke test)."""
+
+
+ENSEMBLE = Dialect("ensemble", max_tokens="max_tokens", stream="stream", stop="stop_words", cumulative=False)
+LLMAPI = Dialect("llmapi", max_tokens="sampling_param_max_tokens", stream="streaming", stop="sampling_param_stop",
+                 cumulative=True, greedy={"sampling_param_top_k": 1})
+
+LLMAPI_TARGET = "llmapi"
+"""The manifest's ``target`` value of an LLM-API repository (tritongen.json)."""
+
+
+def dialect_for_inputs(inputs: Sequence[str] | set[str]) -> Dialect:
+    """The dialect a model speaks, from its input names (the served config is the ground truth)."""
+    return LLMAPI if "sampling_param_max_tokens" in set(inputs) else ENSEMBLE
+
+
+def text_delta(previous: str, current: str) -> str:
+    """The new part of a cumulative text. A cumulative detokenizer may rewrite a held-back incomplete
+    character (U+FFFD) once its last byte arrives, so the delta starts where the two texts part."""
+    if current.startswith(previous):
+        return current[len(previous):]
+    common = 0
+    for a, b in zip(previous, current):
+        if a != b:
+            break
+        common += 1
+    return current[common:]
+
+
+def joined_text(texts: Sequence[str], cumulative: bool) -> str:
+    """The whole answer of a stream: the last text when cumulative, else the pieces joined."""
+    if cumulative:
+        return next((t for t in reversed(texts) if t), "")
+    return "".join(texts)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def endpoint_url(http_url: str, path: str) -> str:
+    """http://HOST:PORT/path from HOST:PORT or a URL."""
+    base = http_url if http_url.startswith("http") else f"http://{http_url}"
+    return base.rstrip("/") + path
+
+
+def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
+    import requests
+
+    r = requests.get(endpoint_url(http_url, path), timeout=timeout)
+    if r.status_code != 200:
+        raise ServerRequestError(f"GET {path}: HTTP {r.status_code} {r.text.strip()}")
+    return r.json()
+
+
+def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
+    import requests
+
+    r = requests.post(endpoint_url(http_url, path), json=body, timeout=timeout)
+    if r.status_code != 200:
+        raise ServerRequestError(_error_text(r))
+    return r.json()
+
+
+def is_ready(http_url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(endpoint_url(http_url, "/v2/health/ready"), timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def model_config(http_url: str, model: str) -> dict:
+    return get_json(http_url, f"/v2/models/{model}/config")
+
+
+def _error_text(response) -> str:
+    try:
+        return f"HTTP {response.status_code}: {response.json().get('error', response.text)}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text.strip()}"
+
+
+def generate(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> dict:
+    """POST /v2/models/MODEL/generate (one response); raises ServerRequestError on an error."""
+    return post_json(http_url, f"/v2/models/{model}/generate", body, timeout)
+
+
+def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> list[dict]:
+    """POST /v2/models/MODEL/generate_stream and read the server-sent events (one per response)."""
+    import requests
+
+    events = []
+    with requests.post(endpoint_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
+                       timeout=timeout) as r:
+        if r.status_code != 200:
+            raise ServerRequestError(_error_text(r))
+        for line in r.iter_lines():
+            if not line.startswith(b"data:"):
+                continue
+            event = json.loads(line[5:].decode("utf-8"))
+            if "error" in event:
+                raise ServerRequestError(event["error"])
+            events.append(event)
+    return events
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def text_inputs(
+    prompt: str | bytes,
+    max_tokens: int,
+    *,
+    stream: Optional[bool] = None,
+    stop_words: Sequence[str] = (),
+    extra: Optional[Mapping[str, np.ndarray]] = None,
+) -> dict[str, np.ndarray]:
+    """Tensors for the ensemble / BLS (batch of one)."""
+    raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8")
+    inputs = {
+        "text_input": np.array([[raw]], dtype=np.object_),
+        "max_tokens": np.array([[max_tokens]], dtype=np.int32),
+    }
+    if stream is not None:
+        inputs["stream"] = np.array([[stream]], dtype=bool)
+    if stop_words:
+        inputs["stop_words"] = np.array([[w.encode("utf-8") for w in stop_words]], dtype=np.object_)
+    inputs.update(extra or {})
+    return inputs
+
+
+_LLMAPI_DTYPES = {bool: np.bool_, int: np.int32, float: np.float32}
+_LLMAPI_SPECIAL = {"sampling_param_seed": np.uint64}
+
+
+def llmapi_inputs(prompt: str | bytes, fields: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Tensors for the LLM-API model (max_batch_size 0: 1-D tensors, one prompt): ``fields`` are the
+    other inputs by name, Python scalars (bool, int, float) or a list of strings."""
+    raw = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8")
+    inputs = {"text_input": np.array([raw], dtype=np.object_)}
+    for name, value in fields.items():
+        if isinstance(value, (list, tuple)):
+            inputs[name] = np.array([str(v).encode("utf-8") for v in value], dtype=np.object_)
+        else:
+            dtype = _LLMAPI_SPECIAL.get(name) or _LLMAPI_DTYPES[type(value)]
+            inputs[name] = np.array([value], dtype=dtype)
+    return inputs
+
+
+def output_scalar(value: Any) -> Any:
+    """One output value as a Python scalar: upstream's LLM-API model sends some numbers as strings."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else None
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("utf-8")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ---------------------------------------------------------------- gRPC streaming
+
+
+@dataclass
+class StreamResult:
+    """What one gRPC stream returned: text pieces (the new text of each response, also for a cumulative
+    model), the raw texts as sent, and the other outputs."""
+
+    pieces: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    error: Optional[str] = None
+    cumulative: bool = False
+
+    @property
+    def text(self) -> str:
+        return joined_text(self.texts, self.cumulative)
+
+
+def _tensors(module, inputs: Mapping[str, np.ndarray]) -> list:
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, array in inputs.items():
+        t = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        t.set_data_from_numpy(array)
+        tensors.append(t)
+    return tensors
+
+
+def grpc_stream(
+    grpc_url: str,
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    request_id: Optional[str] = None,
+    timeout: float = 120.0,
+    on_response: Optional[Callable[[int], bool]] = None,
+    cumulative: bool = False,
+) -> StreamResult:
+    """One request over a gRPC decoupled stream, read until the final response.
+
+    ``on_response(n)`` is called after the n-th response; returning False abandons the stream
+    (a client that goes away mid-answer). ``cumulative``: the model sends the whole text so far.
+    """
+    import tritonclient.grpc as grpcclient
+
+    responses: "queue.Queue" = queue.Queue()
+    result = StreamResult(cumulative=cumulative)
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.async_stream_infer(model, _tensors(grpcclient, inputs), request_id=request_id or uuid.uuid4().hex,
+                                  enable_empty_final_response=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                response, error = responses.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                result.error = f"no final response within {timeout:.0f} s"
+                break
+            if error is not None:
+                result.error = error.message() if hasattr(error, "message") else str(error)
+                break
+            outputs = {o.name: response.as_numpy(o.name) for o in response.get_response().outputs}
+            text = outputs.get("text_output")
+            if text is not None:
+                piece = b"".join(np.asarray(text).reshape(-1)[:1]).decode("utf-8")
+                previous = result.texts[-1] if result.texts else ""
+                result.pieces.append(text_delta(previous, piece) if cumulative else piece)
+                result.texts.append(piece)
+                result.outputs.append(outputs)
+            if on_response is not None and not on_response(len(result.outputs)):
+                break
+            if response.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    return result
+
+
+
+def http_client(http_url: str, timeout: float = 120.0):
+    """tritonclient's HTTP client for HOST:PORT or an http:// URL (it takes no scheme)."""
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(http_url.split("://", 1)[-1], network_timeout=timeout)
+
+
+def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0):
+    """Plain HTTP infer (KServe v2); returns tritonclient's result. Refused by decoupled models."""
+    import tritonclient.http as httpclient
+
+    return http_client(http_url, timeout).infer(model, _tensors(httpclient, inputs))

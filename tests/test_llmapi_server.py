@@ -1,0 +1,71 @@
+"""The LLM-API target served for real: the rendered repository (CPU stand-in in front of the CPU reference
+engine) in a real tritonserver, checked by `tritongen smoke` and load-tested through Locust over both
+protocols. Figures are asserted for consistency, never for speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.measure.runner import read_records, run_loadtest
+from generator.serve.client import generate, output_scalar
+from generator.spec import with_overrides
+
+pytestmark = pytest.mark.server
+
+TRITONGEN = str(Path(sys.executable).with_name("tritongen"))
+LLMAPI_CHECKS = ("gRPC streaming", "HTTP generate_stream (SSE)", "stop words honoured", "finish and stop reasons",
+                 "perf-metric outputs", "no max_tokens: the LLM API's default", "cancellation by the stop input",
+                 "bad request: stop without a request id", "bad request: wrong dtype", "server still serving")
+
+
+def test_smoke_picks_the_llmapi_checks_and_passes_them(llmapi_server, tmp_path):
+    report_file = tmp_path / "smoke.json"
+    run = subprocess.run([TRITONGEN, "smoke", "--url", llmapi_server.http_url, "--grpc-url", llmapi_server.grpc_url,
+                          "--json", str(report_file)], capture_output=True, text=True, timeout=600)
+    report = json.loads(report_file.read_text())
+    failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
+    assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])
+    assert report["model"] == "tensorrt_llm" and report["dialect"] == "llmapi"
+    names = {c["name"] for c in report["checks"]}
+    assert set(LLMAPI_CHECKS) <= names
+    streaming = next(c for c in report["checks"] if c["name"] == "gRPC streaming")
+    assert "whole text so far" in streaming["detail"]
+
+
+def test_without_max_tokens_the_answer_is_the_llm_api_default_length(llmapi_server):
+    body = {"text_input": "Tea travelled a long way", "return_finish_reason": True}
+    default = generate(llmapi_server.http_url, "tensorrt_llm", body)
+    explicit = generate(llmapi_server.http_url, "tensorrt_llm", {**body, "sampling_param_max_tokens": 32})
+    assert default["text_output"] == explicit["text_output"]
+    assert output_scalar(default["finish_reason"]) == output_scalar(explicit["finish_reason"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc-stream", "http-stream"])
+def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_path, protocol):
+    """loadtest.model and loadtest.tokenizer left unset resolve to the LLM-API model and its checkpoint."""
+    spec = with_overrides(llmapi_spec, [
+        f"loadtest.protocol={protocol}", "loadtest.users=4", "loadtest.duration_s=4", "loadtest.input_tokens_mean=32",
+        "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2", "loadtest.num_prompts=6",
+        "loadtest.reference_checks=6", "loadtest.request_timeout_s=120",
+    ])
+    res = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
+                       metrics_url=llmapi_server.metrics_url).results
+    assert res["counts"]["errors"] == 0 and res["counts"]["ok"] > 0
+    requests, _ = read_records(tmp_path / "records.jsonl")
+    measured = [r for r in requests if not r["warmup"]]
+    assert all(r["model"] == "tensorrt_llm" and r["cumulative"] for r in measured)
+    for r in measured:  # each streamed text holds the previous one: the model sends the whole text so far
+        assert all(b.startswith(a.rstrip("\ufffd")) for a, b in zip(r["resp_text"], r["resp_text"][1:]))
+    for key in ("ttft", "itl", "itl_request", "e2e"):
+        assert res["latency_ms"][key]["p50"] > 0
+    # tokens are counted in the answer, not in the cumulative texts joined (which would count the start n times)
+    assert all(0 < r["output_tokens"] <= r["max_tokens"] + 2 for r in measured)
+    split = res["split"]
+    assert split["requests"] == res["counts"]["ok"] and split["negative_parts"] == 0
+    checks = res["checks"]
+    assert checks["with_reference"] > 0 and checks["failed_requests"] == 0
