@@ -6,9 +6,11 @@ stands alone (and each model still imports nothing from tritongen). Triton's
 the engine and the tests can use the rest without a server.
 
 Errors reach clients by kind, never as a traceback: ``RequestError`` (the client can fix it) becomes
-Triton's INVALID_ARG (HTTP 400), ``ServerBusy`` UNAVAILABLE (HTTP 503), ``ServerFault`` and anything
-unexpected INTERNAL (HTTP 500); an unexpected exception is logged in full on the server under a
-reference the client's message names.
+Triton's INVALID_ARG, ``ServerBusy`` UNAVAILABLE, ``ServerFault`` and anything unexpected INTERNAL;
+an unexpected exception is logged in full on the server under a reference the client's message
+names. Triton 2.51 drops the code on the way out of a decoupled model (its HTTP generate endpoints
+answer every such error with 400, gRPC streams carry no code), so the message says the kind too:
+server faults start with "server error", a full queue with "server busy".
 """
 
 from __future__ import annotations
@@ -103,12 +105,13 @@ def client_message(exc: BaseException, model: str, log=None) -> tuple[str, str]:
     if isinstance(exc, ServerBusy):
         return "busy", str(exc)
     if isinstance(exc, ServerFault):
-        return "internal", str(exc)
+        text = str(exc)
+        return "internal", text if text.startswith("server error") else f"server error: {text}"
     reference = uuid.uuid4().hex[:12]
     if log is not None:
         details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         log(f"{model}: internal error, reference {reference}:\n{details}")
-    return "internal", f"{model}: internal error ({type(exc).__name__}); reference {reference} in the server log"
+    return "internal", f"server error in {model} ({type(exc).__name__}); reference {reference} in the server log"
 
 
 def triton_error(exc: BaseException, model: str, log=None):

@@ -115,14 +115,15 @@ _UNSUPPORTED = {
 
 
 def _failure(error, model):
-    """An error response of a model this BLS called, as the exception of the same kind."""
+    """An error response of a model this BLS called, as the exception of the same kind. Triton 2.51 does
+    not pass error codes back to a BLS caller, so the kind is read from the message, which the models
+    of this repository start with "server error" or "server busy" when it is not the client's fault."""
     message = error.message()
-    code = error.code() if hasattr(error, "code") else None
-    if code == pb_utils.TritonError.INVALID_ARG:
-        return RequestError(message)
-    if code == pb_utils.TritonError.UNAVAILABLE:
+    if message.startswith("server busy") or "maximum queue size" in message:
         return ServerBusy(message)
-    return ServerFault(f"{model}: {message}")
+    if message.startswith("server error"):
+        return ServerFault(message)
+    return RequestError(message)
 
 
 def _as_batch(array, batch_size):
