@@ -102,15 +102,15 @@ def main() -> None:
                     ])
                     res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                        metrics_url=server.metrics_url, title=f"loadgen ceiling {out.name}").results
-                    tp, client = res["throughput"], res["client"]
+                    tp, client = res.throughput, res.client
                     rows.append({
                         "protocol": protocol, "layout": f"master + {workers} worker(s)" if workers else "one process",
                         "users": users,
-                        "requests_per_s": tp["requests_per_s"], "responses_per_s": tp["output_tokens_per_s"],
-                        "ttft_p50_ms": res["latency_ms"]["ttft"]["p50"], "itl_p50_ms": res["latency_ms"]["itl"]["p50"],
-                        "cpu": max(p["cpu"] for p in client["processes"]),
-                        "lag_p99_ms": max(p["lag_p99_ms"] for p in client["processes"]),
-                        "client_limited": client["client_limited"], "errors": res["counts"]["errors"],
+                        "requests_per_s": tp.requests_per_s, "responses_per_s": tp.output_tokens_per_s,
+                        "ttft_p50_ms": res.latency_ms.ttft.p50, "itl_p50_ms": res.latency_ms.itl.p50,
+                        "cpu": max(p.cpu for p in client.processes),
+                        "lag_p99_ms": max(p.lag_p99_ms for p in client.processes),
+                        "client_limited": client.client_limited, "errors": res.counts.errors,
                     })
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"server and load generator on the same machine; {args.seconds:g} s per row, {args.tokens} tokens per answer")

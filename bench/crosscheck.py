@@ -98,10 +98,11 @@ def main() -> None:
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url, title=name).results
-            rows[name] = {k: res["latency_ms"][k] for k in ("ttft", "itl", "e2e")}
-            parts = res["split"]["parts"]
+            rows[name] = {k: getattr(res.latency_ms, k).model_dump() for k in ("ttft", "itl", "e2e")}
+            parts = res.split.parts
             # the same front end as for perf_analyzer: client TTFT minus the engine's arrival → first token
-            rows[name]["front_end"] = {s: parts["front_end"][s] + parts["send_delay"][s] for s in ("p50", "p90")}
+            rows[name]["front_end"] = {s: getattr(parts["front_end"], s) + getattr(parts["send_delay"], s)
+                                       for s in ("p50", "p90")}
 
         def perf_analyzer(name: str) -> None:
             export = args.out / f"{name}.json"

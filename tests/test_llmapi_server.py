@@ -55,17 +55,17 @@ def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_pat
     ])
     res = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
                        metrics_url=llmapi_server.metrics_url).results
-    assert res["counts"]["errors"] == 0 and res["counts"]["ok"] > 0
+    assert res.counts.errors == 0 and res.counts.ok > 0
     requests, _ = read_records(tmp_path / "records.jsonl")
     measured = [r for r in requests if not r["warmup"]]
     assert all(r["model"] == "tensorrt_llm" and r["cumulative"] for r in measured)
     for r in measured:  # each streamed text holds the previous one: the model sends the whole text so far
         assert all(b.startswith(a.rstrip("\ufffd")) for a, b in zip(r["resp_text"], r["resp_text"][1:]))
-    for key in ("ttft", "itl", "itl_request", "e2e"):
-        assert res["latency_ms"][key]["p50"] > 0
+    for dist in (res.latency_ms.ttft, res.latency_ms.itl, res.latency_ms.itl_request, res.latency_ms.e2e):
+        assert dist.p50 > 0
     # tokens are counted in the answer, not in the cumulative texts joined (which would count the start n times)
     assert all(0 < r["output_tokens"] <= r["max_tokens"] + 2 for r in measured)
-    split = res["split"]
-    assert split["requests"] == res["counts"]["ok"] and split["negative_parts"] == 0
-    checks = res["checks"]
-    assert checks["with_reference"] > 0 and checks["failed_requests"] == 0
+    split = res.split
+    assert split.requests == res.counts.ok and split.negative_parts == 0
+    checks = res.checks
+    assert checks.with_reference > 0 and checks.failed_requests == 0

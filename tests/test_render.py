@@ -256,7 +256,9 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
     assert not (repo / "ensemble").exists() and not (repo / "preprocessing").exists()
     if gpu_visible:  # NVIDIA's model.py is the user's to copy; tritongen ships none
         assert manifest["models"] == ["tensorrt_llm"]
-        assert sorted(p.name for p in repo.iterdir()) == ["tensorrt_llm", "tritongen.json"]
+        assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["tensorrt_llm"]
+        assert sorted(p.name for p in repo.iterdir() if p.is_file()) == [
+            "kubernetes-loadtest.yaml", "kubernetes.yaml", "launch.sh", "tritongen.json"]
         assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()
         return
     assert manifest["models"] == ["tensorrt_llm", "tensorrt_llm_cpu"]

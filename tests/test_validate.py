@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from generator.cli import app
 from generator.repo.render import render_repository
 from helpers import small_spec as make_spec
+from generator.repo.problems import Severity, failing
 from generator.repo.validate import Problem, validate_repository
 
 
@@ -135,12 +136,24 @@ def test_tokenizer_that_does_not_load(repo, tmp_path):
     assert p.line == line_of(cfg, '"tokenizer_dir"')
 
 
-def test_leftover_placeholder(repo):
+def test_placeholder_in_an_optional_parameter_is_a_note_not_a_failure(repo):
     cfg = repo / "postprocessing" / "config.pbtxt"
     line = edit(cfg, '"skip_special_tokens" value { string_value: "true"',
                 '"skip_special_tokens" value { string_value: "${skip_special_tokens}"')
-    p = only(validate_repository(repo), cfg, "unfilled template placeholder '${skip_special_tokens}'")
-    assert p.line == line
+    problems = [p for p in validate_repository(repo) if Path(p.file) == cfg]
+    assert [(p.line, p.severity) for p in problems] == [(line, Severity.note)]
+    assert "'${skip_special_tokens}'" in problems[0].message and "unset" in problems[0].message
+    assert not failing(problems, strict=True)
+
+
+def test_placeholder_in_a_parameter_the_deployment_needs_is_an_error(repo):
+    cfg = repo / "preprocessing" / "config.pbtxt"
+    text = cfg.read_text()
+    start = text.index('"tokenizer_dir"')
+    value_start = text.index('string_value: "', start) + len('string_value: "')
+    cfg.write_text(text[:value_start] + "${tokenizer_dir}" + text[text.index('"', value_start):])
+    p = only(validate_repository(repo), cfg, "'tokenizer_dir' of preprocessing is still the template placeholder")
+    assert p.line == line_of(cfg, '"tokenizer_dir"') and "fill_template.py" in p.fix
 
 
 def test_placeholder_outside_a_string_is_reported_twice_with_the_same_line(repo):

@@ -11,7 +11,8 @@ from rich.markup import escape
 from generator.cli._app import Force, Output, Sets, SpecPath, app, console, cuda_visible, get_spec, out, step
 
 
-_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "note": 2}
 
 
 def print_problems(problems: list, repo: Path) -> None:
@@ -23,14 +24,14 @@ def print_problems(problems: list, repo: Path) -> None:
     if not problems:
         console.print(f"[green]✓[/] {escape(str(repo))}: no problems found")
         return
-    errors = sum(p.severity == "error" for p in problems)
-    title = f"{errors} error(s), {len(problems) - errors} warning(s) in {escape(str(repo))}"
+    count = {sev: sum(Severity(p.severity).value == sev for p in problems) for sev in _SEVERITY_ORDER}
+    title = f"{count['error']} error(s), {count['warning']} warning(s), {count['note']} note(s) in {escape(str(repo))}"
     table = Table(title=title, show_lines=True, expand=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("where", overflow="fold", ratio=3)
     table.add_column("problem", overflow="fold", ratio=4)
     table.add_column("fix", overflow="fold", ratio=3)
-    for p in sorted(problems, key=lambda p: p.severity != "error"):
+    for p in sorted(problems, key=lambda p: _SEVERITY_ORDER[Severity(p.severity).value]):
         path = Path(p.file)
         shown = str(path.relative_to(repo)) if path.is_relative_to(repo) else p.file
         sev = Severity(p.severity).value
@@ -41,7 +42,7 @@ def print_problems(problems: list, repo: Path) -> None:
 
 def _validate_and_report(repo: Path, spec=None, *, strict: bool = False) -> None:
     """Print every problem; exit 1 on errors (and, with ``strict``, on warnings: artifacts not built yet)."""
-    from generator.repo.problems import failing
+    from generator.repo.problems import Severity, failing
     from generator.repo.validate import validate_repository
 
     with step(f"validating {repo}"):
@@ -49,7 +50,7 @@ def _validate_and_report(repo: Path, spec=None, *, strict: bool = False) -> None
     print_problems(problems, repo)
     if failing(problems, strict=strict):
         raise typer.Exit(code=1)
-    if problems:
+    if any(Severity(p.severity) is Severity.warning for p in problems):
         console.print("[yellow]warnings only[/]: the repository is consistent; build the missing artifacts, then "
                       "validate again (--strict fails on warnings)")
 
@@ -94,3 +95,69 @@ def validate(
     spec = get_spec(spec_path, overrides) if spec_path or overrides else None
     _validate_and_report(repo_dir, spec, strict=strict)
 
+
+
+@app.command("import")
+def import_cmd(
+    repo_dir: Annotated[Path, typer.Argument(help="An existing model repository (fill_template.py, hand edits, tritongen).")],
+    output: Output,
+    force: Force = False,
+) -> None:
+    """Derive a spec from an existing repository: values found, values it could not infer, inconsistencies.
+
+    `tritongen render` of the written spec gives a repository of the same meaning (check with `tritongen diff`).
+    """
+    import yaml
+
+    from generator.fsutil import atomic_write_text
+    from generator.repo.importer import import_repository
+    from generator.spec import spec_from_dict
+
+    result = import_repository(repo_dir)
+    spec_from_dict(result.spec, source=f"the spec imported from {repo_dir}")  # refuse to write a spec that does not load
+    header = [f"# Imported by `tritongen import {repo_dir}`."]
+    header += [f"# not inferred: {line}" for line in result.not_inferred]
+    header += [f"# inconsistent: {line}" for line in result.inconsistencies]
+    atomic_write_text(output, "\n".join(header) + "\n" + yaml.safe_dump(result.spec, sort_keys=False), force=force)
+    for line in result.not_inferred:
+        console.print(f"[yellow]not inferred:[/] {escape(line)}")
+    for line in result.inconsistencies:
+        console.print(f"[bold red]inconsistent:[/] {escape(line)}")
+    console.print(f"wrote {escape(str(output))}; next: tritongen render {escape(str(output))} -o NEW_REPO, "
+                  f"then tritongen diff {escape(str(repo_dir))} NEW_REPO")
+
+
+@app.command("diff")
+def diff_cmd(
+    repo_a: Annotated[Path, typer.Argument(help="First repository.")],
+    repo_b: Annotated[Path, typer.Argument(help="Second repository.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON (for scripts).")] = False,
+) -> None:
+    """Compare two repositories in meaning (tensors, parameters, batch sizes, engine settings), not as text.
+
+    Exit 0 when they mean the same, 1 when they differ.
+    """
+    import json
+
+    from rich.table import Table
+
+    from generator.errors import ArtifactMissing
+    from generator.repo.meaning import diff_meanings, read_meaning
+
+    for repo in (repo_a, repo_b):
+        if not repo.is_dir():
+            raise ArtifactMissing("repository folder does not exist", where=str(repo), fix="pass two repository folders")
+    differences = diff_meanings(read_meaning(repo_a), read_meaning(repo_b))
+    if as_json:
+        typer.echo(json.dumps([d.model_dump() for d in differences], indent=2, default=str))
+    elif not differences:
+        console.print(f"[green]✓[/] {escape(str(repo_a))} and {escape(str(repo_b))} mean the same")
+    else:
+        table = Table(title=f"{len(differences)} difference(s)", show_lines=True, expand=True)
+        for col in ("where", str(repo_a), str(repo_b)):
+            table.add_column(escape(col), overflow="fold")
+        for d in differences:
+            table.add_row(escape(d.where), escape(str(d.a)), escape(str(d.b)))
+        out.print(table)
+    if differences:
+        raise typer.Exit(code=1)

@@ -170,9 +170,11 @@ def llmapi_model_yaml(spec: Spec) -> dict[str, Any]:
     return doc
 
 
-def _config_values(spec: Spec, *, cpu: bool) -> dict[str, Any]:
+def _config_values(spec: Spec, *, cpu: bool, instances: int = 1, gpu_device_ids: str | None = None) -> dict[str, Any]:
     data = llmapi_data()
     params = {"engine_model": CPU_ENGINE_MODEL} if cpu else {}
+    if gpu_device_ids:
+        params["gpu_device_ids"] = gpu_device_ids  # one GPU set per instance (multi-instance model.py)
     return {
         "name": MODEL_NAME,
         "max_batch_size": 0,
@@ -180,6 +182,7 @@ def _config_values(spec: Spec, *, cpu: bool) -> dict[str, Any]:
         "inputs": [_tensor_view(t) for t in data["triton_inputs"]],
         "outputs": [_tensor_view(t) for t in data["triton_outputs"]],
         "parameters": params,
+        "instances": instances,
         "trtllm_version": data["tensorrt_llm_version"],
         "cpu": cpu,
     }
@@ -190,7 +193,8 @@ def _tensor_view(t: dict[str, Any]) -> dict[str, Any]:
             "optional": bool(t.get("optional"))}
 
 
-def render_llmapi_files(spec: Spec, *, cpu: bool = False) -> dict[str, str]:
+def render_llmapi_files(spec: Spec, *, cpu: bool = False, instances: int = 1,
+                        gpu_device_ids: str | None = None) -> dict[str, str]:
     """``{relative path: text}`` of the LLM-API model: ``tensorrt_llm/config.pbtxt`` and ``tensorrt_llm/1/model.yaml``.
 
     ``cpu`` renders the CPU stand-in's config (same tensors, plus the parameters that name the
@@ -209,7 +213,7 @@ def render_llmapi_files(spec: Spec, *, cpu: bool = False) -> dict[str, str]:
     llm_args = llmapi_model_yaml(spec)
     triton_yaml = yaml.safe_dump({"triton_config": llm_args.pop("triton_config")}, sort_keys=False)
     model_yaml = yaml.safe_dump(llm_args, sort_keys=False)
-    values = _config_values(spec, cpu=cpu)
+    values = _config_values(spec, cpu=cpu, instances=instances, gpu_device_ids=gpu_device_ids)
     return {
         f"{MODEL_NAME}/config.pbtxt": env.get_template("tensorrt_llm/config.pbtxt.j2").render(**values),
         f"{MODEL_NAME}/1/model.yaml": env.get_template("tensorrt_llm/model.yaml.j2").render(

@@ -27,6 +27,8 @@ class Severity(str, Enum):
 
     error = "error"
     warning = "warning"
+    note = "note"
+    """Worth knowing, never a failure: an optional parameter left as a ``${…}`` placeholder (unset)."""
 
 
 class Problem(NamedTuple):
@@ -52,8 +54,8 @@ def weights_command(spec: Optional[Spec]) -> str:
 
 
 def failing(problems: list[Problem], *, strict: bool = False) -> list[Problem]:
-    """The problems that make ``validate`` fail: errors, and with ``strict`` warnings too."""
-    return [p for p in problems if strict or p.severity is Severity.error]
+    """The problems that make ``validate`` fail: errors, and with ``strict`` warnings too (notes never)."""
+    return [p for p in problems if p.severity is Severity.error or (strict and p.severity is Severity.warning)]
 
 
 # ---------------------------------------------------------------- config.pbtxt
@@ -110,7 +112,10 @@ def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Pro
     ct = ConfigText(path, text)
     problems = []
     for no, line in enumerate(ct.lines, 1):
-        if "${" in line.split("#", 1)[0]:
+        code = line.split("#", 1)[0]
+        # A parameter's string_value is the backend's to read (validate judges those per key); anywhere
+        # else Triton itself parses the text, so a placeholder there is always wrong.
+        if "${" in code and "string_value" not in code:
             problems.append(Problem(
                 str(path), no, f"unfilled template placeholder {re.search(r'[$][{][^}]*[}]?', line).group(0)!r}",
                 "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from generator.deploy.render import deploy_files, deploy_topology, engine_parameters
+from generator.deploy.topology import Topology
 from generator.engine.compare import engine_mismatches, mismatch_error
 from generator.engine.facts import EngineFacts, read_engine_if_built
-from generator.errors import PlanRefused, SpecError, ToolMissing
+from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
@@ -139,7 +141,14 @@ def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     return out
 
 
-def tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str, str]]:
+def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
+    """The engine model's parameters; ``topo`` defaults to the spec's topology (without one that fits, the
+    topology's own parameters are left out: validate reports the refusal)."""
+    if topo is None:
+        try:
+            topo = deploy_topology(spec, target, gpu_visible=True)
+        except TritongenError:
+            topo = None
     s, b = spec.serving, spec.build
     gpu = target is EngineTarget.tensorrtllm
     common = [
@@ -147,7 +156,6 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str,
         ("FORCE_CPU_ONLY_INPUT_TENSORS", "no"),
         ("gpt_model_type", s.batching_strategy),
         ("gpt_model_path", spec.engine_dir if gpu else spec.serving_weights_dir),
-        ("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache),
         ("batch_scheduler_policy", s.batch_scheduler_policy),
         ("kv_cache_free_gpu_mem_fraction", s.kv_cache_free_gpu_mem_fraction),
         ("exclude_input_in_output", s.exclude_input_in_output),
@@ -155,6 +163,8 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str,
         ("enable_chunked_context", s.enable_chunked_context),
         ("executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None),
         ("tokenizer_dir", spec.serving_weights_dir),
+        *(engine_parameters(topo, spec) if topo is not None else
+          [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]),
     ]
     # The CPU reference engine has no engine file to read its limits from: they travel as parameters.
     cpu_only = [] if gpu else [
@@ -171,7 +181,7 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget) -> list[tuple[str,
     return _params(common + cpu_only)
 
 
-def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[str, dict[str, Any]]:
+def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Topology) -> dict[str, dict[str, Any]]:
     """Template values of the five inflight_batcher_llm models."""
     s = spec.serving
     facts = reference_facts()
@@ -191,7 +201,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int) -> dict[s
             ("max_output_len", spec.build.max_output_len),
         ])},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
-                       "instance_count": 1, "parameters": tensorrt_llm_parameters(spec, target)},
+                       "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo)},
         POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances, "parameters": _params([
             ("tokenizer_dir", spec.serving_weights_dir),
             ("skip_special_tokens", s.skip_special_tokens),
@@ -309,24 +319,25 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
     }
 
 
-def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
+def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
     engine = engine_for(spec) if target is EngineTarget.tensorrtllm else None
     bs, source = resolve_max_batch_size(spec, engine)
-    models = _ifb_models(spec, target, bs)
+    models = _ifb_models(spec, target, bs, topo)
     files = {
         f"{name}/config.pbtxt": render_template(IFB_LAYOUT, f"{name}/config.pbtxt.j2", m=values)
         for name, values in models.items()
     }
     copies, dirs = _ifb_code(target, list(models))
     facts = reference_facts()
-    info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}")
+    info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}",
+                    topology=topo.model_dump(mode="json"))
     files[MANIFEST] = json.dumps(info, indent=2) + "\n"
     files["README.md"] = render_template(IFB_LAYOUT, "README.md.j2", info=info)
     return RepoPlan(target=target, layout=IFB_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies, dirs=dirs)
 
 
-def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPlan:
+def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
     """NVIDIA's LLM-API model; without a GPU, tritongen's stand-in and the CPU reference engine it calls.
 
     On a GPU host, 1/model.py and helpers.py are NVIDIA's and are not shipped (the config says where
@@ -335,11 +346,12 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPla
     """
     cpu = not gpu_visible
     bs, source = resolve_max_batch_size(spec, None)
-    files = render_llmapi_files(spec, cpu=cpu)
+    files = render_llmapi_files(spec, cpu=cpu, instances=1 if cpu else topo.instance_count,
+                                gpu_device_ids=topo.gpu_device_ids)
     copies: dict[str, Path] = {}
     models = [LLMAPI_MODEL]
     if cpu:
-        engine = {**_ifb_models(spec, EngineTarget.cpu_reference, bs)[TENSORRT_LLM], "name": CPU_ENGINE_MODEL}
+        engine = {**_ifb_models(spec, EngineTarget.cpu_reference, bs, topo)[TENSORRT_LLM], "name": CPU_ENGINE_MODEL}
         files[f"{CPU_ENGINE_MODEL}/config.pbtxt"] = render_template(IFB_LAYOUT, "tensorrt_llm/config.pbtxt.j2", m=engine)
         copies.update(_model_code(LLMAPI_MODEL, "llmapi_cpu"))
         copies.update(_model_code(CPU_ENGINE_MODEL, "tensorrt_llm_cpu"))
@@ -347,14 +359,14 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool) -> RepoPla
     data = llmapi_data()
     info = manifest(spec, target, LLMAPI_LAYOUT, bs, f"{source}, as LLM() max_batch_size (Triton's is 0)", models,
                     data["sources"]["triton_model"]["path"], tensorrt_llm_version=data["tensorrt_llm_version"],
-                    cpu_stand_in=cpu)
+                    cpu_stand_in=cpu, topology=topo.model_dump(mode="json"))
     files[MANIFEST] = json.dumps(info, indent=2) + "\n"
     return RepoPlan(target=target, layout=LLMAPI_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies)
 
 
 # A target is a layout planner.
-_PLANNERS: dict[EngineTarget, Callable[[Spec, EngineTarget, bool], RepoPlan]] = {
+_PLANNERS: dict[EngineTarget, Callable[[Spec, EngineTarget, bool, Topology], RepoPlan]] = {
     EngineTarget.tensorrtllm: _plan_ifb,
     EngineTarget.cpu_reference: _plan_ifb,
     EngineTarget.llmapi: _plan_llmapi,
@@ -372,7 +384,11 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
             where="serving.engine",
             fix=f"use one of: {allowed}",
         )
-    return planner(spec, target, gpu_visible)
+    topo = deploy_topology(spec, target, gpu_visible)
+    plan = planner(spec, target, gpu_visible, topo)
+    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TENSORRT_LLM_VERSION)
+    plan.files.update(deploy_files(spec, topo, version))
+    return plan
 
 
 def write_plan(plan: RepoPlan, root: Path) -> None:
@@ -382,6 +398,8 @@ def write_plan(plan: RepoPlan, root: Path) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if text.startswith("#!"):
+            path.chmod(0o755)  # the launch script and kubessh run as programs
     for rel, src in plan.copies.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from generator.deploy.checks import check_deployment
 from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import (
@@ -58,6 +59,11 @@ _ENUM_PARAMS = {
     "dtype": ("bfloat16", "float16", "float32"),
 }
 _STREAMING_PROTOCOLS = ("http-stream", "grpc-stream")
+REQUIRED_PARAMETERS = {
+    PREPROCESSING: ("tokenizer_dir",), POSTPROCESSING: ("tokenizer_dir",), TENSORRT_LLM: ("gpt_model_path",),
+    BLS: ("tensorrt_llm_model_name",),
+}
+"""Parameters a deployment cannot run without: left as a placeholder they are errors, not notes."""
 
 
 @dataclass
@@ -195,7 +201,14 @@ def _check_parameters(m: Model, report: _Report) -> None:
                        f"rename it to {close[0]!r}" if close else "remove it")
         v = value.strip()
         if "${" in v:
-            continue  # already reported as a placeholder
+            if key in REQUIRED_PARAMETERS.get(m.kind, ()):
+                report.add(m.file, line, f"parameter {key!r} of {m.name} is still the template placeholder {v!r}; "
+                           "the deployment needs it", f"fill it (e.g. fill_template.py {m.name}/config.pbtxt {key}:PATH), "
+                           "or re-render with `tritongen render`")
+            else:
+                report.add(m.file, line, f"optional parameter {key!r} left as placeholder {v!r}: the backend reads it "
+                           "as unset", "nothing to do, or set a value / remove the parameter", Severity.note)
+            continue
         if v == "":
             report.add(m.file, line, f"parameter {key!r} is empty", "remove it (unset optional parameters are omitted)")
         elif key in _INT_PARAMS:
@@ -432,10 +445,15 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
         return [Problem(str(repo), None, "repository folder does not exist", "tritongen render SPEC -o DIR")]
     manifest = read_manifest(repo, report)
     spec = spec or _spec_from_manifest(repo, manifest, report)
+    if spec is None:
+        report.add(repo, None, "no spec (no tritongen.json and no --spec): the engine-vs-spec, quantization-vs-spec "
+                   "and decoupled-vs-streaming checks were skipped",
+                   f"tritongen import {repo} -o spec.yaml, then tritongen validate {repo} --spec spec.yaml", Severity.note)
     if manifest.get("layout") == LLMAPI_LAYOUT:
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
+    report.extend(check_deployment(repo, manifest, spec))
     return report.problems
 
 

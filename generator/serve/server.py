@@ -115,11 +115,17 @@ def server_command(
     log_verbose: int = 0,
     exit_timeout_s: int = 10,
     extra_args: Sequence[str] = (),
+    launch_script: Optional[Path] = None,
 ) -> list[str]:
-    """The tritonserver command line. ``extra_args`` come last so they override the defaults."""
+    """The tritonserver command line. ``extra_args`` come last so they override the defaults.
+
+    With the repository's ``launch_script`` (what render writes for the topology), the script starts the
+    server(s) and these arguments go to every process; the binary and the shared-memory prefix then
+    travel as TRITONSERVER and SHM_PREFIX (see ``launch_env``).
+    """
+    head = ["/bin/sh", str(launch_script)] if launch_script is not None else [str(binary), f"--model-repository={repo_dir}"]
     cmd = [
-        str(binary),
-        f"--model-repository={repo_dir}",
+        *head,
         f"--http-address={host}",
         f"--http-port={http_port}",
         f"--grpc-address={host}",
@@ -129,12 +135,21 @@ def server_command(
         "--allow-metrics=true",
         f"--log-verbose={log_verbose}",
         f"--exit-timeout-secs={exit_timeout_s}",
-        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
     ]
+    if launch_script is None:
+        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     cmd.extend(extra_args)
     return cmd
+
+
+LAUNCH_SCRIPT = "launch.sh"
+
+
+def launch_env(binary: Path, shm_prefix: str) -> dict[str, str]:
+    """What the rendered launch script reads: the server binary and the shared-memory prefix of its ranks."""
+    return {"TRITONSERVER": str(binary), "SHM_PREFIX": shm_prefix}
 
 
 def server_env(
@@ -248,6 +263,9 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.log_verbose = log_verbose
         self.shm_prefix = f"tritongen_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        script = self.repo_dir / LAUNCH_SCRIPT
+        self.launch_script: Optional[Path] = script if script.is_file() else None
+        """The repository's rendered launch script, which starts the server(s) when there is one."""
         self.process: Optional[subprocess.Popen] = None
         self._workdir: Optional[Path] = None
         self._log_handle = None
@@ -331,7 +349,10 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             log_verbose=self.log_verbose,
             extra_args=self.extra_args,
+            launch_script=self.launch_script,
         )
+        if self.launch_script is not None:
+            env = {**env, **launch_env(install.binary, self.shm_prefix)}
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self._log_handle:
             self._log_handle.close()

@@ -24,14 +24,16 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from generator.serve.client import (
-    LLMAPI, REPLACEMENT, StreamResult, generate, grpc_stream, llmapi_inputs, output_scalar,
+    LLMAPI, REPLACEMENT, ServerRequestError, generate, grpc_stream, llmapi_inputs, output_scalar,
 )
 from generator.serve.smoke import Smoke, _expect, _short
 
 PERF_TIMES = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
 
 CANCEL_TOKENS = 8
-"""The cancellation check asks for this many times the smoke test's max_tokens, and cancels after 2 responses."""
+"""The cancellation check asks for at least this many times the smoke test's max_tokens (max_input_len
+tokens when that is more: a long answer, so the stop lands while it is being written) and sends the stop
+on the first response."""
 
 
 def extends(previous: str, current: str) -> bool:
@@ -109,20 +111,23 @@ class LLMAPISmoke(Smoke):
 
     def cancel_by_stop(self) -> str:
         rid = f"smoke-cancel-{uuid.uuid4().hex[:8]}"
-        wanted = self.max_tokens * CANCEL_TOKENS
-        stop_answer: list[StreamResult] = []
+        wanted = max(self.max_tokens * CANCEL_TOKENS, self.max_input_len or 0)
+        stop_answer: list[str] = []
 
         def after(n: int) -> bool:
-            if n == 2:
-                stop_answer.append(grpc_stream(self.grpc, self.model, self.tensors(self.prompt, 1, stop=True),
-                                               request_id=rid, timeout=self.timeout))
+            if n == 1:  # over HTTP: no new gRPC channel to open while the stream runs on
+                try:
+                    generate(self.http, self.model, {"text_input": self.prompt, "stop": True, "id": rid}, self.timeout)
+                    stop_answer.append("")
+                except ServerRequestError as exc:
+                    stop_answer.append(str(exc))
             return True
 
         inputs = self.tensors(self.prompt, wanted, stream=True, return_finish_reason=True)
         result = grpc_stream(self.grpc, self.model, inputs, request_id=rid, timeout=self.timeout, on_response=after,
                              cumulative=True)
         _expect(bool(stop_answer), f"the stream ended after {len(result.pieces)} responses, before the stop was sent")
-        stop_error = stop_answer[0].error or ""
+        stop_error = stop_answer[0]
         _expect("cancel" in stop_error.lower(), f"the stop request was answered {stop_error or 'without an error'!r}, "
                 "expected the CANCELLED error 'Request cancelled by client'")
         finish = output_scalar(result.outputs[-1].get("finish_reason")) if result.outputs else None

@@ -8,6 +8,7 @@ from generator.spec.schema import (
     CalibrationSpec,
     EngineTarget,
     KVCacheFormat,
+    KubernetesSpec,
     LoadTestSpec,
     ModelSpec,
     PluginOverrides,
@@ -15,10 +16,12 @@ from generator.spec.schema import (
     QuantizationSpec,
     ServingSpec,
     Spec,
+    TopologySpec,
 )
 
 __all__ = [
-    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "LoadTestSpec",
-    "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec", "Spec",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
+    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
+    "Spec", "TopologySpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]

@@ -281,6 +281,69 @@ class ServingSpec(_Section):
         return EngineTarget.tensorrtllm if gpu_visible else EngineTarget.cpu_reference
 
 
+class TopologySpec(_Section):
+    """Where the model runs: GPUs per node, nodes, data-parallel copies. Tensor and pipeline parallel
+    sizes are build.tp_size and build.pp_size (one model instance spans tp_size x pp_size GPUs)."""
+
+    gpus_per_node: int = Field(1, ge=1, le=16)
+    """GPUs on each node (one pod per node). An instance of tp_size x pp_size GPUs either fits in one
+    node or spans whole nodes (tp_size x pp_size a multiple of gpus_per_node)."""
+
+    nodes: int = Field(1, ge=1, le=64)
+    """Nodes the deployment uses. Instances that fit in a node: one independent server per node.
+    Instances that span nodes: a multiple of the nodes one instance needs."""
+
+    instances_per_node: int = Field(1, ge=1, le=16)
+    """Data-parallel copies of the model in one server on each node (Triton instance_group count of
+    the engine model), each on its own GPUs. Only for instances that fit in one node."""
+
+    mode: Literal["auto", "leader", "orchestrator"] = "auto"
+    """Engine path: how the tensorrt_llm backend runs its ranks. leader: one MPI world of tp x pp
+    tritonserver processes (mpirun); orchestrator: one tritonserver that spawns the ranks of each
+    instance (TRTLLM_ORCHESTRATOR=1), needed for several instances. auto: orchestrator when
+    instances_per_node > 1, else leader."""
+
+    spawn_processes: bool = True
+    """Orchestrator mode only: the backend spawns each instance's ranks (world size 1). false runs them
+    under mpirun as 1 + instances x tp x pp ranks, rank 0 the orchestrator, with participant_ids."""
+
+
+class KubernetesSpec(_Section):
+    """The Kubernetes manifests rendered beside GPU repositories (kubernetes.yaml)."""
+
+    name: str = Field("tritongen", pattern=r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+    """Name of every object (Deployment or LeaderWorkerSet, Service, ...): a DNS-1035 label."""
+
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """Namespace of every object."""
+
+    image: Optional[str] = None
+    """Server image. None means NVIDIA's Triton container for the engine's TensorRT-LLM version
+    (validate refuses an image made for another version)."""
+
+    volume_claim: str = Field("tritongen-artifacts", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+    """PersistentVolumeClaim that holds the engine, checkpoint, tokenizer and the rendered repository;
+    every pod mounts it at the deepest folder holding all of them (usually artifacts.dir), so the
+    paths in the repository are the same in the pod."""
+
+    repository_path: Optional[Path] = None
+    """Where the rendered repository lies on that volume. None means artifacts.dir/repository."""
+
+    load_gib_per_s: float = Field(0.5, gt=0, le=100)
+    """Assumed speed of loading weights or engines from the volume (GiB/s), which sizes the startup
+    probe's budget: 180 s plus the planned bytes per GPU at this speed, doubled."""
+
+    hpa_max_replicas: int = Field(4, ge=1, le=1000)
+    """Most replicas the HorizontalPodAutoscaler may start (engine path only)."""
+
+    hpa_waiting_requests: int = Field(4, ge=1)
+    """Engine path: the autoscaler adds replicas when the average requests waiting for the in-flight
+    batcher (nv_trt_llm_request_metrics{request_type="waiting"}) per server exceed this."""
+
+    locust_workers: int = Field(2, ge=1, le=256)
+    """Worker pods of the in-cluster Locust load test (kubernetes-loadtest.yaml)."""
+
+
 class LoadTestSpec(_Section):
     """Defaults of ``tritongen loadtest`` and ``tritongen sweep``."""
 
@@ -380,6 +443,12 @@ class Spec(_Section):
 
     serving: ServingSpec = Field(default_factory=ServingSpec)
     """Triton model repository settings."""
+
+    topology: TopologySpec = Field(default_factory=TopologySpec)
+    """GPUs, nodes and model instances (tensor/pipeline parallel sizes are in build)."""
+
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    """Kubernetes manifests for GPU repositories."""
 
     loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
     """Load-test defaults."""

@@ -145,7 +145,6 @@ class TritonPythonModel:
         generated: list[int] = []
         first_token = None
         stop_hit = None
-        pending = None
         aborted = False
         engine_times = {}
         responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
@@ -170,10 +169,8 @@ class TritonPythonModel:
             first_token = first_token or time.perf_counter_ns()
             generated += new
             text, stop_hit = self._text(generated, stops)
-            if streaming and stop_hit is None:
-                if pending is not None:  # one chunk behind, so the final response carries the last text once
-                    sender.send(self._response(pending, None, None, {}, ()))
-                pending = text
+            if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
+                sender.send(self._response(text, None, None, {}, ()))
             if stop_hit is not None:
                 if hasattr(responses, "cancel"):  # tell the engine; it stops at its next step
                     responses.cancel()

@@ -1,0 +1,173 @@
+"""Kubernetes manifests for a GPU repository: values decided here, layout in templates/deploy/.
+
+One node per instance: a Deployment. An instance spanning nodes: a LeaderWorkerSet
+(``leaderworkerset.x-k8s.io/v1``) whose group is the instance's pods, the leader running mpirun over
+them through kubessh as LWS's TensorRT-LLM example does. Around them: a Service (HTTP, gRPC, metrics),
+a PodMonitor for ``/metrics``, and on the engine path a HorizontalPodAutoscaler on the in-flight
+batcher's waiting requests. Every size comes from the topology and the memory plan; the reasons are
+written into the YAML as comments.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT
+from generator.deploy.topology import GIB, Topology
+from generator.errors import PlanRefused
+from generator.resources import data_json
+from generator.spec import EngineTarget, Spec
+
+MANIFESTS = "kubernetes.yaml"
+DATA_FILE = "deploy.json"
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+MIB = 1 << 20
+
+PROBE_PERIOD_S = 10
+STARTUP_BASE_S = 180
+"""Server start, model configs, CUDA context and NCCL set-up before weights load: an assumption."""
+SHM_PER_GPU_MIB = 256
+"""NCCL's shared-memory transport between the GPUs of one pod: an allowance, not a measurement."""
+SHM_MIN_MIB = 256
+"""Never below this: Docker's 64 MiB default is the size users report the Python backend failing at."""
+
+WAITING_METRIC = "nv_trt_llm_request_metrics"
+HPA_REASON = (
+    "Scales on nv_trt_llm_request_metrics{request_type=\"waiting\"}: requests the in-flight batcher could not "
+    "schedule yet, the queue of a decoupled LLM model. Triton's queue/compute duration ratio (NVIDIA's tutorials) "
+    "reads 0 for the decoupled tensorrt_llm model (tensorrtllm_backend #284, #49). Needs a custom-metrics adapter "
+    "(e.g. prometheus-adapter) serving this Prometheus series as a pods metric."
+)
+
+
+def deploy_data() -> dict[str, Any]:
+    return data_json(DATA_FILE)
+
+
+class PodSizing(BaseModel):
+    """What one pod needs, with the arithmetic spelled out for the comments and the checks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shm_mib: int
+    shm_reason: str
+    startup_budget_s: int
+    startup_reason: str
+    failure_threshold: int
+
+
+def python_instances(spec: Spec, target: EngineTarget) -> int:
+    """Python-backend model instances in the serving process (each has a stub with its own shm region)."""
+    s = spec.serving
+    if target is EngineTarget.llmapi:
+        return spec.topology.instances_per_node
+    count = s.preprocessing_instances + s.postprocessing_instances + (s.bls_instances if s.bls else 0)
+    return count + (spec.topology.instances_per_node if target is EngineTarget.cpu_reference else 0)
+
+
+def pod_sizing(spec: Spec, topo: Topology) -> PodSizing:
+    """/dev/shm size and the startup probe's budget for one pod."""
+    b = spec.build
+    per_instance = 1 * MIB + 16 * spec.triton_max_batch_size * b.resolved_max_seq_len
+    py = python_instances(spec, topo.target)
+    need = py * per_instance + topo.gpus_per_pod * SHM_PER_GPU_MIB * MIB + 64 * MIB
+    shm = max(SHM_MIN_MIB, math.ceil(need / (64 * MIB)) * 64)
+    shm_reason = (f"{py} Python-backend instance(s) x (1 MiB region + 16 B x max_batch_size "
+                  f"{spec.triton_max_batch_size} x max_seq_len {b.resolved_max_seq_len} of token tensors) + "
+                  f"{SHM_PER_GPU_MIB} MiB x {topo.gpus_per_pod} GPU(s) for NCCL + 64 MiB, in 64 MiB steps, "
+                  f"at least {SHM_MIN_MIB} MiB")
+    if topo.weights_per_gpu_bytes is not None:
+        gib = topo.weights_per_gpu_bytes / GIB
+        load_s = gib / spec.kubernetes.load_gib_per_s
+        budget = 2 * (STARTUP_BASE_S + load_s)
+        startup_reason = (f"2 x ({STARTUP_BASE_S} s start-up + {gib:.2f} GiB planned per GPU at "
+                          f"kubernetes.load_gib_per_s {spec.kubernetes.load_gib_per_s:g} GiB/s = {load_s:.0f} s)")
+    else:
+        budget = 2 * (STARTUP_BASE_S + 600)
+        startup_reason = f"no memory plan (no model config.json): 2 x ({STARTUP_BASE_S} s + 600 s)"
+    threshold = math.ceil(budget / PROBE_PERIOD_S)
+    return PodSizing(shm_mib=shm, shm_reason=shm_reason, startup_budget_s=threshold * PROBE_PERIOD_S,
+                     startup_reason=startup_reason, failure_threshold=threshold)
+
+
+def expected_image(version: str) -> Optional[str]:
+    """NVIDIA's Triton container for a TensorRT-LLM version (None when the table does not know it)."""
+    return deploy_data()["triton_images"].get(version)
+
+
+def server_image(spec: Spec, trtllm_version: str) -> str:
+    if spec.kubernetes.image:
+        return spec.kubernetes.image
+    image = expected_image(trtllm_version)
+    if image is None:
+        raise PlanRefused(f"no known Triton container for TensorRT-LLM {trtllm_version}", where="kubernetes.image",
+                             fix="set kubernetes.image to the NGC tritonserver <yy.mm>-trtllm-python-py3 tag of that version")
+    return image
+
+
+def repository_path(spec: Spec) -> Path:
+    """Where the pods find the rendered repository (on the artifacts volume)."""
+    if spec.kubernetes.repository_path is not None:
+        return spec.path(spec.kubernetes.repository_path)
+    return spec.path(spec.artifacts.dir) / "repository"
+
+
+def read_paths(spec: Spec) -> list[Path]:
+    """Every folder the served repository reads: engine, weights and tokenizer, the repository itself."""
+    return [spec.path(spec.artifacts.dir), spec.engine_dir, spec.serving_weights_dir, repository_path(spec)]
+
+
+def artifacts_mount(spec: Spec) -> Path:
+    """Where every pod mounts the artifacts volume: the deepest folder holding all of read_paths, so the
+    absolute paths written into the repository are the same in the pod."""
+    return Path(os.path.commonpath([str(p) for p in read_paths(spec)]))
+
+
+def labels(spec: Spec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": spec.kubernetes.name, "app.kubernetes.io/component": "triton"}
+
+
+def manifest_values(spec: Spec, topo: Topology, trtllm_version: str) -> dict[str, Any]:
+    """Every value of kubernetes.yaml."""
+    k = spec.kubernetes
+    sizing = pod_sizing(spec, topo)
+    repo = repository_path(spec)
+    launch = [str(repo / LAUNCH_SCRIPT)] + [f"--{name}-port={port}" for name, port in PORTS.items()]
+    pod_labels = labels(spec)
+    leader_labels = {**pod_labels, "role": "leader"} if topo.multi_node else pod_labels
+    hosts = ",".join(["$(POD_NAME):%d" % topo.gpus_per_node] +
+                     [f"$(POD_NAME)-{i}:{topo.gpus_per_node}" for i in range(1, topo.nodes_per_instance)])
+    workers = " ".join(f"pod/$(POD_NAME)-{i}" for i in range(1, topo.nodes_per_instance))
+    if topo.multi_node:
+        # $(VAR) is expanded by Kubernetes from the container's env; the shell sees the result.
+        command = ["/bin/sh", "-c", f"kubectl wait --for=condition=Ready {workers} --timeout={sizing.startup_budget_s}s"
+                   f" && exec /bin/sh {' '.join(launch)}"]
+    else:
+        command = ["/bin/sh", *launch]
+    return {
+        "name": k.name, "namespace": k.namespace, "labels": pod_labels, "leader_labels": leader_labels,
+        "image": server_image(spec, trtllm_version), "trtllm_version": trtllm_version,
+        "topo": topo, "multi_node": topo.multi_node, "replicas": topo.replicas, "group_size": topo.nodes_per_instance,
+        "gpus": topo.gpus_per_pod, "command": command, "mpi_hosts": hosts,
+        "worker_command": ["/bin/sh", "-c", "echo 'rank host: mpirun on the leader starts this pod's ranks via kubectl "
+                           "exec'; exec sleep infinity"],
+        "ports": PORTS, "sizing": sizing, "probe_period": PROBE_PERIOD_S,
+        "volume_claim": k.volume_claim, "artifacts": str(artifacts_mount(spec)), "repository": str(repo),
+        "hpa": topo.target is EngineTarget.tensorrtllm, "hpa_reason": HPA_REASON, "hpa_metric": WAITING_METRIC,
+        "hpa_min": topo.replicas, "hpa_max": max(k.hpa_max_replicas, topo.replicas),
+        "hpa_target": str(k.hpa_waiting_requests),
+        "workload_api": "leaderworkerset.x-k8s.io/v1" if topo.multi_node else "apps/v1",
+        "workload_kind": "LeaderWorkerSet" if topo.multi_node else "Deployment",
+        "kubessh": KUBESSH,
+    }
+
+
+def render_manifests(spec: Spec, topo: Topology, trtllm_version: str) -> str:
+    from generator.deploy.templates import render
+
+    return render("kubernetes.yaml.j2", **manifest_values(spec, topo, trtllm_version))

@@ -1,0 +1,98 @@
+"""The in-cluster load test: Locust master and workers running tritongen's own load-test package.
+
+The package (loadtest/ plus the few generator modules it imports) travels as a ConfigMap; the
+settings are the spec's loadtest section as a locust.conf, made by the same function as
+``tritongen loadtest`` (generator.measure.runner.locust_options). Workers stream their records to the
+master, which writes the one records.jsonl onto the artifacts volume, the same raw records a local
+run writes. Values here, layout in templates/deploy/kubernetes-loadtest.yaml.j2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from generator.deploy.kubernetes import PORTS, artifacts_mount
+from generator.resources import loadtest_dir
+from generator.spec import Spec
+
+LOADTEST_MANIFESTS = "kubernetes-loadtest.yaml"
+LOCUST_IMAGE = "locustio/locust:2.47.0"
+"""Locust's official image at the version tritongen's load test runs with (pyproject: locust>=2.47,<3)."""
+MASTER_PORT = 5557
+MOUNT = "/loadtest"
+REQUIREMENTS = ("tritonclient[grpc,http]>=2.51", "numpy<2", "pydantic>=2.7", "pyyaml>=6", "tokenizers>=0.22")
+
+def _generator_imports(source: Path) -> set[str]:
+    """``generator.*`` modules a file imports at its top level (lazy imports inside functions stay out)."""
+    import ast
+
+    names = set()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "generator" and not node.level:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "generator")
+    return names
+
+
+def package_files() -> dict[str, Path]:
+    """Relative path in the pod → source file: loadtest/*.py at the top, and under generator/ the modules
+    they import, followed through their own imports (with each package's __init__.py)."""
+    root = Path(__file__).resolve().parents[1].parent
+    files = {p.name: p for p in sorted(loadtest_dir().glob("*.py"))}
+    todo = set().union(*(_generator_imports(p) for p in files.values()))
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # the module and every package above it
+            module = ".".join(parts[:i])
+            if module in seen:
+                continue
+            seen.add(module)
+            base = root.joinpath(*parts[:i])
+            path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = path
+                todo |= _generator_imports(path) - seen
+    return files
+
+
+def _key(rel: str) -> str:
+    """A ConfigMap key for a relative path (keys cannot hold '/')."""
+    return rel.replace("/", "__")
+
+
+def loadtest_values(spec: Spec) -> dict:
+    from generator.measure.runner import Endpoints, locust_conf_text, locust_options
+
+    k, lt = spec.kubernetes, spec.loadtest
+    service = f"{k.name}.{k.namespace}.svc"
+    endpoints = Endpoints(f"http://{service}:{PORTS['http']}", f"{service}:{PORTS['grpc']}",
+                          f"http://{service}:{PORTS['metrics']}/metrics")
+    records = artifacts_mount(spec) / "loadtest" / "records.jsonl"
+    options = locust_options(lt.model_copy(update={"workers": k.locust_workers}), endpoints, records,
+                             Path(MOUNT) / "locustfile.py")
+    files = {_key(rel): path.read_text(encoding="utf-8") for rel, path in package_files().items()}
+    files["locust.conf"] = locust_conf_text(options)
+    files["requirements.txt"] = "\n".join(REQUIREMENTS) + "\n"
+    items = [{"key": _key(rel), "path": rel} for rel in package_files()] + \
+            [{"key": "locust.conf", "path": "locust.conf"}, {"key": "requirements.txt", "path": "requirements.txt"}]
+    install = f"pip install --quiet --user -r {MOUNT}/requirements.txt"
+    master = f"{k.name}-locust-master"
+    return {
+        "name": k.name, "namespace": k.namespace, "image": LOCUST_IMAGE, "files": files, "items": items,
+        "mount": MOUNT, "workers": k.locust_workers, "master": master, "master_port": MASTER_PORT,
+        "artifacts": str(artifacts_mount(spec)), "volume_claim": k.volume_claim, "records": str(records),
+        "master_command": ["/bin/sh", "-c", f"mkdir -p {records.parent} && rm -f {records} && {install} && "
+                           f"cd {MOUNT} && exec locust --config {MOUNT}/locust.conf --master --master-bind-port "
+                           f"{MASTER_PORT} --expect-workers {k.locust_workers}"],
+        "worker_command": ["/bin/sh", "-c", f"{install} && cd {MOUNT} && exec locust -f {MOUNT}/locustfile.py --worker "
+                           f"--master-host {master} --master-port {MASTER_PORT}"],
+    }
+
+
+def render_loadtest_manifests(spec: Spec) -> str:
+    from generator.deploy.templates import render
+
+    return render("kubernetes-loadtest.yaml.j2", **loadtest_values(spec))
