@@ -87,7 +87,7 @@ def main() -> None:
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url,
-                               title=name).results
+                               title=name, admin_key=server.admin_key).results
             lat = res.latency_ms.model_dump()
             rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "e2e": lat["e2e"], "requests": res.counts.ok,
                           "errors": res.counts.errors}

@@ -199,7 +199,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
             server = state["server"]
             report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],
-                               max_input_len=state["spec"].build.max_input_len)
+                               max_input_len=state["spec"].build.max_input_len, admin_key=server.admin_key)
             name = TARGET_FILES[engine]
             (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
             passed = len(report.checks) - len(report.failed)
@@ -219,7 +219,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             folder.mkdir(parents=True, exist_ok=True)
             spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
             result = run_loadtest(spec, folder, url=server.http_url, grpc_url=server.grpc_url,
-                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})")
+                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})",
+                                  admin_key=server.admin_key)
             stack.close()  # the next stages start their own servers
             r = result.results
             figures = {

@@ -367,7 +367,7 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
         cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
         before = {name: cpu(p) for name, p in engines.items()}
         result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url).results
+                              metrics_url=server.metrics_url, admin_key=server.admin_key).results
         after = {name: cpu(p) for name, p in engines.items()}
     requests, processes = read_records(out / "records.jsonl")
     served = result.server.stages["ensemble"]

@@ -28,7 +28,7 @@ SHORT = ["loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16", "loa
 def run(spec, out: Path, server, *overrides, **kw):
     out.mkdir(parents=True, exist_ok=True)
     return run_loadtest(with_overrides(spec, SHORT + list(overrides)), out, url=f"http://{server.http_url}",
-                        grpc_url=server.grpc_url, metrics_url=server.metrics_url, **kw)
+                        grpc_url=server.grpc_url, metrics_url=server.metrics_url, admin_key=server.admin_key, **kw)
 
 
 def test_every_streamed_response_is_recorded_with_its_own_timestamp(cpu_loadtest):
@@ -52,6 +52,7 @@ def test_results_have_latency_split_stages_and_clean_checks(cpu_loadtest):
     assert split.parts_sum_mean_ms == pytest.approx(split.ttft_mean_ms, rel=1e-9)
     assert split.shared_clock  # the engine's perf_counter_ns and the client's monotonic_ns agree
     assert res.tokens.agreement["input"].equal == res.counts.ok
+    assert res.tokens.agreement["output"].compared == res.counts.ok  # counted after the run
     checks = res.checks
     assert checks.with_reference > 0 and checks.failed_requests == 0
     assert set(checks.reference) <= {"equal", "diverged"}
@@ -73,6 +74,10 @@ def test_distributed_workers_split_the_request_count_and_merge_records(cpu_spec,
     requests, processes = read_records(tmp_path / "records.jsonl")
     assert res.counts.ok == 10 and res.counts.warmup == 2
     assert {r["proc"] for r in requests} == {0, 1} and sorted(p["proc"] for p in processes) == [0, 1]
+    assert len({r["id"] for r in requests}) == len(requests) == 12  # each request exactly once, warm-up included
+    for p in processes:  # what each worker counted is what the master wrote for it
+        mine = [r for r in requests if r["proc"] == p["proc"]]
+        assert (p["requests"], p["responses"]) == (len(mine), sum(len(r["resp_ns"]) for r in mine))
     assert res.checks.failed_requests == 0
 
 
@@ -163,6 +168,7 @@ def test_cli_slo_tighter_than_measured_exits_1(cpu_server, tmp_path):
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "tritongen"), "loadtest", "--url", f"http://{cpu_server.http_url}",
            "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "3",
+           "--admin-key", cpu_server.admin_key,
            "--slo", "ttft_p95<0.001ms,error_rate<1%", "-o", str(out),
            "--set", "loadtest.output_tokens_mean=8", "--set", "loadtest.input_tokens_mean=16",
            "--set", "loadtest.reference_checks=2", "--set", "loadtest.warmup_requests=1"]

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from generator.cli._app import (
-    Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
+    AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
     spec_overrides, step,
 )
 from generator.errors import SpecError
@@ -86,7 +86,7 @@ Rate = spec_option("loadtest.request_rate", "--rate")
 Arrival = spec_option("loadtest.arrival", "--arrival")
 Protocol = spec_option("loadtest.protocol", "--protocol")
 Model = spec_option("loadtest.model", "--model")
-Workers = spec_option("loadtest.workers", "--workers")
+Workers = spec_option("loadtest.workers", "--workers", kind=str)
 Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
@@ -114,6 +114,7 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    admin_key: AdminKey = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
                           "records.jsonl from kubernetes-loadtest.yaml); starts no load.")] = None,
@@ -144,9 +145,11 @@ def loadtest(
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
     load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
-    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output)) as tmp:
+    protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url)
+            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                                  admin_key=admin_key)
     _print_results(result.results, output.resolve())
     if result.results.slo:
         raise typer.Exit(code=result.results.slo.exit_code)
@@ -182,7 +185,7 @@ def sweep(
     for overrides in plan.points:  # fail on a bad field before the first server starts
         load_spec(spec_path, flags + overrides)
     console.print(f"{len(plan.points)} points: " + escape("; ".join(plan.label(p) for p in plan.points)))
-    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output)) as tmp:
+    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output), protected=spec.named_paths()) as tmp:
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {escape(m)}"))
     _print_sweep(result, output.resolve())

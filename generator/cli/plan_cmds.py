@@ -13,6 +13,7 @@ from rich.table import Table
 
 from generator.cli._app import EXIT_CODES, Force, Sets, SpecPath, app, console, get_spec, out
 from generator.cli.printing import print_plan, print_topology
+from generator.measure.ceiling import loadgen_plan, loadgen_plan_lines, recorded_ceiling
 from generator.errors import PlanRefused, ToolMissing
 from generator.spec import EngineTarget
 
@@ -47,35 +48,42 @@ def plan_cmd(
     set_: Sets = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (for scripts).")] = False,
     model_config: ModelConfig = None,
+    tokens_per_s: Annotated[Optional[float], typer.Option(
+        "--tokens-per-s", help="Target output tokens/s of the load test: sizes loadtest.workers.")] = None,
 ) -> None:
     """Show how the engine would be built for the target GPU, and why.
 
-    Each trtllm-build flag with its reason and source, the flags left out, the checkpoint step and the memory plan. Exit 4 when the spec is refused (all reasons are printed).
+    Each trtllm-build flag with its reason and source, the flags left out, the checkpoint step, the memory plan and the load generator's ceiling. Exit 4 when the spec is refused (all reasons are printed).
     """
     spec, plan, config = _plan_for(spec_path, set_, model_config)
     topo, refused = _topology(spec, config)
+    lt = spec.loadtest
+    loadgen = loadgen_plan(lt.request_rate, lt.output_tokens_mean, lt.workers, recorded_ceiling(), tokens_per_s)
     if spec.serving.engine is EngineTarget.llmapi:
-        _print_llmapi_plan(spec, as_json)
+        _print_llmapi_plan(spec, as_json, loadgen)
     elif as_json:
         typer.echo(json.dumps(plan.to_dict() | {"topology": topo.model_dump(mode="json") if topo else None,
-                                                "topology_refused": refused.message if refused else None},
+                                                "topology_refused": refused.message if refused else None,
+                                                "loadgen": loadgen},
                               indent=2, default=str))
     else:
         print_plan(plan)
     if not as_json:
         print_topology(topo, refused)
+        for line in loadgen_plan_lines(loadgen):
+            out.print(line, markup=False, highlight=False)
     if plan.errors and spec.serving.engine is not EngineTarget.llmapi or refused is not None:
         raise typer.Exit(EXIT_REFUSED)
 
 
-def _print_llmapi_plan(spec, as_json: bool) -> None:
+def _print_llmapi_plan(spec, as_json: bool, loadgen: dict) -> None:
     """The LLM-API target builds no engine: show how the spec maps onto model.yaml, and what it refuses."""
     from generator.repo.llmapi import llmapi_mapping, llmapi_refusals
 
     rows, refusals = llmapi_mapping(spec), llmapi_refusals(spec)
     if as_json:
-        typer.echo(json.dumps({"target": "llmapi", "mapping": [r._asdict() for r in rows], "errors": refusals},
-                              indent=2, default=str))
+        typer.echo(json.dumps({"target": "llmapi", "mapping": [r._asdict() for r in rows], "errors": refusals,
+                               "loadgen": loadgen}, indent=2, default=str))
     else:
         table = Table(title="LLM-API backend: spec → model.yaml (no engine build)", title_justify="left")
         for col in ("spec field", "model.yaml key", "value", "note"):

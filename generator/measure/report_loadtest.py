@@ -69,6 +69,15 @@ def _client_section(doc: Doc, client: ClientVerdict) -> None:
                "loop lag max ms"], [
         [p.proc, p.host, f"{p.cpu:.0%}", f"{p.cpu_max:.0%}", p.lag_p99_ms, p.lag_max_ms] for p in client.processes
     ])
+    cap = client.capacity
+    if cap:
+        doc.p(f"Streamed responses: {cap.responses_per_s:,.0f}/s from {cap.processes} Locust process(es)"
+              + (f", {cap.responses_per_core_s:,.0f} per core-second of their CPU in this run"
+                 if cap.responses_per_core_s else "")
+              + f"; that is {cap.ceiling_share_per_process:.0%} of the recorded ceiling per process. "
+              f"Ceiling: {cap.ceiling}.")
+        if cap.advice:
+            doc.p(f"**Capacity**: {cap.advice}.")
 
 
 def _server_section(doc: Doc, results: LoadTestResult) -> None:

@@ -233,6 +233,22 @@ class ProcessHealth(BaseModel):
     lag_max_ms: float
 
 
+class Capacity(BaseModel):
+    """A run's load against the load generator's recorded ceiling (ceiling.capacity)."""
+
+    responses_per_s: float
+    responses_per_core_s: Optional[float]
+    """Streamed responses per core-second of the Locust processes' CPU in this run."""
+    ceiling_responses_per_core_s: float
+    ceiling_share_per_process: float
+    processes: int
+    processes_needed: int
+    """Locust processes this rate needs at ceiling.TARGET_SHARE of the ceiling each."""
+    advice: Optional[str]
+    ceiling: str
+    """The recorded ceiling and the command that measured it."""
+
+
 class ClientVerdict(BaseModel):
     """Whether the load generator, not the server, may have set the figures (verdict.client_verdict)."""
 
@@ -240,6 +256,7 @@ class ClientVerdict(BaseModel):
     reasons: list[str]
     processes: list[ProcessHealth]
     lag_limit_ms: float
+    capacity: Optional[Capacity] = None
 
 
 class Verdict(StrEnum):

@@ -24,13 +24,28 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from generator.errors import LoadTestError, SpecError
-from generator.measure.records import request_inputs
+from generator.procs import ChildGroup, child_env
+from generator.measure.ceiling import capacity, recorded_ceiling
+from generator.measure.records import count_client_tokens, request_inputs
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import LoadTestSpec, Spec
 
 
 # ---------------------------------------------------------------- Locust configuration (pure)
+
+
+def resolve_workers(workers: int | str, cores: int) -> int:
+    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
+    if workers != "auto":
+        return int(workers)
+    return cores if cores > 1 else 0
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 
 def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
@@ -83,19 +98,19 @@ def locust_commands(
 
 @contextlib.contextmanager
 def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str], metrics_url: Optional[str],
-            log_file: Path) -> Iterator[Endpoints]:
+            log_file: Path, admin_key: Optional[str] = None) -> Iterator[Endpoints]:
     """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block."""
     if repo_dir is None:
         if not url:
             raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
-        endpoints = Endpoints.from_urls(url, grpc_url, metrics_url)
+        endpoints = Endpoints.from_urls(url, grpc_url, metrics_url, admin_key)
         endpoints.check_reachable()
         yield endpoints
         return
     from generator.serve.server import TritonServer
 
     with TritonServer(Path(repo_dir), log_file=log_file) as server:
-        yield Endpoints(f"http://{server.http_url}", server.grpc_url, server.metrics_url)
+        yield Endpoints(f"http://{server.http_url}", server.grpc_url, server.metrics_url, server.admin_key)
 
 
 def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: float,
@@ -106,12 +121,12 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     from generator.serve.server import free_port
 
     commands = locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    procs = []
+    env = child_env(os.environ, PYTHONUNBUFFERED="1")
+    group, procs = ChildGroup(), []  # one process group that ends with us, however we end
     try:
         for i, cmd in enumerate(commands):
             log = open(out_dir / ("locust.log" if i == 0 else f"locust-worker-{i}.log"), "w", encoding="utf-8")
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, env=env))
+            procs.append(group.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, env=env))
             log.close()
         procs[0].wait(timeout=timeout_s)
         for p in procs[1:]:
@@ -122,18 +137,26 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
         ) from None
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=10)
-            if p.poll() is None:
-                p.kill()
+        group.stop(timeout_s=10)
     if procs[0].returncode != 0:
         raise LoadTestError(
             f"Locust exited with code {procs[0].returncode}:\n{_tail(out_dir / 'locust.log')}",
             where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above",
         )
+
+
+def count_tokens_after_run(requests: list[dict[str, Any]], processes: list[dict[str, Any]],
+                           fallback: Optional[Path] = None) -> None:
+    """The client tokenizer's output-token counts, with the tokenizer the Locust processes used (or
+    ``fallback`` when that folder is not on this machine, e.g. records of an in-cluster run)."""
+    folders = [Path(p["tokenizer"]) for p in processes if p.get("tokenizer")] + ([Path(fallback)] if fallback else [])
+    found = next((f / "tokenizer.json" for f in folders if (f / "tokenizer.json").is_file()), None)
+    if found is None:
+        return
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(found))
+    count_client_tokens(requests, lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -203,7 +226,7 @@ class LoadResult:
 def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
-    title: Optional[str] = None,
+    title: Optional[str] = None, admin_key: Optional[str] = None,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
@@ -225,25 +248,27 @@ def run_loadtest(
 
     out_dir = Path(out_dir).resolve()
     lt = spec.loadtest
+    lt = lt.model_copy(update={"workers": resolve_workers(lt.workers, available_cores())})
     slo_terms = parse_slo(lt.slo) if lt.slo else None
     if lt.prompts is not None:
         lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})
     lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
     records = out_dir / "records.jsonl"
     started = time.time()
-    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log") as endpoints:
+    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key) as endpoints:
         options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
-        before = fetch_model_stats(endpoints.http_url)
+        before = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
         sampler = MetricsSampler(endpoints.metrics_url) if endpoints.metrics_url else contextlib.nullcontext()
         with sampler:
             spawn_s = lt.users / lt.spawn_rate
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
-        after = fetch_model_stats(endpoints.http_url)
+        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
         requests, processes = read_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
                                 where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above")
+        count_tokens_after_run(requests, processes, lt.tokenizer)
         references, reference_errors = reference_answers(
             endpoints.http_url, lt.model, requests, lt.reference_checks, lt.request_timeout_s
         )
@@ -252,6 +277,7 @@ def run_loadtest(
     stages = stage_times(before, after)
     metrics = metrics_summary(getattr(sampler, "samples", []))
     client = client_verdict(processes, summary.latency_ms, lt.request_rate is not None)
+    client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
         **dict(summary),
         server=ServerView(stages=stages, metrics=metrics, metrics_stages=counter_stages(metrics.counters),
@@ -281,12 +307,15 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
+    count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
     summary = summarize(requests)
     open_loop = spec.loadtest.request_rate is not None
+    client = client_verdict(processes, summary.latency_ms, open_loop)
+    client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
         **dict(summary),
         server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
-        client=client_verdict(processes, summary.latency_ms, open_loop),
+        client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
                     mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest),

@@ -109,7 +109,8 @@ def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, 
     with TritonServer(repo, log_file=out_dir / "triton.log") as server:
         progress(f"{label}: load test")
         return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                            metrics_url=server.metrics_url, title=f"Sweep point {label}").results
+                            metrics_url=server.metrics_url, title=f"Sweep point {label}",
+                            admin_key=server.admin_key).results
 
 
 def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,

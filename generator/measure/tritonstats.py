@@ -27,13 +27,18 @@ _TRTLLM_PREFIX = "nv_trt_llm_"
 Sample = tuple[str, str, dict[str, str], float]
 
 
-def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
+def http_get(url: str, timeout: float = 10.0, headers: Optional[dict[str, str]] = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
         return resp.read()
 
 
-def fetch_model_stats(http_url: str) -> dict[str, Any]:
-    return json.loads(http_get(f"{http_url.rstrip('/')}/v2/models/stats"))
+def fetch_model_stats(http_url: str, admin_key: Optional[str] = None) -> dict[str, Any]:
+    """``/v2/models/stats``; a server tritongen started answers it only with its admin key."""
+    from generator.serve.server import ADMIN_HEADER
+
+    headers = {ADMIN_HEADER: admin_key} if admin_key else None
+    return json.loads(http_get(f"{http_url.rstrip('/')}/v2/models/stats", headers=headers))
 
 
 # ---------------------------------------------------------------- /v2/models/stats
