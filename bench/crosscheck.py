@@ -170,20 +170,26 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['ttft']['count']} |")
     print("(front end = client TTFT minus the engine's arrival → first token; p50/p90 of the parts for Locust)")
     summary = {}
+    def ratio(a: float, b: float):
+        return a / b - 1 if b > 0 else None  # a p50 of 0 (tokens arriving together) has no relative difference
+
+    def pct(x, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+
     for k, s in keys:
         lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
         pa = [rows[f"perf_analyzer-{i}"][k][s] for i in range(args.rounds)]
         summary[f"{k}_{s}"] = {
             "locust_median": float(np.median(lo)), "perf_analyzer_median": float(np.median(pa)),
-            "difference": float(np.median(lo) / np.median(pa) - 1),
-            "locust_spread": max(lo) / min(lo) - 1, "perf_analyzer_spread": max(pa) / min(pa) - 1,
+            "difference": ratio(float(np.median(lo)), float(np.median(pa))),
+            "locust_spread": ratio(max(lo), min(lo)), "perf_analyzer_spread": ratio(max(pa), min(pa)),
         }
     print("| figure | Locust (median of rounds) | perf_analyzer (median) | difference | Locust run-to-run | "
           "perf_analyzer run-to-run |")
     print("|---|---|---|---|---|---|")
     for key, v in summary.items():
-        print(f"| {key} | {v['locust_median']:.1f} | {v['perf_analyzer_median']:.1f} | {v['difference']:+.1%} | "
-              f"{v['locust_spread']:.0%} | {v['perf_analyzer_spread']:.0%} |")
+        print(f"| {key} | {v['locust_median']:.1f} | {v['perf_analyzer_median']:.1f} | {pct(v['difference'], '+.1%')} | "
+              f"{pct(v['locust_spread'], '.0%')} | {pct(v['perf_analyzer_spread'], '.0%')} |")
     if args.genai_perf:
         print("genai-perf's definitions (TTFT to the first response; ITL per request), p50 ms:")
         print("| figure | Locust records (median of rounds) | genai-perf (median) | difference |")
@@ -191,8 +197,8 @@ def main() -> None:
         for k in ("ttft", "itl"):
             lo = float(np.median([rows[f"locust-{i}"]["genai_perf_definitions"][k]["p50"] for i in range(args.rounds)]))
             gp = float(np.median([rows[f"genai_perf-{i}"]["genai_perf_definitions"][k]["p50"] for i in range(args.rounds)]))
-            summary[f"genai_perf_{k}_p50"] = {"locust_median": lo, "genai_perf_median": gp, "difference": lo / gp - 1}
-            print(f"| {k.upper()} p50 | {lo:.1f} | {gp:.1f} | {lo / gp - 1:+.1%} |")
+            summary[f"genai_perf_{k}_p50"] = {"locust_median": lo, "genai_perf_median": gp, "difference": ratio(lo, gp)}
+            print(f"| {k.upper()} p50 | {lo:.1f} | {gp:.1f} | {pct(ratio(lo, gp), '+.1%')} |")
     (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
 
 

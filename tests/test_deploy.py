@@ -234,6 +234,8 @@ CORPUS = [
      "not the Triton container of TensorRT-LLM 1.2.0", "26.03"),
     ("image of another TensorRT-LLM", TP2X2,
      lambda r, s: _edit(r / "kubernetes.yaml", "26.04-trtllm", "25.12-trtllm"), "not the Triton container", "26.04"),
+    ("own image of another TensorRT-LLM", TP2X2 + ["kubernetes.image=nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"],
+     lambda r, s: None, "is the Triton container of TensorRT-LLM 1.2.0", "26.04"),
     ("GPU request does not match ranks per pod", TP2X2,
      lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4}', '"nvidia.com/gpu": 2}', 2),
      "requests nvidia.com/gpu 2 but runs 4", "nvidia.com/gpu: 4"),
@@ -288,11 +290,19 @@ CORPUS = [
 def test_corpus_mutation_is_caught_with_its_fix(weights, tmp_path, build_engine, name, overrides, mutate, words, fix):
     spec = gpu_spec(weights, "tensorrtllm", *overrides)
     repo = render_gpu(spec, tmp_path / "repo", build_engine)
-    assert failing(validate_repository(repo), strict=True) == []
+    if spec.kubernetes.image is None:
+        assert failing(validate_repository(repo), strict=True) == []
     mutate(repo, spec)
     hits = [p for p in validate_repository(repo) if words in p.message and p.severity == "error"]
     assert hits, f"{name}: nothing mentions {words!r}:\n" + "\n".join(map(str, validate_repository(repo)))
     assert any(fix in p.fix for p in hits), [p.fix for p in hits]
+
+
+def test_own_image_built_from_the_right_container_passes(weights, tmp_path, build_engine):
+    """Multi-node leaders need kubectl, so users build their own image FROM NVIDIA's: it is theirs to name."""
+    spec = gpu_spec(weights, "tensorrtllm", *TP8PP2, "kubernetes.image=registry.example/triton-kubectl:26.04")
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
+    assert failing(validate_repository(repo), strict=True) == []
 
 
 def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, build_engine):

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import yaml
 
 from generator.deploy.kubernetes import (
-    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, expected_image, pod_sizing, read_paths, repository_path,
+    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, pod_sizing, read_paths,
+    repository_path,
 )
 from generator.deploy.launch import LAUNCH_SCRIPT
 from generator.deploy.schemas import document_name, kubernetes_version, schema_errors
@@ -113,13 +114,21 @@ def _check_pod(path: Path, line: int, role: str, pod: dict[str, Any], server: bo
         out.add(path, line, f"{role} nvidia.com/gpu requests {requests} differ from limits {gpus}",
                 "extended resources need requests equal to limits")
     got_image = c.get("image")
-    if image and got_image != image:
+    own = spec.kubernetes.image
+    known = {tag: v for v, tag in deploy_data()["triton_images"].items()}
+    if own is None and image and got_image != image:
         out.add(path, line, f"{role} image {got_image!r} is not the Triton container of TensorRT-LLM {version} "
                 f"({image}); an engine only runs on the TensorRT-LLM that built it",
                 f"use image {image} (leave kubernetes.image unset)")
-    elif not image:
+    elif own is not None and got_image != own:
+        out.add(path, line, f"{role} image {got_image!r} differs from kubernetes.image {own!r}", "re-render the manifests")
+    elif got_image in known and known[got_image] != version:
+        out.add(path, line, f"{role} image {got_image!r} is the Triton container of TensorRT-LLM {known[got_image]}, "
+                f"but the engine is TensorRT-LLM {version}", f"use an image of TensorRT-LLM {version}"
+                + (f" ({image})" if image else ""))
+    elif own is None and not image:
         out.add(path, line, f"no known Triton container for TensorRT-LLM {version!r}; cannot check image {got_image!r}",
-                "check the tag on NGC", Severity.warning)
+                "set kubernetes.image to the NGC tag of that version", Severity.warning)
     vols = {v.get("name"): v for v in pod.get("volumes") or []}
     mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
     shm = vols.get(mounts.get("/dev/shm"), {}).get("emptyDir") if mounts.get("/dev/shm") else None
