@@ -48,7 +48,7 @@ def test_plan_scenario(path, tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "spec.yaml"), "--json"])
     plan = json.loads(result.stdout)
-    assert len(plan["errors"]) == expect["errors"], plan["errors"]
+    assert len(plan["errors"]) == expect["errors"] and not plan["topology_refused"], plan["errors"]
     assert result.exit_code == (4 if expect["errors"] else 0)
     assert plan["gpu"]["sm"] == expect["gpu_sm"]
     assert plan["trtllm_build"]["argv"][:3] == ["trtllm-build", "--checkpoint_dir", str(tmp_path / "artifacts" / "trtllm-checkpoint")]
