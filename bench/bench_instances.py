@@ -44,17 +44,17 @@ def prepare(work: Path, weights: Path | None, model_dir: Path | None) -> tuple[P
     return model, spec.checkpoint_dir
 
 
-def run(work: Path, model: Path, weights: Path, instances: int, threads: int, args) -> dict:
+def run(work: Path, model: Path, weights: Path, instances: int, threads: int, args, index: int) -> dict:
     spec = load_spec(None, demo_overrides(model, work / "artifacts") + [
         f"artifacts.checkpoint_dir={weights}", f"topology.instances_per_node={instances}",
         f"serving.cpu_threads={threads}", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
         f"loadtest.duration_s={args.duration}", f"loadtest.workers={args.workers}", "loadtest.protocol=grpc-stream",
         "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=32", "loadtest.reference_checks=0",
     ])
-    name = f"{instances}x{threads}"
+    name = f"{index}-{instances}x{threads}"
     repo = render_repository(spec, work / f"repo-{name}", force=True)
     out = work / f"load-{name}"
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)  # a fresh folder: Locust appends to an existing records file
     result = run_loadtest(spec, out, repo_dir=repo, title=f"{instances} instance(s) x {threads} thread(s)").results
     requests, processes = read_records(out / "records.jsonl")
     served = result["server"]["stages"].get("ensemble", {})
@@ -83,9 +83,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-instances-"))
     model, weights = prepare(work, args.weights, args.model_dir)
     rows = []
-    for setting in args.settings:
+    for index, setting in enumerate(args.settings):
         n, t = (int(x) for x in setting.split("x"))
-        rows.append(run(work, model, weights, n, t, args))
+        rows.append(run(work, model, weights, n, t, args, index))
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {args.users} users, {args.duration:g} s, "
           f"{args.workers} Locust workers\n")

@@ -14,6 +14,11 @@ manylinux wheel (later ones need glibc 2.38). Extract it and link two libraries 
     ln -s $L/libb64-*.so.0d libb64.so.0d && ln -s $L/libcudart-*.so.12* libcudart.so.12
 
     .venv/bin/python bench/crosscheck.py --repo REPO --perf-analyzer /tmp/pa/perf_analyzer [--users 4 --seconds 20 --rounds 3]
+
+genai-perf (optional, ``--genai-perf BIN``) runs in its own venv (``pip install genai-perf==0.0.16``, ~1 GB) on
+top of the same perf_analyzer, with its own synthetic prompts of the same length and ``min_tokens`` as an
+extra input; its TTFT and ITL are compared with the same definitions computed from the Locust records
+(results.json ``equivalents.genai_perf``: TTFT to the first response, ITL per request).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--genai-perf", type=Path, default=None, help="genai-perf executable (its own venv)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck"))
     args = parser.parse_args()
 
@@ -92,16 +98,20 @@ def main() -> None:
         f"loadtest.output_tokens_mean={args.tokens}", "loadtest.num_prompts=32", "loadtest.reference_checks=0",
     ])
     rows: dict[str, dict] = {}
-    with TritonServer(args.repo, log_file=args.out / "triton.log") as server:
+    server = TritonServer(args.repo, log_file=args.out / "triton.log")
+    try:
+        server.start(timeout_s=900)  # a busy shared box loads the CPU engine slowly
         def locust(name: str) -> None:
             out = args.out / name
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                               metrics_url=server.metrics_url, title=name).results
-            rows[name] = {k: res["latency_ms"][k] for k in ("ttft", "itl", "e2e")}
-            parts = res["split"]["parts"]
+                               metrics_url=server.metrics_url, title=name, admin_key=server.admin_key).results
+            rows[name] = {k: getattr(res.latency_ms, k).model_dump() for k in ("ttft", "itl", "e2e")}
+            rows[name]["genai_perf_definitions"] = res.equivalents.genai_perf.model_dump()
+            parts = res.split.parts
             # the same front end as for perf_analyzer: client TTFT minus the engine's arrival → first token
-            rows[name]["front_end"] = {s: parts["front_end"][s] + parts["send_delay"][s] for s in ("p50", "p90")}
+            rows[name]["front_end"] = {s: getattr(parts["front_end"], s) + getattr(parts["send_delay"], s)
+                                       for s in ("p50", "p90")}
 
         def perf_analyzer(name: str) -> None:
             export = args.out / f"{name}.json"
@@ -109,43 +119,86 @@ def main() -> None:
             cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
                    "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
                    "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
-                   "--stability-percentage", "100", "--max-trials", "3", "--profile-export-file", str(export)]
+                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
             (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode != 0:
                 sys.exit(f"perf_analyzer failed ({proc.returncode}); see {args.out / name}.log")
             rows[name] = perf_analyzer_figures(export, args.tokens)
 
-        # Alternate the two clients so that drifts of the machine hit both alike.
+        def genai_perf(name: str) -> None:
+            artifacts = (args.out / name).resolve()
+            env = dict(os.environ, LD_LIBRARY_PATH=str(args.perf_analyzer.resolve().parent),
+                       PATH=f"{args.perf_analyzer.resolve().parent}:{os.environ['PATH']}")
+            cmd = [str(args.genai_perf), "profile", "-m", "ensemble", "--endpoint-type", "kserve", "--backend",
+                   "tensorrtllm", "-u", server.grpc_url, "--streaming", "--concurrency", str(args.users),
+                   "--measurement-interval", str(int(args.seconds * 1000 / 3)), "--num-prompts", "32",
+                   "--synthetic-input-tokens-mean", "64", "--synthetic-input-tokens-stddev", "0",
+                   "--output-tokens-mean", str(args.tokens), "--extra-inputs", f"min_tokens:{args.tokens}",
+                   "--extra-inputs", "return_perf_metrics:true", "--tokenizer", tokenizer_dir,
+                   "--artifact-dir", str(artifacts)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300,
+                                  cwd=args.out)
+            (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+            exports = sorted(artifacts.rglob("*genai_perf.json"))
+            if proc.returncode != 0 or not exports:
+                sys.exit(f"genai-perf failed ({proc.returncode}); see {args.out / name}.log")
+            data = json.loads(exports[-1].read_text(encoding="utf-8"))
+            rows[name] = {"genai_perf_definitions": {
+                "ttft": data["time_to_first_token"], "itl": data["inter_token_latency"]}}
+
+        tokenizer_dir = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8"))["spec"]["model"]["source"] \
+            if args.genai_perf else ""
+        # Alternate the clients so that drifts of the machine hit them alike.
         for i in range(args.rounds):
             locust(f"locust-{i}")
             if i == 0:
                 n = input_data(args.out / "locust-0" / "records.jsonl", args.tokens, args.out / "pa-input.json")
             perf_analyzer(f"perf_analyzer-{i}")
+            if args.genai_perf:
+                genai_perf(f"genai_perf-{i}")
+    finally:
+        server.stop()
 
     keys = [(k, s) for k in ("ttft", "itl", "e2e", "front_end") for s in ("p50", "p90")]
+    rows_pa = {k: v for k, v in rows.items() if not k.startswith("genai_perf")}
     print(f"{args.users} concurrent gRPC streams, {args.tokens} tokens per answer, {n} prompts, "
           f"{args.rounds} alternating rounds of {args.seconds:g} s; ms")
     print("| run | " + " | ".join(f"{k.upper()} {s}" for k, s in keys) + " | requests |")
     print("|---" * (len(keys) + 2) + "|")
-    for name, r in rows.items():
+    for name, r in rows_pa.items():
         print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['ttft']['count']} |")
     print("(front end = client TTFT minus the engine's arrival → first token; p50/p90 of the parts for Locust)")
     summary = {}
+    def ratio(a: float, b: float):
+        return a / b - 1 if b > 0 else None  # a p50 of 0 (tokens arriving together) has no relative difference
+
+    def pct(x, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+
     for k, s in keys:
         lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
         pa = [rows[f"perf_analyzer-{i}"][k][s] for i in range(args.rounds)]
         summary[f"{k}_{s}"] = {
             "locust_median": float(np.median(lo)), "perf_analyzer_median": float(np.median(pa)),
-            "difference": float(np.median(lo) / np.median(pa) - 1),
-            "locust_spread": max(lo) / min(lo) - 1, "perf_analyzer_spread": max(pa) / min(pa) - 1,
+            "difference": ratio(float(np.median(lo)), float(np.median(pa))),
+            "locust_spread": ratio(max(lo), min(lo)), "perf_analyzer_spread": ratio(max(pa), min(pa)),
         }
     print("| figure | Locust (median of rounds) | perf_analyzer (median) | difference | Locust run-to-run | "
           "perf_analyzer run-to-run |")
     print("|---|---|---|---|---|---|")
     for key, v in summary.items():
-        print(f"| {key} | {v['locust_median']:.1f} | {v['perf_analyzer_median']:.1f} | {v['difference']:+.1%} | "
-              f"{v['locust_spread']:.0%} | {v['perf_analyzer_spread']:.0%} |")
+        print(f"| {key} | {v['locust_median']:.1f} | {v['perf_analyzer_median']:.1f} | {pct(v['difference'], '+.1%')} | "
+              f"{pct(v['locust_spread'], '.0%')} | {pct(v['perf_analyzer_spread'], '.0%')} |")
+    if args.genai_perf:
+        print("genai-perf's definitions (TTFT to the first response; ITL per request), p50 ms:")
+        print("| figure | Locust records (median of rounds) | genai-perf (median) | difference |")
+        print("|---|---:|---:|---:|")
+        for k in ("ttft", "itl"):
+            lo = float(np.median([rows[f"locust-{i}"]["genai_perf_definitions"][k]["p50"] for i in range(args.rounds)]))
+            gp = float(np.median([rows[f"genai_perf-{i}"]["genai_perf_definitions"][k]["p50"] for i in range(args.rounds)]))
+            summary[f"genai_perf_{k}_p50"] = {"locust_median": lo, "genai_perf_median": gp, "difference": ratio(lo, gp)}
+            print(f"| {k.upper()} p50 | {lo:.1f} | {gp:.1f} | {pct(ratio(lo, gp), '+.1%')} |")
     (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
 
 

@@ -7,10 +7,10 @@ for several rounds, so the difference can be read against each one's run-to-run 
 
 The LLM-API model streams the whole text so far in every event. AIPerf treats each event as new text, so
 its output token count (and the inter-token latency it derives from it) counts the text many times over;
-its inter-chunk latency (time between events) and its decode time (request latency minus TTFT) do not
-depend on that. ITL is therefore compared per gap (Locust's per-gap ITL against AIPerf's inter-chunk
-latency) and per request (Locust's against AIPerf's decode time / (tokens - 1), valid because every
-answer here is exactly ``--tokens`` long; the Locust records show it).
+its inter-chunk latency (time between events) and its request latency do not depend on that. ITL is
+therefore compared per gap: Locust's per-gap ITL against AIPerf's inter-chunk latency. (A per-request
+ITL from AIPerf's decode time would need each answer's true length, and without a min_tokens input the
+model may end an answer early.)
 
 AIPerf lives in its own venv (it pins other versions than tritongen):
 
@@ -33,7 +33,7 @@ import numpy as np
 TEMPLATE = ('{"text_input": {{ text|tojson }}, "sampling_param_max_tokens": {{ max_tokens }}, "streaming": true, '
             '"sampling_param_exclude_input_from_output": true}')
 
-FIGURES = ("ttft", "itl_gap", "itl_request", "e2e")
+FIGURES = ("ttft", "itl_gap", "e2e")
 
 
 def ratio(a: float, b: float) -> float:
@@ -41,15 +41,13 @@ def ratio(a: float, b: float) -> float:
     return a / b - 1 if b else float("nan")
 
 
-def aiperf_figures(export: Path, tokens: int) -> dict[str, dict[str, float]]:
+def aiperf_figures(export: Path) -> dict[str, dict[str, float]]:
     data = json.loads(export.read_text(encoding="utf-8"))
 
     def stat(name: str) -> dict[str, float]:
         return {s: float(data[name][s]) for s in ("p50", "p90")}
 
-    decode = stat("decode_duration")
-    return {"ttft": stat("time_to_first_token"), "itl_gap": stat("inter_chunk_latency"),
-            "itl_request": {s: v / (tokens - 1) for s, v in decode.items()}, "e2e": stat("request_latency"),
+    return {"ttft": stat("time_to_first_token"), "itl_gap": stat("inter_chunk_latency"), "e2e": stat("request_latency"),
             "aiperf_itl": stat("inter_token_latency"), "aiperf_osl": stat("output_sequence_length"),
             "requests": int(data["request_count"]["avg"])}
 
@@ -89,10 +87,10 @@ def main() -> None:
             out.mkdir(exist_ok=True)
             res = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                                metrics_url=server.metrics_url,
-                               title=name).results
-            lat = res["latency_ms"]
-            rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "itl_request": lat["itl_request"],
-                          "e2e": lat["e2e"], "requests": res["counts"]["ok"], "errors": res["counts"]["errors"]}
+                               title=name, admin_key=server.admin_key).results
+            lat = res.latency_ms.model_dump()
+            rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "e2e": lat["e2e"], "requests": res.counts.ok,
+                          "errors": res.counts.errors}
             requests, _ = read_records(out / "records.jsonl")
             rows[name]["output_tokens"] = sorted({r["output_tokens"] for r in requests if not r["error"]})
 
@@ -111,7 +109,7 @@ def main() -> None:
             (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode != 0:
                 sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
-            rows[name] = aiperf_figures(out / "profile_export_aiperf.json", args.tokens)
+            rows[name] = aiperf_figures(out / "profile_export_aiperf.json")
 
         for i in range(args.rounds):  # alternate, so drifts of the machine hit both alike
             locust(f"locust-{i}")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from generator.errors import CheckFailed
+from generator.measure.results import Dist, SweepPoint
 from generator.resources import data_dir
 
 GPU_TARGET = "rtx-5090"
@@ -198,7 +199,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
             server = state["server"]
             report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],
-                               max_input_len=state["spec"].build.max_input_len)
+                               max_input_len=state["spec"].build.max_input_len, admin_key=server.admin_key)
             name = TARGET_FILES[engine]
             (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
             passed = len(report.checks) - len(report.failed)
@@ -218,23 +219,24 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
             folder.mkdir(parents=True, exist_ok=True)
             spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
             result = run_loadtest(spec, folder, url=server.http_url, grpc_url=server.grpc_url,
-                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})")
+                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})",
+                                  admin_key=server.admin_key)
             stack.close()  # the next stages start their own servers
             r = result.results
             figures = {
-                "requests_ok": r["counts"]["ok"], "errors": r["counts"]["errors"],
-                "output_tokens_per_s": r["throughput"]["output_tokens_per_s"],
-                "ttft_ms": r["latency_ms"]["ttft"], "itl_ms": r["latency_ms"]["itl"],
+                "requests_ok": r.counts.ok, "errors": r.counts.errors,
+                "output_tokens_per_s": r.throughput.output_tokens_per_s,
+                "ttft_ms": _dumped(r.latency_ms.ttft), "itl_ms": _dumped(r.latency_ms.itl),
                 "report": str(folder / "report.html"),
             }
             target_figures(engine)["loadtest"] = figures
             if engine == "cpu-reference":
                 run.figures["loadtest"] = figures
-            if not r["counts"]["ok"]:
+            if not r.counts.ok:
                 raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
                                   fix="read the report's errors and the server log")
-            tps = r["throughput"]["output_tokens_per_s"] or 0
-            return f"{r['counts']['ok']} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
+            tps = r.throughput.output_tokens_per_s or 0
+            return f"{r.counts.ok} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
         return step
 
     def target_figures(engine: str) -> dict[str, Any]:
@@ -246,8 +248,8 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
         folder = out / "sweep"
         folder.mkdir(parents=True, exist_ok=True)
         result = run_sweep(state["spec"], plan_sweep(SWEEP_POINTS), folder)
-        run.figures["sweep"] = {"report": str(folder / "report.html"), "best": (result.get("best") or {}).get("label"),
-                                "points": [_point_figures(p) for p in result.get("points", [])]}
+        run.figures["sweep"] = {"report": str(folder / "report.html"), "best": result.best.label if result.best else None,
+                                "points": [_point_figures(p) for p in result.points]}
         return f"report {folder / 'report.html'}"
 
     return [
@@ -288,11 +290,15 @@ def target_rows(figures: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _point_figures(point: dict[str, Any]) -> dict[str, Any]:
-    results = point.get("results") or {}
+def _dumped(dist: Dist | None) -> dict[str, Any] | None:
+    return dist.model_dump() if dist is not None else None
+
+
+def _point_figures(point: SweepPoint) -> dict[str, Any]:
+    r = point.results
     return {
-        "label": point.get("label"),
-        "status": point.get("status"),
-        "output_tokens_per_s": (results.get("throughput") or {}).get("output_tokens_per_s"),
-        "ttft_p50_ms": ((results.get("latency_ms") or {}).get("ttft") or {}).get("p50"),
+        "label": point.label,
+        "status": point.status.value,
+        "output_tokens_per_s": r.throughput.output_tokens_per_s if r else None,
+        "ttft_p50_ms": r.latency_ms.ttft.p50 if r and r.latency_ms.ttft else None,
     }

@@ -22,32 +22,22 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-# gRPC under gevent deadlocks unless its gevent integration is on before any channel exists.
-import grpc.experimental.gevent as _grpc_gevent
+import gevent
+import gevent.pool
+import psutil
+from locust import User, constant, events, task
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
 
-_grpc_gevent.init_gevent()
-
-import gevent  # noqa: E402
-import gevent.pool  # noqa: E402
-import gevent.queue  # noqa: E402
-import psutil  # noqa: E402
-from geventhttpclient import HTTPClient  # noqa: E402
-from locust import User, constant, events, task  # noqa: E402
-from locust.exception import StopUser  # noqa: E402
-from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
-
-from generator.measure.records import (  # noqa: E402
-    RECORD_VERSION, SERVER_FIELDS, answer_text, quantile_sample, request_inputs, request_metrics,
-)
-from generator.serve.client import dialect_for_inputs  # noqa: E402
-from generator.spec import LoadTestSpec  # noqa: E402
-from prompts import Prompt, count_tokens, load_tokenizer, read_jsonl, synthesize  # noqa: E402
-from schedule import arrival_offsets, share  # noqa: E402
+from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
+from generator.measure.records import RECORD_VERSION, quantile_sample
+from generator.spec import LoadTestSpec
+from prompts import Prompt, load_tokenizer, read_jsonl, synthesize
+from schedule import arrival_offsets, share
 
 MSG_RECORDS = "tritongen_records"
 MSG_DRAIN = "tritongen_drain"
@@ -102,11 +92,12 @@ class LoadState:
         self.index = max(runner.worker_index, 0) if self.worker else 0
         self.count = max(int(getattr(opts, "expect_workers", 1) or 1), 1) if self.worker else 1
         self.host = environment.host or ""
-        self.info = model_info(opts.protocol, self.host, opts.model, opts.request_timeout_s)
+        self.info = model_info(self.host, opts.model, opts.request_timeout_s)
         tokenizer_dir = opts.tokenizer or self.info.tokenizer_dir
         if not tokenizer_dir:
             raise RuntimeError(f"model {self.info.name!r} has no tokenizer_dir parameter: pass --tokenizer DIR "
                                "(for the LLM-API model, the checkpoint folder its model.yaml names)")
+        self.tokenizer_dir = str(Path(tokenizer_dir).resolve())
         self.tokenizer = load_tokenizer(Path(tokenizer_dir))
         if opts.prompts:
             self.prompts = read_jsonl(
@@ -151,10 +142,9 @@ class LoadState:
         prompt = self.prompts[(seq * self.count + self.index) % len(self.prompts)]
         return seq, prompt, warmup
 
-    def finished(self, record: dict[str, Any]) -> None:
-        """Store, report to Locust; then stop this process if its share is done."""
-        self.sink.add(record)
-        fire_locust_events(self.environment, record)
+    def finished(self, ex: Exchange) -> None:
+        """Hand to the sink; then stop this process if its share is done."""
+        self.sink.add(ex)
         self.check_done()
 
     def check_done(self) -> None:
@@ -168,275 +158,24 @@ class LoadState:
                 gevent.spawn(_finish_run, self.environment)
 
     def report_process(self) -> None:
-        self.sink.add(self.monitor.record(self.index))
         self.sink.flush()
+        process = self.monitor.record(self.index)
+        process["tokenizer"] = self.tokenizer_dir  # the measure side counts the answers' tokens with it
+        process["requests"], process["responses"] = self.sink.requests, self.sink.responses
+        self.sink.send([process])
 
 
 _STATE: Optional[LoadState] = None
-_GRPC_USED = False
 
 
-# ---------------------------------------------------------------- model discovery
+# ---------------------------------------------------------------- one request
 
 
-class ModelInfo:
-    """The served model's inputs/outputs (so users only send what it accepts) and its tokenizer folder."""
-
-    def __init__(self, config: dict[str, Any], tokenizer_dir: Optional[str]) -> None:
-        self.name = config["name"]
-        self.inputs = {i["name"] for i in config.get("input", [])}
-        self.outputs = {o["name"] for o in config.get("output", [])}
-        self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.cumulative = dialect_for_inputs(self.inputs).cumulative
-        """Streamed text_output is the whole text so far (the LLM-API model), not the new text."""
-        self.tokenizer_dir = tokenizer_dir
-
-
-def _param(config: dict[str, Any], key: str) -> Optional[str]:
-    value = (config.get("parameters", {}).get(key) or {}).get("string_value")
-    return value if value and not value.startswith("${") else None
-
-
-def _config_fetcher(protocol: str, host: str, timeout: float) -> Callable[[str], Optional[dict[str, Any]]]:
-    if protocol == "grpc-stream":
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        client = grpcclient.InferenceServerClient(grpc_target(host))
-
-        def fetch(model: str) -> Optional[dict[str, Any]]:
-            try:
-                return client.get_model_config(model, as_json=True, client_timeout=timeout)["config"]
-            except InferenceServerException:
-                return None
-
-        return fetch
-    http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
-
-    def fetch_http(model: str) -> Optional[dict[str, Any]]:
-        resp = http.get(f"/v2/models/{model}/config")
-        body = resp.read()
-        return json.loads(body) if resp.status_code == 200 else None
-
-    return fetch_http
-
-
-def model_info(protocol: str, host: str, model: Optional[str], timeout: float) -> ModelInfo:
-    """``model`` None: the repository's entry model (loadtest.model), ensemble or else the LLM-API tensorrt_llm."""
-    fetch = _config_fetcher(protocol, host, timeout)
-    if model is None:
-        model = "ensemble" if fetch("ensemble") is not None else "tensorrt_llm"
-    config = fetch(model)
-    if config is None:
-        raise RuntimeError(f"model {model!r} is not served at {host}")
-    tokenizer_dir = _param(config, "tokenizer_dir")
-    if tokenizer_dir is None:
-        pre = fetch("preprocessing")
-        tokenizer_dir = _param(pre, "tokenizer_dir") if pre else None
-    return ModelInfo(config, tokenizer_dir)
-
-
-def grpc_target(host: str) -> str:
-    return host.split("://", 1)[-1].rstrip("/")
-
-
-# ---------------------------------------------------------------- one request: the raw record
-
-
-class Exchange:
-    """Collects one request's timestamps and responses and turns them into a raw record."""
-
-    def __init__(self, protocol: str, model: str, proc: int, seq: int, prompt: Prompt, warmup: bool, sched_ns: int):
-        # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
-        self.request_id = f"{_RUN_TOKEN}-{proc}-{seq}"
-        self.record: dict[str, Any] = {
-            "kind": "request", "v": RECORD_VERSION, "id": f"p{proc}-{seq}", "proc": proc, "seq": seq,
-            "warmup": warmup, "protocol": protocol, "model": model, "streaming": protocol != "http",
-            "prompt": prompt.index, "max_tokens": prompt.max_tokens, "input_tokens": prompt.input_tokens,
-            "start_unix_ns": time.time_ns() - (time.monotonic_ns() - sched_ns),
-            "sched_ns": sched_ns, "sent_ns": sched_ns, "end_ns": None,
-            "resp_ns": [], "resp_text": [], "server": {}, "error": None,
-        }
-
-    def sent(self) -> None:
-        self.record["sent_ns"] = time.monotonic_ns()
-
-    def response(self, t_ns: int, text: str, fields: dict[str, Any]) -> None:
-        rec = self.record
-        rec["resp_ns"].append(t_ns)
-        rec["resp_text"].append(text)
-        server = rec["server"]
-        for key, value in fields.items():
-            if key == "num_output_tokens":
-                server[key] = server.get(key, 0) + int(value)
-            elif key in SERVER_FIELDS and value:  # time points not known yet come as 0
-                server[key] = int(value)
-
-    def end(self, t_ns: int) -> None:
-        self.record["end_ns"] = t_ns
-
-    def fail(self, message: str) -> None:
-        self.record["error"] = message[:500]
-        self.record["end_ns"] = time.monotonic_ns()
-
-
-class HttpLLMClient:
-    """HTTP generate_stream (SSE, read line by line off the socket) or generate, on one keep-alive connection."""
-
-    def __init__(self, host: str, info: ModelInfo, stream: bool, timeout: float) -> None:
-        self.info, self.stream = info, stream
-        self.http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
-        self.path = f"/v2/models/{info.name}/{'generate_stream' if stream else 'generate'}"
-        self.http.get("/v2/health/ready").read()  # open the connection before the first timed request
-
-    def generate(self, ex: Exchange, prompt: Prompt) -> None:
-        fields = request_inputs(self.info.inputs, prompt.text, prompt.max_tokens, self.stream)
-        ex.record["exact_length"] = "min_tokens" in fields
-        body = json.dumps({"id": ex.request_id, **fields}).encode()
-        ex.sent()
-        resp = self.http.post(self.path, body=body, headers={"Content-Type": "application/json"})
-        if resp.status_code != 200:
-            ex.fail(f"HTTP {resp.status_code}: {resp.read()[:300].decode(errors='replace')}")
-            return
-        if not self.stream:
-            data = json.loads(resp.read())
-            t = time.monotonic_ns()
-            self._absorb(ex, t, data)
-            ex.end(t)
-            return
-        while True:
-            line = resp.readline(b"\n")
-            t = time.monotonic_ns()
-            if not line:
-                break
-            if line.startswith(b"data:"):
-                self._absorb(ex, t, json.loads(line[5:]))
-        if not ex.record["error"]:
-            ex.end(t)
-
-    @staticmethod
-    def _absorb(ex: Exchange, t: int, data: dict[str, Any]) -> None:
-        if "error" in data:
-            ex.fail(str(data["error"]))
-            return
-        text = data.get("text_output", "")
-        ex.response(t, text if isinstance(text, str) else "".join(text), data)
-
-    def close(self) -> None:
-        self.http.close()
-
-
-class GrpcLLMClient:
-    """One gRPC channel and one bidirectional stream for all requests of a Locust process: requests are
-    multiplexed by id over HTTP/2 and each response is routed to the request waiting for it.
-
-    The stream is driven with the generated stubs rather than tritonclient's stream wrapper, which drops
-    the request id of an error response (so errors could not be routed); and one channel per request
-    stalled under gevent (open loop at 40 requests/s hung after ~30 concurrent streams).
-    """
-
-    def __init__(self, host: str, info: ModelInfo, timeout: float) -> None:
-        import grpc
-        from tritonclient.grpc import service_pb2, service_pb2_grpc
-
-        self._grpc, self._pb = grpc, service_pb2
-        self.info, self.timeout = info, timeout
-        self.channel = grpc.insecure_channel(grpc_target(host))
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self.outputs = [n for n in ("text_output", *SERVER_FIELDS) if n in info.outputs]
-        self.waiting: dict[str, gevent.queue.Queue] = {}
-        self._start()
-
-    def _start(self) -> None:
-        self.requests: gevent.queue.Queue = gevent.queue.Queue()
-        self.call = self.stub.ModelStreamInfer(iter(self.requests.get, None))
-        self.reader = gevent.spawn(self._read, self.call)
-
-    def _read(self, call) -> None:
-        try:
-            for resp in call:
-                t = time.monotonic_ns()
-                queue = self.waiting.get(resp.infer_response.id)
-                if queue is not None:
-                    queue.put((t, resp))
-                elif resp.error_message and len(self.waiting) == 1:  # an error without id: the only request
-                    next(iter(self.waiting.values())).put((t, resp))
-        except self._grpc.RpcError as exc:
-            for queue in list(self.waiting.values()):
-                queue.put((time.monotonic_ns(), exc))
-
-    def _request(self, rid: str, fields: dict[str, Any]):
-        import struct
-
-        import numpy as np
-
-        req = self._pb.ModelInferRequest(model_name=self.info.name, id=rid)
-        req.parameters["triton_enable_empty_final_response"].bool_param = True
-        for name, value in fields.items():
-            tensor = req.inputs.add(name=name, shape=[1, 1] if self.info.batched else [1])
-            if isinstance(value, str):
-                data = value.encode()
-                tensor.datatype, raw = "BYTES", struct.pack("<I", len(data)) + data
-            elif isinstance(value, bool):
-                tensor.datatype, raw = "BOOL", np.array([value], dtype=bool).tobytes()
-            else:
-                tensor.datatype, raw = "INT32", np.array([value], dtype=np.int32).tobytes()
-            req.raw_input_contents.append(raw)
-        for name in self.outputs:
-            req.outputs.add(name=name)
-        return req
-
-    def generate(self, ex: Exchange, prompt: Prompt) -> None:
-        from tritonclient.grpc import InferResult
-
-        rid = ex.request_id
-        fields = request_inputs(self.info.inputs, prompt.text, prompt.max_tokens, True)
-        ex.record["exact_length"] = "min_tokens" in fields
-        request = self._request(rid, fields)
-        queue = self.waiting[rid] = gevent.queue.Queue()
-        try:
-            if self.reader.dead:
-                self._start()
-            ex.sent()
-            self.requests.put(request)
-            while True:
-                try:
-                    t, resp = queue.get(timeout=self.timeout)
-                except gevent.queue.Empty:
-                    ex.fail(f"no response within {self.timeout:g} s")
-                    return
-                if isinstance(resp, Exception):
-                    ex.fail(f"gRPC stream failed: {resp}")
-                    return
-                if resp.error_message:
-                    ex.fail(resp.error_message)
-                    return
-                result = InferResult(resp.infer_response)
-                text = result.as_numpy("text_output")
-                if text is not None:
-                    values = {n: result.as_numpy(n) for n in SERVER_FIELDS if n in self.outputs}
-                    values = {k: v.reshape(-1)[0] for k, v in values.items() if v is not None}
-                    ex.response(t, "".join(x.decode("utf-8", errors="replace") for x in text.reshape(-1)), values)
-                if resp.infer_response.parameters["triton_final_response"].bool_param:
-                    ex.end(t)
-                    return
-        finally:
-            del self.waiting[rid]
-
-    def close(self) -> None:
-        self.requests.put(None)
-        self.call.cancel()
-        self.channel.close()
-
-
-def make_client(protocol: str, host: str, info: ModelInfo, timeout: float):
+def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
     """HTTP: a connection per user (per request in flight, open loop). gRPC: the process's one stream."""
     if protocol == "grpc-stream":
         st = _STATE
         if st.grpc is None:
-            global _GRPC_USED
-            _GRPC_USED = True
             st.grpc = GrpcLLMClient(host, info, timeout)
         return st.grpc
     if protocol in ("http-stream", "http"):
@@ -445,88 +184,103 @@ def make_client(protocol: str, host: str, info: ModelInfo, timeout: float):
 
 
 def run_request(
-    st: LoadState, client, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
+    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
 ) -> None:
-    """Send one request, record it whatever happens, hand the record on.
+    """Send one request, keep it whatever happens, hand it to the sink (decoded and written in batches).
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
     """
-    ex = Exchange(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns)
-    ex.record["conn_ns"] = conn_ns
-    ex.record["cumulative"] = st.info.cumulative
+    record = new_record(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns)
+    record["conn_ns"] = conn_ns
+    record["cumulative"] = st.info.cumulative
     if prompt.index not in st.prompts_sent:
         st.prompts_sent.add(prompt.index)
-        ex.record["prompt_text"] = prompt.text
+        record["prompt_text"] = prompt.text
+    # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
+    ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
     st.inflight += 1
     try:
         client.generate(ex, prompt)
     except gevent.GreenletExit:
         ex.fail("cut off when the run stopped")
-        ex.record["cancelled"] = True
+        record["cancelled"] = True
         raise
     except Exception as exc:  # any transport failure is a failed request, not a crashed user
         ex.fail(f"{type(exc).__name__}: {exc}")
     finally:
         st.inflight -= 1
-        if not ex.record["error"]:
-            ex.record["output_tokens"] = count_tokens(st.tokenizer, answer_text(ex.record))
-        st.finished(ex.record)
+        st.finished(ex)
 
 
 def fire_locust_events(environment, record: dict[str, Any]) -> None:
-    """Locust's live table: end-to-end, TTFT and per-request ITL rows (rounded by Locust; not the report)."""
+    """Locust's live table: end-to-end, TTFT and per-request ITL rows from the raw times (rounded by Locust;
+    never the report's figures, which come from the records after the run)."""
     if record.get("cancelled"):
         return
-    m = request_metrics(record)
-    kind = "warmup" if m.warmup else record["protocol"]
+    kind = "warmup" if record["warmup"] else record["protocol"]
     fire = environment.events.request.fire
-    if not m.ok:
-        fire(request_type=kind, name="e2e", response_time=(record["end_ns"] - record["sched_ns"]) / 1e6,
-             response_length=0, exception=RuntimeError(record["error"]), context={})
+    e2e_ms = (record["end_ns"] - record["sched_ns"]) / 1e6
+    if record["error"]:
+        fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=0,
+             exception=RuntimeError(record["error"]), context={})
         return
-    fire(request_type=kind, name="e2e", response_time=(m.e2e_ns or 0) / 1e6,
-         response_length=m.output_tokens or 0, exception=None, context={})
-    if m.warmup or m.ttft_ns is None:
+    visible = [t for t, text in zip(record["resp_ns"], record["resp_text"]) if text]
+    fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(visible), exception=None, context={})
+    if record["warmup"] or not visible:
         return
-    fire(request_type=kind, name="ttft", response_time=m.ttft_ns / 1e6, response_length=0, exception=None, context={})
-    if m.itl_ns is not None:
-        fire(request_type=kind, name="itl", response_time=m.itl_ns / 1e6, response_length=0, exception=None, context={})
+    fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6, response_length=0,
+         exception=None, context={})
+    if len(visible) > 1:
+        fire(request_type=kind, name="itl", response_time=(visible[-1] - visible[0]) / (len(visible) - 1) / 1e6,
+             response_length=0, exception=None, context={})
 
 
 # ---------------------------------------------------------------- records sink and process monitor
 
 
 class RecordSink:
-    """Local and master processes append records to the file; workers send them to the master in batches."""
+    """Finished exchanges are decoded, shown to Locust and written in batches, every ``_FLUSH_S`` and at the end:
+    local and master processes append them to the records file, workers send them to the master."""
 
     def __init__(self, environment) -> None:
+        self.environment = environment
         self.runner = environment.runner
         self.worker = isinstance(self.runner, WorkerRunner)
-        self.buffer: list[dict[str, Any]] = []
+        self.pending: list[Exchange] = []
+        self.requests = self.responses = 0  # what this process received, for its CPU cost per response
         path = environment.parsed_options.records
-        self.file = None if self.worker or not path else open(path, "a", encoding="utf-8", buffering=1)
-        if self.worker:
-            gevent.spawn(self._flusher)
+        self.file = None if self.worker or not path else open(path, "a", encoding="utf-8")
+        gevent.spawn(self._flusher)
 
-    def add(self, record: dict[str, Any]) -> None:
-        if self.worker:
-            self.buffer.append(record)
-        else:
-            self.write([record])
-
-    def write(self, records: list[dict[str, Any]]) -> None:
-        if self.file is not None:
-            self.file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    def add(self, ex: Exchange) -> None:
+        self.pending.append(ex)
 
     def flush(self) -> None:
-        if self.worker and self.buffer:
-            batch, self.buffer = self.buffer, []
-            self.runner.send_message(MSG_RECORDS, batch)
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        records = [ex.finish() for ex in batch]
+        self.requests += len(records)
+        self.responses += sum(len(r["resp_ns"]) for r in records)
+        for record in records:
+            fire_locust_events(self.environment, record)
+        self.send(records)
+
+    def send(self, records: list[dict[str, Any]]) -> None:
+        if self.worker:
+            self.runner.send_message(MSG_RECORDS, records)
+        elif self.file is not None:
+            write_records(self.file, records)
 
     def _flusher(self) -> None:
         while True:
             gevent.sleep(_FLUSH_S)
             self.flush()
+
+
+def write_records(file, records: list[dict[str, Any]]) -> None:
+    file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    file.flush()
 
 
 class ProcessMonitor:
@@ -661,12 +415,12 @@ def _on_init(environment, **_kw) -> None:
         runner.register_message(MSG_DRAIN, lambda msg, **_kw: _drain(environment))
         return
     if isinstance(runner, MasterRunner):
-        sink = open(opts.records, "a", encoding="utf-8", buffering=1) if opts.records else None
+        sink = open(opts.records, "a", encoding="utf-8") if opts.records else None
         done: set[int] = set()
 
         def on_records(msg, **_kw) -> None:
             if sink is not None:
-                sink.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in msg.data))
+                write_records(sink, msg.data)
 
         def on_done(msg, **_kw) -> None:
             done.add(msg.data["index"])
@@ -709,16 +463,6 @@ def _on_test_start(environment, **_kw) -> None:
         if isinstance(runner, WorkerRunner):
             runner.send_message(MSG_FAILED, message)
         gevent.spawn(runner.quit)
-
-
-@events.quit.add_listener
-def _on_quit(exit_code: int, **_kw) -> None:
-    """After a gRPC run, leave without interpreter teardown: garbage-collecting gRPC objects under gevent
-    at exit can hang forever (seen with 4 users spawned at once). Everything is written by now."""
-    if _GRPC_USED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_code)
 
 
 @events.test_stop.add_listener

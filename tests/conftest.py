@@ -163,7 +163,7 @@ def cpu_loadtest(cpu_spec, cpu_server, work_dir):
         "loadtest.slo=ttft_p99<120s,error_rate<50%",
     ])
     return run_loadtest(spec, out, url=f"http://{cpu_server.http_url}", grpc_url=cpu_server.grpc_url,
-                        metrics_url=cpu_server.metrics_url, title="test load")
+                        metrics_url=cpu_server.metrics_url, title="test load", admin_key=cpu_server.admin_key)
 
 
 @pytest.fixture(scope="session")

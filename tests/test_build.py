@@ -23,6 +23,7 @@ from generator.engine import compare
 from generator.engine.facts import read_engine, rules
 from generator.engine.plan import make_plan
 from generator.errors import ArtifactCorrupt
+from generator.fsutil import MARKER
 from generator.spec import load_spec
 
 
@@ -62,7 +63,7 @@ def test_planned_arguments_reach_trtllm_build(host):
     assert tmp_engine != str(spec.engine_dir) and Path(tmp_engine).parent == spec.engine_dir.parent
     # it ran in the logs folder, so the timing cache did not land in the engine or a read-only cwd
     assert build["cwd"] == str(spec.logs_dir) and (spec.logs_dir / "model.cache").is_file()
-    assert sorted(p.name for p in spec.engine_dir.iterdir()) == ["config.json", "rank0.engine"]
+    assert sorted(p.name for p in spec.engine_dir.iterdir()) == [MARKER, "config.json", "rank0.engine"]
     assert result.engine.max_seq_len == 4608 and not result.checkpoint_reused
     log = (spec.logs_dir / "trtllm-build.log").read_text()
     assert "--multiple_profiles enable" in log.splitlines()[0] and "Total time of building" in log

@@ -234,6 +234,8 @@ CORPUS = [
      "not the Triton container of TensorRT-LLM 1.2.0", "26.03"),
     ("image of another TensorRT-LLM", TP2X2,
      lambda r, s: _edit(r / "kubernetes.yaml", "26.04-trtllm", "25.12-trtllm"), "not the Triton container", "26.04"),
+    ("own image of another TensorRT-LLM", TP2X2 + ["kubernetes.image=nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"],
+     lambda r, s: None, "is the Triton container of TensorRT-LLM 1.2.0", "26.04"),
     ("GPU request does not match ranks per pod", TP2X2,
      lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4}', '"nvidia.com/gpu": 2}', 2),
      "requests nvidia.com/gpu 2 but runs 4", "nvidia.com/gpu: 4"),
@@ -288,11 +290,19 @@ CORPUS = [
 def test_corpus_mutation_is_caught_with_its_fix(weights, tmp_path, build_engine, name, overrides, mutate, words, fix):
     spec = gpu_spec(weights, "tensorrtllm", *overrides)
     repo = render_gpu(spec, tmp_path / "repo", build_engine)
-    assert failing(validate_repository(repo), strict=True) == []
+    if spec.kubernetes.image is None:
+        assert failing(validate_repository(repo), strict=True) == []
     mutate(repo, spec)
     hits = [p for p in validate_repository(repo) if words in p.message and p.severity == "error"]
     assert hits, f"{name}: nothing mentions {words!r}:\n" + "\n".join(map(str, validate_repository(repo)))
     assert any(fix in p.fix for p in hits), [p.fix for p in hits]
+
+
+def test_own_image_built_from_the_right_container_passes(weights, tmp_path, build_engine):
+    """Multi-node leaders need kubectl, so users build their own image FROM NVIDIA's: it is theirs to name."""
+    spec = gpu_spec(weights, "tensorrtllm", *TP8PP2, "kubernetes.image=registry.example/triton-kubectl:26.04")
+    repo = render_gpu(spec, tmp_path / "repo", build_engine)
+    assert failing(validate_repository(repo), strict=True) == []
 
 
 def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, build_engine):
@@ -367,12 +377,12 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
         cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
         before = {name: cpu(p) for name, p in engines.items()}
         result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url).results
+                              metrics_url=server.metrics_url, admin_key=server.admin_key).results
         after = {name: cpu(p) for name, p in engines.items()}
     requests, processes = read_records(out / "records.jsonl")
-    served = result["server"]["stages"]["ensemble"]
-    assert result["counts"]["errors"] == 0 and result["counts"]["ok"] > 0
-    assert len(requests) == served["requests"] + served["failures"]  # every request recorded once, none lost
+    served = result.server.stages["ensemble"]
+    assert result.counts.errors == 0 and result.counts.ok > 0
+    assert len(requests) == served.requests + served.failures  # every request recorded once, none lost
     assert len({(r["proc"], r["seq"]) for r in requests}) == len(requests)
     assert {r["proc"] for r in requests} == {p["proc"] for p in processes} and len(processes) == 2
     assert all(after[name] > before[name] for name in engines), (before, after)  # both instances did work
@@ -381,10 +391,22 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
                                       "--spec", str(_spec_file(spec, tmp_path))], env={"COLUMNS": "200"})
     assert report.exit_code == 0, report.output
     again = json.loads((tmp_path / "rep" / "results.json").read_text())
-    assert again["counts"] == result["counts"] and (tmp_path / "rep" / "report.html").is_file()
+    assert again["counts"] == result.counts.model_dump() and (tmp_path / "rep" / "report.html").is_file()
 
 
 def _spec_file(spec, tmp_path: Path) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.to_yaml_dict()), encoding="utf-8")
     return path
+
+
+def test_plan_shows_the_topology_and_refuses_what_does_not_fit():
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", "--set", "build.gpu=b200", "--set", "build.tp_size=8", "--set", "build.pp_size=2",
+                             "--set", "topology.gpus_per_node=8", "--set", "topology.nodes=2"], env={"COLUMNS": "200"})
+    assert ok.exit_code == 0, ok.output
+    assert "tp 8 x pp 2 = 16" in ok.output and "leader / mpirun / 16" in ok.output
+    refused = runner.invoke(app, ["plan", "--set", "build.gpu=b200", "--set", "build.tp_size=2", "--set",
+                                  "topology.gpus_per_node=4", "--set", "topology.instances_per_node=3"],
+                            env={"COLUMNS": "200"})
+    assert refused.exit_code == 4 and "= 6 GPUs, but topology.gpus_per_node is 4" in refused.output

@@ -26,7 +26,7 @@ LLMAPI_CHECKS = ("gRPC streaming", "HTTP generate_stream (SSE)", "stop words hon
 def test_smoke_picks_the_llmapi_checks_and_passes_them(llmapi_server, tmp_path):
     report_file = tmp_path / "smoke.json"
     run = subprocess.run([TRITONGEN, "smoke", "--url", llmapi_server.http_url, "--grpc-url", llmapi_server.grpc_url,
-                          "--json", str(report_file)], capture_output=True, text=True, timeout=600)
+                          "--admin-key", llmapi_server.admin_key, "--json", str(report_file)], capture_output=True, text=True, timeout=600)
     report = json.loads(report_file.read_text())
     failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
     assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])
@@ -54,18 +54,18 @@ def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_pat
         "loadtest.reference_checks=6", "loadtest.request_timeout_s=120",
     ])
     res = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
-                       metrics_url=llmapi_server.metrics_url).results
-    assert res["counts"]["errors"] == 0 and res["counts"]["ok"] > 0
+                       metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key).results
+    assert res.counts.errors == 0 and res.counts.ok > 0
     requests, _ = read_records(tmp_path / "records.jsonl")
     measured = [r for r in requests if not r["warmup"]]
     assert all(r["model"] == "tensorrt_llm" and r["cumulative"] for r in measured)
     for r in measured:  # each streamed text holds the previous one: the model sends the whole text so far
         assert all(b.startswith(a.rstrip("\ufffd")) for a, b in zip(r["resp_text"], r["resp_text"][1:]))
-    for key in ("ttft", "itl", "itl_request", "e2e"):
-        assert res["latency_ms"][key]["p50"] > 0
+    for dist in (res.latency_ms.ttft, res.latency_ms.itl, res.latency_ms.itl_request, res.latency_ms.e2e):
+        assert dist.p50 > 0
     # tokens are counted in the answer, not in the cumulative texts joined (which would count the start n times)
     assert all(0 < r["output_tokens"] <= r["max_tokens"] + 2 for r in measured)
-    split = res["split"]
-    assert split["requests"] == res["counts"]["ok"] and split["negative_parts"] == 0
-    checks = res["checks"]
-    assert checks["with_reference"] > 0 and checks["failed_requests"] == 0
+    split = res.split
+    assert split.requests == res.counts.ok and split.negative_parts == 0
+    checks = res.checks
+    assert checks.with_reference > 0 and checks.failed_requests == 0

@@ -14,9 +14,12 @@ import pytest
 
 from generator.errors import TritongenError
 from generator.measure.records import compare_texts, request_inputs, request_metrics, stream_failures
-from generator.measure.runner import Endpoints, client_verdict, locust_commands, locust_options, summarize
-from generator.resources import loadtest_dir
+from generator.measure.results import ClientVerdict, ProcessHealth, TermOutcome, Verdict
+from generator.measure.runner import Endpoints, locust_commands, locust_options
 from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, evaluate, parse_slo
+from generator.measure.statistics import summarize
+from generator.measure.verdict import client_verdict
+from generator.resources import loadtest_dir
 from generator.spec import load_spec
 
 sys.path.insert(0, str(loadtest_dir()))
@@ -244,24 +247,24 @@ def _run(n=20):
 
 def test_summary_counts_throughput_and_queue_trend():
     res = summarize(_run())
-    assert res["counts"] == {"requests": 19, "ok": 18, "errors": 1, "warmup": 1, "cancelled": 0, "no_text": 0}
-    assert res["error_rate"] == pytest.approx(1 / 19)
-    assert res["latency_ms"]["ttft"]["count"] == 18
-    assert res["split"]["parts_sum_mean_ms"] == pytest.approx(res["split"]["ttft_mean_ms"])
-    first, _, last = res["queue_trend"]["median_ms_by_third"]
-    assert last > first and res["queue_trend"]["slope_ms_per_s"] > 0
+    assert res.counts.model_dump() == {"requests": 19, "ok": 18, "errors": 1, "warmup": 1, "cancelled": 0, "no_text": 0}
+    assert res.error_rate == pytest.approx(1 / 19)
+    assert res.latency_ms.ttft.count == 18
+    assert res.split.parts_sum_mean_ms == pytest.approx(res.split.ttft_mean_ms)
+    first, _, last = res.queue_trend.median_ms_by_third
+    assert last > first and res.queue_trend.slope_ms_per_s > 0
     # window: first scheduled send (200 ms) to the last answer (1900 + 29 + 10 ms)
-    assert res["window_s"] == pytest.approx((1939 - 200) / 1000)
-    assert res["throughput"]["output_tokens_per_s"] == pytest.approx(18 * 3 / res["window_s"])
+    assert res.window_s == pytest.approx((1939 - 200) / 1000)
+    assert res.throughput.output_tokens_per_s == pytest.approx(18 * 3 / res.window_s)
 
 
 def test_genai_perf_and_vllm_equivalents_use_the_actual_send():
     rec = record(["", "a", "b", "c"], sched=0, sent=10, first=20, gap=10, output_tokens=3)
-    eq = summarize([rec])["equivalents"]
-    assert eq["genai_perf"]["ttft"]["mean"] == pytest.approx(10.0)  # first response, even empty, from the send
-    assert eq["vllm"]["ttft"]["mean"] == pytest.approx(20.0)  # first text, from the send
-    assert eq["vllm"]["itl"]["mean"] == pytest.approx(10.0)
-    assert eq["genai_perf"]["itl"]["mean"] == pytest.approx((40 - 10) / 2)
+    eq = summarize([rec]).equivalents
+    assert eq.genai_perf.ttft.mean == pytest.approx(10.0)  # first response, even empty, from the send
+    assert eq.vllm.ttft.mean == pytest.approx(20.0)  # first text, from the send
+    assert eq.vllm.itl.mean == pytest.approx(10.0)
+    assert eq.genai_perf.itl.mean == pytest.approx((40 - 10) / 2)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -280,40 +283,48 @@ def test_slo_units():
         ("output_tokens_per_s", None, ">", 100.0)]
 
 
+def _client(limited: bool, lag_p99_ms: float = 1.0) -> ClientVerdict:
+    health = ProcessHealth(proc=0, host="h", cpu=0.2, cpu_max=0.3, lag_p99_ms=lag_p99_ms, lag_max_ms=lag_p99_ms)
+    return ClientVerdict(client_limited=limited, reasons=["limited"] if limited else [], processes=[health],
+                         lag_limit_ms=10.0)
+
+
 def test_slo_pass_fail_and_not_measured():
     res = summarize(_run())
-    res["client"] = {"client_limited": False, "processes": []}
-    ttft = res["latency_ms"]["ttft"]["p95"]
-    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res)["exit_code"] == EXIT_PASS
-    failed = evaluate(parse_slo(f"ttft_p95<{ttft - 1}ms,error_rate<50%"), res)
-    assert failed["verdict"] == "fail" and failed["exit_code"] == EXIT_FAIL
-    assert [t["result"] for t in failed["terms"]] == ["fail", "pass"]
-    res["latency_ms"]["itl"] = None
-    assert evaluate(parse_slo("itl_p95<1s"), res)["exit_code"] == EXIT_INCONCLUSIVE
+    ttft = res.latency_ms.ttft.p95
+    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res, _client(False)).exit_code == EXIT_PASS
+    failed = evaluate(parse_slo(f"ttft_p95<{ttft - 1}ms,error_rate<50%"), res, _client(False))
+    assert failed.verdict is Verdict.FAIL and failed.exit_code == EXIT_FAIL
+    assert [t.result for t in failed.terms] == [TermOutcome.FAIL, TermOutcome.PASS]
+    assert failed.terms[1].measured == res.error_rate and failed.terms[1].unit == "fraction"
+    res.latency_ms.itl = None
+    unmeasured = evaluate(parse_slo("itl_p95<1s"), res, _client(False))
+    assert unmeasured.exit_code == EXIT_INCONCLUSIVE and unmeasured.terms[0].result is TermOutcome.NOT_MEASURED
 
 
 def test_client_limited_run_never_passes_and_fails_only_beyond_its_own_error():
     res = summarize(_run())
-    res["client"] = {"client_limited": True, "processes": [{"lag_p99_ms": 5.0}]}
-    ttft = res["latency_ms"]["ttft"]["p95"]
-    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res)["verdict"] == "inconclusive"
-    assert evaluate(parse_slo(f"ttft_p95<{ttft - 2}ms"), res)["verdict"] == "inconclusive"  # within 5 ms lag
-    assert evaluate(parse_slo(f"ttft_p95<{ttft - 6}ms"), res)["verdict"] == "fail"
-    assert evaluate(parse_slo("output_tokens_per_s>1e9"), res)["verdict"] == "inconclusive"
+    limited = _client(True, lag_p99_ms=5.0)
+    ttft = res.latency_ms.ttft.p95
+    assert evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res, limited).verdict is Verdict.INCONCLUSIVE
+    assert evaluate(parse_slo(f"ttft_p95<{ttft - 2}ms"), res, limited).verdict is Verdict.INCONCLUSIVE  # within lag
+    assert evaluate(parse_slo(f"ttft_p95<{ttft - 6}ms"), res, limited).verdict is Verdict.FAIL
+    assert evaluate(parse_slo("output_tokens_per_s>1e9"), res, limited).verdict is Verdict.INCONCLUSIVE
 
 
 def test_client_verdict_flags_cpu_lag_and_lateness():
-    res = summarize(_run())
+    lat = summarize(_run()).latency_ms
     calm = {"proc": 0, "host": "h", "wall_s": 10.0, "cpu_s": 2.0, "lag_ns": [1 * MS] * 100, "lag_max_ns": 2 * MS}
-    assert client_verdict([calm], res, open_loop=False)["client_limited"] is False
+    assert client_verdict([calm], lat, open_loop=False).client_limited is False
     busy = dict(calm, cpu_s=9.5)
     laggy = dict(calm, lag_ns=[1 * MS] * 90 + [50 * MS] * 10)
-    v = client_verdict([busy, dict(laggy, proc=1)], res, open_loop=False)
-    assert v["client_limited"] and len(v["reasons"]) == 2
-    res["latency_ms"]["lateness"]["p99"] = 40.0
-    assert "late against the schedule" in client_verdict([calm], res, open_loop=True)["reasons"][0]
-    assert client_verdict([], res, open_loop=False)["client_limited"]
-    slow_model = summarize(_run())  # tokens 5 ms apart: the 10 ms floor applies; 200 ms apart: 50 ms
-    assert client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False)["client_limited"]
-    slow_model["latency_ms"]["itl"]["p50"] = 200.0
-    assert not client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False)["client_limited"]
+    v = client_verdict([busy, dict(laggy, proc=1)], lat, open_loop=False)
+    assert v.client_limited and len(v.reasons) == 2
+    assert [p.proc for p in v.processes] == [0, 1] and v.processes[0].cpu == pytest.approx(0.95)
+    lat.lateness.p99 = 40.0
+    assert "late against the schedule" in client_verdict([calm], lat, open_loop=True).reasons[0]
+    assert client_verdict([], lat, open_loop=False).client_limited
+    slow_model = summarize(_run()).latency_ms  # tokens 5 ms apart: the 10 ms floor applies; 200 ms apart: 50 ms
+    assert client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False).client_limited
+    slow_model.itl.p50 = 200.0
+    assert not client_verdict([dict(calm, lag_ns=[12 * MS] * 100)], slow_model, open_loop=False).client_limited

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2
 
 from generator.repo import render
 from generator.errors import TritongenError
+from generator.fsutil import MARKER
 from generator.repo.render import EXTRA_PARAMETERS, reference_facts, render_repository
 from generator.resources import model_repo_dir
 from generator.spec import with_overrides
@@ -187,8 +188,12 @@ def test_refuses_to_overwrite_without_force(cpu_repo):
     with pytest.raises(TritongenError, match="already exists"):
         render_repository(spec, repo)
     assert marker.read_text() == "mine"
+    with pytest.raises(TritongenError, match="files tritongen did not write there: keep.txt"):
+        render_repository(spec, repo, force=True)  # --force never deletes the user's files
+    marker.unlink()
+    (repo / "ensemble" / "config.pbtxt").write_text("edited")
     render_repository(spec, repo, force=True)
-    assert not marker.exists() and (repo / "ensemble" / "config.pbtxt").is_file()
+    assert (repo / "ensemble" / "config.pbtxt").read_text() != "edited"
 
 
 def test_nothing_half_written_on_failure(cpu_repo, monkeypatch):
@@ -240,7 +245,7 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
         assert manifest["models"] == ["tensorrt_llm"]
         assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["tensorrt_llm"]
         assert sorted(p.name for p in repo.iterdir() if p.is_file()) == [
-            "kubernetes-loadtest.yaml", "kubernetes.yaml", "launch.sh", "tritongen.json"]
+            MARKER, "kubernetes-loadtest.yaml", "kubernetes.yaml", "launch.sh", "tritongen.json"]
         assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()
         return
     assert manifest["models"] == ["tensorrt_llm", "tensorrt_llm_cpu"]
@@ -254,3 +259,33 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
     want = text_format.Parse(cpu_ref.files["tensorrt_llm/config.pbtxt"], model_config_pb2.ModelConfig())
     want.name = "tensorrt_llm_cpu"
     assert parse(repo, "tensorrt_llm_cpu") == want
+
+
+def test_pbtxt_strings_escape_every_control_character_and_read_back_identical():
+    from generator.repo.render import _quote
+
+    nasty = "".join(chr(c) for c in range(32)) + '\x7f"\\\'é/東京 😊'
+    parsed = text_format.Parse(f"name: {_quote(nasty)}", model_config_pb2.ModelConfig())
+    assert parsed.name == nasty
+    assert all(ord(c) >= 32 and c != "\x7f" for c in _quote(nasty))  # nothing raw reaches the file
+
+
+def test_rendered_path_with_control_characters_reads_back_identical(tokenizer_weights_dir, tmp_path):
+    import shutil
+
+    from generator.repo.validate import validate_repository
+
+    weights = tmp_path / "we\x01ird\tname\nwith \"quotes\""
+    shutil.copytree(tokenizer_weights_dir, weights)
+    spec = small_spec(weights, tmp_path / "art", "serving.engine=cpu-reference")
+    repo = render_repository(spec, tmp_path / "repo")
+    cfg = text_format.Parse((repo / "preprocessing" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.parameters["tokenizer_dir"].string_value == str(weights)
+    assert not [p for p in validate_repository(repo, spec) if p.severity == "error"]
+
+
+def test_lone_surrogate_is_refused_with_a_message():
+    from generator.repo.render import _quote
+
+    with pytest.raises(TritongenError, match="lone surrogate"):
+        _quote("bad\udcff")

@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
-from generator.measure.report import POINT_COLUMNS, loadtest_doc, write_sweep_report
+from generator.measure.report_loadtest import loadtest_doc
+from generator.measure.report_sweep import POINT_COLUMNS, write_sweep_report
+from generator.measure.results import BestPoint, LoadTestResult, PointStatus, SweepPoint, SweepResult
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -32,7 +34,8 @@ def test_markdown_and_html_carry_the_same_tables(cpu_loadtest):
 
 
 def test_report_is_built_from_results_alone(cpu_loadtest):
-    results = json.loads((cpu_loadtest.out_dir / "results.json").read_text(encoding="utf-8"))
+    results = LoadTestResult.model_validate_json((cpu_loadtest.out_dir / "results.json").read_text(encoding="utf-8"))
+    assert results == cpu_loadtest.results
     doc = loadtest_doc(results)
     assert doc.markdown() == (cpu_loadtest.out_dir / "report.md").read_text(encoding="utf-8")
 
@@ -57,13 +60,13 @@ def test_headless_browser_renders_the_html_report(cpu_loadtest, tmp_path):
 
 def test_sweep_report_lists_every_point(cpu_loadtest, tmp_path):
     points = [
-        {"label": "max_batch_size=4", "overrides": ["serving.max_batch_size=4"], "status": "ok", "detail": "",
-         "results": cpu_loadtest.results},
-        {"label": "max_batch_size=64", "overrides": ["serving.max_batch_size=64"], "status": "invalid setting",
-         "detail": "serving.max_batch_size (64) exceeds build.max_batch_size (16)", "results": None},
+        SweepPoint(label="max_batch_size=4", overrides=["serving.max_batch_size=4"], dir="points/0",
+                   results=cpu_loadtest.results),
+        SweepPoint(label="max_batch_size=64", overrides=["serving.max_batch_size=64"], dir="points/1",
+                   status=PointStatus.INVALID, detail="serving.max_batch_size (64) exceeds build.max_batch_size (16)"),
     ]
-    best = {"label": "max_batch_size=4", "overrides": points[0]["overrides"], "reason": "only one"}
-    write_sweep_report(tmp_path, "sweep", points, best, "ttft_p99<120s")
+    best = BestPoint(label="max_batch_size=4", overrides=points[0].overrides, reason="only one")
+    write_sweep_report(tmp_path, "sweep", SweepResult(points=points, best=best), "ttft_p99<120s")
     rows = list(csv.DictReader((tmp_path / "points.csv").open(encoding="utf-8")))
     assert [r["point"] for r in rows] == ["max_batch_size=4", "max_batch_size=64"]
     assert list(rows[0]) == list(POINT_COLUMNS)

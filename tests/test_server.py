@@ -21,6 +21,7 @@ import requests
 from generator.errors import TritongenError
 from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.server import (
+    ADMIN_HEADER,
     SHM_DIR,
     TritonServer,
     assemble_backend_dir,
@@ -222,6 +223,126 @@ def test_serve_command_stops_on_sigterm(tmp_path):
             cli.kill()
     assert cli.returncode == 0, output
     assert _alive(family) == []
+
+
+def _serve(repo: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, dict[str, str]]:
+    """`tritongen serve REPO` started as a user would; returns it and the lines it printed at start."""
+    tritongen = Path(sys.executable).parent / "tritongen"
+    cli = subprocess.Popen([str(tritongen), "serve", str(repo), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=env)
+    printed = {}
+    for line in cli.stdout:  # the addresses are printed once every model is ready
+        key, _, value = line.partition(" ")
+        printed[key] = value.strip()
+        if key == "admin":
+            break
+    return cli, printed
+
+
+@pytest.mark.server
+def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tmp_path):
+    """Admin APIs need the per-run key (written 0600 where `serve` says); HF_TOKEN never reaches a stub."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    cli, printed = _serve(repo, env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user", AWS_SECRET_ACCESS_KEY="x"))
+    try:
+        url = f"http://{printed['HTTP']}"
+        key_file = Path(printed["admin"].rsplit(" ", 1)[-1])
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = {ADMIN_HEADER: key_file.read_text().strip()}
+        for path, body in (("/v2/logging", {"log_verbose_level": 1}), ("/v2/trace/setting", {"trace_rate": "1000"}),
+                           ("/v2/repository/index", {})):
+            assert requests.post(url + path, json=body, timeout=10).status_code == 403, path
+            assert requests.post(url + path, json=body, headers=key, timeout=10).status_code == 200, path
+        assert requests.get(url + "/v2/models/stats", timeout=10).status_code == 403
+        assert requests.get(url + "/v2/models/stats", headers=key, timeout=10).status_code == 200
+        assert requests.get(url + "/v2/models/echo/config", timeout=10).status_code == 200  # clients still work
+        server = next(p for p in psutil.Process(cli.pid).children() if "tritonserver" in p.name())
+        stub = next(p for p in server.children(recursive=True) if "stub" in p.name())
+        for proc in (server, stub):
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+            assert b"hf_secret_of_the_user" not in environ and b"AWS_SECRET" not in environ
+            assert key[ADMIN_HEADER].encode() not in environ
+            assert b"PATH=" in environ
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        cli.communicate(timeout=60)
+    assert not key_file.exists()
+
+
+_STUCK_STUB = 'import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)'
+
+
+@pytest.mark.server
+def test_serve_interrupted_then_killed_leaves_no_stub_and_no_work_folder(tmp_path):
+    """A supervisor's SIGINT then SIGKILL mid-stop: a stub that ignores SIGTERM and hangs on unload still
+    goes (the guard SIGKILLs the group), and the work folder with it."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "stuck", init=_STUCK_STUB, finalize="time.sleep(600)")
+    cli, printed = _serve(repo)
+    workdir = Path(printed["admin"].rsplit(" ", 1)[-1]).parent
+    family = [p.pid for p in psutil.Process(cli.pid).children(recursive=True)]
+    assert any("stub" in psutil.Process(p).name() for p in family)
+    cli.send_signal(signal.SIGINT)
+    for line in cli.stdout:  # stop has begun: now the supervisor loses patience
+        if "stopping" in line:
+            break
+    cli.kill()
+    cli.wait()
+    deadline = time.monotonic() + 120
+    while (_alive(family) or workdir.exists()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(family) == []
+    assert not workdir.exists()
+
+
+def _loadtest_until_locust_runs(server: TritonServer, tokenizer: Path, out: Path) -> tuple[subprocess.Popen, list]:
+    """`tritongen loadtest --url` (HF_TOKEN in its environment) against ``server``, once Locust runs."""
+    tritongen = Path(sys.executable).parent / "tritongen"
+    cli = subprocess.Popen([str(tritongen), "loadtest", "--url", server.http_url, "--admin-key", server.admin_key,
+                            "--model", "echo", "--protocol", "http", "--tokenizer", str(tokenizer), "-u", "2",
+                            "-t", "600", "-o", str(out)],
+                           env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    locusts = []
+    while not locusts and cli.poll() is None and time.monotonic() < deadline:
+        locusts = [p for p in psutil.Process(cli.pid).children(recursive=True) if "locust" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert locusts, "Locust did not start"
+    return cli, locusts
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+@pytest.mark.server
+def test_loadtest_killed_or_terminated_leaves_no_locust_and_no_temporary_folder(tmp_path, tokenizer_weights_dir):
+    """SIGKILL: the kernel and the guard end Locust; the hidden folder is removed by the next run.
+    SIGTERM: the CLI stops Locust and removes its folder itself. Locust never sees HF_TOKEN."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    work = tmp_path / "work"
+    work.mkdir()
+    with TritonServer(repo) as server:
+        cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
+        assert all(b"hf_secret_of_the_user" not in Path(f"/proc/{p.pid}/environ").read_bytes() for p in locusts)
+        cli.kill()
+        cli.wait()
+        deadline = time.monotonic() + 60
+        while _alive([p.pid for p in locusts]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive([p.pid for p in locusts]) == []
+        left = _leftovers(work)
+        assert len(left) == 1  # SIGKILL allows no clean-up: the next run does it
+
+        cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
+        assert left[0] not in _leftovers(work)
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=120)
+        assert _alive([p.pid for p in locusts]) == []
+        assert _leftovers(work) == [] and not (work / "out").exists()
 
 
 # ---------------------------------------------------------------- the CPU repository under load

@@ -72,7 +72,7 @@ def test_smoke_needs_a_repository_or_an_address():
 def test_smoke_passes_on_the_cpu_repository(cpu_server, tmp_path):
     report_file = tmp_path / "smoke.json"
     run = subprocess.run([TRITONGEN, "smoke", "--url", cpu_server.http_url, "--grpc-url", cpu_server.grpc_url,
-                          "--json", str(report_file)], capture_output=True, text=True, timeout=600)
+                          "--admin-key", cpu_server.admin_key, "--json", str(report_file)], capture_output=True, text=True, timeout=600)
     report = json.loads(report_file.read_text())
     failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
     assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])

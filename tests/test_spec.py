@@ -84,3 +84,43 @@ def test_every_field_is_documented():
 def test_readme_reference_is_current():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert with_reference(readme) == readme, "run `tritongen spec-reference --update README.md`"
+
+
+@pytest.mark.parametrize("override", ["build.max_batch_size=10000000000", "loadtest.output_tokens_mean=2147483648",
+                                      "serving.max_queue_size=99999999999", "quantization.calibration.seed=-4294967296"])
+def test_integers_must_fit_the_int32_they_become(override):
+    with pytest.raises(TritongenError) as err:
+        load_spec(None, [override])
+    field = override.split("=")[0]
+    assert f"{field}: got {int(override.split('=')[1])}; allowed:" in err.value.message
+    assert "2147483647" in err.value.message
+
+
+def test_max_seq_len_sum_must_fit_int32():
+    with pytest.raises(TritongenError, match="max_input_len \\+ build.max_output_len"):
+        load_spec(None, ["build.max_input_len=2147483000", "build.max_output_len=100000"])
+
+
+def test_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")  # 9**9 strings once expanded: gigabytes
+    with pytest.raises(TritongenError, match="alias bomb") as err:
+        load_spec(bomb)
+    assert err.value.where == str(bomb)
+    with pytest.raises(TritongenError, match="alias bomb"):  # the same bomb in one --set value
+        load_spec(None, ["model.source={" + ", ".join(lines) + "}"])
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path):
+    spec = tmp_path / "loop.yaml"
+    spec.write_text("model: &m\n  source: x\n  again: *m\n")
+    with pytest.raises(TritongenError, match="refers to itself"):
+        load_spec(spec)
+
+
+def test_anchors_within_limits_still_work(tmp_path):
+    spec = tmp_path / "ok.yaml"
+    spec.write_text("build: &b\n  max_input_len: 100\nloadtest:\n  input_tokens_mean: 7\n")
+    assert load_spec(spec).build.max_input_len == 100

@@ -6,7 +6,21 @@ from __future__ import annotations
 import pytest
 
 from generator.errors import TritongenError
-from generator.measure.sweep import STATUS_INVALID, STATUS_OK, best_point, plan_sweep, run_sweep
+from generator.measure.results import (
+    ClientVerdict,
+    LoadTestResult,
+    MetricsSummary,
+    PointStatus,
+    RunInfo,
+    ServerView,
+    SloVerdict,
+    SweepPoint,
+    SweepResult,
+    Verdict,
+)
+from generator.measure.statistics import summarize
+from generator.measure.sweep import best_point, plan_sweep, run_sweep
+from generator.spec import LoadTestSpec
 
 
 def test_comma_lists_are_axes_and_single_values_are_fixed():
@@ -26,20 +40,35 @@ def test_bad_sweeps_are_user_errors(sets, message):
         plan_sweep(sets)
 
 
+def _result(tps, verdict, client_limited, error_rate) -> LoadTestResult:
+    """A load-test result with the figures best_point reads (an empty run's summary otherwise)."""
+    summary = summarize([])
+    summary.throughput.output_tokens_per_s = tps
+    summary.error_rate = error_rate
+    return LoadTestResult(
+        **dict(summary),
+        server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
+        client=ClientVerdict(client_limited=client_limited, reasons=[], processes=[], lag_limit_ms=10.0),
+        run=RunInfo(title="t", target="t", started_unix=0.0, mode="closed loop", loadtest=LoadTestSpec()),
+        slo=SloVerdict(verdict=verdict, exit_code=0, terms=[], reason=None) if verdict else None,
+    )
+
+
 def _point(label, status, tps, verdict=None, client_limited=False, error_rate=0.0):
-    results = None if status != STATUS_OK else {
-        "throughput": {"output_tokens_per_s": tps}, "client": {"client_limited": client_limited},
-        "error_rate": error_rate, "slo": {"verdict": verdict} if verdict else None}
-    return {"label": label, "overrides": [], "status": status, "results": results}
+    results = _result(tps, verdict, client_limited, error_rate) if status is PointStatus.OK else None
+    return SweepPoint(label=label, overrides=[f"x={label}"], dir=label, status=status, results=results)
 
 
 def test_best_point_needs_a_pass_and_ignores_inconclusive_and_failed_points():
-    points = [_point("a", STATUS_OK, 100, "pass"), _point("b", STATUS_OK, 300, "inconclusive", client_limited=True),
-              _point("c", STATUS_OK, 200, "pass"), _point("d", STATUS_INVALID, None), _point("e", STATUS_OK, 400, "fail")]
-    assert best_point(points, with_slo=True)["label"] == "c"
-    assert best_point(points[:2], with_slo=True)["label"] == "a"
+    ok, passed = PointStatus.OK, Verdict.PASS
+    points = [_point("a", ok, 100, passed), _point("b", ok, 300, Verdict.INCONCLUSIVE, client_limited=True),
+              _point("c", ok, 200, passed), _point("d", PointStatus.INVALID, None), _point("e", ok, 400, Verdict.FAIL)]
+    best = best_point(points, with_slo=True)
+    assert (best.label, best.overrides) == ("c", ["x=c"]) and "200.0 tokens/s" in best.reason
+    assert best_point(points[:2], with_slo=True).label == "a"
     assert best_point([points[1], points[4]], with_slo=True) is None
-    assert best_point([_point("x", STATUS_OK, 50), _point("y", STATUS_OK, 90, error_rate=0.1)], with_slo=False)["label"] == "x"
+    assert best_point([_point("x", ok, 50), _point("y", ok, 90, error_rate=0.1)], with_slo=False).label == "x"
+    assert best_point([_point("z", ok, 90, client_limited=True)], with_slo=False) is None
 
 
 @pytest.mark.server
@@ -50,14 +79,31 @@ def test_sweep_runs_every_point_and_reports_the_one_that_cannot(cpu_spec, nvfp4_
         "loadtest.reference_checks=6", "loadtest.slo=error_rate<1%",
     ])
     result = run_sweep(cpu_spec, plan, tmp_path)
-    points = result["points"]
-    assert [p["label"] for p in points] == ["max_batch_size=2", "max_batch_size=64"]
-    assert [p["status"] for p in points] == [STATUS_OK, STATUS_INVALID]
-    assert "exceeds build.max_batch_size" in points[1]["detail"] and points[1]["results"] is None
-    res = points[0]["results"]
-    assert res["counts"]["ok"] > 0 and res["server"]["stages"]["tensorrt_llm"]["requests"] > 0
-    assert res["slo"]["verdict"] in ("pass", "inconclusive")
+    points = result.points
+    assert [p.label for p in points] == ["max_batch_size=2", "max_batch_size=64"]
+    assert [p.status for p in points] == [PointStatus.OK, PointStatus.INVALID]
+    assert "exceeds build.max_batch_size" in points[1].detail and points[1].results is None
+    res = points[0].results
+    assert res.counts.ok > 0 and res.counts.errors == 0 and res.server.stages["tensorrt_llm"].requests > 0
+    # error_rate<1% holds (no errors), so the verdict is pass unless the load generator limited the run
+    limited = res.client.client_limited
+    assert res.slo.terms[0].measured == 0.0
+    assert res.slo.verdict is (Verdict.INCONCLUSIVE if limited else Verdict.PASS)
     assert (tmp_path / "points" / "0" / "report.html").is_file() and (tmp_path / "points" / "0" / "repo").is_dir()
-    assert result["best"] is None or result["best"]["label"] == "max_batch_size=2"
-    for name in ("report.md", "report.html", "points.csv", "points.json"):
+    if limited:  # an inconclusive point is never the best
+        assert result.best is None
+    else:
+        assert result.best.label == "max_batch_size=2"
+    for name in ("report.md", "report.html", "points.csv"):
         assert (tmp_path / name).is_file()
+    assert SweepResult.model_validate_json((tmp_path / "points.json").read_text()) == result
+
+
+def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tmp_path):
+    from generator.measure.sweep import run_point
+    from generator.spec import load_spec
+
+    steps = []
+    point = run_point(load_spec(None, []), ["loadtest.users=0"], "users=0", tmp_path / "p", False, steps.append)
+    assert point.status is PointStatus.INVALID and "loadtest.users" in point.detail and point.results is None
+    assert steps == [] and not (tmp_path / "p").exists()

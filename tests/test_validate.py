@@ -132,8 +132,31 @@ def test_tokenizer_that_does_not_load(repo, tmp_path):
     (broken / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
     cfg = repo / "preprocessing" / "config.pbtxt"
     set_tokenizer_dir(cfg, broken)
-    p = only(validate_repository(repo), cfg, "does not load")
+    p = only(validate_repository(repo), cfg, "cannot be used")
     assert p.line == line_of(cfg, '"tokenizer_dir"')
+
+
+def test_folder_without_tokenizer_files_fails(repo, tmp_path):
+    """transformers loads a folder with only config.json as an empty tokenizer; the server would then read
+    every prompt as empty. validate must refuse it, naming the folder and what is missing."""
+    bare = tmp_path / "checkpoint-without-tokenizer"
+    bare.mkdir()
+    (bare / "config.json").write_text('{"model_type": "qwen3", "vocab_size": 8}')
+    cfg = repo / "preprocessing" / "config.pbtxt"
+    set_tokenizer_dir(cfg, bare)
+    p = only(validate_repository(repo), cfg, "cannot be used")
+    assert p.severity == "error" and str(bare) in p.message and "encodes to no tokens" in p.message
+    assert "tokenizer.json" in p.message and "tokenizer" in p.fix
+
+
+def test_end_id_outside_the_models_vocabulary_fails(repo, tokenizer_weights_dir, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tokenizer_weights_dir, weights)
+    (weights / "config.json").write_text('{"model_type": "qwen3", "vocab_size": 1}')  # <eos> is id 1
+    cfg = repo / "preprocessing" / "config.pbtxt"
+    set_tokenizer_dir(cfg, weights)
+    p = only(validate_repository(repo), cfg, "cannot be used")
+    assert "end token id 1" in p.message and "vocab_size" in p.message
 
 
 def test_placeholder_in_an_optional_parameter_is_a_note_not_a_failure(repo):

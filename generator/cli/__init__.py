@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from rich.markup import escape
@@ -21,7 +22,13 @@ from generator.cli import (  # noqa: E402,F401
 )
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
+    signal.signal(signal.SIGTERM, _interrupt)
     # A file name that is not UTF-8 reaches Python as lone surrogates; print them escaped, never crash.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

@@ -90,6 +90,10 @@ GrpcPort = Annotated[Optional[int], typer.Option("--grpc-port", min=1, max=65535
 MetricsPort = Annotated[Optional[int], typer.Option(
     "--metrics-port", min=1, max=65535, help="Prometheus metrics port (default: a free one).")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for every model to load.")]
+AdminKey = Annotated[Optional[str], typer.Option(
+    "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
+    help="Key for the admin APIs (statistics, repository index) of a server `tritongen serve` started: "
+         "the content of the admin-key file it prints.")]
 
 
 # ---------------------------------------------------------------- options made from spec fields
@@ -113,12 +117,13 @@ def _optional_base(annotation: Any) -> Any:
     return args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
 
 
-def spec_option(dotted: str, *names: str, help: Optional[str] = None) -> Any:
+def spec_option(dotted: str, *names: str, help: Optional[str] = None, kind: Any = None) -> Any:
     """An ``Optional`` option overriding spec field ``dotted``: its type (choices for a Literal/Enum) and,
-    unless ``help`` is given, its docstring come from the spec."""
+    unless ``help`` is given, its docstring come from the spec. ``kind`` replaces a type typer cannot parse
+    (a union such as ``int | "auto"``); the spec still validates the value."""
     field = _field(dotted)
     text = " ".join((help or field.description or "").split())
-    return Annotated[Optional[_optional_base(field.annotation)],
+    return Annotated[Optional[kind or _optional_base(field.annotation)],
                      typer.Option(*names, help=f"{text} (spec: {dotted})", show_default=False), SpecField(dotted)]
 
 

@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from generator.cli._app import Force, Output, app, console, out
-from generator.fsutil import check_writable_target
+from generator.fsutil import check_writable_target, write_marker
 
 
 @app.command()
@@ -26,6 +26,7 @@ def demo(
 
     check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir)
     run = DemoRun(out=out_dir.resolve())
     started = time.monotonic()
     with contextlib.ExitStack() as stack, Progress(

@@ -7,17 +7,18 @@ the spec stays the one source of defaults. Locust runs as a subprocess; nothing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.markup import escape
 
 from generator.cli._app import (
-    Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
+    AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
     spec_overrides, step,
 )
 from generator.errors import SpecError
 from generator.fsutil import read_json_object
+from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
 from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
 
 
@@ -31,53 +32,49 @@ def loadtest_spec(spec_path: Optional[Path], repo: Optional[Path], overrides: li
                           source=str(repo / "tritongen.json"))
 
 
-def _print_results(results: dict[str, Any], out_dir: Path) -> None:
+def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     from rich.table import Table
 
-    c, tp = results["counts"], results["throughput"]
-    lat = results["latency_ms"]
-    table = Table(title=f"{escape(results['run']['title'])}: {c['ok']} ok, {c['errors']} errors in {results['window_s']:.1f} s")
+    c, tp, lat = results.counts, results.throughput, results.latency_ms
+    table = Table(title=f"{escape(results.run.title)}: {c.ok} ok, {c.errors} errors in {results.window_s:.1f} s")
     for col in ("ms", "mean", "p50", "p90", "p99", "max"):
         table.add_column(col, justify="right" if col != "ms" else "left")
     for key, label in (("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"),
                        ("e2e", "end-to-end"), ("lateness", "send lateness")):
-        if lat.get(key):
-            table.add_row(label, *(f"{lat[key][s]:.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
+        if d := getattr(lat, key):
+            table.add_row(label, *(f"{getattr(d, s):.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
     out.print(table)
-    rps, tps = tp["requests_per_s"], tp["output_tokens_per_s"]
+    rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
-              f"error rate {(results['error_rate'] or 0):.2%}")
-    checks = results["checks"]
-    if checks["checked"]:
-        out.print(f"streamed-output checks: {checks['failed_requests']} of {checks['checked']} answers failed "
-                  f"({', '.join(f'{k} {v}' for k, v in checks['failures'].items() if v) or 'none'})")
-    split = results.get("split")
+              f"error rate {(results.error_rate or 0):.2%}")
+    checks = results.checks
+    if checks.checked:
+        out.print(f"streamed-output checks: {checks.failed_requests} of {checks.checked} answers failed "
+                  f"({', '.join(f'{k} {v}' for k, v in checks.failures.items() if v) or 'none'})")
+    split = results.split
     if split:
-        parts = split["parts"]
-        out.print("TTFT split (mean ms): " + ", ".join(
-            f"{k} {parts[k]['mean']:.1f}" for k in split["ttft_parts"]))
-    client = results["client"]
-    if client["client_limited"]:
-        console.print("[yellow]load generator was the limit:[/] " + escape("; ".join(client["reasons"])))
-    slo = results.get("slo")
-    if slo:
-        _print_slo(slo)
+        out.print("TTFT split (mean ms): " + ", ".join(f"{k} {split.parts[k].mean:.1f}" for k in split.ttft_parts))
+    if results.client.client_limited:
+        console.print("[yellow]load generator was the limit:[/] " + escape("; ".join(results.client.reasons)))
+    if results.slo:
+        _print_slo(results.slo)
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, results.json, records.jsonl)")
 
 
-def _print_slo(slo: dict[str, Any]) -> None:
+def _print_slo(slo: SloVerdict) -> None:
     from rich.table import Table
 
-    style = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}[slo["verdict"]]
-    table = Table(title=f"SLO: [{style}]{slo['verdict'].upper()}[/]" + (f" ({escape(slo['reason'])})" if slo["reason"] else ""))
+    style = {Verdict.PASS: "green", Verdict.FAIL: "bold red", Verdict.INCONCLUSIVE: "yellow"}[slo.verdict]
+    table = Table(title=f"SLO: [{style}]{slo.verdict.upper()}[/]" + (f" ({escape(slo.reason)})" if slo.reason else ""))
     for col in ("term", "measured", "result"):
         table.add_column(col)
-    for r in slo["terms"]:
-        value = r["measured"]
-        shown = "–" if value is None else (f"{value:.3%}" if r["unit"] == "fraction" else f"{value:.2f} {r['unit']}")
-        result = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "inconclusive": "[yellow]inconclusive[/]",
-                  "not measured": "[yellow]not measured[/]"}[r["result"]]
-        table.add_row(escape(r["term"]), shown, result)
+    for r in slo.terms:
+        value = r.measured
+        shown = "–" if value is None else (f"{value:.3%}" if r.unit == "fraction" else f"{value:.2f} {r.unit}")
+        result = {TermOutcome.PASS: "[green]pass[/]", TermOutcome.FAIL: "[bold red]FAIL[/]",
+                  TermOutcome.INCONCLUSIVE: "[yellow]inconclusive[/]",
+                  TermOutcome.NOT_MEASURED: "[yellow]not measured[/]"}[r.result]
+        table.add_row(escape(r.term), shown, result)
     out.print(table)
 
 
@@ -89,7 +86,7 @@ Rate = spec_option("loadtest.request_rate", "--rate")
 Arrival = spec_option("loadtest.arrival", "--arrival")
 Protocol = spec_option("loadtest.protocol", "--protocol")
 Model = spec_option("loadtest.model", "--model")
-Workers = spec_option("loadtest.workers", "--workers")
+Workers = spec_option("loadtest.workers", "--workers", kind=str)
 Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
@@ -117,6 +114,7 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    admin_key: AdminKey = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
                           "records.jsonl from kubernetes-loadtest.yaml); starts no load.")] = None,
@@ -147,13 +145,15 @@ def loadtest(
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
     load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
-    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output)) as tmp:
+    protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url)
+            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                                  admin_key=admin_key)
     _print_results(result.results, output.resolve())
-    if result.results.get("slo"):
-        raise typer.Exit(code=result.results["slo"]["exit_code"])
-    if not result.results["counts"]["ok"]:
+    if result.results.slo:
+        raise typer.Exit(code=result.results.slo.exit_code)
+    if not result.results.counts.ok:
         raise typer.Exit(code=EXIT_FAIL)
 
 
@@ -185,35 +185,34 @@ def sweep(
     for overrides in plan.points:  # fail on a bad field before the first server starts
         load_spec(spec_path, flags + overrides)
     console.print(f"{len(plan.points)} points: " + escape("; ".join(plan.label(p) for p in plan.points)))
-    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output)) as tmp:
+    with atomic_dir(output, force=force, command_hint="tritongen sweep ... -o " + str(output), protected=spec.named_paths()) as tmp:
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {escape(m)}"))
     _print_sweep(result, output.resolve())
-    if spec.loadtest.slo and result["best"] is None:
-        verdicts = [(p.get("results") or {}).get("slo", {}).get("verdict") for p in result["points"]]
-        raise typer.Exit(code=EXIT_INCONCLUSIVE if "inconclusive" in verdicts else EXIT_FAIL)
+    if spec.loadtest.slo and result.best is None:
+        verdicts = [p.results.slo.verdict for p in result.points if p.results and p.results.slo]
+        raise typer.Exit(code=EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_FAIL)
 
 
-def _print_sweep(result: dict[str, Any], out_dir: Path) -> None:
+def _print_sweep(result: SweepResult, out_dir: Path) -> None:
     from rich.table import Table
 
-    from generator.measure.report import point_row
+    from generator.measure.report_sweep import point_row
 
     table = Table(title="sweep")
     cols = ("setting", "status", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
     for col in cols:
         table.add_column(col, overflow="fold")
-    for p in result["points"]:
+    for p in result.points:
         r = point_row(p)
 
         def f(v: Optional[float]) -> str:
             return "–" if v is None else f"{v:.1f}"
 
-        status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]: {escape(r['detail'][:60])}"
-        table.add_row(escape(r["point"]), status, f(r["output_tokens_per_s"]), f(r["ttft_p95_ms"]), f(r["itl_p95_ms"]),
-                      f(r["queue_p95_ms"]), "–" if r["error_rate"] is None else f"{r['error_rate']:.1%}",
-                      r["slo"] or "–")
+        status = r.status if r.status is PointStatus.OK else f"[red]{r.status}[/]: {escape(r.detail[:60])}"
+        table.add_row(escape(r.point), status, f(r.output_tokens_per_s), f(r.ttft_p95_ms), f(r.itl_p95_ms),
+                      f(r.queue_p95_ms), "–" if r.error_rate is None else f"{r.error_rate:.1%}", r.slo or "–")
     out.print(table)
-    best = result["best"]
-    out.print(f"best: [bold]{escape(best['label'])}[/] ({escape(best['reason'])})" if best else "[yellow]no setting qualified[/]")
+    best = result.best
+    out.print(f"best: [bold]{escape(best.label)}[/] ({escape(best.reason)})" if best else "[yellow]no setting qualified[/]")
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, points.csv, points.json)")

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from generator.cli._app import EXIT_CODES, Force, Sets, SpecPath, app, console, get_spec, out
-from generator.cli.printing import print_plan
+from generator.cli.printing import print_plan, print_topology
+from generator.measure.ceiling import loadgen_plan, loadgen_plan_lines, recorded_ceiling
 from generator.errors import PlanRefused, ToolMissing
 from generator.spec import EngineTarget
 
@@ -27,7 +28,18 @@ def _plan_for(spec_path: Optional[Path], overrides: Optional[List[str]], model_c
 
     spec = get_spec(spec_path, overrides)
     config, source = read_model_config(spec, model_config)
-    return spec, make_plan(spec, config, config_source=source)
+    return spec, make_plan(spec, config, config_source=source), config
+
+
+def _topology(spec, config):
+    """The spec's topology on a GPU host (ranks, GPUs, instances, nodes, memory per GPU), or its refusal."""
+    from generator.deploy.topology import resolve_topology
+
+    target = EngineTarget.llmapi if spec.serving.engine is EngineTarget.llmapi else EngineTarget.tensorrtllm
+    try:
+        return resolve_topology(spec, target, model_config=config, gpu_visible=True), None
+    except PlanRefused as exc:
+        return None, exc
 
 
 @app.command("plan")
@@ -36,31 +48,42 @@ def plan_cmd(
     set_: Sets = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (for scripts).")] = False,
     model_config: ModelConfig = None,
+    tokens_per_s: Annotated[Optional[float], typer.Option(
+        "--tokens-per-s", help="Target output tokens/s of the load test: sizes loadtest.workers.")] = None,
 ) -> None:
     """Show how the engine would be built for the target GPU, and why.
 
-    Each trtllm-build flag with its reason and source, the flags left out, the checkpoint step and the memory plan. Exit 4 when the spec is refused (all reasons are printed).
+    Each trtllm-build flag with its reason and source, the flags left out, the checkpoint step, the memory plan and the load generator's ceiling. Exit 4 when the spec is refused (all reasons are printed).
     """
-    spec, plan = _plan_for(spec_path, set_, model_config)
+    spec, plan, config = _plan_for(spec_path, set_, model_config)
+    topo, refused = _topology(spec, config)
+    lt = spec.loadtest
+    loadgen = loadgen_plan(lt.request_rate, lt.output_tokens_mean, lt.workers, recorded_ceiling(), tokens_per_s)
     if spec.serving.engine is EngineTarget.llmapi:
-        _print_llmapi_plan(spec, as_json)
-        return
-    if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2, default=str))
+        _print_llmapi_plan(spec, as_json, loadgen)
+    elif as_json:
+        typer.echo(json.dumps(plan.to_dict() | {"topology": topo.model_dump(mode="json") if topo else None,
+                                                "topology_refused": refused.message if refused else None,
+                                                "loadgen": loadgen},
+                              indent=2, default=str))
     else:
         print_plan(plan)
-    if plan.errors:
+    if not as_json:
+        print_topology(topo, refused)
+        for line in loadgen_plan_lines(loadgen):
+            out.print(line, markup=False, highlight=False)
+    if plan.errors and spec.serving.engine is not EngineTarget.llmapi or refused is not None:
         raise typer.Exit(EXIT_REFUSED)
 
 
-def _print_llmapi_plan(spec, as_json: bool) -> None:
+def _print_llmapi_plan(spec, as_json: bool, loadgen: dict) -> None:
     """The LLM-API target builds no engine: show how the spec maps onto model.yaml, and what it refuses."""
     from generator.repo.llmapi import llmapi_mapping, llmapi_refusals
 
     rows, refusals = llmapi_mapping(spec), llmapi_refusals(spec)
     if as_json:
-        typer.echo(json.dumps({"target": "llmapi", "mapping": [r._asdict() for r in rows], "errors": refusals},
-                              indent=2, default=str))
+        typer.echo(json.dumps({"target": "llmapi", "mapping": [r._asdict() for r in rows], "errors": refusals,
+                               "loadgen": loadgen}, indent=2, default=str))
     else:
         table = Table(title="LLM-API backend: spec → model.yaml (no engine build)", title_justify="left")
         for col in ("spec field", "model.yaml key", "value", "note"):
@@ -88,7 +111,7 @@ def build_cmd(
     """
     from generator.engine.build import run_build, trtllm_build_path
 
-    spec, plan = _plan_for(spec_path, set_, model_config)
+    spec, plan, _ = _plan_for(spec_path, set_, model_config)
     if plan.errors:
         for error in plan.errors:
             console.print(f"[bold red]refused:[/] {escape(error)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from generator.cli._app import out
+from generator.cli._app import console, out
 
 
 def _gb(n: int) -> str:
@@ -73,3 +73,31 @@ def print_plan(plan) -> None:
     out.print("\n[bold]Commands[/] (on the GPU host, in " + escape(plan.versions["triton_container"]) + ")")
     for line in plan.shell_commands():
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_topology(topo, refused) -> None:
+    """Where the ranks run: instances, GPUs, nodes, launcher, memory per GPU; or why the topology does not fit."""
+    if refused is not None:
+        console.print(f"[bold red]topology refused:[/] {escape(refused.message)}\n  fix: {escape(refused.fix)}")
+        return
+    GIB = 1 << 30
+    table = Table(title="Topology", title_justify="left")
+    table.add_column("item")
+    table.add_column("value")
+    rows = [
+        ("ranks per instance", f"tp {topo.tp} x pp {topo.pp} = {topo.ranks_per_instance}"),
+        ("instances per server", str(topo.instance_count)),
+        ("servers", f"{topo.replicas} ({topo.nodes_per_instance} node(s) of {topo.gpus_per_node} GPU(s) each)"),
+        ("GPUs per pod", str(topo.gpus_per_pod)),
+        ("engine mode / launcher / MPI world", f"{topo.mode} / {topo.launcher} / {topo.world_size}"),
+    ]
+    if topo.gpu_device_ids:
+        rows.append(("gpu_device_ids", topo.gpu_device_ids))
+    if topo.weights_per_gpu_bytes is not None:
+        rows.append(("weights per GPU", f"{topo.weights_per_gpu_bytes / GIB:.2f} GiB"))
+        rows.append(("KV tokens per instance", f"{topo.kv_tokens_per_instance:,}"))
+    for item, value in rows:
+        table.add_row(item, escape(value))
+    out.print(table)
+    for note in topo.notes:
+        console.print(f"[dim]{escape(note)}[/]")

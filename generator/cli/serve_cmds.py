@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from generator.cli._app import GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, out, spec_option, step
+from generator.cli._app import (
+    AdminKey, GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, out, spec_option, step,
+)
 from generator.errors import ServerError, SpecError
 
 Host = Annotated[str, typer.Option("--host", help="Address HTTP, gRPC and metrics bind to (0.0.0.0 exposes them).")]
@@ -21,25 +21,11 @@ Model = spec_option("loadtest.model", "--model", help="Model to test (default: t
                     "tritongen.json or what the server serves: ensemble, or tensorrt_llm for the LLM-API target).")
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends `serve` the way Ctrl-C does, so the server and its stubs are stopped."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file):
+def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file, admin_key=None):
     from generator.serve.server import TritonServer
 
     server = TritonServer(repo_dir, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file)
+                          metrics_port=metrics_port, log_file=log_file, admin_key=admin_key)
     with step(f"starting tritonserver on {repo_dir}"):
         server.start(timeout_s=timeout)
     return server
@@ -54,23 +40,32 @@ def serve(
     host: Host = "127.0.0.1",
     timeout: Timeout = 300.0,
     log_file: LogFile = None,
+    admin_key: Annotated[Optional[str], typer.Option(
+        "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
+        help="Key the admin APIs (logging, trace, shared memory, statistics, repository) require "
+             "(default: a new one per run, written to the admin-key file printed at start).")] = None,
 ) -> None:
-    """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs)."""
-    with _sigterm_as_interrupt():
-        server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file)
-        try:
-            out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
-                      f"log      {server.log_file}", markup=False, highlight=False)
-            console.print("[dim]serving; Ctrl-C stops[/]")
-            while server.process is not None and server.process.poll() is None:
-                time.sleep(0.5)
-            code = server.process.returncode if server.process is not None else None
-            raise ServerError(f"tritonserver exited on its own (code {code})", where=str(server.log_file),
-                              fix="read the server log named here")
-        except KeyboardInterrupt:
-            console.print("stopping tritonserver")
-        finally:
-            server.stop()
+    """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs).
+
+    The admin APIs answer only requests with the header `tritongen-admin-key: KEY`; smoke and loadtest
+    take the key with --admin-key (or TRITONGEN_ADMIN_KEY)."""
+    from generator.serve.server import ADMIN_HEADER
+
+    server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key)
+    try:
+        out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
+                  f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}",
+                  markup=False, highlight=False, soft_wrap=True)
+        console.print("[dim]serving; Ctrl-C stops[/]")
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+        code = server.process.returncode if server.process is not None else None
+        raise ServerError(f"tritonserver exited on its own (code {code})", where=str(server.log_file),
+                          fix="read the server log named here")
+    except KeyboardInterrupt:
+        console.print("stopping tritonserver")
+    finally:
+        server.stop()
 
 
 def print_report(report) -> None:
@@ -97,11 +92,12 @@ def smoke(
     url: Url = None,
     grpc_url: GrpcUrl = None,
     model: Model = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, help="Tokens per test answer.")] = 16,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=2, max=2**31 - 1, help="Tokens per test answer.")] = 16,
     timeout: Timeout = 300.0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    admin_key: AdminKey = None,
 ) -> None:
-    """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS); exit 1 on any failure."""
+    """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS; for the LLM-API model also finish/stop reasons, perf metrics, cancellation, default max_tokens); exit 1 on any failure."""
     from generator.serve.endpoints import Endpoints
     from generator.serve.smoke import run_smoke
 
@@ -109,22 +105,21 @@ def smoke(
         raise SpecError("give either a repository folder or --url",
                         fix="tritongen smoke REPO_DIR   or   tritongen smoke --url 127.0.0.1:8000 (gRPC on port + 1)")
 
-    def run(http: str, grpc: str):
+    def run(http: str, grpc: str, key: Optional[str]):
         with step("running smoke checks"):
             return run_smoke(http, grpc, model=model, repo_dir=repo_dir, max_tokens=max_tokens,
-                             timeout_s=min(timeout, 300.0))
+                             timeout_s=min(timeout, 300.0), admin_key=key)
 
     if repo_dir is not None:
-        with _sigterm_as_interrupt():
-            server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None)
-            try:
-                report = run(server.http_url, server.grpc_url)
-            finally:
-                server.stop()
+        server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None)
+        try:
+            report = run(server.http_url, server.grpc_url, server.admin_key)
+        finally:
+            server.stop()
     else:
         endpoints = Endpoints.from_urls(url, grpc_url)
         endpoints.check_reachable()
-        report = run(endpoints.http_hostport, endpoints.grpc_url)
+        report = run(endpoints.http_hostport, endpoints.grpc_url, admin_key)
     print_report(report)
     if json_out is not None:
         import json

@@ -33,10 +33,6 @@ class RankCommand(BaseModel):
     """Programs before tritonserver (trtllm-llmapi-launch)."""
     args: tuple[str, ...]
 
-    @property
-    def shm_prefix_suffix(self) -> str:
-        return f"{self.rank}_"
-
 
 def rank_commands(topo: Topology) -> list[RankCommand]:
     """The tritonserver processes the script starts, rank 0 first."""

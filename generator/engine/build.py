@@ -113,7 +113,8 @@ def _checkpoint(spec: Spec, plan: Plan, *, force: bool, on_line: LineSink) -> bo
         raise ArtifactMissing("the checkpoint step quantizes from the original model, which is not here",
                              where=str(spec.model_dir), fix=f"tritongen fetch {spec.model.source}")
     script = examples_dir() / "quantization" / "quantize.py"
-    with atomic_dir(target, force=force, command_hint="tritongen build SPEC") as tmp:
+    with atomic_dir(target, force=force, command_hint="tritongen build SPEC",
+                    protected=spec.named_paths(except_=("trtllm_checkpoint_dir", "engine_dir"))) as tmp:
         argv = plan.conversion.with_values({"--output_dir": str(tmp)}, head=(_python_with_trtllm(), str(script)))
         _run("quantize.py", argv, log_path=spec.logs_dir / "checkpoint.log", cwd=spec.logs_dir, on_line=on_line,
              hint="read the log; the step needs a CUDA GPU with TensorRT-LLM 1.2.1 and ModelOpt installed")
@@ -141,12 +142,13 @@ def run_build(spec: Spec, plan: Plan, *, force: bool = False, on_line: LineSink 
     if trtllm_build is None:
         raise ToolMissing("trtllm-build is not on PATH: TensorRT-LLM is not installed here",
                              fix="run on a GPU host with pip install 'tritongen[gpu]', or tritongen build SPEC --dry-run")
-    check_writable_target(spec.engine_dir, force, "tritongen build SPEC")
+    protected = spec.named_paths(except_=("engine_dir",))
+    check_writable_target(spec.engine_dir, force, "tritongen build SPEC", protected)
     started = time.monotonic()
     spec.logs_dir.mkdir(parents=True, exist_ok=True)
     reused = _checkpoint(spec, plan, force=force, on_line=on_line)
     build_log = spec.logs_dir / "trtllm-build.log"
-    with atomic_dir(spec.engine_dir, force=force, command_hint="tritongen build SPEC") as tmp:
+    with atomic_dir(spec.engine_dir, force=force, command_hint="tritongen build SPEC", protected=protected) as tmp:
         argv = plan.trtllm_build_argv(output_dir=tmp)
         argv[0] = trtllm_build
         _run("trtllm-build", argv, log_path=build_log, cwd=spec.logs_dir, on_line=on_line, hint=_failure_hint(spec, plan))

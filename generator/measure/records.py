@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from generator.serve.client import LLMAPI, dialect_for_inputs, text_delta
 
@@ -226,6 +226,16 @@ def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> Req
 def answer_text(rec: dict[str, Any]) -> str:
     """The whole answer a record received (joined pieces, or the last cumulative text)."""
     return "".join(_data_responses(rec)[1])
+
+
+def count_client_tokens(requests: list[dict[str, Any]], count: Callable[[str], int]) -> None:
+    """Fill in each answered request's ``output_tokens`` (the client tokenizer's count of its streamed text).
+
+    The load generator leaves this to after the run: tokenizing is not timing and costs it CPU per request.
+    """
+    for rec in requests:
+        if not rec.get("error") and rec.get("output_tokens") is None:
+            rec["output_tokens"] = count(answer_text(rec))
 
 
 def empty_chunks(rec: dict[str, Any]) -> int:

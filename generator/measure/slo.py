@@ -12,30 +12,33 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from generator.errors import SpecError
+from generator.measure.results import ClientVerdict, SloVerdict, Summary, TermOutcome, TermResult, Verdict
+from generator.measure.verdict import client_margin_ms
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_INCONCLUSIVE = 3
+EXIT_CODES = {Verdict.PASS: EXIT_PASS, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
 }
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-# Latency metrics (results["latency_ms"][name][stat]) and the statistics they allow.
+# Latency metrics (fields of Summary.latency_ms) and the statistics (fields of Dist) they allow.
 _LATENCY = ("ttft", "itl_request", "itl", "e2e", "lateness")
 _STATS = ("p50", "p90", "p95", "p99", "mean", "max")
-# Other metrics: where they live in the results, and whether they are fractions (so % is allowed).
-_SCALARS: dict[str, tuple[Callable[[dict[str, Any]], Optional[float]], bool]] = {
-    "error_rate": (lambda r: r.get("error_rate"), True),
+# Other metrics: how to read them from a summary, and whether they are fractions (so % is allowed).
+_SCALARS: dict[str, tuple[Callable[[Summary], Optional[float]], bool]] = {
+    "error_rate": (lambda s: s.error_rate, True),
     "check_failure_rate": (
-        lambda r: (sum(r["checks"]["failures"].values()) / r["checks"]["checked"]) if r["checks"]["checked"] else None,
+        lambda s: (sum(s.checks.failures.values()) / s.checks.checked) if s.checks.checked else None,
         True,
     ),
-    "requests_per_s": (lambda r: r["throughput"]["requests_per_s"], False),
-    "output_tokens_per_s": (lambda r: r["throughput"]["output_tokens_per_s"], False),
+    "requests_per_s": (lambda s: s.throughput.requests_per_s, False),
+    "output_tokens_per_s": (lambda s: s.throughput.output_tokens_per_s, False),
 }
 _TERM = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([a-z%]*)\s*$")
 
@@ -88,61 +91,54 @@ def parse_slo(text: str) -> list[Term]:
     return terms
 
 
-def measured(term: Term, results: dict[str, Any]) -> Optional[float]:
+def measured(term: Term, summary: Summary) -> Optional[float]:
     if term.stat is not None:
-        block = results["latency_ms"].get(term.metric)
-        return None if not block else block[term.stat]
-    return _SCALARS[term.metric][0](results)
+        block = getattr(summary.latency_ms, term.metric)
+        return None if block is None else getattr(block, term.stat)
+    return _SCALARS[term.metric][0](summary)
 
 
-def client_margin_ms(results: dict[str, Any]) -> float:
-    """How late the load generator's own timestamps may be: the worst process's event-loop lag p99."""
-    return max((p["lag_p99_ms"] for p in results.get("client", {}).get("processes", [])), default=0.0)
-
-
-def judge(term: Term, value: Optional[float], client_limited: bool, margin_ms: float) -> str:
-    """``pass``, ``fail``, ``inconclusive`` or ``not measured`` for one term.
+def judge(term: Term, value: Optional[float], client_limited: bool, margin_ms: float) -> TermOutcome:
+    """The outcome of one term.
 
     When the load generator limited the run, it may have offered less load than asked (so passing proves
     nothing) and its timestamps may be up to ``margin_ms`` late: a latency term fails only when it misses
     by more than that; an error-rate term fails as measured; a throughput term cannot fail.
     """
     if value is None:
-        return "not measured"
+        return TermOutcome.NOT_MEASURED
     if _OPS[term.op](value, term.limit):
-        return "inconclusive" if client_limited else "pass"
+        return TermOutcome.INCONCLUSIVE if client_limited else TermOutcome.PASS
     if not client_limited:
-        return "fail"
+        return TermOutcome.FAIL
     if term.stat is not None and term.op in ("<", "<="):
-        return "fail" if not _OPS[term.op](value - margin_ms, term.limit) else "inconclusive"
-    return "fail" if _SCALARS.get(term.metric, (None, False))[1] else "inconclusive"
+        return TermOutcome.FAIL if not _OPS[term.op](value - margin_ms, term.limit) else TermOutcome.INCONCLUSIVE
+    return TermOutcome.FAIL if _SCALARS.get(term.metric, (None, False))[1] else TermOutcome.INCONCLUSIVE
 
 
-def evaluate(terms: list[Term], results: dict[str, Any]) -> dict[str, Any]:
+def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloVerdict:
     """Each term's measured value and outcome, and the overall verdict with its exit code.
 
     fail if any term definitely fails; else inconclusive if the load generator limited the run or a term
     was not measured; else pass.
     """
-    client_limited = bool(results.get("client", {}).get("client_limited"))
-    margin = client_margin_ms(results) if client_limited else 0.0
+    margin = client_margin_ms(client) if client.client_limited else 0.0
     rows = []
     for term in terms:
-        value = measured(term, results)
-        rows.append({
-            "term": term.text, "metric": term.metric + (f"_{term.stat}" if term.stat else ""),
-            "op": term.op, "limit": term.limit, "measured": value,
-            "unit": "ms" if term.stat else ("fraction" if _SCALARS[term.metric][1] else "per s"),
-            "result": judge(term, value, client_limited, margin),
-        })
-    results_set = {r["result"] for r in rows}
-    if "fail" in results_set:
-        verdict = "fail"
-    elif results_set != {"pass"}:
-        verdict = "inconclusive"
+        value = measured(term, summary)
+        rows.append(TermResult(
+            term=term.text, metric=term.metric + (f"_{term.stat}" if term.stat else ""), op=term.op,
+            limit=term.limit, measured=value,
+            unit="ms" if term.stat else ("fraction" if _SCALARS[term.metric][1] else "per s"),
+            result=judge(term, value, client.client_limited, margin),
+        ))
+    outcomes = {r.result for r in rows}
+    if TermOutcome.FAIL in outcomes:
+        verdict = Verdict.FAIL
+    elif outcomes != {TermOutcome.PASS}:
+        verdict = Verdict.INCONCLUSIVE
     else:
-        verdict = "pass"
-    code = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "inconclusive": EXIT_INCONCLUSIVE}[verdict]
+        verdict = Verdict.PASS
     reason = (f"the load generator limited the run (its timestamps may be up to {margin:.1f} ms late)"
-              if client_limited else None)
-    return {"verdict": verdict, "exit_code": code, "terms": rows, "reason": reason}
+              if client.client_limited else None)
+    return SloVerdict(verdict=verdict, exit_code=EXIT_CODES[verdict], terms=rows, reason=reason)

@@ -12,16 +12,20 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from generator.errors import SpecError, TritongenError
+from generator.errors import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    CheckFailed,
+    PlanRefused,
+    ServerError,
+    SpecError,
+    ToolMissing,
+    TritongenError,
+)
+from generator.measure.results import BestPoint, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
 from generator.spec import Spec, parse_override, with_overrides
-
-STATUS_OK = "ok"
-STATUS_INVALID = "invalid setting"
-STATUS_VALIDATION = "validation failed"
-STATUS_SERVER = "server failed"
-STATUS_LOAD = "load test failed"
 
 
 @dataclass(frozen=True)
@@ -62,76 +66,84 @@ def plan_sweep(sets: list[str]) -> SweepPlan:
     return SweepPlan(fixed, axes)
 
 
-def best_point(points: list[dict[str, Any]], with_slo: bool) -> Optional[dict[str, Any]]:
+def best_point(points: list[SweepPoint], with_slo: bool) -> Optional[BestPoint]:
     """Highest output tokens/s among points that pass the SLO (or, without one, completed cleanly)."""
-    def eligible(p: dict[str, Any]) -> bool:
-        r = p.get("results") or {}
-        if p["status"] != STATUS_OK or r.get("client", {}).get("client_limited"):
+    def eligible(p: SweepPoint) -> bool:
+        r = p.results
+        if p.status is not PointStatus.OK or r is None or r.client.client_limited:
             return False
-        return (r.get("slo") or {}).get("verdict") == "pass" if with_slo else not r.get("error_rate")
+        if not r.throughput.output_tokens_per_s:
+            return False
+        if with_slo:
+            return r.slo is not None and r.slo.verdict is Verdict.PASS
+        return not r.error_rate
 
-    candidates = [p for p in points if eligible(p) and p["results"]["throughput"]["output_tokens_per_s"]]
+    candidates = [p for p in points if eligible(p)]
     if not candidates:
         return None
-    best = max(candidates, key=lambda p: p["results"]["throughput"]["output_tokens_per_s"])
+    best = max(candidates, key=lambda p: p.results.throughput.output_tokens_per_s)
     why = "passes the SLO" if with_slo else "no errors, load generator kept up"
-    tps = best["results"]["throughput"]["output_tokens_per_s"]
-    return {"label": best["label"], "overrides": best["overrides"],
-            "reason": f"{why}; highest output throughput, {tps:.1f} tokens/s"}
+    tps = best.results.throughput.output_tokens_per_s
+    return BestPoint(label=best.label, overrides=best.overrides,
+                     reason=f"{why}; highest output throughput, {tps:.1f} tokens/s")
 
 
-def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
-              progress: Callable[[str], None]) -> dict[str, Any]:
-    """One point, start to finish; every failure becomes the point's status and detail."""
+def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+                   progress: Callable[[str], None]) -> LoadTestResult:
+    """Render, validate, serve and load one point; each step raises its own TritongenError subclass."""
     from generator.measure.runner import run_loadtest
     from generator.repo.problems import failing
     from generator.repo.render import render_repository
     from generator.repo.validate import validate_repository
-
-    point: dict[str, Any] = {"label": label, "overrides": overrides, "dir": str(out_dir), "status": STATUS_OK,
-                             "detail": "", "results": None}
-    try:
-        pspec = with_overrides(spec, overrides)
-    except TritongenError as exc:
-        return {**point, "status": STATUS_INVALID, "detail": exc.message}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress(f"{label}: rendering")
-    try:
-        repo = render_repository(pspec, out_dir / "repo", force=True, gpu_visible=gpu_visible)
-    except TritongenError as exc:
-        return {**point, "status": STATUS_INVALID, "detail": str(exc)}
-    errors = failing(validate_repository(repo, pspec))
-    if errors:
-        return {**point, "status": STATUS_VALIDATION, "detail": "; ".join(p.message for p in errors[:3])}
-    progress(f"{label}: starting the server")
     from generator.serve.server import TritonServer
 
-    server = TritonServer(repo, log_file=out_dir / "triton.log")
-    try:
-        server.start()
-    except TritongenError as exc:
-        return {**point, "status": STATUS_SERVER, "detail": exc.message.splitlines()[0]}
-    try:
+    pspec = with_overrides(spec, overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"{label}: rendering")
+    repo = render_repository(pspec, out_dir / "repo", force=True, gpu_visible=gpu_visible)
+    errors = failing(validate_repository(repo, pspec))
+    if errors:
+        raise CheckFailed("; ".join(p.message for p in errors[:3]), where=str(repo),
+                          fix=f"tritongen validate {repo} shows each problem with its fix")
+    progress(f"{label}: starting the server")
+    with TritonServer(repo, log_file=out_dir / "triton.log") as server:
         progress(f"{label}: load test")
-        result = run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                              metrics_url=server.metrics_url, title=f"Sweep point {label}")
-    except TritongenError as exc:
-        return {**point, "status": STATUS_LOAD, "detail": exc.message.splitlines()[0]}
-    finally:
-        server.stop()
-    return {**point, "results": result.results}
+        return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                            metrics_url=server.metrics_url, title=f"Sweep point {label}",
+                            admin_key=server.admin_key).results
+
+
+def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+              progress: Callable[[str], None]) -> SweepPoint:
+    """One point, start to finish; a failure becomes the point's status (by its error class) and detail."""
+    point = SweepPoint(label=label, overrides=overrides, dir=str(out_dir))
+
+    def failed(status: PointStatus, detail: str) -> SweepPoint:
+        return point.model_copy(update={"status": status, "detail": detail})
+
+    try:
+        results = _measure_point(spec, overrides, label, out_dir, gpu_visible, progress)
+    except (SpecError, PlanRefused, ArtifactMissing, ArtifactCorrupt) as exc:  # the setting cannot be served
+        return failed(PointStatus.INVALID, exc.message)
+    except CheckFailed as exc:
+        return failed(PointStatus.VALIDATION, exc.message)
+    except (ServerError, ToolMissing) as exc:  # first line only: the rest is the server log's tail
+        return failed(PointStatus.SERVER, exc.message.splitlines()[0])
+    except TritongenError as exc:  # LoadTestError, or anything else while loading
+        return failed(PointStatus.LOAD, exc.message.splitlines()[0])
+    return point.model_copy(update={"results": results})
 
 
 def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,
-              progress: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
+              progress: Callable[[str], None] = lambda _msg: None) -> SweepResult:
     """Run every point into OUT/points/<n>/ and write the sweep report into OUT."""
-    from generator.measure.report import write_sweep_report
+    from generator.measure.report_sweep import write_sweep_report
 
     points = []
     for i, overrides in enumerate(plan.points):
         label = plan.label(overrides)
         progress(f"point {i + 1}/{len(plan.points)}: {label}")
         points.append(run_point(spec, overrides, label, out_dir / "points" / str(i), gpu_visible, progress))
-    best = best_point(points, with_slo=bool(spec.loadtest.slo))
-    write_sweep_report(out_dir, "tritongen sweep", points, best, spec.loadtest.slo)
-    return {"points": points, "best": best}
+    result = SweepResult(points=points, best=best_point(points, with_slo=bool(spec.loadtest.slo)))
+    write_sweep_report(out_dir, "tritongen sweep", result, spec.loadtest.slo)
+    return result

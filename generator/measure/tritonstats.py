@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from generator.measure.results import CounterStage, Gauge, MetricsSummary, StageStats
+
 # Gauges worth a time series; every nv_trt_llm_* family is kept too.
 _GAUGES = ("nv_inference_pending_request_count", "nv_cpu_utilization", "nv_cpu_memory_used_bytes")
 _TRTLLM_PREFIX = "nv_trt_llm_"
@@ -25,13 +27,18 @@ _TRTLLM_PREFIX = "nv_trt_llm_"
 Sample = tuple[str, str, dict[str, str], float]
 
 
-def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
+def http_get(url: str, timeout: float = 10.0, headers: Optional[dict[str, str]] = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
         return resp.read()
 
 
-def fetch_model_stats(http_url: str) -> dict[str, Any]:
-    return json.loads(http_get(f"{http_url.rstrip('/')}/v2/models/stats"))
+def fetch_model_stats(http_url: str, admin_key: Optional[str] = None) -> dict[str, Any]:
+    """``/v2/models/stats``; a server tritongen started answers it only with its admin key."""
+    from generator.serve.server import ADMIN_HEADER
+
+    headers = {ADMIN_HEADER: admin_key} if admin_key else None
+    return json.loads(http_get(f"{http_url.rstrip('/')}/v2/models/stats", headers=headers))
 
 
 # ---------------------------------------------------------------- /v2/models/stats
@@ -46,14 +53,14 @@ def _flat(entry: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def stage_times(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Optional[float]]]:
+def stage_times(before: dict[str, Any], after: dict[str, Any]) -> dict[str, StageStats]:
     """Per model, what the run added: requests, mean queue and compute time (ms), achieved batch size.
 
     For decoupled Python models (the CPU engine, BLS) Triton's request time ends when ``execute()``
     returns, not at the last response, so their compute time can be far below the streaming time.
     """
     old = {m["name"]: _flat(m) for m in before.get("model_stats", [])}
-    result: dict[str, dict[str, Optional[float]]] = {}
+    result: dict[str, StageStats] = {}
     for entry in after.get("model_stats", []):
         new, prev = _flat(entry), old.get(entry["name"], {})
         d = {k: v - prev.get(k, 0) for k, v in new.items()}
@@ -64,16 +71,16 @@ def stage_times(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict
             return d[ns_key] / d[count_key] / 1e6 if d[count_key] else None
 
         compute_ns = d["compute_input_ns"] + d["compute_infer_ns"] + d["compute_output_ns"]
-        result[entry["name"]] = {
-            "requests": d["success_count"],
-            "failures": d["fail_count"],
-            "inferences": d["inference_count"],
-            "executions": d["execution_count"],
-            "batch_size": d["inference_count"] / d["execution_count"] if d["execution_count"] else None,
-            "request_ms": per("success_ns", "success_count"),
-            "queue_ms": per("queue_ns", "queue_count"),
-            "compute_ms": compute_ns / d["compute_infer_count"] / 1e6 if d["compute_infer_count"] else None,
-        }
+        result[entry["name"]] = StageStats(
+            requests=d["success_count"],
+            failures=d["fail_count"],
+            inferences=d["inference_count"],
+            executions=d["execution_count"],
+            batch_size=d["inference_count"] / d["execution_count"] if d["execution_count"] else None,
+            request_ms=per("success_ns", "success_count"),
+            queue_ms=per("queue_ns", "queue_count"),
+            compute_ms=compute_ns / d["compute_infer_count"] / 1e6 if d["compute_infer_count"] else None,
+        )
     return result
 
 
@@ -104,10 +111,10 @@ def _key(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{inner}}}" if inner else name
 
 
-def metrics_summary(samples: list[tuple[float, list[Sample]]]) -> dict[str, Any]:
+def metrics_summary(samples: list[tuple[float, list[Sample]]]) -> MetricsSummary:
     """Counters: increase over the run. Gauges: mean and max over the run, and the series for plots."""
     if not samples:
-        return {"counters": {}, "gauges": {}, "series": {}}
+        return MetricsSummary()
     first = {_key(n, lab): v for kind, n, lab, v in samples[0][1] if kind == "counter"}
     counters = {}
     for kind, name, labels, value in samples[-1][1]:
@@ -120,11 +127,11 @@ def metrics_summary(samples: list[tuple[float, list[Sample]]]) -> dict[str, Any]
         for kind, name, labels, value in sample:
             if kind == "gauge":
                 series.setdefault(_key(name, labels), []).append((round(t - t0, 3), value))
-    gauges = {k: {"mean": sum(v for _, v in s) / len(s), "max": max(v for _, v in s)} for k, s in series.items()}
-    return {"counters": counters, "gauges": gauges, "series": series}
+    gauges = {k: Gauge(mean=sum(v for _, v in s) / len(s), max=max(v for _, v in s)) for k, s in series.items()}
+    return MetricsSummary(counters=counters, gauges=gauges, series=series)
 
 
-def counter_stages(counters: dict[str, float]) -> dict[str, dict[str, Optional[float]]]:
+def counter_stages(counters: dict[str, float]) -> dict[str, CounterStage]:
     """The same per-model figures as stage_times, from the /metrics counters (a cross-check of the two)."""
     per_model: dict[str, dict[str, float]] = {}
     for key, value in counters.items():
@@ -138,12 +145,12 @@ def counter_stages(counters: dict[str, float]) -> dict[str, dict[str, Optional[f
         if not ok:
             continue
         execs = c.get("nv_inference_exec_count", 0.0)
-        out[model] = {
-            "requests": ok,
-            "batch_size": c.get("nv_inference_count", 0.0) / execs if execs else None,
-            "queue_ms": c.get("nv_inference_queue_duration_us", 0.0) / ok / 1e3,
-            "compute_ms": c.get("nv_inference_compute_infer_duration_us", 0.0) / ok / 1e3,
-        }
+        out[model] = CounterStage(
+            requests=ok,
+            batch_size=c.get("nv_inference_count", 0.0) / execs if execs else None,
+            queue_ms=c.get("nv_inference_queue_duration_us", 0.0) / ok / 1e3,
+            compute_ms=c.get("nv_inference_compute_infer_duration_us", 0.0) / ok / 1e3,
+        )
     return out
 
 

@@ -370,7 +370,8 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     if reason:
         raise PlanRefused(reason, where="quantization.kv_cache", fix="use --kv-cache fp8 (or none)")
     out = Path(out_dir) if out_dir else spec.checkpoint_dir
-    check_writable_target(out.resolve(), force, "tritongen quantize ...")
+    protected = spec.named_paths(except_=("checkpoint_dir",))
+    check_writable_target(out.resolve(), force, "tritongen quantize ...", protected)
 
     from generator.model.fetch import TOKENIZER_FILES, add_legacy_rope_theta, fetch
     from generator.model.quality import checkpoint_loader, figures, heldout_chunks, next_token_logits
@@ -434,7 +435,7 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
                 simulated = next_token_logits(model, chunks, stage="simulated", progress=progress)
                 timings["score_simulated_s"] = time.perf_counter() - t
 
-        with atomic_dir(out, force=force, command_hint="tritongen quantize ...") as tmp:
+        with atomic_dir(out, force=force, command_hint="tritongen quantize ...", protected=protected) as tmp:
             t = time.perf_counter()
             if progress:
                 progress("export", 0, 1)

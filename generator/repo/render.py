@@ -241,13 +241,21 @@ def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path],
 # ---------------------------------------------------------------- templates and plan
 
 
+_PBTXT_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _quote(value: Any) -> str:
-    """A protobuf text-format string literal."""
+    """A protobuf text-format string literal: quotes, backslashes and every control character escaped
+    (other control characters as octal, as protobuf writes them), so Triton reads back exactly ``value``."""
     text = str(value)
-    if "\n" in text or "\r" in text:
-        raise SpecError(f"value {text!r} contains a line break, which a config.pbtxt string cannot hold",
-                        fix="remove the line break from that value (a path or name in the spec)")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError(f"value {text!r} is not valid Unicode text (a lone surrogate)",
+                        fix="use a path or value made of real characters") from None
+    escaped = "".join(_PBTXT_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                      for c in text)
+    return f'"{escaped}"'
 
 
 @functools.lru_cache(maxsize=None)
@@ -391,6 +399,6 @@ def render_repository(spec: Spec, out_dir: Path, *, force: bool = False, gpu_vis
     """Write the repository for ``spec`` to ``out_dir`` whole or not at all; returns the folder."""
     plan = plan_repository(spec, gpu_visible=gpu_visible)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force, command_hint=f"tritongen render -o {out_dir}") as tmp:
+    with atomic_dir(out_dir, force=force, command_hint=f"tritongen render -o {out_dir}", protected=spec.named_paths()) as tmp:
         write_plan(plan, tmp)
     return out_dir.resolve()

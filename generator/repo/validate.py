@@ -140,20 +140,38 @@ def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: _Report) -
         return None
 
 
+_PROBE_TEXT = "Hello, world"
+
+
 @functools.lru_cache(maxsize=16)
 def tokenizer_load_error(path: str) -> Optional[str]:
-    """None when the folder holds a tokenizer that transformers can load offline, else why not."""
+    """None when the folder holds a tokenizer that transformers loads offline and that turns text into
+    tokens with an end id inside its vocabulary, else why not. transformers "loads" a folder without
+    tokenizer files as an empty tokenizer that encodes every prompt to nothing, so loading is not enough."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
-        AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return None
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as first:  # noqa: BLE001 - any failure means "does not load"; report its text
         try:
-            PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-            return None
+            tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         except Exception:  # noqa: BLE001
             return f"{type(first).__name__}: {first}".splitlines()[0][:300]
+    if not tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+        return (f"it is empty: {_PROBE_TEXT!r} encodes to no tokens (no tokenizer.json, tokenizer.model or "
+                "vocab.json there, so every request would read as an empty prompt)")
+    vocab, of = len(tok), "its vocabulary"
+    try:  # the model beside the tokenizer (a checkpoint) can only produce ids below its vocab_size
+        model_vocab = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        model_vocab = None
+    if isinstance(model_vocab, int) and model_vocab < vocab:
+        vocab, of = model_vocab, "the model's vocab_size in config.json"
+    end_id = tok.eos_token_id
+    if end_id is not None and not 0 <= end_id < vocab:
+        return (f"its end token id {end_id} (the END_ID preprocessing sends) is outside {of} ({vocab} tokens), "
+                "so generation never stops on it")
+    return None
 
 
 # ---------------------------------------------------------------- per-model checks
@@ -379,7 +397,7 @@ def _check_tokenizers(models: dict[str, Model], spec: Optional[Spec], report: _R
             continue
         err = tokenizer_load_error(str(Path(path).resolve()))
         if err:
-            report.add(m.file, line, f"tokenizer in {path!r} does not load: {err}",
+            report.add(m.file, line, f"tokenizer in {path!r} cannot be used: {err}",
                        "copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) there")
     for path, users in missing.items():
         others = f" (also named by {', '.join(u.name for u in users[1:])})" if users[1:] else ""

@@ -99,10 +99,11 @@ def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
     return r.json()
 
 
-def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0) -> Any:
+def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0,
+              headers: Optional[Mapping[str, str]] = None) -> Any:
     import requests
 
-    r = requests.post(endpoint_url(http_url, path), json=body, timeout=timeout)
+    r = requests.post(endpoint_url(http_url, path), json=body, timeout=timeout, headers=headers)
     if r.status_code != 200:
         raise ServerRequestError(_error_text(r))
     return r.json()

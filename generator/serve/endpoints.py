@@ -37,9 +37,12 @@ class Endpoints:
     http_url: str
     grpc_url: str
     metrics_url: Optional[str]
+    admin_key: Optional[str] = None
+    """Key a server tritongen started wants for its admin APIs (statistics); ``tritongen serve`` prints where it is."""
 
     @classmethod
-    def from_urls(cls, url: str, grpc_url: Optional[str] = None, metrics_url: Optional[str] = None) -> "Endpoints":
+    def from_urls(cls, url: str, grpc_url: Optional[str] = None, metrics_url: Optional[str] = None,
+                  admin_key: Optional[str] = None) -> "Endpoints":
         scheme, host, port = _host_port(url, "--url")
         if port + 2 > 65535 and not (grpc_url and metrics_url):
             raise SpecError(f"HTTP port {port} leaves no room for gRPC and metrics at + 1 and + 2", where="--url",
@@ -53,6 +56,7 @@ class Endpoints:
             http_url=f"{scheme}://{host}:{port}",
             grpc_url=grpc_url or f"{host}:{port + 1}",
             metrics_url=metrics_url or f"http://{host}:{port + 2}/metrics",
+            admin_key=admin_key,
         )
 
     @property

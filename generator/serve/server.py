@@ -4,8 +4,11 @@
 wheel runs, with a backend folder assembled for the running Python (the Python backend's ``.so``,
 its utils module and the stub built for this Python version). Every address binds to loopback by
 default, free ports are picked, readiness is polled, and a failed start names the models that did
-not load. The server runs in its own process group so that stopping it also ends the Python
-backend stubs; the shared-memory regions of this server carry their own prefix and are removed.
+not load. The server runs in its own process group (``generator.procs``) so that stopping it also
+ends the Python backend stubs, even when tritongen itself is killed; the shared-memory regions of
+this server carry their own prefix and are removed. The admin APIs (``ADMIN_APIS``) answer only
+requests that carry the run's key in the ``ADMIN_HEADER`` header, and the server sees only the
+environment variables it needs.
 
 Pure helpers (`server_command`, `server_env`, `failed_models_from_index`, `failed_models_from_log`)
 decide; `TritonServer` acts.
@@ -17,14 +20,13 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,8 +36,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 from generator.errors import ArtifactMissing, ServerError, ToolMissing
+from generator.fsutil import pid_alive
+from generator.procs import ChildGroup, child_env
 
 SHM_DIR = Path("/dev/shm")
+ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statistics")
+"""Triton APIs that change or reveal the server's state: restricted to requests carrying the key."""
+ADMIN_HEADER = "tritongen-admin-key"
+_WORKDIR_PREFIX = "tritongen-server-"
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -114,10 +122,12 @@ def server_command(
     shm_prefix: str,
     log_verbose: int = 0,
     exit_timeout_s: int = 10,
+    admin_key: Optional[str] = None,
     extra_args: Sequence[str] = (),
     launch_script: Optional[Path] = None,
 ) -> list[str]:
     """The tritonserver command line. ``extra_args`` come last so they override the defaults.
+    With ``admin_key`` the admin APIs need the ``ADMIN_HEADER`` header with that value (HTTP and gRPC).
 
     With the repository's ``launch_script`` (what render writes for the topology), the script starts the
     server(s) and these arguments go to every process; the binary and the shared-memory prefix then
@@ -140,6 +150,9 @@ def server_command(
         cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
+    if admin_key is not None:
+        restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
+        cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
     cmd.extend(extra_args)
     return cmd
 
@@ -253,6 +266,7 @@ class TritonServer:
         log_file: Path | str | None = None,
         extra_args: Sequence[str] = (),
         log_verbose: int = 0,
+        admin_key: Optional[str] = None,
     ):
         self.repo_dir = Path(repo_dir).resolve()
         self.host = host
@@ -263,10 +277,14 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.log_verbose = log_verbose
         self.shm_prefix = f"tritongen_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        """Value of the ``ADMIN_HEADER`` header the admin APIs require (made per run unless given)."""
+        self.admin_key_file: Optional[Path] = None
         script = self.repo_dir / LAUNCH_SCRIPT
         self.launch_script: Optional[Path] = script if script.is_file() else None
         """The repository's rendered launch script, which starts the server(s) when there is one."""
         self.process: Optional[subprocess.Popen] = None
+        self._group: Optional[ChildGroup] = None
         self._workdir: Optional[Path] = None
         self._log_handle = None
         self._start_failed = False
@@ -307,11 +325,16 @@ class TritonServer:
                                   fix="render one first: tritongen render SPEC -o DIR")
         install = find_install()
         self._start_failed = False
-        self._workdir = Path(tempfile.mkdtemp(prefix="tritongen-server-"))
+        remove_stale_workdirs()
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_file = self._log_given or self._workdir / "tritonserver.log"
+        self.admin_key_file = self._workdir / "admin-key"
+        fd = os.open(self.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_key + "\n")
         backend_dir = assemble_backend_dir(install.pytriton_dir, self._workdir / "backends") if install.bundled else None
         lib_dirs = bundled_lib_dirs(install.pytriton_dir) if install.bundled else []
-        env = server_env(os.environ, python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
+        env = server_env(child_env(os.environ), python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
         # A port picked free can be taken before the server binds it; then try fresh ones.
         attempts = 1 if all(self._ports_given) else 3
         for attempt in range(attempts):
@@ -348,6 +371,7 @@ class TritonServer:
             backend_dir=backend_dir,
             shm_prefix=self.shm_prefix,
             log_verbose=self.log_verbose,
+            admin_key=self.admin_key,
             extra_args=self.extra_args,
             launch_script=self.launch_script,
         )
@@ -357,16 +381,14 @@ class TritonServer:
         if self._log_handle:
             self._log_handle.close()
         self._log_handle = open(self.log_file, "ab" if append else "wb")
-        self.process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self._workdir,
-            start_new_session=True,  # own process group: stopping it ends the stubs too
-            preexec_fn=_terminate_with_parent(),
+        self._group = ChildGroup(cleanup=[self._workdir], shm_prefix=self.shm_prefix)
+        self.process = self._group.start(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, cwd=self._workdir,
         )
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self.admin_key}
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         url = f"http://{self.http_url}{path}"
@@ -379,7 +401,7 @@ class TritonServer:
     def _post(self, path: str, body: dict, timeout: float = 5.0) -> tuple[int, bytes]:
         req = urllib.request.Request(
             f"http://{self.http_url}{path}", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self.admin_headers},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -431,33 +453,17 @@ class TritonServer:
         )
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout_s``; remove this server's shm regions."""
-        self._terminate(timeout_s)
-        self._cleanup()
+        """SIGTERM the process group, SIGKILL it after ``timeout_s``; return once every process of it
+        is gone (else raise naming the survivors); remove this server's shm regions and work folder."""
+        try:
+            self._terminate(timeout_s)
+        finally:
+            self._cleanup()
 
     def _terminate(self, timeout_s: float = 20.0) -> None:
-        proc, self.process = self.process, None
-        if proc is None:
-            return
-        pgid = proc.pid
-        descendants = _descendants(proc.pid)
-        if proc.poll() is None:
-            _signal_group(pgid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left in the group (stubs stuck on a request) or escaped it goes now.
-        _signal_group(pgid, signal.SIGKILL)
-        for p in descendants:
-            try:
-                p.kill()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        group, self._group, self.process = self._group, None, None
+        if group is not None:
+            group.stop(timeout_s)
 
     def _cleanup(self) -> None:
         if self._log_handle:
@@ -471,7 +477,11 @@ class TritonServer:
         if self._workdir is not None:
             # A failed start keeps its log (the error names it); otherwise nothing is left behind.
             keep_log = self._start_failed and self._workdir in self.log_file.parents
-            shutil.rmtree(self._workdir / "backends" if keep_log else self._workdir, ignore_errors=True)
+            if keep_log:
+                shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+                self.admin_key_file.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
 
@@ -479,36 +489,12 @@ class _PortTaken(Exception):
     pass
 
 
-def _terminate_with_parent():
-    """A child setup that has Linux send SIGTERM to the server when this process dies unexpectedly
-    (killed, crashed), so the server shuts down instead of outliving us in its own session.
-
-    Linux ties the signal to the thread that started the child, so it is only armed from the main thread.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-
-    return arm
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _descendants(pid: int) -> list:
-    try:
-        import psutil
-
-        return psutil.Process(pid).children(recursive=True)
-    except Exception:  # noqa: BLE001 - process gone or psutil missing
-        return []
+def remove_stale_workdirs() -> None:
+    """Work folders of servers whose tritongen was killed before its guard could remove them (a failed
+    start's folder holds only its log, which its error message names: that one stays)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        pid = folder.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
+        if not (folder / "admin-key").exists():
+            continue
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)

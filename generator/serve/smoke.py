@@ -141,8 +141,10 @@ class Smoke:
 
     dialect: Dialect = ENSEMBLE
 
-    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress):
+    def __init__(self, http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
+                 admin_key=None):
         self.http, self.grpc, self.model, self.bls = http_url, grpc_url, model, bls_model
+        self.admin_headers = admin_headers(admin_key)
         self.prompt, self.max_tokens, self.max_input_len = prompt, max_tokens, max_input_len
         self.timeout = timeout_s
         self.progress = progress
@@ -230,7 +232,7 @@ class Smoke:
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
-        index = post_json(self.http, "/v2/repository/index", {})
+        index = post_json(self.http, "/v2/repository/index", {}, headers=self.admin_headers)
         bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
         self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
         _expect(not bad, "; ".join(bad))
@@ -471,7 +473,14 @@ def served_dialect(http_url: str, model: str) -> Dialect:
     return dialect_for_inputs({i["name"] for i in config.get("input", [])})
 
 
-def entry_model(http_url: str, repo_dir: Optional[Path] = None) -> str:
+def admin_headers(admin_key: Optional[str]) -> Optional[dict[str, str]]:
+    """The header a server tritongen started wants on its admin APIs (the repository index is one)."""
+    from generator.serve.server import ADMIN_HEADER
+
+    return {ADMIN_HEADER: admin_key} if admin_key else None
+
+
+def entry_model(http_url: str, repo_dir: Optional[Path] = None, admin_key: Optional[str] = None) -> str:
     """The model a smoke test checks unless told: what the repository's manifest (tritongen.json) says its
     target serves, else what the server serves: the ensemble when there is one, else the LLM-API model."""
     manifest = Path(repo_dir) / "tritongen.json" if repo_dir is not None else None
@@ -479,7 +488,7 @@ def entry_model(http_url: str, repo_dir: Optional[Path] = None) -> str:
         target = json.loads(manifest.read_text(encoding="utf-8")).get("target")
         return "tensorrt_llm" if target == LLMAPI_TARGET else "ensemble"
     try:
-        index = post_json(http_url, "/v2/repository/index", {})
+        index = post_json(http_url, "/v2/repository/index", {}, headers=admin_headers(admin_key))
     except (ServerRequestError, OSError, ValueError):
         return "ensemble"
     return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
@@ -497,13 +506,15 @@ def run_smoke(
     max_input_len: Optional[int] = None,
     timeout_s: float = 120.0,
     progress: Optional[Callable[[str], None]] = None,
+    admin_key: Optional[str] = None,
 ) -> SmokeReport:
     """Run every smoke check against a running server; ``progress(name)`` is told of each check.
 
     ``model`` None: see :func:`entry_model` (``repo_dir`` is the served repository, when known). The checks
-    speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks.
+    speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks. ``admin_key``: the key
+    of a server tritongen started (its repository index is an admin API).
     """
-    model = model or entry_model(http_url, repo_dir)
+    model = model or entry_model(http_url, repo_dir, admin_key)
     if served_dialect(http_url, model) is LLMAPI:
         from generator.repo.llmapi import CPU_ENGINE_MODEL
         from generator.serve.smoke_llmapi import LLMAPISmoke as cls
@@ -513,5 +524,6 @@ def run_smoke(
         cls, engine_model = Smoke, "tensorrt_llm"
     if max_input_len is None:
         max_input_len = max_input_len_from_server(http_url, engine_model)
-    smoke = cls(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress)
+    smoke = cls(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
+                admin_key)
     return smoke.run()

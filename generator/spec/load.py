@@ -12,6 +12,50 @@ from pydantic import ValidationError
 from generator.errors import ArtifactMissing, SpecError
 from generator.spec.schema import Spec
 
+MAX_SPEC_BYTES = 1 << 20
+"""A spec is a few kilobytes; a bigger file is not one."""
+MAX_YAML_NODES = 100_000
+"""Values a YAML document may expand to once its aliases are followed (a spec has a few hundred);
+counted on the parsed node graph, before any object is built, so an alias bomb costs nothing."""
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], path: set[int]) -> int:
+    key = id(node)
+    if key in path:
+        raise SpecError("the YAML refers to itself through an alias (a recursive structure)",
+                        fix="remove the anchor (&name) used inside its own value")
+    if key not in memo:
+        path.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        memo[key] = 1 + sum(_expanded_nodes(child, memo, path) for child in children)
+        path.discard(key)
+    return memo[key]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses a document whose aliases expand past ``MAX_YAML_NODES`` values."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_nodes(node, {}, set())
+        except SpecError as exc:
+            raise SpecError(exc.message, where=where, fix=exc.fix) from None
+        if size > MAX_YAML_NODES:
+            raise SpecError(
+                f"the YAML expands to {size:,} values through its aliases (at most {MAX_YAML_NODES:,}): "
+                "an alias bomb, not a spec", where=where, fix="write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def _describe_error(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "spec"
@@ -50,7 +94,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise SpecError(f"override {item!r} has an empty key", where="--set",
                         fix="name a spec field before =, e.g. --set build.max_batch_size=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, "--set") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return keys, value
@@ -106,8 +150,11 @@ def load_spec(path: Path | str | None, overrides: list[str] | None = None) -> Sp
     path = Path(path)
     if not path.is_file():
         raise ArtifactMissing("spec file not found", where=str(path), fix=f"tritongen init {path}")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"the file has {path.stat().st_size:,} bytes; a spec has at most {MAX_SPEC_BYTES:,}",
+                        where=str(path), fix="pass the spec file, not a data file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})", where=str(path),
                         fix="save the spec as UTF-8") from None

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+INT32_MAX = 2**31 - 1
+"""Every integer of the spec ends up in an INT32 (Triton config fields, TensorRT-LLM limits, request
+tensors): larger values would wrap or be refused downstream, so the spec refuses them."""
 
 
 class _Section(BaseModel):
-    """Base of every spec section: unknown keys are errors, docstrings become descriptions."""
+    """Base of every spec section: unknown keys are errors, docstrings become descriptions, integers fit INT32."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int32(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT32_MAX - 1 <= value <= INT32_MAX:
+            field = cls.model_fields[info.field_name]
+            low = next((m.ge for m in field.metadata if hasattr(m, "ge")), -INT32_MAX - 1)
+            raise ValueError(f"got {value}; allowed: {low} to {INT32_MAX} (it becomes an INT32 in the configs)")
+        return value
 
 
 class QuantFormat(str, Enum):
@@ -391,8 +403,10 @@ class LoadTestSpec(_Section):
     warmup_requests: int = Field(4, ge=0)
     """Requests sent and discarded before measuring."""
 
-    workers: int = Field(0, ge=0)
-    """Distributed Locust: worker processes under one master (0 runs a single process)."""
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = 0
+    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: one per
+    core this process may run on (os.sched_getaffinity), a single process when that is one core. A Locust
+    process uses at most one core: its measured ceiling is in docs/benchmarks.md."""
 
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its
@@ -458,6 +472,9 @@ class Spec(_Section):
                 f"build.max_input_len ({b.max_input_len}) must be below build.max_seq_len ({b.max_seq_len}); "
                 "leave max_seq_len unset to use max_input_len + max_output_len"
             )
+        if b.resolved_max_seq_len > INT32_MAX:
+            raise ValueError(f"build.max_input_len + build.max_output_len ({b.resolved_max_seq_len}) must be at most "
+                             f"{INT32_MAX} (max_seq_len is an INT32)")
         if self.serving.max_batch_size is not None and self.serving.max_batch_size > b.max_batch_size:
             raise ValueError(
                 f"serving.max_batch_size ({self.serving.max_batch_size}) exceeds build.max_batch_size "
@@ -520,6 +537,22 @@ class Spec(_Section):
         if self.quantization.quantizes_anything:
             return self.checkpoint_dir
         return self.model_dir
+
+    def named_paths(self, *, except_: tuple[str, ...] = ()) -> dict[str, Path]:
+        """What this spec names (name -> path), which no output folder may replace; ``except_``
+        drops the names of what the calling stage writes itself (quantize: checkpoint_dir)."""
+        named = {
+            "model_dir": self.model_dir,
+            "checkpoint_dir": self.checkpoint_dir,
+            "engine_dir": self.engine_dir,
+            "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
+            "folder": self.base_dir,
+        }
+        for name in ("prompts", "tokenizer"):
+            value = getattr(self.loadtest, name)
+            if value is not None:
+                named[f"loadtest.{name}"] = self.path(value)
+        return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
     def loadtest_model(self) -> str:

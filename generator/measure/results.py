@@ -1,0 +1,349 @@
+"""What a load test and a sweep produce, as types: results.json and points.json are these, dumped.
+
+Statistics, the client verdict, the SLO gate, the reports, the sweep and the demo all read these fields;
+only the modules that compute a figure fill it in. Milliseconds unless a name says otherwise. Dict fields
+are keyed by data (model names, metric names, check names), not by figure.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Optional
+
+from pydantic import BaseModel
+
+from generator.spec import LoadTestSpec
+
+
+class Dist(BaseModel):
+    """A distribution: count, mean, extremes and the percentiles the reports show."""
+
+    count: int
+    mean: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+
+# ---------------------------------------------------------------- client-side figures (statistics.py)
+
+
+class Counts(BaseModel):
+    requests: int
+    """Measured requests: warm-up and cut-off ones excluded."""
+    ok: int
+    errors: int
+    warmup: int
+    cancelled: int
+    no_text: int
+    """Answered without any text (neither ok nor an error)."""
+
+
+class Throughput(BaseModel):
+    """Per second of the window from the first scheduled send to the last answer; None for an empty window."""
+
+    requests_per_s: Optional[float]
+    output_tokens_per_s: Optional[float]
+    input_tokens_per_s: Optional[float]
+
+
+class Latency(BaseModel):
+    """Each None when no request could give it (e.g. ITL without streaming)."""
+
+    ttft: Optional[Dist]
+    itl: Optional[Dist]
+    """Per gap between responses with text, pooled."""
+    itl_request: Optional[Dist]
+    e2e: Optional[Dist]
+    lateness: Optional[Dist]
+    conn_wait: Optional[Dist]
+
+
+class TokenAgreement(BaseModel):
+    compared: int
+    equal: int
+    mean_client_minus_server: float
+
+
+class Tokens(BaseModel):
+    input: Optional[Dist]
+    output: Optional[Dist]
+    agreement: dict[str, TokenAgreement]
+    """``output``/``input``: the client tokenizer's counts against the server's."""
+
+
+class ErrorSample(BaseModel):
+    message: str
+    count: int
+
+
+class CheckSample(BaseModel):
+    check: str
+    id: str
+    chunks: list[str]
+    reference: Optional[str] = None
+    """The one-piece answer, for a reference mismatch."""
+
+
+class Checks(BaseModel):
+    """The streamed-output checks (records.stream_failures) over every streamed answer."""
+
+    checked: int
+    with_reference: int
+    reference: dict[str, int]
+    """Comparison with the one-piece answer (equal, detokenization, diverged) -> answers."""
+    failed_requests: int
+    empty_chunks: int
+    failures: dict[str, int]
+    """Check name (records.CHECKS) -> failed answers."""
+    samples: list[CheckSample]
+    reference_errors: list[str] = []
+    """Prompts that could not be asked again without streaming."""
+
+
+class Split(BaseModel):
+    """The TTFT split from the engine's own timestamps (records.server_split), over the requests that had it."""
+
+    requests: int
+    parts: dict[str, Dist]
+    ttft_mean_ms: float
+    ttft_parts: list[str]
+    """The parts that add up to the TTFT (decode too, without streaming)."""
+    parts_sum_mean_ms: float
+    negative_parts: int
+    shared_clock: bool
+
+
+class QueueTrend(BaseModel):
+    median_ms_by_third: list[float]
+    slope_ms_per_s: float
+
+
+class GenaiPerfFigures(BaseModel):
+    ttft: Optional[Dist]
+    itl: Optional[Dist]
+
+
+class VllmFigures(BaseModel):
+    ttft: Optional[Dist]
+    itl: Optional[Dist]
+    tpot: Optional[Dist]
+
+
+class Equivalents(BaseModel):
+    """TTFT and ITL as genai-perf and vLLM's benchmark_serving define them (statistics.equivalents)."""
+
+    genai_perf: GenaiPerfFigures
+    vllm: VllmFigures
+
+
+class SeriesPoint(BaseModel):
+    """One successful request, by when it started."""
+
+    t_s: float
+    ttft_ms: float
+    queue_ms: Optional[float]
+    e2e_ms: float
+
+
+class Summary(BaseModel):
+    """Every client-side figure of a run, from its request records."""
+
+    counts: Counts
+    window_s: float
+    throughput: Throughput
+    latency_ms: Latency
+    tokens: Tokens
+    error_rate: Optional[float]
+    error_samples: list[ErrorSample]
+    checks: Checks
+    split: Optional[Split]
+    queue_trend: Optional[QueueTrend]
+    equivalents: Equivalents
+    itl_gaps_sample_ms: list[float]
+    series: list[SeriesPoint]
+
+
+# ---------------------------------------------------------------- Triton's view (tritonstats.py)
+
+
+class StageStats(BaseModel):
+    """One model's share of the run, from /v2/models/stats before and after."""
+
+    requests: int
+    failures: int
+    inferences: int
+    executions: int
+    batch_size: Optional[float]
+    request_ms: Optional[float]
+    queue_ms: Optional[float]
+    compute_ms: Optional[float]
+
+
+class CounterStage(BaseModel):
+    """The same from the /metrics counters."""
+
+    requests: float
+    batch_size: Optional[float]
+    queue_ms: float
+    compute_ms: float
+
+
+class Gauge(BaseModel):
+    mean: float
+    max: float
+
+
+class MetricsSummary(BaseModel):
+    counters: dict[str, float] = {}
+    """Increase over the run, by metric key (name and labels)."""
+    gauges: dict[str, Gauge] = {}
+    series: dict[str, list[tuple[float, float]]] = {}
+    """(seconds into the run, value) per gauge key."""
+
+
+class FrontEndExplained(BaseModel):
+    front_end_mean_ms: float
+    pre_post_ms: float
+    unexplained_ms: float
+
+
+class ServerView(BaseModel):
+    stages: dict[str, StageStats]
+    metrics: MetricsSummary
+    metrics_stages: dict[str, CounterStage]
+    split_vs_stages: Optional[FrontEndExplained]
+
+
+# ---------------------------------------------------------------- verdicts (verdict.py, slo.py)
+
+
+class ProcessHealth(BaseModel):
+    """One Locust process over the run."""
+
+    proc: int
+    host: str
+    cpu: float
+    """Mean CPU, as a share of one core."""
+    cpu_max: float
+    lag_p99_ms: float
+    lag_max_ms: float
+
+
+class Capacity(BaseModel):
+    """A run's load against the load generator's recorded ceiling (ceiling.capacity)."""
+
+    responses_per_s: float
+    responses_per_core_s: Optional[float]
+    """Streamed responses per core-second of the Locust processes' CPU in this run."""
+    ceiling_responses_per_core_s: float
+    ceiling_share_per_process: float
+    processes: int
+    processes_needed: int
+    """Locust processes this rate needs at ceiling.TARGET_SHARE of the ceiling each."""
+    advice: Optional[str]
+    ceiling: str
+    """The recorded ceiling and the command that measured it."""
+
+
+class ClientVerdict(BaseModel):
+    """Whether the load generator, not the server, may have set the figures (verdict.client_verdict)."""
+
+    client_limited: bool
+    reasons: list[str]
+    processes: list[ProcessHealth]
+    lag_limit_ms: float
+    capacity: Optional[Capacity] = None
+
+
+class Verdict(StrEnum):
+    """An SLO gate's outcome; the CLI's exit code follows it (slo.EXIT_CODES)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+class TermOutcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    NOT_MEASURED = "not measured"
+
+
+class TermResult(BaseModel):
+    term: str
+    metric: str
+    op: str
+    limit: float
+    measured: Optional[float]
+    unit: str
+    """``ms``, ``fraction`` or ``per s``."""
+    result: TermOutcome
+
+
+class SloVerdict(BaseModel):
+    verdict: Verdict
+    exit_code: int
+    terms: list[TermResult]
+    reason: Optional[str]
+
+
+# ---------------------------------------------------------------- one load test, one sweep
+
+
+class RunInfo(BaseModel):
+    title: str
+    target: str
+    """The repository served, or the URL tested."""
+    started_unix: float
+    mode: str
+    """``open loop`` or ``closed loop``."""
+    loadtest: LoadTestSpec
+    """The load as run (prompt and tokenizer paths resolved)."""
+
+
+class LoadTestResult(Summary):
+    """results.json: the client's figures, Triton's view, both verdicts and what was run."""
+
+    server: ServerView
+    client: ClientVerdict
+    run: RunInfo
+    slo: Optional[SloVerdict] = None
+    """None without an SLO."""
+
+
+class PointStatus(StrEnum):
+    """How far a sweep point got; only OK points have results."""
+
+    OK = "ok"
+    INVALID = "invalid setting"
+    VALIDATION = "validation failed"
+    SERVER = "server failed"
+    LOAD = "load test failed"
+
+
+class SweepPoint(BaseModel):
+    label: str
+    overrides: list[str]
+    dir: str
+    status: PointStatus = PointStatus.OK
+    detail: str = ""
+    """Why the point did not complete."""
+    results: Optional[LoadTestResult] = None
+
+
+class BestPoint(BaseModel):
+    label: str
+    overrides: list[str]
+    reason: str
+
+
+class SweepResult(BaseModel):
+    """points.json."""
+
+    points: list[SweepPoint]
+    best: Optional[BestPoint]

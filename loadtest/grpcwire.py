@@ -1,0 +1,266 @@
+"""gRPC streaming spoken directly over HTTP/2 on one (gevent) socket: the load generator's fast transport.
+
+Why not grpcio: under gevent, grpcio hands every completion-queue poll to gevent's thread pool, which costs
+more CPU per streamed response than everything else the load generator does (docs/benchmarks.md has the
+profile). Here one greenlet reads the socket; each ``recv`` gets one monotonic timestamp, which every gRPC
+message in it shares (they arrived together), and the messages go to ``on_message`` as bytes. Only what a
+client of one bidirectional stream needs is implemented: the connection preface and settings, one stream,
+flow control (large windows, topped up in bulk), PING and SETTINGS acknowledgements, and the end of the
+stream (trailers, RST_STREAM, GOAWAY). Header blocks are rare (stream start and end) and decoded with hpack.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Callable, Optional
+
+import gevent
+import gevent.event
+import gevent.lock
+from gevent import socket  # cooperative whether or not the process is monkey-patched (Locust's is)
+from hpack import Decoder
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7, 0x8, 0x9
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+_MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+_STREAM = 1
+_HEADER = struct.Struct(">I")
+_FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
+_RECV = 1 << 18
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return _FRAME.pack(n >> 8, n & 0xFF, kind, flags, stream) + payload
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: str, value: str) -> bytes:
+    """A header as an HPACK literal without indexing, new name, no Huffman coding (valid for any decoder)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + _hpack_int(len(n), 7) + n + _hpack_int(len(v), 7) + v
+
+
+def request_headers(authority: str, path: str) -> bytes:
+    """The header block of a gRPC call: static-table :method POST and :scheme http, the rest literal."""
+    return b"\x83\x86" + b"".join(_literal(k, v) for k, v in (
+        (":path", path), (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"),
+    ))
+
+
+class StreamClosed(Exception):
+    """The stream or the connection ended; the message says how (gRPC status, reset, GOAWAY, socket)."""
+
+
+class GrpcStream:
+    """One HTTP/2 connection carrying one bidirectional gRPC call.
+
+    ``send`` writes one request message; ``on_message(t_ns, data)`` gets every response message with the
+    time of the ``recv`` that completed it; ``on_close(error)`` is called once when the call ends.
+    """
+
+    def __init__(self, target: str, path: str, timeout: float, on_message: Callable[[int, bytes], None],
+                 on_close: Callable[[StreamClosed], None]) -> None:
+        host, port = target.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.on_message, self.on_close = on_message, on_close
+        self.decoder = Decoder()
+        self.max_frame = 16384
+        self.send_window = self.conn_window = _DEFAULT_WINDOW
+        self.window_open = gevent.event.Event()
+        self.message_lock, self.write_lock = gevent.lock.Semaphore(), gevent.lock.Semaphore()
+        self.window_open.set()
+        self.closed: Optional[StreamClosed] = None
+        self.consumed = 0
+        self._headers = b""
+        self._headers_end_stream = False
+        self._peer_initial = _DEFAULT_WINDOW
+        # Our settings: stream receive windows as large as allowed; the connection window is raised below.
+        settings = struct.pack(">HI", 0x4, _MAX_WINDOW) + struct.pack(">HI", 0x2, 0)  # INITIAL_WINDOW_SIZE, no push
+        self.sock.sendall(
+            _PREFACE + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, _HEADER.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
+            + frame(HEADERS, END_HEADERS, _STREAM, request_headers(target, path))
+        )
+        self.reader = gevent.spawn(self._read)
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, message: bytes, last: bool = False) -> None:
+        """One gRPC message (uncompressed), split into DATA frames within the peer's frame size and windows;
+        ``last`` ends the client's side of the call. One message at a time (its frames must not interleave
+        with another's); the socket lock is held per write only, so the reader can still acknowledge
+        settings and pings while a sender waits for the window."""
+        with self.message_lock:
+            if self.closed is not None:
+                raise self.closed
+            data = b"\x00" + _HEADER.pack(len(message)) + message
+            while data:
+                while min(self.send_window, self.conn_window) <= 0:
+                    self.window_open.clear()
+                    self.window_open.wait()
+                    if self.closed is not None:
+                        raise self.closed
+                n = min(len(data), self.max_frame, self.send_window, self.conn_window)
+                chunk, data = data[:n], data[n:]
+                self.send_window -= n
+                self.conn_window -= n
+                self._write(frame(DATA, END_STREAM if last and not data else 0, _STREAM, chunk))
+
+    def _write(self, data: bytes) -> None:
+        with self.write_lock:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        if self.closed is None:
+            self.closed = StreamClosed("closed by the client")
+            try:
+                self.sock.sendall(frame(RST_STREAM, 0, _STREAM, _HEADER.pack(0x8)))  # CANCEL
+            except OSError:
+                pass
+        self.reader.kill(block=False)
+        self.sock.close()
+
+    # ------------------------------------------------------------ receiving
+
+    def _read(self) -> None:
+        buf = b""
+        pending = bytearray()  # DATA payload not yet a whole gRPC message
+        recv, unpack, frame_size = self.sock.recv, _FRAME.unpack_from, _FRAME.size
+        try:
+            while True:
+                chunk = recv(_RECV)
+                t = time.monotonic_ns()
+                if not chunk:
+                    raise StreamClosed("the server closed the connection")
+                buf = buf + chunk if buf else chunk
+                pos, end = 0, len(buf)
+                while end - pos >= frame_size:
+                    hi, lo, kind, flags, stream = unpack(buf, pos)
+                    length = (hi << 8) | lo
+                    if end - pos - frame_size < length:
+                        break
+                    start = pos + frame_size
+                    pos = start + length
+                    if kind == DATA:
+                        payload = buf[start:pos]
+                        if flags & PADDED:
+                            payload = payload[1:len(payload) - payload[0]]
+                        pending += payload
+                        self.consumed += length
+                        self._messages(t, pending)
+                        if flags & END_STREAM:
+                            raise StreamClosed("the server ended the stream without a status")
+                    else:
+                        self._control(kind, flags, stream, buf[start:pos])
+                buf = buf[pos:]
+                if self.consumed > _MAX_WINDOW // 2:  # top up both receive windows in one go
+                    inc = _HEADER.pack(self.consumed)
+                    self.consumed = 0
+                    self._write(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, _STREAM, inc))
+        except StreamClosed as exc:
+            self._closed(exc)
+        except OSError as exc:
+            self._closed(StreamClosed(f"connection error: {exc}"))
+        except Exception as exc:  # a message the handler could not take: end the call, fail what waits on it
+            self._closed(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
+
+    def _messages(self, t: int, pending: bytearray) -> None:
+        """Hand on every whole gRPC message in ``pending`` and drop it from there."""
+        pos, end, on_message = 0, len(pending), self.on_message
+        while end - pos >= 5:
+            length = int.from_bytes(pending[pos + 1:pos + 5], "big")
+            if end - pos - 5 < length:
+                break
+            on_message(t, bytes(pending[pos + 5:pos + 5 + length]))
+            pos += 5 + length
+        del pending[:pos]
+
+    def _control(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
+        if kind in (HEADERS, CONTINUATION):
+            if kind == HEADERS:
+                if flags & PADDED:
+                    payload = payload[1:len(payload) - payload[0]]
+                if flags & PRIORITY:
+                    payload = payload[5:]
+                self._headers_end_stream = bool(flags & END_STREAM)
+            self._headers += payload
+            if flags & END_HEADERS:
+                headers = dict(self.decoder.decode(self._headers))
+                self._headers = b""
+                if self._headers_end_stream:
+                    raise StreamClosed(_status(headers))
+        elif kind == SETTINGS and not flags & ACK:
+            for i in range(0, len(payload) - 5, 6):
+                key, value = struct.unpack_from(">HI", payload, i)
+                if key == 0x4:  # INITIAL_WINDOW_SIZE applies to the open stream as a difference
+                    self.send_window += value - self._peer_initial
+                    self._peer_initial = value
+                elif key == 0x5:
+                    self.max_frame = value
+                elif key == 0x1:
+                    self.decoder.header_table_size = value
+            self._write(frame(SETTINGS, ACK, 0))
+            self.window_open.set()
+        elif kind == PING and not flags & ACK:
+            self._write(frame(PING, ACK, 0, payload))
+        elif kind == WINDOW_UPDATE:
+            inc = _HEADER.unpack(payload)[0] & _MAX_WINDOW
+            if stream == 0:
+                self.conn_window += inc
+            else:
+                self.send_window += inc
+            self.window_open.set()
+        elif kind == RST_STREAM:
+            raise StreamClosed(f"the server reset the stream (HTTP/2 error code {_HEADER.unpack(payload)[0]})")
+        elif kind == GOAWAY:
+            code = _HEADER.unpack_from(payload, 4)[0]
+            raise StreamClosed(f"the server closed the connection (GOAWAY, error code {code}): {payload[8:].decode(errors='replace')}")
+
+    def _closed(self, exc: StreamClosed) -> None:
+        if self.closed is None:
+            self.closed = exc
+        self.window_open.set()
+        self.sock.close()
+        self.on_close(self.closed)
+
+
+def _status(headers: dict[str, str]) -> str:
+    """The end of a call as text: gRPC status and message (or the HTTP status of a non-gRPC answer)."""
+    status, message = headers.get("grpc-status"), headers.get("grpc-message")
+    if status is None:
+        return f"the server ended the call without a gRPC status (HTTP {headers.get(':status')})"
+    return f"gRPC status {status}" + (f": {message}" if message else "")
+
+
+def unary(target: str, path: str, message: bytes, timeout: float) -> bytes:
+    """One unary gRPC call (e.g. ModelConfig): the response message, or StreamClosed with the status."""
+    answer: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+    def closed(exc: StreamClosed) -> None:
+        if not answer.ready():
+            answer.set_exception(exc)
+
+    call = GrpcStream(target, path, timeout, lambda _t, data: answer.set(data), closed)
+    try:
+        call.send(message, last=True)
+        return answer.get(timeout=timeout)
+    finally:
+        call.close()

@@ -1,0 +1,110 @@
+"""Output folders: --force replaces only tritongen's own folders; leftovers of killed runs go."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from generator.cli import app
+from generator.errors import TritongenError
+from generator.fsutil import MARKER, atomic_dir, remove_leftovers
+from generator.repo.render import render_repository
+from helpers import small_spec
+
+
+def _write(target: Path, force: bool = False, **kw) -> None:
+    with atomic_dir(target, force=force, **kw) as tmp:
+        (tmp / "out.txt").write_text("new")
+
+
+def test_force_replaces_a_folder_tritongen_wrote(tmp_path):
+    target = tmp_path / "out"
+    _write(target)
+    assert (target / MARKER).is_file()
+    (target / "out.txt").write_text("changed by a later run")
+    _write(target, force=True)
+    assert (target / "out.txt").read_text() == "new"
+
+
+def test_force_never_replaces_a_folder_tritongen_did_not_write(tmp_path):
+    target = tmp_path / "photos"
+    target.mkdir()
+    (target / "holiday.jpg").write_text("precious")
+    with pytest.raises(TritongenError, match="only a folder tritongen wrote.*no .tritongen-output marker"):
+        _write(target, force=True)
+    assert (target / "holiday.jpg").read_text() == "precious"
+
+
+def test_force_never_replaces_files_added_to_tritongen_output(tmp_path):
+    target = tmp_path / "out"
+    _write(target)
+    (target / "notes.md").write_text("mine")
+    with pytest.raises(TritongenError, match="files tritongen did not write there: notes.md"):
+        _write(target, force=True)
+    assert (target / "notes.md").read_text() == "mine"
+
+
+def test_force_never_replaces_a_path_the_spec_names(tokenizer_weights_dir, tmp_path):
+    """The spec's model folder lives inside a folder tritongen wrote: rendering over it must refuse."""
+    art = tmp_path / "art"
+    _write(art)  # a marked folder, so only the spec check can refuse
+    spec = small_spec(tokenizer_weights_dir, art)
+    assert spec.model_dir == art / "model"
+    with pytest.raises(TritongenError, match="holds the spec's model_dir"):
+        render_repository(spec, art, force=True)
+    with pytest.raises(TritongenError, match="holds the spec's checkpoint_dir"):
+        render_repository(spec, tokenizer_weights_dir, force=True)
+    assert (tokenizer_weights_dir / "config.json").is_file()
+
+
+def test_force_never_replaces_the_working_directory(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    _write(target)
+    monkeypatch.chdir(target)
+    with pytest.raises(TritongenError, match="holds the working directory"):
+        _write(tmp_path / "out", force=True)
+
+
+def test_render_cli_force_refuses_a_user_folder(tokenizer_weights_dir, tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(small_spec(tokenizer_weights_dir, tmp_path / "art").to_yaml_dict()))
+    result = CliRunner().invoke(app, ["render", str(spec_file), "-o", str(user), "--force",
+                                      "--set", "serving.engine=cpu-reference"])
+    assert isinstance(result.exception, TritongenError), result.output
+    assert "only a folder tritongen wrote" in str(result.exception)
+    assert (user / "thesis.tex").read_text() == "years of work"
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    target = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".out.tmp-{dead_pid}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("gigabytes")
+    mine = tmp_path / f".out.tmp-{os.getppid()}-live"  # a process still running: maybe writing now
+    mine.mkdir()
+    unrelated = tmp_path / ".other.tmp-1-x"
+    unrelated.mkdir()
+    _write(target)
+    assert not stale.exists()
+    assert mine.exists() and unrelated.exists()
+    assert remove_leftovers(target) == []
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "half").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []

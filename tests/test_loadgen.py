@@ -1,0 +1,206 @@
+"""The load generator's lean parts: its own gRPC-over-HTTP/2 transport, payload decoding after the hot path,
+token counts after the run, worker counts and the recorded ceiling.
+
+The transport is checked against a real tritonserver (server tests); the decoders get real Triton protobuf
+messages and the JSON Triton's generate endpoints send.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from hpack import Decoder
+from tritonclient.grpc import service_pb2
+
+from generator.measure.ceiling import TARGET_SHARE, capacity, loadgen_plan, recorded_ceiling, workers_for
+from generator.measure.records import count_client_tokens
+from generator.measure.runner import resolve_workers
+from generator.resources import loadtest_dir
+
+sys.path.insert(0, str(loadtest_dir()))
+import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
+import grpcwire  # noqa: E402
+from prompts import Prompt  # noqa: E402
+
+
+def infer_response(rid: str, outputs: list[tuple[str, str, bytes]]) -> service_pb2.ModelInferResponse:
+    resp = service_pb2.ModelInferResponse(model_name="ensemble", id=rid)
+    for name, datatype, raw in outputs:
+        resp.outputs.add(name=name, datatype=datatype, shape=[1, 1])
+        resp.raw_output_contents.append(raw)
+    return resp
+
+
+def strings(*items: bytes) -> bytes:
+    return b"".join(len(b).to_bytes(4, "little") + b for b in items)
+
+
+def exchange(decode) -> clients.Exchange:
+    return clients.Exchange("run-0-0", clients.new_record("grpc-stream", "ensemble", 0, 0, Prompt(0, "hi", 3, 1),
+                                                          False, 1000), decode)
+
+
+def test_request_headers_are_valid_hpack():
+    block = grpcwire.request_headers("127.0.0.1:8001", "/inference.GRPCInferenceService/ModelStreamInfer")
+    assert Decoder().decode(block) == [
+        (":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelStreamInfer"),
+        (":authority", "127.0.0.1:8001"), ("content-type", "application/grpc"), ("te", "trailers"),
+    ]
+
+
+@pytest.mark.parametrize("rid", ["a-1", "x" * 300])
+def test_request_id_appended_to_a_serialized_request(rid):
+    body = service_pb2.ModelInferRequest(model_name="ensemble", id="").SerializeToString()
+    req = service_pb2.ModelInferRequest.FromString(clients.with_id(body, rid))
+    assert (req.model_name, req.id) == ("ensemble", rid)
+
+
+def test_grpc_payloads_decoded_after_the_run():
+    """Texts per response (BYTES elements joined, a cut character as U+FFFD as before), output tokens summed,
+    other figures kept; a response without text (the empty final) drops out with its timestamp."""
+    ex = exchange(clients.decode_infer_responses)
+    payloads = [
+        infer_response("r", [("text_output", "BYTES", strings(b" he", b"llo")), ("num_output_tokens", "INT32", (2).to_bytes(4, "little")),
+                             ("arrival_time_ns", "UINT64", (7).to_bytes(8, "little"))]),
+        infer_response("r", [("text_output", "BYTES", strings("é".encode()[:1])), ("num_output_tokens", "INT32", (1).to_bytes(4, "little"))]),
+        infer_response("r", []),
+    ]
+    for t, p in zip((2000, 3000, 3500), payloads):
+        ex.resp_ns.append(t)
+        ex.payloads.append(p)
+    ex.end_ns = 3500
+    rec = ex.finish()
+    assert rec["resp_text"] == [" hello", "\ufffd"]
+    assert rec["resp_ns"] == [2000, 3000]
+    assert rec["server"] == {"num_output_tokens": 3, "arrival_time_ns": 7}
+    assert rec["error"] is None and rec["end_ns"] == 3500
+
+
+def test_sse_payloads_decoded_after_the_run():
+    texts, server, error = clients.decode_json([
+        b'data: {"text_output": "a", "num_output_tokens": 1, "first_token_time_ns": 0}\n',
+        b'data: {"text_output": ["b", "c"], "num_output_tokens": [2]}\n',
+        b'data: {"error": "engine failed"}\n',
+        b'data: {"text_output": "never read"}\n',
+    ])
+    assert texts == ["a", "bc"] and server == {"num_output_tokens": 3} and error == "engine failed"
+    ex = exchange(clients.decode_json)
+    ex.resp_ns, ex.payloads = [5, 6], [b'{"text_output": "x"}', b'data: {"error": "late"}\n']
+    rec = ex.finish()
+    assert rec["error"] == "late" and rec["resp_ns"] == [5] and rec["resp_text"] == ["x"]
+
+
+def test_client_token_counts_filled_after_the_run():
+    requests = [{"resp_text": ["a b", " c"]}, {"resp_text": ["x"], "error": "boom"}, {"resp_text": ["y"], "output_tokens": 9}]
+    count_client_tokens(requests, lambda text: len(text.split()))
+    assert [r.get("output_tokens") for r in requests] == [3, None, 9]
+
+
+def test_workers_auto_is_one_per_core():
+    assert resolve_workers("auto", 8) == 8
+    assert resolve_workers("auto", 1) == 0  # one core: a single process, no master
+    assert resolve_workers(3, 8) == 3
+
+
+def test_ceiling_sizes_the_workers():
+    ceiling = recorded_ceiling()
+    assert ceiling.responses_per_core_s > 0 and "bench/sidebyside.py" in ceiling.command
+    per_process = ceiling.responses_per_core_s * TARGET_SHARE
+    assert workers_for(per_process, ceiling) == 1
+    assert workers_for(per_process * 2.5, ceiling) == 3
+    plan = loadgen_plan(10.0, 500, "auto", ceiling)
+    assert plan["target_tokens_per_s"] == 5000 and plan["processes_needed"] == workers_for(5000, ceiling)
+    assert loadgen_plan(None, 500, 0, ceiling)["processes_needed"] is None
+    procs = [{"responses": int(per_process * 10), "cpu_s": 9.0, "wall_s": 10.0}]
+    cap = capacity(procs + [dict(procs[0])], ceiling)
+    assert cap.processes == 2 and cap.processes_needed == 2 and cap.advice is None
+    cap = capacity([{"responses": int(per_process * 30), "cpu_s": 9.0, "wall_s": 10.0}], ceiling)
+    assert cap.processes_needed == 3 and "--workers 3" in cap.advice
+    assert cap.responses_per_core_s == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
+    assert capacity([{"cpu_s": 1.0, "wall_s": 1.0}], ceiling) is None  # records of an older load generator
+
+
+@pytest.mark.server
+def test_grpc_wire_against_a_real_server(cpu_server):
+    """A unary ModelConfig call, then one streamed request over the multiplexed call: every response routed by
+    id with a timestamp, exactly max_tokens tokens; an error response for an unknown model routed too."""
+    host = f"grpc://{cpu_server.grpc_url}"
+    info = clients.model_info(host, "ensemble", 60)
+    assert "text_input" in info.inputs and info.tokenizer_dir
+    client = clients.GrpcLLMClient(host, info, 60)
+    try:
+        ex = exchange(client.decode)
+        client.generate(ex, Prompt(0, "hello world", 8, 2))
+        rec = ex.finish()
+        assert rec["error"] is None and rec["exact_length"]
+        assert rec["server"]["num_output_tokens"] == 8
+        assert rec["sent_ns"] <= rec["resp_ns"][0] and rec["resp_ns"] == sorted(rec["resp_ns"]) and rec["end_ns"] >= rec["resp_ns"][-1]
+        assert "".join(rec["resp_text"])
+        assert not client.waiting
+    finally:
+        client.close()
+    missing = clients.GrpcLLMClient(host, clients.ModelInfo({"name": "no_such_model", "input": []}, None), 60)
+    try:
+        ex = exchange(missing.decode)
+        missing.generate(ex, Prompt(0, "hello", 2, 1))
+        assert "no_such_model" in ex.finish()["error"]
+    finally:
+        missing.close()
+
+
+def test_grpc_wire_framing_edge_cases():
+    """What a real server rarely shows: a message split over frames and reads, padded DATA, settings and pings
+    to acknowledge, a window to wait for, and trailers that end the call with a status."""
+    import gevent
+    from gevent import socket
+
+    from hpack import Encoder
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    got, closed, peer_saw = [], [], []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        data = b""
+        while len(data) < 24 + 9:
+            data += conn.recv(65536)
+        message = b"\x00" + (10).to_bytes(4, "big") + b"0123456789"
+        conn.sendall(grpcwire.frame(grpcwire.SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + (5).to_bytes(4, "big")))
+        conn.sendall(grpcwire.frame(grpcwire.PING, 0, 0, b"12345678"))
+        conn.sendall(grpcwire.frame(grpcwire.DATA, 0, 1, message[:7]))
+        gevent.sleep(0.05)  # the rest in another read
+        padded = bytes([2]) + message[7:] + b"\x00\x00"
+        conn.sendall(grpcwire.frame(grpcwire.DATA, grpcwire.PADDED, 1, padded))
+        gevent.sleep(0.05)
+        first = grpcwire.frame(grpcwire.DATA, 0, 1, b"\x00\x00\x00\x00\x05")
+        data = b""
+        while first not in data:  # the client sent what the window of 5 allows, and waits
+            data += conn.recv(65536)
+        conn.sendall(grpcwire.frame(grpcwire.WINDOW_UPDATE, 0, 1, (100).to_bytes(4, "big")))
+        while b"hello" not in data:
+            data += conn.recv(65536)
+        peer_saw.append(data)
+        gevent.sleep(0.05)
+        trailers = Encoder().encode([("grpc-status", "3"), ("grpc-message", "bad input")])
+        conn.sendall(grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS | grpcwire.END_STREAM, 1, trailers))
+        gevent.sleep(0.1)
+        conn.close()
+
+    server = gevent.spawn(peer)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5,
+                                 lambda t, m: got.append((t, m)), closed.append)
+    gevent.sleep(0.2)
+    stream.send(b"hello")  # 10 bytes with the prefix, the window is 5: the rest waits for the update
+    server.join(timeout=5)
+    gevent.sleep(0.1)
+    assert [m for _, m in got] == [b"0123456789"] and got[0][0] > 0
+    frames = peer_saw[0]
+    assert grpcwire.frame(grpcwire.SETTINGS, grpcwire.ACK, 0) in frames
+    assert grpcwire.frame(grpcwire.PING, grpcwire.ACK, 0, b"12345678") in frames
+    assert frames.endswith(grpcwire.frame(grpcwire.DATA, 0, 1, b"hello"))  # the rest after the window update
+    assert [str(c) for c in closed] == ["gRPC status 3: bad input"]
+    stream.close()
+    listener.close()

@@ -1,0 +1,87 @@
+"""Child process groups: stop() returns only when every process is gone; a killed tritongen leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from generator.errors import TritongenError
+from generator.procs import ChildGroup, child_env, group_members
+
+# A parent that ignores SIGTERM with a grandchild that ignores it too: only SIGKILL ends them.
+_STUBBORN = ["sh", "-c", "trap '' TERM; sh -c \"trap '' TERM; sleep 600\" & sleep 600"]
+
+
+def _wait_members(group: ChildGroup, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(group.alive()) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_stop_returns_only_when_the_whole_group_is_gone():
+    group = ChildGroup()
+    group.start(_STUBBORN)
+    _wait_members(group, 3)
+    pgid = group.pgid
+    assert len(group_members(pgid)) >= 3
+    group.stop(timeout_s=0.2)
+    assert group_members(pgid) == []  # straight after return: no race with the kernel
+
+
+def test_stop_names_a_process_that_survives(monkeypatch):
+    group = ChildGroup()
+    group.start(["sleep", "600"])
+    _wait_members(group, 1)
+    real = group.signal
+    monkeypatch.setattr(group, "signal", lambda sig: None)  # as if SIGKILL could not land (state D)
+    with pytest.raises(TritongenError, match=r"survived SIGKILL: \d+ \(sleep"):
+        group.stop(timeout_s=0.1, settle_s=0.2)
+    real(signal.SIGKILL)
+    group.procs[0].wait(timeout=30)
+
+
+_LAUNCHER = """
+import sys, subprocess
+from pathlib import Path
+from generator.procs import ChildGroup
+
+group = ChildGroup(cleanup=[Path(sys.argv[1])])
+group.start({cmd!r})
+print(group.pgid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_parent_leaves_no_process_and_no_work_folder(tmp_path):
+    """SIGKILL gives no chance to clean up: the guard ends the group (SIGKILL after the grace) and
+    removes the work folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "admin-key").write_text("x")
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER.format(cmd=_STUBBORN), str(work)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    pgid = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 30
+    while len(group_members(pgid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(group_members(pgid)) >= 3
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while (group_members(pgid) or work.exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(pgid) == []
+    assert not work.exists()
+
+
+def test_children_get_no_secrets():
+    env = child_env({"PATH": "/bin", "HOME": "/h", "LC_ALL": "C", "HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "k",
+                     "TRITONGEN_ADMIN_KEY": "admin", "GITHUB_TOKEN": "g"}, PYTHONUNBUFFERED="1")
+    assert env == {"PATH": "/bin", "HOME": "/h", "LC_ALL": "C", "PYTHONUNBUFFERED": "1"}
