@@ -324,6 +324,7 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
         "engine_dir": str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
         **extra,
         "spec": spec.to_yaml_dict(),
+        "spec_base_dir": str(spec.base_dir),
     }
 
 

@@ -131,7 +131,10 @@ def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: _Report) -
     if not isinstance(manifest.get("spec"), dict):
         return None
     try:
-        return spec_from_dict(manifest["spec"], source=str(repo / MANIFEST))
+        # Relative spec paths resolve against the spec file's folder, as they did when rendering.
+        base = manifest.get("spec_base_dir")
+        return spec_from_dict(manifest["spec"], base_dir=Path(base) if isinstance(base, str) else Path("."),
+                              source=str(repo / MANIFEST))
     except TritongenError as exc:
         report.add(repo / MANIFEST, None, f"recorded spec is invalid: {exc.message}", "re-render from a valid spec")
         return None

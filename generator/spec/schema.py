@@ -297,9 +297,10 @@ class TopologySpec(_Section):
     """Where the model runs: GPUs per node, nodes, data-parallel copies. Tensor and pipeline parallel
     sizes are build.tp_size and build.pp_size (one model instance spans tp_size x pp_size GPUs)."""
 
-    gpus_per_node: int = Field(1, ge=1, le=16)
+    gpus_per_node: Optional[int] = Field(None, ge=1, le=16)
     """GPUs on each node (one pod per node). An instance of tp_size x pp_size GPUs either fits in one
-    node or spans whole nodes (tp_size x pp_size a multiple of gpus_per_node)."""
+    node or spans whole nodes (tp_size x pp_size a multiple of gpus_per_node). None: exactly what one
+    node's instances need, tp_size x pp_size x instances_per_node."""
 
     nodes: int = Field(1, ge=1, le=64)
     """Nodes the deployment uses. Instances that fit in a node: one independent server per node.
