@@ -88,7 +88,8 @@ def test_serve_scenario(path, request, tmp_path):
         out.mkdir()
         load_spec = with_overrides(spec, [f"loadtest.{k}={v}" for k, v in expect["loadtest"]["set"].items()])
         results = run_loadtest(load_spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                               metrics_url=server.metrics_url, title=scenario["name"]).results
+                               metrics_url=server.metrics_url, title=scenario["name"],
+                               admin_key=server.admin_key).results
     assert results.counts.errors == expect["loadtest"]["errors"]
     assert results.counts.ok >= expect["loadtest"]["min_ok"]
     assert results.checks.failed_requests == 0
