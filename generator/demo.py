@@ -195,7 +195,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
     def smoke(engine: str) -> Callable[[], str]:
         def step() -> str:
-            from generator.serve.smoke import run_smoke
+            from generator.serve.smoke_run import run_smoke
 
             server = state["server"]
             report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],

@@ -18,7 +18,7 @@ import gevent.event
 from geventhttpclient import HTTPClient
 
 from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, request_inputs
-from generator.serve.client import dialect_for_inputs
+from generator.serve.dialect import dialect_for_inputs
 from grpcwire import GrpcStream, StreamClosed, unary
 from prompts import Prompt
 

@@ -87,6 +87,28 @@ def llmapi_server(llmapi_repo_dir, work_dir):
 
 
 @pytest.fixture(scope="session")
+def smoke_cli(work_dir):
+    """``smoke_cli(server)``: ``tritongen smoke --url ... --json`` against a running server, run once per server
+    per test run (the smoke tests and the scenarios read the same run): (finished command, JSON report)."""
+    import json
+    import subprocess
+    import sys
+
+    runs: dict[str, tuple] = {}
+
+    def smoke(server):
+        if server.http_url not in runs:
+            report = work_dir / f"smoke-{len(runs)}.json"
+            proc = subprocess.run([str(Path(sys.executable).with_name("tritongen")), "smoke", "--url", server.http_url,
+                                   "--grpc-url", server.grpc_url, "--admin-key", server.admin_key, "--json", str(report)],
+                                  capture_output=True, text=True, timeout=600)
+            runs[server.http_url] = (proc, json.loads(report.read_text()) if report.is_file() else None)
+        return runs[server.http_url]
+
+    return smoke
+
+
+@pytest.fixture(scope="session")
 def tokenizer_weights_dir(tmp_path_factory) -> Path:
     """A weights folder with just a small word-level tokenizer and a config.json.
 

@@ -22,8 +22,9 @@ import pytest
 from generator.resources import model_repo_dir
 
 ENGINE_DIR = model_repo_dir() / "tensorrt_llm_cpu" / "1"
-if str(ENGINE_DIR) not in sys.path:
-    sys.path.append(str(ENGINE_DIR))  # appended: the folder's model.py must not shadow anything
+for _folder in (ENGINE_DIR, model_repo_dir() / "_shared"):  # render copies _shared/ next to the engine
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))  # appended: the folder's model.py must not shadow anything
 
 import trtllm_io  # noqa: E402
 from trtllm_io import GenerationRequest, RequestError, SamplingParams  # noqa: E402
@@ -37,6 +38,7 @@ class ListSink:
     def __init__(self):
         self.responses: list = []
         self.errors: list[str] = []
+        self.kinds: list[str] = []
         self.finals = 0
         self.cancelled = False
         self.done = threading.Event()
@@ -48,8 +50,9 @@ class ListSink:
             self.finals += 1
             self.done.set()
 
-    def send_error(self, message, final):
-        self.errors.append(message)
+    def send_error(self, error, final):
+        self.errors.append(str(error))
+        self.kinds.append(type(error).__name__)
         if final:
             self.finals += 1
             self.done.set()
@@ -172,8 +175,19 @@ def test_parse_request_ignores_what_the_preprocessing_always_sends():
         ({"return_generation_logits": [True]}, "logits"),
         ({"lora_task_id": np.array([1], np.uint64)}, "LoRA"),
         ({"draft_input_ids": np.array([[1, 2]], np.int32)}, "speculative"),
-        ({"runtime_top_p": np.array([1.5], np.float32)}, "runtime_top_p"),
-        ({"temperature": np.array([-1.0], np.float32)}, "temperature"),
+        ({"runtime_top_p": np.array([1.5], np.float32)}, r"runtime_top_p \(top_p\) must be in \(0, 1\]"),
+        ({"runtime_top_p": np.array([np.nan], np.float32)}, "runtime_top_p"),
+        ({"temperature": np.array([-1.0], np.float32)}, r"temperature must be a finite number \(>= 0\)"),
+        ({"temperature": np.array([np.inf], np.float32)}, "temperature"),
+        ({"temperature": np.array([np.nan], np.float32)}, "temperature"),
+        ({"repetition_penalty": np.array([0.0], np.float32)}, r"repetition_penalty must be a finite number \(> 0\)"),
+        ({"presence_penalty": np.array([-np.inf], np.float32)}, "presence_penalty must be a finite number"),
+        ({"frequency_penalty": np.array([np.nan], np.float32)}, "frequency_penalty"),
+        ({"len_penalty": np.array([-1.0], np.float32)}, r"len_penalty \(length_penalty\)"),
+        ({"beam_search_diversity_rate": np.array([-1.0], np.float32)}, "beam_search_diversity_rate"),
+        ({"runtime_top_k": np.array([-1], np.int32)}, r"runtime_top_k \(top_k\) must be >= 0"),
+        ({"min_tokens": np.array([-1], np.int32)}, "min_tokens must be >= 0"),
+        ({"embedding_bias": np.array([[0.0, np.inf]], np.float32)}, "embedding_bias must hold finite numbers"),
     ],
 )
 def test_parse_request_refuses_what_it_cannot_do(extra, message):
@@ -202,22 +216,45 @@ def test_response_tensors_have_the_cpp_backend_shapes():
 # ---------------------------------------------------------------- settings and KV sizing
 
 
-def test_settings_skip_unset_parameters_and_check_values():
+def parameters_of(spec) -> dict[str, str]:
+    """The tensorrt_llm parameters render writes for ``spec`` (planned, no file written), as the engine reads them."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from generator.repo.render import plan_repository
+    from model_common import parameters
+
+    text = plan_repository(spec).files["tensorrt_llm/config.pbtxt"]
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return parameters({"parameters": {k: {"string_value": v.string_value} for k, v in config.parameters.items()}})
+
+
+def rendered_parameters(weights, *overrides: str) -> dict[str, str]:
+    """The parameters of a test-sized cpu-reference spec."""
+    from helpers import small_spec
+
+    return parameters_of(small_spec(weights, weights.parent / "artifacts", "serving.engine=cpu-reference", *overrides))
+
+
+def test_settings_come_from_the_rendered_parameters_only(tmp_path):
     from cpu_engine import EngineSettings
 
-    s = EngineSettings.from_parameters(
-        {"gpt_model_path": "/w", "tokens_per_block": "32", "max_tokens_in_paged_kv_cache": "${max_tokens}",
-         "enable_kv_cache_reuse": "true", "cpu_threads": ""}, max_batch_size=8)
-    assert (s.tokens_per_block, s.max_tokens_in_paged_kv_cache, s.enable_kv_cache_reuse, s.cpu_threads) == (
-        32, None, True, None)
-    assert s.max_batch_size == 8 and s.guaranteed_no_evict
+    params = rendered_parameters(tmp_path / "w", "serving.exclude_input_in_output=true", "serving.cpu_max_batch_tokens=64")
+    s = EngineSettings.from_parameters(params, max_batch_size=8)
+    # the spec's values, not defaults of the engine's own (exclude_input_in_output was once False here)
+    assert (s.tokens_per_block, s.max_num_tokens, s.max_seq_len, s.exclude_input_in_output) == (16, 512, 320, True)
+    assert (s.cpu_max_batch_tokens, s.batch_tokens, s.max_queue_size) == (64, 64, 64)
+    assert s.max_tokens_in_paged_kv_cache is None and s.cpu_threads is None and s.max_batch_size == 8
+    for missing in ("exclude_input_in_output", "max_seq_len", "cpu_max_batch_tokens", "gpt_model_path"):
+        with pytest.raises(ValueError, match=f"'{missing}' is not set"):
+            EngineSettings.from_parameters({k: v for k, v in params.items() if k != missing}, 1)
     with pytest.raises(ValueError, match="batch_scheduler_policy"):
-        EngineSettings.from_parameters({"gpt_model_path": "/w", "batch_scheduler_policy": "static"}, 1)
-    with pytest.raises(ValueError, match="gpt_model_path"):
-        EngineSettings.from_parameters({}, 1)
+        EngineSettings.from_parameters({**params, "batch_scheduler_policy": "static"}, 1)
+    with pytest.raises(ValueError, match="'tokens_per_block': 'x' is not an integer"):
+        EngineSettings.from_parameters({**params, "tokens_per_block": "x"}, 1)
 
 
-def test_kv_blocks_follow_tensorrt_llm_sizing(qwen3_8b_config):
+def test_kv_blocks_follow_tensorrt_llm_sizing(qwen3_8b_config, tmp_path):
     from transformers import AutoConfig
 
     from cpu_engine import EngineSettings, kv_bytes_per_block, resolve_num_blocks
@@ -227,11 +264,34 @@ def test_kv_blocks_follow_tensorrt_llm_sizing(qwen3_8b_config):
     # Qwen3-8B: 36 layers x 8 KV heads x 128 dims x K and V x 2 bytes = 147,456 B per token in BF16
     assert kv_bytes_per_block(config, "bfloat16", 1) == 147_456
     per_block = kv_bytes_per_block(config, "bfloat16", 64)
-    s = EngineSettings(weights_dir="/w", tokens_per_block=64, cpu_kv_cache_mib=4096, kv_cache_free_gpu_mem_fraction=0.5)
+    params = rendered_parameters(tmp_path / "w", "build.tokens_per_block=64", "serving.cpu_kv_cache_mib=4096",
+                                 "serving.kv_cache_free_gpu_mem_fraction=0.5", "build.max_batch_size=64")
+    s = EngineSettings.from_parameters(params, 64)
     assert resolve_num_blocks(s, per_block)[0] == int(0.5 * 4096 * 2**20 // per_block)
-    capped = EngineSettings(weights_dir="/w", tokens_per_block=64, cpu_kv_cache_mib=4096,
-                            max_tokens_in_paged_kv_cache=1000)
+    capped = EngineSettings.from_parameters({**params, "max_tokens_in_paged_kv_cache": "1000"}, 64)
     assert resolve_num_blocks(capped, per_block)[0] == math.ceil(1000 / 64)  # the smaller limit wins
+    # never more than max_batch_size sequences of max_seq_len (320 tokens: 5 blocks, +1 each) can use
+    few = EngineSettings.from_parameters(params, 2)
+    assert resolve_num_blocks(few, per_block) == (2 * 6, "max_batch_size 2 x max_seq_len 320")
+
+
+def test_working_memory_at_the_spec_defaults_stays_small(tiny_model_dir, tmp_path):
+    """Finding 9: at the spec's default limits the dense attention mask of transformers' continuous batching
+    (batch tokens x (cache tokens + batch tokens) values) took 4 GB for the 2.6 M-parameter tiny model."""
+    from transformers import AutoConfig
+
+    from cpu_engine import EngineSettings, kv_bytes_per_block, resolve_num_blocks, working_memory
+    from generator.spec import load_spec
+
+    spec = load_spec(None, [f"artifacts.dir={tmp_path}", f"artifacts.checkpoint_dir={tiny_model_dir}",
+                            "serving.engine=cpu-reference"])
+    s = EngineSettings.from_parameters(parameters_of(spec), spec.triton_max_batch_size)
+    per_block = kv_bytes_per_block(AutoConfig.from_pretrained(tiny_model_dir), s.dtype, s.tokens_per_block)
+    blocks, _ = resolve_num_blocks(s, per_block)
+    memory = working_memory(s, per_block, blocks)
+    uncapped = s.max_num_tokens * (blocks * s.tokens_per_block + s.max_num_tokens) * 4
+    assert uncapped > 3 * 2**30  # what max_batch_tokens = max_num_tokens (8192) allocated before
+    assert memory["attention_mask"] < 300 * 2**20 and sum(memory.values()) < 600 * 2**20
 
 
 # ---------------------------------------------------------------- token selection
@@ -260,19 +320,40 @@ def test_select_token_semantics():
     assert token in (1, 4) and log_prob < 0
 
 
+def test_select_token_stays_finite_at_the_edges_of_tensorrt_llm_ranges():
+    """Finding 1: temperature 1e-38 (valid: >= 0) divided float32 logits into inf and NaN probabilities."""
+    import torch
+
+    from cpu_sampling import select_token
+
+    logits = torch.tensor([0.0, 3.0, 2.0, 1.0, 2.9])
+    gen = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(top_k=5, temperature=1e-38), SamplingParams(top_p=0.9, temperature=1e-45),
+                   SamplingParams(top_k=3, repetition_penalty=1e-38), SamplingParams(top_k=3, presence_penalty=3e38),
+                   SamplingParams(top_k=5, embedding_bias=(3e38, -3e38, 3e38), temperature=1e-38)):
+        token, log_prob = select_token(logits, params, [1, 2], 2, gen)
+        assert 0 <= token < 5 and math.isfinite(log_prob), params
+    # the limit of temperature -> 0 is greedy
+    assert select_token(logits, SamplingParams(top_k=5, temperature=1e-38), [], 0, gen)[0] == 1
+    everything_banned = SamplingParams(top_k=5, bad_words=tuple((t,) for t in range(5)))
+    with pytest.raises(ValueError, match="no token is left"):
+        select_token(logits, everything_banned, [], 0, gen)
+
+
 # ---------------------------------------------------------------- the engine on the tiny model
 
 
 @pytest.fixture(scope="module")
-def engine_factory(tiny_model_dir):
+def engine_factory(tiny_model_dir, tmp_path_factory):
     from cpu_engine import CpuEngine, EngineSettings, load_model
 
     engines = []
+    base = rendered_parameters(tmp_path_factory.mktemp("engine") / "w", "build.max_input_len=128",
+                               "build.max_output_len=96", "build.max_num_tokens=256",
+                               "serving.max_tokens_in_paged_kv_cache=4096", "serving.exclude_input_in_output=false")
 
     def make(**params):
-        values = {"gpt_model_path": str(tiny_model_dir), "tokens_per_block": str(TPB), "max_num_tokens": "256",
-                  "max_input_len": "128", "max_seq_len": "224", "dtype": "float32",
-                  "max_tokens_in_paged_kv_cache": "4096"}
+        values = {**base, "gpt_model_path": str(tiny_model_dir)}
         values.update({k: str(v) for k, v in params.items()})
         max_batch = int(values.pop("max_batch_size", 8))
         settings = EngineSettings.from_parameters(values, max_batch)
@@ -485,6 +566,42 @@ def test_engine_survives_a_failing_step(engine_factory, prompts):
     [ok] = run(fragile, make_request(prompts[0], 4))  # the generation loop was restarted
     assert not ok.errors and len(ok.tokens()) == 4
     assert fragile.kv_blocks_in_use() == 0
+
+
+def test_a_request_whose_sampling_fails_fails_alone(engine, prompts):
+    """Finding 1: one row that cannot be sampled used to stop the batch-wide step and fail every request in it."""
+    innocent = [make_request(p, 24) for p in prompts] + [make_request(prompts[0], 24, streaming=True)]
+    banned = make_request(prompts[1], 4, sampling=SamplingParams(top_k=5, bad_words=tuple(
+        (t,) for t in range(engine.vocab_size))))
+    sinks = []
+    for request in innocent[:3] + [banned] + innocent[3:]:
+        sinks.append(ListSink())
+        engine.submit([request], sinks[-1], arrival_ns=time.perf_counter_ns())
+    for sink in sinks:
+        sink.wait()
+    failed = sinks.pop(3)
+    assert failed.kinds == ["ServerFault"] and "no token is left" in failed.errors[0] and not failed.responses
+    for request, sink in zip(innocent, sinks):
+        assert not sink.errors
+        assert sink.tokens() == greedy_reference(engine.model, request.input_ids, 24)
+    assert engine.kv_blocks_in_use() == 0
+
+
+def test_queue_is_bounded_and_refusal_says_busy(engine_factory, prompts):
+    from model_common import ServerBusy
+
+    small = engine_factory(max_batch_size=1, max_queue_size=2)
+    sinks = [ListSink() for _ in range(3)]
+    refused = 0
+    for sink in sinks + [ListSink()]:
+        try:
+            small.submit([make_request(prompts[0], 90)], sink, arrival_ns=0)
+        except ServerBusy as exc:
+            refused += 1
+            assert "max_queue_size 2" in str(exc)
+    assert refused == 1  # one running and two waiting fit; the fourth is refused at once
+    for sink in sinks:
+        assert not sink.wait().errors
 
 
 def test_prefix_reuse_counts_reused_blocks(engine_factory, engine, prompts):

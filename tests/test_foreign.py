@@ -79,13 +79,13 @@ def test_import_and_render_round_trip_to_the_same_meaning(official, tmp_path):
 
 
 def test_llmapi_repository_round_trips(gpu_host, tmp_path, qwen3_8b_config, tokenizer_weights_dir):
-    spec_path = init_project(tmp_path, qwen3_8b_config, tokenizer_weights_dir, "build.tp_size=2",
+    spec_path = init_project(tmp_path, qwen3_8b_config, tokenizer_weights_dir, "build.max_num_tokens=4096",
                              "serving.enable_kv_cache_reuse=true", "build.max_batch_size=16")
     write_quantized_checkpoint(load_spec(spec_path))
     cli("render", str(spec_path), "-o", str(tmp_path / "llmapi"), "--set", "serving.engine=llmapi", "--no-gpu")
     (tmp_path / "llmapi" / MANIFEST).unlink()
     result = import_repository(tmp_path / "llmapi")
-    assert result.spec["serving"]["engine"] == "llmapi" and result.spec["build"]["tp_size"] == 2
+    assert result.spec["serving"]["engine"] == "llmapi" and result.spec["build"]["max_num_tokens"] == 4096
     assert result.spec["serving"]["enable_kv_cache_reuse"] is True
     cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"))
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-gpu", "--no-validate")

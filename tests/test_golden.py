@@ -71,7 +71,7 @@ def test_golden_path_per_gpu(gpu_host, tmp_path, qwen3_8b_config, tokenizer_weig
 
 def test_golden_path_tensor_parallel(gpu_host, tmp_path, qwen3_8b_config, tokenizer_weights_dir):
     spec_path = init_project(tmp_path, qwen3_8b_config, tokenizer_weights_dir, "build.gpu=h100-sxm",
-                             "quantization.format=fp8", "build.tp_size=2")
+                             "quantization.format=fp8", "build.tp_size=2", "topology.gpus_per_node=2")
     spec = load_spec(spec_path)
     gpu_host(90)
     cli("build", str(spec_path))

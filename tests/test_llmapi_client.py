@@ -13,7 +13,7 @@ from generator.measure.records import answer_text, request_inputs, request_metri
 from generator.serve.client import (
     ENSEMBLE, LLMAPI, REPLACEMENT, dialect_for_inputs, joined_text, llmapi_inputs, output_scalar, text_delta,
 )
-from generator.serve.smoke import entry_model
+from generator.serve.smoke_run import entry_model
 from generator.serve.smoke_llmapi import extends
 from generator.spec import load_spec
 

@@ -4,11 +4,6 @@ protocols. Figures are asserted for consistency, never for speed."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from generator.measure.runner import read_records, run_loadtest
@@ -17,17 +12,14 @@ from generator.spec import with_overrides
 
 pytestmark = pytest.mark.server
 
-TRITONGEN = str(Path(sys.executable).with_name("tritongen"))
 LLMAPI_CHECKS = ("gRPC streaming", "HTTP generate_stream (SSE)", "stop words honoured", "finish and stop reasons",
                  "perf-metric outputs", "no max_tokens: the LLM API's default", "cancellation by the stop input",
                  "bad request: stop without a request id", "bad request: wrong dtype", "server still serving")
 
 
-def test_smoke_picks_the_llmapi_checks_and_passes_them(llmapi_server, tmp_path):
-    report_file = tmp_path / "smoke.json"
-    run = subprocess.run([TRITONGEN, "smoke", "--url", llmapi_server.http_url, "--grpc-url", llmapi_server.grpc_url,
-                          "--admin-key", llmapi_server.admin_key, "--json", str(report_file)], capture_output=True, text=True, timeout=600)
-    report = json.loads(report_file.read_text())
+def test_smoke_picks_the_llmapi_checks_and_passes_them(llmapi_server, smoke_cli):
+    run, report = smoke_cli(llmapi_server)
+    assert report is not None, run.stderr
     failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
     assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])
     assert report["model"] == "tensorrt_llm" and report["dialect"] == "llmapi"

@@ -15,7 +15,8 @@ import pytest
 from generator.errors import TritongenError
 from generator.measure.records import compare_texts, request_inputs, request_metrics, stream_failures
 from generator.measure.results import ClientVerdict, ProcessHealth, TermOutcome, Verdict
-from generator.measure.runner import Endpoints, locust_commands, locust_options
+from generator.measure.locustconf import locust_commands, locust_options
+from generator.serve.endpoints import Endpoints
 from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, evaluate, parse_slo
 from generator.measure.statistics import summarize
 from generator.measure.verdict import client_verdict

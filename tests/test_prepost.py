@@ -28,6 +28,10 @@ SAMPLES = [
 ]
 
 
+if str(REPO / "_shared") not in sys.path:
+    sys.path.append(str(REPO / "_shared"))  # render copies model_common.py next to each model.py
+
+
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -224,3 +228,77 @@ def test_prompt_bytes_must_be_utf8(preprocessing):
     assert preprocessing._texts(np.array([["café".encode()]], dtype=object), "text_input") == ["café"]
     with pytest.raises(preprocessing.RequestError, match="text_input is not valid UTF-8"):
         preprocessing._texts(np.array([[b"\xff\xfe"]], dtype=object), "text_input")
+
+
+# ---------------------------------------------------------------- postprocessing
+
+
+class _Tensor:
+    def __init__(self, name, value):
+        self._name, self._value = name, np.asarray(value)
+
+    def name(self):
+        return self._name
+
+    def as_numpy(self):
+        return self._value
+
+
+class _Request:
+    """What postprocessing reads of a Triton request: its inputs by name and the client's request id."""
+
+    def __init__(self, request_id, **inputs):
+        self._id, self._inputs = request_id, [_Tensor(k, v) for k, v in inputs.items()]
+
+    def request_id(self):
+        return self._id
+
+    def inputs(self):
+        return self._inputs
+
+
+@pytest.fixture(scope="module")
+def postprocessing(byte_level):
+    sys.path.insert(0, str(_python_backend_dir()))
+    try:
+        module = _load("tritongen_postprocessing", REPO / "postprocessing" / "1" / "model.py")
+    finally:
+        sys.path.remove(str(_python_backend_dir()))
+    model = module.TritonPythonModel()
+    model.tokenizer, model.skip_special_tokens, model.vocab_size = byte_level, True, len(byte_level)
+    model.streams = detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode))
+    return module, model
+
+
+def _chunk(ids, **identity):
+    return {"TOKENS_BATCH": np.array([[ids]], np.int32), "SEQUENCE_LENGTH": np.array([[len(ids)]], np.int32),
+            **identity}
+
+
+def test_streams_with_the_same_client_id_keep_their_own_state(postprocessing, byte_level):
+    """Finding 2: the detokenizer state was keyed by the client's request id, so two clients sending the same
+    id shared held bytes. Now the key is server-made: the engine's arrival time (ensemble) or the BLS's id."""
+    _, model = postprocessing
+    texts = {"a": "Emoji: 😊 done", "b": "東京 and 京都"}
+    ids = {k: byte_level.encode(t, add_special_tokens=False) for k, t in texts.items()}
+    for identity in ({"a": {"ARRIVAL_TIME_NS": [[11]]}, "b": {"ARRIVAL_TIME_NS": [[12]]}},
+                     {"a": {"STREAM_ID": [[b"bls-1"]]}, "b": {"STREAM_ID": [[b"bls-2"]]}}):
+        pieces = {"a": [], "b": []}
+        for i in range(max(len(v) for v in ids.values())):  # interleaved, one token at a time
+            for key in ("a", "b"):
+                if i < len(ids[key]):
+                    pieces[key] += model._texts(_Request("same-id", **_chunk(ids[key][i:i + 1], **identity[key])))
+        for key in ("a", "b"):
+            pieces[key] += model._texts(_Request("same-id", **_chunk([], **identity[key])))  # the final flush
+            assert "".join(pieces[key]) == texts[key]
+        assert len(model.streams) == 0
+
+
+def test_postprocessing_refuses_what_no_engine_sends(postprocessing):
+    module, model = postprocessing
+    with pytest.raises(module.RequestError, match="outside"):
+        model._texts(_Request("", **_chunk([5, 10**6])))
+    with pytest.raises(module.RequestError, match="SEQUENCE_LENGTH"):
+        model._texts(_Request("", TOKENS_BATCH=np.array([[[5, 6]]], np.int32), SEQUENCE_LENGTH=np.array([[9]], np.int32)))
+    # no server-made identity (an engine that does not stamp arrival times): each chunk alone, no state kept
+    assert model._texts(_Request("x", **_chunk([5], ARRIVAL_TIME_NS=[[0]]))) and len(model.streams) == 0

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2
 from generator.repo import render
 from generator.errors import TritongenError
 from generator.fsutil import MARKER
-from generator.repo.render import EXTRA_PARAMETERS, reference_facts, render_repository
+from generator.repo.render import EXTRA_PARAMETERS, EXTRA_TENSORS, reference_facts, render_repository
 from generator.resources import model_repo_dir
 from generator.spec import with_overrides
 from helpers import small_spec
@@ -57,8 +57,11 @@ def test_tensors_match_nvidia_1_2_1(repo_fixture, request):
     for model in MODELS:
         cfg = parse(repo, model)
         assert cfg.name == model
-        assert [tensor_facts(t) for t in cfg.input] == facts[model]["inputs"], model
-        assert [tensor_facts(t) for t in cfg.output] == facts[model]["outputs"], model
+        for section, tensors in (("input", cfg.input), ("output", cfg.output)):
+            extra = EXTRA_TENSORS.get(model, {}).get(section, ())
+            assert [t.name for t in tensors if t.name in extra] == list(extra), model  # tritongen's own, at the end
+            upstream = [tensor_facts(t) for t in tensors if t.name not in extra]
+            assert upstream == facts[model][f"{section}s"], model
         assert cfg.HasField("dynamic_batching") == facts[model]["dynamic_batching"], model
         assert cfg.HasField("model_transaction_policy") == facts[model]["decoupled_policy"], model
         keys = {p for p in cfg.parameters}
@@ -78,10 +81,18 @@ def test_ensemble_exposes_perf_metrics_and_token_counts(cpu_repo):
     assert {"return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens", "exclude_input_in_output",
             "stream", "max_tokens", "text_input"} <= inputs
     recorded = reference_facts()["models"]["ensemble"]["steps"]
+    # tritongen's only changes to upstream's wiring: tensorrt_llm always stamps its arrival time, which
+    # postprocessing keys streams by (a server-made identity; EXTRA_TENSORS)
+    inputs_changed = {"preprocessing": {"RETURN_PERF_METRICS": "return_perf_metrics"},
+                      "tensorrt_llm": {"return_perf_metrics": "_RETURN_PERF_METRICS"},
+                      "postprocessing": {"ARRIVAL_TIME_NS": "arrival_time_ns"}}
+    outputs_changed = {"preprocessing": {"OUT_RETURN_PERF_METRICS": "_RETURN_PERF_METRICS"}}
     for step, want in zip(ens.ensemble_scheduling.step, recorded, strict=True):
         assert step.model_name == want["model_name"]
-        assert dict(step.input_map) == {e["key"]: e["value"] for e in want["input_map"]}
-        assert dict(step.output_map) == {e["key"]: e["value"] for e in want["output_map"]}
+        assert dict(step.input_map) == {**{e["key"]: e["value"] for e in want["input_map"]},
+                                        **inputs_changed.get(step.model_name, {})}
+        assert dict(step.output_map) == {**{e["key"]: e["value"] for e in want["output_map"]},
+                                         **outputs_changed.get(step.model_name, {})}
     trt_step = ens.ensemble_scheduling.step[1]
     assert trt_step.model_name == "tensorrt_llm"
     assert trt_step.output_map["first_token_time_ns"] == "first_token_time_ns"
@@ -105,9 +116,16 @@ def test_cpu_reference_target(cpu_repo):
     assert (repo / "tensorrt_llm" / "1" / "model.py").read_bytes() == src.read_bytes()
     for model in ("preprocessing", "postprocessing", "tensorrt_llm_bls"):
         assert (repo / model / "1" / "model.py").read_bytes() == (model_repo_dir() / model / "1" / "model.py").read_bytes()
+    for model in ("preprocessing", "postprocessing", "tensorrt_llm_bls", "tensorrt_llm"):  # each folder stands alone
+        shared = model_repo_dir() / "_shared" / "model_common.py"
+        assert (repo / model / "1" / "model_common.py").read_bytes() == shared.read_bytes()
     pre = {k: v.string_value for k, v in parse(repo, "preprocessing").parameters.items()}
-    assert pre["tokenizer_dir"] == str(spec.serving_weights_dir)
-    assert pre["apply_chat_template"] == "false"
+    assert pre == {"tokenizer_dir": str(spec.serving_weights_dir), "apply_chat_template": "false",
+                   "max_output_len": "64"}  # only what the model reads
+    post = {k: v.string_value for k, v in parse(repo, "postprocessing").parameters.items()}
+    assert post == {"tokenizer_dir": str(spec.serving_weights_dir), "skip_special_tokens": "true"}
+    bls = {k: v.string_value for k, v in parse(repo, "tensorrt_llm_bls").parameters.items()}
+    assert set(bls) == {"accumulate_tokens", "tensorrt_llm_model_name"}
     for f in repo.rglob("*"):
         if f.is_file() and f.suffix in (".pbtxt", ".json", ".md"):
             assert "${" not in f.read_text(), f

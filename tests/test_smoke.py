@@ -69,11 +69,9 @@ def test_smoke_needs_a_repository_or_an_address():
 
 
 @pytest.mark.server
-def test_smoke_passes_on_the_cpu_repository(cpu_server, tmp_path):
-    report_file = tmp_path / "smoke.json"
-    run = subprocess.run([TRITONGEN, "smoke", "--url", cpu_server.http_url, "--grpc-url", cpu_server.grpc_url,
-                          "--admin-key", cpu_server.admin_key, "--json", str(report_file)], capture_output=True, text=True, timeout=600)
-    report = json.loads(report_file.read_text())
+def test_smoke_passes_on_the_cpu_repository(cpu_server, smoke_cli):
+    run, report = smoke_cli(cpu_server)
+    assert report is not None, run.stderr
     failed = [(c["name"], c["detail"]) for c in report["checks"] if not c["ok"]]
     assert run.returncode == 0 and not failed, (failed, run.stdout[-3000:])
     names = {c["name"] for c in report["checks"]}

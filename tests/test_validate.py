@@ -318,7 +318,7 @@ def test_artifacts_not_built_yet_warn_and_strict_fails(tokenizer_weights_dir, tm
     problems = validate_repository(repo)
     assert {p.severity for p in problems} == {"warning"}
     tok = only(problems, repo / "postprocessing" / "config.pbtxt", "tokenizer_dir")
-    assert "also named by preprocessing, tensorrt_llm, tensorrt_llm_bls" in tok.message  # one warning per folder
+    assert "also named by preprocessing, tensorrt_llm)" in tok.message  # one warning per folder
     trt = repo / "tensorrt_llm" / "config.pbtxt"
     eng = only(problems, trt, "engine folder")
     assert eng.line == line_of(trt, '"gpt_model_path"') and "tritongen build" in eng.fix

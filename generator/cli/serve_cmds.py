@@ -98,8 +98,9 @@ def smoke(
     admin_key: AdminKey = None,
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS; for the LLM-API model also finish/stop reasons, perf metrics, cancellation, default max_tokens); exit 1 on any failure."""
+    from generator.serve.client import check_reachable
     from generator.serve.endpoints import Endpoints
-    from generator.serve.smoke import run_smoke
+    from generator.serve.smoke_run import run_smoke
 
     if (repo_dir is None) == (url is None):
         raise SpecError("give either a repository folder or --url",
@@ -118,7 +119,7 @@ def smoke(
             server.stop()
     else:
         endpoints = Endpoints.from_urls(url, grpc_url)
-        endpoints.check_reachable()
+        check_reachable(endpoints.http_url)
         report = run(endpoints.http_hostport, endpoints.grpc_url, admin_key)
     print_report(report)
     if json_out is not None:

@@ -2,7 +2,7 @@
 
 The package (loadtest/ plus the few generator modules it imports) travels as a ConfigMap; the
 settings are the spec's loadtest section as a locust.conf, made by the same function as
-``tritongen loadtest`` (generator.measure.runner.locust_options). Workers stream their records to the
+``tritongen loadtest`` (generator.measure.locustconf.locust_options). Workers stream their records to the
 master, which writes the one records.jsonl onto the artifacts volume, the same raw records a local
 run writes. Values here, layout in templates/deploy/kubernetes-loadtest.yaml.j2.
 """
@@ -64,7 +64,8 @@ def _key(rel: str) -> str:
 
 
 def loadtest_values(spec: Spec) -> dict:
-    from generator.measure.runner import Endpoints, locust_conf_text, locust_options
+    from generator.measure.locustconf import locust_conf_text, locust_options
+    from generator.serve.endpoints import Endpoints
 
     k, lt = spec.kubernetes, spec.loadtest
     service = f"{k.name}.{k.namespace}.svc"

@@ -101,22 +101,16 @@ class Topology(_Frozen):
         return {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1" if self.spawn_processes else "0"}
 
 
-def gpus_per_node(spec: Spec) -> int:
-    """topology.gpus_per_node, or what one server needs on one node when it is not given."""
-    t = spec.topology
-    return t.gpus_per_node or spec.build.tp_size * spec.build.pp_size * t.instances_per_node
-
-
 def topology_refusals(spec: Spec, target: EngineTarget, shape: Any = None, gpu: Any = None) -> list[str]:
     """Every reason this topology cannot run, each naming the numbers (empty when it fits)."""
-    b, t = spec.build, spec.topology.model_copy(update={"gpus_per_node": gpus_per_node(spec)})
+    b, t = spec.build, spec.topology
     tp, pp = b.tp_size, b.pp_size
     ranks = tp * pp
+    gpn = gpus_per_node(spec)
     out: list[str] = []
     gpu_target = target is EngineTarget.tensorrtllm or target is EngineTarget.llmapi and gpu is not None
     if target is EngineTarget.cpu_reference or (target is EngineTarget.llmapi and gpu is None):
-        # The LLM-API stand-in keeps tp/pp in model.yaml for the GPU host and serves with one engine process.
-        if ranks > 1 and target is EngineTarget.cpu_reference:
+        if ranks > 1:
             out.append(f"build.tp_size {tp} x build.pp_size {pp} = {ranks} ranks, but the CPU reference engine runs "
                        "one process per instance: keep tp_size=1 and pp_size=1, or render for a GPU target")
         if t.nodes > 1:
@@ -126,35 +120,34 @@ def topology_refusals(spec: Spec, target: EngineTarget, shape: Any = None, gpu: 
     if not t.spawn_processes and (target is not EngineTarget.tensorrtllm or _mode(spec, target) != "orchestrator"):
         out.append("topology.spawn_processes=false applies to orchestrator mode of the engine path only: set it to true")
     if gpu_target:
-        if ranks <= t.gpus_per_node:
+        if ranks <= gpn:
             need = ranks * t.instances_per_node
-            if need > t.gpus_per_node:
+            if need > gpn:
                 out.append(f"build.tp_size {tp} x build.pp_size {pp} x topology.instances_per_node {t.instances_per_node} "
-                           f"= {need} GPUs, but topology.gpus_per_node is {t.gpus_per_node}: lower instances_per_node to "
-                           f"{t.gpus_per_node // ranks} or raise gpus_per_node to {need}")
+                           f"= {need} GPUs, but topology.gpus_per_node is {gpn}: lower instances_per_node to "
+                           f"{gpn // ranks} or raise gpus_per_node to {need}")
         else:
-            if ranks % t.gpus_per_node:
+            if ranks % gpn:
                 out.append(f"build.tp_size {tp} x build.pp_size {pp} = {ranks} ranks spans nodes but is not a multiple of "
-                           f"topology.gpus_per_node {t.gpus_per_node}: every node of an instance must run the same "
-                           f"number of ranks (use gpus_per_node {_divisor_hint(ranks, t.gpus_per_node)})")
+                           f"topology.gpus_per_node {gpn}: every node of an instance must run the same "
+                           f"number of ranks (use gpus_per_node {_divisor_hint(ranks, gpn)})")
             else:
-                span = ranks // t.gpus_per_node
+                span = ranks // gpn
                 if t.instances_per_node > 1:
                     out.append(f"topology.instances_per_node is {t.instances_per_node}, but one instance of {ranks} ranks "
-                               f"spans {span} nodes of {t.gpus_per_node} GPUs: set instances_per_node=1")
+                               f"spans {span} nodes of {gpn} GPUs: set instances_per_node=1")
                 if t.nodes % span:
                     out.append(f"topology.nodes {t.nodes} is not a multiple of the {span} nodes one instance of {ranks} "
-                               f"ranks needs ({t.gpus_per_node} GPUs per node): set topology.nodes to {span * max(1, t.nodes // span)}")
+                               f"ranks needs ({gpn} GPUs per node): set topology.nodes to {span * max(1, t.nodes // span)}")
         if target is EngineTarget.tensorrtllm:
             mode = _mode(spec, target)
             if mode == "leader" and t.instances_per_node > 1:
                 out.append(f"topology.mode=leader runs one instance per MPI world, but instances_per_node is "
                            f"{t.instances_per_node}: use topology.mode=orchestrator (or auto)")
-            if mode == "orchestrator" and ranks > t.gpus_per_node:
+            if mode == "orchestrator" and ranks > gpn:
                 out.append(f"topology.mode=orchestrator spawns ranks on one node, but an instance of {ranks} ranks spans "
-                           f"{math.ceil(ranks / t.gpus_per_node)} nodes: use topology.mode=leader (or auto)")
-    # LLM-API: validate reports heads that tp does not split at model.yaml (generator.repo.llmapi).
-    if shape is not None and target is EngineTarget.tensorrtllm:
+                           f"{math.ceil(ranks / gpn)} nodes: use topology.mode=leader (or auto)")
+    if shape is not None:
         if shape.num_heads % tp:
             out.append(f"build.tp_size {tp} does not divide the model's {shape.num_heads} attention heads: use a tp_size "
                        f"among {_divisors(shape.num_heads)}")
@@ -227,11 +220,18 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
     return _placement(spec, target, gpu_target, memory, notes)
 
 
+def gpus_per_node(spec: Spec) -> int:
+    """topology.gpus_per_node, or by default exactly the GPUs one node's instances need."""
+    t, b = spec.topology, spec.build
+    return t.gpus_per_node or b.tp_size * b.pp_size * t.instances_per_node
+
+
 def _placement(spec: Spec, target: EngineTarget, gpu_target: bool, memory: Any, notes: list[str]) -> Topology:
-    b, t = spec.build, spec.topology.model_copy(update={"gpus_per_node": gpus_per_node(spec)})
+    b, t = spec.build, spec.topology
     ranks = b.tp_size * b.pp_size
+    gpn = gpus_per_node(spec)
     mode = _mode(spec, target)
-    span = max(1, ranks // t.gpus_per_node) if gpu_target and ranks > t.gpus_per_node else 1
+    span = max(1, ranks // gpn) if gpu_target and ranks > gpn else 1
     instances = []
     for i in range(t.instances_per_node):
         devices = tuple(range(i * ranks, (i + 1) * ranks)) if gpu_target and span == 1 else ()
@@ -259,9 +259,9 @@ def _placement(spec: Spec, target: EngineTarget, gpu_target: bool, memory: Any, 
         if spec.serving.max_tokens_in_paged_kv_cache is not None:
             kv_tokens = min(kv_tokens, spec.serving.max_tokens_in_paged_kv_cache)
     return Topology(
-        target=target, tp=b.tp_size, pp=b.pp_size, gpus_per_node=t.gpus_per_node, nodes=t.nodes,
+        target=target, tp=b.tp_size, pp=b.pp_size, gpus_per_node=gpn, nodes=t.nodes,
         instances_per_node=t.instances_per_node, ranks_per_instance=ranks, nodes_per_instance=span,
-        replicas=t.nodes // span, gpus_per_pod=(t.gpus_per_node if span > 1 else ranks * t.instances_per_node)
+        replicas=t.nodes // span, gpus_per_pod=(gpn if span > 1 else ranks * t.instances_per_node)
         if gpu_target else 0,
         mode=mode, spawn_processes=t.spawn_processes, launcher=launcher, world_size=world,
         llmapi_launch=llmapi_gpu and span > 1, instances=tuple(instances), gpu=gpu_target,

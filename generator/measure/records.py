@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from generator.serve.client import LLMAPI, dialect_for_inputs, text_delta
+from generator.serve.dialect import LLMAPI, dialect_for_inputs, text_delta
 
 RECORD_VERSION = 1
 

@@ -1,13 +1,11 @@
 """``tritongen loadtest``: drive Locust against a Triton LLM endpoint and compute every figure exactly.
 
-The Locust users (loadtest/) run in their own processes; this module builds their configuration and
-command lines, starts the server when given a repository, samples Triton's statistics and metrics around
-the run, re-asks a sample of the streamed prompts without streaming (the detokenization check), and
-turns the raw per-request records into results. Locust's rounded histograms are never used.
-
-Pure deciders (``locust_options``, ``locust_commands``) take plain data; the figures come from
-statistics.py, the verdicts from verdict.py and slo.py; ``run_loadtest`` is the edge that starts
-processes, talks to the server and puts the results together.
+The Locust users (loadtest/) run in their own processes; this module writes their configuration
+(locustconf.py) and starts them, starts the server when given a repository, samples Triton's statistics
+and metrics around the run, re-asks a sample of the streamed prompts without streaming (the
+detokenization check), and turns the raw per-request records into results. Locust's rounded histograms
+are never used. The figures come from statistics.py, the verdicts from verdict.py and slo.py;
+``run_loadtest`` is the edge that starts processes, talks to the server and puts the results together.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +23,14 @@ from typing import Any, Iterator, Optional, Sequence
 from generator.errors import LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
+from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import count_client_tokens, request_inputs
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
-from generator.spec import LoadTestSpec, Spec
+from generator.spec import Spec
 
 
-# ---------------------------------------------------------------- Locust configuration (pure)
+# ---------------------------------------------------------------- workers
 
 
 def resolve_workers(workers: int | str, cores: int) -> int:
@@ -47,52 +45,6 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-
-def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
-    """Everything the Locust processes need, as Locust config-file keys (custom ones from loadtest/)."""
-    processes = max(lt.workers, 1)
-    opts: dict[str, Any] = {
-        "locustfile": str(locustfile),
-        "headless": True,
-        "only-summary": True,
-        "exit-code-on-error": 0,
-        "host": endpoints.locust_host(lt.protocol),
-        # open loop: one dispatching user per process; closed loop: the users.
-        "users": processes if lt.request_rate is not None else lt.users,
-        "spawn-rate": lt.spawn_rate if lt.request_rate is None else float(processes),
-        "duration": lt.duration_s,
-        "records": str(records),
-    }
-    for name in ("protocol", "model", "max_requests", "request_rate", "arrival", "prompts", "num_prompts",
-                 "input_tokens_mean", "input_tokens_stddev", "output_tokens_mean", "output_tokens_stddev",
-                 "tokenizer", "seed", "warmup_requests", "request_timeout_s"):
-        value = getattr(lt, name)
-        if value is not None:
-            opts[name.replace("_", "-")] = value
-    return opts
-
-
-def locust_conf_text(options: dict[str, Any]) -> str:
-    lines = ["# Written by tritongen loadtest; rerun with: python -m locust --config locust.conf"]
-    for key, value in options.items():
-        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
-    return "\n".join(lines) + "\n"
-
-
-def locust_commands(
-    conf: Path, locustfile: Path, workers: int, master_port: int, *, python: str = sys.executable,
-    prefix: Sequence[str] = (),
-) -> list[list[str]]:
-    """The master (or the only process) first, then the workers."""
-    base = [*prefix, python, "-m", "locust"]
-    if workers <= 0:
-        return [[*base, "--config", str(conf)]]
-    master = [*base, "--config", str(conf), "--master", "--master-bind-host", "127.0.0.1",
-              "--master-bind-port", str(master_port), "--expect-workers", str(workers)]
-    worker = [*base, "-f", str(locustfile), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)]
-    return [master] + [list(worker) for _ in range(workers)]
-
-
 # ---------------------------------------------------------------- the edges: server, Locust, reference checks
 
 
@@ -103,8 +55,10 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
     if repo_dir is None:
         if not url:
             raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
+        from generator.serve.client import check_reachable
+
         endpoints = Endpoints.from_urls(url, grpc_url, metrics_url, admin_key)
-        endpoints.check_reachable()
+        check_reachable(endpoints.http_url)
         yield endpoints
         return
     from generator.serve.server import TritonServer

@@ -368,7 +368,8 @@ def _check_parallel_vs_checkpoint(ckpt: Path, doc: dict[str, Any], yaml_file: st
     fits = max(n for n in range(1, min(tp, heads) + 1) if heads % n == 0 and (kv % n == 0 or n % kv == 0))
     return [Problem(yaml_file, lines.get(("tensor_parallel_size",)), f"tensor_parallel_size {tp} does not split the "
                     f"checkpoint's {heads} attention heads and {kv} KV heads ({ckpt / 'config.json'}) evenly; LLM() "
-                    f"fails at load", f"--set build.tp_size={fits} (or another divisor of both) and re-render")]
+                    f"fails at load", f"re-render from the spec (`tritongen render SPEC -o DIR --force`), with a "
+                    f"build.tp_size that splits both (e.g. {fits})")]
 
 
 def _check_model_code(model_dir: Path) -> list[Problem]:

@@ -8,8 +8,11 @@ and validate (which imports render) share it without an import cycle. Reads file
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -97,16 +100,33 @@ class ConfigText:
         return self.find(rf'{kind}\s*{{\s*key\s*:\s*"{re.escape(key)}"', step_line or 1) or step_line
 
 
-def type_name(dtype: int) -> str:
-    from tritonclient.grpc import model_config_pb2
+@functools.lru_cache(maxsize=1)
+def model_config_pb2() -> Any:
+    """Triton's ModelConfig protobuf module (tritonclient's generated model_config_pb2).
 
-    return model_config_pb2.DataType.Name(dtype)
+    Loaded from its file, because ``import tritonclient.grpc.model_config_pb2`` first runs
+    ``tritonclient/grpc/__init__.py``, which imports the gRPC client: a decider needs the schema, not a
+    network stack. It is registered under its own name, so a later client import reuses it.
+    """
+    name = "tritonclient.grpc.model_config_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("tritonclient")
+    path = Path(list(package.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def type_name(dtype: int) -> str:
+    return model_config_pb2().DataType.Name(dtype)
 
 
 def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
     """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems)."""
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
 
     text = path.read_text(encoding="utf-8", errors="replace")
     ct = ConfigText(path, text)
@@ -120,7 +140,7 @@ def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Pro
                 str(path), no, f"unfilled template placeholder {re.search(r'[$][{][^}]*[}]?', line).group(0)!r}",
                 "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))
     try:
-        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        config = text_format.Parse(text, model_config_pb2().ModelConfig())
     except text_format.ParseError as exc:
         message = re.sub(r"^\d+:\d+ : ", "", str(exc))
         problems.append(Problem(str(path), exc.GetLine(), f"not a valid Triton ModelConfig (column {exc.GetColumn()}): "

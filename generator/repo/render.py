@@ -45,11 +45,18 @@ PREPROCESSING, TENSORRT_LLM, POSTPROCESSING, ENSEMBLE, BLS = (
 # tensorrt_llm's extras are the CPU reference engine's limits; it has no engine file to read them from.
 EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
     "tensorrt_llm": ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
-                     "cpu_threads", "dtype"),
-    "preprocessing": ("skip_special_tokens", "apply_chat_template"),
-    "postprocessing": ("apply_chat_template",),
-    "tensorrt_llm_bls": ("tokenizer_dir",),
+                     "cpu_threads", "dtype", "cpu_max_batch_tokens", "max_queue_size"),
+    "preprocessing": ("apply_chat_template", "max_output_len"),
+    "postprocessing": (),
+    "tensorrt_llm_bls": (),
     "ensemble": (),
+}
+
+# Tensors tritongen adds to upstream's, per model and section: how postprocessing tells streams apart
+# by an identity the server made (see model_repo/postprocessing/1/model.py).
+EXTRA_TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
+    "preprocessing": {"input": ("RETURN_PERF_METRICS",), "output": ("OUT_RETURN_PERF_METRICS",)},
+    "postprocessing": {"input": ("STREAM_ID", "ARRIVAL_TIME_NS"), "output": ()},
 }
 
 # Only used when the executor runs in orchestrator mode; upstream ships this fixed path.
@@ -168,6 +175,8 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Top
         ("cpu_kv_cache_mib", s.cpu_kv_cache_mib),
         ("cpu_threads", s.cpu_threads),
         ("dtype", s.cpu_dtype),
+        ("cpu_max_batch_tokens", s.cpu_max_batch_tokens),
+        ("max_queue_size", s.max_queue_size),
     ]
     return _params(common + cpu_only)
 
@@ -183,26 +192,25 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         "decoupled": s.decoupled,
         **facts["placeholder_types"],
     }
-    tokenizer = [
-        ("tokenizer_dir", spec.serving_weights_dir),
-        ("skip_special_tokens", s.skip_special_tokens),
-        ("apply_chat_template", s.apply_chat_template),
-    ]
     models = {
         ENSEMBLE: {"platform": "ensemble", "preprocessing_model": PREPROCESSING,
                    "tensorrt_llm_model": TENSORRT_LLM, "postprocessing_model": POSTPROCESSING},
-        PREPROCESSING: {"backend": "python", "instance_count": s.preprocessing_instances,
-                        "parameters": _params(tokenizer)},
+        PREPROCESSING: {"backend": "python", "instance_count": s.preprocessing_instances, "parameters": _params([
+            ("tokenizer_dir", spec.serving_weights_dir),
+            ("apply_chat_template", s.apply_chat_template),
+            ("max_output_len", spec.build.max_output_len),
+        ])},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
                        "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo)},
-        POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances,
-                         "parameters": _params(tokenizer)},
+        POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances, "parameters": _params([
+            ("tokenizer_dir", spec.serving_weights_dir),
+            ("skip_special_tokens", s.skip_special_tokens),
+        ])},
     }
     if s.bls:
         models[BLS] = {"backend": "python", "instance_count": s.bls_instances, "parameters": _params([
             ("accumulate_tokens", s.accumulate_tokens),
             ("tensorrt_llm_model_name", TENSORRT_LLM),
-            ("tokenizer_dir", spec.serving_weights_dir),
         ])}
     for name, values in models.items():
         values.update(shared, name=name, platform=values.get("platform"),
@@ -210,17 +218,29 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
     return models
 
 
-def _model_code(model: str, src_name: str) -> dict[str, Path]:
-    """``{model}/1/<file>`` → source, for every file of model_repo/<src_name>/1/ (Python model code)."""
-    src = model_repo_dir() / src_name / "1"
-    if not (src / "model.py").is_file():
-        raise ToolMissing(
-            f"Python model code for {model} is missing ({src / 'model.py'})",
-            where=str(src),
-            fix="reinstall tritongen; model_repo/ must ship with it",
-        )
-    return {f"{model}/1/{f.relative_to(src).as_posix()}": f for f in sorted(src.rglob("*"))
+SHARED_CODE = "_shared"
+"""model_repo/_shared/: modules every Python model imports (model_common.py), copied next to each model.py."""
+
+
+def _code_files(src: Path) -> dict[str, Path]:
+    return {f.relative_to(src).as_posix(): f for f in sorted(src.rglob("*"))
             if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo")}
+
+
+def _model_code(model: str, src_name: str) -> dict[str, Path]:
+    """``{model}/1/<file>`` → source: model_repo/<src_name>/1/ plus the shared modules, so each model
+    folder of a rendered repository stands alone."""
+    src = model_repo_dir() / src_name / "1"
+    shared = model_repo_dir() / SHARED_CODE
+    for needed in (src / "model.py", shared / "model_common.py"):
+        if not needed.is_file():
+            raise ToolMissing(
+                f"Python model code for {model} is missing ({needed})",
+                where=str(needed.parent),
+                fix="reinstall tritongen; model_repo/ must ship with it",
+            )
+    files = {**_code_files(shared), **_code_files(src)}
+    return {f"{model}/1/{rel}": path for rel, path in files.items()}
 
 
 def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path], tuple[str, ...]]:
@@ -304,7 +324,7 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
         "engine_dir": str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
         **extra,
         "spec": spec.to_yaml_dict(),
-        "spec_dir": str(spec.base_dir.resolve()),  # relative spec paths resolve against it, as at render time
+        "spec_base_dir": str(spec.base_dir),
     }
 
 

@@ -42,7 +42,7 @@ _INT_PARAMS = {
     "iter_stats_max_iterations", "request_stats_max_iterations", "lora_cache_optimal_adapter_size",
     "lora_cache_max_adapter_size", "lora_cache_host_memory_bytes", "cuda_graph_cache_size", "num_nodes",
     "max_num_images", "tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
-    "cpu_threads",
+    "cpu_threads", "cpu_max_batch_tokens", "max_queue_size", "max_output_len",
 }
 _FRACTION_PARAMS = {"kv_cache_free_gpu_mem_fraction", "cross_kv_cache_fraction", "lora_cache_gpu_memory_fraction",
                     "gpu_weights_percent"}
@@ -131,8 +131,10 @@ def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: _Report) -
     if not isinstance(manifest.get("spec"), dict):
         return None
     try:
-        base = Path(manifest["spec_dir"]) if isinstance(manifest.get("spec_dir"), str) else Path(".")
-        return spec_from_dict(manifest["spec"], base_dir=base, source=str(repo / MANIFEST))
+        # Relative spec paths resolve against the spec file's folder, as they did when rendering.
+        base = manifest.get("spec_base_dir")
+        return spec_from_dict(manifest["spec"], base_dir=Path(base) if isinstance(base, str) else Path("."),
+                              source=str(repo / MANIFEST))
     except TritongenError as exc:
         report.add(repo / MANIFEST, None, f"recorded spec is invalid: {exc.message}", "re-render from a valid spec")
         return None

@@ -24,61 +24,35 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-REPLACEMENT = "\ufffd"
+from generator.serve.dialect import (  # noqa: F401 (the dialects are part of the client's interface)
+    ENSEMBLE,
+    LLMAPI,
+    LLMAPI_TARGET,
+    REPLACEMENT,
+    Dialect,
+    dialect_for_inputs,
+    joined_text,
+    text_delta,
+)
 
 
 class ServerRequestError(Exception):
     """The server answered a request with an error (its message is the exception's)."""
 
 
-# ---------------------------------------------------------------- dialects
+def check_reachable(http_url: str, timeout_s: float = 10.0) -> None:
+    """Fail with the address and the fix when nothing answers Triton's liveness endpoint at ``http_url``."""
+    import urllib.request
 
+    from generator.errors import ServerError
 
-@dataclass(frozen=True)
-class Dialect:
-    """Tensor names and streaming semantics of one kind of served LLM model."""
-
-    name: str
-    max_tokens: str
-    stream: str
-    stop: str
-    cumulative: bool
-    """Streamed text_output is the whole text so far (True) or only the new text (False)."""
-    greedy: Mapping[str, Any] = field(default_factory=dict)
-    """Inputs that make decoding greedy where the model's default is not (sent by the smoke test)."""
-
-
-ENSEMBLE = Dialect("ensemble", max_tokens="max_tokens", stream="stream", stop="stop_words", cumulative=False)
-LLMAPI = Dialect("llmapi", max_tokens="sampling_param_max_tokens", stream="streaming", stop="sampling_param_stop",
-                 cumulative=True, greedy={"sampling_param_top_k": 1})
-
-LLMAPI_TARGET = "llmapi"
-"""The manifest's ``target`` value of an LLM-API repository (tritongen.json)."""
-
-
-def dialect_for_inputs(inputs: Sequence[str] | set[str]) -> Dialect:
-    """The dialect a model speaks, from its input names (the served config is the ground truth)."""
-    return LLMAPI if "sampling_param_max_tokens" in set(inputs) else ENSEMBLE
-
-
-def text_delta(previous: str, current: str) -> str:
-    """The new part of a cumulative text. A cumulative detokenizer may rewrite a held-back incomplete
-    character (U+FFFD) once its last byte arrives, so the delta starts where the two texts part."""
-    if current.startswith(previous):
-        return current[len(previous):]
-    common = 0
-    for a, b in zip(previous, current):
-        if a != b:
-            break
-        common += 1
-    return current[common:]
-
-
-def joined_text(texts: Sequence[str], cumulative: bool) -> str:
-    """The whole answer of a stream: the last text when cumulative, else the pieces joined."""
-    if cumulative:
-        return next((t for t in reversed(texts) if t), "")
-    return "".join(texts)
+    try:
+        with urllib.request.urlopen(endpoint_url(http_url, "/v2/health/live"), timeout=timeout_s):  # noqa: S310
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ServerError(f"no Triton server answers at {http_url}: {reason}", where="--url",
+                          fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None
 
 
 # ---------------------------------------------------------------- HTTP

@@ -1,18 +1,17 @@
 """Where a running Triton server listens, from the URLs a user gives: one rule for every command.
 
 ``--url`` is the HTTP address; gRPC and metrics default to Triton's own layout (HTTP port + 1 and + 2)
-unless ``--grpc-url`` / ``--metrics-url`` say otherwise.
+unless ``--grpc-url`` / ``--metrics-url`` say otherwise. Pure: whether a server answers there is
+generator/serve/client.py's ``check_reachable``.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from generator.errors import ServerError, SpecError
+from generator.errors import SpecError
 
 URL_FIX = "e.g. --url http://127.0.0.1:8000 (gRPC then defaults to port 8001, metrics to 8002)"
 
@@ -66,13 +65,3 @@ class Endpoints:
 
     def locust_host(self, protocol: str) -> str:
         return f"grpc://{self.grpc_url}" if protocol == "grpc-stream" else self.http_url
-
-    def check_reachable(self, timeout_s: float = 10.0) -> None:
-        """Fail with the address and the fix when nothing answers Triton's liveness endpoint."""
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/live", timeout=timeout_s):  # noqa: S310
-                pass
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise ServerError(f"no Triton server answers at {self.http_url}: {reason}", where="--url",
-                              fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None

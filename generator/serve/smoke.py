@@ -6,7 +6,7 @@ A failed check never stops the run; the report lists every check with its detail
 
 The same checks run against both kinds of repository, in the request dialect the served model speaks
 (client.ENSEMBLE or client.LLMAPI); the LLM-API model's own checks (finish and stop reasons, perf
-metrics, cancellation by the ``stop`` input) are in smoke_llmapi.py.
+metrics, cancellation by the ``stop`` input) are in smoke_llmapi.py; smoke_run.py picks which run.
 
 Streaming checks send a unique request id per request: the postprocessing model uses it to
 detokenize a stream incrementally (see model_repo/postprocessing/1/model.py), which is what
@@ -15,7 +15,6 @@ makes the joined stream equal the non-streamed text.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -28,7 +27,7 @@ import numpy as np
 from generator.engine.facts import read_engine_if_built, runtime_limits
 from generator.errors import TritongenError
 from generator.serve.client import (
-    ENSEMBLE, LLMAPI, LLMAPI_TARGET, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
+    ENSEMBLE, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
     endpoint_url, generate, generate_stream, get_json, grpc_stream, http_client, http_infer, is_ready, joined_text,
     post_json, text_inputs,
 )
@@ -478,52 +477,3 @@ def admin_headers(admin_key: Optional[str]) -> Optional[dict[str, str]]:
     from generator.serve.server import ADMIN_HEADER
 
     return {ADMIN_HEADER: admin_key} if admin_key else None
-
-
-def entry_model(http_url: str, repo_dir: Optional[Path] = None, admin_key: Optional[str] = None) -> str:
-    """The model a smoke test checks unless told: what the repository's manifest (tritongen.json) says its
-    target serves, else what the server serves: the ensemble when there is one, else the LLM-API model."""
-    manifest = Path(repo_dir) / "tritongen.json" if repo_dir is not None else None
-    if manifest is not None and manifest.is_file():
-        target = json.loads(manifest.read_text(encoding="utf-8")).get("target")
-        return "tensorrt_llm" if target == LLMAPI_TARGET else "ensemble"
-    try:
-        index = post_json(http_url, "/v2/repository/index", {}, headers=admin_headers(admin_key))
-    except (ServerRequestError, OSError, ValueError):
-        return "ensemble"
-    return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
-
-
-def run_smoke(
-    http_url: str,
-    grpc_url: str,
-    *,
-    model: Optional[str] = None,
-    repo_dir: Optional[Path] = None,
-    bls_model: Optional[str] = "tensorrt_llm_bls",
-    prompt: str = DEFAULT_PROMPT,
-    max_tokens: int = 16,
-    max_input_len: Optional[int] = None,
-    timeout_s: float = 120.0,
-    progress: Optional[Callable[[str], None]] = None,
-    admin_key: Optional[str] = None,
-) -> SmokeReport:
-    """Run every smoke check against a running server; ``progress(name)`` is told of each check.
-
-    ``model`` None: see :func:`entry_model` (``repo_dir`` is the served repository, when known). The checks
-    speak the served model's dialect: the LLM-API model gets smoke_llmapi's checks. ``admin_key``: the key
-    of a server tritongen started (its repository index is an admin API).
-    """
-    model = model or entry_model(http_url, repo_dir, admin_key)
-    if served_dialect(http_url, model) is LLMAPI:
-        from generator.repo.llmapi import CPU_ENGINE_MODEL
-        from generator.serve.smoke_llmapi import LLMAPISmoke as cls
-
-        engine_model = CPU_ENGINE_MODEL  # the CPU stand-in's engine; on a GPU the limit is in model.yaml
-    else:
-        cls, engine_model = Smoke, "tensorrt_llm"
-    if max_input_len is None:
-        max_input_len = max_input_len_from_server(http_url, engine_model)
-    smoke = cls(http_url, grpc_url, model, bls_model, prompt, max_tokens, max_input_len, timeout_s, progress,
-                admin_key)
-    return smoke.run()

@@ -227,8 +227,11 @@ class ServingSpec(_Section):
     max_queue_delay_microseconds: int = Field(0, ge=0)
     """Dynamic-batcher wait for more requests before running a batch (pre/postprocessing)."""
 
-    max_queue_size: int = Field(0, ge=0)
-    """Requests that may wait in each model's dynamic-batching queue before Triton rejects new ones; 0 means no limit."""
+    max_queue_size: int = Field(64, ge=0)
+    """Requests that may wait before new ones are refused as "server busy" (HTTP 503): in each model's
+    dynamic-batching queue, and in the CPU reference engine's own queue of requests waiting for a
+    batch slot (where streaming requests wait). 0 means no limit, which lets a burst of requests hold
+    memory without bound."""
 
     kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
     """Fraction of GPU memory left after loading the weights that goes to the KV cache."""
@@ -277,6 +280,12 @@ class ServingSpec(_Section):
     cpu_threads: Optional[int] = Field(None, ge=1)
     """CPU reference engine only: torch threads. None means torch's default."""
 
+    cpu_max_batch_tokens: int = Field(512, ge=1)
+    """CPU reference engine only: most tokens in one forward pass (the smaller of this and
+    build.max_num_tokens). transformers' continuous batching holds a dense attention mask of
+    batch tokens x (KV-cache tokens + batch tokens) values, 4 GB at 8192 tokens and the default
+    cache; longer prompts are prefilled over several passes, with the same output."""
+
     def resolved_engine(self, gpu_visible: bool) -> EngineTarget:
         """``auto`` becomes tensorrtllm with a GPU and cpu-reference without one."""
         if self.engine is not EngineTarget.auto:
@@ -290,8 +299,8 @@ class TopologySpec(_Section):
 
     gpus_per_node: Optional[int] = Field(None, ge=1, le=16)
     """GPUs on each node (one pod per node). An instance of tp_size x pp_size GPUs either fits in one
-    node or spans whole nodes (tp_size x pp_size a multiple of gpus_per_node). None means what one
-    server needs on one node: tp_size x pp_size x instances_per_node."""
+    node or spans whole nodes (tp_size x pp_size a multiple of gpus_per_node). None: exactly what one
+    node's instances need, tp_size x pp_size x instances_per_node."""
 
     nodes: int = Field(1, ge=1, le=64)
     """Nodes the deployment uses. Instances that fit in a node: one independent server per node.

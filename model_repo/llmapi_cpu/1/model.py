@@ -13,12 +13,16 @@ set cancels the requests in progress that carry the same request id.
 
 import json
 import os
+import sys
 import threading
 import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_common import load_tokenizer, parameters, required  # noqa: E402
 
 _SAMPLING_TO_ENGINE = {
     "sampling_param_temperature": ("temperature", np.float32),
@@ -60,16 +64,12 @@ def _strings(request, name):
 
 class TritonPythonModel:
     def initialize(self, args):
-        from transformers import AutoTokenizer
-
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.engine_model = config["parameters"]["engine_model"]["string_value"]
+        self.engine_model = required(parameters(config), "engine_model", "tensorrt_llm")
         with open(os.path.join(os.path.dirname(__file__), "model.yaml"), encoding="utf-8") as f:
             self.llm_args = yaml.safe_load(f)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.llm_args["model"], trust_remote_code=bool(self.llm_args.get("trust_remote_code", False))
-        )
+        self.tokenizer = load_tokenizer(self.llm_args["model"], bool(self.llm_args.get("trust_remote_code", False)))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
         self.lock = threading.Lock()

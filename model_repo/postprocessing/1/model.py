@@ -5,24 +5,28 @@ TOKENS_BATCH [batch, beams, tokens] and SEQUENCE_LENGTH [batch, beams] in, OUTPU
 batch item and beam, flat as upstream) out.
 
 Streaming. In streaming mode tensorrt_llm sends only the new tokens of each step, and the ensemble
-calls this model once per response with nothing else, so decoding each chunk alone (upstream's
-way) splits multi-byte characters and, with SentencePiece tokenizers, drops spaces. The only
-per-stream handle Triton passes down an ensemble is the client's request id, so:
+calls this model once per response, so decoding each chunk alone (upstream's way) splits
+multi-byte characters and, with SentencePiece tokenizers, drops spaces. So:
 
-* a request with an id is decoded incrementally: per (id, batch item, beam) this model keeps the
-  last few tokens and any tokens that end in an incomplete character (detok.StreamTable); the
-  pieces of a stream then join to exactly the text of decoding all its tokens at once. An empty
-  chunk (the engine's final response after an end token) flushes and forgets the stream; streams
-  that end otherwise expire after 10 idle minutes.
-* a request without an id is decoded chunk by chunk, as upstream does.
+* a request whose stream the server can tell apart is decoded incrementally: per (stream, batch
+  item, beam) this model keeps the last few tokens and any tokens that end in an incomplete
+  character (detok.StreamTable); the pieces of a stream then join to exactly the text of decoding
+  all its tokens at once. An empty chunk (the engine's final response after an end token) flushes
+  and forgets the stream; streams that end otherwise expire after 10 idle minutes.
+* the stream is known by an identity the server made, never by the client's request id alone (two
+  clients sending the same id must not read or corrupt each other's held bytes): tensorrt_llm_bls
+  sends STREAM_ID, its own id per stream; through the ensemble it is the request id together with
+  ARRIVAL_TIME_NS, tensorrt_llm's arrival time of the request (preprocessing turns the engine's
+  perf metrics on for this; a Triton 2.51 ensemble refuses a step whose inputs come from
+  preprocessing and from the decoupled tensorrt_llm both, so a preprocessing-made id cannot reach
+  this step).
+* anything else is decoded chunk by chunk, as upstream does.
 
-tensorrt_llm_bls always sends a fresh id per stream and a final empty chunk, so its streams are
-always exact. Clients of the ensemble send a unique request id per request (tritonclient's
-``request_id=``, the generate endpoint's ``"id"``) to get the same guarantee; the id must not be
-reused while its stream runs, and with several postprocessing instances the chunks of one stream
-may land on different instances (keep one instance for exact streaming through the ensemble).
+With several postprocessing instances the chunks of one stream may land on different instances
+(keep one instance for exact streaming through the ensemble). A request that fails here (a token
+id outside the vocabulary, a malformed tensor) gets its own error; the others of the batch are served.
 
-Parameters: ``tokenizer_dir``, ``skip_special_tokens`` (default true).
+Parameters: ``tokenizer_dir``, ``skip_special_tokens``.
 """
 
 import json
@@ -34,30 +38,37 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from detok import IncrementalDetokenizer, StreamTable  # noqa: E402
+from model_common import RequestError, error_response, flag, load_tokenizer, parameters, required, utf8  # noqa: E402
 
-_TRUE = {"true", "1", "yes", "y", "t", "on"}
+MODEL = "postprocessing"
 
 
-def load_tokenizer(tokenizer_dir):
-    """The fast tokenizer (PreTrainedTokenizerFast when AutoTokenizer does not know the saved class)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=True)
-    except (ValueError, OSError, KeyError, AttributeError):
-        return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+def _rows(tokens, lengths):
+    """(batch item, beam, token ids) of a TOKENS_BATCH [batch, beams, tokens] / SEQUENCE_LENGTH pair."""
+    if tokens.ndim == 2:  # [batch, tokens] from a caller without a beam axis
+        tokens = tokens[:, None, :]
+    if tokens.ndim != 3:
+        raise RequestError(f"TOKENS_BATCH must be [batch, beams, tokens], got shape {list(tokens.shape)}")
+    lengths = np.asarray(lengths).reshape(-1)
+    if lengths.size != tokens.shape[0] * tokens.shape[1]:
+        raise RequestError(f"SEQUENCE_LENGTH has {lengths.size} values for {tokens.shape[0] * tokens.shape[1]} sequences")
+    lengths = lengths.reshape(tokens.shape[0], tokens.shape[1])
+    rows = []
+    for b in range(tokens.shape[0]):
+        for beam in range(tokens.shape[1]):
+            n = int(lengths[b, beam])
+            if not 0 <= n <= tokens.shape[2]:
+                raise RequestError(f"SEQUENCE_LENGTH {n} does not fit {tokens.shape[2]} tokens")
+            rows.append((b, beam, tokens[b, beam, :n].tolist()))
+    return rows
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = config.get("parameters", {})
-        tokenizer_dir = params.get("tokenizer_dir", {}).get("string_value", "")
-        if not tokenizer_dir:
-            raise pb_utils.TritonModelException("postprocessing: parameter tokenizer_dir is not set")
-        self.tokenizer = load_tokenizer(tokenizer_dir)
-        skip = params.get("skip_special_tokens", {}).get("string_value", "").strip().lower()
-        self.skip_special_tokens = skip in _TRUE if skip and not skip.startswith("${") else True
+        params = parameters(json.loads(args["model_config"]))
+        self.tokenizer = load_tokenizer(required(params, "tokenizer_dir", MODEL))
+        self.skip_special_tokens = flag(required(params, "skip_special_tokens", MODEL), "skip_special_tokens")
+        self.vocab_size = len(self.tokenizer)
         self.streams = StreamTable(lambda: IncrementalDetokenizer(self._decode))
 
     def _decode(self, ids):
@@ -69,26 +80,40 @@ class TritonPythonModel:
             return detok.finish() if detok else ""
         return self.streams.get(key).push(ids)
 
+    def _texts(self, request):
+        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+        rows = _rows(tokens, lengths)
+        for _, _, ids in rows:
+            if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+                raise RequestError(f"TOKENS_BATCH holds token ids outside [0, {self.vocab_size - 1}]")
+        streams = self._streams(request)
+        if len(streams) != len(set(b for b, _, _ in rows)):
+            # No identity, or one per prompt of a batched request while the engine answers row by row
+            # (the row is not passed down the ensemble): decode each chunk alone, as upstream does.
+            return self.tokenizer.batch_decode([ids for _, _, ids in rows], skip_special_tokens=self.skip_special_tokens)
+        return [self._stateful((streams[b], b, beam), ids) for b, beam, ids in rows]
+
+    @staticmethod
+    def _streams(request):
+        """The server-made identity of each batch item's stream, or [] when there is none."""
+        stream = pb_utils.get_input_tensor_by_name(request, "STREAM_ID")
+        if stream is not None:
+            return [utf8(v, "STREAM_ID") for v in stream.as_numpy().reshape(-1)]
+        arrival = pb_utils.get_input_tensor_by_name(request, "ARRIVAL_TIME_NS")
+        if arrival is None:
+            return []
+        stamps = [int(v) for v in arrival.as_numpy().reshape(-1)]
+        if 0 in stamps:  # an engine that does not stamp requests: nothing the server made
+            return []
+        return [f"{request.request_id()}@{stamp}" for stamp in stamps]
+
     def execute(self, requests):
         responses = []
         for request in requests:
-            tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-            lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
-            if tokens.ndim == 2:  # [batch, tokens] from a caller without a beam axis
-                tokens = tokens[:, None, :]
-            lengths = lengths.reshape(tokens.shape[0], -1)
-            rows = [
-                (b, beam, tokens[b, beam, : int(lengths[b, beam])].tolist())
-                for b in range(tokens.shape[0])
-                for beam in range(tokens.shape[1])
-            ]
-            rid = request.request_id()
-            if rid:
-                texts = [self._stateful((rid, b, beam), ids) for b, beam, ids in rows]
-            else:
-                texts = self.tokenizer.batch_decode(
-                    [ids for _, _, ids in rows], skip_special_tokens=self.skip_special_tokens
-                )
-            out = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", out)]))
+            try:
+                out = np.array([t.encode("utf-8") for t in self._texts(request)], dtype=np.object_)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", out)]))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others of the batch
+                responses.append(error_response(exc, MODEL, pb_utils.Logger.log_error))
         return responses

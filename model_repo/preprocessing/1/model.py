@@ -5,52 +5,35 @@ so the ensemble and BLS are unchanged: QUERY → INPUT_ID / REQUEST_INPUT_LEN, b
 BAD_WORDS_IDS / STOP_WORDS_IDS in the [2, N] (flat ids, end offsets) layout, END_ID / PAD_ID from
 the request or else the tokenizer, REQUEST_OUTPUT_LEN passed through. Text only: image and video
 inputs are refused. Every prompt of every request in one ``execute`` is tokenized in one batch.
-Bad requests (non-UTF-8 bytes, empty prompt, max_tokens < 1) get an error response of their own
-while the rest of the batch is served.
+Bad requests (non-UTF-8 bytes, empty prompt, max_tokens outside [1, max_output_len], end_id or
+pad_id outside the vocabulary, non-finite bias weights) get an error response of their own (HTTP
+400) while the rest of the batch is served.
 
-Parameters: ``tokenizer_dir``, ``add_special_tokens`` (default true), ``apply_chat_template``
-(wrap each prompt as one user message of the tokenizer's chat template; default false).
+One output is tritongen's own: OUT_RETURN_PERF_METRICS, always true, which the ensemble passes to
+tensorrt_llm so that every response carries the engine's arrival time of its request: the
+server-made part of the key of postprocessing's streaming state (see postprocessing/1/model.py).
+The client's RETURN_PERF_METRICS comes in only because an ensemble must use every input it has.
+
+Parameters: ``tokenizer_dir``, ``add_special_tokens`` (upstream's key, default true),
+``apply_chat_template`` (wrap each prompt as one user message of the tokenizer's chat template)
+and ``max_output_len`` (the most tokens a request may ask for).
 """
 
 import json
+import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_TRUE = {"true", "1", "yes", "y", "t", "on"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_common import (  # noqa: E402
+    RequestError, error_response, flag, integer, load_tokenizer, parameters, required, utf8,
+)
+
+MODEL = "preprocessing"
 _MULTIMODAL_INPUTS = ("IMAGE_BYTES", "IMAGE_URL", "IMAGES", "VIDEO_BYTES")
-
-
-class RequestError(Exception):
-    """A problem with one request that its sender can fix."""
-
-
-def load_tokenizer(tokenizer_dir):
-    """The fast tokenizer; PreTrainedTokenizerFast reads tokenizer.json where AutoTokenizer does not
-    know the class name saved by a newer transformers (TokenizersBackend)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=True)
-    except (ValueError, OSError, KeyError, AttributeError):
-        return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
-
-
-def parameter_flag(params, key, default):
-    value = params.get(key, {}).get("string_value", "").strip().lower()
-    if not value or value.startswith("${"):
-        return default
-    return value in _TRUE
-
-
-def _utf8(raw, name):
-    if isinstance(raw, str):
-        return raw
-    try:
-        return bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start:exc.start + 1]!r})")
-
+_INT32_WRAP = "; a JSON number of 2^31 or more wraps around in this INT32 input"
 
 def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words"):
     """Bad/stop words per batch item → int32 [batch, 2, N]: row 0 the ids of all words back to back
@@ -64,7 +47,7 @@ def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words"):
     for words in word_lists:
         ids, ends = [], []
         for word in words:
-            text = _utf8(word, name)
+            text = utf8(word, name)
             word_ids = encode(text) if text else []
             if word_ids:
                 ids.extend(word_ids)
@@ -82,7 +65,7 @@ def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words"):
 
 def _texts(array, name):
     """A [batch, 1] BYTES tensor as str, with a clear error for bytes that are not UTF-8."""
-    return [_utf8(row[0] if len(row) else b"", name) for row in array.reshape(array.shape[0], -1)]
+    return [utf8(row[0] if len(row) else b"", name) for row in array.reshape(array.shape[0], -1)]
 
 
 def _optional(request, name):
@@ -98,24 +81,32 @@ def _per_item(values, batch_size, name):
     return [int(v) for v in flat]
 
 
+def _token_ids(values, batch_size, name, vocab_size):
+    """END_ID / PAD_ID per batch item, each a token of the vocabulary."""
+    ids = _per_item(values, batch_size, name)
+    for value in ids:
+        if not 0 <= value < vocab_size:
+            raise RequestError(f"{name} must be a token id in [0, {vocab_size - 1}], got {value}"
+                               + (_INT32_WRAP if value < 0 else ""))
+    return ids
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = config.get("parameters", {})
-        tokenizer_dir = params.get("tokenizer_dir", {}).get("string_value", "")
-        if not tokenizer_dir:
-            raise pb_utils.TritonModelException("preprocessing: parameter tokenizer_dir is not set")
+        params = parameters(json.loads(args["model_config"]))
+        tokenizer_dir = required(params, "tokenizer_dir", MODEL)
         self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.add_special_tokens = parameter_flag(params, "add_special_tokens", True)
-        self.chat = parameter_flag(params, "apply_chat_template", False)
+        self.add_special_tokens = flag(params.get("add_special_tokens", "true"), "add_special_tokens")
+        self.chat = flag(required(params, "apply_chat_template", MODEL), "apply_chat_template")
+        self.max_output_len = integer(required(params, "max_output_len", MODEL), "max_output_len")
         if self.chat and not getattr(self.tokenizer, "chat_template", None):
             raise pb_utils.TritonModelException(
                 f"preprocessing: apply_chat_template is true but the tokenizer in {tokenizer_dir} has no chat template"
             )
+        self.vocab_size = len(self.tokenizer)
         self.end_id = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.end_id
-        self.vocab_size = len(self.tokenizer)
 
     # -------------------------------------------------------------- encoding
 
@@ -141,16 +132,28 @@ class TritonPythonModel:
             return np.zeros((batch_size, 0), dtype=np.float32)
         if words is None or weights is None:
             raise RequestError("embedding_bias_words and embedding_bias_weights must be given together")
+        if not np.all(np.isfinite(np.asarray(weights, dtype=np.float64))):
+            raise RequestError("embedding_bias_weights must be finite numbers (no inf or NaN)")
         bias = np.zeros((batch_size, self.vocab_size), dtype=np.float32)
         for i, (item_words, item_weights) in enumerate(zip(words, weights)):
             if len(item_words) != len(item_weights):
                 raise RequestError("embedding_bias_words and embedding_bias_weights differ in length")
             for word, weight in zip(item_words, item_weights):
-                for token in self._encode_words(_utf8(word, "embedding_bias_words")):
+                for token in self._encode_words(utf8(word, "embedding_bias_words")):
                     bias[i, token] += weight
+        if not np.all(np.isfinite(bias)):
+            raise RequestError("embedding_bias_weights add up to more than a 32-bit float holds for one token")
         return bias
 
     # -------------------------------------------------------------- requests
+
+    def _output_len(self, request, batch):
+        output_len = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
+        for value in _per_item(output_len, batch, "max_tokens"):
+            if not 1 <= value <= self.max_output_len:
+                raise RequestError(f"max_tokens must be in [1, {self.max_output_len}] (this repository's "
+                                   f"max_output_len), got {value}" + (_INT32_WRAP if value < 0 else ""))
+        return output_len.astype(np.int32)
 
     def _parse(self, request):
         """Everything of one request except the prompt ids (those are encoded for the whole batch)."""
@@ -160,24 +163,20 @@ class TritonPythonModel:
         query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
         batch = query.shape[0]
         prompts = _texts(query, "text_input")
-        output_len = pb_utils.get_input_tensor_by_name(request, "REQUEST_OUTPUT_LEN").as_numpy()
-        for value in _per_item(output_len, batch, "max_tokens"):
-            if value < 1:
-                raise RequestError(f"max_tokens must be at least 1 (got {value})")
         decoder = _optional(request, "DECODER_QUERY")
         end = _optional(request, "END_ID")
         pad = _optional(request, "PAD_ID")
-        end_ids = _per_item(end, batch, "end_id") if end is not None else [self.end_id] * batch
+        end_ids = _token_ids(end, batch, "end_id", self.vocab_size) if end is not None else [self.end_id] * batch
         if None in end_ids:
             raise RequestError("the tokenizer defines no end-of-sequence token: send end_id with the request")
-        pad_ids = _per_item(pad, batch, "pad_id") if pad is not None else [
+        pad_ids = _token_ids(pad, batch, "pad_id", self.vocab_size) if pad is not None else [
             self.pad_id if self.pad_id is not None else e for e in end_ids]
         extra = _optional(request, "PROMPT_TABLE_EXTRA_ID")
         return {
             "batch": batch,
             "prompts": prompts,
             "decoder_prompts": _texts(decoder, "decoder_text_input") if decoder is not None else None,
-            "output_len": output_len.astype(np.int32),
+            "output_len": self._output_len(request, batch),
             "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch, "bad_words"),
             "stop": word_lists_to_ids(self._encode_words, _optional(request, "STOP_WORDS_DICT"), batch, "stop_words"),
             "bias": self._embedding_bias(
@@ -219,6 +218,7 @@ class TritonPythonModel:
             pb_utils.Tensor("REQUEST_OUTPUT_LEN", parsed["output_len"]),
             pb_utils.Tensor("OUT_END_ID", np.array([[e] for e in parsed["end_ids"]], dtype=np.int32)),
             pb_utils.Tensor("OUT_PAD_ID", np.array([[p] for p in parsed["pad_ids"]], dtype=np.int32)),
+            pb_utils.Tensor("OUT_RETURN_PERF_METRICS", np.ones((batch, 1), dtype=bool)),
         ]
         if parsed["extra_id"] is not None:
             # Tokens past the vocabulary are prompt-table rows; they carry the request's extra id.
@@ -228,27 +228,43 @@ class TritonPythonModel:
             ))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
+    def _encode_all(self, parsed, key, chat):
+        """Prompt ids per parsed request (None where it failed): one tokenizer call for the batch, and
+        request by request only if that call fails, so one prompt the tokenizer chokes on fails alone."""
+        items = [item for item in parsed if item is not None and item[key] is not None]
+        try:
+            flat = iter(self._encode_prompts([p for item in items for p in item[key]], chat))
+            return {id(item): [next(flat) for _ in item[key]] for item in items}
+        except Exception:  # noqa: BLE001 - find the culprit below
+            out = {}
+            for item in items:
+                try:
+                    out[id(item)] = self._encode_prompts(item[key], chat)
+                except Exception as exc:  # noqa: BLE001
+                    out[id(item)] = exc
+            return out
+
     def execute(self, requests):
+        log = pb_utils.Logger.log_error
         parsed, errors = [], {}
         for i, request in enumerate(requests):
             try:
                 parsed.append(self._parse(request))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail the whole batch
                 parsed.append(None)
-                errors[i] = str(exc) if isinstance(exc, RequestError) else f"preprocessing failed: {exc!r}"
-        prompts = [p for item in parsed if item for p in item["prompts"]]
-        decoder_prompts = [p for item in parsed if item and item["decoder_prompts"] for p in item["decoder_prompts"]]
-        encoded = iter(self._encode_prompts(prompts, self.chat))
-        decoder_encoded = iter(self._encode_prompts(decoder_prompts, False))
+                errors[i] = exc
+        prompts = self._encode_all(parsed, "prompts", self.chat)
+        decoder_prompts = self._encode_all(parsed, "decoder_prompts", False)
         responses = []
         for i, item in enumerate(parsed):
-            if item is None:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[i])))
-                continue
-            prompt_ids = [next(encoded) for _ in range(item["batch"])]
-            decoder_ids = [next(decoder_encoded) for _ in range(item["batch"])] if item["decoder_prompts"] else None
             try:
-                responses.append(self._response(item, prompt_ids, decoder_ids))
-            except RequestError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                if item is None:
+                    raise errors[i]
+                ids, decoder_ids = prompts[id(item)], decoder_prompts.get(id(item))
+                for value in (ids, decoder_ids):
+                    if isinstance(value, Exception):
+                        raise value
+                responses.append(self._response(item, ids, decoder_ids))
+            except Exception as exc:  # noqa: BLE001
+                responses.append(error_response(exc, MODEL, log))
         return responses

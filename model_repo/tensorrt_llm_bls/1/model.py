@@ -13,23 +13,31 @@ so a client can call it instead of the ensemble. Differences from the ensemble t
 * Requests run on threads, so one instance keeps many streams in the engine's in-flight batch
   (upstream's BLS serves one request per instance at a time).
 * Errors: an error is sent as its own response and the final flag separately; one ``send()``
-  with both hangs a BLS caller in Triton 2.51. In the other direction Triton 2.51 drops an error
+  with both hangs a BLS caller in Triton 2.51. Clients get a short message with the status of its
+  kind (400 for their own mistakes, 503 busy, 500 for the server's); an unexpected exception is
+  logged in full on the server with the reference the client's message names, never sent back. In the other direction Triton 2.51 drops an error
   that tensorrt_llm sends mid-stream before it reaches this model, leaving a bare final flag;
   that is reported to the client as an engine failure.
 * A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input.
 
-Parameters: ``tensorrt_llm_model_name`` (default tensorrt_llm), ``accumulate_tokens``.
+Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``.
 """
 
 import json
-import traceback
+import os
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-_TRUE = {"true", "1", "yes", "y", "t", "on"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_common import (  # noqa: E402
+    RequestError, ServerBusy, ServerFault, error_response, flag, parameters, required,
+)
+
+MODEL = "tensorrt_llm_bls"
 PREPROCESSING = "preprocessing"
 POSTPROCESSING = "postprocessing"
 
@@ -106,13 +114,16 @@ _UNSUPPORTED = {
 }
 
 
-class RequestError(Exception):
-    """A problem with one request that its sender can fix."""
-
-
-def _param(params, key, default=""):
-    value = params.get(key, {}).get("string_value", "")
-    return default if not value or value.startswith("${") else value
+def _failure(error, model):
+    """An error response of a model this BLS called, as the exception of the same kind. Triton 2.51 does
+    not pass error codes back to a BLS caller, so the kind is read from the message, which the models
+    of this repository start with "server error" or "server busy" when it is not the client's fault."""
+    message = error.message()
+    if message.startswith("server busy") or "maximum queue size" in message:
+        return ServerBusy(message)
+    if message.startswith("server error"):
+        return ServerFault(message)
+    return RequestError(message)
 
 
 def _as_batch(array, batch_size):
@@ -133,10 +144,10 @@ def _first(array, default=None):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = config.get("parameters", {})
+        params = parameters(config)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.accumulate = _param(params, "accumulate_tokens").lower() in _TRUE
-        self.engine = _param(params, "tensorrt_llm_model_name", "tensorrt_llm")
+        self.accumulate = flag(required(params, "accumulate_tokens", MODEL), "accumulate_tokens")
+        self.engine = required(params, "tensorrt_llm_model_name", MODEL)
         self.logger = pb_utils.Logger
         self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.get("max_batch_size", 0)) * 2),
                                        thread_name_prefix="bls")
@@ -150,7 +161,7 @@ class TritonPythonModel:
             requested_output_names=list(_FROM_PREPROCESSING),
         ).exec()
         if response.has_error():
-            raise RequestError(response.error().message())
+            raise _failure(response.error(), PREPROCESSING)
         return {t.name(): t.as_numpy() for t in response.output_tensors()}
 
     def _engine_request(self, inputs, pre, stream_id):
@@ -166,13 +177,15 @@ class TritonPythonModel:
 
     def _postprocess(self, tokens, lengths, stream_id):
         """Text of new tokens for this stream; empty ``tokens`` flushes what postprocessing holds."""
+        ids = np.array([[stream_id.encode()]] * tokens.shape[0], dtype=np.object_)
         response = pb_utils.InferenceRequest(
-            model_name=POSTPROCESSING, request_id=stream_id, requested_output_names=["OUTPUT"],
+            model_name=POSTPROCESSING, requested_output_names=["OUTPUT"],
             inputs=[pb_utils.Tensor("TOKENS_BATCH", tokens.astype(np.int32)),
-                    pb_utils.Tensor("SEQUENCE_LENGTH", lengths.astype(np.int32))],
+                    pb_utils.Tensor("SEQUENCE_LENGTH", lengths.astype(np.int32)),
+                    pb_utils.Tensor("STREAM_ID", ids)],
         ).exec()
         if response.has_error():
-            raise RuntimeError(f"postprocessing failed: {response.error().message()}")
+            raise _failure(response.error(), POSTPROCESSING)
         return [t.decode("utf-8") for t in pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)]
 
     def _stop_engine(self, stream_id):
@@ -218,7 +231,7 @@ class TritonPythonModel:
         try:
             for response in responses:
                 if response.has_error():
-                    raise RequestError(response.error().message())
+                    raise _failure(response.error(), self.engine)
                 if sender is not None and sender.is_cancelled():
                     self._stop_engine(stream_id)
                     return
@@ -234,7 +247,7 @@ class TritonPythonModel:
             if not result_ended:
                 # tensorrt_llm ends every result with a response carrying output_ids. A bare final flag
                 # means it failed mid-stream: Triton 2.51 drops such an error on its way to a BLS caller.
-                raise RequestError(f"{self.engine} failed during generation (its error is in the server log)")
+                raise ServerFault(f"{self.engine} failed during generation (its error is in the server log)")
         finally:
             tails = {key: self._postprocess(np.zeros((*shape, 0), np.int32), np.zeros(shape, np.int32),
                                             f"{stream_id}/{key[0]}/{key[1]}") for key, shape in shapes.items()}
@@ -279,11 +292,8 @@ class TritonPythonModel:
                 sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             else:
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
-            message = str(exc) if isinstance(exc, RequestError) else traceback.format_exc()
-            if not isinstance(exc, RequestError):
-                self.logger.log_error(f"tensorrt_llm_bls: {message}")
-            error = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the client, as a short message
+            error = error_response(exc, MODEL, self.logger.log_error)
             if sender is None:
                 return error
             try:  # error first, final flag in a send of its own (both in one send hangs BLS callers)

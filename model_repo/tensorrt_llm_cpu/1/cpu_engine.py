@@ -24,25 +24,14 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from trtllm_io import GenerationRequest, PerfMetrics, RequestError, response_tensors
+from model_common import RequestError, ServerBusy, ServerFault, flag, integer, required
+from trtllm_io import GenerationRequest, PerfMetrics, response_tensors
 
 POLICIES = ("guaranteed_no_evict", "max_utilization")
 _MIB = 1024 * 1024
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _PREFILLING = 1  # transformers' RequestStatus.PREFILLING: a request still in its context phase
-
-
-def _unset(value: str | None) -> bool:
-    return value is None or value.strip() == "" or value.strip().startswith("${")
-
-
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
+MODEL = "tensorrt_llm"
 
 
 @dataclass(frozen=True)
@@ -51,52 +40,65 @@ class EngineSettings:
 
     Official TensorRT-LLM keys keep their meaning; ``tokens_per_block``, ``max_num_tokens``,
     ``max_input_len``, ``max_seq_len``, ``cpu_kv_cache_mib``, ``cpu_threads`` and ``dtype`` stand in
-    for what a GPU engine reads from its build and from the card. ``dtype`` is the compute and KV
-    dtype here: float32 keeps greedy output identical to ``generate``; in bfloat16 batched steps
-    round differently from ``generate`` and can flip near-tied greedy choices.
+    for what a GPU engine reads from its build and from the card; ``cpu_max_batch_tokens`` and
+    ``max_queue_size`` bound the engine's memory and queue. ``dtype`` is the compute and KV dtype here:
+    float32 keeps greedy output identical to ``generate``; in bfloat16 batched steps round differently
+    from ``generate`` and can flip near-tied greedy choices.
+
+    Every value comes from the rendered config (render writes each one from the spec); only the
+    optional ones have defaults here: the KV token cap and thread count (unset means none), and
+    the two check periods, at the C++ backend's own defaults because render leaves those upstream
+    keys out.
     """
 
     weights_dir: str
-    max_batch_size: int = 1
-    dtype: str = "float32"
-    tokens_per_block: int = 64
-    max_num_tokens: int = 8192
-    max_input_len: int | None = None
-    max_seq_len: int | None = None
+    max_batch_size: int
+    dtype: str
+    tokens_per_block: int
+    max_num_tokens: int
+    max_input_len: int
+    max_seq_len: int
+    kv_cache_free_gpu_mem_fraction: float
+    cpu_kv_cache_mib: int
+    cpu_max_batch_tokens: int
+    max_queue_size: int
+    enable_kv_cache_reuse: bool
+    enable_chunked_context: bool
+    batch_scheduler_policy: str
+    exclude_input_in_output: bool
     max_tokens_in_paged_kv_cache: int | None = None
-    kv_cache_free_gpu_mem_fraction: float = 0.9
-    cpu_kv_cache_mib: int = 256
     cpu_threads: int | None = None
-    enable_kv_cache_reuse: bool = False
-    enable_chunked_context: bool = False
-    batch_scheduler_policy: str = "guaranteed_no_evict"
-    exclude_input_in_output: bool = False
     cancellation_check_period_ms: int = 100
     stats_check_period_ms: int = 100
 
+    _INTS = ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
+             "cpu_max_batch_tokens", "max_queue_size")
+    _BOOLS = ("enable_kv_cache_reuse", "enable_chunked_context", "exclude_input_in_output")
+    _OPTIONAL_INTS = ("max_tokens_in_paged_kv_cache", "cpu_threads", "cancellation_check_period_ms",
+                      "stats_check_period_ms")
+
     @classmethod
     def from_parameters(cls, params: dict[str, str], max_batch_size: int) -> "EngineSettings":
-        """Parse Triton parameters; unset ones (missing, empty or a ``${...}`` placeholder) keep the defaults."""
-        ints = ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "max_tokens_in_paged_kv_cache",
-                "cpu_kv_cache_mib", "cpu_threads", "cancellation_check_period_ms", "stats_check_period_ms")
-        bools = ("enable_kv_cache_reuse", "enable_chunked_context", "exclude_input_in_output")
-        if _unset(params.get("gpt_model_path")):
-            raise ValueError("parameter gpt_model_path (the weights folder) is not set")
-        values: dict = {"weights_dir": params["gpt_model_path"], "max_batch_size": max(1, int(max_batch_size))}
+        """Parse the set parameters (``model_common.parameters``); a missing required one is an error."""
         try:
-            for key in ints:
-                if not _unset(params.get(key)):
-                    values[key] = int(params[key])
-            for key in bools:
-                if not _unset(params.get(key)):
-                    values[key] = _bool(params[key])
-            if not _unset(params.get("kv_cache_free_gpu_mem_fraction")):
-                values["kv_cache_free_gpu_mem_fraction"] = float(params["kv_cache_free_gpu_mem_fraction"])
+            values: dict = {"weights_dir": required(params, "gpt_model_path", MODEL),
+                            "max_batch_size": max(1, int(max_batch_size))}
+            for key in cls._INTS:
+                values[key] = integer(required(params, key, MODEL), key)
+            for key in cls._BOOLS:
+                values[key] = flag(required(params, key, MODEL), key)
+            for key in cls._OPTIONAL_INTS:
+                if key in params:
+                    values[key] = integer(params[key], key)
+            key = "kv_cache_free_gpu_mem_fraction"
+            try:
+                values[key] = float(required(params, key, MODEL))
+            except ValueError as exc:
+                raise ValueError(f"parameter {key!r}: {exc}") from None
+            for key in ("dtype", "batch_scheduler_policy"):
+                values[key] = required(params, key, MODEL)
         except ValueError as exc:
             raise ValueError(f"bad tensorrt_llm parameter: {exc}") from None
-        for key in ("dtype", "batch_scheduler_policy"):
-            if not _unset(params.get(key)):
-                values[key] = params[key].strip()
         settings = cls(**values)
         settings.check()
         return settings
@@ -108,9 +110,14 @@ class EngineSettings:
             raise ValueError(f"dtype {self.dtype!r}: expected one of {sorted(_DTYPE_BYTES)}")
         if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
             raise ValueError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
-        for key in ("tokens_per_block", "max_num_tokens", "cpu_kv_cache_mib"):
+        for key in ("tokens_per_block", "max_num_tokens", "cpu_kv_cache_mib", "cpu_max_batch_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per forward pass given to transformers: max_num_tokens, capped for the CPU's memory."""
+        return min(self.max_num_tokens, self.cpu_max_batch_tokens)
 
     @property
     def guaranteed_no_evict(self) -> bool:
@@ -131,7 +138,11 @@ def kv_bytes_per_block(model_config, dtype: str, tokens_per_block: int) -> int:
 
 def resolve_num_blocks(settings: EngineSettings, bytes_per_block: int) -> tuple[int, str]:
     """KV blocks as TensorRT-LLM sizes them: the fraction of (here: ``cpu_kv_cache_mib``) memory, capped
-    by ``max_tokens_in_paged_kv_cache`` when set; the smaller wins. Returns the count and why."""
+    by ``max_tokens_in_paged_kv_cache`` when set; the smaller wins. Returns the count and why.
+
+    Then capped at what ``max_batch_size`` sequences of ``max_seq_len`` tokens can ever hold (plus
+    one block each for a partly filled last block): more is never used, and on the CPU every cache
+    token also widens the attention mask (``working_memory``)."""
     budget = settings.kv_cache_free_gpu_mem_fraction * settings.cpu_kv_cache_mib * _MIB
     by_fraction = int(budget // bytes_per_block)
     why = f"{settings.kv_cache_free_gpu_mem_fraction} x {settings.cpu_kv_cache_mib} MiB / {bytes_per_block} B per block"
@@ -143,7 +154,21 @@ def resolve_num_blocks(settings: EngineSettings, bytes_per_block: int) -> tuple[
             why = f"max_tokens_in_paged_kv_cache {settings.max_tokens_in_paged_kv_cache} / {settings.tokens_per_block}"
     if blocks < 1:
         raise ValueError(f"the KV cache holds no block ({why}); raise cpu_kv_cache_mib or the KV fraction")
+    usable = settings.max_batch_size * (math.ceil(settings.max_seq_len / settings.tokens_per_block) + 1)
+    if usable < blocks:
+        blocks, why = usable, f"max_batch_size {settings.max_batch_size} x max_seq_len {settings.max_seq_len}"
     return blocks, why
+
+
+def working_memory(settings: EngineSettings, bytes_per_block: int, num_blocks: int) -> dict[str, int]:
+    """Bytes the engine allocates at start, predicted from its settings: the paged KV cache and
+    transformers' dense attention mask of batch tokens x (cache tokens + batch tokens) values
+    (``ContinuousBatchingConfig`` sizing in transformers 5.24, ``attention_mask_bytes``)."""
+    m = settings.batch_tokens
+    return {
+        "kv_cache": num_blocks * bytes_per_block,
+        "attention_mask": m * (num_blocks * settings.tokens_per_block + m) * _DTYPE_BYTES[settings.dtype],
+    }
 
 
 def load_model(weights_dir: str, dtype: str, threads: int | None = None):
@@ -162,7 +187,8 @@ class ResponseSink(Protocol):
 
     def send(self, tensors: dict[str, np.ndarray] | None, final: bool) -> None: ...
 
-    def send_error(self, message: str, final: bool) -> None: ...
+    def send_error(self, error: Exception, final: bool) -> None:
+        """``error`` is a ServerFault or ServerBusy (model_common), which decides the client's status."""
 
     def is_cancelled(self) -> bool: ...
 
@@ -220,6 +246,7 @@ class CpuEngine:
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         self.bytes_per_block = kv_bytes_per_block(model.config, settings.dtype, settings.tokens_per_block)
         self.num_blocks, self.num_blocks_reason = resolve_num_blocks(settings, self.bytes_per_block)
+        self.memory = working_memory(settings, self.bytes_per_block, self.num_blocks)
         self._lock = threading.RLock()
         self._waiting: deque[_Sequence] = deque()
         self._active: dict[str, _Sequence] = {}
@@ -246,7 +273,7 @@ class CpuEngine:
         cb_config = ContinuousBatchingConfig(
             page_size=s.tokens_per_block,
             num_blocks=self.num_blocks,
-            max_batch_tokens=s.max_num_tokens,
+            max_batch_tokens=s.batch_tokens,
             max_requests_per_batch=s.max_batch_size,
             allow_block_sharing=s.enable_kv_cache_reuse,
             use_async_batching=False,
@@ -277,7 +304,11 @@ class CpuEngine:
             f"tokens_per_block={s.tokens_per_block} -> page_size; "
             f"KV blocks={self.num_blocks} ({self.num_blocks_reason}; {self.bytes_per_block} B per block, "
             f"{self.num_blocks * s.tokens_per_block} tokens); "
-            f"max_num_tokens={s.max_num_tokens} -> max_batch_tokens; "
+            f"max_num_tokens={s.max_num_tokens} cpu_max_batch_tokens={s.cpu_max_batch_tokens} -> "
+            f"max_batch_tokens {s.batch_tokens}; "
+            f"working memory {sum(self.memory.values()) / _MIB:.0f} MiB ("
+            + ", ".join(f"{k} {v / _MIB:.0f} MiB" for k, v in self.memory.items()) + "); "
+            f"max_queue_size={s.max_queue_size or 'unbounded'}; "
             f"max_batch_size={s.max_batch_size} -> max_requests_per_batch and max active requests; "
             f"enable_kv_cache_reuse={s.enable_kv_cache_reuse} -> allow_block_sharing; "
             f"batch_scheduler_policy={s.batch_scheduler_policy}; "
@@ -292,7 +323,7 @@ class CpuEngine:
             self._dispatcher.join(timeout=5)
         with self._lock:
             for seq in list(self._active.values()) + list(self._waiting):
-                self._end_row(seq, error="the model is being unloaded")
+                self._end_row(seq, error=ServerBusy("the model is being unloaded; retry"))
         if self._manager is not None:
             self._manager.stop(block=True, timeout=10)
 
@@ -320,7 +351,8 @@ class CpuEngine:
         if s.max_input_len is not None and n > s.max_input_len:
             raise RequestError(f"prompt length ({n}) exceeds max_input_len ({s.max_input_len})")
         if request.max_new_tokens <= 0:
-            raise RequestError(f"request_output_len must be > 0, got {request.max_new_tokens}")
+            wrap = "; a number of 2^31 or more wraps around in this INT32 input" if request.max_new_tokens < 0 else ""
+            raise RequestError(f"request_output_len (max_tokens) must be > 0, got {request.max_new_tokens}{wrap}")
         if s.max_seq_len is not None and n + request.max_new_tokens > s.max_seq_len:
             raise RequestError(
                 f"prompt length ({n}) + request_output_len ({request.max_new_tokens}) exceeds max_seq_len "
@@ -337,9 +369,13 @@ class CpuEngine:
                 "max_tokens_in_paged_kv_cache / cpu_kv_cache_mib or send a shorter request"
             )
         sampling = request.sampling
-        for word in sampling.bad_words:
-            if min(word) < 0 or max(word) >= self.vocab_size:
-                raise RequestError(f"bad_words_list holds token ids outside [0, {self.vocab_size})")
+        if sampling.end_id is not None and not -1 <= sampling.end_id < self.vocab_size:
+            raise RequestError(f"end_id must be a token id in [0, {self.vocab_size - 1}] (or -1: no end token), "
+                               f"got {sampling.end_id}")
+        for name, words in (("bad_words_list", sampling.bad_words), ("stop_words_list", request.stop_words)):
+            for word in words:
+                if min(word) < 0 or max(word) >= self.vocab_size:
+                    raise RequestError(f"{name} holds token ids outside [0, {self.vocab_size - 1}]")
         if len(sampling.embedding_bias) > self.vocab_size:
             raise RequestError(f"embedding_bias has {len(sampling.embedding_bias)} values for a vocabulary of "
                                f"{self.vocab_size}")
@@ -350,11 +386,17 @@ class CpuEngine:
     def submit(
         self, rows: list[GenerationRequest], sink: ResponseSink, *, arrival_ns: int, triton_id: str = ""
     ) -> None:
-        """Queue the rows of one Triton request; all rows are checked first, so a bad row rejects them all."""
+        """Queue the rows of one Triton request; all rows are checked first, so a bad row rejects them all.
+
+        Raises ServerBusy when ``max_queue_size`` requests already wait for a batch slot."""
         for row in rows:
             self.check(row)
         group = _Group(sink=sink, triton_id=triton_id, pending=len(rows))
         with self._lock:
+            limit = self.settings.max_queue_size
+            if limit and len(self._waiting) + len(rows) > limit:
+                raise ServerBusy(f"server busy: {len(self._waiting)} requests already wait for the engine "
+                                 f"(max_queue_size {limit}); retry later")
             for row in rows:
                 self._counter += 1
                 seq = _Sequence(
@@ -436,7 +478,7 @@ class CpuEngine:
         error = manager.background_thread_status.fatal_error
         self.log(f"CPU reference engine: generation loop stopped ({error}); restarting it")
         for seq in list(self._active.values()):
-            self._end_row(seq, error=f"engine error: {error}")
+            self._end_row(seq, error=ServerFault(f"engine error: {error}"))
         manager.start()
 
     def _on_output(self, output) -> None:
@@ -444,7 +486,13 @@ class CpuEngine:
         if seq is None:  # finished or cancelled here already; the manager may still deliver a step
             return
         if output.error is not None:
-            self._end_row(seq, error=f"Executor failed process request due to the following error: {output.error}")
+            self._end_row(seq, error=ServerFault(
+                f"Executor failed process request due to the following error: {output.error}"))
+            return
+        failure = self._selector.failure(seq.rid)
+        if failure is not None:  # this request's token choice failed; the rest of the step went on
+            self.log(f"CPU reference engine: request {seq.rid} ({seq.group.triton_id!r}) failed: {failure}")
+            self._end_row(seq, error=ServerFault(f"sampling failed for this request: {failure}"))
             return
         perf = seq.perf
         if not perf.first_scheduled_time_ns and output.lifespan[0] > 0:
@@ -520,7 +568,7 @@ class CpuEngine:
         self._send_tokens(seq, final=True)
         self._release(seq, cancel_engine=cancel_engine)
 
-    def _end_row(self, seq: _Sequence, *, error: str) -> None:
+    def _end_row(self, seq: _Sequence, *, error: Exception) -> None:
         self._release(seq, cancel_engine=True)
         last = seq.group.row_done()
         try:

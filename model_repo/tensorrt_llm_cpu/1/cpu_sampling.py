@@ -6,6 +6,11 @@ gives every request its own settings and seed. ``TrtllmTokenSelector`` plugs int
 logits-processor slot, picks each request's token itself (greedy or seeded sampling, with bias,
 penalties, banned words and min_tokens applied first) and leaves only that token standing, so the
 engine's argmax returns it. Greedy rows pick ``argmax`` of the raw logits, exactly as ``generate``.
+
+Rows are independent: the arithmetic runs in float64, where no float32 input (logits, bias,
+penalties, a temperature down to the smallest float32) can overflow into inf or NaN, and a row
+that still fails is recorded as that request's failure (the engine ends it alone) while the
+other rows of the step get their tokens.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def select_token(
     or temperature, top-k, top-p and a draw from the request's own generator. The log-probability
     is taken from the distribution the token was drawn from (the unfiltered one when greedy).
     """
-    scores = logits.float().clone()
+    scores = logits.double().clone()
     if params.embedding_bias:
         bias = torch.tensor(params.embedding_bias, dtype=scores.dtype)
         scores[: bias.numel()] += bias[: scores.numel()]
@@ -62,7 +67,10 @@ def select_token(
         token = int(torch.argmax(scores))
         return token, float(torch.log_softmax(scores, dim=-1)[token])
 
-    scores = scores / params.temperature
+    top = scores.max()
+    if not torch.isfinite(top):
+        raise ValueError("no token is left to sample from (bad words, bias and penalties exclude them all)")
+    scores = (scores - top) / params.temperature  # the best token at 0: no overflow whatever the temperature
     if 0 < params.top_k < scores.numel():
         kth = torch.topk(scores, params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -98,6 +106,7 @@ class TrtllmTokenSelector(ContinuousBatchingLogitsProcessor):
         self._rows: list = []
         self._generators: dict[str, torch.Generator] = {}
         self._log_probs: dict[str, list[float]] = {}
+        self._failures: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
@@ -111,9 +120,14 @@ class TrtllmTokenSelector(ContinuousBatchingLogitsProcessor):
         for i, state in enumerate(self._rows[: scores.size(0)]):
             params = state.logit_processor_kwargs.get("sampling", _DEFAULT)
             history = state.initial_tokens + state.generated_tokens if (params.uses_history or params.bad_words) else []
-            token, log_prob = select_token(
-                scores[i], params, history, _generated_count(state), self._generator(state.request_id, params)
-            )
+            try:
+                token, log_prob = select_token(
+                    scores[i], params, history, _generated_count(state), self._generator(state.request_id, params)
+                )
+            except Exception as exc:  # noqa: BLE001 - this row's failure, not the step's
+                with self._lock:
+                    self._failures.setdefault(state.request_id, f"{type(exc).__name__}: {exc}")
+                token, log_prob = 0, 0.0  # a placeholder the engine never returns: it ends the request first
             with self._lock:
                 self._log_probs.setdefault(state.request_id, []).append(log_prob)
             scores[i].fill_(float("-inf"))
@@ -133,10 +147,16 @@ class TrtllmTokenSelector(ContinuousBatchingLogitsProcessor):
         with self._lock:
             return list(self._log_probs.get(request_id, [])[start:stop])
 
+    def failure(self, request_id: str) -> str | None:
+        """Why choosing a token failed for this request, if it did."""
+        with self._lock:
+            return self._failures.get(request_id)
+
     def release(self, request_id: str) -> None:
-        """Forget a finished request's generator and log-probabilities."""
+        """Forget a finished request's generator, log-probabilities and failure."""
         with self._lock:
             self._log_probs.pop(request_id, None)
+            self._failures.pop(request_id, None)
         self._generators.pop(request_id, None)
 
     def as_processor_list(self) -> ContinuousBatchingLogitsProcessorList:

@@ -18,15 +18,16 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cpu_engine import CpuEngine, EngineSettings, load_model  # noqa: E402
-from trtllm_io import RequestError, parse_request  # noqa: E402
+from cpu_engine import MODEL, CpuEngine, EngineSettings, load_model  # noqa: E402
+from model_common import RequestError, parameters, triton_error  # noqa: E402
+from trtllm_io import parse_request  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _message(exc: Exception) -> str:
-    """The client's error text: a refusal as is, anything else marked as the engine's fault."""
-    return str(exc) if isinstance(exc, RequestError) else f"CPU reference engine error: {exc!r}"
+def _error(exc: Exception):
+    """The TritonError for ``exc``: 400 for the client's mistakes, 503 busy, 500 (logged, no traceback) otherwise."""
+    return triton_error(exc, MODEL, pb_utils.Logger.log_error)
 
 
 class _StreamSink:
@@ -43,9 +44,9 @@ class _StreamSink:
         outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
         self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
 
-    def send_error(self, message, final):
+    def send_error(self, error, final):
         # The error and the final flag go in two sends: in one, Triton 2.51 hangs a BLS caller.
-        self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+        self.sender.send(pb_utils.InferenceResponse(error=_error(error)))
         if final:
             self.sender.send(flags=_FINAL)
 
@@ -56,7 +57,8 @@ class _StreamSink:
 class _BlockingSink:
     """Non-decoupled mode: one response per request, returned by ``execute`` once the engine is done."""
 
-    def __init__(self):
+    def __init__(self, request):
+        self.request = request
         self.response = None
         self.done = threading.Event()
 
@@ -67,12 +69,12 @@ class _BlockingSink:
         if final:
             self.done.set()
 
-    def send_error(self, message, final):
-        self.response = pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+    def send_error(self, error, final):
+        self.response = pb_utils.InferenceResponse(error=_error(error))
         self.done.set()
 
     def is_cancelled(self):
-        return False
+        return self.request.is_cancelled()
 
 
 # nv_trt_llm_* families of the C++ backend (custom_metrics_reporter.cc): label value -> EngineStats field
@@ -133,8 +135,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-        settings = EngineSettings.from_parameters(params, config.get("max_batch_size", 1))
+        settings = EngineSettings.from_parameters(parameters(config), config.get("max_batch_size", 1))
         logger = pb_utils.Logger
         started = time.perf_counter()
         model = load_model(settings.weights_dir, settings.dtype, settings.cpu_threads)
@@ -153,18 +154,18 @@ class TritonPythonModel:
             try:
                 self._submit(request, sink)
             except Exception as exc:  # one bad request must not leave the others of this batch unanswered
-                sink.send_error(_message(exc), final=True)
+                sink.send_error(exc, final=True)
         return None
 
     def _execute_blocking(self, requests):
         """One response per request; all requests go to the engine before waiting, so they share steps."""
         results = []
         for request in requests:
-            sink = _BlockingSink()
+            sink = _BlockingSink(request)
             try:
                 self._submit(request, sink)
-            except Exception as exc:
-                sink.send_error(_message(exc), final=True)
+            except Exception as exc:  # noqa: BLE001
+                sink.send_error(exc, final=True)
             results.append(sink)
         for sink in results:
             sink.done.wait()
@@ -178,9 +179,14 @@ class TritonPythonModel:
             self.engine.stop_request(request.request_id())
             sink.send(None, final=True)  # the C++ backend also answers a stop request with an empty response
             return
-        rows = parse_request(
-            tensors, default_exclude_input=self.engine.settings.exclude_input_in_output, decoupled=self.decoupled
-        )
+        try:
+            rows = parse_request(
+                tensors, default_exclude_input=self.engine.settings.exclude_input_in_output, decoupled=self.decoupled
+            )
+        except RequestError:
+            raise
+        except (TypeError, ValueError, IndexError, OverflowError) as exc:  # tensors of a shape no client should send
+            raise RequestError(f"malformed request tensors: {exc}") from exc
         self.engine.submit(rows, sink, arrival_ns=arrival_ns, triton_id=request.request_id())
 
     def finalize(self):

@@ -8,13 +8,21 @@ or torch: the Python-backend adapter turns Triton tensors into a dict of numpy a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from model_common import RequestError
 
-class RequestError(ValueError):
-    """A request the engine refuses; the message goes back to the client as the Triton error."""
+# The ensemble's and BLS's names of the engine inputs they rename, so an error names what the client sent.
+CLIENT_NAMES = {"runtime_top_k": "top_k", "runtime_top_p": "top_p", "len_penalty": "length_penalty",
+                "request_output_len": "max_tokens", "streaming": "stream"}
+
+
+def _name(name: str) -> str:
+    client = CLIENT_NAMES.get(name)
+    return f"{name} ({client})" if client else name
 
 
 # Inputs of the official config that need an engine feature the CPU reference engine does not have.
@@ -222,34 +230,62 @@ def _parse_row(tensors, i, rows, default_exclude_input, decoupled) -> Generation
     )
 
 
+# Per-request ranges of TensorRT-LLM 1.2's executor::SamplingConfig (the check* functions of
+# cpp/tensorrt_llm/executor/samplingConfig.cpp, which refuse NaN too): (lowest, lowest included, highest).
+# Presence and frequency penalties have no range there; here they must be finite, like every float:
+# an infinite penalty or bias turns a whole row of logits into NaN.
+_FLOAT_RANGES = {
+    "temperature": (0.0, True, math.inf),
+    "repetition_penalty": (0.0, False, math.inf),
+    "presence_penalty": (-math.inf, True, math.inf),
+    "frequency_penalty": (-math.inf, True, math.inf),
+    "len_penalty": (0.0, True, math.inf),
+    "beam_search_diversity_rate": (0.0, True, math.inf),
+}
+_INT_RANGES = {"runtime_top_k": 0, "min_tokens": 0}  # lowest value; the INT32 tensor bounds the top
+
+
+def _float_input(tensors, name, i, default):
+    value = _scalar(tensors, name, i, float, default)
+    low, inclusive, high = _FLOAT_RANGES[name]
+    ok = math.isfinite(value) and (value >= low if inclusive else value > low) and value <= high
+    if not ok:
+        bound = f"{'>=' if inclusive else '>'} {low:g}" if low > -math.inf else "any"
+        raise RequestError(f"{_name(name)} must be a finite number ({bound}), got {value!r}")
+    return value
+
+
+def _int_input(tensors, name, i, default):
+    value = _scalar(tensors, name, i, int, default)
+    if value < _INT_RANGES[name]:
+        raise RequestError(f"{_name(name)} must be >= {_INT_RANGES[name]}, got {value}")
+    return value
+
+
 def _sampling(tensors, i) -> SamplingParams:
-    top_k = _scalar(tensors, "runtime_top_k", i, int, 0)
+    """Sampling settings of one row, each checked against TensorRT-LLM's range (a RequestError names the input)."""
     top_p = _scalar(tensors, "runtime_top_p", i, float, 0.0)
-    temperature = _scalar(tensors, "temperature", i, float, 1.0)
-    if top_k < 0:
-        raise RequestError(f"runtime_top_k must be >= 0, got {top_k}")
-    if top_p < 0.0 or top_p > 1.0:
-        raise RequestError(f"runtime_top_p must be in [0, 1], got {top_p}")
-    if temperature < 0.0:
-        raise RequestError(f"temperature must be >= 0, got {temperature}")
-    repetition = _scalar(tensors, "repetition_penalty", i, float, 1.0)
-    if repetition <= 0.0:
-        raise RequestError(f"repetition_penalty must be > 0, got {repetition}")
+    if math.isnan(top_p) or top_p > 1.0:
+        raise RequestError(f"{_name('runtime_top_p')} must be in (0, 1] (0 or less means unset), got {top_p!r}")
+    for name in ("len_penalty", "beam_search_diversity_rate"):  # ignored at beam width 1, but still checked
+        _float_input(tensors, name, i, 0.0)
     bias = _row(tensors, "embedding_bias", i)
-    bias = tuple(float(b) for b in np.asarray(bias).reshape(-1)) if bias is not None else ()
+    bias = np.asarray(bias, dtype=np.float64).reshape(-1) if bias is not None else np.zeros(0)
+    if not np.all(np.isfinite(bias)):
+        raise RequestError("embedding_bias must hold finite numbers (no inf or NaN)")
     bad = word_list(_row(tensors, "bad_words_list", i)) if "bad_words_list" in tensors else []
     return SamplingParams(
-        top_k=top_k,
-        top_p=top_p,
-        temperature=temperature,
+        top_k=_int_input(tensors, "runtime_top_k", i, 0),
+        top_p=max(0.0, top_p),  # the C++ backend reads runtime_top_p <= 0 as unset (inflight_batcher_llm utils.cc)
+        temperature=_float_input(tensors, "temperature", i, 1.0),
         seed=_scalar(tensors, "seed", i, int, 0),
-        min_tokens=max(0, _scalar(tensors, "min_tokens", i, int, 0)),
-        repetition_penalty=repetition,
-        presence_penalty=_scalar(tensors, "presence_penalty", i, float, 0.0),
-        frequency_penalty=_scalar(tensors, "frequency_penalty", i, float, 0.0),
+        min_tokens=_int_input(tensors, "min_tokens", i, 0),
+        repetition_penalty=_float_input(tensors, "repetition_penalty", i, 1.0),
+        presence_penalty=_float_input(tensors, "presence_penalty", i, 0.0),
+        frequency_penalty=_float_input(tensors, "frequency_penalty", i, 0.0),
         end_id=_scalar(tensors, "end_id", i, int),
         bad_words=tuple(tuple(w) for w in bad),
-        embedding_bias=bias,
+        embedding_bias=tuple(float(b) for b in bias),
     )
 
 

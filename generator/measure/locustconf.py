@@ -1,0 +1,59 @@
+"""The Locust configuration of a load test, from the spec: config-file keys, the file's text, the command lines.
+
+Pure, so the local run (generator/measure/runner.py) and the in-cluster manifests (generator/deploy/loadtest.py)
+write the same configuration without the deployment files depending on the runner's processes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from generator.serve.endpoints import Endpoints
+from generator.spec import LoadTestSpec
+
+
+def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
+    """Everything the Locust processes need, as Locust config-file keys (custom ones from loadtest/)."""
+    processes = max(lt.workers, 1)
+    opts: dict[str, Any] = {
+        "locustfile": str(locustfile),
+        "headless": True,
+        "only-summary": True,
+        "exit-code-on-error": 0,
+        "host": endpoints.locust_host(lt.protocol),
+        # open loop: one dispatching user per process; closed loop: the users.
+        "users": processes if lt.request_rate is not None else lt.users,
+        "spawn-rate": lt.spawn_rate if lt.request_rate is None else float(processes),
+        "duration": lt.duration_s,
+        "records": str(records),
+    }
+    for name in ("protocol", "model", "max_requests", "request_rate", "arrival", "prompts", "num_prompts",
+                 "input_tokens_mean", "input_tokens_stddev", "output_tokens_mean", "output_tokens_stddev",
+                 "tokenizer", "seed", "warmup_requests", "request_timeout_s"):
+        value = getattr(lt, name)
+        if value is not None:
+            opts[name.replace("_", "-")] = value
+    return opts
+
+
+def locust_conf_text(options: dict[str, Any]) -> str:
+    lines = ["# Written by tritongen loadtest; rerun with: python -m locust --config locust.conf"]
+    for key, value in options.items():
+        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+    return "\n".join(lines) + "\n"
+
+
+def locust_commands(
+    conf: Path, locustfile: Path, workers: int, master_port: int, *, python: str = sys.executable,
+    prefix: Sequence[str] = (),
+) -> list[list[str]]:
+    """The master (or the only process) first, then the workers."""
+    base = [*prefix, python, "-m", "locust"]
+    if workers <= 0:
+        return [[*base, "--config", str(conf)]]
+    master = [*base, "--config", str(conf), "--master", "--master-bind-host", "127.0.0.1",
+              "--master-bind-port", str(master_port), "--expect-workers", str(workers)]
+    worker = [*base, "-f", str(locustfile), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)]
+    return [master] + [list(worker) for _ in range(workers)]

@@ -1,0 +1,130 @@
+"""What every Python model of a rendered repository shares: config parameters, the tokenizer, and errors.
+
+``tritongen render`` copies this file next to each model's ``model.py``, so a rendered repository
+stands alone (and each model still imports nothing from tritongen). Triton's
+``triton_python_backend_utils`` is imported only inside the functions that build Triton objects, so
+the engine and the tests can use the rest without a server.
+
+Errors reach clients by kind, never as a traceback: ``RequestError`` (the client can fix it) becomes
+Triton's INVALID_ARG, ``ServerBusy`` UNAVAILABLE, ``ServerFault`` and anything unexpected INTERNAL;
+an unexpected exception is logged in full on the server under a reference the client's message
+names. Triton 2.51 drops the code on the way out of a decoupled model (its HTTP generate endpoints
+answer every such error with 400, gRPC streams carry no code), so the message says the kind too:
+server faults start with "server error", a full queue with "server busy".
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+
+_TRUE = ("1", "true", "yes", "y", "t", "on")
+_FALSE = ("0", "false", "no", "n", "f", "off")
+
+
+class RequestError(ValueError):
+    """A request the model refuses; its sender can fix it. The message goes back as is."""
+
+
+class ServerBusy(Exception):
+    """The model cannot take the request now (queue full, model unloading); retrying later may work."""
+
+
+class ServerFault(RuntimeError):
+    """A failure on the server's side that the client cannot fix; the message is ours and safe to show."""
+
+
+# ---------------------------------------------------------------- config parameters
+
+
+def parameters(config: dict) -> dict[str, str]:
+    """The model config's parameters as {key: string}, without unset ones (empty or a ``${...}`` placeholder)."""
+    out = {}
+    for key, value in (config.get("parameters") or {}).items():
+        text = str(value.get("string_value", "") if isinstance(value, dict) else value).strip()
+        if text and not text.startswith("${"):
+            out[key] = text
+    return out
+
+
+def required(params: dict[str, str], key: str, model: str) -> str:
+    """A parameter render always writes; a missing one means the config was edited by hand or is stale."""
+    if key not in params:
+        raise ValueError(f"{model}: parameter {key!r} is not set in config.pbtxt (re-render the repository)")
+    return params[key]
+
+
+def flag(value: str, key: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"parameter {key!r}: {value!r} is not a boolean (true or false)")
+
+
+def integer(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"parameter {key!r}: {value!r} is not an integer") from None
+
+
+# ---------------------------------------------------------------- text
+
+
+def load_tokenizer(tokenizer_dir: str, trust_remote_code: bool = False):
+    """The fast tokenizer; PreTrainedTokenizerFast reads tokenizer.json where AutoTokenizer does not
+    know the class name a newer transformers saved (TokenizersBackend)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=True, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError, AttributeError):
+        return PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+
+
+def utf8(raw, name: str) -> str:
+    """A BYTES tensor element as text, refusing bytes that are not UTF-8 with the input's name."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start:exc.start + 1]!r})")
+
+
+# ---------------------------------------------------------------- errors to clients
+
+
+def client_message(exc: BaseException, model: str, log=None) -> tuple[str, str]:
+    """(kind, message) for an exception: kind is invalid, busy or internal. Unexpected exceptions are
+    logged with their traceback through ``log`` and the client gets a reference instead."""
+    if isinstance(exc, RequestError):
+        return "invalid", str(exc)
+    if isinstance(exc, ServerBusy):
+        return "busy", str(exc)
+    if isinstance(exc, ServerFault):
+        text = str(exc)
+        return "internal", text if text.startswith("server error") else f"server error: {text}"
+    reference = uuid.uuid4().hex[:12]
+    if log is not None:
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log(f"{model}: internal error, reference {reference}:\n{details}")
+    return "internal", f"server error in {model} ({type(exc).__name__}); reference {reference} in the server log"
+
+
+def triton_error(exc: BaseException, model: str, log=None):
+    """The ``pb_utils.TritonError`` a client should see for ``exc``, with the code that sets the HTTP status."""
+    import triton_python_backend_utils as pb_utils
+
+    kind, message = client_message(exc, model, log)
+    codes = {"invalid": pb_utils.TritonError.INVALID_ARG, "busy": pb_utils.TritonError.UNAVAILABLE,
+             "internal": pb_utils.TritonError.INTERNAL}
+    return pb_utils.TritonError(message, codes[kind])
+
+
+def error_response(exc: BaseException, model: str, log=None):
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils.InferenceResponse(error=triton_error(exc, model, log))

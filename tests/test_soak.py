@@ -1,0 +1,36 @@
+"""A short soak and fuzz run (bench/soak.py, the same code as the full run) against the shared server.
+
+Honest streaming and non-streaming clients on the ensemble and BLS, mixed with hostile requests
+(random JSON over the documented inputs, non-finite and huge numbers, non-UTF-8, disconnects
+mid-stream, duplicate ids, direct engine calls): no honest request may fail, nothing may hang, every
+model stays ready with the same stub process, and the engine's requests and KV blocks go back to idle.
+Loopback only; bounded by request count and duration, with no timing assertion.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _soak_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+    spec = importlib.util.spec_from_file_location("tritongen_bench_soak", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.server
+def test_short_soak_hurts_no_honest_request(cpu_server):
+    soak = _soak_module().Soak(cpu_server.http_url, cpu_server.grpc_url, cpu_server.metrics_url, max_tokens=16)
+    result = soak.run(duration_s=15, hostile=60, workers=4, server_pid=cpu_server.pid)
+    assert result.honest_requests > 0 and result.honest_failures == 0, result.honest_failure_examples
+    assert result.hostile_requests >= 60 and result.hostile_hung == 0, result.hostile_outcomes
+    assert result.models_ready_after and result.answer_after_ok and not result.stubs_restarted
+    assert (result.active_requests_after, result.kv_blocks_used_after) == (0, 0)
+    assert result.memory_settled, (result.rss_mib_idle, result.rss_mib_after)
