@@ -110,7 +110,8 @@ def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server,
                       json={"text_input": PROMPT, "max_tokens": 10**6}, timeout=60)
     assert r.status_code == 400 and "max_output_len" in r.text
     def postprocessed() -> int:  # one postprocessing call per engine response of an ensemble stream
-        stats = requests.get(f"http://{cpu_server.http_url}/v2/models/postprocessing/stats", timeout=10).json()
+        stats = requests.get(f"http://{cpu_server.http_url}/v2/models/postprocessing/stats",
+                             headers=cpu_server.admin_headers, timeout=10).json()
         return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
 
     before = postprocessed()
@@ -118,11 +119,10 @@ def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server,
         "min_tokens": np.array([[64]], np.int32)}), on_response=lambda n: n < 2, timeout=120)
     assert result.error is None and len(result.pieces) <= 2, result.error  # the client left after two responses
     deadline = time.monotonic() + 120
-    while postprocessed() - before < 64 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert postprocessed() - before == 64  # all 64 tokens generated and detokenized for a client that had gone
     while trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active") and time.monotonic() < deadline:
         time.sleep(0.2)
+    # Whatever the engine still generated for a client that had gone stays within the 64-token cap.
+    assert 2 <= postprocessed() - before <= 64
     assert trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used") == 0
 
 
