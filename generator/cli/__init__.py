@@ -28,7 +28,9 @@ def _interrupt(signum, frame) -> None:
 
 def main() -> None:
     # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
+    # SIGINT too, even when started as a background job (which inherits SIGINT ignored, and then never stops).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     # A file name that is not UTF-8 reaches Python as lone surrogates; print them escaped, never crash.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
