@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Modules that decide from data and files: spec in, plan / files / problems / figures out.
 PURE = (
-    "generator.errors", "generator.fsutil", "generator.resources",
+    "generator.errors", "generator.fsutil", "generator.resources", "generator.templating",
     "generator.spec", "generator.spec.*",
     "generator.engine.gpus", "generator.engine.plan*", "generator.engine.shape", "generator.engine.memory",
     "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
@@ -135,7 +135,7 @@ def test_pure_deciders_reach_no_process_or_network_module():
 # it, only pure modules (shared vocabulary such as the endpoint rule or the Locust configuration), never an edge.
 # The repository and its deployment files (Kubernetes, launch script) are one layer: render writes both.
 LAYERS = ("cli", "demo", "measure", "serve", ("repo", "deploy"), "engine", "model", "spec",
-          ("procs", "_guard", "fsutil", "resources"), "errors")
+          ("procs", "_guard", "fsutil", "resources", "templating"), "errors")
 
 
 def layer(module: str) -> int:

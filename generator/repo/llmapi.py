@@ -21,8 +21,9 @@ from generator.fsutil import read_json_object
 from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
-from generator.resources import data_json, templates_dir
+from generator.resources import data_json
 from generator.spec import KVCacheFormat, QuantFormat, Spec
+from generator.templating import environment
 
 MODEL_NAME = "tensorrt_llm"
 """The only model of an LLM-API repository; clients call /v2/models/tensorrt_llm/generate."""
@@ -200,16 +201,8 @@ def render_llmapi_files(spec: Spec, *, cpu: bool = False, instances: int = 1,
     ``cpu`` renders the CPU stand-in's config (same tensors, plus the parameters that name the
     CPU engine model it calls). Refuses settings the backend does not have.
     """
-    import jinja2
-
     check_llmapi_spec(spec)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir() / "llmapi")),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = environment("llmapi")
     llm_args = llmapi_model_yaml(spec)
     triton_yaml = yaml.safe_dump({"triton_config": llm_args.pop("triton_config")}, sort_keys=False)
     model_yaml = yaml.safe_dump(llm_args, sort_keys=False)

@@ -12,7 +12,6 @@ The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come fro
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_f
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.resources import data_json, model_repo_dir, templates_dir
 from generator.spec import EngineTarget, Spec
+from generator.templating import environment
 
 TENSORRT_LLM_VERSION = "1.2.1"
 REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
@@ -278,25 +278,8 @@ def _quote(value: Any) -> str:
     return f'"{escaped}"'
 
 
-@functools.lru_cache(maxsize=None)
-def _environment(layout: str):
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir() / layout)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["q"] = _quote
-    env.filters["tf"] = pbtxt_bool
-    return env
-
-
 def render_template(layout: str, name: str, **values: Any) -> str:
-    return _environment(layout).get_template(name).render(**values)
+    return environment(layout, (("q", _quote), ("tf", pbtxt_bool))).get_template(name).render(**values)
 
 
 def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size: int, source: str,
