@@ -95,7 +95,8 @@ def closed_loop(concurrency: int, work: list, one_request) -> tuple[list[Record]
 
 
 def bench_engine(params: dict[str, str], max_batch_size: int, levels, work) -> list[Level]:
-    from cpu_engine import CpuEngine, EngineSettings, load_model
+    from cpu_engine import CpuEngine, load_model
+    from engine_settings import EngineSettings
     from trtllm_io import GenerationRequest
 
     settings = EngineSettings.from_parameters(params, max_batch_size)

@@ -43,7 +43,8 @@ def perf_analyzer_figures(export: Path, tokens: int) -> dict[str, dict[str, floa
     """TTFT, per-gap ITL and E2E (ms) from perf_analyzer's per-request timestamps (ns), and the front end:
     TTFT minus the engine's own arrival → first token (server clock differences only)."""
     data = json.loads(export.read_text(encoding="utf-8"))
-    ttft, gaps, e2e, front = [], [], [], []
+    ttft, gaps, e2e, front, engine = [], [], [], [], []
+    sends = sorted(req["timestamp"] for experiment in data["experiments"] for req in experiment["requests"])
     for experiment in data["experiments"]:
         for req in experiment["requests"]:
             times = req["response_timestamps"]
@@ -58,8 +59,28 @@ def perf_analyzer_figures(export: Path, tokens: int) -> dict[str, dict[str, floa
             first = max(o.get("first_token_time_ns", 0) for o in outs)
             if arrival and first:
                 front.append(ttft[-1] - (first - arrival) / 1e6)
+                engine.append((first - arrival) / 1e6)
     return {"ttft": percentiles(ttft), "itl": percentiles(gaps), "e2e": percentiles(e2e),
-            "front_end": percentiles(front)}
+            "front_end": percentiles(front), "engine": percentiles(engine), "together": together(sends)}
+
+
+def together(sends_ns: list[int]) -> float:
+    """Share of requests sent within 2 ms of the one before: how often the closed loop's streams move in
+    lockstep, so that their prompts reach the engine in one step and wait for each other's prefill."""
+    gaps = np.diff(np.sort(np.asarray(sends_ns, dtype=np.int64))) / 1e6
+    return float((gaps < 2.0).mean()) if gaps.size else 0.0
+
+
+def locust_server_side(records: Path) -> tuple[dict[str, float], float]:
+    """The engine's own arrival → first token (ms) of the Locust run's measured requests, and its ``together``."""
+    engine, sends = [], []
+    for line in records.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") != "request" or rec.get("warmup") or not rec.get("server"):
+            continue
+        engine.append((rec["server"]["first_token_time_ns"] - rec["server"]["arrival_time_ns"]) / 1e6)
+        sends.append(rec["sent_ns"])
+    return percentiles(engine), together(sends)
 
 
 def input_data(records: Path, tokens: int, out: Path) -> int:
@@ -83,17 +104,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--spawn-rate", type=float, default=None,
+                        help="Locust users started per second (default: --users, i.e. over one second); perf_analyzer "
+                             "starts all of its streams at once")
     parser.add_argument("--genai-perf", type=Path, default=None, help="genai-perf executable (its own venv)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck"))
     args = parser.parse_args()
 
     from generator.measure.runner import run_loadtest
-    from generator.serve.server import TritonServer
+    from generator.serve.server import GRPC_ADMIN_HEADER, TritonServer
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)
     spec = load_spec(None, [
-        "loadtest.protocol=grpc-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
+        "loadtest.protocol=grpc-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.spawn_rate or args.users}",
         f"loadtest.duration_s={args.seconds}", "loadtest.input_tokens_mean=64",
         f"loadtest.output_tokens_mean={args.tokens}", "loadtest.num_prompts=32", "loadtest.reference_checks=0",
     ])
@@ -112,6 +136,7 @@ def main() -> None:
             # the same front end as for perf_analyzer: client TTFT minus the engine's arrival → first token
             rows[name]["front_end"] = {s: getattr(parts["front_end"], s) + getattr(parts["send_delay"], s)
                                        for s in ("p50", "p90")}
+            rows[name]["engine"], rows[name]["together"] = locust_server_side(out / "records.jsonl")
 
         def perf_analyzer(name: str) -> None:
             export = args.out / f"{name}.json"
@@ -119,7 +144,8 @@ def main() -> None:
             cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
                    "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
                    "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
-                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
+                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export),
+                   "-H", f"{GRPC_ADMIN_HEADER}:{server.admin_key}"]  # it reads the server's statistics
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
             (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode != 0:
@@ -136,10 +162,13 @@ def main() -> None:
                    "--synthetic-input-tokens-mean", "64", "--synthetic-input-tokens-stddev", "0",
                    "--output-tokens-mean", str(args.tokens), "--extra-inputs", f"min_tokens:{args.tokens}",
                    "--extra-inputs", "return_perf_metrics:true", "--tokenizer", tokenizer_dir,
-                   "--artifact-dir", str(artifacts)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300,
-                                  cwd=args.out)
-            (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+                   "--artifact-dir", str(artifacts), "-H", f"{GRPC_ADMIN_HEADER}:{server.admin_key}"]
+            for _attempt in range(2):  # genai-perf 0.0.16 sometimes reads perf_analyzer's export half-written
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300,
+                                      cwd=args.out)
+                (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+                if proc.returncode == 0:
+                    break
             exports = sorted(artifacts.rglob("*genai_perf.json"))
             if proc.returncode != 0 or not exports:
                 sys.exit(f"genai-perf failed ({proc.returncode}); see {args.out / name}.log")
@@ -160,15 +189,18 @@ def main() -> None:
     finally:
         server.stop()
 
-    keys = [(k, s) for k in ("ttft", "itl", "e2e", "front_end") for s in ("p50", "p90")]
+    keys = [(k, s) for k in ("ttft", "itl", "e2e", "front_end", "engine") for s in ("p50", "p90")]
     rows_pa = {k: v for k, v in rows.items() if not k.startswith("genai_perf")}
     print(f"{args.users} concurrent gRPC streams, {args.tokens} tokens per answer, {n} prompts, "
           f"{args.rounds} alternating rounds of {args.seconds:g} s; ms")
-    print("| run | " + " | ".join(f"{k.upper()} {s}" for k, s in keys) + " | requests |")
-    print("|---" * (len(keys) + 2) + "|")
+    print("| run | " + " | ".join(f"{k.upper()} {s}" for k, s in keys) + " | sent together | requests |")
+    print("|---" * (len(keys) + 3) + "|")
     for name, r in rows_pa.items():
-        print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['ttft']['count']} |")
-    print("(front end = client TTFT minus the engine's arrival → first token; p50/p90 of the parts for Locust)")
+        print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys)
+              + f" | {r['together']:.0%} | {r['ttft']['count']} |")
+    print("(front end = client TTFT minus the engine's arrival → first token, what the client and network add; "
+          "engine = that arrival → first token on the server's clock, which depends on the load's phase, not on the "
+          "client's timing; sent together = requests sent within 2 ms of the one before)")
     summary = {}
     def ratio(a: float, b: float):
         return a / b - 1 if b > 0 else None  # a p50 of 0 (tokens arriving together) has no relative difference

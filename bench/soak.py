@@ -27,7 +27,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -237,7 +237,7 @@ def rendered_parameters(weights, *overrides: str) -> dict[str, str]:
 
 
 def test_settings_come_from_the_rendered_parameters_only(tmp_path):
-    from cpu_engine import EngineSettings
+    from engine_settings import EngineSettings
 
     params = rendered_parameters(tmp_path / "w", "serving.exclude_input_in_output=true", "serving.cpu_max_batch_tokens=64")
     s = EngineSettings.from_parameters(params, max_batch_size=8)
@@ -257,7 +257,7 @@ def test_settings_come_from_the_rendered_parameters_only(tmp_path):
 def test_kv_blocks_follow_tensorrt_llm_sizing(qwen3_8b_config, tmp_path):
     from transformers import AutoConfig
 
-    from cpu_engine import EngineSettings, kv_bytes_per_block, resolve_num_blocks
+    from engine_settings import EngineSettings, kv_bytes_per_block, resolve_num_blocks
 
     values = json.loads(qwen3_8b_config.read_text())
     config = AutoConfig.for_model(values.pop("model_type"), **values)
@@ -280,7 +280,7 @@ def test_working_memory_at_the_spec_defaults_stays_small(tiny_model_dir, tmp_pat
     (batch tokens x (cache tokens + batch tokens) values) took 4 GB for the 2.6 M-parameter tiny model."""
     from transformers import AutoConfig
 
-    from cpu_engine import EngineSettings, kv_bytes_per_block, resolve_num_blocks, working_memory
+    from engine_settings import EngineSettings, kv_bytes_per_block, resolve_num_blocks, working_memory
     from generator.spec import load_spec
 
     spec = load_spec(None, [f"artifacts.dir={tmp_path}", f"artifacts.checkpoint_dir={tiny_model_dir}",
@@ -345,7 +345,8 @@ def test_select_token_stays_finite_at_the_edges_of_tensorrt_llm_ranges():
 
 @pytest.fixture(scope="module")
 def engine_factory(tiny_model_dir, tmp_path_factory):
-    from cpu_engine import CpuEngine, EngineSettings, load_model
+    from cpu_engine import CpuEngine, load_model
+    from engine_settings import EngineSettings
 
     engines = []
     base = rendered_parameters(tmp_path_factory.mktemp("engine") / "w", "build.max_input_len=128",

@@ -80,3 +80,24 @@ def test_cli_prints_the_folder_or_the_fix(tiny_model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     failed = subprocess.run([tritongen, "fetch", "tritongen-tests/never-downloaded"], capture_output=True, text=True, env=env, timeout=120)
     assert failed.returncode == 9 and "HF_HUB_OFFLINE" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_cli_reads_the_spec_like_every_stage(tiny_model_dir, tmp_path):
+    """`tritongen fetch SPEC` fetches the spec's model.source into artifacts.model_dir (`-o` overrides it),
+    so the later stages find it where the same spec says."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tritongen = str(Path(sys.executable).parent / "tritongen")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model:\n  source: {tiny_model_dir}\n", encoding="utf-8")
+    ok = subprocess.run([tritongen, "fetch", str(spec)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == str(tiny_model_dir), ok.stderr
+    spec.write_text("model:\n  source: tritongen-tests/never-downloaded\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    failed = subprocess.run([tritongen, "fetch", str(spec), "-o", str(tmp_path / "m"), "--revision", "v1"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode == 9 and "tritongen-tests/never-downloaded@v1" in failed.stderr, failed.stderr
+    assert not (tmp_path / "m").exists() and "Traceback" not in failed.stderr

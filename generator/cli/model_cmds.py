@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import Force, Sets, app, console, get_spec, out, spec_option, spec_overrides, step
+from generator.cli._app import Force, Output, Sets, app, console, get_spec, out, spec_option, spec_overrides, step
 from generator.spec import Spec
 
 STAGES = {
@@ -24,32 +23,34 @@ STAGES = {
 }
 
 
+Target = Annotated[Optional[str], typer.Argument(
+    help="Spec YAML file, or a model (local folder or hub id) with default settings.")]
+ModelDir = spec_option("artifacts.model_dir", "--output", "-o")
+Revision = spec_option("model.revision", "--revision")
+
+
 @app.command()
-def fetch(
-    model: str = typer.Argument(..., help="Hugging Face repo id (org/name) or a local model folder."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (hub only)."),
-    dir: Optional[Path] = typer.Option(None, "--dir", help="Download into this folder instead of the Hugging Face cache."),
-) -> None:
+def fetch(target: Target = None, revision: Revision = None, output: ModelDir = None, overrides: Sets = None) -> None:
     """Download a model's config, tokenizer and safetensors (nothing else); a local folder is checked as is."""
     from generator.model.fetch import fetch as fetch_model
 
-    started = time.monotonic()
-    path = fetch_model(model, revision=revision, dir=dir)
-    console.print(f"[green]✓[/] {escape(model)} [dim]({time.monotonic() - started:.1f} s)[/]")
+    spec = _spec_for(target, list(overrides or []) + spec_overrides(fetch, locals()))
+    with step(f"fetching {spec.model.source}"):
+        path = fetch_model(spec)
     out.print(str(path), markup=False, highlight=False)
 
 
 @app.command("tiny-model")
 def tiny_model(
-    dir: Path = typer.Argument(..., help="Output folder."),
+    output: Output = Path("tiny-model"),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and training (same seed, same bytes)."),
     force: Force = False,
 ) -> None:
     """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo)."""
     from generator.model.tinymodel import make_tiny_model
 
-    with step(f"training a tiny Qwen3 model into {dir}"):
-        path = make_tiny_model(dir, seed=seed, force=force)
+    with step(f"training a tiny Qwen3 model into {output}"):
+        path = make_tiny_model(output, seed=seed, force=force)
     out.print(str(path), markup=False, highlight=False)
 
 
@@ -122,8 +123,7 @@ Checkpoint = spec_option("artifacts.checkpoint_dir", "--output", "-o")
 
 @app.command()
 def quantize(
-    target: Annotated[Optional[str], typer.Argument(
-        help="Spec YAML file, or a model (local folder or hub id) with default settings.")] = None,
+    target: Target = None,
     format: Format = None,
     kv_cache: KVCache = None,
     calib_size: CalibSize = None,

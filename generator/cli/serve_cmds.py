@@ -69,7 +69,6 @@ def serve(
 
 
 def print_report(report) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=escape(f"smoke test of {report.model} at {report.http_url} (gRPC {report.grpc_url})"),

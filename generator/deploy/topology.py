@@ -187,7 +187,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
     """
     from generator.engine.gpus import lookup_gpu
 
-    b, t = spec.build, spec.topology
+    b = spec.build
     gpu_target = target is EngineTarget.tensorrtllm or (target is EngineTarget.llmapi and gpu_visible)
     gpu = lookup_gpu(b.gpu) if gpu_target else None
     shape = None

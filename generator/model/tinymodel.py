@@ -160,7 +160,7 @@ def make_tiny_model(out_dir: Path, *, seed: int = 0, force: bool = False) -> Pat
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, force=force, command_hint=f"tritongen tiny-model {out_dir}") as tmp:
+    with atomic_dir(out_dir, force=force, command_hint=f"tritongen tiny-model -o {out_dir}") as tmp:
         paragraphs = corpus_paragraphs()
         tok = train_tokenizer(paragraphs)
         config = tiny_config(tok)

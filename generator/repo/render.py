@@ -26,7 +26,7 @@ from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
-from generator.resources import data_json, model_repo_dir, templates_dir
+from generator.resources import data_json, model_repo_dir
 from generator.spec import EngineTarget, Spec
 from generator.templating import environment
 

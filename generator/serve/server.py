@@ -43,6 +43,8 @@ SHM_DIR = Path("/dev/shm")
 ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statistics")
 """Triton APIs that change or reveal the server's state: restricted to requests carrying the key."""
 ADMIN_HEADER = "tritongen-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+"""The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
 _WORKDIR_PREFIX = "tritongen-server-"
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 

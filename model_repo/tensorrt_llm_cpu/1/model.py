@@ -18,7 +18,8 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cpu_engine import MODEL, CpuEngine, EngineSettings, load_model  # noqa: E402
+from cpu_engine import CpuEngine, load_model  # noqa: E402
+from engine_settings import MODEL, EngineSettings  # noqa: E402
 from model_common import RequestError, parameters, triton_error  # noqa: E402
 from trtllm_io import parse_request  # noqa: E402
 
