@@ -72,6 +72,8 @@ class DemoRun:
     """What the demo did, stage by stage, and the figures worth a headline."""
 
     out: Path
+    overrides: list[str] = field(default_factory=list)
+    """The user's ``--set`` values, applied after the demo's own (e.g. a longer load test)."""
     stages: list[StageResult] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -142,7 +144,7 @@ def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callabl
 
         path = make_tiny_model(out / "tiny-model", seed=0, force=True)
         spec_file = out / "tritongen.yaml"
-        spec = load_spec(None, demo_overrides(path, out / "artifacts"))
+        spec = load_spec(None, [*demo_overrides(path, out / "artifacts"), *run.overrides])
         spec_file.write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False), encoding="utf-8")
         state["spec"] = load_spec(spec_file)
         return f"{path} (spec: {spec_file})"

@@ -158,4 +158,4 @@ def test_output_and_force_are_spelled_the_same_everywhere():
                 assert sorted(param.opts) == ["--output", "-o"], (name, param.opts)
             if "--set" in param.opts:
                 assert param.multiple, name
-            assert "--dir" not in param.opts and param.name not in ("dir", "out_dir"), (name, param.opts)
+            assert "--dir" not in param.opts and not (param.param_type_name == "argument" and param.name in ("dir", "out_dir")), name

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     tritongen = Path(sys.executable).with_name("tritongen")
-    proc = subprocess.run([str(tritongen), "demo", "-o", str(out)], capture_output=True, text=True, timeout=1500)
+    # The demo as a newcomer runs it, with shorter load tests (--set, as on every command) to keep the suite quick.
+    proc = subprocess.run([str(tritongen), "demo", "-o", str(out), "--set", "loadtest.duration_s=4"],
+                          capture_output=True, text=True, timeout=1500)
     return out, proc
 
 
@@ -29,6 +32,8 @@ def test_demo_passes_every_stage(demo_run):
     assert names[0] == "tiny model" and names[-1] == "sweep" and len(names) == 13
     assert {"serve llmapi", "smoke llmapi", "load test llmapi"} <= set(names)
     assert "tritongen demo: passed" in proc.stdout and "served targets side by side" in proc.stdout
+    spec = yaml.safe_load((out / "tritongen.yaml").read_text())
+    assert spec["loadtest"]["duration_s"] == 4 and spec["loadtest"]["users"] == 8  # --set over the demo's own values
 
 
 def test_demo_outputs_are_real(demo_run):

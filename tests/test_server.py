@@ -297,11 +297,14 @@ def test_serve_interrupted_then_killed_leaves_no_stub_and_no_work_folder(tmp_pat
 
 
 def _loadtest_until_locust_runs(server: TritonServer, tokenizer: Path, out: Path) -> tuple[subprocess.Popen, list]:
-    """`tritongen loadtest --url` (HF_TOKEN in its environment) against ``server``, once Locust runs."""
+    """`tritongen loadtest --url` (HF_TOKEN in its environment) against ``server``, once Locust runs (its own
+    prompts: the 8-word tokenizer is too small to make up prompts from, and Locust would stop at once)."""
     tritongen = Path(sys.executable).parent / "tritongen"
+    prompts = out.parent / "prompts.jsonl"
+    prompts.write_text('{"text": "hello world"}\n{"text": "the triton model"}\n', encoding="utf-8")
     cli = subprocess.Popen([str(tritongen), "loadtest", "--url", server.http_url, "--admin-key", server.admin_key,
                             "--model", "echo", "--protocol", "http", "--tokenizer", str(tokenizer), "-u", "2",
-                            "-t", "600", "-o", str(out)],
+                            "--prompts", str(prompts), "-t", "600", "-o", str(out)],
                            env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -327,6 +330,8 @@ def test_loadtest_killed_or_terminated_leaves_no_locust_and_no_temporary_folder(
     work.mkdir()
     with TritonServer(repo) as server:
         cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
+        time.sleep(3)  # Locust is up and sending, not about to stop
+        assert _alive([p.pid for p in locusts]) == [p.pid for p in locusts]
         assert all(b"hf_secret_of_the_user" not in Path(f"/proc/{p.pid}/environ").read_bytes() for p in locusts)
         cli.kill()
         cli.wait()
@@ -398,4 +403,5 @@ def test_killed_client_leaves_the_server_serving(cpu_server, trtllm_gauge):
     used = lambda: trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used")  # noqa: E731
     while used() > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert used() == 0
+    active = trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active")
+    assert (used(), active) == (0, 0)

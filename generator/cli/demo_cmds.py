@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import Force, Output, app, console, out
+from generator.cli._app import Force, Output, Sets, app, console, out
 from generator.fsutil import check_writable_target, write_marker
 
 
@@ -19,15 +19,19 @@ from generator.fsutil import check_writable_target, write_marker
 def demo(
     out_dir: Output = Path("demo-out"),
     force: Force = False,
+    overrides: Sets = None,
 ) -> None:
     """Tiny Qwen3 → NVFP4 + FP8 KV → plan → repositories → real tritonserver for the ensemble and the LLM-API model → smoke → load test → sweep."""
     from generator.cli.printing import print_plan
-    from generator.demo import TARGET_COLUMNS, DemoRun, demo_stages, run_stages, target_rows
+    from generator.demo import TARGET_COLUMNS, DemoRun, demo_overrides, demo_stages, run_stages, target_rows
+    from generator.spec import load_spec
 
+    sets = list(overrides or [])
+    load_spec(None, [*demo_overrides(out_dir / "tiny-model", out_dir / "artifacts"), *sets])  # a bad --set stops here
     check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir)
-    run = DemoRun(out=out_dir.resolve())
+    run = DemoRun(out=out_dir.resolve(), overrides=sets)
     started = time.monotonic()
     with contextlib.ExitStack() as stack, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True

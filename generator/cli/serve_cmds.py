@@ -21,11 +21,16 @@ Model = spec_option("loadtest.model", "--model", help="Model to test (default: t
                     "tritongen.json or what the server serves: ensemble, or tensorrt_llm for the LLM-API target).")
 
 
-def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file, admin_key=None):
+SERVE_EXIT_TIMEOUT_S = 10
+"""How long `tritongen serve` lets in-flight requests finish after Ctrl-C or SIGTERM."""
+
+
+def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file, admin_key=None,
+           *, exit_timeout_s: int):
     from generator.serve.server import TritonServer
 
-    server = TritonServer(repo_dir, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file, admin_key=admin_key)
+    server = TritonServer(repo_dir, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          log_file=log_file, admin_key=admin_key, exit_timeout_s=exit_timeout_s)
     with step(f"starting tritonserver on {repo_dir}"):
         server.start(timeout_s=timeout)
     return server
@@ -51,7 +56,8 @@ def serve(
     take the key with --admin-key (or TRITONGEN_ADMIN_KEY)."""
     from generator.serve.server import ADMIN_HEADER
 
-    server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key)
+    server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key,
+                    exit_timeout_s=SERVE_EXIT_TIMEOUT_S)
     try:
         out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
                   f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}",
@@ -111,7 +117,9 @@ def smoke(
                              timeout_s=min(timeout, 300.0), admin_key=key)
 
     if repo_dir is not None:
-        server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None)
+        from generator.serve.server import RUN_EXIT_TIMEOUT_S
+
+        server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None, exit_timeout_s=RUN_EXIT_TIMEOUT_S)
         try:
             report = run(server.http_url, server.grpc_url, server.admin_key)
         finally:

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +46,10 @@ ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statisti
 ADMIN_HEADER = "tritongen-admin-key"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 """The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
+RUN_EXIT_TIMEOUT_S = 2
+"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
+_STUB_GRACE_S = 2.0
+"""How long the Python backend stubs may take to exit after tritonserver itself has."""
 _WORKDIR_PREFIX = "tritongen-server-"
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -269,8 +274,13 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         log_verbose: int = 0,
         admin_key: Optional[str] = None,
+        exit_timeout_s: int = RUN_EXIT_TIMEOUT_S,
     ):
         self.repo_dir = Path(repo_dir).resolve()
+        self.exit_timeout_s = exit_timeout_s
+        """How long a stopping server waits for in-flight requests. tritongen's own runs stop their server
+        once their requests are done, so little; ``tritongen serve`` gives its clients longer. (Triton 2.51
+        also counts an ensemble request it refused for a wrong input type as in flight until it exits.)"""
         self.host = host
         self._ports_given = (http_port, grpc_port, metrics_port)
         self.http_port, self.grpc_port, self.metrics_port = self._ports_given
@@ -373,6 +383,7 @@ class TritonServer:
             backend_dir=backend_dir,
             shm_prefix=self.shm_prefix,
             log_verbose=self.log_verbose,
+            exit_timeout_s=self.exit_timeout_s,
             admin_key=self.admin_key,
             extra_args=self.extra_args,
             launch_script=self.launch_script,
@@ -463,9 +474,20 @@ class TritonServer:
             self._cleanup()
 
     def _terminate(self, timeout_s: float = 20.0) -> None:
-        group, self._group, self.process = self._group, None, None
-        if group is not None:
-            group.stop(timeout_s)
+        """The server drains its in-flight requests (``--exit-timeout-secs``) and exits; its Python stubs
+        then have nothing left to serve, so they get a short grace, not the whole timeout, before SIGKILL
+        (they outlive a server that exits on its timeout until killed)."""
+        group, process, self._group, self.process = self._group, self.process, None, None
+        if group is None:
+            return
+        group.signal(signal.SIGTERM)
+        try:
+            if process is not None:
+                process.wait(timeout=timeout_s)
+            grace = _STUB_GRACE_S
+        except subprocess.TimeoutExpired:
+            grace = 0.0
+        group.stop(grace)
 
     def _cleanup(self) -> None:
         if self._log_handle:
