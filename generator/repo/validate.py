@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from generator.deploy.checks import check_deployment
-from generator.repo.llmapi import CPU_ENGINE_MODEL, validate_llmapi
+from generator.repo.llmapi import CPU_ENGINE_MODEL
+from generator.repo.validate_llmapi import validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import Problem, Severity, parse_config
 from generator.repo.render import ENSEMBLE, LLMAPI_LAYOUT, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
