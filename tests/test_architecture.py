@@ -25,7 +25,7 @@ PURE = (
     "generator.engine.gpus", "generator.engine.plan*", "generator.engine.shape", "generator.engine.memory",
     "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
-    "generator.repo.enginecheck",
+    "generator.repo.enginecheck", "generator.model.manifest",
     "generator.serve.dialect", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
     "generator.measure.verdict", "generator.measure.slo",
 )

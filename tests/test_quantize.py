@@ -19,7 +19,8 @@ import json
 import pytest
 
 from generator.errors import TritongenError
-from generator.model.quantize import MANIFEST_NAME, misfit_layers, modelopt_config, read_calibration_file, refusal
+from generator.model.calibration_data import read_calibration_file
+from generator.model.quantize import MANIFEST_NAME, misfit_layers, modelopt_config, refusal
 from generator.spec import QuantizationSpec, with_overrides
 
 

@@ -7,8 +7,9 @@ would apply and score the simulated-quantization model, export (destructive: the
 afterwards), then read the export back through the serving loader and score it. The scores, sizes,
 timings, versions and input hash go into a manifest beside the weights.
 
-Deciders (``refusal``, ``modelopt_config``, ``misfit_layers``, ``read_calibration_file``) are pure;
-``quantize`` is the edge that loads models and writes files.
+Deciders (``refusal``, ``modelopt_config``, ``misfit_layers``) are pure; ``quantize`` is the edge that
+loads models and writes files. The calibration texts come from ``calibration_data.py``, the manifest's
+hashes, sizes and versions from ``manifest.py``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
-import hashlib
 import io
 import json
 import os
-import platform
-import random
 import shutil
 import time
 import warnings
@@ -29,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from generator.errors import ArtifactCorrupt, ArtifactMissing, PlanRefused, SpecError, ToolMissing
+from generator.errors import ArtifactCorrupt, PlanRefused, SpecError
 from generator.fsutil import atomic_dir, check_writable_target
+from generator.model.calibration_data import calibration_texts
+from generator.model.manifest import library_versions, sha256_files, size_report, tensor_table
 from generator.spec import KVCacheFormat, QuantFormat, QuantizationSpec, Spec
 
 MANIFEST_NAME = "tritongen-manifest.json"
@@ -48,8 +48,6 @@ FORMAT_PRESETS = {
 """ModelOpt's preset for each weight format (their defaults also keep routers, vision towers ... unquantized)."""
 
 NVFP4_BLOCK = 16
-HUB_DATASETS = {"cnn_dailymail": ("abisee/cnn_dailymail", "3.0.0", "article")}
-"""Known hub calibration sets: name -> (repo, config, text column). Others are read with config None and column ``text``."""
 
 
 # ------------------------------------------------------------------ deciders
@@ -105,150 +103,6 @@ def misfit_layers(linears: dict[str, tuple[int, int]], q: QuantizationSpec) -> l
         if q.format is QuantFormat.int4_awq and (fan_in % q.awq_block_size or fan_out % 2):
             bad.append(f"{name} (in {fan_in}, out {fan_out}; needs in a multiple of {q.awq_block_size}, out even)")
     return bad
-
-
-def read_calibration_file(path: Path) -> list[str]:
-    """Texts of a local calibration file: .jsonl (a ``text`` field per line) or text (blank-line paragraphs)."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ArtifactCorrupt(f"calibration file is not UTF-8 text (byte {exc.start})", where=str(path),
-                              fix="save it as UTF-8, or pass another file with --dataset") from None
-    if path.suffix == ".jsonl":
-        texts = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ArtifactCorrupt(
-                    f"line {n} is not a JSON object with a text field", where=str(path), fix='write one {"text": "..."} per line'
-                ) from None
-        return [t for t in texts if t.strip()]
-    return [p.strip() for p in raw.split("\n\n") if p.strip()]
-
-
-def select_samples(texts: list[str], size: int, seed: int) -> list[str]:
-    """A seeded sample of ``size`` texts (all of them, shuffled, when there are fewer)."""
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    return [texts[i] for i in order[:size]]
-
-
-# ------------------------------------------------------------------ edges: data
-
-
-def calibration_texts(spec: Spec) -> tuple[list[str], str]:
-    """Calibration texts and a description of where they came from."""
-    cal = spec.quantization.calibration
-    local = spec.path(Path(cal.dataset))
-    looks_local = local.exists() or local.suffix in (".txt", ".jsonl", ".md") or cal.dataset.startswith((".", "/", "~"))
-    if looks_local:
-        if not local.is_file():
-            raise ArtifactMissing(
-                "calibration file not found", where=str(local),
-                fix="pass an existing .txt or .jsonl file with --dataset (e.g. generator/data/corpus.txt)",
-            )
-        texts = read_calibration_file(local)
-        if not texts:
-            raise ArtifactCorrupt("calibration file holds no text", where=str(local),
-                                  fix="put text in it (paragraphs separated by blank lines), or pass another --dataset")
-        return select_samples(texts, cal.size, cal.seed), str(local)
-    return _hub_texts(cal.dataset, cal.size, cal.seed), f"hub:{cal.dataset}"
-
-
-def _hub_texts(name: str, size: int, seed: int) -> list[str]:
-    from generator.model.fetch import offline_mode
-
-    fix = "calibrate from a local file instead: --dataset PATH.txt|PATH.jsonl (or --set quantization.calibration.dataset=PATH)"
-    if offline_mode():
-        raise SpecError(f"calibration data set {name!r} needs the Hugging Face Hub, but HF_HUB_OFFLINE is set", where="quantization.calibration.dataset", fix=fix)
-    try:
-        import datasets
-    except ImportError:
-        raise ToolMissing(
-            f"calibration data set {name!r} needs the `datasets` package (not a tritongen dependency) and network access",
-            where="quantization.calibration.dataset", fix=f"pip install datasets, or {fix}",
-        ) from None
-    repo, config, column = HUB_DATASETS.get(name, (name, None, "text"))
-    try:
-        stream = datasets.load_dataset(repo, config, split="train", streaming=True).shuffle(seed=seed, buffer_size=10_000)
-        texts = [row[column] for _, row in zip(range(size), stream)]
-    except Exception as exc:  # network, missing repo, missing column: all end the same way for the user
-        raise ArtifactMissing(f"could not read calibration data set {name!r}: {exc}", where="quantization.calibration.dataset", fix=fix) from exc
-    return [t for t in texts if t and t.strip()]
-
-
-def _sha256_files(files: list[Path]) -> dict[str, Any]:
-    per_file = {}
-    for path in files:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        per_file[path.name] = digest.hexdigest()
-    combined = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(per_file.items())).encode()).hexdigest()
-    return {"sha256": combined, "files": per_file}
-
-
-_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
-
-
-def tensor_table(folder: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
-    """name -> (safetensors dtype, shape, bytes) for every tensor of a folder, without loading data."""
-    from safetensors import safe_open
-
-    table = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                sl = f.get_slice(key)
-                shape = tuple(sl.get_shape())
-                count = 1
-                for d in shape:
-                    count *= d
-                table[key] = (sl.get_dtype(), shape, count * _DTYPE_BYTES[sl.get_dtype()])
-    return table
-
-
-def size_report(source: dict, exported: dict) -> dict[str, Any]:
-    """Whole-checkpoint sizes and the quantized linear layers' share of their BF16 size.
-
-    A quantized layer is one with a ``weight_scale``; its exported bytes are every tensor under its
-    name except KV-cache scales; its BF16 size is 2 bytes per weight element.
-    """
-    modules = {k[: -len(".weight_scale")] for k in exported if k.endswith(".weight_scale")}
-    quant_bytes = sum(
-        size for k, (_, _, size) in exported.items()
-        if k.rpartition(".")[0] in modules and not k.endswith((".k_scale", ".v_scale"))
-    )
-    bf16_bytes = 0
-    for m in modules:
-        count = 1
-        for d in source.get(f"{m}.weight", (None, (0,), 0))[1]:
-            count *= d
-        bf16_bytes += 2 * count
-    return {
-        "input_bytes": sum(s for _, _, s in source.values()),
-        "output_bytes": sum(s for _, _, s in exported.values()),
-        "quantized_layers": len(modules),
-        "quantized_linear_bf16_bytes": bf16_bytes,
-        "quantized_linear_bytes": quant_bytes,
-        "quantized_linear_ratio": round(quant_bytes / bf16_bytes, 4) if bf16_bytes else None,
-    }
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for dist in ("tritongen", "torch", "transformers", "nvidia-modelopt", "tokenizers", "safetensors", "huggingface_hub"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            versions[dist] = "not installed"
-    return versions
 
 
 # ------------------------------------------------------------------ edges: model
@@ -382,7 +236,7 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     model_dir = fetch(spec)
     # Hashing 16 GB of input takes seconds of CPU while the GPU calibrates: do it beside the work.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritongen-sha256")
-    input_hash = hashing.submit(_sha256_files, sorted(model_dir.glob("*.safetensors")))
+    input_hash = hashing.submit(sha256_files, sorted(model_dir.glob("*.safetensors")))
     hashing.shutdown(wait=False)
     log = io.StringIO()
     with _quiet(log):
