@@ -112,7 +112,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from generator.measure.runner import run_loadtest
-    from generator.serve.server import GRPC_ADMIN_HEADER, TritonServer
+    from generator.serve.install import GRPC_ADMIN_HEADER
+    from generator.serve.server import TritonServer
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)

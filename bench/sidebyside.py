@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from generator.measure.runner import model_inputs, read_records, run_loadtest
-    from generator.serve.server import GRPC_ADMIN_HEADER
+    from generator.serve.install import GRPC_ADMIN_HEADER
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,18 +20,8 @@ import requests
 
 from generator.errors import TritongenError
 from generator.serve.client import generate, grpc_stream, text_inputs
-from generator.serve.server import (
-    ADMIN_HEADER,
-    SHM_DIR,
-    TritonServer,
-    assemble_backend_dir,
-    failed_models_from_index,
-    failed_models_from_log,
-    find_install,
-    free_port,
-    server_command,
-    server_env,
-)
+from generator.serve.install import ADMIN_HEADER, assemble_backend_dir, find_install, server_command, server_env
+from generator.serve.server import SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port
 from generator.serve.smoke import same_text
 
 # ---------------------------------------------------------------- pure pieces

@@ -54,7 +54,7 @@ def serve(
 
     The admin APIs answer only requests with the header `tritongen-admin-key: KEY`; smoke and loadtest
     take the key with --admin-key (or TRITONGEN_ADMIN_KEY)."""
-    from generator.serve.server import ADMIN_HEADER
+    from generator.serve.install import ADMIN_HEADER
 
     server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key,
                     exit_timeout_s=SERVE_EXIT_TIMEOUT_S)

@@ -35,7 +35,7 @@ def http_get(url: str, timeout: float = 10.0, headers: Optional[dict[str, str]] 
 
 def fetch_model_stats(http_url: str, admin_key: Optional[str] = None) -> dict[str, Any]:
     """``/v2/models/stats``; a server tritongen started answers it only with its admin key."""
-    from generator.serve.server import ADMIN_HEADER
+    from generator.serve.install import ADMIN_HEADER
 
     headers = {ADMIN_HEADER: admin_key} if admin_key else None
     return json.loads(http_get(f"{http_url.rstrip('/')}/v2/models/stats", headers=headers))

@@ -6,17 +6,17 @@ its utils module and the stub built for this Python version). Every address bind
 default, free ports are picked, readiness is polled, and a failed start names the models that did
 not load. The server runs in its own process group (``generator.procs``) so that stopping it also
 ends the Python backend stubs, even when tritongen itself is killed; the shared-memory regions of
-this server carry their own prefix and are removed. The admin APIs (``ADMIN_APIS``) answer only
+this server carry their own prefix and are removed. The admin APIs (``install.ADMIN_APIS``) answer only
 requests that carry the run's key in the ``ADMIN_HEADER`` header, and the server sees only the
 environment variables it needs.
 
-Pure helpers (`server_command`, `server_env`, `failed_models_from_index`, `failed_models_from_log`)
-decide; `TritonServer` acts.
+Where the server is installed and its command line and environment are decided in ``install.py``; the
+pure helpers here (`failed_models_from_index`, `failed_models_from_log`) read why a start failed;
+`TritonServer` acts.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,174 +26,28 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from generator.errors import ArtifactMissing, ServerError, ToolMissing
+from generator.errors import ArtifactMissing, ServerError
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
+from generator.serve.install import (
+    ADMIN_HEADER, LAUNCH_SCRIPT, ServerInstall, assemble_backend_dir, bundled_lib_dirs, find_install, launch_env,
+    server_command, server_env,
+)
 
 SHM_DIR = Path("/dev/shm")
-ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statistics")
-"""Triton APIs that change or reveal the server's state: restricted to requests carrying the key."""
-ADMIN_HEADER = "tritongen-admin-key"
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-"""The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
 RUN_EXIT_TIMEOUT_S = 2
 """``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
 _STUB_GRACE_S = 2.0
 """How long the Python backend stubs may take to exit after tritonserver itself has."""
 _WORKDIR_PREFIX = "tritongen-server-"
-_PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-@dataclass(frozen=True)
-class ServerInstall:
-    """Where the server binary and its Python backend come from."""
-
-    binary: Path
-    bundled: bool
-    """True for the nvidia-pytriton copy (needs an assembled backend folder and library path)."""
-    pytriton_dir: Optional[Path] = None
-    """The wheel's ``pytriton`` package folder when bundled."""
-
-
-def find_install() -> ServerInstall:
-    """``tritonserver`` on PATH (NGC container), else the one in the nvidia-pytriton wheel."""
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return ServerInstall(Path(on_path), bundled=False)
-    try:
-        spec = importlib.util.find_spec("pytriton")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ToolMissing(
-            "no tritonserver found: not on PATH and the nvidia-pytriton wheel is not installed",
-            fix="pip install nvidia-pytriton==0.7.0 (bundles tritonserver), or run inside an NGC Triton container",
-        )
-    pkg = Path(list(spec.submodule_search_locations)[0])
-    binary = pkg / "tritonserver" / "bin" / "tritonserver"
-    if not binary.is_file():
-        raise ToolMissing("the nvidia-pytriton wheel has no tritonserver binary", where=str(binary),
-                          fix="pip install --force-reinstall nvidia-pytriton==0.7.0")
-    return ServerInstall(binary, bundled=True, pytriton_dir=pkg)
-
-
-def assemble_backend_dir(pytriton_dir: Path, target: Path, python_version: str = _PY_VERSION) -> Path:
-    """Make ``target/python/`` hold the Python backend and the stub for ``python_version``.
-
-    The wheel keeps one stub per Python version apart from the backend; Triton expects them together.
-    """
-    src = pytriton_dir / "tritonserver"
-    stub = src / "python_backend_stubs" / python_version / "triton_python_backend_stub"
-    if not stub.is_file():
-        available = sorted(p.name for p in (src / "python_backend_stubs").glob("3.*"))
-        raise ToolMissing(
-            f"the bundled Python backend has no stub for Python {python_version} (has {', '.join(available)})",
-            where=str(stub.parent),
-            fix="run tritongen with one of those Python versions",
-        )
-    dest = target / "python"
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in (
-        src / "backends" / "python" / "libtriton_python.so",
-        src / "backends" / "python" / "triton_python_backend_utils.py",
-        stub,
-    ):
-        link = dest / item.name
-        if not link.exists():
-            try:
-                link.symlink_to(item)
-            except OSError:
-                shutil.copy2(item, link)
-    return target
-
-
-def server_command(
-    binary: Path,
-    repo_dir: Path,
-    *,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    backend_dir: Optional[Path],
-    shm_prefix: str,
-    log_verbose: int = 0,
-    exit_timeout_s: int = 10,
-    admin_key: Optional[str] = None,
-    extra_args: Sequence[str] = (),
-    launch_script: Optional[Path] = None,
-) -> list[str]:
-    """The tritonserver command line. ``extra_args`` come last so they override the defaults.
-    With ``admin_key`` the admin APIs need the ``ADMIN_HEADER`` header with that value (HTTP and gRPC).
-
-    With the repository's ``launch_script`` (what render writes for the topology), the script starts the
-    server(s) and these arguments go to every process; the binary and the shared-memory prefix then
-    travel as TRITONSERVER and SHM_PREFIX (see ``launch_env``).
-    """
-    head = ["/bin/sh", str(launch_script)] if launch_script is not None else [str(binary), f"--model-repository={repo_dir}"]
-    cmd = [
-        *head,
-        f"--http-address={host}",
-        f"--http-port={http_port}",
-        f"--grpc-address={host}",
-        f"--grpc-port={grpc_port}",
-        f"--metrics-address={host}",
-        f"--metrics-port={metrics_port}",
-        "--allow-metrics=true",
-        f"--log-verbose={log_verbose}",
-        f"--exit-timeout-secs={exit_timeout_s}",
-    ]
-    if launch_script is None:
-        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
-    if backend_dir is not None:
-        cmd.append(f"--backend-directory={backend_dir}")
-    if admin_key is not None:
-        restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
-        cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
-    cmd.extend(extra_args)
-    return cmd
-
-
-LAUNCH_SCRIPT = "launch.sh"
-
-
-def launch_env(binary: Path, shm_prefix: str) -> dict[str, str]:
-    """What the rendered launch script reads: the server binary and the shared-memory prefix of its ranks."""
-    return {"TRITONSERVER": str(binary), "SHM_PREFIX": shm_prefix}
-
-
-def server_env(
-    base: Mapping[str, str],
-    *,
-    python_bin_dir: Path,
-    lib_dirs: Sequence[Path] = (),
-) -> dict[str, str]:
-    """Environment for the server: this Python's ``bin`` first on PATH (the stub runs the first
-    ``python3`` there to find packages) and, for the bundled server, this Python's LIBDIR before the
-    wheel's libraries (otherwise another libpython mixes with this standard library)."""
-    env = dict(base)
-    env["PATH"] = os.pathsep.join([str(python_bin_dir)] + [p for p in env.get("PATH", "").split(os.pathsep) if p])
-    if lib_dirs:
-        rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(d) for d in lib_dirs] + rest)
-    env.pop("PYTHONHOME", None)
-    return env
-
-
-def bundled_lib_dirs(pytriton_dir: Path) -> list[Path]:
-    libdir = sysconfig.get_config_var("LIBDIR")
-    dirs = [Path(libdir)] if libdir else []
-    return dirs + [pytriton_dir.parent / "nvidia_pytriton.libs"]
 
 
 def _first_line(reason: str, limit: int = 300) -> str:

@@ -474,6 +474,6 @@ def served_dialect(http_url: str, model: str) -> Dialect:
 
 def admin_headers(admin_key: Optional[str]) -> Optional[dict[str, str]]:
     """The header a server tritongen started wants on its admin APIs (the repository index is one)."""
-    from generator.serve.server import ADMIN_HEADER
+    from generator.serve.install import ADMIN_HEADER
 
     return {ADMIN_HEADER: admin_key} if admin_key else None
