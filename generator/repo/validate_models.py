@@ -38,7 +38,6 @@ _ENUM_PARAMS = {
     "batch_scheduler_policy": ("max_utilization", "guaranteed_no_evict", "static_batch"),
     "dtype": ("bfloat16", "float16", "float32"),
 }
-_STREAMING_PROTOCOLS = ("http-stream", "grpc-stream")
 REQUIRED_PARAMETERS = {
     PREPROCESSING: ("tokenizer_dir",), POSTPROCESSING: ("tokenizer_dir",), TENSORRT_LLM: ("gpt_model_path",),
     BLS: ("tensorrt_llm_model_name",),
