@@ -1,4 +1,5 @@
-"""The typed spec every stage reads (``schema``), how it is loaded (``load``) and documented (``doc``)."""
+"""The typed spec every stage reads (``schema``, its sections in ``build``, ``serving``, ``loadtest``), how it is
+loaded (``load``) and documented (``doc``)."""
 
 from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
 from generator.spec.schema import (

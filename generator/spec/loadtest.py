@@ -1,0 +1,83 @@
+"""The spec's load-test section: the defaults of ``tritongen loadtest`` and ``tritongen sweep``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Field
+
+from generator.spec.base import Section
+
+
+class LoadTestSpec(Section):
+    """Defaults of ``tritongen loadtest`` and ``tritongen sweep``."""
+
+    protocol: Literal["http-stream", "grpc-stream", "http"] = "grpc-stream"
+    """Client protocol: HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP generate."""
+
+    model: Optional[str] = None
+    """Model the users call. None means the repository's entry model: ensemble, or tensorrt_llm (the
+    LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path."""
+
+    users: int = Field(16, ge=1)
+    """Concurrent users (closed loop), when request_rate is not set."""
+
+    spawn_rate: float = Field(16.0, gt=0)
+    """Users started per second."""
+
+    duration_s: float = Field(30.0, gt=0)
+    """Run time in seconds after spawning."""
+
+    max_requests: Optional[int] = Field(None, ge=1)
+    """Stop after this many requests (None: run for duration_s)."""
+
+    request_rate: Optional[float] = Field(None, gt=0)
+    """Open-loop mode: requests per second on a schedule; latency counts from the scheduled send."""
+
+    arrival: Literal["constant", "poisson"] = "poisson"
+    """Arrival process in open-loop mode."""
+
+    prompts: Optional[Path] = None
+    """JSONL file with a ``text`` (and optional ``max_tokens``) per line. None means synthetic prompts."""
+
+    input_tokens_mean: int = Field(128, ge=1)
+    """Synthetic prompts: mean input length in tokens."""
+
+    input_tokens_stddev: int = Field(0, ge=0)
+    """Synthetic prompts: standard deviation of input length."""
+
+    output_tokens_mean: int = Field(64, ge=1)
+    """Requested output tokens per request (mean)."""
+
+    output_tokens_stddev: int = Field(0, ge=0)
+    """Standard deviation of requested output tokens."""
+
+    num_prompts: int = Field(100, ge=1)
+    """Synthetic prompts: how many distinct prompts are made; requests cycle through them in order."""
+
+    tokenizer: Optional[Path] = None
+    """Folder with tokenizer.json for counting tokens and making prompts. None means the served
+    repository's ``tokenizer_dir`` parameter (read from the server's model config)."""
+
+    seed: int = 0
+    """Seed for prompts, lengths and arrivals, so runs are repeatable."""
+
+    warmup_requests: int = Field(4, ge=0)
+    """Requests sent and discarded before measuring."""
+
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = 0
+    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: one per
+    core this process may run on (os.sched_getaffinity), a single process when that is one core. A Locust
+    process uses at most one core: its measured ceiling is in docs/benchmarks.md."""
+
+    request_timeout_s: float = Field(300.0, gt=0)
+    """A request with no response for this long counts as an error; also the most a run waits at its
+    end for requests still in flight (they finish and count, instead of being cut off)."""
+
+    reference_checks: int = Field(100, ge=0)
+    """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
+    to them is compared with the server's one-piece detokenization of the same tokens. 0: no comparison."""
+
+    slo: Optional[str] = None
+    """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
