@@ -117,7 +117,7 @@ def smoke(
                              timeout_s=min(timeout, 300.0), admin_key=key)
 
     if repo_dir is not None:
-        from generator.serve.server import RUN_EXIT_TIMEOUT_S
+        from generator.serve.install import RUN_EXIT_TIMEOUT_S
 
         server = _start(repo_dir, "127.0.0.1", None, None, None, timeout, None, exit_timeout_s=RUN_EXIT_TIMEOUT_S)
         try:

@@ -23,6 +23,8 @@ ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statisti
 ADMIN_HEADER = "tritongen-admin-key"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 """The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
+RUN_EXIT_TIMEOUT_S = 2
+"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -100,7 +102,7 @@ def server_command(
     backend_dir: Optional[Path],
     shm_prefix: str,
     log_verbose: int = 0,
-    exit_timeout_s: int = 10,
+    exit_timeout_s: int = RUN_EXIT_TIMEOUT_S,
     admin_key: Optional[str] = None,
     extra_args: Sequence[str] = (),
     launch_script: Optional[Path] = None,

@@ -38,13 +38,11 @@ from generator.errors import ArtifactMissing, ServerError
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
 from generator.serve.install import (
-    ADMIN_HEADER, LAUNCH_SCRIPT, ServerInstall, assemble_backend_dir, bundled_lib_dirs, find_install, launch_env,
-    server_command, server_env,
+    ADMIN_HEADER, LAUNCH_SCRIPT, RUN_EXIT_TIMEOUT_S, ServerInstall, assemble_backend_dir, bundled_lib_dirs,
+    find_install, launch_env, server_command, server_env,
 )
 
 SHM_DIR = Path("/dev/shm")
-RUN_EXIT_TIMEOUT_S = 2
-"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
 _STUB_GRACE_S = 2.0
 """How long the Python backend stubs may take to exit after tritonserver itself has."""
 _WORKDIR_PREFIX = "tritongen-server-"
