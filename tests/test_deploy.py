@@ -120,8 +120,8 @@ def test_tp8_pp2_over_two_nodes():
 
 
 @pytest.mark.parametrize("overrides, kinds", [
-    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
-    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "Service",
+    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "NetworkPolicy", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
+    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "NetworkPolicy", "Service",
                                      "PodMonitor", "HorizontalPodAutoscaler"]),
 ])
 def test_render_then_validate_strict(weights, tmp_path, build_engine, overrides, kinds):

@@ -69,7 +69,7 @@ def test_official_style_repository_has_notes_only(official):
 
 
 def test_import_and_render_round_trip_to_the_same_meaning(official, tmp_path):
-    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     spec = load_spec(tmp_path / "imported.yaml")
     assert (spec.build.max_batch_size, spec.build.tp_size, spec.quantization.format.value) == (32, 1, "fp8")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-validate")
@@ -84,10 +84,10 @@ def test_llmapi_repository_round_trips(gpu_host, tmp_path, qwen3_8b_config, toke
     write_quantized_checkpoint(load_spec(spec_path))
     cli("render", str(spec_path), "-o", str(tmp_path / "llmapi"), "--set", "serving.engine=llmapi", "--no-gpu")
     (tmp_path / "llmapi" / MANIFEST).unlink()
-    result = import_repository(tmp_path / "llmapi")
+    result = import_repository(tmp_path / "llmapi", keep_paths=True)
     assert result.spec["serving"]["engine"] == "llmapi" and result.spec["build"]["max_num_tokens"] == 4096
     assert result.spec["serving"]["enable_kv_cache_reuse"] is True
-    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-gpu", "--no-validate")
     (tmp_path / "again" / MANIFEST).unlink()
     assert diff_meanings(read_meaning(tmp_path / "llmapi"), read_meaning(tmp_path / "again")) == []

@@ -280,7 +280,7 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
 
 
 def test_pbtxt_strings_escape_every_control_character_and_read_back_identical():
-    from generator.repo.render import _quote
+    from generator.templating import pbtxt_string as _quote
 
     nasty = "".join(chr(c) for c in range(32)) + '\x7f"\\\'é/東京 😊'
     parsed = text_format.Parse(f"name: {_quote(nasty)}", model_config_pb2.ModelConfig())
@@ -303,7 +303,7 @@ def test_rendered_path_with_control_characters_reads_back_identical(tokenizer_we
 
 
 def test_lone_surrogate_is_refused_with_a_message():
-    from generator.repo.render import _quote
+    from generator.templating import pbtxt_string as _quote
 
     with pytest.raises(TritongenError, match="lone surrogate"):
         _quote("bad\udcff")

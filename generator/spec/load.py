@@ -138,7 +138,12 @@ def spec_from_dict(data: dict[str, Any], *, base_dir: Path = Path("."), source: 
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise spec_error_from_validation(exc, source) from None
-    spec.base_dir = Path(base_dir).resolve()
+    try:
+        spec.base_dir = Path(base_dir).resolve()
+    except ValidationError:
+        raise SpecError(f"the spec's folder {str(Path(base_dir).resolve())!r} holds a control character, which "
+                        "would reach every path of the spec", where=source, fix="move the spec to a folder with a "
+                        "one-line printable name") from None
     return spec
 
 
