@@ -237,7 +237,7 @@ CORPUS = [
     ("own image of another TensorRT-LLM", TP2X2 + ["kubernetes.image=nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"],
      lambda r, s: None, "is the Triton container of TensorRT-LLM 1.2.0", "26.04"),
     ("GPU request does not match ranks per pod", TP2X2,
-     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4}', '"nvidia.com/gpu": 2}', 2),
+     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4,', '"nvidia.com/gpu": 2,', 2),
      "requests nvidia.com/gpu 2 but runs 4", "nvidia.com/gpu: 4"),
     ("worker pod GPUs differ", TP8PP2,
      lambda r, s: _regex(r / "kubernetes.yaml", r'(rank-host"[\s\S]*?limits: \{"nvidia.com/gpu": )8', r"\g<1>4"),

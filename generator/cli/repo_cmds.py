@@ -159,7 +159,11 @@ def diff_cmd(
     for repo in (repo_a, repo_b):
         if not repo.is_dir():
             raise ArtifactMissing("repository folder does not exist", where=str(repo), fix="pass two repository folders")
-    differences = diff_meanings(read_meaning(repo_a), read_meaning(repo_b))
+    meanings = [read_meaning(repo_a), read_meaning(repo_b)]
+    for meaning in meanings:
+        for line in meaning.not_read:
+            console.print(f"[yellow]not compared:[/] {escape(line)}")
+    differences = diff_meanings(*meanings)
     if as_json:
         typer.echo(json.dumps([d.model_dump() for d in differences], indent=2, default=str))
     elif not differences:

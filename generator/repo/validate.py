@@ -9,11 +9,12 @@ and against the built engine. All problems are returned at once, each with file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from generator.deploy.checks import check_deployment
+from generator.errors import ArtifactCorrupt
+from generator.fsutil import read_json_object
 from generator.repo.llmapi import CPU_ENGINE_MODEL
 from generator.repo.validate_llmapi import validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
@@ -35,11 +36,10 @@ def read_manifest(repo: Path, report: Report) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        report.add(path, exc.lineno, f"not valid JSON: {exc.msg}", "re-render with `tritongen render`")
+        return read_json_object(path, fix="re-render with `tritongen render`", inside=repo)
+    except ArtifactCorrupt as exc:
+        report.add(path, None, exc.message, exc.fix or "re-render with `tritongen render`")
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: Report) -> Optional[Spec]:
