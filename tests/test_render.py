@@ -297,7 +297,7 @@ def test_rendered_path_with_quotes_reads_back_identical(tokenizer_weights_dir, t
 
     with pytest.raises(TritongenError, match="artifacts.checkpoint_dir: holds the control character"):
         small_spec(tmp_path / "we\x01ird\tname\nwith", tmp_path / "art", "serving.engine=cpu-reference")
-    weights = tmp_path / "we'ird \\name $(x) #with \"quotes\""
+    weights = tmp_path / "we'ird \\name $(x)#with \"quotes\""
     shutil.copytree(tokenizer_weights_dir, weights)
     spec = small_spec(weights, tmp_path / "art", "serving.engine=cpu-reference")
     repo = render_repository(spec, tmp_path / "repo")

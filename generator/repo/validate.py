@@ -61,6 +61,15 @@ def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: Report) ->
 # ---------------------------------------------------------------- entry point
 
 
+def layout(repo: Path, manifest: dict[str, Any]) -> Optional[str]:
+    """The manifest's layout; without one, the LLM-API model when the files are laid out as NVIDIA's llmapi
+    folder (tensorrt_llm/1/model.yaml and no ensemble), else the engine layout's checks apply."""
+    if manifest.get("layout"):
+        return manifest["layout"]
+    llmapi = (repo / LLMAPI_MODEL / "1" / "model.yaml").is_file() and not (repo / ENSEMBLE).is_dir()
+    return LLMAPI_LAYOUT if llmapi else None
+
+
 def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Problem]:
     """Every problem in the repository at ``repo_dir`` (empty list: it is fine), errors and warnings.
 
@@ -78,7 +87,7 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
         report.add(repo, None, "no spec (no tritongen.json and no --spec): the engine-vs-spec, quantization-vs-spec "
                    "and decoupled-vs-streaming checks were skipped",
                    f"tritongen import {repo} -o spec.yaml, then tritongen validate {repo} --spec spec.yaml", Severity.note)
-    if manifest.get("layout") == LLMAPI_LAYOUT:
+    if layout(repo, manifest) == LLMAPI_LAYOUT:
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
