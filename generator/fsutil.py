@@ -176,7 +176,13 @@ def atomic_write_text(path: Path, text: str, *, force: bool = True) -> None:
         raise OutputExists("file exists", where=str(path), fix="pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as f:
-        f.write(text)
+        try:
+            f.write(text)
+            f.flush()
+        except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
+            f.close()
+            Path(f.name).unlink(missing_ok=True)
+            raise
     Path(f.name).replace(path)
 
 

@@ -207,3 +207,31 @@ def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):
                                     env={"COLUMNS": "300"})
     assert result.exit_code != 0 and "✓" not in result.output
     assert f"HTTP {port}" in str(result.exception) and "already in use" in str(result.exception)
+
+
+def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Low item: a copy that fills the disk is reported at the file written, not its source; and the spec
+    import writes through atomic_write_text, which leaves no temporary file."""
+    import errno
+    import tempfile
+
+    from generator.cli import os_error_line
+    from generator.fsutil import atomic_write_text
+
+    src = tmp_path / "source.bin"
+    src.write_bytes(b"x")
+    # What shutil.copyfile raises when the disk fills during its sendfile copy: source first, destination second.
+    full = OSError(errno.ENOSPC, "No space left on device", str(src), None, "/out/engine/rank0.engine")
+    assert os_error_line(full) == "/out/engine/rank0.engine: No space left on device"
+
+    real = tempfile.NamedTemporaryFile
+
+    def full_disk(*args, **kwargs):  # the disk fills while the spec is written (no real full disk here)
+        f = real(*args, **kwargs)
+        f.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr("generator.fsutil.tempfile.NamedTemporaryFile", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "spec.yaml", "model: {}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
