@@ -16,6 +16,7 @@ import yaml
 
 from generator.deploy.kubernetes import MANIFESTS
 from generator.deploy.loadtest import LOADTEST_DOCKERFILE, LOADTEST_MANIFESTS
+from generator.deploy.manifest_checks import Findings, documents, security_review
 from generator.deploy.pod_security import restricted_violations
 from generator.repo.problems import failing
 from generator.repo.validate import validate_repository
@@ -27,6 +28,7 @@ from generator.cli import app
 from generator.errors import SpecError
 
 TWO_NODES = topo_overrides(2, 2, 1, 4, 1)
+SERVER_LABELS = {"app.kubernetes.io/name": "tritongen", "app.kubernetes.io/component": "triton"}
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +118,12 @@ BREAKS = [
 
 
 @pytest.mark.parametrize("name, file, change, words", BREAKS, ids=[b[0] for b in BREAKS])
-def test_validate_strict_fails_what_a_cluster_admin_would_refuse(repo, name, file, change, words):
+def test_the_review_names_what_a_cluster_admin_would_refuse(repo, name, file, change, words):
+    """The review validate runs on each manifest (the end-to-end `validate --strict` run is the next test)."""
     _edit(repo / file, change)
-    problems = failing(validate_repository(repo), strict=True)
+    out = Findings()
+    security_review(repo / file, documents(repo / file, out), out, SERVER_LABELS if file == MANIFESTS else None)
+    problems = failing(out.problems, strict=True)
     assert any(words in p.message for p in problems), [p.message for p in problems]
 
 
