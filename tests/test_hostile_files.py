@@ -235,3 +235,26 @@ def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path,
     with pytest.raises(OSError):
         atomic_write_text(tmp_path / "spec.yaml", "model: {}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
+
+
+def test_a_server_that_dies_keeps_the_log_its_error_names(tmp_path):
+    """Finding 14: a server that exits on its own keeps its log after stop (the error that follows names it)."""
+    import signal
+
+    from generator.serve.server import TritonServer
+
+    model = tmp_path / "repo" / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "m"\nbackend: "python"\nmax_batch_size: 0\n'
+                                        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+                                        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    (model / "1" / "model.py").write_text("class TritonPythonModel:\n    def execute(self, requests):\n        return []\n")
+    server = TritonServer(tmp_path / "repo").start(timeout_s=300)
+    log = server.log_file
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    assert log.is_file() and "Started HTTPService" in log.read_text(errors="replace")
+    shutil.rmtree(log.parent)
