@@ -91,6 +91,8 @@ Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
 Seed = spec_option("loadtest.seed", "--seed")
+Trace = spec_option("loadtest.trace", "--trace")
+TimeScale = spec_option("loadtest.time_scale", "--time-scale")
 
 
 @app.command()
@@ -114,6 +116,8 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    trace: Trace = None,
+    time_scale: TimeScale = None,
     admin_key: AdminKey = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
@@ -144,7 +148,8 @@ def loadtest(
     flags = spec_overrides(loadtest, locals())
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
-    load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
+    load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
+            else f"{lt.users} users")
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):

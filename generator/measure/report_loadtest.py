@@ -262,7 +262,8 @@ def _loadtest_plots(doc: Doc, results: LoadTestResult) -> None:
 def loadtest_doc(results: LoadTestResult) -> Doc:
     run, lt = results.run, results.run.loadtest
     doc = Doc(run.title)
-    load = (f"{lt.request_rate:g} requests/s ({lt.arrival} arrivals)" if lt.request_rate is not None
+    load = (f"trace {lt.trace} (time scale {lt.time_scale:g})" if lt.trace is not None
+            else f"{lt.request_rate:g} requests/s ({lt.arrival} arrivals)" if lt.request_rate is not None
             else f"{lt.users} users")
     doc.p(f"Target `{run.target}`, model `{lt.model}` over {lt.protocol}, {run.mode}: {load}, "
           f"{lt.duration_s:g} s, prompts ~{lt.input_tokens_mean} tokens in / {lt.output_tokens_mean} out, "
