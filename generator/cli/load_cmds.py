@@ -47,6 +47,9 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
               f"error rate {(results.error_rate or 0):.2%}")
+    if reuse := results.prefix_reuse:
+        out.print(f"prefix cache: {reuse.hit_share:.1%} of prompt {reuse.unit} reused ({reuse.hit_requests} of "
+                  f"{reuse.requests} requests hit)")
     checks = results.checks
     if checks.checked:
         out.print(f"streamed-output checks: {checks.failed_requests} of {checks.checked} answers failed "

@@ -279,6 +279,11 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
               [[c.ok, c.errors, f"{(results.error_rate or 0):.2%}", results.window_s,
                 tp.requests_per_s, tp.output_tokens_per_s, tp.input_tokens_per_s]])
     _latency_table(doc, results.latency_ms)
+    if reuse := results.prefix_reuse:
+        doc.p(f"Prefix cache (as the server reported it): {reuse.hit_share:.1%} of prompt {reuse.unit} reused over "
+              f"{reuse.requests} requests; {reuse.hit_requests} reused some. TTFT p50 "
+              f"{_fmt_value(reuse.ttft_hit.p50 if reuse.ttft_hit else None, 'ms')} with a hit, "
+              f"{_fmt_value(reuse.ttft_miss.p50 if reuse.ttft_miss else None, 'ms')} without.")
     _slo_section(doc, slo)
     _loadtest_plots(doc, results)
     _client_section(doc, results.client)
