@@ -115,17 +115,27 @@ def main() -> None:
             locust(f"locust-{i}")
             aiperf(f"aiperf-{i}")
 
-    keys = [(k, s) for k in FIGURES for s in ("p50", "p90")]
     print(f"{args.users} concurrent SSE streams to the LLM-API model, {args.input_tokens} tokens in, {args.tokens} out, "
           f"{args.requests} requests per run, {args.rounds} alternating rounds; ms")
+    summary = compare_rounds(rows, args.rounds)
+    ai0 = rows["aiperf-0"]
+    print(f"AIPerf's own ITL p50 {ai0['aiperf_itl']['p50']:.2f} ms from an output length p50 of "
+          f"{ai0['aiperf_osl']['p50']:.0f} tokens (the cumulative texts counted as if new); "
+          f"Locust output token counts: {rows['locust-0']['output_tokens']}")
+    (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
+
+
+def compare_rounds(rows: dict[str, dict], rounds: int, figures: tuple[str, ...] = FIGURES) -> dict[str, dict]:
+    """Print each run's figures and the medians of the rounds side by side with each tool's run-to-run spread."""
+    keys = [(k, s) for k in figures for s in ("p50", "p90")]
     print("| run | " + " | ".join(f"{k} {s}" for k, s in keys) + " | requests |")
     print("|---" * (len(keys) + 2) + "|")
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['requests']} |")
     summary = {}
     for k, s in keys:
-        lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
-        ai = [rows[f"aiperf-{i}"][k][s] for i in range(args.rounds)]
+        lo = [rows[f"locust-{i}"][k][s] for i in range(rounds)]
+        ai = [rows[f"aiperf-{i}"][k][s] for i in range(rounds)]
         summary[f"{k}_{s}"] = {"locust_median": float(np.median(lo)), "aiperf_median": float(np.median(ai)),
                                "difference": ratio(float(np.median(lo)), float(np.median(ai))),
                                "locust_spread": ratio(max(lo), min(lo)), "aiperf_spread": ratio(max(ai), min(ai))}
@@ -134,11 +144,7 @@ def main() -> None:
     for key, v in summary.items():
         print(f"| {key} | {v['locust_median']:.1f} | {v['aiperf_median']:.1f} | {v['difference']:+.1%} | "
               f"{v['locust_spread']:.0%} | {v['aiperf_spread']:.0%} |")
-    ai0 = rows["aiperf-0"]
-    print(f"AIPerf's own ITL p50 {ai0['aiperf_itl']['p50']:.2f} ms from an output length p50 of "
-          f"{ai0['aiperf_osl']['p50']:.0f} tokens (the cumulative texts counted as if new); "
-          f"Locust output token counts: {rows['locust-0']['output_tokens']}")
-    (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
+    return summary
 
 
 if __name__ == "__main__":
