@@ -52,16 +52,37 @@ def aiperf_figures(export: Path) -> dict[str, dict[str, float]]:
             "requests": int(data["request_count"]["avg"])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", type=Path, required=True)
+def add_run_args(parser: argparse.ArgumentParser, out: str, requests: int) -> None:
+    """The options both cross-checks share: AIPerf's path and the load of every run."""
     parser.add_argument("--aiperf", type=Path, required=True)
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--input-tokens", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck-aiperf"))
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
+def run_aiperf(args: argparse.Namespace, name: str, endpoint: list[str], tokenizer: Path) -> dict:
+    """One AIPerf run at the cross-check's load (``endpoint``: where and how it sends); its figures."""
+    out = args.out / name
+    cmd = [str(args.aiperf), "profile", *endpoint, "--streaming", "--tokenizer", str(tokenizer),
+           "--prompt-input-tokens-mean", str(args.input_tokens), "--prompt-input-tokens-stddev", "0",
+           "--prompt-output-tokens-mean", str(args.tokens), "--prompt-output-tokens-stddev", "0",
+           "--concurrency", str(args.users), "--request-count", str(args.requests),
+           "--warmup-request-count", "2", "--random-seed", "0", "--ui-type", "none", "--no-server-metrics",
+           "--no-gpu-telemetry", "--output-artifact-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
+    return aiperf_figures(out / "profile_export_aiperf.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    add_run_args(parser, "bench-out/crosscheck-aiperf", 60)
     args = parser.parse_args()
 
     from generator.measure.runner import read_records, run_loadtest
@@ -95,21 +116,11 @@ def main() -> None:
             rows[name]["output_tokens"] = sorted({r["output_tokens"] for r in requests if not r["error"]})
 
         def aiperf(name: str) -> None:
-            out = args.out / name
-            cmd = [str(args.aiperf), "profile", "--model-names", "tensorrt_llm", "--url", f"http://{server.http_url}",
-                   "--endpoint-type", "template", "--custom-endpoint", "/v2/models/tensorrt_llm/generate_stream",
-                   "--streaming", "--extra-inputs", f"payload_template:{args.out / 'template.json'}",
-                   "--extra-inputs", "response_field:text_output", "--tokenizer", str(tokenizer),
-                   "--prompt-input-tokens-mean", str(args.input_tokens), "--prompt-input-tokens-stddev", "0",
-                   "--prompt-output-tokens-mean", str(args.tokens), "--prompt-output-tokens-stddev", "0",
-                   "--concurrency", str(args.users), "--request-count", str(args.requests),
-                   "--warmup-request-count", "2", "--random-seed", "0", "--ui-type", "none", "--no-server-metrics",
-                   "--no-gpu-telemetry", "--output-artifact-dir", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
-            if proc.returncode != 0:
-                sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
-            rows[name] = aiperf_figures(out / "profile_export_aiperf.json")
+            rows[name] = run_aiperf(args, name, [
+                "--model-names", "tensorrt_llm", "--url", f"http://{server.http_url}", "--endpoint-type", "template",
+                "--custom-endpoint", "/v2/models/tensorrt_llm/generate_stream",
+                "--extra-inputs", f"payload_template:{args.out / 'template.json'}",
+                "--extra-inputs", "response_field:text_output"], tokenizer)
 
         for i in range(args.rounds):  # alternate, so drifts of the machine hit both alike
             locust(f"locust-{i}")

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
-from crosscheck_aiperf import aiperf_figures, compare_rounds  # noqa: E402
+from crosscheck_aiperf import add_run_args, compare_rounds, run_aiperf  # noqa: E402
 from dynamo_mocker import DynamoMocker, replay_trace  # noqa: E402
 
 FIGURES = ("ttft", "itl", "itl_gap", "e2e")
@@ -34,14 +33,8 @@ REPLAY = {"nvext": {"annotations": ["output_replay_id:r0"]}}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--aiperf", type=Path, required=True)
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=80)
-    parser.add_argument("--input-tokens", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--speedup-ratio", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck-dynamo"))
+    add_run_args(parser, "bench-out/crosscheck-dynamo", 80)
     args = parser.parse_args()
 
     from generator.measure.runner import run_loadtest
@@ -69,20 +62,8 @@ def main() -> None:
                           "requests": res.counts.ok, "errors": res.counts.errors}
 
         def aiperf(name: str) -> None:
-            out = args.out / name
-            cmd = [str(args.aiperf), "profile", "--model-names", server.model_name, "--url", server.url,
-                   "--endpoint-type", "chat", "--streaming", "--extra-inputs", json.dumps(REPLAY),
-                   "--tokenizer", str(model_dir),
-                   "--prompt-input-tokens-mean", str(args.input_tokens), "--prompt-input-tokens-stddev", "0",
-                   "--prompt-output-tokens-mean", str(args.tokens), "--prompt-output-tokens-stddev", "0",
-                   "--concurrency", str(args.users), "--request-count", str(args.requests),
-                   "--warmup-request-count", "2", "--random-seed", "0", "--ui-type", "none", "--no-server-metrics",
-                   "--no-gpu-telemetry", "--output-artifact-dir", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
-            if proc.returncode != 0:
-                sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
-            figures = aiperf_figures(out / "profile_export_aiperf.json")
+            figures = run_aiperf(args, name, ["--model-names", server.model_name, "--url", server.url,
+                                              "--endpoint-type", "chat", "--extra-inputs", json.dumps(REPLAY)], model_dir)
             rows[name] = {**figures, "itl": figures["aiperf_itl"]}
 
         for i in range(args.rounds):  # alternate, so drifts of the machine hit both alike

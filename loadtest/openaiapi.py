@@ -10,12 +10,11 @@ one (``stream_options.include_usage``); without it the run counts the answer wit
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Optional
 
 from geventhttpclient import HTTPClient
 
-from clients import Decoded, Exchange
+from clients import Decoded, Exchange, read_events
 from prompts import Prompt
 
 PROTOCOLS = {"openai-chat": "/v1/chat/completions", "openai-completions": "/v1/completions"}
@@ -110,16 +109,7 @@ class OpenAIClient:
         if resp.status_code != 200:
             ex.fail(f"HTTP {resp.status_code}: {resp.read()[:300].decode(errors='replace')}")
             return
-        times, payloads, readline = ex.resp_ns, ex.payloads, resp.readline
-        while True:
-            line = readline(b"\n")
-            t = time.monotonic_ns()
-            if not line:
-                break
-            if line.startswith(b"data:"):
-                times.append(t)
-                payloads.append(line)
-        ex.end_ns = t
+        read_events(resp, ex)
 
     def close(self) -> None:
         self.http.close()
