@@ -63,9 +63,11 @@ def test_openai_chat_against_dynamo_mocker(cpu_spec, tiny_model_dir, dynamo, wor
     assert results.tokens.agreement["output"].equal == 10
     assert results.checks.checked == 10 and results.checks.failed_requests == 0
     lat = results.latency_ms
-    assert 0.9 * DECODE_MS <= lat.itl_request.p50 <= 10 * DECODE_MS
+    # (the mocker paces steps against its own clock, so a late first token can be followed by faster ones:
+    # the lower bounds leave that room; the upper bounds leave room for a loaded machine)
+    assert 0.7 * DECODE_MS <= lat.itl_request.p50 <= 10 * DECODE_MS
     assert 0.9 * PREFILL_MS <= lat.ttft.p50 <= 30 * PREFILL_MS
-    assert lat.e2e.p50 >= lat.ttft.p50 + 0.9 * DECODE_MS * (OUTPUT - 1)
+    assert lat.e2e.p50 >= 0.9 * (PREFILL_MS + DECODE_MS * (OUTPUT - 1))
     # the SLO gate judged every term it could (a loaded machine may make the run inconclusive, never failed)
     assert all(t.result in (TermOutcome.PASS, TermOutcome.INCONCLUSIVE) for t in results.slo.terms)
     assert (out / "report.html").is_file() and json.loads((out / "results.json").read_text())["counts"]["ok"] == 10
@@ -79,7 +81,7 @@ def test_openai_completions_against_dynamo_mocker(cpu_spec, tiny_model_dir, dyna
     results = _load(cpu_spec, tiny_model_dir, dynamo, work_dir / "loadtest-openai-completions", "openai-completions", 6)
     assert results.counts.ok == 6 and results.checks.failed_requests == 0
     assert results.tokens.agreement["input"].equal == 6
-    assert results.latency_ms.itl_request.p50 >= 0.9 * DECODE_MS
+    assert results.latency_ms.itl_request.p50 >= 0.7 * DECODE_MS
 
 
 def test_openai_protocol_refuses_a_repository(cpu_spec, tmp_path):
