@@ -102,3 +102,22 @@ def test_trace_and_request_rate_are_one_or_the_other():
         load_spec(None, ["loadtest.trace=t.jsonl", "loadtest.request_rate=2"])
     with pytest.raises(SpecError, match="openai_body applies"):
         load_spec(None, ['loadtest.openai_body={"a": 1}'])
+
+
+def test_prefix_reuse_reads_the_servers_figures():
+    """TensorRT-LLM leaves reused=0 out of the record (only the block total is there); OpenAI sends cached_tokens."""
+    from generator.measure.statistics import summarize
+
+    def record(i: int, server: dict, ttft_ms: int) -> dict:
+        return {"kind": "request", "id": f"p0-{i}", "prompt": i, "warmup": False, "streaming": True, "sched_ns": 0,
+                "sent_ns": 0, "start_unix_ns": 0, "resp_ns": [ttft_ms * 10**6, (ttft_ms + 5) * 10**6],
+                "resp_text": [" a", " b"], "end_ns": (ttft_ms + 5) * 10**6, "error": None, "server": server,
+                "input_tokens": 8, "max_tokens": 2}
+
+    blocks = summarize([record(0, {"kv_cache_alloc_total_blocks": 4}, 50),
+                        record(1, {"kv_cache_alloc_total_blocks": 4, "kv_cache_reused_blocks": 3}, 20)]).prefix_reuse
+    assert (blocks.unit, blocks.hit_share, blocks.hit_requests, blocks.ttft_hit.p50, blocks.ttft_miss.p50) == \
+        ("blocks", 3 / 8, 1, 20.0, 50.0)
+    tokens = summarize([record(0, {"num_input_tokens": 10, "num_cached_tokens": 5}, 30)]).prefix_reuse
+    assert (tokens.unit, tokens.hit_share) == ("tokens", 0.5)
+    assert summarize([record(0, {"num_input_tokens": 10}, 30)]).prefix_reuse is None

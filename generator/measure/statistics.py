@@ -104,10 +104,12 @@ def equivalents(measured: Measured) -> Equivalents:
 
 def prefix_reuse(measured: Measured) -> Optional[PrefixReuse]:
     """The server's per-request prefix-cache figures (see PrefixReuse), with the TTFT of hits and misses."""
-    for unit, part, whole in (("blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks"),
-                              ("tokens", "num_cached_tokens", "num_input_tokens")):
-        rows = [(r["server"][part], r["server"][whole], m.ttft_ns) for r, m in measured
-                if r.get("server", {}).get(whole) and part in r["server"]]
+    # Triton's figures of 0 are not recorded (clients.absorb): with the block total there, none was reused.
+    # An OpenAI server that reports no cached_tokens says nothing about reuse.
+    for unit, part, whole, zero_left_out in (("blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", True),
+                                             ("tokens", "num_cached_tokens", "num_input_tokens", False)):
+        rows = [(r["server"].get(part, 0), r["server"][whole], m.ttft_ns) for r, m in measured
+                if (r.get("server") or {}).get(whole) and (zero_left_out or part in r["server"])]
         if rows:
             return PrefixReuse(
                 unit=unit, requests=len(rows), hit_share=sum(p for p, _, _ in rows) / sum(w for _, w, _ in rows),
