@@ -84,9 +84,11 @@ def test_openai_completions_against_dynamo_mocker(cpu_spec, tiny_model_dir, dyna
     assert results.latency_ms.itl_request.p50 >= 0.7 * DECODE_MS
 
 
-def test_openai_protocol_refuses_a_repository(cpu_spec, tmp_path):
+def test_openai_protocol_needs_a_server_url_and_a_tokenizer(cpu_spec, tiny_model_dir, tmp_path):
     from generator.errors import SpecError
 
-    spec = with_overrides(cpu_spec, ["loadtest.protocol=openai-chat"])
+    spec = with_overrides(cpu_spec, ["loadtest.protocol=openai-chat", f"loadtest.tokenizer={tiny_model_dir}"])
     with pytest.raises(SpecError, match="running OpenAI-compatible server"):
         run_loadtest(spec, tmp_path, repo_dir=tmp_path)
+    with pytest.raises(SpecError, match="names no tokenizer folder"):
+        run_loadtest(with_overrides(cpu_spec, ["loadtest.protocol=openai-chat"]), tmp_path, url="http://127.0.0.1:1")

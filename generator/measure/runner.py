@@ -216,6 +216,9 @@ def run_loadtest(
         if getattr(lt, name) is not None:
             lt = lt.model_copy(update={name: spec.path(getattr(lt, name))})
     lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
+    if lt.openai and lt.tokenizer is None:
+        raise SpecError("an OpenAI-compatible server names no tokenizer folder", where="loadtest.tokenizer",
+                        fix="pass --tokenizer DIR: a folder with the served model's tokenizer.json")
     records = out_dir / "records.jsonl"
     started = time.time()
     with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key, lt.openai) as endpoints:
