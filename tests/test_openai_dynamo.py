@@ -84,6 +84,28 @@ def test_openai_completions_against_dynamo_mocker(cpu_spec, tiny_model_dir, dyna
     assert results.latency_ms.itl_request.p50 >= 0.7 * DECODE_MS
 
 
+def test_trace_replay_sends_on_the_traces_schedule(cpu_spec, tiny_model_dir, dynamo, work_dir):
+    """The shipped plain trace at 0.2 x its timestamps: every row once, each scheduled at its own time."""
+    from generator.resources import loadtest_dir
+
+    trace = loadtest_dir() / "traces" / "plain-small.jsonl"
+    out = work_dir / "loadtest-openai-trace"
+    out.mkdir()
+    spec = with_overrides(cpu_spec, [
+        "loadtest.protocol=openai-chat", f"loadtest.tokenizer={tiny_model_dir}", f"loadtest.trace={trace}",
+        "loadtest.time_scale=0.2", "loadtest.warmup_requests=0", "loadtest.request_timeout_s=30",
+        'loadtest.openai_body={"nvext":{"annotations":["output_replay_id:r0"]}}',
+    ])
+    results = run_loadtest(spec, out, url=dynamo.url).results
+    assert results.run.mode == "open loop" and results.counts.ok == 30
+    stamps = [json.loads(line)["timestamp"] for line in trace.read_text().splitlines()]
+    requests = sorted(read_records(out / "records.jsonl")[0], key=lambda r: r["seq"])
+    assert [r["prompt"] for r in requests] == list(range(30))
+    sched = [r["sched_ns"] - requests[0]["sched_ns"] for r in requests]
+    assert sched == [round((t - stamps[0]) * 0.2e6) for t in stamps]  # latency counts from these times
+    assert all(r["sent_ns"] >= r["sched_ns"] for r in requests) and results.latency_ms.lateness.count == 30
+
+
 def test_openai_protocol_needs_a_server_url_and_a_tokenizer(cpu_spec, tiny_model_dir, tmp_path):
     from generator.errors import SpecError
 
