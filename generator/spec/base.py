@@ -18,12 +18,11 @@ tensors): larger values would wrap or be refused downstream, so the spec refuses
 
 
 def control_character(value: Any) -> str | None:
-    """The first character of ``value`` (a string, path, or a list or mapping of them) that is not printable
-    text: a newline, NUL, tab, unicode line separator or other control character, written as its escape."""
+    """The first character of ``value`` (a string, path, or a list of them) that is not printable text: a
+    newline, NUL, tab, unicode line separator or other control character, written as its escape. A mapping is
+    free-form JSON (e.g. a request body), written escaped wherever it goes, so it is not looked into."""
     if isinstance(value, (str, PurePath)):
         return next((ascii(c)[1:-1] for c in str(value) if not c.isprintable() and c != " "), None)
-    if isinstance(value, dict):
-        value = [*value.keys(), *value.values()]
     if isinstance(value, (list, tuple)):
         return next((bad for v in value if (bad := control_character(v))), None)
     return None
