@@ -175,24 +175,23 @@ def test_hostile_text_in_every_field_keeps_every_artifact_s_structure(overrides,
     base = base_data(overrides)
     plain = {field: value_for(kind, "plain") for field, kind in FIELDS.items()}
     accepted_plain = {}
-    for field, value in plain.items():
-        try:
-            _render(with_field(base, field, value), gpu)
-            accepted_plain[field] = value
-        except TritongenError:
-            pass  # a field with its own rules (a known GPU, a DNS name): tried with hostile text below anyway
     baseline_data = base
-    for field, value in accepted_plain.items():
+    for field, value in plain.items():  # every field that can hold text together with the others
+        try:
+            _render(with_field(baseline_data, field, value), gpu)
+        except TritongenError:
+            continue  # its own rules (a known GPU, a DNS name) or one that excludes another (trace vs prompts)
+        accepted_plain[field] = value
         baseline_data = with_field(baseline_data, field, value)
     baseline = structure(_render(baseline_data, gpu))
     for text in PRINTABLE:
-        data, used = base, []
+        data, used = baseline_data, []
         for field, kind in FIELDS.items():
             if field not in accepted_plain:
                 continue
             value = value_for(kind, text)
             try:
-                spec_from_dict(with_field(base, field, value))
+                spec_from_dict(with_field(baseline_data, field, value))
             except SpecError as err:
                 assert field in err.message
                 value = accepted_plain.get(field)
