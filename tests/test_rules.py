@@ -18,6 +18,7 @@ from generator.repo import render
 from generator.repo.validate import validate_repository
 from generator.resources import data_json
 from generator.spec import EngineTarget, load_spec
+from helpers import small_spec
 
 GPU = ["serving.engine=tensorrtllm", "build.gpu=b200"]
 
@@ -74,8 +75,6 @@ def test_weights_larger_than_the_gpu_refused_alike(qwen3):
 
 
 def test_batch_above_the_engine_same_fix_in_render_and_validate(tokenizer_weights_dir, tmp_path, build_engine):
-    from tests.test_render import small_spec
-
     spec = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=8")
     engine_config = build_engine(spec)
     [expected] = rules.batch_fits_engine(16, 8, str(engine_config))

@@ -12,7 +12,6 @@ The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come fro
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,12 @@ from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
+from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.resources import data_json, model_repo_dir
 from generator.spec import EngineTarget, Spec
 from generator.templating import environment
 
 REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
-MANIFEST = "tritongen.json"
 IFB_LAYOUT = "inflight_batcher_llm"
 LLMAPI_LAYOUT = "llmapi"
 
@@ -280,7 +279,7 @@ def render_template(layout: str, name: str, **values: Any) -> str:
 
 
 def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size: int, source: str,
-             models: list[str], reference: str, **extra: Any) -> dict[str, Any]:
+             models: list[str], reference: str, topo: Topology, cpu_stand_in: Optional[bool] = None) -> RepoManifest:
     """tritongen.json: how the repository was made, so validate and people can check it later."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -288,24 +287,15 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
         tritongen_version = version("tritongen")
     except PackageNotFoundError:
         tritongen_version = "unknown"
-    return {
-        "generator": "tritongen",
-        "tritongen_version": tritongen_version,
-        "layout": layout,
-        "target": plan_target.value,
-        "tensorrt_llm_version": TRTLLM_VERSION,
-        "reference": reference,
-        "models": models,
-        "max_batch_size": max_batch_size,
-        "max_batch_size_source": source,
-        "max_input_len": spec.build.max_input_len,
-        "max_seq_len": spec.build.resolved_max_seq_len,
-        "weights_dir": str(spec.serving_weights_dir),
-        "engine_dir": str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
-        **extra,
-        "spec": spec.to_yaml_dict(),
-        "spec_base_dir": str(spec.base_dir),
-    }
+    return RepoManifest(
+        tritongen_version=tritongen_version, layout=layout, target=plan_target, tensorrt_llm_version=TRTLLM_VERSION,
+        reference=reference, models=models, max_batch_size=max_batch_size, max_batch_size_source=source,
+        max_input_len=spec.build.max_input_len, max_seq_len=spec.build.resolved_max_seq_len,
+        weights_dir=str(spec.serving_weights_dir),
+        engine_dir=str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
+        cpu_stand_in=cpu_stand_in, topology=topo.model_dump(mode="json"),
+        spec=spec.to_yaml_dict(), spec_base_dir=str(spec.base_dir),
+    )
 
 
 def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
@@ -319,8 +309,8 @@ def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topolog
     copies, dirs = _ifb_code(target, list(models))
     facts = reference_facts()
     info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}",
-                    topology=topo.model_dump(mode="json"))
-    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+                    topo)
+    files[MANIFEST] = info.to_json()
     files["README.md"] = render_template(IFB_LAYOUT, "README.md.j2", info=info)
     return RepoPlan(target=target, layout=IFB_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies, dirs=dirs)
@@ -345,11 +335,9 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topo
         copies.update(_model_code(LLMAPI_MODEL, "llmapi_cpu"))
         copies.update(_model_code(CPU_ENGINE_MODEL, "tensorrt_llm_cpu"))
         models.append(CPU_ENGINE_MODEL)
-    data = llmapi_data()
     info = manifest(spec, target, LLMAPI_LAYOUT, bs, f"{source}, as LLM() max_batch_size (Triton's is 0)", models,
-                    data["sources"]["triton_model"]["path"], tensorrt_llm_version=data["tensorrt_llm_version"],
-                    cpu_stand_in=cpu, topology=topo.model_dump(mode="json"))
-    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+                    llmapi_data()["sources"]["triton_model"]["path"], topo, cpu_stand_in=cpu)
+    files[MANIFEST] = info.to_json()
     return RepoPlan(target=target, layout=LLMAPI_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies)
 
@@ -375,8 +363,7 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
         )
     topo = deploy_topology(spec, target, gpu_visible)
     plan = planner(spec, target, gpu_visible, topo)
-    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TRTLLM_VERSION)
-    plan.files.update(deploy_files(spec, topo, version))
+    plan.files.update(deploy_files(spec, topo, TRTLLM_VERSION))
     return plan
 
 
