@@ -24,7 +24,7 @@ from generator.engine.facts import TRTLLM_VERSION, EngineFacts, read_engine_if_b
 from generator.engine.rules import batch_fits_engine
 from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
-from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
+from generator.repo.llmapi import CPU_ENGINE_MODEL, MappingRow, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.resources import data_json, model_repo_dir
@@ -125,21 +125,22 @@ def pbtxt_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def _text(value: Any) -> str:
+    return pbtxt_bool(value) if isinstance(value, bool) else str(value)
+
+
 def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """Parameter (key, value) pairs as strings; a None value means "not set" and is left out."""
-    out = []
-    for key, value in pairs:
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = pbtxt_bool(value)
-        out.append((key, str(value)))
-    return out
+    """Parameter (key, value) pairs as text; a None value means "not set" and is left out."""
+    return [(key, _text(value)) for key, value in pairs if value is not None]
 
 
-def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
-    """The engine model's parameters; ``topo`` defaults to the spec's topology (without one that fits, the
-    topology's own parameters are left out: validate reports the refusal)."""
+def engine_mapping(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[MappingRow]:
+    """How each spec field lands in the ``tensorrt_llm`` model's parameters, as the LLM-API path's
+    :func:`generator.repo.llmapi.llmapi_mapping` does for ``model.yaml``; a None value is left unset.
+
+    ``topo`` defaults to the spec's topology (without one that fits, the topology's own parameters are left
+    out: validate reports the refusal).
+    """
     if topo is None:
         try:
             topo = deploy_topology(spec, target, gpu_visible=True)
@@ -147,34 +148,39 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Top
             topo = None
     s, b = spec.serving, spec.build
     gpu = target is EngineTarget.tensorrtllm
-    common = [
-        ("max_beam_width", b.max_beam_width),
-        ("FORCE_CPU_ONLY_INPUT_TENSORS", "no"),
-        ("gpt_model_type", s.batching_strategy),
-        ("gpt_model_path", spec.engine_dir if gpu else spec.serving_weights_dir),
-        ("batch_scheduler_policy", s.batch_scheduler_policy),
-        ("kv_cache_free_gpu_mem_fraction", s.kv_cache_free_gpu_mem_fraction),
-        ("exclude_input_in_output", s.exclude_input_in_output),
-        ("enable_kv_cache_reuse", s.enable_kv_cache_reuse),
-        ("enable_chunked_context", s.enable_chunked_context),
-        ("executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None),
-        ("tokenizer_dir", spec.serving_weights_dir),
-        *(engine_parameters(topo, spec) if topo is not None else
-          [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]),
+    rows = [
+        MappingRow("build.max_beam_width", "max_beam_width", b.max_beam_width, ""),
+        MappingRow("-", "FORCE_CPU_ONLY_INPUT_TENSORS", "no", "NVIDIA's fill for in-flight batching"),
+        MappingRow("serving.batching_strategy", "gpt_model_type", s.batching_strategy, ""),
+        MappingRow("artifacts.engine_dir" if gpu else "spec.serving_weights_dir", "gpt_model_path",
+                   spec.engine_dir if gpu else spec.serving_weights_dir,
+                   "the engine folder" if gpu else "the CPU reference engine loads the weights"),
+        MappingRow("serving.batch_scheduler_policy", "batch_scheduler_policy", s.batch_scheduler_policy, ""),
+        MappingRow("serving.kv_cache_free_gpu_mem_fraction", "kv_cache_free_gpu_mem_fraction",
+                   s.kv_cache_free_gpu_mem_fraction, ""),
+        MappingRow("serving.exclude_input_in_output", "exclude_input_in_output", s.exclude_input_in_output, ""),
+        MappingRow("serving.enable_kv_cache_reuse", "enable_kv_cache_reuse", s.enable_kv_cache_reuse, ""),
+        MappingRow("serving.enable_chunked_context", "enable_chunked_context", s.enable_chunked_context, ""),
+        MappingRow("-", "executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None, "the container's worker"),
+        MappingRow("spec.serving_weights_dir", "tokenizer_dir", spec.serving_weights_dir, ""),
     ]
-    # The CPU reference engine has no engine file to read its limits from: they travel as parameters.
-    cpu_only = [] if gpu else [
-        ("tokens_per_block", b.tokens_per_block),
-        ("max_num_tokens", b.max_num_tokens),
-        ("max_input_len", b.max_input_len),
-        ("max_seq_len", b.resolved_max_seq_len),
-        ("cpu_kv_cache_mib", s.cpu_kv_cache_mib),
-        ("cpu_threads", s.cpu_threads),
-        ("dtype", s.cpu_dtype),
-        ("cpu_max_batch_tokens", s.cpu_max_batch_tokens),
-        ("max_queue_size", s.max_queue_size),
-    ]
-    return _params(common + cpu_only)
+    topology = engine_parameters(topo, spec) if topo is not None else \
+        [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]
+    rows += [MappingRow("topology" if key != "max_tokens_in_paged_kv_cache" else "serving.max_tokens_in_paged_kv_cache",
+                        key, value, "") for key, value in topology]
+    if not gpu:  # the CPU reference engine has no engine file to read its limits from: they travel as parameters
+        rows += [MappingRow(f"build.{key}", key, getattr(b, key), "") for key in
+                 ("tokens_per_block", "max_num_tokens", "max_input_len")]
+        rows.append(MappingRow("build.max_seq_len", "max_seq_len", b.resolved_max_seq_len, "prompt + output"))
+        rows += [MappingRow(f"serving.{field_}", key, getattr(s, field_), "CPU reference engine only") for field_, key in
+                 (("cpu_kv_cache_mib", "cpu_kv_cache_mib"), ("cpu_threads", "cpu_threads"), ("cpu_dtype", "dtype"),
+                  ("cpu_max_batch_tokens", "cpu_max_batch_tokens"), ("max_queue_size", "max_queue_size"))]
+    return rows
+
+
+def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
+    """The engine model's parameters as (key, text), from :func:`engine_mapping`."""
+    return _params([(r.key, r.value) for r in engine_mapping(spec, target, topo)])
 
 
 def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Topology) -> dict[str, dict[str, Any]]:
