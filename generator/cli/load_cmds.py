@@ -45,6 +45,9 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
               f"error rate {(results.error_rate or 0):.2%}")
+    if reuse := results.prefix_reuse:
+        out.print(f"prefix cache: {reuse.hit_share:.1%} of prompt {reuse.unit} reused ({reuse.hit_requests} of "
+                  f"{reuse.requests} requests hit)")
     checks = results.checks
     if checks.checked:
         out.print(f"streamed-output checks: {checks.failed_requests} of {checks.checked} answers failed "
@@ -89,6 +92,8 @@ Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
 Seed = spec_option("loadtest.seed", "--seed")
+Trace = spec_option("loadtest.trace", "--trace")
+TimeScale = spec_option("loadtest.time_scale", "--time-scale")
 
 
 @app.command()
@@ -112,6 +117,8 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    trace: Trace = None,
+    time_scale: TimeScale = None,
     admin_key: AdminKey = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
@@ -142,7 +149,8 @@ def loadtest(
     flags = spec_overrides(loadtest, locals())
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
-    load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
+    load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
+            else f"{lt.users} users")
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
