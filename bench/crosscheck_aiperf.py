@@ -87,18 +87,18 @@ def main() -> None:
 
     from generator.measure.runner import read_records, run_loadtest
     from generator.serve.server import TritonServer
-    from generator.spec import spec_from_dict
+    from generator.repo.manifest import MANIFEST, read_manifest
 
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8"))
-    if manifest.get("target") != "llmapi":
-        sys.exit(f"{args.repo} is not an LLM-API repository (tritongen.json target {manifest.get('target')!r})")
-    spec = spec_from_dict({**manifest["spec"], "loadtest": {
-        **manifest["spec"].get("loadtest", {}), "protocol": "http-stream", "users": args.users,
-        "spawn_rate": args.users, "max_requests": args.requests, "duration_s": 600, "warmup_requests": 2,
-        "input_tokens_mean": args.input_tokens, "input_tokens_stddev": 0, "output_tokens_mean": args.tokens,
-        "output_tokens_stddev": 0, "num_prompts": 32, "reference_checks": 0, "model": None, "tokenizer": None,
-    }}, base_dir=args.repo, source=str(args.repo / "tritongen.json"))
+    manifest = read_manifest(args.repo)
+    if manifest is None or manifest.target.value != "llmapi":
+        sys.exit(f"{args.repo} is not an LLM-API repository rendered by tritongen")
+    spec = manifest.recorded_spec(source=str(args.repo / MANIFEST), overrides=[
+        "loadtest.protocol=http-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
+        f"loadtest.max_requests={args.requests}", "loadtest.duration_s=600", "loadtest.warmup_requests=2",
+        f"loadtest.input_tokens_mean={args.input_tokens}", "loadtest.input_tokens_stddev=0",
+        f"loadtest.output_tokens_mean={args.tokens}", "loadtest.output_tokens_stddev=0", "loadtest.num_prompts=32",
+        "loadtest.reference_checks=0", "loadtest.model=null", "loadtest.tokenizer=null"])
     tokenizer = spec.loadtest_tokenizer
     (args.out / "template.json").write_text(TEMPLATE, encoding="utf-8")
     rows: dict[str, dict] = {}

@@ -17,19 +17,17 @@ from generator.cli._app import (
     spec_overrides, step,
 )
 from generator.errors import SpecError
-from generator.fsutil import read_json_object
+from generator.repo.manifest import MANIFEST, read_manifest
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
-from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
+from generator.spec import Spec, load_spec
 
 
 def loadtest_spec(spec_path: Optional[Path], repo: Optional[Path], overrides: list[str]) -> Spec:
     """The spec file if given, else the one the repository was rendered from (tritongen.json), else defaults."""
-    if spec_path is not None or repo is None or not (repo / "tritongen.json").is_file():
+    manifest = read_manifest(repo) if spec_path is None and repo is not None else None
+    if manifest is None:
         return load_spec(spec_path, overrides)
-    manifest = read_json_object(repo / "tritongen.json", fix="render the repository again, or pass --spec SPEC")
-    recorded = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
-    return spec_from_dict(apply_overrides(recorded, overrides), base_dir=repo,
-                          source=str(repo / "tritongen.json"))
+    return manifest.recorded_spec(source=str(repo / MANIFEST), overrides=overrides)
 
 
 def _print_results(results: LoadTestResult, out_dir: Path) -> None:
