@@ -12,6 +12,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from generator.measure.attainment import LevelFigures
 from generator.spec import LoadTestSpec
 
 
@@ -334,6 +335,8 @@ class SweepPoint(BaseModel):
     detail: str = ""
     """Why the point did not complete."""
     results: Optional[LoadTestResult] = None
+    figures: Optional[LevelFigures] = None
+    """The point's figures with their intervals and request counts (attainment of the SLO's per-request limits)."""
 
 
 class BestPoint(BaseModel):
