@@ -29,15 +29,16 @@ class SimulatedServer:
     at that load or above as limited by the load generator (their requests would all pass)."""
 
     def __init__(self, capacity: int, service_s: float = 0.5, n: int = 80, misses: dict[float, int] | None = None,
-                 client_limited_from: float | None = None) -> None:
+                 client_limited_from: float | None = None, limited_rounds: set[tuple[float, int]] = frozenset()) -> None:
         self.capacity, self.service_s, self.n = capacity, service_s, n
-        self.misses, self.client_limited_from = misses or {}, client_limited_from
+        self.misses, self.client_limited_from, self.limited_rounds = misses or {}, client_limited_from, limited_rounds
         self.calls: list[tuple[float, int]] = []
         self.clock = 0.0
 
     def __call__(self, load: float, rnd: int) -> RoundSample:
         self.calls.append((load, rnd))
-        limited = self.client_limited_from is not None and load >= self.client_limited_from
+        limited = ((self.client_limited_from is not None and load >= self.client_limited_from)
+                   or (load, rnd) in self.limited_rounds)
         busy = min(load, self.capacity)
         if load in self.misses:
             missed = self.misses[load]
@@ -63,7 +64,7 @@ def test_search_finds_the_known_goodput_within_its_interval():
     assert [lv.load for lv in outcome.levels] == [1, 2, 4, 8, 6, 7]  # grow by doubling, then bisect
     assert outcome.broke_first == "ttft_p95"
     rps = outcome.level(6).figures.requests_per_s
-    assert rps.contains(6 / 0.5) and rps.n == 80  # the known capacity: 6 slots / 0.5 s
+    assert rps.contains(6 / 0.5) and outcome.level(6).figures.requests == 80  # known capacity: 6 slots / 0.5 s
     assert outcome.level(6).figures.attainment.low >= 0.95
 
 
@@ -84,11 +85,20 @@ def test_a_straddling_level_is_measured_again_then_reported_unresolved_and_never
 
 def test_a_client_limited_level_is_never_a_verdict():
     server = SimulatedServer(capacity=64, client_limited_from=8)
-    outcome = search(server, TuneSpec(), open_loop=False)
+    outcome = search(server, TuneSpec(max_rounds=3), open_loop=False)
     assert outcome.levels[-1].load == 8 and outcome.levels[-1].verdict is LevelVerdict.CLIENT_LIMITED
     assert outcome.goodput_load == 4 and outcome.breaking_load is None and not outcome.resolved
-    assert "load generator" in outcome.note and server.calls[-1] == (8, 0)  # not measured again, nothing above
+    assert "load generator" in outcome.note and server.calls[-3:] == [(8, 0), (8, 1), (8, 2)]  # nothing above 8
     assert outcome.levels[-1].client_reasons == ["CPU 95%"]
+
+
+def test_a_client_limited_round_is_set_aside_and_the_level_measured_again():
+    # load 16 is beyond capacity (every fourth request waits): its first round, limited by the client, would pass
+    server = SimulatedServer(capacity=12, limited_rounds={(16, 0)})
+    outcome = search(server, TuneSpec(), open_loop=False)
+    level16 = outcome.level(16)
+    assert level16.verdict is LevelVerdict.FAIL and level16.rounds == 2 and level16.figures.requests == 80
+    assert "1 client-limited round(s) set aside" in level16.reason and outcome.goodput_load == 12
 
 
 def test_a_level_that_fell_behind_fails_without_more_rounds():
@@ -130,7 +140,7 @@ def test_level_figures_carry_their_request_counts():
                        lateness_ms=0.0, output_tokens=5, misses=("error",) if i % 10 == 0 else ()) for i in range(50)]
     f = level_figures(rows)
     assert (f.requests, f.met, f.misses) == (50, 45, {"error": 5})
-    assert f.attainment.n == 50 and f.requests_per_s.n == 45 and f.ttft_p95_ms.n == 45
+    assert f.attainment.n == 50 and 8 <= f.requests_per_s.n <= 45 and f.ttft_p95_ms.n == 45
     assert f.ttft_p95_ms.low <= f.ttft_p95_ms.estimate <= f.ttft_p95_ms.high
 
 
@@ -200,9 +210,11 @@ def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
     from generator.serve.server import TritonServer
     from generator.spec import load_spec
 
-    spec = load_spec(None, ["loadtest.model=slots", "loadtest.slo=ttft_p95<50ms", "loadtest.input_tokens_mean=4", "loadtest.output_tokens_mean=3",
-                            "loadtest.num_prompts=4", "loadtest.warmup_requests=2", "loadtest.request_timeout_s=30",
-                            "tune.start_users=2", "tune.max_users=4", "tune.max_rounds=2", "tune.level_timeout_s=60"])
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"text": "hello world", "max_tokens": 3}\n{"text": "the triton model", "max_tokens": 3}\n')
+    spec = load_spec(None, ["loadtest.model=slots", "loadtest.slo=ttft_p95<50ms", f"loadtest.prompts={prompts}",
+                            "loadtest.output_tokens_mean=3", "loadtest.warmup_requests=2", "loadtest.request_timeout_s=30",
+                            "tune.start_users=2", "tune.max_users=3", "tune.max_rounds=2", "tune.level_timeout_s=60"])
     with TritonServer(slots_repo, log_file=tmp_path / "triton.log") as server:
         outcome = search(round_measure(spec, server, tmp_path / "levels", False, lambda _m: None), spec.tune,
                          open_loop=False)

@@ -15,7 +15,7 @@ request and are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -114,7 +114,8 @@ class LevelFigures(BaseModel):
     """Objective (or ``error``) -> requests that missed it."""
     window_s: float
     requests_per_s: Interval
-    """Completed requests per second; interval from the spread over time slices of the window (t)."""
+    """Completed requests per second in the level's steady part (see _rate); t interval over time slices;
+    its n is the requests completed there."""
     output_tokens_per_s: Interval
     ttft_p95_ms: Optional[Interval]
     """Bootstrap intervals of the 95th percentiles over the successful requests."""
@@ -131,17 +132,27 @@ class LevelFigures(BaseModel):
         return max(self.misses, key=lambda k: self.misses[k]) if self.misses else None
 
 
-def _rate(ends: list[float], weights: list[float], t0: float, t1: float, n: int) -> Interval:
-    """Per-second rate of ``weights`` completing in [t0, t1], with a t interval over time slices."""
+def _rate(rows: Sequence[RequestRow], weight: Callable[[RequestRow], float]) -> Interval:
+    """Per-second rate of ``weight`` over the completed requests, with a t interval over time slices.
+
+    Counted in the steady part of the level, from the first completion to the last send (before it the
+    users are still starting, after it fewer remain busy), when at least 8 requests complete there; else
+    from the first send to the last completion."""
+    ok = [r for r in rows if r.ok]
+    t0, t1 = min((r.end_s for r in ok), default=0.0), max(r.start_s for r in rows)
+    steady = [r for r in ok if t0 < r.end_s <= t1]
+    if len(steady) < 8:
+        t0, t1 = min(r.start_s for r in rows), max((r.end_s for r in ok), default=0.0)
+        steady = ok
     window = t1 - t0
-    k = max(1, min(SLICES, n // 8))
-    if window <= 0:
-        return Interval(estimate=0.0, low=0.0, high=0.0, confidence=0.95, n=n, method="exact")
+    if window <= 0 or not steady:
+        return Interval(estimate=0.0, low=0.0, high=0.0, confidence=0.95, n=len(ok), method="exact")
+    k = max(1, min(SLICES, len(steady) // 8))
     slices = [0.0] * k
-    for end, w in zip(ends, weights):
-        slices[min(k - 1, int((end - t0) / window * k))] += w
+    for r in steady:
+        slices[min(k - 1, int((r.end_s - t0) / window * k))] += weight(r)
     interval = across_runs([s / (window / k) for s in slices])
-    return interval.model_copy(update={"n": n, "method": f"t over {k} time slices" if k > 1 else "exact"})
+    return interval.model_copy(update={"n": len(steady), "method": f"t over {k} time slices" if k > 1 else "exact"})
 
 
 def _p95(values: list[float]) -> Optional[Interval]:
@@ -177,12 +188,11 @@ def level_figures(rows: Sequence[RequestRow]) -> LevelFigures:
     for r in rows:
         for name in r.misses:
             misses[name] = misses.get(name, 0) + 1
-    ends = [r.end_s for r in ok]
     return LevelFigures(
         requests=len(rows), met=share.n - sum(1 for r in rows if r.misses), attainment=share, misses=misses,
         window_s=t1 - t0,
-        requests_per_s=_rate(ends, [1.0] * len(ok), t0, t1, len(ok)),
-        output_tokens_per_s=_rate(ends, [float(r.output_tokens) for r in ok], t0, t1, len(ok)),
+        requests_per_s=_rate(rows, lambda r: 1.0),
+        output_tokens_per_s=_rate(rows, lambda r: float(r.output_tokens)),
         ttft_p95_ms=_p95([r.ttft_ms for r in ok if r.ttft_ms is not None]),
         itl_p95_ms=_p95([r.itl_ms for r in ok if r.itl_ms is not None]),
         e2e_p95_ms=_p95([r.e2e_ms for r in ok if r.e2e_ms is not None]),

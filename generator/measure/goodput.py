@@ -5,8 +5,9 @@ level. A level is measured in rounds of requests, pooled: it passes when the who
 attainment share lies at or above the target, fails when it lies below, and while it straddles the target
 it is measured again, up to ``tune.max_rounds`` rounds; then it is *unresolved*: never counted as a pass,
 it caps the bracket like a failure (the search narrows below it) but is never reported as the breaking
-load. A level where the load generator was the limit is never a verdict about the server: the
-search stops and says so. A level whose TTFT kept climbing while its share was below the target has
+load. A round where the load generator was the limit is never a verdict about the server: it is set
+aside and the level measured again; a level with no other round is client-limited, and the search stops
+there and says so. A level whose TTFT kept climbing while its share was below the target has
 clearly fallen behind: it fails at once, without further rounds.
 
 Pure: the measurement is a function passed in (one load-test round against a running server in
@@ -59,6 +60,7 @@ class Level(BaseModel):
     reason: str
     figures: LevelFigures
     client_reasons: list[str] = []
+    """Why the load generator limited the rounds set aside (or all rounds, for a client-limited level)."""
     seconds: float
     """Wall time spent measuring this level."""
     dirs: list[str] = []
@@ -90,44 +92,59 @@ class SearchOutcome(BaseModel):
 def judge(a: Interval, growth: Optional[float], target: float, client_limited: bool,
           last_round: bool) -> Optional[tuple[LevelVerdict, str]]:
     """A level's verdict after a round from its attainment share and TTFT growth, or None to measure again."""
-    share = f"{a.estimate:.1%} of {a.n} requests met the SLO ({a.confidence:.0%} interval {a.low:.1%}–{a.high:.1%})"
     if client_limited:
-        return LevelVerdict.CLIENT_LIMITED, "the load generator was the limit; " + share
+        return LevelVerdict.CLIENT_LIMITED, "the load generator was the limit"
     if a.low >= target:
-        return LevelVerdict.PASS, share
+        return LevelVerdict.PASS, f"the interval clears {target:.0%}"
     if a.high < target:
-        return LevelVerdict.FAIL, share
+        return LevelVerdict.FAIL, f"the interval lies below {target:.0%}"
     if a.estimate < target and growth is not None and growth > FELL_BEHIND_GROWTH:
-        return LevelVerdict.FAIL, f"{share}; fell behind: TTFT grew {growth:.1f}x over the level, stopped early"
+        return LevelVerdict.FAIL, f"fell behind: TTFT grew {growth:.1f}x over the level, stopped early"
     if last_round:
-        return LevelVerdict.UNRESOLVED, f"{share}: still straddles the target {target:.0%}"
+        return LevelVerdict.UNRESOLVED, f"still straddles the target {target:.0%}"
     return None
 
 
 def measure_level(measure: Callable[[float, int], RoundSample], load: float, tune: TuneSpec,
                   time_left: Callable[[], bool]) -> Optional[Level]:
-    """Rounds at one load until the verdict is clear (None if the budget ran out before the first round)."""
+    """Rounds at one load until the verdict is clear (None if the budget ran out before the first round).
+
+    A round the load generator limited is set aside, never pooled, and the level is measured again; a level
+    whose every round was client-limited gets no verdict about the server."""
     rows: list[RequestRow] = []
+    limited: list[RoundSample] = []
     seconds, dirs, rounds = 0.0, [], 0
-    while True:
+    verdict: Optional[tuple[LevelVerdict, str]] = None
+    while verdict is None:
         if not time_left():
             if rounds == 0:
                 return None
-            share = attainment(rows)
-            verdict = (LevelVerdict.UNRESOLVED, f"{share.estimate:.1%} of {share.n} requests met the SLO; the "
-                       "budget ran out before its interval cleared the target")
+            verdict = (LevelVerdict.UNRESOLVED, "the budget ran out before its interval cleared the target")
             break
         sample = measure(load, rounds)
         rounds += 1
-        rows += sample.rows
         seconds += sample.seconds
         dirs.append(sample.dir)
-        verdict = judge(attainment(rows), ttft_growth(rows), tune.attainment, sample.client_limited,
-                        rounds >= tune.max_rounds)
-        if verdict is not None:
-            break
-    return Level(load=load, rounds=rounds, verdict=verdict[0], reason=verdict[1], figures=level_figures(rows),
-                 client_reasons=list(sample.client_reasons), seconds=seconds, dirs=dirs)
+        last = rounds >= tune.max_rounds
+        if sample.client_limited:
+            limited.append(sample)
+            if last and not rows:
+                verdict = (LevelVerdict.CLIENT_LIMITED, f"the load generator was the limit in all {rounds} rounds")
+            elif last:
+                verdict = judge(attainment(rows), ttft_growth(rows), tune.attainment, False, True)
+            continue
+        rows += sample.rows
+        verdict = judge(attainment(rows), ttft_growth(rows), tune.attainment, False, last)
+    if rows and verdict[0] is not LevelVerdict.CLIENT_LIMITED:
+        share = attainment(rows)
+        verdict = (verdict[0], f"{share.estimate:.1%} of {share.n} requests met the SLO ({share.confidence:.0%} "
+                   f"interval {share.low:.1%}–{share.high:.1%}): " + verdict[1])
+    reasons = sorted({r for s in limited for r in s.client_reasons})
+    if limited:
+        verdict = (verdict[0], verdict[1] + f"; {len(limited)} client-limited round(s) set aside")
+    figures = level_figures(rows or [r for s in limited for r in s.rows])
+    return Level(load=load, rounds=rounds, verdict=verdict[0], reason=verdict[1], figures=figures,
+                 client_reasons=reasons, seconds=seconds, dirs=dirs)
 
 
 def _levels(tune: TuneSpec, open_loop: bool) -> tuple[float, float, Callable[[float, float], Optional[float]]]:

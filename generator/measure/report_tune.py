@@ -50,7 +50,8 @@ def _plots(doc: Doc, result: TuneResult) -> None:
                                 marker="o", capsize=3, label=s.label)
         for ax, title in ((axes[0], "TTFT p95"), (axes[1], "ITL p95 (per-request mean)")):
             ax.set(xlabel=f"load ({unit})", ylabel="ms", title=f"{title} against load")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         doc.figure("latency_load", fig, "Latency against load per setting (95% bootstrap intervals)")
     if with_goodput:
         fig, ax = plt.subplots(figsize=(7, 4))

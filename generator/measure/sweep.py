@@ -152,9 +152,10 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
 
 def point_figures(out_dir: Path, slo_text: Optional[str]) -> Optional[LevelFigures]:
     """A completed point's figures with intervals, from its records (the SLO's per-request limits judged)."""
-    from generator.measure.runner import read_records
+    from generator.measure.runner import count_tokens_after_run, read_records
 
-    requests, _ = read_records(out_dir / "records.jsonl")
+    requests, processes = read_records(out_dir / "records.jsonl")
+    count_tokens_after_run(requests, processes)
     rows = request_rows(requests, objectives(parse_slo(slo_text), strict=False) if slo_text else [])
     return level_figures(rows) if rows else None
 
