@@ -61,7 +61,7 @@ def tune(
 def _print_tune(result: TuneResult, out_dir: Path) -> None:
     from rich.table import Table
 
-    from generator.measure.report_tune import _iv
+    from generator.measure.report_doc import interval_cell
 
     unit = "users" if result.mode == "closed loop" else "req/s"
     table = Table(title=f"tune: {escape(result.slo)} at {result.attainment:.0%} ({result.mode})")
@@ -71,7 +71,7 @@ def _print_tune(result: TuneResult, out_dir: Path) -> None:
     for s in result.settings:
         g, sr, pr = s.goodput, s.search, s.prediction
         status = s.status.value if s.status is SettingStatus.MEASURED else f"[yellow]{s.status}[/]: {escape(s.reason[:80])}"
-        table.add_row(escape(s.label), status, f"{g.load:g}" if g else "–", _iv(g.output_tokens_per_s_per_gpu) if g else "–",
+        table.add_row(escape(s.label), status, f"{g.load:g}" if g else "–", interval_cell(g.output_tokens_per_s_per_gpu) if g else "–",
                       f"{sr.breaking_load:g}" if sr and sr.breaking_load is not None else "–",
                       escape(sr.broke_first or "–") if sr else "–",
                       str(pr.concurrency) if pr and pr.concurrency is not None else "–")

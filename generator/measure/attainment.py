@@ -1,4 +1,4 @@
-"""Per-request SLO attainment and a load level's figures with their intervals, from raw request records.
+"""Per-request SLO attainment and a load level's figures (results.LevelFigures) with their intervals.
 
 ``tune`` judges a load level by the share of requests that meet every objective (GuideLLM's and AIPerf's
 goodput definition), not by one percentile of the pooled run: that share has a binomial confidence
@@ -15,16 +15,13 @@ request and are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
-
-from pydantic import BaseModel
+from typing import Any, Callable, Optional, Sequence
 
 from generator.errors import SpecError
 from generator.measure.intervals import Interval, across_runs, percentile, wilson
 from generator.measure.records import request_metrics
-
-if TYPE_CHECKING:
-    from generator.measure.slo import Term
+from generator.measure.results import LevelFigures
+from generator.measure.slo import Term
 
 ERROR = "error"
 """The objective a failed request misses (it meets none)."""
@@ -99,37 +96,6 @@ def request_rows(records: list[dict[str, Any]], objs: Sequence[Objective]) -> li
         rows.append(RequestRow(ok=ok, start_s=start_s, end_s=start_s + (rec["end_ns"] - rec["sched_ns"]) / 1e9,
                                output_tokens=(m.output_tokens or 0) if ok else 0, misses=misses, **values))
     return rows
-
-
-class LevelFigures(BaseModel):
-    """A load level's figures, each with its interval and the requests behind it."""
-
-    requests: int
-    """Measured requests (warm-up excluded)."""
-    met: int
-    """Requests that met every objective."""
-    attainment: Interval
-    """Share of requests meeting every objective (Wilson score interval)."""
-    misses: dict[str, int]
-    """Objective (or ``error``) -> requests that missed it."""
-    window_s: float
-    requests_per_s: Interval
-    """Completed requests per second in the level's steady part (see _rate); t interval over time slices;
-    its n is the requests completed there."""
-    output_tokens_per_s: Interval
-    ttft_p95_ms: Optional[Interval]
-    """Bootstrap intervals of the 95th percentiles over the successful requests."""
-    itl_p95_ms: Optional[Interval]
-    """Per-request mean inter-token time."""
-    e2e_p95_ms: Optional[Interval]
-    ttft_growth: Optional[float]
-    """Median TTFT of the last third of the requests (by send time) over the first third's: well above 1
-    means requests queued faster than the server served them (the server fell behind)."""
-
-    @property
-    def broke_first(self) -> Optional[str]:
-        """The objective missed by the most requests."""
-        return max(self.misses, key=lambda k: self.misses[k]) if self.misses else None
 
 
 def _rate(rows: Sequence[RequestRow], weight: Callable[[RequestRow], float]) -> Interval:

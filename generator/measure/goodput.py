@@ -22,8 +22,9 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel
 
-from generator.measure.attainment import LevelFigures, RequestRow, attainment, level_figures, ttft_growth
+from generator.measure.attainment import RequestRow, attainment, level_figures, ttft_growth
 from generator.measure.intervals import Interval
+from generator.measure.results import LevelFigures
 from generator.spec import TuneSpec
 
 FELL_BEHIND_GROWTH = 2.0

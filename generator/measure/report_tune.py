@@ -7,19 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from generator.fsutil import atomic_write_text
-from generator.measure.intervals import Interval
-from generator.measure.report_doc import Doc, pyplot
+from generator.measure.report_doc import Doc, interval_cell, pyplot
 from generator.measure.tune_results import SettingStatus, TuneResult
-
-
-def _iv(i: Optional[Interval], fmt: str = "{:.1f}") -> str:
-    """``estimate [low, high] (n)``: never a figure without the count behind it."""
-    if i is None:
-        return "–"
-    return f"{fmt.format(i.estimate)} [{fmt.format(i.low)}, {fmt.format(i.high)}] (n={i.n})"
 
 
 def _plots(doc: Doc, result: TuneResult) -> None:
@@ -94,8 +85,8 @@ def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
         g, sr, pr = s.goodput, s.search, s.prediction
         rows.append([
             s.label, s.status if s.status is SettingStatus.MEASURED else f"**{s.status.upper()}**: {s.reason}",
-            f"{g.load:g}" if g else "–", _iv(g.requests_per_s_per_gpu, "{:.2f}") if g else "–",
-            _iv(g.output_tokens_per_s_per_gpu) if g else "–", _iv(g.attainment, "{:.3f}") if g else "–",
+            f"{g.load:g}" if g else "–", interval_cell(g.requests_per_s_per_gpu, "{:.2f}") if g else "–",
+            interval_cell(g.output_tokens_per_s_per_gpu) if g else "–", interval_cell(g.attainment, "{:.3f}") if g else "–",
             f"{sr.breaking_load:g}" if sr and sr.breaking_load is not None else "–",
             (sr.broke_first or "–") if sr else "–",
             (f"{pr.concurrency}" if pr and pr.concurrency is not None else "–"),
@@ -114,7 +105,7 @@ def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
         doc.h("Repeats")
         doc.table(["setting", "load", "runs (incl. the search's)", "passed again", "out tok/s per GPU across runs [95%]"],
                   [[r.label, f"{r.load:g}", len(r.runs) + 1, f"{r.passed}/{len(r.runs)}",
-                    _iv(r.output_tokens_per_s_per_gpu)] for r in result.repeats])
+                    interval_cell(r.output_tokens_per_s_per_gpu)] for r in result.repeats])
         doc.p(f"Order of winner and runner-up: {result.order}.")
     _plots(doc, result)
     doc.h("Levels measured")
@@ -124,8 +115,8 @@ def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
         doc.p(f"**{s.label}**: {s.search.note}.")
         doc.table(["load", "rounds", "verdict", "attainment [95%] (n)", "out tok/s [95%] (n)", "TTFT p95 ms [95%] (n)",
                    "ITL p95 ms [95%] (n)", "why"],
-                  [[f"{lv.load:g}", lv.rounds, lv.verdict, _iv(lv.figures.attainment, "{:.3f}"),
-                    _iv(lv.figures.output_tokens_per_s), _iv(lv.figures.ttft_p95_ms), _iv(lv.figures.itl_p95_ms),
+                  [[f"{lv.load:g}", lv.rounds, lv.verdict, interval_cell(lv.figures.attainment, "{:.3f}"),
+                    interval_cell(lv.figures.output_tokens_per_s), interval_cell(lv.figures.ttft_p95_ms), interval_cell(lv.figures.itl_p95_ms),
                     lv.reason] for lv in s.search.levels])
     doc.p("Each level's rounds are in `settings/<n>/levels/<load>-<round>/` (records.jsonl, results.json).")
     return doc

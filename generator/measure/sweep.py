@@ -24,8 +24,8 @@ from generator.errors import (
     ToolMissing,
     TritongenError,
 )
-from generator.measure.attainment import LevelFigures, level_figures, objectives, request_rows
-from generator.measure.results import BestPoint, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
+from generator.measure.attainment import level_figures, objectives, request_rows
+from generator.measure.results import BestPoint, LevelFigures, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
 from generator.measure.slo import parse_slo
 from generator.spec import Spec, parse_override, with_overrides
 
