@@ -244,3 +244,28 @@ def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
         img = imread(shot)[..., :3]
         green = (abs(img[..., 0] - 118 / 255) < 0.03) & (abs(img[..., 1] - 185 / 255) < 0.03) & (img[..., 2] < 0.05)
         assert green.sum() > 500  # the goodput bars, drawn in #76b900
+
+
+@pytest.mark.parametrize("args, needle", [([], "tune needs an SLO"),
+                                          (["--slo", "requests_per_s>5"], "not a per-request limit"),
+                                          (["--slo", "ttft_p95<1s", "--attainment", "1.5"], "tune.attainment")])
+def test_tune_refuses_bad_input_before_starting_anything(tmp_path, args, needle):
+    from tests.test_cli import assert_user_error, tritongen
+
+    proc = tritongen("tune", *args, "--set", "serving.max_batch_size=1,4", "-o", "out", cwd=tmp_path)
+    assert_user_error(proc, 2, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_repeats_say_whether_the_order_holds():
+    from generator.measure.intervals import across_runs
+    from generator.measure.tune import order_note
+    from generator.measure.tune_results import RepeatResult
+
+    def rep(label, values):
+        return RepeatResult(label=label, load=4, runs=[], output_tokens_per_s_per_gpu=across_runs(values), passed=0)
+
+    assert order_note(rep("a", [100, 102, 101]), rep("b", [80, 81, 79])).startswith("holds: over 3 runs")
+    assert "overlap" in order_note(rep("a", [100, 90, 110]), rep("b", [95, 99, 97]))
+    assert order_note(rep("a", [90, 91]), rep("b", [95, 96])).startswith("does not hold")
+    assert "not repeated" in order_note(rep("a", [90]), rep("b", [95]))

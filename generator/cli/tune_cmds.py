@@ -47,8 +47,14 @@ def tune(
     spec = load_spec(spec_path, flags + plan.fixed)
     if not spec.loadtest.slo:
         raise SpecError("tune needs an SLO", where="--slo", fix='e.g. --slo "ttft_p95<500ms,itl_p95<50ms"')
-    for overrides in plan.points:  # fail on a bad field before the first server starts
-        load_spec(spec_path, flags + overrides)
+    refusals = []
+    for overrides in plan.points:  # a setting the spec refuses is reported as such; all refused: bad input
+        try:
+            load_spec(spec_path, flags + overrides)
+        except SpecError as exc:
+            refusals.append(exc)
+    if len(refusals) == len(plan.points):
+        raise refusals[0]
     console.print(f"{len(plan.points)} settings: " + escape("; ".join(plan.label(p) for p in plan.points)))
     with atomic_dir(output, force=force, command_hint="tritongen tune ... -o " + str(output), protected=spec.named_paths()) as tmp:
         with step("tune"):

@@ -224,11 +224,11 @@ def repeat_level(spec: Spec, s: SettingResult, out: Path, *, gpu_visible: bool, 
 
 
 def order_note(win: RepeatResult, second: RepeatResult) -> str:
-    pairs = list(zip([win.output_tokens_per_s_per_gpu.estimate], [second.output_tokens_per_s_per_gpu.estimate]))
+    """Whether the winner stayed ahead of the runner-up over the runs of both (the search's and the repeats)."""
     a, b = win.output_tokens_per_s_per_gpu, second.output_tokens_per_s_per_gpu
-    runs = min(len(win.runs), len(second.runs)) + 1
-    if not pairs or runs < 2:
-        return "not repeated (budget or --repeat 0)"
+    runs = min(a.n, b.n)
+    if runs < 2:
+        return "not repeated (the budget ran out)"
     if a.low > b.high:
         return f"holds: over {runs} runs each, {win.label}'s interval lies above {second.label}'s"
     if a.estimate > b.estimate:
