@@ -67,20 +67,17 @@ def tune(
 def _print_tune(result: TuneResult, out_dir: Path) -> None:
     from rich.table import Table
 
-    from generator.measure.report_doc import interval_cell
+    from generator.measure.report_tune import setting_cells
 
     unit = "users" if result.mode == "closed loop" else "req/s"
     table = Table(title=f"tune: {escape(result.slo)} at {result.attainment:.0%} ({result.mode})")
-    for col in ("setting", "status", f"goodput ({unit})", "out tok/s per GPU [95%] (n)", "broke at", "broke first",
-                "predicted KV-full"):
-        table.add_column(col, overflow="fold")
+    shown = ("goodput load", "out tok/s per GPU [95%] (n)", "broke at", "broke first", "predicted KV-full concurrency")
+    for col in ("setting", "status", *shown):
+        table.add_column(f"goodput ({unit})" if col == "goodput load" else col, overflow="fold")
     for s in result.settings:
-        g, sr, pr = s.goodput, s.search, s.prediction
         status = s.status.value if s.status is SettingStatus.MEASURED else f"[yellow]{s.status}[/]: {escape(s.reason[:80])}"
-        table.add_row(escape(s.label), status, f"{g.load:g}" if g else "–", interval_cell(g.output_tokens_per_s_per_gpu) if g else "–",
-                      f"{sr.breaking_load:g}" if sr and sr.breaking_load is not None else "–",
-                      escape(sr.broke_first or "–") if sr else "–",
-                      str(pr.concurrency) if pr and pr.concurrency is not None else "–")
+        cells = setting_cells(s)
+        table.add_row(escape(s.label), status, *(escape(cells[k]) for k in shown))
     out.print(table)
     if result.best:
         out.print(f"best: [bold]{escape(result.best.label)}[/] ({escape(result.best.reason)})")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from generator.fsutil import atomic_write_text
 from generator.measure.report_doc import Doc, interval_cell, pyplot
-from generator.measure.tune_results import SettingStatus, TuneResult
+from generator.measure.tune_results import SettingResult, SettingStatus, TuneResult
 
 
 def _plots(doc: Doc, result: TuneResult) -> None:
@@ -63,6 +63,21 @@ def _plots(doc: Doc, result: TuneResult) -> None:
         doc.figure("front", fig, "Throughput per GPU against latency at each setting's goodput; the front in green")
 
 
+def setting_cells(s: SettingResult) -> dict[str, str]:
+    """One setting's figures as table cells (the report's table and the CLI's)."""
+    g, sr, pr = s.goodput, s.search, s.prediction
+    return {
+        "goodput load": f"{g.load:g}" if g else "–",
+        "req/s per GPU [95%] (n)": interval_cell(g.requests_per_s_per_gpu, "{:.2f}") if g else "–",
+        "out tok/s per GPU [95%] (n)": interval_cell(g.output_tokens_per_s_per_gpu) if g else "–",
+        "attainment [95%] (n)": interval_cell(g.attainment, "{:.3f}") if g else "–",
+        "broke at": f"{sr.breaking_load:g}" if sr and sr.breaking_load is not None else "–",
+        "broke first": (sr.broke_first or "–") if sr else "–",
+        "predicted KV-full concurrency": f"{pr.concurrency}" if pr and pr.concurrency is not None else "–",
+        "seconds": f"{s.seconds:.0f}",
+    }
+
+
 def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
     unit = "users" if result.mode == "closed loop" else "requests/s"
     doc = Doc("tritongen tune")
@@ -80,20 +95,10 @@ def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
     if result.left:
         doc.p(f"Left by the budget or the search: {result.left}.")
     doc.h("Settings")
-    rows = []
-    for s in result.settings:
-        g, sr, pr = s.goodput, s.search, s.prediction
-        rows.append([
-            s.label, s.status if s.status is SettingStatus.MEASURED else f"**{s.status.upper()}**: {s.reason}",
-            f"{g.load:g}" if g else "–", interval_cell(g.requests_per_s_per_gpu, "{:.2f}") if g else "–",
-            interval_cell(g.output_tokens_per_s_per_gpu) if g else "–", interval_cell(g.attainment, "{:.3f}") if g else "–",
-            f"{sr.breaking_load:g}" if sr and sr.breaking_load is not None else "–",
-            (sr.broke_first or "–") if sr else "–",
-            (f"{pr.concurrency}" if pr and pr.concurrency is not None else "–"),
-            f"{s.seconds:.0f}",
-        ])
-    doc.table(["setting", "status", f"goodput load ({unit})", "req/s per GPU [95%] (n)", "out tok/s per GPU [95%] (n)",
-               "attainment [95%] (n)", "broke at", "broke first", "predicted KV-full concurrency", "seconds"], rows)
+    cells = [setting_cells(s) for s in result.settings]
+    doc.table(["setting", "status"] + [f"goodput load ({unit})" if k == "goodput load" else k for k in cells[0]],
+              [[s.label, s.status if s.status is SettingStatus.MEASURED else f"**{s.status.upper()}**: {s.reason}",
+                *c.values()] for s, c in zip(result.settings, cells)])
     doc.p("Predicted KV-full concurrency: requests whose prompt and answer fit in the KV cache at once, capped by "
           "the batch slots; above it requests queue, so the measured knee should not lie far above it.")
     for s in result.settings:

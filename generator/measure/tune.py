@@ -87,10 +87,13 @@ def skip_reason(overrides: list[str], prediction: Optional[Prediction], done: li
 
 def _round_overrides(spec: Spec, load: float, rnd: int, open_loop: bool) -> list[str]:
     """One round's load-test settings: a request count (at least three per user in closed loop, so the
-    level's tail, when fewer users remain busy, stays short), no SLO gate (tune judges), no re-asking."""
+    level's tail, when fewer users remain busy, stays short), no SLO gate (tune judges), no re-asking, and
+    no request waited for longer than the round may last (it counts as an error, a miss)."""
     t, lt = spec.tune, spec.loadtest
     n = t.requests_per_level if open_loop else max(t.requests_per_level, 3 * int(load))
+    timeout = min(lt.request_timeout_s, t.level_timeout_s)
     sets = [f"loadtest.max_requests={n}", f"loadtest.duration_s={t.level_timeout_s}", "loadtest.reference_checks=0",
+            f"loadtest.request_timeout_s={timeout:g}",
             "loadtest.slo=null", f"loadtest.warmup_requests={lt.warmup_requests if rnd == 0 else 0}",
             f"loadtest.seed={lt.seed + rnd}"]
     if open_loop:

@@ -40,8 +40,9 @@ class TuneSpec(Section):
     max_rounds: int = Field(3, ge=1)
     """Most rounds per level; a level still straddling the target after them is reported unresolved."""
 
-    level_timeout_s: float = Field(120.0, gt=0)
-    """Longest one round may run (an overloaded open-loop level ends here and fails)."""
+    level_timeout_s: float = Field(60.0, gt=0)
+    """Longest one round may run (an overloaded open-loop level ends here); also the longest a request of a
+    round is waited for (loadtest.request_timeout_s, if shorter, wins): one never answered is an error."""
 
     budget_min: Optional[float] = Field(None, gt=0)
     """Stop starting new measurements after this many minutes and report what was left unmeasured."""
