@@ -43,7 +43,9 @@ def main() -> None:
     started = time.monotonic()
     pspec, repo = prepare_point(spec, args.sets, "grid", args.output, False, lambda _m: None)
     rows = []
-    with TritonServer(repo, log_file=args.output / "triton.log") as server:
+    server = TritonServer(repo, log_file=args.output / "triton.log")
+    try:
+        server.start(timeout_s=600)  # a loaded machine may take minutes to load the model
         measure = round_measure(pspec, server, args.output / "levels", False, lambda m: print(m, flush=True))
         for users in loads(args.users):
             lv = measure_level(measure, float(users), pspec.tune, lambda: True)
@@ -52,6 +54,9 @@ def main() -> None:
                         f"{f.attainment.high:.3f}] (n={f.requests}) | {f.output_tokens_per_s.estimate:.1f} "
                         f"[{f.output_tokens_per_s.low:.1f}, {f.output_tokens_per_s.high:.1f}] | "
                         f"{f.ttft_p95_ms.estimate:.0f} | {f.itl_p95_ms.estimate:.1f} |")
+            print(rows[-1], f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        server.stop()
     print(f"\nsetting {' '.join(args.sets)}, SLO {args.slo}, wall time {time.monotonic() - started:.0f} s\n")
     print("| users | verdict | rounds | attainment [95%] (n) | out tok/s [95%] | TTFT p95 ms | ITL p95 ms |")
     print("|---|---|---|---|---|---|---|")

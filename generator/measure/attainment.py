@@ -118,7 +118,8 @@ def _rate(rows: Sequence[RequestRow], weight: Callable[[RequestRow], float]) -> 
     for r in steady:
         slices[min(k - 1, int((r.end_s - t0) / window * k))] += weight(r)
     interval = across_runs([s / (window / k) for s in slices])
-    return interval.model_copy(update={"n": len(steady), "method": f"t over {k} time slices" if k > 1 else "exact"})
+    return interval.model_copy(update={"low": max(0.0, interval.low), "n": len(steady),  # a rate is never negative
+                                       "method": f"t over {k} time slices" if k > 1 else "exact"})
 
 
 def _p95(values: list[float]) -> Optional[Interval]:
