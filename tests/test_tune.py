@@ -269,3 +269,25 @@ def test_repeats_say_whether_the_order_holds():
     assert "overlap" in order_note(rep("a", [100, 90, 110]), rep("b", [95, 99, 97]))
     assert order_note(rep("a", [90, 91]), rep("b", [95, 96])).startswith("does not hold")
     assert "not repeated" in order_note(rep("a", [90]), rep("b", [95]))
+
+
+def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8b_config):
+    import json
+
+    from generator.engine.gpus import lookup_gpu
+    from generator.engine.memory import memory_plan
+    from generator.engine.shape import model_shape
+    from generator.measure.predict import predict
+    from generator.spec import load_spec
+
+    config = json.loads(qwen3_8b_config.read_text())
+    cpu = load_spec(None, ["serving.engine=cpu-reference", "build.max_batch_size=16", "build.tokens_per_block=16",
+                           "serving.cpu_kv_cache_mib=64"])
+    p = predict(cpu, False, config, 32, 24)
+    block = 2 * 36 * 8 * 128 * 4 * 16  # K and V, 36 layers, 8 KV heads of 128, float32, 16 tokens
+    assert p.kv_requests == int(0.9 * 64 * 2**20 // block) // 4 == 3  # 64 tokens a request: 4 blocks
+    assert (p.batch_slots, p.concurrency) == (16, 3) and "KV blocks" in p.source
+    gpu = load_spec(None, [])
+    plan = memory_plan(gpu, model_shape(config), lookup_gpu(gpu.build.gpu))
+    g = predict(gpu, True, config, 128, 64)
+    assert g.kv_requests == plan.kv_tokens // 192 and g.concurrency == min(g.batch_slots, g.kv_requests)
