@@ -96,7 +96,8 @@ def _sweep_plots(doc: Doc, rows: list[PointRow]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, title in ((axes[0], "ttft", "TTFT"), (axes[1], "itl", "ITL per gap")):
         for pct, marker in (("p50", "o-"), ("p95", "s--")):
-            pts = [(r.output_tokens_per_s, y, r.point) for r in done if (y := getattr(r, f"{metric}_{pct}_ms"))]
+            pts = [(r.output_tokens_per_s, y, f"{r.point} (n={r.requests})" if r.requests else r.point)
+                   for r in done if (y := getattr(r, f"{metric}_{pct}_ms"))]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, label=pct)
                 for x, y, label in pts:
@@ -112,7 +113,8 @@ def _sweep_plots(doc: Doc, rows: list[PointRow]) -> None:
     for ax, metric, title in ((axes[0], "ttft", "TTFT"), (axes[1], "itl", "ITL per gap")):
         for i, pct in enumerate(("p50", "p95", "p99")):
             ax.bar(x + (i - 1) * 0.27, [getattr(r, f"{metric}_{pct}_ms") or 0 for r in done], width=0.27, label=pct)
-        ax.set_xticks(x, [r.point for r in done], rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(x, [f"{r.point} (n={r.requests})" if r.requests else r.point for r in done], rotation=20,
+                      ha="right", fontsize=8)
         ax.set(ylabel="ms", title=f"{title} percentiles per setting")
         ax.legend(fontsize=8)
     doc.figure("percentiles", fig, "Percentile bars per setting")

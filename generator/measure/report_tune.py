@@ -38,7 +38,9 @@ def _plots(doc: Doc, result: TuneResult) -> None:
                 if pts:
                     ax.errorbar([p[0] for p in pts], [p[1].estimate for p in pts],
                                 yerr=[[p[1].estimate - p[1].low for p in pts], [p[1].high - p[1].estimate for p in pts]],
-                                marker="o", capsize=3, label=s.label)
+                                marker="o", capsize=3,
+                                label=f"{s.label} (n={min(lv.figures.requests for lv in levels)}–"
+                                      f"{max(lv.figures.requests for lv in levels)} per level)")
         for ax, title in ((axes[0], "TTFT p95"), (axes[1], "ITL p95 (per-request mean)")):
             ax.set(xlabel=f"load ({unit})", ylabel="ms", title=f"{title} against load")
             if ax.get_legend_handles_labels()[0]:
@@ -53,7 +55,7 @@ def _plots(doc: Doc, result: TuneResult) -> None:
             on = s.label in result.front
             ax.scatter([g.ttft_p95_ms.estimate], [g.output_tokens_per_s_per_gpu.estimate],
                        color="#76b900" if on else "#888888", s=40)
-            ax.annotate(s.label, (g.ttft_p95_ms.estimate, g.output_tokens_per_s_per_gpu.estimate), fontsize=7,
+            ax.annotate(f"{s.label} (n={g.requests})", (g.ttft_p95_ms.estimate, g.output_tokens_per_s_per_gpu.estimate), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
         front = sorted((s.goodput.ttft_p95_ms.estimate, s.goodput.output_tokens_per_s_per_gpu.estimate)
                        for s in with_goodput if s.label in result.front and s.goodput.ttft_p95_ms)
