@@ -21,6 +21,7 @@ from generator.measure.attainment import objectives, request_rows
 from generator.measure.goodput import Level, LevelVerdict, RoundSample, SearchOutcome, measure_level, search
 from generator.measure.intervals import Interval, across_runs
 from generator.measure.predict import Prediction, predict
+from generator.measure.results import PointStatus
 from generator.measure.slo import parse_slo
 from generator.measure.sweep import SweepPlan, failure_status, prepare_point
 from generator.measure.tune_results import (
@@ -195,8 +196,8 @@ def tune_setting(spec: Spec, overrides: list[str], label: str, out: Path, *, gpu
                              pspec.tune, open_loop=open_loop, time_left=budget.ok)
     except TritongenError as exc:
         status, detail = failure_status(exc)
-        return result.model_copy(update={"status": SettingStatus.REFUSED if status.value != "load test failed"
-                                         else SettingStatus.FAILED, "reason": f"{status.value}: {detail}",
+        return result.model_copy(update={"status": SettingStatus.FAILED if status is PointStatus.LOAD
+                                         else SettingStatus.REFUSED, "reason": f"{status.value}: {detail}",
                                          "seconds": time.monotonic() - started})
     if not outcome.levels:
         return result.model_copy(update={"status": SettingStatus.UNMEASURED, "reason": outcome.note})
