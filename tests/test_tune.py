@@ -203,7 +203,9 @@ def slots_repo(tmp_path_factory, tokenizer_weights_dir) -> Path:
 @pytest.mark.server
 def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
     """2 slots of 0.2 s: 2 users pass (TTFT is the network's few ms), 3 do not (a third of the requests wait
-    for a slot, up to 0.2 s, against a 50 ms TTFT limit); goodput 2 users, at most 10 requests/s."""
+    for a slot, up to 0.2 s, against an 80 ms TTFT limit); goodput 2 users, at most 10 requests/s. On a
+    loaded machine a few requests of level 2 may miss too and leave it unresolved: then the search must
+    settle below it, never above."""
     from generator.measure.report_tune import write_tune_report
     from generator.measure.tune import goodput_of, round_measure
     from generator.measure.tune_results import TuneResult
@@ -212,7 +214,7 @@ def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"text": "hello world", "max_tokens": 3}\n{"text": "the triton model", "max_tokens": 3}\n')
-    spec = load_spec(None, ["loadtest.model=slots", "loadtest.slo=ttft_p95<50ms", f"loadtest.prompts={prompts}",
+    spec = load_spec(None, ["loadtest.model=slots", "loadtest.slo=ttft_p95<80ms", f"loadtest.prompts={prompts}",
                             "loadtest.output_tokens_mean=3", "loadtest.warmup_requests=2", "loadtest.request_timeout_s=30",
                             "tune.start_users=2", "tune.max_users=3", "tune.max_rounds=2", "tune.level_timeout_s=60"])
     with TritonServer(slots_repo, log_file=tmp_path / "triton.log") as server:
@@ -220,15 +222,18 @@ def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
                          open_loop=False)
     limited = [lv for lv in outcome.levels if lv.verdict is LevelVerdict.CLIENT_LIMITED]
     assert not any(lv.load == outcome.goodput_load for lv in limited)  # a client-limited level is never the goodput
-    if not limited:  # on a machine too loaded for the load generator the search stops early and says so
-        assert outcome.goodput_load == 2, outcome.model_dump_json(indent=1)
-        assert outcome.level(3).verdict in (LevelVerdict.FAIL, LevelVerdict.UNRESOLVED)
-        rps = outcome.level(2).figures.requests_per_s
-        assert rps.low <= 2 / 0.2 and rps.high >= 0.7 * 2 / 0.2  # the known capacity: 2 slots / 0.2 s
+    assert outcome.goodput_load is None or outcome.goodput_load <= 2  # never above the known capacity
+    level2, level3 = outcome.level(2), outcome.level(3)
+    assert level2.verdict is not LevelVerdict.FAIL, level2.reason  # 2 slots serve 2 users without waiting
+    assert level3 is None or level3.verdict is not LevelVerdict.PASS, level3.reason  # a third of them wait
+    if level2.verdict is LevelVerdict.PASS:  # the usual case (a loaded machine may leave it unresolved)
+        assert outcome.goodput_load == 2
+        rps = level2.figures.requests_per_s
+        assert rps.low <= 2 / 0.2 and rps.high >= 0.5 * 2 / 0.2  # the known capacity: 2 slots / 0.2 s
     goodput = goodput_of(outcome, gpus=1)
     setting = SettingResult(label="slots=2", overrides=[], dir=str(tmp_path), gpus=1, status=SettingStatus.MEASURED,
                             search=outcome, goodput=goodput)
-    result = TuneResult(slo="ttft_p95<50ms", attainment=0.95, mode="closed loop", settings=[setting],
+    result = TuneResult(slo="ttft_p95<80ms", attainment=0.95, mode="closed loop", settings=[setting],
                         front=pareto_front([setting]), best=None, runner_up=None, budget_min=None, elapsed_s=1.0)
     write_tune_report(tmp_path / "report", result, [])
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
