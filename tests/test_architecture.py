@@ -29,6 +29,8 @@ PURE = (
     "generator.repo.enginecheck", "generator.model.manifest",
     "generator.serve.dialect", "generator.serve.adminapi", "generator.deploy.pod_security", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
     "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals",
+    "generator.measure.attainment", "generator.measure.goodput", "generator.measure.predict",
+    "generator.measure.tune_results",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib.request", "urllib.error", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")

@@ -20,6 +20,7 @@ from generator.cli import (  # noqa: E402,F401
     repo_cmds,
     serve_cmds,
     spec_cmds,
+    tune_cmds,
 )
 
 

@@ -197,10 +197,11 @@ class LoadResult:
 def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
-    title: Optional[str] = None, admin_key: Optional[str] = None,
+    title: Optional[str] = None, admin_key: Optional[str] = None, report: bool = True,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
+    ``report=False`` skips the report pages (tune's many short rounds keep only results.json and records).
     ``locust_prefix`` wraps the Locust commands (e.g. ``taskset -c 0 nice -n 19``) to constrain the load
     generator, as the client-bottleneck test does.
     """
@@ -266,7 +267,12 @@ def run_loadtest(
                     loadtest=lt),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
-    write_loadtest_report(out_dir, results)
+    if report:
+        write_loadtest_report(out_dir, results)
+    else:
+        from generator.fsutil import atomic_write_text
+
+        atomic_write_text(out_dir / "results.json", json.dumps(results.model_dump(mode="json"), indent=2))
     return LoadResult(out_dir, results)
 
 
