@@ -211,11 +211,11 @@ def test_locust_options_follow_the_spec():
     spec = load_spec(None, ["loadtest.users=3", "loadtest.protocol=http-stream", "loadtest.request_rate=5"])
     ep = Endpoints.from_urls("http://127.0.0.1:8000")
     assert ep.grpc_url == "127.0.0.1:8001" and ep.metrics_url == "http://127.0.0.1:8002/metrics"
-    opts = locust_options(spec.loadtest, ep, Path("/r.jsonl"), Path("/lf.py"))
+    opts = locust_options(spec.resolved_loadtest(), ep, Path("/r.jsonl"), Path("/lf.py"))
     assert opts["host"] == "http://127.0.0.1:8000"
     assert opts["users"] == 1  # open loop: one dispatching user per process
     assert opts["request-rate"] == 5 and opts["protocol"] == "http-stream" and opts["records"] == "/r.jsonl"
-    grpc = locust_options(load_spec(None, []).loadtest, ep, Path("/r.jsonl"), Path("/lf.py"))
+    grpc = locust_options(load_spec(None, []).resolved_loadtest(), ep, Path("/r.jsonl"), Path("/lf.py"))
     assert grpc["host"] == "grpc://127.0.0.1:8001" and grpc["users"] == 16 and "request-rate" not in grpc
 
 

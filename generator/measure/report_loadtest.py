@@ -266,7 +266,7 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
             else f"{lt.users} users")
     doc.p(f"Target `{run.target}`, model `{lt.model}` over {lt.protocol}, {run.mode}: {load}, "
           f"{lt.duration_s:g} s, prompts ~{lt.input_tokens_mean} tokens in / {lt.output_tokens_mean} out, "
-          f"seed {lt.seed}, {max(lt.workers, 1)} Locust process(es).")
+          f"seed {lt.seed}, {lt.processes} Locust process(es).")
     c, tp, slo = results.counts, results.throughput, results.slo
     verdicts = []
     if slo:

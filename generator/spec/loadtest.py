@@ -81,3 +81,29 @@ class LoadTestSpec(Section):
 
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
+
+
+class ResolvedLoadTest(LoadTestSpec):
+    """The load test as it runs: ``loadtest`` with every value it leaves open decided (``Spec.resolved_loadtest``).
+
+    The local run, the distributed run, ``--records`` and the in-cluster manifest all take this type, so none of
+    them meets ``workers: auto``, an unnamed model or a relative path.
+    """
+
+    workers: int = Field(0, ge=0)
+    """Locust worker processes under one master as run (0: a single process)."""
+
+    model: str = "ensemble"
+    """The model the users call."""
+
+    @property
+    def processes(self) -> int:
+        """Locust processes that send requests: the workers, or the single process."""
+        return max(self.workers, 1)
+
+
+def worker_count(workers: Union[int, str], cores: int) -> int:
+    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
+    if workers != "auto":
+        return int(workers)
+    return cores if cores > 1 else 0
