@@ -23,8 +23,6 @@ ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory")
 Statistics stay open: NVIDIA's perf_analyzer (and genai-perf, Model Analyzer on top of it) reads them around
 every measurement, and the same per-model figures are public on the metrics port anyway."""
 ADMIN_HEADER = "tritongen-admin-key"
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-"""The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
 RUN_EXIT_TIMEOUT_S = 2
 """``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
