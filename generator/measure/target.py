@@ -15,16 +15,12 @@ from typing import Any, Optional
 
 from generator.errors import SpecError
 from generator.serve.client import ServerRequestError, model_config
+from generator.serve.dialect import config_param
 from generator.spec import Spec
 from generator.spec.loadtest import ResolvedLoadTest
 
 TOKENIZER_FIX = ("pass --tokenizer DIR, a folder with the served model's tokenizer.json (for the LLM-API model, "
                  "the checkpoint folder its model.yaml names)")
-
-
-def _param(config: dict[str, Any], key: str) -> Optional[str]:
-    value = (config.get("parameters", {}).get(key) or {}).get("string_value")
-    return value if value and not value.startswith("${") else None
 
 
 def _config(http_url: str, model: str) -> Optional[dict[str, Any]]:
@@ -37,10 +33,10 @@ def _config(http_url: str, model: str) -> Optional[dict[str, Any]]:
 def served_tokenizer(http_url: str, config: dict[str, Any]) -> Optional[tuple[Path, str]]:
     """(folder, which model's parameter named it) from the served configs, or None when none names one."""
     for name, cfg in ((config.get("name", "the model"), config), ("preprocessing", None),
-                      (_param(config, "engine_model"), None)):
+                      (config_param(config, "engine_model"), None)):
         if cfg is None and name:
             cfg = _config(http_url, name)
-        found = _param(cfg, "tokenizer_dir") if cfg else None
+        found = config_param(cfg, "tokenizer_dir") if cfg else None
         if found:
             return Path(found), name
     return None
