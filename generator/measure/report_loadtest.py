@@ -133,8 +133,9 @@ def _checks_section(doc: Doc, results: LoadTestResult) -> None:
           f"check. {checks.with_reference} could be compared with the same prompt asked again without streaming "
           f"after the run: {ref.get('equal', 0)} equal, {ref.get('detokenization', 0)} damaged by streaming, "
           f"{ref.get('diverged', 0)} where the engine generated different tokens (not a streaming fault). "
-          f"Empty chunks before the last: {checks.empty_chunks} (harmless when the text equals the one-piece "
-          "text: a held-back character or a token that decodes to nothing).")
+          f"Empty chunks before the last: {checks.empty_chunks} (a failure only where nothing explains them: "
+          "a held-back character, or a one-piece text that is equal (a token that decodes to nothing) or that "
+          "came from other tokens, explains them).")
     doc.table(["check", "failures"], [
         ["no U+FFFD the one-piece text does not have", checks.failures[CHECK_REPLACEMENT]],
         ["no unexplained empty chunk before the last", checks.failures[CHECK_EMPTY_CHUNK]],
