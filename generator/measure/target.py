@@ -48,6 +48,8 @@ def resolve_served(spec: Spec, http_url: str, *, cores: int, ask_model: bool,
     serves (``--url``), so an unset ``loadtest.model`` is the server's entry model."""
     from generator.serve.smoke_run import entry_model
 
+    if spec.loadtest.openai:  # no Triton configs to ask: the users take the server's first model unless told
+        return spec.resolved_loadtest(cores=cores)
     given = spec.loadtest.model
     served_model = entry_model(http_url, None, admin_key) if ask_model and given is None else None
     lt = spec.resolved_loadtest(cores=cores, served_model=served_model)

@@ -156,16 +156,16 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for name in ("prompts", "tokenizer"):
+        for name in ("prompts", "tokenizer", "trace"):
             value = getattr(self.loadtest, name)
             if value is not None:
                 named[f"loadtest.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
-    def loadtest_model(self) -> str:
-        """The model load tests call (see loadtest.model)."""
-        if self.loadtest.model is not None:
+    def loadtest_model(self) -> Optional[str]:
+        """The model load tests call (see loadtest.model); None: an OpenAI server's first listed model."""
+        if self.loadtest.model is not None or self.loadtest.openai:
             return self.loadtest.model
         return "tensorrt_llm" if self.serving.engine is EngineTarget.llmapi else "ensemble"
 
@@ -192,6 +192,7 @@ class Spec(Section):
             model=lt.model or served_model or self.loadtest_model,
             tokenizer=self.loadtest_tokenizer or served_tokenizer,
             prompts=self.path(lt.prompts) if lt.prompts is not None else None,
+            trace=self.path(lt.trace) if lt.trace is not None else None,
         ))
 
     def to_yaml_dict(self) -> dict[str, Any]:
