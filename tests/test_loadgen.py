@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2
 
 from generator.measure.ceiling import TARGET_SHARE, capacity, loadgen_plan, recorded_ceiling, workers_for
 from generator.measure.records import count_client_tokens
-from generator.measure.runner import resolve_workers
+from generator.spec.loadtest import worker_count
 from generator.resources import loadtest_dir
 
 sys.path.insert(0, str(loadtest_dir()))
@@ -98,9 +98,9 @@ def test_client_token_counts_filled_after_the_run():
 
 
 def test_workers_auto_is_one_per_core():
-    assert resolve_workers("auto", 8) == 8
-    assert resolve_workers("auto", 1) == 0  # one core: a single process, no master
-    assert resolve_workers(3, 8) == 3
+    assert worker_count("auto", 8) == 8
+    assert worker_count("auto", 1) == 0  # one core: a single process, no master
+    assert worker_count(3, 8) == 3
 
 
 def test_ceiling_sizes_the_workers():
