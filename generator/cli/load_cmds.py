@@ -18,6 +18,7 @@ from generator.cli._app import (
 )
 from generator.errors import SpecError
 from generator.fsutil import read_json_object
+from generator.measure.metrics import LATENCIES
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
 from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
 
@@ -39,10 +40,9 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     table = Table(title=f"{escape(results.run.title)}: {c.ok} ok, {c.errors} errors in {results.window_s:.1f} s")
     for col in ("ms", "mean", "p50", "p90", "p99", "max"):
         table.add_column(col, justify="right" if col != "ms" else "left")
-    for key, label in (("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"),
-                       ("e2e", "end-to-end"), ("lateness", "send lateness")):
-        if d := getattr(lat, key):
-            table.add_row(label, *(f"{getattr(d, s):.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
+    for metric in LATENCIES:
+        if metric.shown and (d := getattr(lat, metric.key)):
+            table.add_row(metric.label, *(f"{getattr(d, s):.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
     out.print(table)
     rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
