@@ -16,6 +16,7 @@ from generator.cli._app import (
     AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
     spec_overrides, step,
 )
+from generator.cli.gate_cmds import Baseline, Gate, Junit, Summary, finish, gate_inputs, judge_folder
 from generator.errors import SpecError
 from generator.fsutil import read_json_object
 from generator.measure.metrics import LATENCIES
@@ -91,6 +92,7 @@ Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
 Seed = spec_option("loadtest.seed", "--seed")
+Repeat = spec_option("loadtest.repeat", "--repeat")
 
 
 @app.command()
@@ -115,6 +117,11 @@ def loadtest(
     tokenizer: Tokenizer = None,
     seed: Seed = None,
     admin_key: AdminKey = None,
+    repeat: Repeat = None,
+    baseline: Baseline = None,
+    gate: Gate = None,
+    junit: Junit = None,
+    summary: Summary = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
                           "records.jsonl from kubernetes-loadtest.yaml); starts no load.")] = None,
@@ -124,8 +131,11 @@ def loadtest(
 ) -> None:
     """Load-test a Triton LLM endpoint with Locust: TTFT, ITL, throughput, server-side split, checks, SLO gate.
 
-    Exit codes: 0 done (and the SLO passed), 1 SLO violated or no request succeeded, 3 SLO inconclusive
-    (the load generator limited the run, or a term could not be measured), 2 bad input; README "Exit codes" lists the others.
+    With --repeat N the same load runs N times on one server (OUT/run-01, ...) and the report gives each
+    figure's spread and intervals; with --baseline it is compared with a saved baseline, and --gate fails it
+    on a confirmed regression. Exit codes: 0 done (and every gate passed), 1 SLO violated, a confirmed
+    regression, or no request succeeded, 3 inconclusive (the load generator limited the run, a term could not
+    be measured, or an interval straddles a gate limit), 2 bad input; README "Exit codes" lists the others.
     """
     from generator.fsutil import atomic_dir
     from generator.measure.runner import report_records, run_loadtest
@@ -143,17 +153,33 @@ def loadtest(
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
     flags = spec_overrides(loadtest, locals())
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
+    gating = gate_inputs(spec)
     lt = spec.loadtest
     load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
+    runs = f" × {lt.repeat} runs" if lt.repeat > 1 else ""
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
-        with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
-                                  admin_key=admin_key)
-    _print_results(result.results, output.resolve())
-    if result.results.slo:
-        raise typer.Exit(code=result.results.slo.exit_code)
-    if not result.results.counts.ok:
+        with step(f"load test: {load}, {lt.duration_s:g} s{runs}, {lt.protocol} ({repo or url})"):
+            if lt.repeat > 1:
+                from generator.measure.repeat import run_repeated
+
+                results, figures = run_repeated(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url,
+                                                metrics_url=metrics_url, admin_key=admin_key, source=str(output),
+                                                progress=lambda m: console.print(f"  {escape(m)}"))
+            else:
+                results = [run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                                        admin_key=admin_key)]
+                figures = None
+        comparison, verdict = judge_folder(gating, tmp, str(output))
+    for i, result in enumerate(results, 1):
+        _print_results(result.results, output.resolve() / (f"run-{i:02d}" if lt.repeat > 1 else ""))
+    if figures:
+        console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
+    slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
+    code = finish(slo_runs, comparison, verdict, junit, summary, figures)
+    if code:
+        raise typer.Exit(code=code)
+    if not all(r.results.counts.ok for r in results):
         raise typer.Exit(code=EXIT_FAIL)
 
 

@@ -180,13 +180,15 @@ class LoadResult:
 def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
-    title: Optional[str] = None, admin_key: Optional[str] = None,
+    title: Optional[str] = None, admin_key: Optional[str] = None, manifest_dir: Optional[Path] = None,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
     ``locust_prefix`` wraps the Locust commands (e.g. ``taskset -c 0 nice -n 19``) to constrain the load
-    generator, as the client-bottleneck test does.
+    generator, as the client-bottleneck test does. ``manifest_dir``: the repository a ``url`` server
+    serves, when known, so the run records what was served (identity.run_identity).
     """
+    from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.slo import evaluate, parse_slo
     from generator.measure.statistics import split_vs_stages, summarize
@@ -239,7 +241,7 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.request_rate is not None else "closed loop",
-                    loadtest=lt),
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir)),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
     write_loadtest_report(out_dir, results)

@@ -8,6 +8,7 @@ from generator.spec.schema import (
     BuildSpec,
     CalibrationSpec,
     EngineTarget,
+    GateSpec,
     KVCacheFormat,
     KubernetesSpec,
     LoadTestSpec,
@@ -21,7 +22,7 @@ from generator.spec.schema import (
 )
 
 __all__ = [
-    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "GateSpec",
     "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
     "Spec", "TopologySpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",

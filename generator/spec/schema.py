@@ -18,12 +18,12 @@ from generator.spec.build import (
     REFERENCE_MODEL, BuildSpec, CalibrationSpec, EngineTarget, KVCacheFormat, ModelSpec, PluginOverrides, QuantFormat,
     QuantizationSpec,
 )
-from generator.spec.loadtest import LoadTestSpec
+from generator.spec.loadtest import GateSpec, LoadTestSpec
 from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
-    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
+    "GateSpec", "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
     "ServingSpec", "Spec", "TopologySpec",
 ]
 
@@ -65,6 +65,9 @@ class Spec(Section):
 
     loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
     """Load-test defaults."""
+
+    gate: GateSpec = Field(default_factory=GateSpec)
+    """Release gate: the baseline a load test is compared with and the largest change allowed."""
 
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     """Where stage outputs go."""
@@ -156,10 +159,10 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for name in ("prompts", "tokenizer"):
-            value = getattr(self.loadtest, name)
+        for section, name in (("loadtest", "prompts"), ("loadtest", "tokenizer"), ("gate", "baseline")):
+            value = getattr(getattr(self, section), name)
             if value is not None:
-                named[f"loadtest.{name}"] = self.path(value)
+                named[f"{section}.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
