@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from generator.errors import ArtifactCorrupt, TritongenError
-from generator.measure import evidence, intervals
+from generator.measure import baseline, intervals
 from generator.measure.ci import junit_xml, summary_markdown
 from generator.measure.compare import Change, compare
 from generator.measure.evidence import Evidence, RunFigures, Sketch, summarize_figures
@@ -156,15 +156,15 @@ def test_baseline_file_round_trips_and_refuses_other_versions(tmp_path):
     ev = side(1)
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(ev.model_dump(mode="json")))
-    assert evidence.load(path) == ev
+    assert baseline.load(path) == ev
     assert path.stat().st_size < 40_000
     assert "prompt_text" not in path.read_text() and "resp_text" not in path.read_text()
     path.write_text(json.dumps({**ev.model_dump(mode="json"), "version": 99}))
     with pytest.raises(ArtifactCorrupt, match="version 99"):
-        evidence.load(path)
+        baseline.load(path)
     with pytest.raises(ArtifactCorrupt, match="not a tritongen baseline"):
         (tmp_path / "other.json").write_text("{}")
-        evidence.load(tmp_path / "other.json")
+        baseline.load(tmp_path / "other.json")
 
 
 # ---------------------------------------------------------------- gate terms

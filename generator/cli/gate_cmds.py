@@ -18,8 +18,8 @@ from rich.markup import escape
 from generator.cli._app import Force, app, console, get_spec, out, spec_option
 from generator.errors import OutputExists, SpecError
 from generator.fsutil import atomic_write_text
-from generator.measure import evidence
-from generator.measure.ci import SloRuns, fmt, fmt_change, junit_xml, summary_markdown
+from generator.measure import baseline as baseline_io
+from generator.measure.ci import SloRuns, fmt, fmt_change, junit_xml, shown_verdict, summary_markdown
 from generator.measure.compare import Change, Comparison, compare
 from generator.measure.evidence import Evidence
 from generator.measure.gate import GateTerm, GateVerdict, combined_exit, evaluate_gate, parse_gate
@@ -57,14 +57,14 @@ def gate_inputs(spec: Spec) -> GateInputs:
     if terms and g.baseline is None:
         raise SpecError("a regression gate needs a baseline", where="gate.baseline (--baseline)",
                         fix="pass --baseline baseline.json (from `tritongen baseline save RUN -o baseline.json`)")
-    return GateInputs(evidence.load(spec.path(g.baseline)) if g.baseline else None, terms, g.confidence)
+    return GateInputs(baseline_io.load(spec.path(g.baseline)) if g.baseline else None, terms, g.confidence)
 
 
 def judge_folder(inputs: GateInputs, folder: Path, source: str) -> tuple[Optional[Comparison], Optional[GateVerdict]]:
     """Compare the run(s) in ``folder`` with the baseline; writes compare.json and compare.md there."""
     if inputs.baseline is None:
         return None, None
-    candidate = evidence.load(folder).model_copy(update={"source": source})
+    candidate = baseline_io.load(folder).model_copy(update={"source": source})
     comparison = compare(inputs.baseline, candidate, inputs.confidence)
     gate = evaluate_gate(inputs.terms, comparison) if inputs.terms else None
     atomic_write_text(folder / "compare.json", json.dumps(
@@ -83,8 +83,9 @@ def print_comparison(c: Comparison) -> None:
         table.add_column(col, overflow="fold")
     for m in c.metrics:
         style = _STYLE[m.verdict]
+        shown = shown_verdict(m)
         table.add_row(m.label, fmt(m.baseline, m.unit), fmt(m.candidate, m.unit), fmt_change(m.change, m.relative),
-                      f"[{style}]{m.verdict}[/]" if style else str(m.verdict), escape(m.method))
+                      f"[{style}]{shown}[/]" if style else shown, escape(m.method))
     out.print(table)
     for reason in c.reasons:
         console.print(f"[yellow]not comparable:[/] {escape(reason)}")
@@ -142,7 +143,7 @@ def compare_cmd(
     flags = [f"gate.max_change={json.dumps(gate)}"] if gate else []
     spec = get_spec(spec_path, flags)
     terms = parse_gate(spec.gate.max_change, "gate.max_change (--gate)") if spec.gate.max_change else None
-    comparison = compare(evidence.load(baseline), evidence.load(candidate), spec.gate.confidence)
+    comparison = compare(baseline_io.load(baseline), baseline_io.load(candidate), spec.gate.confidence)
     verdict = evaluate_gate(terms, comparison) if terms else None
     code = finish([], comparison, verdict, junit, summary)
     raise typer.Exit(code=code)
@@ -157,13 +158,13 @@ def baseline_save(
     """Save a run as the baseline file a team commits: figures, intervals, load, settings, versions; no text."""
     if output.exists() and not force:
         raise OutputExists(f"{output} exists", where=str(output), fix="pass --force to replace it, or another -o")
-    ev = evidence.from_folder(run) if run.is_dir() else evidence.load(run)
+    ev = baseline_io.from_folder(run) if run.is_dir() else baseline_io.load(run)
     atomic_write_text(output, json.dumps(ev.model_dump(mode="json"), indent=1) + "\n")
     out.print("\n".join(_describe(ev)))
     console.print(f"baseline: {escape(str(output))} ({output.stat().st_size / 1024:.1f} KiB)")
 
 
-def comparison_markdown_header(ev: Evidence) -> list[str]:
+def _describe(ev: Evidence) -> list[str]:
     n = sum(r.requests for r in ev.runs)
     lines = [f"{len(ev.runs)} run(s), {n} requests" + (", CLIENT-LIMITED" if ev.client_limited else "")]
     for f in ev.summary:

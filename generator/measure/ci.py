@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Optional
 
-from generator.measure.compare import Comparison
+from generator.measure.compare import Change, Comparison, MetricComparison
 from generator.measure.evidence import FigureSummary
 from generator.measure.gate import GateTermResult, GateVerdict
 from generator.measure.intervals import Interval
@@ -29,12 +29,16 @@ def fmt(value: Optional[float], unit: str) -> str:
     return f"{value:.2f} ms" if unit == "ms" else f"{value:.2f}/s"
 
 
+def _pct(x: float) -> str:
+    return f"{x:+.1%}" if abs(x) < 10 else (">+1000%" if x > 0 else "<-1000%")
+
+
 def fmt_change(iv: Optional[Interval], relative: bool) -> str:
-    """``+12.3% [+8.1%, +16.0%]`` (relative) or ``+0.40 points [...]`` (difference of shares)."""
+    """``+12.3% [+8.1%, +16.0%]`` (relative) or ``+0.40 pts [...]`` (difference of shares)."""
     if iv is None:
         return "–"
     if relative:
-        return f"{iv.estimate:+.1%} [{iv.low:+.1%}, {iv.high:+.1%}]"
+        return f"{_pct(iv.estimate)} [{_pct(iv.low)}, {_pct(iv.high)}]"
     return f"{iv.estimate * 100:+.2f} pts [{iv.low * 100:+.2f}, {iv.high * 100:+.2f}]"
 
 
@@ -119,6 +123,11 @@ def summary_markdown(slo: SloRuns, gate: Optional[GateVerdict], comparison: Opti
     return "\n".join(lines) + "\n"
 
 
+def shown_verdict(m: MetricComparison) -> str:
+    """The verdict, and what the data alone said when a block (not comparable, client-limited) overrides it."""
+    return str(m.verdict) if m.measured in (m.verdict, Change.NOT_COMPARABLE) else f"{m.verdict} (data: {m.measured})"
+
+
 def comparison_markdown(c: Comparison) -> list[str]:
     lines = [f"Compared `{_cell(c.baseline)}` ({c.runs[0]} run(s)) with `{_cell(c.candidate)}` ({c.runs[1]} run(s)), "
              f"{c.confidence:.0%} intervals.", ""]
@@ -131,6 +140,6 @@ def comparison_markdown(c: Comparison) -> list[str]:
     lines += ["| metric | baseline | candidate | change [interval] | verdict | interval from |",
               "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {m.label} | {fmt(m.baseline, m.unit)} | {fmt(m.candidate, m.unit)} | "
-              f"{fmt_change(m.change, m.relative)} | {m.verdict} | {m.method} |" for m in c.metrics]
+              f"{fmt_change(m.change, m.relative)} | {shown_verdict(m)} | {m.method} |" for m in c.metrics]
     lines += ["", *[f"_{_cell(n)}_" for n in c.notes]]
     return lines

@@ -54,6 +54,9 @@ class MetricComparison(BaseModel):
     relative: bool
     method: str
     verdict: Change
+    measured: Change
+    """What the interval alone says (better, worse, no detectable change), before ``verdict`` is overridden
+    by runs that cannot be compared or a client-limited run; kept so a reader sees what the data showed."""
 
 
 class Comparison(BaseModel):
@@ -179,7 +182,7 @@ def compare_metric(name: str, base: Evidence, cand: Evidence, blocked: Optional[
                relative=metric.kind != "proportion")
     if not b or not c:
         return MetricComparison(**row, change=None, difference=None, method="not measured on both sides",
-                                verdict=Change.NOT_COMPARABLE)
+                                verdict=Change.NOT_COMPARABLE, measured=Change.NOT_COMPARABLE)
     if metric.kind == "proportion":
         cb, cc = _pooled_counts(base, name), _pooled_counts(cand, name)
         row["baseline"], row["candidate"] = cb[0] / cb[1], cc[0] / cc[1]
@@ -191,10 +194,12 @@ def compare_metric(name: str, base: Evidence, cand: Evidence, blocked: Optional[
     else:
         got = _per_request(metric, base, cand, b, confidence)
         if got is None:
-            return MetricComparison(**row, change=None, difference=None, method="no interval", verdict=Change.NOT_COMPARABLE)
+            return MetricComparison(**row, change=None, difference=None, method="no interval",
+                                    verdict=Change.NOT_COMPARABLE, measured=Change.NOT_COMPARABLE)
         difference, change, method = got
+    measured = _verdict(metric, change)
     return MetricComparison(**row, change=change, difference=difference, method=method,
-                            verdict=blocked or _verdict(metric, change))
+                            verdict=blocked or measured, measured=measured)
 
 
 def compare(base: Evidence, cand: Evidence, confidence: float = intervals.DEFAULT_CONFIDENCE) -> Comparison:

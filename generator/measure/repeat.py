@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from generator.fsutil import atomic_write_text
-from generator.measure import evidence
+from generator.measure import baseline
 from generator.measure.ci import fmt
 from generator.measure.evidence import Evidence, FigureSummary
 from generator.measure.metrics import METRICS
@@ -40,7 +40,7 @@ def run_repeated(spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, 
             r = runs[-1].results
             progress(f"run {i}/{n}: {r.counts.ok} ok, TTFT p95 "
                      f"{r.latency_ms.ttft.p95 if r.latency_ms.ttft else float('nan'):.1f} ms")
-    ev = evidence.from_folder(out_dir).model_copy(update={"source": source or str(out_dir)})
+    ev = baseline.from_folder(out_dir).model_copy(update={"source": source or str(out_dir)})
     atomic_write_text(out_dir / "repeat.json", json.dumps(ev.model_dump(mode="json"), indent=1))
     repeat_doc(title, ev).write(out_dir)
     return runs, ev
