@@ -24,7 +24,7 @@ from generator.measure.compare import Comparison
 from generator.measure.intervals import Interval
 from generator.measure.metrics import COMPARED, Direction, Metric, lookup
 from generator.measure.results import TermOutcome, Verdict
-from generator.measure.slo import EXIT_CODES
+from generator.measure.slo import EXIT_CODES, overall
 
 _TERM = re.compile(r"^\s*([a-z_0-9]+)\s*:\s*([+-]?)\s*([0-9]*\.?[0-9]+)\s*%\s*$")
 EXAMPLE = "ttft_p95:+10%,throughput:-5%"
@@ -125,13 +125,7 @@ def evaluate_gate(terms: list[GateTerm], comparison: Comparison) -> GateVerdict:
             direction=term.metric.direction, baseline=row.baseline, candidate=row.candidate, unit=term.metric.unit,
             change=row.change, result=outcome, reason=_reason(term, outcome, blocked),
         ))
-    outcomes = {r.result for r in rows}
-    if TermOutcome.FAIL in outcomes:
-        verdict = Verdict.FAIL
-    elif outcomes != {TermOutcome.PASS}:
-        verdict = Verdict.INCONCLUSIVE
-    else:
-        verdict = Verdict.PASS
+    verdict = overall(r.result for r in rows)
     return GateVerdict(verdict=verdict, exit_code=EXIT_CODES[verdict], terms=rows, reason=blocked)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from generator.errors import SpecError
 from generator.measure.metrics import Metric, lookup
@@ -86,6 +86,14 @@ def judge(term: Term, value: Optional[float], client_limited: bool, margin_ms: f
     return TermOutcome.FAIL if term.metric.is_fraction else TermOutcome.INCONCLUSIVE
 
 
+def overall(outcomes: Iterable[TermOutcome]) -> Verdict:
+    """A gate's verdict from its terms: fail if any failed, else pass only if every one passed."""
+    seen = set(outcomes)
+    if TermOutcome.FAIL in seen:
+        return Verdict.FAIL
+    return Verdict.PASS if seen == {TermOutcome.PASS} else Verdict.INCONCLUSIVE
+
+
 def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloVerdict:
     """Each term's measured value and outcome, and the overall verdict with its exit code.
 
@@ -100,13 +108,7 @@ def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloV
             term=term.text, metric=term.metric.name, op=term.op, limit=term.limit, measured=value, unit=term.metric.unit,
             result=judge(term, value, client.client_limited, margin),
         ))
-    outcomes = {r.result for r in rows}
-    if TermOutcome.FAIL in outcomes:
-        verdict = Verdict.FAIL
-    elif outcomes != {TermOutcome.PASS}:
-        verdict = Verdict.INCONCLUSIVE
-    else:
-        verdict = Verdict.PASS
+    verdict = overall(r.result for r in rows)
     reason = (f"the load generator limited the run (its timestamps may be up to {margin:.1f} ms late)"
               if client.client_limited else None)
     return SloVerdict(verdict=verdict, exit_code=EXIT_CODES[verdict], terms=rows, reason=reason)
