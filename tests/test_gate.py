@@ -244,3 +244,45 @@ def test_compare_cli_on_baseline_files(tmp_path):
     proc = subprocess.run([tritongen, "compare", str(base), str(tmp_path / "missing")], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 5 and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- folders on disk (no server: recorded runs)
+
+
+def _records(path: Path, gap_ms: int) -> Path:
+    """A records file of 30 streamed requests, 8 responses each, ``gap_ms`` apart (test_loadtest_metrics's builder)."""
+    from test_loadtest_metrics import perf, record
+
+    recs = []
+    for i in range(30):
+        r = record(list("abcdefgh"), sched=i * 400, sent=i * 400, first=i * 400 + 20 + i % 7, gap=gap_ms + i % 3,
+                   server=perf(i * 400 + 1, i * 400 + 2, i * 400 + 18, i * 400 + 20 + 7 * gap_ms, 8))
+        r["id"], r["seq"], r["prompt"] = f"p0-{i}", i, i % 8
+        recs.append(r)
+    recs.append({"kind": "process", "proc": 0, "host": "h", "cpu_s": 1.0, "wall_s": 12.0, "lag_ns": [1_000_000] * 50,
+                 "lag_max_ns": 2_000_000})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
+    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+    from generator.measure.runner import report_records
+    from generator.spec import load_spec
+
+    spec = load_spec(None, ["loadtest.users=4"])
+    single = tmp_path / "single"
+    single.mkdir()
+    report_records(spec, _records(tmp_path / "a.jsonl", 5), single)
+    sweep = tmp_path / "sweep"
+    (sweep / "points" / "1").mkdir(parents=True)
+    report_records(spec, _records(tmp_path / "b.jsonl", 9), sweep / "points" / "1")
+    best = SweepPoint(label="max_batch_size=16", overrides=[], dir=str(tmp_path / ".sweep.tmp" / "points" / "1"))
+    (sweep / "points.json").write_text(SweepResult(points=[best], best=BestPoint(
+        label=best.label, overrides=[], reason="highest throughput")).model_dump_json())
+    c = compare(baseline.load(single), baseline.load(sweep))
+    assert c.comparable, c.reasons
+    itl = c.get("itl_p50")
+    assert itl.baseline == pytest.approx(6.0) and itl.candidate == pytest.approx(10.0)
+    assert itl.verdict is Change.WORSE and itl.difference.low <= 4.0 <= itl.difference.high
+    assert "per-request bootstrap" in itl.method

@@ -58,8 +58,8 @@ def run_folders(folder: Path) -> list[Path]:
         best = next((p for p in sweep.points if sweep.best and p.label == sweep.best.label), None)
         if best is None:
             raise ArtifactMissing(f"the sweep in {folder} has no best point to compare", where=str(folder / "points.json"),
-                                  fix="compare one point's folder instead: " + ", ".join(p.dir for p in sweep.points))
-        return run_folders(folder / Path(best.dir).name)
+                                  fix=f"compare one point's folder instead, e.g. {folder / 'points' / '0'}")
+        return run_folders(folder / "points" / Path(best.dir).name)
     raise ArtifactMissing(f"{folder} holds no load-test results", where=str(folder),
                           fix="pass a `tritongen loadtest`/`sweep` output folder or a baseline file")
 

@@ -251,6 +251,7 @@ def run_loadtest(
 def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
     """The report of a run recorded elsewhere (the in-cluster Locust master's records.jsonl): the same
     statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
+    from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.statistics import summarize
     from generator.measure.verdict import client_verdict
@@ -274,7 +275,9 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                    mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest),
+                    mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest,
+                    identity=run_identity(spec.loadtest.model_copy(update={
+                        "model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer}), None)),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)
