@@ -24,6 +24,7 @@ PURE = (
     "generator.spec", "generator.spec.*",
     "generator.engine.gpus", "generator.engine.plan*", "generator.engine.shape", "generator.engine.memory",
     "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
+    "generator.engine.rules",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck", "generator.model.manifest",
     "generator.serve.dialect", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
