@@ -20,6 +20,7 @@ Pure: two Evidence in, a Comparison out.
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 from enum import StrEnum
 from typing import Optional
 
@@ -86,6 +87,11 @@ def _diff_fields(label: str, a: dict, b: dict, fields) -> list[str]:
     return [f"different {label}: " + ", ".join(changed)] if changed else []
 
 
+def _model_name(source: str) -> str:
+    """A Hub id as it is; a local folder by its name, since the same model sits in other folders elsewhere."""
+    return PurePath(source).name if source.startswith(("/", ".", "~")) else source
+
+
 def comparability(base: Evidence, cand: Evidence) -> tuple[list[str], list[str]]:
     """(reasons the two cannot be compared, served settings that changed)."""
     a, b = base.identity, cand.identity
@@ -103,7 +109,7 @@ def comparability(base: Evidence, cand: Evidence) -> tuple[list[str], list[str]]
         reasons.append(f"different tokenizer (tokenizer.json sha256 {str(a.tokenizer)[:12]} → {str(b.tokenizer)[:12]})")
     if a.model != b.model:
         reasons.append(f"different model called: {a.model!r} → {b.model!r}")
-    if a.model_source and b.model_source and a.model_source != b.model_source:
+    if a.model_source and b.model_source and _model_name(a.model_source) != _model_name(b.model_source):
         reasons.append(f"different model: {a.model_source!r} → {b.model_source!r}")
     if a.tritongen_version != b.tritongen_version:
         reasons.append(f"different tritongen version: {a.tritongen_version} → {b.tritongen_version} "
