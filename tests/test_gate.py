@@ -122,6 +122,11 @@ def test_each_identity_difference_is_named():
     text = " ".join(c.reasons)
     assert "users 4 → 8" in text and "tritongen version: 0.1.0 → 0.2.0" in text
     assert c.server_changes == ["max_batch_size: 16 → 32"]  # what the release changed: not a reason
+    moved = compare(side(1, ident=identity(model_source="/ci/a/tiny-qwen3")),
+                    side(2, ident=identity(model_source="/home/me/tiny-qwen3")))
+    assert moved.comparable  # the same local model in another folder
+    other = compare(side(1, ident=identity(model_source="Qwen/Qwen3-8B")), side(2, ident=identity(model_source="Qwen/Qwen3-4B")))
+    assert other.reasons == ["different model: 'Qwen/Qwen3-8B' → 'Qwen/Qwen3-4B'"]
 
 
 def test_a_client_limited_run_on_either_side_makes_it_inconclusive():
