@@ -1,7 +1,7 @@
 """How many repeats the regression gate needs on this machine, from a `tritongen loadtest --repeat N` folder.
 
     tritongen loadtest demo-out/repo-cpu --repeat 10 -o bench-out/repeat10     # the demo's load, 10 times
-    .venv/bin/python bench/gate_repeats.py bench-out/repeat10
+    .venv/bin/python bench/gate_repeats.py bench-out/repeat10 [SKIP]   # SKIP: leave out the first runs
 
 For each compared latency and throughput figure: the runs' values, spread and CV, and the sd of the
 log figure (σ, ≈ CV). From σ, with Welch's interval over n runs a side (as compare uses it):
@@ -28,11 +28,15 @@ FIGURES = ("ttft_p50", "ttft_p95", "ttft_p99", "itl_p50", "itl_p95", "e2e_p50", 
 
 
 def repeats_needed(sigma: float, power_t: bool) -> int:
-    for n in range(2, 1001):
+    """Smallest n a side (up to 1001): start from the normal-quantile answer (t ≥ z, so never past it)."""
+    z = 1.959964 + (0.841621 if power_t else 0.0)
+    n = max(2, math.ceil(2 * (z * sigma / CHANGE) ** 2))
+    while n <= 1000:
         dof = 2 * n - 2
         needed = _t(0.95, dof) + (_t(0.60, dof) if power_t else 0.0)  # one-sided 0.80 = two-sided 0.60
         if needed * sigma * math.sqrt(2 / n) < CHANGE:
             return n
+        n += 1
     return 1001
 
 
@@ -40,9 +44,10 @@ def _n(n: int) -> str:
     return "> 1000" if n > 1000 else str(n)
 
 
-def main(folder: Path) -> None:
+def main(folder: Path, skip: int = 0) -> None:
     ev = load(folder)
-    print(f"{folder}: {len(ev.runs)} runs, {sum(r.requests for r in ev.runs)} requests;"
+    ev = ev.model_copy(update={"runs": ev.runs[skip:]})
+    print(f"{folder}: {len(ev.runs)} runs (first {skip} left out), {sum(r.requests for r in ev.runs)} requests;"
           f" client-limited runs: {len(ev.client_limited)}")
     print("| figure | per run | mean | spread | CV | σ of log | repeats to detect +10% | repeats to pass +10% |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -59,4 +64,4 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
