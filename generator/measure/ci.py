@@ -46,8 +46,9 @@ def _slo_text(r: TermResult, figure: Optional[FigureSummary]) -> str:
     interval = ""
     if figure and figure.within:
         w = figure.within
+        pooled = f" pooled over {len(figure.runs)} runs" if len(figure.runs) > 1 else ""
         interval = (f"; {w.confidence:.0%} interval {fmt(w.low, r.unit)} – {fmt(w.high, r.unit)} "
-                    f"({w.n} requests, {w.method})")
+                    f"({w.n} requests{pooled}, {w.method})")
     return f"{r.metric} measured {fmt(r.measured, r.unit)}, limit {r.op} {fmt(r.limit, r.unit)}{interval}"
 
 
