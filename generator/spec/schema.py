@@ -159,16 +159,17 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for section, name in (("loadtest", "prompts"), ("loadtest", "tokenizer"), ("gate", "baseline")):
+        for section, name in (("loadtest", "prompts"), ("loadtest", "tokenizer"), ("loadtest", "trace"),
+                              ("gate", "baseline")):
             value = getattr(getattr(self, section), name)
             if value is not None:
                 named[f"{section}.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
-    def loadtest_model(self) -> str:
-        """The model load tests call (see loadtest.model)."""
-        if self.loadtest.model is not None:
+    def loadtest_model(self) -> Optional[str]:
+        """The model load tests call (see loadtest.model); None: an OpenAI server's first listed model."""
+        if self.loadtest.model is not None or self.loadtest.openai:
             return self.loadtest.model
         return "tensorrt_llm" if self.serving.engine is EngineTarget.llmapi else "ensemble"
 
