@@ -15,9 +15,13 @@ from typing import Any, Optional
 import yaml
 
 from generator.deploy.kubernetes import (
-    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, pod_sizing, read_paths,
+    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, labels, pod_sizing, read_paths,
     repository_path,
 )
+from generator.deploy.pod_security import pod_specs, review_pod, review_rbac
+from generator.errors import TritongenError
+from generator.fsutil import read_text_bounded
+from generator.spec.load import safe_yaml_all
 from generator.deploy.launch import LAUNCH_SCRIPT
 from generator.deploy.schemas import document_name, kubernetes_version, schema_errors
 from generator.deploy.topology import Topology
@@ -42,15 +46,22 @@ class Findings:
 
 
 def documents(path: Path, out: Findings) -> list[tuple[dict[str, Any], int]]:
-    text = path.read_text(encoding="utf-8")
+    """The mappings of a manifest with their first lines; a file that is not bounded, readable YAML is one
+    problem naming the place, never quoting the file."""
     try:
-        nodes = list(yaml.compose_all(text))
-        docs = list(yaml.safe_load_all(text))
+        docs = safe_yaml_all(read_text_bounded(path, fix="re-render"), str(path))
+    except TritongenError as exc:
+        out.add(path, None, exc.message, exc.fix or "re-render")
+        return []
+    except RecursionError:
+        out.add(path, None, "nested deeper than any manifest is", "re-render")
+        return []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        out.add(path, mark.line + 1 if mark else None, f"not valid YAML: {exc}", "re-render")
+        out.add(path, mark.line + 1 if mark else None,
+                f"not valid YAML: {getattr(exc, 'problem', None) or type(exc).__name__}", "re-render")
         return []
-    return [(d, n.start_mark.line + 1) for d, n in zip(docs, nodes) if isinstance(d, dict)]
+    return [(d, line) for d, line in docs if isinstance(d, dict)]
 
 
 def schema_problems(path: Path, doc: dict[str, Any], line: int, out: Findings) -> bool:
@@ -61,8 +72,28 @@ def schema_problems(path: Path, doc: dict[str, Any], line: int, out: Findings) -
     return not errors
 
 
+def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Findings,
+                    server_labels: Optional[dict[str, str]] = None) -> None:
+    """The cluster admin's review (generator.deploy.pod_security) of every pod and role, as warnings (--strict fails);
+    with ``server_labels``, the server pods also need the admin-API restriction and a NetworkPolicy."""
+    for doc, line in docs:
+        for problem, fix in review_rbac(doc):
+            out.add(path, line, problem, fix, Severity.warning)
+        for role, pod in pod_specs(doc):
+            leader = "leaderTemplate" in role
+            server = server_labels is not None and (leader or doc.get("kind") == "Deployment")
+            for problem, fix in review_pod(role, pod, needs_token=leader, server=server):
+                out.add(path, line, problem, fix, Severity.warning)
+    if server_labels and not any(doc.get("kind") == "NetworkPolicy" and _selects(
+            ((doc.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}, server_labels)
+            for doc, _ in docs):
+        out.add(path, None, "no NetworkPolicy selects the server pods: anything in the cluster reaches every port",
+                "re-render the manifests (tritongen writes one)", Severity.warning)
+
+
 def check_manifests(path: Path, spec: Spec, topo: Topology, version: str, out: Findings) -> None:
     docs = documents(path, out)
+    security_review(path, docs, out, labels(spec))
     by_kind: dict[str, tuple[dict[str, Any], int]] = {}
     for doc, line in docs:
         schema_problems(path, doc, line, out)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import LoadTestError, SpecError
+from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
@@ -128,11 +128,20 @@ def _tail(path: Path, lines: int = 15) -> str:
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(request records, process records) from a records file."""
     requests, processes = [], []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                (processes if rec.get("kind") == "process" else requests).append(rec)
+    if not path.is_file():
+        return requests, processes
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                rec = ...
+            if rec is None:
+                continue
+            if not isinstance(rec, dict):  # binary, not JSON, nested past reading, or not a record
+                raise ArtifactCorrupt(f"line {no} is not a JSON record", where=str(path),
+                                      fix="point at the records.jsonl a load test wrote (or run the load test again)")
+            (processes if rec.get("kind") == "process" else requests).append(rec)
     return requests, processes
 
 
