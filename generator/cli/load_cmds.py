@@ -143,16 +143,10 @@ def loadtest(
     be measured, or an interval straddles a gate limit), 2 bad input; README "Exit codes" lists the others.
     """
     from generator.fsutil import atomic_dir
-    from generator.measure.runner import report_records
-    from generator.measure.slo import EXIT_FAIL
 
     if records is not None:
-        if not records.is_file():
-            raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
-        spec = loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals()))
-        with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
-            result = report_records(spec, records, tmp)
-        _print_results(result.results, output.resolve())
+        _from_records(loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals())),
+                      records, output, force)
         return
     if (repo is None) == (url is None):
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
@@ -177,16 +171,38 @@ def loadtest(
         failed.where = failed.where and failed.where.replace(str(tmp), str(output.resolve()))
         failed.fix += f" (the logs are kept in {output}; pass --force to replace them)"
         raise failed
+    code = _conclude(results, figures, output, comparison, verdict, junit, summary)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _from_records(spec: Spec, records: Path, output: Path, force: bool) -> None:
+    """`--records`: the report of a run recorded elsewhere; starts no load."""
+    from generator.fsutil import atomic_dir
+    from generator.measure.runner import report_records
+
+    if not records.is_file():
+        raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
+        result = report_records(spec, records, tmp)
+    _print_results(result.results, output.resolve())
+
+
+def _conclude(results: list, figures, output: Path, comparison, verdict, junit: Optional[Path],
+              summary: Optional[Path]) -> int:
+    """Print each run, write the CI files; the exit code of every gate (SLO, regression), or 1 if nothing succeeded."""
+    from generator.measure.slo import EXIT_FAIL
+
+    many = len(results) > 1
     for i, result in enumerate(results, 1):
-        _print_results(result.results, output.resolve() / (f"run-{i:02d}" if lt.repeat > 1 else ""))
+        _print_results(result.results, output.resolve() / (f"run-{i:02d}" if many else ""))
     if figures:
         console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
     slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
     code = finish(slo_runs, comparison, verdict, junit, summary, figures)
-    if code:
-        raise typer.Exit(code=code)
-    if not all(r.results.counts.ok for r in results):
-        raise typer.Exit(code=EXIT_FAIL)
+    if not code and not all(r.results.counts.ok for r in results):
+        code = EXIT_FAIL
+    return code
 
 
 def _run(spec: Spec, tmp: Path, repo: Optional[Path], url: Optional[str], grpc_url: Optional[str],

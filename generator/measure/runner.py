@@ -215,7 +215,6 @@ def run_loadtest(
     serves, when known, so the run records what was served (identity.run_identity).
     """
     from generator.measure.identity import run_identity
-    from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.slo import evaluate, parse_slo
     from generator.measure.statistics import split_vs_stages, summarize
     from generator.measure.tritonstats import (
@@ -275,13 +274,20 @@ def run_loadtest(
                     loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir)),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
+    _write_results(out_dir, results, report)
+    return LoadResult(out_dir, results)
+
+
+def _write_results(out_dir: Path, results: LoadTestResult, report: bool) -> None:
+    """results.json with the report pages, or (tune's many short rounds) results.json alone."""
     if report:
+        from generator.measure.report_loadtest import write_loadtest_report
+
         write_loadtest_report(out_dir, results)
     else:
         from generator.fsutil import atomic_write_text
 
         atomic_write_text(out_dir / "results.json", json.dumps(results.model_dump(mode="json"), indent=2))
-    return LoadResult(out_dir, results)
 
 
 def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
