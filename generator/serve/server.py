@@ -317,11 +317,12 @@ class TritonServer:
             fix=f"tritongen validate {self.repo_dir}, then see the named model's error above",
         )
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout_s``; return once every process of it
-        is gone (else raise naming the survivors); remove this server's shm regions and work folder."""
+    def stop(self, timeout_s: Optional[float] = None) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s`` (default: long enough for the server's
+        own drain and unload, each up to ``exit_timeout_s``); return once every process of it is gone (else
+        raise naming the survivors); remove this server's shm regions and work folder."""
         try:
-            self._terminate(timeout_s)
+            self._terminate(timeout_s if timeout_s is not None else 2 * self.exit_timeout_s + 5)
         finally:
             self._cleanup()
 
