@@ -43,6 +43,7 @@ from generator.serve.install import (
 )
 
 SHM_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
 _STUB_GRACE_S = 2.0
 """How long the Python backend stubs may take to exit after tritonserver itself has."""
 _WORKDIR_PREFIX = "tritongen-server-"
@@ -152,6 +153,8 @@ class TritonServer:
         self._workdir: Optional[Path] = None
         self._log_handle = None
         self._start_failed = False
+        self.ready_stubs: dict[int, str] = {}
+        """pid -> model name of each Python backend stub when the server became ready."""
 
     # ------------------------------------------------------------------ addresses
 
@@ -170,6 +173,32 @@ class TritonServer:
     @property
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
+
+    def stubs(self) -> dict[int, str]:
+        """pid -> model name of each running Python backend stub of this server (one per model instance)."""
+        import psutil
+
+        found: dict[int, str] = {}
+        if self.process is None:
+            return found
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return found
+        for proc in children:
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                continue
+            if len(cmd) > 1 and cmd[0].endswith(STUB_NAME) and proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = Path(cmd[1]).parts[-3]
+        return found
+
+    def dead_stubs(self) -> dict[int, str]:
+        """The stubs that ran when the server became ready and have exited since (pid -> model name).
+        Triton 2.51 neither restarts such a stub nor marks its model unready: its requests just fail or hang."""
+        now = self.stubs()
+        return {pid: model for pid, model in self.ready_stubs.items() if pid not in now}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,6 +234,7 @@ class TritonServer:
             self._launch(install, backend_dir, env, append=attempt > 0)
             try:
                 self._wait_ready(timeout_s)
+                self.ready_stubs = self.stubs()
                 return self
             except _PortTaken:
                 self._terminate()
