@@ -92,8 +92,10 @@ class SoakResult:
     """New segfault lines of other processes on the machine (shared: other users' servers)."""
     kernel_log_read: bool = False
     stopped_cleanly: bool = False
-    """The server unloaded every model and exited by itself: no ``Exit timeout expired``, no stub torn down
-    under its threads (``Non-graceful termination detected``)."""
+    """No stub of the server tore itself down under its own threads (``Non-graceful termination detected``
+    in the server log: its parent was gone before it), no process left."""
+    exit_timeout_expired: bool = False
+    """The server exited on ``--exit-timeout-secs`` before all models unloaded (tritongen then ends the stubs)."""
 
     @property
     def ok(self) -> bool:
@@ -488,6 +490,7 @@ def _demo_repo(work: Path, target: str) -> Path:
 def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile: int, workers: int,
          max_tokens: int) -> SoakResult:
     """Serve ``repo``, run the soak, stop the server, then read what the kernel logged meanwhile."""
+    from generator.fsutil import pid_alive
     from generator.serve.server import TritonServer
 
     before = kernel_segfaults()
@@ -503,7 +506,8 @@ def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile:
     result.kernel_log_read = before is not None and after is not None
     result.segfaults_ours, result.segfaults_others = sort_segfaults(before, after, watch.ids)
     log = log_file.read_text(encoding="utf-8", errors="replace")
-    result.stopped_cleanly = "Exit timeout expired" not in log and "Non-graceful termination" not in log
+    result.exit_timeout_expired = "Exit timeout expired" in log
+    result.stopped_cleanly = "Non-graceful termination" not in log and not any(map(pid_alive, watch.ids))
     return result
 
 

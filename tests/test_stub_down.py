@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,11 +30,10 @@ VICTIM = "tensorrt_llm_cpu"
 
 
 def _successes(server, model: str) -> float:
-    from generator.measure.tritonstats import parse_metrics
-
-    samples = parse_metrics(requests.get(server.metrics_url, timeout=10).text)
-    return sum(v for _, name, labels, v in samples
-               if name == "nv_inference_request_success" and labels.get("model") == model)
+    """The model's nv_inference_request_success counter."""
+    text = requests.get(server.metrics_url, timeout=10).text
+    found = re.search(rf'^nv_inference_request_success{{model="{model}",version="1"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,7 @@ def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
         deadline = time.monotonic() + 600
         while _successes(server, "tensorrt_llm") < 3 and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert thread.is_alive(), f"the load test ended before the stub was killed: {outcome}"
         pid = next(p for p, model in server.stubs().items() if model == VICTIM)
         os.kill(pid, signal.SIGKILL)
         thread.join(DURATION_S + 300)

@@ -21,9 +21,9 @@ Model = spec_option("loadtest.model", "--model", help="Model to test (default: t
                     "tritongen.json or what the server serves: ensemble, or tensorrt_llm for the LLM-API target).")
 
 
-SERVE_EXIT_TIMEOUT_S = 30
-"""How long `tritongen serve` lets in-flight requests finish after Ctrl-C or SIGTERM, and then its models
-unload (Triton 2.51 counts both against ``--exit-timeout-secs``; see install.RUN_EXIT_TIMEOUT_S)."""
+SERVE_EXIT_TIMEOUT_S = 10
+"""How long `tritongen serve` lets in-flight requests finish after Ctrl-C or SIGTERM (Triton 2.51 counts
+the models' unloading against the same ``--exit-timeout-secs``; see install.RUN_EXIT_TIMEOUT_S)."""
 
 
 def stub_died_message(dead: dict[int, str]) -> str:

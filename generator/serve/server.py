@@ -44,8 +44,6 @@ from generator.serve.install import (
 
 SHM_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
-_STUB_GRACE_S = 2.0
-"""How long the Python backend stubs may take to exit after tritonserver itself has."""
 _WORKDIR_PREFIX = "tritongen-server-"
 
 
@@ -347,30 +345,31 @@ class TritonServer:
             fix=f"tritongen validate {self.repo_dir}, then see the named model's error above",
         )
 
-    def stop(self, timeout_s: Optional[float] = None) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout_s`` (default: long enough for the server's
-        own drain and unload, each up to ``exit_timeout_s``); return once every process of it is gone (else
-        raise naming the survivors); remove this server's shm regions and work folder."""
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s``; return once every process of it
+        is gone (else raise naming the survivors); remove this server's shm regions and work folder."""
         try:
-            self._terminate(timeout_s if timeout_s is not None else 2 * self.exit_timeout_s + 5)
+            self._terminate(timeout_s)
         finally:
             self._cleanup()
 
     def _terminate(self, timeout_s: float = 20.0) -> None:
-        """The server drains its in-flight requests (``--exit-timeout-secs``) and exits; its Python stubs
-        then have nothing left to serve, so they get a short grace, not the whole timeout, before SIGKILL
-        (they outlive a server that exits on its timeout until killed)."""
+        """The server drains its in-flight requests and unloads its models (``--exit-timeout-secs`` for
+        both), then exits. A stub still there has been abandoned (the timeout cut its model's unloading
+        short) and is SIGKILLed *before* the server is reaped: Triton 2.51's stub takes its parent for
+        alive while ``kill(parent, 0)`` succeeds, which a zombie does, and the moment it sees the parent
+        gone it tears itself down under its own running threads and segfaults (``Non-graceful termination
+        detected``, then ``segfault at 1c8`` in ``triton_python_backend_stub`` or in libc's ``sem_wait``)."""
         group, process, self._group, self.process = self._group, self.process, None, None
         if group is None:
             return
         group.signal(signal.SIGTERM)
-        try:
-            if process is not None:
-                process.wait(timeout=timeout_s)
-            grace = _STUB_GRACE_S
-        except subprocess.TimeoutExpired:
-            grace = 0.0
-        group.stop(grace)
+        if process is not None:
+            _wait_exit_unreaped(process.pid, timeout_s)
+        group.signal(signal.SIGKILL)  # abandoned stubs (and, past timeout_s, the server itself)
+        if process is not None:
+            process.wait()
+        group.stop(0.0)
 
     def _cleanup(self) -> None:
         if self._log_handle:
@@ -390,6 +389,19 @@ class TritonServer:
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def _wait_exit_unreaped(pid: int, timeout_s: float) -> bool:
+    """Wait until child ``pid`` has exited, leaving it a zombie (not reaped); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # already reaped elsewhere
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class _PortTaken(Exception):
