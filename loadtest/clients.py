@@ -49,13 +49,15 @@ class Exchange:
             self.end_ns = t_ns or time.monotonic_ns()
 
     def wait(self, timeout: float) -> None:
-        """Until the answer is complete; a request with no response for ``timeout`` seconds fails."""
-        seen = 0
-        while not self.done.wait(timeout):
-            if len(self.resp_ns) == seen:
+        """Until the answer is complete; a request with no response for ``timeout`` seconds (since it was
+        sent or since its last response) fails."""
+        while True:
+            last_ns = self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]
+            if self.done.wait(max(0.0, last_ns / 1e9 + timeout - time.monotonic())):
+                return
+            if (self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]) == last_ns:
                 self.fail(f"no response within {timeout:g} s")
                 return
-            seen = len(self.resp_ns)
 
     def finish(self) -> dict[str, Any]:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""

@@ -34,7 +34,7 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
-from generator.measure.records import RECORD_VERSION, quantile_sample
+from generator.measure.records import RECORD_VERSION, quantile_sample, server_gone
 from generator.spec import LoadTestSpec
 from openaiapi import OpenAIClient, openai_model
 from prompts import Prompt, follow_up, load_tokenizer, read_jsonl, synthesize
@@ -138,6 +138,22 @@ class LoadState:
         self.grpc: Optional[GrpcLLMClient] = None
         self.sink = RecordSink(environment)
         self.monitor = ProcessMonitor()
+        self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
+        self.gone: Optional[str] = None
+
+    def server_gone(self, reason: str) -> None:
+        """The server will answer nothing more (a dead stub): stop issuing and cut the requests in flight,
+        which count as errors, instead of letting each sit out its request_timeout_s."""
+        if self.gone is not None:
+            return
+        self.gone = reason
+        logging.getLogger("tritongen").error("stopping the run: %s", reason)
+        self.draining = True
+        current = gevent.getcurrent()
+        for greenlet, ex in list(self.active.items()):
+            if greenlet is not current:
+                ex.fail(f"cut off: {reason}")
+                greenlet.kill(ServerGone(reason), block=False)
 
     @property
     def open_loop(self) -> bool:
@@ -202,6 +218,10 @@ class LoadState:
 _STATE: Optional[LoadState] = None
 
 
+class ServerGone(Exception):
+    """Raised in a request's greenlet to end it when the server is known to answer no more."""
+
+
 # ---------------------------------------------------------------- one request
 
 
@@ -235,6 +255,7 @@ def run_request(
     # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
     ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
     st.inflight += 1
+    st.active[gevent.getcurrent()] = ex
     try:
         client.generate(ex, prompt)
     except gevent.GreenletExit:
@@ -245,6 +266,10 @@ def run_request(
         ex.fail(f"{type(exc).__name__}: {exc}")
     finally:
         st.inflight -= 1
+        st.active.pop(gevent.getcurrent(), None)
+        reason = server_gone(ex.error)
+        if reason is not None:
+            st.server_gone(reason)
         st.finished(ex)
     return ex
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from generator.errors import TritongenError
-from generator.measure.records import compare_texts, request_inputs, request_metrics, stream_failures
+from generator.measure.records import compare_texts, request_inputs, request_metrics, server_gone, stream_failures
 from generator.measure.results import ClientVerdict, ProcessHealth, TermOutcome, Verdict
 from generator.measure.locustconf import locust_commands, locust_options
 from generator.serve.endpoints import Endpoints
@@ -52,6 +52,15 @@ def perf(arrival, scheduled, first_token, last_token, tokens):
 
 
 # ---------------------------------------------------------------- per-request figures
+
+
+def test_a_dead_stub_or_a_silent_server_ends_the_run_other_errors_do_not():
+    dead = "Stub process 'tensorrt_llm_cpu_0_0' is not healthy."
+    assert server_gone(dead) == dead
+    assert server_gone("no response within 30 s").startswith("the server stopped answering")
+    assert server_gone("TimeoutError: timed out")
+    for error in (None, "", "HTTP 400: prompt length (900) exceeds max_input_len (256)", "server busy: retry"):
+        assert server_gone(error) is None
 
 
 def test_ttft_itl_e2e_from_exact_timestamps():

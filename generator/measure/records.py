@@ -34,6 +34,27 @@ COUNT_FIELDS = ("num_input_tokens", "num_output_tokens")
 SERVER_FIELDS = PERF_TIME_FIELDS + KV_FIELDS + COUNT_FIELDS
 
 
+STUB_DOWN = "is not healthy"
+"""What Triton 2.51 answers for a model whose Python backend stub died ("Stub process 'M_0_0' is not healthy")."""
+NO_RESPONSE = "no response within"
+"""How the load generator fails a request that got no response for request_timeout_s."""
+
+
+def server_gone(error: Optional[str]) -> Optional[str]:
+    """Why a request's error means the server will answer no more requests of the run, or None.
+
+    A dead Python stub stays READY in Triton 2.51, which neither restarts it nor fails its requests in
+    flight: they get nothing (a request silent for request_timeout_s), and new ones get nothing or the
+    stub's "not healthy" error. Waiting on would only make every later request sit out its timeout."""
+    if not error:
+        return None
+    if STUB_DOWN in error:
+        return error
+    if error.startswith(NO_RESPONSE) or "timed out" in error.lower() or "Timeout" in error:
+        return f"the server stopped answering: {error}"
+    return None
+
+
 def request_inputs(accepted: set[str], text: str, max_tokens: int, stream: bool) -> dict[str, Any]:
     """Request fields in the served model's dialect; the optional ones only when the model accepts them.
 

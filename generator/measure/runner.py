@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
-from generator.measure.records import count_client_tokens, request_inputs
+from generator.measure.records import count_client_tokens, request_inputs, server_gone
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec
@@ -170,6 +171,9 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
+    gone = next((why for why in map(server_gone, (r.get("error") for r in requests)) if why), None)
+    if gone is not None:  # its answers would each sit out the timeout too
+        return {}, [f"not asked: {gone}"]
     texts = {r["prompt"]: r["prompt_text"] for r in requests if "prompt_text" in r}
     prompts: dict[int, tuple[str, int]] = {}
     for r in requests:
@@ -179,8 +183,12 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
         return {}, []
     accepted = model_inputs(http_url, model)
 
+    silent = threading.Event()  # one answer that timed out: the server stopped answering, ask no more
+
     def ask(item: tuple[int, tuple[str, int]]) -> tuple[int, Optional[str], Optional[str]]:
         index, (text, max_tokens) = item
+        if silent.is_set():
+            return index, None, f"prompt {index}: not asked, the server stopped answering"
         body = json.dumps(request_inputs(accepted, text, max_tokens, False)).encode()
         req = urllib.request.Request(f"{http_url}/v2/models/{model}/generate", data=body,
                                      headers={"Content-Type": "application/json"})
@@ -188,6 +196,8 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
                 return index, json.loads(resp.read()).get("text_output", ""), None
         except OSError as exc:
+            if server_gone(str(exc)):
+                silent.set()
             return index, None, f"prompt {index}: {exc}"
 
     with ThreadPoolExecutor(4) as pool:
