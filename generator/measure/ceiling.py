@@ -34,6 +34,9 @@ class Ceiling(BaseModel):
     protocol: str
     perf_analyzer_requests_per_core_s: float
     """NVIDIA's perf_analyzer on the same load, taking turns with tritongen."""
+    server_requests_per_s: float
+    """The most requests/s one Triton server (the trivial model, every instance and client it was given)
+    answered in the measurement: beyond it, more Locust processes add nothing; more servers do."""
     command: str
     machine: str
     measured: str
@@ -49,11 +52,28 @@ def workers_for(responses_per_s: float, ceiling: Ceiling) -> int:
     return max(1, math.ceil(responses_per_s / (ceiling.responses_per_core_s * TARGET_SHARE)))
 
 
+def auto_workers(request_rate: Optional[float], output_tokens_mean: int, users: int, cores: int,
+                 ceiling: Ceiling) -> int:
+    """``loadtest.workers=auto``: the Locust worker processes the load needs, not one per core.
+
+    The target is the open-loop rate times the mean answer length in streamed responses/s, or, closed loop
+    (no rate to go by), the most one Triton server streamed in the recorded measurement. Processes at
+    TARGET_SHARE of the per-process ceiling each (the headroom that keeps timestamps exact), at most one per
+    closed-loop user and one per core beside the master; a single process runs alone (0: no master).
+    """
+    target = (request_rate * output_tokens_mean if request_rate is not None
+              else ceiling.server_requests_per_s * ceiling.responses_per_request)
+    processes = min(workers_for(target, ceiling), max(cores - 1, 1),
+                    max(users, 1) if request_rate is None else cores)
+    return processes if processes > 1 else 0
+
+
 def ceiling_text(ceiling: Ceiling) -> str:
     return (f"one Locust process drives about {ceiling.responses_per_core_s:,.0f} streamed responses/s per core "
             f"({ceiling.requests_per_core_s:,.0f} requests/s of {ceiling.responses_per_request} responses, "
             f"{ceiling.protocol}; perf_analyzer {ceiling.perf_analyzer_requests_per_core_s:,.0f} requests/s per core "
-            f"on the same load), measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
+            f"on the same load; one Triton server answered at most {ceiling.server_requests_per_s:,.0f} requests/s), "
+            f"measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
 
 
 def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capacity]:
@@ -75,7 +95,7 @@ def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capa
         processes=len(processes),
         processes_needed=needed,
         advice=(f"{rate:,.0f} streamed responses/s need {needed} Locust processes at {TARGET_SHARE:.0%} of the "
-                f"ceiling each: --workers {needed} (or auto on a machine with {needed} free cores)")
+                f"ceiling each: --workers {needed}")
         if needed > len(processes) else None,
         ceiling=ceiling_text(ceiling),
     )
@@ -103,7 +123,7 @@ def loadgen_plan_lines(plan: dict[str, Any]) -> list[str]:
              f"(one response per token) per Locust process and core."]
     if plan["target_tokens_per_s"] is not None:
         lines.append(f"Target {plan['target_tokens_per_s']:,.0f} output tokens/s: {plan['processes_needed']} Locust "
-                     f"process(es) (loadtest.workers={plan['workers']}; auto gives one per core).")
+                     f"process(es) (loadtest.workers={plan['workers']}; auto sizes from the target rate).")
     else:
         lines.append("Give a target with --tokens-per-s (closed loop) or loadtest.request_rate (open loop) to size "
                      "loadtest.workers.")

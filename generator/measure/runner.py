@@ -22,22 +22,23 @@ from typing import Any, Iterator, Optional, Sequence
 
 from generator.errors import LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
-from generator.measure.ceiling import capacity, recorded_ceiling
+from generator.measure.ceiling import auto_workers, capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import count_client_tokens, request_inputs
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
-from generator.spec import Spec
+from generator.spec import LoadTestSpec, Spec
 
 
 # ---------------------------------------------------------------- workers
 
 
-def resolve_workers(workers: int | str, cores: int) -> int:
-    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
-    if workers != "auto":
-        return int(workers)
-    return cores if cores > 1 else 0
+def resolve_workers(lt: LoadTestSpec, cores: int) -> int:
+    """Worker processes for ``loadtest.workers``; ``auto`` sized from the target rate and the recorded
+    per-process ceiling (ceiling.auto_workers)."""
+    if lt.workers != "auto":
+        return int(lt.workers)
+    return auto_workers(lt.request_rate, lt.output_tokens_mean, lt.users, cores, recorded_ceiling())
 
 
 def available_cores() -> int:
@@ -202,7 +203,7 @@ def run_loadtest(
 
     out_dir = Path(out_dir).resolve()
     lt = spec.loadtest
-    lt = lt.model_copy(update={"workers": resolve_workers(lt.workers, available_cores())})
+    lt = lt.model_copy(update={"workers": resolve_workers(lt, available_cores())})
     slo_terms = parse_slo(lt.slo) if lt.slo else None
     if lt.prompts is not None:
         lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})
