@@ -213,8 +213,9 @@ def run_request(
 
 
 def fire_locust_events(environment, record: dict[str, Any]) -> None:
-    """Locust's live table: end-to-end, TTFT and per-request ITL rows from the raw times (rounded by Locust;
-    never the report's figures, which come from the records after the run)."""
+    """Locust's live table: end-to-end and TTFT rows from the raw times (rounded by Locust; never the report's
+    figures, which come from the records after the run). Two events per request, not more: each costs a
+    Locust process about as much CPU as a tenth of a 16-token request (docs/benchmarks.md)."""
     if record.get("cancelled"):
         return
     kind = "warmup" if record["warmup"] else record["protocol"]
@@ -226,12 +227,8 @@ def fire_locust_events(environment, record: dict[str, Any]) -> None:
         return
     visible = [t for t, text in zip(record["resp_ns"], record["resp_text"]) if text]
     fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(visible), exception=None, context={})
-    if record["warmup"] or not visible:
-        return
-    fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6, response_length=0,
-         exception=None, context={})
-    if len(visible) > 1:
-        fire(request_type=kind, name="itl", response_time=(visible[-1] - visible[0]) / (len(visible) - 1) / 1e6,
+    if not record["warmup"] and visible:
+        fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6,
              response_length=0, exception=None, context={})
 
 
