@@ -200,6 +200,12 @@ def main() -> None:
                 bench.tritongen(f"onecore{r}", u, 0, pin)
                 bench.perf_analyzer(f"onecore{r}", u, pin)
         result["profile"] = bench.profile(max(users), pin)
+        hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])  # a CPU hog on the client's core
+        try:
+            bench.tritongen("starved", min(users), 0, pin)
+        finally:
+            hog.kill()
+            hog.wait()
         os.sched_setaffinity(0, cpus)
         for w in args.workers.split(","):
             bench.tritongen("multi", max(users), w)
