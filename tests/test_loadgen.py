@@ -145,7 +145,7 @@ def test_workers_auto_sized_from_the_target_and_the_ceiling():
 
 def test_ceiling_sizes_the_workers():
     ceiling = recorded_ceiling()
-    assert ceiling.responses_per_core_s > 0 and "bench/sidebyside.py" in ceiling.command
+    assert ceiling.responses_per_core_s > 0 and "bench/gpuhost_loadgen.py" in ceiling.command
     per_process = ceiling.responses_per_core_s * TARGET_SHARE
     assert workers_for(per_process, ceiling) == 1
     assert workers_for(per_process * 2.5, ceiling) == 3

@@ -1,5 +1,6 @@
 """The load generator's own ceiling: streamed responses per second that one Locust process drives per core
-of CPU, as measured by bench/sidebyside.py (kept as data with the command, in loadgen_ceiling.json).
+of CPU, saturated on one core of a GPU host, as measured by bench/gpuhost_loadgen.py (kept as data with the
+command and the machine, in loadgen_ceiling.json).
 
 A Locust process is one gevent loop and uses at most one core, so a target rate of streamed responses
 (one per output token) needs enough processes: ``workers_for`` keeps each at ``TARGET_SHARE`` of the
@@ -32,8 +33,9 @@ class Ceiling(BaseModel):
     requests_per_core_s: float
     responses_per_request: int
     protocol: str
-    perf_analyzer_requests_per_core_s: float
-    """NVIDIA's perf_analyzer on the same load, taking turns with tritongen."""
+    perf_analyzer_requests_per_core_s: Optional[float]
+    """NVIDIA's perf_analyzer on the same load and core, taking turns with tritongen; None where it finished
+    no measurement window confined to one core."""
     server_requests_per_s: float
     """The most requests/s one Triton server (the trivial model, every instance and client it was given)
     answered in the measurement: beyond it, more Locust processes add nothing; more servers do."""
@@ -69,10 +71,12 @@ def auto_workers(request_rate: Optional[float], output_tokens_mean: int, users: 
 
 
 def ceiling_text(ceiling: Ceiling) -> str:
+    pa = (f"perf_analyzer {ceiling.perf_analyzer_requests_per_core_s:,.0f} requests/s per core on the same load"
+          if ceiling.perf_analyzer_requests_per_core_s else "perf_analyzer finished no measurement there on one core")
     return (f"one Locust process drives about {ceiling.responses_per_core_s:,.0f} streamed responses/s per core "
             f"({ceiling.requests_per_core_s:,.0f} requests/s of {ceiling.responses_per_request} responses, "
-            f"{ceiling.protocol}; perf_analyzer {ceiling.perf_analyzer_requests_per_core_s:,.0f} requests/s per core "
-            f"on the same load; one Triton server answered at most {ceiling.server_requests_per_s:,.0f} requests/s), "
+            f"{ceiling.protocol}; {pa}; one Triton server answered at most {ceiling.server_requests_per_s:,.0f} "
+            f"requests/s there), "
             f"measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
 
 
