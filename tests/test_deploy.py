@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.deploy.checks import check_deployment
+from generator.repo.manifest import read_manifest
 from generator.deploy.loadtest import LOADTEST_MANIFESTS, package_files
 from generator.deploy.topology import resolve_topology
 from generator.errors import TritongenError
@@ -309,7 +310,7 @@ def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, build_
     spec = gpu_spec(weights, "tensorrtllm", *TP2X2)
     repo = render_gpu(spec, tmp_path / "repo", build_engine)
     spec.topology.instances_per_node = 3
-    problems = check_deployment(repo, json.loads((repo / "tritongen.json").read_text()), spec)
+    problems = check_deployment(repo, read_manifest(repo), spec)
     assert any("= 6 GPUs, but topology.gpus_per_node is 4" in p.message for p in problems)
 
 

@@ -20,7 +20,8 @@ from generator.errors import TritongenError
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
 from generator.repo.problems import Severity, failing
-from generator.repo.render import MANIFEST, reference_facts
+from generator.repo.manifest import MANIFEST
+from generator.repo.render import reference_facts
 from generator.repo.validate import validate_repository
 from generator.spec import load_spec
 from helpers import write_quantized_checkpoint
@@ -165,11 +166,27 @@ def test_each_reported_mistake_is_caught_at_its_file_and_line(official, name, mo
         "\n".join(map(str, hits))
 
 
+def _same_config(path: Path, original: bytes) -> bool:
+    """The damaged file still parses to the ModelConfig the original parses to."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def parse(data: bytes):
+        try:
+            return text_format.Parse(data.decode("utf-8"), model_config_pb2.ModelConfig())
+        except (text_format.ParseError, UnicodeDecodeError):
+            return None
+
+    damaged = parse(path.read_bytes())
+    return damaged is not None and damaged == parse(original)
+
+
 def test_validate_never_crashes_on_a_mangled_repository(official):
     """Seeded random damage to every config: validate answers with problems, import with a TritongenError."""
     rng = random.Random(7)
     configs = sorted(official.glob("*/config.pbtxt"))
     originals = {c: c.read_bytes() for c in configs}
+    pristine = sorted((p.file, p.message, p.severity) for p in validate_repository(official))
     junk = [b"${x}", b"\x00", b"\xff\xfe", b"{", b"}", b"-1", b"99999999999999999999", b'"', b"\n", b"nan", b"\\"]
     for _ in range(150):
         for c, data in originals.items():
@@ -186,8 +203,14 @@ def test_validate_never_crashes_on_a_mangled_repository(official):
             else:
                 data = data[:pos]
         target.write_bytes(bytes(data))
-        assert isinstance(validate_repository(official), list)
+        problems = validate_repository(official)
+        assert all(p.fix for p in problems)
+        verdict = sorted((p.file, p.message, p.severity) for p in problems)
+        if _same_config(target, originals[target]):
+            assert verdict == pristine  # damage that leaves the same ModelConfig changes no verdict
+        else:
+            assert verdict != pristine, f"damage to {target} changed nothing validate says"
         try:
             import_repository(official)
-        except TritongenError:
-            pass
+        except TritongenError as exc:
+            assert exc.fix

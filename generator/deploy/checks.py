@@ -21,6 +21,7 @@ from generator.deploy.loadtest import LOADTEST_MANIFESTS
 from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems
 from generator.deploy.topology import Topology
 from generator.errors import TritongenError
+from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.repo.problems import Problem, parse_config
 from generator.spec import EngineTarget, Spec
 
@@ -28,19 +29,20 @@ ENGINE_MODEL = "tensorrt_llm"
 CONFIGMAP_LIMIT = 1 << 20
 """Kubernetes stores a ConfigMap in etcd, which refuses objects over 1 MiB."""
 CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
-def check_deployment(repo: Path, manifest: dict[str, Any], spec: Optional[Spec]) -> list[Problem]:
+def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optional[Spec]) -> list[Problem]:
     """Every disagreement between the rendered scale-out artifacts and the spec's topology."""
     out = Findings()
-    if spec is None or not manifest.get("target"):
+    if spec is None or manifest is None:
         return []
-    target = EngineTarget(manifest["target"])
-    gpu = not manifest.get("cpu_stand_in", target is EngineTarget.cpu_reference)
+    target = manifest.target
+    stand_in = manifest.cpu_stand_in
+    gpu = not (stand_in if stand_in is not None else target is EngineTarget.cpu_reference)
     from generator.deploy.render import deploy_topology
 
     try:
         topo = deploy_topology(spec, target, gpu_visible=gpu)
     except TritongenError as exc:
-        out.add(repo / "tritongen.json", None, f"the spec's topology does not fit: {exc.message}", exc.fix or "fix the spec")
+        out.add(repo / MANIFEST, None, f"the spec's topology does not fit: {exc.message}", exc.fix or "fix the spec")
         return out.problems
     _check_engine_model(repo, topo, spec, out)
     _check_launch(repo, topo, out)
@@ -187,7 +189,7 @@ def _line(text: str, needle: str) -> Optional[int]:
 # ---------------------------------------------------------------- engine folder
 
 
-def _version(spec: Spec, manifest: dict[str, Any], target: EngineTarget) -> str:
+def _version(spec: Spec, manifest: RepoManifest, target: EngineTarget) -> str:
     if target is EngineTarget.tensorrtllm:
         cfg = spec.engine_dir / "config.json"
         try:
@@ -196,10 +198,10 @@ def _version(spec: Spec, manifest: dict[str, Any], target: EngineTarget) -> str:
             version = None
         if isinstance(version, str):
             return version
-    return str(manifest.get("tensorrt_llm_version", ""))
+    return manifest.tensorrt_llm_version
 
 
-def _check_engine_files(spec: Spec, topo: Topology, manifest: dict[str, Any], out: Findings) -> None:
+def _check_engine_files(spec: Spec, topo: Topology, manifest: RepoManifest, out: Findings) -> None:
     engine = spec.engine_dir
     if not (engine / "config.json").is_file():
         return  # "not built yet" is the repository check's warning
@@ -213,7 +215,7 @@ def _check_engine_files(spec: Spec, topo: Topology, manifest: dict[str, Any], ou
                 + (f" (extra {extra})" if extra else ""),
                 f"rebuild with build.tp_size={topo.tp} build.pp_size={topo.pp}: `tritongen build SPEC --force`")
     version = _version(spec, manifest, EngineTarget.tensorrtllm)
-    rendered = manifest.get("tensorrt_llm_version")
-    if rendered and version != rendered:
+    rendered = manifest.tensorrt_llm_version
+    if version != rendered:
         out.add(engine / "config.json", None, f"engine built with TensorRT-LLM {version}, repository rendered for "
                 f"{rendered}", f"rebuild the engine with TensorRT-LLM {rendered}, or render for {version}")

@@ -11,6 +11,7 @@ are never used. The figures come from statistics.py, the verdicts from verdict.p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -51,17 +52,24 @@ def available_cores() -> int:
 
 @contextlib.contextmanager
 def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str], metrics_url: Optional[str],
-            log_file: Path, admin_key: Optional[str] = None) -> Iterator[Endpoints]:
-    """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block."""
+            log_file: Path, admin_key: Optional[str] = None, openai: bool = False) -> Iterator[Endpoints]:
+    """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block.
+    ``openai``: an OpenAI-compatible server, which has neither Triton's gRPC port nor (unless
+    ``metrics_url`` names one) its metrics port."""
     if repo_dir is None:
         if not url:
             raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
         from generator.serve.client import check_reachable
 
         endpoints = Endpoints.from_urls(url, grpc_url, metrics_url, admin_key)
-        check_reachable(endpoints.http_url)
+        if openai:
+            endpoints = dataclasses.replace(endpoints, metrics_url=metrics_url)
+        check_reachable(endpoints.http_url, "/v1/models" if openai else "/v2/health/live")
         yield endpoints
         return
+    if openai:
+        raise SpecError("the OpenAI protocols load-test a running OpenAI-compatible server, not a repository",
+                        where="loadtest.protocol", fix="pass --url http://HOST:PORT of the server, or a Triton protocol")
     from generator.serve.server import TritonServer
 
     with TritonServer(Path(repo_dir), log_file=log_file) as server:
@@ -205,33 +213,40 @@ def run_loadtest(
     lt = spec.loadtest
     lt = lt.model_copy(update={"workers": resolve_workers(lt, available_cores())})
     slo_terms = parse_slo(lt.slo) if lt.slo else None
-    if lt.prompts is not None:
-        lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})
+    for name in ("prompts", "trace"):
+        if getattr(lt, name) is not None:
+            lt = lt.model_copy(update={name: spec.path(getattr(lt, name))})
     lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
+    if lt.openai and lt.tokenizer is None:
+        raise SpecError("an OpenAI-compatible server names no tokenizer folder", where="loadtest.tokenizer",
+                        fix="pass --tokenizer DIR: a folder with the served model's tokenizer.json")
     records = out_dir / "records.jsonl"
     started = time.time()
-    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key) as endpoints:
+    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key, lt.openai) as endpoints:
         options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
-        before = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
+        triton = not lt.openai  # Triton's statistics API and one-piece generate exist only there
+        before = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
         sampler = MetricsSampler(endpoints.metrics_url) if endpoints.metrics_url else contextlib.nullcontext()
         with sampler:
             spawn_s = lt.users / lt.spawn_rate
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
-        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
+        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
         requests, processes = read_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
                                 where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above")
         count_tokens_after_run(requests, processes, lt.tokenizer)
+        if lt.model is None:  # an OpenAI server's first listed model, as the users found it
+            lt = lt.model_copy(update={"model": requests[0]["model"]})
         references, reference_errors = reference_answers(
-            endpoints.http_url, lt.model, requests, lt.reference_checks, lt.request_timeout_s
+            endpoints.http_url, lt.model, requests, lt.reference_checks if triton else 0, lt.request_timeout_s
         )
     summary = summarize(requests, references)
     summary.checks.reference_errors = reference_errors
     stages = stage_times(before, after)
     metrics = metrics_summary(getattr(sampler, "samples", []))
-    client = client_verdict(processes, summary.latency_ms, lt.request_rate is not None)
+    client = client_verdict(processes, summary.latency_ms, lt.open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
         **dict(summary),
@@ -239,7 +254,7 @@ def run_loadtest(
                           split_vs_stages=split_vs_stages(summary.split, stages)),
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
-                    started_unix=started, mode="open loop" if lt.request_rate is not None else "closed loop",
+                    started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
                     loadtest=lt),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
@@ -264,7 +279,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
                             fix="point --records at the records.jsonl the Locust master wrote")
     count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
     summary = summarize(requests)
-    open_loop = spec.loadtest.request_rate is not None
+    open_loop = spec.loadtest.open_loop
     client = client_verdict(processes, summary.latency_ms, open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(

@@ -182,11 +182,11 @@ def _llmapi(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) ->
                "kv_cache_config.dtype": lambda v: "fp8" if str(v).lower() == "fp8" else "none"}
     for row in llmapi_mapping(Spec()):
         field = row.spec_field
-        if field.startswith(("spec.", "(")) or row.llmapi_key.startswith(("(", "-")) or row.llmapi_key not in yaml_doc:
+        if field.startswith(("spec.", "(")) or row.key.startswith(("(", "-")) or row.key not in yaml_doc:
             continue
         if field in ("serving.max_batch_size", "serving.engine"):
             continue  # Triton's own batch size comes from max_batch_size; backend: pytorch is the target itself
-        _set(spec, field, readers.get(row.llmapi_key, lambda v: v)(yaml_doc[row.llmapi_key]))
+        _set(spec, field, readers.get(row.key, lambda v: v)(yaml_doc[row.key]))
     if "max_batch_size" in yaml_doc:
         _set(spec, "serving.max_batch_size", yaml_doc["max_batch_size"])
     front = meaning.models.get("tensorrt_llm")
