@@ -18,6 +18,7 @@ writes the one records file; each process takes its share of the schedule, warm-
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import socket
