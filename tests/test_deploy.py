@@ -121,8 +121,8 @@ def test_tp8_pp2_over_two_nodes():
 
 
 @pytest.mark.parametrize("overrides, kinds", [
-    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
-    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "Service",
+    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "NetworkPolicy", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
+    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "NetworkPolicy", "Service",
                                      "PodMonitor", "HorizontalPodAutoscaler"]),
 ])
 def test_render_then_validate_strict(weights, tmp_path, build_engine, overrides, kinds):
@@ -238,7 +238,7 @@ CORPUS = [
     ("own image of another TensorRT-LLM", TP2X2 + ["kubernetes.image=nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"],
      lambda r, s: None, "is the Triton container of TensorRT-LLM 1.2.0", "26.04"),
     ("GPU request does not match ranks per pod", TP2X2,
-     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4}', '"nvidia.com/gpu": 2}', 2),
+     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4,', '"nvidia.com/gpu": 2,', 2),
      "requests nvidia.com/gpu 2 but runs 4", "nvidia.com/gpu: 4"),
     ("worker pod GPUs differ", TP8PP2,
      lambda r, s: _regex(r / "kubernetes.yaml", r'(rank-host"[\s\S]*?limits: \{"nvidia.com/gpu": )8', r"\g<1>4"),

@@ -70,7 +70,7 @@ def test_official_style_repository_has_notes_only(official):
 
 
 def test_import_and_render_round_trip_to_the_same_meaning(official, tmp_path):
-    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     spec = load_spec(tmp_path / "imported.yaml")
     assert (spec.build.max_batch_size, spec.build.tp_size, spec.quantization.format.value) == (32, 1, "fp8")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-validate")
@@ -85,10 +85,10 @@ def test_llmapi_repository_round_trips(gpu_host, tmp_path, qwen3_8b_config, toke
     write_quantized_checkpoint(load_spec(spec_path))
     cli("render", str(spec_path), "-o", str(tmp_path / "llmapi"), "--set", "serving.engine=llmapi", "--no-gpu")
     (tmp_path / "llmapi" / MANIFEST).unlink()
-    result = import_repository(tmp_path / "llmapi")
+    result = import_repository(tmp_path / "llmapi", keep_paths=True)
     assert result.spec["serving"]["engine"] == "llmapi" and result.spec["build"]["max_num_tokens"] == 4096
     assert result.spec["serving"]["enable_kv_cache_reuse"] is True
-    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-gpu", "--no-validate")
     (tmp_path / "again" / MANIFEST).unlink()
     assert diff_meanings(read_meaning(tmp_path / "llmapi"), read_meaning(tmp_path / "again")) == []
@@ -214,3 +214,31 @@ def test_validate_never_crashes_on_a_mangled_repository(official):
             import_repository(official)
         except TritongenError as exc:
             assert exc.fix
+
+
+def test_foreign_llmapi_repository_is_validated_as_one(tmp_path):
+    """NVIDIA's llmapi model folder as shipped (no tritongen.json; max_batch_size and decoupled only in
+    model.yaml's triton_config, as NVIDIA's config.pbtxt leaves them out) is checked as an LLM-API model,
+    not as a broken engine repository (21 false errors before)."""
+    from generator.repo.llmapi import llmapi_data
+
+    model = tmp_path / "repo" / "tensorrt_llm"
+    (model / "1").mkdir(parents=True)
+
+    def tensors(items):
+        return ",\n".join(f'  {{ name: "{t["name"]}" data_type: {t["data_type"]} dims: [ {", ".join(map(str, t["dims"]))} ]'
+                          + (" optional: true" if t.get("optional") else "") + " }" for t in items)
+
+    data = llmapi_data()
+    (model / "config.pbtxt").write_text('name: "tensorrt_llm"\nbackend: "python"\n'
+                                        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+                                        f"input [\n{tensors(data['triton_inputs'])}\n]\n"
+                                        f"output [\n{tensors(data['triton_outputs'])}\n]\n")
+    (model / "1" / "model.yaml").write_text("model: TinyLlama/TinyLlama-1.1B-Chat-v1.0\nbackend: pytorch\n"
+                                            "tensor_parallel_size: 1\npipeline_parallel_size: 1\n"
+                                            "triton_config:\n  max_batch_size: 0\n  decoupled: False\n")
+    for name in ("model.py", "helpers.py"):
+        (model / "1" / name).write_text(f"# NVIDIA's {name}, copied by the user\n")
+    assert errors_and_warnings(tmp_path / "repo") == []
+    (model / "1" / "model.yaml").write_text("model: x\nbackend: pytorch\ntensor_paralel_size: 1\n")
+    assert any("tensor_paralel_size" in p.message for p in errors_and_warnings(tmp_path / "repo"))

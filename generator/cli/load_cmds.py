@@ -206,7 +206,7 @@ def _print_sweep(result: SweepResult, out_dir: Path) -> None:
     from generator.measure.report_sweep import point_row
 
     table = Table(title="sweep")
-    cols = ("setting", "status", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
+    cols = ("setting", "status", "requests", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
     for col in cols:
         table.add_column(col, overflow="fold")
     for p in result.points:
@@ -216,9 +216,10 @@ def _print_sweep(result: SweepResult, out_dir: Path) -> None:
             return "–" if v is None else f"{v:.1f}"
 
         status = r.status if r.status is PointStatus.OK else f"[red]{r.status}[/]: {escape(r.detail[:60])}"
-        table.add_row(escape(r.point), status, f(r.output_tokens_per_s), f(r.ttft_p95_ms), f(r.itl_p95_ms),
+        table.add_row(escape(r.point), status, "–" if r.requests is None else str(r.requests), f(r.output_tokens_per_s), f(r.ttft_p95_ms), f(r.itl_p95_ms),
                       f(r.queue_p95_ms), "–" if r.error_rate is None else f"{r.error_rate:.1%}", r.slo or "–")
     out.print(table)
     best = result.best
-    out.print(f"best: [bold]{escape(best.label)}[/] ({escape(best.reason)})" if best else "[yellow]no setting qualified[/]")
+    out.print(f"best at this load: [bold]{escape(best.label)}[/] ({escape(best.reason)})" if best
+              else "[yellow]no setting qualified[/]")
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, points.csv, points.json)")

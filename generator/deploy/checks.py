@@ -10,7 +10,6 @@ report becomes one problem with its fix. Reads files only.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -18,9 +17,10 @@ from typing import Any, Optional
 from generator.deploy.kubernetes import MANIFESTS
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, launch_script
 from generator.deploy.loadtest import LOADTEST_MANIFESTS
-from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems
+from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems, security_review
 from generator.deploy.topology import Topology
 from generator.errors import TritongenError
+from generator.fsutil import read_json_object, read_text_bounded
 from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.repo.problems import Problem, parse_config
 from generator.spec import EngineTarget, Spec
@@ -55,7 +55,9 @@ def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optiona
         else:
             check_manifests(manifests, spec, topo, _version(spec, manifest, target), out)
         if (repo / LOADTEST_MANIFESTS).is_file():
-            for doc, line in documents(repo / LOADTEST_MANIFESTS, out):
+            loadtest_docs = documents(repo / LOADTEST_MANIFESTS, out)
+            security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out)
+            for doc, line in loadtest_docs:
                 schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
                 size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())
                 if doc.get("kind") == "ConfigMap" and size > CONFIGMAP_LIMIT:
@@ -139,7 +141,11 @@ def _check_launch(repo: Path, topo: Topology, out: Findings) -> None:
     if not path.is_file():
         out.add(path, None, "no launch script", "re-render with `tritongen render` (tritongen serve runs it)")
         return
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text_bounded(path, fix="re-render with `tritongen render`", limit=1 << 20)
+    except TritongenError as exc:
+        out.add(path, None, exc.message, exc.fix or "re-render")
+        return
     prefixes = re.findall(r'shm-region-prefix-name="\$\{SHM_PREFIX\}(\d+)_"', text)
     ranks = len(prefixes)
     mpi = bool(re.search(r"^\s*exec mpirun\b", text, re.M))
@@ -193,8 +199,8 @@ def _version(spec: Spec, manifest: RepoManifest, target: EngineTarget) -> str:
     if target is EngineTarget.tensorrtllm:
         cfg = spec.engine_dir / "config.json"
         try:
-            version = json.loads(cfg.read_text(encoding="utf-8")).get("version")
-        except (OSError, ValueError):
+            version = read_json_object(cfg, fix="").get("version")
+        except TritongenError:
             version = None
         if isinstance(version, str):
             return version

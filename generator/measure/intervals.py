@@ -8,7 +8,7 @@ are seeded so the same records always give the same interval.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -74,10 +74,12 @@ def wilson(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> In
 
 
 def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = DEFAULT_CONFIDENCE,
-              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
+              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              batched: Optional[Callable] = None) -> Interval:
     """Percentile bootstrap of `statistic(array) -> float` over per-request values (seeded).
 
-    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`.
+    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`. `batched`, when given, computes
+    the same statistic of every resample at once (a 2-D array, one resample per row): same result, faster.
     """
     import numpy as np
 
@@ -89,7 +91,8 @@ def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = 
         return Interval(estimate=estimate, low=estimate, high=estimate, confidence=confidence, n=1, method="exact")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(resamples, a.size))
-    stats = np.array([statistic(a[row]) for row in idx], dtype=float)
+    stats = (np.asarray(batched(a[idx]), dtype=float) if batched is not None
+             else np.array([statistic(a[row]) for row in idx], dtype=float))
     tail = (1 - confidence) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
@@ -100,7 +103,7 @@ def percentile(values: Sequence[float], p: float, confidence: float = DEFAULT_CO
     """A percentile (numpy's linear interpolation, as the reports use) with its bootstrap interval."""
     import numpy as np
 
-    return bootstrap(values, lambda a: np.percentile(a, p), confidence)
+    return bootstrap(values, lambda a: np.percentile(a, p), confidence, batched=lambda m: np.percentile(m, p, axis=1))
 
 
 def ratio_of_percentiles(baseline: Sequence[float], candidate: Sequence[float], p: float,

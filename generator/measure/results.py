@@ -12,6 +12,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from generator.measure.intervals import Interval
 from generator.spec import LoadTestSpec
 
 
@@ -342,6 +343,37 @@ class LoadTestResult(Summary):
     """None without an SLO."""
 
 
+class LevelFigures(BaseModel):
+    """A load level's figures, each with its interval and the requests behind it."""
+
+    requests: int
+    """Measured requests (warm-up excluded)."""
+    met: int
+    """Requests that met every objective."""
+    attainment: Interval
+    """Share of requests meeting every objective (Wilson score interval)."""
+    misses: dict[str, int]
+    """Objective (or ``error``) -> requests that missed it."""
+    window_s: float
+    requests_per_s: Interval
+    """Completed requests per second in the level's steady part (see _rate); t interval over time slices;
+    its n is the requests completed there."""
+    output_tokens_per_s: Interval
+    ttft_p95_ms: Optional[Interval]
+    """Bootstrap intervals of the 95th percentiles over the successful requests."""
+    itl_p95_ms: Optional[Interval]
+    """Per-request mean inter-token time."""
+    e2e_p95_ms: Optional[Interval]
+    ttft_growth: Optional[float]
+    """Median TTFT of the last third of the requests (by send time) over the first third's: well above 1
+    means requests queued faster than the server served them (the server fell behind)."""
+
+    @property
+    def broke_first(self) -> Optional[str]:
+        """The objective missed by the most requests."""
+        return max(self.misses, key=lambda k: self.misses[k]) if self.misses else None
+
+
 class PointStatus(StrEnum):
     """How far a sweep point got; only OK points have results."""
 
@@ -360,6 +392,8 @@ class SweepPoint(BaseModel):
     detail: str = ""
     """Why the point did not complete."""
     results: Optional[LoadTestResult] = None
+    figures: Optional[LevelFigures] = None
+    """The point's figures with their intervals and request counts (attainment of the SLO's per-request limits)."""
 
 
 class BestPoint(BaseModel):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import LoadTestError, SpecError
+from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import auto_workers, capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
@@ -129,11 +129,20 @@ def _tail(path: Path, lines: int = 15) -> str:
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(request records, process records) from a records file."""
     requests, processes = [], []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                (processes if rec.get("kind") == "process" else requests).append(rec)
+    if not path.is_file():
+        return requests, processes
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                rec = ...
+            if rec is None:
+                continue
+            if not isinstance(rec, dict):  # binary, not JSON, nested past reading, or not a record
+                raise ArtifactCorrupt(f"line {no} is not a JSON record", where=str(path),
+                                      fix="point at the records.jsonl a load test wrote (or run the load test again)")
+            (processes if rec.get("kind") == "process" else requests).append(rec)
     return requests, processes
 
 
@@ -189,10 +198,11 @@ class LoadResult:
 def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
-    title: Optional[str] = None, admin_key: Optional[str] = None,
+    title: Optional[str] = None, admin_key: Optional[str] = None, report: bool = True,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
+    ``report=False`` skips the report pages (tune's many short rounds keep only results.json and records).
     ``locust_prefix`` wraps the Locust commands (e.g. ``taskset -c 0 nice -n 19``) to constrain the load
     generator, as the client-bottleneck test does.
     """
@@ -258,7 +268,12 @@ def run_loadtest(
                     loadtest=lt),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
-    write_loadtest_report(out_dir, results)
+    if report:
+        write_loadtest_report(out_dir, results)
+    else:
+        from generator.fsutil import atomic_write_text
+
+        atomic_write_text(out_dir / "results.json", json.dumps(results.model_dump(mode="json"), indent=2))
     return LoadResult(out_dir, results)
 
 

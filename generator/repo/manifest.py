@@ -75,7 +75,7 @@ def read_manifest(repo: Path) -> Optional[RepoManifest]:
     path = Path(repo) / MANIFEST
     if not path.is_file():
         return None
-    data = read_json_object(path, fix=RERENDER_FIX)
+    data = read_json_object(path, fix=RERENDER_FIX, inside=repo)
     version = data.get("manifest_version", MANIFEST_VERSION)
     if version != MANIFEST_VERSION:
         raise ArtifactCorrupt(f"manifest version {version!r}; this tritongen reads version {MANIFEST_VERSION}",

@@ -29,7 +29,7 @@ from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.resources import data_json, model_repo_dir
 from generator.spec import EngineTarget, Spec
-from generator.templating import environment
+from generator.templating import environment, pbtxt_bool
 
 REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
 IFB_LAYOUT = "inflight_batcher_llm"
@@ -119,10 +119,6 @@ def resolve_max_batch_size(spec: Spec, engine: Optional[EngineFacts]) -> tuple[i
 
 
 # ---------------------------------------------------------------- values per model
-
-
-def pbtxt_bool(value: bool) -> str:
-    return "true" if value else "false"
 
 
 def _text(value: Any) -> str:
@@ -263,25 +259,8 @@ def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path],
 # ---------------------------------------------------------------- templates and plan
 
 
-_PBTXT_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _quote(value: Any) -> str:
-    """A protobuf text-format string literal: quotes, backslashes and every control character escaped
-    (other control characters as octal, as protobuf writes them), so Triton reads back exactly ``value``."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SpecError(f"value {text!r} is not valid Unicode text (a lone surrogate)",
-                        fix="use a path or value made of real characters") from None
-    escaped = "".join(_PBTXT_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-                      for c in text)
-    return f'"{escaped}"'
-
-
 def render_template(layout: str, name: str, **values: Any) -> str:
-    return environment(layout, (("q", _quote), ("tf", pbtxt_bool))).get_template(name).render(**values)
+    return environment(layout).get_template(name).render(**values)
 
 
 def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size: int, source: str,

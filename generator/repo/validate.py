@@ -50,6 +50,15 @@ def _manifest_and_spec(repo: Path, report: Report) -> tuple[Optional[RepoManifes
 # ---------------------------------------------------------------- entry point
 
 
+def layout(repo: Path, manifest: Optional[RepoManifest]) -> Optional[str]:
+    """The manifest's layout; without one, the LLM-API model when the files are laid out as NVIDIA's llmapi
+    folder (tensorrt_llm/1/model.yaml and no ensemble), else the engine layout's checks apply."""
+    if manifest is not None:
+        return manifest.layout
+    llmapi = (repo / LLMAPI_MODEL / "1" / "model.yaml").is_file() and not (repo / ENSEMBLE).is_dir()
+    return LLMAPI_LAYOUT if llmapi else None
+
+
 def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Problem]:
     """Every problem in the repository at ``repo_dir`` (empty list: it is fine), errors and warnings.
 
@@ -67,7 +76,7 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
         report.add(repo, None, "no spec (no tritongen.json and no --spec): the engine-vs-spec, quantization-vs-spec "
                    "and decoupled-vs-streaming checks were skipped",
                    f"tritongen import {repo} -o spec.yaml, then tritongen validate {repo} --spec spec.yaml", Severity.note)
-    if manifest is not None and manifest.layout == LLMAPI_LAYOUT:
+    if layout(repo, manifest) == LLMAPI_LAYOUT:
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
@@ -111,14 +120,14 @@ def _validate_ifb(repo: Path, manifest: Optional[RepoManifest], spec: Optional[S
         check_engine(models[TENSORRT_LLM], spec, report)
 
 
-def _validate_llmapi(repo: Path, manifest: RepoManifest, spec: Optional[Spec], report: Report) -> None:
+def _validate_llmapi(repo: Path, manifest: Optional[RepoManifest], spec: Optional[Spec], report: Report) -> None:
     """The LLM-API model (generator.repo.llmapi), plus, in the CPU stand-in, the engine model it calls.
 
     The stand-in's engine is the CPU reference engine under another folder name, with the C++
     tensorrt_llm model's interface: the single-model checks of the engine layout apply to it unchanged.
     """
     report.extend(validate_llmapi(repo, spec))
-    if CPU_ENGINE_MODEL not in manifest.models and not (repo / CPU_ENGINE_MODEL).is_dir():
+    if (manifest is None or CPU_ENGINE_MODEL not in manifest.models) and not (repo / CPU_ENGINE_MODEL).is_dir():
         return  # the GPU variant: NVIDIA's model.py runs LLM() itself
     engine = _load_models(repo, [CPU_ENGINE_MODEL], report, others=False,
                           roles={CPU_ENGINE_MODEL: TENSORRT_LLM}).get(CPU_ENGINE_MODEL)

@@ -18,11 +18,12 @@ from generator.spec.schema import (
     ServingSpec,
     Spec,
     TopologySpec,
+    TuneSpec,
 )
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
     "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
-    "Spec", "TopologySpec",
+    "Spec", "TopologySpec", "TuneSpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]

@@ -20,11 +20,12 @@ from generator.spec.build import (
 )
 from generator.spec.loadtest import LoadTestSpec
 from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
+from generator.spec.tune import TuneSpec
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
     "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
-    "ServingSpec", "Spec", "TopologySpec",
+    "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
 ]
 
 
@@ -65,6 +66,9 @@ class Spec(Section):
 
     loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
     """Load-test defaults."""
+
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    """How ``tritongen tune`` searches each setting's goodput under loadtest.slo."""
 
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     """Where stage outputs go."""
