@@ -18,7 +18,7 @@ import gevent.event
 from geventhttpclient import HTTPClient
 
 from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, request_inputs
-from generator.serve.dialect import dialect_for_inputs
+from generator.serve.dialect import config_param, dialect_for_inputs
 from grpcwire import GrpcStream, StreamClosed, unary
 from prompts import Prompt
 
@@ -113,11 +113,6 @@ class ModelInfo:
         self.tokenizer_dir = tokenizer_dir
 
 
-def _param(config: dict[str, Any], key: str) -> Optional[str]:
-    value = (config.get("parameters", {}).get(key) or {}).get("string_value")
-    return value if value and not value.startswith("${") else None
-
-
 def _config_fetcher(host: str, timeout: float) -> Callable[[str], Optional[dict[str, Any]]]:
     """A model's configuration as JSON over the run's own protocol (gRPC: a unary ModelConfig call)."""
     if host.startswith("grpc://"):
@@ -152,10 +147,10 @@ def model_info(host: str, model: Optional[str], timeout: float) -> ModelInfo:
     config = fetch(model)
     if config is None:
         raise RuntimeError(f"model {model!r} is not served at {host}")
-    tokenizer_dir = _param(config, "tokenizer_dir")
+    tokenizer_dir = config_param(config, "tokenizer_dir")
     if tokenizer_dir is None:
         pre = fetch("preprocessing")
-        tokenizer_dir = _param(pre, "tokenizer_dir") if pre else None
+        tokenizer_dir = config_param(pre, "tokenizer_dir") if pre else None
     return ModelInfo(config, tokenizer_dir)
 
 

@@ -20,7 +20,7 @@ from generator.measure.results import (
 )
 from generator.measure.statistics import summarize
 from generator.measure.sweep import best_point, plan_sweep, run_sweep
-from generator.spec import LoadTestSpec
+from generator.spec import ResolvedLoadTest
 
 
 def test_comma_lists_are_axes_and_single_values_are_fixed():
@@ -49,7 +49,7 @@ def _result(tps, verdict, client_limited, error_rate) -> LoadTestResult:
         **dict(summary),
         server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
         client=ClientVerdict(client_limited=client_limited, reasons=[], processes=[], lag_limit_ms=10.0),
-        run=RunInfo(title="t", target="t", started_unix=0.0, mode="closed loop", loadtest=LoadTestSpec()),
+        run=RunInfo(title="t", target="t", started_unix=0.0, mode="closed loop", loadtest=ResolvedLoadTest()),
         slo=SloVerdict(verdict=verdict, exit_code=0, terms=[], reason=None) if verdict else None,
     )
 

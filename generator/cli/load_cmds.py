@@ -16,7 +16,7 @@ from generator.cli._app import (
     AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
     spec_overrides, step,
 )
-from generator.errors import SpecError
+from generator.errors import LoadTestError, SpecError
 from generator.repo.manifest import MANIFEST, read_manifest
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
 from generator.spec import Spec, load_spec
@@ -152,10 +152,18 @@ def loadtest(
     load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
             else f"{lt.users} users")
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
+    failed = None
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
-                                  admin_key=admin_key)
+            try:
+                result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                                      admin_key=admin_key)
+            except LoadTestError as exc:  # Locust ran and failed: its logs become the output (tmp is renamed to it)
+                failed = exc
+    if failed is not None:
+        failed.where = failed.where and failed.where.replace(str(tmp), str(output.resolve()))
+        failed.fix += f" (the logs are kept in {output}; pass --force to replace them)"
+        raise failed
     _print_results(result.results, output.resolve())
     if result.results.slo:
         raise typer.Exit(code=result.results.slo.exit_code)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from generator.measure.results import Capacity
+from generator.spec import LoadTestSpec
 
 TARGET_SHARE = 0.7
 """Plan each Locust process for this fraction of its ceiling."""
@@ -68,6 +69,14 @@ def auto_workers(request_rate: Optional[float], output_tokens_mean: int, users: 
     processes = min(workers_for(target, ceiling), max(cores - 1, 1),
                     max(users, 1) if request_rate is None else cores)
     return processes if processes > 1 else 0
+
+
+def resolve_workers(lt: LoadTestSpec, cores: int) -> int:
+    """Worker processes for ``loadtest.workers``; ``auto`` sized by auto_workers from the recorded ceiling
+    (what the measuring side passes to Spec.resolved_loadtest, which sits below the ceiling)."""
+    if lt.workers != "auto":
+        return int(lt.workers)
+    return auto_workers(lt.request_rate, lt.output_tokens_mean, lt.users, cores, recorded_ceiling())
 
 
 def ceiling_text(ceiling: Ceiling) -> str:

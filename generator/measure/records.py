@@ -158,9 +158,11 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
 
     - replacement_char: U+FFFD in the streamed text that the one-piece text does not have (any U+FFFD
       when there is no reference; not judged when the two diverged): a character cut between responses;
-    - empty_chunk: an empty response before the last one that is neither a character held back until
-      its last byte arrived (the next text then starts with a non-ASCII character) nor shown harmless by
-      the one-piece text being equal (a token that decodes to nothing, e.g. a skipped special token);
+    - empty_chunk: an empty response before the last one that is not a character held back until its
+      last byte arrived (the next text then starts with a non-ASCII character), judged only where nothing
+      else explains it: with no one-piece text, or one that differs from the streamed text by streaming
+      damage. An equal one-piece text shows the token decodes to nothing (e.g. a skipped special token); a
+      diverged one came from other tokens, so it says nothing about the streamed text;
     - token_count: the server's summed num_output_tokens differs from the requested length (the users
       ask for exactly max_tokens), exceeds it, or is below the number of responses with text, i.e.
       responses were lost, merged or duplicated on the way;
@@ -176,7 +178,7 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
         failures.append(CHECK_REPLACEMENT)
     following = [next((t for t in texts[i + 1:] if t), "") for i in range(len(texts))]
     unexplained = any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following))
-    if unexplained and comparison != "equal":
+    if unexplained and comparison in (None, "detokenization"):  # equal or diverged: the tokens explain it
         failures.append(CHECK_EMPTY_CHUNK)
     tokens = (rec.get("server") or {}).get("num_output_tokens")
     max_tokens = rec.get("max_tokens")

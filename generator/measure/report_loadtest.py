@@ -144,8 +144,9 @@ def _checks_section(doc: Doc, results: LoadTestResult) -> None:
           f"check. {checks.with_reference} could be compared with the same prompt asked again without streaming "
           f"after the run: {ref.get('equal', 0)} equal, {ref.get('detokenization', 0)} damaged by streaming, "
           f"{ref.get('diverged', 0)} where the engine generated different tokens (not a streaming fault). "
-          f"Empty chunks before the last: {checks.empty_chunks} (harmless when the text equals the one-piece "
-          "text: a held-back character or a token that decodes to nothing).")
+          f"Empty chunks before the last: {checks.empty_chunks} (a failure only where nothing explains them: "
+          "a held-back character, or a one-piece text that is equal (a token that decodes to nothing) or that "
+          "came from other tokens, explains them).")
     doc.table(["check", "failures"], [
         ["no U+FFFD the one-piece text does not have", checks.failures[CHECK_REPLACEMENT]],
         ["no unexplained empty chunk before the last", checks.failures[CHECK_EMPTY_CHUNK]],
@@ -278,7 +279,7 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
             else f"{lt.users} users")
     doc.p(f"Target `{run.target}`, model `{lt.model}` over {lt.protocol}, {run.mode}: {load}, "
           f"{lt.duration_s:g} s, prompts ~{lt.input_tokens_mean} tokens in / {lt.output_tokens_mean} out, "
-          f"seed {lt.seed}, {max(lt.workers, 1)} Locust process(es).")
+          f"seed {lt.seed}, {lt.processes} Locust process(es).")
     c, tp, slo = results.counts, results.throughput, results.slo
     verdicts = []
     if slo:

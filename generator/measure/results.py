@@ -13,7 +13,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from generator.measure.intervals import Interval
-from generator.spec import LoadTestSpec
+from generator.spec import ResolvedLoadTest
 
 
 class Dist(BaseModel):
@@ -329,8 +329,8 @@ class RunInfo(BaseModel):
     started_unix: float
     mode: str
     """``open loop`` or ``closed loop``."""
-    loadtest: LoadTestSpec
-    """The load as run (prompt and tokenizer paths resolved)."""
+    loadtest: ResolvedLoadTest
+    """The load as run (workers counted, model named, prompt and tokenizer paths resolved)."""
 
 
 class LoadTestResult(Summary):

@@ -23,23 +23,15 @@ from typing import Any, Iterator, Optional, Sequence
 
 from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
-from generator.measure.ceiling import auto_workers, capacity, recorded_ceiling
+from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import count_client_tokens, request_inputs
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
-from generator.spec import LoadTestSpec, Spec
+from generator.spec import ResolvedLoadTest, Spec
 
 
 # ---------------------------------------------------------------- workers
-
-
-def resolve_workers(lt: LoadTestSpec, cores: int) -> int:
-    """Worker processes for ``loadtest.workers``; ``auto`` sized from the target rate and the recorded
-    per-process ceiling (ceiling.auto_workers)."""
-    if lt.workers != "auto":
-        return int(lt.workers)
-    return auto_workers(lt.request_rate, lt.output_tokens_mean, lt.users, cores, recorded_ceiling())
 
 
 def available_cores() -> int:
@@ -102,9 +94,10 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     finally:
         group.stop(timeout_s=10)
     if procs[0].returncode != 0:
+        cause = setup_failure(out_dir) or f"Locust exited with code {procs[0].returncode}"
         raise LoadTestError(
-            f"Locust exited with code {procs[0].returncode}:\n{_tail(out_dir / 'locust.log')}",
-            where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above",
+            f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
+            where=str(out_dir / "locust.log"), fix="mend what the first line says; the Locust logs named here hold the rest",
         )
 
 
@@ -120,6 +113,19 @@ def count_tokens_after_run(requests: list[dict[str, Any]], processes: list[dict[
 
     tokenizer = Tokenizer.from_file(str(found))
     count_client_tokens(requests, lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
+
+
+SETUP_FAILED = "tritongen load test setup failed: "
+"""How loadtest/tritonllm.py logs a failed setup (model, tokenizer, prompts) before it stops the run."""
+
+
+def setup_failure(out_dir: Path) -> Optional[str]:
+    """The first setup failure a Locust process logged (the master's log first, then the workers'), if any."""
+    for log in sorted(out_dir.glob("locust*.log")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if SETUP_FAILED in line:
+                return line.split(SETUP_FAILED, 1)[1].strip()
+    return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -216,23 +222,21 @@ def run_loadtest(
         metrics_summary,
         stage_times,
     )
+    from generator.measure.target import resolve_served
     from generator.measure.verdict import client_verdict
     from generator.resources import loadtest_dir
 
     out_dir = Path(out_dir).resolve()
-    lt = spec.loadtest
-    lt = lt.model_copy(update={"workers": resolve_workers(lt, available_cores())})
-    slo_terms = parse_slo(lt.slo) if lt.slo else None
-    for name in ("prompts", "trace"):
-        if getattr(lt, name) is not None:
-            lt = lt.model_copy(update={name: spec.path(getattr(lt, name))})
-    lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
-    if lt.openai and lt.tokenizer is None:
+    slo_terms = parse_slo(spec.loadtest.slo) if spec.loadtest.slo else None
+    if spec.loadtest.openai and spec.loadtest_tokenizer is None:
         raise SpecError("an OpenAI-compatible server names no tokenizer folder", where="loadtest.tokenizer",
                         fix="pass --tokenizer DIR: a folder with the served model's tokenizer.json")
     records = out_dir / "records.jsonl"
     started = time.time()
-    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key, lt.openai) as endpoints:
+    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key,
+                 spec.loadtest.openai) as endpoints:
+        lt = resolve_served(spec, endpoints.http_url, cores=available_cores(), ask_model=repo_dir is None,
+                            admin_key=endpoints.admin_key)
         options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
         triton = not lt.openai  # Triton's statistics API and one-piece generate exist only there
         before = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
@@ -292,9 +296,10 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
-    count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
+    lt = spec.resolved_loadtest(workers=len(processes) if len(processes) > 1 else 0)  # the processes that ran
+    count_tokens_after_run(requests, processes, lt.tokenizer)
     summary = summarize(requests)
-    open_loop = spec.loadtest.open_loop
+    open_loop = lt.open_loop
     client = client_verdict(processes, summary.latency_ms, open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
@@ -303,7 +308,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                    mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest),
+                    mode="open loop" if open_loop else "closed loop", loadtest=lt),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

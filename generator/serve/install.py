@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from generator.errors import ToolMissing
-from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, GRPC_ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
+from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
 
 RUN_EXIT_TIMEOUT_S = 2
 """``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""

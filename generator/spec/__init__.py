@@ -1,6 +1,7 @@
 """The typed spec every stage reads (``schema``, its sections in ``build``, ``serving``, ``loadtest``), how it is
 loaded (``load``) and documented (``doc``)."""
 
+from generator.spec.loadtest import ResolvedLoadTest
 from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
 from generator.spec.schema import (
     REFERENCE_MODEL,
@@ -23,7 +24,7 @@ from generator.spec.schema import (
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
-    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
-    "Spec", "TopologySpec", "TuneSpec",
+    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ResolvedLoadTest",
+    "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]

@@ -135,3 +135,29 @@ class LoadTestSpec(Section):
         if self.openai_body is not None and not self.openai:
             raise ValueError("loadtest.openai_body applies to the openai-chat and openai-completions protocols")
         return self
+
+
+class ResolvedLoadTest(LoadTestSpec):
+    """The load test as it runs: ``loadtest`` with every value it leaves open decided (``Spec.resolved_loadtest``).
+
+    The local run, the distributed run, ``--records`` and the in-cluster manifest all take this type, so none of
+    them meets ``workers: auto``, an unnamed Triton model or a relative path.
+    """
+
+    workers: int = Field(0, ge=0)
+    """Locust worker processes under one master as run (0: a single process)."""
+
+    model: Optional[str] = None
+    """The model the users call; None only on an OpenAI-compatible server (its first listed model)."""
+
+    @property
+    def processes(self) -> int:
+        """Locust processes that send requests: the workers, or the single process."""
+        return max(self.workers, 1)
+
+
+def worker_count(workers: Union[int, str], cores: int) -> int:
+    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
+    if workers != "auto":
+        return int(workers)
+    return cores if cores > 1 else 0
