@@ -282,9 +282,9 @@ def test_slo_syntax_errors_are_user_errors(text, message):
 
 def test_slo_units():
     terms = parse_slo("ttft_p95<0.5s, itl_p99<=800us ,error_rate<0.1%,output_tokens_per_s>100")
-    assert [(t.metric, t.stat, t.op, t.limit) for t in terms] == [
-        ("ttft", "p95", "<", 500.0), ("itl", "p99", "<=", 0.8), ("error_rate", None, "<", 0.001),
-        ("output_tokens_per_s", None, ">", 100.0)]
+    assert [(t.metric.name, t.metric.unit, t.op, t.limit) for t in terms] == [
+        ("ttft_p95", "ms", "<", 500.0), ("itl_p99", "ms", "<=", 0.8), ("error_rate", "fraction", "<", 0.001),
+        ("output_tokens_per_s", "per s", ">", 100.0)]
 
 
 def _client(limited: bool, lag_p99_ms: float = 1.0) -> ClientVerdict:

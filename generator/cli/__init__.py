@@ -15,6 +15,7 @@ from generator.errors import ServerError, TritongenError
 # Command groups register themselves on `app` when imported.
 from generator.cli import (  # noqa: E402,F401
     demo_cmds,
+    gate_cmds,
     load_cmds,
     model_cmds,
     plan_cmds,

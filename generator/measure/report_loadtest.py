@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from generator.fsutil import atomic_write_text
+from generator.measure.metrics import LATENCIES
 from generator.measure.records import CHECK_EMPTY_CHUNK, CHECK_REFERENCE, CHECK_REPLACEMENT, CHECK_TOKEN_COUNT
 from generator.measure.report_doc import Doc, pyplot
 from generator.measure.results import ClientVerdict, Dist, Latency, LoadTestResult, SloVerdict, TermOutcome
@@ -24,10 +25,6 @@ from generator.measure.verdict import (
     LATENESS_P99_LIMIT_MS,
 )
 
-LATENCY_ROWS = (
-    ("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"), ("e2e", "End-to-end"),
-    ("lateness", "Send lateness"),
-)
 STAT_COLS = ("mean", "p50", "p90", "p95", "p99", "max")
 
 
@@ -36,7 +33,7 @@ def _stats(d: Dist) -> list[float]:
 
 
 def _latency_table(doc: Doc, latency: Latency) -> None:
-    rows = [[label, *_stats(d), d.count] for key, label in LATENCY_ROWS if (d := getattr(latency, key))]
+    rows = [[lat.label, *_stats(d), d.count] for lat in LATENCIES if lat.shown and (d := getattr(latency, lat.key))]
     doc.table(["ms", *STAT_COLS, "samples"], rows)
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from generator.fsutil import atomic_write_text
+from generator.measure.metrics import LATENCY_BY_KEY
 from generator.measure.report_doc import Doc, interval_cell, pyplot
 from generator.measure.results import BestPoint, Dist, PointStatus, SweepPoint, SweepResult, Verdict
 
@@ -94,7 +95,8 @@ def _sweep_plots(doc: Doc, rows: list[PointRow]) -> None:
     if not done:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, title in ((axes[0], "ttft", "TTFT"), (axes[1], "itl", "ITL per gap")):
+    for ax, metric in ((axes[0], "ttft"), (axes[1], "itl")):
+        title = LATENCY_BY_KEY[metric].label
         for pct, marker in (("p50", "o-"), ("p95", "s--")):
             pts = [(r.output_tokens_per_s, y, f"{r.point} (n={r.requests})" if r.requests else r.point)
                    for r in done if (y := getattr(r, f"{metric}_{pct}_ms"))]
@@ -110,7 +112,8 @@ def _sweep_plots(doc: Doc, rows: list[PointRow]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(done))
-    for ax, metric, title in ((axes[0], "ttft", "TTFT"), (axes[1], "itl", "ITL per gap")):
+    for ax, metric in ((axes[0], "ttft"), (axes[1], "itl")):
+        title = LATENCY_BY_KEY[metric].label
         for i, pct in enumerate(("p50", "p95", "p99")):
             ax.bar(x + (i - 1) * 0.27, [getattr(r, f"{metric}_{pct}_ms") or 0 for r in done], width=0.27, label=pct)
         ax.set_xticks(x, [f"{r.point} (n={r.requests})" if r.requests else r.point for r in done], rotation=20,

@@ -8,7 +8,7 @@ are keyed by data (model names, metric names, check names), not by figure.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
@@ -322,6 +322,27 @@ class SloVerdict(BaseModel):
 # ---------------------------------------------------------------- one load test, one sweep
 
 
+class RunIdentity(BaseModel):
+    """What two runs must share to be compared (compare.comparability), recorded when the run is made."""
+
+    load: dict[str, Any]
+    """The load's own fields (users or rate, lengths, duration, seed, ...): identity.LOAD_FIELDS."""
+    settings: dict[str, Any]
+    """How the load was sent and measured: identity.SETTING_FIELDS."""
+    prompts: Optional[str]
+    """sha256 of the prompts or trace file; None for synthetic prompts (the load's seed and the tokenizer fix them)."""
+    tokenizer: Optional[str]
+    """sha256 of the tokenizer.json that made the prompts and counted tokens; None when it was not found."""
+    model: str
+    """The Triton model the users called."""
+    model_source: Optional[str]
+    """The spec's model.source recorded in the repository's tritongen.json; None without one (--url)."""
+    server: dict[str, Any] = {}
+    """The served settings from tritongen.json (engine target, batch size, build limits): reported as
+    what changed between two runs, never a reason they cannot be compared (that change is the release)."""
+    tritongen_version: str
+
+
 class RunInfo(BaseModel):
     title: str
     target: str
@@ -331,6 +352,8 @@ class RunInfo(BaseModel):
     """``open loop`` or ``closed loop``."""
     loadtest: ResolvedLoadTest
     """The load as run (workers counted, model named, prompt and tokenizer paths resolved)."""
+    identity: Optional[RunIdentity] = None
+    """None in results written before compare existed."""
 
 
 class LoadTestResult(Summary):

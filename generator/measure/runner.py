@@ -28,7 +28,7 @@ from generator.measure.locustconf import locust_commands, locust_conf_text, locu
 from generator.measure.records import count_client_tokens, request_inputs
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
 from generator.serve.endpoints import Endpoints
-from generator.spec import ResolvedLoadTest, Spec
+from generator.spec import Spec
 
 
 # ---------------------------------------------------------------- workers
@@ -205,13 +205,16 @@ def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
     title: Optional[str] = None, admin_key: Optional[str] = None, report: bool = True,
+    manifest_dir: Optional[Path] = None,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
     ``report=False`` skips the report pages (tune's many short rounds keep only results.json and records).
     ``locust_prefix`` wraps the Locust commands (e.g. ``taskset -c 0 nice -n 19``) to constrain the load
-    generator, as the client-bottleneck test does.
+    generator, as the client-bottleneck test does. ``manifest_dir``: the repository a ``url`` server
+    serves, when known, so the run records what was served (identity.run_identity).
     """
+    from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.slo import evaluate, parse_slo
     from generator.measure.statistics import split_vs_stages, summarize
@@ -269,7 +272,7 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
-                    loadtest=lt),
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir)),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
     if report:
@@ -284,6 +287,7 @@ def run_loadtest(
 def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
     """The report of a run recorded elsewhere (the in-cluster Locust master's records.jsonl): the same
     statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
+    from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.statistics import summarize
     from generator.measure.verdict import client_verdict
@@ -308,7 +312,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                    mode="open loop" if open_loop else "closed loop", loadtest=lt),
+                    mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None)),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

@@ -135,7 +135,7 @@ def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, 
         progress(f"{label}: load test")
         return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                             metrics_url=server.metrics_url, title=f"Sweep point {label}",
-                            admin_key=server.admin_key).results
+                            admin_key=server.admin_key, manifest_dir=repo).results
 
 
 def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,

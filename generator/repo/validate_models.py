@@ -23,7 +23,7 @@ _INT_PARAMS = {
     "iter_stats_max_iterations", "request_stats_max_iterations", "lora_cache_optimal_adapter_size",
     "lora_cache_max_adapter_size", "lora_cache_host_memory_bytes", "cuda_graph_cache_size", "num_nodes",
     "max_num_images", "tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
-    "cpu_threads", "cpu_max_batch_tokens", "max_queue_size", "max_output_len",
+    "cpu_threads", "cpu_max_batch_tokens", "max_queue_size", "max_output_len", "cpu_step_delay_ms",
 }
 _FRACTION_PARAMS = {"kv_cache_free_gpu_mem_fraction", "cross_kv_cache_fraction", "lora_cache_gpu_memory_fraction",
                     "gpu_weights_percent"}

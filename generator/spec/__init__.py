@@ -9,6 +9,7 @@ from generator.spec.schema import (
     BuildSpec,
     CalibrationSpec,
     EngineTarget,
+    GateSpec,
     KVCacheFormat,
     KubernetesSpec,
     LoadTestSpec,
@@ -23,7 +24,7 @@ from generator.spec.schema import (
 )
 
 __all__ = [
-    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "GateSpec",
     "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ResolvedLoadTest",
     "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",

@@ -114,6 +114,10 @@ class LoadTestSpec(Section):
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
 
+    repeat: int = Field(1, ge=1, le=100)
+    """Run the same seeded load this many times on the same server, every run kept (OUT/run-01, ...); the
+    report gives each figure's run-to-run spread and interval, which a release gate needs."""
+
     @property
     def open_loop(self) -> bool:
         """Whether sends follow a schedule (request_rate or a trace) rather than closed-loop users."""
@@ -161,3 +165,19 @@ def worker_count(workers: Union[int, str], cores: int) -> int:
     if workers != "auto":
         return int(workers)
     return cores if cores > 1 else 0
+
+
+class GateSpec(Section):
+    """The regression gate: a load test compared with a saved baseline (``tritongen baseline save``)."""
+
+    baseline: Optional[Path] = None
+    """Baseline file (or load-test folder) that ``tritongen loadtest`` compares its run with."""
+
+    max_change: Optional[str] = None
+    """Largest change each metric may show against the baseline, e.g. ``ttft_p95:+10%,throughput:-5%``
+    (latencies and throughput relative; rates such as ``error_rate:+0.5%`` in percentage points). A term
+    fails (exit 1) only when its whole confidence interval lies beyond the limit, passes when the whole
+    interval lies within it, and is inconclusive (exit 3) otherwise."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Coverage of the intervals that compare and the gate use."""

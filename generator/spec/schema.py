@@ -18,13 +18,13 @@ from generator.spec.build import (
     REFERENCE_MODEL, BuildSpec, CalibrationSpec, EngineTarget, KVCacheFormat, ModelSpec, PluginOverrides, QuantFormat,
     QuantizationSpec,
 )
-from generator.spec.loadtest import LoadTestSpec, ResolvedLoadTest, worker_count
+from generator.spec.loadtest import GateSpec, LoadTestSpec, ResolvedLoadTest, worker_count
 from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
 from generator.spec.tune import TuneSpec
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
-    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
+    "GateSpec", "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
     "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
 ]
 
@@ -69,6 +69,9 @@ class Spec(Section):
 
     tune: TuneSpec = Field(default_factory=TuneSpec)
     """How ``tritongen tune`` searches each setting's goodput under loadtest.slo."""
+
+    gate: GateSpec = Field(default_factory=GateSpec)
+    """Release gate: the baseline a load test is compared with and the largest change allowed."""
 
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     """Where stage outputs go."""
@@ -160,10 +163,11 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for name in ("prompts", "tokenizer", "trace"):
-            value = getattr(self.loadtest, name)
+        for section, name in (("loadtest", "prompts"), ("loadtest", "tokenizer"), ("loadtest", "trace"),
+                              ("gate", "baseline")):
+            value = getattr(getattr(self, section), name)
             if value is not None:
-                named[f"loadtest.{name}"] = self.path(value)
+                named[f"{section}.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
