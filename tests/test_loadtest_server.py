@@ -155,13 +155,16 @@ finally:
 
 
 def test_load_generator_with_a_small_cpu_share_is_flagged(cpu_spec, cpu_server, tmp_path):
-    """Locust held to 30% of a core: its event loop wakes late, so the run is client-limited and an SLO
-    on it can only be inconclusive (or fail by more than the client's own error)."""
+    """Locust pinned to one core and held to 30% of it: its event loop wakes 70 ms late, beyond the lag
+    limit even of a process below half a core, so the run is client-limited and an SLO on it can only be
+    inconclusive (or fail by more than the client's own error)."""
+    pinned = ("taskset", "-c", str(min(os.sched_getaffinity(0))))
     res = run(cpu_spec, tmp_path, cpu_server, "loadtest.users=2", "loadtest.duration_s=3",
-              "loadtest.slo=ttft_p99<120s", locust_prefix=(sys.executable, "-c", CPU_SHARE, "0.3")).results
+              "loadtest.slo=ttft_p99<120s", locust_prefix=(*pinned, sys.executable, "-c", CPU_SHARE, "0.3")).results
     client = res.client
     assert client.client_limited, client
     assert any("event-loop lag" in r for r in client.reasons)
+    assert client.processes[0].wait is not None and client.processes[0].demand > 0  # Linux schedstat was read
     assert res.slo.verdict is Verdict.INCONCLUSIVE and res.slo.exit_code == 3
 
 

@@ -251,6 +251,11 @@ class ProcessHealth(BaseModel):
     cpu: float
     """Mean CPU, as a share of one core."""
     cpu_max: float
+    demand: float = 0.0
+    """What its event loop wanted, as a share of one core: on a CPU or runnable and waiting for one (median
+    of its seconds; its mean CPU in records of an older load generator)."""
+    wait: Optional[float] = None
+    """Share of the run its event loop was runnable but waiting for a CPU (None where Linux keeps no schedstat)."""
     lag_p99_ms: float
     lag_max_ms: float
 

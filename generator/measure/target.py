@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from generator.errors import SpecError
+from generator.measure.ceiling import resolve_workers
 from generator.serve.client import ServerRequestError, model_config
 from generator.serve.dialect import config_param
 from generator.spec import Spec
@@ -48,11 +49,12 @@ def resolve_served(spec: Spec, http_url: str, *, cores: int, ask_model: bool,
     serves (``--url``), so an unset ``loadtest.model`` is the server's entry model."""
     from generator.serve.smoke_run import entry_model
 
+    workers = resolve_workers(spec.loadtest, cores)
     if spec.loadtest.openai:  # no Triton configs to ask: the users take the server's first model unless told
-        return spec.resolved_loadtest(cores=cores)
+        return spec.resolved_loadtest(workers=workers)
     given = spec.loadtest.model
     served_model = entry_model(http_url, None, admin_key) if ask_model and given is None else None
-    lt = spec.resolved_loadtest(cores=cores, served_model=served_model)
+    lt = spec.resolved_loadtest(workers=workers, served_model=served_model)
     try:
         config = model_config(http_url, lt.model)
     except (ServerRequestError, OSError, ValueError) as exc:
@@ -68,7 +70,7 @@ def resolve_served(spec: Spec, http_url: str, *, cores: int, ask_model: bool,
                             "its config, its preprocessing model's or its engine model's", where="--tokenizer",
                             fix=TOKENIZER_FIX)
         folder, named_by = found
-        lt = spec.resolved_loadtest(cores=cores, served_model=served_model, served_tokenizer=folder)
+        lt = spec.resolved_loadtest(workers=workers, served_model=served_model, served_tokenizer=folder)
         source = f"the tokenizer_dir parameter of model {named_by!r}"
     if not (lt.tokenizer / "tokenizer.json").is_file():
         raise SpecError(f"no tokenizer.json in {lt.tokenizer} ({source}; is the server on another machine?)",

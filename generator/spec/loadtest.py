@@ -97,9 +97,11 @@ class LoadTestSpec(Section):
     """Requests sent and discarded before measuring."""
 
     workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = 0
-    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: one per
-    core this process may run on (os.sched_getaffinity), a single process when that is one core. A Locust
-    process uses at most one core: its measured ceiling is in docs/benchmarks.md."""
+    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: as many as
+    the load needs at 70% of the measured per-process ceiling (open loop: request_rate times the mean answer
+    length; closed loop: the most one Triton server streamed), at most one per user and per core beside the
+    master; one process when one is enough. A Locust process uses at most one core: its measured ceiling is
+    in docs/benchmarks.md."""
 
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its

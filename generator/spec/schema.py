@@ -190,8 +190,8 @@ class Spec(Section):
     def resolved_loadtest(self, *, cores: int = 1, workers: Optional[int] = None, served_model: Optional[str] = None,
                           served_tokenizer: Optional[Path] = None) -> ResolvedLoadTest:
         """The load test as it runs. ``workers``: the processes that ran or will run, when something other than
-        ``loadtest.workers`` decides it (records of a run, the in-cluster manifest); else ``auto`` means one per
-        core of ``cores``. ``served_model`` / ``served_tokenizer``: what a running server says, used where the
+        ``loadtest.workers`` decides it (records of a run, the in-cluster manifest, and ``auto`` sized from the
+        recorded ceiling by measure/ceiling.resolve_workers); else ``auto`` means one per core of ``cores``. ``served_model`` / ``served_tokenizer``: what a running server says, used where the
         spec leaves the field unset (the model before the spec's target, the tokenizer after it)."""
         lt = self.loadtest
         return ResolvedLoadTest.model_validate(dict(
