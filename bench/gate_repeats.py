@@ -13,8 +13,8 @@ log figure (σ, ≈ CV). From σ, with Welch's interval over n runs a side (as c
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,4 +64,8 @@ def main(folder: Path, skip: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a `tritongen loadtest --repeat N` output folder")
+    parser.add_argument("skip", type=int, nargs="?", default=0, help="leave out this many first runs")
+    args = parser.parse_args()
+    main(args.run, args.skip)

@@ -523,9 +523,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, help="also write the JSON summary here (and the server log beside it)")
     args = parser.parse_args()
+    from generator.repo.manifest import read_manifest
+
     target = args.target
-    if target is None and args.repo and (args.repo / "tritongen.json").is_file():
-        target = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8")).get("target")
+    manifest = read_manifest(args.repo) if target is None and args.repo else None
+    if manifest is not None:
+        target = manifest.target.value
     target = "llmapi" if target == "llmapi" else "ensemble"
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         repo = args.repo or _demo_repo(Path(tmp), target)
