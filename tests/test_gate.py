@@ -291,3 +291,30 @@ def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
     assert itl.baseline == pytest.approx(6.0) and itl.candidate == pytest.approx(10.0)
     assert itl.verdict is Change.WORSE and itl.difference.low <= 4.0 <= itl.difference.high
     assert "per-request bootstrap" in itl.method
+
+
+def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
+    from generator.measure.intervals import Interval
+    from generator.measure.runner import report_records
+    from generator.measure.tune_results import Choice, Goodput, SettingResult, SettingStatus, TuneResult
+    from generator.spec import load_spec
+
+    spec = load_spec(None, ["loadtest.users=4"])
+    single = tmp_path / "single"
+    single.mkdir()
+    report_records(spec, _records(tmp_path / "a.jsonl", 5), single)
+    tune = tmp_path / "tune"
+    for load, gap in ((4, 9), (8, 30)):  # the goodput level (4 users) and a failed level above it
+        (tune / "settings" / "1" / "levels" / f"{load}-0").mkdir(parents=True)
+        report_records(spec, _records(tmp_path / f"t{load}.jsonl", gap), tune / "settings" / "1" / "levels" / f"{load}-0")
+    iv = Interval(estimate=1.0, low=0.9, high=1.0, confidence=0.95, n=30, method="wilson")
+    winner = SettingResult(label="max_batch_size=16", overrides=[], dir="settings/1", gpus=1, status=SettingStatus.MEASURED,
+                           goodput=Goodput(load=4, requests=30, requests_per_s_per_gpu=iv,
+                                           output_tokens_per_s_per_gpu=iv, attainment=iv, ttft_p95_ms=None, itl_p95_ms=None))
+    (tune / "tune.json").write_text(TuneResult(
+        slo="itl_p95<50ms", attainment=0.95, mode="closed loop", settings=[winner], front=[winner.label],
+        best=Choice(label=winner.label, overrides=[], reason="only one"), runner_up=None, budget_min=None,
+        elapsed_s=1.0).model_dump_json())
+    assert baseline.run_folders(tune) == [tune / "settings" / "1" / "levels" / "4-0"]
+    itl = compare(baseline.load(single), baseline.load(tune)).get("itl_p50")
+    assert itl.candidate == pytest.approx(10.0) and itl.verdict is Change.WORSE

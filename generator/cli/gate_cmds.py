@@ -1,7 +1,7 @@
 """Release-gate commands: `tritongen compare` and `tritongen baseline save`, and the gate step of `loadtest`.
 
 A baseline is what a team commits next to its spec (generator/measure/evidence.py says what it holds and
-why); `compare` and `loadtest --baseline` read it, or a load-test / repeat / sweep folder in its place.
+why); `compare` and `loadtest --baseline` read it, or a load-test / repeat / sweep / tune folder in its place.
 Exit codes follow the SLO gate's: 0 pass, 1 a confirmed regression (or SLO violation), 3 inconclusive.
 """
 
@@ -128,8 +128,8 @@ def finish(slo_runs: SloRuns, comparison: Optional[Comparison], gate: Optional[G
 
 @app.command("compare")
 def compare_cmd(
-    baseline: Annotated[Path, typer.Argument(help="Baseline: a baseline file, or a load-test, repeat or sweep folder.")],
-    candidate: Annotated[Path, typer.Argument(help="Candidate: a load-test, repeat or sweep folder (or a baseline file).")],
+    baseline: Annotated[Path, typer.Argument(help="Baseline: a baseline file, or a load-test, repeat, sweep or tune folder.")],
+    candidate: Annotated[Path, typer.Argument(help="Candidate: a load-test, repeat, sweep or tune folder (or a baseline file).")],
     gate: Gate = None,
     spec_path: Annotated[Optional[Path], typer.Option("--spec", help="Spec whose gate section applies.")] = None,
     junit: Junit = None,
@@ -151,7 +151,7 @@ def compare_cmd(
 
 @baseline_app.command("save")
 def baseline_save(
-    run: Annotated[Path, typer.Argument(help="A load-test, repeat (--repeat) or sweep output folder.")],
+    run: Annotated[Path, typer.Argument(help="A load-test, repeat (--repeat), sweep or tune output folder.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Baseline file to write.")] = Path("baseline.json"),
     force: Force = False,
 ) -> None:

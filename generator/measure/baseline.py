@@ -45,7 +45,8 @@ def _read_result(folder: Path) -> LoadTestResult:
 
 
 def run_folders(folder: Path) -> list[Path]:
-    """The load-test folders a path holds: itself, its run-NN/ repeats, or a sweep's best point."""
+    """The load-test folders a path holds: itself, its run-NN/ repeats, a sweep's best point, or a tune's
+    winner at its goodput level."""
     if (folder / "results.json").is_file():
         return [folder]
     repeats = sorted(p for p in folder.glob("run-*") if (p / "results.json").is_file())
@@ -60,8 +61,27 @@ def run_folders(folder: Path) -> list[Path]:
             raise ArtifactMissing(f"the sweep in {folder} has no best point to compare", where=str(folder / "points.json"),
                                   fix=f"compare one point's folder instead, e.g. {folder / 'points' / '0'}")
         return run_folders(folder / "points" / Path(best.dir).name)
+    if (folder / "tune.json").is_file():
+        return _tune_goodput_runs(folder)
     raise ArtifactMissing(f"{folder} holds no load-test results", where=str(folder),
-                          fix="pass a `tritongen loadtest`/`sweep` output folder or a baseline file")
+                          fix="pass a `tritongen loadtest`/`sweep`/`tune` output folder or a baseline file")
+
+
+def _tune_goodput_runs(folder: Path) -> list[Path]:
+    """A tune's winner at its goodput level: every round measured there is one run."""
+    from generator.measure.tune_results import TuneResult
+
+    tune = TuneResult.model_validate_json((folder / "tune.json").read_text(encoding="utf-8"))
+    best = next((s for s in tune.settings if tune.best and s.label == tune.best.label and s.goodput), None)
+    if best is None:
+        raise ArtifactMissing(f"the tune in {folder} found no setting that met the SLO", where=str(folder / "tune.json"),
+                              fix="compare a load-test folder instead, or tune with a looser --slo")
+    levels = folder / "settings" / Path(best.dir).name  # written as settings/N (absolute by earlier versions)
+    rounds = sorted(p for p in (levels / "levels").glob(f"{best.goodput.load:g}-*") if (p / "results.json").is_file())
+    if not rounds:
+        raise ArtifactMissing(f"the rounds of {best.label} at load {best.goodput.load:g} are not in {levels}",
+                              where=str(levels), fix="compare the tune folder as written by tritongen tune")
+    return rounds
 
 
 def from_folder(folder: Path) -> Evidence:

@@ -181,7 +181,8 @@ def tune_setting(spec: Spec, overrides: list[str], label: str, out: Path, *, gpu
     from generator.serve.server import TritonServer
 
     started = time.monotonic()
-    result = SettingResult(label=label, overrides=overrides, dir=str(out), gpus=1, status=SettingStatus.MEASURED)
+    result = SettingResult(label=label, overrides=overrides, dir=f"{out.parent.name}/{out.name}", gpus=1,
+                           status=SettingStatus.MEASURED)
     try:
         pspec = with_overrides(spec, overrides)
         lt = pspec.loadtest

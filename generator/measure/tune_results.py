@@ -48,6 +48,7 @@ class SettingResult(BaseModel):
     label: str
     overrides: list[str]
     dir: str
+    """The setting's folder, relative to the tune output (settings/N; empty when nothing was measured)."""
     gpus: int
     """GPUs one server of this setting uses (tp x pp x instances; 1 for the CPU engine)."""
     status: SettingStatus
