@@ -16,9 +16,10 @@ class LoadTestSpec(Section):
     protocol: Literal["http-stream", "grpc-stream", "http"] = "grpc-stream"
     """Client protocol: HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP generate."""
 
-    model: Optional[str] = None
+    model: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     """Model the users call. None means the repository's entry model: ensemble, or tensorrt_llm (the
-    LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path."""
+    LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path.
+    Letters, digits, ``_``, ``.`` and ``-`` only: the name goes into URLs and Locust's config file."""
 
     users: int = Field(16, ge=1)
     """Concurrent users (closed loop), when request_rate is not set."""
