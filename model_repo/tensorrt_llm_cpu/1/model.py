@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_engine import CpuEngine, load_model  # noqa: E402
 from engine_settings import MODEL, EngineSettings  # noqa: E402
 from model_common import RequestError, parameters, triton_error  # noqa: E402
-from trtllm_io import parse_request  # noqa: E402
+from trtllm_io import parse_request, stop_prompt  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -132,8 +132,24 @@ class _Metrics:
         self.families.clear()
 
 
+def _end_with_the_server(period_s: float = 0.5) -> None:
+    """Exit this stub as soon as tritonserver (its parent) is gone. The Python backend ignores SIGTERM
+    in stubs and notices a dead server late, and this engine's threads keep the interpreter alive: run
+    by hand (launch.sh), a stub outlived a killed server by minutes. Under tritongen the process group
+    ends anyway."""
+    server = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(period_s)
+        os._exit(0)  # nothing left to answer; the server's shared memory is its own to clean
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
 class TritonPythonModel:
     def initialize(self, args):
+        _end_with_the_server()
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         settings = EngineSettings.from_parameters(parameters(config), config.get("max_batch_size", 1))
@@ -177,7 +193,7 @@ class TritonPythonModel:
         tensors = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
         stop = tensors.get("stop")
         if stop is not None and stop.size and bool(stop.reshape(-1)[0]):
-            self.engine.stop_request(request.request_id())
+            self.engine.stop_request(request.request_id(), stop_prompt(tensors))
             sink.send(None, final=True)  # the C++ backend also answers a stop request with an empty response
             return
         try:
