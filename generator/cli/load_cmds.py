@@ -56,6 +56,12 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
         out.print("TTFT split (mean ms): " + ", ".join(f"{k} {split.parts[k].mean:.1f}" for k in split.ttft_parts))
     if results.client.client_limited:
         console.print("[yellow]load generator was the limit:[/] " + escape("; ".join(results.client.reasons)))
+    integrity = results.run.integrity
+    if integrity.rejected_messages:
+        console.print(f"[red]the Locust master rejected {sum(integrity.rejected_messages.values())} messages not "
+                      f"from a worker of this run:[/] {escape(str(integrity.rejected_messages))}")
+    if integrity.incomplete:
+        console.print(f"[red]run incomplete:[/] {escape(integrity.incomplete)} (the records received are kept)")
     if results.slo:
         _print_slo(results.slo)
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, results.json, records.jsonl)")
@@ -151,6 +157,8 @@ def loadtest(
             result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
                                   admin_key=admin_key)
     _print_results(result.results, output.resolve())
+    if result.results.run.integrity.incomplete:
+        raise typer.Exit(code=EXIT_FAIL)
     if result.results.slo:
         raise typer.Exit(code=result.results.slo.exit_code)
     if not result.results.counts.ok:

@@ -81,7 +81,12 @@ def loadtest_values(spec: Spec) -> dict:
             [{"key": "locust.conf", "path": "locust.conf"}, {"key": "requirements.txt", "path": "requirements.txt"}]
     install = f"pip install --quiet --user -r {MOUNT}/requirements.txt"
     master = f"{k.name}-locust-master"
+    token_secret = f"{k.name}-loadtest-token"
+    token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
+    # the Job ends even if the run hangs: the run, its last requests, and 10 minutes to start (pip, pods)
+    deadline_s = int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
     return {
+        "token_secret": token_secret, "token_env": token_env, "deadline_s": deadline_s,
         "name": k.name, "namespace": k.namespace, "image": LOCUST_IMAGE, "files": files, "items": items,
         "mount": MOUNT, "workers": k.locust_workers, "master": master, "master_port": MASTER_PORT,
         "artifacts": str(artifacts_mount(spec)), "volume_claim": k.volume_claim, "records": str(records),

@@ -295,6 +295,16 @@ class SloVerdict(BaseModel):
 # ---------------------------------------------------------------- one load test, one sweep
 
 
+class RunIntegrity(BaseModel):
+    """What the distributed Locust master recorded about the run itself (loadtest/distributed.py)."""
+
+    incomplete: Optional[str] = None
+    """Why the run ended early (a worker lost); None for a whole run. Its records are kept."""
+    lost_workers: list[int] = []
+    rejected_messages: dict[str, int] = {}
+    """Messages refused by type: sent to the master by something that is not a worker of this run."""
+
+
 class RunInfo(BaseModel):
     title: str
     target: str
@@ -304,6 +314,7 @@ class RunInfo(BaseModel):
     """``open loop`` or ``closed loop``."""
     loadtest: LoadTestSpec
     """The load as run (prompt and tokenizer paths resolved)."""
+    integrity: RunIntegrity = RunIntegrity()
 
 
 class LoadTestResult(Summary):
