@@ -24,10 +24,11 @@ PURE = (
     "generator.spec", "generator.spec.*",
     "generator.engine.gpus", "generator.engine.plan*", "generator.engine.shape", "generator.engine.memory",
     "generator.engine.flags", "generator.engine.facts", "generator.engine.compare", "generator.engine.calibration",
+    "generator.engine.rules",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck", "generator.model.manifest",
     "generator.serve.dialect", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
-    "generator.measure.verdict", "generator.measure.slo",
+    "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib.request", "urllib.error", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")

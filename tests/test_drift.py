@@ -133,7 +133,7 @@ CASES = {
     "KV-cache cap larger than the GPU can hold": Case(
         lambda d: (setattr(d, "spec", with_overrides(d.spec, ["serving.max_tokens_in_paged_kv_cache=10000000"])),
                    d.render()),
-        lambda d: d.trt_config, "max_tokens_in_paged_kv_cache 10000000 is more KV cache than one rtx-5090 holds", "set"),
+        lambda d: d.trt_config, "max_tokens_in_paged_kv_cache=10000000 is more KV cache than one NVIDIA GeForce RTX 5090 holds", "set"),
     "config.pbtxt max_batch_size raised by hand": Case(
         lambda d: d.edit(d.trt_config, "max_batch_size: 32", "max_batch_size: 64"), lambda d: d.trt_config,
         "max_batch_size 64 exceeds the engine's 32", "set"),

@@ -183,7 +183,7 @@ def test_batch_size_comes_from_the_engine(tokenizer_weights_dir, tmp_path, build
     assert err.value.where.endswith("config.json")
     more = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=32",
                       "serving.max_batch_size=16")
-    with pytest.raises(TritongenError, match="serving.max_batch_size is 16 but the engine was built with max_batch_size 8"):
+    with pytest.raises(TritongenError, match="max_batch_size 16 exceeds the engine's 8"):
         render.plan_repository(more)
 
 

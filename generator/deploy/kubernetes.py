@@ -18,7 +18,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict
 
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT
-from generator.deploy.topology import GIB, Topology
+from generator.deploy.topology import Topology
+from generator.engine.memory import GIB
 from generator.errors import PlanRefused
 from generator.resources import data_json
 from generator.spec import EngineTarget, Spec

@@ -19,10 +19,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from generator.engine.rules import errors, memory_fits, parallel_layout
 from generator.errors import PlanRefused
 from generator.spec import EngineTarget, Spec
 
-GIB = 1 << 30
 
 Launcher = Literal["tritonserver", "mpirun"]
 EngineMode = Literal["leader", "orchestrator", "none"]
@@ -148,15 +148,7 @@ def topology_refusals(spec: Spec, target: EngineTarget, shape: Any = None, gpu: 
                 out.append(f"topology.mode=orchestrator spawns ranks on one node, but an instance of {ranks} ranks spans "
                            f"{math.ceil(ranks / gpn)} nodes: use topology.mode=leader (or auto)")
     if shape is not None:
-        if shape.num_heads % tp:
-            out.append(f"build.tp_size {tp} does not divide the model's {shape.num_heads} attention heads: use a tp_size "
-                       f"among {_divisors(shape.num_heads)}")
-        if shape.num_kv_heads % tp and tp % shape.num_kv_heads:
-            out.append(f"build.tp_size {tp} and the model's {shape.num_kv_heads} KV heads: one must divide the other "
-                       f"(TensorRT-LLM splits KV heads across tp or replicates them): use a tp_size among "
-                       f"{sorted(set(_divisors(shape.num_kv_heads)) | {shape.num_kv_heads * k for k in (2, 4, 8)})}")
-        if pp > shape.num_layers:
-            out.append(f"build.pp_size {pp} exceeds the model's {shape.num_layers} layers: use at most {shape.num_layers}")
+        out += [f.text for f in errors(parallel_layout(tp, pp, shape))]
     return out
 
 
@@ -204,16 +196,7 @@ def resolve_topology(spec: Spec, target: EngineTarget, *, model_config: Optional
         from generator.engine.memory import memory_plan
 
         memory = memory_plan(spec, shape, gpu)
-        if memory.weights_per_gpu_bytes > memory.gpu_bytes:
-            refusals.append(
-                f"weights need {memory.weights_per_gpu_bytes / GIB:.2f} GiB per GPU (checkpoint "
-                f"{memory.checkpoint_bytes / GIB:.2f} GiB / tp {b.tp_size} x pp {b.pp_size}) but {gpu.name} has "
-                f"{gpu.memory_gib:g} GiB: raise build.tp_size or build.pp_size, or use a smaller format")
-        elif memory.kv_tokens < b.resolved_max_seq_len:
-            refusals.append(
-                f"after {memory.weights_per_gpu_bytes / GIB:.2f} GiB of weights per GPU the KV cache holds "
-                f"{memory.kv_tokens} tokens per instance ({memory.kv_bytes_per_token_per_gpu} B per token per GPU), "
-                f"less than one sequence of max_seq_len {b.resolved_max_seq_len}: raise tp/pp or lower max_seq_len")
+        refusals += [f.text for f in errors(memory_fits(memory, gpu, b.tp_size, b.pp_size, b.max_batch_size))]
     if refusals:
         raise PlanRefused("the topology does not fit:\n  " + "\n  ".join(refusals), where="topology",
                              fix="change the fields named above (tritongen plan SPEC shows the memory per GPU)")

@@ -10,9 +10,8 @@ Pure: reads files only.
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
@@ -48,11 +47,6 @@ _REBUILD = "rebuild the engine with `tritongen build SPEC --force`"
 def rules() -> dict[str, dict[str, Any]]:
     """Every recorded engine rule: name → {rule, source {path, symbol, commit}}."""
     return data_json(RULES_FILE)["rules"]
-
-
-def is_excluded(module: str, patterns: Iterable[str]) -> bool:
-    """ModelOpt-style exclusion: fnmatch patterns against the module name (``lm_head``, ``*mlp*``)."""
-    return any(fnmatch.fnmatchcase(module, p) for p in patterns)
 
 
 class EngineFacts(BaseModel):

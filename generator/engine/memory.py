@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from generator.engine.facts import is_excluded
 from generator.engine.gpus import GpuSpec
 from generator.engine.shape import ModelShape, linear_modules
 from generator.spec import Spec
@@ -84,7 +83,7 @@ def memory_plan(spec: Spec, shape: ModelShape, gpu: GpuSpec) -> MemoryPlan:
     for name, fin, fout, bias in linear_modules(shape):
         params += fin * fout + (fout if bias else 0)
         groups["norms and biases"] += fout * dtype_bytes if bias else 0
-        if fmt == "none" or is_excluded(name, q.exclude_modules):
+        if q.keeps_unquantized(name):
             groups["linear weights kept unquantized"] += fin * fout * dtype_bytes
         else:
             weights, scales = quantized_linear_bytes(fmt, fin, fout, dtype_bytes, q.awq_block_size)

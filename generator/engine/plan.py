@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.engine.facts import QUANTIZE_QFORMAT, is_excluded
+from generator.engine.facts import QUANTIZE_QFORMAT
 from generator.engine.flags import (
     SRC_BUILD_PY, SRC_BUILDER, SRC_CHECKPOINT, SRC_FIELD_SM120, SRC_PARSER, SRC_REFERENCE, SRC_SPEC, Command, Flag,
     Omitted, check_argv, flag_data,
 )
 from generator.engine.calibration import CalibrationEstimate, calibration_estimate
 from generator.engine.gpus import GpuSpec, lookup_gpu
-from generator.engine.memory import GIB, MemoryPlan, kv_token_ceiling, memory_plan
+from generator.engine import rules
+from generator.engine.memory import MemoryPlan, memory_plan
 from generator.engine.shape import model_shape
 from generator.errors import PlanRefused
 from generator.spec import Spec
@@ -98,7 +99,7 @@ def _checkpoint_command(spec: Spec, examples_dir: str) -> tuple[Command, list[st
                 f"{q.calibration.dataset}; set quantization.calibration.dataset=cnn_dailymail (or a data set folder) for the GPU build")
     if q.format.value == "int4_awq":
         argv += ["--awq_block_size", str(q.awq_block_size)]
-    if q.format.value != "none" and not is_excluded("lm_head", q.exclude_modules):
+    if not q.keeps_unquantized("lm_head"):
         argv.append("--quantize_lm_head")
     others = [p for p in q.exclude_modules if not fnmatch.fnmatchcase("lm_head", p)]
     if others and q.format.value != "none":
@@ -110,6 +111,12 @@ def _checkpoint_command(spec: Spec, examples_dir: str) -> tuple[Command, list[st
               "and qwen/llama convert_checkpoint.py do not read `quant_method: modelopt`, so the checkpoint is "
               "quantized again from the original model with the same ModelOpt settings, split for tp x pp.")
     return Command("checkpoint (ModelOpt PTQ → TensorRT-LLM checkpoint)", tuple(argv), reason, SRC_CHECKPOINT), warnings
+
+
+def _collect(findings: list[rules.Finding], errors: list[str], warnings: list[str], notes: list[str]) -> None:
+    """A shared rule's findings into the plan's three lists, by severity."""
+    for f in findings:
+        {"error": errors, "warning": warnings, "note": notes}[f.severity].append(f.text if f.severity != "note" else f.message)
 
 
 def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = "config.json") -> Plan:
@@ -163,16 +170,7 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
 
     # ---- refusals the parallel layout decides
     tp, pp = b.tp_size, b.pp_size
-    if shape.num_heads % tp:
-        errors.append(f"build.tp_size={tp} does not divide the {shape.num_heads} attention heads")
-    if shape.num_kv_heads % tp and tp % shape.num_kv_heads:
-        errors.append(f"build.tp_size={tp} neither divides nor is a multiple of the {shape.num_kv_heads} KV heads")
-    elif tp > shape.num_kv_heads:
-        notes.append(f"tp_size {tp} > {shape.num_kv_heads} KV heads: each KV head is replicated on {tp // shape.num_kv_heads} GPUs")
-    if pp > shape.num_layers:
-        errors.append(f"build.pp_size={pp} exceeds the {shape.num_layers} layers")
-    elif shape.num_layers % pp:
-        notes.append(f"pp_size {pp} splits {shape.num_layers} layers unevenly")
+    _collect(rules.parallel_layout(tp, pp, shape), errors, warnings, notes)
     if b.world_size > 1:
         notes.append(f"world size {b.world_size} (tp {tp} x pp {pp}): needs {b.world_size} GPUs of this kind; the engine "
                      f"has one rank<N>.engine per GPU and the server runs under MPI with world_size {b.world_size}")
@@ -327,21 +325,8 @@ def make_plan(spec: Spec, model_config: dict[str, Any], *, config_source: str = 
 
     # ---- memory
     memory = memory_plan(spec, shape, gpu)
-    gib = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
-    cap, ceiling = s.max_tokens_in_paged_kv_cache, kv_token_ceiling(memory)
-    if cap is not None and cap > ceiling:
-        errors.append(f"serving.max_tokens_in_paged_kv_cache={cap} is more KV cache than {gpu.name} can hold after the "
-                      f"weights (at most {ceiling} tokens of {memory.kv_bytes_per_token_per_gpu} B); lower it or leave it unset")
-    if memory.weights_per_gpu_bytes > memory.gpu_bytes:
-        errors.append(f"the weights need {gib(memory.weights_per_gpu_bytes)} per GPU but {gpu.name} has "
-                      f"{gpu.memory_gib:g} GiB: use a smaller format, a larger GPU or more GPUs (tp_size/pp_size)")
-    elif memory.kv_tokens < seq:
-        warnings.append(f"the KV cache holds {memory.kv_tokens} tokens, less than one full sequence of max_seq_len "
-                        f"{seq}: lower max_seq_len or use a larger GPU or KV format")
-    elif not memory.fits_batch:
-        warnings.append(f"max_batch_size {b.max_batch_size} sequences of max_seq_len {seq} need {memory.demand_tokens} "
-                        f"KV tokens; the cache holds about {memory.kv_tokens} ({memory.full_sequences} full sequences): "
-                        "requests will wait for KV blocks (or lower max_batch_size / max_seq_len)")
+    _collect(rules.kv_cap_fits(s.max_tokens_in_paged_kv_cache, memory, gpu.name)
+             + rules.memory_fits(memory, gpu, tp, pp, b.max_batch_size), errors, warnings, notes)
 
     notes.append("TensorRT-LLM 1.2.1 is the last release line with trtllm-build and the C++ tensorrtllm Triton backend")
     if fused_mlp_moot or any(f.no_effect for f in flags):

@@ -88,15 +88,11 @@ def modelopt_config(q: QuantizationSpec) -> dict[str, Any]:
     return cfg
 
 
-def excluded(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def misfit_layers(linears: dict[str, tuple[int, int]], q: QuantizationSpec) -> list[str]:
     """Quantized linear layers (name -> (in, out) features) whose shape the format's blocks cannot tile."""
     bad = []
     for name, (fan_in, fan_out) in linears.items():
-        if excluded(name, q.exclude_modules):
+        if q.keeps_unquantized(name):
             continue
         if q.format is QuantFormat.nvfp4 and fan_in % NVFP4_BLOCK:
             bad.append(f"{name} (in {fan_in}, not a multiple of {NVFP4_BLOCK})")
@@ -160,7 +156,7 @@ def _linear_shapes(model) -> dict[str, tuple[int, int]]:
 
 def _check_layers(model, q: QuantizationSpec) -> None:
     linears = _linear_shapes(model)
-    unmatched = [p for p in q.exclude_modules if not any(excluded(n, [p]) for n in linears)]
+    unmatched = [p for p in q.exclude_modules if not any(fnmatch.fnmatchcase(n, p) for n in linears)]
     if unmatched:
         example = next(iter(linears), "model.layers.0.mlp.down_proj")
         raise SpecError(

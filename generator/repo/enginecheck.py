@@ -16,13 +16,13 @@ from typing import Optional
 from generator.engine.compare import compare_engine
 from generator.engine.facts import EngineFacts, read_engine
 from generator.engine.gpus import lookup_gpu
-from generator.engine.memory import kv_token_ceiling, memory_plan
+from generator.engine.memory import memory_plan
+from generator.engine.rules import RERENDER, batch_fits_engine, kv_cap_fits
 from generator.engine.shape import model_shape, read_model_config
 from generator.errors import TritongenError
 from generator.repo.problems import ConfigText, Problem, not_built
 from generator.spec import Spec
 
-RERENDER = "re-render from the spec (`tritongen render SPEC -o DIR --force`)"
 _PATHS = ("gpt_model_path", "tokenizer_dir", "executor_worker_path")
 """Parameters that hold paths: checked where they lead (engine, tokenizer), not against the spec's text."""
 
@@ -32,7 +32,7 @@ def engine_problems(file: str, text: ConfigText, params: dict[str, str], triton_
     """Every problem of the C++ ``tensorrt_llm`` model's engine; ``rendered`` is what render writes as its
     parameters for ``spec`` (empty without a spec)."""
     problems = [Problem(file, text.parameter(key), f"parameter {key} is {params.get(key)!r} but the spec renders "
-                        f"{want!r}", RERENDER + ", or change the spec to match")
+                        f"{want!r}", f"re-render ({RERENDER}), or change the spec to match")
                 for key, want in rendered.items() if key not in _PATHS and params.get(key) != want]
     path_text = params.get("gpt_model_path", "")
     line = text.parameter("gpt_model_path")
@@ -58,16 +58,12 @@ def engine_problems(file: str, text: ConfigText, params: dict[str, str], triton_
 def _repository_vs_engine(file: str, text: ConfigText, params: dict[str, str], mbs: int,
                           engine: EngineFacts) -> list[Problem]:
     """What the config asks of the engine at load (rule "runtime_batch_and_beam")."""
-    problems = []
-    if mbs > engine.max_batch_size:
-        problems.append(Problem(file, text.field("max_batch_size"), f"max_batch_size {mbs} exceeds the engine's "
-                                f"{engine.max_batch_size} ({engine.config_path})",
-                                f"--set build.max_batch_size={engine.max_batch_size} (or a lower serving.max_batch_size) "
-                                f"and re-render, or rebuild the engine with max_batch_size {mbs} (tritongen build SPEC --force)"))
+    problems = [Problem(file, text.field("max_batch_size"), f.message, f.fix)
+                for f in batch_fits_engine(mbs, engine.max_batch_size, engine.config_path)]
     beam = params.get("max_beam_width", "1")
     if beam.isdigit() and int(beam) > engine.max_beam_width:
         problems.append(Problem(file, text.parameter("max_beam_width"), f"max_beam_width {beam} exceeds the engine's "
-                                f"{engine.max_beam_width}", f"{RERENDER}, or rebuild the engine with build.max_beam_width={beam}"))
+                                f"{engine.max_beam_width}", f"re-render ({RERENDER}), or rebuild the engine with build.max_beam_width={beam}"))
     if engine.tp_size * engine.pp_size != engine.world_size:
         problems.append(Problem(engine.config_path, None, f"engine mapping tp_size {engine.tp_size} x pp_size "
                                 f"{engine.pp_size} = {engine.tp_size * engine.pp_size} but world_size is "
@@ -82,14 +78,9 @@ def _kv_cap_problems(file: str, text: ConfigText, params: dict[str, str], spec: 
         return []
     try:
         config, _ = read_model_config(spec)
-        memory = memory_plan(spec, model_shape(config), lookup_gpu(spec.build.gpu))
+        gpu = lookup_gpu(spec.build.gpu)
+        memory = memory_plan(spec, model_shape(config), gpu)
     except TritongenError:
         return []  # no model config here: the cap is not compared
-    ceiling = kv_token_ceiling(memory)
-    if int(value) <= ceiling:
-        return []
-    return [Problem(file, text.parameter("max_tokens_in_paged_kv_cache"),
-                    f"max_tokens_in_paged_kv_cache {value} is more KV cache than one {spec.build.gpu} holds after the "
-                    f"weights (at most {ceiling} tokens of {memory.kv_bytes_per_token_per_gpu} B per GPU); the runtime "
-                    "silently uses less", f"--set serving.max_tokens_in_paged_kv_cache={memory.kv_tokens} (the memory plan's estimate) or leave it "
-                    "unset (kv_cache_free_gpu_mem_fraction decides), then re-render")]
+    return [Problem(file, text.parameter("max_tokens_in_paged_kv_cache"), f.message, f.fix)
+            for f in kv_cap_fits(int(value), memory, gpu.name)]

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional
 from generator.deploy.render import deploy_files, deploy_topology, engine_parameters
 from generator.deploy.topology import Topology
 from generator.engine.compare import engine_mismatches, mismatch_error
-from generator.engine.facts import EngineFacts, read_engine_if_built
+from generator.engine.facts import TRTLLM_VERSION, EngineFacts, read_engine_if_built
+from generator.engine.rules import batch_fits_engine
 from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
 from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
@@ -30,7 +31,6 @@ from generator.resources import data_json, model_repo_dir
 from generator.spec import EngineTarget, Spec
 from generator.templating import environment
 
-TENSORRT_LLM_VERSION = "1.2.1"
 REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
 MANIFEST = "tritongen.json"
 IFB_LAYOUT = "inflight_batcher_llm"
@@ -104,13 +104,10 @@ def engine_for(spec: Spec) -> Optional[EngineFacts]:
 
 
 def _check_serving_batch(spec: Spec, facts: EngineFacts) -> None:
-    wanted = spec.serving.max_batch_size
-    if wanted is not None and wanted > facts.max_batch_size:
-        raise SpecError(
-            f"serving.max_batch_size is {wanted} but the engine was built with max_batch_size {facts.max_batch_size}",
-            where=facts.config_path,
-            fix=f"--set serving.max_batch_size={facts.max_batch_size} (or rebuild with build.max_batch_size={wanted})",
-        )
+    """A serving batch size set above the engine's is named as such before the wider engine comparison."""
+    if spec.serving.max_batch_size is not None:
+        for f in batch_fits_engine(spec.serving.max_batch_size, facts.max_batch_size, facts.config_path):
+            raise SpecError(f.message, where=f.field, fix=f.fix)
 
 
 def resolve_max_batch_size(spec: Spec, engine: Optional[EngineFacts]) -> tuple[int, str]:
@@ -215,7 +212,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         ])}
     for name, values in models.items():
         values.update(shared, name=name, platform=values.get("platform"),
-                      reference=f"NVIDIA TensorRT-LLM {TENSORRT_LLM_VERSION} {facts['models'][name]['source']['path']}")
+                      reference=f"NVIDIA TensorRT-LLM {TRTLLM_VERSION} {facts['models'][name]['source']['path']}")
     return models
 
 
@@ -297,7 +294,7 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
         "tritongen_version": tritongen_version,
         "layout": layout,
         "target": plan_target.value,
-        "tensorrt_llm_version": TENSORRT_LLM_VERSION,
+        "tensorrt_llm_version": TRTLLM_VERSION,
         "reference": reference,
         "models": models,
         "max_batch_size": max_batch_size,
@@ -379,7 +376,7 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
         )
     topo = deploy_topology(spec, target, gpu_visible)
     plan = planner(spec, target, gpu_visible, topo)
-    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TENSORRT_LLM_VERSION)
+    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TRTLLM_VERSION)
     plan.files.update(deploy_files(spec, topo, version))
     return plan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from enum import Enum
 from typing import Literal, Optional
 
@@ -89,6 +90,11 @@ class QuantizationSpec(Section):
     @property
     def quantizes_anything(self) -> bool:
         return self.format is not QuantFormat.none or self.kv_cache is not KVCacheFormat.none
+
+    def keeps_unquantized(self, module: str) -> bool:
+        """ModelOpt's exclusion rule, decided here once: a module whose name an exclude pattern matches (fnmatch)
+        keeps full-precision weights; ModelOpt, the memory plan and the checkpoint step all ask this."""
+        return self.format is QuantFormat.none or any(fnmatch.fnmatchcase(module, p) for p in self.exclude_modules)
 
 
 class PluginOverrides(Section):

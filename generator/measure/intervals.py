@@ -1,0 +1,188 @@
+"""Confidence intervals for load-test figures: how sure a figure is, from the requests behind it.
+
+One home for the interval arithmetic that `tune` (is this load level within the SLO?) and the release
+gate (is this run worse than the baseline?) both need. Pure: numbers in, an `Interval` out; bootstraps
+are seeded so the same records always give the same interval.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from pydantic import BaseModel
+
+DEFAULT_CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20261206
+
+
+class Interval(BaseModel):
+    """A point estimate with its two-sided confidence interval and the sample size behind it."""
+
+    estimate: float
+    """The figure itself, computed on all the data."""
+    low: float
+    """Lower bound of the interval."""
+    high: float
+    """Upper bound of the interval."""
+    confidence: float
+    """Nominal coverage, e.g. 0.95."""
+    n: int
+    """How many observations (requests, or runs) the figure rests on."""
+    method: str
+    """How the interval was computed: `wilson`, `bootstrap`, `t` or `exact` (one observation)."""
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def above(self, value: float) -> bool:
+        """The whole interval lies above `value`: the figure is surely greater."""
+        return self.low > value
+
+    def below(self, value: float) -> bool:
+        """The whole interval lies below `value`: the figure is surely smaller."""
+        return self.high < value
+
+
+def _z(confidence: float) -> float:
+    """Two-sided standard normal quantile, without scipy."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Wilson score interval for a share (e.g. requests that met every SLO objective).
+
+    Chosen over the normal approximation because it stays inside [0, 1] and behaves at shares near 1,
+    which is where an attainment target such as 0.95 sits.
+    """
+    if n <= 0:
+        raise ValueError("wilson needs at least one observation")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} not within 0..{n}")
+    z = _z(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(estimate=p, low=low, high=high,
+                    confidence=confidence, n=n, method="wilson")
+
+
+def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = DEFAULT_CONFIDENCE,
+              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
+    """Percentile bootstrap of `statistic(array) -> float` over per-request values (seeded).
+
+    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`.
+    """
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        raise ValueError("bootstrap needs at least one observation")
+    estimate = float(statistic(a))
+    if a.size == 1:
+        return Interval(estimate=estimate, low=estimate, high=estimate, confidence=confidence, n=1, method="exact")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(resamples, a.size))
+    stats = np.array([statistic(a[row]) for row in idx], dtype=float)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
+                    confidence=confidence, n=int(a.size), method="bootstrap")
+
+
+def percentile(values: Sequence[float], p: float, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """A percentile (numpy's linear interpolation, as the reports use) with its bootstrap interval."""
+    import numpy as np
+
+    return bootstrap(values, lambda a: np.percentile(a, p), confidence)
+
+
+def ratio_of_percentiles(baseline: Sequence[float], candidate: Sequence[float], p: float,
+                         confidence: float = DEFAULT_CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = BOOTSTRAP_SEED) -> Interval:
+    """candidate's p-th percentile over baseline's, resampling both independently (e.g. 1.10 = 10% slower)."""
+    import numpy as np
+
+    b = np.asarray(baseline, dtype=float)
+    c = np.asarray(candidate, dtype=float)
+    if b.size == 0 or c.size == 0:
+        raise ValueError("ratio_of_percentiles needs observations on both sides")
+    base = float(np.percentile(b, p))
+    if base == 0:
+        raise ValueError("baseline percentile is 0: a ratio is undefined")
+    estimate = float(np.percentile(c, p)) / base
+    rng = np.random.default_rng(seed)
+    rb = np.percentile(b[rng.integers(0, b.size, size=(resamples, b.size))], p, axis=1)
+    rc = np.percentile(c[rng.integers(0, c.size, size=(resamples, c.size))], p, axis=1)
+    ratios = rc / np.where(rb == 0, np.nan, rb)
+    ratios = ratios[np.isfinite(ratios)]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
+                    confidence=confidence, n=int(min(b.size, c.size)), method="bootstrap")
+
+
+def across_runs(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Student-t interval of the mean of one figure over repeated runs (run-to-run spread)."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        raise ValueError("across_runs needs at least one run")
+    mean = float(a.mean())
+    if a.size == 1:
+        return Interval(estimate=mean, low=mean, high=mean, confidence=confidence, n=1, method="exact")
+    half = _t(confidence, a.size - 1) * float(a.std(ddof=1)) / math.sqrt(a.size)
+    return Interval(estimate=mean, low=mean - half, high=mean + half, confidence=confidence,
+                    n=int(a.size), method="t")
+
+
+def _t(confidence: float, dof: int) -> float:
+    """Two-sided Student-t quantile by bisection on the regularized incomplete beta (no scipy here)."""
+    target = 1 - (1 - confidence) / 2
+
+    def cdf(x: float) -> float:
+        # P(T <= x) for x >= 0 via the incomplete beta function.
+        return 1 - 0.5 * _betainc(dof / 2, 0.5, dof / (dof + x * x))
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if cdf(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes' form)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1) < 1e-14:
+            break
+    return math.exp(ln_front) * f / a
+
