@@ -132,24 +132,8 @@ class _Metrics:
         self.families.clear()
 
 
-def _end_with_the_server(period_s: float = 0.5) -> None:
-    """Exit this stub as soon as tritonserver (its parent) is gone. The Python backend ignores SIGTERM
-    in stubs and notices a dead server late, and this engine's threads keep the interpreter alive: run
-    by hand (launch.sh), a stub outlived a killed server by minutes. Under tritongen the process group
-    ends anyway."""
-    server = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == server:
-            time.sleep(period_s)
-        os._exit(0)  # nothing left to answer; the server's shared memory is its own to clean
-
-    threading.Thread(target=watch, name="server-watch", daemon=True).start()
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        _end_with_the_server()
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         settings = EngineSettings.from_parameters(parameters(config), config.get("max_batch_size", 1))
