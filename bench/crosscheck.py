@@ -112,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from generator.measure.runner import run_loadtest
+    from generator.repo.manifest import read_manifest
     from generator.serve.install import GRPC_ADMIN_HEADER
     from generator.serve.server import TritonServer
     from generator.spec import load_spec
@@ -177,8 +178,7 @@ def main() -> None:
             rows[name] = {"genai_perf_definitions": {
                 "ttft": data["time_to_first_token"], "itl": data["inter_token_latency"]}}
 
-        tokenizer_dir = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8"))["spec"]["model"]["source"] \
-            if args.genai_perf else ""
+        tokenizer_dir = read_manifest(args.repo).spec["model"]["source"] if args.genai_perf else ""
         # Alternate the clients so that drifts of the machine hit them alike.
         for i in range(args.rounds):
             locust(f"locust-{i}")

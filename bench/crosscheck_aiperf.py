@@ -52,32 +52,53 @@ def aiperf_figures(export: Path) -> dict[str, dict[str, float]]:
             "requests": int(data["request_count"]["avg"])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", type=Path, required=True)
+def add_run_args(parser: argparse.ArgumentParser, out: str, requests: int) -> None:
+    """The options both cross-checks share: AIPerf's path and the load of every run."""
     parser.add_argument("--aiperf", type=Path, required=True)
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--input-tokens", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/crosscheck-aiperf"))
+    parser.add_argument("--out", type=Path, default=Path(out))
+
+
+def run_aiperf(args: argparse.Namespace, name: str, endpoint: list[str], tokenizer: Path) -> dict:
+    """One AIPerf run at the cross-check's load (``endpoint``: where and how it sends); its figures."""
+    out = args.out / name
+    cmd = [str(args.aiperf), "profile", *endpoint, "--streaming", "--tokenizer", str(tokenizer),
+           "--prompt-input-tokens-mean", str(args.input_tokens), "--prompt-input-tokens-stddev", "0",
+           "--prompt-output-tokens-mean", str(args.tokens), "--prompt-output-tokens-stddev", "0",
+           "--concurrency", str(args.users), "--request-count", str(args.requests),
+           "--warmup-request-count", "2", "--random-seed", "0", "--ui-type", "none", "--no-server-metrics",
+           "--no-gpu-telemetry", "--output-artifact-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
+    return aiperf_figures(out / "profile_export_aiperf.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    add_run_args(parser, "bench-out/crosscheck-aiperf", 60)
     args = parser.parse_args()
 
     from generator.measure.runner import read_records, run_loadtest
     from generator.serve.server import TritonServer
-    from generator.spec import spec_from_dict
+    from generator.repo.manifest import MANIFEST, read_manifest
 
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8"))
-    if manifest.get("target") != "llmapi":
-        sys.exit(f"{args.repo} is not an LLM-API repository (tritongen.json target {manifest.get('target')!r})")
-    spec = spec_from_dict({**manifest["spec"], "loadtest": {
-        **manifest["spec"].get("loadtest", {}), "protocol": "http-stream", "users": args.users,
-        "spawn_rate": args.users, "max_requests": args.requests, "duration_s": 600, "warmup_requests": 2,
-        "input_tokens_mean": args.input_tokens, "input_tokens_stddev": 0, "output_tokens_mean": args.tokens,
-        "output_tokens_stddev": 0, "num_prompts": 32, "reference_checks": 0, "model": None, "tokenizer": None,
-    }}, base_dir=args.repo, source=str(args.repo / "tritongen.json"))
+    manifest = read_manifest(args.repo)
+    if manifest is None or manifest.target.value != "llmapi":
+        sys.exit(f"{args.repo} is not an LLM-API repository rendered by tritongen")
+    spec = manifest.recorded_spec(source=str(args.repo / MANIFEST), overrides=[
+        "loadtest.protocol=http-stream", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
+        f"loadtest.max_requests={args.requests}", "loadtest.duration_s=600", "loadtest.warmup_requests=2",
+        f"loadtest.input_tokens_mean={args.input_tokens}", "loadtest.input_tokens_stddev=0",
+        f"loadtest.output_tokens_mean={args.tokens}", "loadtest.output_tokens_stddev=0", "loadtest.num_prompts=32",
+        "loadtest.reference_checks=0", "loadtest.model=null", "loadtest.tokenizer=null"])
     tokenizer = spec.loadtest_tokenizer
     (args.out / "template.json").write_text(TEMPLATE, encoding="utf-8")
     rows: dict[str, dict] = {}
@@ -95,37 +116,37 @@ def main() -> None:
             rows[name]["output_tokens"] = sorted({r["output_tokens"] for r in requests if not r["error"]})
 
         def aiperf(name: str) -> None:
-            out = args.out / name
-            cmd = [str(args.aiperf), "profile", "--model-names", "tensorrt_llm", "--url", f"http://{server.http_url}",
-                   "--endpoint-type", "template", "--custom-endpoint", "/v2/models/tensorrt_llm/generate_stream",
-                   "--streaming", "--extra-inputs", f"payload_template:{args.out / 'template.json'}",
-                   "--extra-inputs", "response_field:text_output", "--tokenizer", str(tokenizer),
-                   "--prompt-input-tokens-mean", str(args.input_tokens), "--prompt-input-tokens-stddev", "0",
-                   "--prompt-output-tokens-mean", str(args.tokens), "--prompt-output-tokens-stddev", "0",
-                   "--concurrency", str(args.users), "--request-count", str(args.requests),
-                   "--warmup-request-count", "2", "--random-seed", "0", "--ui-type", "none", "--no-server-metrics",
-                   "--no-gpu-telemetry", "--output-artifact-dir", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            (args.out / f"{name}.log").write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr, encoding="utf-8")
-            if proc.returncode != 0:
-                sys.exit(f"aiperf failed ({proc.returncode}); see {args.out / name}.log")
-            rows[name] = aiperf_figures(out / "profile_export_aiperf.json")
+            rows[name] = run_aiperf(args, name, [
+                "--model-names", "tensorrt_llm", "--url", f"http://{server.http_url}", "--endpoint-type", "template",
+                "--custom-endpoint", "/v2/models/tensorrt_llm/generate_stream",
+                "--extra-inputs", f"payload_template:{args.out / 'template.json'}",
+                "--extra-inputs", "response_field:text_output"], tokenizer)
 
         for i in range(args.rounds):  # alternate, so drifts of the machine hit both alike
             locust(f"locust-{i}")
             aiperf(f"aiperf-{i}")
 
-    keys = [(k, s) for k in FIGURES for s in ("p50", "p90")]
     print(f"{args.users} concurrent SSE streams to the LLM-API model, {args.input_tokens} tokens in, {args.tokens} out, "
           f"{args.requests} requests per run, {args.rounds} alternating rounds; ms")
+    summary = compare_rounds(rows, args.rounds)
+    ai0 = rows["aiperf-0"]
+    print(f"AIPerf's own ITL p50 {ai0['aiperf_itl']['p50']:.2f} ms from an output length p50 of "
+          f"{ai0['aiperf_osl']['p50']:.0f} tokens (the cumulative texts counted as if new); "
+          f"Locust output token counts: {rows['locust-0']['output_tokens']}")
+    (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
+
+
+def compare_rounds(rows: dict[str, dict], rounds: int, figures: tuple[str, ...] = FIGURES) -> dict[str, dict]:
+    """Print each run's figures and the medians of the rounds side by side with each tool's run-to-run spread."""
+    keys = [(k, s) for k in figures for s in ("p50", "p90")]
     print("| run | " + " | ".join(f"{k} {s}" for k, s in keys) + " | requests |")
     print("|---" * (len(keys) + 2) + "|")
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[k][s]:.1f}" for k, s in keys) + f" | {r['requests']} |")
     summary = {}
     for k, s in keys:
-        lo = [rows[f"locust-{i}"][k][s] for i in range(args.rounds)]
-        ai = [rows[f"aiperf-{i}"][k][s] for i in range(args.rounds)]
+        lo = [rows[f"locust-{i}"][k][s] for i in range(rounds)]
+        ai = [rows[f"aiperf-{i}"][k][s] for i in range(rounds)]
         summary[f"{k}_{s}"] = {"locust_median": float(np.median(lo)), "aiperf_median": float(np.median(ai)),
                                "difference": ratio(float(np.median(lo)), float(np.median(ai))),
                                "locust_spread": ratio(max(lo), min(lo)), "aiperf_spread": ratio(max(ai), min(ai))}
@@ -134,11 +155,7 @@ def main() -> None:
     for key, v in summary.items():
         print(f"| {key} | {v['locust_median']:.1f} | {v['aiperf_median']:.1f} | {v['difference']:+.1%} | "
               f"{v['locust_spread']:.0%} | {v['aiperf_spread']:.0%} |")
-    ai0 = rows["aiperf-0"]
-    print(f"AIPerf's own ITL p50 {ai0['aiperf_itl']['p50']:.2f} ms from an output length p50 of "
-          f"{ai0['aiperf_osl']['p50']:.0f} tokens (the cumulative texts counted as if new); "
-          f"Locust output token counts: {rows['locust-0']['output_tokens']}")
-    (args.out / "crosscheck.json").write_text(json.dumps({"runs": rows, "summary": summary}, indent=2), encoding="utf-8")
+    return summary
 
 
 if __name__ == "__main__":

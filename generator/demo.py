@@ -11,6 +11,7 @@ import json
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,145 +130,147 @@ def _problems_line(problems) -> str:
     return f"{errors} errors, {len(problems) - errors} warnings"
 
 
-def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callable[[Any], None]) -> list[Stage]:
-    """The demo as a list of named steps sharing one spec; each returns a one-line result.
+class _Stages:
+    """The demo's steps over one shared spec, each returning a one-line result.
 
-    The server started by one step lives on ``stack``; the caller closes it whatever happens.
+    The server one step starts lives on ``stack``; the caller closes it whatever happens.
     """
-    from generator.spec import load_spec, with_overrides
 
-    out = run.out
-    state: dict[str, Any] = {}
+    def __init__(self, run: DemoRun, stack: contextlib.ExitStack, show_plan: Callable[[Any], None]) -> None:
+        self.run, self.stack, self.show_plan, self.out = run, stack, show_plan, run.out
+        self.spec: Any = None
+        self.repos: dict[str, Path] = {}
+        self.server: Any = None
 
-    def tiny_model() -> str:
+    def on(self, engine: str) -> Any:
+        from generator.spec import with_overrides
+
+        return with_overrides(self.spec, [f"serving.engine={engine}"])
+
+    def target_figures(self, engine: str) -> dict[str, Any]:
+        return self.run.figures.setdefault("targets", {}).setdefault(engine, {})
+
+    def tiny_model(self) -> str:
         from generator.model.tinymodel import make_tiny_model
+        from generator.spec import load_spec
 
-        path = make_tiny_model(out / "tiny-model", seed=0, force=True)
-        spec_file = out / "tritongen.yaml"
-        spec = load_spec(None, [*demo_overrides(path, out / "artifacts"), *run.overrides])
+        path = make_tiny_model(self.out / "tiny-model", seed=0, force=True)
+        spec_file = self.out / "tritongen.yaml"
+        spec = load_spec(None, [*demo_overrides(path, self.out / "artifacts"), *self.run.overrides])
         spec_file.write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False), encoding="utf-8")
-        state["spec"] = load_spec(spec_file)
+        self.spec = load_spec(spec_file)
         return f"{path} (spec: {spec_file})"
 
-    def quantize() -> str:
+    def quantize(self) -> str:
         from generator.model.quantize import quantize as run_quantize
 
-        manifest = run_quantize(state["spec"], force=True)
-        run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
-        return f"{state['spec'].checkpoint_dir}"
+        manifest = run_quantize(self.spec, force=True)
+        self.run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
+        return f"{self.spec.checkpoint_dir}"
 
-    def plan() -> str:
+    def plan(self) -> str:
         from generator.engine.plan import make_plan
         from generator.engine.shape import read_model_config
 
-        spec = with_overrides(state["spec"], ["serving.engine=tensorrtllm"])
+        spec = self.on("tensorrtllm")
         config, source = read_model_config(spec)
         the_plan = make_plan(spec, config, config_source=source)
-        show_plan(the_plan)
+        self.show_plan(the_plan)
         the_plan.raise_if_refused()
         return f"{len(the_plan.flags)} trtllm-build flags for {the_plan.gpu.name}"
 
-    def render(engine: str, folder: str) -> Callable[[], str]:
-        def step() -> str:
-            from generator.repo.problems import failing
-            from generator.repo.render import render_repository
-            from generator.repo.validate import validate_repository
+    def render(self, engine: str, folder: str) -> str:
+        from generator.repo.problems import failing
+        from generator.repo.render import render_repository
+        from generator.repo.validate import validate_repository
 
-            spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
-            repo = render_repository(spec, out / folder, force=True)
-            problems = validate_repository(repo)
-            bad = failing(problems)
-            if bad:
-                raise CheckFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
-                                  fix=f"tritongen validate {repo} shows each problem with its fix")
-            state[engine] = repo
-            return f"{repo} ({_problems_line(problems)})"
-        return step
+        repo = render_repository(self.on(engine), self.out / folder, force=True)
+        problems = validate_repository(repo)
+        bad = failing(problems)
+        if bad:
+            raise CheckFailed(f"validate {repo}: " + "; ".join(f"{p.file}:{p.line}: {p.message}" for p in bad),
+                              fix=f"tritongen validate {repo} shows each problem with its fix")
+        self.repos[engine] = repo
+        return f"{repo} ({_problems_line(problems)})"
 
-    def serve(engine: str) -> Callable[[], str]:
-        def step() -> str:
-            from generator.serve.server import TritonServer
+    def serve(self, engine: str) -> str:
+        from generator.serve.server import TritonServer
 
-            stack.close()  # one server at a time: two on 2 cores would skew the figures
-            server = TritonServer(state[engine], log_file=out / "logs" / f"tritonserver-{engine}.log")
-            stack.enter_context(server)
-            state["server"] = server
-            return f"HTTP {server.http_url}, gRPC {server.grpc_url}"
-        return step
+        self.stack.close()  # one server at a time: two on 2 cores would skew the figures
+        self.server = TritonServer(self.repos[engine], log_file=self.out / "logs" / f"tritonserver-{engine}.log")
+        self.stack.enter_context(self.server)
+        return f"HTTP {self.server.http_url}, gRPC {self.server.grpc_url}"
 
-    def smoke(engine: str) -> Callable[[], str]:
-        def step() -> str:
-            from generator.serve.smoke_run import run_smoke
+    def smoke(self, engine: str) -> str:
+        from generator.serve.smoke_run import run_smoke
 
-            server = state["server"]
-            report = run_smoke(server.http_url, server.grpc_url, repo_dir=state[engine],
-                               max_input_len=state["spec"].build.max_input_len, admin_key=server.admin_key)
-            name = TARGET_FILES[engine]
-            (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-            passed = len(report.checks) - len(report.failed)
-            target_figures(engine)["smoke"] = {"model": report.model, "passed": passed, "checks": len(report.checks)}
-            if not report.ok:
-                raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
-                                  fix=f"read {out / f'smoke{name}.json'} and the server log {server.log_file}")
-            return f"{len(report.checks)} checks passed ({report.model})"
-        return step
+        server, out = self.server, self.out
+        report = run_smoke(server.http_url, server.grpc_url, repo_dir=self.repos[engine],
+                           max_input_len=self.spec.build.max_input_len, admin_key=server.admin_key)
+        name = TARGET_FILES[engine]
+        (out / f"smoke{name}.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        passed = len(report.checks) - len(report.failed)
+        self.target_figures(engine)["smoke"] = {"model": report.model, "passed": passed, "checks": len(report.checks)}
+        if not report.ok:
+            raise CheckFailed("smoke checks failed: " + ", ".join(c.name for c in report.failed),
+                              fix=f"read {out / f'smoke{name}.json'} and the server log {server.log_file}")
+        return f"{len(report.checks)} checks passed ({report.model})"
 
-    def loadtest(engine: str) -> Callable[[], str]:
-        def step() -> str:
-            from generator.measure.runner import run_loadtest
+    def loadtest(self, engine: str) -> str:
+        from generator.measure.runner import run_loadtest
 
-            server = state["server"]
-            folder = out / f"loadtest{TARGET_FILES[engine]}"
-            folder.mkdir(parents=True, exist_ok=True)
-            spec = with_overrides(state["spec"], [f"serving.engine={engine}"])
-            result = run_loadtest(spec, folder, url=server.http_url, grpc_url=server.grpc_url,
-                                  metrics_url=server.metrics_url, title=f"demo load test ({engine})",
-                                  admin_key=server.admin_key)
-            stack.close()  # the next stages start their own servers
-            r = result.results
-            figures = {
-                "requests_ok": r.counts.ok, "errors": r.counts.errors,
-                "output_tokens_per_s": r.throughput.output_tokens_per_s,
-                "ttft_ms": _dumped(r.latency_ms.ttft), "itl_ms": _dumped(r.latency_ms.itl),
-                "report": str(folder / "report.html"),
-            }
-            target_figures(engine)["loadtest"] = figures
-            if engine == "cpu-reference":
-                run.figures["loadtest"] = figures
-            if not r.counts.ok:
-                raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
-                                  fix="read the report's errors and the server log")
-            tps = r.throughput.output_tokens_per_s or 0
-            return f"{r.counts.ok} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
-        return step
+        server = self.server
+        folder = self.out / f"loadtest{TARGET_FILES[engine]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = run_loadtest(self.on(engine), folder, url=server.http_url, grpc_url=server.grpc_url,
+                              metrics_url=server.metrics_url, title=f"demo load test ({engine})",
+                              admin_key=server.admin_key)
+        self.stack.close()  # the next stages start their own servers
+        r = result.results
+        figures = {
+            "requests_ok": r.counts.ok, "errors": r.counts.errors,
+            "output_tokens_per_s": r.throughput.output_tokens_per_s,
+            "ttft_ms": _dumped(r.latency_ms.ttft), "itl_ms": _dumped(r.latency_ms.itl),
+            "report": str(folder / "report.html"),
+        }
+        self.target_figures(engine)["loadtest"] = figures
+        if engine == "cpu-reference":
+            self.run.figures["loadtest"] = figures
+        if not r.counts.ok:
+            raise CheckFailed("no request succeeded", where=str(folder / "report.html"),
+                              fix="read the report's errors and the server log")
+        tps = r.throughput.output_tokens_per_s or 0
+        return f"{r.counts.ok} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
 
-    def target_figures(engine: str) -> dict[str, Any]:
-        return run.figures.setdefault("targets", {}).setdefault(engine, {})
-
-    def sweep() -> str:
+    def sweep(self) -> str:
         from generator.measure.sweep import plan_sweep, run_sweep
 
-        folder = out / "sweep"
+        folder = self.out / "sweep"
         folder.mkdir(parents=True, exist_ok=True)
-        result = run_sweep(state["spec"], plan_sweep(SWEEP_POINTS), folder)
-        run.figures["sweep"] = {"report": str(folder / "report.html"), "best": result.best.label if result.best else None,
-                                "points": [_point_figures(p) for p in result.points]}
+        result = run_sweep(self.spec, plan_sweep(SWEEP_POINTS), folder)
+        self.run.figures["sweep"] = {"report": str(folder / "report.html"),
+                                     "best": result.best.label if result.best else None,
+                                     "points": [_point_figures(p) for p in result.points]}
         return f"report {folder / 'report.html'}"
 
+
+def demo_stages(run: DemoRun, stack: contextlib.ExitStack, *, show_plan: Callable[[Any], None]) -> list[Stage]:
+    """The demo as a list of named steps sharing one spec (see `_Stages`)."""
+    s = _Stages(run, stack, show_plan)
     return [
-        ("tiny model", tiny_model),
-        ("quantize nvfp4 + fp8 kv", quantize),
-        ("plan for " + GPU_TARGET, plan),
-        ("render + validate tensorrtllm", render("tensorrtllm", "repo-" + GPU_TARGET)),
-        ("render + validate cpu-reference", render("cpu-reference", "repo-cpu")),
-        ("serve", serve("cpu-reference")),
-        ("smoke", smoke("cpu-reference")),
-        ("load test", loadtest("cpu-reference")),
-        ("render + validate llmapi", render("llmapi", "repo-llmapi")),
-        ("serve llmapi", serve("llmapi")),
-        ("smoke llmapi", smoke("llmapi")),
-        ("load test llmapi", loadtest("llmapi")),
-        ("sweep", sweep),
+        ("tiny model", s.tiny_model),
+        ("quantize nvfp4 + fp8 kv", s.quantize),
+        ("plan for " + GPU_TARGET, s.plan),
+        ("render + validate tensorrtllm", partial(s.render, "tensorrtllm", "repo-" + GPU_TARGET)),
+        ("render + validate cpu-reference", partial(s.render, "cpu-reference", "repo-cpu")),
+        ("serve", partial(s.serve, "cpu-reference")),
+        ("smoke", partial(s.smoke, "cpu-reference")),
+        ("load test", partial(s.loadtest, "cpu-reference")),
+        ("render + validate llmapi", partial(s.render, "llmapi", "repo-llmapi")),
+        ("serve llmapi", partial(s.serve, "llmapi")),
+        ("smoke llmapi", partial(s.smoke, "llmapi")),
+        ("load test llmapi", partial(s.loadtest, "llmapi")),
+        ("sweep", s.sweep),
     ]
 
 

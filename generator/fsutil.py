@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -25,14 +26,31 @@ MARKER = ".tritongen-output"
 _LEFTOVER_KINDS = ("tmp", "old")
 
 
+def _listing(folder: Path) -> list[str]:
+    """Every file and folder under ``folder`` (relative, POSIX), the marker left out; links are not followed.
+    ``__pycache__`` folders are Python's own (the Python backend writes them beside model.py) and left out."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        rel = Path(root).relative_to(folder)
+        out += [(rel / name).as_posix() for name in dirs + files]
+    return sorted(set(out) - {MARKER})
+
+
 def write_marker(folder: Path, *, entries: Optional[list[str]] = None) -> None:
-    """Mark ``folder`` as tritongen's. ``entries`` None: the command fills the folder bit by bit
-    (the demo) and replaces only marked subfolders, never the folder itself."""
-    (folder / MARKER).write_text(json.dumps({"written_by": "tritongen", "entries": entries}) + "\n", encoding="utf-8")
+    """Mark ``folder`` as tritongen's, recording everything it holds (``files``, at every depth), so a file
+    added later anywhere inside (NVIDIA's model.py copied into a model folder) keeps ``--force`` off it.
+    ``entries`` None: the command fills the folder bit by bit (the demo) and replaces only marked subfolders,
+    never the folder itself."""
+    record: dict[str, Any] = {"written_by": "tritongen", "entries": entries}
+    if entries is not None:
+        record["files"] = _listing(folder)
+    (folder / MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
-def _not_ours(target: Path) -> Optional[str]:
-    """None when ``target`` is a folder tritongen wrote and nobody added to since, else why not."""
+def _not_ours(target: Path, *, fill_in_place: bool = False) -> Optional[str]:
+    """None when ``target`` is a folder tritongen wrote and nobody added to since, else why not.
+    ``fill_in_place``: the caller writes into a folder the demo marked, and deletes nothing in it."""
     if not target.is_dir():
         return "it is a file, not a folder tritongen wrote"
     marker = target / MARKER
@@ -40,10 +58,15 @@ def _not_ours(target: Path) -> Optional[str]:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return f"it has no {MARKER} marker, so tritongen did not write it"
-    entries = recorded.get("entries") if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        return f"its {MARKER} marker is not tritongen's"
+    entries = recorded.get("entries")
     if entries is None:
-        return None
-    added = sorted({p.name for p in target.iterdir()} - set(entries) - {MARKER})
+        return None if fill_in_place else ("tritongen demo fills it bit by bit, so what else it holds is not "
+                                           "known to be tritongen's; only `tritongen demo --force` writes into it")
+    files = recorded.get("files")
+    now = _listing(target) if isinstance(files, list) else sorted(p.name for p in target.iterdir())
+    added = sorted(set(now) - set(files if isinstance(files, list) else entries) - {MARKER})
     if added:
         more = f" and {len(added) - 5} more" if len(added) > 5 else ""
         return f"it holds files tritongen did not write there: {', '.join(added[:5])}{more}"
@@ -55,12 +78,14 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_writable_target(
-    target: Path, force: bool, command_hint: str = "", protected: Mapping[str, Path] = {},
+    target: Path, force: bool, command_hint: str = "", protected: Mapping[str, Path] = {}, *,
+    fill_in_place: bool = False,
 ) -> None:
     """Refuse an output that would replace something not tritongen's own.
 
     ``protected`` names paths (label -> path) that must survive: a target that is one of them or
     holds one is refused, with or without ``force``; so is a target holding the working directory.
+    ``fill_in_place``: the command writes into the folder without deleting it (the demo).
     """
     target = Path(target).resolve()
     named = dict(protected, **{"the working directory": Path.cwd()})
@@ -75,7 +100,7 @@ def check_writable_target(
     if not force:
         fix = f"{command_hint} --force" if command_hint else "pass --force to replace it, or choose another output"
         raise OutputExists("output already exists and would be overwritten", where=str(target), fix=fix)
-    reason = _not_ours(target)
+    reason = _not_ours(target, fill_in_place=fill_in_place)
     if reason:
         raise OutputExists(
             f"--force replaces only a folder tritongen wrote, and {reason}",
@@ -151,19 +176,59 @@ def atomic_write_text(path: Path, text: str, *, force: bool = True) -> None:
         raise OutputExists("file exists", where=str(path), fix="pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8") as f:
-        f.write(text)
+        try:
+            f.write(text)
+            f.flush()
+        except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
+            f.close()
+            Path(f.name).unlink(missing_ok=True)
+            raise
     Path(f.name).replace(path)
 
 
-def read_json_object(path: Path, *, fix: str) -> dict[str, Any]:
-    """The JSON object in ``path``; anything else (not UTF-8, not JSON, not an object) is ArtifactCorrupt
-    naming the file, with ``fix`` saying how to make it again."""
+MAX_READ_BYTES = 64 << 20
+"""The largest configuration, manifest or record file tritongen reads whole (a 2 GiB sparse file is not one)."""
+
+
+def read_text_bounded(path: Path, *, fix: str, limit: int = MAX_READ_BYTES, inside: Optional[Path] = None) -> str:
+    """The UTF-8 text of ``path``, read only when it is a regular file (never a FIFO that would block, a
+    device such as /dev/zero, or a folder) of at most ``limit`` bytes, and, with ``inside``, when it
+    resolves inside that folder. Anything else is ArtifactCorrupt naming the file (never its content)."""
+    path = Path(path)
+    if inside is not None and not _inside(path.resolve(), Path(inside).resolve()):
+        raise ArtifactCorrupt(f"resolves outside {inside} (to {path.resolve()}); only files inside it are read",
+                              where=str(path), fix=fix)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ArtifactCorrupt(f"cannot be opened: {exc.strerror}", where=str(path), fix=fix) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactCorrupt("not a regular file (a FIFO, device, socket or folder)", where=str(path), fix=fix)
+        if st.st_size > limit:
+            raise ArtifactCorrupt(f"{st.st_size:,} bytes, more than the {limit:,} a file of this kind may have",
+                                  where=str(path), fix=fix)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ArtifactCorrupt(f"more than the {limit:,} bytes a file of this kind may have", where=str(path), fix=fix)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ArtifactCorrupt(f"not UTF-8 text (byte {exc.start})", where=str(path), fix=fix) from None
+        raise ArtifactCorrupt(f"not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}; a binary file?)",
+                              where=str(path), fix=fix) from None
+
+
+def read_json_object(path: Path, *, fix: str, inside: Optional[Path] = None) -> dict[str, Any]:
+    """The JSON object in ``path`` (read by ``read_text_bounded``); anything else (not UTF-8, not JSON, nested
+    past what Python parses, not an object) is ArtifactCorrupt naming the file, with ``fix`` saying how to
+    make it again."""
+    try:
+        data = json.loads(read_text_bounded(path, fix=fix, inside=inside))
     except json.JSONDecodeError as exc:
         raise ArtifactCorrupt(f"not valid JSON ({exc.msg} at line {exc.lineno})", where=str(path), fix=fix) from None
+    except RecursionError:
+        raise ArtifactCorrupt("nested deeper than any configuration is", where=str(path), fix=fix) from None
     if not isinstance(data, dict):
         raise ArtifactCorrupt(f"not a JSON object (a {type(data).__name__})", where=str(path), fix=fix)
     return data

@@ -183,6 +183,20 @@ def decode_json(payloads: list[bytes]) -> Decoded:
     return texts, server, None
 
 
+def read_events(resp, ex: Exchange) -> None:
+    """An SSE response, line by line off the socket: each ``data:`` line with the time it arrived."""
+    times, payloads, readline = ex.resp_ns, ex.payloads, resp.readline
+    while True:
+        line = readline(b"\n")
+        t = time.monotonic_ns()
+        if not line:
+            break
+        if line.startswith(b"data:"):
+            times.append(t)
+            payloads.append(line)
+    ex.end_ns = t
+
+
 class HttpLLMClient:
     """HTTP generate_stream (SSE, read line by line off the socket) or generate, on one keep-alive connection."""
 
@@ -210,16 +224,7 @@ class HttpLLMClient:
             ex.payloads.append(body)
             ex.end_ns = t
             return
-        times, payloads, readline = ex.resp_ns, ex.payloads, resp.readline
-        while True:
-            line = readline(b"\n")
-            t = time.monotonic_ns()
-            if not line:
-                break
-            if line.startswith(b"data:"):
-                times.append(t)
-                payloads.append(line)
-        ex.end_ns = t
+        read_events(resp, ex)
 
     def close(self) -> None:
         self.http.close()

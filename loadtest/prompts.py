@@ -13,6 +13,8 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
+
 from tokenizers import Tokenizer
 
 _WORD = re.compile(r"^ [A-Za-z]{2,}$")
@@ -24,6 +26,10 @@ class Prompt:
     text: str
     max_tokens: int
     input_tokens: int
+    messages: Optional[tuple[dict[str, Any], ...]] = None
+    """Chat messages (a trace's ``messages``, or a conversation so far); ``text`` is their contents joined."""
+    turns: tuple[str, ...] = ()
+    """Multi-turn: the questions of the conversation's later turns, asked one by one after this one."""
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
@@ -56,19 +62,39 @@ def word_tokens(tokenizer: Tokenizer) -> list[str]:
     return words
 
 
+def words_text(words: list[str], rng: random.Random, n: int) -> str:
+    """``n`` whole-word tokens drawn with ``rng``: the text encodes to exactly those ``n`` tokens."""
+    return "".join(rng.choice(words) for _ in range(n))
+
+
 def synthesize(
     tokenizer: Tokenizer, *, count: int, seed: int, input_mean: int, input_stddev: int,
-    output_mean: int, output_stddev: int,
+    output_mean: int, output_stddev: int, shared_prefix_tokens: int = 0, prefix_groups: int = 1, turns: int = 1,
 ) -> list[Prompt]:
-    """``count`` prompts whose token lengths follow N(input_mean, input_stddev), seeded."""
+    """``count`` prompts whose own token lengths follow N(input_mean, input_stddev), seeded.
+
+    With ``shared_prefix_tokens``, prompt i starts with shared prefix ``i % prefix_groups`` (the same tokens
+    exactly); with ``turns`` > 1, each prompt opens a conversation and carries the questions of its later turns.
+    """
     rng = random.Random(seed)
     words = word_tokens(tokenizer)
+    prefixes = [words_text(words, random.Random(f"{seed}-prefix-{g}"), shared_prefix_tokens) for g in range(prefix_groups)]
     prompts = []
     for i in range(count):
-        n_in = _length(rng, input_mean, input_stddev)
-        text = "".join(rng.choice(words) for _ in range(n_in))
-        prompts.append(Prompt(i, text, _length(rng, output_mean, output_stddev), count_tokens(tokenizer, text)))
+        text = prefixes[i % prefix_groups] + words_text(words, rng, _length(rng, input_mean, input_stddev))
+        later = tuple(words_text(words, rng, _length(rng, input_mean, input_stddev)) for _ in range(turns - 1))
+        prompts.append(Prompt(i, text, _length(rng, output_mean, output_stddev), count_tokens(tokenizer, text),
+                              turns=later))
     return prompts
+
+
+def follow_up(previous: Prompt, answer: str, question: str, index: int, tokenizer: Tokenizer) -> Prompt:
+    """The next turn of a conversation: everything so far (as chat messages, and as one text for the
+    text protocols), the answer just received, and the new question."""
+    messages = previous.messages or ({"role": "user", "content": previous.text},)
+    messages = (*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": question})
+    text = previous.text + answer + question
+    return Prompt(index, text, previous.max_tokens, count_tokens(tokenizer, text), messages=messages)
 
 
 def read_jsonl(

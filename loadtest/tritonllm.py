@@ -37,8 +37,10 @@ from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_inf
 from distributed import MasterGuard, introduce, run_token
 from generator.measure.records import RECORD_VERSION, quantile_sample
 from generator.spec import LoadTestSpec
-from prompts import Prompt, load_tokenizer, read_jsonl, synthesize
+from openaiapi import OpenAIClient, openai_model
+from prompts import Prompt, follow_up, load_tokenizer, read_jsonl, synthesize
 from schedule import arrival_offsets, share
+from traces import read_trace
 
 MSG_RECORDS = "tritongen_records"
 MSG_DRAIN = "tritongen_drain"
@@ -56,7 +58,9 @@ _SPEC_ARGS: tuple[tuple[str, type], ...] = (
     ("protocol", str), ("model", str), ("max_requests", int), ("request_rate", float), ("arrival", str),
     ("prompts", str), ("num_prompts", int), ("input_tokens_mean", int), ("input_tokens_stddev", int),
     ("output_tokens_mean", int), ("output_tokens_stddev", int), ("tokenizer", str), ("seed", int),
-    ("warmup_requests", int), ("request_timeout_s", float),
+    ("warmup_requests", int), ("request_timeout_s", float), ("openai_body", json.loads), ("trace", str),
+    ("time_scale", float), ("trace_block_tokens", int), ("shared_prefix_tokens", int), ("prefix_groups", int),
+    ("turns", int),
 )
 
 
@@ -93,14 +97,22 @@ class LoadState:
         self.index = max(runner.worker_index, 0) if self.worker else 0
         self.count = max(int(getattr(opts, "expect_workers", 1) or 1), 1) if self.worker else 1
         self.host = environment.host or ""
-        self.info = model_info(self.host, opts.model, opts.request_timeout_s)
+        openai = opts.protocol.startswith("openai-")
+        self.info = (openai_model if openai else model_info)(self.host, opts.model, opts.request_timeout_s)
         tokenizer_dir = opts.tokenizer or self.info.tokenizer_dir
         if not tokenizer_dir:
             raise RuntimeError(f"model {self.info.name!r} has no tokenizer_dir parameter: pass --tokenizer DIR "
-                               "(for the LLM-API model, the checkpoint folder its model.yaml names)")
+                               "(for the LLM-API model, the checkpoint folder its model.yaml names; for an OpenAI "
+                               "server, a folder with the served model's tokenizer.json)")
         self.tokenizer_dir = str(Path(tokenizer_dir).resolve())
         self.tokenizer = load_tokenizer(Path(tokenizer_dir))
-        if opts.prompts:
+        self.offsets: Optional[list[int]] = None
+        if opts.trace:
+            self.prompts, self.offsets = read_trace(
+                Path(opts.trace), self.tokenizer, seed=opts.seed, block_tokens=opts.trace_block_tokens,
+                time_scale=opts.time_scale, output_mean=opts.output_tokens_mean,
+            )
+        elif opts.prompts:
             self.prompts = read_jsonl(
                 Path(opts.prompts), self.tokenizer, seed=opts.seed,
                 output_mean=opts.output_tokens_mean, output_stddev=opts.output_tokens_stddev,
@@ -110,10 +122,15 @@ class LoadState:
                 self.tokenizer, count=opts.num_prompts, seed=opts.seed,
                 input_mean=opts.input_tokens_mean, input_stddev=opts.input_tokens_stddev,
                 output_mean=opts.output_tokens_mean, output_stddev=opts.output_tokens_stddev,
+                shared_prefix_tokens=opts.shared_prefix_tokens, prefix_groups=opts.prefix_groups, turns=opts.turns,
             )
         self.warmup_left = share(opts.warmup_requests, self.index, self.count)
         self.quota = None if opts.max_requests is None else share(opts.max_requests, self.index, self.count)
+        if self.offsets is not None:  # a trace is replayed once
+            rows = share(len(self.offsets), self.index, self.count)
+            self.quota = rows if self.quota is None else min(self.quota, rows)
         self.seq = itertools.count()
+        self.measured = itertools.count()  # prompts of measured requests count apart from warm-up (trace order)
         self.inflight = 0
         self.draining = False
         self.done_sent = False
@@ -125,7 +142,14 @@ class LoadState:
 
     @property
     def open_loop(self) -> bool:
-        return self.opts.request_rate is not None
+        return self.opts.request_rate is not None or self.offsets is not None
+
+    def schedule(self):
+        """This process's send offsets (ns after the start): the trace's, or the arrival process's."""
+        if self.offsets is not None:
+            return self.offsets[self.index::self.count]
+        opts = self.opts
+        return arrival_offsets(opts.request_rate, opts.arrival, opts.seed, self.index, self.count)
 
     def next_request(self) -> Optional[tuple[int, Prompt, bool]]:
         """(sequence number, prompt, is-warm-up) of the next request, or None when this process is done."""
@@ -136,12 +160,22 @@ class LoadState:
             return None
         if warmup:
             self.warmup_left -= 1
-        elif self.quota is not None:
-            self.quota -= 1
-        seq = next(self.seq)
+            k = self.warmup_left
+        else:
+            k = next(self.measured)
+            if self.quota is not None:
+                self.quota -= 1
         # Spread a process's requests over the prompt list like one global sequence would.
-        prompt = self.prompts[(seq * self.count + self.index) % len(self.prompts)]
-        return seq, prompt, warmup
+        prompt = self.prompts[(k * self.count + self.index) % len(self.prompts)]
+        return next(self.seq), prompt, warmup
+
+    def next_turn(self, warmup: bool) -> Optional[tuple[int, bool]]:
+        """(sequence number, is-warm-up) of a conversation's next turn, or None when this process is done."""
+        if self.draining or (not warmup and self.quota is not None and self.quota <= 0):
+            return None
+        if not warmup and self.quota is not None:
+            self.quota -= 1
+        return next(self.seq), warmup
 
     def finished(self, ex: Exchange) -> None:
         """Hand to the sink; then stop this process if its share is done."""
@@ -181,12 +215,14 @@ def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
         return st.grpc
     if protocol in ("http-stream", "http"):
         return HttpLLMClient(host, info, protocol == "http-stream", timeout)
-    raise ValueError(f"unknown protocol {protocol!r}: http-stream, grpc-stream or http")
+    if protocol.startswith("openai-"):
+        return OpenAIClient(host, info, protocol, timeout, _STATE.opts.openai_body)
+    raise ValueError(f"unknown protocol {protocol!r}: http-stream, grpc-stream, http, openai-chat or openai-completions")
 
 
 def run_request(
     st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
-) -> None:
+) -> Exchange:
     """Send one request, keep it whatever happens, hand it to the sink (decoded and written in batches).
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
@@ -211,6 +247,24 @@ def run_request(
     finally:
         st.inflight -= 1
         st.finished(ex)
+    return ex
+
+
+def run_conversation(
+    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
+) -> None:
+    """One request, or a conversation: each later turn is sent when the previous answer is complete and
+    resends the conversation so far (questions and answers) with its own question."""
+    ex = run_request(st, client, seq, prompt, warmup, sched_ns, conn_ns)
+    first = prompt.index
+    for k, question in enumerate(prompt.turns, 1):
+        nxt = st.next_turn(warmup)
+        if nxt is None or ex.error:
+            return
+        texts = [t for t in client.decode(ex.payloads)[0] if t]
+        answer = (texts[-1] if texts else "") if st.info.cumulative else "".join(texts)
+        prompt = follow_up(prompt, answer, question, k * len(st.prompts) + first, st.tokenizer)
+        ex = run_request(st, client, nxt[0], prompt, nxt[1], time.monotonic_ns())
 
 
 def fire_locust_events(environment, record: dict[str, Any]) -> None:
@@ -348,7 +402,7 @@ class TritonLLMUser(User):
         if nxt is None:
             self.st.check_done()
             raise StopUser()
-        run_request(self.st, self.client, *nxt, time.monotonic_ns())
+        run_conversation(self.st, self.client, *nxt, time.monotonic_ns())
 
     def open_loop(self) -> None:
         """The first user of a process sends its share of the schedule; other users have nothing to do."""
@@ -363,20 +417,19 @@ class TritonLLMUser(User):
 
         def one(nxt: tuple[int, Prompt, bool], sched_ns: int) -> None:
             if self.client is st.grpc:  # one multiplexed stream carries every request
-                run_request(st, self.client, *nxt, sched_ns)
+                run_conversation(st, self.client, *nxt, sched_ns)
                 return
             t0 = time.monotonic_ns()
             client = idle.pop() if idle else make_client(
                 st.opts.protocol, self.host or st.host, st.info, st.opts.request_timeout_s
             )
             try:
-                run_request(st, client, *nxt, sched_ns, conn_ns=time.monotonic_ns() - t0)
+                run_conversation(st, client, *nxt, sched_ns, conn_ns=time.monotonic_ns() - t0)
             finally:
                 idle.append(client)
 
         start = time.monotonic_ns()
-        opts = st.opts
-        for offset in arrival_offsets(opts.request_rate, opts.arrival, opts.seed, st.index, st.count):
+        for offset in st.schedule():
             sched = start + offset
             delay = (sched - time.monotonic_ns()) / 1e9
             if delay > 0:

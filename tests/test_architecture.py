@@ -27,7 +27,7 @@ PURE = (
     "generator.engine.rules",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck", "generator.model.manifest",
-    "generator.serve.dialect", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
+    "generator.serve.dialect", "generator.serve.adminapi", "generator.deploy.pod_security", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
     "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib.request", "urllib.error", "http.client", "tritonclient", "huggingface_hub",
@@ -181,3 +181,13 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     path = ROOT / "generator" / "demo.py"
     assert "generator.serve.server" in imports_of(path)  # imported inside a stage function
     assert "generator.measure.runner" in generator_graph()["generator.demo"]
+
+
+def test_no_function_in_generator_is_longer_than_80_lines():
+    """Long deciders hide their rules: split them into named steps (issue 24)."""
+    long = []
+    for file in sorted((ROOT / "generator").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{file.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)

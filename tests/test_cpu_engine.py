@@ -619,7 +619,8 @@ def test_prefix_reuse_counts_reused_blocks(engine_factory, engine, prompts):
     assert reused == 2
     assert int(out["kv_cache_alloc_new_blocks"].reshape(-1)[0]) == math.ceil(len(prompt) / TPB) - reused
     assert sink.tokens() == greedy_reference(engine.model, prompt, 4)
-    assert reuse.stats().reused_blocks >= 2
+    stats = reuse.stats()  # the backend's reused / alloc_total / alloc_new gauges: 2 of the 2 x 3 context blocks
+    assert (stats.reused_blocks, stats.alloc_total_blocks, stats.alloc_new_blocks) == (2, 6, 4)
 
 
 # ---------------------------------------------------------------- inside a real tritonserver
@@ -782,3 +783,6 @@ def test_server_stop_input_and_disconnects_free_kv_blocks(cpu_server, cpu_repo_d
     # the engine stopped generating for the gone client long before its request_output_len
     assert gauges[("nv_trt_llm_general_metrics", "iteration_counter")] - steps_before < longest // 2
     assert gauges[("nv_trt_llm_kv_cache_block_metrics", "max")] > 0
+    # the backend's per-block accounting (reuse is off here: every context block is new)
+    assert gauges[("nv_trt_llm_kv_cache_block_metrics", "alloc_total")] == gauges[
+        ("nv_trt_llm_kv_cache_block_metrics", "alloc_new")] > 0

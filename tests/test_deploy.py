@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.deploy.checks import check_deployment
+from generator.repo.manifest import read_manifest
 from generator.deploy.loadtest import LOADTEST_MANIFESTS, package_files
 from generator.deploy.topology import resolve_topology
 from generator.errors import TritongenError
@@ -120,8 +121,8 @@ def test_tp8_pp2_over_two_nodes():
 
 
 @pytest.mark.parametrize("overrides, kinds", [
-    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
-    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "Service",
+    (topo_overrides(4, 1, 2, 2, 1), ["Deployment", "NetworkPolicy", "Service", "PodMonitor", "HorizontalPodAutoscaler"]),
+    (topo_overrides(8, 2, 1, 8, 2), ["ServiceAccount", "Role", "RoleBinding", "LeaderWorkerSet", "NetworkPolicy", "Service",
                                      "PodMonitor", "HorizontalPodAutoscaler"]),
 ])
 def test_render_then_validate_strict(weights, tmp_path, build_engine, overrides, kinds):
@@ -237,7 +238,7 @@ CORPUS = [
     ("own image of another TensorRT-LLM", TP2X2 + ["kubernetes.image=nvcr.io/nvidia/tritonserver:26.03-trtllm-python-py3"],
      lambda r, s: None, "is the Triton container of TensorRT-LLM 1.2.0", "26.04"),
     ("GPU request does not match ranks per pod", TP2X2,
-     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4}', '"nvidia.com/gpu": 2}', 2),
+     lambda r, s: _edit(r / "kubernetes.yaml", '"nvidia.com/gpu": 4,', '"nvidia.com/gpu": 2,', 2),
      "requests nvidia.com/gpu 2 but runs 4", "nvidia.com/gpu: 4"),
     ("worker pod GPUs differ", TP8PP2,
      lambda r, s: _regex(r / "kubernetes.yaml", r'(rank-host"[\s\S]*?limits: \{"nvidia.com/gpu": )8', r"\g<1>4"),
@@ -309,7 +310,7 @@ def test_spec_whose_topology_no_longer_fits_is_refused(weights, tmp_path, build_
     spec = gpu_spec(weights, "tensorrtllm", *TP2X2)
     repo = render_gpu(spec, tmp_path / "repo", build_engine)
     spec.topology.instances_per_node = 3
-    problems = check_deployment(repo, json.loads((repo / "tritongen.json").read_text()), spec)
+    problems = check_deployment(repo, read_manifest(repo), spec)
     assert any("= 6 GPUs, but topology.gpus_per_node is 4" in p.message for p in problems)
 
 

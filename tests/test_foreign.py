@@ -20,7 +20,8 @@ from generator.errors import TritongenError
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
 from generator.repo.problems import Severity, failing
-from generator.repo.render import MANIFEST, reference_facts
+from generator.repo.manifest import MANIFEST
+from generator.repo.render import reference_facts
 from generator.repo.validate import validate_repository
 from generator.spec import load_spec
 from helpers import write_quantized_checkpoint
@@ -69,7 +70,7 @@ def test_official_style_repository_has_notes_only(official):
 
 
 def test_import_and_render_round_trip_to_the_same_meaning(official, tmp_path):
-    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(official), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     spec = load_spec(tmp_path / "imported.yaml")
     assert (spec.build.max_batch_size, spec.build.tp_size, spec.quantization.format.value) == (32, 1, "fp8")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-validate")
@@ -84,10 +85,10 @@ def test_llmapi_repository_round_trips(gpu_host, tmp_path, qwen3_8b_config, toke
     write_quantized_checkpoint(load_spec(spec_path))
     cli("render", str(spec_path), "-o", str(tmp_path / "llmapi"), "--set", "serving.engine=llmapi", "--no-gpu")
     (tmp_path / "llmapi" / MANIFEST).unlink()
-    result = import_repository(tmp_path / "llmapi")
+    result = import_repository(tmp_path / "llmapi", keep_paths=True)
     assert result.spec["serving"]["engine"] == "llmapi" and result.spec["build"]["max_num_tokens"] == 4096
     assert result.spec["serving"]["enable_kv_cache_reuse"] is True
-    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"))
+    cli("import", str(tmp_path / "llmapi"), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-gpu", "--no-validate")
     (tmp_path / "again" / MANIFEST).unlink()
     assert diff_meanings(read_meaning(tmp_path / "llmapi"), read_meaning(tmp_path / "again")) == []
@@ -165,11 +166,27 @@ def test_each_reported_mistake_is_caught_at_its_file_and_line(official, name, mo
         "\n".join(map(str, hits))
 
 
+def _same_config(path: Path, original: bytes) -> bool:
+    """The damaged file still parses to the ModelConfig the original parses to."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    def parse(data: bytes):
+        try:
+            return text_format.Parse(data.decode("utf-8"), model_config_pb2.ModelConfig())
+        except (text_format.ParseError, UnicodeDecodeError):
+            return None
+
+    damaged = parse(path.read_bytes())
+    return damaged is not None and damaged == parse(original)
+
+
 def test_validate_never_crashes_on_a_mangled_repository(official):
     """Seeded random damage to every config: validate answers with problems, import with a TritongenError."""
     rng = random.Random(7)
     configs = sorted(official.glob("*/config.pbtxt"))
     originals = {c: c.read_bytes() for c in configs}
+    pristine = sorted((p.file, p.message, p.severity) for p in validate_repository(official))
     junk = [b"${x}", b"\x00", b"\xff\xfe", b"{", b"}", b"-1", b"99999999999999999999", b'"', b"\n", b"nan", b"\\"]
     for _ in range(150):
         for c, data in originals.items():
@@ -186,8 +203,42 @@ def test_validate_never_crashes_on_a_mangled_repository(official):
             else:
                 data = data[:pos]
         target.write_bytes(bytes(data))
-        assert isinstance(validate_repository(official), list)
+        problems = validate_repository(official)
+        assert all(p.fix for p in problems)
+        verdict = sorted((p.file, p.message, p.severity) for p in problems)
+        if _same_config(target, originals[target]):
+            assert verdict == pristine  # damage that leaves the same ModelConfig changes no verdict
+        else:
+            assert verdict != pristine, f"damage to {target} changed nothing validate says"
         try:
             import_repository(official)
-        except TritongenError:
-            pass
+        except TritongenError as exc:
+            assert exc.fix
+
+
+def test_foreign_llmapi_repository_is_validated_as_one(tmp_path):
+    """NVIDIA's llmapi model folder as shipped (no tritongen.json; max_batch_size and decoupled only in
+    model.yaml's triton_config, as NVIDIA's config.pbtxt leaves them out) is checked as an LLM-API model,
+    not as a broken engine repository (21 false errors before)."""
+    from generator.repo.llmapi import llmapi_data
+
+    model = tmp_path / "repo" / "tensorrt_llm"
+    (model / "1").mkdir(parents=True)
+
+    def tensors(items):
+        return ",\n".join(f'  {{ name: "{t["name"]}" data_type: {t["data_type"]} dims: [ {", ".join(map(str, t["dims"]))} ]'
+                          + (" optional: true" if t.get("optional") else "") + " }" for t in items)
+
+    data = llmapi_data()
+    (model / "config.pbtxt").write_text('name: "tensorrt_llm"\nbackend: "python"\n'
+                                        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+                                        f"input [\n{tensors(data['triton_inputs'])}\n]\n"
+                                        f"output [\n{tensors(data['triton_outputs'])}\n]\n")
+    (model / "1" / "model.yaml").write_text("model: TinyLlama/TinyLlama-1.1B-Chat-v1.0\nbackend: pytorch\n"
+                                            "tensor_parallel_size: 1\npipeline_parallel_size: 1\n"
+                                            "triton_config:\n  max_batch_size: 0\n  decoupled: False\n")
+    for name in ("model.py", "helpers.py"):
+        (model / "1" / name).write_text(f"# NVIDIA's {name}, copied by the user\n")
+    assert errors_and_warnings(tmp_path / "repo") == []
+    (model / "1" / "model.yaml").write_text("model: x\nbackend: pytorch\ntensor_paralel_size: 1\n")
+    assert any("tensor_paralel_size" in p.message for p in errors_and_warnings(tmp_path / "repo"))

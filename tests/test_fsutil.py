@@ -108,3 +108,33 @@ def test_interrupted_write_leaves_nothing(tmp_path):
             (tmp / "half").write_text("x")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_never_deletes_a_file_added_inside_a_model_folder(tmp_path):
+    """Finding 15: NVIDIA's model.py copied into tensorrt_llm/1/ (as the README says) survives --force."""
+    target = tmp_path / "repo"
+    with atomic_dir(target) as tmp:
+        (tmp / "tensorrt_llm" / "1").mkdir(parents=True)
+        (tmp / "tensorrt_llm" / "1" / "model.yaml").write_text("ours")
+    (target / "tensorrt_llm" / "1" / "__pycache__").mkdir()  # Python's own: never counts as the user's
+    (target / "tensorrt_llm" / "1" / "model.py").write_text("NVIDIA's, copied by the user")
+    with pytest.raises(TritongenError, match="tensorrt_llm/1/model.py"):
+        _write(target, force=True)
+    assert (target / "tensorrt_llm" / "1" / "model.py").read_text() == "NVIDIA's, copied by the user"
+    (target / "tensorrt_llm" / "1" / "model.py").unlink()
+    _write(target, force=True)  # nothing of the user's left: --force replaces it
+    assert (target / "out.txt").is_file()
+
+
+def test_force_never_replaces_a_demo_folder_with_other_output(tmp_path):
+    """Finding 15: a folder the demo marked (filled bit by bit) holding a user's file is not replaced by render."""
+    from generator.fsutil import check_writable_target, write_marker
+
+    demo = tmp_path / "demo-out"
+    demo.mkdir()
+    write_marker(demo)
+    (demo / "notes.md").write_text("mine")
+    with pytest.raises(TritongenError, match="demo"):
+        _write(demo, force=True)
+    assert (demo / "notes.md").read_text() == "mine"
+    check_writable_target(demo, True, fill_in_place=True)  # the demo itself still writes into it

@@ -54,7 +54,7 @@ def test_reference_deployment_maps_onto_llm_args(tmp_path):
     assert set(doc) - {"triton_config"} <= llmapi.accepted_llm_args()
     assert set(doc["kv_cache_config"]) <= set(data["nested"]["kv_cache_config"])
     rows = {r.spec_field: r for r in llmapi.llmapi_mapping(spec)}
-    assert rows["serving.kv_cache_free_gpu_mem_fraction"].llmapi_key == "kv_cache_config.free_gpu_memory_fraction"
+    assert rows["serving.kv_cache_free_gpu_mem_fraction"].key == "kv_cache_config.free_gpu_memory_fraction"
 
 
 def test_spec_changes_reach_model_yaml(tmp_path):

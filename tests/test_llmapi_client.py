@@ -3,7 +3,6 @@ per-request figures from cumulative records, and which model a smoke test or loa
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -96,11 +95,14 @@ def test_perf_metric_split_from_the_llmapi_time_outputs():
     assert m.split["queue"] == 2 * MS and m.split["prefill"] == 6 * MS and m.split["decode"] == 12 * MS
 
 
-def test_smoke_picks_the_model_the_manifest_names(tmp_path):
-    (tmp_path / "tritongen.json").write_text(json.dumps({"target": "llmapi"}))
-    assert entry_model("127.0.0.1:9", tmp_path) == "tensorrt_llm"
-    (tmp_path / "tritongen.json").write_text(json.dumps({"target": "cpu-reference"}))
-    assert entry_model("127.0.0.1:9", tmp_path) == "ensemble"
+def test_smoke_picks_the_model_the_manifest_names(tokenizer_weights_dir, tmp_path):
+    from generator.repo.render import render_repository
+    from helpers import small_spec
+
+    for engine, model in (("llmapi", "tensorrt_llm"), ("cpu-reference", "ensemble")):
+        spec = small_spec(tokenizer_weights_dir, tmp_path / "art", f"serving.engine={engine}")
+        repo = render_repository(spec, tmp_path / engine)
+        assert entry_model("127.0.0.1:9", repo) == model
 
 
 def test_load_tests_follow_the_engine_unless_told(tmp_path):

@@ -263,7 +263,7 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
         assert manifest["models"] == ["tensorrt_llm"]
         assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["tensorrt_llm"]
         assert sorted(p.name for p in repo.iterdir() if p.is_file()) == [
-            MARKER, "kubernetes-loadtest.yaml", "kubernetes.yaml", "launch.sh", "tritongen.json"]
+            MARKER, "kubernetes-loadtest.yaml", "kubernetes.yaml", "launch.sh", "loadtest.Dockerfile", "tritongen.json"]
         assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()
         return
     assert manifest["models"] == ["tensorrt_llm", "tensorrt_llm_cpu"]
@@ -280,7 +280,7 @@ def test_llmapi_target(tokenizer_weights_dir, tmp_path, gpu_visible):
 
 
 def test_pbtxt_strings_escape_every_control_character_and_read_back_identical():
-    from generator.repo.render import _quote
+    from generator.templating import pbtxt_string as _quote
 
     nasty = "".join(chr(c) for c in range(32)) + '\x7f"\\\'é/東京 😊'
     parsed = text_format.Parse(f"name: {_quote(nasty)}", model_config_pb2.ModelConfig())
@@ -288,12 +288,16 @@ def test_pbtxt_strings_escape_every_control_character_and_read_back_identical():
     assert all(ord(c) >= 32 and c != "\x7f" for c in _quote(nasty))  # nothing raw reaches the file
 
 
-def test_rendered_path_with_control_characters_reads_back_identical(tokenizer_weights_dir, tmp_path):
+def test_rendered_path_with_quotes_reads_back_identical(tokenizer_weights_dir, tmp_path):
+    """Quotes, backslashes, $() and # in a folder name reach the configs intact; control characters (a tab, a
+    newline) are refused by the spec, naming the field, since no line-oriented file could carry them."""
     import shutil
 
     from generator.repo.validate import validate_repository
 
-    weights = tmp_path / "we\x01ird\tname\nwith \"quotes\""
+    with pytest.raises(TritongenError, match="artifacts.checkpoint_dir: holds the control character"):
+        small_spec(tmp_path / "we\x01ird\tname\nwith", tmp_path / "art", "serving.engine=cpu-reference")
+    weights = tmp_path / "we'ird \\name $(x)#with \"quotes\""
     shutil.copytree(tokenizer_weights_dir, weights)
     spec = small_spec(weights, tmp_path / "art", "serving.engine=cpu-reference")
     repo = render_repository(spec, tmp_path / "repo")
@@ -303,7 +307,7 @@ def test_rendered_path_with_control_characters_reads_back_identical(tokenizer_we
 
 
 def test_lone_surrogate_is_refused_with_a_message():
-    from generator.repo.render import _quote
+    from generator.templating import pbtxt_string as _quote
 
     with pytest.raises(TritongenError, match="lone surrogate"):
         _quote("bad\udcff")

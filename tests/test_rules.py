@@ -18,6 +18,7 @@ from generator.repo import render
 from generator.repo.validate import validate_repository
 from generator.resources import data_json
 from generator.spec import EngineTarget, load_spec
+from helpers import small_spec
 
 GPU = ["serving.engine=tensorrtllm", "build.gpu=b200"]
 
@@ -74,8 +75,6 @@ def test_weights_larger_than_the_gpu_refused_alike(qwen3):
 
 
 def test_batch_above_the_engine_same_fix_in_render_and_validate(tokenizer_weights_dir, tmp_path, build_engine):
-    from tests.test_render import small_spec
-
     spec = small_spec(tokenizer_weights_dir, tmp_path / "art", "serving.engine=tensorrtllm", "build.max_batch_size=8")
     engine_config = build_engine(spec)
     [expected] = rules.batch_fits_engine(16, 8, str(engine_config))
@@ -126,3 +125,40 @@ def test_exclusion_rule_lives_on_the_quantization_spec():
     assert q.keeps_unquantized("lm_head") and q.keeps_unquantized("model.layers.0.mlp.up_proj")
     assert not q.keeps_unquantized("model.layers.0.self_attn.q_proj")
     assert load_spec(None, ["quantization.format=none"]).quantization.keeps_unquantized("model.layers.0.self_attn.q_proj")
+
+
+def _cli_commands():
+    from typer.main import get_command
+
+    from generator.cli import app
+
+    def walk(command, prefix=()):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield prefix + (name,), sub
+            yield from walk(sub, prefix + (name,))
+
+    return dict(walk(get_command(app)))
+
+
+def test_every_command_any_message_names_exists_with_its_options():
+    """Errors, fixes and notes anywhere in generator/ name `tritongen CMD --opt`: each must be real."""
+    import ast
+    from pathlib import Path
+
+    commands = _cli_commands()
+    mention = re.compile(r"tritongen ([a-z][a-z-]*(?: [a-z][a-z-]*)?)((?:(?! or | and |, |; |[`'\"()]).)*)")
+    checked, bad = 0, []
+    for file in sorted((Path(__file__).resolve().parents[1] / "generator").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            for m in mention.finditer(node.value):
+                words = tuple(m.group(1).split())
+                key = words[:2] if words[:2] in commands else words[:1]
+                if key not in commands:
+                    continue  # prose ("tritongen started ..."), not a command
+                checked += 1
+                options = {o for p in commands[key].params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]}
+                bad += [f"{file.name}:{node.lineno}: {m.group(0)!r} has no {flag}"
+                        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", m.group(2)) if flag not in options]
+    assert checked > 50 and not bad, "\n".join(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 
@@ -26,6 +27,13 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def os_error_line(exc: OSError) -> str:
+    """The OS's cause and the file it concerns. A copy that fills the disk names its source first and the
+    file being written second (shutil): the one written is where the space ran out."""
+    name = exc.filename2 if exc.errno == errno.ENOSPC and exc.filename2 else exc.filename
+    return (f"{name}: " if name else "") + (exc.strerror or str(exc))
+
+
 def main() -> None:
     # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
     # SIGINT too, even when started as a background job (which inherits SIGINT ignored, and then never stops).
@@ -41,8 +49,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(exit_code(exc))
     except OSError as exc:  # permissions, a full disk, a path that is a file: the OS names the cause
-        where = f"{exc.filename}: " if exc.filename else ""
-        console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}\n"
+        console.print(f"[bold red]error:[/] {escape(os_error_line(exc))}\n"
                       "  fix: check the path, its permissions and the free space")
         sys.exit(EXIT_OS_ERROR)
     except KeyboardInterrupt:

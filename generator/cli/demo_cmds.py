@@ -28,7 +28,7 @@ def demo(
 
     sets = list(overrides or [])
     load_spec(None, [*demo_overrides(out_dir / "tiny-model", out_dir / "artifacts"), *sets])  # a bad --set stops here
-    check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}")
+    check_writable_target(out_dir, force, f"tritongen demo -o {out_dir}", fill_in_place=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir)
     run = DemoRun(out=out_dir.resolve(), overrides=sets)

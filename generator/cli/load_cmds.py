@@ -17,19 +17,17 @@ from generator.cli._app import (
     spec_overrides, step,
 )
 from generator.errors import SpecError
-from generator.fsutil import read_json_object
+from generator.repo.manifest import MANIFEST, read_manifest
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
-from generator.spec import Spec, apply_overrides, load_spec, spec_from_dict
+from generator.spec import Spec, load_spec
 
 
 def loadtest_spec(spec_path: Optional[Path], repo: Optional[Path], overrides: list[str]) -> Spec:
     """The spec file if given, else the one the repository was rendered from (tritongen.json), else defaults."""
-    if spec_path is not None or repo is None or not (repo / "tritongen.json").is_file():
+    manifest = read_manifest(repo) if spec_path is None and repo is not None else None
+    if manifest is None:
         return load_spec(spec_path, overrides)
-    manifest = read_json_object(repo / "tritongen.json", fix="render the repository again, or pass --spec SPEC")
-    recorded = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else {}
-    return spec_from_dict(apply_overrides(recorded, overrides), base_dir=repo,
-                          source=str(repo / "tritongen.json"))
+    return manifest.recorded_spec(source=str(repo / MANIFEST), overrides=overrides)
 
 
 def _print_results(results: LoadTestResult, out_dir: Path) -> None:
@@ -47,6 +45,9 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
               f"error rate {(results.error_rate or 0):.2%}")
+    if reuse := results.prefix_reuse:
+        out.print(f"prefix cache: {reuse.hit_share:.1%} of prompt {reuse.unit} reused ({reuse.hit_requests} of "
+                  f"{reuse.requests} requests hit)")
     checks = results.checks
     if checks.checked:
         out.print(f"streamed-output checks: {checks.failed_requests} of {checks.checked} answers failed "
@@ -97,6 +98,8 @@ Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
 Seed = spec_option("loadtest.seed", "--seed")
+Trace = spec_option("loadtest.trace", "--trace")
+TimeScale = spec_option("loadtest.time_scale", "--time-scale")
 
 
 @app.command()
@@ -120,6 +123,8 @@ def loadtest(
     prompts: Prompts = None,
     tokenizer: Tokenizer = None,
     seed: Seed = None,
+    trace: Trace = None,
+    time_scale: TimeScale = None,
     admin_key: AdminKey = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
@@ -150,7 +155,8 @@ def loadtest(
     flags = spec_overrides(loadtest, locals())
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     lt = spec.loadtest
-    load = f"{lt.request_rate:g} req/s" if lt.request_rate else f"{lt.users} users"
+    load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
+            else f"{lt.users} users")
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):

@@ -89,7 +89,7 @@ def _print_llmapi_plan(spec, as_json: bool, loadgen: dict) -> None:
         for col in ("spec field", "model.yaml key", "value", "note"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            table.add_row(r.spec_field, r.llmapi_key, escape(str(r.value)), escape(r.note))
+            table.add_row(r.spec_field, r.key, escape(str(r.value)), escape(r.note))
         out.print(table)
         for reason in refusals:
             out.print(f"[bold red]refused:[/] {escape(reason)}")

@@ -102,27 +102,39 @@ def import_cmd(
     repo_dir: Annotated[Path, typer.Argument(help="An existing model repository (fill_template.py, hand edits, tritongen).")],
     output: Output,
     force: Force = False,
+    keep_paths: Annotated[bool, typer.Option(
+        "--keep-paths", help="Carry the folders the repository names (engine, tokenizer, model) into the spec.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Carry model.yaml's trust_remote_code: true (later commands run the "
+        "checkpoint's own Python).")] = False,
 ) -> None:
     """Derive a spec from an existing repository: values found, values it could not infer, inconsistencies.
 
     `tritongen render` of the written spec gives a repository of the same meaning (check with `tritongen diff`).
+    Folders the repository names and trust_remote_code are reported and carried only with --keep-paths and
+    --trust-remote-code.
     """
     import yaml
 
     from generator.fsutil import atomic_write_text
     from generator.repo.importer import import_repository
     from generator.spec import spec_from_dict
+    from generator.templating import comment_text
 
-    result = import_repository(repo_dir)
+    result = import_repository(repo_dir, trust_remote_code=trust_remote_code, keep_paths=keep_paths)
     spec_from_dict(result.spec, source=f"the spec imported from {repo_dir}")  # refuse to write a spec that does not load
-    header = [f"# Imported by `tritongen import {repo_dir}`."]
-    header += [f"# not inferred: {line}" for line in result.not_inferred]
-    header += [f"# inconsistent: {line}" for line in result.inconsistencies]
-    atomic_write_text(output, "\n".join(header) + "\n" + yaml.safe_dump(result.spec, sort_keys=False), force=force)
+    header = [f"Imported by `tritongen import {repo_dir}`."]
+    header += [f"not inferred: {line}" for line in result.not_inferred]
+    header += [f"inconsistent: {line}" for line in result.inconsistencies]
+    header += [f"held back: {line}" for line in result.held_back]
+    comments = "".join(f"# {comment_text(line)}\n" for line in header)  # repository text never leaves its comment
+    atomic_write_text(output, comments + yaml.safe_dump(result.spec, sort_keys=False), force=force)
     for line in result.not_inferred:
         console.print(f"[yellow]not inferred:[/] {escape(line)}")
     for line in result.inconsistencies:
         console.print(f"[bold red]inconsistent:[/] {escape(line)}")
+    for line in result.held_back:
+        console.print(f"[bold yellow]held back:[/] {escape(line)}")
     console.print(f"wrote {escape(str(output))}; next: tritongen render {escape(str(output))} -o NEW_REPO, "
                   f"then tritongen diff {escape(str(repo_dir))} NEW_REPO")
 
@@ -147,7 +159,11 @@ def diff_cmd(
     for repo in (repo_a, repo_b):
         if not repo.is_dir():
             raise ArtifactMissing("repository folder does not exist", where=str(repo), fix="pass two repository folders")
-    differences = diff_meanings(read_meaning(repo_a), read_meaning(repo_b))
+    meanings = [read_meaning(repo_a), read_meaning(repo_b)]
+    for meaning in meanings:
+        for line in meaning.not_read:
+            console.print(f"[yellow]not compared:[/] {escape(line)}")
+    differences = diff_meanings(*meanings)
     if as_json:
         typer.echo(json.dumps([d.model_dump() for d in differences], indent=2, default=str))
     elif not differences:

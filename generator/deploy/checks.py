@@ -10,7 +10,6 @@ report becomes one problem with its fix. Reads files only.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -18,9 +17,11 @@ from typing import Any, Optional
 from generator.deploy.kubernetes import MANIFESTS
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, launch_script
 from generator.deploy.loadtest import LOADTEST_MANIFESTS
-from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems
+from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems, security_review
 from generator.deploy.topology import Topology
 from generator.errors import TritongenError
+from generator.fsutil import read_json_object, read_text_bounded
+from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.repo.problems import Problem, parse_config
 from generator.spec import EngineTarget, Spec
 
@@ -28,19 +29,20 @@ ENGINE_MODEL = "tensorrt_llm"
 CONFIGMAP_LIMIT = 1 << 20
 """Kubernetes stores a ConfigMap in etcd, which refuses objects over 1 MiB."""
 CPU_ENGINE_MODEL = "tensorrt_llm_cpu"
-def check_deployment(repo: Path, manifest: dict[str, Any], spec: Optional[Spec]) -> list[Problem]:
+def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optional[Spec]) -> list[Problem]:
     """Every disagreement between the rendered scale-out artifacts and the spec's topology."""
     out = Findings()
-    if spec is None or not manifest.get("target"):
+    if spec is None or manifest is None:
         return []
-    target = EngineTarget(manifest["target"])
-    gpu = not manifest.get("cpu_stand_in", target is EngineTarget.cpu_reference)
+    target = manifest.target
+    stand_in = manifest.cpu_stand_in
+    gpu = not (stand_in if stand_in is not None else target is EngineTarget.cpu_reference)
     from generator.deploy.render import deploy_topology
 
     try:
         topo = deploy_topology(spec, target, gpu_visible=gpu)
     except TritongenError as exc:
-        out.add(repo / "tritongen.json", None, f"the spec's topology does not fit: {exc.message}", exc.fix or "fix the spec")
+        out.add(repo / MANIFEST, None, f"the spec's topology does not fit: {exc.message}", exc.fix or "fix the spec")
         return out.problems
     _check_engine_model(repo, topo, spec, out)
     _check_launch(repo, topo, out)
@@ -53,7 +55,9 @@ def check_deployment(repo: Path, manifest: dict[str, Any], spec: Optional[Spec])
         else:
             check_manifests(manifests, spec, topo, _version(spec, manifest, target), out)
         if (repo / LOADTEST_MANIFESTS).is_file():
-            for doc, line in documents(repo / LOADTEST_MANIFESTS, out):
+            loadtest_docs = documents(repo / LOADTEST_MANIFESTS, out)
+            security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out)
+            for doc, line in loadtest_docs:
                 schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
                 size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())
                 if doc.get("kind") == "ConfigMap" and size > CONFIGMAP_LIMIT:
@@ -137,7 +141,11 @@ def _check_launch(repo: Path, topo: Topology, out: Findings) -> None:
     if not path.is_file():
         out.add(path, None, "no launch script", "re-render with `tritongen render` (tritongen serve runs it)")
         return
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text_bounded(path, fix="re-render with `tritongen render`", limit=1 << 20)
+    except TritongenError as exc:
+        out.add(path, None, exc.message, exc.fix or "re-render")
+        return
     prefixes = re.findall(r'shm-region-prefix-name="\$\{SHM_PREFIX\}(\d+)_"', text)
     ranks = len(prefixes)
     mpi = bool(re.search(r"^\s*exec mpirun\b", text, re.M))
@@ -187,19 +195,19 @@ def _line(text: str, needle: str) -> Optional[int]:
 # ---------------------------------------------------------------- engine folder
 
 
-def _version(spec: Spec, manifest: dict[str, Any], target: EngineTarget) -> str:
+def _version(spec: Spec, manifest: RepoManifest, target: EngineTarget) -> str:
     if target is EngineTarget.tensorrtllm:
         cfg = spec.engine_dir / "config.json"
         try:
-            version = json.loads(cfg.read_text(encoding="utf-8")).get("version")
-        except (OSError, ValueError):
+            version = read_json_object(cfg, fix="").get("version")
+        except TritongenError:
             version = None
         if isinstance(version, str):
             return version
-    return str(manifest.get("tensorrt_llm_version", ""))
+    return manifest.tensorrt_llm_version
 
 
-def _check_engine_files(spec: Spec, topo: Topology, manifest: dict[str, Any], out: Findings) -> None:
+def _check_engine_files(spec: Spec, topo: Topology, manifest: RepoManifest, out: Findings) -> None:
     engine = spec.engine_dir
     if not (engine / "config.json").is_file():
         return  # "not built yet" is the repository check's warning
@@ -213,7 +221,7 @@ def _check_engine_files(spec: Spec, topo: Topology, manifest: dict[str, Any], ou
                 + (f" (extra {extra})" if extra else ""),
                 f"rebuild with build.tp_size={topo.tp} build.pp_size={topo.pp}: `tritongen build SPEC --force`")
     version = _version(spec, manifest, EngineTarget.tensorrtllm)
-    rendered = manifest.get("tensorrt_llm_version")
-    if rendered and version != rendered:
+    rendered = manifest.tensorrt_llm_version
+    if version != rendered:
         out.add(engine / "config.json", None, f"engine built with TensorRT-LLM {version}, repository rendered for "
                 f"{rendered}", f"rebuild the engine with TensorRT-LLM {rendered}, or render for {version}")

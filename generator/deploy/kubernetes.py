@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ from generator.deploy.topology import Topology
 from generator.engine.memory import GIB
 from generator.errors import PlanRefused
 from generator.resources import data_json
+from generator.serve.adminapi import restriction_flags
 from generator.spec import EngineTarget, Spec
 
 MANIFESTS = "kubernetes.yaml"
@@ -36,6 +38,17 @@ SHM_PER_GPU_MIB = 256
 """NCCL's shared-memory transport between the GPUs of one pod: an allowance, not a measurement."""
 SHM_MIN_MIB = 256
 """Never below this: Docker's 64 MiB default is the size users report the Python backend failing at."""
+
+ADMIN_KEY_DIR = "/var/run/tritongen-admin"
+"""Where the server pods mount the admin-key Secret (key ``key``)."""
+CPU_PER_RANK = 2
+"""Cores per GPU rank: the rank's own thread plus the in-flight batcher's and NCCL's (an allowance)."""
+CPU_PER_PYTHON_INSTANCE = 1
+"""Cores per Python-backend instance (tokenizing, the BLS): an allowance."""
+MEMORY_BASE_GIB = 8
+"""Host memory of a server beside the weights: tritonserver, Python stubs, tokenizers, CUDA (an allowance)."""
+MEMORY_NO_PLAN_GIB = 64
+"""Host memory allowed for the weights when no memory plan exists (no model config.json): an assumption."""
 
 WAITING_METRIC = "nv_trt_llm_request_metrics"
 HPA_REASON = (
@@ -60,6 +73,12 @@ class PodSizing(BaseModel):
     startup_budget_s: int
     startup_reason: str
     failure_threshold: int
+    cpu: int
+    """Cores requested and limited per pod."""
+    cpu_reason: str
+    memory_gib: int
+    """Host memory requested and limited per pod (GiB)."""
+    memory_reason: str
 
 
 def python_instances(spec: Spec, target: EngineTarget) -> int:
@@ -92,8 +111,19 @@ def pod_sizing(spec: Spec, topo: Topology) -> PodSizing:
         budget = 2 * (STARTUP_BASE_S + 600)
         startup_reason = f"no memory plan (no model config.json): 2 x ({STARTUP_BASE_S} s + 600 s)"
     threshold = math.ceil(budget / PROBE_PERIOD_S)
+    cpu = topo.gpus_per_pod * CPU_PER_RANK + py * CPU_PER_PYTHON_INSTANCE
+    cpu_reason = (f"{CPU_PER_RANK} x {topo.gpus_per_pod} GPU rank(s) + {CPU_PER_PYTHON_INSTANCE} x {py} "
+                  "Python-backend instance(s)")
+    if topo.weights_per_gpu_bytes is not None:
+        weights = math.ceil(topo.weights_per_gpu_bytes * topo.gpus_per_pod / GIB)
+        weights_reason = f"{weights} GiB of planned weights for the pod's {topo.gpus_per_pod} GPU(s) (staged in host memory while loading)"
+    else:
+        weights, weights_reason = MEMORY_NO_PLAN_GIB, f"{MEMORY_NO_PLAN_GIB} GiB for weights (no memory plan)"
+    memory = MEMORY_BASE_GIB + weights + math.ceil(shm / 1024)
+    memory_reason = f"{MEMORY_BASE_GIB} GiB server + {weights_reason} + /dev/shm {shm} MiB (counted as memory)"
     return PodSizing(shm_mib=shm, shm_reason=shm_reason, startup_budget_s=threshold * PROBE_PERIOD_S,
-                     startup_reason=startup_reason, failure_threshold=threshold)
+                     startup_reason=startup_reason, failure_threshold=threshold, cpu=cpu, cpu_reason=cpu_reason,
+                     memory_gib=memory, memory_reason=memory_reason)
 
 
 def expected_image(version: str) -> Optional[str]:
@@ -133,30 +163,66 @@ def labels(spec: Spec) -> dict[str, str]:
     return {"app.kubernetes.io/name": spec.kubernetes.name, "app.kubernetes.io/component": "triton"}
 
 
+def admin_secret(spec: Spec) -> str:
+    """The Secret holding the server's admin key (created by the user, never rendered)."""
+    return f"{spec.kubernetes.name}-admin-key"
+
+
+def kube_literal(text: str) -> str:
+    """``text`` as a container command argument: Kubernetes expands ``$(VAR)`` there and reads ``$$`` as ``$``."""
+    return text.replace("$", "$$")
+
+
+def pod_security(spec: Spec) -> dict[str, Any]:
+    """The pod securityContext of Pod Security "restricted": non-root, the runtime's seccomp profile."""
+    uid = spec.kubernetes.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+"""The container securityContext of Pod Security "restricted"."""
+
+
+def worker_pod_names(spec: Spec, topo: Topology) -> list[str]:
+    """LeaderWorkerSet's worker pods (<name>-<group>-<index>) of every group the autoscaler may start: the only
+    pods the leader may exec into."""
+    groups = max(spec.kubernetes.hpa_max_replicas, topo.replicas)
+    return [f"{spec.kubernetes.name}-{g}-{i}" for g in range(groups) for i in range(1, topo.nodes_per_instance)]
+
+
+def server_shell(spec: Spec, topo: Topology, startup_budget_s: int) -> str:
+    """The server container's shell: read the admin key from the mounted Secret, wait for the group's
+    workers (several nodes), then run the launch script with the admin APIs restricted. Every value is a
+    quoted shell word; the key reaches tritonserver's arguments inside the pod only (Triton 2.51 takes it
+    nowhere else)."""
+    launch = [str(repository_path(spec) / LAUNCH_SCRIPT)] + [f"--{name}-port={port}" for name, port in PORTS.items()]
+    flags = " ".join(f'"{flag}"' for flag in restriction_flags("$key"))
+    script = f'key="$(cat {ADMIN_KEY_DIR}/key)" && '
+    if topo.multi_node:
+        workers = " ".join(f'"pod/$POD_NAME-{i}"' for i in range(1, topo.nodes_per_instance))
+        script += f"kubectl wait --for=condition=Ready {workers} --timeout={startup_budget_s}s && "
+    return kube_literal(script + f"exec /bin/sh {shlex.join(launch)} {flags}")
+
+
 def manifest_values(spec: Spec, topo: Topology, trtllm_version: str) -> dict[str, Any]:
     """Every value of kubernetes.yaml."""
     k = spec.kubernetes
     sizing = pod_sizing(spec, topo)
     repo = repository_path(spec)
-    launch = [str(repo / LAUNCH_SCRIPT)] + [f"--{name}-port={port}" for name, port in PORTS.items()]
     pod_labels = labels(spec)
     leader_labels = {**pod_labels, "role": "leader"} if topo.multi_node else pod_labels
+    # $(POD_NAME) in an env value is expanded by Kubernetes from the container's env.
     hosts = ",".join(["$(POD_NAME):%d" % topo.gpus_per_node] +
                      [f"$(POD_NAME)-{i}:{topo.gpus_per_node}" for i in range(1, topo.nodes_per_instance)])
-    workers = " ".join(f"pod/$(POD_NAME)-{i}" for i in range(1, topo.nodes_per_instance))
-    if topo.multi_node:
-        # $(VAR) is expanded by Kubernetes from the container's env; the shell sees the result.
-        command = ["/bin/sh", "-c", f"kubectl wait --for=condition=Ready {workers} --timeout={sizing.startup_budget_s}s"
-                   f" && exec /bin/sh {' '.join(launch)}"]
-    else:
-        command = ["/bin/sh", *launch]
+    command = ["/bin/sh", "-c", server_shell(spec, topo, sizing.startup_budget_s)]
     return {
         "name": k.name, "namespace": k.namespace, "labels": pod_labels, "leader_labels": leader_labels,
         "image": server_image(spec, trtllm_version), "trtllm_version": trtllm_version,
         "topo": topo, "multi_node": topo.multi_node, "replicas": topo.replicas, "group_size": topo.nodes_per_instance,
         "gpus": topo.gpus_per_pod, "command": command, "mpi_hosts": hosts,
-        "worker_command": ["/bin/sh", "-c", "echo 'rank host: mpirun on the leader starts this pod's ranks via kubectl "
-                           "exec'; exec sleep infinity"],
+        "worker_command": ["/bin/sh", "-c", "echo " + shlex.quote("rank host: mpirun on the leader starts this pod's "
+                                                                 "ranks via kubectl exec") + "; exec sleep infinity"],
         "ports": PORTS, "sizing": sizing, "probe_period": PROBE_PERIOD_S,
         "volume_claim": k.volume_claim, "artifacts": str(artifacts_mount(spec)), "repository": str(repo),
         "hpa": topo.target is EngineTarget.tensorrtllm, "hpa_reason": HPA_REASON, "hpa_metric": WAITING_METRIC,
@@ -165,6 +231,10 @@ def manifest_values(spec: Spec, topo: Topology, trtllm_version: str) -> dict[str
         "workload_api": "leaderworkerset.x-k8s.io/v1" if topo.multi_node else "apps/v1",
         "workload_kind": "LeaderWorkerSet" if topo.multi_node else "Deployment",
         "kubessh": KUBESSH,
+        "pod_security": pod_security(spec), "container_security": CONTAINER_SECURITY,
+        "cpu": str(sizing.cpu), "memory": f"{sizing.memory_gib}Gi",
+        "admin_secret": admin_secret(spec), "admin_key_dir": ADMIN_KEY_DIR,
+        "worker_pods": worker_pod_names(spec, topo) if topo.multi_node else [],
     }
 
 

@@ -10,8 +10,6 @@ what the script starts.
 
 from __future__ import annotations
 
-import shlex
-
 from pydantic import BaseModel, ConfigDict
 
 from generator.deploy.topology import Topology
@@ -70,9 +68,7 @@ def _describe(topo: Topology) -> str:
 def launch_script(topo: Topology) -> str:
     from generator.deploy.templates import render
 
-    ranks = [{"rank": r.rank, "prefix": " ".join(r.prefix), "args": " ".join(shlex.quote(a) for a in r.args)}
-             for r in rank_commands(topo)]
-    return render("launch.sh.j2", topo=topo, description=_describe(topo), ranks=ranks, env=launch_env(topo),
+    return render("launch.sh.j2", topo=topo, description=_describe(topo), ranks=rank_commands(topo), env=launch_env(topo),
                   mpirun=topo.launcher == "mpirun", multi_node=topo.multi_node, kubessh=KUBESSH,
                   shm_default=SHM_PREFIX_DEFAULT)
 

@@ -9,18 +9,30 @@ run writes. Values here, layout in templates/deploy/kubernetes-loadtest.yaml.j2.
 
 from __future__ import annotations
 
+import functools
+import shlex
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from generator.deploy.kubernetes import PORTS, artifacts_mount
+from generator.deploy.kubernetes import CONTAINER_SECURITY, PORTS, artifacts_mount, kube_literal, pod_security
 from generator.resources import loadtest_dir
 from generator.spec import Spec
 
 LOADTEST_MANIFESTS = "kubernetes-loadtest.yaml"
+LOADTEST_DOCKERFILE = "loadtest.Dockerfile"
 LOCUST_IMAGE = "locustio/locust:2.47.0"
 """Locust's official image at the version tritongen's load test runs with (pyproject: locust>=2.47,<3)."""
 MASTER_PORT = 5557
 MOUNT = "/loadtest"
-REQUIREMENTS = ("tritonclient[grpc,http]>=2.51", "numpy<2", "pydantic>=2.7", "pyyaml>=6", "tokenizers>=0.22")
+REQUIREMENTS = {"tritonclient[grpc,http]": "tritonclient", "numpy": "numpy", "pydantic": "pydantic",
+                "pyyaml": "pyyaml", "tokenizers": "tokenizers"}
+"""What loadtest/ imports beside Locust: requirement -> distribution, pinned to the version installed here."""
+FALLBACK_PINS = {"tritonclient": ">=2.51", "numpy": "<2", "pydantic": ">=2.7", "pyyaml": ">=6", "tokenizers": ">=0.22"}
+"""pyproject's ranges, for a distribution not installed where the manifests are rendered."""
+LOCUST_CPU = "1"
+"""A Locust process uses one core (gevent): requested and limited per pod."""
+LOCUST_MEMORY = "2Gi"
+"""A Locust process with its prompts and tokenizer, and the master's record writer: an allowance."""
 
 def _generator_imports(source: Path) -> set[str]:
     """``generator.*`` modules a file imports at its top level (lazy imports inside functions stay out)."""
@@ -38,6 +50,12 @@ def _generator_imports(source: Path) -> set[str]:
 def package_files() -> dict[str, Path]:
     """Relative path in the pod → source file: loadtest/*.py at the top, and under generator/ the modules
     they import, followed through their own imports (with each package's __init__.py)."""
+    return dict(_package_files())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_files() -> dict[str, Path]:
+    """package_files, worked out once per process (the sources do not change while it runs)."""
     root = Path(__file__).resolve().parents[1].parent
     files = {p.name: p for p in sorted(loadtest_dir().glob("*.py"))}
     todo = set().union(*(_generator_imports(p) for p in files.values()))
@@ -63,6 +81,35 @@ def _key(rel: str) -> str:
     return rel.replace("/", "__")
 
 
+def requirements() -> list[str]:
+    """The load-test packages pinned to the versions tritongen runs with here (ranges where not installed)."""
+    pins = []
+    for requirement, dist in REQUIREMENTS.items():
+        try:
+            pins.append(f"{requirement}=={version(dist)}")
+        except PackageNotFoundError:
+            pins.append(f"{requirement}{FALLBACK_PINS[dist]}")
+    return pins
+
+
+def loadtest_image(spec: Spec) -> str:
+    """kubernetes.loadtest_image, else the tag the rendered Dockerfile's build is named."""
+    if spec.kubernetes.loadtest_image:
+        return spec.kubernetes.loadtest_image
+    try:
+        own = version("tritongen")
+    except PackageNotFoundError:
+        own = "0"
+    return f"{spec.kubernetes.name}-loadtest:{own}"
+
+
+def render_loadtest_dockerfile(spec: Spec) -> str:
+    from generator.deploy.templates import render
+
+    return render(f"{LOADTEST_DOCKERFILE}.j2", base=LOCUST_IMAGE, requirements=requirements(),
+                  image=loadtest_image(spec), dockerfile=LOADTEST_DOCKERFILE)
+
+
 def loadtest_values(spec: Spec) -> dict:
     from generator.measure.locustconf import locust_conf_text, locust_options
     from generator.serve.endpoints import Endpoints
@@ -76,25 +123,27 @@ def loadtest_values(spec: Spec) -> dict:
                              Path(MOUNT) / "locustfile.py")
     files = {_key(rel): path.read_text(encoding="utf-8") for rel, path in package_files().items()}
     files["locust.conf"] = locust_conf_text(options)
-    files["requirements.txt"] = "\n".join(REQUIREMENTS) + "\n"
-    items = [{"key": _key(rel), "path": rel} for rel in package_files()] + \
-            [{"key": "locust.conf", "path": "locust.conf"}, {"key": "requirements.txt", "path": "requirements.txt"}]
-    install = f"pip install --quiet --user -r {MOUNT}/requirements.txt"
+    items = [{"key": _key(rel), "path": rel} for rel in package_files()] + [{"key": "locust.conf", "path": "locust.conf"}]
     master = f"{k.name}-locust-master"
     token_secret = f"{k.name}-loadtest-token"
     token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
-    # the Job ends even if the run hangs: the run, its last requests, and 10 minutes to start (pip, pods)
+    # the Job ends even if the run hangs: the run, its last requests, and 10 minutes for the pods to start
     deadline_s = int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
+    conf, locustfile = shlex.quote(f"{MOUNT}/locust.conf"), shlex.quote(f"{MOUNT}/locustfile.py")
     return {
         "token_secret": token_secret, "token_env": token_env, "deadline_s": deadline_s,
-        "name": k.name, "namespace": k.namespace, "image": LOCUST_IMAGE, "files": files, "items": items,
+        "name": k.name, "namespace": k.namespace, "image": loadtest_image(spec), "files": files, "items": items,
         "mount": MOUNT, "workers": k.locust_workers, "master": master, "master_port": MASTER_PORT,
         "artifacts": str(artifacts_mount(spec)), "volume_claim": k.volume_claim, "records": str(records),
-        "master_command": ["/bin/sh", "-c", f"mkdir -p {records.parent} && rm -f {records} && {install} && "
-                           f"cd {MOUNT} && exec locust --config {MOUNT}/locust.conf --master --master-bind-port "
-                           f"{MASTER_PORT} --expect-workers {k.locust_workers}"],
-        "worker_command": ["/bin/sh", "-c", f"{install} && cd {MOUNT} && exec locust -f {MOUNT}/locustfile.py --worker "
-                           f"--master-host {master} --master-port {MASTER_PORT}"],
+        "records_dir": str(records.parent), "records_subpath": records.parent.name,
+        "pod_security": pod_security(spec), "container_security": CONTAINER_SECURITY,
+        "resources": {"cpu": LOCUST_CPU, "memory": LOCUST_MEMORY}, "dockerfile": LOADTEST_DOCKERFILE,
+        # The values are quoted shell words, and $ is doubled against Kubernetes' own $(VAR) expansion.
+        "master_command": ["/bin/sh", "-c", kube_literal(
+            f"rm -f {shlex.quote(str(records))} && cd {MOUNT} && exec locust --config {conf} --master "
+            f"--master-bind-port {MASTER_PORT} --expect-workers {k.locust_workers}")],
+        "worker_command": ["/bin/sh", "-c", kube_literal(
+            f"cd {MOUNT} && exec locust -f {locustfile} --worker --master-host {master} --master-port {MASTER_PORT}")],
     }
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import yaml
 
 from generator.deploy.kubernetes import (
-    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, pod_sizing, read_paths,
+    PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, labels, pod_sizing, read_paths,
     repository_path,
 )
+from generator.deploy.pod_security import pod_specs, review_pod, review_rbac
+from generator.errors import TritongenError
+from generator.fsutil import read_text_bounded
+from generator.spec.load import safe_yaml_all
 from generator.deploy.launch import LAUNCH_SCRIPT
 from generator.deploy.schemas import document_name, kubernetes_version, schema_errors
 from generator.deploy.topology import Topology
@@ -42,15 +46,22 @@ class Findings:
 
 
 def documents(path: Path, out: Findings) -> list[tuple[dict[str, Any], int]]:
-    text = path.read_text(encoding="utf-8")
+    """The mappings of a manifest with their first lines; a file that is not bounded, readable YAML is one
+    problem naming the place, never quoting the file."""
     try:
-        nodes = list(yaml.compose_all(text))
-        docs = list(yaml.safe_load_all(text))
+        docs = safe_yaml_all(read_text_bounded(path, fix="re-render"), str(path))
+    except TritongenError as exc:
+        out.add(path, None, exc.message, exc.fix or "re-render")
+        return []
+    except RecursionError:
+        out.add(path, None, "nested deeper than any manifest is", "re-render")
+        return []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        out.add(path, mark.line + 1 if mark else None, f"not valid YAML: {exc}", "re-render")
+        out.add(path, mark.line + 1 if mark else None,
+                f"not valid YAML: {getattr(exc, 'problem', None) or type(exc).__name__}", "re-render")
         return []
-    return [(d, n.start_mark.line + 1) for d, n in zip(docs, nodes) if isinstance(d, dict)]
+    return [(d, line) for d, line in docs if isinstance(d, dict)]
 
 
 def schema_problems(path: Path, doc: dict[str, Any], line: int, out: Findings) -> bool:
@@ -61,8 +72,28 @@ def schema_problems(path: Path, doc: dict[str, Any], line: int, out: Findings) -
     return not errors
 
 
+def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Findings,
+                    server_labels: Optional[dict[str, str]] = None) -> None:
+    """The cluster admin's review (generator.deploy.pod_security) of every pod and role, as warnings (--strict fails);
+    with ``server_labels``, the server pods also need the admin-API restriction and a NetworkPolicy."""
+    for doc, line in docs:
+        for problem, fix in review_rbac(doc):
+            out.add(path, line, problem, fix, Severity.warning)
+        for role, pod in pod_specs(doc):
+            leader = "leaderTemplate" in role
+            server = server_labels is not None and (leader or doc.get("kind") == "Deployment")
+            for problem, fix in review_pod(role, pod, needs_token=leader, server=server):
+                out.add(path, line, problem, fix, Severity.warning)
+    if server_labels and not any(doc.get("kind") == "NetworkPolicy" and _selects(
+            ((doc.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}, server_labels)
+            for doc, _ in docs):
+        out.add(path, None, "no NetworkPolicy selects the server pods: anything in the cluster reaches every port",
+                "re-render the manifests (tritongen writes one)", Severity.warning)
+
+
 def check_manifests(path: Path, spec: Spec, topo: Topology, version: str, out: Findings) -> None:
     docs = documents(path, out)
+    security_review(path, docs, out, labels(spec))
     by_kind: dict[str, tuple[dict[str, Any], int]] = {}
     for doc, line in docs:
         schema_problems(path, doc, line, out)
@@ -96,93 +127,129 @@ def check_manifests(path: Path, spec: Spec, topo: Topology, version: str, out: F
         pod = template.get("spec") or {}
         if server:
             server_labels = (template.get("metadata") or {}).get("labels") or {}
-        _check_pod(path, wline, role, pod, server, spec, topo, sizing, image, version, out)
+        _check_pod(_Pod(path, wline, role, spec, topo, sizing, out), pod, server, image, version)
     _check_service_side(path, by_kind, server_labels, topo, workload, out)
 
 
-def _check_pod(path: Path, line: int, role: str, pod: dict[str, Any], server: bool, spec: Spec, topo: Topology,
-               sizing: Any, image: Optional[str], version: str, out: Findings) -> None:
-    containers = pod.get("containers") or [{}]
-    c = containers[0]
+class _Pod(NamedTuple):
+    """One pod template under review and what it is checked against."""
+
+    path: Path
+    line: int
+    role: str
+    spec: Spec
+    topo: Topology
+    sizing: Any
+    out: Findings
+
+    def add(self, message: str, fix: str, severity: Severity = Severity.error) -> None:
+        self.out.add(self.path, self.line, message, fix, severity)
+
+
+def _check_pod(k: _Pod, pod: dict[str, Any], server: bool, image: Optional[str], version: str) -> None:
+    c = (pod.get("containers") or [{}])[0]
+    _check_gpus(k, c)
+    _check_image(k, c, image, version)
+    _check_volumes(k, pod, c)
+    if server:
+        _check_server(k, pod, c)
+
+
+def _check_gpus(k: _Pod, c: dict[str, Any]) -> None:
+    """GPUs requested equal the ranks the pod runs; extended resources need requests equal to limits."""
+    role, topo = k.role, k.topo
     limits = ((c.get("resources") or {}).get("limits") or {})
     gpus = limits.get("nvidia.com/gpu")
     if str(gpus) != str(topo.gpus_per_pod):
-        out.add(path, line, f"{role} requests nvidia.com/gpu {gpus} but runs {topo.gpus_per_pod} rank(s) "
-                f"({_pod_ranks(topo)})", f"set nvidia.com/gpu: {topo.gpus_per_pod} in limits (and requests)")
+        k.add(f"{role} requests nvidia.com/gpu {gpus} but runs {topo.gpus_per_pod} rank(s) "
+              f"({_pod_ranks(topo)})", f"set nvidia.com/gpu: {topo.gpus_per_pod} in limits (and requests)")
     requests = ((c.get("resources") or {}).get("requests") or {}).get("nvidia.com/gpu")
     if requests is not None and str(requests) != str(gpus):
-        out.add(path, line, f"{role} nvidia.com/gpu requests {requests} differ from limits {gpus}",
-                "extended resources need requests equal to limits")
+        k.add(f"{role} nvidia.com/gpu requests {requests} differ from limits {gpus}",
+              "extended resources need requests equal to limits")
+
+
+def _check_image(k: _Pod, c: dict[str, Any], image: Optional[str], version: str) -> None:
+    """The Triton container of the TensorRT-LLM that built the engine (or the one kubernetes.image names)."""
+    role, spec = k.role, k.spec
     got_image = c.get("image")
     own = spec.kubernetes.image
     known = {tag: v for v, tag in deploy_data()["triton_images"].items()}
     if own is None and image and got_image != image:
-        out.add(path, line, f"{role} image {got_image!r} is not the Triton container of TensorRT-LLM {version} "
-                f"({image}); an engine only runs on the TensorRT-LLM that built it",
-                f"use image {image} (leave kubernetes.image unset)")
+        k.add(f"{role} image {got_image!r} is not the Triton container of TensorRT-LLM {version} "
+              f"({image}); an engine only runs on the TensorRT-LLM that built it",
+              f"use image {image} (leave kubernetes.image unset)")
     elif own is not None and got_image != own:
-        out.add(path, line, f"{role} image {got_image!r} differs from kubernetes.image {own!r}", "re-render the manifests")
+        k.add(f"{role} image {got_image!r} differs from kubernetes.image {own!r}", "re-render the manifests")
     elif got_image in known and known[got_image] != version:
-        out.add(path, line, f"{role} image {got_image!r} is the Triton container of TensorRT-LLM {known[got_image]}, "
-                f"but the engine is TensorRT-LLM {version}", f"use an image of TensorRT-LLM {version}"
-                + (f" ({image})" if image else ""))
+        k.add(f"{role} image {got_image!r} is the Triton container of TensorRT-LLM {known[got_image]}, "
+              f"but the engine is TensorRT-LLM {version}", f"use an image of TensorRT-LLM {version}"
+              + (f" ({image})" if image else ""))
     elif own is None and not image:
-        out.add(path, line, f"no known Triton container for TensorRT-LLM {version!r}; cannot check image {got_image!r}",
-                "set kubernetes.image to the NGC tag of that version", Severity.warning)
+        k.add(f"no known Triton container for TensorRT-LLM {version!r}; cannot check image {got_image!r}",
+              "set kubernetes.image to the NGC tag of that version", Severity.warning)
+
+
+def _check_volumes(k: _Pod, pod: dict[str, Any], c: dict[str, Any]) -> None:
+    """A memory-backed /dev/shm large enough for the Python backend; the artifacts PVC where the repository looks."""
+    role, spec, sizing = k.role, k.spec, k.sizing
     vols = {v.get("name"): v for v in pod.get("volumes") or []}
     mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
     shm = vols.get(mounts.get("/dev/shm"), {}).get("emptyDir") if mounts.get("/dev/shm") else None
     if shm is None or shm.get("medium") != "Memory":
-        out.add(path, line, f"{role} has no memory-backed /dev/shm; the container default (64 MiB) is too small for "
-                "the Python backend's shared memory", f"mount an emptyDir {{medium: Memory, sizeLimit: {sizing.shm_mib}Mi}} "
-                "at /dev/shm")
+        k.add(f"{role} has no memory-backed /dev/shm; the container default (64 MiB) is too small for "
+              "the Python backend's shared memory", f"mount an emptyDir {{medium: Memory, sizeLimit: {sizing.shm_mib}Mi}} "
+              "at /dev/shm")
     elif _mib(shm.get("sizeLimit")) is not None and _mib(shm.get("sizeLimit")) < sizing.shm_mib:
-        out.add(path, line, f"{role} /dev/shm sizeLimit {shm.get('sizeLimit')} is below the {sizing.shm_mib} MiB needed "
-                f"({sizing.shm_reason})", f"set sizeLimit: {sizing.shm_mib}Mi")
+        k.add(f"{role} /dev/shm sizeLimit {shm.get('sizeLimit')} is below the {sizing.shm_mib} MiB needed "
+              f"({sizing.shm_reason})", f"set sizeLimit: {sizing.shm_mib}Mi")
     artifacts = str(artifacts_mount(spec))
     claim = vols.get(mounts.get(artifacts), {}).get("persistentVolumeClaim", {}).get("claimName") if mounts.get(artifacts) else None
     if claim != spec.kubernetes.volume_claim:
-        out.add(path, line, f"{role} does not mount PVC {spec.kubernetes.volume_claim} at {artifacts}, the folder "
-                f"holding {', '.join(str(p) for p in read_paths(spec))} (the paths the repository names)",
-                f"mount it at {artifacts} (re-render)")
+        k.add(f"{role} does not mount PVC {spec.kubernetes.volume_claim} at {artifacts}, the folder "
+              f"holding {', '.join(str(p) for p in read_paths(spec))} (the paths the repository names)",
+              f"mount it at {artifacts} (re-render)")
     if artifacts == "/":
-        out.add(path, line, "the engine, weights and repository share no folder but /, where no volume can be mounted",
-                "keep artifacts.engine_dir, checkpoint_dir and kubernetes.repository_path under artifacts.dir")
-    if not server:
-        return
+        k.add("the engine, weights and repository share no folder but /, where no volume can be mounted",
+              "keep artifacts.engine_dir, checkpoint_dir and kubernetes.repository_path under artifacts.dir")
+
+
+def _check_server(k: _Pod, pod: dict[str, Any], c: dict[str, Any]) -> None:
+    """The server container: launch script, ports, MPI hosts (multi-node), probes sized for loading."""
+    role, spec, topo, sizing = k.role, k.spec, k.topo, k.sizing
     cmd = " ".join(c.get("command") or []) + " " + " ".join(c.get("args") or [])
     script = str(repository_path(spec) / LAUNCH_SCRIPT)
     if script not in cmd:
-        out.add(path, line, f"{role} does not start {script} (the launch script the topology needs)",
-                f"command: [/bin/sh, {script}, ...] (re-render)")
+        k.add(f"{role} does not start {script} (the launch script the topology needs)",
+              f"command: [/bin/sh, {script}, ...] (re-render)")
     ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
     for name, port in PORTS.items():
         if ports.get(name) != port or f"--{name}-port={port}" not in cmd:
-            out.add(path, line, f"{role} {name} port: containerPort {ports.get(name)} and the launch argument "
-                    f"--{name}-port must both be {port}", f"containerPort: {port} and --{name}-port={port} (re-render)")
+            k.add(f"{role} {name} port: containerPort {ports.get(name)} and the launch argument "
+                  f"--{name}-port must both be {port}", f"containerPort: {port} and --{name}-port={port} (re-render)")
     if topo.multi_node:
         env = {e.get("name"): e.get("value") for e in c.get("env") or []}
         hosts = [h for h in str(env.get("MPI_HOSTS") or "").split(",") if h]
         slots = [int(h.rsplit(":", 1)[1]) for h in hosts if re.fullmatch(r".+:\d+", h)]
         if len(hosts) != topo.nodes_per_instance or sum(slots) != topo.world_size:
-            out.add(path, line, f"MPI_HOSTS {env.get('MPI_HOSTS')!r} gives {len(hosts)} host(s) and {sum(slots)} slot(s); "
-                    f"the MPI world is {topo.world_size} ranks on {topo.nodes_per_instance} pods",
-                    f"list the {topo.nodes_per_instance} pods as host:{topo.gpus_per_node} (re-render)")
+            k.add(f"MPI_HOSTS {env.get('MPI_HOSTS')!r} gives {len(hosts)} host(s) and {sum(slots)} slot(s); "
+                  f"the MPI world is {topo.world_size} ranks on {topo.nodes_per_instance} pods",
+                  f"list the {topo.nodes_per_instance} pods as host:{topo.gpus_per_node} (re-render)")
         if not pod.get("serviceAccountName"):
-            out.add(path, line, "the leader has no serviceAccountName: kubessh (kubectl exec) would be refused",
-                    "use the rendered ServiceAccount and Role")
+            k.add("the leader has no serviceAccountName: kubessh (kubectl exec) would be refused",
+                  "use the rendered ServiceAccount and Role")
     for probe, health in HEALTH.items():
         pr = c.get(probe)
         get = (pr or {}).get("httpGet") or {}
         if pr is None or get.get("path") != health or get.get("port") not in ("http", PORTS["http"]):
-            out.add(path, line, f"{role} {probe} must GET {health} on the HTTP port", f"set {probe}.httpGet to "
-                    f"{{path: {health}, port: http}}")
+            k.add(f"{role} {probe} must GET {health} on the HTTP port", f"set {probe}.httpGet to "
+                  f"{{path: {health}, port: http}}")
     sp = c.get("startupProbe") or {}
     budget = (sp.get("initialDelaySeconds") or 0) + (sp.get("periodSeconds") or 10) * (sp.get("failureThreshold") or 3)
     if budget < sizing.startup_budget_s:
-        out.add(path, line, f"{role} startupProbe allows {budget} s, less than the {sizing.startup_budget_s} s planned "
-                f"for loading ({sizing.startup_reason}): the kubelet would kill a server still loading its engine",
-                f"set failureThreshold to {sizing.failure_threshold} with periodSeconds {PROBE_PERIOD_S}")
+        k.add(f"{role} startupProbe allows {budget} s, less than the {sizing.startup_budget_s} s planned "
+              f"for loading ({sizing.startup_reason}): the kubelet would kill a server still loading its engine",
+              f"set failureThreshold to {sizing.failure_threshold} with periodSeconds {PROBE_PERIOD_S}")
 
 
 def _pod_ranks(topo: Topology) -> str:

@@ -12,7 +12,9 @@ from typing import Any, Optional
 
 from generator.deploy.kubernetes import MANIFESTS, render_manifests
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, kubessh_script, launch_script
-from generator.deploy.loadtest import LOADTEST_MANIFESTS, render_loadtest_manifests
+from generator.deploy.loadtest import (
+    LOADTEST_DOCKERFILE, LOADTEST_MANIFESTS, render_loadtest_dockerfile, render_loadtest_manifests,
+)
 from generator.deploy.topology import Topology, resolve_topology
 from generator.errors import TritongenError
 from generator.spec import EngineTarget, Spec
@@ -39,6 +41,7 @@ def deploy_files(spec: Spec, topo: Topology, trtllm_version: str) -> dict[str, s
     if topo.gpu:
         files[MANIFESTS] = render_manifests(spec, topo, trtllm_version)
         files[LOADTEST_MANIFESTS] = render_loadtest_manifests(spec)
+        files[LOADTEST_DOCKERFILE] = render_loadtest_dockerfile(spec)
     return files
 
 

@@ -7,6 +7,7 @@ write the same configuration without the deployment files depending on the runne
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,17 +29,18 @@ def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locust
         "exit-code-on-error": 0,
         "host": endpoints.locust_host(lt.protocol),
         # open loop: one dispatching user per process; closed loop: the users.
-        "users": processes if lt.request_rate is not None else lt.users,
-        "spawn-rate": lt.spawn_rate if lt.request_rate is None else float(processes),
+        "users": processes if lt.open_loop else lt.users,
+        "spawn-rate": lt.spawn_rate if not lt.open_loop else float(processes),
         "duration": lt.duration_s,
         "records": str(records),
     }
     for name in ("protocol", "model", "max_requests", "request_rate", "arrival", "prompts", "num_prompts",
                  "input_tokens_mean", "input_tokens_stddev", "output_tokens_mean", "output_tokens_stddev",
-                 "tokenizer", "seed", "warmup_requests", "request_timeout_s"):
+                 "tokenizer", "seed", "warmup_requests", "request_timeout_s", "openai_body", "trace", "time_scale",
+                 "trace_block_tokens", "shared_prefix_tokens", "prefix_groups", "turns"):
         value = getattr(lt, name)
         if value is not None:
-            opts[name.replace("_", "-")] = value
+            opts[name.replace("_", "-")] = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value
     return opts
 
 

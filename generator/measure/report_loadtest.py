@@ -262,7 +262,8 @@ def _loadtest_plots(doc: Doc, results: LoadTestResult) -> None:
 def loadtest_doc(results: LoadTestResult) -> Doc:
     run, lt = results.run, results.run.loadtest
     doc = Doc(run.title)
-    load = (f"{lt.request_rate:g} requests/s ({lt.arrival} arrivals)" if lt.request_rate is not None
+    load = (f"trace {lt.trace} (time scale {lt.time_scale:g})" if lt.trace is not None
+            else f"{lt.request_rate:g} requests/s ({lt.arrival} arrivals)" if lt.request_rate is not None
             else f"{lt.users} users")
     doc.p(f"Target `{run.target}`, model `{lt.model}` over {lt.protocol}, {run.mode}: {load}, "
           f"{lt.duration_s:g} s, prompts ~{lt.input_tokens_mean} tokens in / {lt.output_tokens_mean} out, "
@@ -284,6 +285,11 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
               [[c.ok, c.errors, f"{(results.error_rate or 0):.2%}", results.window_s,
                 tp.requests_per_s, tp.output_tokens_per_s, tp.input_tokens_per_s]])
     _latency_table(doc, results.latency_ms)
+    if reuse := results.prefix_reuse:
+        doc.p(f"Prefix cache (as the server reported it): {reuse.hit_share:.1%} of prompt {reuse.unit} reused over "
+              f"{reuse.requests} requests; {reuse.hit_requests} reused some. TTFT p50 "
+              f"{_fmt_value(reuse.ttft_hit.p50 if reuse.ttft_hit else None, 'ms')} with a hit, "
+              f"{_fmt_value(reuse.ttft_miss.p50 if reuse.ttft_miss else None, 'ms')} without.")
     _slo_section(doc, slo)
     _loadtest_plots(doc, results)
     _client_section(doc, results.client)

@@ -75,6 +75,25 @@ class Tokens(BaseModel):
     """``output``/``input``: the client tokenizer's counts against the server's."""
 
 
+class PrefixReuse(BaseModel):
+    """How much of the prompts the server found in its KV cache, as it reported per request: TensorRT-LLM's
+    ``kv_cache_reused_blocks`` of ``kv_cache_alloc_total_blocks`` (the CPU reference engine reports the same),
+    or an OpenAI server's ``usage.prompt_tokens_details.cached_tokens`` of ``prompt_tokens``."""
+
+    unit: str
+    """``blocks`` or ``tokens``."""
+    requests: int
+    """Requests whose answer carried the figures."""
+    hit_share: float
+    """Reused of all prompt blocks (tokens) over those requests."""
+    hit_requests: int
+    """Requests that reused at least one block (token)."""
+    ttft_hit: Optional[Dist] = None
+    """TTFT (ms) of the requests that reused a prefix."""
+    ttft_miss: Optional[Dist] = None
+    """TTFT (ms) of the requests that reused nothing."""
+
+
 class ErrorSample(BaseModel):
     message: str
     count: int
@@ -165,6 +184,8 @@ class Summary(BaseModel):
     equivalents: Equivalents
     itl_gaps_sample_ms: list[float]
     series: list[SeriesPoint]
+    prefix_reuse: Optional[PrefixReuse] = None
+    """None when the server reported no reuse figures."""
 
 
 # ---------------------------------------------------------------- Triton's view (tritonstats.py)

@@ -11,6 +11,7 @@ are never used. The figures come from statistics.py, the verdicts from verdict.p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import LoadTestError, SpecError
+from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
@@ -51,17 +52,24 @@ def available_cores() -> int:
 
 @contextlib.contextmanager
 def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str], metrics_url: Optional[str],
-            log_file: Path, admin_key: Optional[str] = None) -> Iterator[Endpoints]:
-    """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block."""
+            log_file: Path, admin_key: Optional[str] = None, openai: bool = False) -> Iterator[Endpoints]:
+    """Endpoints of a running server: the one at ``url``, or one started on ``repo_dir`` for the block.
+    ``openai``: an OpenAI-compatible server, which has neither Triton's gRPC port nor (unless
+    ``metrics_url`` names one) its metrics port."""
     if repo_dir is None:
         if not url:
             raise SpecError("nothing to load-test", fix="pass a repository folder or --url http://HOST:PORT")
         from generator.serve.client import check_reachable
 
         endpoints = Endpoints.from_urls(url, grpc_url, metrics_url, admin_key)
-        check_reachable(endpoints.http_url)
+        if openai:
+            endpoints = dataclasses.replace(endpoints, metrics_url=metrics_url)
+        check_reachable(endpoints.http_url, "/v1/models" if openai else "/v2/health/live")
         yield endpoints
         return
+    if openai:
+        raise SpecError("the OpenAI protocols load-test a running OpenAI-compatible server, not a repository",
+                        where="loadtest.protocol", fix="pass --url http://HOST:PORT of the server, or a Triton protocol")
     from generator.serve.server import TritonServer
 
     with TritonServer(Path(repo_dir), log_file=log_file) as server:
@@ -133,14 +141,23 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 def read_run_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], RunIntegrity]:
     """(request records, process records, what the distributed master recorded about the run)."""
     requests, processes, integrity = [], [], RunIntegrity()
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("kind") == "run":
-                    integrity = RunIntegrity.model_validate({k: v for k, v in rec.items() if k != "kind"})
-                else:
-                    (processes if rec.get("kind") == "process" else requests).append(rec)
+    if not path.is_file():
+        return requests, processes, integrity
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            try:
+                rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                rec = ...
+            if rec is None:
+                continue
+            if not isinstance(rec, dict):  # binary, not JSON, nested past reading, or not a record
+                raise ArtifactCorrupt(f"line {no} is not a JSON record", where=str(path),
+                                      fix="point at the records.jsonl a load test wrote (or run the load test again)")
+            if rec.get("kind") == "run":
+                integrity = RunIntegrity.model_validate({k: v for k, v in rec.items() if k != "kind"})
+            else:
+                (processes if rec.get("kind") == "process" else requests).append(rec)
     return requests, processes, integrity
 
 
@@ -220,33 +237,40 @@ def run_loadtest(
     lt = spec.loadtest
     lt = lt.model_copy(update={"workers": resolve_workers(lt.workers, available_cores())})
     slo_terms = parse_slo(lt.slo) if lt.slo else None
-    if lt.prompts is not None:
-        lt = lt.model_copy(update={"prompts": spec.path(lt.prompts)})
+    for name in ("prompts", "trace"):
+        if getattr(lt, name) is not None:
+            lt = lt.model_copy(update={name: spec.path(getattr(lt, name))})
     lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
+    if lt.openai and lt.tokenizer is None:
+        raise SpecError("an OpenAI-compatible server names no tokenizer folder", where="loadtest.tokenizer",
+                        fix="pass --tokenizer DIR: a folder with the served model's tokenizer.json")
     records = out_dir / "records.jsonl"
     started = time.time()
-    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key) as endpoints:
+    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key, lt.openai) as endpoints:
         options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
-        before = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
+        triton = not lt.openai  # Triton's statistics API and one-piece generate exist only there
+        before = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
         sampler = MetricsSampler(endpoints.metrics_url) if endpoints.metrics_url else contextlib.nullcontext()
         with sampler:
             spawn_s = lt.users / lt.spawn_rate
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
-        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key)
+        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
         requests, processes, integrity = read_run_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
                                 where=_LOG_WHERE, fix=_LOG_FIX)
         count_tokens_after_run(requests, processes, lt.tokenizer)
+        if lt.model is None:  # an OpenAI server's first listed model, as the users found it
+            lt = lt.model_copy(update={"model": requests[0]["model"]})
         references, reference_errors = reference_answers(
-            endpoints.http_url, lt.model, requests, lt.reference_checks, lt.request_timeout_s
+            endpoints.http_url, lt.model, requests, lt.reference_checks if triton else 0, lt.request_timeout_s
         )
     summary = summarize(requests, references)
     summary.checks.reference_errors = reference_errors
     stages = stage_times(before, after)
     metrics = metrics_summary(getattr(sampler, "samples", []))
-    client = client_verdict(processes, summary.latency_ms, lt.request_rate is not None)
+    client = client_verdict(processes, summary.latency_ms, lt.open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
         **dict(summary),
@@ -254,7 +278,7 @@ def run_loadtest(
                           split_vs_stages=split_vs_stages(summary.split, stages)),
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
-                    started_unix=started, mode="open loop" if lt.request_rate is not None else "closed loop",
+                    started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
                     loadtest=lt, integrity=integrity),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
@@ -279,7 +303,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
                             fix="point --records at the records.jsonl the Locust master wrote")
     count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
     summary = summarize(requests)
-    open_loop = spec.loadtest.request_rate is not None
+    open_loop = spec.loadtest.open_loop
     client = client_verdict(processes, summary.latency_ms, open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(

@@ -22,6 +22,7 @@ from generator.measure.results import (
     FrontEndExplained,
     GenaiPerfFigures,
     Latency,
+    PrefixReuse,
     QueueTrend,
     SeriesPoint,
     Split,
@@ -99,6 +100,23 @@ def equivalents(measured: Measured) -> Equivalents:
             v_tpot.append((e2e - v_ttft[-1]) / (n - 1))
     return Equivalents(genai_perf=GenaiPerfFigures(ttft=_ms(g_ttft), itl=_ms(g_itl)),
                        vllm=VllmFigures(ttft=_ms(v_ttft), itl=_ms(v_itl), tpot=_ms(v_tpot)))
+
+
+def prefix_reuse(measured: Measured) -> Optional[PrefixReuse]:
+    """The server's per-request prefix-cache figures (see PrefixReuse), with the TTFT of hits and misses."""
+    # Triton's figures of 0 are not recorded (clients.absorb): with the block total there, none was reused.
+    # An OpenAI server that reports no cached_tokens says nothing about reuse.
+    for unit, part, whole, zero_left_out in (("blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", True),
+                                             ("tokens", "num_cached_tokens", "num_input_tokens", False)):
+        rows = [(r["server"].get(part, 0), r["server"][whole], m.ttft_ns) for r, m in measured
+                if (r.get("server") or {}).get(whole) and (zero_left_out or part in r["server"])]
+        if rows:
+            return PrefixReuse(
+                unit=unit, requests=len(rows), hit_share=sum(p for p, _, _ in rows) / sum(w for _, w, _ in rows),
+                hit_requests=sum(1 for p, _, _ in rows if p), ttft_hit=_ms([t for p, _, t in rows if p]),
+                ttft_miss=_ms([t for p, _, t in rows if not p]),
+            )
+    return None
 
 
 def token_agreement(measured: Measured) -> dict[str, TokenAgreement]:
@@ -201,6 +219,7 @@ def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str
         split=split_stats(ok),
         queue_trend=queue_trend(ok),
         equivalents=equivalents(ok),
+        prefix_reuse=prefix_reuse(ok),
         itl_gaps_sample_ms=quantile_sample([g / 1e6 for _, m in ok for g in m.gaps_ns]),
         series=[SeriesPoint(t_s=(m.start_unix_ns - t0) / 1e9, ttft_ms=m.ttft_ns / 1e6,
                             queue_ms=m.split["queue"] / 1e6 if m.split else None, e2e_ms=m.e2e_ns / 1e6)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
+import importlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -206,6 +208,152 @@ def _calibration_loop(samples: list[list[int]], batch_size: int, pad_id: int, pr
     return loop
 
 
+@dataclass
+class _Run:
+    """What the stages of one quantization share: the loaded model and tokenizer, its inputs, the clock."""
+
+    spec: Spec
+    model_dir: Path
+    dataset: str
+    progress: Progress
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: Any = None
+    tokenizer: Any = None
+    model: Any = None
+    samples: list[list[int]] = field(default_factory=list)
+    pad_id: int = 0
+    chunks: list[Any] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - t
+
+    def step(self, stage: str, done: int, total: Optional[int]) -> None:
+        if self.progress:
+            self.progress(stage, done, total)
+
+
+def _load(run: _Run, texts: list[str]) -> None:
+    """The model and tokenizer on the device, the tokenized calibration samples and the held-out chunks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from generator.model.quality import heldout_chunks
+
+    spec, q = run.spec, run.spec.quantization
+    run.device = "cuda" if torch.cuda.is_available() else "cpu"
+    run.dtype = getattr(torch, spec.build.dtype)
+    run.step("load", 0, None)
+    trust = spec.model.trust_remote_code
+    run.tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir), trust_remote_code=trust)
+    run.model = AutoModelForCausalLM.from_pretrained(str(run.model_dir), dtype=run.dtype,
+                                                     trust_remote_code=trust).to(run.device).eval()
+    _check_layers(run.model, q)
+    cal = q.calibration
+    run.samples = [ids for ids in (run.tokenizer(t, add_special_tokens=False)["input_ids"][: cal.max_seq_len]
+                                   for t in texts) if len(ids) > 1]
+    if not run.samples:
+        raise ArtifactCorrupt("no calibration sample has two tokens or more", where=run.dataset,
+                              fix="calibrate on longer texts (--dataset), or raise quantization.calibration.max_seq_len")
+    tok = run.tokenizer
+    run.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    run.chunks = heldout_chunks(tok, max_tokens=q.quality_tokens, chunk_len=cal.max_seq_len) if q.quality_tokens else []
+    run.step("load", 1, 1)
+
+
+def _calibrate(run: _Run) -> tuple[Any, Any, Optional[int]]:
+    """ModelOpt calibration; returns the original and the simulated-quantization scores and the GPU peak."""
+    import torch
+
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
+
+    from generator.model.quality import next_token_logits
+
+    q = run.spec.quantization
+    with run.timed("score_original_s"):
+        original = next_token_logits(run.model, run.chunks, stage="original", progress=run.progress)
+    with _nvfp4_on_cpu() if run.device == "cpu" else contextlib.nullcontext():
+        if run.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # the peak of calibration alone, not of scoring
+        with run.timed("calibrate_s"):
+            mtq.quantize(run.model, modelopt_config(q),
+                         forward_loop=_calibration_loop(run.samples, q.calibration.batch_size, run.pad_id, run.progress))
+        peak_gpu_bytes = torch.cuda.max_memory_allocated() if run.device == "cuda" else None
+        # Export unifies the global scales of layers that share an input (q/k/v, gate/up) and
+        # re-quantizes; doing it first (idempotent) makes the simulated model what export writes.
+        simulated = None
+        if run.chunks:  # export applies the same fusion itself; only the score needs it first
+            with run.timed("score_simulated_s"):
+                with torch.no_grad():
+                    requantize_resmooth_fused_llm_layers(run.model)
+                simulated = next_token_logits(run.model, run.chunks, stage="simulated", progress=run.progress)
+    return original, simulated, peak_gpu_bytes
+
+
+def _export(run: _Run, tmp: Path) -> None:
+    """The Hugging Face checkpoint with the tokenizer files beside it (ModelOpt's exporter writes none)."""
+    from modelopt.torch.export import export_hf_checkpoint
+
+    from generator.model.fetch import TOKENIZER_FILES, add_legacy_rope_theta
+
+    with run.timed("export_s"):
+        run.step("export", 0, 1)
+        export_hf_checkpoint(run.model, dtype=run.dtype, export_dir=str(tmp))
+        add_legacy_rope_theta(tmp / "config.json")
+        for name in TOKENIZER_FILES:
+            if (run.model_dir / name).is_file():
+                shutil.copy2(run.model_dir / name, tmp / name)
+        run.step("export", 1, 1)
+    run.model = None
+    gc.collect()
+
+
+def _score_exported(run: _Run, tmp: Path, original: Any, simulated: Any) -> Optional[dict[str, Any]]:
+    """Perplexity, top-1 agreement and KL of the written checkpoint against the original and simulated models."""
+    from generator.model.quality import checkpoint_loader, figures, next_token_logits
+
+    if not run.chunks:
+        return None
+    served = checkpoint_loader().load_causal_lm(tmp, dtype=run.dtype).to(run.device)
+    exported = next_token_logits(served, run.chunks, stage="exported", progress=run.progress)
+    del served
+    return {**figures(original, simulated, exported, run.chunks), "dtype": run.spec.build.dtype}
+
+
+def _manifest(run: _Run, tmp: Path, input_hash: dict[str, Any], peak_gpu_bytes: Optional[int],
+              quality: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What was quantized, how, with which versions, how long each step took and what it cost in quality."""
+    import torch
+
+    spec, q = run.spec, run.spec.quantization
+    cal = q.calibration
+    return {
+        "tool": "tritongen quantize",
+        "versions": library_versions(),
+        "created_unix": int(time.time()),
+        "device": torch.cuda.get_device_name(0) if run.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "input_model": {"source": spec.model.source, "revision": spec.model.revision, "dir": str(run.model_dir),
+                        **input_hash},
+        "format": q.format.value,
+        "kv_cache": q.kv_cache.value,
+        "hf_quant_config": json.loads((tmp / "hf_quant_config.json").read_text())["quantization"],
+        "exclude_patterns": list(q.exclude_modules),
+        "export_dtype": spec.build.dtype,
+        "calibration": {"dataset": run.dataset, "requested_samples": cal.size, "samples": len(run.samples),
+                        "tokens": sum(len(s) for s in run.samples), "max_seq_len": cal.max_seq_len,
+                        "batch_size": cal.batch_size, "seed": cal.seed},
+        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
+        "calibration_s_per_sample": round(run.timings["calibrate_s"] / len(run.samples), 4),
+        "peak_gpu_bytes": peak_gpu_bytes,
+        "sizes": size_report(tensor_table(run.model_dir), tensor_table(tmp)),
+        "quality": quality,
+    }
+
+
 def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, progress: Progress = None) -> dict[str, Any]:
     """Quantize ``spec``'s model and write the checkpoint, tokenizer and manifest; returns the manifest.
 
@@ -223,115 +371,29 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     protected = spec.named_paths(except_=("checkpoint_dir",))
     check_writable_target(out.resolve(), force, "tritongen quantize ...", protected)
 
-    from generator.model.fetch import TOKENIZER_FILES, add_legacy_rope_theta, fetch
-    from generator.model.quality import checkpoint_loader, figures, heldout_chunks, next_token_logits
+    from generator.model.fetch import fetch
 
-    timings: dict[str, float] = {}
     started = time.perf_counter()
     texts, dataset = calibration_texts(spec)  # before a download, so a bad data set fails fast
-    model_dir = fetch(spec)
+    run = _Run(spec=spec, model_dir=fetch(spec), dataset=dataset, progress=progress)
     # Hashing 16 GB of input takes seconds of CPU while the GPU calibrates: do it beside the work.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritongen-sha256")
-    input_hash = hashing.submit(sha256_files, sorted(model_dir.glob("*.safetensors")))
+    input_hash = hashing.submit(sha256_files, sorted(run.model_dir.glob("*.safetensors")))
     hashing.shutdown(wait=False)
     log = io.StringIO()
     with _quiet(log):
-        t = time.perf_counter()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        import modelopt.torch.quantization as mtq
-        from modelopt.torch.export import export_hf_checkpoint
-        from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
-
-        timings["import_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = getattr(torch, spec.build.dtype)
-        if progress:
-            progress("load", 0, None)
-        trust = spec.model.trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, trust_remote_code=trust).to(device).eval()
-        _check_layers(model, q)
-        cal = q.calibration
-        samples = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"][: cal.max_seq_len] for t in texts) if len(ids) > 1]
-        if not samples:
-            raise ArtifactCorrupt("no calibration sample has two tokens or more", where=dataset,
-                                  fix="calibrate on longer texts (--dataset), or raise quantization.calibration.max_seq_len")
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        chunks = heldout_chunks(tokenizer, max_tokens=q.quality_tokens, chunk_len=cal.max_seq_len) if q.quality_tokens else []
-        timings["load_s"] = time.perf_counter() - t
-        if progress:
-            progress("load", 1, 1)
-
-        t = time.perf_counter()
-        original = next_token_logits(model, chunks, stage="original", progress=progress)
-        timings["score_original_s"] = time.perf_counter() - t
-        with _nvfp4_on_cpu() if device == "cpu" else contextlib.nullcontext():
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()  # the peak of calibration alone, not of scoring
-            t = time.perf_counter()
-            mtq.quantize(model, modelopt_config(q), forward_loop=_calibration_loop(samples, cal.batch_size, pad_id, progress))
-            timings["calibrate_s"] = time.perf_counter() - t
-            peak_gpu_bytes = torch.cuda.max_memory_allocated() if device == "cuda" else None
-            # Export unifies the global scales of layers that share an input (q/k/v, gate/up) and
-            # re-quantizes; doing it first (idempotent) makes the simulated model what export writes.
-            simulated = None
-            if chunks:  # export applies the same fusion itself; only the score needs it first
-                t = time.perf_counter()
-                with torch.no_grad():
-                    requantize_resmooth_fused_llm_layers(model)
-                simulated = next_token_logits(model, chunks, stage="simulated", progress=progress)
-                timings["score_simulated_s"] = time.perf_counter() - t
-
+        with run.timed("import_s"):  # most of the start-up, measured apart from loading
+            for module in ("torch", "transformers", "modelopt.torch.quantization", "modelopt.torch.export"):
+                importlib.import_module(module)
+        with run.timed("load_s"):
+            _load(run, texts)
+        original, simulated, peak_gpu_bytes = _calibrate(run)
         with atomic_dir(out, force=force, command_hint="tritongen quantize ...", protected=protected) as tmp:
-            t = time.perf_counter()
-            if progress:
-                progress("export", 0, 1)
-            export_hf_checkpoint(model, dtype=dtype, export_dir=str(tmp))
-            add_legacy_rope_theta(tmp / "config.json")
-            for name in TOKENIZER_FILES:
-                if (model_dir / name).is_file():
-                    shutil.copy2(model_dir / name, tmp / name)
-            if progress:
-                progress("export", 1, 1)
-            timings["export_s"] = time.perf_counter() - t
-            del model
-            gc.collect()
-
-            t = time.perf_counter()
-            hf_quant = json.loads((tmp / "hf_quant_config.json").read_text())["quantization"]
-            quality: dict[str, Any] | None = None
-            if chunks:
-                served = checkpoint_loader().load_causal_lm(tmp, dtype=dtype).to(device)
-                exported = next_token_logits(served, chunks, stage="exported", progress=progress)
-                del served
-                quality = {**figures(original, simulated, exported, chunks), "dtype": spec.build.dtype}
-            timings["score_exported_s"] = time.perf_counter() - t
-            timings["total_s"] = time.perf_counter() - started
-
-            manifest = {
-                "tool": "tritongen quantize",
-                "versions": library_versions(),
-                "created_unix": int(time.time()),
-                "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-                "input_model": {"source": spec.model.source, "revision": spec.model.revision, "dir": str(model_dir),
-                                **input_hash.result()},
-                "format": q.format.value,
-                "kv_cache": q.kv_cache.value,
-                "hf_quant_config": hf_quant,
-                "exclude_patterns": list(q.exclude_modules),
-                "export_dtype": spec.build.dtype,
-                "calibration": {"dataset": dataset, "requested_samples": cal.size, "samples": len(samples),
-                                "tokens": sum(len(s) for s in samples), "max_seq_len": cal.max_seq_len,
-                                "batch_size": cal.batch_size, "seed": cal.seed},
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
-                "calibration_s_per_sample": round(timings["calibrate_s"] / len(samples), 4),
-                "peak_gpu_bytes": peak_gpu_bytes,
-                "sizes": size_report(tensor_table(model_dir), tensor_table(tmp)),
-                "quality": quality,
-            }
+            _export(run, tmp)
+            with run.timed("score_exported_s"):
+                quality = _score_exported(run, tmp, original, simulated)
+            run.timings["total_s"] = time.perf_counter() - started
+            manifest = _manifest(run, tmp, input_hash.result(), peak_gpu_bytes, quality)
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (tmp / LOG_NAME).write_text(log.getvalue(), encoding="utf-8")
     return manifest

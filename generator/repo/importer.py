@@ -51,6 +51,9 @@ class ImportResult(BaseModel):
     """Spec fields left at tritongen's defaults because nothing in the repository says them."""
     inconsistencies: list[str] = Field(default_factory=list)
     """Places where the repository contradicts itself; the spec follows the first source named."""
+    held_back: list[str] = Field(default_factory=list)
+    """Values found that the spec carries only when asked: folders the repository names, and
+    ``trust_remote_code`` (which lets later commands run the checkpoint's own Python)."""
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -182,11 +185,11 @@ def _llmapi(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) ->
                "kv_cache_config.dtype": lambda v: "fp8" if str(v).lower() == "fp8" else "none"}
     for row in llmapi_mapping(Spec()):
         field = row.spec_field
-        if field.startswith(("spec.", "(")) or row.llmapi_key.startswith(("(", "-")) or row.llmapi_key not in yaml_doc:
+        if field.startswith(("spec.", "(")) or row.key.startswith(("(", "-")) or row.key not in yaml_doc:
             continue
         if field in ("serving.max_batch_size", "serving.engine"):
             continue  # Triton's own batch size comes from max_batch_size; backend: pytorch is the target itself
-        _set(spec, field, readers.get(row.llmapi_key, lambda v: v)(yaml_doc[row.llmapi_key]))
+        _set(spec, field, readers.get(row.key, lambda v: v)(yaml_doc[row.key]))
     if "max_batch_size" in yaml_doc:
         _set(spec, "serving.max_batch_size", yaml_doc["max_batch_size"])
     front = meaning.models.get("tensorrt_llm")
@@ -195,8 +198,33 @@ def _llmapi(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) ->
     result.not_inferred.append("quantization: read from the checkpoint's hf_quant_config.json at run time, not from model.yaml")
 
 
-def import_repository(repo: Path) -> ImportResult:
-    """The spec a repository implies, with what is unknown and what contradicts itself."""
+PATH_FIELDS = ("model.source", "artifacts.checkpoint_dir", "artifacts.engine_dir")
+"""Spec fields import fills with folders named by the repository's files."""
+
+
+def _pop(tree: dict[str, Any], dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p, {})
+    return tree.pop(leaf, None)
+
+
+def _hold_back(spec: dict[str, Any], result: ImportResult, *, trust_remote_code: bool, keep_paths: bool) -> None:
+    """Keep out of the spec what a foreign repository must not decide on its own, and say so."""
+    if not keep_paths:
+        for field in PATH_FIELDS:
+            value = _pop(spec, field)
+            if value is not None:
+                result.held_back.append(f"{field} = {str(value)!r}: a folder the repository names; "
+                                        "pass --keep-paths to use it")
+    if not trust_remote_code and _pop(spec, "model.trust_remote_code"):
+        result.held_back.append("model.trust_remote_code = true: later commands (quantize, serve) would run the "
+                                "checkpoint's own Python code; review it, then pass --trust-remote-code")
+
+
+def import_repository(repo: Path, *, trust_remote_code: bool = False, keep_paths: bool = False) -> ImportResult:
+    """The spec a repository implies, with what is unknown and what contradicts itself. Folders the repository
+    names and ``trust_remote_code`` are held back (reported) unless ``keep_paths`` / ``trust_remote_code``."""
     repo = Path(repo)
     if not repo.is_dir():
         raise ArtifactMissing("repository folder does not exist", where=str(repo), fix="pass the model repository folder")
@@ -213,5 +241,6 @@ def import_repository(repo: Path) -> ImportResult:
         _ifb(meaning, spec, result)
     for path in meaning.unreadable:
         result.inconsistencies.append(f"{path} does not parse; its settings are not imported")
+    _hold_back(spec, result, trust_remote_code=trust_remote_code, keep_paths=keep_paths)
     result.spec = spec
     return result

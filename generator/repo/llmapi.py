@@ -39,8 +39,10 @@ def accepted_llm_args() -> set[str]:
 
 
 class MappingRow(NamedTuple):
+    """One spec field and where it lands: a model.yaml key (LLM-API path) or a tensorrt_llm parameter (engine path)."""
+
     spec_field: str
-    llmapi_key: str
+    key: str
     value: Any
     note: str
 
@@ -155,10 +157,10 @@ def llmapi_model_yaml(spec: Spec) -> dict[str, Any]:
     """The ``model.yaml`` content as data (nested dicts), built from :func:`llmapi_mapping`."""
     doc: dict[str, Any] = {}
     for row in llmapi_mapping(spec):
-        if row.llmapi_key.startswith(("(", "-")):
+        if row.key.startswith(("(", "-")):
             continue
         node = doc
-        *parents, leaf = row.llmapi_key.split(".")
+        *parents, leaf = row.key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = row.value

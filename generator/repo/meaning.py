@@ -16,7 +16,10 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, Field
 
+from generator.errors import ArtifactCorrupt, TritongenError
+from generator.fsutil import read_text_bounded
 from generator.repo.problems import parse_config, type_name
+from generator.spec.load import safe_yaml
 
 PLACEHOLDER = "${"
 
@@ -57,6 +60,8 @@ class ModelMeaning(BaseModel):
 class RepoMeaning(BaseModel):
     """Every model, the engine's recorded build settings and the LLM-API ``model.yaml``, when present."""
 
+    root: str = ""
+    """The repository folder read."""
     models: dict[str, ModelMeaning] = Field(default_factory=dict)
     engine: dict[str, Any] = Field(default_factory=dict)
     """The engine config.json at tensorrt_llm's gpt_model_path, flattened (``build_config.max_batch_size`` …)."""
@@ -65,6 +70,8 @@ class RepoMeaning(BaseModel):
     """``tensorrt_llm/1/model.yaml``, flattened."""
     unreadable: list[str] = Field(default_factory=list)
     """Config files that do not parse: their meaning is unknown (validate says why)."""
+    not_read: list[str] = Field(default_factory=list)
+    """Files the repository names but that were not read, and why (outside the repository, not a regular file)."""
 
 
 class Difference(BaseModel):
@@ -111,40 +118,55 @@ def model_meaning(config: Any) -> ModelMeaning:
     )
 
 
-def _engine_config(repo: Path, models: dict[str, ModelMeaning]) -> tuple[dict[str, Any], Optional[str]]:
-    trt = models.get("tensorrt_llm")
+_REREAD = "run `tritongen validate` on the repository to see why"
+
+
+def _engine_config(repo: Path, meaning: RepoMeaning, engine_root: Optional[Path]) -> None:
+    """The engine config.json at gpt_model_path, read only inside ``engine_root`` (a path the user named):
+    a repository can name any folder, and its content must not be read and printed on its word."""
+    trt = meaning.models.get("tensorrt_llm")
     if trt is None or trt.backend != "tensorrtllm" or not trt.parameters.get("gpt_model_path"):
-        return {}, None
+        return
     path = Path(trt.parameters["gpt_model_path"])
-    path = path if path.is_absolute() else repo / path
-    file = path / "config.json"
+    file = (path if path.is_absolute() else repo / path) / "config.json"
+    if not file.exists() and not file.is_symlink():
+        return  # not built here: validate reports it
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}, None  # validate reports it; an unreadable engine has no meaning to compare
-    return (flatten(data) if isinstance(data, dict) else {}), str(file)
+        data = json.loads(read_text_bounded(file, fix=_REREAD, inside=engine_root or repo))
+    except ArtifactCorrupt as exc:
+        meaning.not_read.append(f"engine {file}: {exc.message}")
+        return
+    except (json.JSONDecodeError, RecursionError):
+        return  # validate reports it; an unreadable engine has no meaning to compare
+    meaning.engine, meaning.engine_file = (flatten(data) if isinstance(data, dict) else {}), str(file)
 
 
-def _model_yaml(repo: Path) -> dict[str, Any]:
+def _model_yaml(repo: Path, meaning: RepoMeaning) -> None:
     path = repo / "tensorrt_llm" / "1" / "model.yaml"
+    if not path.exists():
+        return
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return flatten(data) if isinstance(data, dict) else {}
+        data = safe_yaml(read_text_bounded(path, fix=_REREAD, inside=repo), str(path))
+    except (TritongenError, yaml.YAMLError, RecursionError):
+        meaning.unreadable.append(str(path))
+        return
+    meaning.llmapi = flatten(data) if isinstance(data, dict) else {}
 
 
-def read_meaning(repo: Path) -> RepoMeaning:
-    """Read every ``*/config.pbtxt`` of ``repo``, the engine's config.json and ``model.yaml``."""
-    meaning = RepoMeaning()
-    for cfg in sorted(Path(repo).glob("*/config.pbtxt")):
-        parsed, _ = parse_config(cfg)
+def read_meaning(repo: Path, *, engine_root: Optional[Path] = None) -> RepoMeaning:
+    """Read every ``*/config.pbtxt`` of ``repo``, ``model.yaml`` and the engine's config.json (when it lies in
+    ``repo`` or ``engine_root``). Only regular files of bounded size are read, each model folder's config
+    must resolve inside ``repo``; what could not be read is listed, never skipped silently."""
+    repo = Path(repo)
+    meaning = RepoMeaning(root=str(repo))
+    for cfg in sorted(repo.glob("*/config.pbtxt")):
+        parsed, _ = parse_config(cfg, inside=repo)
         if parsed is None:
             meaning.unreadable.append(str(cfg))
             continue
         meaning.models[cfg.parent.name] = model_meaning(parsed[1])
-    meaning.engine, meaning.engine_file = _engine_config(Path(repo), meaning.models)
-    meaning.llmapi = _model_yaml(Path(repo))
+    _engine_config(repo, meaning, engine_root)
+    _model_yaml(repo, meaning)
     return meaning
 
 
@@ -174,4 +196,10 @@ def diff_meanings(a: RepoMeaning, b: RepoMeaning, *, ignore: frozenset[str] = fr
             out += _compare(f"{name}.{section}.", da[section], db[section])
     out += _compare("engine.", a.engine, b.engine)
     out += _compare("model.yaml.", a.llmapi, b.llmapi)
+    # A file that does not parse has no meaning to compare: the two cannot be called the same.
+    unread_a, unread_b = ({Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else p for p in m.unreadable}
+                          for m, root in ((a, Path(a.root)), (b, Path(b.root))))
+    for rel in sorted(unread_a | unread_b):
+        out.append(Difference(where=rel, a="does not parse" if rel in unread_a else "parses",
+                              b="does not parse" if rel in unread_b else "parses"))
     return out

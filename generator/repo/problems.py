@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import re
 import sys
 from enum import Enum
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 from generator.engine.facts import KV_ALGOS, QUANT_ALGOS
+from generator.errors import ArtifactCorrupt
 from generator.spec import Spec
 
 
@@ -124,11 +124,17 @@ def type_name(dtype: int) -> str:
     return model_config_pb2().DataType.Name(dtype)
 
 
-def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
-    """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems)."""
+def parse_config(path: Path, *, inside: Optional[Path] = None) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
+    """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems). Only a regular
+    file of bounded size (and, with ``inside``, one resolving inside that folder) is read."""
     from google.protobuf import text_format
 
-    text = path.read_text(encoding="utf-8", errors="replace")
+    from generator.fsutil import read_text_bounded
+
+    try:
+        text = read_text_bounded(path, fix="re-render, or replace the file with a model configuration", inside=inside)
+    except ArtifactCorrupt as exc:
+        return None, [Problem(str(path), None, exc.message, exc.fix or "")]
     ct = ConfigText(path, text)
     problems = []
     for no, line in enumerate(ct.lines, 1):
@@ -141,6 +147,9 @@ def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Pro
                 "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))
     try:
         config = text_format.Parse(text, model_config_pb2().ModelConfig())
+    except RecursionError:
+        problems.append(Problem(str(path), None, "nested deeper than any Triton ModelConfig is", "re-render"))
+        return None, problems
     except text_format.ParseError as exc:
         message = re.sub(r"^\d+:\d+ : ", "", str(exc))
         problems.append(Problem(str(path), exc.GetLine(), f"not a valid Triton ModelConfig (column {exc.GetColumn()}): "
@@ -154,13 +163,12 @@ def parse_config(path: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Pro
 
 def read_json(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
     """A JSON object from ``path`` (None with a problem when unreadable or not an object)."""
+    from generator.fsutil import read_json_object
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, [Problem(str(path), getattr(exc, "lineno", None), f"cannot read JSON: {exc}", "rebuild / re-export it")]
-    if not isinstance(data, dict):
-        return None, [Problem(str(path), 1, "not a JSON object", "rebuild / re-export it")]
-    return data, []
+        return read_json_object(path, fix="rebuild / re-export it"), []
+    except ArtifactCorrupt as exc:
+        return None, [Problem(str(path), None, f"cannot read JSON: {exc.message}", exc.fix or "rebuild / re-export it")]
 
 
 def quant_problems(file: str | Path, quant: dict[str, Any], spec: Spec, what: str, note: str = "") -> list[Problem]:

@@ -12,7 +12,6 @@ The ``llmapi`` target renders NVIDIA's LLM-API model instead (its files come fro
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,14 @@ from generator.engine.facts import TRTLLM_VERSION, EngineFacts, read_engine_if_b
 from generator.engine.rules import batch_fits_engine
 from generator.errors import PlanRefused, SpecError, ToolMissing, TritongenError
 from generator.fsutil import atomic_dir
-from generator.repo.llmapi import CPU_ENGINE_MODEL, llmapi_data, render_llmapi_files
+from generator.repo.llmapi import CPU_ENGINE_MODEL, MappingRow, llmapi_data, render_llmapi_files
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
+from generator.repo.manifest import MANIFEST, RepoManifest
 from generator.resources import data_json, model_repo_dir
 from generator.spec import EngineTarget, Spec
-from generator.templating import environment
+from generator.templating import environment, pbtxt_bool
 
 REFERENCE_FILE = "inflight_batcher_llm_1.2.1.json"
-MANIFEST = "tritongen.json"
 IFB_LAYOUT = "inflight_batcher_llm"
 LLMAPI_LAYOUT = "llmapi"
 
@@ -122,25 +121,22 @@ def resolve_max_batch_size(spec: Spec, engine: Optional[EngineFacts]) -> tuple[i
 # ---------------------------------------------------------------- values per model
 
 
-def pbtxt_bool(value: bool) -> str:
-    return "true" if value else "false"
+def _text(value: Any) -> str:
+    return pbtxt_bool(value) if isinstance(value, bool) else str(value)
 
 
 def _params(pairs: list[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """Parameter (key, value) pairs as strings; a None value means "not set" and is left out."""
-    out = []
-    for key, value in pairs:
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = pbtxt_bool(value)
-        out.append((key, str(value)))
-    return out
+    """Parameter (key, value) pairs as text; a None value means "not set" and is left out."""
+    return [(key, _text(value)) for key, value in pairs if value is not None]
 
 
-def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
-    """The engine model's parameters; ``topo`` defaults to the spec's topology (without one that fits, the
-    topology's own parameters are left out: validate reports the refusal)."""
+def engine_mapping(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[MappingRow]:
+    """How each spec field lands in the ``tensorrt_llm`` model's parameters, as the LLM-API path's
+    :func:`generator.repo.llmapi.llmapi_mapping` does for ``model.yaml``; a None value is left unset.
+
+    ``topo`` defaults to the spec's topology (without one that fits, the topology's own parameters are left
+    out: validate reports the refusal).
+    """
     if topo is None:
         try:
             topo = deploy_topology(spec, target, gpu_visible=True)
@@ -148,34 +144,39 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Top
             topo = None
     s, b = spec.serving, spec.build
     gpu = target is EngineTarget.tensorrtllm
-    common = [
-        ("max_beam_width", b.max_beam_width),
-        ("FORCE_CPU_ONLY_INPUT_TENSORS", "no"),
-        ("gpt_model_type", s.batching_strategy),
-        ("gpt_model_path", spec.engine_dir if gpu else spec.serving_weights_dir),
-        ("batch_scheduler_policy", s.batch_scheduler_policy),
-        ("kv_cache_free_gpu_mem_fraction", s.kv_cache_free_gpu_mem_fraction),
-        ("exclude_input_in_output", s.exclude_input_in_output),
-        ("enable_kv_cache_reuse", s.enable_kv_cache_reuse),
-        ("enable_chunked_context", s.enable_chunked_context),
-        ("executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None),
-        ("tokenizer_dir", spec.serving_weights_dir),
-        *(engine_parameters(topo, spec) if topo is not None else
-          [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]),
+    rows = [
+        MappingRow("build.max_beam_width", "max_beam_width", b.max_beam_width, ""),
+        MappingRow("-", "FORCE_CPU_ONLY_INPUT_TENSORS", "no", "NVIDIA's fill for in-flight batching"),
+        MappingRow("serving.batching_strategy", "gpt_model_type", s.batching_strategy, ""),
+        MappingRow("artifacts.engine_dir" if gpu else "spec.serving_weights_dir", "gpt_model_path",
+                   spec.engine_dir if gpu else spec.serving_weights_dir,
+                   "the engine folder" if gpu else "the CPU reference engine loads the weights"),
+        MappingRow("serving.batch_scheduler_policy", "batch_scheduler_policy", s.batch_scheduler_policy, ""),
+        MappingRow("serving.kv_cache_free_gpu_mem_fraction", "kv_cache_free_gpu_mem_fraction",
+                   s.kv_cache_free_gpu_mem_fraction, ""),
+        MappingRow("serving.exclude_input_in_output", "exclude_input_in_output", s.exclude_input_in_output, ""),
+        MappingRow("serving.enable_kv_cache_reuse", "enable_kv_cache_reuse", s.enable_kv_cache_reuse, ""),
+        MappingRow("serving.enable_chunked_context", "enable_chunked_context", s.enable_chunked_context, ""),
+        MappingRow("-", "executor_worker_path", _EXECUTOR_WORKER_PATH if gpu else None, "the container's worker"),
+        MappingRow("spec.serving_weights_dir", "tokenizer_dir", spec.serving_weights_dir, ""),
     ]
-    # The CPU reference engine has no engine file to read its limits from: they travel as parameters.
-    cpu_only = [] if gpu else [
-        ("tokens_per_block", b.tokens_per_block),
-        ("max_num_tokens", b.max_num_tokens),
-        ("max_input_len", b.max_input_len),
-        ("max_seq_len", b.resolved_max_seq_len),
-        ("cpu_kv_cache_mib", s.cpu_kv_cache_mib),
-        ("cpu_threads", s.cpu_threads),
-        ("dtype", s.cpu_dtype),
-        ("cpu_max_batch_tokens", s.cpu_max_batch_tokens),
-        ("max_queue_size", s.max_queue_size),
-    ]
-    return _params(common + cpu_only)
+    topology = engine_parameters(topo, spec) if topo is not None else \
+        [("max_tokens_in_paged_kv_cache", s.max_tokens_in_paged_kv_cache)]
+    rows += [MappingRow("topology" if key != "max_tokens_in_paged_kv_cache" else "serving.max_tokens_in_paged_kv_cache",
+                        key, value, "") for key, value in topology]
+    if not gpu:  # the CPU reference engine has no engine file to read its limits from: they travel as parameters
+        rows += [MappingRow(f"build.{key}", key, getattr(b, key), "") for key in
+                 ("tokens_per_block", "max_num_tokens", "max_input_len")]
+        rows.append(MappingRow("build.max_seq_len", "max_seq_len", b.resolved_max_seq_len, "prompt + output"))
+        rows += [MappingRow(f"serving.{field_}", key, getattr(s, field_), "CPU reference engine only") for field_, key in
+                 (("cpu_kv_cache_mib", "cpu_kv_cache_mib"), ("cpu_threads", "cpu_threads"), ("cpu_dtype", "dtype"),
+                  ("cpu_max_batch_tokens", "cpu_max_batch_tokens"), ("max_queue_size", "max_queue_size"))]
+    return rows
+
+
+def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Topology] = None) -> list[tuple[str, str]]:
+    """The engine model's parameters as (key, text), from :func:`engine_mapping`."""
+    return _params([(r.key, r.value) for r in engine_mapping(spec, target, topo)])
 
 
 def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Topology) -> dict[str, dict[str, Any]]:
@@ -259,29 +260,12 @@ def _ifb_code(target: EngineTarget, models: list[str]) -> tuple[dict[str, Path],
 # ---------------------------------------------------------------- templates and plan
 
 
-_PBTXT_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _quote(value: Any) -> str:
-    """A protobuf text-format string literal: quotes, backslashes and every control character escaped
-    (other control characters as octal, as protobuf writes them), so Triton reads back exactly ``value``."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SpecError(f"value {text!r} is not valid Unicode text (a lone surrogate)",
-                        fix="use a path or value made of real characters") from None
-    escaped = "".join(_PBTXT_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-                      for c in text)
-    return f'"{escaped}"'
-
-
 def render_template(layout: str, name: str, **values: Any) -> str:
-    return environment(layout, (("q", _quote), ("tf", pbtxt_bool))).get_template(name).render(**values)
+    return environment(layout).get_template(name).render(**values)
 
 
 def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size: int, source: str,
-             models: list[str], reference: str, **extra: Any) -> dict[str, Any]:
+             models: list[str], reference: str, topo: Topology, cpu_stand_in: Optional[bool] = None) -> RepoManifest:
     """tritongen.json: how the repository was made, so validate and people can check it later."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -289,24 +273,15 @@ def manifest(spec: Spec, plan_target: EngineTarget, layout: str, max_batch_size:
         tritongen_version = version("tritongen")
     except PackageNotFoundError:
         tritongen_version = "unknown"
-    return {
-        "generator": "tritongen",
-        "tritongen_version": tritongen_version,
-        "layout": layout,
-        "target": plan_target.value,
-        "tensorrt_llm_version": TRTLLM_VERSION,
-        "reference": reference,
-        "models": models,
-        "max_batch_size": max_batch_size,
-        "max_batch_size_source": source,
-        "max_input_len": spec.build.max_input_len,
-        "max_seq_len": spec.build.resolved_max_seq_len,
-        "weights_dir": str(spec.serving_weights_dir),
-        "engine_dir": str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
-        **extra,
-        "spec": spec.to_yaml_dict(),
-        "spec_base_dir": str(spec.base_dir),
-    }
+    return RepoManifest(
+        tritongen_version=tritongen_version, layout=layout, target=plan_target, tensorrt_llm_version=TRTLLM_VERSION,
+        reference=reference, models=models, max_batch_size=max_batch_size, max_batch_size_source=source,
+        max_input_len=spec.build.max_input_len, max_seq_len=spec.build.resolved_max_seq_len,
+        weights_dir=str(spec.serving_weights_dir),
+        engine_dir=str(spec.engine_dir) if plan_target is EngineTarget.tensorrtllm else None,
+        cpu_stand_in=cpu_stand_in, topology=topo.model_dump(mode="json"),
+        spec=spec.to_yaml_dict(), spec_base_dir=str(spec.base_dir),
+    )
 
 
 def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topology) -> RepoPlan:
@@ -320,8 +295,8 @@ def _plan_ifb(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topolog
     copies, dirs = _ifb_code(target, list(models))
     facts = reference_facts()
     info = manifest(spec, target, IFB_LAYOUT, bs, source, list(models), f"{facts['repository']}/{facts['path_prefix']}",
-                    topology=topo.model_dump(mode="json"))
-    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+                    topo)
+    files[MANIFEST] = info.to_json()
     files["README.md"] = render_template(IFB_LAYOUT, "README.md.j2", info=info)
     return RepoPlan(target=target, layout=IFB_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies, dirs=dirs)
@@ -346,11 +321,9 @@ def _plan_llmapi(spec: Spec, target: EngineTarget, gpu_visible: bool, topo: Topo
         copies.update(_model_code(LLMAPI_MODEL, "llmapi_cpu"))
         copies.update(_model_code(CPU_ENGINE_MODEL, "tensorrt_llm_cpu"))
         models.append(CPU_ENGINE_MODEL)
-    data = llmapi_data()
     info = manifest(spec, target, LLMAPI_LAYOUT, bs, f"{source}, as LLM() max_batch_size (Triton's is 0)", models,
-                    data["sources"]["triton_model"]["path"], tensorrt_llm_version=data["tensorrt_llm_version"],
-                    cpu_stand_in=cpu, topology=topo.model_dump(mode="json"))
-    files[MANIFEST] = json.dumps(info, indent=2) + "\n"
+                    llmapi_data()["sources"]["triton_model"]["path"], topo, cpu_stand_in=cpu)
+    files[MANIFEST] = info.to_json()
     return RepoPlan(target=target, layout=LLMAPI_LAYOUT, max_batch_size=bs, max_batch_size_source=source,
                     files=files, copies=copies)
 
@@ -376,8 +349,7 @@ def plan_repository(spec: Spec, *, gpu_visible: bool = False) -> RepoPlan:
         )
     topo = deploy_topology(spec, target, gpu_visible)
     plan = planner(spec, target, gpu_visible, topo)
-    version = json.loads(plan.files[MANIFEST]).get("tensorrt_llm_version", TRTLLM_VERSION)
-    plan.files.update(deploy_files(spec, topo, version))
+    plan.files.update(deploy_files(spec, topo, TRTLLM_VERSION))
     return plan
 
 

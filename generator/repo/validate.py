@@ -9,16 +9,17 @@ and against the built engine. All problems are returned at once, each with file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from generator.deploy.checks import check_deployment
+from generator.errors import TritongenError
 from generator.repo.llmapi import CPU_ENGINE_MODEL
 from generator.repo.validate_llmapi import validate_llmapi
 from generator.repo.llmapi import MODEL_NAME as LLMAPI_MODEL
 from generator.repo.problems import Problem, Severity, parse_config
-from generator.repo.render import ENSEMBLE, LLMAPI_LAYOUT, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
+from generator.repo.manifest import MANIFEST, RepoManifest, read_manifest
+from generator.repo.render import ENSEMBLE, LLMAPI_LAYOUT, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
 from generator.repo.validate_artifacts import check_engine, check_tokenizers
 from generator.repo.validate_models import Model, Report, check_model
 from generator.repo.validate_wiring import check_batch_and_decoupling, check_ensemble
@@ -30,35 +31,32 @@ __all__ = ["Problem", "Severity", "validate_repository"]
 # ---------------------------------------------------------------- reading
 
 
-def read_manifest(repo: Path, report: Report) -> dict[str, Any]:
-    path = repo / MANIFEST
-    if not path.is_file():
-        return {}
+def _manifest_and_spec(repo: Path, report: Report) -> tuple[Optional[RepoManifest], Optional[Spec]]:
+    """The repository's manifest and the spec it records; each problem reading them is reported."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        report.add(path, exc.lineno, f"not valid JSON: {exc.msg}", "re-render with `tritongen render`")
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _spec_from_manifest(repo: Path, manifest: dict[str, Any], report: Report) -> Optional[Spec]:
-    from generator.errors import TritongenError
-    from generator.spec import spec_from_dict
-
-    if not isinstance(manifest.get("spec"), dict):
-        return None
+        manifest = read_manifest(repo)
+    except TritongenError as exc:
+        report.add(exc.where or repo / MANIFEST, None, exc.message, exc.fix)
+        return None, None
+    if manifest is None:
+        return None, None
     try:
-        # Relative spec paths resolve against the spec file's folder, as they did when rendering.
-        base = manifest.get("spec_base_dir")
-        return spec_from_dict(manifest["spec"], base_dir=Path(base) if isinstance(base, str) else Path("."),
-                              source=str(repo / MANIFEST))
+        return manifest, manifest.recorded_spec(source=str(repo / MANIFEST))
     except TritongenError as exc:
         report.add(repo / MANIFEST, None, f"recorded spec is invalid: {exc.message}", "re-render from a valid spec")
-        return None
+        return manifest, None
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def layout(repo: Path, manifest: Optional[RepoManifest]) -> Optional[str]:
+    """The manifest's layout; without one, the LLM-API model when the files are laid out as NVIDIA's llmapi
+    folder (tensorrt_llm/1/model.yaml and no ensemble), else the engine layout's checks apply."""
+    if manifest is not None:
+        return manifest.layout
+    llmapi = (repo / LLMAPI_MODEL / "1" / "model.yaml").is_file() and not (repo / ENSEMBLE).is_dir()
+    return LLMAPI_LAYOUT if llmapi else None
 
 
 def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Problem]:
@@ -72,13 +70,13 @@ def validate_repository(repo_dir: Path, spec: Optional[Spec] = None) -> list[Pro
     report = Report()
     if not repo.is_dir():
         return [Problem(str(repo), None, "repository folder does not exist", "tritongen render SPEC -o DIR")]
-    manifest = read_manifest(repo, report)
-    spec = spec or _spec_from_manifest(repo, manifest, report)
+    manifest, recorded = _manifest_and_spec(repo, report)
+    spec = spec or recorded
     if spec is None:
         report.add(repo, None, "no spec (no tritongen.json and no --spec): the engine-vs-spec, quantization-vs-spec "
                    "and decoupled-vs-streaming checks were skipped",
                    f"tritongen import {repo} -o spec.yaml, then tritongen validate {repo} --spec spec.yaml", Severity.note)
-    if manifest.get("layout") == LLMAPI_LAYOUT:
+    if layout(repo, manifest) == LLMAPI_LAYOUT:
         _validate_llmapi(repo, manifest, spec, report)
     else:
         _validate_ifb(repo, manifest, spec, report)
@@ -105,8 +103,9 @@ def _load_models(repo: Path, expected: list[str], report: Report, *, others: boo
     return models
 
 
-def _validate_ifb(repo: Path, manifest: dict[str, Any], spec: Optional[Spec], report: Report) -> None:
-    models = _load_models(repo, manifest.get("models") or [ENSEMBLE, PREPROCESSING, TENSORRT_LLM, POSTPROCESSING], report)
+def _validate_ifb(repo: Path, manifest: Optional[RepoManifest], spec: Optional[Spec], report: Report) -> None:
+    expected = manifest.models if manifest is not None else [ENSEMBLE, PREPROCESSING, TENSORRT_LLM, POSTPROCESSING]
+    models = _load_models(repo, expected, report)
     if not models and not any(repo.glob("*/config.pbtxt")):
         report.add(repo, None, "no model folders with config.pbtxt (inflight_batcher_llm layout expected)",
                    "tritongen render SPEC -o DIR")
@@ -121,14 +120,14 @@ def _validate_ifb(repo: Path, manifest: dict[str, Any], spec: Optional[Spec], re
         check_engine(models[TENSORRT_LLM], spec, report)
 
 
-def _validate_llmapi(repo: Path, manifest: dict[str, Any], spec: Optional[Spec], report: Report) -> None:
+def _validate_llmapi(repo: Path, manifest: Optional[RepoManifest], spec: Optional[Spec], report: Report) -> None:
     """The LLM-API model (generator.repo.llmapi), plus, in the CPU stand-in, the engine model it calls.
 
     The stand-in's engine is the CPU reference engine under another folder name, with the C++
     tensorrt_llm model's interface: the single-model checks of the engine layout apply to it unchanged.
     """
     report.extend(validate_llmapi(repo, spec))
-    if CPU_ENGINE_MODEL not in manifest.get("models", []) and not (repo / CPU_ENGINE_MODEL).is_dir():
+    if (manifest is None or CPU_ENGINE_MODEL not in manifest.models) and not (repo / CPU_ENGINE_MODEL).is_dir():
         return  # the GPU variant: NVIDIA's model.py runs LLM() itself
     engine = _load_models(repo, [CPU_ENGINE_MODEL], report, others=False,
                           roles={CPU_ENGINE_MODEL: TENSORRT_LLM}).get(CPU_ENGINE_MODEL)

@@ -4,11 +4,12 @@ and the checkpoint's quantization against the spec."""
 from __future__ import annotations
 
 import functools
-import json
 import re
 from pathlib import Path
 from typing import Optional
 
+from generator.errors import ArtifactCorrupt
+from generator.fsutil import read_json_object
 from generator.repo.enginecheck import engine_problems
 from generator.repo.problems import checkpoint_quant_problems, not_built, weights_command
 from generator.repo.render import tensorrt_llm_parameters
@@ -32,13 +33,17 @@ def tokenizer_load_error(path: str) -> Optional[str]:
             tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         except Exception:  # noqa: BLE001
             return f"{type(first).__name__}: {first}".splitlines()[0][:300]
-    if not tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]:
+    ids = tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if not ids:
         return (f"it is empty: {_PROBE_TEXT!r} encodes to no tokens (no tokenizer.json, tokenizer.model or "
                 "vocab.json there, so every request would read as an empty prompt)")
+    if tok.unk_token_id is not None and all(i == tok.unk_token_id for i in ids):
+        return (f"it knows no word: {_PROBE_TEXT!r} encodes to {tok.unk_token or 'the unknown token'} only, so every "
+                "prompt would reach the model as unknown tokens (a vocabulary without the model's words)")
     vocab, of = len(tok), "its vocabulary"
     try:  # the model beside the tokenizer (a checkpoint) can only produce ids below its vocab_size
-        model_vocab = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
-    except (OSError, ValueError, AttributeError):
+        model_vocab = read_json_object(Path(path) / "config.json", fix="").get("vocab_size")
+    except ArtifactCorrupt:
         model_vocab = None
     if isinstance(model_vocab, int) and model_vocab < vocab:
         vocab, of = model_vocab, "the model's vocab_size in config.json"

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from generator.errors import TritongenError
-from generator.fsutil import read_json_object
+from generator.fsutil import read_json_object, read_text_bounded
 from generator.repo.llmapi import (
     DATA_FILE, MODEL_NAME, accepted_llm_args, llmapi_data, llmapi_model_yaml,
 )
@@ -19,6 +19,7 @@ from generator.repo.problems import (
     Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
 from generator.spec import Spec
+from generator.spec.load import safe_yaml
 
 
 
@@ -190,17 +191,22 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
     problems: list[Problem] = []
     doc: dict[str, Any] = {}
     lines: dict[tuple[str, ...], int] = {}
-    if not yaml_path.is_file():
+    if not yaml_path.exists():
         problems.append(Problem(str(yaml_path), None, "model.yaml is missing", "re-render with `tritongen render`"))
     else:
-        text = yaml_path.read_text(encoding="utf-8")
+        loaded = None
         try:
-            loaded = yaml.safe_load(text)
+            text = read_text_bounded(yaml_path, fix="re-render with `tritongen render`", inside=repo)
+            loaded = safe_yaml(text, str(yaml_path))
             lines = _yaml_key_lines(text)
-        except yaml.YAMLError as exc:
+        except TritongenError as exc:  # not a regular file, too big, not UTF-8, an alias bomb
+            problems.append(Problem(str(yaml_path), None, exc.message, exc.fix or "re-render"))
+        except RecursionError:
+            problems.append(Problem(str(yaml_path), None, "nested deeper than any model.yaml is", "re-render"))
+        except yaml.YAMLError as exc:  # the problem and its place, never the file's text
             mark = getattr(exc, "problem_mark", None)
-            problems.append(Problem(str(yaml_path), mark.line + 1 if mark else None, f"not valid YAML: {exc}", "fix the syntax"))
-            loaded = None
+            problems.append(Problem(str(yaml_path), mark.line + 1 if mark else None,
+                                    f"not valid YAML: {getattr(exc, 'problem', None) or type(exc).__name__}", "fix the syntax"))
         if loaded is not None and not isinstance(loaded, dict):
             problems.append(Problem(str(yaml_path), 1, "model.yaml must be a mapping of LLM() arguments", "re-render"))
         elif isinstance(loaded, dict):

@@ -3,10 +3,11 @@ decoupled settings that agree with each other and with the spec's streaming prot
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from generator.repo.problems import type_name
-from generator.repo.render import BLS, ENSEMBLE, MANIFEST, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
+from generator.repo.manifest import RepoManifest
+from generator.repo.render import BLS, ENSEMBLE, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
 from generator.repo.validate_models import Model, Report
 from generator.spec import Spec
 
@@ -81,7 +82,7 @@ def check_ensemble(ens: Model, models: dict[str, Model], report: Report) -> None
                        "map it in a step's output_map or remove it")
 
 
-def check_batch_and_decoupling(models: dict[str, Model], manifest: dict[str, Any], spec: Optional[Spec],
+def check_batch_and_decoupling(models: dict[str, Model], manifest: Optional[RepoManifest], spec: Optional[Spec],
                                 report: Report) -> None:
     ref = models.get(ENSEMBLE) or next(iter(models.values()))
     mbs = ref.config.max_batch_size
@@ -90,10 +91,15 @@ def check_batch_and_decoupling(models: dict[str, Model], manifest: dict[str, Any
             report.add(m.file, m.text.field("max_batch_size"),
                        f"max_batch_size {m.config.max_batch_size} differs from {ref.name}'s {mbs}",
                        "use one batch size in every model (re-render: it comes from the engine or the spec)")
-    if isinstance(manifest.get("max_batch_size"), int) and manifest["max_batch_size"] != mbs:
+    if spec is not None and spec.triton_max_batch_size != mbs:
         report.add(ref.file, ref.text.field("max_batch_size"),
-                   f"max_batch_size {mbs} differs from the {manifest['max_batch_size']} this repository was rendered "
-                   f"with ({manifest.get('max_batch_size_source', MANIFEST)})", "re-render instead of editing")
+                   f"max_batch_size {mbs} differs from the spec's {spec.triton_max_batch_size} "
+                   f"({'serving' if spec.serving.max_batch_size else 'build'}.max_batch_size)",
+                   "re-render from the spec instead of editing, or change the spec")
+    elif spec is None and manifest is not None and manifest.max_batch_size != mbs:
+        report.add(ref.file, ref.text.field("max_batch_size"),
+                   f"max_batch_size {mbs} differs from the {manifest.max_batch_size} this repository was rendered "
+                   f"with ({manifest.max_batch_size_source})", "re-render instead of editing")
 
     trt, bls = models.get(TENSORRT_LLM), models.get(BLS)
     for name in (PREPROCESSING, POSTPROCESSING):

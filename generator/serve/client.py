@@ -40,18 +40,20 @@ class ServerRequestError(Exception):
     """The server answered a request with an error (its message is the exception's)."""
 
 
-def check_reachable(http_url: str, timeout_s: float = 10.0) -> None:
-    """Fail with the address and the fix when nothing answers Triton's liveness endpoint at ``http_url``."""
+def check_reachable(http_url: str, path: str = "/v2/health/live", timeout_s: float = 10.0) -> None:
+    """Fail with the address and the fix when nothing answers at ``http_url`` (Triton's liveness endpoint, or
+    ``path``: an OpenAI-compatible server's /v1/models)."""
     import urllib.request
 
     from generator.errors import ServerError
 
     try:
-        with urllib.request.urlopen(endpoint_url(http_url, "/v2/health/live"), timeout=timeout_s):  # noqa: S310
+        with urllib.request.urlopen(endpoint_url(http_url, path), timeout=timeout_s):  # noqa: S310
             pass
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise ServerError(f"no Triton server answers at {http_url}: {reason}", where="--url",
+        kind = "Triton server" if path.startswith("/v2/") else "OpenAI-compatible server"
+        raise ServerError(f"no {kind} answers at {http_url}: {reason}", where="--url",
                           fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None
 
 

@@ -17,12 +17,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from generator.errors import ToolMissing
+from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, GRPC_ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
 
-ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statistics")
-"""Triton APIs that change or reveal the server's state: restricted to requests carrying the key."""
-ADMIN_HEADER = "tritongen-admin-key"
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-"""The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
 RUN_EXIT_TIMEOUT_S = 2
 """``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -132,8 +128,7 @@ def server_command(
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     if admin_key is not None:
-        restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
-        cmd += [f"--http-restricted-api={restriction}", f"--grpc-restricted-protocol={restriction}"]
+        cmd += restriction_flags(admin_key)
     cmd.extend(extra_args)
     return cmd
 

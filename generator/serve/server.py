@@ -95,6 +95,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on ``port`` of ``host`` (binding it fails; SO_REUSEADDR, as the
+    server sets it, so a closed connection's TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
@@ -152,6 +164,7 @@ class TritonServer:
         self._workdir: Optional[Path] = None
         self._log_handle = None
         self._start_failed = False
+        self._exited_on_its_own = False
 
     # ------------------------------------------------------------------ addresses
 
@@ -187,8 +200,15 @@ class TritonServer:
         if not self.repo_dir.is_dir():
             raise ArtifactMissing("model repository folder not found", where=str(self.repo_dir),
                                   fix="render one first: tritongen render SPEC -o DIR")
+        taken = [f"{name} {port}" for name, port in zip(("HTTP", "gRPC", "metrics"), self._ports_given)
+                 if port is not None and port_taken(self.host, port)]
+        if taken:  # before anything starts: another server's readiness must never pass for this one's
+            raise ServerError(f"port(s) already in use on {self.host or '0.0.0.0'}: {', '.join(taken)} "
+                              "(another server?)", fix="pass free --http-port/--grpc-port/--metrics-port, or stop "
+                              "the server using them")
         install = find_install()
         self._start_failed = False
+        self._exited_on_its_own = False
         remove_stale_workdirs()
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_file = self._log_given or self._workdir / "tritonserver.log"
@@ -289,7 +309,7 @@ class TritonServer:
                 if "already in use" in log and not all(self._ports_given):
                     raise _PortTaken()
                 raise self._start_error(f"tritonserver exited with code {code} while loading", log)
-            if self.is_ready():
+            if self.is_ready() and self._listening():
                 return
             time.sleep(0.25)
         index = []
@@ -301,6 +321,14 @@ class TritonServer:
             pass
         log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
         raise self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
+
+    def _listening(self) -> bool:
+        """This server's own HTTP endpoint is up (its log says so): a ready answer on a port another server
+        holds must not count."""
+        try:
+            return "Started HTTPService at" in self.log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
 
     def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> ServerError:
         failed = failed_models_from_index(index) or failed_models_from_log(log)
@@ -332,6 +360,8 @@ class TritonServer:
         group, process, self._group, self.process = self._group, self.process, None, None
         if group is None:
             return
+        if process is not None and process.poll() is not None:
+            self._exited_on_its_own = True  # its log says why: keep it (the error names it)
         group.signal(signal.SIGTERM)
         try:
             if process is not None:
@@ -352,7 +382,7 @@ class TritonServer:
                 pass
         if self._workdir is not None:
             # A failed start keeps its log (the error names it); otherwise nothing is left behind.
-            keep_log = self._start_failed and self._workdir in self.log_file.parents
+            keep_log = (self._start_failed or self._exited_on_its_own) and self._workdir in self.log_file.parents
             if keep_log:
                 shutil.rmtree(self._workdir / "backends", ignore_errors=True)
                 self.admin_key_file.unlink(missing_ok=True)

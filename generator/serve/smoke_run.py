@@ -4,11 +4,11 @@ LLM-API model, smoke_llmapi.py's, which extend them. Kept apart from both so nei
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
 from generator.repo.llmapi import CPU_ENGINE_MODEL
+from generator.repo.manifest import read_manifest
 from generator.serve.client import LLMAPI, LLMAPI_TARGET, ServerRequestError, post_json
 from generator.serve.smoke import (
     DEFAULT_PROMPT, Smoke, SmokeReport, admin_headers, max_input_len_from_server, served_dialect,
@@ -19,10 +19,9 @@ from generator.serve.smoke_llmapi import LLMAPISmoke
 def entry_model(http_url: str, repo_dir: Optional[Path] = None, admin_key: Optional[str] = None) -> str:
     """The model a smoke test checks unless told: what the repository's manifest (tritongen.json) says its
     target serves, else what the server serves: the ensemble when there is one, else the LLM-API model."""
-    manifest = Path(repo_dir) / "tritongen.json" if repo_dir is not None else None
-    if manifest is not None and manifest.is_file():
-        target = json.loads(manifest.read_text(encoding="utf-8")).get("target")
-        return "tensorrt_llm" if target == LLMAPI_TARGET else "ensemble"
+    manifest = read_manifest(Path(repo_dir)) if repo_dir is not None else None
+    if manifest is not None:
+        return "tensorrt_llm" if manifest.target.value == LLMAPI_TARGET else "ensemble"
     try:
         index = post_json(http_url, "/v2/repository/index", {}, headers=admin_headers(admin_key))
     except (ServerRequestError, OSError, ValueError):

@@ -37,6 +37,17 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], path: set[int]) -> in
     return memo[key]
 
 
+def _bounded(node: yaml.Node, where: str) -> None:
+    try:
+        size = _expanded_nodes(node, {}, set())
+    except SpecError as exc:
+        raise SpecError(exc.message, where=where, fix=exc.fix) from None
+    if size > MAX_YAML_NODES:
+        raise SpecError(
+            f"the YAML expands to {size:,} values through its aliases (at most {MAX_YAML_NODES:,}): "
+            "an alias bomb, not a configuration", where=where, fix="write the values out instead of nesting aliases")
+
+
 def safe_yaml(text: str, where: str) -> Any:
     """``yaml.safe_load`` that refuses a document whose aliases expand past ``MAX_YAML_NODES`` values."""
     loader = yaml.SafeLoader(text)
@@ -44,15 +55,22 @@ def safe_yaml(text: str, where: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        try:
-            size = _expanded_nodes(node, {}, set())
-        except SpecError as exc:
-            raise SpecError(exc.message, where=where, fix=exc.fix) from None
-        if size > MAX_YAML_NODES:
-            raise SpecError(
-                f"the YAML expands to {size:,} values through its aliases (at most {MAX_YAML_NODES:,}): "
-                "an alias bomb, not a spec", where=where, fix="write the values out instead of nesting aliases")
+        _bounded(node, where)
         return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def safe_yaml_all(text: str, where: str) -> list[tuple[Any, int]]:
+    """Every document of a YAML stream with its first line, each bounded as ``safe_yaml`` bounds one."""
+    loader = yaml.SafeLoader(text)
+    docs = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            _bounded(node, where)
+            docs.append((loader.construct_document(node), node.start_mark.line + 1))
+        return docs
     finally:
         loader.dispose()
 
@@ -138,7 +156,12 @@ def spec_from_dict(data: dict[str, Any], *, base_dir: Path = Path("."), source: 
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise spec_error_from_validation(exc, source) from None
-    spec.base_dir = Path(base_dir).resolve()
+    try:
+        spec.base_dir = Path(base_dir).resolve()
+    except ValidationError:
+        raise SpecError(f"the spec's folder {str(Path(base_dir).resolve())!r} holds a control character, which "
+                        "would reach every path of the spec", where=source, fix="move the spec to a folder with a "
+                        "one-line printable name") from None
     return spec
 
 

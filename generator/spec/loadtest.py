@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from generator.spec.base import Section
 
@@ -13,13 +13,20 @@ from generator.spec.base import Section
 class LoadTestSpec(Section):
     """Defaults of ``tritongen loadtest`` and ``tritongen sweep``."""
 
-    protocol: Literal["http-stream", "grpc-stream", "http"] = "grpc-stream"
-    """Client protocol: HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP generate."""
+    protocol: Literal["http-stream", "grpc-stream", "http", "openai-chat", "openai-completions"] = "grpc-stream"
+    """Client protocol: Triton's HTTP generate_stream (SSE), gRPC decoupled streaming, or non-streaming HTTP
+    generate; or an OpenAI-compatible server's streamed ``/v1/chat/completions`` or ``/v1/completions``
+    (Dynamo, trtllm-serve, Triton's OpenAI frontend, vLLM: ``--url http://HOST:PORT``)."""
+
+    openai_body: Optional[dict[str, Any]] = None
+    """OpenAI protocols: JSON fields added to every request body, e.g. a server's extensions such as
+    Dynamo's ``{"nvext": {"ignore_eos": true}}``."""
 
     model: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     """Model the users call. None means the repository's entry model: ensemble, or tensorrt_llm (the
     LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path.
-    Letters, digits, ``_``, ``.`` and ``-`` only: the name goes into URLs and Locust's config file."""
+    OpenAI protocols: None means the first model the server lists at ``/v1/models``. Letters, digits,
+    ``_``, ``.`` and ``-`` only: the name goes into URLs and Locust's config file."""
 
     users: int = Field(16, ge=1)
     """Concurrent users (closed loop), when request_rate is not set."""
@@ -41,6 +48,29 @@ class LoadTestSpec(Section):
 
     prompts: Optional[Path] = None
     """JSONL file with a ``text`` (and optional ``max_tokens``) per line. None means synthetic prompts."""
+
+    trace: Optional[Path] = None
+    """Replay a trace (JSONL): each request is sent at its ``timestamp`` (ms from the first). Rows are either
+    Mooncake-style ``{timestamp, input_length, output_length, hash_ids}`` (requests sharing a hash id share that
+    block of prompt tokens exactly) or ``{timestamp, prompt | messages, max_tokens}``. Latency counts from the
+    trace's send time; replaces request_rate and the synthetic prompts."""
+
+    time_scale: float = Field(1.0, gt=0)
+    """Trace replay: multiply every timestamp by this (0.5 replays twice as fast)."""
+
+    trace_block_tokens: int = Field(512, ge=1)
+    """Trace replay: prompt tokens per hash id (Mooncake's traces use 512; smaller for a tiny model)."""
+
+    shared_prefix_tokens: int = Field(0, ge=0)
+    """Synthetic prompts: tokens of a shared prefix (a system prompt) that every prompt of its group starts
+    with, before its own input_tokens_mean tokens; 0: no shared prefix."""
+
+    prefix_groups: int = Field(1, ge=1)
+    """Synthetic prompts: distinct shared prefixes; prompts take them in turn."""
+
+    turns: int = Field(1, ge=1)
+    """Synthetic prompts: turns per conversation; each turn resends the conversation so far (earlier
+    questions and the answers received) followed by a new question of input_tokens_mean tokens."""
 
     input_tokens_mean: int = Field(128, ge=1)
     """Synthetic prompts: mean input length in tokens."""
@@ -82,3 +112,25 @@ class LoadTestSpec(Section):
 
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether sends follow a schedule (request_rate or a trace) rather than closed-loop users."""
+        return self.request_rate is not None or self.trace is not None
+
+    @property
+    def openai(self) -> bool:
+        """Whether the protocol is an OpenAI-compatible endpoint rather than Triton's own."""
+        return self.protocol.startswith("openai-")
+
+    @model_validator(mode="after")
+    def _one_workload(self) -> "LoadTestSpec":
+        if self.trace is not None and (self.request_rate is not None or self.prompts is not None):
+            raise ValueError("loadtest.trace sets the schedule and the prompts: unset loadtest.request_rate and "
+                             "loadtest.prompts, or unset loadtest.trace")
+        if self.turns > 1 and (self.trace is not None or self.prompts is not None):
+            raise ValueError("loadtest.turns applies to synthetic prompts: unset loadtest.trace and loadtest.prompts, "
+                             "or set loadtest.turns=1")
+        if self.openai_body is not None and not self.openai:
+            raise ValueError("loadtest.openai_body applies to the openai-chat and openai-completions protocols")
+        return self

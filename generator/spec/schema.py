@@ -156,16 +156,16 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for name in ("prompts", "tokenizer"):
+        for name in ("prompts", "tokenizer", "trace"):
             value = getattr(self.loadtest, name)
             if value is not None:
                 named[f"loadtest.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
-    def loadtest_model(self) -> str:
-        """The model load tests call (see loadtest.model)."""
-        if self.loadtest.model is not None:
+    def loadtest_model(self) -> Optional[str]:
+        """The model load tests call (see loadtest.model); None: an OpenAI server's first listed model."""
+        if self.loadtest.model is not None or self.loadtest.openai:
             return self.loadtest.model
         return "tensorrt_llm" if self.serving.engine is EngineTarget.llmapi else "ensemble"
 

@@ -161,3 +161,12 @@ class KubernetesSpec(Section):
 
     locust_workers: int = Field(2, ge=1, le=256)
     """Worker pods of the in-cluster Locust load test (kubernetes-loadtest.yaml)."""
+
+    run_as_user: int = Field(1000, ge=1)
+    """The non-root user (uid and gid) every pod runs as (Pod Security "restricted"): 1000 is the
+    triton-server user of NVIDIA's Triton containers and the locust user of Locust's image."""
+
+    loadtest_image: Optional[str] = None
+    """Image of the in-cluster load test: Locust with tritongen's load-test packages installed, so nothing
+    is fetched when a pod starts. None means the image built from the rendered loadtest.Dockerfile
+    (pinned versions), tagged <kubernetes.name>-loadtest:<tritongen version>."""

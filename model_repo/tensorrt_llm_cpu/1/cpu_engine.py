@@ -93,6 +93,9 @@ class EngineStats:
     free_blocks: int
     tokens_per_block: int
     reused_blocks: int
+    alloc_total_blocks: int
+    """Context blocks of every request so far (reused + new), as the backend's ``alloc_total`` gauge."""
+    alloc_new_blocks: int
     iterations: int
 
 
@@ -113,7 +116,7 @@ class CpuEngine:
         self._reserved = 0
         self._counter = 0
         self._prefix_tokens: dict[str, int] = {}
-        self._reused_total = 0
+        self._reused_total = self._alloc_total = 0
         self._stopping = threading.Event()
         self._manager = None
         self._selector = None
@@ -404,6 +407,7 @@ class CpuEngine:
         seq.perf.kv_cache_reused_blocks = reused
         seq.perf.kv_cache_alloc_new_blocks = total - reused
         self._reused_total += reused
+        self._alloc_total += total
 
     # ------------------------------------------------------------------ responses
 
@@ -497,5 +501,7 @@ class CpuEngine:
             free_blocks=max(0, self.num_blocks - used),
             tokens_per_block=self.settings.tokens_per_block,
             reused_blocks=self._reused_total,
+            alloc_total_blocks=self._alloc_total,
+            alloc_new_blocks=self._alloc_total - self._reused_total,
             iterations=int(getattr(manager, "current_batch", 0) or 0),
         )

@@ -86,7 +86,8 @@ _METRIC_FAMILIES = {
     },
     ("nv_trt_llm_kv_cache_block_metrics", "TRT LLM KV cache block metrics", "kv_cache_block_type"): {
         "max": "max_blocks", "free": "free_blocks", "used": "used_blocks", "tokens_per": "tokens_per_block",
-        "reused": "reused_blocks", "fraction": None,
+        "reused": "reused_blocks", "alloc_total": "alloc_total_blocks", "alloc_new": "alloc_new_blocks",
+        "fraction": None,
     },
     ("nv_trt_llm_general_metrics", "General TRT LLM metrics", "general_type"): {
         "iteration_counter": "iterations",

@@ -1,0 +1,126 @@
+"""A cluster admin's review of the manifests, as code: Pod Security "restricted", tokens, resources, RBAC,
+network policy, images and admin APIs. Pure: documents in, findings out.
+
+The "restricted" rules follow Kubernetes' Pod Security Standards (baseline and restricted levels): no host
+namespaces, ports or paths, nothing privileged, no added capabilities beyond NET_BIND_SERVICE and ALL
+dropped, no privilege escalation, non-root, a RuntimeDefault or Localhost seccomp profile, only the
+volume types the profile allows. A namespace enforcing that profile refuses every pod that breaks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from generator.serve.adminapi import ADMIN_APIS
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+"""Volume types Pod Security "restricted" allows."""
+ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(role, pod spec) of every pod a document makes: workloads, CronJobs, LeaderWorkerSet leader and worker, Pods."""
+    kind = doc.get("kind")
+    name = f"{kind} {(doc.get('metadata') or {}).get('name')}"
+    spec = doc.get("spec") or {}
+    if kind == "Pod":
+        yield name, spec
+    elif kind in WORKLOADS:
+        yield name, ((spec.get("template") or {}).get("spec") or {})
+    elif kind == "CronJob":
+        job = ((spec.get("jobTemplate") or {}).get("spec") or {})
+        yield name, ((job.get("template") or {}).get("spec") or {})
+    elif kind == "LeaderWorkerSet":
+        lwt = spec.get("leaderWorkerTemplate") or {}
+        for role in ("leaderTemplate", "workerTemplate"):
+            if lwt.get(role):
+                yield f"{name} {role}", ((lwt[role].get("spec")) or {})
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for key in ("initContainers", "containers", "ephemeralContainers") for c in pod.get(key) or []
+            if isinstance(c, dict)]
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """Why Pod Security "restricted" refuses this pod spec (empty: it passes)."""
+    why = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            why.append(f"{key}: true shares the node's namespace")
+    for v in pod.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if kinds - RESTRICTED_VOLUMES:
+            why.append(f"volume {v.get('name')!r} is {', '.join(sorted(kinds - RESTRICTED_VOLUMES))} "
+                       "(allowed: " + ", ".join(sorted(RESTRICTED_VOLUMES)) + ")")
+    pod_ctx = pod.get("securityContext") or {}
+    for c in _containers(pod):
+        ctx = c.get("securityContext") or {}
+        who = f"container {c.get('name')!r}"
+        if ctx.get("privileged"):
+            why.append(f"{who} is privileged")
+        caps = ctx.get("capabilities") or {}
+        added = set(caps.get("add") or []) - ALLOWED_ADDED_CAPABILITIES
+        if added:
+            why.append(f"{who} adds capabilities {', '.join(sorted(added))}")
+        if "ALL" not in (caps.get("drop") or []):
+            why.append(f"{who} does not drop ALL capabilities")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            why.append(f"{who} does not set allowPrivilegeEscalation: false")
+        if not ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
+            why.append(f"{who} does not set runAsNonRoot: true (pod or container)")
+        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+            why.append(f"{who} runs as user 0 (root)")
+        seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            why.append(f"{who} has no RuntimeDefault or Localhost seccompProfile (pod or container)")
+        if any(p.get("hostPort") for p in c.get("ports") or [] if isinstance(p, dict)):
+            why.append(f"{who} uses a hostPort")
+    return why
+
+
+def review_pod(role: str, pod: dict[str, Any], *, needs_token: bool, server: bool) -> list[tuple[str, str]]:
+    """(problem, fix) of one pod spec beyond the profile: token, resources, images, admin APIs, fetching at start."""
+    out = [(f"{role} fails Pod Security \"restricted\": {reason}", "re-render the manifests (tritongen writes "
+            "pods that pass it)") for reason in restricted_violations(pod)]
+    if not needs_token and pod.get("automountServiceAccountToken") is not False:
+        out.append((f"{role} mounts a ServiceAccount token it does not need", "set automountServiceAccountToken: false"))
+    for c in _containers(pod):
+        res = c.get("resources") or {}
+        for part in ("requests", "limits"):
+            missing = [r for r in ("cpu", "memory") if r not in (res.get(part) or {})]
+            if missing:
+                out.append((f"{role} container {c.get('name')!r} has no {'/'.join(missing)} {part} "
+                            "(BestEffort pods are evicted first and can starve the node)",
+                            f"set resources.{part} (tritongen sizes them from the plan)"))
+        image = str(c.get("image") or "")
+        if "@" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+            out.append((f"{role} image {image!r} is not pinned to a tag or digest", "name a version tag or a digest"))
+        script = " ".join(str(a) for a in (c.get("command") or []) + (c.get("args") or []))
+        if "pip install" in script or "pip3 install" in script:
+            out.append((f"{role} container {c.get('name')!r} installs packages when it starts (unpinned code "
+                        "fetched at every start)", "bake the packages into the image (loadtest.Dockerfile)"))
+        if server and not all(f"--{p}-restricted-" in script for p in ("http", "grpc")):
+            out.append((f"{role} starts tritonserver without --http-restricted-api/--grpc-restricted-protocol: "
+                        f"its admin APIs ({', '.join(ADMIN_APIS)}) answer anyone who reaches the Service",
+                        "re-render the manifests (the key comes from the admin-key Secret)"))
+    return out
+
+
+def review_rbac(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A Role or ClusterRole granting more than a pod needs: exec anywhere, secrets, wildcards."""
+    if doc.get("kind") not in ("Role", "ClusterRole"):
+        return []
+    out = []
+    name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
+    for rule in doc.get("rules") or []:
+        resources, verbs = set(rule.get("resources") or []), set(rule.get("verbs") or [])
+        if "*" in resources or "*" in verbs:
+            out.append((f"{name} grants a wildcard ({sorted(resources)} / {sorted(verbs)})", "name the resources and verbs"))
+        if "secrets" in resources:
+            out.append((f"{name} grants access to secrets", "remove secrets from the rule"))
+        if "pods/exec" in resources and not rule.get("resourceNames"):
+            out.append((f"{name} grants pods/exec on every pod of the namespace", "list the pods in resourceNames"))
+    return out

@@ -1,0 +1,88 @@
+"""Trace replay: requests and their send times from a JSONL trace.
+
+Two row forms (docs/loadtest.md):
+- Mooncake (FAST'25) style: ``{"timestamp": ms, "input_length": n, "output_length": m, "hash_ids": [...]}``.
+  Each hash id stands for one block of ``block_tokens`` prompt tokens; the block's words are drawn from a
+  generator seeded with the hash id, so every request that lists the same hash ids in the same places
+  starts with the same tokens, exactly (the prefix a KV cache can reuse). Tokens past the listed blocks
+  are the request's own.
+- Plain: ``{"timestamp": ms, "prompt": text | "messages": [...], "max_tokens": m}``.
+
+Timestamps count from the trace's first one and are scaled by ``time_scale``. Only the ``tokenizers``
+library is used: this runs inside the Locust process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from prompts import Prompt, count_tokens, word_tokens, words_text
+
+
+def _block(words: list[str], seed: int, hash_id: Any, block_tokens: int) -> str:
+    return words_text(words, random.Random(f"{seed}-block-{hash_id}"), block_tokens)
+
+
+def _mooncake_text(row: dict[str, Any], words: list[str], seed: int, block_tokens: int, own: random.Random) -> str:
+    """The prompt of a Mooncake row: its hash-id blocks in order (the last one cut to fit), then its own words."""
+    n = int(row["input_length"])
+    parts, left = [], n
+    for hash_id in row.get("hash_ids") or []:
+        if left <= 0:
+            break
+        block = _block(words, seed, hash_id, block_tokens)
+        take = min(left, block_tokens)
+        parts.append(block if take == block_tokens else "".join(_split_words(block)[:take]))
+        left -= take
+    if left > 0:
+        parts.append(words_text(words, own, left))
+    return "".join(parts)
+
+
+def _split_words(text: str) -> list[str]:
+    """A words_text string back into its tokens (each one space plus letters)."""
+    return [" " + w for w in text.split(" ") if w]
+
+
+def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int, time_scale: float,
+               output_mean: int) -> tuple[list[Prompt], list[int]]:
+    """(prompts in trace order, their send offsets in ns from the first timestamp)."""
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("timestamp"), (int, float)):
+                raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
+            if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
+                raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no requests")
+    rows.sort(key=lambda r: r["timestamp"])
+    words = word_tokens(tokenizer) if any("input_length" in r for r in rows) else []
+    own = random.Random(f"{seed}-own")
+    t0 = rows[0]["timestamp"]
+    prompts, offsets = [], []
+    for i, row in enumerate(rows):
+        messages = None
+        if "input_length" in row:
+            text = _mooncake_text(row, words, seed, block_tokens, own)
+        elif "messages" in row:
+            messages = tuple(row["messages"])
+            text = "\n".join(str(m.get("content", "")) for m in messages)
+        else:
+            text = row["prompt"]
+        max_tokens = int(row.get("output_length") or row.get("max_tokens") or output_mean)
+        prompts.append(Prompt(i, text, max_tokens, count_tokens(tokenizer, text), messages=messages))
+        offsets.append(round((row["timestamp"] - t0) * time_scale * 1e6))
+    return prompts, offsets

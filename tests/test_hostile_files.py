@@ -1,0 +1,260 @@
+"""Hostile repositories: validate, import and diff read only bounded regular files inside the repository,
+never print what they find elsewhere, report every file they could not read, and import never lets the
+repository's text become spec keys or turn on trust_remote_code and foreign folders by itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from generator.cli import app
+from generator.errors import ArtifactCorrupt, SpecError
+from generator.measure.runner import read_records
+from generator.repo.importer import import_repository
+from generator.repo.meaning import diff_meanings, read_meaning
+from generator.repo.render import render_repository
+from generator.repo.validate import validate_repository
+from generator.repo.validate_artifacts import tokenizer_load_error
+from generator.spec import load_spec
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+"""About 600 bytes that expand to 9**9 values."""
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    return {engine: render_repository(load_spec(None, [f"serving.engine={engine}", f"artifacts.dir={root / 'art'}"]),
+                                      root / engine)
+            for engine in ("llmapi", "cpu-reference")}
+
+
+@pytest.fixture
+def llmapi(rendered, tmp_path) -> Path:
+    return Path(shutil.copytree(rendered["llmapi"], tmp_path / "llmapi", symlinks=True))
+
+
+@pytest.fixture
+def cpu(rendered, tmp_path) -> Path:
+    return Path(shutil.copytree(rendered["cpu-reference"], tmp_path / "cpu", symlinks=True))
+
+
+def messages(repo: Path) -> str:
+    return "\n".join(f"{p.file}: {p.message}" for p in validate_repository(repo))
+
+
+def test_alias_bomb_model_yaml_is_one_problem_not_a_hang(llmapi, rendered):
+    (llmapi / "tensorrt_llm" / "1" / "model.yaml").write_text(ALIAS_BOMB)
+    assert "alias bomb" in messages(llmapi)
+    assert "model.yaml" in " ".join(read_meaning(llmapi).unreadable)
+    differences = diff_meanings(read_meaning(rendered["llmapi"]), read_meaning(llmapi))
+    assert any(d.where.endswith("model.yaml") and d.b == "does not parse" for d in differences)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "sparse-2GiB", "binary", "deep"])
+def test_model_yaml_that_is_no_text_file_is_one_problem(llmapi, kind):
+    path = llmapi / "tensorrt_llm" / "1" / "model.yaml"
+    path.unlink()
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "sparse-2GiB":
+        with open(path, "wb") as f:
+            f.truncate(2 << 30)
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00model: x\n")
+    else:
+        path.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    text = messages(llmapi)
+    assert {"dev-zero": "resolves outside", "sparse-2GiB": "more than", "binary": "not UTF-8",
+            "deep": "nested deeper"}[kind] in text
+
+
+def test_fifo_config_does_not_block_validate_import_or_diff(cpu, rendered, tmp_path):
+    """A FIFO as a model's config.pbtxt: every command finishes (in a subprocess, so a regression cannot hang
+    the suite) and names the file."""
+    evil = cpu / "evil"
+    evil.mkdir()
+    os.mkfifo(evil / "config.pbtxt")
+    for args, code in ((["validate", str(cpu)], 0), (["diff", str(rendered["cpu-reference"]), str(cpu)], 1),
+                       (["import", str(cpu), "-o", str(tmp_path / "spec.yaml")], 0)):
+        run = subprocess.run([sys.executable, "-c", "from generator.cli import main; main()", *args],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+        assert run.returncode == code, (args, run.stdout, run.stderr)
+        if args[0] != "validate":  # validate checks the models a repository of this layout has
+            assert "evil" in run.stdout + run.stderr
+
+
+def test_diff_never_reads_or_prints_files_outside_the_repositories(cpu, tmp_path):
+    """gpt_model_path naming a folder outside the repository (here one holding registry credentials as
+    config.json) is not read: diff says so, and neither secret appears."""
+    repos = []
+    for name in ("a", "b"):
+        secret = tmp_path / f"docker-{name}"
+        secret.mkdir()
+        (secret / "config.json").write_text(json.dumps({"auths": {"registry.example": {"auth": f"SECRET-{name}"}}}))
+        repo = tmp_path / f"repo-{name}"
+        (repo / "tensorrt_llm").mkdir(parents=True)
+        (repo / "tensorrt_llm" / "config.pbtxt").write_text(
+            'name: "tensorrt_llm"\nbackend: "tensorrtllm"\nmax_batch_size: 1\n'
+            f'parameters {{ key: "gpt_model_path" value {{ string_value: "{secret}" }} }}\n')
+        repos.append(repo)
+    result = CliRunner().invoke(app, ["diff", str(repos[0]), str(repos[1])], env={"COLUMNS": "300"})
+    assert "SECRET" not in result.output
+    assert "not compared" in result.output and "outside" in result.output
+
+
+def test_diff_does_not_call_a_repository_with_an_unparseable_model_equal(cpu, rendered):
+    cfg = cpu / "preprocessing" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\nthis is not protobuf {\n")
+    result = CliRunner().invoke(app, ["diff", str(rendered["cpu-reference"]), str(cpu)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "preprocessing/config.pbtxt" in result.output
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00", b"[" * 200_000])
+def test_binary_or_deep_tritongen_json_is_a_problem_not_a_traceback(cpu, content):
+    (cpu / "tritongen.json").write_bytes(content)
+    text = messages(cpu)
+    assert "tritongen.json" in text and ("not UTF-8" in text or "nested deeper" in text)
+
+
+def test_binary_launch_script_is_a_problem_not_a_traceback(cpu):
+    (cpu / "launch.sh").write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe")
+    assert "launch.sh: not UTF-8" in messages(cpu)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[" * 200_000 + b"\n", b"[1, 2]\n"])
+def test_records_that_are_no_records_are_an_error_naming_the_line(tmp_path, content):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"kind": "process"}\n' + content)
+    with pytest.raises(ArtifactCorrupt) as err:
+        read_records(path)
+    assert "line 2" in err.value.message and err.value.where == str(path)
+
+
+def _set_engine_path(repo: Path, value: str) -> None:
+    """Make the CPU repository an engine one whose gpt_model_path is ``value`` (pbtxt-escaped text)."""
+    cfg = repo / "tensorrt_llm" / "config.pbtxt"
+    text = cfg.read_text().replace('backend: "python"', 'backend: "tensorrtllm"', 1)
+    cfg.write_text(text + f'\nparameters {{ key: "gpt_model_path" value {{ string_value: "{value}" }} }}\n')
+
+
+def test_import_keeps_repository_text_in_its_comments(cpu, tmp_path):
+    """Finding 5: a newline in gpt_model_path used to end the `# not inferred:` comment and add spec keys."""
+    _set_engine_path(cpu, "/e\\nmodel:\\n  trust_remote_code: true\\nkubernetes:\\n  image: evil\\n#")
+    out = tmp_path / "spec.yaml"
+    result = CliRunner().invoke(app, ["import", str(cpu), "-o", str(out)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load(out.read_text())
+    assert "kubernetes" not in written and "trust_remote_code" not in written.get("model", {})
+    assert all(line.startswith("#") for line in out.read_text().splitlines()[:3])
+    assert load_spec(out).model.trust_remote_code is False
+    kept = CliRunner().invoke(app, ["import", str(cpu), "-o", str(tmp_path / "kept.yaml"), "--keep-paths"])
+    assert isinstance(kept.exception, SpecError) and "artifacts.engine_dir" in kept.exception.message
+    assert not (tmp_path / "kept.yaml").exists()
+
+
+def test_import_refuses_a_nul_path_naming_the_field(cpu, tmp_path):
+    _set_engine_path(cpu, "/engine\\000/x")
+    assert "artifacts.engine_dir" in " ".join(import_repository(cpu).held_back)  # not carried by default
+    kept = CliRunner().invoke(app, ["import", str(cpu), "-o", str(tmp_path / "s.yaml"), "--keep-paths"])
+    assert isinstance(kept.exception, SpecError) and "artifacts.engine_dir" in kept.exception.message
+
+
+def test_import_holds_back_trust_remote_code_and_foreign_folders(llmapi, tmp_path):
+    """Finding 6: model.yaml's trust_remote_code and model folder are reported, carried only when asked."""
+    path = llmapi / "tensorrt_llm" / "1" / "model.yaml"
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "model": "/foreign/model", "trust_remote_code": True}))
+    result = CliRunner().invoke(app, ["import", str(llmapi), "-o", str(tmp_path / "a.yaml")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0 and "held back" in result.output
+    spec = load_spec(tmp_path / "a.yaml")
+    assert spec.model.trust_remote_code is False and str(spec.model.source) != "/foreign/model"
+    CliRunner().invoke(app, ["import", str(llmapi), "-o", str(tmp_path / "b.yaml"), "--trust-remote-code",
+                             "--keep-paths"])
+    spec = load_spec(tmp_path / "b.yaml")
+    assert spec.model.trust_remote_code is True and spec.model.source == "/foreign/model"
+
+
+def test_unk_only_tokenizer_fails_the_check(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(tmp_path)
+    assert "<unk> only" in (tokenizer_load_error(str(tmp_path)) or "")
+
+
+def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):
+    """Finding 14: with its ports held by another listener, serve starts nothing, claims no start, and names
+    the ports (another server's readiness answer used to pass for its own)."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", str(cpu), "--http-port", str(port), "--timeout", "30"],
+                                    env={"COLUMNS": "300"})
+    assert result.exit_code != 0 and "✓" not in result.output
+    assert f"HTTP {port}" in str(result.exception) and "already in use" in str(result.exception)
+
+
+def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Low item: a copy that fills the disk is reported at the file written, not its source; and the spec
+    import writes through atomic_write_text, which leaves no temporary file."""
+    import errno
+    import tempfile
+
+    from generator.cli import os_error_line
+    from generator.fsutil import atomic_write_text
+
+    src = tmp_path / "source.bin"
+    src.write_bytes(b"x")
+    # What shutil.copyfile raises when the disk fills during its sendfile copy: source first, destination second.
+    full = OSError(errno.ENOSPC, "No space left on device", str(src), None, "/out/engine/rank0.engine")
+    assert os_error_line(full) == "/out/engine/rank0.engine: No space left on device"
+
+    real = tempfile.NamedTemporaryFile
+
+    def full_disk(*args, **kwargs):  # the disk fills while the spec is written (no real full disk here)
+        f = real(*args, **kwargs)
+        f.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr("generator.fsutil.tempfile.NamedTemporaryFile", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "spec.yaml", "model: {}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
+
+
+def test_a_server_that_dies_keeps_the_log_its_error_names(tmp_path):
+    """Finding 14: a server that exits on its own keeps its log after stop (the error that follows names it)."""
+    import signal
+
+    from generator.serve.server import TritonServer
+
+    model = tmp_path / "repo" / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "m"\nbackend: "python"\nmax_batch_size: 0\n'
+                                        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+                                        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    (model / "1" / "model.py").write_text("class TritonPythonModel:\n    def execute(self, requests):\n        return []\n")
+    server = TritonServer(tmp_path / "repo").start(timeout_s=300)
+    log = server.log_file
+    try:
+        os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    assert log.is_file() and "Started HTTPService" in log.read_text(errors="replace")
+    shutil.rmtree(log.parent)
