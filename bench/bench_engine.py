@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "model_repo" / "tensorrt_llm_cpu" / "1"))
+sys.path.insert(0, str(ROOT / "model_repo" / "_shared"))  # what render copies beside each model.py
 
 
 @dataclass

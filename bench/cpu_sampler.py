@@ -17,12 +17,16 @@ import sys
 from collections import Counter
 
 INTERVAL_S = 0.004
+USAGE = "usage: cpu_sampler.py OUT.txt PYTHON -m MODULE ARGS..."
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{__doc__}")
+        sys.exit(0 if len(sys.argv) > 1 else 2)
     out, argv = sys.argv[1], sys.argv[2:]
     if argv[:2] != [sys.executable, "-m"] and argv[1:2] != ["-m"]:
-        sys.exit("usage: cpu_sampler.py OUT.txt PYTHON -m MODULE ARGS...")
+        sys.exit(USAGE)
     module = argv[2]
     stacks: Counter = Counter()
 

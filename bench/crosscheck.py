@@ -113,7 +113,6 @@ def main() -> None:
 
     from generator.measure.runner import run_loadtest
     from generator.repo.manifest import read_manifest
-    from generator.serve.install import GRPC_ADMIN_HEADER
     from generator.serve.server import TritonServer
     from generator.spec import load_spec
 
@@ -146,8 +145,7 @@ def main() -> None:
             cmd = [str(args.perf_analyzer), "-m", "ensemble", "-u", server.grpc_url, "-i", "grpc", "--streaming",
                    "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
                    "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
-                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export),
-                   "-H", f"{GRPC_ADMIN_HEADER}:{server.admin_key}"]  # it reads the server's statistics
+                   "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
             (args.out / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode != 0:
@@ -164,7 +162,7 @@ def main() -> None:
                    "--synthetic-input-tokens-mean", "64", "--synthetic-input-tokens-stddev", "0",
                    "--output-tokens-mean", str(args.tokens), "--extra-inputs", f"min_tokens:{args.tokens}",
                    "--extra-inputs", "return_perf_metrics:true", "--tokenizer", tokenizer_dir,
-                   "--artifact-dir", str(artifacts), "-H", f"{GRPC_ADMIN_HEADER}:{server.admin_key}"]
+                   "--artifact-dir", str(artifacts)]
             for _attempt in range(2):  # genai-perf 0.0.16 sometimes reads perf_analyzer's export half-written
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300,
                                       cwd=args.out)

@@ -12,6 +12,7 @@ Prints model name -> RSS in MiB (psutil), at idle after loading and after the re
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 from pathlib import Path
@@ -44,4 +45,6 @@ def main(repo: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("repo", type=Path, help="a rendered CPU repository (see above)")
+    main(parser.parse_args().repo)

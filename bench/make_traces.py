@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -61,10 +62,13 @@ def plain(rng: random.Random) -> list[dict]:
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-o", "--output", type=Path, default=OUT, help="folder for the two traces (default: %(default)s)")
+    out = parser.parse_args().output
+    out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("mooncake-small.jsonl", mooncake(random.Random(0))), ("plain-small.jsonl", plain(random.Random(1)))):
-        (OUT / name).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows), encoding="utf-8")
-        print(f"{OUT / name}: {len(rows)} requests over {rows[-1]['timestamp'] / 1000:.1f} s")
+        (out / name).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows), encoding="utf-8")
+        print(f"{out / name}: {len(rows)} requests over {rows[-1]['timestamp'] / 1000:.1f} s")
 
 
 if __name__ == "__main__":

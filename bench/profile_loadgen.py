@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--protocol", default="grpc-stream", help="grpc-stream or http-stream (SSE)")
     parser.add_argument("--url", default=None, help="a running server's HTTP URL (else the trivial model is started)")
     parser.add_argument("--grpc-url", default=None)
+    parser.add_argument("--admin-key", default=None, help="the running server's admin key (tritongen serve prints it)")
+    parser.add_argument("--client-cpus", default=None,
+                        help="pin the Locust process to these CPUs (taskset -c), e.g. 1: saturate it on one core "
+                             "while the server runs on the others (run this script under taskset for those)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
 
@@ -82,14 +86,16 @@ def main() -> None:
     (args.out / "records.jsonl").unlink(missing_ok=True)
     profile = (args.out / "profile.txt").resolve()
     work = Path(tempfile.mkdtemp(prefix="tritongen-profile-"))
-    server = contextlib.nullcontext((args.url, args.grpc_url, None, None)) if args.url else trivial_server(work)
+    server = (contextlib.nullcontext((args.url, args.grpc_url, None, args.admin_key)) if args.url
+              else trivial_server(work))
     with server as (url, grpc_url, metrics_url, admin_key):
         spec = load_spec(None, [
             f"loadtest.protocol={args.protocol}", f"loadtest.users={args.users}", f"loadtest.spawn_rate={args.users}",
             f"loadtest.duration_s={args.seconds}", f"loadtest.output_tokens_mean={args.tokens}",
             "loadtest.input_tokens_mean=16", "loadtest.num_prompts=16", "loadtest.reference_checks=0",
         ] + ([f"loadtest.tokenizer={work / 'tiny'}"] if not args.url else []))
-        prefix = [sys.executable, str(Path(__file__).resolve().parent / "cpu_sampler.py"), str(profile)]
+        pin = ["taskset", "-c", args.client_cpus] if args.client_cpus else []
+        prefix = [*pin, sys.executable, str(Path(__file__).resolve().parent / "cpu_sampler.py"), str(profile)]
         run_loadtest(spec, args.out.resolve(), url=url, grpc_url=grpc_url, metrics_url=metrics_url,
                      locust_prefix=prefix, title="load generator profile", admin_key=admin_key)
     requests, processes = read_records(args.out / "records.jsonl")

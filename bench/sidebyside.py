@@ -64,7 +64,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from generator.measure.runner import model_inputs, read_records, run_loadtest
-    from generator.serve.install import GRPC_ADMIN_HEADER
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +97,6 @@ def main() -> None:
                    "--input-data", str(args.out / "pa-input.json"), "--concurrency-range", str(args.users),
                    "--measurement-mode", "time_windows", "--measurement-interval", str(int(args.seconds * 1000 / 3)),
                    "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
-            if admin_key:  # it reads the server's statistics, which tritongen's servers close
-                cmd += ["-H", f"{GRPC_ADMIN_HEADER}:{admin_key}"]
             before = children_cpu_s()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.seconds * 10 + 300)
             cpu = children_cpu_s() - before

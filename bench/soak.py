@@ -7,9 +7,16 @@ time: random JSON bodies over the documented inputs, huge and non-finite numbers
 out-of-vocabulary ids, direct engine calls, clients that disconnect mid-stream, duplicate request
 ids. At the end the run waits for the server to settle and checks that every model is still ready
 and answering, that no honest request failed, and that the engine's active requests and KV blocks
-and the Python stubs' memory are back at their idle level.
+and the Python stubs' memory are back at their idle level; then it stops the server and reads the
+kernel log (``dmesg``): a segfault of one of the server's processes fails the run, and segfaults of
+other processes on the machine are listed.
+
+Two targets: the ensemble repository (ensemble and BLS, the default) and the LLM-API repository
+(``--target llmapi``: the ``tensorrt_llm`` model speaking the LLM-API tensors, with perf metrics,
+finish reasons, ``stop`` cancellations and direct engine calls among the hostile requests).
 
     .venv/bin/python bench/soak.py --duration 600 --hostile 600           # the full run (demo repository)
+    .venv/bin/python bench/soak.py --target llmapi --duration 600 --hostile 600
     .venv/bin/python bench/soak.py --repo REPO --duration 60 --hostile 100
 
 Without ``--repo`` the demo's tiny model is made, quantized and rendered first (as ``tritongen demo``
@@ -24,6 +31,8 @@ import json
 import math
 import platform
 import random
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -38,11 +47,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from generator.measure.tritonstats import parse_metrics  # noqa: E402
+from generator.serve.client import llmapi_inputs  # noqa: E402
 from generator.serve.smoke import grpc_stream, text_inputs  # noqa: E402
 
 PROMPTS = ["The repair café meets in the church hall", "Tea travelled a long way before it reached",
            "東京 and 京都 are two cities", "Emoji: 😊 and a crème brûlée", "Once upon a time"]
 MODELS = ("ensemble", "tensorrt_llm_bls")
+LLMAPI_MODEL = "tensorrt_llm"
+LLMAPI_FUZZ_INPUTS = ["text_input", "streaming", "sampling_param_best_of", "sampling_param_temperature",
+                      "sampling_param_top_k", "sampling_param_top_p", "sampling_param_frequency_penalty",
+                      "sampling_param_presence_penalty", "sampling_param_max_tokens", "sampling_param_stop",
+                      "sampling_param_seed", "sampling_param_exclude_input_from_output",
+                      "sampling_param_return_perf_metrics", "return_finish_reason", "return_stop_reason",
+                      "return_cumulative_logprob", "stop"]
+SEGFAULT = re.compile(r"\b(\S+)\[(\d+)\]: segfault at")
 # The ensemble's documented inputs a client may send (config.pbtxt), with the JSON value kinds they take.
 FUZZ_INPUTS = ["text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "top_k", "top_p",
                "temperature", "length_penalty", "repetition_penalty", "min_tokens", "presence_penalty",
@@ -68,12 +86,23 @@ class SoakResult:
     rss_mib_idle: dict[str, int] = field(default_factory=dict)
     rss_mib_after: dict[str, int] = field(default_factory=dict)
     stubs_restarted: list[str] = field(default_factory=list)
+    segfaults_ours: list[str] = field(default_factory=list)
+    """New kernel-log segfault lines of this server's processes (stubs and their threads)."""
+    segfaults_others: list[str] = field(default_factory=list)
+    """New segfault lines of other processes on the machine (shared: other users' servers)."""
+    kernel_log_read: bool = False
+    stopped_cleanly: bool = False
+    """No stub of the server tore itself down under its own threads (``Non-graceful termination detected``
+    in the server log: its parent was gone before it); ``TritonServer.stop`` raises if a process is left."""
+    exit_timeout_expired: bool = False
+    """The server exited on ``--exit-timeout-secs`` before all models unloaded (tritongen then ends the stubs)."""
 
     @property
     def ok(self) -> bool:
         return (self.honest_failures == 0 and self.hostile_hung == 0 and self.models_ready_after
                 and self.answer_after_ok and self.active_requests_after == 0 and self.kv_blocks_used_after == 0
-                and not self.stubs_restarted and self.memory_settled)
+                and not self.stubs_restarted and self.memory_settled and not self.segfaults_ours
+                and self.stopped_cleanly)
 
     @property
     def memory_settled(self) -> bool:
@@ -96,14 +125,71 @@ def stub_memory(server_pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
+def kernel_segfaults() -> list[str] | None:
+    """The kernel log's segfault lines (``dmesg``; None when it cannot be read here)."""
+    try:
+        text = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line for line in text.splitlines() if SEGFAULT.search(line)]
+
+
+class TaskWatch:
+    """Every process and thread id of the server's process tree seen while it runs: the kernel names a
+    crashing thread by its own id, and a request thread of a stub may be gone by the time anyone looks."""
+
+    def __init__(self, server_pid: int | None, period_s: float = 1.0):
+        self.ids: set[int] = set()
+        self.server_pid, self.period_s = server_pid, period_s
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        if server_pid:
+            self.thread.start()
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [psutil.Process(self.server_pid), *psutil.Process(self.server_pid).children(recursive=True)]
+        except psutil.Error:
+            return
+        for proc in procs:
+            self.ids.add(proc.pid)
+            try:
+                self.ids.update(int(t.name) for t in (Path("/proc") / str(proc.pid) / "task").iterdir() if t.name.isdigit())
+            except OSError:
+                continue
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.period_s):
+            self.sample()
+
+    def stop(self) -> None:
+        self.sample()
+        self.stopping.set()
+
+
+def sort_segfaults(before: list[str] | None, after: list[str] | None, ours: set[int]) -> tuple[list[str], list[str]]:
+    """New segfault lines, split into this server's (by process or thread id) and the machine's others."""
+    if before is None or after is None:
+        return [], []
+    seen = set(before)
+    new = [line for line in after if line not in seen]
+    mine = [line for line in new if int(SEGFAULT.search(line).group(2)) in ours]
+    return mine, [line for line in new if line not in mine]
+
+
 def gauge(metrics_url: str, family: str, label: str) -> float:
     samples = parse_metrics(requests.get(metrics_url, timeout=10).text)
     return next(v for _, n, labels, v in samples if n == family and label in labels.values())
 
 
 class Soak:
-    def __init__(self, http: str, grpc: str, metrics_url: str, *, max_tokens: int = 24, seed: int = 0):
+    def __init__(self, http: str, grpc: str, metrics_url: str, *, max_tokens: int = 24, seed: int = 0,
+                 target: str = "ensemble"):
         self.http, self.grpc, self.metrics_url = http, grpc, metrics_url
+        self.llmapi = target == "llmapi"
+        self.models = (LLMAPI_MODEL,) if self.llmapi else MODELS
         self.max_tokens = max_tokens
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -115,33 +201,58 @@ class Soak:
 
     # ---------------------------------------------------------------- honest clients
 
-    def _generate(self, model: str, prompt: str, timeout: float = 300) -> requests.Response:
-        return requests.post(f"http://{self.http}/v2/models/{model}/generate",
-                             json={"text_input": prompt, "max_tokens": self.max_tokens}, timeout=timeout)
+    def _body(self, prompt: str, stream: bool | None = None, **extra) -> dict:
+        """An honest request in the target's dialect (greedy: the LLM-API model's default samples)."""
+        if self.llmapi:
+            body = {"text_input": prompt, "sampling_param_max_tokens": self.max_tokens, "sampling_param_top_k": 1}
+            if stream is not None:
+                body["streaming"] = stream
+        else:
+            body = {"text_input": prompt, "max_tokens": self.max_tokens}
+            if stream is not None:
+                body["stream"] = stream
+        return {**body, **extra}
+
+    def _generate(self, model: str, prompt: str, timeout: float = 300, **extra) -> requests.Response:
+        return requests.post(f"http://{self.http}/v2/models/{model}/generate", json=self._body(prompt, **extra),
+                             timeout=timeout)
 
     def references(self) -> None:
         for prompt in PROMPTS:
-            r = self._generate("ensemble", prompt)
+            r = self._generate(self.models[0], prompt)
             r.raise_for_status()
             self.expected[prompt] = r.json()["text_output"]
 
+    def _extras(self, rng: random.Random) -> dict:
+        """Optional outputs an honest LLM-API client asks for (perf metrics, reasons), some of the time."""
+        if not self.llmapi:
+            return {}
+        names = ("sampling_param_return_perf_metrics", "return_finish_reason", "return_stop_reason")
+        return {name: True for name in names if rng.random() < 0.5}
+
     def _honest_once(self, rng: random.Random) -> str | None:
         """One honest request on a random entry point; None when its answer is right, else why not."""
-        prompt, model = rng.choice(PROMPTS), rng.choice(MODELS)
+        prompt, model = rng.choice(PROMPTS), rng.choice(self.models)
         want = self.expected[prompt]
         path = rng.choice(("generate", "sse", "grpc"))
+        extra = self._extras(rng)
         if path == "generate":
-            r = self._generate(model, prompt)
+            r = self._generate(model, prompt, **extra)
             got = r.json().get("text_output") if r.status_code == 200 else f"HTTP {r.status_code} {r.text[:200]}"
         elif path == "sse":
-            body = {"text_input": prompt, "max_tokens": self.max_tokens, "stream": True}
-            with requests.post(f"http://{self.http}/v2/models/{model}/generate_stream", json=body, stream=True,
-                               timeout=300) as r:
+            with requests.post(f"http://{self.http}/v2/models/{model}/generate_stream", stream=True, timeout=300,
+                               json=self._body(prompt, stream=True, **extra)) as r:
                 events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith(b"data: ")]
             errors = [e["error"] for e in events if "error" in e]
-            got = f"error {errors[0]}" if errors else "".join(e.get("text_output", "") for e in events)
+            texts = [e.get("text_output", "") for e in events]
+            got = f"error {errors[0]}" if errors else (texts[-1] if self.llmapi and texts else "".join(texts))
         else:
-            result = grpc_stream(self.grpc, model, text_inputs(prompt, self.max_tokens, stream=True), timeout=300)
+            if self.llmapi:
+                inputs = llmapi_inputs(prompt, {k: v for k, v in self._body(prompt, stream=True, **extra).items()
+                                                if k != "text_input"})
+            else:
+                inputs = text_inputs(prompt, self.max_tokens, stream=True)
+            result = grpc_stream(self.grpc, model, inputs, timeout=300, cumulative=self.llmapi)
             got = f"error {result.error}" if result.error else result.text
         return None if got == want else f"{path} {model} {prompt!r}: {str(got)[:160]!r} != {want[:80]!r}"
 
@@ -198,7 +309,60 @@ class Soak:
         result = grpc_stream(self.grpc, model, inputs, request_id=request_id, timeout=120, on_response=on_response)
         return "grpc error" if result.error else "grpc ok"
 
+    def _llmapi_hostile_once(self, rng: random.Random) -> str:
+        """The LLM-API model's abuse: random JSON over its inputs, non-finite sampling values, ``stop`` with
+        live and unknown ids, disconnects, prompts too long, and the CPU engine called directly."""
+        kind = rng.randrange(7)
+        if kind == 0:
+            body = {name: self._random_value(rng) for name in rng.sample(LLMAPI_FUZZ_INPUTS, rng.randrange(1, 8))}
+            if rng.random() < 0.7:
+                body.setdefault("text_input", rng.choice(PROMPTS))
+                body.setdefault("sampling_param_max_tokens", rng.randrange(1, 8))
+            return self._post(LLMAPI_MODEL, json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass"))
+        if kind == 1:  # non-finite or huge sampling values, as tensors
+            name, value = rng.choice([("sampling_param_temperature", math.nan), ("sampling_param_top_p", math.inf),
+                                      ("sampling_param_top_k", -1), ("sampling_param_max_tokens", 2**31 - 1),
+                                      ("sampling_param_frequency_penalty", -3e38), ("sampling_param_seed", 2**63)])
+            inputs = llmapi_inputs(rng.choice(PROMPTS), {"streaming": True, "sampling_param_max_tokens": 4, name: value})
+            return self._grpc(LLMAPI_MODEL, inputs)
+        if kind == 2:  # a stream and a stop request with its id at once; and stops for ids that are not running
+            rid, outcomes = f"stop-{rng.randrange(3)}", []
+            stream = llmapi_inputs(rng.choice(PROMPTS), {"streaming": True, "sampling_param_max_tokens": 32})
+            stop = llmapi_inputs("", {"stop": True})
+            threads = [threading.Thread(target=lambda i=i: outcomes.append(
+                self._grpc(LLMAPI_MODEL, i, request_id=rid))) for i in (stream, stop)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(150)
+            return "stop " + ",".join(sorted(outcomes))
+        if kind == 3:  # disconnect mid-stream (SSE and gRPC)
+            if rng.random() < 0.5:
+                with requests.post(f"http://{self.http}/v2/models/{LLMAPI_MODEL}/generate_stream", stream=True,
+                                   timeout=120, json=self._body(rng.choice(PROMPTS), stream=True,
+                                                                sampling_param_max_tokens=64)) as r:
+                    next(r.iter_lines(), None)
+                return "sse left"
+            inputs = llmapi_inputs(rng.choice(PROMPTS), {"streaming": True, "sampling_param_max_tokens": 64,
+                                                         "sampling_param_return_perf_metrics": True})
+            return self._grpc(LLMAPI_MODEL, inputs, leave_after=1)
+        if kind == 4:  # non-UTF-8 text and stop strings
+            inputs = llmapi_inputs(b"\xff\xfe caf\xe9", {"streaming": True, "sampling_param_max_tokens": 4})
+            inputs["sampling_param_stop"] = np.array([b"\xc3", b"ok"], dtype=np.object_)
+            return self._grpc(LLMAPI_MODEL, inputs)
+        if kind == 5:  # straight to the engine, asking for perf outputs
+            n = rng.randrange(1, 20)
+            inputs = {"input_ids": np.array([[rng.choice([-1, 10**6, 5]) for _ in range(n)]], np.int32),
+                      "input_lengths": np.array([[rng.choice([n, n + 5, -1])]], np.int32),
+                      "request_output_len": np.array([[rng.choice([4, 0, 2**31 - 1])]], np.int32),
+                      "return_perf_metrics": np.array([[True]])}
+            return self._grpc("tensorrt_llm_cpu", inputs, request_id=f"r{rng.randrange(5)}")
+        prompt = "hello " * rng.choice([10_000, 300])  # longer than max_input_len
+        return self._post(LLMAPI_MODEL, json.dumps({"text_input": prompt, "sampling_param_max_tokens": 4}).encode())
+
     def _hostile_once(self, rng: random.Random) -> str:
+        if self.llmapi:
+            return self._llmapi_hostile_once(rng)
         model = rng.choice(MODELS)
         kind = rng.randrange(9)
         if kind == 0:  # random JSON over the documented inputs
@@ -274,6 +438,7 @@ class Soak:
             time.sleep(0.5)
 
     def run(self, duration_s: float, hostile: int, workers: int, server_pid: int | None) -> SoakResult:
+        """The load, then the checks on a still running server (the kernel log is read by ``soak``)."""
         self.references()
         idle = stub_memory(server_pid) if server_pid else {}
         started = time.monotonic()
@@ -289,8 +454,9 @@ class Soak:
         ready = requests.get(f"http://{self.http}/v2/health/ready", timeout=10).status_code == 200
         result.models_ready_after = ready and all(
             requests.get(f"http://{self.http}/v2/models/{m}/ready", timeout=10).status_code == 200
-            for m in (*MODELS, "preprocessing", "postprocessing", "tensorrt_llm"))
-        r = self._generate("ensemble", PROMPTS[0])
+            for m in ((LLMAPI_MODEL, "tensorrt_llm_cpu") if self.llmapi
+                      else (*MODELS, "preprocessing", "postprocessing", "tensorrt_llm")))
+        r = self._generate(self.models[0], PROMPTS[0])
         result.answer_after_ok = r.status_code == 200 and r.json()["text_output"] == self.expected[PROMPTS[0]]
         if server_pid:
             after = stub_memory(server_pid)
@@ -305,39 +471,69 @@ class Soak:
         return result
 
 
-def _demo_repo(work: Path) -> Path:
-    """The demo's repository: tiny Qwen3, NVFP4 checkpoint, cpu-reference layout."""
+def _demo_repo(work: Path, target: str) -> Path:
+    """The demo's repository: tiny Qwen3, NVFP4 checkpoint, cpu-reference layout (or the LLM-API one)."""
     from generator.demo import demo_overrides
     from generator.model.quantize import quantize
     from generator.model.tinymodel import make_tiny_model
     from generator.repo.render import render_repository
-    from generator.spec import load_spec
+    from generator.spec import load_spec, with_overrides
 
     tiny = make_tiny_model(work / "tiny-qwen3", seed=0)
     spec = load_spec(None, demo_overrides(tiny, work / "artifacts"))
     quantize(spec)
+    if target == "llmapi":
+        spec = with_overrides(spec, ["serving.engine=llmapi"])
     return render_repository(spec, work / "repo")
+
+
+def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile: int, workers: int,
+         max_tokens: int) -> SoakResult:
+    """Serve ``repo``, run the soak, stop the server, then read what the kernel logged meanwhile."""
+    from generator.serve.server import TritonServer
+
+    before = kernel_segfaults()
+    with TritonServer(repo, log_file=log_file) as server:
+        watch = TaskWatch(server.pid)
+        try:
+            result = Soak(server.http_url, server.grpc_url, server.metrics_url, max_tokens=max_tokens,
+                          target=target).run(duration_s, hostile, workers, server.pid)
+        finally:
+            watch.stop()
+    time.sleep(1.0)  # the kernel logs a crash of the stopping stubs a moment after it happens
+    after = kernel_segfaults()
+    result.kernel_log_read = before is not None and after is not None
+    result.segfaults_ours, result.segfaults_others = sort_segfaults(before, after, watch.ids)
+    log = log_file.read_text(encoding="utf-8", errors="replace")
+    result.exit_timeout_expired = "Exit timeout expired" in log
+    result.stopped_cleanly = "Non-graceful termination" not in log
+    return result
 
 
 def main() -> int:
     import tempfile
 
-    from generator.serve.server import TritonServer
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, help="rendered repository (default: the demo's, made here)")
+    parser.add_argument("--target", choices=("ensemble", "llmapi"), default=None,
+                        help="what the repository serves (default: read from its tritongen.json; ensemble)")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     parser.add_argument("--hostile", type=int, default=500, help="at least this many hostile requests")
     parser.add_argument("--workers", type=int, default=16, help="honest clients (the demo's max_batch_size)")
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
+    parser.add_argument("--out", type=Path, help="also write the JSON summary here (and the server log beside it)")
     args = parser.parse_args()
+    target = args.target
+    if target is None and args.repo and (args.repo / "tritongen.json").is_file():
+        target = json.loads((args.repo / "tritongen.json").read_text(encoding="utf-8")).get("target")
+    target = "llmapi" if target == "llmapi" else "ensemble"
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        repo = args.repo or _demo_repo(Path(tmp))
-        with TritonServer(repo, log_file=Path(tmp) / "triton.log") as server:
-            soak = Soak(server.http_url, server.grpc_url, server.metrics_url, max_tokens=args.max_tokens)
-            result = soak.run(args.duration, args.hostile, args.workers, server.pid)
-    summary = {"ok": result.ok, "memory_settled": result.memory_settled, **asdict(result), "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        repo = args.repo or _demo_repo(Path(tmp), target)
+        log = args.out.with_suffix(".triton.log") if args.out else Path(tmp) / "triton.log"
+        result = soak(repo, log, target=target, duration_s=args.duration, hostile=args.hostile,
+                      workers=args.workers, max_tokens=args.max_tokens)
+    summary = {"ok": result.ok, "memory_settled": result.memory_settled, "target": target, **asdict(result),
+               "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
                "command": " ".join(sys.argv)}
     text = json.dumps(summary, indent=2)
     print(text)

@@ -18,7 +18,7 @@ import gevent.event
 from geventhttpclient import HTTPClient
 
 from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, request_inputs
-from generator.serve.dialect import dialect_for_inputs
+from generator.serve.dialect import config_param, dialect_for_inputs
 from grpcwire import GrpcStream, StreamClosed, unary
 from prompts import Prompt
 
@@ -49,13 +49,15 @@ class Exchange:
             self.end_ns = t_ns or time.monotonic_ns()
 
     def wait(self, timeout: float) -> None:
-        """Until the answer is complete; a request with no response for ``timeout`` seconds fails."""
-        seen = 0
-        while not self.done.wait(timeout):
-            if len(self.resp_ns) == seen:
+        """Until the answer is complete; a request with no response for ``timeout`` seconds (since it was
+        sent or since its last response) fails."""
+        while True:
+            last_ns = self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]
+            if self.done.wait(max(0.0, last_ns / 1e9 + timeout - time.monotonic())):
+                return
+            if (self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]) == last_ns:
                 self.fail(f"no response within {timeout:g} s")
                 return
-            seen = len(self.resp_ns)
 
     def finish(self) -> dict[str, Any]:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
@@ -113,11 +115,6 @@ class ModelInfo:
         self.tokenizer_dir = tokenizer_dir
 
 
-def _param(config: dict[str, Any], key: str) -> Optional[str]:
-    value = (config.get("parameters", {}).get(key) or {}).get("string_value")
-    return value if value and not value.startswith("${") else None
-
-
 def _config_fetcher(host: str, timeout: float) -> Callable[[str], Optional[dict[str, Any]]]:
     """A model's configuration as JSON over the run's own protocol (gRPC: a unary ModelConfig call)."""
     if host.startswith("grpc://"):
@@ -152,10 +149,10 @@ def model_info(host: str, model: Optional[str], timeout: float) -> ModelInfo:
     config = fetch(model)
     if config is None:
         raise RuntimeError(f"model {model!r} is not served at {host}")
-    tokenizer_dir = _param(config, "tokenizer_dir")
+    tokenizer_dir = config_param(config, "tokenizer_dir")
     if tokenizer_dir is None:
         pre = fetch("preprocessing")
-        tokenizer_dir = _param(pre, "tokenizer_dir") if pre else None
+        tokenizer_dir = config_param(pre, "tokenizer_dir") if pre else None
     return ModelInfo(config, tokenizer_dir)
 
 
@@ -238,6 +235,9 @@ _INTS = {"INT32": (4, True), "INT64": (8, True), "UINT32": (4, False), "UINT64":
 
 def _strings(raw: bytes) -> str:
     """A BYTES tensor's elements (each a 4-byte little-endian length and the bytes), decoded and joined."""
+    n = int.from_bytes(raw[:4], "little")
+    if n + 4 == len(raw):  # one element: the usual case
+        return raw[4:].decode("utf-8", errors="replace")
     out, pos = [], 0
     while pos + 4 <= len(raw):
         n = int.from_bytes(raw[pos:pos + 4], "little")
@@ -246,32 +246,104 @@ def _strings(raw: bytes) -> str:
     return "".join(out)
 
 
-def decode_infer_responses(payloads: list[Any]) -> Decoded:
-    """ModelInferResponse messages: ``text_output`` and the server's figures from the raw output tensors."""
-    texts: list[Optional[str]] = []
+def _lean_stream_response() -> type:
+    """ModelStreamInferResponse as the decoder reads it: an output tensor's description stays bytes (its name
+    and type are read once per distinct description, see _output), so no Python object is made per tensor.
+    Serialized messages concatenated parse as one whose repeated fields are concatenated (protobuf merges
+    them), so one parse decodes all of a request's responses."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="tritongen_lean_stream.proto", package="tritongen_lean",
+                                               syntax="proto3")
+    infer = proto.message_type.add(name="InferResponse")
+    infer.field.add(name="outputs", number=5, type=f.TYPE_BYTES, label=f.LABEL_REPEATED)
+    infer.field.add(name="raw_output_contents", number=6, type=f.TYPE_BYTES, label=f.LABEL_REPEATED)
+    stream = proto.message_type.add(name="StreamResponse")
+    stream.field.add(name="infer_response", number=2, type=f.TYPE_MESSAGE, label=f.LABEL_OPTIONAL,
+                     type_name=".tritongen_lean.InferResponse")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tritongen_lean.StreamResponse"))
+
+
+_LEAN = _lean_stream_response()
+_OUTPUTS: dict[bytes, tuple[str, Optional[tuple[int, bool]]]] = {}
+
+
+def _output(described: bytes) -> tuple[str, Optional[tuple[int, bool]]]:
+    """An output tensor's name and, for the server's integer figures, (size, signed); cached per description."""
+    known = _OUTPUTS.get(described)
+    if known is None:
+        from tritonclient.grpc import service_pb2
+
+        out = service_pb2.ModelInferResponse.InferOutputTensor.FromString(described)
+        known = (out.name, _INTS.get(out.datatype) if out.name in SERVER_FIELDS else None)
+        if len(_OUTPUTS) < 1024:
+            _OUTPUTS[described] = known
+    return known
+
+
+def _decode_merged(payloads: list[bytes]) -> tuple[list[str], dict[str, int]]:
+    """The texts (in order) and the server's figures of the given ModelStreamInferResponse messages, in one parse."""
+    ir = _LEAN.FromString(b"".join(payloads)).infer_response
+    texts: list[str] = []
     server: dict[str, int] = {}
-    for resp in payloads:
-        text = None
-        for out, raw in zip(resp.outputs, resp.raw_output_contents):
-            if out.name == "text_output":
-                text = _strings(raw)
-            elif out.name in SERVER_FIELDS and out.datatype in _INTS:
-                size, signed = _INTS[out.datatype]
-                absorb(server, out.name, int.from_bytes(raw[:size], "little", signed=signed))
-        texts.append(text)
+    for described, raw in zip(ir.outputs, ir.raw_output_contents):
+        name, integer = _output(described)
+        if name == "text_output":
+            texts.append(_strings(raw))
+        elif integer is not None:
+            absorb(server, name, int.from_bytes(raw[:integer[0]], "little", signed=integer[1]))
+    return texts, server
+
+
+def decode_infer_responses(payloads: list[bytes]) -> Decoded:
+    """Serialized ModelStreamInferResponse messages: ``text_output`` and the server's figures from the raw
+    output tensors. A response has at most one text_output, so when every response has one, the merged
+    parse's texts are the responses' texts in order; otherwise each response is parsed alone."""
+    texts, server = _decode_merged(payloads)
+    if len(texts) != len(payloads):
+        texts = [(_decode_merged([p])[0] or [None])[0] for p in payloads]
     return texts, server, None
 
 
-def with_id(body: bytes, request_id: str) -> bytes:
+_FINAL = b"\n\x15triton_final_response\x12\x02\x08"
+
+
+def route(data: bytes) -> Optional[tuple[bytes, bool]]:
+    """(request id, final) read straight off a serialized ModelStreamInferResponse without an error, laid
+    out as Triton writes it (fields in number order: infer_response; in it model_name, model_version, id,
+    then the parameters with triton_final_response); None for anything else (the caller parses it)."""
+    if data[0] != 0x12:  # an error_message comes first
+        return None
+    pos = 1
+    while data[pos] & 0x80:  # the length of infer_response
+        pos += 1
+    pos += 1
+    for tag in (0x0A, 0x12):  # model_name, model_version (left out when empty)
+        if data[pos] == tag:
+            if data[pos + 1] & 0x80:
+                return None
+            pos += 2 + data[pos + 1]
+    if data[pos] != 0x1A or data[pos + 1] & 0x80:
+        return None
+    end = pos + 2 + data[pos + 1]
+    flag = data.find(_FINAL, end)
+    if flag < 0:
+        return None
+    return data[pos + 2:end], data[flag + len(_FINAL)] == 1
+
+
+def with_id(body: bytes, request_id: bytes) -> bytes:
     """A serialized ModelInferRequest with its ``id`` (field 3) set: a field appended to a serialized protobuf
     message is parsed as part of it, so the request is serialized once per prompt, not per request."""
-    rid = request_id.encode()
-    n, length = len(rid), bytearray()
+    n, length = len(request_id), bytearray()
     while n >= 0x80:
         length.append((n & 0x7F) | 0x80)
         n >>= 7
     length.append(n)
-    return body + b"\x1a" + bytes(length) + rid
+    return body + b"\x1a" + bytes(length) + request_id
 
 
 class GrpcLLMClient:
@@ -294,7 +366,7 @@ class GrpcLLMClient:
         self._parse = service_pb2.ModelStreamInferResponse.FromString
         self.target, self.info, self.timeout = grpc_target(host), info, timeout
         self.outputs = [n for n in ("text_output", *SERVER_FIELDS) if n in info.outputs]
-        self.waiting: dict[str, Exchange] = {}
+        self.waiting: dict[bytes, Exchange] = {}
         self.bodies: dict[int, tuple[bytes, bool]] = {}
         self.stream = self._open()
 
@@ -324,23 +396,31 @@ class GrpcLLMClient:
         return body
 
     def _on_message(self, t: int, data: bytes) -> None:
-        """The response path: route by id, keep the time and the message; a final response completes it."""
-        resp = self._parse(data)
-        ir = resp.infer_response
-        ex = self.waiting.get(ir.id)
-        if resp.error_message:
-            if ex is None and len(self.waiting) == 1:  # an error without id: the only request in flight
-                ex = next(iter(self.waiting.values()))
-            if ex is not None:
-                ex.fail(resp.error_message, t)
-                ex.done.set()
-            return
+        """The response path: route by id (read off the bytes, see route), keep the time and the message as
+        received (decoded after the request, see decode_infer_responses); a final response completes it."""
+        routed = route(data)
+        if routed is None:  # an error or another layout: parsed in full
+            resp = self._parse(data)
+            if resp.error_message:
+                self._on_error(t, resp.infer_response.id.encode(), resp.error_message)
+                return
+            ir = resp.infer_response
+            routed = ir.id.encode(), ir.parameters["triton_final_response"].bool_param
+        ex = self.waiting.get(routed[0])
         if ex is None:
             return
         ex.resp_ns.append(t)
-        ex.payloads.append(ir)
-        if ir.parameters["triton_final_response"].bool_param:
+        ex.payloads.append(data)
+        if routed[1]:
             ex.end_ns = t
+            ex.done.set()
+
+    def _on_error(self, t: int, rid: bytes, message: str) -> None:
+        ex = self.waiting.get(rid)
+        if ex is None and len(self.waiting) == 1:  # an error without id: the only request in flight
+            ex = next(iter(self.waiting.values()))
+        if ex is not None:
+            ex.fail(message, t)
             ex.done.set()
 
     def _on_close(self, exc: StreamClosed) -> None:
@@ -353,13 +433,14 @@ class GrpcLLMClient:
         if self.stream.closed is not None:
             self.stream = self._open()
         ex.done = gevent.event.Event()
-        self.waiting[ex.request_id] = ex
+        rid = ex.request_id.encode()
+        self.waiting[rid] = ex
         try:
             ex.sent()
-            self.stream.send(with_id(body, ex.request_id))
+            self.stream.send(with_id(body, rid))
             ex.wait(self.timeout)
         finally:
-            self.waiting.pop(ex.request_id, None)
+            self.waiting.pop(rid, None)
 
     def close(self) -> None:
         self.stream.close()

@@ -3,7 +3,8 @@
 Why not grpcio: under gevent, grpcio hands every completion-queue poll to gevent's thread pool, which costs
 more CPU per streamed response than everything else the load generator does (docs/benchmarks.md has the
 profile). Here one greenlet reads the socket; each ``recv`` gets one monotonic timestamp, which every gRPC
-message in it shares (they arrived together), and the messages go to ``on_message`` as bytes. Only what a
+message in it shares (they arrived together), and the messages go to ``on_message`` as bytes; what is sent in
+one turn of the event loop leaves in one write. Only what a
 client of one bidirectional stream needs is implemented: the connection preface and settings, one stream,
 flow control (large windows, topped up in bulk), PING and SETTINGS acknowledgements, and the end of the
 stream (trailers, RST_STREAM, GOAWAY). Header blocks are rare (stream start and end) and decoded with hpack.
@@ -85,7 +86,9 @@ class GrpcStream:
         self.max_frame = 16384
         self.send_window = self.conn_window = _DEFAULT_WINDOW
         self.window_open = gevent.event.Event()
-        self.message_lock, self.write_lock = gevent.lock.Semaphore(), gevent.lock.Semaphore()
+        self.message_lock = gevent.lock.Semaphore()
+        self.outbox: list[bytes] = []
+        self.flushing = False
         self.window_open.set()
         self.closed: Optional[StreamClosed] = None
         self.consumed = 0
@@ -106,8 +109,8 @@ class GrpcStream:
     def send(self, message: bytes, last: bool = False) -> None:
         """One gRPC message (uncompressed), split into DATA frames within the peer's frame size and windows;
         ``last`` ends the client's side of the call. One message at a time (its frames must not interleave
-        with another's); the socket lock is held per write only, so the reader can still acknowledge
-        settings and pings while a sender waits for the window."""
+        with another's); frames are queued (see _write), so the reader can still acknowledge settings and
+        pings while a sender waits for the window."""
         with self.message_lock:
             if self.closed is not None:
                 raise self.closed
@@ -125,8 +128,22 @@ class GrpcStream:
                 self._write(frame(DATA, END_STREAM if last and not data else 0, _STREAM, chunk))
 
     def _write(self, data: bytes) -> None:
-        with self.write_lock:
-            self.sock.sendall(data)
+        """Queue frames for one write: what every greenlet due in this turn of the event loop sends goes to the
+        socket in one system call (at saturation, dozens of requests), by a greenlet that runs after them."""
+        self.outbox.append(data)
+        if not self.flushing:
+            self.flushing = True
+            gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        try:
+            while self.outbox:
+                data, self.outbox = b"".join(self.outbox), []
+                self.sock.sendall(data)
+        except OSError as exc:
+            self._closed(StreamClosed(f"connection error: {exc}"))
+        finally:
+            self.flushing = False
 
     def close(self) -> None:
         if self.closed is None:
@@ -143,7 +160,7 @@ class GrpcStream:
     def _read(self) -> None:
         buf = b""
         pending = bytearray()  # DATA payload not yet a whole gRPC message
-        recv, unpack, frame_size = self.sock.recv, _FRAME.unpack_from, _FRAME.size
+        recv, unpack, frame_size, on_message = self.sock.recv, _FRAME.unpack_from, _FRAME.size, self.on_message
         try:
             while True:
                 chunk = recv(_RECV)
@@ -160,12 +177,16 @@ class GrpcStream:
                     start = pos + frame_size
                     pos = start + length
                     if kind == DATA:
-                        payload = buf[start:pos]
-                        if flags & PADDED:
-                            payload = payload[1:len(payload) - payload[0]]
-                        pending += payload
                         self.consumed += length
-                        self._messages(t, pending)
+                        if (not pending and not flags & PADDED and length >= 5
+                                and int.from_bytes(buf[start + 1:start + 5], "big") == length - 5):
+                            on_message(t, buf[start + 5:pos])  # the usual frame: one whole message
+                        else:
+                            payload = buf[start:pos]
+                            if flags & PADDED:
+                                payload = payload[1:len(payload) - payload[0]]
+                            pending += payload
+                            self._messages(t, pending)
                         if flags & END_STREAM:
                             raise StreamClosed("the server ended the stream without a status")
                     else:

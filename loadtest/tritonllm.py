@@ -29,13 +29,14 @@ from typing import Any, Optional
 import gevent
 import gevent.pool
 import psutil
+import rapidjson
 from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
 from distributed import MasterGuard, introduce, run_token
-from generator.measure.records import RECORD_VERSION, quantile_sample
+from generator.measure.records import RECORD_VERSION, quantile_sample, server_gone
 from generator.spec import LoadTestSpec
 from openaiapi import OpenAIClient, openai_model
 from prompts import Prompt, follow_up, load_tokenizer, read_jsonl, synthesize
@@ -139,6 +140,22 @@ class LoadState:
         self.grpc: Optional[GrpcLLMClient] = None
         self.sink = RecordSink(environment)
         self.monitor = ProcessMonitor()
+        self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
+        self.gone: Optional[str] = None
+
+    def server_gone(self, reason: str) -> None:
+        """The server will answer nothing more (a dead stub): stop issuing and cut the requests in flight,
+        which count as errors, instead of letting each sit out its request_timeout_s."""
+        if self.gone is not None:
+            return
+        self.gone = reason
+        logging.getLogger("tritongen").error("stopping the run: %s", reason)
+        self.draining = True
+        current = gevent.getcurrent()
+        for greenlet, ex in list(self.active.items()):
+            if greenlet is not current:
+                ex.fail(f"cut off: {reason}")
+                greenlet.kill(ServerGone(reason), block=False)
 
     @property
     def open_loop(self) -> bool:
@@ -203,6 +220,10 @@ class LoadState:
 _STATE: Optional[LoadState] = None
 
 
+class ServerGone(Exception):
+    """Raised in a request's greenlet to end it when the server is known to answer no more."""
+
+
 # ---------------------------------------------------------------- one request
 
 
@@ -236,6 +257,7 @@ def run_request(
     # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
     ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
     st.inflight += 1
+    st.active[gevent.getcurrent()] = ex
     try:
         client.generate(ex, prompt)
     except gevent.GreenletExit:
@@ -246,6 +268,10 @@ def run_request(
         ex.fail(f"{type(exc).__name__}: {exc}")
     finally:
         st.inflight -= 1
+        st.active.pop(gevent.getcurrent(), None)
+        reason = server_gone(ex.error)
+        if reason is not None:
+            st.server_gone(reason)
         st.finished(ex)
     return ex
 
@@ -268,8 +294,9 @@ def run_conversation(
 
 
 def fire_locust_events(environment, record: dict[str, Any]) -> None:
-    """Locust's live table: end-to-end, TTFT and per-request ITL rows from the raw times (rounded by Locust;
-    never the report's figures, which come from the records after the run)."""
+    """Locust's live table: end-to-end and TTFT rows from the raw times (rounded by Locust; never the report's
+    figures, which come from the records after the run). Two events per request, not more: each costs a
+    Locust process about as much CPU as a tenth of a 16-token request (docs/benchmarks.md)."""
     if record.get("cancelled"):
         return
     kind = "warmup" if record["warmup"] else record["protocol"]
@@ -281,12 +308,8 @@ def fire_locust_events(environment, record: dict[str, Any]) -> None:
         return
     visible = [t for t, text in zip(record["resp_ns"], record["resp_text"]) if text]
     fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(visible), exception=None, context={})
-    if record["warmup"] or not visible:
-        return
-    fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6, response_length=0,
-         exception=None, context={})
-    if len(visible) > 1:
-        fire(request_type=kind, name="itl", response_time=(visible[-1] - visible[0]) / (len(visible) - 1) / 1e6,
+    if not record["warmup"] and visible:
+        fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6,
              response_length=0, exception=None, context={})
 
 
@@ -334,42 +357,65 @@ class RecordSink:
 
 
 def write_records(file, records: list[dict[str, Any]]) -> None:
-    file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    """JSON lines through python-rapidjson (tritonclient's dependency): a quarter of the json module's CPU."""
+    file.write("".join(rapidjson.dumps(r) + "\n" for r in records))
     file.flush()
 
 
+def _sched_ns() -> Optional[tuple[int, int]]:
+    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread, where the event loop
+    runs (Linux schedstat); None where the kernel does not keep it."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return None
+
+
 class ProcessMonitor:
-    """The load generator's own health: event-loop lag (a 10 ms sleep that wakes late means the process
-    could not keep up) and its CPU use, reported as one ``process`` record per Locust process."""
+    """The load generator's own health, reported as one ``process`` record per Locust process: event-loop lag
+    (a 10 ms sleep that wakes late means the process could not keep up), its CPU use, and per second how
+    much of a core its event loop wanted (on a CPU or waiting for one: a loop starved by other work on its
+    core wants a whole core while it gets little of one)."""
 
     def __init__(self) -> None:
         self.proc = psutil.Process()
         self.lags_ns: list[int] = []
         self.cpu_percent: list[float] = []
+        self.demand: list[float] = []
         self.started_ns = time.monotonic_ns()
         self.cpu_start = self.proc.cpu_times()
+        self.sched_start = _sched_ns()
         self.proc.cpu_percent(None)
         self.greenlet = gevent.spawn(self._probe)
 
     def _probe(self) -> None:
         next_cpu = time.monotonic() + 1.0
+        last = (time.monotonic_ns(), self.sched_start)
         while True:
             t = time.monotonic_ns()
             gevent.sleep(_LAG_PROBE_S)
             self.lags_ns.append(time.monotonic_ns() - t - int(_LAG_PROBE_S * 1e9))
             if time.monotonic() >= next_cpu:
                 self.cpu_percent.append(self.proc.cpu_percent(None))
+                now = (time.monotonic_ns(), _sched_ns())
+                if now[1] is not None and last[1] is not None:
+                    self.demand.append((sum(now[1]) - sum(last[1])) / (now[0] - last[0]))
+                last = now
                 next_cpu += 1.0
 
     def record(self, index: int) -> dict[str, Any]:
         self.greenlet.kill(block=False)
         cpu = self.proc.cpu_times()
+        sched = _sched_ns()
         return {
             "kind": "process", "v": RECORD_VERSION, "proc": index, "host": socket.gethostname(), "pid": os.getpid(),
             "wall_s": (time.monotonic_ns() - self.started_ns) / 1e9,
             "cpu_s": (cpu.user + cpu.system) - (self.cpu_start.user + self.cpu_start.system),
             "cpu_percent": self.cpu_percent, "lag_ns": quantile_sample(self.lags_ns),
-            "lag_max_ns": max(self.lags_ns, default=0),
+            "lag_max_ns": max(self.lags_ns, default=0), "demand": self.demand,
+            "sched_wait_s": (sched[1] - self.sched_start[1]) / 1e9 if sched and self.sched_start else None,
         }
 
 

@@ -28,7 +28,11 @@ PURE = (
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck", "generator.model.manifest",
     "generator.serve.dialect", "generator.serve.adminapi", "generator.deploy.pod_security", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.results", "generator.measure.statistics",
-    "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals",
+    "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals", "generator.measure.metrics",
+    "generator.measure.identity", "generator.measure.evidence", "generator.measure.compare", "generator.measure.gate",
+    "generator.measure.ci",
+    "generator.measure.attainment", "generator.measure.goodput", "generator.measure.predict",
+    "generator.measure.tune_results",
 )
 PROCESS_OR_NETWORK = ("subprocess", "socket", "requests", "urllib.request", "urllib.error", "http.client", "tritonclient", "huggingface_hub",
                       "multiprocessing", "asyncio.subprocess", "grpc", "locust", "gevent")

@@ -159,3 +159,24 @@ def test_output_and_force_are_spelled_the_same_everywhere():
             if "--set" in param.opts:
                 assert param.multiple, name
             assert "--dir" not in param.opts and not (param.param_type_name == "argument" and param.name in ("dir", "out_dir")), name
+
+
+@pytest.mark.parametrize("status, needle", [(403, "--admin-key"), (404, "--model"), (400, "ready"), (503, "log")])
+def test_an_http_error_from_the_server_gets_the_fix_of_its_status(monkeypatch, capsys, status, needle):
+    """urllib's HTTPError is an OSError, but a refused request is not a full disk: the fix follows the status."""
+    import signal
+    import urllib.error
+
+    import generator.cli as cli
+
+    def refused() -> None:
+        raise urllib.error.HTTPError("http://127.0.0.1:1/v2/models/stats", status, "refused", {}, None)
+
+    monkeypatch.setattr(cli, "app", refused)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # main's handlers belong to the CLI, not pytest
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == EXIT_CODES[errors.ServerError]
+    printed = capsys.readouterr().err
+    assert f"HTTP {status}" in printed and needle in printed.split("fix:")[1]
+    assert "free space" not in printed

@@ -345,6 +345,18 @@ def test_loadtest_configmap_package_imports_on_its_own(weights, tmp_path, build_
     assert "host = grpc://tritongen.default.svc:8001" in conf and f"records = {weights.parent}/loadtest/records.jsonl" in conf
 
 
+def test_in_cluster_load_test_is_resolved_as_the_local_one(weights):
+    """The manifest's locust.conf gets the load test resolved like a local run: the LLM-API model by name and the
+    checkpoint's tokenizer (the model names no tokenizer_dir), the manifest's worker count for ``auto``."""
+    from generator.deploy.loadtest import loadtest_values
+
+    spec = gpu_spec(weights, "llmapi", "loadtest.workers=auto", "kubernetes.locust_workers=3")
+    conf = loadtest_values(spec)["files"]["locust.conf"]
+    assert "model = tensorrt_llm\n" in conf and f"tokenizer = {weights}\n" in conf
+    assert "users = 16\n" in conf and "auto" not in conf
+    assert spec.resolved_loadtest(workers=3) == spec.resolved_loadtest(workers=3, cores=64)
+
+
 # ---------------------------------------------------------------- for real: several CPU instances, distributed load
 
 
@@ -389,10 +401,12 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
     assert all(after[name] > before[name] for name in engines), (before, after)  # both instances did work
     # The in-cluster run's records become the same report through --records (no server needed).
     report = CliRunner().invoke(app, ["loadtest", "--records", str(out / "records.jsonl"), "-o", str(tmp_path / "rep"),
-                                      "--spec", str(_spec_file(spec, tmp_path))], env={"COLUMNS": "200"})
+                                      "--spec", str(_spec_file(spec, tmp_path)), "--workers", "auto"],
+                                env={"COLUMNS": "200"})
     assert report.exit_code == 0, report.output
     again = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert again["counts"] == result.counts.model_dump() and (tmp_path / "rep" / "report.html").is_file()
+    assert again["run"]["loadtest"]["workers"] == 2  # the processes that ran, whatever auto means here
 
 
 def _spec_file(spec, tmp_path: Path) -> Path:

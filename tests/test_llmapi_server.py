@@ -62,3 +62,22 @@ def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_pat
     assert split.requests == res.counts.ok and split.negative_parts == 0
     checks = res.checks
     assert checks.with_reference > 0 and checks.failed_requests == 0
+
+
+def test_cli_load_test_by_url_finds_the_served_model_and_its_tokenizer(llmapi_server, llmapi_spec, tmp_path):
+    """`tritongen loadtest --url` with no spec, --model, --tokenizer or admin key: the server serves no ensemble, so
+    the LLM-API model is tested, with the tokenizer its engine model's tokenizer_dir names."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    run = subprocess.run([str(Path(sys.executable).with_name("tritongen")), "loadtest", "--url", llmapi_server.http_url,
+                          "--grpc-url", llmapi_server.grpc_url, "--metrics-url", llmapi_server.metrics_url, "-u", "2", "-t", "2", "--set", "loadtest.input_tokens_mean=16", "--set",
+                          "loadtest.output_tokens_mean=8", "--set", "loadtest.warmup_requests=1", "--set",
+                          "loadtest.num_prompts=4", "--set", "loadtest.reference_checks=2", "-o", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    lt = json.loads((out / "results.json").read_text())["run"]["loadtest"]
+    assert lt["model"] == "tensorrt_llm" and lt["tokenizer"] == str(llmapi_spec.serving_weights_dir)

@@ -13,10 +13,19 @@ import pytest
 from hpack import Decoder
 from tritonclient.grpc import service_pb2
 
-from generator.measure.ceiling import TARGET_SHARE, capacity, loadgen_plan, recorded_ceiling, workers_for
+from generator.measure.ceiling import (
+    TARGET_SHARE,
+    auto_workers,
+    capacity,
+    loadgen_plan,
+    recorded_ceiling,
+    resolve_workers,
+    workers_for,
+)
 from generator.measure.records import count_client_tokens
-from generator.measure.runner import resolve_workers
+from generator.spec.loadtest import worker_count
 from generator.resources import loadtest_dir
+from generator.spec import load_spec
 
 sys.path.insert(0, str(loadtest_dir()))
 import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
@@ -24,12 +33,16 @@ import grpcwire  # noqa: E402
 from prompts import Prompt  # noqa: E402
 
 
-def infer_response(rid: str, outputs: list[tuple[str, str, bytes]]) -> service_pb2.ModelInferResponse:
-    resp = service_pb2.ModelInferResponse(model_name="ensemble", id=rid)
+def infer_response(rid: str, outputs: list[tuple[str, str, bytes]], final: bool = False) -> bytes:
+    """A serialized ModelStreamInferResponse as Triton sends it (every response says whether it is the final one)."""
+    resp = service_pb2.ModelStreamInferResponse()
+    ir = resp.infer_response
+    ir.model_name, ir.model_version, ir.id = "ensemble", "1", rid
+    ir.parameters["triton_final_response"].bool_param = final
     for name, datatype, raw in outputs:
-        resp.outputs.add(name=name, datatype=datatype, shape=[1, 1])
-        resp.raw_output_contents.append(raw)
-    return resp
+        ir.outputs.add(name=name, datatype=datatype, shape=[1, 1])
+        ir.raw_output_contents.append(raw)
+    return resp.SerializeToString()
 
 
 def strings(*items: bytes) -> bytes:
@@ -52,7 +65,7 @@ def test_request_headers_are_valid_hpack():
 @pytest.mark.parametrize("rid", ["a-1", "x" * 300])
 def test_request_id_appended_to_a_serialized_request(rid):
     body = service_pb2.ModelInferRequest(model_name="ensemble", id="").SerializeToString()
-    req = service_pb2.ModelInferRequest.FromString(clients.with_id(body, rid))
+    req = service_pb2.ModelInferRequest.FromString(clients.with_id(body, rid.encode()))
     assert (req.model_name, req.id) == ("ensemble", rid)
 
 
@@ -64,7 +77,7 @@ def test_grpc_payloads_decoded_after_the_run():
         infer_response("r", [("text_output", "BYTES", strings(b" he", b"llo")), ("num_output_tokens", "INT32", (2).to_bytes(4, "little")),
                              ("arrival_time_ns", "UINT64", (7).to_bytes(8, "little"))]),
         infer_response("r", [("text_output", "BYTES", strings("é".encode()[:1])), ("num_output_tokens", "INT32", (1).to_bytes(4, "little"))]),
-        infer_response("r", []),
+        infer_response("r", [], final=True),
     ]
     for t, p in zip((2000, 3000, 3500), payloads):
         ex.resp_ns.append(t)
@@ -75,6 +88,31 @@ def test_grpc_payloads_decoded_after_the_run():
     assert rec["resp_ns"] == [2000, 3000]
     assert rec["server"] == {"num_output_tokens": 3, "arrival_time_ns": 7}
     assert rec["error"] is None and rec["end_ns"] == 3500
+
+
+def test_every_response_with_text_decodes_in_one_parse():
+    """Responses that all carry text decode in one merged parse: texts stay per response and in order
+    (a two-element BYTES tensor joined), figures summed, the last time point kept."""
+    payloads = [infer_response("r", [("num_output_tokens", "INT32", (1).to_bytes(4, "little")),
+                                     ("text_output", "BYTES", strings(f"w{i}".encode(), b"!")),
+                                     ("first_token_time_ns", "UINT64", (10 + i).to_bytes(8, "little"))])
+                for i in range(5)]
+    texts, server, error = clients.decode_infer_responses(payloads)
+    assert texts == [f"w{i}!" for i in range(5)] and error is None
+    assert server == {"num_output_tokens": 5, "first_token_time_ns": 14}
+
+
+@pytest.mark.parametrize("rid", ["run-0-1", "r" * 127])
+def test_responses_routed_off_the_bytes(rid):
+    """The response path reads the id and the final flag without parsing; what it cannot read (an error
+    first, an id of 128 bytes or more) goes to the full parse."""
+    text = [("text_output", "BYTES", strings(b"triton_final_response"))]
+    assert clients.route(infer_response(rid, text)) == (rid.encode(), False)
+    assert clients.route(infer_response(rid, text, final=True)) == (rid.encode(), True)
+    assert clients.route(infer_response("x" * 128, text)) is None
+    error = service_pb2.ModelStreamInferResponse(error_message="boom")
+    error.infer_response.id = rid
+    assert clients.route(error.SerializeToString()) is None
 
 
 def test_sse_payloads_decoded_after_the_run():
@@ -97,15 +135,31 @@ def test_client_token_counts_filled_after_the_run():
     assert [r.get("output_tokens") for r in requests] == [3, None, 9]
 
 
+def test_workers_auto_sized_from_the_target_and_the_ceiling():
+    """auto: the processes the target needs at TARGET_SHARE of the ceiling each, not one per core; one
+    process alone (no master); never more than the users or the cores beside the master."""
+    ceiling = recorded_ceiling().model_copy(update={"responses_per_core_s": 1000.0, "responses_per_request": 10,
+                                                    "server_requests_per_s": 280.0})
+    assert auto_workers(140.0, 10, 1, 16, ceiling) == 2  # 1,400 responses/s at 700 per process
+    assert auto_workers(60.0, 10, 1, 16, ceiling) == 0  # one process is enough: no master
+    assert auto_workers(2000.0, 10, 1, 16, ceiling) == 15  # 29 needed, 15 cores beside the master
+    assert auto_workers(None, 16, 256, 16, ceiling) == 4  # closed loop: one server's 2,800 responses/s
+    assert auto_workers(None, 16, 3, 16, ceiling) == 3  # no more processes than users
+    assert auto_workers(None, 16, 256, 2, ceiling) == 0  # two cores: one process beside nothing
+    spec = load_spec(None, ["loadtest.workers=auto", "loadtest.request_rate=1", "loadtest.output_tokens_mean=8"])
+    assert resolve_workers(spec.loadtest, 8) == 0
+    assert resolve_workers(spec.loadtest.model_copy(update={"workers": 3}), 8) == 3
+
+
 def test_workers_auto_is_one_per_core():
-    assert resolve_workers("auto", 8) == 8
-    assert resolve_workers("auto", 1) == 0  # one core: a single process, no master
-    assert resolve_workers(3, 8) == 3
+    assert worker_count("auto", 8) == 8
+    assert worker_count("auto", 1) == 0  # one core: a single process, no master
+    assert worker_count(3, 8) == 3
 
 
 def test_ceiling_sizes_the_workers():
     ceiling = recorded_ceiling()
-    assert ceiling.responses_per_core_s > 0 and "bench/sidebyside.py" in ceiling.command
+    assert ceiling.responses_per_core_s > 0 and "bench/gpuhost_loadgen.py" in ceiling.command
     per_process = ceiling.responses_per_core_s * TARGET_SHARE
     assert workers_for(per_process, ceiling) == 1
     assert workers_for(per_process * 2.5, ceiling) == 3

@@ -8,6 +8,7 @@ Runs are a few seconds each with a few users; figures are asserted for consisten
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -154,13 +155,16 @@ finally:
 
 
 def test_load_generator_with_a_small_cpu_share_is_flagged(cpu_spec, cpu_server, tmp_path):
-    """Locust held to 30% of a core: its event loop wakes late, so the run is client-limited and an SLO
-    on it can only be inconclusive (or fail by more than the client's own error)."""
+    """Locust pinned to one core and held to 30% of it: its event loop wakes 70 ms late, beyond the lag
+    limit even of a process below half a core, so the run is client-limited and an SLO on it can only be
+    inconclusive (or fail by more than the client's own error)."""
+    pinned = ("taskset", "-c", str(min(os.sched_getaffinity(0))))
     res = run(cpu_spec, tmp_path, cpu_server, "loadtest.users=2", "loadtest.duration_s=3",
-              "loadtest.slo=ttft_p99<120s", locust_prefix=(sys.executable, "-c", CPU_SHARE, "0.3")).results
+              "loadtest.slo=ttft_p99<120s", locust_prefix=(*pinned, sys.executable, "-c", CPU_SHARE, "0.3")).results
     client = res.client
     assert client.client_limited, client
     assert any("event-loop lag" in r for r in client.reasons)
+    assert client.processes[0].wait is not None and client.processes[0].demand > 0  # Linux schedstat was read
     assert res.slo.verdict is Verdict.INCONCLUSIVE and res.slo.exit_code == 3
 
 
@@ -177,3 +181,45 @@ def test_cli_slo_tighter_than_measured_exits_1(cpu_server, tmp_path):
     assert "FAIL" in proc.stdout and "TTFT" in proc.stdout
     slo = json.loads((out / "results.json").read_text())["slo"]
     assert slo["verdict"] == "fail" and slo["terms"][0]["result"] == "fail"
+
+
+def test_records_of_a_run_make_the_report_with_workers_auto(cpu_loadtest, tmp_path):
+    """``--records FILE --workers auto``: the report counts the Locust processes that wrote the records."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    rep = tmp_path / "rep"
+    done = CliRunner().invoke(app, ["loadtest", "--records", str(cpu_loadtest.out_dir / "records.jsonl"),
+                                    "--workers", "auto", "-o", str(rep)], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    again = json.loads((rep / "results.json").read_text())
+    assert again["counts"] == cpu_loadtest.results.counts.model_dump() and again["run"]["loadtest"]["workers"] == 0
+    assert "1 Locust process(es)" in (rep / "report.md").read_text()
+
+
+def test_a_model_the_server_does_not_serve_is_named_first_and_nothing_runs(cpu_server, tmp_path):
+    tritongen = Path(sys.executable).with_name("tritongen")
+    run = subprocess.run([str(tritongen), "loadtest", "--url", cpu_server.http_url, "--model", "no_such_model",
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "400"})
+    assert run.returncode == 2, run.stderr
+    first = run.stderr.split("error:", 1)[1].strip().splitlines()[0]
+    assert "'no_such_model' is not served" in first and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_locust_setup_failure_comes_first_and_its_logs_are_kept(cpu_server, tmp_path):
+    """A failure only Locust's process meets (a prompts file that is not JSON) is the error's first line, and
+    the output folder keeps Locust's logs."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("not json\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run = subprocess.run([str(Path(sys.executable).with_name("tritongen")), "loadtest", "--url", cpu_server.http_url,
+                          "--grpc-url", cpu_server.grpc_url, "--prompts", str(prompts), "-t", "2", "-o", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "400"})
+    assert run.returncode == 11, run.stderr
+    first = run.stderr.split("error:", 1)[1].strip().splitlines()[0]
+    assert "JSONDecodeError" in first, run.stderr
+    assert (out / "locust.log").is_file() and "JSONDecodeError" in (out / "locust.log").read_text()
+    assert str(out / "locust.log") in run.stderr.replace("\n", "")

@@ -231,7 +231,8 @@ def _serve(repo: Path, *args: str, env: dict | None = None) -> tuple[subprocess.
 
 @pytest.mark.server
 def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tmp_path):
-    """Admin APIs need the per-run key (written 0600 where `serve` says); HF_TOKEN never reaches a stub."""
+    """Admin APIs need the per-run key (written 0600 where `serve` says), statistics do not; HF_TOKEN never
+    reaches a stub."""
     repo = tmp_path / "repo"
     _write_model(repo, "echo")
     cli, printed = _serve(repo, env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user", AWS_SECRET_ACCESS_KEY="x"))
@@ -244,8 +245,8 @@ def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tm
                            ("/v2/repository/index", {})):
             assert requests.post(url + path, json=body, timeout=10).status_code == 403, path
             assert requests.post(url + path, json=body, headers=key, timeout=10).status_code == 200, path
-        assert requests.get(url + "/v2/models/stats", timeout=10).status_code == 403
-        assert requests.get(url + "/v2/models/stats", headers=key, timeout=10).status_code == 200
+        assert requests.get(url + "/v2/models/stats", timeout=10).status_code == 200  # perf_analyzer reads it
+        assert requests.get(url + "/v2/systemsharedmemory/status", timeout=10).status_code == 403
         assert requests.get(url + "/v2/models/echo/config", timeout=10).status_code == 200  # clients still work
         server = next(p for p in psutil.Process(cli.pid).children() if "tritonserver" in p.name())
         stub = next(p for p in server.children(recursive=True) if "stub" in p.name())
@@ -258,6 +259,68 @@ def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tm
         cli.send_signal(signal.SIGTERM)
         cli.communicate(timeout=60)
     assert not key_file.exists()
+
+
+PERF_ANALYZER_WHEEL = "tritonclient==2.51.0"
+"""NVIDIA's perf_analyzer ships only in tritonclient's manylinux wheels; 2.51 runs on this glibc (later ones
+need 2.38) and is the server's own version. pip would conflict with Locust's pins, so it is extracted."""
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer() -> Path:
+    """NVIDIA's perf_analyzer 2.51, unchanged: downloaded once with pip into the venv (``<venv>/perf_analyzer-2.51``)
+    and extracted, with the two libraries it needs linked beside it from the nvidia-pytriton wheel (facts.md);
+    run it with that folder on LD_LIBRARY_PATH."""
+    import platform
+    import zipfile
+
+    folder = Path(sys.prefix) / "perf_analyzer-2.51"
+    binary = folder / "perf_analyzer"
+    if binary.is_file():
+        return binary
+    install = find_install()
+    if platform.machine() != "x86_64" or not install.bundled:
+        pytest.skip("perf_analyzer 2.51 comes as an x86_64 manylinux binary; its libraries from nvidia-pytriton")
+    download = folder.with_name(folder.name + ".download")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                           "--platform", "manylinux1_x86_64", "-d", str(download), PERF_ANALYZER_WHEEL],
+                          capture_output=True, text=True, timeout=600)
+    wheels = sorted(download.glob("tritonclient-2.51.0-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        pytest.skip(f"the package registry gave no {PERF_ANALYZER_WHEEL} wheel: {proc.stderr.strip()[-300:]}")
+    staging = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    staging.mkdir()
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        (staging / "perf_analyzer").write_bytes(wheel.read("tritonclient-2.51.0.data/data/bin/perf_analyzer"))
+    (staging / "perf_analyzer").chmod(0o755)
+    libs = install.pytriton_dir.parent / "nvidia_pytriton.libs"
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        (staging / name).symlink_to(next(libs.glob(pattern)))
+    staging.rename(folder)
+    for wheel in wheels:
+        wheel.unlink()
+    download.rmdir()
+    return binary
+
+
+@pytest.mark.server
+def test_nvidias_perf_analyzer_runs_unchanged_against_serve(tmp_path, perf_analyzer):
+    """perf_analyzer reads the statistics API at the start and end of each measurement: with no admin header
+    it measures over HTTP and gRPC, and the key still guards the admin APIs it does not need."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    cli, printed = _serve(repo)
+    try:
+        for protocol, address in (("http", printed["HTTP"]), ("grpc", printed["gRPC"])):
+            run = subprocess.run([str(perf_analyzer), "-m", "echo", "-i", protocol, "-u", address, "--shape", "IN:1",
+                                  "--measurement-mode", "count_windows", "--measurement-request-count", "50",
+                                  "--concurrency-range", "2", "--stability-percentage", "1000"], capture_output=True, text=True, timeout=300,
+                                 env=dict(os.environ, LD_LIBRARY_PATH=str(perf_analyzer.parent)))
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "Throughput:" in run.stdout and "restricted" not in run.stdout + run.stderr
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        cli.communicate(timeout=60)
 
 
 _STUCK_STUB = 'import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)'

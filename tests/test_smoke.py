@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from generator.serve.client import REPLACEMENT
-from generator.serve.smoke import compare_metadata, same_text, stop_word_candidates
+from generator.serve.smoke import compare_metadata, down_models, same_text, stop_word_candidates
 
 TRITONGEN = str(Path(sys.executable).parent / "tritongen")
 
@@ -61,6 +61,13 @@ def test_stop_word_candidates_are_new_printable_pieces():
         (" sat", "The cat sat", "The cat"),
         (" on", "The cat sat" + REPLACEMENT + " cat on", "The cat sat" + REPLACEMENT + " cat"),
     ]
+
+
+def test_down_models_come_from_the_stub_health_errors():
+    details = ["server error: Stub process 'tensorrt_llm_cpu_0_0' is not healthy.",
+               "HTTP 400: Stub process 'my_model_2_11' is not healthy.", "stream error: timed out"]
+    assert down_models(details) == ["my_model", "tensorrt_llm_cpu"]
+    assert down_models(["all good"]) == []
 
 
 def test_smoke_needs_a_repository_or_an_address():

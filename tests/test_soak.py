@@ -34,3 +34,12 @@ def test_short_soak_hurts_no_honest_request(cpu_server):
     assert result.models_ready_after and result.answer_after_ok and not result.stubs_restarted
     assert (result.active_requests_after, result.kv_blocks_used_after) == (0, 0)
     assert result.memory_settled, (result.rss_mib_idle, result.rss_mib_after)
+
+
+def test_new_kernel_segfaults_are_split_by_the_server_process_and_thread_ids():
+    soak = _soak_module()
+    old = "[  1.0] triton_python_b[11]: segfault at 1 ip 0 sp 0 error 4 in libpython3.11.so.1.0[1af854,7f+23c000]"
+    ours = "[  9.0] triton_python_b[42]: segfault at 1c8 ip 0 sp 0 error 4 in triton_python_backend_stub[28f37,5+b3000]"
+    theirs = "[  9.5] triton_python_b[77]: segfault at 60 ip 0 sp 0 error 4 in libc.so.6[90bb4,7f+156000]"
+    assert soak.sort_segfaults([old], [old, ours, theirs], {42, 43}) == ([ours], [theirs])
+    assert soak.sort_segfaults(None, [ours], {42}) == ([], [])

@@ -20,7 +20,7 @@ from generator.measure.results import (
 )
 from generator.measure.statistics import summarize
 from generator.measure.sweep import best_point, plan_sweep, run_sweep
-from generator.spec import LoadTestSpec
+from generator.spec import ResolvedLoadTest
 
 
 def test_comma_lists_are_axes_and_single_values_are_fixed():
@@ -49,7 +49,7 @@ def _result(tps, verdict, client_limited, error_rate) -> LoadTestResult:
         **dict(summary),
         server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
         client=ClientVerdict(client_limited=client_limited, reasons=[], processes=[], lag_limit_ms=10.0),
-        run=RunInfo(title="t", target="t", started_unix=0.0, mode="closed loop", loadtest=LoadTestSpec()),
+        run=RunInfo(title="t", target="t", started_unix=0.0, mode="closed loop", loadtest=ResolvedLoadTest()),
         slo=SloVerdict(verdict=verdict, exit_code=0, terms=[], reason=None) if verdict else None,
     )
 
@@ -90,10 +90,13 @@ def test_sweep_runs_every_point_and_reports_the_one_that_cannot(cpu_spec, nvfp4_
     assert res.slo.terms[0].measured == 0.0
     assert res.slo.verdict is (Verdict.INCONCLUSIVE if limited else Verdict.PASS)
     assert (tmp_path / "points" / "0" / "report.html").is_file() and (tmp_path / "points" / "0" / "repo").is_dir()
+    figures = points[0].figures  # every figure with its interval and the requests behind it
+    assert figures.requests == res.counts.requests and figures.attainment.n == res.counts.requests
+    assert figures.output_tokens_per_s.low <= figures.output_tokens_per_s.estimate <= figures.output_tokens_per_s.high
     if limited:  # an inconclusive point is never the best
         assert result.best is None
     else:
-        assert result.best.label == "max_batch_size=2"
+        assert result.best.label == "max_batch_size=2" and "best at this load only (4 users)" in result.best.reason
     for name in ("report.md", "report.html", "points.csv"):
         assert (tmp_path / name).is_file()
     assert SweepResult.model_validate_json((tmp_path / "points.json").read_text()) == result

@@ -5,21 +5,24 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+import urllib.error
 
 from rich.markup import escape
 
 from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, exit_code
-from generator.errors import TritongenError
+from generator.errors import ServerError, TritongenError
 
 # Command groups register themselves on `app` when imported.
 from generator.cli import (  # noqa: E402,F401
     demo_cmds,
+    gate_cmds,
     load_cmds,
     model_cmds,
     plan_cmds,
     repo_cmds,
     serve_cmds,
     spec_cmds,
+    tune_cmds,
 )
 
 
@@ -34,6 +37,11 @@ def os_error_line(exc: OSError) -> str:
     return (f"{name}: " if name else "") + (exc.strerror or str(exc))
 
 
+def _fail(exc: TritongenError) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    sys.exit(exit_code(exc))
+
+
 def main() -> None:
     # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
     # SIGINT too, even when started as a background job (which inherits SIGINT ignored, and then never stops).
@@ -46,8 +54,11 @@ def main() -> None:
     try:
         app()
     except TritongenError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        sys.exit(exit_code(exc))
+        _fail(exc)
+    except urllib.error.HTTPError as exc:  # an OSError too, but the server's status says what to mend
+        from generator.serve.endpoints import http_status_fix
+
+        _fail(ServerError(f"HTTP {exc.code} {exc.reason}", where=exc.url, fix=http_status_fix(exc.code)))
     except OSError as exc:  # permissions, a full disk, a path that is a file: the OS names the cause
         console.print(f"[bold red]error:[/] {escape(os_error_line(exc))}\n"
                       "  fix: check the path, its permissions and the free space")

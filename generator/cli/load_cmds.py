@@ -16,7 +16,9 @@ from generator.cli._app import (
     AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
     spec_overrides, step,
 )
-from generator.errors import SpecError
+from generator.cli.gate_cmds import Baseline, Gate, Junit, Summary, finish, gate_inputs, judge_folder
+from generator.errors import LoadTestError, SpecError
+from generator.measure.metrics import LATENCIES
 from generator.repo.manifest import MANIFEST, read_manifest
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
 from generator.spec import Spec, load_spec
@@ -37,10 +39,9 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
     table = Table(title=f"{escape(results.run.title)}: {c.ok} ok, {c.errors} errors in {results.window_s:.1f} s")
     for col in ("ms", "mean", "p50", "p90", "p99", "max"):
         table.add_column(col, justify="right" if col != "ms" else "left")
-    for key, label in (("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"),
-                       ("e2e", "end-to-end"), ("lateness", "send lateness")):
-        if d := getattr(lat, key):
-            table.add_row(label, *(f"{getattr(d, s):.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
+    for metric in LATENCIES:
+        if metric.shown and (d := getattr(lat, metric.key)):
+            table.add_row(metric.label, *(f"{getattr(d, s):.1f}" for s in ("mean", "p50", "p90", "p99", "max")))
     out.print(table)
     rps, tps = tp.requests_per_s, tp.output_tokens_per_s
     out.print(f"throughput: {rps or 0:.2f} requests/s, {tps or 0:.1f} output tokens/s; "
@@ -98,6 +99,7 @@ Slo = spec_option("loadtest.slo", "--slo")
 Prompts = spec_option("loadtest.prompts", "--prompts")
 Tokenizer = spec_option("loadtest.tokenizer", "--tokenizer")
 Seed = spec_option("loadtest.seed", "--seed")
+Repeat = spec_option("loadtest.repeat", "--repeat")
 Trace = spec_option("loadtest.trace", "--trace")
 TimeScale = spec_option("loadtest.time_scale", "--time-scale")
 
@@ -126,6 +128,11 @@ def loadtest(
     trace: Trace = None,
     time_scale: TimeScale = None,
     admin_key: AdminKey = None,
+    repeat: Repeat = None,
+    baseline: Baseline = None,
+    gate: Gate = None,
+    junit: Junit = None,
+    summary: Summary = None,
     records: Annotated[Optional[Path], typer.Option(
         "--records", help="Report on a run recorded elsewhere instead (e.g. the in-cluster Locust master's "
                           "records.jsonl from kubernetes-loadtest.yaml); starts no load.")] = None,
@@ -135,40 +142,87 @@ def loadtest(
 ) -> None:
     """Load-test a Triton LLM endpoint with Locust: TTFT, ITL, throughput, server-side split, checks, SLO gate.
 
-    Exit codes: 0 done (and the SLO passed), 1 SLO violated or no request succeeded, 3 SLO inconclusive
-    (the load generator limited the run, or a term could not be measured), 2 bad input; README "Exit codes" lists the others.
+    With --repeat N the same load runs N times on one server (OUT/run-01, ...) and the report gives each
+    figure's spread and intervals; with --baseline it is compared with a saved baseline, and --gate fails it
+    on a confirmed regression. Exit codes: 0 done (and every gate passed), 1 SLO violated, a confirmed
+    regression, or no request succeeded, 3 inconclusive (the load generator limited the run, a term could not
+    be measured, or an interval straddles a gate limit), 2 bad input; README "Exit codes" lists the others.
     """
     from generator.fsutil import atomic_dir
-    from generator.measure.runner import report_records, run_loadtest
-    from generator.measure.slo import EXIT_FAIL
 
     if records is not None:
-        if not records.is_file():
-            raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
-        spec = loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals()))
-        with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
-            result = report_records(spec, records, tmp)
-        _print_results(result.results, output.resolve())
+        _from_records(loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals())),
+                      records, output, force)
         return
     if (repo is None) == (url is None):
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
     flags = spec_overrides(loadtest, locals())
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
+    gating = gate_inputs(spec)
     lt = spec.loadtest
     load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
             else f"{lt.users} users")
+    runs = f" × {lt.repeat} runs" if lt.repeat > 1 else ""
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
+    failed = None
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
-        with step(f"load test: {load}, {lt.duration_s:g} s, {lt.protocol} ({repo or url})"):
-            result = run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
-                                  admin_key=admin_key)
+        with step(f"load test: {load}, {lt.duration_s:g} s{runs}, {lt.protocol} ({repo or url})"):
+            try:
+                results, figures = _run(spec, tmp, repo, url, grpc_url, metrics_url, admin_key, str(output))
+            except LoadTestError as exc:  # Locust ran and failed: its logs become the output (tmp is renamed to it)
+                failed = exc
+        if failed is None:
+            comparison, verdict = judge_folder(gating, tmp, str(output))
+    if failed is not None:
+        failed.where = failed.where and failed.where.replace(str(tmp), str(output.resolve()))
+        failed.fix += f" (the logs are kept in {output}; pass --force to replace them)"
+        raise failed
+    code = _conclude(results, figures, output, comparison, verdict, junit, summary)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _from_records(spec: Spec, records: Path, output: Path, force: bool) -> None:
+    """`--records`: the report of a run recorded elsewhere; starts no load."""
+    from generator.fsutil import atomic_dir
+    from generator.measure.runner import report_records
+
+    if not records.is_file():
+        raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
+        result = report_records(spec, records, tmp)
     _print_results(result.results, output.resolve())
-    if result.results.run.integrity.incomplete:
-        raise typer.Exit(code=EXIT_FAIL)
-    if result.results.slo:
-        raise typer.Exit(code=result.results.slo.exit_code)
-    if not result.results.counts.ok:
-        raise typer.Exit(code=EXIT_FAIL)
+
+
+def _conclude(results: list, figures, output: Path, comparison, verdict, junit: Optional[Path],
+              summary: Optional[Path]) -> int:
+    """Print each run, write the CI files; the exit code of every gate (SLO, regression), or 1 if nothing succeeded."""
+    from generator.measure.slo import EXIT_FAIL
+
+    many = len(results) > 1
+    for i, result in enumerate(results, 1):
+        _print_results(result.results, output.resolve() / (f"run-{i:02d}" if many else ""))
+    if figures:
+        console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
+    slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
+    code = finish(slo_runs, comparison, verdict, junit, summary, figures)
+    if not code and not all(r.results.counts.ok and not r.results.run.integrity.incomplete for r in results):
+        code = EXIT_FAIL  # nothing succeeded, or a run lost a worker
+    return code
+
+
+def _run(spec: Spec, tmp: Path, repo: Optional[Path], url: Optional[str], grpc_url: Optional[str],
+         metrics_url: Optional[str], admin_key: Optional[str], source: str):
+    """One load test, or ``loadtest.repeat`` of them on one server: (the runs, the repeat figures or None)."""
+    from generator.measure.runner import run_loadtest
+
+    if spec.loadtest.repeat > 1:
+        from generator.measure.repeat import run_repeated
+
+        return run_repeated(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                            admin_key=admin_key, source=source, progress=lambda m: console.print(f"  {escape(m)}"))
+    return [run_loadtest(spec, tmp, repo_dir=repo, url=url, grpc_url=grpc_url, metrics_url=metrics_url,
+                         admin_key=admin_key)], None
 
 
 @app.command()
@@ -214,7 +268,7 @@ def _print_sweep(result: SweepResult, out_dir: Path) -> None:
     from generator.measure.report_sweep import point_row
 
     table = Table(title="sweep")
-    cols = ("setting", "status", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
+    cols = ("setting", "status", "requests", "out tok/s", "TTFT p95 ms", "ITL p95 ms", "queue p95 ms", "errors", "SLO")
     for col in cols:
         table.add_column(col, overflow="fold")
     for p in result.points:
@@ -224,9 +278,10 @@ def _print_sweep(result: SweepResult, out_dir: Path) -> None:
             return "–" if v is None else f"{v:.1f}"
 
         status = r.status if r.status is PointStatus.OK else f"[red]{r.status}[/]: {escape(r.detail[:60])}"
-        table.add_row(escape(r.point), status, f(r.output_tokens_per_s), f(r.ttft_p95_ms), f(r.itl_p95_ms),
+        table.add_row(escape(r.point), status, "–" if r.requests is None else str(r.requests), f(r.output_tokens_per_s), f(r.ttft_p95_ms), f(r.itl_p95_ms),
                       f(r.queue_p95_ms), "–" if r.error_rate is None else f"{r.error_rate:.1%}", r.slo or "–")
     out.print(table)
     best = result.best
-    out.print(f"best: [bold]{escape(best.label)}[/] ({escape(best.reason)})" if best else "[yellow]no setting qualified[/]")
+    out.print(f"best at this load: [bold]{escape(best.label)}[/] ({escape(best.reason)})" if best
+              else "[yellow]no setting qualified[/]")
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, points.csv, points.json)")

@@ -22,7 +22,17 @@ Model = spec_option("loadtest.model", "--model", help="Model to test (default: t
 
 
 SERVE_EXIT_TIMEOUT_S = 10
-"""How long `tritongen serve` lets in-flight requests finish after Ctrl-C or SIGTERM."""
+"""How long `tritongen serve` lets in-flight requests finish after Ctrl-C or SIGTERM (Triton 2.51 counts
+the models' unloading against the same ``--exit-timeout-secs``; see install.RUN_EXIT_TIMEOUT_S)."""
+
+
+def stub_died_message(dead: dict[int, str]) -> str:
+    """Why `serve` stops: models whose Python stub died. Triton 2.51 keeps such a model READY and neither
+    restarts its stub nor answers its requests, so the server is stopped rather than left half alive."""
+    models = ", ".join(sorted({f"'{model}' (stub pid {pid})" for pid, model in dead.items()}))
+    return (f"model {models} is down: its Python backend stub exited while serving. Triton 2.51 keeps the "
+            "model READY, never restarts the stub and leaves its requests unanswered, so tritongen stops "
+            "the server instead")
 
 
 def _start(repo_dir: Path, host: str, http_port, grpc_port, metrics_port, timeout: float, log_file, admin_key=None,
@@ -67,6 +77,10 @@ def serve(
         console.print("[dim]serving; Ctrl-C stops[/]")
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
+            dead = server.dead_stubs()
+            if dead:
+                raise ServerError(stub_died_message(dead), where=str(server.log_file),
+                                  fix="read the server log named here and the kernel log (dmesg), then serve again")
         code = server.process.returncode if server.process is not None else None
         raise ServerError(f"tritonserver exited on its own (code {code})", where=str(server.log_file),
                           fix="read the server log named here")

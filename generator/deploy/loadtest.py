@@ -114,12 +114,12 @@ def loadtest_values(spec: Spec) -> dict:
     from generator.measure.locustconf import locust_conf_text, locust_options
     from generator.serve.endpoints import Endpoints
 
-    k, lt = spec.kubernetes, spec.loadtest
+    k = spec.kubernetes
     service = f"{k.name}.{k.namespace}.svc"
     endpoints = Endpoints(f"http://{service}:{PORTS['http']}", f"{service}:{PORTS['grpc']}",
                           f"http://{service}:{PORTS['metrics']}/metrics")
     records = artifacts_mount(spec) / "loadtest" / "records.jsonl"
-    options = locust_options(lt.model_copy(update={"workers": k.locust_workers}), endpoints, records,
+    options = locust_options(spec.resolved_loadtest(workers=k.locust_workers), endpoints, records,
                              Path(MOUNT) / "locustfile.py")
     files = {_key(rel): path.read_text(encoding="utf-8") for rel, path in package_files().items()}
     files["locust.conf"] = locust_conf_text(options)

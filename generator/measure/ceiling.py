@@ -1,5 +1,6 @@
 """The load generator's own ceiling: streamed responses per second that one Locust process drives per core
-of CPU, as measured by bench/sidebyside.py (kept as data with the command, in loadgen_ceiling.json).
+of CPU, saturated on one core of a GPU host, as measured by bench/gpuhost_loadgen.py (kept as data with the
+command and the machine, in loadgen_ceiling.json).
 
 A Locust process is one gevent loop and uses at most one core, so a target rate of streamed responses
 (one per output token) needs enough processes: ``workers_for`` keeps each at ``TARGET_SHARE`` of the
@@ -20,6 +21,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 
 from generator.measure.results import Capacity
+from generator.spec import LoadTestSpec
 
 TARGET_SHARE = 0.7
 """Plan each Locust process for this fraction of its ceiling."""
@@ -32,8 +34,12 @@ class Ceiling(BaseModel):
     requests_per_core_s: float
     responses_per_request: int
     protocol: str
-    perf_analyzer_requests_per_core_s: float
-    """NVIDIA's perf_analyzer on the same load, taking turns with tritongen."""
+    perf_analyzer_requests_per_core_s: Optional[float]
+    """NVIDIA's perf_analyzer on the same load and core, taking turns with tritongen; None where it finished
+    no measurement window confined to one core."""
+    server_requests_per_s: float
+    """The most requests/s one Triton server (the trivial model, every instance and client it was given)
+    answered in the measurement: beyond it, more Locust processes add nothing; more servers do."""
     command: str
     machine: str
     measured: str
@@ -49,11 +55,38 @@ def workers_for(responses_per_s: float, ceiling: Ceiling) -> int:
     return max(1, math.ceil(responses_per_s / (ceiling.responses_per_core_s * TARGET_SHARE)))
 
 
+def auto_workers(request_rate: Optional[float], output_tokens_mean: int, users: int, cores: int,
+                 ceiling: Ceiling) -> int:
+    """``loadtest.workers=auto``: the Locust worker processes the load needs, not one per core.
+
+    The target is the open-loop rate times the mean answer length in streamed responses/s, or, closed loop
+    (no rate to go by), the most one Triton server streamed in the recorded measurement. Processes at
+    TARGET_SHARE of the per-process ceiling each (the headroom that keeps timestamps exact), at most one per
+    closed-loop user and one per core beside the master; a single process runs alone (0: no master).
+    """
+    target = (request_rate * output_tokens_mean if request_rate is not None
+              else ceiling.server_requests_per_s * ceiling.responses_per_request)
+    processes = min(workers_for(target, ceiling), max(cores - 1, 1),
+                    max(users, 1) if request_rate is None else cores)
+    return processes if processes > 1 else 0
+
+
+def resolve_workers(lt: LoadTestSpec, cores: int) -> int:
+    """Worker processes for ``loadtest.workers``; ``auto`` sized by auto_workers from the recorded ceiling
+    (what the measuring side passes to Spec.resolved_loadtest, which sits below the ceiling)."""
+    if lt.workers != "auto":
+        return int(lt.workers)
+    return auto_workers(lt.request_rate, lt.output_tokens_mean, lt.users, cores, recorded_ceiling())
+
+
 def ceiling_text(ceiling: Ceiling) -> str:
+    pa = (f"perf_analyzer {ceiling.perf_analyzer_requests_per_core_s:,.0f} requests/s per core on the same load"
+          if ceiling.perf_analyzer_requests_per_core_s else "perf_analyzer finished no measurement there on one core")
     return (f"one Locust process drives about {ceiling.responses_per_core_s:,.0f} streamed responses/s per core "
             f"({ceiling.requests_per_core_s:,.0f} requests/s of {ceiling.responses_per_request} responses, "
-            f"{ceiling.protocol}; perf_analyzer {ceiling.perf_analyzer_requests_per_core_s:,.0f} requests/s per core "
-            f"on the same load), measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
+            f"{ceiling.protocol}; {pa}; one Triton server answered at most {ceiling.server_requests_per_s:,.0f} "
+            f"requests/s there), "
+            f"measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
 
 
 def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capacity]:
@@ -75,7 +108,7 @@ def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capa
         processes=len(processes),
         processes_needed=needed,
         advice=(f"{rate:,.0f} streamed responses/s need {needed} Locust processes at {TARGET_SHARE:.0%} of the "
-                f"ceiling each: --workers {needed} (or auto on a machine with {needed} free cores)")
+                f"ceiling each: --workers {needed}")
         if needed > len(processes) else None,
         ceiling=ceiling_text(ceiling),
     )
@@ -103,7 +136,7 @@ def loadgen_plan_lines(plan: dict[str, Any]) -> list[str]:
              f"(one response per token) per Locust process and core."]
     if plan["target_tokens_per_s"] is not None:
         lines.append(f"Target {plan['target_tokens_per_s']:,.0f} output tokens/s: {plan['processes_needed']} Locust "
-                     f"process(es) (loadtest.workers={plan['workers']}; auto gives one per core).")
+                     f"process(es) (loadtest.workers={plan['workers']}; auto sizes from the target rate).")
     else:
         lines.append("Give a target with --tokens-per-s (closed loop) or loadtest.request_rate (open loop) to size "
                      "loadtest.workers.")

@@ -8,7 +8,7 @@ are seeded so the same records always give the same interval.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from pydantic import BaseModel
 
@@ -74,10 +74,12 @@ def wilson(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> In
 
 
 def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = DEFAULT_CONFIDENCE,
-              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
+              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+              batched: Optional[Callable] = None) -> Interval:
     """Percentile bootstrap of `statistic(array) -> float` over per-request values (seeded).
 
-    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`.
+    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`. `batched`, when given, computes
+    the same statistic of every resample at once (a 2-D array, one resample per row): same result, faster.
     """
     import numpy as np
 
@@ -87,9 +89,8 @@ def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = 
     estimate = float(statistic(a))
     if a.size == 1:
         return Interval(estimate=estimate, low=estimate, high=estimate, confidence=confidence, n=1, method="exact")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(resamples, a.size))
-    stats = np.array([statistic(a[row]) for row in idx], dtype=float)
+    stats = np.array([statistic(row) for chunk in resample(a, resamples, np.random.default_rng(seed)) for row in chunk],
+                     dtype=float)
     tail = (1 - confidence) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
@@ -100,7 +101,23 @@ def percentile(values: Sequence[float], p: float, confidence: float = DEFAULT_CO
     """A percentile (numpy's linear interpolation, as the reports use) with its bootstrap interval."""
     import numpy as np
 
-    return bootstrap(values, lambda a: np.percentile(a, p), confidence)
+    a = np.asarray(values, dtype=float)
+    if a.size < 2:
+        return bootstrap(values, lambda x: np.percentile(x, p), confidence)
+    draws = np.concatenate([np.percentile(chunk, p, axis=-1)
+                            for chunk in resample(a, BOOTSTRAP_RESAMPLES, np.random.default_rng(BOOTSTRAP_SEED))])
+    return _from_draws(float(np.percentile(a, p)), draws, confidence, int(a.size), "bootstrap")
+
+
+def resample(a, resamples: int, rng, budget: int = 2_000_000):
+    """Bootstrap resamples of ``a`` as arrays of shape (rows, a.size), a few rows at a time so that no
+    chunk holds more than ``budget`` values (a pooled ITL sample can have tens of thousands)."""
+    rows = max(1, min(resamples, budget // max(1, a.size)))
+    done = 0
+    while done < resamples:
+        take = min(rows, resamples - done)
+        yield a[rng.integers(0, a.size, size=(take, a.size))]
+        done += take
 
 
 def ratio_of_percentiles(baseline: Sequence[float], candidate: Sequence[float], p: float,
@@ -109,23 +126,91 @@ def ratio_of_percentiles(baseline: Sequence[float], candidate: Sequence[float], 
     """candidate's p-th percentile over baseline's, resampling both independently (e.g. 1.10 = 10% slower)."""
     import numpy as np
 
+    return two_sample(baseline, candidate, lambda a: np.percentile(a, p, axis=-1), confidence, resamples, seed)[1]
+
+
+def two_sample(baseline: Sequence[float], candidate: Sequence[float], statistic: Callable,
+               confidence: float = DEFAULT_CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+               seed: int = BOOTSTRAP_SEED) -> tuple[Interval, Interval]:
+    """Difference (candidate − baseline) and ratio (candidate / baseline) of ``statistic``, each with its
+    percentile-bootstrap interval from the same resamples of both sides, drawn independently (seeded).
+
+    ``statistic`` maps an array of shape (resamples, n) to one value per row along ``axis=-1``,
+    e.g. ``lambda a: np.percentile(a, 95, axis=-1)``. ``n`` of both intervals is the smaller side.
+    """
+    import numpy as np
+
     b = np.asarray(baseline, dtype=float)
     c = np.asarray(candidate, dtype=float)
     if b.size == 0 or c.size == 0:
-        raise ValueError("ratio_of_percentiles needs observations on both sides")
-    base = float(np.percentile(b, p))
-    if base == 0:
-        raise ValueError("baseline percentile is 0: a ratio is undefined")
-    estimate = float(np.percentile(c, p)) / base
+        raise ValueError("a two-sample interval needs observations on both sides")
+    sb, sc = float(statistic(b)), float(statistic(c))
+    if sb == 0:
+        raise ValueError("baseline statistic is 0: a ratio is undefined")
     rng = np.random.default_rng(seed)
-    rb = np.percentile(b[rng.integers(0, b.size, size=(resamples, b.size))], p, axis=1)
-    rc = np.percentile(c[rng.integers(0, c.size, size=(resamples, c.size))], p, axis=1)
+    rb = np.concatenate([statistic(chunk) for chunk in resample(b, resamples, rng)])
+    rc = np.concatenate([statistic(chunk) for chunk in resample(c, resamples, rng)])
     ratios = rc / np.where(rb == 0, np.nan, rb)
-    ratios = ratios[np.isfinite(ratios)]
+    n = int(min(b.size, c.size))
+    return (_from_draws(sc - sb, rc - rb, confidence, n, "bootstrap"),
+            _from_draws(sc / sb, ratios[np.isfinite(ratios)], confidence, n, "bootstrap"))
+
+
+def _from_draws(estimate: float, draws, confidence: float, n: int, method: str) -> Interval:
+    import numpy as np
+
     tail = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [tail, 1 - tail])
+    low, high = np.quantile(draws, [tail, 1 - tail])
     return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
-                    confidence=confidence, n=int(min(b.size, c.size)), method="bootstrap")
+                    confidence=confidence, n=n, method=method)
+
+
+def welch(baseline: Sequence[float], candidate: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Welch's t interval of mean(candidate) − mean(baseline): run-to-run, each side's runs its own spread.
+
+    Needs at least two runs on each side; ``n`` is the smaller number of runs.
+    """
+    import numpy as np
+
+    b, c = np.asarray(baseline, dtype=float), np.asarray(candidate, dtype=float)
+    if b.size < 2 or c.size < 2:
+        raise ValueError("welch needs at least two runs on each side")
+    vb, vc = float(b.var(ddof=1)) / b.size, float(c.var(ddof=1)) / c.size
+    diff = float(c.mean() - b.mean())
+    se = math.sqrt(vb + vc)
+    if se == 0:
+        return Interval(estimate=diff, low=diff, high=diff, confidence=confidence, n=int(min(b.size, c.size)), method="t")
+    dof = (vb + vc) ** 2 / (vb ** 2 / (b.size - 1) + vc ** 2 / (c.size - 1))
+    half = _t(confidence, max(1, int(dof))) * se
+    return Interval(estimate=diff, low=diff - half, high=diff + half, confidence=confidence,
+                    n=int(min(b.size, c.size)), method="welch")
+
+
+def newcombe(baseline: tuple[int, int], candidate: tuple[int, int],
+             confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Difference of two shares (candidate − baseline), each given as (events, trials): Newcombe's hybrid
+    score interval from the two Wilson intervals (his method 10), which stays sensible at 0 events."""
+    (e1, n1), (e2, n2) = baseline, candidate
+    w1, w2 = wilson(e1, n1, confidence), wilson(e2, n2, confidence)
+    p1, p2 = w1.estimate, w2.estimate
+    diff = p2 - p1
+    low = diff - math.sqrt((p2 - w2.low) ** 2 + (w1.high - p1) ** 2)
+    high = diff + math.sqrt((w2.high - p2) ** 2 + (p1 - w1.low) ** 2)
+    return Interval(estimate=diff, low=low, high=high, confidence=confidence, n=min(n1, n2), method="newcombe")
+
+
+def rate_ratio(baseline: tuple[float, int], candidate: tuple[float, int],
+               confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Ratio of two rates, each (rate, events it was counted from), treating the counts as Poisson:
+    log-ratio ± z·sqrt(1/n₁ + 1/n₂). One run's throughput has no per-request resample, so this is the
+    counting noise only; run-to-run spread is larger (use ``welch`` over repeated runs)."""
+    (r1, n1), (r2, n2) = baseline, candidate
+    if r1 <= 0 or r2 <= 0 or n1 <= 0 or n2 <= 0:
+        raise ValueError("rate_ratio needs positive rates and counts")
+    est = r2 / r1
+    half = _z(confidence) * math.sqrt(1 / n1 + 1 / n2)
+    return Interval(estimate=est, low=est * math.exp(-half), high=est * math.exp(half), confidence=confidence,
+                    n=int(min(n1, n2)), method="poisson")
 
 
 def across_runs(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Interval:

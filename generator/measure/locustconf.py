@@ -16,12 +16,12 @@ import configargparse
 
 from generator.errors import SpecError
 from generator.serve.endpoints import Endpoints
-from generator.spec import LoadTestSpec
+from generator.spec import ResolvedLoadTest
 
 
-def locust_options(lt: LoadTestSpec, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
+def locust_options(lt: ResolvedLoadTest, endpoints: Endpoints, records: Path, locustfile: Path) -> dict[str, Any]:
     """Everything the Locust processes need, as Locust config-file keys (custom ones from loadtest/)."""
-    processes = max(lt.workers, 1)
+    processes = lt.processes
     opts: dict[str, Any] = {
         "locustfile": str(locustfile),
         "headless": True,

@@ -34,6 +34,27 @@ COUNT_FIELDS = ("num_input_tokens", "num_output_tokens")
 SERVER_FIELDS = PERF_TIME_FIELDS + KV_FIELDS + COUNT_FIELDS
 
 
+STUB_DOWN = "is not healthy"
+"""What Triton 2.51 answers for a model whose Python backend stub died ("Stub process 'M_0_0' is not healthy")."""
+NO_RESPONSE = "no response within"
+"""How the load generator fails a request that got no response for request_timeout_s."""
+
+
+def server_gone(error: Optional[str]) -> Optional[str]:
+    """Why a request's error means the server will answer no more requests of the run, or None.
+
+    A dead Python stub stays READY in Triton 2.51, which neither restarts it nor fails its requests in
+    flight: they get nothing (a request silent for request_timeout_s), and new ones get nothing or the
+    stub's "not healthy" error. Waiting on would only make every later request sit out its timeout."""
+    if not error:
+        return None
+    if STUB_DOWN in error:
+        return error
+    if error.startswith(NO_RESPONSE) or "timed out" in error.lower() or "Timeout" in error:
+        return f"the server stopped answering: {error}"
+    return None
+
+
 def request_inputs(accepted: set[str], text: str, max_tokens: int, stream: bool) -> dict[str, Any]:
     """Request fields in the served model's dialect; the optional ones only when the model accepts them.
 
@@ -158,9 +179,11 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
 
     - replacement_char: U+FFFD in the streamed text that the one-piece text does not have (any U+FFFD
       when there is no reference; not judged when the two diverged): a character cut between responses;
-    - empty_chunk: an empty response before the last one that is neither a character held back until
-      its last byte arrived (the next text then starts with a non-ASCII character) nor shown harmless by
-      the one-piece text being equal (a token that decodes to nothing, e.g. a skipped special token);
+    - empty_chunk: an empty response before the last one that is not a character held back until its
+      last byte arrived (the next text then starts with a non-ASCII character), judged only where nothing
+      else explains it: with no one-piece text, or one that differs from the streamed text by streaming
+      damage. An equal one-piece text shows the token decodes to nothing (e.g. a skipped special token); a
+      diverged one came from other tokens, so it says nothing about the streamed text;
     - token_count: the server's summed num_output_tokens differs from the requested length (the users
       ask for exactly max_tokens), exceeds it, or is below the number of responses with text, i.e.
       responses were lost, merged or duplicated on the way;
@@ -176,7 +199,7 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
         failures.append(CHECK_REPLACEMENT)
     following = [next((t for t in texts[i + 1:] if t), "") for i in range(len(texts))]
     unexplained = any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following))
-    if unexplained and comparison != "equal":
+    if unexplained and comparison in (None, "detokenization"):  # equal or diverged: the tokens explain it
         failures.append(CHECK_EMPTY_CHUNK)
     tokens = (rec.get("server") or {}).get("num_output_tokens")
     max_tokens = rec.get("max_tokens")

@@ -160,6 +160,13 @@ def _inline(text: str) -> str:
     return out
 
 
+def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
+    """An ``intervals.Interval`` as ``estimate [low, high] (n=N)``: no figure without the count behind it."""
+    if i is None:
+        return "–"
+    return f"{fmt.format(i.estimate)} [{fmt.format(i.low)}, {fmt.format(i.high)}] (n={i.n})"
+
+
 def pyplot():
     """matplotlib on its Agg backend: plots without a display."""
     import matplotlib

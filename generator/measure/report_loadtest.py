@@ -11,15 +11,20 @@ from pathlib import Path
 from typing import Optional
 
 from generator.fsutil import atomic_write_text
+from generator.measure.metrics import LATENCIES
 from generator.measure.records import CHECK_EMPTY_CHUNK, CHECK_REFERENCE, CHECK_REPLACEMENT, CHECK_TOKEN_COUNT
 from generator.measure.report_doc import Doc, pyplot
 from generator.measure.results import ClientVerdict, Dist, Latency, LoadTestResult, SloVerdict, TermOutcome
-from generator.measure.verdict import CONN_WAIT_P99_LIMIT_MS, CPU_LIMIT, LAG_P99_LIMIT_MS, LAG_SHARE, LATENESS_P99_LIMIT_MS
-
-LATENCY_ROWS = (
-    ("ttft", "TTFT"), ("itl", "ITL per gap"), ("itl_request", "ITL per request"), ("e2e", "End-to-end"),
-    ("lateness", "Send lateness"),
+from generator.measure.verdict import (
+    BUSY,
+    CONN_WAIT_P99_LIMIT_MS,
+    CPU_LIMIT,
+    IDLE_LAG_FACTOR,
+    LAG_P99_LIMIT_MS,
+    LAG_SHARE,
+    LATENESS_P99_LIMIT_MS,
 )
+
 STAT_COLS = ("mean", "p50", "p90", "p95", "p99", "max")
 
 
@@ -28,7 +33,7 @@ def _stats(d: Dist) -> list[float]:
 
 
 def _latency_table(doc: Doc, latency: Latency) -> None:
-    rows = [[label, *_stats(d), d.count] for key, label in LATENCY_ROWS if (d := getattr(latency, key))]
+    rows = [[lat.label, *_stats(d), d.count] for lat in LATENCIES if lat.shown and (d := getattr(latency, lat.key))]
     doc.table(["ms", *STAT_COLS, "samples"], rows)
 
 
@@ -60,14 +65,17 @@ def _client_section(doc: Doc, client: ClientVerdict) -> None:
               "SLO gates treat this run as inconclusive.")
         doc.bullets(client.reasons)
     else:
-        doc.p("The load generator kept up: every process stayed under "
-              f"{CPU_LIMIT:.0%} of a core with event-loop lag p99 under {client.lag_limit_ms:.1f} ms "
-              f"({LAG_P99_LIMIT_MS:g} ms, or {LAG_SHARE:.0%} of the median gap between tokens if larger)"
+        doc.p("The load generator kept up: no process's event loop wanted "
+              f"{CPU_LIMIT:.0%} of a core (on a CPU or waiting for one), and event-loop lag p99 stayed under "
+              f"{client.lag_limit_ms:.1f} ms ({LAG_P99_LIMIT_MS:g} ms, or {LAG_SHARE:.0%} of the median gap "
+              f"between tokens if larger; {IDLE_LAG_FACTOR:g} times that for a process below {BUSY:.0%} of a "
+              "core, whose lag is the machine's)"
               f" (open loop also: send lateness and connection waits p99 under {LATENESS_P99_LIMIT_MS:g} "
               f"and {CONN_WAIT_P99_LIMIT_MS:g} ms).")
-    doc.table(["process", "host", "CPU, mean (share of a core)", "CPU, busiest second", "loop lag p99 ms",
-               "loop lag max ms"], [
-        [p.proc, p.host, f"{p.cpu:.0%}", f"{p.cpu_max:.0%}", p.lag_p99_ms, p.lag_max_ms] for p in client.processes
+    doc.table(["process", "host", "CPU, mean (share of a core)", "CPU, busiest second",
+               "loop wanted (share of a core)", "waiting for a CPU", "loop lag p99 ms", "loop lag max ms"], [
+        [p.proc, p.host, f"{p.cpu:.0%}", f"{p.cpu_max:.0%}", f"{p.demand:.0%}",
+         "–" if p.wait is None else f"{p.wait:.0%}", p.lag_p99_ms, p.lag_max_ms] for p in client.processes
     ])
     cap = client.capacity
     if cap:
@@ -133,8 +141,9 @@ def _checks_section(doc: Doc, results: LoadTestResult) -> None:
           f"check. {checks.with_reference} could be compared with the same prompt asked again without streaming "
           f"after the run: {ref.get('equal', 0)} equal, {ref.get('detokenization', 0)} damaged by streaming, "
           f"{ref.get('diverged', 0)} where the engine generated different tokens (not a streaming fault). "
-          f"Empty chunks before the last: {checks.empty_chunks} (harmless when the text equals the one-piece "
-          "text: a held-back character or a token that decodes to nothing).")
+          f"Empty chunks before the last: {checks.empty_chunks} (a failure only where nothing explains them: "
+          "a held-back character, or a one-piece text that is equal (a token that decodes to nothing) or that "
+          "came from other tokens, explains them).")
     doc.table(["check", "failures"], [
         ["no U+FFFD the one-piece text does not have", checks.failures[CHECK_REPLACEMENT]],
         ["no unexplained empty chunk before the last", checks.failures[CHECK_EMPTY_CHUNK]],
@@ -267,7 +276,7 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
             else f"{lt.users} users")
     doc.p(f"Target `{run.target}`, model `{lt.model}` over {lt.protocol}, {run.mode}: {load}, "
           f"{lt.duration_s:g} s, prompts ~{lt.input_tokens_mean} tokens in / {lt.output_tokens_mean} out, "
-          f"seed {lt.seed}, {max(lt.workers, 1)} Locust process(es).")
+          f"seed {lt.seed}, {lt.processes} Locust process(es).")
     c, tp, slo = results.counts, results.throughput, results.slo
     verdicts = []
     if slo:

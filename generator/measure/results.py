@@ -8,11 +8,12 @@ are keyed by data (model names, metric names, check names), not by figure.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from generator.spec import LoadTestSpec
+from generator.measure.intervals import Interval
+from generator.spec import ResolvedLoadTest
 
 
 class Dist(BaseModel):
@@ -250,6 +251,11 @@ class ProcessHealth(BaseModel):
     cpu: float
     """Mean CPU, as a share of one core."""
     cpu_max: float
+    demand: float = 0.0
+    """What its event loop wanted, as a share of one core: on a CPU or runnable and waiting for one (median
+    of its seconds; its mean CPU in records of an older load generator)."""
+    wait: Optional[float] = None
+    """Share of the run its event loop was runnable but waiting for a CPU (None where Linux keeps no schedstat)."""
     lag_p99_ms: float
     lag_max_ms: float
 
@@ -326,6 +332,27 @@ class RunIntegrity(BaseModel):
     """Messages refused by type: sent to the master by something that is not a worker of this run."""
 
 
+class RunIdentity(BaseModel):
+    """What two runs must share to be compared (compare.comparability), recorded when the run is made."""
+
+    load: dict[str, Any]
+    """The load's own fields (users or rate, lengths, duration, seed, ...): identity.LOAD_FIELDS."""
+    settings: dict[str, Any]
+    """How the load was sent and measured: identity.SETTING_FIELDS."""
+    prompts: Optional[str]
+    """sha256 of the prompts or trace file; None for synthetic prompts (the load's seed and the tokenizer fix them)."""
+    tokenizer: Optional[str]
+    """sha256 of the tokenizer.json that made the prompts and counted tokens; None when it was not found."""
+    model: str
+    """The Triton model the users called."""
+    model_source: Optional[str]
+    """The spec's model.source recorded in the repository's tritongen.json; None without one (--url)."""
+    server: dict[str, Any] = {}
+    """The served settings from tritongen.json (engine target, batch size, build limits): reported as
+    what changed between two runs, never a reason they cannot be compared (that change is the release)."""
+    tritongen_version: str
+
+
 class RunInfo(BaseModel):
     title: str
     target: str
@@ -333,8 +360,10 @@ class RunInfo(BaseModel):
     started_unix: float
     mode: str
     """``open loop`` or ``closed loop``."""
-    loadtest: LoadTestSpec
-    """The load as run (prompt and tokenizer paths resolved)."""
+    loadtest: ResolvedLoadTest
+    """The load as run (workers counted, model named, prompt and tokenizer paths resolved)."""
+    identity: Optional[RunIdentity] = None
+    """None in results written before compare existed."""
     integrity: RunIntegrity = RunIntegrity()
 
 
@@ -346,6 +375,37 @@ class LoadTestResult(Summary):
     run: RunInfo
     slo: Optional[SloVerdict] = None
     """None without an SLO."""
+
+
+class LevelFigures(BaseModel):
+    """A load level's figures, each with its interval and the requests behind it."""
+
+    requests: int
+    """Measured requests (warm-up excluded)."""
+    met: int
+    """Requests that met every objective."""
+    attainment: Interval
+    """Share of requests meeting every objective (Wilson score interval)."""
+    misses: dict[str, int]
+    """Objective (or ``error``) -> requests that missed it."""
+    window_s: float
+    requests_per_s: Interval
+    """Completed requests per second in the level's steady part (see _rate); t interval over time slices;
+    its n is the requests completed there."""
+    output_tokens_per_s: Interval
+    ttft_p95_ms: Optional[Interval]
+    """Bootstrap intervals of the 95th percentiles over the successful requests."""
+    itl_p95_ms: Optional[Interval]
+    """Per-request mean inter-token time."""
+    e2e_p95_ms: Optional[Interval]
+    ttft_growth: Optional[float]
+    """Median TTFT of the last third of the requests (by send time) over the first third's: well above 1
+    means requests queued faster than the server served them (the server fell behind)."""
+
+    @property
+    def broke_first(self) -> Optional[str]:
+        """The objective missed by the most requests."""
+        return max(self.misses, key=lambda k: self.misses[k]) if self.misses else None
 
 
 class PointStatus(StrEnum):
@@ -366,6 +426,8 @@ class SweepPoint(BaseModel):
     detail: str = ""
     """Why the point did not complete."""
     results: Optional[LoadTestResult] = None
+    figures: Optional[LevelFigures] = None
+    """The point's figures with their intervals and request counts (attainment of the SLO's per-request limits)."""
 
 
 class BestPoint(BaseModel):

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +27,13 @@ from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
-from generator.measure.records import count_client_tokens, request_inputs
+from generator.measure.records import count_client_tokens, request_inputs, server_gone
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec
 
 
 # ---------------------------------------------------------------- workers
-
-
-def resolve_workers(workers: int | str, cores: int) -> int:
-    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
-    if workers != "auto":
-        return int(workers)
-    return cores if cores > 1 else 0
 
 
 def available_cores() -> int:
@@ -108,9 +102,10 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     finally:
         group.stop(timeout_s=10)
     if procs[0].returncode != 0:
+        cause = setup_failure(out_dir) or f"Locust exited with code {procs[0].returncode}"
         raise LoadTestError(
-            f"Locust exited with code {procs[0].returncode}:\n{_tail(out_dir / 'locust.log')}",
-            where=_LOG_WHERE, fix=_LOG_FIX,
+            f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
+            where=_LOG_WHERE, fix="mend what the first line says; Locust's last lines are above",
         )
 
 
@@ -126,6 +121,19 @@ def count_tokens_after_run(requests: list[dict[str, Any]], processes: list[dict[
 
     tokenizer = Tokenizer.from_file(str(found))
     count_client_tokens(requests, lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids))
+
+
+SETUP_FAILED = "tritongen load test setup failed: "
+"""How loadtest/tritonllm.py logs a failed setup (model, tokenizer, prompts) before it stops the run."""
+
+
+def setup_failure(out_dir: Path) -> Optional[str]:
+    """The first setup failure a Locust process logged (the master's log first, then the workers'), if any."""
+    for log in sorted(out_dir.glob("locust*.log")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if SETUP_FAILED in line:
+                return line.split(SETUP_FAILED, 1)[1].strip()
+    return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -179,6 +187,9 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
+    gone = next((why for why in map(server_gone, (r.get("error") for r in requests)) if why), None)
+    if gone is not None:  # its answers would each sit out the timeout too
+        return {}, [f"not asked: {gone}"]
     texts = {r["prompt"]: r["prompt_text"] for r in requests if "prompt_text" in r}
     prompts: dict[int, tuple[str, int]] = {}
     for r in requests:
@@ -188,8 +199,12 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
         return {}, []
     accepted = model_inputs(http_url, model)
 
+    silent = threading.Event()  # one answer that timed out: the server stopped answering, ask no more
+
     def ask(item: tuple[int, tuple[str, int]]) -> tuple[int, Optional[str], Optional[str]]:
         index, (text, max_tokens) = item
+        if silent.is_set():
+            return index, None, f"prompt {index}: not asked, the server stopped answering"
         body = json.dumps(request_inputs(accepted, text, max_tokens, False)).encode()
         req = urllib.request.Request(f"{http_url}/v2/models/{model}/generate", data=body,
                                      headers={"Content-Type": "application/json"})
@@ -197,6 +212,8 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
                 return index, json.loads(resp.read()).get("text_output", ""), None
         except OSError as exc:
+            if server_gone(str(exc)):
+                silent.set()
             return index, None, f"prompt {index}: {exc}"
 
     with ThreadPoolExecutor(4) as pool:
@@ -213,14 +230,17 @@ class LoadResult:
 def run_loadtest(
     spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, url: Optional[str] = None,
     grpc_url: Optional[str] = None, metrics_url: Optional[str] = None, locust_prefix: Sequence[str] = (),
-    title: Optional[str] = None, admin_key: Optional[str] = None,
+    title: Optional[str] = None, admin_key: Optional[str] = None, report: bool = True,
+    manifest_dir: Optional[Path] = None,
 ) -> LoadResult:
     """Run one load test into ``out_dir`` (an existing folder): records, Locust logs, results.json, report.
 
+    ``report=False`` skips the report pages (tune's many short rounds keep only results.json and records).
     ``locust_prefix`` wraps the Locust commands (e.g. ``taskset -c 0 nice -n 19``) to constrain the load
-    generator, as the client-bottleneck test does.
+    generator, as the client-bottleneck test does. ``manifest_dir``: the repository a ``url`` server
+    serves, when known, so the run records what was served (identity.run_identity).
     """
-    from generator.measure.report_loadtest import write_loadtest_report
+    from generator.measure.identity import run_identity
     from generator.measure.slo import evaluate, parse_slo
     from generator.measure.statistics import split_vs_stages, summarize
     from generator.measure.tritonstats import (
@@ -230,23 +250,21 @@ def run_loadtest(
         metrics_summary,
         stage_times,
     )
+    from generator.measure.target import resolve_served
     from generator.measure.verdict import client_verdict
     from generator.resources import loadtest_dir
 
     out_dir = Path(out_dir).resolve()
-    lt = spec.loadtest
-    lt = lt.model_copy(update={"workers": resolve_workers(lt.workers, available_cores())})
-    slo_terms = parse_slo(lt.slo) if lt.slo else None
-    for name in ("prompts", "trace"):
-        if getattr(lt, name) is not None:
-            lt = lt.model_copy(update={name: spec.path(getattr(lt, name))})
-    lt = lt.model_copy(update={"model": spec.loadtest_model, "tokenizer": spec.loadtest_tokenizer})
-    if lt.openai and lt.tokenizer is None:
+    slo_terms = parse_slo(spec.loadtest.slo) if spec.loadtest.slo else None
+    if spec.loadtest.openai and spec.loadtest_tokenizer is None:
         raise SpecError("an OpenAI-compatible server names no tokenizer folder", where="loadtest.tokenizer",
                         fix="pass --tokenizer DIR: a folder with the served model's tokenizer.json")
     records = out_dir / "records.jsonl"
     started = time.time()
-    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key, lt.openai) as endpoints:
+    with serving(repo_dir, url, grpc_url, metrics_url, out_dir / "triton.log", admin_key,
+                 spec.loadtest.openai) as endpoints:
+        lt = resolve_served(spec, endpoints.http_url, cores=available_cores(), ask_model=repo_dir is None,
+                            admin_key=endpoints.admin_key)
         options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
         triton = not lt.openai  # Triton's statistics API and one-piece generate exist only there
         before = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
@@ -279,16 +297,29 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
-                    loadtest=lt, integrity=integrity),
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=integrity),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
-    write_loadtest_report(out_dir, results)
+    _write_results(out_dir, results, report)
     return LoadResult(out_dir, results)
+
+
+def _write_results(out_dir: Path, results: LoadTestResult, report: bool) -> None:
+    """results.json with the report pages, or (tune's many short rounds) results.json alone."""
+    if report:
+        from generator.measure.report_loadtest import write_loadtest_report
+
+        write_loadtest_report(out_dir, results)
+    else:
+        from generator.fsutil import atomic_write_text
+
+        atomic_write_text(out_dir / "results.json", json.dumps(results.model_dump(mode="json"), indent=2))
 
 
 def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[str] = None) -> LoadResult:
     """The report of a run recorded elsewhere (the in-cluster Locust master's records.jsonl): the same
     statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
+    from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
     from generator.measure.statistics import summarize
     from generator.measure.verdict import client_verdict
@@ -301,9 +332,10 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
-    count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
+    lt = spec.resolved_loadtest(workers=len(processes) if len(processes) > 1 else 0)  # the processes that ran
+    count_tokens_after_run(requests, processes, lt.tokenizer)
     summary = summarize(requests)
-    open_loop = spec.loadtest.open_loop
+    open_loop = lt.open_loop
     client = client_verdict(processes, summary.latency_ms, open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
     results = LoadTestResult(
@@ -312,7 +344,8 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                    mode="open loop" if open_loop else "closed loop", loadtest=spec.loadtest, integrity=integrity),
+                    mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None),
+                    integrity=integrity),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from generator.errors import SpecError
+from generator.measure.metrics import Metric, lookup
 from generator.measure.results import ClientVerdict, SloVerdict, Summary, TermOutcome, TermResult, Verdict
 from generator.measure.verdict import client_margin_ms
 
@@ -27,41 +28,17 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
 }
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-# Latency metrics (fields of Summary.latency_ms) and the statistics (fields of Dist) they allow.
-_LATENCY = ("ttft", "itl_request", "itl", "e2e", "lateness")
-_STATS = ("p50", "p90", "p95", "p99", "mean", "max")
-# Other metrics: how to read them from a summary, and whether they are fractions (so % is allowed).
-_SCALARS: dict[str, tuple[Callable[[Summary], Optional[float]], bool]] = {
-    "error_rate": (lambda s: s.error_rate, True),
-    "check_failure_rate": (
-        lambda s: (sum(s.checks.failures.values()) / s.checks.checked) if s.checks.checked else None,
-        True,
-    ),
-    "requests_per_s": (lambda s: s.throughput.requests_per_s, False),
-    "output_tokens_per_s": (lambda s: s.throughput.output_tokens_per_s, False),
-}
 _TERM = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([a-z%]*)\s*$")
 
 
 @dataclass(frozen=True)
 class Term:
     text: str
-    metric: str
-    stat: Optional[str]
+    metric: Metric
+    """From the registry (metrics.METRICS)."""
     op: str
     limit: float
     """In ms for latency terms, as a fraction for rates, as given otherwise."""
-
-
-def _split_metric(name: str) -> tuple[str, Optional[str]]:
-    for metric in _LATENCY:
-        for stat in _STATS:
-            if name == f"{metric}_{stat}":
-                return metric, stat
-    if name in _SCALARS:
-        return name, None
-    known = [f"{m}_{{{'|'.join(_STATS)}}}" for m in _LATENCY] + list(_SCALARS)
-    raise SpecError(f"unknown SLO metric {name!r}", where="--slo", fix="use one of: " + ", ".join(known))
 
 
 def parse_slo(text: str) -> list[Term]:
@@ -73,29 +50,22 @@ def parse_slo(text: str) -> list[Term]:
             raise SpecError(f"cannot read SLO term {raw.strip()!r}", where="--slo",
                             fix='write METRIC<VALUE[UNIT], e.g. "ttft_p95<500ms,error_rate<0.1%"')
         name, op, value, unit = m.groups()
-        metric, stat = _split_metric(name)
+        metric = lookup(name, "--slo", "SLO metric")
         limit = float(value)
-        if stat is not None:
+        if metric.unit == "ms":
             if unit not in _TIME_UNITS:
                 raise SpecError(f"SLO term {raw.strip()!r} needs a time unit", where="--slo", fix="add us, ms or s")
             limit *= _TIME_UNITS[unit]
         elif unit == "%":
-            if not _SCALARS[metric][1]:
-                raise SpecError(f"{metric} is not a rate; drop the %", where="--slo", fix=f"write {metric} as a plain number")
+            if not metric.is_fraction:
+                raise SpecError(f"{name} is not a rate; drop the %", where="--slo", fix=f"write {name} as a plain number")
             limit /= 100.0
         elif unit:
-            raise SpecError(f"unit {unit!r} does not fit {metric}", where="--slo", fix=f"write {metric} without a unit")
-        terms.append(Term(raw.strip(), metric, stat, op, limit))
+            raise SpecError(f"unit {unit!r} does not fit {name}", where="--slo", fix=f"write {name} without a unit")
+        terms.append(Term(raw.strip(), metric, op, limit))
     if not terms:
         raise SpecError("empty SLO", where="--slo", fix='e.g. --slo "ttft_p95<500ms"')
     return terms
-
-
-def measured(term: Term, summary: Summary) -> Optional[float]:
-    if term.stat is not None:
-        block = getattr(summary.latency_ms, term.metric)
-        return None if block is None else getattr(block, term.stat)
-    return _SCALARS[term.metric][0](summary)
 
 
 def judge(term: Term, value: Optional[float], client_limited: bool, margin_ms: float) -> TermOutcome:
@@ -111,9 +81,17 @@ def judge(term: Term, value: Optional[float], client_limited: bool, margin_ms: f
         return TermOutcome.INCONCLUSIVE if client_limited else TermOutcome.PASS
     if not client_limited:
         return TermOutcome.FAIL
-    if term.stat is not None and term.op in ("<", "<="):
+    if term.metric.unit == "ms" and term.op in ("<", "<="):
         return TermOutcome.FAIL if not _OPS[term.op](value - margin_ms, term.limit) else TermOutcome.INCONCLUSIVE
-    return TermOutcome.FAIL if _SCALARS.get(term.metric, (None, False))[1] else TermOutcome.INCONCLUSIVE
+    return TermOutcome.FAIL if term.metric.is_fraction else TermOutcome.INCONCLUSIVE
+
+
+def overall(outcomes: Iterable[TermOutcome]) -> Verdict:
+    """A gate's verdict from its terms: fail if any failed, else pass only if every one passed."""
+    seen = set(outcomes)
+    if TermOutcome.FAIL in seen:
+        return Verdict.FAIL
+    return Verdict.PASS if seen == {TermOutcome.PASS} else Verdict.INCONCLUSIVE
 
 
 def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloVerdict:
@@ -125,20 +103,12 @@ def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloV
     margin = client_margin_ms(client) if client.client_limited else 0.0
     rows = []
     for term in terms:
-        value = measured(term, summary)
+        value = term.metric.read(summary)
         rows.append(TermResult(
-            term=term.text, metric=term.metric + (f"_{term.stat}" if term.stat else ""), op=term.op,
-            limit=term.limit, measured=value,
-            unit="ms" if term.stat else ("fraction" if _SCALARS[term.metric][1] else "per s"),
+            term=term.text, metric=term.metric.name, op=term.op, limit=term.limit, measured=value, unit=term.metric.unit,
             result=judge(term, value, client.client_limited, margin),
         ))
-    outcomes = {r.result for r in rows}
-    if TermOutcome.FAIL in outcomes:
-        verdict = Verdict.FAIL
-    elif outcomes != {TermOutcome.PASS}:
-        verdict = Verdict.INCONCLUSIVE
-    else:
-        verdict = Verdict.PASS
+    verdict = overall(r.result for r in rows)
     reason = (f"the load generator limited the run (its timestamps may be up to {margin:.1f} ms late)"
               if client.client_limited else None)
     return SloVerdict(verdict=verdict, exit_code=EXIT_CODES[verdict], terms=rows, reason=reason)

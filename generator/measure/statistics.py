@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Optional, Sequence
 
+from generator.measure.metrics import LATENCIES
 from generator.measure.records import CHECK_REFERENCE, CHECKS, RequestMetrics, empty_chunks, quantile_sample, request_metrics
 from generator.measure.results import (
     CheckSample,
@@ -174,15 +175,29 @@ def _checks(ok: Measured, references: dict[int, str]) -> Checks:
     )
 
 
+def populations(requests: list[dict[str, Any]], references: Optional[dict[int, str]] = None
+                ) -> tuple[Measured, Measured, Measured]:
+    """(every record, the measured ones: warm-up and cut-off requests excluded, the successful ones with text)."""
+    references = references or {}
+    rows = [(r, request_metrics(r, references.get(r["prompt"]))) for r in requests]
+    measured = [(r, m) for r, m in rows if not m.warmup and not r.get("cancelled")]
+    return rows, measured, [(r, m) for r, m in measured if m.ok and m.ttft_ns is not None]
+
+
+def latency(ok: Measured, measured: Measured) -> Latency:
+    """Every registered latency distribution (metrics.LATENCIES), in ms, from its population of requests."""
+    rows = {"ok": ok, "measured": measured}
+    return Latency(**{lat.key: _ms([v for r, m in rows[lat.population] for v in lat.values(r, m)])
+                      for lat in LATENCIES})
+
+
 def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str]] = None) -> Summary:
     """Every client-side figure of a run, from its request records (warm-up and cut-off requests excluded).
 
     ``references`` maps prompt indexes to their one-piece answers (see runner.reference_answers).
     """
     references = references or {}
-    rows = [(r, request_metrics(r, references.get(r["prompt"]))) for r in requests]
-    measured = [(r, m) for r, m in rows if not m.warmup and not r.get("cancelled")]
-    ok = [(r, m) for r, m in measured if m.ok and m.ttft_ns is not None]
+    rows, measured, ok = populations(requests, references)
     errors = [r for r, m in measured if not m.ok]
     window = _window(ok)
     out_tokens = sum(m.output_tokens or 0 for _, m in ok)
@@ -199,14 +214,7 @@ def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str
             output_tokens_per_s=out_tokens / window if window else None,
             input_tokens_per_s=in_tokens / window if window else None,
         ),
-        latency_ms=Latency(
-            ttft=_ms([m.ttft_ns for _, m in ok]),
-            itl=_ms([g for _, m in ok for g in m.gaps_ns]),
-            itl_request=_ms([m.itl_ns for _, m in ok if m.itl_ns is not None]),
-            e2e=_ms([m.e2e_ns for _, m in ok]),
-            lateness=_ms([m.lateness_ns for _, m in measured]),
-            conn_wait=_ms([r.get("conn_ns", 0) for r, _ in measured]),
-        ),
+        latency_ms=latency(ok, measured),
         tokens=Tokens(
             input=dist([m.input_tokens for _, m in ok if m.input_tokens is not None]),
             output=dist([m.output_tokens for _, m in ok if m.output_tokens is not None]),

@@ -24,7 +24,9 @@ from generator.errors import (
     ToolMissing,
     TritongenError,
 )
-from generator.measure.results import BestPoint, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
+from generator.measure.attainment import level_figures, objectives, request_rows
+from generator.measure.results import BestPoint, LevelFigures, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
+from generator.measure.slo import parse_slo
 from generator.spec import Spec, parse_override, with_overrides
 
 
@@ -46,8 +48,9 @@ class SweepPlan:
         return ", ".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1] for o in swept) or "spec"
 
 
-def plan_sweep(sets: list[str]) -> SweepPlan:
-    """``--set a.b=1,4,16`` makes an axis; ``--set a.b=1`` (no comma, or a YAML list) a fixed override."""
+def plan_sweep(sets: list[str], need_axis: bool = True) -> SweepPlan:
+    """``--set a.b=1,4,16`` makes an axis; ``--set a.b=1`` (no comma, or a YAML list) a fixed override.
+    Without an axis the plan is the one setting (``need_axis=False``, as tune allows) or an error."""
     fixed, axes = [], []
     for item in sets:
         keys, _ = parse_override(item)  # validates KEY=VALUE
@@ -60,7 +63,7 @@ def plan_sweep(sets: list[str]) -> SweepPlan:
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
-    if not axes:
+    if not axes and need_axis:
         raise SpecError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
                         "--set serving.max_batch_size=1,4,16")
     return SweepPlan(fixed, axes)
@@ -84,18 +87,20 @@ def best_point(points: list[SweepPoint], with_slo: bool) -> Optional[BestPoint]:
     best = max(candidates, key=lambda p: p.results.throughput.output_tokens_per_s)
     why = "passes the SLO" if with_slo else "no errors, load generator kept up"
     tps = best.results.throughput.output_tokens_per_s
+    lt = best.results.run.loadtest
+    load = f"{lt.request_rate:g} requests/s" if lt.request_rate is not None else f"{lt.users} users"
+    n = best.figures.requests if best.figures else best.results.counts.requests
     return BestPoint(label=best.label, overrides=best.overrides,
-                     reason=f"{why}; highest output throughput, {tps:.1f} tokens/s")
+                     reason=f"{why}; highest output throughput, {tps:.1f} tokens/s over {n} requests; best at this "
+                            f"load only ({load}), not the load it could sustain: tritongen tune finds that")
 
 
-def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
-                   progress: Callable[[str], None]) -> LoadTestResult:
-    """Render, validate, serve and load one point; each step raises its own TritongenError subclass."""
-    from generator.measure.runner import run_loadtest
+def prepare_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+                  progress: Callable[[str], None]) -> tuple[Spec, Path]:
+    """The point's spec, rendered and validated into OUT/repo; each step raises its own TritongenError subclass."""
     from generator.repo.problems import failing
     from generator.repo.render import render_repository
     from generator.repo.validate import validate_repository
-    from generator.serve.server import TritonServer
 
     pspec = with_overrides(spec, overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,33 +110,54 @@ def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, 
     if errors:
         raise CheckFailed("; ".join(p.message for p in errors[:3]), where=str(repo),
                           fix=f"tritongen validate {repo} shows each problem with its fix")
+    return pspec, repo
+
+
+def failure_status(exc: TritongenError) -> tuple[PointStatus, str]:
+    """How far a point got, from the class of the error that stopped it, and why."""
+    if isinstance(exc, (SpecError, PlanRefused, ArtifactMissing, ArtifactCorrupt)):  # the setting cannot be served
+        return PointStatus.INVALID, exc.message
+    if isinstance(exc, CheckFailed):
+        return PointStatus.VALIDATION, exc.message
+    if isinstance(exc, (ServerError, ToolMissing)):  # first line only: the rest is the server log's tail
+        return PointStatus.SERVER, exc.message.splitlines()[0]
+    return PointStatus.LOAD, exc.message.splitlines()[0]  # LoadTestError, or anything else while loading
+
+
+def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
+                   progress: Callable[[str], None]) -> LoadTestResult:
+    from generator.measure.runner import run_loadtest
+    from generator.serve.server import TritonServer
+
+    pspec, repo = prepare_point(spec, overrides, label, out_dir, gpu_visible, progress)
     progress(f"{label}: starting the server")
     with TritonServer(repo, log_file=out_dir / "triton.log") as server:
         progress(f"{label}: load test")
         return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                             metrics_url=server.metrics_url, title=f"Sweep point {label}",
-                            admin_key=server.admin_key).results
+                            admin_key=server.admin_key, manifest_dir=repo).results
 
 
 def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
               progress: Callable[[str], None]) -> SweepPoint:
     """One point, start to finish; a failure becomes the point's status (by its error class) and detail."""
     point = SweepPoint(label=label, overrides=overrides, dir=str(out_dir))
-
-    def failed(status: PointStatus, detail: str) -> SweepPoint:
-        return point.model_copy(update={"status": status, "detail": detail})
-
     try:
         results = _measure_point(spec, overrides, label, out_dir, gpu_visible, progress)
-    except (SpecError, PlanRefused, ArtifactMissing, ArtifactCorrupt) as exc:  # the setting cannot be served
-        return failed(PointStatus.INVALID, exc.message)
-    except CheckFailed as exc:
-        return failed(PointStatus.VALIDATION, exc.message)
-    except (ServerError, ToolMissing) as exc:  # first line only: the rest is the server log's tail
-        return failed(PointStatus.SERVER, exc.message.splitlines()[0])
-    except TritongenError as exc:  # LoadTestError, or anything else while loading
-        return failed(PointStatus.LOAD, exc.message.splitlines()[0])
-    return point.model_copy(update={"results": results})
+    except TritongenError as exc:
+        status, detail = failure_status(exc)
+        return point.model_copy(update={"status": status, "detail": detail})
+    return point.model_copy(update={"results": results, "figures": point_figures(out_dir, spec.loadtest.slo)})
+
+
+def point_figures(out_dir: Path, slo_text: Optional[str]) -> Optional[LevelFigures]:
+    """A completed point's figures with intervals, from its records (the SLO's per-request limits judged)."""
+    from generator.measure.runner import count_tokens_after_run, read_records
+
+    requests, processes = read_records(out_dir / "records.jsonl")
+    count_tokens_after_run(requests, processes)
+    rows = request_rows(requests, objectives(parse_slo(slo_text), strict=False) if slo_text else [])
+    return level_figures(rows) if rows else None
 
 
 def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from generator.repo.problems import ConfigText, Problem, Severity, type_name
-from generator.repo.render import BLS, EXTRA_PARAMETERS, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM, reference_facts
+from generator.repo.render import EXTRA_PARAMETERS, reference_facts
+from generator.resources import data_json
 
 KNOWN_BACKENDS = ("tensorrtllm", "python")
 
@@ -22,7 +23,7 @@ _INT_PARAMS = {
     "iter_stats_max_iterations", "request_stats_max_iterations", "lora_cache_optimal_adapter_size",
     "lora_cache_max_adapter_size", "lora_cache_host_memory_bytes", "cuda_graph_cache_size", "num_nodes",
     "max_num_images", "tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
-    "cpu_threads", "cpu_max_batch_tokens", "max_queue_size", "max_output_len",
+    "cpu_threads", "cpu_max_batch_tokens", "max_queue_size", "max_output_len", "cpu_step_delay_ms",
 }
 _FRACTION_PARAMS = {"kv_cache_free_gpu_mem_fraction", "cross_kv_cache_fraction", "lora_cache_gpu_memory_fraction",
                     "gpu_weights_percent"}
@@ -38,11 +39,15 @@ _ENUM_PARAMS = {
     "batch_scheduler_policy": ("max_utilization", "guaranteed_no_evict", "static_batch"),
     "dtype": ("bfloat16", "float16", "float32"),
 }
-REQUIRED_PARAMETERS = {
-    PREPROCESSING: ("tokenizer_dir",), POSTPROCESSING: ("tokenizer_dir",), TENSORRT_LLM: ("gpt_model_path",),
-    BLS: ("tensorrt_llm_model_name",),
-}
-"""Parameters a deployment cannot run without: left as a placeholder they are errors, not notes."""
+PLACEHOLDER_FILE = "placeholders_1.2.json"
+"""What NVIDIA's models do with a parameter left ``${…}`` or empty, per model and parameter, with the source read."""
+
+
+def placeholder_verdict(kind: str, key: str) -> tuple[str, str]:
+    """(verdict, why) for ``key`` of NVIDIA's model ``kind`` left as a placeholder or empty: ``unset`` (the model
+    uses its default), ``required`` (it fails) or ``literal`` (it uses the text itself); unlisted keys are unset."""
+    entry = data_json(PLACEHOLDER_FILE)["models"].get(kind, {}).get("parameters", {}).get(key)
+    return (entry["verdict"], entry["why"]) if entry else ("unset", "not read by NVIDIA's model")
 
 
 @dataclass
@@ -117,6 +122,22 @@ def check_interface(m: Model, report: Report) -> None:
                            "make it match; a required input that clients do not send fails every request")
 
 
+def _unfilled(m: Model, key: str, v: str, line: Optional[int], report: Report) -> None:
+    """A parameter left as fill_template.py's placeholder or empty: what the model that reads it does with that."""
+    verdict, why = placeholder_verdict(m.kind, key)
+    shown = f"left as placeholder {v!r}" if v else "left empty"
+    if verdict == "unset":
+        report.add(m.file, line, f"optional parameter {key!r} {shown}: the model reads it as unset ({why})",
+                   "nothing to do, or set a value / remove the parameter", Severity.note)
+    elif verdict == "required":
+        report.add(m.file, line, f"parameter {key!r} of {m.name} is {'still the template placeholder ' + repr(v) if v else 'empty'}; "
+                   f"the deployment needs it: {why}", f"fill it (e.g. fill_template.py {m.name}/config.pbtxt {key}:PATH), "
+                   "or re-render with `tritongen render`")
+    else:
+        report.add(m.file, line, f"parameter {key!r} of {m.name} is {shown}, and the model uses that text itself: {why}",
+                   "set a real value, or remove the parameter to leave it unset")
+
+
 def check_parameters(m: Model, report: Report) -> None:
     facts = reference_facts()["models"].get(m.kind)
     known = set(facts["parameters"]) | set(EXTRA_PARAMETERS.get(m.kind, ())) if facts else None
@@ -128,18 +149,10 @@ def check_parameters(m: Model, report: Report) -> None:
             report.add(m.file, line, f"unknown parameter {key!r} for {m.name} ({hint})",
                        f"rename it to {close[0]!r}" if close else "remove it")
         v = value.strip()
-        if "${" in v:
-            if key in REQUIRED_PARAMETERS.get(m.kind, ()):
-                report.add(m.file, line, f"parameter {key!r} of {m.name} is still the template placeholder {v!r}; "
-                           "the deployment needs it", f"fill it (e.g. fill_template.py {m.name}/config.pbtxt {key}:PATH), "
-                           "or re-render with `tritongen render`")
-            else:
-                report.add(m.file, line, f"optional parameter {key!r} left as placeholder {v!r}: the backend reads it "
-                           "as unset", "nothing to do, or set a value / remove the parameter", Severity.note)
+        if "${" in v or v == "":
+            _unfilled(m, key, v, line, report)
             continue
-        if v == "":
-            report.add(m.file, line, f"parameter {key!r} is empty", "remove it (unset optional parameters are omitted)")
-        elif key in _INT_PARAMS:
+        if key in _INT_PARAMS:
             if not re.fullmatch(r"-?\d+", v) or int(v) < 0:
                 report.add(m.file, line, f"parameter {key!r} must be a non-negative integer, got {value!r}",
                            "write a whole number")

@@ -3,11 +3,11 @@ Kubernetes server pods. Pure."""
 
 from __future__ import annotations
 
-ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory", "statistics")
-"""Triton APIs that change or reveal the server's state: restricted to requests carrying the key."""
+ADMIN_APIS = ("model-repository", "logging", "trace", "shared-memory")
+"""Triton APIs that change the server's state or list its repository: restricted to requests carrying the key.
+Statistics stay open: NVIDIA's perf_analyzer (and genai-perf, Model Analyzer on top of it) reads them around
+every measurement, and the same per-model figures are public on the metrics port anyway."""
 ADMIN_HEADER = "tritongen-admin-key"
-GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-"""The same key as gRPC metadata: Triton prefixes restricted-protocol headers on gRPC (perf_analyzer: ``-H``)."""
 
 
 def restriction_flags(key: str) -> list[str]:

@@ -7,7 +7,7 @@ read them without pulling in an HTTP or gRPC client; generator/serve/client.py s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 REPLACEMENT = "\ufffd"
 
@@ -57,3 +57,9 @@ def joined_text(texts: Sequence[str], cumulative: bool) -> str:
     if cumulative:
         return next((t for t in reversed(texts) if t), "")
     return "".join(texts)
+
+
+def config_param(config: Mapping[str, Any], key: str) -> Optional[str]:
+    """A served model config's (JSON) string parameter; None when absent, empty or still a ``${…}`` placeholder."""
+    value = (config.get("parameters", {}).get(key) or {}).get("string_value")
+    return value if value and not value.startswith("${") else None

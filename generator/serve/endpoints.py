@@ -65,3 +65,19 @@ class Endpoints:
 
     def locust_host(self, protocol: str) -> str:
         return f"grpc://{self.grpc_url}" if protocol == "grpc-stream" else self.http_url
+
+
+def http_status_fix(status: int) -> str:
+    """The fix for an HTTP error status a Triton server answered with (Triton answers 400 for an unknown or
+    unready model as well as for a bad input, 403 for an API closed by a restriction header)."""
+    if status in (401, 403):
+        return ("this API is closed by the server's admin key: pass --admin-key KEY (or set TRITONGEN_ADMIN_KEY; "
+                "`tritongen serve` prints the file that holds it)")
+    if status == 404:
+        return "the server has no such path or model: check --url and --model against what it serves (tritongen smoke --url URL)"
+    if status == 400:
+        return ("the server refused the request: its message says which model or input; check that the model is "
+                "served and ready (GET /v2/models/NAME/ready) and that --model names it")
+    if status >= 500:
+        return "the server failed while answering: read its log (the model's traceback is there)"
+    return f"the server answered HTTP {status}: check --url and the server's log"

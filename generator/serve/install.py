@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from generator.errors import ToolMissing
-from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, GRPC_ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
+from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
 
 RUN_EXIT_TIMEOUT_S = 2
-"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``)."""
+"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``).
+Triton 2.51 counts its models' unloading against the same timeout (unloading the CPU engine took 12 s on
+the loaded 2-core machine), so these servers usually exit before their stubs: ``TritonServer.stop``
+then ends the stubs before it reaps the server, which keeps them from segfaulting."""
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 

@@ -43,8 +43,7 @@ from generator.serve.install import (
 )
 
 SHM_DIR = Path("/dev/shm")
-_STUB_GRACE_S = 2.0
-"""How long the Python backend stubs may take to exit after tritonserver itself has."""
+STUB_NAME = "triton_python_backend_stub"
 _WORKDIR_PREFIX = "tritongen-server-"
 
 
@@ -164,6 +163,8 @@ class TritonServer:
         self._workdir: Optional[Path] = None
         self._log_handle = None
         self._start_failed = False
+        self.ready_stubs: dict[int, str] = {}
+        """pid -> model name of each Python backend stub when the server became ready."""
         self._exited_on_its_own = False
 
     # ------------------------------------------------------------------ addresses
@@ -183,6 +184,32 @@ class TritonServer:
     @property
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
+
+    def stubs(self) -> dict[int, str]:
+        """pid -> model name of each running Python backend stub of this server (one per model instance)."""
+        import psutil
+
+        found: dict[int, str] = {}
+        if self.process is None:
+            return found
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return found
+        for proc in children:
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                continue
+            if len(cmd) > 1 and cmd[0].endswith(STUB_NAME) and proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = Path(cmd[1]).parts[-3]
+        return found
+
+    def dead_stubs(self) -> dict[int, str]:
+        """The stubs that ran when the server became ready and have exited since (pid -> model name).
+        Triton 2.51 neither restarts such a stub nor marks its model unready: its requests just fail or hang."""
+        now = self.stubs()
+        return {pid: model for pid, model in self.ready_stubs.items() if pid not in now}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -225,6 +252,7 @@ class TritonServer:
             self._launch(install, backend_dir, env, append=attempt > 0)
             try:
                 self._wait_ready(timeout_s)
+                self.ready_stubs = self.stubs()
                 return self
             except _PortTaken:
                 self._terminate()
@@ -354,22 +382,24 @@ class TritonServer:
             self._cleanup()
 
     def _terminate(self, timeout_s: float = 20.0) -> None:
-        """The server drains its in-flight requests (``--exit-timeout-secs``) and exits; its Python stubs
-        then have nothing left to serve, so they get a short grace, not the whole timeout, before SIGKILL
-        (they outlive a server that exits on its timeout until killed)."""
+        """The server drains its in-flight requests and unloads its models (``--exit-timeout-secs`` for
+        both), then exits. A stub still there has been abandoned (the timeout cut its model's unloading
+        short) and is SIGKILLed *before* the server is reaped: Triton 2.51's stub takes its parent for
+        alive while ``kill(parent, 0)`` succeeds, which a zombie does, and the moment it sees the parent
+        gone it tears itself down under its own running threads and segfaults (``Non-graceful termination
+        detected``, then ``segfault at 1c8`` in ``triton_python_backend_stub`` or in libc's ``sem_wait``)."""
         group, process, self._group, self.process = self._group, self.process, None, None
         if group is None:
             return
         if process is not None and process.poll() is not None:
             self._exited_on_its_own = True  # its log says why: keep it (the error names it)
         group.signal(signal.SIGTERM)
-        try:
-            if process is not None:
-                process.wait(timeout=timeout_s)
-            grace = _STUB_GRACE_S
-        except subprocess.TimeoutExpired:
-            grace = 0.0
-        group.stop(grace)
+        if process is not None:
+            _wait_exit_unreaped(process.pid, timeout_s)
+        group.signal(signal.SIGKILL)  # abandoned stubs (and, past timeout_s, the server itself)
+        if process is not None:
+            process.wait()
+        group.stop(0.0)
 
     def _cleanup(self) -> None:
         if self._log_handle:
@@ -389,6 +419,19 @@ class TritonServer:
             else:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def _wait_exit_unreaped(pid: int, timeout_s: float) -> bool:
+    """Wait until child ``pid`` has exited, leaving it a zombie (not reaped); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # already reaped elsewhere
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class _PortTaken(Exception):

@@ -75,6 +75,15 @@ def same_text(streamed: str, whole: str) -> tuple[bool, str]:
     return False, f"differ at char {at}: streamed {streamed[at:at + 20]!r} vs {whole[at:at + 20]!r}"
 
 
+_DEAD_STUB = re.compile(r"Stub process '(.+?)_\d+_\d+' is not healthy")
+
+
+def down_models(details: Sequence[str]) -> list[str]:
+    """Models whose Python backend stub died, from what the checks got back: Triton 2.51 answers their
+    requests with "Stub process 'MODEL_GROUP_INDEX' is not healthy" while still reporting them ready."""
+    return sorted({m.group(1) for d in details for m in _DEAD_STUB.finditer(d)})
+
+
 def stop_word_candidates(pieces: Sequence[str], limit: int = 3) -> list[tuple[str, str, str]]:
     """(word, text through the word, text before it) for streamed pieces that can serve as a stop
     word: printable, not seen earlier in the stream, not the first piece."""
@@ -108,6 +117,8 @@ class SmokeReport:
     model: str
     dialect: str = ENSEMBLE.name
     checks: list[Check] = field(default_factory=list)
+    down_models: list[str] = field(default_factory=list)
+    """Models whose Python stub died (their requests came back "not healthy")."""
 
     @property
     def ok(self) -> bool:
@@ -119,7 +130,7 @@ class SmokeReport:
 
     def to_dict(self) -> dict:
         return {"http_url": self.http_url, "grpc_url": self.grpc_url, "model": self.model, "dialect": self.dialect,
-                "ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
+                "ok": self.ok, "down_models": self.down_models, "checks": [c.__dict__ for c in self.checks]}
 
 
 class CheckFailed(Exception):
@@ -439,6 +450,13 @@ class Smoke:
             self.check(name, fn)
         for name, fn in self.plan()[head:]:
             self.check(name, fn)
+        down = down_models([c.detail for c in self.report.checks])
+        if down:
+            self.report.down_models = down
+            self.report.checks.append(Check(
+                "models up", False,
+                f"model {', '.join(repr(m) for m in down)} is down: its Python backend stub died. Triton 2.51 "
+                "still reports it ready and never restarts it; restart the server (see its log and dmesg)"))
         return self.report
 
 

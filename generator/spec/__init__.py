@@ -1,6 +1,7 @@
 """The typed spec every stage reads (``schema``, its sections in ``build``, ``serving``, ``loadtest``), how it is
 loaded (``load``) and documented (``doc``)."""
 
+from generator.spec.loadtest import ResolvedLoadTest
 from generator.spec.load import apply_overrides, load_spec, parse_override, spec_from_dict, with_overrides
 from generator.spec.schema import (
     REFERENCE_MODEL,
@@ -8,6 +9,7 @@ from generator.spec.schema import (
     BuildSpec,
     CalibrationSpec,
     EngineTarget,
+    GateSpec,
     KVCacheFormat,
     KubernetesSpec,
     LoadTestSpec,
@@ -18,11 +20,12 @@ from generator.spec.schema import (
     ServingSpec,
     Spec,
     TopologySpec,
+    TuneSpec,
 )
 
 __all__ = [
-    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
-    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ServingSpec",
-    "Spec", "TopologySpec",
+    "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat", "GateSpec",
+    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec", "ResolvedLoadTest",
+    "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
     "apply_overrides", "load_spec", "parse_override", "spec_from_dict", "with_overrides",
 ]

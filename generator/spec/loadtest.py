@@ -98,13 +98,17 @@ class LoadTestSpec(Section):
     """Requests sent and discarded before measuring."""
 
     workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = 0
-    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: one per
-    core this process may run on (os.sched_getaffinity), a single process when that is one core. A Locust
-    process uses at most one core: its measured ceiling is in docs/benchmarks.md."""
+    """Distributed Locust: worker processes under one master (0 runs a single process); ``auto``: as many as
+    the load needs at 70% of the measured per-process ceiling (open loop: request_rate times the mean answer
+    length; closed loop: the most one Triton server streamed), at most one per user and per core beside the
+    master; one process when one is enough. A Locust process uses at most one core: its measured ceiling is
+    in docs/benchmarks.md."""
 
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its
-    end for requests still in flight (they finish and count, instead of being cut off)."""
+    end for requests still in flight (they finish and count, instead of being cut off). Such a silent
+    request, or a "Stub process ... is not healthy" answer (a model's Python stub died), ends the run at
+    once: the requests still in flight count as errors and no reference answers are asked."""
 
     reference_checks: int = Field(100, ge=0)
     """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
@@ -112,6 +116,10 @@ class LoadTestSpec(Section):
 
     slo: Optional[str] = None
     """SLO gate, e.g. ``ttft_p95<500ms,itl_p95<50ms,error_rate<0.1%``; a violation exits non-zero."""
+
+    repeat: int = Field(1, ge=1, le=100)
+    """Run the same seeded load this many times on the same server, every run kept (OUT/run-01, ...); the
+    report gives each figure's run-to-run spread and interval, which a release gate needs."""
 
     @property
     def open_loop(self) -> bool:
@@ -134,3 +142,45 @@ class LoadTestSpec(Section):
         if self.openai_body is not None and not self.openai:
             raise ValueError("loadtest.openai_body applies to the openai-chat and openai-completions protocols")
         return self
+
+
+class ResolvedLoadTest(LoadTestSpec):
+    """The load test as it runs: ``loadtest`` with every value it leaves open decided (``Spec.resolved_loadtest``).
+
+    The local run, the distributed run, ``--records`` and the in-cluster manifest all take this type, so none of
+    them meets ``workers: auto``, an unnamed Triton model or a relative path.
+    """
+
+    workers: int = Field(0, ge=0)
+    """Locust worker processes under one master as run (0: a single process)."""
+
+    model: Optional[str] = None
+    """The model the users call; None only on an OpenAI-compatible server (its first listed model)."""
+
+    @property
+    def processes(self) -> int:
+        """Locust processes that send requests: the workers, or the single process."""
+        return max(self.workers, 1)
+
+
+def worker_count(workers: Union[int, str], cores: int) -> int:
+    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
+    if workers != "auto":
+        return int(workers)
+    return cores if cores > 1 else 0
+
+
+class GateSpec(Section):
+    """The regression gate: a load test compared with a saved baseline (``tritongen baseline save``)."""
+
+    baseline: Optional[Path] = None
+    """Baseline file (or load-test folder) that ``tritongen loadtest`` compares its run with."""
+
+    max_change: Optional[str] = None
+    """Largest change each metric may show against the baseline, e.g. ``ttft_p95:+10%,throughput:-5%``
+    (latencies and throughput relative; rates such as ``error_rate:+0.5%`` in percentage points). A term
+    fails (exit 1) only when its whole confidence interval lies beyond the limit, passes when the whole
+    interval lies within it, and is inconclusive (exit 3) otherwise."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Coverage of the intervals that compare and the gate use."""

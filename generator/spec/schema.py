@@ -18,13 +18,14 @@ from generator.spec.build import (
     REFERENCE_MODEL, BuildSpec, CalibrationSpec, EngineTarget, KVCacheFormat, ModelSpec, PluginOverrides, QuantFormat,
     QuantizationSpec,
 )
-from generator.spec.loadtest import LoadTestSpec
+from generator.spec.loadtest import GateSpec, LoadTestSpec, ResolvedLoadTest, worker_count
 from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
+from generator.spec.tune import TuneSpec
 
 __all__ = [
     "REFERENCE_MODEL", "ArtifactsSpec", "BuildSpec", "CalibrationSpec", "EngineTarget", "KVCacheFormat",
-    "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
-    "ServingSpec", "Spec", "TopologySpec",
+    "GateSpec", "KubernetesSpec", "LoadTestSpec", "ModelSpec", "PluginOverrides", "QuantFormat", "QuantizationSpec",
+    "ServingSpec", "Spec", "TopologySpec", "TuneSpec",
 ]
 
 
@@ -65,6 +66,12 @@ class Spec(Section):
 
     loadtest: LoadTestSpec = Field(default_factory=LoadTestSpec)
     """Load-test defaults."""
+
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    """How ``tritongen tune`` searches each setting's goodput under loadtest.slo."""
+
+    gate: GateSpec = Field(default_factory=GateSpec)
+    """Release gate: the baseline a load test is compared with and the largest change allowed."""
 
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     """Where stage outputs go."""
@@ -156,10 +163,11 @@ class Spec(Section):
             "trtllm_checkpoint_dir": self.trtllm_checkpoint_dir,
             "folder": self.base_dir,
         }
-        for name in ("prompts", "tokenizer", "trace"):
-            value = getattr(self.loadtest, name)
+        for section, name in (("loadtest", "prompts"), ("loadtest", "tokenizer"), ("loadtest", "trace"),
+                              ("gate", "baseline")):
+            value = getattr(getattr(self, section), name)
             if value is not None:
-                named[f"loadtest.{name}"] = self.path(value)
+                named[f"{section}.{name}"] = self.path(value)
         return {f"the spec's {name}": path for name, path in named.items() if name not in except_}
 
     @property
@@ -178,6 +186,22 @@ class Spec(Section):
         if self.serving.engine is EngineTarget.llmapi:
             return self.serving_weights_dir
         return None
+
+    def resolved_loadtest(self, *, cores: int = 1, workers: Optional[int] = None, served_model: Optional[str] = None,
+                          served_tokenizer: Optional[Path] = None) -> ResolvedLoadTest:
+        """The load test as it runs. ``workers``: the processes that ran or will run, when something other than
+        ``loadtest.workers`` decides it (records of a run, the in-cluster manifest, and ``auto`` sized from the
+        recorded ceiling by measure/ceiling.resolve_workers); else ``auto`` means one per core of ``cores``. ``served_model`` / ``served_tokenizer``: what a running server says, used where the
+        spec leaves the field unset (the model before the spec's target, the tokenizer after it)."""
+        lt = self.loadtest
+        return ResolvedLoadTest.model_validate(dict(
+            lt.model_dump(),
+            workers=worker_count(lt.workers, cores) if workers is None else workers,
+            model=lt.model or served_model or self.loadtest_model,
+            tokenizer=self.loadtest_tokenizer or served_tokenizer,
+            prompts=self.path(lt.prompts) if lt.prompts is not None else None,
+            trace=self.path(lt.trace) if lt.trace is not None else None,
+        ))
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"base_dir"})

@@ -143,6 +143,37 @@ def triton_error(exc: BaseException, model: str, log=None):
     return pb_utils.TritonError(message, codes[kind])
 
 
+# ---------------------------------------------------------------- Triton 2.51's stub and threads
+
+
+def requested_only(request, tensors: dict):
+    """The ``{name: array}`` outputs that ``request`` asked for, as ``pb_utils.Tensor`` objects.
+
+    Every response a decoupled model sends must hold only these. Triton 2.51's ``ResponseSender.send``
+    drops the other outputs with the GIL released, and a dropped tensor that nothing else references
+    frees its numpy array without the GIL: that corrupts the interpreter's allocator and the stub dies
+    later with a segfault in ``_PyObject_Malloc`` (python_backend r24.10; upstream fixed it in 24.12,
+    PR #390). A request that names no outputs asks for all of them (Triton fills the list)."""
+    import triton_python_backend_utils as pb_utils
+
+    wanted = set(request.requested_output_names())
+    return [pb_utils.Tensor(name, value) for name, value in tensors.items() if name in wanted]
+
+
+def bls_stream(request, responses):
+    """The responses of a decoupled BLS call (``exec(decoupled=True)``), for a model serving ``request``.
+
+    When the last response has been read, Triton 2.51's stub queues the stream's cleanup for its
+    stub-to-parent thread, which frees the stream there, without the GIL, if Python has already
+    dropped it: the same unlocked free of numpy arrays as in ``requested_only``. A cancellation query
+    goes through the same first-in-first-out queue and waits for its answer, so once it returns the
+    cleanup is done and Python holds the last reference (python_backend r24.10, pb_stub.cc
+    ``ServiceStubToParentRequests`` / ``SendCleanupId``). A stream left early is not cleaned up
+    until the model unloads, when the stub frees it holding the GIL."""
+    yield from responses
+    request.is_cancelled()
+
+
 def error_response(exc: BaseException, model: str, log=None):
     import triton_python_backend_utils as pb_utils
 

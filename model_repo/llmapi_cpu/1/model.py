@@ -23,7 +23,9 @@ import triton_python_backend_utils as pb_utils
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_common import PromptLimit, load_tokenizer, parameters, required, triton_error  # noqa: E402
+from model_common import (  # noqa: E402
+    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error,
+)
 
 _SAMPLING_TO_ENGINE = {
     "sampling_param_temperature": ("temperature", np.float32),
@@ -40,6 +42,11 @@ generator/data/llmapi_1.2.json, sources.request_semantics): what the LLM
 API generates when a request gives no sampling_param_max_tokens."""
 
 CANCELLED = "Request cancelled by client"
+
+FINALIZE_WAIT_S = 20.0
+"""How long unloading waits for requests in progress: each ends at its next engine step once cancelled,
+and the engine ends its own requests when it unloads. Below the 30 s tritongen's servers give their
+models to unload (install.RUN_EXIT_TIMEOUT_S)."""
 
 PERF_TIMES = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
 """Upstream returns the LLM engine's own time points; here the CPU engine's, on the same clock
@@ -83,13 +90,17 @@ class TritonPythonModel:
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
         self.lock = threading.Lock()
-        self.cancel_events = {}  # request id -> {threading.Event: text_input} of the requests in progress
+        self.cancel_events = {}  # request id ("" for none) -> {threading.Event: text_input} of each request in progress
+        self.threads = set()  # the threads serving requests (decoupled mode)
 
     def execute(self, requests):
         if not self.decoupled:
             return [self._serve_one(request) for request in requests]
         for request in requests:
-            threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True).start()
+            thread = threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True)
+            with self.lock:
+                self.threads.add(thread)
+            thread.start()
         return None
 
     def _serve_one(self, request):
@@ -107,20 +118,34 @@ class TritonPythonModel:
                 self._stop(rid, sender, _strings(request, "text_input"))
                 return
             cancelled = threading.Event()
-            if rid:
-                with self.lock:
-                    self.cancel_events.setdefault(rid, {})[cancelled] = _strings(request, "text_input")
+            with self.lock:
+                self.cancel_events.setdefault(rid, {})[cancelled] = _strings(request, "text_input")
             try:
                 self._serve(request, sender, cancelled)
             finally:
-                if rid:
-                    with self.lock:
-                        self.cancel_events.get(rid, {}).pop(cancelled, None)
-                        if not self.cancel_events.get(rid):
-                            self.cancel_events.pop(rid, None)
+                with self.lock:
+                    self.cancel_events.get(rid, {}).pop(cancelled, None)
+                    if not self.cancel_events.get(rid):
+                        self.cancel_events.pop(rid, None)
         except Exception as exc:  # one failing request must not take the others down
             sender.send(pb_utils.InferenceResponse(error=_client_error(exc)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            with self.lock:
+                self.threads.discard(threading.current_thread())
+
+    def finalize(self):
+        """End the requests in progress and wait for their threads. Triton 2.51's stub frees its shared
+        memory right after ``finalize`` returns: a thread still inside a ``pb_utils`` call then crashes
+        the stub (segfault in libc's ``sem_wait``), so none may be left."""
+        with self.lock:
+            for events in self.cancel_events.values():
+                for event in events:
+                    event.set()
+            threads = list(self.threads)
+        deadline = time.monotonic() + FINALIZE_WAIT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _stop(self, rid, sender, texts):
         """A ``stop`` request: cancel the requests in progress with this id and this prompt; the stop
@@ -166,12 +191,13 @@ class TritonPythonModel:
         stop_hit = None
         aborted = False
         engine_times = {}
-        responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
+        stream = engine_request.exec(decoupled=True) if self.decoupled else None
+        responses = bls_stream(request, stream) if self.decoupled else [engine_request.exec()]
         for response in responses:
             if cancelled is not None and cancelled.is_set():
                 aborted = True
-                if hasattr(responses, "cancel"):
-                    responses.cancel()
+                if hasattr(stream, "cancel"):  # Triton 24.12+ only; 2.51's engine finishes the request
+                    stream.cancel()
                 break
             if response.has_error():
                 raise pb_utils.TritonModelException(response.error().message())
@@ -189,10 +215,10 @@ class TritonPythonModel:
             generated += new
             text, stop_hit = self._text(generated, stops)
             if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
-                sender.send(self._response(text, None, None, {}, ()))
+                sender.send(self._response(request, text, None, None, {}, ()))
             if stop_hit is not None:
-                if hasattr(responses, "cancel"):  # tell the engine; it stops at its next step
-                    responses.cancel()
+                if hasattr(stream, "cancel"):  # tell the engine; it stops at its next step
+                    stream.cancel()
                 break
         text, stop_hit = self._text(generated, stops)
         if aborted:
@@ -204,7 +230,7 @@ class TritonPythonModel:
         now = time.perf_counter_ns()
         times = (arrival, engine_times.get("first_scheduled_time_ns", arrival),
                  engine_times.get("first_token_time_ns", first_token or now), engine_times.get("last_token_time_ns", now))
-        final = self._response(text, finish, stop_hit, wants, times)
+        final = self._response(request, text, finish, stop_hit, wants, times)
         if sender is None:
             return final
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -253,13 +279,12 @@ class TritonPythonModel:
         return text[:pos], stop
 
     @staticmethod
-    def _response(text, finish, stop, wants, times):
-        out = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+    def _response(request, text, finish, stop, wants, times):
+        out = {"text_output": np.array([text.encode("utf-8")], dtype=np.object_)}
         if wants.get("return_finish_reason"):
-            out.append(pb_utils.Tensor("finish_reason", np.array([str(finish).encode()], dtype=np.object_)))
+            out["finish_reason"] = np.array([str(finish).encode()], dtype=np.object_)
         if wants.get("return_stop_reason"):
-            out.append(pb_utils.Tensor("stop_reason", np.array([str(stop).encode()], dtype=np.object_)))
+            out["stop_reason"] = np.array([str(stop).encode()], dtype=np.object_)
         if wants.get("sampling_param_return_perf_metrics") and times:
-            names = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
-            out += [pb_utils.Tensor(n, np.array([v], dtype=np.int64)) for n, v in zip(names, times)]
-        return pb_utils.InferenceResponse(output_tensors=out)
+            out.update((n, np.array([v], dtype=np.int64)) for n, v in zip(PERF_TIMES, times))
+        return pb_utils.InferenceResponse(output_tensors=requested_only(request, out))

@@ -34,7 +34,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, ServerBusy, ServerFault, error_response, flag, parameters, required,
+    RequestError, ServerBusy, ServerFault, error_response, flag, parameters, required, requested_only,
 )
 
 MODEL = "tensorrt_llm_bls"
@@ -257,14 +257,14 @@ class TritonPythonModel:
                 yield key, tail, None
 
     @staticmethod
-    def _response(texts, engine_response):
-        tensors = [pb_utils.Tensor("text_output", np.array([t.encode("utf-8") for t in texts], dtype=np.object_))]
+    def _response(request, texts, engine_response):
+        tensors = {"text_output": np.array([t.encode("utf-8") for t in texts], dtype=np.object_)}
         if engine_response is not None:
             for name in _PASSTHROUGH_OUTPUTS:
                 tensor = pb_utils.get_output_tensor_by_name(engine_response, name)
                 if tensor is not None:
-                    tensors.append(pb_utils.Tensor(name, tensor.as_numpy()))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+                    tensors[name] = tensor.as_numpy()
+        return pb_utils.InferenceResponse(output_tensors=requested_only(request, tensors))
 
     def _run(self, request, sender):
         """Stream pieces to ``sender`` and return None, or return one response with the whole text."""
@@ -275,12 +275,12 @@ class TritonPythonModel:
             whole[key] = [a + b for a, b in zip(whole[key], pieces)] if key in whole else pieces
             last[key] = engine_response or last.get(key)
             if streaming:
-                sender.send(self._response(whole[key] if self.accumulate else pieces, last[key]))
+                sender.send(self._response(request, whole[key] if self.accumulate else pieces, last[key]))
         if streaming:
             return None
         keys = sorted(whole)
         texts = [t for key in keys for t in whole[key]] or [""]
-        return self._response(texts, last[keys[-1]] if keys else None)
+        return self._response(request, texts, last[keys[-1]] if keys else None)
 
     def _serve(self, request):
         """One request from start to end; returns its response when the model is not decoupled."""

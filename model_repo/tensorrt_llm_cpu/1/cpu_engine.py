@@ -144,6 +144,8 @@ class CpuEngine:
             # guaranteed_no_evict admits only what fits, so the manager never needs its eviction headroom
             safety_margin=0.0 if s.guaranteed_no_evict else None,
         )
+        if s.cpu_step_delay_ms:
+            self._slow_down(s.cpu_step_delay_ms / 1000.0)
         generation_config = GenerationConfig(do_sample=False, eos_token_id=-1, max_new_tokens=1)
         manager = self.model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=cb_config
@@ -158,6 +160,16 @@ class CpuEngine:
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="cpu-engine-output", daemon=True)
         self._dispatcher.start()
         self.log(self.describe())
+
+    def _slow_down(self, seconds: float) -> None:
+        """Every forward pass (one per engine step) takes ``seconds`` longer: a known per-token slowdown."""
+        forward = self.model.forward
+
+        def slowed(*args, **kwargs):
+            time.sleep(seconds)
+            return forward(*args, **kwargs)
+
+        self.model.forward = slowed
 
     def describe(self) -> str:
         s = self.settings

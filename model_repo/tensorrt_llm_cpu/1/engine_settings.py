@@ -54,12 +54,15 @@ class EngineSettings:
     cpu_threads: int | None = None
     cancellation_check_period_ms: int = 100
     stats_check_period_ms: int = 100
+    cpu_step_delay_ms: int = 0
+    """Added to every forward pass (prefill or decode step): a server slowed by a known amount per token,
+    which the release gate's tests must catch. Never rendered; set by hand in a copied repository."""
 
     _INTS = ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
              "cpu_max_batch_tokens", "max_queue_size")
     _BOOLS = ("enable_kv_cache_reuse", "enable_chunked_context", "exclude_input_in_output")
     _OPTIONAL_INTS = ("max_tokens_in_paged_kv_cache", "cpu_threads", "cancellation_check_period_ms",
-                      "stats_check_period_ms")
+                      "stats_check_period_ms", "cpu_step_delay_ms")
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], max_batch_size: int) -> "EngineSettings":

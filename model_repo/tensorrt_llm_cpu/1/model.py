@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cpu_engine import CpuEngine, load_model  # noqa: E402
 from engine_settings import MODEL, EngineSettings  # noqa: E402
-from model_common import RequestError, parameters, triton_error  # noqa: E402
+from model_common import RequestError, parameters, requested_only, triton_error  # noqa: E402
 from trtllm_io import parse_request, stop_prompt  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -32,18 +32,18 @@ def _error(exc: Exception):
 
 
 class _StreamSink:
-    """Responses of one request through its decoupled response sender."""
+    """Responses of one request through its decoupled response sender (only the outputs it asked for)."""
 
-    def __init__(self, sender):
-        self.sender = sender
+    def __init__(self, request):
+        self.request = request
+        self.sender = request.get_response_sender()
 
     def send(self, tensors, final):
         flags = _FINAL if final else 0
         if tensors is None:
             self.sender.send(flags=flags)
             return
-        outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
-        self.sender.send(pb_utils.InferenceResponse(output_tensors=outputs), flags=flags)
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=requested_only(self.request, tensors)), flags=flags)
 
     def send_error(self, error, final):
         # The error and the final flag go in two sends: in one, Triton 2.51 hangs a BLS caller.
@@ -152,7 +152,7 @@ class TritonPythonModel:
         if not self.decoupled:
             return self._execute_blocking(requests)
         for request in requests:
-            sink = _StreamSink(request.get_response_sender())
+            sink = _StreamSink(request)
             try:
                 self._submit(request, sink)
             except Exception as exc:  # one bad request must not leave the others of this batch unanswered

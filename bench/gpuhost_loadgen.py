@@ -1,0 +1,256 @@
+"""The load generator on a many-core GPU host, saturated: tritongen's Locust users and perf_analyzer side by
+side, each pinned to one core; where the CPU of a saturated Locust process goes; how many processes one
+Triton server needs (``--workers`` 1..N and ``auto``); what the client verdict says of each.
+
+The server is bench_loadgen.py's trivial model (N one-token responses per request at once) with
+``--instances`` model instances, pinned to every CPU but the last; the one-core clients run on the last
+(``taskset``), the multi-process runs anywhere. Every tritongen run is ``run_loadtest`` (the records,
+verdict and capacity a user gets); perf_analyzer takes the same prompts and concurrency (sidebyside.py's
+command). Per client core-second: requests completed / the client's CPU time (tritongen: its process
+records; perf_analyzer: its CPU as a child process, all of it).
+
+    python bench/gpuhost_loadgen.py --perf-analyzer PA --out OUT [--users 64,256 --rounds 2 --seconds 8]
+
+On a host without network, bench/gpuhost/setup.sh installs what this needs first. Writes OUT/gpuhost.json
+and prints Markdown tables (recorded in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_loadgen import trivial_repo  # noqa: E402
+from profile_loadgen import categorize  # noqa: E402
+from sidebyside import children_cpu_s, perf_analyzer_input  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                         text=True).stdout.strip() if shutil.which("nvidia-smi") else "no GPU"
+    return f"{os.cpu_count()} CPUs ({cpu}), {gpu}, Python {platform.python_version()}"
+
+
+def tokenizer_dir(work: Path) -> Path:
+    """The tiny test model's tokenizer only (no model training: the trivial model needs none)."""
+    from generator.model.tinymodel import corpus_paragraphs, train_tokenizer
+
+    out = work / "tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(corpus_paragraphs()).save(str(out / "tokenizer.json"))
+    return out
+
+
+def repo(work: Path, tokenizer: Path, instances: int) -> Path:
+    root = trivial_repo(work / "repo", tokenizer)
+    config = root / "ensemble" / "config.pbtxt"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("count: 1 kind: KIND_CPU", f"count: {instances} kind: KIND_CPU"), encoding="utf-8")
+    return root
+
+
+class Bench:
+    def __init__(self, args, server, tokenizer: Path) -> None:
+        self.args, self.server, self.tokenizer = args, server, tokenizer
+        self.rows: list[dict] = []
+        self.pa_input = args.out / "pa-input.json"
+
+    def spec(self, users: int, workers):
+        from generator.spec import load_spec
+
+        return load_spec(None, [
+            "loadtest.protocol=grpc-stream", f"loadtest.users={users}", f"loadtest.spawn_rate={users}",
+            f"loadtest.duration_s={self.args.seconds}", f"loadtest.workers={workers}",
+            f"loadtest.output_tokens_mean={self.args.tokens}", "loadtest.input_tokens_mean=16",
+            "loadtest.num_prompts=16", "loadtest.reference_checks=0", "loadtest.request_timeout_s=30",
+            f"loadtest.tokenizer={self.tokenizer}",
+        ])
+
+    def tritongen(self, tag: str, users: int, workers, prefix: tuple = ()) -> dict:
+        from generator.measure.runner import read_records, run_loadtest
+
+        out = (self.args.out / "runs" / f"{tag}-u{users}-w{workers}").resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "records.jsonl").unlink(missing_ok=True)
+        s = self.server
+        t0 = time.time()
+        res = run_loadtest(self.spec(users, workers), out, url=f"http://{s.http_url}", grpc_url=s.grpc_url,
+                           metrics_url=s.metrics_url, admin_key=s.admin_key, locust_prefix=prefix,
+                           title=out.name).results
+        requests, processes = read_records(out / "records.jsonl")
+        if not self.pa_input.is_file():
+            from generator.measure.runner import model_inputs
+
+            perf_analyzer_input(out / "records.jsonl", model_inputs(f"http://{s.http_url}", "ensemble"),
+                                self.args.tokens, self.pa_input)
+        (out / "records.jsonl").unlink()
+        cpu = sum(p["cpu_s"] for p in processes)
+        c = res.client
+        row = {"client": "tritongen", "phase": tag, "users": users, "workers": workers,
+               "processes": len(c.processes), "requests": len(requests), "cpu_s": cpu,
+               "per_core": len(requests) / cpu, "requests_per_s": res.throughput.requests_per_s,
+               "errors": res.counts.errors, "client_limited": c.client_limited, "reasons": c.reasons,
+               "busiest_demand": max(p.demand for p in c.processes), "busiest_cpu": max(p.cpu for p in c.processes),
+               "demand": [round(p.demand, 2) for p in c.processes], "wait": [p.wait for p in c.processes],
+               "lag_p99_ms": [round(p.lag_p99_ms, 1) for p in c.processes],
+               "processes_needed": c.capacity.processes_needed if c.capacity else None,
+               "checks_failed": res.checks.failed_requests, "wall_s": time.time() - t0}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    def perf_analyzer(self, tag: str, users: int, prefix: tuple = ()) -> dict:
+        from generator.serve.install import GRPC_ADMIN_HEADER
+
+        pa = self.args.perf_analyzer.resolve()
+        export = self.args.out / f"pa-{tag}-{users}.json"
+        env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
+            [str(pa.parent)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]))
+        cmd = [*prefix, str(pa), "-m", "ensemble", "-u", self.server.grpc_url, "-i", "grpc", "--streaming",
+               "--input-data", str(self.pa_input), "--concurrency-range", str(users),
+               "--measurement-mode", "time_windows", "--measurement-interval", str(self.args.pa_window_ms),
+               "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export),
+               "-H", f"{GRPC_ADMIN_HEADER}:{self.server.admin_key}"]
+        log = self.args.out / f"pa-{tag}-{users}.log"
+        before = children_cpu_s()
+        with open(log, "w", encoding="utf-8") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            try:
+                rc = proc.wait(timeout=self.args.pa_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc = "timeout"
+        cpu = children_cpu_s() - before
+        row = {"client": "perf_analyzer", "phase": tag, "users": users, "rc": rc, "cpu_s": cpu}
+        if rc == 0:
+            data = json.loads(export.read_text(encoding="utf-8"))
+            reqs = [r for e in data["experiments"] for r in e["requests"]]
+            first = min(r["timestamp"] for r in reqs)
+            last = max(r["response_timestamps"][-1] for r in reqs if r["response_timestamps"])
+            row.update(requests=len(reqs), per_core=len(reqs) / cpu, requests_per_s=len(reqs) / ((last - first) / 1e9),
+                       responses=sum(len(r["response_timestamps"]) for r in reqs))
+            export.unlink()
+        else:
+            row["log"] = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    def profile(self, users: int, prefix: tuple) -> dict:
+        """One saturated one-core run under cpu_sampler.py: where the CPU of the Locust process goes."""
+        from cpu_sampler import INTERVAL_S
+
+        raw = (self.args.out / "profile.txt").resolve()
+        row = self.tritongen("profile", users, 0, (*prefix, sys.executable, str(HERE / "cpu_sampler.py"), str(raw)))
+        parts, samples = categorize(raw)
+        responses = row["requests"] * self.args.tokens
+        table = {name: n * INTERVAL_S * 1e6 / responses for name, n in parts.items()}
+        prof = {"users": users, "cpu_s": row["cpu_s"], "requests": row["requests"],
+                "us_per_request": row["cpu_s"] * 1e6 / row["requests"], "sampled_s": samples * INTERVAL_S,
+                "us_per_response_by_part": table}
+        print(json.dumps(prof), flush=True)
+        return prof
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--perf-analyzer", type=Path, required=True)
+    parser.add_argument("--users", default="64,256")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--instances", type=int, default=8)
+    parser.add_argument("--pa-window-ms", type=int, default=2500)
+    parser.add_argument("--pa-timeout-s", type=float, default=40.0,
+                        help="perf_analyzer confined to one core can take long to finish a window: then it is stopped")
+    parser.add_argument("--onecore-only", action="store_true", help="only the one-core side-by-side runs")
+    parser.add_argument("--workers", default="1,2,3,4,auto", help="multi-process runs at the largest --users")
+    parser.add_argument("--idle-workers", type=int, default=8,
+                        help="a run with this many workers at the smallest --users: workers well below a core")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/gpuhost"))
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from generator.measure import report_loadtest
+    from generator.serve.server import TritonServer
+
+    # The figures come from the results; the pages (matplotlib, seconds per run) are left out.
+    report_loadtest.write_loadtest_report = lambda out_dir, results: None
+    work = args.out / "work"
+    work.mkdir(exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0))
+    client_core, server_cpus = cpus[-1], cpus[:-1]
+    pin = ("taskset", "-c", str(client_core))
+    users = [int(u) for u in args.users.split(",")]
+    result: dict = {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "server_cpus": len(server_cpus), "client_core": client_core}
+    t0 = time.time()
+    tok = tokenizer_dir(work)
+    os.sched_setaffinity(0, server_cpus)  # the server (and this process's own work) off the client core
+    with TritonServer(repo(work, tok, args.instances), log_file=work / "triton.log") as server:
+        bench = Bench(args, server, tok)
+        print(f"server ready after {time.time() - t0:.0f} s", flush=True)
+        bench.tritongen("warm", min(users), 0, pin)  # also writes perf_analyzer's prompts
+        bench.perf_analyzer("check", 4)
+        for r in range(args.rounds):  # alternate, so that drifts hit both alike
+            for u in users:
+                bench.tritongen(f"onecore{r}", u, 0, pin)
+                bench.perf_analyzer(f"onecore{r}", u, pin)
+        if not args.onecore_only:
+            rest(args, bench, users, pin, cpus, result)
+    result["rows"] = bench.rows
+    result["seconds"] = time.time() - t0
+    (args.out / "gpuhost.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    report(result)
+
+
+def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int], result: dict) -> None:
+    """The profile, a run starved by a CPU hog on its core, the multi-process runs, many idle workers."""
+    result["profile"] = bench.profile(max(users), pin)
+    hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])
+    try:
+        bench.tritongen("starved", min(users), 0, pin)
+    finally:
+        hog.kill()
+        hog.wait()
+    os.sched_setaffinity(0, cpus)
+    for w in args.workers.split(","):
+        bench.tritongen("multi", max(users), w)
+    bench.perf_analyzer("multi", max(users))
+    bench.tritongen("idle", min(users), args.idle_workers)
+
+
+def report(result: dict) -> None:
+    rows = result["rows"]
+    print(f"\n{result['machine']}; server on {result['server_cpus']} CPUs, one-core clients on CPU {result['client_core']}")
+    print("| client | phase | users | workers | requests/s | client CPU s | requests per client core-second | busiest loop wanted | client-limited | errors |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        print(f"| {r['client']} | {r['phase']} | {r['users']} | {r.get('workers', '')} | {r.get('requests_per_s', 0):,.0f} | "
+              f"{r['cpu_s']:.2f} | {r.get('per_core', 0):,.0f} | {r.get('busiest_demand', 0):.2f} | "
+              f"{r.get('client_limited', '')} | {r.get('errors', r.get('rc'))} |")
+    for u in sorted({r["users"] for r in rows if r["phase"].startswith("onecore")}):
+        med = {c: float(np.median([r["per_core"] for r in rows if r["phase"].startswith("onecore") and r["users"] == u
+                                   and r["client"] == c and r.get("per_core")] or [0])) for c in ("tritongen", "perf_analyzer")}
+        print(f"{u} streams, one core each: tritongen {med['tritongen']:,.0f}, perf_analyzer "
+              f"{med['perf_analyzer']:,.0f} requests per core-second: {med['tritongen'] / max(med['perf_analyzer'], 1):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

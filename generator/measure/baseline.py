@@ -1,0 +1,108 @@
+"""Reading one side of a comparison from disk: a load-test, repeat or sweep folder, or a baseline file.
+
+What a side holds and why is in evidence.py; this is the edge that reads results.json, records.jsonl,
+points.json and baseline files, and turns each error into one that names the file and its fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from generator.errors import ArtifactCorrupt, ArtifactMissing
+from generator.measure.evidence import (
+    BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, Evidence, Sketch, run_figures, summarize_figures,
+)
+from generator.measure.metrics import LATENCY_BY_KEY
+from generator.measure.results import LoadTestResult
+
+
+def _run_values(folder: Path) -> dict[str, list[float]]:
+    """Per-request ms of each sampled latency, from the run's records (the definitions of metrics.LATENCIES)."""
+    from generator.measure.runner import read_records
+    from generator.measure.statistics import populations
+
+    records = folder / "records.jsonl"
+    if not records.is_file():
+        raise ArtifactMissing(f"no records.jsonl in {folder}", where=str(folder),
+                              fix="compare needs the load test's whole output folder (results.json and records.jsonl)")
+    requests, _ = read_records(records)
+    _, measured, ok = populations(requests)
+    rows = {"ok": ok, "measured": measured}
+    return {key: [v / 1e6 for r, m in rows[LATENCY_BY_KEY[key].population] for v in LATENCY_BY_KEY[key].values(r, m)]
+            for key in SAMPLED}
+
+
+def _read_result(folder: Path) -> LoadTestResult:
+    path = folder / "results.json"
+    try:
+        return LoadTestResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise ArtifactCorrupt(f"{path} is not a tritongen load-test result: {str(exc).splitlines()[0]}",
+                              where=str(path), fix="run `tritongen loadtest` again into a new folder") from None
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """The load-test folders a path holds: itself, its run-NN/ repeats, or a sweep's best point."""
+    if (folder / "results.json").is_file():
+        return [folder]
+    repeats = sorted(p for p in folder.glob("run-*") if (p / "results.json").is_file())
+    if repeats:
+        return repeats
+    if (folder / "points.json").is_file():
+        from generator.measure.results import SweepResult
+
+        sweep = SweepResult.model_validate_json((folder / "points.json").read_text(encoding="utf-8"))
+        best = next((p for p in sweep.points if sweep.best and p.label == sweep.best.label), None)
+        if best is None:
+            raise ArtifactMissing(f"the sweep in {folder} has no best point to compare", where=str(folder / "points.json"),
+                                  fix=f"compare one point's folder instead, e.g. {folder / 'points' / '0'}")
+        return run_folders(folder / "points" / Path(best.dir).name)
+    raise ArtifactMissing(f"{folder} holds no load-test results", where=str(folder),
+                          fix="pass a `tritongen loadtest`/`sweep` output folder or a baseline file")
+
+
+def from_folder(folder: Path) -> Evidence:
+    folders = run_folders(folder)
+    results = [_read_result(f) for f in folders]
+    pooled: dict[str, list[float]] = {key: [] for key in SAMPLED}
+    for f in folders:
+        for key, values in _run_values(f).items():
+            pooled[key].extend(values)
+    runs = [run_figures(f.name, r) for f, r in zip(folders, results)]
+    samples = {key: Sketch.of(v) for key, v in pooled.items() if v}
+    return Evidence(source=str(folder), identity=results[0].run.identity, runs=runs, samples=samples,
+                    summary=summarize_figures(runs, samples))
+
+
+def from_file(path: Path) -> Evidence:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactCorrupt(f"cannot read {path}: {exc}", where=str(path),
+                              fix="save it again: tritongen baseline save RUN -o FILE") from None
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+        raise ArtifactCorrupt(f"{path} is not a tritongen baseline", where=str(path),
+                              fix="save one with: tritongen baseline save RUN -o FILE")
+    if data.get("version") != BASELINE_VERSION:
+        raise ArtifactCorrupt(f"{path} is baseline version {data.get('version')}; this tritongen reads "
+                              f"version {BASELINE_VERSION}", where=str(path),
+                              fix="save the baseline again with this tritongen from its load-test folder")
+    try:
+        return Evidence.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactCorrupt(f"{path}: {str(exc).splitlines()[0]}", where=str(path),
+                              fix="save it again: tritongen baseline save RUN -o FILE") from None
+
+
+def load(path: Path) -> Evidence:
+    """A side of a comparison from a load-test, repeat or sweep folder, or a baseline file."""
+    path = Path(path)
+    if path.is_dir():
+        return from_folder(path)
+    if path.is_file():
+        return from_file(path)
+    raise ArtifactMissing(f"no such folder or file: {path}", where=str(path),
+                          fix="pass a load-test output folder or a baseline file from `tritongen baseline save`")

@@ -1,0 +1,293 @@
+"""The release gate without a server: the metric registry, baseline files, compare, the gate, JUnit and summary.
+
+Sides of a comparison are built from seeded per-request values (what a load-test folder gives after its
+records are read), so every verdict here is exact; tests/test_gate_server.py runs the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generator.errors import ArtifactCorrupt, TritongenError
+from generator.measure import baseline, intervals
+from generator.measure.ci import junit_xml, summary_markdown
+from generator.measure.compare import Change, compare
+from generator.measure.evidence import Evidence, RunFigures, Sketch, summarize_figures
+from generator.measure.gate import combined_exit, evaluate_gate, parse_gate
+from generator.measure.identity import run_identity
+from generator.measure.metrics import COMPARED, LATENCIES, METRICS
+from generator.measure.results import Latency, RunIdentity, SloVerdict, TermOutcome, TermResult, Verdict
+from generator.spec import LoadTestSpec
+
+SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
+
+
+def identity(**changes) -> RunIdentity:
+    base = dict(load={"users": 4, "seed": 0}, settings={"protocol": "grpc-stream"}, prompts=None, tokenizer="ab" * 32,
+                model="ensemble", model_source="tiny", server={"max_batch_size": 16}, tritongen_version="0.1.0")
+    return RunIdentity(**{**base, **changes})
+
+
+def side(seed: int, runs: int = 3, scale: float = 1.0, shift_ms: float = 0.0, limited: bool = False,
+         ident: RunIdentity | None = None, requests: int = 60) -> Evidence:
+    """``runs`` runs of lognormal TTFT/E2E and per-gap ITL (ms), each scaled by its own run factor
+    (run-to-run noise of a few %), times ``scale`` plus ``shift_ms`` per token gap."""
+    rng = np.random.default_rng(seed)
+    figures, pooled = [], {"ttft": [], "itl": [], "e2e": []}
+    for i in range(runs):
+        run_factor = scale * rng.normal(1.0, 0.03)
+        values = {"ttft": rng.lognormal(np.log(90), 0.3, requests) * run_factor,
+                  "itl": rng.lognormal(np.log(22), 0.2, requests * 8) * run_factor + shift_ms}
+        values["e2e"] = values["ttft"] + 8 * np.median(values["itl"]) * rng.normal(1.0, 0.02, requests)
+        fig = {f"{k}_p{p}": float(np.percentile(values[k], p)) for k in values for p in (50, 95, 99)}
+        fig["output_tokens_per_s"] = 300.0 / run_factor
+        fig.update(error_rate=0.0, check_failure_rate=0.0, token_agreement=1.0)
+        figures.append(RunFigures(label=f"run-{i + 1:02d}", figures=fig,
+                                  counts={"error_rate": (0, requests), "check_failure_rate": (0, requests),
+                                          "token_agreement": (requests, requests)},
+                                  requests=requests, client_limited=limited and i == 0,
+                                  client_reasons=["Locust process 0 used 97% of a core"] if limited and i == 0 else []))
+        for k in pooled:
+            pooled[k].extend(values[k].tolist())
+    samples = {k: Sketch.of(v) for k, v in pooled.items()}
+    return Evidence(source=f"side-{seed}", identity=ident or identity(), runs=figures, samples=samples,
+                    summary=summarize_figures(figures, samples))
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_registry_covers_every_latency_field_and_every_compared_metric():
+    assert {lat.key for lat in LATENCIES} == set(Latency.model_fields)
+    assert all(name in METRICS for name in COMPARED)
+    assert METRICS["ttft_p95"].direction != METRICS["output_tokens_per_s"].direction
+    assert parse_gate("throughput:-5%")[0].metric.name == "output_tokens_per_s"
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_two_sides_of_the_same_server_show_no_detectable_change():
+    c = compare(side(1), side(2))
+    assert c.comparable and not c.reasons
+    assert {m.verdict for m in c.metrics} == {Change.NONE}, [(m.metric, m.change) for m in c.metrics]
+    assert all("run-to-run" in m.method for m in c.metrics if m.relative)
+
+
+def test_a_known_per_token_slowdown_is_worse_and_its_interval_holds_it():
+    c = compare(side(1), side(2, shift_ms=8.0))
+    itl = c.get("itl_p50")
+    assert itl.verdict is Change.WORSE
+    assert itl.difference.low <= 8.0 <= itl.difference.high, itl.difference
+    assert c.get("e2e_p50").verdict is Change.WORSE and c.get("ttft_p50").verdict is Change.NONE
+    gate = evaluate_gate(parse_gate("itl_p50:+10%,ttft_p95:+50%"), c)
+    assert [t.result for t in gate.terms] == [TermOutcome.FAIL, TermOutcome.PASS]
+    assert gate.verdict is Verdict.FAIL and gate.exit_code == 1
+
+
+def test_faster_candidate_is_better_and_passes():
+    c = compare(side(1), side(2, scale=0.7))
+    assert c.get("ttft_p50").verdict is Change.BETTER and c.get("output_tokens_per_s").verdict is Change.BETTER
+    assert evaluate_gate(parse_gate("ttft_p95:+10%,throughput:-5%"), c).exit_code == 0
+
+
+def test_an_interval_straddling_the_limit_is_inconclusive():
+    c = compare(side(1, runs=2), side(2, runs=2, scale=1.08))
+    term = evaluate_gate(parse_gate("ttft_p50:+10%"), c).terms[0]
+    assert term.change.low < 0.10 < term.change.high
+    assert term.result is TermOutcome.INCONCLUSIVE
+
+
+def test_different_prompts_are_not_comparable_with_the_reason(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "hello there"}\n')
+    ids = [run_identity(LoadTestSpec(prompts=tmp_path / name, model="ensemble"), None) for name in ("a.jsonl", "b.jsonl")]
+    c = compare(side(1, ident=ids[0]), side(2, ident=ids[1]))
+    assert not c.comparable and any("different prompt set" in r for r in c.reasons), c.reasons
+    assert {m.verdict for m in c.metrics} == {Change.NOT_COMPARABLE}
+    gate = evaluate_gate(parse_gate("ttft_p95:+10%"), c)
+    assert gate.exit_code == 3 and "prompt" in gate.reason
+
+
+def test_each_identity_difference_is_named():
+    c = compare(side(1), side(2, ident=identity(load={"users": 8, "seed": 0}, tritongen_version="0.2.0",
+                                                  server={"max_batch_size": 32})))
+    text = " ".join(c.reasons)
+    assert "users 4 → 8" in text and "tritongen version: 0.1.0 → 0.2.0" in text
+    assert c.server_changes == ["max_batch_size: 16 → 32"]  # what the release changed: not a reason
+    moved = compare(side(1, ident=identity(model_source="/ci/a/tiny-qwen3")),
+                    side(2, ident=identity(model_source="/home/me/tiny-qwen3")))
+    assert moved.comparable  # the same local model in another folder
+    other = compare(side(1, ident=identity(model_source="Qwen/Qwen3-8B")), side(2, ident=identity(model_source="Qwen/Qwen3-4B")))
+    assert other.reasons == ["different model: 'Qwen/Qwen3-8B' → 'Qwen/Qwen3-4B'"]
+
+
+def test_a_client_limited_run_on_either_side_makes_it_inconclusive():
+    for base, cand in ((side(1, limited=True), side(2)), (side(1), side(2, shift_ms=8.0, limited=True))):
+        c = compare(base, cand)
+        assert c.client_limited and {m.verdict for m in c.metrics} == {Change.INCONCLUSIVE}
+        gate = evaluate_gate(parse_gate("itl_p50:+10%"), c)
+        assert gate.verdict is Verdict.INCONCLUSIVE and gate.exit_code == 3
+
+
+def test_single_runs_use_the_per_request_bootstrap_and_say_it_is_narrow():
+    c = compare(side(1, runs=1), side(2, runs=1, shift_ms=8.0))
+    itl = c.get("itl_p50")
+    assert "per-request bootstrap" in itl.method and itl.verdict is Change.WORSE
+    assert "Poisson" not in c.get("output_tokens_per_s").method and c.notes
+
+
+# ---------------------------------------------------------------- baseline files
+
+
+def test_a_sketch_gives_the_bootstrap_interval_of_the_exact_values():
+    values = np.random.default_rng(3).lognormal(np.log(90), 0.4, 3000).tolist()
+    exact = intervals.percentile(values, 95)
+    sketched = intervals.percentile(Sketch.of(values).sample(), 95)
+    for a, b in ((exact.estimate, sketched.estimate), (exact.low, sketched.low), (exact.high, sketched.high)):
+        assert b == pytest.approx(a, rel=0.02)
+    small = [1.0, 2.0, 3.0]
+    assert Sketch.of(small).sample() == small
+
+
+def test_baseline_file_round_trips_and_refuses_other_versions(tmp_path):
+    ev = side(1)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(ev.model_dump(mode="json")))
+    assert baseline.load(path) == ev
+    assert path.stat().st_size < 40_000
+    assert "prompt_text" not in path.read_text() and "resp_text" not in path.read_text()
+    path.write_text(json.dumps({**ev.model_dump(mode="json"), "version": 99}))
+    with pytest.raises(ArtifactCorrupt, match="version 99"):
+        baseline.load(path)
+    with pytest.raises(ArtifactCorrupt, match="not a tritongen baseline"):
+        (tmp_path / "other.json").write_text("{}")
+        baseline.load(tmp_path / "other.json")
+
+
+# ---------------------------------------------------------------- gate terms
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ttft_p95:-10%", "gets worse when it rises"), ("throughput:+5%", "gets worse when it falls"),
+    ("latency:+5%", "unknown gate metric"), ("ttft_p90:+5%", "not one that compare reports"),
+    ("ttft_p95:10ms", "cannot read"), ("", "empty gate"),
+])
+def test_gate_syntax_errors_are_user_errors(text, message):
+    with pytest.raises(TritongenError, match=message):
+        parse_gate(text)
+
+
+def test_both_gates_in_one_exit_code():
+    assert combined_exit(Verdict.PASS, None) == 0
+    assert combined_exit(Verdict.PASS, Verdict.INCONCLUSIVE) == 3
+    assert combined_exit(Verdict.INCONCLUSIVE, Verdict.FAIL) == 1
+
+
+# ---------------------------------------------------------------- CI output
+
+
+def _slo(result: TermOutcome) -> SloVerdict:
+    term = TermResult(term="ttft_p95<100ms", metric="ttft_p95", op="<", limit=100.0, measured=180.0, unit="ms",
+                      result=result)
+    verdict = Verdict.FAIL if result is TermOutcome.FAIL else Verdict.PASS
+    return SloVerdict(verdict=verdict, exit_code=1 if verdict is Verdict.FAIL else 0, terms=[term], reason=None)
+
+
+def test_junit_validates_against_the_jenkins_schema_and_shows_figure_limit_interval():
+    import xmlschema
+
+    base, cand = side(1), side(2, shift_ms=8.0)
+    c = compare(base, cand)
+    gate = evaluate_gate(parse_gate("itl_p50:+10%,ttft_p95:+25%,error_rate:+1%"), c)
+    xml = junit_xml([("run 1", _slo(TermOutcome.FAIL)), ("run 2", _slo(TermOutcome.PASS))], gate,
+                    {f.metric: f for f in cand.summary})
+    xmlschema.XMLSchema(str(SCHEMA)).validate(xml)
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    assert root.get("tests") == "5" and root.get("failures") == "2"
+    slo_fail = root.find(".//testcase[@name='run 1: ttft_p95<100ms']/failure").text
+    assert "measured 180.00 ms" in slo_fail and "limit < 100.00 ms" in slo_fail and "95% interval" in slo_fail
+    gate_fail = root.find(".//testcase[@name='itl_p50:+10%']/failure").text
+    assert "baseline" in gate_fail and "allowed 10.0% worse" in gate_fail and "[+" in gate_fail
+
+
+def test_inconclusive_terms_are_junit_errors_and_the_summary_says_why():
+    import xmlschema
+
+    c = compare(side(1, limited=True), side(2))
+    gate = evaluate_gate(parse_gate("ttft_p95:+10%"), c)
+    xml = junit_xml([], gate)
+    xmlschema.XMLSchema(str(SCHEMA)).validate(xml)
+    assert 'type="inconclusive"' in xml
+    md = summary_markdown([], gate, c)
+    assert "INCONCLUSIVE" in md and "load generator was the limit" in md and "| TTFT p95 |" in md
+
+
+def test_compare_cli_on_baseline_files(tmp_path):
+    base, cand = tmp_path / "base.json", tmp_path / "cand.json"
+    base.write_text(json.dumps(side(1).model_dump(mode="json")))
+    cand.write_text(json.dumps(side(2, shift_ms=8.0).model_dump(mode="json")))
+    tritongen = str(Path(sys.executable).with_name("tritongen"))
+    env = dict(os.environ, COLUMNS="250")
+    junit, summary = tmp_path / "gate.xml", tmp_path / "summary.md"
+    proc = subprocess.run([tritongen, "compare", str(base), str(cand), "--gate", "itl_p50:+10%",
+                           "--junit", str(junit), "--summary", str(summary)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "worse" in proc.stdout and "FAIL" in proc.stdout
+    assert junit.is_file() and "Regression gate: FAIL" in summary.read_text()
+    proc = subprocess.run([tritongen, "compare", str(base), str(base)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "no detectable change" in proc.stdout
+    proc = subprocess.run([tritongen, "compare", str(base), str(tmp_path / "missing")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- folders on disk (no server: recorded runs)
+
+
+def _records(path: Path, gap_ms: int) -> Path:
+    """A records file of 30 streamed requests, 8 responses each, ``gap_ms`` apart (test_loadtest_metrics's builder)."""
+    from test_loadtest_metrics import perf, record
+
+    recs = []
+    for i in range(30):
+        r = record(list("abcdefgh"), sched=i * 400, sent=i * 400, first=i * 400 + 20 + i % 7, gap=gap_ms + i % 3,
+                   server=perf(i * 400 + 1, i * 400 + 2, i * 400 + 18, i * 400 + 20 + 7 * gap_ms, 8))
+        r["id"], r["seq"], r["prompt"] = f"p0-{i}", i, i % 8
+        recs.append(r)
+    recs.append({"kind": "process", "proc": 0, "host": "h", "cpu_s": 1.0, "wall_s": 12.0, "lag_ns": [1_000_000] * 50,
+                 "lag_max_ns": 2_000_000})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
+    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+    from generator.measure.runner import report_records
+    from generator.spec import load_spec
+
+    spec = load_spec(None, ["loadtest.users=4"])
+    single = tmp_path / "single"
+    single.mkdir()
+    report_records(spec, _records(tmp_path / "a.jsonl", 5), single)
+    sweep = tmp_path / "sweep"
+    (sweep / "points" / "1").mkdir(parents=True)
+    report_records(spec, _records(tmp_path / "b.jsonl", 9), sweep / "points" / "1")
+    best = SweepPoint(label="max_batch_size=16", overrides=[], dir=str(tmp_path / ".sweep.tmp" / "points" / "1"))
+    (sweep / "points.json").write_text(SweepResult(points=[best], best=BestPoint(
+        label=best.label, overrides=[], reason="highest throughput")).model_dump_json())
+    c = compare(baseline.load(single), baseline.load(sweep))
+    assert c.comparable, c.reasons
+    itl = c.get("itl_p50")
+    assert itl.baseline == pytest.approx(6.0) and itl.candidate == pytest.approx(10.0)
+    assert itl.verdict is Change.WORSE and itl.difference.low <= 4.0 <= itl.difference.high
+    assert "per-request bootstrap" in itl.method
