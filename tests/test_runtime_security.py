@@ -20,7 +20,6 @@ from generator.errors import SpecError
 from generator.measure.locustconf import locust_conf_text, locust_options
 from generator.serve.client import ServerRequestError, generate, grpc_stream, text_inputs
 from generator.serve.endpoints import Endpoints
-from generator.spec import LoadTestSpec
 from generator.spec.load import spec_from_dict
 
 HOSTILE = [
@@ -44,8 +43,8 @@ print(json.dumps(out))
 def test_hostile_values_never_change_what_locust_reads_from_its_config(tmp_path):
     """Finding 7: a value either reaches Locust exactly as given (Locust's own parser reads every key
     back unchanged, no key added or replaced) or is refused naming the field it came from."""
-    base = locust_options(LoadTestSpec(), Endpoints.from_urls("127.0.0.1:8000"), tmp_path / "records.jsonl",
-                          tmp_path / "locustfile.py")
+    base = locust_options(spec_from_dict({}).resolved_loadtest(), Endpoints.from_urls("127.0.0.1:8000"),
+                          tmp_path / "records.jsonl", tmp_path / "locustfile.py")
     written, refused = [], 0
     for key in ("model", "prompts", "tokenizer", "records", "host"):
         for value in HOSTILE:

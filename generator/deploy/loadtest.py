@@ -128,6 +128,7 @@ def loadtest_values(spec: Spec) -> dict:
     token_secret = f"{k.name}-loadtest-token"
     token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
     # the Job ends even if the run hangs: the run, its last requests, and 10 minutes for the pods to start
+    lt = spec.loadtest
     deadline_s = int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
     conf, locustfile = shlex.quote(f"{MOUNT}/locust.conf"), shlex.quote(f"{MOUNT}/locustfile.py")
     return {
