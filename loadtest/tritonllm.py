@@ -35,6 +35,7 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
+from distributed import MasterGuard, introduce, run_token
 from generator.measure.records import RECORD_VERSION, quantile_sample, server_gone
 from generator.spec import LoadTestSpec
 from openaiapi import OpenAIClient, openai_model
@@ -506,34 +507,44 @@ def _drain(environment) -> None:
         _STATE.check_done()
 
 
+def _run_token_or_exit() -> str:
+    try:
+        return run_token()
+    except RuntimeError as exc:
+        logging.getLogger("tritongen").error("%s", exc)
+        raise SystemExit(2) from None
+
+
 @events.init.add_listener
 def _on_init(environment, **_kw) -> None:
     runner = environment.runner
     opts = environment.parsed_options
     if isinstance(runner, WorkerRunner):
         runner.register_message(MSG_DRAIN, lambda msg, **_kw: _drain(environment))
+        introduce(runner, _run_token_or_exit())
         return
     if isinstance(runner, MasterRunner):
         sink = open(opts.records, "a", encoding="utf-8") if opts.records else None
-        done: set[int] = set()
+        guard = MasterGuard(runner, _run_token_or_exit(), opts.expect_workers,
+                            finish=lambda: _finish_run(environment), drain=lambda: runner.send_message(MSG_DRAIN))
 
         def on_records(msg, **_kw) -> None:
             if sink is not None:
                 write_records(sink, msg.data)
-
-        def on_done(msg, **_kw) -> None:
-            done.add(msg.data["index"])
-            if len(done) >= max(opts.expect_workers, 1):
-                gevent.spawn(_finish_run, environment)
 
         def on_failed(msg, **_kw) -> None:
             logging.getLogger("tritongen").error("worker: %s", msg.data)
             environment.process_exit_code = 2
             gevent.spawn(runner.quit)
 
+        def on_quitting(**_kw) -> None:
+            if sink is not None:
+                write_records(sink, [guard.run_record()])
+
         runner.register_message(MSG_RECORDS, on_records)
-        runner.register_message(MSG_DONE, on_done)
+        runner.register_message(MSG_DONE, lambda msg, **_kw: guard.worker_done(msg.data["index"]))
         runner.register_message(MSG_FAILED, on_failed)
+        environment.events.quitting.add_listener(on_quitting)
 
     def on_spawned(user_count: int, **_kw) -> None:
         if opts.duration is None:

@@ -505,11 +505,15 @@ def test_cancelled_requests_free_their_kv_blocks(engine, prompts):
     sink.cancelled = True  # what response_sender.is_cancelled() reports after a client disconnects
     assert _wait_for(lambda: engine.kv_blocks_in_use() == 0)
     assert sink.finals == 1 and len(sink.responses) < 180
-    # the `stop` input: the request ends early with a final response and its blocks are freed
+    # the `stop` input: the request ends early with a final response and its blocks are freed; a stop
+    # with the same id but another prompt (another client guessing the id, issue 23) changes nothing
     sink = ListSink()
     engine.submit([make_request(prompts[3], 180, streaming=True)], sink, arrival_ns=0, triton_id="abc")
     assert _wait_for(lambda: len(sink.responses) >= 2)
-    engine.stop_request("abc")
+    engine.stop_request("abc", list(prompts[2]))
+    seen = len(sink.responses)
+    assert _wait_for(lambda: len(sink.responses) >= seen + 3) and sink.finals == 0
+    engine.stop_request("abc", list(prompts[3]))
     sink.wait()
     assert len(sink.tokens()) < 180 and _wait_for(lambda: engine.kv_blocks_in_use() == 0)
 

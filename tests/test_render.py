@@ -121,7 +121,7 @@ def test_cpu_reference_target(cpu_repo):
         assert (repo / model / "1" / "model_common.py").read_bytes() == shared.read_bytes()
     pre = {k: v.string_value for k, v in parse(repo, "preprocessing").parameters.items()}
     assert pre == {"tokenizer_dir": str(spec.serving_weights_dir), "apply_chat_template": "false",
-                   "max_output_len": "64"}  # only what the model reads
+                   "max_output_len": "64", "max_input_len": str(spec.build.max_input_len)}  # only what the model reads
     post = {k: v.string_value for k, v in parse(repo, "postprocessing").parameters.items()}
     assert post == {"tokenizer_dir": str(spec.serving_weights_dir), "skip_special_tokens": "true"}
     bls = {k: v.string_value for k, v in parse(repo, "tensorrt_llm_bls").parameters.items()}

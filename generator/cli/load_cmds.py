@@ -58,6 +58,12 @@ def _print_results(results: LoadTestResult, out_dir: Path) -> None:
         out.print("TTFT split (mean ms): " + ", ".join(f"{k} {split.parts[k].mean:.1f}" for k in split.ttft_parts))
     if results.client.client_limited:
         console.print("[yellow]load generator was the limit:[/] " + escape("; ".join(results.client.reasons)))
+    integrity = results.run.integrity
+    if integrity.rejected_messages:
+        console.print(f"[red]the Locust master rejected {sum(integrity.rejected_messages.values())} messages not "
+                      f"from a worker of this run:[/] {escape(str(integrity.rejected_messages))}")
+    if integrity.incomplete:
+        console.print(f"[red]run incomplete:[/] {escape(integrity.incomplete)} (the records received are kept)")
     if results.slo:
         _print_slo(results.slo)
     console.print(f"report: {escape(str(out_dir / 'report.html'))} (and report.md, results.json, records.jsonl)")
@@ -200,8 +206,8 @@ def _conclude(results: list, figures, output: Path, comparison, verdict, junit: 
         console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
     slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
     code = finish(slo_runs, comparison, verdict, junit, summary, figures)
-    if not code and not all(r.results.counts.ok for r in results):
-        code = EXIT_FAIL
+    if not code and not all(r.results.counts.ok and not r.results.run.integrity.incomplete for r in results):
+        code = EXIT_FAIL  # nothing succeeded, or a run lost a worker
     return code
 
 

@@ -58,7 +58,8 @@ def serve(
     admin_key: Annotated[Optional[str], typer.Option(
         "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
         help="Key the admin APIs (logging, trace, shared memory, statistics, repository) require "
-             "(default: a new one per run, written to the admin-key file printed at start).")] = None,
+             "(default: a new one per run, written to the admin-key file printed at start). Prefer "
+             "TRITONGEN_ADMIN_KEY: command lines, tritonserver's included, are visible to local users.")] = None,
 ) -> None:
     """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs).
 
@@ -70,7 +71,8 @@ def serve(
                     exit_timeout_s=SERVE_EXIT_TIMEOUT_S)
     try:
         out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
-                  f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}",
+                  f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}"
+                  "\n         (Triton takes it on its command line only: local users can read it there)",
                   markup=False, highlight=False, soft_wrap=True)
         console.print("[dim]serving; Ctrl-C stops[/]")
         while server.process is not None and server.process.poll() is None:

@@ -125,8 +125,14 @@ def loadtest_values(spec: Spec) -> dict:
     files["locust.conf"] = locust_conf_text(options)
     items = [{"key": _key(rel), "path": rel} for rel in package_files()] + [{"key": "locust.conf", "path": "locust.conf"}]
     master = f"{k.name}-locust-master"
+    token_secret = f"{k.name}-loadtest-token"
+    token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
+    # the Job ends even if the run hangs: the run, its last requests, and 10 minutes for the pods to start
+    lt = spec.loadtest
+    deadline_s = int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
     conf, locustfile = shlex.quote(f"{MOUNT}/locust.conf"), shlex.quote(f"{MOUNT}/locustfile.py")
     return {
+        "token_secret": token_secret, "token_env": token_env, "deadline_s": deadline_s,
         "name": k.name, "namespace": k.namespace, "image": loadtest_image(spec), "files": files, "items": items,
         "mount": MOUNT, "workers": k.locust_workers, "master": master, "master_port": MASTER_PORT,
         "artifacts": str(artifacts_mount(spec)), "volume_claim": k.volume_claim, "records": str(records),

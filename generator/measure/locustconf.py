@@ -6,11 +6,15 @@ write the same configuration without the deployment files depending on the runne
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import configargparse
+
+from generator.errors import SpecError
 from generator.serve.endpoints import Endpoints
 from generator.spec import ResolvedLoadTest
 
@@ -40,10 +44,25 @@ def locust_options(lt: ResolvedLoadTest, endpoints: Endpoints, records: Path, lo
     return opts
 
 
+_CONF_FIELDS = {"host": "--url", "records": "the output folder (-o)", "locustfile": "the loadtest/ folder"}
+"""Where a config-file value that is not a ``loadtest.*`` field comes from, for the refusal."""
+
+
 def locust_conf_text(options: dict[str, Any]) -> str:
+    """The config file's text. Its format (``key = value`` lines) has no escapes: a value that Locust
+    would read back differently (a line break adds options; ``[``, quotes, `` #``, edge spaces change
+    the value) is refused, naming the spec field, rather than written."""
     lines = ["# Written by tritongen loadtest; rerun with: python -m locust --config locust.conf"]
     for key, value in options.items():
-        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        line = f"{key} = {text}"
+        read = configargparse.DefaultConfigFileParser().parse(io.StringIO(line, newline=None))  # as open() reads
+        if len(line.splitlines()) != 1 or read != {key: text}:
+            field = _CONF_FIELDS.get(key, "loadtest." + key.replace("-", "_"))
+            raise SpecError(f"{field} is {text!r}, which Locust's config file cannot hold as one value "
+                            "(line breaks, leading [ or quotes, ' #' or ' ;', spaces at either end)",
+                            where=field, fix=f"choose a {field} without those characters")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -282,6 +282,12 @@ def loadtest_doc(results: LoadTestResult) -> Doc:
     if slo:
         verdicts.append(f"SLO **{slo.verdict.upper()}**")
     verdicts.append("load generator **CLIENT-LIMITED**" if results.client.client_limited else "load generator kept up")
+    integrity = run.integrity
+    if integrity.incomplete:
+        verdicts.append(f"run **INCOMPLETE**: {integrity.incomplete}")
+    if integrity.rejected_messages:
+        verdicts.append(f"**{sum(integrity.rejected_messages.values())} messages rejected** by the Locust master "
+                        "(not from a worker of this run)")
     doc.p(" · ".join(verdicts))
     doc.h("Summary")
     doc.table(["requests ok", "errors", "error rate", "window s", "requests/s", "output tokens/s", "input tokens/s"],

@@ -322,6 +322,16 @@ class SloVerdict(BaseModel):
 # ---------------------------------------------------------------- one load test, one sweep
 
 
+class RunIntegrity(BaseModel):
+    """What the distributed Locust master recorded about the run itself (loadtest/distributed.py)."""
+
+    incomplete: Optional[str] = None
+    """Why the run ended early (a worker lost); None for a whole run. Its records are kept."""
+    lost_workers: list[int] = []
+    rejected_messages: dict[str, int] = {}
+    """Messages refused by type: sent to the master by something that is not a worker of this run."""
+
+
 class RunIdentity(BaseModel):
     """What two runs must share to be compared (compare.comparability), recorded when the run is made."""
 
@@ -354,6 +364,7 @@ class RunInfo(BaseModel):
     """The load as run (workers counted, model named, prompt and tokenizer paths resolved)."""
     identity: Optional[RunIdentity] = None
     """None in results written before compare existed."""
+    integrity: RunIntegrity = RunIntegrity()
 
 
 class LoadTestResult(Summary):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import threading
@@ -27,7 +28,7 @@ from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import count_client_tokens, request_inputs, server_gone
-from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, ServerView
+from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec
 
@@ -69,6 +70,11 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
         yield Endpoints(f"http://{server.http_url}", server.grpc_url, server.metrics_url, server.admin_key)
 
 
+_LOG_WHERE = "the Locust master's log (its last lines are above)"
+"""Not a path: a failed run's output folder, logs included, is removed (outputs are whole or absent)."""
+_LOG_FIX = "mend what the Locust log's last lines above name, then run again"
+
+
 def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: float,
                prefix: Sequence[str] = ()) -> None:
     """Run the Locust processes to completion; their logs go to OUT/locust*.log."""
@@ -77,7 +83,8 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     from generator.serve.server import free_port
 
     commands = locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
-    env = child_env(os.environ, PYTHONUNBUFFERED="1")
+    # the master hears only workers that carry this run's token (loadtest/distributed.py)
+    env = child_env(os.environ, PYTHONUNBUFFERED="1", TRITONGEN_RUN_TOKEN=secrets.token_hex(16))
     group, procs = ChildGroup(), []  # one process group that ends with us, however we end
     try:
         for i, cmd in enumerate(commands):
@@ -89,7 +96,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             p.wait(timeout=30)
     except subprocess.TimeoutExpired:
         raise LoadTestError(
-            f"Locust did not finish within {timeout_s:.0f} s", where=str(out_dir / "locust.log"),
+            f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=_LOG_WHERE,
             fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
         ) from None
     finally:
@@ -98,7 +105,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
         cause = setup_failure(out_dir) or f"Locust exited with code {procs[0].returncode}"
         raise LoadTestError(
             f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
-            where=str(out_dir / "locust.log"), fix="mend what the first line says; the Locust logs named here hold the rest",
+            where=_LOG_WHERE, fix="mend what the first line says; Locust's last lines are above",
         )
 
 
@@ -135,9 +142,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(request records, process records) from a records file."""
-    requests, processes = [], []
+    requests, processes, _ = read_run_records(path)
+    return requests, processes
+
+
+def read_run_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], RunIntegrity]:
+    """(request records, process records, what the distributed master recorded about the run)."""
+    requests, processes, integrity = [], [], RunIntegrity()
     if not path.is_file():
-        return requests, processes
+        return requests, processes, integrity
     with open(path, "rb") as f:
         for no, raw in enumerate(f, 1):
             try:
@@ -149,8 +162,11 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             if not isinstance(rec, dict):  # binary, not JSON, nested past reading, or not a record
                 raise ArtifactCorrupt(f"line {no} is not a JSON record", where=str(path),
                                       fix="point at the records.jsonl a load test wrote (or run the load test again)")
-            (processes if rec.get("kind") == "process" else requests).append(rec)
-    return requests, processes
+            if rec.get("kind") == "run":
+                integrity = RunIntegrity.model_validate({k: v for k, v in rec.items() if k != "kind"})
+            else:
+                (processes if rec.get("kind") == "process" else requests).append(rec)
+    return requests, processes, integrity
 
 
 def model_inputs(http_url: str, model: str) -> set[str]:
@@ -258,10 +274,10 @@ def run_loadtest(
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
         after = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
-        requests, processes = read_records(records)
+        requests, processes, integrity = read_run_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
-                                where=str(out_dir / "locust.log"), fix="read the Locust log named here; its last lines are above")
+                                where=_LOG_WHERE, fix=_LOG_FIX)
         count_tokens_after_run(requests, processes, lt.tokenizer)
         if lt.model is None:  # an OpenAI server's first listed model, as the users found it
             lt = lt.model_copy(update={"model": requests[0]["model"]})
@@ -281,7 +297,7 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
-                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir)),
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=integrity),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
     _write_results(out_dir, results, report)
@@ -312,7 +328,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     target = out_dir / "records.jsonl"
     if Path(records).resolve() != target:
         shutil.copyfile(records, target)
-    requests, processes = read_records(target)
+    requests, processes, integrity = read_run_records(target)
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
@@ -328,7 +344,8 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
-                    mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None)),
+                    mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None),
+                    integrity=integrity),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

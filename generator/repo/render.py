@@ -45,7 +45,7 @@ PREPROCESSING, TENSORRT_LLM, POSTPROCESSING, ENSEMBLE, BLS = (
 EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
     "tensorrt_llm": ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
                      "cpu_threads", "dtype", "cpu_max_batch_tokens", "max_queue_size"),
-    "preprocessing": ("apply_chat_template", "max_output_len"),
+    "preprocessing": ("apply_chat_template", "max_output_len", "max_input_len"),
     "postprocessing": (),
     "tensorrt_llm_bls": (),
     "ensemble": (),
@@ -197,6 +197,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
             ("tokenizer_dir", spec.serving_weights_dir),
             ("apply_chat_template", s.apply_chat_template),
             ("max_output_len", spec.build.max_output_len),
+            ("max_input_len", spec.build.max_input_len),
         ])},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
                        "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo)},

@@ -22,10 +22,11 @@ class LoadTestSpec(Section):
     """OpenAI protocols: JSON fields added to every request body, e.g. a server's extensions such as
     Dynamo's ``{"nvext": {"ignore_eos": true}}``."""
 
-    model: Optional[str] = None
+    model: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     """Model the users call. None means the repository's entry model: ensemble, or tensorrt_llm (the
     LLM-API model) for serving.engine=llmapi; tensorrt_llm_bls is the other choice on the engine path.
-    OpenAI protocols: None means the first model the server lists at ``/v1/models``."""
+    OpenAI protocols: None means the first model the server lists at ``/v1/models``. Letters, digits,
+    ``_``, ``.`` and ``-`` only: the name goes into URLs and Locust's config file."""
 
     users: int = Field(16, ge=1)
     """Concurrent users (closed loop), when request_rate is not set."""

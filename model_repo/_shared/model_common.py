@@ -94,6 +94,25 @@ def utf8(raw, name: str) -> str:
         raise RequestError(f"{name} is not valid UTF-8 (byte {exc.start}: {bytes(raw)[exc.start:exc.start + 1]!r})")
 
 
+class PromptLimit:
+    """Refuses, before tokenizing, a prompt that cannot fit ``max_input_len`` tokens.
+
+    No vocabulary entry spells more than ``token_bytes`` UTF-8 bytes, so a prompt has at least
+    len / token_bytes tokens (halved: normalization may shorten text); counting characters costs
+    nothing, while tokenizing a 10 MB prompt takes seconds, during which the model serves no one else.
+    Prompts under the bound are tokenized and the engine checks their exact length."""
+
+    def __init__(self, tokenizer, max_input_len) -> None:
+        self.max_input_len = max_input_len
+        self.token_bytes = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1)
+
+    def check(self, text: str, name: str = "text_input") -> None:
+        least = len(text) // (2 * self.token_bytes)
+        if self.max_input_len is not None and least > self.max_input_len:
+            raise RequestError(f"{name} of {len(text)} characters is at least {least} tokens, more than "
+                               f"max_input_len ({self.max_input_len})")
+
+
 # ---------------------------------------------------------------- errors to clients
 
 

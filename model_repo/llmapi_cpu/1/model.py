@@ -8,7 +8,8 @@ a BLS call, and the tokens are decoded back. Streamed ``text_output`` is the who
 
 As upstream, a decoupled model serves each request on its own (upstream: an asyncio task per request;
 here a thread), so requests overlap and the engine batches them in flight, and a request with ``stop``
-set cancels the requests in progress that carry the same request id.
+set cancels the requests in progress that carry the same request id and the same ``text_input`` (upstream
+matches the id alone, so a client that guesses another's id could stop it; the prompt is the sender's own).
 """
 
 import json
@@ -22,7 +23,9 @@ import triton_python_backend_utils as pb_utils
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_common import bls_stream, load_tokenizer, parameters, required, requested_only  # noqa: E402
+from model_common import (  # noqa: E402
+    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error,
+)
 
 _SAMPLING_TO_ENGINE = {
     "sampling_param_temperature": ("temperature", np.float32),
@@ -67,6 +70,14 @@ def _strings(request, name):
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
 
 
+def _client_error(exc):
+    """This model's own refusals (and the engine's errors it passes on) as they are; anything else as a
+    reference, its traceback in the server log only."""
+    if isinstance(exc, pb_utils.TritonModelException):
+        return pb_utils.TritonError(str(exc))
+    return triton_error(exc, "tensorrt_llm", pb_utils.Logger.log_error)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -75,15 +86,16 @@ class TritonPythonModel:
         with open(os.path.join(os.path.dirname(__file__), "model.yaml"), encoding="utf-8") as f:
             self.llm_args = yaml.safe_load(f)
         self.tokenizer = load_tokenizer(self.llm_args["model"], bool(self.llm_args.get("trust_remote_code", False)))
+        self.prompt_limit = PromptLimit(self.tokenizer, self.llm_args.get("max_input_len"))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
         self.lock = threading.Lock()
-        self.cancel_events = {}  # request id ("" for none) -> threading.Event of each request in progress
+        self.cancel_events = {}  # request id ("" for none) -> {threading.Event: text_input} of each request in progress
         self.threads = set()  # the threads serving requests (decoupled mode)
 
     def execute(self, requests):
         if not self.decoupled:
-            return [self._serve(request, None, None) for request in requests]
+            return [self._serve_one(request) for request in requests]
         for request in requests:
             thread = threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True)
             with self.lock:
@@ -91,25 +103,32 @@ class TritonPythonModel:
             thread.start()
         return None
 
+    def _serve_one(self, request):
+        """Non-decoupled: an exception escaping execute() would reach the client with its stack frames."""
+        try:
+            return self._serve(request, None, None)
+        except Exception as exc:  # noqa: BLE001 - each request gets its own error
+            return pb_utils.InferenceResponse(error=_client_error(exc))
+
     def _serve_decoupled(self, request):
         sender = request.get_response_sender()
         rid = request.request_id()
         try:
             if _scalar(request, "stop"):
-                self._stop(rid, sender)
+                self._stop(rid, sender, _strings(request, "text_input"))
                 return
             cancelled = threading.Event()
             with self.lock:
-                self.cancel_events.setdefault(rid, set()).add(cancelled)
+                self.cancel_events.setdefault(rid, {})[cancelled] = _strings(request, "text_input")
             try:
                 self._serve(request, sender, cancelled)
             finally:
                 with self.lock:
-                    self.cancel_events.get(rid, set()).discard(cancelled)
+                    self.cancel_events.get(rid, {}).pop(cancelled, None)
                     if not self.cancel_events.get(rid):
                         self.cancel_events.pop(rid, None)
         except Exception as exc:  # one failing request must not take the others down
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+            sender.send(pb_utils.InferenceResponse(error=_client_error(exc)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
             with self.lock:
@@ -128,17 +147,18 @@ class TritonPythonModel:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _stop(self, rid, sender):
-        """A ``stop`` request: cancel the requests in progress with this id; the stop request itself is
-        answered with a CANCELLED error, as upstream does."""
+    def _stop(self, rid, sender, texts):
+        """A ``stop`` request: cancel the requests in progress with this id and this prompt; the stop
+        request itself is answered with a CANCELLED error, as upstream does, whether it matched or not."""
         if not rid:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 "A request id must be provided for request cancellation")),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         with self.lock:
-            for event in self.cancel_events.get(rid, ()):
-                event.set()
+            for event, prompt in self.cancel_events.get(rid, {}).items():
+                if prompt == texts:
+                    event.set()
         sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(CANCELLED, pb_utils.TritonError.CANCELLED)),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
@@ -159,6 +179,7 @@ class TritonPythonModel:
         wants = {k: bool(_scalar(request, k) or False)
                  for k in ("return_finish_reason", "return_stop_reason", "sampling_param_return_perf_metrics")}
 
+        self.prompt_limit.check(texts[0])
         prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
         engine_request = pb_utils.InferenceRequest(
             model_name=self.engine_model,

@@ -15,8 +15,9 @@ server-made part of the key of postprocessing's streaming state (see postprocess
 The client's RETURN_PERF_METRICS comes in only because an ensemble must use every input it has.
 
 Parameters: ``tokenizer_dir``, ``add_special_tokens`` (upstream's key, default true),
-``apply_chat_template`` (wrap each prompt as one user message of the tokenizer's chat template)
-and ``max_output_len`` (the most tokens a request may ask for).
+``apply_chat_template`` (wrap each prompt as one user message of the tokenizer's chat template),
+``max_output_len`` (the most tokens a request may ask for) and ``max_input_len`` (prompts certainly
+longer are refused before they are tokenized).
 """
 
 import json
@@ -28,7 +29,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, error_response, flag, integer, load_tokenizer, parameters, required, utf8,
+    PromptLimit, RequestError, error_response, flag, integer, load_tokenizer, parameters, required, utf8,
 )
 
 MODEL = "preprocessing"
@@ -99,6 +100,8 @@ class TritonPythonModel:
         self.add_special_tokens = flag(params.get("add_special_tokens", "true"), "add_special_tokens")
         self.chat = flag(required(params, "apply_chat_template", MODEL), "apply_chat_template")
         self.max_output_len = integer(required(params, "max_output_len", MODEL), "max_output_len")
+        max_input_len = params.get("max_input_len")  # absent in repositories rendered before it was added
+        self.prompt_limit = PromptLimit(self.tokenizer, integer(max_input_len, "max_input_len") if max_input_len else None)
         if self.chat and not getattr(self.tokenizer, "chat_template", None):
             raise pb_utils.TritonModelException(
                 f"preprocessing: apply_chat_template is true but the tokenizer in {tokenizer_dir} has no chat template"
@@ -163,6 +166,8 @@ class TritonPythonModel:
         query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
         batch = query.shape[0]
         prompts = _texts(query, "text_input")
+        for prompt in prompts:
+            self.prompt_limit.check(prompt)
         decoder = _optional(request, "DECODER_QUERY")
         end = _optional(request, "END_ID")
         pad = _optional(request, "PAD_ID")

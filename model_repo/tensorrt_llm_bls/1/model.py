@@ -188,13 +188,14 @@ class TritonPythonModel:
             raise _failure(response.error(), POSTPROCESSING)
         return [t.decode("utf-8") for t in pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)]
 
-    def _stop_engine(self, stream_id):
-        """Cancel a running engine request (upstream's protocol: same request id, ``stop`` true)."""
+    def _stop_engine(self, stream_id, pre):
+        """Cancel a running engine request (upstream's protocol: same request id, ``stop`` true; the CPU
+        engine also wants the same prompt, so that no other client can stop it)."""
         try:
             request = pb_utils.InferenceRequest(
                 model_name=self.engine, request_id=stream_id, requested_output_names=["output_ids"],
-                inputs=[pb_utils.Tensor("input_ids", np.zeros((1, 1), np.int32)),
-                        pb_utils.Tensor("input_lengths", np.zeros((1, 1), np.int32)),
+                inputs=[pb_utils.Tensor("input_ids", pre["INPUT_ID"][:1].astype(np.int32)),
+                        pb_utils.Tensor("input_lengths", pre["REQUEST_INPUT_LEN"][:1].astype(np.int32)),
                         pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
                         pb_utils.Tensor("stop", np.ones((1, 1), bool))],
             )
@@ -233,7 +234,7 @@ class TritonPythonModel:
                 if response.has_error():
                     raise _failure(response.error(), self.engine)
                 if sender is not None and sender.is_cancelled():
-                    self._stop_engine(stream_id)
+                    self._stop_engine(stream_id, pre)
                     return
                 ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
                 result_ended = ids is not None

@@ -281,12 +281,19 @@ class CpuEngine:
                 self._waiting.append(seq)
             self._admit()
 
-    def stop_request(self, triton_id: str) -> None:
-        """The ``stop`` input: end the requests with this Triton request id, as cancelRequest does."""
+    def stop_request(self, triton_id: str, input_ids: list[int]) -> None:
+        """The ``stop`` input: end the requests with this Triton request id whose prompt is ``input_ids``.
+
+        NVIDIA's backend cancels every request with the id, so any client that guesses an id (ids are
+        the clients' own, often a counter) stops another client's generation. Here the stop must also
+        repeat the prompt, which only the client that sent it knows; a stop that matches nothing is
+        answered the same way, so it tells nothing about other clients' requests."""
         if not triton_id:
             raise RequestError("Trying to stop a request but request ID is not provided")
         with self._lock:
-            for seq in [s for s in list(self._active.values()) + list(self._waiting) if s.group.triton_id == triton_id]:
+            seqs = list(self._active.values()) + list(self._waiting)
+            groups = {id(s.group) for s in seqs if s.group.triton_id == triton_id and s.request.input_ids == input_ids}
+            for seq in [s for s in seqs if id(s.group) in groups]:  # every row of a stopped request
                 self._finish(seq, cancel_engine=True)
 
     def _admit(self) -> None:

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_engine import CpuEngine, load_model  # noqa: E402
 from engine_settings import MODEL, EngineSettings  # noqa: E402
 from model_common import RequestError, parameters, requested_only, triton_error  # noqa: E402
-from trtllm_io import parse_request  # noqa: E402
+from trtllm_io import parse_request, stop_prompt  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -178,7 +178,7 @@ class TritonPythonModel:
         tensors = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
         stop = tensors.get("stop")
         if stop is not None and stop.size and bool(stop.reshape(-1)[0]):
-            self.engine.stop_request(request.request_id())
+            self.engine.stop_request(request.request_id(), stop_prompt(tensors))
             sink.send(None, final=True)  # the C++ backend also answers a stop request with an empty response
             return
         try:

@@ -160,6 +160,15 @@ def _present(value) -> bool:
     return value.size > 0
 
 
+def stop_prompt(tensors: dict[str, np.ndarray]) -> list[int]:
+    """The prompt a ``stop`` request repeats (first row, cut at input_lengths); [] when unreadable."""
+    try:
+        ids = np.asarray(_row(tensors, "input_ids", 0)).reshape(-1)
+        return [int(t) for t in ids[:_scalar(tensors, "input_lengths", 0, int, ids.size)]]
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return []
+
+
 def batch_size_of(tensors: dict[str, np.ndarray]) -> int:
     """Rows in the Triton request: the batch dimension of ``input_ids`` (``max_batch_size > 0`` configs)."""
     ids = tensors.get("input_ids")

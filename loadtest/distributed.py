@@ -1,0 +1,132 @@
+"""The distributed run's master side: only this run's workers are heard, and a lost worker ends the run.
+
+Locust's master takes any message from anyone who reaches its port (ZeroMQ, no authentication): a fake
+worker could add records, end the run or count as a worker. Here every worker proves it belongs to the
+run with the run token (``TRITONGEN_RUN_TOKEN`` in the environment of master and workers, never on a
+command line, where ``ps`` shows it) in a first message; until then the master holds its
+``client_ready`` (so it is not a worker and gets no users) and hears nothing else from it. Anything
+else is dropped and counted; the counts go into the records file's ``run`` record.
+
+Hooked by wrapping the master runner's ``handle_message`` (what its ``client_listener`` calls for every
+message, with the sender's connection identity), so Locust itself is unchanged.
+
+A worker that stops answering heartbeats (Locust marks it missing after about 3 s) or leaves before it
+reported done makes the run incomplete: the other workers are told to drain, the run ends as soon as
+they are done, and the records already received are kept.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections import Counter
+from typing import Any, Callable
+
+import gevent
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
+
+TOKEN_ENV = "TRITONGEN_RUN_TOKEN"
+MSG_HELLO = "tritongen_hello"
+_PENDING_LIMIT = 1024
+"""Connections whose ``client_ready`` waits for a token at most (more are refused, not stored)."""
+_WATCH_S = 0.5
+_log = logging.getLogger("tritongen")
+
+
+def run_token() -> str:
+    """This run's token; a distributed run without one refuses to start."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 16:
+        raise RuntimeError(f"distributed runs need {TOKEN_ENV} (at least 16 characters, the same on the master "
+                           "and every worker): tritongen loadtest sets it; by hand, e.g. "
+                           f"export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_hex(16))')")
+    return token
+
+
+def introduce(runner: WorkerRunner, token: str) -> None:
+    """A worker's first own message: the run token."""
+    runner.send_message(MSG_HELLO, {"token": token})
+
+
+class MasterGuard:
+    """Authenticates workers, counts what it refuses, notices lost workers and knows when all are done."""
+
+    def __init__(self, runner: MasterRunner, token: str, expected: int, finish: Callable[[], None],
+                 drain: Callable[[], None]) -> None:
+        self.runner, self.token, self.expected = runner, token, max(expected, 1)
+        self.finish, self.drain = finish, drain
+        self.members: set[str] = set()
+        self.pending: dict[str, Any] = {}
+        self.rejected: Counter[str] = Counter()
+        self.done: set[int] = set()
+        self.lost: dict[int, str] = {}
+        self.finished = False
+        self._handle = runner.handle_message
+        runner.handle_message = self.handle
+        gevent.spawn(self._watch)
+
+    # ------------------------------------------------------------ authentication
+
+    def handle(self, client_id: str, msg) -> None:
+        own = msg.node_id == client_id  # Locust trusts node_id; a message must name its own connection
+        if client_id in self.members and own:
+            self._handle(client_id, msg)
+        elif msg.type == MSG_HELLO and own and client_id in self.pending and self._valid(msg.data):
+            self.members.add(client_id)
+            self._handle(client_id, self.pending.pop(client_id))
+        elif msg.type == "client_ready" and own and len(self.pending) < _PENDING_LIMIT:
+            self.pending[client_id] = msg
+            self.runner.send_message("ack", client_id=client_id)  # lets the worker start; no index: not a worker yet
+        elif msg.type == "heartbeat" and client_id in self.pending:
+            pass  # a worker between client_ready and its token
+        else:
+            self.reject(client_id, msg.type)
+
+    def _valid(self, data: Any) -> bool:
+        token = data.get("token") if isinstance(data, dict) else None
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode())
+
+    def reject(self, client_id: str, kind: str) -> None:
+        if not self.rejected:
+            _log.error("rejected a message (%s) from %r: not a worker of this run (no or wrong %s)",
+                       kind, client_id, TOKEN_ENV)
+        self.rejected[str(kind)[:64]] += 1
+
+    # ------------------------------------------------------------ completion and lost workers
+
+    def worker_done(self, index: int) -> None:
+        self.done.add(index)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if not self.finished and len(self.done | set(self.lost)) >= self.expected:
+            self.finished = True
+            gevent.spawn(self.finish)
+
+    def _watch(self) -> None:
+        seen: dict[str, int] = {}
+        while not self.finished:
+            gevent.sleep(_WATCH_S)
+            clients = self.runner.clients
+            for client_id in self.members:
+                node = clients.get(client_id)
+                if client_id not in seen and node is not None:
+                    seen[client_id] = self.runner.get_worker_index(client_id)
+            for client_id, index in seen.items():
+                node = clients.get(client_id)
+                why = "left" if node is None else "stopped answering heartbeats" if node.state == STATE_MISSING else None
+                if why and index not in self.done and index not in self.lost:
+                    self._lose(index, f"worker {index} {why} before it finished")
+
+    def _lose(self, index: int, why: str) -> None:
+        _log.error("%s: the run is incomplete; the other workers drain and the records so far are kept", why)
+        self.lost[index] = why
+        self.drain()
+        self._maybe_finish()
+
+    def run_record(self) -> dict[str, Any]:
+        """The records file's ``run`` record: workers lost, messages refused."""
+        return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(self.lost.values()) or None,
+                "rejected_messages": dict(self.rejected)}
+

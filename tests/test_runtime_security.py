@@ -1,0 +1,274 @@
+"""Issue 23, the runtime side: what reaches Locust's config file, the distributed Locust master's
+authentication and a lost worker, ``stop`` scoped to its own client, prompt length before tokenizing,
+and the LLM-API stand-in's errors.
+
+Locust's config file is read by Locust's own parser in a subprocess (importing Locust here would
+monkey-patch this process); the server tests use the session's servers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generator.errors import SpecError
+from generator.measure.locustconf import locust_conf_text, locust_options
+from generator.serve.client import ServerRequestError, generate, grpc_stream, text_inputs
+from generator.serve.endpoints import Endpoints
+from generator.spec.load import spec_from_dict
+
+HOSTILE = [
+    "ensemble\nlocustfile = /tmp/evil.py", "m\rhost = http://evil:1", "m\u2028x", "[a, b]", '"quoted"',
+    "a # comment", "a ; comment", " padded ", "m\x00n", "tab\there", "ok-name.v2", "path/with spaces/x",
+]
+"""Line breaks (\\n, \\r, Unicode's), list and quote syntax, inline comments, edge spaces, NUL; and two
+harmless values that must pass unchanged."""
+
+_LOCUST_READS = """
+import json, sys
+from locust.argument_parser import LocustConfigParser
+out = []
+for path in json.loads(sys.argv[1]):
+    with open(path, encoding="utf-8") as f:
+        out.append({k: str(v) for k, v in LocustConfigParser().parse(f).items()})
+print(json.dumps(out))
+"""
+
+
+def test_hostile_values_never_change_what_locust_reads_from_its_config(tmp_path):
+    """Finding 7: a value either reaches Locust exactly as given (Locust's own parser reads every key
+    back unchanged, no key added or replaced) or is refused naming the field it came from."""
+    base = locust_options(spec_from_dict({}).resolved_loadtest(), Endpoints.from_urls("127.0.0.1:8000"),
+                          tmp_path / "records.jsonl", tmp_path / "locustfile.py")
+    written, refused = [], 0
+    for key in ("model", "prompts", "tokenizer", "records", "host"):
+        for value in HOSTILE:
+            options = {**base, key: value}
+            try:
+                text = locust_conf_text(options)
+            except SpecError as exc:
+                assert exc.where == {"host": "--url", "records": "the output folder (-o)"}.get(key, f"loadtest.{key}")
+                refused += 1
+                continue
+            path = tmp_path / f"{len(written)}.conf"
+            path.write_text(text, encoding="utf-8")
+            written.append((path, options))
+    assert refused and len(written) >= 2 * 5  # the harmless values pass
+    out = subprocess.run([sys.executable, "-c", _LOCUST_READS, json.dumps([str(p) for p, _ in written])],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    for (_, options), read in zip(written, json.loads(out)):
+        assert read == {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+
+
+def test_a_model_name_with_a_line_break_is_refused_by_the_spec():
+    with pytest.raises(SpecError, match="loadtest.model"):
+        spec_from_dict({"loadtest": {"model": "ensemble\nlocustfile = /tmp/evil.py"}})
+
+
+def _stop(server, model, rid, prompt):
+    """A stop request for request id ``rid`` repeating ``prompt``, answer ignored. The ensemble has no
+    stop input: its clients' ids reach tensorrt_llm unchanged, so a stop goes to tensorrt_llm directly
+    with the prompt's token ids (from the repository's own preprocessing)."""
+    if model == "ensemble":
+        import threading
+
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(server.http_url)
+        query = httpclient.InferInput("QUERY", [1, 1], "BYTES")
+        query.set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
+        length = httpclient.InferInput("REQUEST_OUTPUT_LEN", [1, 1], "INT32")
+        length.set_data_from_numpy(np.array([[1]], dtype=np.int32))
+        pre = client.infer("preprocessing", [query, length])
+        stop = {"input_ids": pre.as_numpy("INPUT_ID").astype(np.int32),
+                "input_lengths": pre.as_numpy("REQUEST_INPUT_LEN").astype(np.int32),
+                "request_output_len": np.array([[1]], dtype=np.int32), "stop": np.array([[True]])}
+        threading.Thread(target=grpc_stream, args=(server.grpc_url, "tensorrt_llm", stop),
+                         kwargs={"request_id": rid, "timeout": 60}, daemon=True).start()
+        return
+    try:
+        generate(server.http_url, model, {"text_input": prompt, "stop": True, "id": rid}, 60)
+    except ServerRequestError:
+        pass  # the LLM-API model answers a stop with a CANCELLED error, as upstream
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("which, model", [("cpu_server", "ensemble"), ("llmapi_server", "tensorrt_llm")])
+def test_a_stop_cancels_only_the_stream_of_the_client_that_sent_it(request, which, model):
+    """Finding 10: a stop carrying another client's request id (here guessed; for an ensemble client sent
+    straight to tensorrt_llm, which sees the client's id) but not its prompt leaves that client's
+    generation whole; a stop with the same id and the same prompt still ends it early."""
+    server = request.getfixturevalue(which)
+    victim, wanted = "The repair café meets in the church hall", 48
+    if model == "ensemble":
+        inputs = text_inputs(victim, wanted, stream=True)
+    else:
+        inputs = {"text_input": np.array([victim.encode()], dtype=np.object_), "streaming": np.array([True]),
+                  "sampling_param_max_tokens": np.array([wanted], dtype=np.int32)}
+
+    def stream(stopper=None):
+        def after(n):
+            if n == 2 and stopper:
+                stopper()
+            return True
+        return grpc_stream(server.grpc_url, model, inputs, request_id="client-7", timeout=120, on_response=after,
+                           cumulative=model != "ensemble")
+
+    whole = stream()
+    attacked = stream(lambda: _stop(server, model, "client-7", "something else entirely"))
+    assert attacked.error is None and attacked.text == whole.text and len(attacked.pieces) == len(whole.pieces)
+    own = stream(lambda: _stop(server, model, "client-7", victim))
+    assert len(own.pieces) < len(whole.pieces) and len(own.text) < len(whole.text)
+
+
+_INTRUDER = """
+import sys, time
+from locust import __version__
+from locust.rpc import Message
+from locust.rpc.zmqrpc import Client
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+fake = {"v": 1, "kind": "request", "id": "forged", "proc": 0, "error": None}
+client = Client("127.0.0.1", port, "intruder_1")
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for msg in (Message("client_ready", __version__, "intruder_1"),
+                Message("tritongen_hello", {"token": "0" * 32}, "intruder_1"),
+                Message("tritongen_records", [fake] * 50, "intruder_1"),
+                Message("tritongen_done", {"index": 0}, "intruder_1"),
+                Message("quit", None, "some_worker")):
+        client.send(msg)
+    time.sleep(0.2)
+"""
+
+
+def _distributed(cpu_spec, cpu_server, out, monkeypatch, *overrides):
+    """A distributed run on a known master port; returns (port, the run in a thread's result holder)."""
+    import generator.serve.server as server_module
+    from generator.measure.runner import run_loadtest
+    from generator.spec import with_overrides
+
+    port = server_module.free_port()
+    monkeypatch.setattr(server_module, "free_port", lambda host="127.0.0.1": port)
+    spec = with_overrides(cpu_spec, ["loadtest.input_tokens_mean=16", "loadtest.output_tokens_mean=8",
+                                     "loadtest.num_prompts=4", "loadtest.reference_checks=0",
+                                     "loadtest.warmup_requests=0", "loadtest.protocol=http-stream",
+                                     "loadtest.request_timeout_s=30", *overrides])
+    out.mkdir(parents=True, exist_ok=True)
+    return port, lambda: run_loadtest(spec, out, url=f"http://{cpu_server.http_url}", grpc_url=cpu_server.grpc_url,
+                                      metrics_url=cpu_server.metrics_url, admin_key=cpu_server.admin_key)
+
+
+@pytest.mark.server
+def test_the_locust_master_hears_only_the_workers_of_its_run(cpu_spec, cpu_server, tmp_path, monkeypatch):
+    """Finding 8: a client on the master's port sending forged records, a forged "done", a worker's
+    client_ready with a wrong token and a "quit" for another worker changes nothing: every request of
+    the run is there, none of the forged ones, and the refused messages are counted in the results."""
+    port, run = _distributed(cpu_spec, cpu_server, tmp_path / "out", monkeypatch, "loadtest.workers=1",
+                             "loadtest.users=2", "loadtest.max_requests=12", "loadtest.duration_s=120")
+    intruder = subprocess.Popen([sys.executable, "-c", _INTRUDER, str(port), "60"])
+    try:
+        res = run().results
+    finally:
+        intruder.kill()
+        intruder.wait()
+    from generator.measure.runner import read_records
+
+    requests_, _ = read_records(tmp_path / "out" / "records.jsonl")
+    assert res.counts.ok == 12 and not any(r["id"] == "forged" for r in requests_)
+    rejected = res.run.integrity.rejected_messages
+    assert rejected.get("tritongen_records") and rejected.get("tritongen_done") and rejected.get("quit"), rejected
+    assert res.run.integrity.incomplete is None
+
+
+@pytest.mark.server
+def test_a_lost_worker_ends_the_run_with_its_records_kept(cpu_spec, cpu_server, tmp_path, monkeypatch):
+    """Finding 9: one of two workers killed mid-run; the run ends soon after (the other drains) instead
+    of waiting out the run and the timeout, the records received are kept and the run is marked
+    incomplete, naming the worker."""
+    import os
+    import signal
+    import threading
+    import time
+
+    port, run = _distributed(cpu_spec, cpu_server, tmp_path / "out", monkeypatch, "loadtest.workers=2",
+                             "loadtest.users=4", "loadtest.duration_s=600")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", run()), daemon=True)
+    thread.start()
+    records = tmp_path / "out" / "records.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (records.is_file() and records.stat().st_size > 0):
+        time.sleep(0.5)
+    worker = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                  and _cmdline(p).endswith(f"--worker --master-host 127.0.0.1 --master-port {port}"))
+    os.kill(worker, signal.SIGKILL)
+    thread.join(300)  # the run itself would last 600 s
+    assert not thread.is_alive(), "the run waited for the lost worker"
+    res = result["r"].results
+    integrity = res.run.integrity
+    assert integrity.incomplete and "worker" in integrity.incomplete and len(integrity.lost_workers) == 1
+    assert res.counts.ok > 0
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("which, model, max_key", [("cpu_server", "ensemble", "max_tokens"),
+                                                    ("cpu_server", "tensorrt_llm_bls", "max_tokens"),
+                                                    ("llmapi_server", "tensorrt_llm", "sampling_param_max_tokens")])
+def test_a_10_mb_prompt_is_refused_before_it_is_tokenized(request, which, model, max_key):
+    """Finding 16: the refusal names the prompt's characters and max_input_len (the cheap bound, before
+    any tokenizing; it used to be the engine's "prompt length (N tokens)" after tokenizing all of it),
+    and a small request beside it is answered."""
+    import requests as http
+
+    server = request.getfixturevalue(which)
+    url = f"http://{server.http_url}/v2/models/{model}/generate"
+    big = http.post(url, json={"text_input": "word " * 2_000_000, max_key: 4}, timeout=300)
+    assert big.status_code == 400 and "10000000 characters" in big.text and "max_input_len" in big.text, big.text
+    small = http.post(url, json={"text_input": "a small request", max_key: 4}, timeout=300)
+    assert small.status_code == 200, small.text
+
+
+@pytest.mark.server
+def test_the_non_decoupled_llmapi_stand_in_sends_no_stack_frames(llmapi_spec, nvfp4_checkpoint_dir, tmp_path):
+    """Low finding: an error of the non-decoupled LLM-API stand-in reaches the client as its message
+    alone; it used to carry the Python stack with file paths."""
+    import requests as http
+
+    from generator.repo.render import render_repository
+    from generator.serve.server import TritonServer
+    from generator.spec import with_overrides
+
+    repo = render_repository(with_overrides(llmapi_spec, ["serving.decoupled=false"]), tmp_path / "repo")
+    with TritonServer(repo, log_file=tmp_path / "triton.log") as server:
+        url = f"http://{server.http_url}/v2/models/tensorrt_llm/generate"
+        r = http.post(url, json={"text_input": "hello", "stop": True}, timeout=120)
+        assert r.status_code >= 400 and "a stop request needs a decoupled model" in r.text
+        assert ".py" not in r.text and "At:" not in r.text, r.text
+        assert http.post(url, json={"text_input": "hello", "sampling_param_max_tokens": 4}, timeout=120).ok
+
+
+def test_in_cluster_locust_carries_the_run_token_from_a_secret_and_has_a_deadline():
+    """Findings 8 and 9 in the cluster: master and workers read the run token from a Secret (never the
+    manifest), and the master Job ends by its deadline even when a worker is lost."""
+    import yaml
+
+    from generator.deploy.loadtest import render_loadtest_manifests
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(render_loadtest_manifests(spec_from_dict({}))) if d}
+    for kind in ("Job", "Deployment"):
+        [container] = docs[kind]["spec"]["template"]["spec"]["containers"]
+        [env] = container["env"]
+        assert env["name"] == "TRITONGEN_RUN_TOKEN" and env["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert 0 < docs["Job"]["spec"]["activeDeadlineSeconds"] < 3600
