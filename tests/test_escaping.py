@@ -202,7 +202,7 @@ def test_hostile_text_in_every_field_keeps_every_artifact_s_structure(overrides,
             data = with_field(data, field, value)
         files = _render(data, gpu)
         assert structure(files) == baseline, text
-        assert "loadtest.model" in used and "model.source" in used
+        assert "model.source" in used  # loadtest.model refuses any of them, naming itself (a URL and config name)
         if len(text) > 255:  # a name no file system holds: the path fields refuse it (naming the field)
             assert "artifacts.dir" not in used
             continue
