@@ -56,8 +56,9 @@ def test_a_batch_of_two_prompts_keeps_each_text_apart(cpu_server):
 
 @pytest.mark.server
 def test_error_before_the_first_token_reaches_the_client(cpu_server):
-    result = grpc_stream(cpu_server.grpc_url, BLS, text_inputs("hello " * 2000, 4, stream=True), timeout=60)
+    result = grpc_stream(cpu_server.grpc_url, BLS, text_inputs("hello " * 300, 4, stream=True), timeout=60)
     assert result.error is not None and "no final response" not in result.error
+    # 300 words pass the cheap character bound (PromptLimit) and exceed the 256 tokens after tokenizing.
     assert "exceeds" in result.error and "256" in result.error  # the limit of the test spec
     assert _answer(cpu_server, PROMPT, 4, BLS) == _answer(cpu_server, PROMPT, 4)
 

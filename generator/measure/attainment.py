@@ -46,15 +46,16 @@ def objectives(terms: Sequence[Term], strict: bool = True) -> list[Objective]:
     ``strict``: refuse terms that are not per-request limits (tune), else leave them out (sweep)."""
     out = []
     for term in terms:
-        if term.metric == "error_rate":
+        if term.metric.name == "error_rate":
             continue
-        if term.metric not in _PER_REQUEST or term.op not in ("<", "<="):
+        latency = term.metric.latency
+        if latency not in _PER_REQUEST or term.op not in ("<", "<="):
             if not strict:
                 continue
             raise SpecError(f"tune judges each request against the SLO; {term.text!r} is not a per-request limit",
                             where="--slo", fix='use latency upper limits, e.g. "ttft_p95<500ms,itl_p95<50ms"')
-        out.append(Objective(f"{term.metric}_{term.stat}", _PER_REQUEST[term.metric], term.limit, term.op == "<="))
-    if strict and not out and not any(t.metric == "error_rate" for t in terms):
+        out.append(Objective(term.metric.name, _PER_REQUEST[latency], term.limit, term.op == "<="))
+    if strict and not out and not any(t.metric.name == "error_rate" for t in terms):
         raise SpecError("the SLO has no objective tune can judge", where="--slo", fix='e.g. --slo "ttft_p95<500ms"')
     return out
 

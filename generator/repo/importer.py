@@ -159,6 +159,9 @@ def _ifb(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) -> No
         model = meaning.models.get(name)
         if model is not None and model.instances:
             _set(spec, field, sum(count for _, count in model.instances))
+    pre = meaning.models.get("preprocessing")
+    if pre is not None and pre.parameters.get("max_input_len", "").isdigit():  # the prompt limit render wrote
+        _set(spec, "build.max_input_len", int(pre.parameters["max_input_len"]))
     bls = meaning.models.get("tensorrt_llm_bls")
     _set(spec, "serving.bls", bls is not None)
     if bls is not None and "accumulate_tokens" in bls.parameters:

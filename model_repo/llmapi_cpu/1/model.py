@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error,
+    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error, utf8,
 )
 
 _SAMPLING_TO_ENGINE = {
@@ -67,7 +67,7 @@ def _strings(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return []
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+    return [utf8(v, name) if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
 
 
 def _client_error(exc):
