@@ -1,7 +1,7 @@
 """NVIDIA Dynamo's OpenAI frontend with its mocker engine on this CPU, without etcd or NATS: a real
 OpenAI-compatible server for the ``openai-*`` load-test protocols (tests and bench/crosscheck_dynamo.py).
 
-The recipe (../shared/facts.md, Dynamo 1.6.1): file discovery, TCP request plane, ZMQ event plane through
+The recipe (measured with Dynamo 1.6.1): file discovery, TCP request plane, ZMQ event plane through
 a local XSUB/XPUB proxy (the mocker would bind its publishers on 0.0.0.0 otherwise), every port pinned to
 127.0.0.1. The mocker streams random token ids unless it replays a trace: ``replay_trace`` writes one whose
 answers are real words of the tokenizer, and each request names its row with
