@@ -131,6 +131,18 @@ def test_cpu_reference_target(cpu_repo):
             assert "${" not in f.read_text(), f
 
 
+def test_queue_limit_at_the_entrances_not_mid_stream(cpu_repo):
+    """A refusal at postprocessing's queue, which the ensemble calls while tensorrt_llm still streams,
+    leaves the ensemble request without a final response in Triton 2.51 (a hung client): only the
+    models that start a request refuse when full."""
+    spec, repo = cpu_repo
+    assert spec.serving.max_queue_size > 0
+    for model in ("preprocessing", "tensorrt_llm"):
+        assert parse(repo, model).dynamic_batching.default_queue_policy.max_queue_size == spec.serving.max_queue_size
+    post = parse(repo, "postprocessing")
+    assert post.HasField("dynamic_batching") and post.dynamic_batching.default_queue_policy.max_queue_size == 0
+
+
 def test_gpu_target_same_interface_other_parameters(cpu_repo, gpu_repo):
     spec, repo = gpu_repo
     gpu, cpu = parse(repo, "tensorrt_llm"), parse(cpu_repo[1], "tensorrt_llm")

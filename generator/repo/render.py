@@ -179,6 +179,16 @@ def tensorrt_llm_parameters(spec: Spec, target: EngineTarget, topo: Optional[Top
     return _params([(r.key, r.value) for r in engine_mapping(spec, target, topo)])
 
 
+MID_STREAM_QUEUE_SIZE = 0
+"""Postprocessing's queue is unbounded (0): the ensemble calls it once per tensorrt_llm response, while
+tensorrt_llm is still streaming, and Triton 2.51 never finishes an ensemble request whose step is refused
+at enqueue ("Exceeds maximum queue size") while another step is in flight: the client gets no final
+response and the server counts the request in flight until its exit timeout (core r24.10
+ensemble_scheduler.cc ScheduleSteps/PrepareSteps; fixed upstream in core PR #466, after 2.51). The
+requests that reach postprocessing are bounded by the engine's batch and queue, where refusals end a
+request cleanly."""
+
+
 def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Topology) -> dict[str, dict[str, Any]]:
     """Template values of the five inflight_batcher_llm models."""
     s = spec.serving
@@ -214,7 +224,9 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
     for name, values in models.items():
         values.update(shared, name=name, platform=values.get("platform"),
                       reference=f"NVIDIA TensorRT-LLM {TRTLLM_VERSION} {facts['models'][name]['source']['path']}")
+    models[POSTPROCESSING]["max_queue_size"] = MID_STREAM_QUEUE_SIZE
     return models
+
 
 
 SHARED_CODE = "_shared"

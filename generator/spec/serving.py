@@ -35,7 +35,8 @@ class ServingSpec(Section):
 
     max_queue_size: int = Field(64, ge=0)
     """Requests that may wait before new ones are refused as "server busy" (HTTP 503): in each model's
-    dynamic-batching queue, and in the CPU reference engine's own queue of requests waiting for a
+    dynamic-batching queue but postprocessing's (unbounded: Triton 2.51 hangs an ensemble request whose
+    mid-stream step is refused), and in the CPU reference engine's own queue of requests waiting for a
     batch slot (where streaming requests wait). 0 means no limit, which lets a burst of requests hold
     memory without bound."""
 
