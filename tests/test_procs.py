@@ -85,3 +85,45 @@ def test_children_get_no_secrets():
     env = child_env({"PATH": "/bin", "HOME": "/h", "LC_ALL": "C", "HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "k",
                      "TRITONGEN_ADMIN_KEY": "admin", "GITHUB_TOKEN": "g"}, PYTHONUNBUFFERED="1")
     assert env == {"PATH": "/bin", "HOME": "/h", "LC_ALL": "C", "PYTHONUNBUFFERED": "1"}
+
+
+_STUB = """
+import signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from model_common import exit_with_server
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as Triton's stub: only its server may end it
+exit_with_server(0.05)
+print("watching", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_stub_ends_when_its_server_is_killed_even_unreaped():
+    """model_common.exit_with_server: a stand-in stub (ignoring SIGTERM, as Triton's does) under a stand-in
+    server; the server is SIGKILLed and left a zombie (what the stub's own kill(pid, 0) check takes for
+    alive); the stub ends by itself."""
+    shared = Path(__file__).resolve().parents[1] / "model_repo" / "_shared"
+    server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
+                               "print(p.pid, flush=True); p.wait()", sys.executable, "-c", _STUB, str(shared)],
+                              stdout=subprocess.PIPE, text=True)
+    stub = 0
+    try:
+        stub = int(server.stdout.readline())
+        assert server.stdout.readline().strip() == "watching"
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _running(stub):
+            time.sleep(0.05)
+        assert not _running(stub), "the stub outlived its server"
+    finally:
+        if stub and _running(stub):
+            os.kill(stub, signal.SIGKILL)
+        server.wait()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -15,6 +15,9 @@ server faults start with "server error", a full queue with "server busy".
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 import traceback
 import uuid
 
@@ -178,3 +181,32 @@ def error_response(exc: BaseException, model: str, log=None):
     import triton_python_backend_utils as pb_utils
 
     return pb_utils.InferenceResponse(error=triton_error(exc, model, log))
+
+
+# ---------------------------------------------------------------- the stub's lifetime
+
+SERVER_CHECK_S = 0.5
+"""How often a stub checks that the server that started it is still its parent."""
+
+
+def exit_with_server(period_s: float = SERVER_CHECK_S) -> threading.Thread:
+    """End this stub process as soon as the tritonserver that started it is gone (call from ``initialize``).
+
+    Triton 2.51's stub checks its parent with ``kill(pid, 0)``, which succeeds while the dead server is
+    an unreaped zombie, and once it does notice it tears itself down under the model's running threads:
+    a stub whose server was killed (``launch.sh`` run by hand, ``kill -9``) lived on for minutes, or
+    segfaulted. The kernel gives an orphan a new parent the moment its parent exits, reaped or not, so
+    a changed ``getppid()`` is the signal; ``os._exit`` ends the process without running Python's or
+    the stub's teardown, which has nobody left to report to. Stubs ignore SIGTERM by design (the
+    server stops them), so this is their only way out when the server cannot."""
+    server = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(period_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-server", daemon=True)
+    thread.start()
+    return thread
+

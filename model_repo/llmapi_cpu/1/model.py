@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error, utf8,
+    PromptLimit, bls_stream, exit_with_server, load_tokenizer, parameters, required, requested_only, triton_error, utf8,
 )
 
 _SAMPLING_TO_ENGINE = {
@@ -80,6 +80,7 @@ def _client_error(exc):
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_server()
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.engine_model = required(parameters(config), "engine_model", "tensorrt_llm")

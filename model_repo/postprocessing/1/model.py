@@ -38,7 +38,9 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from detok import IncrementalDetokenizer, StreamTable  # noqa: E402
-from model_common import RequestError, error_response, flag, load_tokenizer, parameters, required, utf8  # noqa: E402
+from model_common import (  # noqa: E402
+    RequestError, error_response, exit_with_server, flag, load_tokenizer, parameters, required, utf8,
+)
 
 MODEL = "postprocessing"
 
@@ -65,6 +67,7 @@ def _rows(tokens, lengths):
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_server()
         params = parameters(json.loads(args["model_config"]))
         self.tokenizer = load_tokenizer(required(params, "tokenizer_dir", MODEL))
         self.skip_special_tokens = flag(required(params, "skip_special_tokens", MODEL), "skip_special_tokens")

@@ -29,7 +29,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, RequestError, error_response, flag, integer, load_tokenizer, parameters, required, utf8,
+    PromptLimit, RequestError, error_response, exit_with_server, flag, integer, load_tokenizer, parameters, required, utf8,
 )
 
 MODEL = "preprocessing"
@@ -94,6 +94,7 @@ def _token_ids(values, batch_size, name, vocab_size):
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_server()
         params = parameters(json.loads(args["model_config"]))
         tokenizer_dir = required(params, "tokenizer_dir", MODEL)
         self.tokenizer = load_tokenizer(tokenizer_dir)

@@ -34,7 +34,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, ServerBusy, ServerFault, error_response, flag, parameters, required, requested_only,
+    RequestError, ServerBusy, ServerFault, error_response, exit_with_server, flag, parameters, required, requested_only,
 )
 
 MODEL = "tensorrt_llm_bls"
@@ -143,6 +143,7 @@ def _first(array, default=None):
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_server()
         config = json.loads(args["model_config"])
         params = parameters(config)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cpu_engine import CpuEngine, load_model  # noqa: E402
 from engine_settings import MODEL, EngineSettings  # noqa: E402
-from model_common import RequestError, parameters, requested_only, triton_error  # noqa: E402
+from model_common import RequestError, exit_with_server, parameters, requested_only, triton_error  # noqa: E402
 from trtllm_io import parse_request, stop_prompt  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -135,6 +135,7 @@ class _Metrics:
 
 class TritonPythonModel:
     def initialize(self, args):
+        exit_with_server()
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         settings = EngineSettings.from_parameters(parameters(config), config.get("max_batch_size", 1))
