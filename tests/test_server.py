@@ -21,7 +21,9 @@ import requests
 from generator.errors import TritongenError
 from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.install import ADMIN_HEADER, assemble_backend_dir, find_install, server_command, server_env
-from generator.serve.server import SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port
+from generator.serve.server import (
+    SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port, own_python_env,
+)
 from generator.serve.smoke import same_text
 
 # ---------------------------------------------------------------- pure pieces
@@ -59,6 +61,13 @@ def test_backend_folder_has_the_stub_for_this_python(tmp_path):
     assert names == ["libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
     with pytest.raises(TritongenError, match="no stub for Python 2.7"):
         assemble_backend_dir(install.pytriton_dir, tmp_path / "c", python_version="2.7")
+
+
+def test_own_python_env_is_the_one_folder_that_appeared():
+    mine, other, older = Path("/tmp/python_env_mine"), Path("/tmp/python_env_other"), Path("/tmp/python_env_old")
+    assert own_python_env({older}, {older, mine}) == mine
+    assert own_python_env({older}, {older, mine, other}) is None  # another server started meanwhile: unknown
+    assert own_python_env({older}, {older}) is None
 
 
 def test_failed_models_are_read_from_the_log_and_the_index():
@@ -150,10 +159,13 @@ def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
         assert len(stubs) == 3  # two echo instances and one stuck instance, all in the server's group
         assert all(os.getpgid(p.pid) == server.pid for p in stubs)
         assert list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+        python_env = server.python_env
+        assert python_env is not None and python_env.is_dir()  # its Python backend's folder under /tmp
     finally:
         server.stop(timeout_s=3)
     assert _alive(family) == []
     assert not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+    assert not python_env.exists()  # the exit timeout cut unloading short: Triton left it, stop removed it
 
 
 _LAUNCHER = """

@@ -17,6 +17,7 @@ pure helpers here (`failed_models_from_index`, `failed_models_from_log`) read wh
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -45,6 +46,10 @@ from generator.serve.install import (
 SHM_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
 _WORKDIR_PREFIX = "tritongen-server-"
+PYTHON_ENV_GLOB = "/tmp/python_env_*"
+"""The folder the Python backend makes per server at its start (``mkdtemp``, always under /tmp: its
+EnvironmentManager, python_backend r24.10 pb_env.cc) and removes only when the server unloads every
+model before it exits, which a server stopped on its exit timeout or killed never does."""
 
 
 def _first_line(reason: str, limit: int = 300) -> str:
@@ -110,6 +115,18 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
 
+def python_envs() -> set[Path]:
+    return {Path(p) for p in glob.glob(PYTHON_ENV_GLOB)}
+
+
+def own_python_env(before: set[Path], after: set[Path]) -> Optional[Path]:
+    """This server's Python-backend folder: the one folder that appeared between just before its start and
+    its readiness. Two or more means another server started meanwhile, and which is whose cannot be told:
+    None, and nothing of another server's is ever removed."""
+    new = after - before
+    return new.pop() if len(new) == 1 else None
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -165,6 +182,9 @@ class TritonServer:
         self._start_failed = False
         self.ready_stubs: dict[int, str] = {}
         """pid -> model name of each Python backend stub when the server became ready."""
+        self.python_env: Optional[Path] = None
+        """This server's Python-backend folder under /tmp (``own_python_env``), removed by ``stop`` if the
+        server left it."""
         self._exited_on_its_own = False
 
     # ------------------------------------------------------------------ addresses
@@ -248,11 +268,14 @@ class TritonServer:
         env = server_env(child_env(os.environ), python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
         # A port picked free can be taken before the server binds it; then try fresh ones.
         attempts = 1 if all(self._ports_given) else 3
+        envs_before = python_envs()
         for attempt in range(attempts):
             self._launch(install, backend_dir, env, append=attempt > 0)
             try:
                 self._wait_ready(timeout_s)
                 self.ready_stubs = self.stubs()
+                if self.ready_stubs:  # a server with Python models has made its folder by now
+                    self.python_env = own_python_env(envs_before, python_envs())
                 return self
             except _PortTaken:
                 self._terminate()
@@ -405,6 +428,9 @@ class TritonServer:
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None
+        if self.python_env is not None:
+            shutil.rmtree(self.python_env, ignore_errors=True)
+            self.python_env = None
         for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
             try:
                 region.unlink()
