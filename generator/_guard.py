@@ -1,7 +1,8 @@
 """Guard of one process group, run by ``generator.procs`` as ``python -I _guard.py PGID GRACE SHM PATH...``.
 
-It reads its stdin until tritongen closes it. ``done`` means tritongen stopped the group itself;
-anything else means tritongen died (SIGKILL, a crash): then the guard SIGTERMs the group, SIGKILLs
+It reads its stdin until tritongen closes it: lines ``clean PATH`` add folders to remove (found after
+the start, such as the server's Python-backend folder), a last line ``done`` means tritongen stopped the
+group itself; anything else means tritongen died (SIGKILL, a crash): then the guard SIGTERMs the group, SIGKILLs
 what is left after GRACE seconds, waits until it is gone, and removes the work folders and this
 server's shared-memory regions. Standard library only: it must run whatever tritongen's state.
 """
@@ -38,8 +39,10 @@ def _until_gone(pgid: int, seconds: float) -> bool:
 
 def main(pgid: int, grace_s: float, shm_prefix: str, paths: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.stdin.buffer.read() == b"done":
+    lines = sys.stdin.buffer.read().decode("utf-8", "surrogateescape").split("\n")
+    if lines[-1] == "done":
         return
+    paths = paths + [line[len("clean "):] for line in lines if line.startswith("clean ")]
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 3600.0)):
         try:
             os.killpg(pgid, sig)

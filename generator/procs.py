@@ -140,6 +140,15 @@ class ChildGroup:
             )
         self._release_guard()
 
+    def also_clean(self, path: Path) -> None:
+        """Have the guard remove ``path`` too if tritongen dies (a folder the group made after its start)."""
+        if self._guard is not None:
+            try:
+                self._guard.stdin.write(f"clean {path}\n".encode("utf-8", "surrogateescape"))
+                self._guard.stdin.flush()
+            except OSError:
+                pass
+
     def _reap(self) -> None:
         for p in self.procs:
             p.poll()

@@ -53,6 +53,7 @@ from generator.procs import ChildGroup
 
 group = ChildGroup(cleanup=[Path(sys.argv[1])])
 group.start({cmd!r})
+group.also_clean(Path(sys.argv[2]))  # a folder found after the start
 print(group.pgid, flush=True)
 sys.stdin.read()
 """
@@ -60,11 +61,12 @@ sys.stdin.read()
 
 def test_a_killed_parent_leaves_no_process_and_no_work_folder(tmp_path):
     """SIGKILL gives no chance to clean up: the guard ends the group (SIGKILL after the grace) and
-    removes the work folder."""
-    work = tmp_path / "work"
+    removes the work folder, and the folder it was told of later."""
+    work, later = tmp_path / "work", tmp_path / "python_env_x"
     work.mkdir()
+    later.mkdir()
     (work / "admin-key").write_text("x")
-    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER.format(cmd=_STUBBORN), str(work)],
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER.format(cmd=_STUBBORN), str(work), str(later)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
     pgid = int(launcher.stdout.readline())
@@ -75,10 +77,10 @@ def test_a_killed_parent_leaves_no_process_and_no_work_folder(tmp_path):
     launcher.kill()
     launcher.wait()
     deadline = time.monotonic() + 60
-    while (group_members(pgid) or work.exists()) and time.monotonic() < deadline:
+    while (group_members(pgid) or work.exists() or later.exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert group_members(pgid) == []
-    assert not work.exists()
+    assert not work.exists() and not later.exists()
 
 
 def test_children_get_no_secrets():

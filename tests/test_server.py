@@ -174,7 +174,7 @@ from generator.serve.server import TritonServer
 
 server = TritonServer(sys.argv[1], log_file=sys.argv[2])
 server.start(timeout_s=120)
-print(server.pid, flush=True)
+print(server.pid, server.python_env, flush=True)
 time.sleep(600)
 """
 
@@ -188,16 +188,18 @@ def test_server_goes_when_its_launcher_is_killed(tmp_path):
     launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(repo), str(tmp_path / "triton.log")],
                                 stdout=subprocess.PIPE, text=True)
     try:
-        server_pid = int(launcher.stdout.readline())
+        pid, python_env = launcher.stdout.readline().split()
+        server_pid = int(pid)
         family = [server_pid] + [p.pid for p in psutil.Process(server_pid).children(recursive=True)]
         assert len(family) == 2  # tritonserver and the echo model's stub
     finally:
         launcher.kill()
         launcher.wait()
     deadline = time.monotonic() + 60
-    while _alive(family) and time.monotonic() < deadline:
+    while (_alive(family) or Path(python_env).exists()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _alive(family) == []
+    assert not Path(python_env).exists()  # its Python-backend folder: no temporary folder left
 
 
 @pytest.mark.server

@@ -276,6 +276,8 @@ class TritonServer:
                 self.ready_stubs = self.stubs()
                 if self.ready_stubs:  # a server with Python models has made its folder by now
                     self.python_env = own_python_env(envs_before, python_envs())
+                    if self.python_env is not None:
+                        self._group.also_clean(self.python_env)
                 return self
             except _PortTaken:
                 self._terminate()
