@@ -18,6 +18,7 @@ finish reasons, ``stop`` cancellations and direct engine calls among the hostile
     .venv/bin/python bench/soak.py --duration 600 --hostile 600           # the full run (demo repository)
     .venv/bin/python bench/soak.py --target llmapi --duration 600 --hostile 600
     .venv/bin/python bench/soak.py --repo REPO --duration 60 --hostile 100
+    .venv/bin/python bench/soak.py --repo REPO --duration 30 --hostile 30 --cycles 5   # 5 start/load/stop cycles
 
 Without ``--repo`` the demo's tiny model is made, quantized and rendered first (as ``tritongen demo``
 does). Loopback only. Prints a JSON summary; exit status 1 when a check failed. The test suite runs a
@@ -32,6 +33,8 @@ import math
 import platform
 import random
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -76,6 +79,8 @@ class SoakResult:
     honest_requests: int = 0
     honest_failures: int = 0
     honest_failure_examples: list[str] = field(default_factory=list)
+    honest_hung: int = 0
+    """Honest requests that got no final response (nor an error) before their 300-s timeout."""
     hostile_requests: int = 0
     hostile_outcomes: dict[str, int] = field(default_factory=dict)
     hostile_hung: int = 0
@@ -96,10 +101,14 @@ class SoakResult:
     in the server log: its parent was gone before it); ``TritonServer.stop`` raises if a process is left."""
     exit_timeout_expired: bool = False
     """The server exited on ``--exit-timeout-secs`` before all models unloaded (tritongen then ends the stubs)."""
+    error: str = ""
+    """Why the run could not finish (the server went away mid-run: its log says why)."""
+    cores: list[str] = field(default_factory=list)
+    """Core files of crashed server processes kept by ``--cores`` (read them with gdb and the stub binary)."""
 
     @property
     def ok(self) -> bool:
-        return (self.honest_failures == 0 and self.hostile_hung == 0 and self.models_ready_after
+        return (not self.error and self.honest_failures == 0 and self.honest_hung == 0 and self.hostile_hung == 0 and self.models_ready_after
                 and self.answer_after_ok and self.active_requests_after == 0 and self.kv_blocks_used_after == 0
                 and not self.stubs_restarted and self.memory_settled and not self.segfaults_ours
                 and self.stopped_cleanly)
@@ -196,6 +205,7 @@ class Soak:
         self.expected: dict[str, str] = {}
         self.honest = Counter()
         self.failures: list[str] = []
+        self.honest_hung = 0
         self.hostile = Counter()
         self.hung = 0
 
@@ -268,6 +278,8 @@ class Soak:
                 if problem:
                     self.honest["failures"] += 1
                     self.failures.append(problem)
+                    self.honest_hung += "no final response within" in problem or problem.startswith(
+                        ("ReadTimeout", "Timeout"))
 
     # ---------------------------------------------------------------- hostile clients
 
@@ -437,6 +449,13 @@ class Soak:
                 return active, used
             time.sleep(0.5)
 
+    def partial(self, duration_s: float, error: str) -> SoakResult:
+        """What a run that could not finish counted until then."""
+        return SoakResult(duration_s=duration_s, error=error, honest_requests=self.honest["requests"],
+                          honest_failures=self.honest["failures"], honest_failure_examples=self.failures[:5],
+                          honest_hung=self.honest_hung, hostile_requests=sum(self.hostile.values()),
+                          hostile_outcomes=dict(sorted(self.hostile.items())), hostile_hung=self.hung)
+
     def run(self, duration_s: float, hostile: int, workers: int, server_pid: int | None) -> SoakResult:
         """The load, then the checks on a still running server (the kernel log is read by ``soak``)."""
         self.references()
@@ -465,6 +484,7 @@ class Soak:
             result.stubs_restarted = sorted(k for k in idle if after.get(k, (None,))[0] != idle[k][0])
         result.honest_requests, result.honest_failures = self.honest["requests"], self.honest["failures"]
         result.honest_failure_examples = self.failures[:5]
+        result.honest_hung = self.honest_hung
         result.hostile_requests = sum(self.hostile.values())
         result.hostile_outcomes = dict(sorted(self.hostile.items()))
         result.hostile_hung = self.hung
@@ -487,19 +507,37 @@ def _demo_repo(work: Path, target: str) -> Path:
     return render_repository(spec, work / "repo")
 
 
+def keep_cores(folder: Path, cores_dir: Path) -> list[str]:
+    """Move the core files a crash left in ``folder`` (the server's working folder, where the kernel writes
+    them under the default ``core_pattern``) to ``cores_dir``, before the server's stop removes the folder."""
+    kept = []
+    for core in sorted(folder.glob("core*")):
+        cores_dir.mkdir(parents=True, exist_ok=True)
+        kept.append(str(shutil.move(str(core), cores_dir / core.name)))
+    return kept
+
+
 def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile: int, workers: int,
-         max_tokens: int) -> SoakResult:
+         max_tokens: int, cores_dir: Path | None = None) -> SoakResult:
     """Serve ``repo``, run the soak, stop the server, then read what the kernel logged meanwhile."""
     from generator.serve.server import TritonServer
 
+    if cores_dir is not None:  # the server and its stubs inherit the limit
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     before = kernel_segfaults()
+    cores: list[str] = []
     with TritonServer(repo, log_file=log_file) as server:
         watch = TaskWatch(server.pid)
+        load = Soak(server.http_url, server.grpc_url, server.metrics_url, max_tokens=max_tokens, target=target)
         try:
-            result = Soak(server.http_url, server.grpc_url, server.metrics_url, max_tokens=max_tokens,
-                          target=target).run(duration_s, hostile, workers, server.pid)
+            result = load.run(duration_s, hostile, workers, server.pid)
+        except requests.RequestException as exc:
+            result = load.partial(duration_s, f"{type(exc).__name__}: {exc}")
         finally:
             watch.stop()
+            if cores_dir is not None:
+                cores = keep_cores(server._workdir, cores_dir)
+    result.cores = cores
     time.sleep(1.0)  # the kernel logs a crash of the stopping stubs a moment after it happens
     after = kernel_segfaults()
     result.kernel_log_read = before is not None and after is not None
@@ -522,6 +560,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=16, help="honest clients (the demo's max_batch_size)")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--out", type=Path, help="also write the JSON summary here (and the server log beside it)")
+    parser.add_argument("--cycles", type=int, default=1,
+                        help="start, load and stop the server this many times in a row; ok only if every cycle is")
+    parser.add_argument("--cores", type=Path, help="keep core files of crashed server processes in this folder")
     args = parser.parse_args()
     from generator.repo.manifest import read_manifest
 
@@ -530,19 +571,25 @@ def main() -> int:
     if manifest is not None:
         target = manifest.target.value
     target = "llmapi" if target == "llmapi" else "ensemble"
+    cycles = []
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         repo = args.repo or _demo_repo(Path(tmp), target)
-        log = args.out.with_suffix(".triton.log") if args.out else Path(tmp) / "triton.log"
-        result = soak(repo, log, target=target, duration_s=args.duration, hostile=args.hostile,
-                      workers=args.workers, max_tokens=args.max_tokens)
-    summary = {"ok": result.ok, "memory_settled": result.memory_settled, "target": target, **asdict(result),
+        for cycle in range(1, args.cycles + 1):
+            name = f"{cycle}.triton.log" if args.cycles > 1 else "triton.log"
+            log = args.out.with_suffix(f".{name}") if args.out else Path(tmp) / name
+            result = soak(repo, log, target=target, duration_s=args.duration, hostile=args.hostile,
+                          workers=args.workers, max_tokens=args.max_tokens, cores_dir=args.cores)
+            cycles.append({"ok": result.ok, "memory_settled": result.memory_settled, **asdict(result)})
+            print(f"cycle {cycle}/{args.cycles}: {'ok' if result.ok else 'FAILED'}", file=sys.stderr, flush=True)
+    summary = {"ok": all(c["ok"] for c in cycles), "target": target,
+               **(cycles[0] if len(cycles) == 1 else {"cycles": cycles}),
                "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
                "command": " ".join(sys.argv)}
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
-    return 0 if result.ok else 1
+    return 0 if summary["ok"] else 1
 
 
 if __name__ == "__main__":
