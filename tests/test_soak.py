@@ -43,3 +43,23 @@ def test_new_kernel_segfaults_are_split_by_the_server_process_and_thread_ids():
     theirs = "[  9.5] triton_python_b[77]: segfault at 60 ip 0 sp 0 error 4 in libc.so.6[90bb4,7f+156000]"
     assert soak.sort_segfaults([old], [old, ours, theirs], {42, 43}) == ([ours], [theirs])
     assert soak.sort_segfaults(None, [ours], {42}) == ([], [])
+
+
+def test_core_files_are_kept_before_the_server_folder_goes(tmp_path):
+    soak = _soak_module()
+    work = tmp_path / "tritongen-server-1-x"
+    work.mkdir()
+    (work / "core.4242").write_bytes(b"\x7fELF")
+    (work / "tritonserver.log").write_text("log")
+    kept = soak.keep_cores(work, tmp_path / "cores")
+    assert kept == [str(tmp_path / "cores" / "core.4242")] and not (work / "core.4242").exists()
+    assert soak.keep_cores(work, tmp_path / "cores") == []
+
+
+def test_a_server_gone_mid_run_fails_the_run_with_what_was_counted():
+    soak = _soak_module()
+    load = soak.Soak("127.0.0.1:1", "127.0.0.1:2", "http://127.0.0.1:3/metrics")
+    load.honest.update(requests=5, failures=1)
+    load.honest_hung = 1
+    result = load.partial(600.0, "ConnectionError: refused")
+    assert not result.ok and (result.honest_requests, result.honest_hung, result.error) == (5, 1, "ConnectionError: refused")
