@@ -34,7 +34,8 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, ServerBusy, ServerFault, error_response, exit_with_server, flag, parameters, required, requested_only,
+    RequestError, ServerBusy, ServerFault, bls_stream, error_response, exit_with_server, flag, parameters, required,
+    requested_only,
 )
 
 MODEL = "tensorrt_llm_bls"
@@ -228,7 +229,12 @@ class TritonPythonModel:
         stream_id = f"bls-{uuid.uuid4().hex}"
         pre = self._preprocess(inputs, stream_id)
         engine_request = self._engine_request(inputs, pre, stream_id)
-        responses = engine_request.exec(decoupled=True) if self.decoupled else [engine_request.exec()]
+        # bls_stream: the finished stream is freed holding the GIL (a stream left on a cancel is never freed
+        # before unloading, and the stop request's stream carries no tensors).
+        if self.decoupled:
+            responses = bls_stream(request, engine_request.exec(decoupled=True))
+        else:
+            responses = [engine_request.exec()]
         shapes, result_ended = {}, False
         try:
             for response in responses:
