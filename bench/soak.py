@@ -523,7 +523,8 @@ def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile:
     from generator.serve.server import TritonServer
 
     if cores_dir is not None:  # the server and its stubs inherit the limit
-        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
     before = kernel_segfaults()
     cores: list[str] = []
     with TritonServer(repo, log_file=log_file) as server:
