@@ -100,10 +100,11 @@ time.sleep(600)
 """
 
 
-def test_a_stub_ends_when_its_server_is_killed_even_unreaped():
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_stub_ends_when_its_server_is_killed(reaped):
     """model_common.exit_with_server: a stand-in stub (ignoring SIGTERM, as Triton's does) under a stand-in
-    server; the server is SIGKILLed and left a zombie (what the stub's own kill(pid, 0) check takes for
-    alive); the stub ends by itself."""
+    server; the server is SIGKILLed, and reaped at once (a shell that ran launch.sh) or left a zombie (what
+    the stub's own kill(pid, 0) check takes for alive); the stub ends by itself."""
     shared = Path(__file__).resolve().parents[1] / "model_repo" / "_shared"
     server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
                                "print(p.pid, flush=True); p.wait()", sys.executable, "-c", _STUB, str(shared)],
@@ -113,6 +114,8 @@ def test_a_stub_ends_when_its_server_is_killed_even_unreaped():
         stub = int(server.stdout.readline())
         assert server.stdout.readline().strip() == "watching"
         os.kill(server.pid, signal.SIGKILL)
+        if reaped:
+            server.wait()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _running(stub):
             time.sleep(0.05)
