@@ -228,7 +228,6 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
     return models
 
 
-
 SHARED_CODE = "_shared"
 """model_repo/_shared/: modules every Python model imports (model_common.py), copied next to each model.py."""
 
