@@ -103,6 +103,10 @@ class SoakResult:
     """The server exited on ``--exit-timeout-secs`` before all models unloaded (tritongen then ends the stubs)."""
     error: str = ""
     """Why the run could not finish (the server went away mid-run: its log says why)."""
+    python_env: str = ""
+    """The server's Python-backend folder under /tmp (empty when it could not be told apart from another's)."""
+    python_env_left: bool = False
+    """That folder was still there after the stop."""
     cores: list[str] = field(default_factory=list)
     """Core files of crashed server processes kept by ``--cores`` (read them with gdb and the stub binary)."""
 
@@ -111,7 +115,7 @@ class SoakResult:
         return (not self.error and self.honest_failures == 0 and self.honest_hung == 0 and self.hostile_hung == 0 and self.models_ready_after
                 and self.answer_after_ok and self.active_requests_after == 0 and self.kv_blocks_used_after == 0
                 and not self.stubs_restarted and self.memory_settled and not self.segfaults_ours
-                and self.stopped_cleanly)
+                and self.stopped_cleanly and not self.python_env_left)
 
     @property
     def memory_settled(self) -> bool:
@@ -528,6 +532,7 @@ def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile:
     before = kernel_segfaults()
     cores: list[str] = []
     with TritonServer(repo, log_file=log_file) as server:
+        python_env = server.python_env
         watch = TaskWatch(server.pid)
         load = Soak(server.http_url, server.grpc_url, server.metrics_url, max_tokens=max_tokens, target=target)
         try:
@@ -539,6 +544,8 @@ def soak(repo: Path, log_file: Path, *, target: str, duration_s: float, hostile:
             if cores_dir is not None:
                 cores = keep_cores(server._workdir, cores_dir)
     result.cores = cores
+    result.python_env = str(python_env or "")
+    result.python_env_left = python_env is not None and python_env.exists()
     time.sleep(1.0)  # the kernel logs a crash of the stopping stubs a moment after it happens
     after = kernel_segfaults()
     result.kernel_log_read = before is not None and after is not None
