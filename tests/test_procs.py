@@ -90,24 +90,27 @@ def test_children_get_no_secrets():
 
 
 _STUB = """
-import signal, sys, time
+import ctypes, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from model_common import exit_with_server
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as Triton's stub: only its server may end it
-exit_with_server(0.05)
+exit_with_server(0.05, 3.0)
 print("watching", flush=True)
+if sys.argv[2] == "wedged":  # a call to the (dead) server that holds the GIL, as a metric's set() does
+    ctypes.PyDLL(None).sleep(600)
 time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("reaped", [False, True])
-def test_a_stub_ends_when_its_server_is_killed(reaped):
+@pytest.mark.parametrize("reaped, gil", [(False, "free"), (True, "free"), (False, "wedged")])
+def test_a_stub_ends_when_its_server_is_killed(reaped, gil):
     """model_common.exit_with_server: a stand-in stub (ignoring SIGTERM, as Triton's does) under a stand-in
     server; the server is SIGKILLed, and reaped at once (a shell that ran launch.sh) or left a zombie (what
-    the stub's own kill(pid, 0) check takes for alive); the stub ends by itself."""
+    the stub's own kill(pid, 0) check takes for alive); the stub ends by itself, also while a call holds
+    its GIL."""
     shared = Path(__file__).resolve().parents[1] / "model_repo" / "_shared"
     server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
-                               "print(p.pid, flush=True); p.wait()", sys.executable, "-c", _STUB, str(shared)],
+                               "print(p.pid, flush=True); p.wait()", sys.executable, "-c", _STUB, str(shared), gil],
                               stdout=subprocess.PIPE, text=True)
     stub = 0
     try:

@@ -15,6 +15,7 @@ server faults start with "server error", a full queue with "server busy".
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 import time
@@ -188,8 +189,11 @@ def error_response(exc: BaseException, model: str, log=None):
 SERVER_CHECK_S = 0.5
 """How often a stub checks that the server that started it is still its parent."""
 
+WEDGED_EXIT_S = 60.0
+"""How long a stub may go without any Python thread running before it ends itself (see exit_with_server)."""
 
-def exit_with_server(period_s: float = SERVER_CHECK_S) -> threading.Thread:
+
+def exit_with_server(period_s: float = SERVER_CHECK_S, wedged_s: float = WEDGED_EXIT_S) -> threading.Thread:
     """End this stub process as soon as the tritonserver that started it is gone (call from ``initialize``).
 
     Triton 2.51's stub checks its parent with ``kill(pid, 0)``, which succeeds while the dead server is
@@ -198,15 +202,22 @@ def exit_with_server(period_s: float = SERVER_CHECK_S) -> threading.Thread:
     segfaulted. The kernel gives an orphan a new parent the moment its parent exits, reaped or not, so
     a changed ``getppid()`` is the signal; ``os._exit`` ends the process without running Python's or
     the stub's teardown, which has nobody left to report to. Stubs ignore SIGTERM by design (the
-    server stops them), so this is their only way out when the server cannot."""
+    server stops them), so this is their only way out when the server cannot.
+
+    Looking needs the GIL, and the stub holds it through some calls to the server (a metric's ``set``
+    waits for the server's answer with the GIL held): a server that dies during one leaves no Python
+    thread able to run again (the CPU engine's stub, which sets its gauges from a thread). So each look
+    also re-arms faulthandler's watchdog, a C thread that needs no GIL: ``wedged_s`` without a look, and
+    it ends the process (after printing every thread's stack). A stub that runs no Python for that long
+    serves nothing either."""
     server = os.getppid()
 
     def watch() -> None:
         while os.getppid() == server:
+            faulthandler.dump_traceback_later(wedged_s, exit=True)
             time.sleep(period_s)
         os._exit(1)
 
     thread = threading.Thread(target=watch, name="exit-with-server", daemon=True)
     thread.start()
     return thread
-
