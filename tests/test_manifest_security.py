@@ -80,6 +80,10 @@ def _leader(docs):
     return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
 
 
+def _leader_template(docs):
+    return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+
+
 def _worker(docs):
     return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
 
@@ -114,6 +118,21 @@ BREAKS = [
         2, "pip install locust && locust"), "installs packages"),
     ("unpinned image", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0].__setitem__("image", "locustio/locust"),
      "not pinned"),
+    # Pod Security's baseline rules, which "restricted" includes (second review)
+    ("unmasked /proc", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
+        "procMount", "Unmasked"), "procMount"),
+    ("super-privileged SELinux type", MANIFESTS, lambda d: _worker(d)["containers"][0]["securityContext"].__setitem__(
+        "seLinuxOptions", {"type": "spc_t"}), "SELinux"),
+    ("SELinux user", MANIFESTS, lambda d: _worker(d).setdefault("securityContext", {}).__setitem__(
+        "seLinuxOptions", {"user": "system_u"}), "SELinux"),
+    ("AppArmor unconfined", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0]["securityContext"].__setitem__(
+        "appArmorProfile", {"type": "Unconfined"}), "AppArmor"),
+    ("AppArmor annotation", MANIFESTS, lambda d: _leader_template(d).setdefault("metadata", {}).setdefault(
+        "annotations", {}).__setitem__("container.apparmor.security.beta.kubernetes.io/triton", "unconfined"), "AppArmor"),
+    ("unsafe sysctl", MANIFESTS, lambda d: _leader(d).setdefault("securityContext", {}).__setitem__(
+        "sysctls", [{"name": "kernel.core_pattern", "value": "|/tmp/x"}]), "sysctl"),
+    ("Windows host process", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
+        "windowsOptions", {"hostProcess": True}), "hostProcess"),
 ]
 
 
