@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -192,6 +193,22 @@ def test_unk_only_tokenizer_fails_the_check(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(tmp_path)
     assert "<unk> only" in (tokenizer_load_error(str(tmp_path)) or "")
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"])
+def test_a_tokenizer_folder_with_a_huge_file_is_a_problem_not_read(cpu, tmp_path, name):
+    """Second review: a repository's tokenizer_dir names a folder whose tokenizer file is a huge sparse file
+    (1 GiB took validate 14 s and 3.5 GB of memory; a larger one is out of memory). validate names the
+    file and its size without reading it, as it does for the repository's own files."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    with open(tok / name, "wb") as f:
+        f.truncate(100 << 20)  # sparse, over the 64 MiB bound: no disk used; transformers would read all of it
+    for cfg in cpu.glob("*/config.pbtxt"):
+        text = cfg.read_text()
+        cfg.write_text(re.sub(r'(key: "tokenizer_dir" value \{ string_value: )"[^"]*"', rf"\1{json.dumps(str(tok))}", text))
+    problems = [m for m in messages(cpu).splitlines() if "tokenizer" in m and str(tok) in m]
+    assert problems and all(name in m and "bytes" in m for m in problems), problems
 
 
 def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):
