@@ -147,8 +147,11 @@ class TritonPythonModel:
         for i, (item_words, item_weights) in enumerate(zip(words, weights)):
             if len(item_words) != len(item_weights):
                 raise RequestError("embedding_bias_words and embedding_bias_weights differ in length")
-            for word, weight in zip(item_words, item_weights):
-                for token in self._encode_words(utf8(word, "embedding_bias_words")):
+            check_word_count(sum(1 for word in item_words if len(word)), "embedding_bias_words")  # as stop words
+            texts = [utf8(word, "embedding_bias_words") for word in item_words]
+            self.prompt_limit.check("".join(texts), "embedding_bias_words")
+            for text, weight in zip(texts, item_weights):
+                for token in self._encode_words(text):
                     bias[i, token] += weight
         if not np.all(np.isfinite(bias)):
             raise RequestError("embedding_bias_weights add up to more than a 32-bit float holds for one token")
