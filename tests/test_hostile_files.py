@@ -113,6 +113,26 @@ def test_diff_never_reads_or_prints_files_outside_the_repositories(cpu, tmp_path
     assert "not compared" in result.output and "outside" in result.output
 
 
+def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
+    """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
+    where an engine has a number: validate and import name the key and the type found, never the text
+    (they printed ``pretrained_config.mapping.tp_size is 'SECRET-…'``)."""
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "config.json").write_text(json.dumps({"version": "1.2.1", "pretrained_config": {
+        "dtype": "SECRET-dtype", "mapping": {"tp_size": "SECRET-tp", "pp_size": 1, "world_size": 1}}}))
+    repo = render_repository(load_spec(None, ["serving.engine=tensorrtllm", f"artifacts.dir={tmp_path / 'art'}"]),
+                             tmp_path / "repo")
+    cfg = repo / "tensorrt_llm" / "config.pbtxt"
+    cfg.write_text(re.sub(r'(key: "gpt_model_path" value \{ string_value: )"[^"]*"', rf"\1{json.dumps(str(secret))}",
+                          cfg.read_text()))
+    runner = CliRunner()
+    for args in (["validate", str(repo)], ["import", str(repo), "-o", str(tmp_path / "spec.yaml")]):
+        result = runner.invoke(app, args, env={"COLUMNS": "300"})
+        assert "tp_size" in result.output and "SECRET" not in result.output, result.output
+    assert "SECRET" not in (tmp_path / "spec.yaml").read_text()
+
+
 def test_diff_does_not_call_a_repository_with_an_unparseable_model_equal(cpu, rendered):
     cfg = cpu / "preprocessing" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\nthis is not protobuf {\n")
