@@ -231,6 +231,25 @@ def test_a_tokenizer_folder_with_a_huge_file_is_a_problem_not_read(cpu, tmp_path
     assert problems and all(name in m and "bytes" in m for m in problems), problems
 
 
+@pytest.mark.parametrize("where", ["repository", "model folder"])
+def test_serve_refuses_a_path_tritons_stub_launcher_would_run(cpu, tmp_path, where):
+    """Second review: Triton 2.51's Python backend starts each stub with ``bash -c`` and the model's path
+    unquoted, so serving a repository in a folder named ``x$(touch PWNED)`` ran the touch (and a space or a
+    quote there kept every model from loading). tritongen refuses such a path before anything starts."""
+    from generator.serve.server import TritonServer
+
+    if where == "repository":
+        (tmp_path / "x$(touch PWNED)`touch PWNED2`").mkdir()
+        repo = Path(shutil.move(str(cpu), str(tmp_path / "x$(touch PWNED)`touch PWNED2`" / "repo")))
+    else:
+        repo = cpu
+        (repo / "postprocessing").rename(repo / "post$(touch PWNED)")
+    with pytest.raises(SpecError) as err:
+        TritonServer(repo, log_file=tmp_path / "triton.log").start(timeout_s=60)
+    assert "$" in err.value.message and "bash" in err.value.message, err.value.message
+    assert not (tmp_path / "triton.log").exists()  # no server started, so no stub command ran
+
+
 def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):
     """Finding 14: with its ports held by another listener, serve starts nothing, claims no start, and names
     the ports (another server's readiness answer used to pass for its own)."""

