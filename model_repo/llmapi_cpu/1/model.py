@@ -17,7 +17,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -186,9 +185,8 @@ class TritonPythonModel:
 
         self.prompt_limit.check(texts[0])
         prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-        engine_id = f"llmapi-{uuid.uuid4().hex}"
         engine_request = pb_utils.InferenceRequest(
-            model_name=self.engine_model, request_id=engine_id,
+            model_name=self.engine_model,
             requested_output_names=["output_ids", "sequence_length"] + list(PERF_TIMES[1:]),
             inputs=self._engine_inputs(request, prompt_ids, max_tokens, self.decoupled),
         )
@@ -196,26 +194,17 @@ class TritonPythonModel:
         first_token = None
         stop_hit = None
         aborted = False
-        error = None
-        ended = False  # the answer is settled: the rest of the engine's stream is read to its end unused
         engine_times = {}
-        # Every engine stream is read to its final response: one left early would stay in the stub (and its
-        # engine request in the parent) until the model unloads. A stop string or a cancel stops the engine
-        # request instead (its id and prompt, as tensorrt_llm_cpu wants), which ends the stream at its next step.
-        if self.decoupled:
-            responses = bls_stream(request, engine_request.exec(decoupled=True))
-        else:
-            responses = [engine_request.exec()]
+        stream = engine_request.exec(decoupled=True) if self.decoupled else None
+        responses = bls_stream(request, stream) if self.decoupled else [engine_request.exec()]
         for response in responses:
-            if ended:
-                continue
             if cancelled is not None and cancelled.is_set():
-                aborted = ended = True
-                self._stop_engine(engine_id, prompt_ids)
-                continue
+                aborted = True
+                if hasattr(stream, "cancel"):  # Triton 24.12+ only; 2.51's engine finishes the request
+                    stream.cancel()
+                break
             if response.has_error():
-                error, ended = response.error().message(), True
-                continue
+                raise pb_utils.TritonModelException(response.error().message())
             for name in PERF_TIMES[1:]:
                 tensor = pb_utils.get_output_tensor_by_name(response, name)
                 if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
@@ -232,10 +221,9 @@ class TritonPythonModel:
             if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
                 sender.send(self._response(request, text, None, None, {}, ()))
             if stop_hit is not None:
-                ended = True
-                self._stop_engine(engine_id, prompt_ids)
-        if error is not None:
-            raise pb_utils.TritonModelException(error)
+                if hasattr(stream, "cancel"):  # tell the engine; it stops at its next step
+                    stream.cancel()
+                break
         text, stop_hit = self._text(generated, stops)
         if aborted:
             finish = "cancelled"
@@ -251,24 +239,6 @@ class TritonPythonModel:
             return final
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
-
-    def _stop_engine(self, engine_id, prompt_ids):
-        """Stop this model's engine request: the stream then ends at the engine's next step instead of at
-        max_tokens (TensorRT-LLM 1.2's LLM API aborts the request too). Best effort: the request may be done."""
-        if not self.decoupled:
-            return
-        stop = pb_utils.InferenceRequest(
-            model_name=self.engine_model, request_id=engine_id, requested_output_names=["output_ids"],
-            inputs=[pb_utils.Tensor("input_ids", np.array([prompt_ids], dtype=np.int32)),
-                    pb_utils.Tensor("input_lengths", np.array([[len(prompt_ids)]], dtype=np.int32)),
-                    pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
-                    pb_utils.Tensor("stop", np.ones((1, 1), bool))],
-        )
-        try:
-            for _ in stop.exec(decoupled=True):  # one empty final response: nothing the stub frees unsafely
-                pass
-        except Exception:  # noqa: BLE001 - the engine may be unloading; the stream still ends
-            pb_utils.Logger.log_warn(f"tensorrt_llm: could not stop engine request {engine_id}")
 
     def _engine_inputs(self, request, prompt_ids, max_tokens, streaming):
         def t(name, value, dtype):
