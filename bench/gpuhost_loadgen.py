@@ -82,7 +82,8 @@ class Bench:
         ])
 
     def tritongen(self, tag: str, users: int, workers, prefix: tuple = ()) -> dict:
-        from generator.measure.runner import read_records, run_loadtest
+        from generator.measure.records import read_records
+        from generator.measure.runner import run_loadtest
 
         out = (self.args.out / "runs" / f"{tag}-u{users}-w{workers}").resolve()
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ class Bench:
         res = run_loadtest(self.spec(users, workers), out, url=f"http://{s.http_url}", grpc_url=s.grpc_url,
                            metrics_url=s.metrics_url, admin_key=s.admin_key, locust_prefix=prefix,
                            title=out.name).results
-        requests, processes = read_records(out / "records.jsonl")
+        requests, processes, _ = read_records(out / "records.jsonl")
         if not self.pa_input.is_file():
             from generator.measure.runner import model_inputs
 
