@@ -40,7 +40,8 @@ on each record and left keys out.)"""
 RERUN_FIX = "run the load test again with this tritongen (`tritongen loadtest ...`) and point at its records.jsonl"
 
 
-# ---------------------------------------------------------------- the records (pydantic needs typing_extensions' TypedDict before 3.12)
+# ---------------------------------------------------------------- the records file
+# (typing_extensions' TypedDict: pydantic validates typing's only from Python 3.12)
 
 
 class ServerFigures(TypedDict, total=False):
@@ -170,7 +171,7 @@ def read_records(path: Path) -> Records:
     """Every record of a records file, each checked against its type; a missing file holds none.
 
     A file of another version, without the header, or with a line that is not a record of this version is
-    ``ArtifactCorrupt`` naming the file and the line."""
+    ``ArtifactCorrupt`` naming the file, the line and the field."""
     found = Records([], [], None)
     if not path.is_file():
         return found
@@ -214,6 +215,9 @@ def _parse_line(path: Path, no: int, raw: bytes, header: bool) -> Any:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": "nested too deep"}
         where = ".".join(str(part) for part in first["loc"][1:]) or "kind"
         raise refuse(f"not a {RECORDS_FORMAT} v{RECORD_VERSION} record ({where}: {first['msg']})") from None
+
+
+# ---------------------------------------------------------------- per-request figures
 
 REPLACEMENT_CHAR = "\ufffd"
 
