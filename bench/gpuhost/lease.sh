@@ -8,7 +8,7 @@
 set -o pipefail
 A=$(cd "$1" && pwd); OUT=$(mkdir -p "$2" && cd "$2" && pwd)
 cd "$(dirname "$0")/../.."
-bash bench/gpuhost/run.sh "$A" python bench/gpuhost_loadgen.py --perf-analyzer /tmp/tritongen-srv/pa/perf_analyzer \
+bash bench/gpuhost/run.sh "$A" python bench/gpuhost_loadgen.py --perf-analyzer "${SRV:-/tmp/tritongen-srv}/pa/perf_analyzer" \
   --out /tmp/tritongen-gh --json "$OUT/gpuhost.json" --budget-s "${BUDGET_S:-300}" ${EXTRA_ARGS:-} 2>&1 | tee "$OUT/log.txt"
 rc=$?
 cp /tmp/tritongen-gh/profile.txt "$OUT/" 2>/dev/null
