@@ -201,8 +201,6 @@ class Bench:
                       timeout_s: Optional[float] = None) -> dict:
         """perf_analyzer on the same prompts and concurrency; ``threads``: its --max-threads (None: its default,
         one worker thread per concurrent request); stopped after ``timeout_s`` (default --pa-timeout-s)."""
-        from generator.serve.install import GRPC_ADMIN_HEADER
-
         pa = self.args.perf_analyzer.resolve()
         export = self.args.out / f"pa-{tag}-{users}.json"
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
@@ -211,8 +209,7 @@ class Bench:
                "--input-data", str(self.pa_input), "--concurrency-range", str(users),
                *(("--max-threads", str(threads)) if threads else ()),
                "--measurement-mode", "time_windows", "--measurement-interval", str(self.args.pa_window_ms),
-               "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export),
-               "-H", f"{GRPC_ADMIN_HEADER}:{self.server.admin_key}"]
+               "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
         log = self.args.out / f"pa-{tag}-{users}.log"
         before = children_cpu_s()
         t0 = time.time()
