@@ -19,7 +19,7 @@ from generator.deploy.checks import check_deployment
 from generator.repo.manifest import read_manifest
 from generator.deploy.loadtest import LOADTEST_MANIFESTS, package_files
 from generator.deploy.topology import resolve_topology
-from generator.errors import TritongenError
+from generator.errors import SpecError, TritongenError
 from generator.repo.problems import failing
 from generator.repo.render import render_repository
 from generator.repo.validate import validate_repository
@@ -354,7 +354,9 @@ def test_in_cluster_load_test_is_resolved_as_the_local_one(weights):
     conf = loadtest_values(spec)["files"]["locust.conf"]
     assert "model = tensorrt_llm\n" in conf and f"tokenizer = {weights}\n" in conf
     assert "users = 16\n" in conf and "auto" not in conf
-    assert spec.resolved_loadtest(workers=3) == spec.resolved_loadtest(workers=3, cores=64)
+    assert spec.resolved_loadtest(workers=3).workers == 3
+    with pytest.raises(SpecError, match="auto"):  # auto is sized in one place: measure/ceiling.resolve_workers
+        spec.resolved_loadtest()
 
 
 # ---------------------------------------------------------------- for real: several CPU instances, distributed load

@@ -252,6 +252,20 @@ def test_compare_cli_on_baseline_files(tmp_path):
     assert proc.returncode == 5 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("name, content", [
+    ("points.json", '{"points": ['), ("points.json", '{"points": "x"}'), ("tune.json", "[" * 100_000 + "]" * 100_000),
+    ("tune.json", "\udcff"), ("baseline.json", "[" * 100_000 + "]" * 100_000), ("baseline.json", '["a list"]')])
+def test_a_results_file_that_is_none_is_an_error_naming_it(tmp_path, name, content):
+    """Second review: a broken or hostile points.json, tune.json or baseline file given to compare or
+    baseline save is an ArtifactCorrupt naming the file (it was a pydantic or RecursionError traceback)."""
+    path = tmp_path / "run" / name if name != "baseline.json" else tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(ArtifactCorrupt) as err:
+        baseline.load(path.parent if name != "baseline.json" else path)
+    assert err.value.where == str(path)
+
+
 # ---------------------------------------------------------------- folders on disk (no server: recorded runs)
 
 

@@ -23,7 +23,6 @@ from generator.measure.ceiling import (
     workers_for,
 )
 from generator.measure.records import count_client_tokens
-from generator.spec.loadtest import worker_count
 from generator.resources import loadtest_dir
 from generator.spec import load_spec
 from helpers import process_record, request_record
@@ -152,12 +151,6 @@ def test_workers_auto_sized_from_the_target_and_the_ceiling():
     spec = load_spec(None, ["loadtest.workers=auto", "loadtest.request_rate=1", "loadtest.output_tokens_mean=8"])
     assert resolve_workers(spec.loadtest, 8) == 0
     assert resolve_workers(spec.loadtest.model_copy(update={"workers": 3}), 8) == 3
-
-
-def test_workers_auto_is_one_per_core():
-    assert worker_count("auto", 8) == 8
-    assert worker_count("auto", 1) == 0  # one core: a single process, no master
-    assert worker_count(3, 8) == 3
 
 
 def test_ceiling_sizes_the_workers():
