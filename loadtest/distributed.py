@@ -26,6 +26,8 @@ from typing import Any, Callable
 import gevent
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
+from generator.measure.records import RunRecord
+
 TOKEN_ENV = "TRITONGEN_RUN_TOKEN"
 MSG_HELLO = "tritongen_hello"
 _PENDING_LIMIT = 1024
@@ -129,7 +131,7 @@ class MasterGuard:
         self.drain()
         self._maybe_finish()
 
-    def run_record(self) -> dict[str, Any]:
+    def run_record(self) -> RunRecord:
         """The records file's ``run`` record: workers lost, messages refused."""
         return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(self.lost.values()) or None,
                 "rejected_messages": dict(self.rejected)}

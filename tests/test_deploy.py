@@ -369,7 +369,8 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
     doing work under a Locust master with two workers whose records all reach the one records file."""
     import psutil
 
-    from generator.measure.runner import read_records, run_loadtest
+    from generator.measure.records import read_records
+    from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
@@ -394,7 +395,7 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
         result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                               metrics_url=server.metrics_url, admin_key=server.admin_key).results
         after = {name: cpu(p) for name, p in engines.items()}
-    requests, processes = read_records(out / "records.jsonl")
+    requests, processes, _ = read_records(out / "records.jsonl")
     served = result.server.stages["ensemble"]
     assert result.counts.errors == 0 and result.counts.ok > 0
     assert len(requests) == served.requests + served.failures  # every request recorded once, none lost

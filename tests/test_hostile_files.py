@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.errors import ArtifactCorrupt, SpecError
-from generator.measure.runner import read_records
+from generator.measure.records import read_records, records_header
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
 from generator.repo.render import render_repository
@@ -155,7 +155,7 @@ def test_binary_launch_script_is_a_problem_not_a_traceback(cpu):
 @pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[" * 200_000 + b"\n", b"[1, 2]\n"])
 def test_records_that_are_no_records_are_an_error_naming_the_line(tmp_path, content):
     path = tmp_path / "records.jsonl"
-    path.write_bytes(b'{"kind": "process"}\n' + content)
+    path.write_bytes(json.dumps(records_header()).encode() + b"\n" + content)
     with pytest.raises(ArtifactCorrupt) as err:
         read_records(path)
     assert "line 2" in err.value.message and err.value.where == str(path)

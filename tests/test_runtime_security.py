@@ -132,7 +132,7 @@ from locust import __version__
 from locust.rpc import Message
 from locust.rpc.zmqrpc import Client
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
-fake = {"v": 1, "kind": "request", "id": "forged", "proc": 0, "error": None}
+fake = {"kind": "request", "id": "forged", "proc": 0, "error": None}
 client = Client("127.0.0.1", port, "intruder_1")
 end = time.monotonic() + seconds
 while time.monotonic() < end:
@@ -176,9 +176,9 @@ def test_the_locust_master_hears_only_the_workers_of_its_run(cpu_spec, cpu_serve
     finally:
         intruder.kill()
         intruder.wait()
-    from generator.measure.runner import read_records
+    from generator.measure.records import read_records
 
-    requests_, _ = read_records(tmp_path / "out" / "records.jsonl")
+    requests_ = read_records(tmp_path / "out" / "records.jsonl").requests
     assert res.counts.ok == 12 and not any(r["id"] == "forged" for r in requests_)
     rejected = res.run.integrity.rejected_messages
     assert rejected.get("tritongen_records") and rejected.get("tritongen_done") and rejected.get("quit"), rejected

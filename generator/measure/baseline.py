@@ -17,6 +17,7 @@ from generator.measure.evidence import (
     BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, Evidence, Sketch, run_figures, summarize_figures,
 )
 from generator.measure.metrics import LATENCY_BY_KEY
+from generator.measure.records import read_records
 from generator.measure.results import LoadTestResult
 
 _T = TypeVar("_T", bound=BaseModel)
@@ -24,14 +25,13 @@ _T = TypeVar("_T", bound=BaseModel)
 
 def _run_values(folder: Path) -> dict[str, list[float]]:
     """Per-request ms of each sampled latency, from the run's records (the definitions of metrics.LATENCIES)."""
-    from generator.measure.runner import read_records
     from generator.measure.statistics import populations
 
     records = folder / "records.jsonl"
     if not records.is_file():
         raise ArtifactMissing(f"no records.jsonl in {folder}", where=str(folder),
                               fix="compare needs the load test's whole output folder (results.json and records.jsonl)")
-    requests, _ = read_records(records)
+    requests = read_records(records).requests
     _, measured, ok = populations(requests)
     rows = {"ok": ok, "measured": measured}
     return {key: [v / 1e6 for r, m in rows[LATENCY_BY_KEY[key].population] for v in LATENCY_BY_KEY[key].values(r, m)]
