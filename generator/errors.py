@@ -68,5 +68,9 @@ class ServerError(TritongenError):
     """tritonserver did not start or stopped answering, or a server given by URL cannot be reached."""
 
 
+class ServerNotReady(ServerError):
+    """tritonserver kept loading past the start timeout with no model failed: slow, not refused."""
+
+
 class LoadTestError(TritongenError):
     """The load generator (Locust) failed or recorded nothing."""

@@ -94,6 +94,8 @@ def test_import_and_render_round_trip_to_the_same_meaning(official, tmp_path):
     cli("import", str(official), "-o", str(tmp_path / "imported.yaml"), "--keep-paths")
     spec = load_spec(tmp_path / "imported.yaml")
     assert (spec.build.max_batch_size, spec.build.tp_size, spec.quantization.format.value) == (32, 1, "fp8")
+    # The prompt limit comes from preprocessing's parameter, so no note says it came from the engine's runtime.
+    assert "taken as the limit the runtime enforces" not in (tmp_path / "imported.yaml").read_text()
     cli("render", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "again"), "--no-validate")
     assert diff_meanings(read_meaning(official), read_meaning(tmp_path / "again")) == []
     assert "mean the same" in cli("diff", str(official), str(tmp_path / "again"))

@@ -25,6 +25,7 @@ import pytest
 from generator.measure import baseline
 from generator.measure.compare import Change, compare
 from generator.measure.gate import evaluate_gate, parse_gate
+from generator.measure.metrics import COMPARED
 from generator.measure.runner import run_loadtest
 from generator.spec import with_overrides
 
@@ -82,8 +83,10 @@ def release(sides, cpu_server, tmp_path_factory):
 
 
 def test_two_runs_of_the_same_server_and_load_show_no_detectable_change(sides, release):
-    """At 99% per metric (13 metrics), so that a false "worse" or "better" is rare enough for a test."""
-    c = compare(baseline.load(sides / "baseline"), baseline.load(release[1] / "rc"), confidence=0.99)
+    """At 99% for the 13 metrics together (Bonferroni: each at 1 - 0.01/13). At 99% each, one of them read
+    "worse" in a CI run: with 13 looks, a chance verdict somewhere is likely (compare's notes say so)."""
+    family = 1 - 0.01 / len(COMPARED)
+    c = compare(baseline.load(sides / "baseline"), baseline.load(release[1] / "rc"), confidence=family)
     assert c.comparable, c.reasons
     assert {m.measured for m in c.metrics} == {Change.NONE}, [(m.metric, m.measured, m.change) for m in c.metrics]
     assert {m.verdict for m in c.metrics} == ({Change.INCONCLUSIVE} if c.client_limited else {Change.NONE})

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from generator.errors import TritongenError
+from generator.errors import ServerNotReady, TritongenError
 from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.install import ADMIN_HEADER, assemble_backend_dir, find_install, server_command, server_env
 from generator.serve.server import SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port
@@ -133,6 +133,19 @@ def test_failed_start_names_the_broken_model_and_leaves_nothing(tmp_path):
     assert "healthy:" not in message  # only the failed model is named
     assert info.value.where.endswith("broken_model/config.pbtxt")
     assert f"last lines of the server log ({tmp_path / 'triton.log'})" in message
+    assert server.process is None and not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+@pytest.mark.server
+def test_a_server_still_loading_at_the_timeout_is_slow_not_refused(tmp_path):
+    """tune and sweep report such a setting as failed, not as refused by the server (no model failed)."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "slow", init="time.sleep(60)")
+    server = TritonServer(repo, log_file=tmp_path / "triton.log")
+    with pytest.raises(ServerNotReady) as info:
+        server.start(timeout_s=3)
+    assert "not ready after 3 s" in str(info.value) and "still loading" in info.value.fix
+    assert "models that failed to load" not in str(info.value)
     assert server.process is None and not list(SHM_DIR.glob(f"{server.shm_prefix}*"))
 
 

@@ -10,6 +10,7 @@ import yaml
 from generator.errors import TritongenError
 from generator.spec import EngineTarget, Spec, load_spec, with_overrides
 from generator.spec.doc import commented_yaml, markdown_reference, with_reference
+from generator.spec.load import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,13 @@ def test_overrides_and_relative_paths(tmp_path):
     assert spec.triton_max_batch_size == 4
     assert with_overrides(spec, ["serving.engine=tensorrtllm"]).serving.engine is EngineTarget.tensorrtllm
     assert spec.serving.engine is EngineTarget.cpu_reference
+
+
+def test_a_hash_in_an_override_is_text_not_a_yaml_comment(tmp_path):
+    folder = tmp_path / "run #2"
+    spec = load_spec(None, [f"artifacts.dir={folder}", "kubernetes.name=tritongen"])
+    assert spec.artifacts.dir == folder and parse_override("loadtest.model=#x")[1] == "#x"
+    assert parse_override("build.max_batch_size=16")[1] == 16
 
 
 def test_auto_engine_follows_the_gpu():

@@ -212,7 +212,9 @@ def compare(base: Evidence, cand: Evidence, confidence: float = intervals.DEFAUL
     reasons, server_changes = comparability(base, cand)
     limited = [f"baseline {x}" for x in base.client_limited] + [f"candidate {x}" for x in cand.client_limited]
     blocked = Change.NOT_COMPARABLE if reasons else (Change.INCONCLUSIVE if limited else None)
-    notes = []
+    notes = [f"{len(COMPARED)} metrics, each at {confidence:.0%}: when nothing changed, about "
+             f"{len(COMPARED) * (1 - confidence):.1f} of them still read better or worse by chance; gate on the "
+             "few that matter (--gate), whose verdicts need the interval beyond a limit"]
     if min(len(base.runs), len(cand.runs)) < 2:
         notes.append("one run on a side: latency and throughput intervals cover request-to-request variation "
                      "only, not the run-to-run spread of this machine (docs/benchmarks.md); repeat the runs "

@@ -65,7 +65,7 @@ class Level(BaseModel):
     seconds: float
     """Wall time spent measuring this level."""
     dirs: list[str] = []
-    """Each round's load-test folder."""
+    """Each round's load-test folder, relative to the setting's (or the repeat's) folder: ``levels/LOAD-ROUND``."""
 
 
 class SearchOutcome(BaseModel):
@@ -196,7 +196,8 @@ def search(measure: Callable[[float, int], RoundSample], tune: TuneSpec, *, open
             continue
         nxt = midpoint(lo, hi)
         if nxt is None:
-            note = f"goodput between {lo:g} (pass) and {hi:g} ({levels[-1].verdict if levels[-1].load == hi else 'fail'})"
+            at_hi = next(lv.verdict for lv in reversed(levels) if lv.load == hi)
+            note = f"goodput between {lo:g} (pass) and {hi:g} ({at_hi})"
             break
         load = nxt
     fails = [lv for lv in levels if lv.verdict is LevelVerdict.FAIL]

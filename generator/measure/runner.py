@@ -70,8 +70,6 @@ def serving(repo_dir: Optional[Path], url: Optional[str], grpc_url: Optional[str
         yield Endpoints(f"http://{server.http_url}", server.grpc_url, server.metrics_url, server.admin_key)
 
 
-_LOG_WHERE = "the Locust master's log (its last lines are above)"
-"""Not a path: a failed run's output folder, logs included, is removed (outputs are whole or absent)."""
 _LOG_FIX = "mend what the Locust log's last lines above name, then run again"
 
 
@@ -96,7 +94,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             p.wait(timeout=30)
     except subprocess.TimeoutExpired:
         raise LoadTestError(
-            f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=_LOG_WHERE,
+            f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=str(out_dir / 'locust.log'),
             fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
         ) from None
     finally:
@@ -105,7 +103,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
         cause = setup_failure(out_dir) or f"Locust exited with code {procs[0].returncode}"
         raise LoadTestError(
             f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
-            where=_LOG_WHERE, fix="mend what the first line says; Locust's last lines are above",
+            where=str(out_dir / 'locust.log'), fix="mend what the first line says; Locust's last lines are above",
         )
 
 
@@ -277,7 +275,7 @@ def run_loadtest(
         requests, processes, integrity = read_run_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
-                                where=_LOG_WHERE, fix=_LOG_FIX)
+                                where=str(out_dir / 'locust.log'), fix=_LOG_FIX)
         count_tokens_after_run(requests, processes, lt.tokenizer)
         if lt.model is None:  # an OpenAI server's first listed model, as the users found it
             lt = lt.model_copy(update={"model": requests[0]["model"]})

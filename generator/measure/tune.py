@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from generator.errors import TritongenError
+from generator.errors import ServerNotReady, TritongenError
 from generator.measure.attainment import objectives, request_rows
 from generator.measure.goodput import Level, LevelVerdict, RoundSample, SearchOutcome, measure_level, search
 from generator.measure.intervals import Interval, across_runs
@@ -123,7 +123,8 @@ def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
         count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
         client = result.results.client
         return RoundSample(rows=request_rows(requests, objs), client_limited=client.client_limited,
-                           client_reasons=tuple(client.reasons), seconds=time.monotonic() - started, dir=str(folder))
+                           client_reasons=tuple(client.reasons), seconds=time.monotonic() - started,
+                           dir=str(folder.relative_to(out_dir.parent)))  # the run's folder is renamed at the end
 
     return measure
 
@@ -160,7 +161,7 @@ def _choice(s: SettingResult, unit: str, other: Optional[SettingResult]) -> Choi
     g = s.goodput
     tps = g.output_tokens_per_s_per_gpu
     reason = (f"goodput {tps.estimate:.1f} output tokens/s per GPU ({tps.confidence:.0%} interval {tps.low:.1f}–"
-              f"{tps.high:.1f}, {g.requests} requests) at {g.load:g} {unit}")
+              f"{tps.high:.1f} over the {tps.n} requests of its steady window; {g.requests} measured) at {g.load:g} {unit}")
     if other is not None and other.goodput is not None:
         o = other.goodput.output_tokens_per_s_per_gpu
         reason += ("; surely ahead of " if tps.low > o.high else "; its interval overlaps that of ") + other.label
@@ -197,8 +198,9 @@ def tune_setting(spec: Spec, overrides: list[str], label: str, out: Path, *, gpu
                              pspec.tune, open_loop=open_loop, time_left=budget.ok)
     except TritongenError as exc:
         status, detail = failure_status(exc)
-        return result.model_copy(update={"status": SettingStatus.FAILED if status is PointStatus.LOAD
-                                         else SettingStatus.REFUSED, "reason": f"{status.value}: {detail}",
+        failed = status is PointStatus.LOAD or isinstance(exc, ServerNotReady)  # slow to start is no refusal
+        return result.model_copy(update={"status": SettingStatus.FAILED if failed else SettingStatus.REFUSED,
+                                         "reason": f"{status.value}: {detail}",
                                          "seconds": time.monotonic() - started})
     if not outcome.levels:
         return result.model_copy(update={"status": SettingStatus.UNMEASURED, "reason": outcome.note})

@@ -23,7 +23,7 @@ class SettingStatus(StrEnum):
     REFUSED = "refused"
     """The spec, plan, validator or server refused it: no load was sent."""
     FAILED = "failed"
-    """The load test itself failed (the reason says how)."""
+    """The load test itself failed, or the server was still loading at the start timeout (the reason says)."""
     SKIPPED = "skipped"
     """A measured setting showed it cannot do better (the reason says which and why)."""
     UNMEASURED = "not measured"

@@ -99,7 +99,8 @@ def _weights(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) -
     return Path(first)
 
 
-def _engine(meaning: RepoMeaning, trt: ModelMeaning, spec: dict[str, Any], result: ImportResult) -> None:
+def _engine(meaning: RepoMeaning, trt: ModelMeaning, spec: dict[str, Any], result: ImportResult,
+            prompt_limit: Optional[int]) -> None:
     path = trt.parameters.get("gpt_model_path")
     if not path:
         result.not_inferred.append("artifacts.engine_dir: tensorrt_llm has no gpt_model_path")
@@ -131,9 +132,14 @@ def _engine(meaning: RepoMeaning, trt: ModelMeaning, spec: dict[str, Any], resul
         _set(spec, "quantization.kv_cache", kv)
     chunked = _BOOL.get(trt.parameters.get("enable_chunked_context", "false").lower(), False)
     limits = runtime_limits(facts, chunked_context=chunked)
-    _set(spec, "build.max_input_len", limits.max_input_len)
-    result.not_inferred.append(f"build.max_input_len: taken as the limit the runtime enforces ({limits.max_input_len}, "
-                               f"{limits.max_input_len_rule}), not config.json's recorded value")
+    if prompt_limit is None:
+        _set(spec, "build.max_input_len", limits.max_input_len)
+        result.not_inferred.append(f"build.max_input_len: taken as the limit the runtime enforces ({limits.max_input_len}, "
+                                   f"{limits.max_input_len_rule}), not config.json's recorded value")
+    elif prompt_limit != limits.max_input_len:
+        result.not_inferred.append(f"build.max_input_len: preprocessing's max_input_len ({prompt_limit}), the prompt "
+                                   f"limit the repository enforces; the engine's runtime would take {limits.max_input_len} "
+                                   f"({limits.max_input_len_rule})")
     result.not_inferred.append("build.gpu: an engine does not record the GPU it was built for")
 
 
@@ -142,6 +148,9 @@ def _ifb(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) -> No
     if trt is None:
         raise ArtifactCorrupt("no tensorrt_llm model (inflight_batcher_llm layout expected)", where="tensorrt_llm/config.pbtxt",
                              fix="point tritongen import at the folder that holds ensemble/, preprocessing/, tensorrt_llm/ …")
+    pre = meaning.models.get("preprocessing")
+    prompt_limit = (int(pre.parameters["max_input_len"])  # the prompt limit render wrote
+                    if pre is not None and pre.parameters.get("max_input_len", "").isdigit() else None)
     cpu = trt.backend == "python"
     _set(spec, "serving.engine", "cpu-reference" if cpu else "tensorrtllm")
     _set(spec, "serving.max_batch_size", trt.max_batch_size)
@@ -153,15 +162,14 @@ def _ifb(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) -> No
         _from_parameters(trt, _CPU_PARAMETERS, spec, result)
         _set(spec, "build.max_batch_size", trt.max_batch_size)
     else:
-        _engine(meaning, trt, spec, result)
+        _engine(meaning, trt, spec, result, prompt_limit)
     for name, field in (("preprocessing", "serving.preprocessing_instances"),
                         ("postprocessing", "serving.postprocessing_instances"), ("tensorrt_llm_bls", "serving.bls_instances")):
         model = meaning.models.get(name)
         if model is not None and model.instances:
             _set(spec, field, sum(count for _, count in model.instances))
-    pre = meaning.models.get("preprocessing")
-    if pre is not None and pre.parameters.get("max_input_len", "").isdigit():  # the prompt limit render wrote
-        _set(spec, "build.max_input_len", int(pre.parameters["max_input_len"]))
+    if prompt_limit is not None:
+        _set(spec, "build.max_input_len", prompt_limit)
     bls = meaning.models.get("tensorrt_llm_bls")
     _set(spec, "serving.bls", bls is not None)
     if bls is not None and "accumulate_tokens" in bls.parameters:

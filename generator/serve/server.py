@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from generator.errors import ArtifactMissing, ServerError
+from generator.errors import ArtifactMissing, ServerError, ServerNotReady
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
 from generator.serve.install import (
@@ -348,7 +348,11 @@ class TritonServer:
         except (OSError, ValueError):
             pass
         log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
-        raise self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
+        error = self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
+        if failed_models_from_index(index) or failed_models_from_log(log):
+            raise error
+        raise ServerNotReady(error.message, where=error.where,
+                             fix="the models were still loading: check the machine's load (uptime) and run again")
 
     def _listening(self) -> bool:
         """This server's own HTTP endpoint is up (its log says so): a ready answer on a port another server

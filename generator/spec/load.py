@@ -116,6 +116,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = safe_yaml(raw, "--set") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if "#" in raw and (value is None or isinstance(value, str)):
+        value = raw.strip()  # YAML reads " #…" as a comment; on a command line it is part of the text
     return keys, value
 
 
