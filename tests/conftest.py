@@ -189,6 +189,23 @@ def cpu_loadtest(cpu_spec, cpu_server, work_dir):
 
 
 @pytest.fixture(scope="session")
+def llmapi_loadtest(llmapi_spec, llmapi_server, work_dir):
+    """A short gRPC-streaming load test against llmapi_server (loadtest.model and loadtest.tokenizer left to resolve
+    to the LLM-API model and its checkpoint): its folder and results, read by the LLM-API load-test test and the
+    LLM-API scenario."""
+    from helpers import LLMAPI_SHORT_LOAD
+
+    from generator.measure.runner import run_loadtest
+    from generator.spec import with_overrides
+
+    out = work_dir / "loadtest-llmapi-grpc"
+    out.mkdir()
+    spec = with_overrides(llmapi_spec, LLMAPI_SHORT_LOAD)
+    return run_loadtest(spec, out, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
+                        metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key)
+
+
+@pytest.fixture(scope="session")
 def trtllm_gauge():
     """Read one of the engine's nv_trt_llm_* gauges from a running server, e.g.
     ``trtllm_gauge(server, "nv_trt_llm_kv_cache_block_metrics", "used")``."""

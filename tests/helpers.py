@@ -43,3 +43,9 @@ def write_quantized_checkpoint(spec, quant_algo: str | None = None, kv_algo: str
              "kv_cache_quant_algo": kv_algo or KV_ALGOS[q.kv_cache][0], "exclude_modules": ["lm_head"]}
     (out / "hf_quant_config.json").write_text(json.dumps({"producer": {"name": "modelopt"}, "quantization": quant}))
     return out
+
+
+LLMAPI_SHORT_LOAD = ["loadtest.protocol=grpc-stream", "loadtest.users=4", "loadtest.duration_s=4",
+                     "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2",
+                     "loadtest.num_prompts=6", "loadtest.reference_checks=6", "loadtest.request_timeout_s=120"]
+"""The short load test of the LLM-API server (conftest's ``llmapi_loadtest``; other protocols append theirs)."""
