@@ -6,7 +6,7 @@ straddles the target, client-limited rounds set aside), so the grid differs from
 which loads it visits. Prints a markdown table and the wall time.
 
     .venv/bin/python bench/tune_grid.py SPEC --set serving.max_batch_size=4 \\
-        --slo "ttft_p95<2s,itl_p95<100ms" --users 1-16 -o /tmp/grid-mbs4
+        --slo "ttft_p95<2s,itl_p95<100ms" --users 1,2,4,8-16 -o /tmp/grid-mbs4
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ from generator.spec import load_spec  # noqa: E402
 
 
 def loads(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
+    """``1,2,4,8,16,32,44-54``: sparse loads below the knee (which also warm the server up, as tune's
+    growing levels do) and a dense range around it, in the order given."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 def main() -> None:
@@ -36,7 +41,7 @@ def main() -> None:
     ap.add_argument("spec", type=Path)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--slo", required=True)
-    ap.add_argument("--users", default="1-16", help="a range, e.g. 1-16")
+    ap.add_argument("--users", default="1-16", help="loads and ranges, e.g. 1,2,4,8,16,32,44-54")
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
     spec = load_spec(args.spec, [f"loadtest.slo={args.slo}"])
