@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from generator.demo import demo_overrides  # noqa: E402
-from generator.measure.runner import read_records, run_loadtest  # noqa: E402
+from generator.measure.records import read_records  # noqa: E402
+from generator.measure.runner import run_loadtest  # noqa: E402
 from generator.repo.render import render_repository  # noqa: E402
 from generator.spec import load_spec  # noqa: E402
 
@@ -56,7 +57,7 @@ def run(work: Path, model: Path, weights: Path, instances: int, threads: int, ar
     out = work / f"load-{name}"
     out.mkdir(parents=True)  # a fresh folder: Locust appends to an existing records file
     result = run_loadtest(spec, out, repo_dir=repo, title=f"{instances} instance(s) x {threads} thread(s)").results
-    requests, processes = read_records(out / "records.jsonl")
+    requests, processes, _ = read_records(out / "records.jsonl")
     served = result["server"]["stages"].get("ensemble", {})
     return {"setting": name, "instances": instances, "threads": threads, "result": result, "records": len(requests),
             "processes": len(processes), "served": served.get("requests", 0) + served.get("failures", 0)}

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from generator.measure.records import read_records
+
 
 def percentiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
@@ -74,9 +76,8 @@ def together(sends_ns: list[int]) -> float:
 def locust_server_side(records: Path) -> tuple[dict[str, float], float]:
     """The engine's own arrival → first token (ms) of the Locust run's measured requests, and its ``together``."""
     engine, sends = [], []
-    for line in records.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") != "request" or rec.get("warmup") or not rec.get("server"):
+    for rec in read_records(records).requests:
+        if rec["warmup"] or not rec["server"]:
             continue
         engine.append((rec["server"]["first_token_time_ns"] - rec["server"]["arrival_time_ns"]) / 1e6)
         sends.append(rec["sent_ns"])
@@ -85,11 +86,7 @@ def locust_server_side(records: Path) -> tuple[dict[str, float], float]:
 
 def input_data(records: Path, tokens: int, out: Path) -> int:
     """perf_analyzer's --input-data file: the prompts the Locust run sent, with the same request fields."""
-    prompts = {}
-    for line in records.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if "prompt_text" in rec:
-            prompts[rec["prompt"]] = rec["prompt_text"]
+    prompts = {r["prompt"]: r["prompt_text"] for r in read_records(records).requests if r["prompt_text"] is not None}
     rows = [{"text_input": [prompts[i]], "max_tokens": [tokens], "min_tokens": [tokens], "stream": [True],
              "exclude_input_in_output": [True], "return_perf_metrics": [True]} for i in sorted(prompts)]
     out.write_text(json.dumps({"data": rows}), encoding="utf-8")

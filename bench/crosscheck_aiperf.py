@@ -85,7 +85,8 @@ def main() -> None:
     add_run_args(parser, "bench-out/crosscheck-aiperf", 60)
     args = parser.parse_args()
 
-    from generator.measure.runner import read_records, run_loadtest
+    from generator.measure.records import read_records
+    from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
     from generator.repo.manifest import MANIFEST, read_manifest
 
@@ -112,7 +113,7 @@ def main() -> None:
             lat = res.latency_ms.model_dump()
             rows[name] = {"ttft": lat["ttft"], "itl_gap": lat["itl"], "e2e": lat["e2e"], "requests": res.counts.ok,
                           "errors": res.counts.errors}
-            requests, _ = read_records(out / "records.jsonl")
+            requests = read_records(out / "records.jsonl").requests
             rows[name]["output_tokens"] = sorted({r["output_tokens"] for r in requests if not r["error"]})
 
         def aiperf(name: str) -> None:

@@ -6,26 +6,35 @@ The server is bench_loadgen.py's trivial model (N one-token responses per reques
 ``--instances`` model instances, pinned to every CPU but the last; the one-core clients run on the last
 (``taskset``), the multi-process runs anywhere. Every tritongen run is ``run_loadtest`` (the records,
 verdict and capacity a user gets); perf_analyzer takes the same prompts and concurrency (sidebyside.py's
-command). Per client core-second: requests completed / the client's CPU time (tritongen: its process
-records; perf_analyzer: its CPU as a child process, all of it).
+command) with ``--max-threads 1``: by default it starts one worker thread per concurrent request (64 or
+256), and confined to one core those threads never let it finish a measurement window.
+
+Per client core-second, the same yardstick for both clients (CoreMeter): the requests the server counts
+(``nv_inference_request_success``) over the busy time of the client's core (/proc/stat), in the steady
+part of the run (from 2 s after the first answered request to 0.5 s before the last); each tool's own
+figures (tritongen's process records, perf_analyzer's export) are kept beside it.
 
     python bench/gpuhost_loadgen.py --perf-analyzer PA --out OUT [--users 64,256 --rounds 2 --seconds 8]
 
-On a host without network, bench/gpuhost/setup.sh installs what this needs first. Writes OUT/gpuhost.json
-and prints Markdown tables (recorded in docs/benchmarks.md).
+On a host without network, bench/gpuhost/lease.sh installs what this needs first and runs it. Writes
+OUT/gpuhost.json (or --json) after every run and prints Markdown tables (recorded in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -64,11 +73,84 @@ def repo(work: Path, tokenizer: Path, instances: int) -> Path:
     return root
 
 
+class CoreMeter:
+    """Every 0.25 s: the busy seconds of one CPU (/proc/stat: user, nice, system, irq, softirq; steal is
+    time the vCPU did not run) and the requests the server has completed. A client pinned alone to that
+    CPU is measured the same way whatever it is; ``steady()`` reads the run's steady part."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, cpu: int, metrics_url: str, model: str = "ensemble") -> None:
+        self.cpu, self.metrics_url = f"cpu{cpu} ", metrics_url
+        self.key = f'nv_inference_request_success{{model="{model}"'
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _busy_s(self) -> float:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(self.cpu):
+                    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in line.split()[1:8])
+                    return (user + nice + system + irq + softirq) / self.TICK
+        raise RuntimeError(f"no {self.cpu.strip()} in /proc/stat")
+
+    def _requests(self) -> float:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:  # noqa: S310 (our server)
+            text = resp.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(self.key))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self._busy_s(), self._requests()))
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> "CoreMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def steady(self, lead_s: float = 2.0, tail_s: float = 0.5) -> dict:
+        s = self.samples
+        rising = [i for i in range(1, len(s)) if s[i][2] > s[i - 1][2]]
+        if len(rising) < 2:
+            return {"meter": "no requests counted"}
+        t_first, t_last = s[rising[0] - 1][0], s[rising[-1]][0]
+        inside = [x for x in s if t_first + lead_s <= x[0] <= t_last - tail_s]
+        if len(inside) < 4:  # a short run: its whole active span
+            inside = [x for x in s if t_first <= x[0] <= t_last]
+        (t0, b0, r0), (t1, b1, r1) = inside[0], inside[-1]
+        busy = b1 - b0
+        return {"meter_s": round(t1 - t0, 2), "meter_requests": r1 - r0, "meter_requests_per_s": (r1 - r0) / (t1 - t0),
+                "meter_core_busy": busy / (t1 - t0), "meter_per_core": (r1 - r0) / busy if busy else None}
+
+
+
 class Bench:
-    def __init__(self, args, server, tokenizer: Path) -> None:
-        self.args, self.server, self.tokenizer = args, server, tokenizer
-        self.rows: list[dict] = []
+    def __init__(self, args, server, tokenizer: Path, result: dict, client_core: int) -> None:
+        self.args, self.server, self.tokenizer, self.result = args, server, tokenizer, result
+        self.client_core = client_core
+        self.rows: list[dict] = result.setdefault("rows", [])
         self.pa_input = args.out / "pa-input.json"
+        self.t0 = time.time()
+
+    def left_s(self) -> float:
+        """Seconds left of --budget-s (infinite without one): later runs are skipped, not cut off."""
+        return self.args.budget_s - (time.time() - self.t0) if self.args.budget_s else float("inf")
+
+    def add(self, row: dict) -> dict:
+        """Kept and written at once, so that a lease that ends early still returns what ran."""
+        self.rows.append(row)
+        self.result["seconds"] = time.time() - self.t0
+        self.args.json.write_text(json.dumps(self.result, indent=1), encoding="utf-8")
+        print(json.dumps(row), flush=True)
+        return row
+
+    def metered(self, pinned: bool):
+        return CoreMeter(self.client_core, self.server.metrics_url) if pinned else contextlib.nullcontext()
 
     def spec(self, users: int, workers):
         from generator.spec import load_spec
@@ -82,17 +164,19 @@ class Bench:
         ])
 
     def tritongen(self, tag: str, users: int, workers, prefix: tuple = ()) -> dict:
-        from generator.measure.runner import read_records, run_loadtest
+        from generator.measure.records import read_records
+        from generator.measure.runner import run_loadtest
 
         out = (self.args.out / "runs" / f"{tag}-u{users}-w{workers}").resolve()
         out.mkdir(parents=True, exist_ok=True)
         (out / "records.jsonl").unlink(missing_ok=True)
         s = self.server
         t0 = time.time()
-        res = run_loadtest(self.spec(users, workers), out, url=f"http://{s.http_url}", grpc_url=s.grpc_url,
-                           metrics_url=s.metrics_url, admin_key=s.admin_key, locust_prefix=prefix,
-                           title=out.name).results
-        requests, processes = read_records(out / "records.jsonl")
+        with self.metered(bool(prefix)) as meter:
+            res = run_loadtest(self.spec(users, workers), out, url=f"http://{s.http_url}", grpc_url=s.grpc_url,
+                               metrics_url=s.metrics_url, admin_key=s.admin_key, locust_prefix=prefix,
+                               title=out.name).results
+        requests, processes, _ = read_records(out / "records.jsonl")
         if not self.pa_input.is_file():
             from generator.measure.runner import model_inputs
 
@@ -110,34 +194,38 @@ class Bench:
                "lag_p99_ms": [round(p.lag_p99_ms, 1) for p in c.processes],
                "processes_needed": c.capacity.processes_needed if c.capacity else None,
                "checks_failed": res.checks.failed_requests, "wall_s": time.time() - t0}
-        self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        return row
+        if meter is not None:
+            row.update(meter.steady())
+        return self.add(row)
 
-    def perf_analyzer(self, tag: str, users: int, prefix: tuple = ()) -> dict:
-        from generator.serve.install import GRPC_ADMIN_HEADER
-
+    def perf_analyzer(self, tag: str, users: int, prefix: tuple = (), threads: Optional[int] = 1,
+                      timeout_s: Optional[float] = None) -> dict:
+        """perf_analyzer on the same prompts and concurrency; ``threads``: its --max-threads (None: its default,
+        one worker thread per concurrent request); stopped after ``timeout_s`` (default --pa-timeout-s)."""
         pa = self.args.perf_analyzer.resolve()
         export = self.args.out / f"pa-{tag}-{users}.json"
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
             [str(pa.parent)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]))
         cmd = [*prefix, str(pa), "-m", "ensemble", "-u", self.server.grpc_url, "-i", "grpc", "--streaming",
                "--input-data", str(self.pa_input), "--concurrency-range", str(users),
+               *(("--max-threads", str(threads)) if threads else ()),
                "--measurement-mode", "time_windows", "--measurement-interval", str(self.args.pa_window_ms),
-               "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export),
-               "-H", f"{GRPC_ADMIN_HEADER}:{self.server.admin_key}"]
+               "--stability-percentage", "999", "--max-trials", "3", "--profile-export-file", str(export)]
         log = self.args.out / f"pa-{tag}-{users}.log"
         before = children_cpu_s()
-        with open(log, "w", encoding="utf-8") as out:
+        t0 = time.time()
+        with self.metered(bool(prefix)) as meter, open(log, "w", encoding="utf-8") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             try:
-                rc = proc.wait(timeout=self.args.pa_timeout_s)
+                rc = proc.wait(timeout=timeout_s or self.args.pa_timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
                 rc = "timeout"
         cpu = children_cpu_s() - before
-        row = {"client": "perf_analyzer", "phase": tag, "users": users, "rc": rc, "cpu_s": cpu}
+        row = {"client": "perf_analyzer", "phase": tag, "users": users, "max_threads": threads, "rc": rc,
+               "cpu_s": cpu, "wall_s": time.time() - t0,
+               "command": " ".join(Path(c).name if c == str(pa) else c for c in cmd)}
         if rc == 0:
             data = json.loads(export.read_text(encoding="utf-8"))
             reqs = [r for e in data["experiments"] for r in e["requests"]]
@@ -148,9 +236,9 @@ class Bench:
             export.unlink()
         else:
             row["log"] = log.read_text(encoding="utf-8", errors="replace")[-1500:]
-        self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        return row
+        if meter is not None:
+            row.update(meter.steady())
+        return self.add(row)
 
     def profile(self, users: int, prefix: tuple) -> dict:
         """One saturated one-core run under cpu_sampler.py: where the CPU of the Locust process goes."""
@@ -164,6 +252,7 @@ class Bench:
         prof = {"users": users, "cpu_s": row["cpu_s"], "requests": row["requests"],
                 "us_per_request": row["cpu_s"] * 1e6 / row["requests"], "sampled_s": samples * INTERVAL_S,
                 "us_per_response_by_part": table}
+        self.result["profile"] = prof
         print(json.dumps(prof), flush=True)
         return prof
 
@@ -176,17 +265,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--instances", type=int, default=8)
-    parser.add_argument("--pa-window-ms", type=int, default=2500)
-    parser.add_argument("--pa-timeout-s", type=float, default=40.0,
-                        help="perf_analyzer confined to one core can take long to finish a window: then it is stopped")
+    parser.add_argument("--pa-window-ms", type=int, default=2000)
+    parser.add_argument("--pa-timeout-s", type=float, default=20.0,
+                        help="a perf_analyzer run still going after this is stopped (the meter has measured it)")
     parser.add_argument("--onecore-only", action="store_true", help="only the one-core side-by-side runs")
-    parser.add_argument("--workers", default="1,2,3,4,auto", help="multi-process runs at the largest --users")
+    parser.add_argument("--workers", default="0,2,3,4,auto", help="multi-process runs at the largest --users")
     parser.add_argument("--idle-workers", type=int, default=8,
                         help="a run with this many workers at the smallest --users: workers well below a core")
+    parser.add_argument("--budget-s", type=float, default=0.0,
+                        help="seconds after the server is up; runs that would start later are skipped (0: none)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/gpuhost"))
+    parser.add_argument("--json", type=Path, default=None, help="where the results go (default OUT/gpuhost.json)")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.json = (args.json or args.out / "gpuhost.json").resolve()
     from generator.measure import report_loadtest
     from generator.serve.server import TritonServer
 
@@ -204,7 +297,7 @@ def main() -> None:
     tok = tokenizer_dir(work)
     os.sched_setaffinity(0, server_cpus)  # the server (and this process's own work) off the client core
     with TritonServer(repo(work, tok, args.instances), log_file=work / "triton.log") as server:
-        bench = Bench(args, server, tok)
+        bench = Bench(args, server, tok, result, client_core)
         print(f"server ready after {time.time() - t0:.0f} s", flush=True)
         bench.tritongen("warm", min(users), 0, pin)  # also writes perf_analyzer's prompts
         bench.perf_analyzer("check", 4)
@@ -212,44 +305,63 @@ def main() -> None:
             for u in users:
                 bench.tritongen(f"onecore{r}", u, 0, pin)
                 bench.perf_analyzer(f"onecore{r}", u, pin)
+                if r == 0:  # as it starts by default (a thread per stream): what earlier leases ran
+                    bench.perf_analyzer("onecore-default-threads", u, pin, threads=None,
+                                        timeout_s=args.pa_window_ms * 3.6 / 1000 + 3)
         if not args.onecore_only:
-            rest(args, bench, users, pin, cpus, result)
-    result["rows"] = bench.rows
-    result["seconds"] = time.time() - t0
-    (args.out / "gpuhost.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+            rest(args, bench, users, pin, cpus)
     report(result)
 
 
-def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int], result: dict) -> None:
-    """The profile, a run starved by a CPU hog on its core, the multi-process runs, many idle workers."""
-    result["profile"] = bench.profile(max(users), pin)
-    hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])
-    try:
-        bench.tritongen("starved", min(users), 0, pin)
-    finally:
-        hog.kill()
-        hog.wait()
+def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int]) -> None:
+    """The multi-process runs, many idle workers, the profile, a run starved by a CPU hog on its core; each
+    skipped when --budget-s would be overrun."""
+    run_s = args.seconds + 12  # start, drain and the analysis of the records
+
+    def fits() -> bool:
+        if bench.left_s() > run_s:
+            return True
+        print(f"budget: {bench.left_s():.0f} s left, the remaining runs skipped", flush=True)
+        return False
+
     os.sched_setaffinity(0, cpus)
     for w in args.workers.split(","):
-        bench.tritongen("multi", max(users), w)
-    bench.perf_analyzer("multi", max(users))
-    bench.tritongen("idle", min(users), args.idle_workers)
+        if fits():
+            bench.tritongen("multi", max(users), w)
+    if fits():
+        bench.perf_analyzer("multi", max(users), threads=None)
+    if fits():
+        bench.tritongen("idle", min(users), args.idle_workers)
+    os.sched_setaffinity(0, cpus[:-1])
+    if fits():
+        bench.profile(max(users), pin)
+    if fits():
+        hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])
+        try:
+            bench.tritongen("starved", min(users), 0, pin)
+        finally:
+            hog.kill()
+            hog.wait()
 
 
 def report(result: dict) -> None:
     rows = result["rows"]
     print(f"\n{result['machine']}; server on {result['server_cpus']} CPUs, one-core clients on CPU {result['client_core']}")
-    print("| client | phase | users | workers | requests/s | client CPU s | requests per client core-second | busiest loop wanted | client-limited | errors |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---|---:|")
+    print("| client | phase | users | workers / threads | requests/s | core busy | requests per client core-second "
+          "(meter) | own figure | busiest loop wanted | client-limited | errors |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
-        print(f"| {r['client']} | {r['phase']} | {r['users']} | {r.get('workers', '')} | {r.get('requests_per_s', 0):,.0f} | "
-              f"{r['cpu_s']:.2f} | {r.get('per_core', 0):,.0f} | {r.get('busiest_demand', 0):.2f} | "
+        print(f"| {r['client']} | {r['phase']} | {r['users']} | {r.get('workers', r.get('max_threads'))} | "
+              f"{r.get('meter_requests_per_s', r.get('requests_per_s', 0)):,.0f} | {r.get('meter_core_busy', 0):.2f} | "
+              f"{r.get('meter_per_core') or 0:,.0f} | {r.get('per_core', 0):,.0f} | {r.get('busiest_demand', 0):.2f} | "
               f"{r.get('client_limited', '')} | {r.get('errors', r.get('rc'))} |")
     for u in sorted({r["users"] for r in rows if r["phase"].startswith("onecore")}):
-        med = {c: float(np.median([r["per_core"] for r in rows if r["phase"].startswith("onecore") and r["users"] == u
-                                   and r["client"] == c and r.get("per_core")] or [0])) for c in ("tritongen", "perf_analyzer")}
+        med = {c: float(np.median([r["meter_per_core"] for r in rows if r["phase"][7:].isdigit() and r["users"] == u
+                                   and r["client"] == c and r.get("meter_per_core")] or [0]))
+               for c in ("tritongen", "perf_analyzer")}
         print(f"{u} streams, one core each: tritongen {med['tritongen']:,.0f}, perf_analyzer "
-              f"{med['perf_analyzer']:,.0f} requests per core-second: {med['tritongen'] / max(med['perf_analyzer'], 1):.2f}x")
+              f"{med['perf_analyzer']:,.0f} requests per client core-second: "
+              f"{med['tritongen'] / max(med['perf_analyzer'], 1):.2f}x")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile"))
     args = parser.parse_args()
 
-    from generator.measure.runner import read_records, run_loadtest
+    from generator.measure.records import read_records
+    from generator.measure.runner import run_loadtest
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +99,8 @@ def main() -> None:
         prefix = [*pin, sys.executable, str(Path(__file__).resolve().parent / "cpu_sampler.py"), str(profile)]
         run_loadtest(spec, args.out.resolve(), url=url, grpc_url=grpc_url, metrics_url=metrics_url,
                      locust_prefix=prefix, title="load generator profile", admin_key=admin_key)
-    requests, processes = read_records(args.out / "records.jsonl")
-    responses = sum(len(r.get("resp_ns") or []) for r in requests)
+    requests, processes, _ = read_records(args.out / "records.jsonl")
+    responses = sum(len(r["resp_ns"]) for r in requests)
     cpu_s = sum(p["cpu_s"] for p in processes)
     wall_s = max(p["wall_s"] for p in processes)
     parts, samples = categorize(profile)

@@ -40,13 +40,9 @@ def children_cpu_s() -> float:
 
 def perf_analyzer_input(records: Path, accepted: set[str], tokens: int, out: Path) -> None:
     """perf_analyzer's --input-data: the prompts the Locust run sent, with the request fields it sent."""
-    from generator.measure.records import request_inputs
+    from generator.measure.records import read_records, request_inputs
 
-    prompts = {}
-    for line in records.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if "prompt_text" in rec:
-            prompts[rec["prompt"]] = rec["prompt_text"]
+    prompts = {r["prompt"]: r["prompt_text"] for r in read_records(records).requests if r["prompt_text"] is not None}
     rows = [{k: [v] for k, v in request_inputs(accepted, prompts[i], tokens, True).items()} for i in sorted(prompts)]
     out.write_text(json.dumps({"data": rows}), encoding="utf-8")
 
@@ -63,7 +59,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/sidebyside"))
     args = parser.parse_args()
 
-    from generator.measure.runner import model_inputs, read_records, run_loadtest
+    from generator.measure.records import read_records
+    from generator.measure.runner import model_inputs, run_loadtest
     from generator.spec import load_spec
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +80,7 @@ def main() -> None:
             (out / "records.jsonl").unlink(missing_ok=True)
             res = run_loadtest(spec, out, url=url, grpc_url=grpc_url, metrics_url=metrics_url, title=out.name,
                                admin_key=admin_key).results
-            requests, processes = read_records(out / "records.jsonl")
+            requests, processes, _ = read_records(out / "records.jsonl")
             cpu = sum(p["cpu_s"] for p in processes)
             rows.append({"client": "tritongen", "round": i, "requests": len(requests), "cpu_s": cpu,
                          "requests_per_s": res.throughput.requests_per_s,

@@ -190,6 +190,23 @@ MAX_READ_BYTES = 64 << 20
 """The largest configuration, manifest or record file tritongen reads whole (a 2 GiB sparse file is not one)."""
 
 
+def unreadable_file(path: Path, *, limit: int = MAX_READ_BYTES) -> Optional[str]:
+    """Why ``path`` is not a file a library may read whole (a FIFO, device or socket, or more than ``limit``
+    bytes), or None; a file that does not exist is None (the library reports it). For files tritongen hands to
+    other libraries (a tokenizer folder), which read without asking."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{Path(path).name} cannot be read: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{Path(path).name} is not a regular file (a FIFO, device, socket or folder)"
+    if st.st_size > limit:
+        return f"{Path(path).name} has {st.st_size:,} bytes, more than the {limit:,} a file of this kind may have"
+    return None
+
+
 def read_text_bounded(path: Path, *, fix: str, limit: int = MAX_READ_BYTES, inside: Optional[Path] = None) -> str:
     """The UTF-8 text of ``path``, read only when it is a regular file (never a FIFO that would block, a
     device such as /dev/zero, or a folder) of at most ``limit`` bytes, and, with ``inside``, when it

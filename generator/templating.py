@@ -19,7 +19,7 @@ import functools
 import json
 import re
 import shlex
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from generator.errors import SpecError
 from generator.resources import templates_dir
@@ -57,6 +57,25 @@ def shell_word(value: Any) -> Escaped:
 
 
 _PBTXT_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+_STUB_SHELL = re.compile(r"""[\s'"`$\\;|&<>()*?\[\]{}]""")
+
+
+def stub_launch_problem(path: Any) -> Optional[str]:
+    """Why Triton would misread ``path`` (a model repository, or a model folder in one) when it starts a Python
+    model, or None.
+
+    Triton 2.51's Python backend starts each model instance's stub with ``bash -c`` and the model's path in
+    that command line unquoted (python_backend r24.10): a space splits it (the stub gets too few arguments and
+    the model does not load), quotes vanish, and ``$(…)`` or backticks run as commands (measured: serving a
+    repository in a folder named ``x$(touch F)`` made F). No quoting of tritongen's reaches that command line,
+    so such a path is refused, naming its characters."""
+    bad = sorted(set(_STUB_SHELL.findall(str(path))))
+    if not bad:
+        return None
+    return (f"{str(path)!r} holds {' '.join(repr(c) for c in bad)}: Triton's Python backend puts a model's path "
+            "unquoted into the bash command that starts its stub, where these split the path or run as commands")
 
 
 def pbtxt_string(value: Any) -> Escaped:

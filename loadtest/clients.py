@@ -17,12 +17,12 @@ from typing import Any, Callable, Optional, Protocol
 import gevent.event
 from geventhttpclient import HTTPClient
 
-from generator.measure.records import RECORD_VERSION, SERVER_FIELDS, request_inputs
+from generator.measure.records import SERVER_FIELDS, RequestRecord, ServerFigures, request_inputs
 from generator.serve.dialect import config_param, dialect_for_inputs
 from grpcwire import GrpcStream, StreamClosed, unary
 from prompts import Prompt
 
-Decoded = tuple[list[Optional[str]], dict[str, int], Optional[str]]
+Decoded = tuple[list[Optional[str]], ServerFigures, Optional[str]]
 """Per payload its text (None: a response without text, e.g. an empty final one), the server's figures
 summed over the answer, and an error the payloads carried."""
 
@@ -32,7 +32,7 @@ class Exchange:
 
     __slots__ = ("request_id", "record", "resp_ns", "payloads", "end_ns", "error", "done", "decode")
 
-    def __init__(self, request_id: str, record: dict[str, Any], decode: Callable[[list[Any]], Decoded]) -> None:
+    def __init__(self, request_id: str, record: RequestRecord, decode: Callable[[list[Any]], Decoded]) -> None:
         self.request_id, self.record, self.decode = request_id, record, decode
         self.resp_ns: list[int] = []
         self.payloads: list[Any] = []
@@ -59,7 +59,7 @@ class Exchange:
                 self.fail(f"no response within {timeout:g} s")
                 return
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> RequestRecord:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
         rec = self.record
         texts, server, error = self.decode(self.payloads)
@@ -71,17 +71,22 @@ class Exchange:
         return rec
 
 
-def new_record(protocol: str, model: str, proc: int, seq: int, prompt: Prompt, warmup: bool, sched_ns: int) -> dict[str, Any]:
+def new_record(protocol: str, model: str, proc: int, seq: int, prompt: Prompt, warmup: bool, sched_ns: int,
+               *, conn_ns: int, cumulative: bool, prompt_text: Optional[str]) -> RequestRecord:
+    """A request's record before it is sent: every key of RequestRecord (generator/measure/records.py), the
+    ones the exchange fills (send and response times, texts, server figures, error) with their empty values."""
     return {
-        "kind": "request", "v": RECORD_VERSION, "id": f"p{proc}-{seq}", "proc": proc, "seq": seq,
+        "kind": "request", "id": f"p{proc}-{seq}", "proc": proc, "seq": seq,
         "warmup": warmup, "protocol": protocol, "model": model, "streaming": protocol != "http",
-        "prompt": prompt.index, "max_tokens": prompt.max_tokens, "input_tokens": prompt.input_tokens,
+        "cumulative": cumulative, "prompt": prompt.index, "prompt_text": prompt_text, "max_tokens": prompt.max_tokens,
+        "exact_length": False, "input_tokens": prompt.input_tokens,
         "start_unix_ns": time.time_ns() - (time.monotonic_ns() - sched_ns),
-        "sched_ns": sched_ns, "sent_ns": sched_ns,
+        "sched_ns": sched_ns, "sent_ns": sched_ns, "conn_ns": conn_ns, "resp_ns": [], "resp_text": [], "server": {},
+        "error": None, "cancelled": False, "end_ns": sched_ns, "output_tokens": None,
     }
 
 
-def absorb(server: dict[str, int], name: str, value: int) -> None:
+def absorb(server: ServerFigures, name: str, value: int) -> None:
     """One response's server figure: output tokens add up over the answer; time points not known yet come as 0."""
     if name == "num_output_tokens":
         server[name] = server.get(name, 0) + value
@@ -166,7 +171,7 @@ def grpc_target(host: str) -> str:
 def decode_json(payloads: list[bytes]) -> Decoded:
     """SSE data lines or one generate body: ``text_output`` and the server's figures; an ``error`` ends it."""
     texts: list[Optional[str]] = []
-    server: dict[str, int] = {}
+    server: ServerFigures = {}
     for raw in payloads:
         data = json.loads(raw[5:] if raw.startswith(b"data:") else raw)
         if "error" in data:
@@ -284,11 +289,11 @@ def _output(described: bytes) -> tuple[str, Optional[tuple[int, bool]]]:
     return known
 
 
-def _decode_merged(payloads: list[bytes]) -> tuple[list[str], dict[str, int]]:
+def _decode_merged(payloads: list[bytes]) -> tuple[list[str], ServerFigures]:
     """The texts (in order) and the server's figures of the given ModelStreamInferResponse messages, in one parse."""
     ir = _LEAN.FromString(b"".join(payloads)).infer_response
     texts: list[str] = []
-    server: dict[str, int] = {}
+    server: ServerFigures = {}
     for described, raw in zip(ir.outputs, ir.raw_output_contents):
         name, integer = _output(described)
         if name == "text_output":

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from geventhttpclient import HTTPClient
 
 from clients import Decoded, Exchange, read_events
+from generator.measure.records import ServerFigures
 from prompts import Prompt
 
 PROTOCOLS = {"openai-chat": "/v1/chat/completions", "openai-completions": "/v1/completions"}
@@ -54,7 +55,7 @@ def decode_events(payloads: list[bytes]) -> Decoded:
     """SSE ``data:`` lines: the text of each content chunk (None for role-only, finish, usage and [DONE] chunks),
     the server's token counts from ``usage``; an ``error`` object ends the answer."""
     texts: list[Optional[str]] = []
-    server: dict[str, int] = {}
+    server: ServerFigures = {}
     for raw in payloads:
         data = raw[5:].strip()
         if data == b"[DONE]":

@@ -2,7 +2,7 @@
 
 Runs only inside Locust's own process (gevent): tritongen's CLI starts it as a subprocess and never imports
 it. Every response gets a monotonic nanosecond timestamp and every request becomes one raw record (see
-generator/loadrecords.py for the fields and the figures derived from them); Locust's own request events
+generator/measure/records.py for its type, the file's format and the figures derived from it); Locust's own request events
 are fired too, but only for its live view, because Locust rounds response times.
 
 Two load shapes:
@@ -29,14 +29,15 @@ from typing import Any, Optional
 import gevent
 import gevent.pool
 import psutil
-import rapidjson
 from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
 from distributed import MasterGuard, introduce, run_token
-from generator.measure.records import RECORD_VERSION, quantile_sample, server_gone
+from generator.measure.records import (
+    ProcessRecord, RequestRecord, open_records, quantile_sample, server_gone, write_records,
+)
 from generator.spec import LoadTestSpec
 from openaiapi import OpenAIClient, openai_model
 from prompts import Prompt, follow_up, load_tokenizer, read_jsonl, synthesize
@@ -211,10 +212,8 @@ class LoadState:
 
     def report_process(self) -> None:
         self.sink.flush()
-        process = self.monitor.record(self.index)
-        process["tokenizer"] = self.tokenizer_dir  # the measure side counts the answers' tokens with it
-        process["requests"], process["responses"] = self.sink.requests, self.sink.responses
-        self.sink.send([process])
+        # The measure side counts the answers' tokens with the tokenizer.
+        self.sink.send([self.monitor.record(self.index, self.tokenizer_dir, self.sink.requests, self.sink.responses)])
 
 
 _STATE: Optional[LoadState] = None
@@ -248,12 +247,10 @@ def run_request(
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
     """
-    record = new_record(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns)
-    record["conn_ns"] = conn_ns
-    record["cumulative"] = st.info.cumulative
-    if prompt.index not in st.prompts_sent:
-        st.prompts_sent.add(prompt.index)
-        record["prompt_text"] = prompt.text
+    first = prompt.index not in st.prompts_sent
+    st.prompts_sent.add(prompt.index)
+    record = new_record(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns, conn_ns=conn_ns,
+                        cumulative=st.info.cumulative, prompt_text=prompt.text if first else None)
     # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
     ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
     st.inflight += 1
@@ -293,11 +290,11 @@ def run_conversation(
         ex = run_request(st, client, nxt[0], prompt, nxt[1], time.monotonic_ns())
 
 
-def fire_locust_events(environment, record: dict[str, Any]) -> None:
+def fire_locust_events(environment, record: RequestRecord) -> None:
     """Locust's live table: end-to-end and TTFT rows from the raw times (rounded by Locust; never the report's
     figures, which come from the records after the run). Two events per request, not more: each costs a
     Locust process about as much CPU as a tenth of a 16-token request (docs/benchmarks.md)."""
-    if record.get("cancelled"):
+    if record["cancelled"]:
         return
     kind = "warmup" if record["warmup"] else record["protocol"]
     fire = environment.events.request.fire
@@ -327,7 +324,7 @@ class RecordSink:
         self.pending: list[Exchange] = []
         self.requests = self.responses = 0  # what this process received, for its CPU cost per response
         path = environment.parsed_options.records
-        self.file = None if self.worker or not path else open(path, "a", encoding="utf-8")
+        self.file = None if self.worker or not path else open_records(path)
         gevent.spawn(self._flusher)
 
     def add(self, ex: Exchange) -> None:
@@ -344,7 +341,7 @@ class RecordSink:
             fire_locust_events(self.environment, record)
         self.send(records)
 
-    def send(self, records: list[dict[str, Any]]) -> None:
+    def send(self, records: list[RequestRecord] | list[ProcessRecord]) -> None:
         if self.worker:
             self.runner.send_message(MSG_RECORDS, records)
         elif self.file is not None:
@@ -354,12 +351,6 @@ class RecordSink:
         while True:
             gevent.sleep(_FLUSH_S)
             self.flush()
-
-
-def write_records(file, records: list[dict[str, Any]]) -> None:
-    """JSON lines through python-rapidjson (tritonclient's dependency): a quarter of the json module's CPU."""
-    file.write("".join(rapidjson.dumps(r) + "\n" for r in records))
-    file.flush()
 
 
 def _sched_ns() -> Optional[tuple[int, int]]:
@@ -405,17 +396,19 @@ class ProcessMonitor:
                 last = now
                 next_cpu += 1.0
 
-    def record(self, index: int) -> dict[str, Any]:
+    def record(self, index: int, tokenizer: str, requests: int, responses: int) -> ProcessRecord:
+        """This process's record; ``requests``/``responses``: what it received, for its CPU cost per response."""
         self.greenlet.kill(block=False)
         cpu = self.proc.cpu_times()
         sched = _sched_ns()
         return {
-            "kind": "process", "v": RECORD_VERSION, "proc": index, "host": socket.gethostname(), "pid": os.getpid(),
+            "kind": "process", "proc": index, "host": socket.gethostname(), "pid": os.getpid(),
             "wall_s": (time.monotonic_ns() - self.started_ns) / 1e9,
             "cpu_s": (cpu.user + cpu.system) - (self.cpu_start.user + self.cpu_start.system),
             "cpu_percent": self.cpu_percent, "lag_ns": quantile_sample(self.lags_ns),
             "lag_max_ns": max(self.lags_ns, default=0), "demand": self.demand,
             "sched_wait_s": (sched[1] - self.sched_start[1]) / 1e9 if sched and self.sched_start else None,
+            "tokenizer": tokenizer, "requests": requests, "responses": responses,
         }
 
 
@@ -524,7 +517,7 @@ def _on_init(environment, **_kw) -> None:
         introduce(runner, _run_token_or_exit())
         return
     if isinstance(runner, MasterRunner):
-        sink = open(opts.records, "a", encoding="utf-8") if opts.records else None
+        sink = open_records(opts.records) if opts.records else None
         guard = MasterGuard(runner, _run_token_or_exit(), opts.expect_workers,
                             finish=lambda: _finish_run(environment), drain=lambda: runner.send_message(MSG_DRAIN))
 

@@ -45,6 +45,42 @@ def write_quantized_checkpoint(spec, quant_algo: str | None = None, kv_algo: str
     return out
 
 
+MS = 1_000_000
+
+
+def request_record(texts, *, sched=0, sent=0, first=10, gap=5, end=None, server=None, max_tokens=None, **fields):
+    """A streamed request's record as the load generator writes it (loadtest/clients.py ``new_record``), with
+    round times: responses at first, first+gap, ... ms (monotonic ms → ns), so figures can be worked out on
+    paper. ``fields`` set any other key of RequestRecord."""
+    import sys
+
+    from generator.resources import loadtest_dir
+
+    if str(loadtest_dir()) not in sys.path:
+        sys.path.insert(0, str(loadtest_dir()))
+    from clients import new_record  # gevent and the protocol layer only; no Locust
+    from prompts import Prompt
+
+    times = [(first + i * gap) * MS for i in range(len(texts))]
+    prompt = Prompt(0, "a prompt", max_tokens if max_tokens is not None else len(texts), 7)
+    rec = new_record("grpc-stream", "ensemble", 0, 0, prompt, False, sched * MS, conn_ns=0, cumulative=False,
+                     prompt_text=None)
+    rec.update(start_unix_ns=1_700_000_000 * 10**9 + sched * MS, sent_ns=sent * MS, resp_ns=times,
+               resp_text=list(texts), server=server or {}, exact_length=True, output_tokens=len(texts),
+               end_ns=(end if end is not None else times[-1] / MS) * MS)
+    rec.update(fields)
+    return rec
+
+
+def process_record(**fields):
+    """A Locust process's record (loadtest/tritonllm.py ``ProcessMonitor.record``): a calm process by default."""
+    rec = {"kind": "process", "proc": 0, "host": "h", "pid": 1, "wall_s": 10.0, "cpu_s": 2.0, "cpu_percent": [],
+           "lag_ns": [MS] * 100, "lag_max_ns": 2 * MS, "demand": [], "sched_wait_s": None, "tokenizer": "/tok",
+           "requests": 0, "responses": 0}
+    rec.update(fields)
+    return rec
+
+
 LLMAPI_SHORT_LOAD = ["loadtest.protocol=grpc-stream", "loadtest.users=4", "loadtest.duration_s=4",
                      "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2",
                      "loadtest.num_prompts=6", "loadtest.reference_checks=6", "loadtest.request_timeout_s=120"]

@@ -19,7 +19,7 @@ from generator.deploy.checks import check_deployment
 from generator.repo.manifest import read_manifest
 from generator.deploy.loadtest import LOADTEST_MANIFESTS, package_files
 from generator.deploy.topology import resolve_topology
-from generator.errors import TritongenError
+from generator.errors import SpecError, TritongenError
 from generator.repo.problems import failing
 from generator.repo.render import render_repository
 from generator.repo.validate import validate_repository
@@ -354,7 +354,9 @@ def test_in_cluster_load_test_is_resolved_as_the_local_one(weights):
     conf = loadtest_values(spec)["files"]["locust.conf"]
     assert "model = tensorrt_llm\n" in conf and f"tokenizer = {weights}\n" in conf
     assert "users = 16\n" in conf and "auto" not in conf
-    assert spec.resolved_loadtest(workers=3) == spec.resolved_loadtest(workers=3, cores=64)
+    assert spec.resolved_loadtest(workers=3).workers == 3
+    with pytest.raises(SpecError, match="auto"):  # auto is sized in one place: measure/ceiling.resolve_workers
+        spec.resolved_loadtest()
 
 
 # ---------------------------------------------------------------- for real: several CPU instances, distributed load
@@ -367,7 +369,8 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
     doing work under a Locust master with two workers whose records all reach the one records file."""
     import psutil
 
-    from generator.measure.runner import read_records, run_loadtest
+    from generator.measure.records import read_records
+    from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
@@ -392,7 +395,7 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
         result = run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                               metrics_url=server.metrics_url, admin_key=server.admin_key).results
         after = {name: cpu(p) for name, p in engines.items()}
-    requests, processes = read_records(out / "records.jsonl")
+    requests, processes, _ = read_records(out / "records.jsonl")
     served = result.server.stages["ensemble"]
     assert result.counts.errors == 0 and result.counts.ok > 0
     assert len(requests) == served.requests + served.failures  # every request recorded once, none lost

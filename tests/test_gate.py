@@ -252,11 +252,27 @@ def test_compare_cli_on_baseline_files(tmp_path):
     assert proc.returncode == 5 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("name, content", [
+    ("points.json", '{"points": ['), ("points.json", '{"points": "x"}'), ("tune.json", "[" * 100_000 + "]" * 100_000),
+    ("tune.json", "\udcff"), ("baseline.json", "[" * 100_000 + "]" * 100_000), ("baseline.json", '["a list"]')])
+def test_a_results_file_that_is_none_is_an_error_naming_it(tmp_path, name, content):
+    """Second review: a broken or hostile points.json, tune.json or baseline file given to compare or
+    baseline save is an ArtifactCorrupt naming the file (it was a pydantic or RecursionError traceback)."""
+    path = tmp_path / "run" / name if name != "baseline.json" else tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(ArtifactCorrupt) as err:
+        baseline.load(path.parent if name != "baseline.json" else path)
+    assert err.value.where == str(path)
+
+
 # ---------------------------------------------------------------- folders on disk (no server: recorded runs)
 
 
 def _records(path: Path, gap_ms: int) -> Path:
     """A records file of 30 streamed requests, 8 responses each, ``gap_ms`` apart (test_loadtest_metrics's builder)."""
+    from generator.measure.records import open_records, write_records
+    from helpers import process_record
     from test_loadtest_metrics import perf, record
 
     recs = []
@@ -265,9 +281,9 @@ def _records(path: Path, gap_ms: int) -> Path:
                    server=perf(i * 400 + 1, i * 400 + 2, i * 400 + 18, i * 400 + 20 + 7 * gap_ms, 8))
         r["id"], r["seq"], r["prompt"] = f"p0-{i}", i, i % 8
         recs.append(r)
-    recs.append({"kind": "process", "proc": 0, "host": "h", "cpu_s": 1.0, "wall_s": 12.0, "lag_ns": [1_000_000] * 50,
-                 "lag_max_ns": 2_000_000})
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    recs.append(process_record(cpu_s=1.0, wall_s=12.0, lag_ns=[1_000_000] * 50, lag_max_ns=2_000_000))
+    with open_records(path) as file:
+        write_records(file, recs)
     return path
 
 

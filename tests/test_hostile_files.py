@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.errors import ArtifactCorrupt, SpecError
-from generator.measure.runner import read_records
+from generator.measure.records import read_records, records_header
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
 from generator.repo.render import render_repository
@@ -112,6 +113,26 @@ def test_diff_never_reads_or_prints_files_outside_the_repositories(cpu, tmp_path
     assert "not compared" in result.output and "outside" in result.output
 
 
+def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
+    """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
+    where an engine has a number: validate and import name the key and the type found, never the text
+    (they printed ``pretrained_config.mapping.tp_size is 'SECRET-…'``)."""
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "config.json").write_text(json.dumps({"version": "1.2.1", "pretrained_config": {
+        "dtype": "SECRET-dtype", "mapping": {"tp_size": "SECRET-tp", "pp_size": 1, "world_size": 1}}}))
+    repo = render_repository(load_spec(None, ["serving.engine=tensorrtllm", f"artifacts.dir={tmp_path / 'art'}"]),
+                             tmp_path / "repo")
+    cfg = repo / "tensorrt_llm" / "config.pbtxt"
+    cfg.write_text(re.sub(r'(key: "gpt_model_path" value \{ string_value: )"[^"]*"', rf"\1{json.dumps(str(secret))}",
+                          cfg.read_text()))
+    runner = CliRunner()
+    for args in (["validate", str(repo)], ["import", str(repo), "-o", str(tmp_path / "spec.yaml")]):
+        result = runner.invoke(app, args, env={"COLUMNS": "300"})
+        assert "tp_size" in result.output and "SECRET" not in result.output, result.output
+    assert "SECRET" not in (tmp_path / "spec.yaml").read_text()
+
+
 def test_diff_does_not_call_a_repository_with_an_unparseable_model_equal(cpu, rendered):
     cfg = cpu / "preprocessing" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\nthis is not protobuf {\n")
@@ -134,7 +155,7 @@ def test_binary_launch_script_is_a_problem_not_a_traceback(cpu):
 @pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[" * 200_000 + b"\n", b"[1, 2]\n"])
 def test_records_that_are_no_records_are_an_error_naming_the_line(tmp_path, content):
     path = tmp_path / "records.jsonl"
-    path.write_bytes(b'{"kind": "process"}\n' + content)
+    path.write_bytes(json.dumps(records_header()).encode() + b"\n" + content)
     with pytest.raises(ArtifactCorrupt) as err:
         read_records(path)
     assert "line 2" in err.value.message and err.value.where == str(path)
@@ -192,6 +213,41 @@ def test_unk_only_tokenizer_fails_the_check(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(tmp_path)
     assert "<unk> only" in (tokenizer_load_error(str(tmp_path)) or "")
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"])
+def test_a_tokenizer_folder_with_a_huge_file_is_a_problem_not_read(cpu, tmp_path, name):
+    """Second review: a repository's tokenizer_dir names a folder whose tokenizer file is a huge sparse file
+    (1 GiB took validate 14 s and 3.5 GB of memory; a larger one is out of memory). validate names the
+    file and its size without reading it, as it does for the repository's own files."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    with open(tok / name, "wb") as f:
+        f.truncate(100 << 20)  # sparse, over the 64 MiB bound: no disk used; transformers would read all of it
+    for cfg in cpu.glob("*/config.pbtxt"):
+        text = cfg.read_text()
+        cfg.write_text(re.sub(r'(key: "tokenizer_dir" value \{ string_value: )"[^"]*"', rf"\1{json.dumps(str(tok))}", text))
+    problems = [m for m in messages(cpu).splitlines() if "tokenizer" in m and str(tok) in m]
+    assert problems and all(name in m and "bytes" in m for m in problems), problems
+
+
+@pytest.mark.parametrize("where", ["repository", "model folder"])
+def test_serve_refuses_a_path_tritons_stub_launcher_would_run(cpu, tmp_path, where):
+    """Second review: Triton 2.51's Python backend starts each stub with ``bash -c`` and the model's path
+    unquoted, so serving a repository in a folder named ``x$(touch PWNED)`` ran the touch (and a space or a
+    quote there kept every model from loading). tritongen refuses such a path before anything starts."""
+    from generator.serve.server import TritonServer
+
+    if where == "repository":
+        (tmp_path / "x$(touch PWNED)`touch PWNED2`").mkdir()
+        repo = Path(shutil.move(str(cpu), str(tmp_path / "x$(touch PWNED)`touch PWNED2`" / "repo")))
+    else:
+        repo = cpu
+        (repo / "postprocessing").rename(repo / "post$(touch PWNED)")
+    with pytest.raises(SpecError) as err:
+        TritonServer(repo, log_file=tmp_path / "triton.log").start(timeout_s=60)
+    assert "$" in err.value.message and "bash" in err.value.message, err.value.message
+    assert not (tmp_path / "triton.log").exists()  # no server started, so no stub command ran
 
 
 def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):

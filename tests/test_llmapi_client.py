@@ -15,8 +15,8 @@ from generator.serve.client import (
 from generator.serve.smoke_run import entry_model
 from generator.serve.smoke_llmapi import extends
 from generator.spec import load_spec
+from helpers import MS, request_record
 
-MS = 1_000_000
 LLMAPI_INPUTS = {"text_input", "streaming", "sampling_param_max_tokens", "sampling_param_exclude_input_from_output",
                  "sampling_param_return_perf_metrics", "sampling_param_top_k", "stop"}
 
@@ -67,10 +67,8 @@ def test_load_requests_use_the_llmapi_names():
 
 
 def _cumulative_record(texts, server=None):
-    times = [(10 + 5 * i) * MS for i in range(len(texts))]
-    return {"kind": "request", "sched_ns": 0, "sent_ns": 0, "end_ns": times[-1], "start_unix_ns": 0,
-            "resp_ns": times, "resp_text": texts, "server": server or {}, "error": None, "streaming": True,
-            "cumulative": True, "warmup": False, "max_tokens": 8, "output_tokens": 4, "input_tokens": 3}
+    return request_record(texts, first=10, gap=5, server=server, cumulative=True, max_tokens=8, exact_length=False,
+                          output_tokens=4, input_tokens=3)
 
 
 def test_cumulative_records_time_each_new_token():

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from generator.measure.runner import count_tokens_after_run, read_records, run_loadtest
+from generator.measure.records import read_records
+from generator.measure.runner import count_tokens_after_run, run_loadtest
 from generator.serve.client import generate, output_scalar
 from generator.spec import with_overrides
 from helpers import LLMAPI_SHORT_LOAD
@@ -50,7 +51,7 @@ def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, llmapi_
     res = run.results
     assert res.run.loadtest.protocol == protocol
     assert res.counts.errors == 0 and res.counts.ok > 0
-    requests, processes = read_records(run.out_dir / "records.jsonl")
+    requests, processes, _ = read_records(run.out_dir / "records.jsonl")
     count_tokens_after_run(requests, processes)  # the load generator leaves token counts to after the run
     measured = [r for r in requests if not r["warmup"]]
     assert all(r["model"] == "tensorrt_llm" and r["cumulative"] for r in measured)

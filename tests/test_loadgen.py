@@ -23,9 +23,9 @@ from generator.measure.ceiling import (
     workers_for,
 )
 from generator.measure.records import count_client_tokens
-from generator.spec.loadtest import worker_count
 from generator.resources import loadtest_dir
 from generator.spec import load_spec
+from helpers import process_record, request_record
 
 sys.path.insert(0, str(loadtest_dir()))
 import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
@@ -51,7 +51,8 @@ def strings(*items: bytes) -> bytes:
 
 def exchange(decode) -> clients.Exchange:
     return clients.Exchange("run-0-0", clients.new_record("grpc-stream", "ensemble", 0, 0, Prompt(0, "hi", 3, 1),
-                                                          False, 1000), decode)
+                                                          False, 1000, conn_ns=0, cumulative=False, prompt_text="hi"),
+                            decode)
 
 
 def test_request_headers_are_valid_hpack():
@@ -130,9 +131,10 @@ def test_sse_payloads_decoded_after_the_run():
 
 
 def test_client_token_counts_filled_after_the_run():
-    requests = [{"resp_text": ["a b", " c"]}, {"resp_text": ["x"], "error": "boom"}, {"resp_text": ["y"], "output_tokens": 9}]
+    requests = [request_record(["a b", " c"], output_tokens=None), request_record(["x"], error="boom", output_tokens=None),
+                request_record(["y"], output_tokens=9)]
     count_client_tokens(requests, lambda text: len(text.split()))
-    assert [r.get("output_tokens") for r in requests] == [3, None, 9]
+    assert [r["output_tokens"] for r in requests] == [3, None, 9]
 
 
 def test_workers_auto_sized_from_the_target_and_the_ceiling():
@@ -151,12 +153,6 @@ def test_workers_auto_sized_from_the_target_and_the_ceiling():
     assert resolve_workers(spec.loadtest.model_copy(update={"workers": 3}), 8) == 3
 
 
-def test_workers_auto_is_one_per_core():
-    assert worker_count("auto", 8) == 8
-    assert worker_count("auto", 1) == 0  # one core: a single process, no master
-    assert worker_count(3, 8) == 3
-
-
 def test_ceiling_sizes_the_workers():
     ceiling = recorded_ceiling()
     assert ceiling.responses_per_core_s > 0 and "bench/gpuhost_loadgen.py" in ceiling.command
@@ -166,13 +162,13 @@ def test_ceiling_sizes_the_workers():
     plan = loadgen_plan(10.0, 500, "auto", ceiling)
     assert plan["target_tokens_per_s"] == 5000 and plan["processes_needed"] == workers_for(5000, ceiling)
     assert loadgen_plan(None, 500, 0, ceiling)["processes_needed"] is None
-    procs = [{"responses": int(per_process * 10), "cpu_s": 9.0, "wall_s": 10.0}]
+    procs = [process_record(responses=int(per_process * 10), cpu_s=9.0, wall_s=10.0)]
     cap = capacity(procs + [dict(procs[0])], ceiling)
     assert cap.processes == 2 and cap.processes_needed == 2 and cap.advice is None
-    cap = capacity([{"responses": int(per_process * 30), "cpu_s": 9.0, "wall_s": 10.0}], ceiling)
+    cap = capacity([process_record(responses=int(per_process * 30), cpu_s=9.0, wall_s=10.0)], ceiling)
     assert cap.processes_needed == 3 and "--workers 3" in cap.advice
     assert cap.responses_per_core_s == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
-    assert capacity([{"cpu_s": 1.0, "wall_s": 1.0}], ceiling) is None  # records of an older load generator
+    assert capacity([], ceiling) is None
 
 
 @pytest.mark.server

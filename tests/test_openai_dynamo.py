@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dynamo_mocker import DynamoMocker, dynamo_missing, replay_trace  # noqa: E402
 
 from generator.measure.results import LoadTestResult, TermOutcome  # noqa: E402
-from generator.measure.runner import read_records, run_loadtest  # noqa: E402
+from generator.measure.records import read_records  # noqa: E402
+from generator.measure.runner import run_loadtest  # noqa: E402
 from generator.spec import with_overrides  # noqa: E402
 
 SPEEDUP = 0.5
@@ -71,7 +72,7 @@ def test_openai_chat_against_dynamo_mocker(cpu_spec, tiny_model_dir, dynamo, wor
     # the SLO gate judged every term it could (a loaded machine may make the run inconclusive, never failed)
     assert all(t.result in (TermOutcome.PASS, TermOutcome.INCONCLUSIVE) for t in results.slo.terms)
     assert (out / "report.html").is_file() and json.loads((out / "results.json").read_text())["counts"]["ok"] == 10
-    requests, processes = read_records(out / "records.jsonl")
+    requests, processes, _ = read_records(out / "records.jsonl")
     assert processes and all(r["protocol"] == "openai-chat" and r["server"]["num_output_tokens"] == OUTPUT
                              for r in requests)
 
@@ -99,7 +100,7 @@ def test_trace_replay_sends_on_the_traces_schedule(cpu_spec, tiny_model_dir, dyn
     results = run_loadtest(spec, out, url=dynamo.url).results
     assert results.run.mode == "open loop" and results.counts.ok == 30
     stamps = [json.loads(line)["timestamp"] for line in trace.read_text().splitlines()]
-    requests = sorted(read_records(out / "records.jsonl")[0], key=lambda r: r["seq"])
+    requests = sorted(read_records(out / "records.jsonl").requests, key=lambda r: r["seq"])
     assert [r["prompt"] for r in requests] == list(range(30))
     sched = [r["sched_ns"] - requests[0]["sched_ns"] for r in requests]
     assert sched == [round((t - stamps[0]) * 0.2e6) for t in stamps]  # latency counts from these times

@@ -132,7 +132,7 @@ from locust import __version__
 from locust.rpc import Message
 from locust.rpc.zmqrpc import Client
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
-fake = {"v": 1, "kind": "request", "id": "forged", "proc": 0, "error": None}
+fake = {"kind": "request", "id": "forged", "proc": 0, "error": None}
 client = Client("127.0.0.1", port, "intruder_1")
 end = time.monotonic() + seconds
 while time.monotonic() < end:
@@ -140,7 +140,7 @@ while time.monotonic() < end:
                 Message("tritongen_hello", {"token": "0" * 32}, "intruder_1"),
                 Message("tritongen_records", [fake] * 50, "intruder_1"),
                 Message("tritongen_done", {"index": 0}, "intruder_1"),
-                Message("quit", None, "some_worker")):
+                Message("quit", None, "some_worker"), *(Message(f"made-up-{i}", None, "intruder_1") for i in range(40))):
         client.send(msg)
     time.sleep(0.2)
 """
@@ -176,12 +176,13 @@ def test_the_locust_master_hears_only_the_workers_of_its_run(cpu_spec, cpu_serve
     finally:
         intruder.kill()
         intruder.wait()
-    from generator.measure.runner import read_records
+    from generator.measure.records import read_records
 
-    requests_, _ = read_records(tmp_path / "out" / "records.jsonl")
+    requests_ = read_records(tmp_path / "out" / "records.jsonl").requests
     assert res.counts.ok == 12 and not any(r["id"] == "forged" for r in requests_)
     rejected = res.run.integrity.rejected_messages
     assert rejected.get("tritongen_records") and rejected.get("tritongen_done") and rejected.get("quit"), rejected
+    assert len(rejected) <= 17 and rejected.get("other"), rejected  # made-up kinds cannot bloat results.json
     assert res.run.integrity.incomplete is None
 
 
@@ -238,6 +239,54 @@ def test_a_10_mb_prompt_is_refused_before_it_is_tokenized(request, which, model,
     assert big.status_code == 400 and "10000000 characters" in big.text and "max_input_len" in big.text, big.text
     small = http.post(url, json={"text_input": "a small request", max_key: 4}, timeout=300)
     assert small.status_code == 200, small.text
+
+
+def _max_words() -> int:
+    """The models' own limit (model_common.py, which render copies next to each model)."""
+    import importlib.util
+
+    from generator.resources import model_repo_dir
+
+    spec = importlib.util.spec_from_file_location("_model_common", model_repo_dir() / "_shared" / "model_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MAX_WORDS
+
+
+MAX_WORDS = _max_words()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("which, model, words_key, max_key", [
+    ("cpu_server", "ensemble", "stop_words", "max_tokens"), ("cpu_server", "ensemble", "bad_words", "max_tokens"),
+    ("cpu_server", "ensemble", "embedding_bias_words", "max_tokens"), ("cpu_server", "tensorrt_llm_bls", "stop_words", "max_tokens"), ("cpu_server", "tensorrt_llm", "stop_words_list", None),
+    ("llmapi_server", "tensorrt_llm", "sampling_param_stop", "sampling_param_max_tokens")])
+def test_stop_and_bad_word_lists_are_bounded(request, which, model, words_key, max_key):
+    """Second review: every step compares each stop and bad word with the newest tokens, on the threads
+    that serve everyone, so 100,000 words in one request made a neighbour's 24 tokens take 10.6 s instead of
+    0.3 s (100,000 embedding-bias words, tokenized one by one: 0.8 s to 3.2 s). Each list holds at most
+    MAX_WORDS words: one more is a refusal naming the count and the limit (before anything is tokenized);
+    MAX_WORDS words are served."""
+    import requests as http
+
+    server = request.getfixturevalue(which)
+    for count in (MAX_WORDS + 1, MAX_WORDS):
+        if max_key is None:  # token ids straight to the engine: [2, N] ids, then end offsets
+            ids = np.arange(count, dtype=np.int32) % 100 + 5
+            inputs = {"input_ids": np.array([[5] * 8], np.int32), "input_lengths": np.array([[8]], np.int32),
+                      "request_output_len": np.array([[4]], np.int32), "streaming": np.array([[True]]),
+                      words_key: np.stack([ids, np.arange(1, count + 1, dtype=np.int32)])[None]}
+            error = grpc_stream(server.grpc_url, model, inputs, timeout=120).error
+        else:
+            body = {"text_input": "a small request", max_key: 4, words_key: [f"w{i}" for i in range(count)]}
+            if words_key == "embedding_bias_words":
+                body["embedding_bias_weights"] = [0.5] * count
+            r = http.post(f"http://{server.http_url}/v2/models/{model}/generate", timeout=120, json=body)
+            error = None if r.ok else r.text
+        if count > MAX_WORDS:
+            assert error and f"{count} words" in error and str(MAX_WORDS) in error, error
+        else:
+            assert error is None, error
 
 
 @pytest.mark.server

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from generator.measure.records import read_records
+
 pytestmark = pytest.mark.server
 
 DURATION_S = 240.0
@@ -77,8 +79,7 @@ def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
         thread.join(DURATION_S + 300)
         assert not thread.is_alive(), "the load test did not end"
         dead = server.dead_stubs()
-        records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-        yield server, pid, dead, outcome, [r for r in records if r.get("kind") == "request"]
+        yield server, pid, dead, outcome, read_records(out / "records.jsonl").requests
     finally:
         for stub in server.stubs():  # a server with a dead stub cannot unload cleanly: end its stubs first
             os.kill(stub, signal.SIGKILL)

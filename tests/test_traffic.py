@@ -10,6 +10,7 @@ import pytest
 
 from generator.resources import loadtest_dir
 from generator.spec import load_spec
+from helpers import request_record
 
 sys.path.insert(0, str(loadtest_dir()))
 from prompts import Prompt, follow_up, load_tokenizer, synthesize  # noqa: E402
@@ -109,10 +110,8 @@ def test_prefix_reuse_reads_the_servers_figures():
     from generator.measure.statistics import summarize
 
     def record(i: int, server: dict, ttft_ms: int) -> dict:
-        return {"kind": "request", "id": f"p0-{i}", "prompt": i, "warmup": False, "streaming": True, "sched_ns": 0,
-                "sent_ns": 0, "start_unix_ns": 0, "resp_ns": [ttft_ms * 10**6, (ttft_ms + 5) * 10**6],
-                "resp_text": [" a", " b"], "end_ns": (ttft_ms + 5) * 10**6, "error": None, "server": server,
-                "input_tokens": 8, "max_tokens": 2}
+        return request_record([" a", " b"], first=ttft_ms, gap=5, server=server, id=f"p0-{i}", prompt=i,
+                              input_tokens=8)
 
     blocks = summarize([record(0, {"kv_cache_alloc_total_blocks": 4}, 50),
                         record(1, {"kv_cache_alloc_total_blocks": 4, "kv_cache_reused_blocks": 3}, 20)]).prefix_reuse

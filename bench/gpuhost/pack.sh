@@ -18,7 +18,7 @@ PLAT=(--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platfor
       --platform manylinux2010_x86_64 --platform any)
 "$PIP" download -q --dest "$W/wheels" --only-binary=:all: --python-version 3.12 --implementation cp \
   --abi cp312 --abi abi3 --abi none "${PLAT[@]}" locust==2.47.0 hpack==4.2.0 pydantic python-rapidjson \
-  numpy==1.26.4 psutil tokenizers pyyaml jinja2 protobuf grpcio msgpack typing_extensions
+  numpy==1.26.4 psutil tokenizers pyyaml jinja2 protobuf grpcio msgpack typing_extensions prometheus_client
 "$PIP" download -q --no-deps --dest "$W/server" --only-binary=:all: --python-version 3.12 \
   --platform manylinux_2_35_x86_64 --platform manylinux1_x86_64 nvidia-pytriton==0.7.0 tritonclient==2.51.0
 if [ ! -f "$OUT/pkgsite.tar.xz" ]; then  # each archive made once: delete it to make it again

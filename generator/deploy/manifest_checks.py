@@ -79,10 +79,10 @@ def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Fin
     for doc, line in docs:
         for problem, fix in review_rbac(doc):
             out.add(path, line, problem, fix, Severity.warning)
-        for role, pod in pod_specs(doc):
+        for role, pod, metadata in pod_specs(doc):
             leader = "leaderTemplate" in role
             server = server_labels is not None and (leader or doc.get("kind") == "Deployment")
-            for problem, fix in review_pod(role, pod, needs_token=leader, server=server):
+            for problem, fix in review_pod(role, pod, metadata, needs_token=leader, server=server):
                 out.add(path, line, problem, fix, Severity.warning)
     if server_labels and not any(doc.get("kind") == "NetworkPolicy" and _selects(
             ((doc.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}, server_labels)

@@ -2,14 +2,16 @@
 network policy, images and admin APIs. Pure: documents in, findings out.
 
 The "restricted" rules follow Kubernetes' Pod Security Standards (baseline and restricted levels): no host
-namespaces, ports or paths, nothing privileged, no added capabilities beyond NET_BIND_SERVICE and ALL
-dropped, no privilege escalation, non-root, a RuntimeDefault or Localhost seccomp profile, only the
-volume types the profile allows. A namespace enforcing that profile refuses every pod that breaks one.
+namespaces, ports or paths, nothing privileged, no Windows hostProcess, no unmasked /proc, only namespaced
+sysctls, no SELinux type beyond the container ones (nor a user or role), no unconfined AppArmor profile, no
+added capabilities beyond NET_BIND_SERVICE and ALL dropped, no privilege escalation, non-root, a RuntimeDefault
+or Localhost seccomp profile, only the volume types the profile allows. A namespace enforcing that profile
+refuses every pod that breaks one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from generator.serve.adminapi import ADMIN_APIS
 
@@ -17,26 +19,37 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
                       "projected", "secret"}
 """Volume types Pod Security "restricted" allows."""
 ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"}
+"""The sysctls Pod Security "baseline" (and so "restricted") allows in Kubernetes 1.33: namespaced ones only."""
+SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+"""SELinux types the profiles allow (``spc_t``, a super-privileged container, is not one)."""
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
-def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(role, pod spec) of every pod a document makes: workloads, CronJobs, LeaderWorkerSet leader and worker, Pods."""
+def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(role, pod spec, pod metadata) of every pod a document makes: workloads, CronJobs, LeaderWorkerSet leader
+    and worker, Pods. The metadata carries the annotations the profiles also read (AppArmor's older form)."""
     kind = doc.get("kind")
     name = f"{kind} {(doc.get('metadata') or {}).get('name')}"
     spec = doc.get("spec") or {}
     if kind == "Pod":
-        yield name, spec
-    elif kind in WORKLOADS:
-        yield name, ((spec.get("template") or {}).get("spec") or {})
-    elif kind == "CronJob":
-        job = ((spec.get("jobTemplate") or {}).get("spec") or {})
-        yield name, ((job.get("template") or {}).get("spec") or {})
+        yield name, spec, doc.get("metadata") or {}
+        return
+    if kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec") or {})
+    if kind in WORKLOADS or kind == "CronJob":
+        templates = [(name, spec.get("template") or {})]
     elif kind == "LeaderWorkerSet":
         lwt = spec.get("leaderWorkerTemplate") or {}
-        for role in ("leaderTemplate", "workerTemplate"):
-            if lwt.get(role):
-                yield f"{name} {role}", ((lwt[role].get("spec")) or {})
+        templates = [(f"{name} {role}", lwt[role]) for role in ("leaderTemplate", "workerTemplate") if lwt.get(role)]
+    else:
+        templates = []
+    for role, template in templates:
+        yield role, template.get("spec") or {}, template.get("metadata") or {}
 
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,12 +57,37 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(c, dict)]
 
 
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """Why Pod Security "restricted" refuses this pod spec (empty: it passes)."""
+def _baseline_context(who: str, ctx: dict[str, Any]) -> list[str]:
+    """What the "baseline" rules refuse in one security context (the pod's or a container's)."""
+    why = []
+    if (ctx.get("windowsOptions") or {}).get("hostProcess"):
+        why.append(f"{who} is a Windows hostProcess (full access to the node)")
+    selinux = ctx.get("seLinuxOptions") or {}
+    if selinux.get("type", "") not in SELINUX_TYPES or selinux.get("user") or selinux.get("role"):
+        why.append(f"{who} sets SELinux options the profile refuses ({selinux}; allowed: a type of "
+                   f"{', '.join(sorted(t for t in SELINUX_TYPES if t))}, no user or role)")
+    apparmor = (ctx.get("appArmorProfile") or {}).get("type")
+    if apparmor not in (None, "RuntimeDefault", "Localhost"):
+        why.append(f"{who} has AppArmor profile {apparmor!r} (allowed: RuntimeDefault, Localhost)")
+    return why
+
+
+def restricted_violations(pod: dict[str, Any], metadata: Optional[dict[str, Any]] = None) -> list[str]:
+    """Why Pod Security "restricted" refuses this pod spec (empty: it passes); ``metadata``: the pod's, whose
+    annotations may set AppArmor profiles."""
     why = []
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(key):
             why.append(f"{key}: true shares the node's namespace")
+    for key, value in ((metadata or {}).get("annotations") or {}).items():
+        if str(key).startswith(APPARMOR_ANNOTATION) and not (value == "runtime/default"
+                                                               or str(value).startswith("localhost/")):
+            why.append(f"annotation {key} sets AppArmor profile {value!r} (allowed: runtime/default, localhost/*)")
+    unsafe = [s.get("name") for s in (pod.get("securityContext") or {}).get("sysctls") or []
+              if isinstance(s, dict) and s.get("name") not in SAFE_SYSCTLS]
+    if unsafe:
+        why.append(f"sysctls {', '.join(map(str, unsafe))} are not namespaced (allowed: {', '.join(sorted(SAFE_SYSCTLS))})")
+    why += _baseline_context("the pod", pod.get("securityContext") or {})
     for v in pod.get("volumes") or []:
         kinds = set(v) - {"name"}
         if kinds - RESTRICTED_VOLUMES:
@@ -61,6 +99,9 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
         who = f"container {c.get('name')!r}"
         if ctx.get("privileged"):
             why.append(f"{who} is privileged")
+        if ctx.get("procMount", "Default") != "Default":
+            why.append(f"{who} sets procMount {ctx['procMount']!r} (only Default masks /proc)")
+        why += _baseline_context(who, ctx)
         caps = ctx.get("capabilities") or {}
         added = set(caps.get("add") or []) - ALLOWED_ADDED_CAPABILITIES
         if added:
@@ -81,10 +122,11 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     return why
 
 
-def review_pod(role: str, pod: dict[str, Any], *, needs_token: bool, server: bool) -> list[tuple[str, str]]:
-    """(problem, fix) of one pod spec beyond the profile: token, resources, images, admin APIs, fetching at start."""
+def review_pod(role: str, pod: dict[str, Any], metadata: dict[str, Any], *, needs_token: bool,
+               server: bool) -> list[tuple[str, str]]:
+    """(problem, fix) of one pod: the profile, then token, resources, images, admin APIs, fetching at start."""
     out = [(f"{role} fails Pod Security \"restricted\": {reason}", "re-render the manifests (tritongen writes "
-            "pods that pass it)") for reason in restricted_violations(pod)]
+            "pods that pass it)") for reason in restricted_violations(pod, metadata)]
     if not needs_token and pod.get("automountServiceAccountToken") is not False:
         out.append((f"{role} mounts a ServiceAccount token it does not need", "set automountServiceAccountToken: false"))
     for c in _containers(pod):

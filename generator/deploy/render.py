@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from generator.deploy.kubernetes import MANIFESTS, render_manifests
+from generator.deploy.kubernetes import MANIFESTS, render_manifests, repository_path
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, kubessh_script, launch_script
 from generator.deploy.loadtest import (
     LOADTEST_DOCKERFILE, LOADTEST_MANIFESTS, render_loadtest_dockerfile, render_loadtest_manifests,
 )
 from generator.deploy.topology import Topology, resolve_topology
-from generator.errors import TritongenError
+from generator.errors import SpecError, TritongenError
 from generator.spec import EngineTarget, Spec
+from generator.templating import stub_launch_problem
 
 
 def model_config_or_none(spec: Spec) -> Optional[dict[str, Any]]:
@@ -39,10 +40,21 @@ def deploy_files(spec: Spec, topo: Topology, trtllm_version: str) -> dict[str, s
     if topo.multi_node:
         files[KUBESSH] = kubessh_script()
     if topo.gpu:
+        _check_served_path(spec)
         files[MANIFESTS] = render_manifests(spec, topo, trtllm_version)
         files[LOADTEST_MANIFESTS] = render_loadtest_manifests(spec)
         files[LOADTEST_DOCKERFILE] = render_loadtest_dockerfile(spec)
     return files
+
+
+def _check_served_path(spec: Spec) -> None:
+    """The pods' tritonserver serves the repository at repository_path: refuse a path Triton's Python backend
+    would split or run as commands (generator.templating.stub_launch_problem), naming the field it comes from."""
+    unsafe = stub_launch_problem(repository_path(spec))
+    if unsafe:
+        field = "kubernetes.repository_path" if spec.kubernetes.repository_path is not None else "artifacts.dir"
+        raise SpecError(f"the pods' repository path {unsafe}", where=field,
+                        fix=f"set {field} to a path without these characters")
 
 
 def engine_parameters(topo: Topology, spec: Spec) -> list[tuple[str, Any]]:

@@ -125,8 +125,9 @@ def _get(tree: dict[str, Any], dotted: str, kind: type | tuple[type, ...], path:
     if node is None and optional:
         return None
     if not isinstance(node, kind) or (kind is int and isinstance(node, bool)):
-        raise ArtifactCorrupt(f"engine config.json {dotted} is {node!r}, not a {getattr(kind, '__name__', kind)}",
-                              where=str(path), fix=_REBUILD)
+        # the type, never the value: a repository can name any folder's config.json (its text stays unprinted)
+        raise ArtifactCorrupt(f"engine config.json {dotted} is a {type(node).__name__}, not a "
+                              f"{getattr(kind, '__name__', kind)}", where=str(path), fix=_REBUILD)
     return node
 
 

@@ -15,11 +15,11 @@ request and are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from generator.errors import SpecError
 from generator.measure.intervals import Interval, across_runs, percentile, wilson
-from generator.measure.records import request_metrics
+from generator.measure.records import RequestRecord, request_metrics
 from generator.measure.results import LevelFigures
 from generator.measure.slo import Term
 
@@ -76,12 +76,12 @@ class RequestRow:
     misses: tuple[str, ...]
 
 
-def request_rows(records: list[dict[str, Any]], objs: Sequence[Objective]) -> list[RequestRow]:
+def request_rows(records: list[RequestRecord], objs: Sequence[Objective]) -> list[RequestRow]:
     """Measured requests (warm-up and cancelled ones left out), each judged against every objective."""
     rows = []
     for rec in records:
         m = request_metrics(rec)
-        if m.warmup or rec.get("cancelled"):
+        if m.warmup or rec["cancelled"]:
             continue
         ok = m.ok and m.ttft_ns is not None
         values = {"ttft_ms": m.ttft_ns / 1e6 if m.ttft_ns is not None else None,

@@ -6,42 +6,50 @@ points.json and baseline files, and turns each error into one that names the fil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from generator.errors import ArtifactCorrupt, ArtifactMissing
+from generator.fsutil import read_json_object, read_text_bounded
 from generator.measure.evidence import (
     BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, Evidence, Sketch, run_figures, summarize_figures,
 )
 from generator.measure.metrics import LATENCY_BY_KEY
+from generator.measure.records import read_records
 from generator.measure.results import LoadTestResult
+
+_T = TypeVar("_T", bound=BaseModel)
 
 
 def _run_values(folder: Path) -> dict[str, list[float]]:
     """Per-request ms of each sampled latency, from the run's records (the definitions of metrics.LATENCIES)."""
-    from generator.measure.runner import read_records
     from generator.measure.statistics import populations
 
     records = folder / "records.jsonl"
     if not records.is_file():
         raise ArtifactMissing(f"no records.jsonl in {folder}", where=str(folder),
                               fix="compare needs the load test's whole output folder (results.json and records.jsonl)")
-    requests, _ = read_records(records)
+    requests = read_records(records).requests
     _, measured, ok = populations(requests)
     rows = {"ok": ok, "measured": measured}
     return {key: [v / 1e6 for r, m in rows[LATENCY_BY_KEY[key].population] for v in LATENCY_BY_KEY[key].values(r, m)]
             for key in SAMPLED}
 
 
-def _read_result(folder: Path) -> LoadTestResult:
-    path = folder / "results.json"
+def _read_typed(path: Path, kind: type[_T], what: str, fix: str) -> _T:
+    """One results file as its type: a file that is not one (not a regular file, too big, not UTF-8, not JSON,
+    nested past reading, the wrong fields) is ArtifactCorrupt naming it, never a traceback."""
     try:
-        return LoadTestResult.model_validate_json(path.read_text(encoding="utf-8"))
+        return kind.model_validate_json(read_text_bounded(path, fix=fix))
     except (ValidationError, ValueError) as exc:
-        raise ArtifactCorrupt(f"{path} is not a tritongen load-test result: {str(exc).splitlines()[0]}",
-                              where=str(path), fix="run `tritongen loadtest` again into a new folder") from None
+        raise ArtifactCorrupt(f"{path} is not {what}: {str(exc).splitlines()[0]}", where=str(path), fix=fix) from None
+
+
+def _read_result(folder: Path) -> LoadTestResult:
+    return _read_typed(folder / "results.json", LoadTestResult, "a tritongen load-test result",
+                       "run `tritongen loadtest` again into a new folder")
 
 
 def run_folders(folder: Path) -> list[Path]:
@@ -55,7 +63,8 @@ def run_folders(folder: Path) -> list[Path]:
     if (folder / "points.json").is_file():
         from generator.measure.results import SweepResult
 
-        sweep = SweepResult.model_validate_json((folder / "points.json").read_text(encoding="utf-8"))
+        sweep = _read_typed(folder / "points.json", SweepResult, "a tritongen sweep result",
+                            "run `tritongen sweep` again into a new folder")
         best = next((p for p in sweep.points if sweep.best and p.label == sweep.best.label), None)
         if best is None:
             raise ArtifactMissing(f"the sweep in {folder} has no best point to compare", where=str(folder / "points.json"),
@@ -71,7 +80,7 @@ def _tune_goodput_runs(folder: Path) -> list[Path]:
     """A tune's winner at its goodput level: every round measured there is one run."""
     from generator.measure.tune_results import TuneResult
 
-    tune = TuneResult.model_validate_json((folder / "tune.json").read_text(encoding="utf-8"))
+    tune = _read_typed(folder / "tune.json", TuneResult, "a tritongen tune result", "run `tritongen tune` again into a new folder")
     best = next((s for s in tune.settings if tune.best and s.label == tune.best.label and s.goodput), None)
     if best is None:
         raise ArtifactMissing(f"the tune in {folder} found no setting that met the SLO", where=str(folder / "tune.json"),
@@ -98,12 +107,8 @@ def from_folder(folder: Path) -> Evidence:
 
 
 def from_file(path: Path) -> Evidence:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactCorrupt(f"cannot read {path}: {exc}", where=str(path),
-                              fix="save it again: tritongen baseline save RUN -o FILE") from None
-    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT:
+    data = read_json_object(path, fix="save it again: tritongen baseline save RUN -o FILE")
+    if data.get("format") != BASELINE_FORMAT:
         raise ArtifactCorrupt(f"{path} is not a tritongen baseline", where=str(path),
                               fix="save one with: tritongen baseline save RUN -o FILE")
     if data.get("version") != BASELINE_VERSION:

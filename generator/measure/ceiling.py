@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from generator.measure.records import ProcessRecord
 from generator.measure.results import Capacity
 from generator.spec import LoadTestSpec
 
@@ -89,11 +90,11 @@ def ceiling_text(ceiling: Ceiling) -> str:
             f"measured by `{ceiling.command}` on {ceiling.machine}, {ceiling.measured}")
 
 
-def capacity(processes: list[dict[str, Any]], ceiling: Ceiling) -> Optional[Capacity]:
+def capacity(processes: list[ProcessRecord], ceiling: Ceiling) -> Optional[Capacity]:
     """This run's load against the ceiling: streamed responses/s in all, per process and per core-second of
     the processes' CPU (this machine's own figure), the share of the recorded ceiling per process, and how
     many Locust processes the rate needs at TARGET_SHARE."""
-    if not processes or not all("responses" in p for p in processes):
+    if not processes:
         return None
     responses = sum(p["responses"] for p in processes)
     cpu_s = sum(p["cpu_s"] for p in processes)

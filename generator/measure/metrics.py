@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional
 
 from generator.errors import SpecError
-from generator.measure.records import RequestMetrics
+from generator.measure.records import RequestMetrics, RequestRecord
 from generator.measure.results import Summary
 
 STATS = ("p50", "p90", "p95", "p99", "mean", "max")
@@ -33,7 +33,7 @@ class LatencyMetric:
     key: str
     label: str
     definition: str
-    values: Callable[[dict[str, Any], RequestMetrics], Iterable[float]]
+    values: Callable[[RequestRecord, RequestMetrics], Iterable[float]]
     """Nanoseconds this request contributes (none, one, or one per gap)."""
     population: Literal["ok", "measured"]
     """``ok``: requests that succeeded with text; ``measured``: every measured request (client diagnostics)."""
@@ -51,7 +51,7 @@ LATENCIES: tuple[LatencyMetric, ...] = (
     LatencyMetric("lateness", "Send lateness", "actual send − scheduled send (the client's own delay)",
             lambda r, m: [m.lateness_ns], "measured"),
     LatencyMetric("conn_wait", "Connection wait", "wait for a free connection (open loop)",
-            lambda r, m: [r.get("conn_ns", 0)], "measured", shown=False),
+            lambda r, m: [r["conn_ns"]], "measured", shown=False),
 )
 LATENCY_BY_KEY = {lat.key: lat for lat in LATENCIES}
 

@@ -1,22 +1,223 @@
-"""Per-request load-test figures, defined once, from the raw records the Locust users write.
+"""The load-test records file, defined once: its record types, its version, its writer and its one parser,
+and the per-request figures derived from a record.
 
-A record is one request as the load generator saw it (a JSON object per line, written by loadtest/):
-monotonic nanosecond timestamps of the scheduled send, the actual send and every streamed response, the
-text of each response (as sent: the LLM-API model sends the whole text so far, marked ``cumulative``),
-and the server's own per-request figures when the model returns them. Both the
-Locust process (for its live view) and the report read the figures through this module, so there is one
-definition of TTFT, inter-token latency and the streamed-output checks. Pure: no I/O, no clocks.
+A records file is JSON lines: a header naming the format and its version, then one ``request`` record per
+request as the load generator saw it (monotonic nanosecond timestamps of the scheduled send, the actual
+send and every streamed response, the text of each response as sent: the LLM-API model sends the whole text
+so far, marked ``cumulative``; the server's own per-request figures when the model returns them), one
+``process`` record per Locust process (its own health) and, in a distributed run, the master's ``run`` record.
+
+Why here: loadtest/ (Locust's process) writes the file and may import pure generator modules, never the
+reverse (tests/test_architecture.py), so the types live on the generator side and loadtest/ builds its
+records as these ``TypedDict``s: plain dicts at run time, no cost on the load generator's hot path. Every key
+is written on every record, so readers index (``rec["cancelled"]``) instead of guessing defaults with ``.get``;
+only the server's figures are a partial dict (a figure the server did not return, or returned as 0, is absent).
+The file is read only by ``read_records`` (tests/test_records.py fails if another module parses it), which
+checks the version and each record's fields. Both the Locust process (for its live view) and the report
+read the figures through this module, so there is one definition of TTFT, inter-token latency and the
+streamed-output checks. No process, network or clock.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import IO, Annotated, Any, Callable, Literal, NamedTuple, Optional, Union
 
+import rapidjson
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from generator.errors import ArtifactCorrupt
 from generator.serve.dialect import LLMAPI, dialect_for_inputs, text_delta
 
-RECORD_VERSION = 1
+RECORDS_FORMAT = "tritongen-records"
+RECORD_VERSION = 2
+"""Version 2: the version is in the file's header line, every key is on every record. (Version 1 wrote ``v``
+on each record and left keys out.)"""
+RERUN_FIX = "run the load test again with this tritongen (`tritongen loadtest ...`) and point at its records.jsonl"
+
+
+# ---------------------------------------------------------------- the records file
+# (typing_extensions' TypedDict: pydantic validates typing's only from Python 3.12)
+
+
+class ServerFigures(TypedDict, total=False):
+    """The server's own figures of one request, summed over its responses (NVIDIA's output tensor names;
+    ``num_cached_tokens`` from an OpenAI server's usage). Absent: not returned, or (Triton) returned as 0."""
+
+    arrival_time_ns: int
+    first_scheduled_time_ns: int
+    first_token_time_ns: int
+    last_token_time_ns: int
+    kv_cache_alloc_new_blocks: int
+    kv_cache_reused_blocks: int
+    kv_cache_alloc_total_blocks: int
+    num_input_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+
+
+class RequestRecord(TypedDict):
+    """One request as the load generator saw it (loadtest/clients.py ``new_record`` and ``Exchange.finish``)."""
+
+    kind: Literal["request"]
+    id: str
+    proc: int
+    """The Locust process that sent it (0 in a local run; the worker index in a distributed one)."""
+    seq: int
+    warmup: bool
+    protocol: str
+    model: str
+    streaming: bool
+    cumulative: bool
+    """Each streamed text is the whole answer so far (the LLM-API model), not the new part."""
+    prompt: int
+    prompt_text: Optional[str]
+    """The prompt, on the first request that sent it (the detokenization check re-asks it); else None."""
+    max_tokens: int
+    exact_length: bool
+    """The request asked for exactly max_tokens (min_tokens = max_tokens)."""
+    input_tokens: Optional[int]
+    start_unix_ns: int
+    sched_ns: int
+    sent_ns: int
+    conn_ns: int
+    """How long the request waited for a connection (open loop opens one when all are busy)."""
+    resp_ns: list[int]
+    resp_text: list[str]
+    server: ServerFigures
+    error: Optional[str]
+    cancelled: bool
+    """Cut off when the run stopped: left out of every figure."""
+    end_ns: int
+    output_tokens: Optional[int]
+    """The client tokenizer's count of the answer: None as written, filled after the run (count_client_tokens)."""
+
+
+class ProcessRecord(TypedDict):
+    """One Locust process's own health (loadtest/tritonllm.py ``ProcessMonitor.record``)."""
+
+    kind: Literal["process"]
+    proc: int
+    host: str
+    pid: int
+    wall_s: float
+    cpu_s: float
+    cpu_percent: list[float]
+    """Per second of the run."""
+    lag_ns: list[int]
+    """Event-loop lag of 10 ms probes (a quantile sample)."""
+    lag_max_ns: int
+    demand: list[float]
+    """Per second, how much of a core the event loop wanted (on a CPU or waiting for one)."""
+    sched_wait_s: Optional[float]
+    tokenizer: str
+    requests: int
+    responses: int
+
+
+class RunRecord(TypedDict):
+    """The distributed master's record of the run itself (loadtest/distributed.py ``MasterGuard.run_record``)."""
+
+    kind: Literal["run"]
+    lost_workers: list[int]
+    incomplete: Optional[str]
+    rejected_messages: dict[str, int]
+
+
+class RecordsHeader(TypedDict):
+    """The first line of a records file."""
+
+    kind: Literal["header"]
+    format: str
+    v: int
+
+
+_RECORD = TypeAdapter(Annotated[Union[RequestRecord, ProcessRecord, RunRecord, RecordsHeader],
+                                Field(discriminator="kind")])
+
+
+class Records(NamedTuple):
+    """What one records file holds."""
+
+    requests: list[RequestRecord]
+    processes: list[ProcessRecord]
+    run: Optional[RunRecord]
+    """The distributed master's record; None for a local run."""
+
+
+def records_header() -> RecordsHeader:
+    return {"kind": "header", "format": RECORDS_FORMAT, "v": RECORD_VERSION}
+
+
+def open_records(path: Union[str, Path]) -> IO[str]:
+    """The records file opened for appending (Locust's local process or master); a new file gets its header."""
+    file = open(path, "a", encoding="utf-8")
+    if file.tell() == 0:
+        write_records(file, [records_header()])
+    return file
+
+
+def write_records(file: IO[str], records: list[Union[RequestRecord, ProcessRecord, RunRecord, RecordsHeader]]) -> None:
+    """JSON lines through python-rapidjson (tritonclient's dependency): a quarter of the json module's CPU."""
+    file.write("".join(rapidjson.dumps(r) + "\n" for r in records))
+    file.flush()
+
+
+def read_records(path: Path) -> Records:
+    """Every record of a records file, each checked against its type; a missing file holds none.
+
+    A file of another version, without the header, or with a line that is not a record of this version is
+    ``ArtifactCorrupt`` naming the file, the line and the field."""
+    found = Records([], [], None)
+    if not path.is_file():
+        return found
+    header = False
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            rec = _parse_line(path, no, raw, header)
+            kind = rec["kind"]
+            if kind == "header":
+                header = True
+            elif kind == "request":
+                found.requests.append(rec)
+            elif kind == "process":
+                found.processes.append(rec)
+            else:
+                found = found._replace(run=rec)
+    return found
+
+
+def _parse_line(path: Path, no: int, raw: bytes, header: bool) -> Any:
+    def refuse(why: str) -> ArtifactCorrupt:
+        return ArtifactCorrupt(f"{path}, line {no}: {why}", where=str(path), fix=RERUN_FIX)
+
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise refuse("not a JSON record") from None
+    if not isinstance(data, dict):
+        raise refuse("not a JSON record")
+    if data.get("kind") == "header" or not header:
+        if data.get("kind") != "header" or data.get("format") != RECORDS_FORMAT:
+            raise refuse(f"no {RECORDS_FORMAT} header: not a records file of this tritongen (it reads version "
+                         f"{RECORD_VERSION}; records of version 1 carry no header)")
+        if data.get("v") != RECORD_VERSION:
+            raise refuse(f"records of version {data.get('v')!r}; this tritongen reads version {RECORD_VERSION}")
+    try:
+        return _RECORD.validate_python(data)
+    except (ValidationError, RecursionError) as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": "nested too deep"}
+        where = ".".join(str(part) for part in first["loc"][1:]) or "kind"
+        raise refuse(f"not a {RECORDS_FORMAT} v{RECORD_VERSION} record ({where}: {first['msg']})") from None
+
+
+# ---------------------------------------------------------------- per-request figures
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -108,18 +309,18 @@ class RequestMetrics:
     failures: list[str] = field(default_factory=list)
 
 
-def _data_responses(rec: dict[str, Any]) -> tuple[list[int], list[str]]:
+def _data_responses(rec: RequestRecord) -> tuple[list[int], list[str]]:
     """Responses that belong to the answer, each with its new text: all of them except an empty final one
     (BLS sends one). A cumulative record's texts become the part each response added."""
-    times, texts = list(rec.get("resp_ns") or []), list(rec.get("resp_text") or [])
-    if rec.get("cumulative"):
+    times, texts = list(rec["resp_ns"]), list(rec["resp_text"])
+    if rec["cumulative"]:
         texts = [text_delta(previous, text) for previous, text in zip([""] + texts, texts)]
     if texts and texts[-1] == "":
         times, texts = times[:-1], texts[:-1]
     return times, texts
 
 
-def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
+def server_split(rec: RequestRecord, ttft_ns: int) -> Optional[dict[str, int]]:
     """Split the client's TTFT with the engine's own clock (only differences of server times are used).
 
     send_delay = scheduled -> actual send (the client's own lateness); queue = arrival -> first
@@ -130,15 +331,15 @@ def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
     the monotonic clock (same host), front_end is further split into front_in (send -> arrival) and
     front_out (first token -> client receipt).
     """
-    s = rec.get("server") or {}
-    if any(s.get(k) in (None, 0) for k in PERF_TIME_FIELDS):
+    s = rec["server"]
+    if any(not s.get(k) for k in PERF_TIME_FIELDS):
         return None
     queue = s["first_scheduled_time_ns"] - s["arrival_time_ns"]
     prefill = s["first_token_time_ns"] - s["first_scheduled_time_ns"]
     send_delay = rec["sent_ns"] - rec["sched_ns"]
     decode = s["last_token_time_ns"] - s["first_token_time_ns"]
     # Without streaming the first text arrives with the last token: decode is part of that "TTFT".
-    engine = queue + prefill + (0 if rec.get("streaming") else decode)
+    engine = queue + prefill + (0 if rec["streaming"] else decode)
     split = {
         "send_delay": send_delay,
         "front_end": ttft_ns - send_delay - engine,
@@ -147,7 +348,7 @@ def server_split(rec: dict[str, Any], ttft_ns: int) -> Optional[dict[str, int]]:
         "decode": decode,
     }
     first_seen = rec["sched_ns"] + ttft_ns
-    last_engine = s["first_token_time_ns"] if rec.get("streaming") else s["last_token_time_ns"]
+    last_engine = s["first_token_time_ns"] if rec["streaming"] else s["last_token_time_ns"]
     if rec["sent_ns"] <= s["arrival_time_ns"] <= last_engine <= first_seen:
         split["front_in"] = s["arrival_time_ns"] - rec["sent_ns"]
         split["front_out"] = first_seen - last_engine
@@ -174,7 +375,7 @@ def compare_texts(streamed: str, reference: str) -> str:
     return "detokenization" if damage else "diverged"
 
 
-def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> list[str]:
+def stream_failures(rec: RequestRecord, reference: Optional[str] = None) -> list[str]:
     """Checks of one streamed answer; ``reference`` is the same prompt's answer in one piece, if known.
 
     - replacement_char: U+FFFD in the streamed text that the one-piece text does not have (any U+FFFD
@@ -189,7 +390,7 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
       responses were lost, merged or duplicated on the way;
     - reference_mismatch: the streamed text differs from the one-piece text by streaming damage only.
     """
-    if rec.get("error") or not rec.get("streaming"):
+    if rec["error"] or not rec["streaming"]:
         return []
     _, texts = _data_responses(rec)
     text = "".join(texts)
@@ -201,10 +402,10 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
     unexplained = any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following))
     if unexplained and comparison in (None, "detokenization"):  # equal or diverged: the tokens explain it
         failures.append(CHECK_EMPTY_CHUNK)
-    tokens = (rec.get("server") or {}).get("num_output_tokens")
-    max_tokens = rec.get("max_tokens")
-    if tokens is not None and max_tokens is not None and (
-        tokens > max_tokens or (rec.get("exact_length") and tokens != max_tokens)
+    tokens = rec["server"].get("num_output_tokens")
+    max_tokens = rec["max_tokens"]
+    if tokens is not None and (
+        tokens > max_tokens or (rec["exact_length"] and tokens != max_tokens)
         or tokens < sum(1 for t in texts if t)
     ):
         failures.append(CHECK_TOKEN_COUNT)
@@ -213,19 +414,19 @@ def stream_failures(rec: dict[str, Any], reference: Optional[str] = None) -> lis
     return failures
 
 
-def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> RequestMetrics:
+def request_metrics(rec: RequestRecord, reference: Optional[str] = None) -> RequestMetrics:
     """Derive every per-request figure from one raw record (``reference``: see stream_failures)."""
     sched = rec["sched_ns"]
     m = RequestMetrics(
-        ok=not rec.get("error"),
-        warmup=bool(rec.get("warmup")),
-        streaming=bool(rec.get("streaming")),
+        ok=not rec["error"],
+        warmup=rec["warmup"],
+        streaming=rec["streaming"],
         start_unix_ns=rec["start_unix_ns"],
         lateness_ns=rec["sent_ns"] - sched,
-        input_tokens=rec.get("input_tokens"),
-        client_output_tokens=rec.get("output_tokens"),
-        server_output_tokens=(rec.get("server") or {}).get("num_output_tokens"),
-        server_input_tokens=(rec.get("server") or {}).get("num_input_tokens"),
+        input_tokens=rec["input_tokens"],
+        client_output_tokens=rec["output_tokens"],
+        server_output_tokens=rec["server"].get("num_output_tokens"),
+        server_input_tokens=rec["server"].get("num_input_tokens"),
     )
     if not m.ok:
         return m
@@ -246,22 +447,22 @@ def request_metrics(rec: dict[str, Any], reference: Optional[str] = None) -> Req
     return m
 
 
-def answer_text(rec: dict[str, Any]) -> str:
+def answer_text(rec: RequestRecord) -> str:
     """The whole answer a record received (joined pieces, or the last cumulative text)."""
     return "".join(_data_responses(rec)[1])
 
 
-def count_client_tokens(requests: list[dict[str, Any]], count: Callable[[str], int]) -> None:
+def count_client_tokens(requests: list[RequestRecord], count: Callable[[str], int]) -> None:
     """Fill in each answered request's ``output_tokens`` (the client tokenizer's count of its streamed text).
 
     The load generator leaves this to after the run: tokenizing is not timing and costs it CPU per request.
     """
     for rec in requests:
-        if not rec.get("error") and rec.get("output_tokens") is None:
+        if not rec["error"] and rec["output_tokens"] is None:
             rec["output_tokens"] = count(answer_text(rec))
 
 
-def empty_chunks(rec: dict[str, Any]) -> int:
+def empty_chunks(rec: RequestRecord) -> int:
     """Empty responses before the last one (counted for the report; see stream_failures for when they fail)."""
     return sum(1 for t in _data_responses(rec)[1][:-1] if t == "")
 

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
+from generator.errors import LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
-from generator.measure.records import count_client_tokens, request_inputs, server_gone
+from generator.measure.records import (
+    ProcessRecord, RequestRecord, RunRecord, count_client_tokens, read_records, request_inputs, server_gone,
+)
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec
@@ -107,11 +109,11 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
         )
 
 
-def count_tokens_after_run(requests: list[dict[str, Any]], processes: list[dict[str, Any]],
+def count_tokens_after_run(requests: list[RequestRecord], processes: list[ProcessRecord],
                            fallback: Optional[Path] = None) -> None:
     """The client tokenizer's output-token counts, with the tokenizer the Locust processes used (or
     ``fallback`` when that folder is not on this machine, e.g. records of an in-cluster run)."""
-    folders = [Path(p["tokenizer"]) for p in processes if p.get("tokenizer")] + ([Path(fallback)] if fallback else [])
+    folders = [Path(p["tokenizer"]) for p in processes] + ([Path(fallback)] if fallback else [])
     found = next((f / "tokenizer.json" for f in folders if (f / "tokenizer.json").is_file()), None)
     if found is None:
         return
@@ -138,33 +140,12 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(request records, process records) from a records file."""
-    requests, processes, _ = read_run_records(path)
-    return requests, processes
-
-
-def read_run_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], RunIntegrity]:
-    """(request records, process records, what the distributed master recorded about the run)."""
-    requests, processes, integrity = [], [], RunIntegrity()
-    if not path.is_file():
-        return requests, processes, integrity
-    with open(path, "rb") as f:
-        for no, raw in enumerate(f, 1):
-            try:
-                rec = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                rec = ...
-            if rec is None:
-                continue
-            if not isinstance(rec, dict):  # binary, not JSON, nested past reading, or not a record
-                raise ArtifactCorrupt(f"line {no} is not a JSON record", where=str(path),
-                                      fix="point at the records.jsonl a load test wrote (or run the load test again)")
-            if rec.get("kind") == "run":
-                integrity = RunIntegrity.model_validate({k: v for k, v in rec.items() if k != "kind"})
-            else:
-                (processes if rec.get("kind") == "process" else requests).append(rec)
-    return requests, processes, integrity
+def _integrity(run: Optional[RunRecord]) -> RunIntegrity:
+    """What the distributed master recorded about the run (a whole run when there is no master)."""
+    if run is None:
+        return RunIntegrity()
+    return RunIntegrity(incomplete=run["incomplete"], lost_workers=run["lost_workers"],
+                        rejected_messages=run["rejected_messages"])
 
 
 def model_inputs(http_url: str, model: str) -> set[str]:
@@ -174,7 +155,7 @@ def model_inputs(http_url: str, model: str) -> set[str]:
     return {i["name"] for i in config.get("input", [])}
 
 
-def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]], limit: int,
+def reference_answers(http_url: str, model: str, requests: list[RequestRecord], limit: int,
                       timeout_s: float) -> tuple[dict[int, str], list[str]]:
     """Each distinct prompt of the run (at most ``limit``) asked once more, without streaming.
 
@@ -185,13 +166,13 @@ def reference_answers(http_url: str, model: str, requests: list[dict[str, Any]],
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
-    gone = next((why for why in map(server_gone, (r.get("error") for r in requests)) if why), None)
+    gone = next((why for why in map(server_gone, (r["error"] for r in requests)) if why), None)
     if gone is not None:  # its answers would each sit out the timeout too
         return {}, [f"not asked: {gone}"]
-    texts = {r["prompt"]: r["prompt_text"] for r in requests if "prompt_text" in r}
+    texts = {r["prompt"]: r["prompt_text"] for r in requests if r["prompt_text"] is not None}
     prompts: dict[int, tuple[str, int]] = {}
     for r in requests:
-        if r.get("streaming") and not r.get("error") and r["prompt"] in texts and len(prompts) < limit:
+        if r["streaming"] and not r["error"] and r["prompt"] in texts and len(prompts) < limit:
             prompts.setdefault(r["prompt"], (texts[r["prompt"]], r["max_tokens"]))
     if not prompts:
         return {}, []
@@ -272,7 +253,7 @@ def run_loadtest(
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
         after = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
-        requests, processes, integrity = read_run_records(records)
+        requests, processes, run = read_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
                                 where=str(out_dir / 'locust.log'), fix=_LOG_FIX)
@@ -295,7 +276,7 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
-                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=integrity),
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=_integrity(run)),
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
     _write_results(out_dir, results, report)
@@ -326,7 +307,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     target = out_dir / "records.jsonl"
     if Path(records).resolve() != target:
         shutil.copyfile(records, target)
-    requests, processes, integrity = read_run_records(target)
+    requests, processes, run = read_records(target)
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")
@@ -341,9 +322,9 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
         client=client,
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
-                    started_unix=min(r.get("start_unix_ns", 0) for r in requests) / 1e9,
+                    started_unix=min(r["start_unix_ns"] for r in requests) / 1e9,
                     mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None),
-                    integrity=integrity),
+                    integrity=_integrity(run)),
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results)

@@ -9,10 +9,12 @@ definitions. Pure: plain records in, typed results out.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from generator.measure.metrics import LATENCIES
-from generator.measure.records import CHECK_REFERENCE, CHECKS, RequestMetrics, empty_chunks, quantile_sample, request_metrics
+from generator.measure.records import (
+    CHECK_REFERENCE, CHECKS, RequestMetrics, RequestRecord, empty_chunks, quantile_sample, request_metrics,
+)
 from generator.measure.results import (
     CheckSample,
     Checks,
@@ -37,7 +39,7 @@ from generator.measure.results import (
 
 PERCENTILES = (50, 90, 95, 99)
 
-Measured = list[tuple[dict[str, Any], RequestMetrics]]
+Measured = list[tuple[RequestRecord, RequestMetrics]]
 """Records with their per-request figures."""
 
 
@@ -110,7 +112,7 @@ def prefix_reuse(measured: Measured) -> Optional[PrefixReuse]:
     for unit, part, whole, zero_left_out in (("blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", True),
                                              ("tokens", "num_cached_tokens", "num_input_tokens", False)):
         rows = [(r["server"].get(part, 0), r["server"][whole], m.ttft_ns) for r, m in measured
-                if (r.get("server") or {}).get(whole) and (zero_left_out or part in r["server"])]
+                if r["server"].get(whole) and (zero_left_out or part in r["server"])]
         if rows:
             return PrefixReuse(
                 unit=unit, requests=len(rows), hit_share=sum(p for p, _, _ in rows) / sum(w for _, w, _ in rows),
@@ -175,12 +177,12 @@ def _checks(ok: Measured, references: dict[int, str]) -> Checks:
     )
 
 
-def populations(requests: list[dict[str, Any]], references: Optional[dict[int, str]] = None
+def populations(requests: list[RequestRecord], references: Optional[dict[int, str]] = None
                 ) -> tuple[Measured, Measured, Measured]:
     """(every record, the measured ones: warm-up and cut-off requests excluded, the successful ones with text)."""
     references = references or {}
     rows = [(r, request_metrics(r, references.get(r["prompt"]))) for r in requests]
-    measured = [(r, m) for r, m in rows if not m.warmup and not r.get("cancelled")]
+    measured = [(r, m) for r, m in rows if not m.warmup and not r["cancelled"]]
     return rows, measured, [(r, m) for r, m in measured if m.ok and m.ttft_ns is not None]
 
 
@@ -191,7 +193,7 @@ def latency(ok: Measured, measured: Measured) -> Latency:
                       for lat in LATENCIES})
 
 
-def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str]] = None) -> Summary:
+def summarize(requests: list[RequestRecord], references: Optional[dict[int, str]] = None) -> Summary:
     """Every client-side figure of a run, from its request records (warm-up and cut-off requests excluded).
 
     ``references`` maps prompt indexes to their one-piece answers (see runner.reference_answers).
@@ -206,7 +208,7 @@ def summarize(requests: list[dict[str, Any]], references: Optional[dict[int, str
     return Summary(
         counts=Counts(requests=len(measured), ok=len(ok), errors=len(errors),
                       warmup=sum(1 for _, m in rows if m.warmup),
-                      cancelled=sum(1 for r, _ in rows if r.get("cancelled")),
+                      cancelled=sum(1 for r, _ in rows if r["cancelled"]),
                       no_text=len(measured) - len(ok) - len(errors)),
         window_s=window,
         throughput=Throughput(

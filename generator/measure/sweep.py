@@ -25,6 +25,7 @@ from generator.errors import (
     TritongenError,
 )
 from generator.measure.attainment import level_figures, objectives, request_rows
+from generator.measure.records import read_records
 from generator.measure.results import BestPoint, LevelFigures, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
 from generator.measure.slo import parse_slo
 from generator.spec import Spec, parse_override, with_overrides
@@ -152,9 +153,9 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
 
 def point_figures(out_dir: Path, slo_text: Optional[str]) -> Optional[LevelFigures]:
     """A completed point's figures with intervals, from its records (the SLO's per-request limits judged)."""
-    from generator.measure.runner import count_tokens_after_run, read_records
+    from generator.measure.runner import count_tokens_after_run
 
-    requests, processes = read_records(out_dir / "records.jsonl")
+    requests, processes, _ = read_records(out_dir / "records.jsonl")
     count_tokens_after_run(requests, processes)
     rows = request_rows(requests, objectives(parse_slo(slo_text), strict=False) if slo_text else [])
     return level_figures(rows) if rows else None

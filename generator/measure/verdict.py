@@ -6,8 +6,7 @@ run is at best ``inconclusive``. A gevent process uses at most one core.
 
 from __future__ import annotations
 
-from typing import Any
-
+from generator.measure.records import ProcessRecord
 from generator.measure.results import ClientVerdict, Latency, ProcessHealth
 
 CPU_LIMIT = 0.90
@@ -28,15 +27,15 @@ CONN_WAIT_P99_LIMIT_MS = 10.0
 """Open loop: 99th percentile of the wait for a connection when all were busy."""
 
 
-def process_health(p: dict[str, Any]) -> ProcessHealth:
+def process_health(p: ProcessRecord) -> ProcessHealth:
     """One process record's figures: mean CPU, the busiest second, what its loop wanted, the lag."""
     import numpy as np
 
     cpu = p["cpu_s"] / p["wall_s"] if p["wall_s"] else 0.0
-    demand = p.get("demand")  # absent in records of an older load generator: its CPU stands in
-    wait = p.get("sched_wait_s")
+    demand = p["demand"]  # empty where the kernel keeps no schedstat: its CPU stands in
+    wait = p["sched_wait_s"]
     return ProcessHealth(
-        proc=p["proc"], host=p["host"], cpu=cpu, cpu_max=max(p.get("cpu_percent") or [0.0]) / 100,
+        proc=p["proc"], host=p["host"], cpu=cpu, cpu_max=max(p["cpu_percent"], default=0.0) / 100,
         demand=float(np.median(demand)) if demand else cpu,
         wait=wait / p["wall_s"] if wait is not None and p["wall_s"] else None,
         lag_p99_ms=float(np.percentile(p["lag_ns"], 99)) / 1e6 if p["lag_ns"] else 0.0,
@@ -58,7 +57,7 @@ def process_reasons(h: ProcessHealth, lag_limit: float) -> list[str]:
     return reasons
 
 
-def client_verdict(processes: list[dict[str, Any]], latency: Latency, open_loop: bool) -> ClientVerdict:
+def client_verdict(processes: list[ProcessRecord], latency: Latency, open_loop: bool) -> ClientVerdict:
     """Each Locust process's health record against the limits above and, open loop, send lateness and
     connection waits. Any reason flags the run as client-limited."""
     typical = latency.itl or latency.ttft

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from generator.errors import ArtifactCorrupt
-from generator.fsutil import read_json_object
+from generator.fsutil import read_json_object, unreadable_file
 from generator.repo.enginecheck import engine_problems
 from generator.repo.problems import checkpoint_quant_problems, not_built, weights_command
 from generator.repo.render import tensorrt_llm_parameters
@@ -17,6 +17,9 @@ from generator.repo.validate_models import Model, Report
 from generator.spec import EngineTarget, Spec
 
 _PROBE_TEXT = "Hello, world"
+_TOKENIZER_SUFFIXES = {".json", ".txt", ".model", ".jinja", ".tiktoken"}
+"""The files of a folder transformers may read to load a tokenizer (tokenizer.json, tokenizer_config.json,
+vocab.json, merges.txt, tokenizer.model, chat_template.jinja, config.json, ...); weights are not read."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -26,6 +29,11 @@ def tokenizer_load_error(path: str) -> Optional[str]:
     tokenizer files as an empty tokenizer that encodes every prompt to nothing, so loading is not enough."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    folder = Path(path)  # a folder a repository names: transformers would read whatever it holds, whole
+    bad = next((why for f in sorted(folder.iterdir()) if f.suffix in _TOKENIZER_SUFFIXES and (why := unreadable_file(f))),
+               None)
+    if bad:
+        return bad
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as first:  # noqa: BLE001 - any failure means "does not load"; report its text

@@ -34,9 +34,10 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from generator.errors import ArtifactMissing, ServerError, ServerNotReady
+from generator.errors import ArtifactMissing, ServerError, ServerNotReady, SpecError
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
+from generator.templating import stub_launch_problem
 from generator.serve.install import (
     ADMIN_HEADER, LAUNCH_SCRIPT, RUN_EXIT_TIMEOUT_S, ServerInstall, assemble_backend_dir, bundled_lib_dirs,
     find_install, launch_env, server_command, server_env,
@@ -227,6 +228,12 @@ class TritonServer:
         if not self.repo_dir.is_dir():
             raise ArtifactMissing("model repository folder not found", where=str(self.repo_dir),
                                   fix="render one first: tritongen render SPEC -o DIR")
+        unsafe = next(filter(None, map(stub_launch_problem, [self.repo_dir, *(
+            p.name for p in self.repo_dir.iterdir() if (p / "config.pbtxt").is_file())])), None)
+        if unsafe:
+            raise SpecError(f"cannot serve it safely: {unsafe}", where=str(self.repo_dir),
+                            fix="move or copy the repository to a folder whose path, and model folder names, hold "
+                                "none of these characters (tritongen render SPEC -o DIR)")
         taken = [f"{name} {port}" for name, port in zip(("HTTP", "gRPC", "metrics"), self._ports_given)
                  if port is not None and port_taken(self.host, port)]
         if taken:  # before anything starts: another server's readiness must never pass for this one's

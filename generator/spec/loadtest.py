@@ -163,13 +163,6 @@ class ResolvedLoadTest(LoadTestSpec):
         return max(self.workers, 1)
 
 
-def worker_count(workers: Union[int, str], cores: int) -> int:
-    """Worker processes for ``loadtest.workers``: ``auto`` is one per core, a single process on one core."""
-    if workers != "auto":
-        return int(workers)
-    return cores if cores > 1 else 0
-
-
 class GateSpec(Section):
     """The regression gate: a load test compared with a saved baseline (``tritongen baseline save``)."""
 

@@ -13,12 +13,13 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
+from generator.errors import SpecError
 from generator.spec.base import INT32_MAX, Section
 from generator.spec.build import (
     REFERENCE_MODEL, BuildSpec, CalibrationSpec, EngineTarget, KVCacheFormat, ModelSpec, PluginOverrides, QuantFormat,
     QuantizationSpec,
 )
-from generator.spec.loadtest import GateSpec, LoadTestSpec, ResolvedLoadTest, worker_count
+from generator.spec.loadtest import GateSpec, LoadTestSpec, ResolvedLoadTest
 from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
 from generator.spec.tune import TuneSpec
 
@@ -187,16 +188,20 @@ class Spec(Section):
             return self.serving_weights_dir
         return None
 
-    def resolved_loadtest(self, *, cores: int = 1, workers: Optional[int] = None, served_model: Optional[str] = None,
+    def resolved_loadtest(self, *, workers: Optional[int] = None, served_model: Optional[str] = None,
                           served_tokenizer: Optional[Path] = None) -> ResolvedLoadTest:
         """The load test as it runs. ``workers``: the processes that ran or will run, when something other than
-        ``loadtest.workers`` decides it (records of a run, the in-cluster manifest, and ``auto`` sized from the
-        recorded ceiling by measure/ceiling.resolve_workers); else ``auto`` means one per core of ``cores``. ``served_model`` / ``served_tokenizer``: what a running server says, used where the
-        spec leaves the field unset (the model before the spec's target, the tokenizer after it)."""
+        a number in ``loadtest.workers`` decides it (records of a run, the in-cluster manifest, or ``auto``,
+        which only measure/ceiling.resolve_workers sizes: from the recorded ceiling and this machine's cores).
+        ``served_model`` / ``served_tokenizer``: what a running server says, used where the spec leaves the
+        field unset (the model before the spec's target, the tokenizer after it)."""
         lt = self.loadtest
+        if workers is None and lt.workers == "auto":
+            raise SpecError("loadtest.workers is auto, and nothing here sized it", where="loadtest.workers",
+                            fix="give a number (--workers N), or run the load test, which sizes auto")
         return ResolvedLoadTest.model_validate(dict(
             lt.model_dump(),
-            workers=worker_count(lt.workers, cores) if workers is None else workers,
+            workers=lt.workers if workers is None else workers,
             model=lt.model or served_model or self.loadtest_model,
             tokenizer=self.loadtest_tokenizer or served_tokenizer,
             prompts=self.path(lt.prompts) if lt.prompts is not None else None,

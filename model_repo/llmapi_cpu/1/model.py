@@ -24,7 +24,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, bls_stream, load_tokenizer, parameters, required, requested_only, triton_error, utf8,
+    PromptLimit, bls_stream, check_word_count, load_tokenizer, parameters, required, requested_only, triton_error,
+    utf8,
 )
 
 _SAMPLING_TO_ENGINE = {
@@ -175,6 +176,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("Streaming is only supported in decoupled mode.")
         max_tokens = _scalar(request, "sampling_param_max_tokens")
         max_tokens = int(max_tokens) if max_tokens is not None else DEFAULT_MAX_TOKENS
+        stop_tensor = pb_utils.get_input_tensor_by_name(request, "sampling_param_stop")
+        check_word_count(stop_tensor.as_numpy().size if stop_tensor is not None else 0, "sampling_param_stop")
         stops = _strings(request, "sampling_param_stop")
         wants = {k: bool(_scalar(request, k) or False)
                  for k in ("return_finish_reason", "return_stop_reason", "sampling_param_return_perf_metrics")}

@@ -29,26 +29,32 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, RequestError, error_response, flag, integer, load_tokenizer, parameters, required, utf8,
+    PromptLimit, RequestError, check_word_count, error_response, flag, integer, load_tokenizer, parameters, required,
+    utf8,
 )
 
 MODEL = "preprocessing"
 _MULTIMODAL_INPUTS = ("IMAGE_BYTES", "IMAGE_URL", "IMAGES", "VIDEO_BYTES")
 _INT32_WRAP = "; a JSON number of 2^31 or more wraps around in this INT32 input"
 
-def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words"):
+def word_lists_to_ids(encode, word_lists, batch_size, name="stop_words", limit=None):
     """Bad/stop words per batch item → int32 [batch, 2, N]: row 0 the ids of all words back to back
     (padded with 0), row 1 the cumulative end offset of each word (padded with -1).
 
-    Words that encode to nothing are dropped; no words at all gives [batch, 2, 0].
+    Words that encode to nothing are dropped; no words at all gives [batch, 2, 0]. Before anything is
+    tokenized, each item may hold at most ``MAX_WORDS`` words, and with ``limit`` (a PromptLimit) its words
+    together no more text than a prompt.
     """
     if word_lists is None:
         return np.zeros((batch_size, 2, 0), dtype=np.int32)
     flat, offsets = [], []
     for words in word_lists:
+        check_word_count(sum(1 for word in words if len(word)), name)  # a batch pads shorter lists with b""
+        texts = [utf8(word, name) for word in words]
+        if limit is not None:
+            limit.check("".join(texts), name)
         ids, ends = [], []
-        for word in words:
-            text = utf8(word, name)
+        for text in texts:
             word_ids = encode(text) if text else []
             if word_ids:
                 ids.extend(word_ids)
@@ -141,8 +147,11 @@ class TritonPythonModel:
         for i, (item_words, item_weights) in enumerate(zip(words, weights)):
             if len(item_words) != len(item_weights):
                 raise RequestError("embedding_bias_words and embedding_bias_weights differ in length")
-            for word, weight in zip(item_words, item_weights):
-                for token in self._encode_words(utf8(word, "embedding_bias_words")):
+            check_word_count(sum(1 for word in item_words if len(word)), "embedding_bias_words")  # as stop words
+            texts = [utf8(word, "embedding_bias_words") for word in item_words]
+            self.prompt_limit.check("".join(texts), "embedding_bias_words")
+            for text, weight in zip(texts, item_weights):
+                for token in self._encode_words(text):
                     bias[i, token] += weight
         if not np.all(np.isfinite(bias)):
             raise RequestError("embedding_bias_weights add up to more than a 32-bit float holds for one token")
@@ -182,8 +191,10 @@ class TritonPythonModel:
             "prompts": prompts,
             "decoder_prompts": _texts(decoder, "decoder_text_input") if decoder is not None else None,
             "output_len": self._output_len(request, batch),
-            "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch, "bad_words"),
-            "stop": word_lists_to_ids(self._encode_words, _optional(request, "STOP_WORDS_DICT"), batch, "stop_words"),
+            "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch, "bad_words",
+                                     self.prompt_limit),
+            "stop": word_lists_to_ids(self._encode_words, _optional(request, "STOP_WORDS_DICT"), batch, "stop_words",
+                                      self.prompt_limit),
             "bias": self._embedding_bias(
                 _optional(request, "EMBEDDING_BIAS_WORDS"), _optional(request, "EMBEDDING_BIAS_WEIGHTS"), batch
             ),

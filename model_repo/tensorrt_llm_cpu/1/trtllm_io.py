@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model_common import RequestError
+from model_common import RequestError, check_word_count
 
 # The ensemble's and BLS's names of the engine inputs they rename, so an error names what the client sent.
 CLIENT_NAMES = {"runtime_top_k": "top_k", "runtime_top_p": "top_p", "len_penalty": "length_penalty",
@@ -105,10 +105,11 @@ class GenerationRequest:
         return self.sampling.end_id
 
 
-def word_list(sparse: np.ndarray) -> list[list[int]]:
+def word_list(sparse: np.ndarray, name: str = "stop/bad words list") -> list[list[int]]:
     """TensorRT-LLM's ``[2, L]`` word list (flat token ids, then end offsets padded with -1) as lists of ids.
 
-    Follows ``convertWordList`` of the C++ backend, with its checks turned into request errors.
+    Follows ``convertWordList`` of the C++ backend, with its checks turned into request errors, and at most
+    ``MAX_WORDS`` words (counted before any is read).
     """
     arr = np.asarray(sparse).reshape(-1).astype(np.int64)
     if arr.size == 0:
@@ -117,6 +118,7 @@ def word_list(sparse: np.ndarray) -> list[list[int]]:
         raise RequestError("stop/bad words list must have shape [2, N] (token ids, then end offsets)")
     n = arr.size // 2
     ids, offsets = arr[:n], arr[n:]
+    check_word_count(int(np.count_nonzero(offsets != -1)), name)
     words, start, previous = [], 0, 0
     for i, end in enumerate(offsets):
         end = int(end)
@@ -228,7 +230,7 @@ def _parse_row(tensors, i, rows, default_exclude_input, decoupled) -> Generation
         max_new_tokens=_scalar(tensors, "request_output_len", i, int, 0),
         streaming=streaming,
         exclude_input_in_output=_scalar(tensors, "exclude_input_in_output", i, bool, default_exclude_input),
-        stop_words=word_list(_row(tensors, "stop_words_list", i)) if "stop_words_list" in tensors else [],
+        stop_words=word_list(_row(tensors, "stop_words_list", i), "stop_words_list") if "stop_words_list" in tensors else [],
         sampling=sampling,
         return_log_probs=_scalar(tensors, "return_log_probs", i, bool, False),
         return_perf_metrics=_scalar(tensors, "return_perf_metrics", i, bool, False),
@@ -282,7 +284,7 @@ def _sampling(tensors, i) -> SamplingParams:
     bias = np.asarray(bias, dtype=np.float64).reshape(-1) if bias is not None else np.zeros(0)
     if not np.all(np.isfinite(bias)):
         raise RequestError("embedding_bias must hold finite numbers (no inf or NaN)")
-    bad = word_list(_row(tensors, "bad_words_list", i)) if "bad_words_list" in tensors else []
+    bad = word_list(_row(tensors, "bad_words_list", i), "bad_words_list") if "bad_words_list" in tensors else []
     return SamplingParams(
         top_k=_int_input(tensors, "runtime_top_k", i, 0),
         top_p=max(0.0, top_p),  # the C++ backend reads runtime_top_p <= 0 as unset (inflight_batcher_llm utils.cc)
