@@ -6,6 +6,7 @@ Everything is made locally through the same code paths users run; nothing is dow
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,13 +131,23 @@ def tokenizer_weights_dir(tmp_path_factory) -> Path:
 FAKE_BIN = Path(__file__).parent / "fake_bin"
 
 
+@pytest.fixture(scope="session")
+def host_python(tmp_path_factory) -> Path:
+    """A folder whose ``python3`` is this interpreter's own binary, for the stand-ins (``#!/usr/bin/env python3``,
+    and the python3 that build runs quantize.py with): the stand-ins need only the standard library, and the
+    python3 a PATH names may be a launcher script (pyenv's shim costs 0.1 s a start, ~200 starts a test run)."""
+    folder = tmp_path_factory.mktemp("host-python")
+    (folder / "python3").symlink_to(os.path.realpath(sys.executable))
+    return folder
+
+
 @pytest.fixture
-def gpu_host(monkeypatch):
-    """This machine as a GPU host: the trtllm-build and quantize.py stand-ins (tests/fake_bin) on PATH.
-    ``sm`` is the build GPU's compute capability, which the stand-in cannot ask CUDA for."""
+def gpu_host(monkeypatch, host_python):
+    """This machine as a GPU host: the trtllm-build and quantize.py stand-ins (tests/fake_bin) on PATH, run by
+    ``host_python``. ``sm`` is the build GPU's compute capability, which the stand-in cannot ask CUDA for."""
 
     def use(sm: int = 90, **env: str) -> None:
-        monkeypatch.setenv("PATH", f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("PATH", os.pathsep.join((str(FAKE_BIN), str(host_python), os.environ["PATH"])))
         monkeypatch.setenv("TRTLLM_EXAMPLES_DIR", str(FAKE_BIN / "examples"))
         monkeypatch.setenv("FAKE_TRTLLM_SM", str(sm))
         for key in ("FAKE_TRTLLM_VERSION", "FAKE_TRTLLM_OVERRIDES", "FAKE_TRTLLM_EXIT"):
@@ -186,6 +197,23 @@ def cpu_loadtest(cpu_spec, cpu_server, work_dir):
     ])
     return run_loadtest(spec, out, url=f"http://{cpu_server.http_url}", grpc_url=cpu_server.grpc_url,
                         metrics_url=cpu_server.metrics_url, title="test load", admin_key=cpu_server.admin_key)
+
+
+@pytest.fixture(scope="session")
+def llmapi_loadtest(llmapi_spec, llmapi_server, work_dir):
+    """A short gRPC-streaming load test against llmapi_server (loadtest.model and loadtest.tokenizer left to resolve
+    to the LLM-API model and its checkpoint): its folder and results, read by the LLM-API load-test test and the
+    LLM-API scenario."""
+    from helpers import LLMAPI_SHORT_LOAD
+
+    from generator.measure.runner import run_loadtest
+    from generator.spec import with_overrides
+
+    out = work_dir / "loadtest-llmapi-grpc"
+    out.mkdir()
+    spec = with_overrides(llmapi_spec, LLMAPI_SHORT_LOAD)
+    return run_loadtest(spec, out, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
+                        metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key)
 
 
 @pytest.fixture(scope="session")

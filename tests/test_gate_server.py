@@ -59,7 +59,8 @@ def sides(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory):
             out = root / name / f"run-{i:02d}"
             out.mkdir(parents=True)
             run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                         metrics_url=server.metrics_url, admin_key=server.admin_key, manifest_dir=cpu_repo_dir)
+                         metrics_url=server.metrics_url, admin_key=server.admin_key, manifest_dir=cpu_repo_dir,
+                         report=False)  # compare reads results.json; the release run below writes the reports
     return root
 
 

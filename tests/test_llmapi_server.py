@@ -10,6 +10,7 @@ from generator.measure.records import read_records
 from generator.measure.runner import count_tokens_after_run, run_loadtest
 from generator.serve.client import generate, output_scalar
 from generator.spec import with_overrides
+from helpers import LLMAPI_SHORT_LOAD
 
 pytestmark = pytest.mark.server
 
@@ -39,17 +40,18 @@ def test_without_max_tokens_the_answer_is_the_llm_api_default_length(llmapi_serv
 
 
 @pytest.mark.parametrize("protocol", ["grpc-stream", "http-stream"])
-def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, tmp_path, protocol):
-    """loadtest.model and loadtest.tokenizer left unset resolve to the LLM-API model and its checkpoint."""
-    spec = with_overrides(llmapi_spec, [
-        f"loadtest.protocol={protocol}", "loadtest.users=4", "loadtest.duration_s=4", "loadtest.input_tokens_mean=32",
-        "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2", "loadtest.num_prompts=6",
-        "loadtest.reference_checks=6", "loadtest.request_timeout_s=120",
-    ])
-    res = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
-                       metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key).results
+def test_short_load_test_of_the_llmapi_model(llmapi_spec, llmapi_server, llmapi_loadtest, tmp_path, protocol):
+    """loadtest.model and loadtest.tokenizer left unset resolve to the LLM-API model and its checkpoint. The gRPC
+    run is the session's (shared with the LLM-API scenario); the HTTP one has the same settings but the protocol."""
+    run = llmapi_loadtest
+    if protocol != "grpc-stream":
+        spec = with_overrides(llmapi_spec, [*LLMAPI_SHORT_LOAD, f"loadtest.protocol={protocol}"])
+        run = run_loadtest(spec, tmp_path, url=f"http://{llmapi_server.http_url}", grpc_url=llmapi_server.grpc_url,
+                           metrics_url=llmapi_server.metrics_url, admin_key=llmapi_server.admin_key)
+    res = run.results
+    assert res.run.loadtest.protocol == protocol
     assert res.counts.errors == 0 and res.counts.ok > 0
-    requests, processes, _ = read_records(tmp_path / "records.jsonl")
+    requests, processes, _ = read_records(run.out_dir / "records.jsonl")
     count_tokens_after_run(requests, processes)  # the load generator leaves token counts to after the run
     measured = [r for r in requests if not r["warmup"]]
     assert all(r["model"] == "tensorrt_llm" and r["cumulative"] for r in measured)

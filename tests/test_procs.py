@@ -51,7 +51,7 @@ import sys, subprocess
 from pathlib import Path
 from generator.procs import ChildGroup
 
-group = ChildGroup(cleanup=[Path(sys.argv[1])])
+group = ChildGroup(cleanup=[Path(sys.argv[1])], grace_s=0.5)  # the default 10 s grace would only add wait
 group.start({cmd!r})
 group.also_clean(Path(sys.argv[2]))  # a folder found after the start
 print(group.pgid, flush=True)

@@ -69,16 +69,50 @@ def schema_errors(doc: dict[str, Any]) -> list[str]:
 
 
 def _core_errors(doc: dict[str, Any]) -> list[str]:
-    import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError
+    import jsonschema
+    from kubernetes_validate.utils import SchemaNotFoundError, major_minor
 
+    validator = _core_validator(doc["kind"], doc["apiVersion"])
+    if validator is None:
+        return [SchemaNotFoundError(kind=doc["kind"], version=major_minor(kubernetes_version()),
+                                    api_version=doc["apiVersion"]).message]
     try:
-        kubernetes_validate.validate(doc, kubernetes_version(), strict=True)
-    except kubernetes_validate.ValidationError as exc:
+        validator.validate(doc)
+    except jsonschema.ValidationError as exc:
         return [_format(list(exc.path), exc.message)]
-    except SchemaNotFoundError as exc:
-        return [exc.message]
     return []
+
+
+@functools.lru_cache(maxsize=None)
+def _core_validator(kind: str, api_version: str):
+    """The validator ``kubernetes_validate.validate(doc, kubernetes_version(), strict=True)`` builds for this kind,
+    built once: the library re-reads its 1.6 MB definitions file and rebuilds the validator for every document
+    (about 20 ms each, and validate checks several documents per repository). Same schema files, same choice of
+    schema version (the newest one not newer than the pinned Kubernetes version); None when none exists."""
+    import re
+
+    import jsonschema
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    wanted = utils.major_minor(kubernetes_version())
+    version = [v for v in utils.all_versions() if utils.major_minor(v) <= wanted][-1]
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = utils.schema_contents(f"{folder}/{kind.lower()}-{api}.json", wanted)
+    except FileNotFoundError:
+        return None
+    definitions = _core_definitions(folder, wanted)
+    return jsonschema.Draft202012Validator(schema, registry=definitions @ (Resource.from_contents(schema) @ Registry()))
+
+
+@functools.lru_cache(maxsize=None)
+def _core_definitions(folder: str, version: str):
+    from kubernetes_validate import utils
+    from referencing import Resource
+
+    return Resource.from_contents(utils.schema_contents(f"{folder}/_definitions.json", version))
 
 
 def _format(path: list[Any], message: str) -> str:

@@ -70,11 +70,12 @@ class ConfigText:
     def __init__(self, path: Path, text: str):
         self.path = path
         self.lines = text.splitlines()
+        self._code = [line.split("#", 1)[0] for line in self.lines]  # comments never match (validate asks often)
 
     def find(self, pattern: str, start: int = 1) -> Optional[int]:
         rx = re.compile(pattern)
-        for i in range(max(start, 1) - 1, len(self.lines)):
-            if rx.search(self.lines[i].split("#", 1)[0]):
+        for i in range(max(start, 1) - 1, len(self._code)):
+            if rx.search(self._code[i]):
                 return i + 1
         return None
 
@@ -124,6 +125,16 @@ def type_name(dtype: int) -> str:
     return model_config_pb2().DataType.Name(dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_model_config(text: str) -> Any:
+    """``text`` parsed as a ModelConfig, once per distinct text: protobuf's text parser is pure Python (10-15 ms
+    for an engine config), and validate, import, diff and the deployment checks parse the same files again
+    and again. A parse error is raised each time (exceptions are not cached); callers get a copy."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2().ModelConfig())
+
+
 def parse_config(path: Path, *, inside: Optional[Path] = None) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
     """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems). Only a regular
     file of bounded size (and, with ``inside``, one resolving inside that folder) is read."""
@@ -146,7 +157,8 @@ def parse_config(path: Path, *, inside: Optional[Path] = None) -> tuple[Optional
                 str(path), no, f"unfilled template placeholder {re.search(r'[$][{][^}]*[}]?', line).group(0)!r}",
                 "re-render with `tritongen render SPEC -o DIR --force` (tritongen never leaves placeholders)"))
     try:
-        config = text_format.Parse(text, model_config_pb2().ModelConfig())
+        config = model_config_pb2().ModelConfig()
+        config.CopyFrom(_parsed_model_config(text))
     except RecursionError:
         problems.append(Problem(str(path), None, "nested deeper than any Triton ModelConfig is", "re-render"))
         return None, problems
