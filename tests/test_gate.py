@@ -287,8 +287,8 @@ def _records(path: Path, gap_ms: int) -> Path:
     return path
 
 
-def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
-    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+def _single_run(tmp_path: Path):
+    """(spec, a one-run load-test folder made from records whose ITL gap is 5-7 ms): the baseline side."""
     from generator.measure.runner import report_records
     from generator.spec import load_spec
 
@@ -296,6 +296,14 @@ def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
     single = tmp_path / "single"
     single.mkdir()
     report_records(spec, _records(tmp_path / "a.jsonl", 5), single)
+    return spec, single
+
+
+def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
+    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+    from generator.measure.runner import report_records
+
+    spec, single = _single_run(tmp_path)
     sweep = tmp_path / "sweep"
     (sweep / "points" / "1").mkdir(parents=True)
     report_records(spec, _records(tmp_path / "b.jsonl", 9), sweep / "points" / "1")
@@ -314,12 +322,8 @@ def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
     from generator.measure.intervals import Interval
     from generator.measure.runner import report_records
     from generator.measure.tune_results import Choice, Goodput, SettingResult, SettingStatus, TuneResult
-    from generator.spec import load_spec
 
-    spec = load_spec(None, ["loadtest.users=4"])
-    single = tmp_path / "single"
-    single.mkdir()
-    report_records(spec, _records(tmp_path / "a.jsonl", 5), single)
+    spec, single = _single_run(tmp_path)
     tune = tmp_path / "tune"
     for load, gap in ((4, 9), (8, 30)):  # the goodput level (4 users) and a failed level above it
         (tune / "settings" / "1" / "levels" / f"{load}-0").mkdir(parents=True)
