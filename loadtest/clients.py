@@ -62,13 +62,22 @@ class Exchange:
     def finish(self) -> RequestRecord:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
         rec = self.record
-        texts, server, error = self.decode(self.payloads)
+        texts, server, error = decode_safely(self.decode, self.payloads)
         rec["resp_ns"] = [t for t, text in zip(self.resp_ns, texts) if text is not None]
         rec["resp_text"] = [text for text in texts if text is not None]
         rec["server"] = server
         rec["error"] = self.error or error
         rec["end_ns"] = self.end_ns if self.end_ns is not None else time.monotonic_ns()
         return rec
+
+
+def decode_safely(decode: Callable[[list[Any]], Decoded], payloads: list[Any]) -> Decoded:
+    """``decode``, where a response the client cannot read fails its own request and nothing else: raised out of
+    the record writer, one malformed event from a server lost every record of the batch and hung the run."""
+    try:
+        return decode(payloads)
+    except Exception as exc:  # noqa: BLE001 - whatever the server sent, this request's error
+        return [None] * len(payloads), {}, f"unreadable response: {type(exc).__name__}: {exc}"[:500]
 
 
 def new_record(protocol: str, model: str, proc: int, seq: int, prompt: Prompt, warmup: bool, sched_ns: int,

@@ -33,7 +33,7 @@ from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info, new_record
+from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, decode_safely, model_info, new_record
 from distributed import MasterGuard, introduce, run_token
 from generator.measure.records import (
     ProcessRecord, RequestRecord, open_records, quantile_sample, server_gone, write_records,
@@ -284,7 +284,7 @@ def run_conversation(
         nxt = st.next_turn(warmup)
         if nxt is None or ex.error:
             return
-        texts = [t for t in client.decode(ex.payloads)[0] if t]
+        texts = [t for t in decode_safely(client.decode, ex.payloads)[0] if t]
         answer = (texts[-1] if texts else "") if st.info.cumulative else "".join(texts)
         prompt = follow_up(prompt, answer, question, k * len(st.prompts) + first, st.tokenizer)
         ex = run_request(st, client, nxt[0], prompt, nxt[1], time.monotonic_ns())

@@ -30,6 +30,7 @@ from helpers import process_record, request_record
 sys.path.insert(0, str(loadtest_dir()))
 import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
 import grpcwire  # noqa: E402
+import openaiapi  # noqa: E402
 from prompts import Prompt  # noqa: E402
 
 
@@ -128,6 +129,23 @@ def test_sse_payloads_decoded_after_the_run():
     ex.resp_ns, ex.payloads = [5, 6], [b'{"text_output": "x"}', b'data: {"error": "late"}\n']
     rec = ex.finish()
     assert rec["error"] == "late" and rec["resp_ns"] == [5] and rec["resp_text"] == ["x"]
+
+
+@pytest.mark.parametrize("decode, good, bad", [
+    (openaiapi.decode_events, b'data: {"choices": [{"delta": {"content": "x"}}]}\n', b"data: [1]\n"),
+    (openaiapi.decode_events, b'data: {"choices": [{"delta": {"content": "x"}}]}\n', b"data: not json\n"),
+    (clients.decode_json, b'data: {"text_output": "x"}\n', b"data: <html>\n"),
+    (clients.decode_infer_responses, infer_response("run-0-0", [("text_output", "BYTES", strings(b"x"))]), b"\xff\x00"),
+], ids=["openai-list-event", "openai-not-json", "triton-sse-not-json", "grpc-not-protobuf"])
+def test_a_response_the_client_cannot_read_fails_its_own_request_only(decode, good, bad):
+    """finish() runs in the record writer for a whole batch: raising there lost the batch and hung the run."""
+    ex = exchange(decode)
+    ex.resp_ns, ex.payloads = [5, 6], [good, bad]
+    rec = ex.finish()
+    assert rec["error"].startswith("unreadable response: ") and rec["resp_ns"] == [] and rec["resp_text"] == []
+    fine = exchange(decode)
+    fine.resp_ns, fine.payloads = [5], [good]
+    assert fine.finish()["error"] is None and fine.record["resp_text"] == ["x"]
 
 
 def test_client_token_counts_filled_after_the_run():
