@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.errors import ArtifactCorrupt, SpecError
-from generator.measure.records import read_records, records_header
+from generator.measure.records import MAX_LINE_BYTES, read_records, records_header
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
 from generator.repo.render import render_repository
@@ -159,6 +159,24 @@ def test_records_that_are_no_records_are_an_error_naming_the_line(tmp_path, cont
     with pytest.raises(ArtifactCorrupt) as err:
         read_records(path)
     assert "line 2" in err.value.message and err.value.where == str(path)
+
+
+def test_a_records_line_is_read_bounded(tmp_path):
+    """A run folder from someone else: a sparse records.jsonl without newlines (no disk used) is refused after
+    at most one bounded line, not read whole into memory first (6 GiB held 12.8 GB before)."""
+    import tracemalloc
+
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(json.dumps(records_header()).encode() + b"\n")
+    os.truncate(path, 4 * MAX_LINE_BYTES)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactCorrupt) as err:
+            read_records(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "line 2" in err.value.message and peak < 3 * MAX_LINE_BYTES  # one line and its copy, not the file
 
 
 def _set_engine_path(repo: Path, value: str) -> None:

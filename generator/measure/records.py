@@ -167,6 +167,11 @@ def write_records(file: IO[str], records: list[Union[RequestRecord, ProcessRecor
     file.flush()
 
 
+MAX_LINE_BYTES = 64 << 20
+"""The longest line read_records reads: a record is a few KiB to a few MiB (its prompt and texts); read whole, a
+line of a sparse file without newlines (no disk used) held gigabytes before it was found not to be one."""
+
+
 def read_records(path: Path) -> Records:
     """Every record of a records file, each checked against its type; a missing file holds none.
 
@@ -177,7 +182,10 @@ def read_records(path: Path) -> Records:
         return found
     header = False
     with open(path, "rb") as f:
-        for no, raw in enumerate(f, 1):
+        for no, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ArtifactCorrupt(f"{path}, line {no}: longer than {MAX_LINE_BYTES >> 20} MiB, no record is",
+                                      where=str(path), fix=RERUN_FIX)
             if not raw.strip():
                 continue
             rec = _parse_line(path, no, raw, header)
