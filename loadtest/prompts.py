@@ -13,7 +13,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tokenizers import Tokenizer
 
@@ -97,21 +97,36 @@ def follow_up(previous: Prompt, answer: str, question: str, index: int, tokenize
     return Prompt(index, text, previous.max_tokens, count_tokens(tokenizer, text), messages=messages)
 
 
+MAX_LINE_CHARS = 64 << 20
+"""The longest line of a prompts or trace file that is read: a sparse file without newlines (no disk used) would
+otherwise be read whole into the Locust process."""
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of each non-blank line; a line too long or not JSON is a ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), 1):
+            if len(line) > MAX_LINE_CHARS:
+                raise ValueError(f"{path}:{lineno}: longer than {MAX_LINE_CHARS >> 20} Mi characters, no row is")
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+
+
 def read_jsonl(
     path: Path, tokenizer: Tokenizer, *, seed: int, output_mean: int, output_stddev: int
 ) -> list[Prompt]:
     """Prompts from a JSONL file: ``text`` per line, optional ``max_tokens`` (else drawn like synthetic ones)."""
     rng = random.Random(seed)
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a string 'text'")
-            max_tokens = int(item.get("max_tokens") or _length(rng, output_mean, output_stddev))
-            prompts.append(Prompt(len(prompts), item["text"], max_tokens, count_tokens(tokenizer, item["text"])))
+    for lineno, item in jsonl_rows(path):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a string 'text'")
+        max_tokens = int(item.get("max_tokens") or _length(rng, output_mean, output_stddev))
+        prompts.append(Prompt(len(prompts), item["text"], max_tokens, count_tokens(tokenizer, item["text"])))
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

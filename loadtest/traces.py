@@ -14,14 +14,26 @@ library is used: this runs inside the Locust process.
 
 from __future__ import annotations
 
-import json
+import math
 import random
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from prompts import Prompt, count_tokens, word_tokens, words_text
+from prompts import Prompt, count_tokens, jsonl_rows, word_tokens, words_text
+
+
+MAX_ROW_TOKENS = 1 << 20
+"""The longest prompt a Mooncake row may ask for (input_length): more than any served model takes. Building and
+counting a prompt costs the Locust process about 0.7 KB a token at its peak (2M tokens: 1.4 GB, 10 s)."""
+MAX_TRACE_TOKENS = 1 << 28
+"""input_length of all rows together: the prompts stay in every Locust process (about 5 bytes a token); the
+whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _block(words: list[str], seed: int, hash_id: Any, block_tokens: int) -> str:
@@ -53,19 +65,22 @@ def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int
                output_mean: int) -> tuple[list[Prompt], list[int]]:
     """(prompts in trace order, their send offsets in ns from the first timestamp)."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("timestamp"), (int, float)):
-                raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
-            if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
-                raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
-            rows.append(row)
+    tokens = 0
+    for lineno, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not _number(row.get("timestamp")):
+            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
+        if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
+            raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
+        if "input_length" in row:
+            n = row["input_length"]
+            if not _number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
+                raise ValueError(f"{path}:{lineno}: input_length must be a whole number of tokens from 1 to "
+                                 f"{MAX_ROW_TOKENS}, got {n!r}")
+            tokens += int(n)
+            if tokens > MAX_TRACE_TOKENS:
+                raise ValueError(f"{path}:{lineno}: the rows up to here ask for more than {MAX_TRACE_TOKENS} prompt "
+                                 "tokens together; replay a part of the trace")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no requests")
     rows.sort(key=lambda r: r["timestamp"])

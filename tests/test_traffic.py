@@ -4,6 +4,7 @@ shared hash ids become shared prompt tokens, plain rows, the schedule), shared-p
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -13,6 +14,8 @@ from generator.spec import load_spec
 from helpers import request_record
 
 sys.path.insert(0, str(loadtest_dir()))
+import prompts as lt_prompts  # noqa: E402
+import traces  # noqa: E402
 from prompts import Prompt, follow_up, load_tokenizer, synthesize  # noqa: E402
 from traces import read_trace  # noqa: E402
 
@@ -70,6 +73,42 @@ def test_a_bad_trace_row_names_its_line(tokenizer, tmp_path):
     path.write_text('{"timestamp": 0, "prompt": "hi"}\n{"prompt": "no time"}\n')
     with pytest.raises(ValueError, match=r"t.jsonl:2: .*timestamp"):
         read_trace(path, tokenizer, seed=0, block_tokens=BLOCK, time_scale=1.0, output_mean=8)
+
+
+@pytest.mark.parametrize("rows, line", [
+    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": NaN, "prompt": "hi"}\n', 2),
+    ('{"timestamp": 0, "input_length": %d, "hash_ids": [1]}\n' % (traces.MAX_ROW_TOKENS + 1), 1),
+    ('{"timestamp": 0, "input_length": 1e300}\n', 1),
+], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole"])
+def test_a_trace_row_a_replay_cannot_send_is_refused_before_any_prompt_is_built(tokenizer, tmp_path, rows, line):
+    """A 70-byte row asking for 2M prompt tokens cost each Locust process 1.4 GB and 10 s before any request."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(rows)
+    with pytest.raises(ValueError, match=rf"t.jsonl:{line}: "):
+        read_trace(path, tokenizer, seed=0, block_tokens=BLOCK, time_scale=1.0, output_mean=8)
+
+
+def test_a_trace_is_read_bounded_a_line_and_a_total_at_a_time(tokenizer, tmp_path, monkeypatch):
+    """A sparse trace without newlines (no disk used) is refused after one bounded line; rows that together ask for
+    more prompt tokens than the Locust process holds are refused at the row that crosses the bound."""
+    import tracemalloc
+
+    sparse = tmp_path / "sparse.jsonl"
+    sparse.write_text('{"timestamp": 0, "prompt": "hi"}\n')
+    os.truncate(sparse, 4 * lt_prompts.MAX_LINE_CHARS)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"sparse.jsonl:2: longer than"):
+            read_trace(sparse, tokenizer, seed=0, block_tokens=BLOCK, time_scale=1.0, output_mean=8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * lt_prompts.MAX_LINE_CHARS * 4  # one line (UCS-4 at worst) and a copy, not the file
+    monkeypatch.setattr(traces, "MAX_TRACE_TOKENS", 100)
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join('{"timestamp": %d, "input_length": 40}\n' % t for t in range(5)))
+    with pytest.raises(ValueError, match=r"many.jsonl:3: the rows up to here ask for more than 100"):
+        read_trace(many, tokenizer, seed=0, block_tokens=BLOCK, time_scale=1.0, output_mean=8)
 
 
 def test_shared_prefix_groups_share_exact_tokens(tokenizer):
