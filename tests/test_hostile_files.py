@@ -133,6 +133,34 @@ def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_n
     assert "SECRET" not in (tmp_path / "spec.yaml").read_text()
 
 
+UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.mark.parametrize("value", ["x\\e[2A\\e[1G\\e[J", "\\x9b2J\\a", "\\u202eedoc_etomer"],
+                         ids=["csi-erase", "c1-csi-bell", "bidi-override"])
+def test_no_repository_text_reaches_the_terminal_as_a_control_character(llmapi, rendered, value):
+    """A value of a foreign model.yaml that moved the cursor up and erased the screen hid diff's rows (the
+    trust_remote_code one among them); every user value the CLI prints goes through one escape."""
+    yml = llmapi / "tensorrt_llm" / "1" / "model.yaml"
+    yml.write_text(yml.read_text() + f'zz_note: "{value}"\n')
+    result = CliRunner().invoke(app, ["diff", str(llmapi), str(rendered["llmapi"])], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "zz_note" in result.output
+    assert not UNPRINTABLE.search(result.output)
+    text = yaml.safe_load(yml.read_text())["zz_note"]
+    assert "".join(f"\\x{ord(c):02x}" if UNPRINTABLE.match(c) and ord(c) < 0x100 else
+                   f"\\u{ord(c):04x}" if UNPRINTABLE.match(c) else c for c in text) in result.output
+
+
+def test_the_cli_prints_through_its_own_escape_only():
+    """rich's escape handles markup only: a module importing it would print control characters again."""
+    import ast
+
+    cli = Path(__file__).resolve().parents[1] / "generator" / "cli"
+    direct = [f.name for f in cli.glob("*.py") for node in ast.walk(ast.parse(f.read_text()))
+              if isinstance(node, ast.ImportFrom) and node.module == "rich.markup" and f.name != "_app.py"]
+    assert direct == []
+
+
 def test_diff_does_not_call_a_repository_with_an_unparseable_model_equal(cpu, rendered):
     cfg = cpu / "preprocessing" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\nthis is not protobuf {\n")

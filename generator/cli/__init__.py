@@ -7,9 +7,8 @@ import signal
 import sys
 import urllib.error
 
-from rich.markup import escape
 
-from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, exit_code
+from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, escape, exit_code
 from generator.errors import ServerError, TritongenError
 
 # Command groups register themselves on `app` when imported.

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import Force, Output, Sets, app, console, out
+from generator.cli._app import Force, Output, Sets, app, console, escape, out
 from generator.fsutil import check_writable_target, write_marker
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from generator.cli._app import Force, app, console, get_spec, out, spec_option
+from generator.cli._app import Force, app, console, escape, get_spec, out, spec_option
 from generator.errors import OutputExists, SpecError
 from generator.fsutil import atomic_write_text
 from generator.measure import baseline as baseline_io

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 
 from generator.cli._app import (
-    AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, out, spec_option,
-    spec_overrides, step,
+    AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, escape, out,
+    spec_option, spec_overrides, step,
 )
 from generator.cli.gate_cmds import Baseline, Gate, Junit, Summary, finish, gate_inputs, judge_folder
 from generator.errors import LoadTestError, SpecError

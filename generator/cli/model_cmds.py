@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generator.cli._app import Force, Output, Sets, app, console, get_spec, out, spec_option, spec_overrides, step
+from generator.cli._app import Force, Output, Sets, app, console, escape, get_spec, out, spec_option, spec_overrides, step
 from generator.spec import Spec
 
 STAGES = {

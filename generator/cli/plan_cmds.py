@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from generator.cli._app import EXIT_CODES, Force, Sets, SpecPath, app, console, get_spec, out
+from generator.cli._app import EXIT_CODES, Force, Sets, SpecPath, app, console, escape, get_spec, out
 from generator.cli.printing import print_plan, print_topology
 from generator.measure.ceiling import loadgen_plan, loadgen_plan_lines, recorded_ceiling
 from generator.errors import PlanRefused, ToolMissing

@@ -3,10 +3,9 @@ never read as rich markup."""
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.table import Table
 
-from generator.cli._app import console, out
+from generator.cli._app import console, escape, out
 
 
 def _gb(n: int) -> str:

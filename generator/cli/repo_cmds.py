@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from generator.cli._app import Force, Output, Sets, SpecPath, app, console, cuda_visible, get_spec, out, step
+from generator.cli._app import Force, Output, Sets, SpecPath, app, console, cuda_visible, escape, get_spec, out, step
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "note": "cyan"}

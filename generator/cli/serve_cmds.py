@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from generator.cli._app import (
-    AdminKey, GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, out, spec_option, step,
+    AdminKey, GrpcPort, GrpcUrl, HttpPort, MetricsPort, Timeout, Url, app, console, escape, out, spec_option, step,
 )
 from generator.errors import ServerError, SpecError
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from generator.cli._app import Force, app, console, out
+from generator.cli._app import Force, app, console, escape, out
 from generator.errors import OutputExists, SpecError
 from generator.spec.doc import README_END, README_START, commented_yaml, markdown_reference, with_reference
 

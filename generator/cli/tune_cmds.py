@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 
-from generator.cli._app import Force, Output, SpecPath, app, console, cuda_visible, out, spec_option, spec_overrides, step
+from generator.cli._app import Force, Output, SpecPath, app, console, cuda_visible, escape, out, spec_option, spec_overrides, step
 from generator.errors import SpecError
 from generator.measure.tune_results import SettingStatus, TuneResult
 from generator.spec import load_spec
