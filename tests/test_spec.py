@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.errors import TritongenError
+from generator.errors import SpecError, TritongenError
 from generator.spec import EngineTarget, Spec, load_spec, with_overrides
 from generator.spec.doc import commented_yaml, markdown_reference, with_reference
 from generator.spec.load import parse_override
@@ -126,6 +126,19 @@ def test_recursive_yaml_alias_is_refused(tmp_path):
     spec.write_text("model: &m\n  source: x\n  again: *m\n")
     with pytest.raises(TritongenError, match="refers to itself"):
         load_spec(spec)
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000, "{a: " * 50_000 + "1" + "}" * 50_000])
+def test_yaml_nested_past_what_python_parses_is_an_error_naming_the_file(tmp_path, nested):
+    """A spec file or a --set value nested 100,000 deep ended in a RecursionError traceback."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(f"model:\n  source: {nested}\n")
+    with pytest.raises(SpecError, match="nested deeper") as err:
+        load_spec(deep)
+    assert err.value.where == str(deep)
+    with pytest.raises(SpecError, match="nested deeper") as err:
+        load_spec(None, [f"model.source={nested}"])
+    assert err.value.where == "--set"
 
 
 def test_anchors_within_limits_still_work(tmp_path):

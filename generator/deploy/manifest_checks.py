@@ -53,9 +53,6 @@ def documents(path: Path, out: Findings) -> list[tuple[dict[str, Any], int]]:
     except TritongenError as exc:
         out.add(path, None, exc.message, exc.fix or "re-render")
         return []
-    except RecursionError:
-        out.add(path, None, "nested deeper than any manifest is", "re-render")
-        return []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         out.add(path, mark.line + 1 if mark else None,

@@ -147,7 +147,7 @@ def _model_yaml(repo: Path, meaning: RepoMeaning) -> None:
         return
     try:
         data = safe_yaml(read_text_bounded(path, fix=_REREAD, inside=repo), str(path))
-    except (TritongenError, yaml.YAMLError, RecursionError):
+    except (TritongenError, yaml.YAMLError):
         meaning.unreadable.append(str(path))
         return
     meaning.llmapi = flatten(data) if isinstance(data, dict) else {}

@@ -199,10 +199,8 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
             text = read_text_bounded(yaml_path, fix="re-render with `tritongen render`", inside=repo)
             loaded = safe_yaml(text, str(yaml_path))
             lines = _yaml_key_lines(text)
-        except TritongenError as exc:  # not a regular file, too big, not UTF-8, an alias bomb
+        except TritongenError as exc:  # not a regular file, too big, not UTF-8, an alias bomb, nested too deep
             problems.append(Problem(str(yaml_path), None, exc.message, exc.fix or "re-render"))
-        except RecursionError:
-            problems.append(Problem(str(yaml_path), None, "nested deeper than any model.yaml is", "re-render"))
         except yaml.YAMLError as exc:  # the problem and its place, never the file's text
             mark = getattr(exc, "problem_mark", None)
             problems.append(Problem(str(yaml_path), mark.line + 1 if mark else None,

@@ -48,8 +48,14 @@ def _bounded(node: yaml.Node, where: str) -> None:
             "an alias bomb, not a configuration", where=where, fix="write the values out instead of nesting aliases")
 
 
+def _too_deep(where: str) -> SpecError:
+    return SpecError("nested deeper than Python parses: not a configuration", where=where,
+                     fix="write the values out flat (a spec or config nests a few levels)")
+
+
 def safe_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` that refuses a document whose aliases expand past ``MAX_YAML_NODES`` values."""
+    """``yaml.safe_load`` that refuses a document whose aliases expand past ``MAX_YAML_NODES`` values, or that
+    nests deeper than Python parses (a spec or --set of 100,000 brackets ended in a RecursionError traceback)."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -57,6 +63,8 @@ def safe_yaml(text: str, where: str) -> Any:
             return None
         _bounded(node, where)
         return loader.construct_document(node)
+    except RecursionError:
+        raise _too_deep(where) from None
     finally:
         loader.dispose()
 
@@ -72,6 +80,8 @@ def safe_yaml_all(text: str, where: str) -> list[tuple[Any, int]]:
             _bounded(node, where)
             docs.append((loader.construct_document(node), node.start_mark.line + 1))
         return docs
+    except RecursionError:
+        raise _too_deep(where) from None
     finally:
         loader.dispose()
 
