@@ -40,6 +40,35 @@ def test_report_is_built_from_results_alone(cpu_loadtest):
     assert doc.markdown() == (cpu_loadtest.out_dir / "report.md").read_text(encoding="utf-8")
 
 
+HOSTILE = ["HTTP 500: <img src=x onerror=alert(1)>\n\n# All SLOs met\n| PASS | 0 |", "a\r\n> quoted\u2028- item",
+           "<script>alert(1)</script>", "`<b>` ``` </b>"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_text_from_a_server_never_changes_the_markdown_structure(text):
+    """An endpoint's error text reached report.md's tables raw: its <img onerror> tag, blank line and '# All SLOs
+    met' added raw HTML and a heading (report.html escaped it). Every block kind, parsed as CommonMark."""
+    from markdown_it import MarkdownIt
+
+    from generator.measure.report_doc import Doc
+
+    doc = Doc(f"run {text}")
+    doc.h(f"Errors {text}")
+    doc.p(f"**Verdict** `{text}` {text}")
+    doc.bullets([text, "plain"])
+    doc.table(["message", "count"], [[text, 6], ["ok", 1]])
+    doc.pre(text)
+    tokens = MarkdownIt("commonmark").enable("table").parse(doc.markdown())
+    inline = [c for t in tokens for c in (t.children or [])]
+    assert not [t.type for t in tokens + inline if t.type.startswith("html")]
+    assert [t.tag for t in tokens if t.type == "heading_open"] == ["h1", "h2"]
+    assert [t.type for t in tokens if t.type in ("bullet_list_open", "blockquote_open", "table_open", "fence")] == \
+        ["bullet_list_open", "table_open", "fence"]
+    assert sum(t.type == "tr_open" for t in tokens) == 3 and sum(t.type == "list_item_open" for t in tokens) == 2
+    fence = next(t for t in tokens if t.type == "fence")
+    assert fence.content == text.replace("\r\n", "\n") + "\n"  # CommonMark reads CRLF as LF
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install -y chromium")
 def test_headless_browser_renders_the_html_report(cpu_loadtest, tmp_path):
     from matplotlib.image import imread

@@ -15,6 +15,7 @@ from generator.measure.compare import Change, Comparison, MetricComparison
 from generator.measure.evidence import FigureSummary
 from generator.measure.gate import GateTermResult, GateVerdict
 from generator.measure.intervals import Interval
+from generator.measure.report_doc import md_text
 from generator.measure.results import SloVerdict, TermOutcome, TermResult
 
 SloRuns = list[tuple[str, SloVerdict]]
@@ -100,7 +101,7 @@ _MARK = {TermOutcome.PASS: "✅ pass", TermOutcome.FAIL: "❌ FAIL", TermOutcome
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return md_text(text).replace("|", "\\|")
 
 
 def summary_markdown(slo: SloRuns, gate: Optional[GateVerdict], comparison: Optional[Comparison]) -> str:

@@ -53,23 +53,24 @@ class Doc:
         self.blocks.append(("img", (name, caption)))
 
     def markdown(self) -> str:
-        out = [f"# {self.title}", ""]
+        out = [f"# {md_text(self.title)}", ""]
         for kind, value in self.blocks:
             if kind == "h":
-                out += [f"## {value}", ""]
+                out += [f"## {md_text(value)}", ""]
             elif kind == "p":
-                out += [value, ""]
+                out += [md_text(value), ""]
             elif kind == "ul":
-                out += [f"- {v}" for v in value] + [""]
+                out += [f"- {md_text(v)}" for v in value] + [""]
             elif kind == "pre":
-                out += ["```", value, "```", ""]
+                fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", value)), default=0))
+                out += [fence, value, fence, ""]
             elif kind == "img":
-                out += [f"![{value[1]}](plots/{value[0]}.png)", "", f"*{value[1]}*", ""]
+                out += [f"![{md_text(value[1])}](plots/{value[0]}.png)", "", f"*{md_text(value[1])}*", ""]
             elif kind == "table":
                 headers, rows = value
-                out.append("| " + " | ".join(headers) + " |")
+                out.append("| " + " | ".join(md_text(h) for h in headers) + " |")
                 out.append("|" + "|".join("---" for _ in headers) + "|")
-                out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+                out += ["| " + " | ".join(md_text(c).replace("|", "\\|") for c in r) + " |" for r in rows]
                 out.append("")
         return "\n".join(out)
 
@@ -158,6 +159,13 @@ def _inline(text: str) -> str:
     for word, cls in _VERDICT_CLASS.items():
         out = out.replace(word, f'<span class="{cls}">{word}</span>')
     return out
+
+
+def md_text(text: str) -> str:
+    """One line of Markdown text: no line break (a server's error text with a blank line and ``# ...`` added a
+    heading and left the table) and no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
+    them). The reports' own marks (``**``, backticks) stay."""
+    return " ".join(text.splitlines()).replace("<", "&lt;")
 
 
 def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
