@@ -4,8 +4,9 @@ A corpus of strings (newlines, quotes, backticks, ``$()``, NUL, unicode line sep
 ``#``, ``---``, very long) goes into every string and path field of the spec. The spec refuses a value with
 a control character, naming the field; every other value is rendered into every artifact (config.pbtxt,
 model.yaml, launch.sh, kubessh, kubernetes*.yaml with their container scripts and the ConfigMap's
-locust.conf, loadtest.Dockerfile, tritongen.json), and each artifact parses to the same shape, line count
-and shell words as a render of plain values, with the value read back intact where it lands.
+locust.conf, loadtest.Dockerfile with the command its comment gives, tritongen.json), and each artifact parses
+to the same shape, line count and shell words as a render of plain values, with the value read back intact
+where it lands.
 """
 
 from __future__ import annotations
@@ -164,8 +165,9 @@ def structure(files: dict[str, str]) -> dict[str, object]:
             out[rel] = (lines, _shape(json.loads(text)))
         elif text.startswith("#!"):
             out[rel] = (lines, _sh_words(text))
-        else:  # loadtest.Dockerfile
-            out[rel] = (lines, [line.split(" ")[0] for line in text.splitlines()])
+        else:  # loadtest.Dockerfile, and the docker build command its comment tells the user to run
+            out[rel] = (lines, [line.split(" ")[0] for line in text.splitlines()],
+                        [_sh_words(line[1:]) for line in text.splitlines() if line.startswith("#   ")])
         _SEEN[rel, text] = out[rel]
     return out
 

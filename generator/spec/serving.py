@@ -128,6 +128,11 @@ class TopologySpec(Section):
     under mpirun as 1 + instances x tp x pp ranks, rank 0 the orchestrator, with participant_ids."""
 
 
+IMAGE_REFERENCE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
+"""The characters of a container image reference (registry[:port]/path[:tag][@digest]): nothing a shell or YAML
+reads, since the rendered files print the image in the docker build command they tell the user to run."""
+
+
 class KubernetesSpec(Section):
     """The Kubernetes manifests rendered beside GPU repositories (kubernetes.yaml)."""
 
@@ -137,9 +142,9 @@ class KubernetesSpec(Section):
     namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     """Namespace of every object."""
 
-    image: Optional[str] = None
-    """Server image. None means NVIDIA's Triton container for the engine's TensorRT-LLM version
-    (validate refuses an image made for another version)."""
+    image: Optional[str] = Field(None, pattern=IMAGE_REFERENCE)
+    """Server image (a container image reference: letters, digits and . _ - / : @). None means NVIDIA's Triton
+    container for the engine's TensorRT-LLM version (validate refuses an image made for another version)."""
 
     volume_claim: str = Field("tritongen-artifacts", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
     """PersistentVolumeClaim that holds the engine, checkpoint, tokenizer and the rendered repository;
@@ -167,7 +172,7 @@ class KubernetesSpec(Section):
     """The non-root user (uid and gid) every pod runs as (Pod Security "restricted"): 1000 is the
     triton-server user of NVIDIA's Triton containers and the locust user of Locust's image."""
 
-    loadtest_image: Optional[str] = None
-    """Image of the in-cluster load test: Locust with tritongen's load-test packages installed, so nothing
-    is fetched when a pod starts. None means the image built from the rendered loadtest.Dockerfile
-    (pinned versions), tagged <kubernetes.name>-loadtest:<tritongen version>."""
+    loadtest_image: Optional[str] = Field(None, pattern=IMAGE_REFERENCE)
+    """Image of the in-cluster load test (an image reference, as kubernetes.image): Locust with tritongen's
+    load-test packages installed, so nothing is fetched when a pod starts. None means the image built from the
+    rendered loadtest.Dockerfile (pinned versions), tagged <kubernetes.name>-loadtest:<tritongen version>."""
