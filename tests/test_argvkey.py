@@ -41,8 +41,30 @@ def test_a_cache_folder_of_another_user_is_refused(tmp_path):
 
 def test_no_compiler_warns_that_the_key_is_visible(tmp_path):
     env = {"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    with pytest.warns(argvkey.KeyOnCommandLine, match=r"every local user can read it.*no C compiler.*Install a C"):
+    with pytest.warns(argvkey.KeyOnCommandLine, match=r"every local user can read it.*no C compiler.*install a C"):
         assert argvkey.library(env) is None
+
+
+_JUNK_CC = """#!/bin/sh
+while [ "$1" != "-o" ]; do shift; done
+echo not a library > "$2"
+"""
+
+
+def test_a_library_that_does_not_load_is_built_again_or_warned_about(tmp_path):
+    """A kept file that is no library is replaced; a compiler whose output does not load (as from a noexec
+    mount) leaves the key on the command line, with the warning."""
+    good = argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "a")})
+    kept = tmp_path / "b" / "tritongen" / good.name
+    kept.parent.mkdir(parents=True, mode=0o700)
+    kept.write_text("not a library")
+    assert argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "b")}) == kept
+    assert kept.read_bytes()[:4] == b"\x7fELF"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "cc").write_text(_JUNK_CC)
+    (tmp_path / "bin" / "cc").chmod(0o755)
+    with pytest.warns(argvkey.KeyOnCommandLine, match="does not load"):
+        assert argvkey.library({"PATH": str(tmp_path / "bin"), "XDG_CACHE_HOME": str(tmp_path / "c")}) is None
 
 
 def test_the_cli_prints_the_warning_as_a_warning_line(capsys):

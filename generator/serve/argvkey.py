@@ -11,6 +11,7 @@ source is unchanged. Without a compiler the key goes on the command line as befo
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -52,25 +53,37 @@ def _private(folder: Path) -> Path:
     return folder
 
 
-def _warn(why: str) -> None:
+_INSTALL_CC = "install a C compiler (e.g. apt-get install gcc) so tritongen can keep it off"
+
+
+def _warn(why: str, fix: str = _INSTALL_CC) -> None:
     warnings.warn(KeyOnCommandLine(
         f"the admin key goes on tritonserver's command line, where every local user can read it (ps): {why}. "
-        "Install a C compiler (e.g. apt-get install gcc) so tritongen can keep it off, or serve only where no "
-        "untrusted user logs in"), stacklevel=3)
+        f"Fix: {fix}, or serve only where no untrusted user logs in"), stacklevel=3)
+
+
+def _loads(path: Path) -> bool:
+    """Whether this machine maps ``path`` as a library (a sound file, not on a noexec mount). Loading it into
+    this process does nothing: the library acts in tritonserver only."""
+    try:
+        ctypes.CDLL(str(path))
+    except OSError:
+        return False
+    return True
 
 
 def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
-    """The built library (compiled on first use), or None after a ``KeyOnCommandLine`` warning when it
-    cannot be built or loaded from here."""
+    """The built library (compiled on first use, and again if the kept one does not load), or None after a
+    ``KeyOnCommandLine`` warning when it cannot be built or loaded from here."""
     folder = cache_dir(env)
     if any(c in str(folder) for c in " :"):  # LD_PRELOAD splits on both
-        _warn(f"the cache folder {folder} holds a space or colon, which LD_PRELOAD cannot load from (set "
-              "XDG_CACHE_HOME to a path without them)")
+        _warn(f"the cache folder {folder} holds a space or colon, which LD_PRELOAD cannot load from",
+              "set XDG_CACHE_HOME to a path without them")
         return None
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     built = folder / f"argvkey-{digest}.so"
-    if built.is_file() and _private(folder):
+    if built.is_file() and _private(folder) and _loads(built):
         return built
     path = env.get("PATH")
     compiler = next(filter(None, (shutil.which(c, path=path) for c in COMPILERS)), None)
@@ -91,6 +104,10 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
         return None
     finally:
         tmp.unlink(missing_ok=True)
+    if not _loads(built):
+        _warn(f"the argvkey library built in {folder} does not load (a noexec mount?)",
+              "set XDG_CACHE_HOME to a folder programs may run from")
+        return None
     return built
 
 
