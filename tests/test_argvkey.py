@@ -49,6 +49,25 @@ _JUNK_CC = """#!/bin/sh
 while [ "$1" != "-o" ]; do shift; done
 echo not a library > "$2"
 """
+_HEADERLESS_CC = """#!/bin/sh
+echo "argvkey.c:12:10: fatal error: stdio.h: No such file or directory" >&2
+echo "compilation terminated." >&2
+exit 1
+"""
+
+
+def _fake_cc(folder: Path, script: str) -> dict[str, str]:
+    """The environment of a machine whose only compiler is ``script`` (and an empty cache)."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "cc").write_text(script)
+    (folder / "bin" / "cc").chmod(0o755)
+    return {"PATH": str(folder / "bin"), "XDG_CACHE_HOME": str(folder / "cache")}
+
+
+def test_a_compiler_that_fails_leaves_the_key_visible_and_says_why(tmp_path):
+    with pytest.warns(argvkey.KeyOnCommandLine, match="stdio.h: No such file"):
+        assert argvkey.library(_fake_cc(tmp_path, _HEADERLESS_CC)) is None
+    assert list((tmp_path / "cache" / "tritongen").iterdir()) == []
 
 
 def test_a_library_that_does_not_load_is_built_again_or_warned_about(tmp_path):
@@ -60,11 +79,8 @@ def test_a_library_that_does_not_load_is_built_again_or_warned_about(tmp_path):
     kept.write_text("not a library")
     assert argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "b")}) == kept
     assert kept.read_bytes()[:4] == b"\x7fELF"
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "cc").write_text(_JUNK_CC)
-    (tmp_path / "bin" / "cc").chmod(0o755)
     with pytest.warns(argvkey.KeyOnCommandLine, match="does not load"):
-        assert argvkey.library({"PATH": str(tmp_path / "bin"), "XDG_CACHE_HOME": str(tmp_path / "c")}) is None
+        assert argvkey.library(_fake_cc(tmp_path / "c", _JUNK_CC)) is None
 
 
 def test_the_cli_prints_the_warning_as_a_warning_line(capsys):

@@ -6,7 +6,8 @@ read a command line (/proc/PID/cmdline, ``ps``). The command line therefore carr
 ``adminapi.KEY_PLACEHOLDER``; the library, loaded into tritonserver only, puts ``VALUE_VAR``'s value in its
 place in memory before ``main()`` and takes that variable and LD_PRELOAD out of the environment the Python
 stubs inherit. It is compiled with the system C compiler into a private cache folder and reused while its
-source is unchanged. Without a compiler the key goes on the command line as before, with a warning.
+source is unchanged. Without a compiler (or a library that loads) the key goes on the command line as before,
+with a warning.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
         run = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SOURCE)],
                              capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
         if run.returncode != 0:
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            _warn(f"{compiler} could not build {SOURCE.name} ({last})")
+            lines = run.stderr.strip().splitlines() or ["no output"]
+            _warn(f"{compiler} could not build {SOURCE.name} ({next((x for x in lines if 'error' in x), lines[-1])})")
             return None
         os.replace(tmp, built)  # atomic: a server started meanwhile loads the old or the new file, never half
     except (OSError, subprocess.TimeoutExpired) as exc:
