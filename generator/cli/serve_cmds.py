@@ -57,7 +57,7 @@ def serve(
     log_file: LogFile = None,
     admin_key: Annotated[Optional[str], typer.Option(
         "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
-        help="Key the admin APIs (logging, trace, shared memory, statistics, repository) require "
+        help="Key the admin APIs (logging, trace, shared memory, repository) require "
              "(default: a new one per run, written to the admin-key file printed at start). Prefer "
              "TRITONGEN_ADMIN_KEY: tritongen's own command line is visible to local users (tritonserver's "
              "holds only a placeholder, where a C compiler is installed).")] = None,

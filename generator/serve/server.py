@@ -177,7 +177,7 @@ class TritonServer:
         """Value of the ``ADMIN_HEADER`` header the admin APIs require (made per run unless given)."""
         self.admin_key_file: Optional[Path] = None
         self.key_on_command_line = False
-        """True when ``argvkey`` could not be built here: the key is then on tritonserver's command line."""
+        """True when ``argvkey`` could not be built or loaded here: the key is then on tritonserver's command line."""
         script = self.repo_dir / LAUNCH_SCRIPT
         self.launch_script: Optional[Path] = script if script.is_file() else None
         """The repository's rendered launch script, which starts the server(s) when there is one."""
