@@ -318,7 +318,8 @@ def test_without_a_compiler_the_server_warns_and_its_key_still_closes_the_admin_
         (shells / shell).symlink_to(next(p for p in (Path("/bin") / shell, Path("/usr/bin") / shell) if p.exists()))
     monkeypatch.setenv("PATH", str(shells))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.warns(KeyOnCommandLine, match="every local user can read it"), TritonServer(repo, exit_timeout_s=0) as server:
+    warned = pytest.warns(KeyOnCommandLine, match="every local user can read it")
+    with warned, TritonServer(repo, exit_timeout_s=0) as server:
         assert server.key_on_command_line
         assert f"{ADMIN_HEADER}={server.admin_key}" in " ".join(psutil.Process(server.pid).cmdline())
         url = f"http://{server.http_url}/v2/repository/index"
