@@ -377,7 +377,8 @@ class TritonServer:
                 log = self.log_file.read_text(encoding="utf-8", errors="replace")
                 if "already in use" in log and not all(self._ports_given):
                     raise _PortTaken()
-                raise self._start_error(f"tritonserver exited with code {code} while loading", log)
+                raise self._start_error(f"tritonserver exited with code {code} while loading",
+                                        failed_models_from_log(log))
             if self.is_ready() and self._listening():
                 return
             time.sleep(0.25)
@@ -389,8 +390,9 @@ class TritonServer:
         except (OSError, ValueError):
             pass
         log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
-        error = self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
-        if failed_models_from_index(index) or failed_models_from_log(log):
+        failed = failed_models_from_index(index) or failed_models_from_log(log)
+        error = self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", failed)
+        if failed:
             raise error
         raise ServerNotReady(error.message, where=error.where,
                              fix="the models were still loading: check the machine's load (uptime) and run again")
@@ -403,8 +405,8 @@ class TritonServer:
         except OSError:
             return False
 
-    def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> ServerError:
-        failed = failed_models_from_index(index) or failed_models_from_log(log)
+    def _start_error(self, headline: str, failed: Mapping[str, str]) -> ServerError:
+        """The start failure with the models that failed to load (``failed``: name -> reason) named first."""
         lines = [headline]
         if failed:
             lines.append("models that failed to load:")
