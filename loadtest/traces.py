@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tokenizers import Tokenizer
 
@@ -27,6 +27,9 @@ from prompts import Prompt, count_tokens, jsonl_rows, word_tokens, words_text
 MAX_ROW_TOKENS = 1 << 20
 """The longest prompt a Mooncake row may ask for (input_length): more than any served model takes. Building and
 counting a prompt costs the Locust process about 0.7 KB a token at its peak (2M tokens: 1.4 GB, 10 s)."""
+MAX_ROW_CHARS = 8 << 20
+"""The longest prompt text a plain row may hold (``prompt``, or its messages joined): about MAX_ROW_TOKENS tokens
+of text; counting its tokens costs about 160 bytes a character at the peak (9.6M characters: 1.5 GB, 9 s)."""
 MAX_TRACE_TOKENS = 1 << 28
 """input_length of all rows together: the prompts stay in every Locust process (about 5 bytes a token); the
 whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
@@ -61,42 +64,52 @@ def _split_words(text: str) -> list[str]:
     return [" " + w for w in text.split(" ") if w]
 
 
+def _plain_text(path: Path, lineno: int, row: dict[str, Any]) -> str:
+    """A plain row's prompt: its ``prompt``, or its messages' contents joined; at most MAX_ROW_CHARS characters."""
+    if "messages" in row:
+        if not all(isinstance(m, dict) for m in row["messages"]):
+            raise ValueError(f"{path}:{lineno}: 'messages' must be a list of objects (role, content)")
+        text = "\n".join(str(m.get("content", "")) for m in row["messages"])
+    else:
+        text = row["prompt"]
+    if len(text) > MAX_ROW_CHARS:
+        raise ValueError(f"{path}:{lineno}: a prompt of {len(text):,} characters; a row holds at most {MAX_ROW_CHARS:,}")
+    return text
+
+
 def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int, time_scale: float,
                output_mean: int) -> tuple[list[Prompt], list[int]]:
     """(prompts in trace order, their send offsets in ns from the first timestamp)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[dict[str, Any], Optional[str]]] = []  # each row with its prompt when the row holds it
     tokens = 0
     for lineno, row in jsonl_rows(path):
         if not isinstance(row, dict) or not _number(row.get("timestamp")):
             raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
         if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
             raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
-        if "input_length" in row:
-            n = row["input_length"]
-            if not _number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
-                raise ValueError(f"{path}:{lineno}: input_length must be a whole number of tokens from 1 to "
-                                 f"{MAX_ROW_TOKENS}, got {n!r}")
-            tokens += int(n)
-            if tokens > MAX_TRACE_TOKENS:
-                raise ValueError(f"{path}:{lineno}: the rows up to here ask for more than {MAX_TRACE_TOKENS} prompt "
-                                 "tokens together; replay a part of the trace")
-        rows.append(row)
+        if "input_length" not in row:
+            rows.append((row, _plain_text(path, lineno, row)))
+            continue
+        n = row["input_length"]
+        if not _number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
+            raise ValueError(f"{path}:{lineno}: input_length must be a whole number of tokens from 1 to "
+                             f"{MAX_ROW_TOKENS}, got {n!r}")
+        tokens += int(n)
+        if tokens > MAX_TRACE_TOKENS:
+            raise ValueError(f"{path}:{lineno}: the rows up to here ask for more than {MAX_TRACE_TOKENS} prompt "
+                             "tokens together; replay a part of the trace")
+        rows.append((row, None))
     if not rows:
         raise ValueError(f"{path}: no requests")
-    rows.sort(key=lambda r: r["timestamp"])
-    words = word_tokens(tokenizer) if any("input_length" in r for r in rows) else []
+    rows.sort(key=lambda r: r[0]["timestamp"])
+    words = word_tokens(tokenizer) if any(text is None for _, text in rows) else []
     own = random.Random(f"{seed}-own")
-    t0 = rows[0]["timestamp"]
+    t0 = rows[0][0]["timestamp"]
     prompts, offsets = [], []
-    for i, row in enumerate(rows):
-        messages = None
-        if "input_length" in row:
+    for i, (row, text) in enumerate(rows):
+        messages = tuple(row["messages"]) if text is not None and "messages" in row else None
+        if text is None:
             text = _mooncake_text(row, words, seed, block_tokens, own)
-        elif "messages" in row:
-            messages = tuple(row["messages"])
-            text = "\n".join(str(m.get("content", "")) for m in messages)
-        else:
-            text = row["prompt"]
         max_tokens = int(row.get("output_length") or row.get("max_tokens") or output_mean)
         prompts.append(Prompt(i, text, max_tokens, count_tokens(tokenizer, text), messages=messages))
         offsets.append(round((row["timestamp"] - t0) * time_scale * 1e6))

@@ -79,9 +79,12 @@ def test_a_bad_trace_row_names_its_line(tokenizer, tmp_path):
     ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": NaN, "prompt": "hi"}\n', 2),
     ('{"timestamp": 0, "input_length": %d, "hash_ids": [1]}\n' % (traces.MAX_ROW_TOKENS + 1), 1),
     ('{"timestamp": 0, "input_length": 1e300}\n', 1),
-], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole"])
+    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "%s"}\n' % (" a" * (traces.MAX_ROW_CHARS // 2 + 1)), 2),
+    ('{"timestamp": 0, "messages": ["not an object"]}\n', 1),
+], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole", "prompt-text-too-long", "messages-not-objects"])
 def test_a_trace_row_a_replay_cannot_send_is_refused_before_any_prompt_is_built(tokenizer, tmp_path, rows, line):
-    """A 70-byte row asking for 2M prompt tokens cost each Locust process 1.4 GB and 10 s before any request."""
+    """A 70-byte row asking for 2M prompt tokens cost each Locust process 1.4 GB and 10 s before any request (a
+    9.6M-character prompt: 1.5 GB, 9 s)."""
     path = tmp_path / "t.jsonl"
     path.write_text(rows)
     with pytest.raises(ValueError, match=rf"t.jsonl:{line}: "):
