@@ -21,15 +21,12 @@ from typing import Any, Optional
 
 from tokenizers import Tokenizer
 
-from prompts import Prompt, count_tokens, jsonl_rows, word_tokens, words_text
+from prompts import Prompt, count_tokens, jsonl_rows, row_text, word_tokens, words_text
 
 
 MAX_ROW_TOKENS = 1 << 20
 """The longest prompt a Mooncake row may ask for (input_length): more than any served model takes. Building and
 counting a prompt costs the Locust process about 0.7 KB a token at its peak (2M tokens: 1.4 GB, 10 s)."""
-MAX_ROW_CHARS = 8 << 20
-"""The longest prompt text a plain row may hold (``prompt``, or its messages joined): about MAX_ROW_TOKENS tokens
-of text; counting its tokens costs about 160 bytes a character at the peak (9.6M characters: 1.5 GB, 9 s)."""
 MAX_TRACE_TOKENS = 1 << 28
 """input_length of all rows together: the prompts stay in every Locust process (about 5 bytes a token); the
 whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
@@ -65,16 +62,14 @@ def _split_words(text: str) -> list[str]:
 
 
 def _plain_text(path: Path, lineno: int, row: dict[str, Any]) -> str:
-    """A plain row's prompt: its ``prompt``, or its messages' contents joined; at most MAX_ROW_CHARS characters."""
+    """A plain row's prompt: its ``prompt``, or its messages' contents joined (bounded by ``row_text``)."""
     if "messages" in row:
         if not all(isinstance(m, dict) for m in row["messages"]):
             raise ValueError(f"{path}:{lineno}: 'messages' must be a list of objects (role, content)")
         text = "\n".join(str(m.get("content", "")) for m in row["messages"])
     else:
         text = row["prompt"]
-    if len(text) > MAX_ROW_CHARS:
-        raise ValueError(f"{path}:{lineno}: a prompt of {len(text):,} characters; a row holds at most {MAX_ROW_CHARS:,}")
-    return text
+    return row_text(path, lineno, text)
 
 
 def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int, time_scale: float,

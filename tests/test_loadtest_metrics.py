@@ -199,6 +199,9 @@ def test_prompts_from_jsonl(tmp_path, tiny_model_dir):
     f.write_text('{"prompt": "x"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="string 'text'"):
         lt_prompts.read_jsonl(f, tok, seed=0, output_mean=9, output_stddev=0)
+    f.write_text('{"text": "hi"}\n{"text": "%s"}\n' % (" a" * (lt_prompts.MAX_ROW_CHARS // 2 + 1)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"p.jsonl:2: a prompt of"):  # refused before it is tokenized (1.5 GB, 9 s)
+        lt_prompts.read_jsonl(f, tok, seed=0, output_mean=9, output_stddev=0)
 
 
 # ---------------------------------------------------------------- Locust configuration
