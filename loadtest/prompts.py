@@ -108,7 +108,8 @@ otherwise be read whole into the Locust process."""
 def row_text(path: Path, lineno: int, text: str) -> str:
     """``text``, refused (naming the line) when longer than MAX_ROW_CHARS, before anything tokenizes it."""
     if len(text) > MAX_ROW_CHARS:
-        raise ValueError(f"{path}:{lineno}: a prompt of {len(text):,} characters; a row holds at most {MAX_ROW_CHARS:,}")
+        raise ValueError(f"{path}:{lineno}: a prompt of {len(text):,} characters; a row holds at most "
+                         f"{MAX_ROW_CHARS:,}")
     return text
 
 

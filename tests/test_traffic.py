@@ -79,7 +79,8 @@ def test_a_bad_trace_row_names_its_line(tokenizer, tmp_path):
     ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": NaN, "prompt": "hi"}\n', 2),
     ('{"timestamp": 0, "input_length": %d, "hash_ids": [1]}\n' % (traces.MAX_ROW_TOKENS + 1), 1),
     ('{"timestamp": 0, "input_length": 1e300}\n', 1),
-    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "%s"}\n' % (" a" * (lt_prompts.MAX_ROW_CHARS // 2 + 1)), 2),
+    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "%s"}\n'
+     % (" a" * (lt_prompts.MAX_ROW_CHARS // 2 + 1)), 2),
     ('{"timestamp": 0, "messages": ["not an object"]}\n', 1),
 ], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole", "prompt-text-too-long", "messages-not-objects"])
 def test_a_trace_row_a_replay_cannot_send_is_refused_before_any_prompt_is_built(tokenizer, tmp_path, rows, line):
