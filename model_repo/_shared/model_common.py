@@ -228,7 +228,10 @@ def bls_stream(request, responses, stop=None):
     finally:
         if not ended:
             if stop is not None and not errored:
-                stop()
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - then the engine ends it at its length, or when it unloads
+                    pass
             for _ in responses:
                 pass
         request.is_cancelled()
