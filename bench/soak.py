@@ -90,6 +90,9 @@ class SoakResult:
     kv_blocks_used_after: float = -1
     rss_mib_idle: dict[str, int] = field(default_factory=dict)
     rss_mib_after: dict[str, int] = field(default_factory=dict)
+    shm_pool_mib_idle: dict[str, int] = field(default_factory=dict)
+    shm_pool_mib_after: dict[str, int] = field(default_factory=dict)
+    """Each stub's shared-memory pool: it grows when a BLS stream is left unread (model_common ``bls_stream``)."""
     stubs_restarted: list[str] = field(default_factory=list)
     segfaults_ours: list[str] = field(default_factory=list)
     """New kernel-log segfault lines of this server's processes (stubs and their threads)."""
@@ -123,16 +126,19 @@ class SoakResult:
         return all(self.rss_mib_after.get(k, 0) <= 1.25 * v + 64 for k, v in self.rss_mib_idle.items())
 
 
-def stub_memory(server_pid: int) -> dict[str, tuple[int, int]]:
-    """model name -> (pid, RSS MiB) of each Python backend stub of the server."""
+def stub_memory(server_pid: int) -> dict[str, tuple[int, int, int]]:
+    """model name -> (pid, RSS MiB, shared-memory pool MiB) of each Python backend stub of the server (the
+    stub's second argument names its pool in /dev/shm; -1 when it cannot be read)."""
     import psutil
 
     out = {}
     for proc in psutil.Process(server_pid).children(recursive=True):
         try:
             cmd = proc.cmdline()
-            if cmd and "triton_python_backend_stub" in cmd[0] and len(cmd) > 1:
-                out[Path(cmd[1]).parts[-3]] = (proc.pid, proc.memory_info().rss // 2**20)
+            if cmd and "triton_python_backend_stub" in cmd[0] and len(cmd) > 2:
+                pool = Path("/dev/shm") / cmd[2]
+                pool_mib = pool.stat().st_size // 2**20 if pool.is_file() else -1
+                out[Path(cmd[1]).parts[-3]] = (proc.pid, proc.memory_info().rss // 2**20, pool_mib)
         except psutil.Error:
             continue
     return out
@@ -485,6 +491,8 @@ class Soak:
             after = stub_memory(server_pid)
             result.rss_mib_idle = {k: v[1] for k, v in idle.items()}
             result.rss_mib_after = {k: v[1] for k, v in after.items()}
+            result.shm_pool_mib_idle = {k: v[2] for k, v in idle.items()}
+            result.shm_pool_mib_after = {k: v[2] for k, v in after.items()}
             result.stubs_restarted = sorted(k for k in idle if after.get(k, (None,))[0] != idle[k][0])
         result.honest_requests, result.honest_failures = self.honest["requests"], self.honest["failures"]
         result.honest_failure_examples = self.failures[:5]

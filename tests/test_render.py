@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from tritonclient.grpc import model_config_pb2
 from generator.repo import render
 from generator.errors import TritongenError
 from generator.fsutil import MARKER
-from generator.repo.render import EXTRA_PARAMETERS, EXTRA_TENSORS, reference_facts, render_repository
+from generator.repo.render import (
+    ENGINE_ERROR_OUTPUT, EXTRA_PARAMETERS, EXTRA_TENSORS, reference_facts, render_repository,
+)
 from generator.resources import model_repo_dir
 from generator.spec import with_overrides
 from helpers import small_spec
@@ -59,6 +62,8 @@ def test_tensors_match_nvidia_1_2_1(repo_fixture, request):
         assert cfg.name == model
         for section, tensors in (("input", cfg.input), ("output", cfg.output)):
             extra = EXTRA_TENSORS.get(model, {}).get(section, ())
+            if repo_fixture == "cpu_repo" and (model, section) == ("tensorrt_llm", "output"):
+                extra += (ENGINE_ERROR_OUTPUT,)  # the CPU engine's error output for BLS callers
             assert [t.name for t in tensors if t.name in extra] == list(extra), model  # tritongen's own, at the end
             upstream = [tensor_facts(t) for t in tensors if t.name not in extra]
             assert upstream == facts[model][f"{section}s"], model
@@ -125,7 +130,10 @@ def test_cpu_reference_target(cpu_repo):
     post = {k: v.string_value for k, v in parse(repo, "postprocessing").parameters.items()}
     assert post == {"tokenizer_dir": str(spec.serving_weights_dir), "skip_special_tokens": "true"}
     bls = {k: v.string_value for k, v in parse(repo, "tensorrt_llm_bls").parameters.items()}
-    assert set(bls) == {"accumulate_tokens", "tensorrt_llm_model_name"}
+    assert set(bls) == {"accumulate_tokens", "tensorrt_llm_model_name", "engine_error_output"}
+    # the BLS asks the CPU engine for its errors as the output the engine's model code names
+    common = runpy.run_path(str(model_repo_dir() / "_shared" / "model_common.py"))
+    assert bls["engine_error_output"] == ENGINE_ERROR_OUTPUT == common["ENGINE_ERROR_OUTPUT"]
     for f in repo.rglob("*"):
         if f.is_file() and f.suffix in (".pbtxt", ".json", ".md"):
             assert "${" not in f.read_text(), f
@@ -147,7 +155,9 @@ def test_gpu_target_same_interface_other_parameters(cpu_repo, gpu_repo):
     spec, repo = gpu_repo
     gpu, cpu = parse(repo, "tensorrt_llm"), parse(cpu_repo[1], "tensorrt_llm")
     assert gpu.backend == "tensorrtllm"
-    assert list(gpu.input) == list(cpu.input) and list(gpu.output) == list(cpu.output)
+    assert list(gpu.input) == list(cpu.input) and list(gpu.output) == list(cpu.output)[:-1]
+    assert cpu.output[-1].name == ENGINE_ERROR_OUTPUT  # the CPU engine's own, which only the BLS asks for
+    assert "engine_error_output" not in parse(repo, "tensorrt_llm_bls").parameters
     params = {k: v.string_value for k, v in gpu.parameters.items()}
     assert params["gpt_model_path"] == str(spec.engine_dir)
     assert not set(params) & set(EXTRA_PARAMETERS["tensorrt_llm"])

@@ -47,7 +47,7 @@ EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
                      "cpu_threads", "dtype", "cpu_max_batch_tokens", "max_queue_size"),
     "preprocessing": ("apply_chat_template", "max_output_len", "max_input_len"),
     "postprocessing": (),
-    "tensorrt_llm_bls": (),
+    "tensorrt_llm_bls": ("engine_error_output",),
     "ensemble": (),
 }
 
@@ -57,6 +57,12 @@ EXTRA_TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
     "preprocessing": {"input": ("RETURN_PERF_METRICS",), "output": ("OUT_RETURN_PERF_METRICS",)},
     "postprocessing": {"input": ("STREAM_ID", "ARRIVAL_TIME_NS"), "output": ()},
 }
+
+ENGINE_ERROR_OUTPUT = "error_message"
+"""The CPU reference engine's own output (its config declares it; tensorrt_llm_bls asks for it through its
+``engine_error_output`` parameter, the LLM-API stand-in always): a caller that asks for it gets an error as this
+output of a normal response, because Triton 2.51 files an error response of a BLS stream under a stale stream id
+(model_repo/_shared/model_common.py ``ENGINE_ERROR_OUTPUT``, which must name the same output)."""
 
 # Only used when the executor runs in orchestrator mode; upstream ships this fixed path.
 _EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
@@ -200,6 +206,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         "decoupled": s.decoupled,
         **facts["placeholder_types"],
     }
+    cpu_error_output = None if target is EngineTarget.tensorrtllm else ENGINE_ERROR_OUTPUT
     models = {
         ENSEMBLE: {"platform": "ensemble", "preprocessing_model": PREPROCESSING,
                    "tensorrt_llm_model": TENSORRT_LLM, "postprocessing_model": POSTPROCESSING},
@@ -210,7 +217,8 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
             ("max_input_len", spec.build.max_input_len),
         ])},
         TENSORRT_LLM: {"backend": "tensorrtllm" if target is EngineTarget.tensorrtllm else "python",
-                       "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo)},
+                       "instance_count": topo.instance_count, "parameters": tensorrt_llm_parameters(spec, target, topo),
+                       "error_output": cpu_error_output},
         POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances, "parameters": _params([
             ("tokenizer_dir", spec.serving_weights_dir),
             ("skip_special_tokens", s.skip_special_tokens),
@@ -220,6 +228,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         models[BLS] = {"backend": "python", "instance_count": s.bls_instances, "parameters": _params([
             ("accumulate_tokens", s.accumulate_tokens),
             ("tensorrt_llm_model_name", TENSORRT_LLM),
+            ("engine_error_output", cpu_error_output),
         ])}
     for name, values in models.items():
         values.update(shared, name=name, platform=values.get("platform"),

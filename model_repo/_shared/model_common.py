@@ -176,18 +176,86 @@ def requested_only(request, tensors: dict):
     return [pb_utils.Tensor(name, value) for name, value in tensors.items() if name in wanted]
 
 
-def bls_stream(request, responses):
-    """The responses of a decoupled BLS call (``exec(decoupled=True)``), for a model serving ``request``.
+ENGINE_ERROR_OUTPUT = "error_message"
+"""The CPU engine's output for an error, for BLS callers that ask for it: a normal response carrying the
+message, never an error response. Triton 2.51 delivers an error response to a decoupled BLS caller with
+a stale stream id: ``InferResponse::SaveToSharedMemory`` writes the id only when there is no error
+(python_backend r24.10 src/infer_response.cc; fixed upstream in r25.04, PR #398), so the caller's stub
+files the error (and, when it is the stream's first response, the stream) under whatever id an earlier
+response left in that shared memory: another stream's. That stream then gets a stranger's error or loses
+its responses, and the server frees its payload while the engine still answers it, which corrupts the
+caller's shared-memory pool (segfault in ``rbtree_best_fit::priv_deallocate``, then
+``boost::interprocess::lock_exception`` in every process using the pool). A caller asks with the request
+parameter ``{ENGINE_ERROR_OUTPUT: true}`` and by requesting the output (a client that names no outputs gets
+them all, so the output alone would not tell a BLS caller from a client)."""
 
-    When the last response has been read, Triton 2.51's stub queues the stream's cleanup for its
-    stub-to-parent thread, which frees the stream there, without the GIL, if Python has already
-    dropped it: the same unlocked free of numpy arrays as in ``requested_only``. A cancellation query
-    goes through the same first-in-first-out queue and waits for its answer, so once it returns the
-    cleanup is done and Python holds the last reference (python_backend r24.10, pb_stub.cc
-    ``ServiceStubToParentRequests`` / ``SendCleanupId``). A stream left early is not cleaned up
-    until the model unloads, when the stub frees it holding the GIL."""
-    yield from responses
-    request.is_cancelled()
+
+def bls_error(response):
+    """The error message of a response of a BLS call (an error response, or the engine's error output), or None."""
+    import triton_python_backend_utils as pb_utils
+
+    if response.has_error():
+        return response.error().message()
+    tensor = pb_utils.get_output_tensor_by_name(response, ENGINE_ERROR_OUTPUT)
+    if tensor is None:
+        return None
+    raw = tensor.as_numpy().reshape(-1)[0]
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def bls_stream(request, responses, stop=None):
+    """The responses of a decoupled BLS call (``exec(decoupled=True)``), for a model serving ``request``;
+    use it as ``with contextlib.closing(bls_stream(...)) as stream:`` so that leaving it early is seen at once.
+
+    Every stream is read to its final response, also one the caller leaves early (a stop string, a
+    cancelled client, an error): ``stop()`` first asks the engine to end it (Triton 2.51's iterator has
+    no ``cancel()``; skipped after an error, which ends the engine's request), then the rest is read and
+    dropped. Triton 2.51's stub keeps a stream that is left early in a table until the model unloads,
+    with every response that still arrives for it in shared memory, so the caller's pool grows with each
+    one (1 MiB per ~100 streams left in a stop-string load) and unloading waits for their final
+    responses. When the last response has been read, the stub queues the stream's cleanup for its
+    stub-to-parent thread, which frees the stream there, without the GIL, if Python has already dropped
+    it: the unlocked free of numpy arrays as in ``requested_only``. A cancellation query goes through the
+    same first-in-first-out queue and waits for its answer, so once it returns the cleanup is done and
+    Python holds the last reference (python_backend r24.10, pb_stub.cc ``ServiceStubToParentRequests`` /
+    ``SendCleanupId``, pb_response_iterator.cc)."""
+    ended = errored = False
+    try:
+        for response in responses:
+            errored = bls_error(response) is not None
+            yield response
+        ended = True
+    finally:
+        if not ended:
+            if stop is not None and not errored:
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - then the engine ends it at its length, or when it unloads
+                    pass
+            for _ in responses:
+                pass
+        request.is_cancelled()
+
+
+def stop_engine_request(engine: str, request_id: str, input_ids, decoupled: bool = True,
+                        error_output: bool = False) -> None:
+    """Ask the engine model to end its request ``request_id`` (TensorRT-LLM's protocol: the same request
+    id with ``stop`` true; the CPU engine also wants the same prompt ``input_ids`` so that no other client
+    can stop it). The engine answers with an empty final response; ``error_output``: see ENGINE_ERROR_OUTPUT."""
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    ids = np.asarray(input_ids, dtype=np.int32).reshape(1, -1)
+    request = pb_utils.InferenceRequest(
+        model_name=engine, request_id=request_id, parameters={ENGINE_ERROR_OUTPUT: True} if error_output else None,
+        requested_output_names=["output_ids", ENGINE_ERROR_OUTPUT] if error_output else ["output_ids"],
+        inputs=[pb_utils.Tensor("input_ids", ids),
+                pb_utils.Tensor("input_lengths", np.array([[ids.shape[1]]], np.int32)),
+                pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
+                pb_utils.Tensor("stop", np.ones((1, 1), bool))],
+    )
+    for _ in request.exec(decoupled=True) if decoupled else [request.exec()]:
+        pass
 
 
 def error_response(exc: BaseException, model: str, log=None):

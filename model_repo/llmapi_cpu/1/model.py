@@ -17,6 +17,8 @@ import os
 import sys
 import threading
 import time
+import uuid
+from contextlib import closing, nullcontext
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,8 +26,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    PromptLimit, bls_stream, check_word_count, exit_with_server, load_tokenizer, parameters, required,
-    requested_only, triton_error, utf8,
+    ENGINE_ERROR_OUTPUT, PromptLimit, bls_error, bls_stream, check_word_count, exit_with_server, load_tokenizer,
+    parameters, required, requested_only, stop_engine_request, triton_error, utf8,
 )
 
 _SAMPLING_TO_ENGINE = {
@@ -185,9 +187,10 @@ class TritonPythonModel:
 
         self.prompt_limit.check(texts[0])
         prompt_ids = self.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+        engine_id = f"llmapi-{uuid.uuid4().hex}"
         engine_request = pb_utils.InferenceRequest(
-            model_name=self.engine_model,
-            requested_output_names=["output_ids", "sequence_length"] + list(PERF_TIMES[1:]),
+            model_name=self.engine_model, request_id=engine_id, parameters={ENGINE_ERROR_OUTPUT: True},
+            requested_output_names=["output_ids", "sequence_length", ENGINE_ERROR_OUTPUT] + list(PERF_TIMES[1:]),
             inputs=self._engine_inputs(request, prompt_ids, max_tokens, self.decoupled),
         )
         generated: list[int] = []
@@ -195,35 +198,37 @@ class TritonPythonModel:
         stop_hit = None
         aborted = False
         engine_times = {}
-        stream = engine_request.exec(decoupled=True) if self.decoupled else None
-        responses = bls_stream(request, stream) if self.decoupled else [engine_request.exec()]
-        for response in responses:
-            if cancelled is not None and cancelled.is_set():
-                aborted = True
-                if hasattr(stream, "cancel"):  # Triton 24.12+ only; 2.51's engine finishes the request
-                    stream.cancel()
-                break
-            if response.has_error():
-                raise pb_utils.TritonModelException(response.error().message())
-            for name in PERF_TIMES[1:]:
-                tensor = pb_utils.get_output_tensor_by_name(response, name)
-                if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
-                    engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
-            ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
-            if ids_tensor is None:  # the engine's empty final response
-                continue
-            new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
-            if not new:
-                continue
-            first_token = first_token or time.perf_counter_ns()
-            generated += new
-            text, stop_hit = self._text(generated, stops)
-            if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
-                sender.send(self._response(request, text, None, None, {}, ()))
-            if stop_hit is not None:
-                if hasattr(stream, "cancel"):  # tell the engine; it stops at its next step
-                    stream.cancel()
-                break
+        if self.decoupled:  # read to its final response even when left early; leaving it stops the engine
+            responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
+                                           stop=lambda: stop_engine_request(self.engine_model, engine_id, prompt_ids,
+                                                                             error_output=True)))
+        else:
+            responses = nullcontext([engine_request.exec()])
+        with responses as stream:
+            for response in stream:
+                if cancelled is not None and cancelled.is_set():
+                    aborted = True
+                    break
+                error = bls_error(response)  # the engine's errors come as its error output (ENGINE_ERROR_OUTPUT)
+                if error is not None:
+                    raise pb_utils.TritonModelException(error)
+                for name in PERF_TIMES[1:]:
+                    tensor = pb_utils.get_output_tensor_by_name(response, name)
+                    if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
+                        engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
+                ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+                if ids_tensor is None:  # the engine's empty final response
+                    continue
+                new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
+                if not new:
+                    continue
+                first_token = first_token or time.perf_counter_ns()
+                generated += new
+                text, stop_hit = self._text(generated, stops)
+                if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
+                    sender.send(self._response(request, text, None, None, {}, ()))
+                if stop_hit is not None:
+                    break
         text, stop_hit = self._text(generated, stops)
         if aborted:
             finish = "cancelled"

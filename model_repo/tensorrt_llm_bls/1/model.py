@@ -15,12 +15,13 @@ so a client can call it instead of the ensemble. Differences from the ensemble t
 * Errors: an error is sent as its own response and the final flag separately; one ``send()``
   with both hangs a BLS caller in Triton 2.51. Clients get a short message with the status of its
   kind (400 for their own mistakes, 503 busy, 500 for the server's); an unexpected exception is
-  logged in full on the server with the reference the client's message names, never sent back. In the other direction Triton 2.51 drops an error
-  that tensorrt_llm sends mid-stream before it reaches this model, leaving a bare final flag;
-  that is reported to the client as an engine failure.
+  logged in full on the server with the reference the client's message names, never sent back. In the
+  other direction the CPU engine's errors come as its ``error_message`` output (``engine_error_output``):
+  Triton 2.51 files an error response of a BLS stream under another stream's id (``ENGINE_ERROR_OUTPUT``
+  in model_common.py). A stream that ends with a bare final flag is reported as an engine failure.
 * A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input.
 
-Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``.
+Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``, ``engine_error_output`` (CPU engine only).
 """
 
 import json
@@ -28,14 +29,15 @@ import os
 import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, nullcontext
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, ServerBusy, ServerFault, bls_stream, error_response, exit_with_server, flag, parameters, required,
-    requested_only,
+    RequestError, ServerBusy, ServerFault, bls_error, bls_stream, error_response, exit_with_server, flag, parameters,
+    required, requested_only, stop_engine_request,
 )
 
 MODEL = "tensorrt_llm_bls"
@@ -115,11 +117,10 @@ _UNSUPPORTED = {
 }
 
 
-def _failure(error, model):
-    """An error response of a model this BLS called, as the exception of the same kind. Triton 2.51 does
+def _failure(message, model):
+    """The error message of a model this BLS called, as the exception of the same kind. Triton 2.51 does
     not pass error codes back to a BLS caller, so the kind is read from the message, which the models
     of this repository start with "server error" or "server busy" when it is not the client's fault."""
-    message = error.message()
     if message.startswith("server busy") or "maximum queue size" in message:
         return ServerBusy(message)
     if message.startswith("server error"):
@@ -150,6 +151,8 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.accumulate = flag(required(params, "accumulate_tokens", MODEL), "accumulate_tokens")
         self.engine = required(params, "tensorrt_llm_model_name", MODEL)
+        # the CPU engine's error output, which render names for it (see ENGINE_ERROR_OUTPUT); none for the GPU engine
+        self.error_output = (params["engine_error_output"],) if "engine_error_output" in params else ()
         self.logger = pb_utils.Logger
         self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.get("max_batch_size", 0)) * 2),
                                        thread_name_prefix="bls")
@@ -163,7 +166,7 @@ class TritonPythonModel:
             requested_output_names=list(_FROM_PREPROCESSING),
         ).exec()
         if response.has_error():
-            raise _failure(response.error(), PREPROCESSING)
+            raise _failure(response.error().message(), PREPROCESSING)
         return {t.name(): t.as_numpy() for t in response.output_tensors()}
 
     def _engine_request(self, inputs, pre, stream_id):
@@ -174,7 +177,8 @@ class TritonPythonModel:
                     if src in inputs]
         return pb_utils.InferenceRequest(
             model_name=self.engine, inputs=tensors, request_id=stream_id,
-            requested_output_names=["output_ids", "sequence_length", *_PASSTHROUGH_OUTPUTS],
+            parameters={name: True for name in self.error_output} or None,
+            requested_output_names=["output_ids", "sequence_length", *_PASSTHROUGH_OUTPUTS, *self.error_output],
         )
 
     def _postprocess(self, tokens, lengths, stream_id):
@@ -187,22 +191,15 @@ class TritonPythonModel:
                     pb_utils.Tensor("STREAM_ID", ids)],
         ).exec()
         if response.has_error():
-            raise _failure(response.error(), POSTPROCESSING)
+            raise _failure(response.error().message(), POSTPROCESSING)
         return [t.decode("utf-8") for t in pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)]
 
     def _stop_engine(self, stream_id, pre):
-        """Cancel a running engine request (upstream's protocol: same request id, ``stop`` true; the CPU
-        engine also wants the same prompt, so that no other client can stop it)."""
+        """Cancel a running engine request (``stop_engine_request``): the prompt is the first row's."""
         try:
-            request = pb_utils.InferenceRequest(
-                model_name=self.engine, request_id=stream_id, requested_output_names=["output_ids"],
-                inputs=[pb_utils.Tensor("input_ids", pre["INPUT_ID"][:1].astype(np.int32)),
-                        pb_utils.Tensor("input_lengths", pre["REQUEST_INPUT_LEN"][:1].astype(np.int32)),
-                        pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
-                        pb_utils.Tensor("stop", np.ones((1, 1), bool))],
-            )
-            for _ in request.exec(decoupled=True) if self.decoupled else [request.exec()]:
-                pass
+            stop_engine_request(self.engine, stream_id,
+                                pre["INPUT_ID"][0][:int(pre["REQUEST_INPUT_LEN"].reshape(-1)[0])], self.decoupled,
+                                error_output=bool(self.error_output))
         except Exception:  # noqa: BLE001 - best effort; the engine may already be done
             self.logger.log_warn(f"tensorrt_llm_bls: could not stop engine request {stream_id}")
 
@@ -229,29 +226,29 @@ class TritonPythonModel:
         stream_id = f"bls-{uuid.uuid4().hex}"
         pre = self._preprocess(inputs, stream_id)
         engine_request = self._engine_request(inputs, pre, stream_id)
-        # bls_stream: the finished stream is freed holding the GIL (a stream left on a cancel is never freed
-        # before unloading, and the stop request's stream carries no tensors).
-        if self.decoupled:
-            responses = bls_stream(request, engine_request.exec(decoupled=True))
+        if self.decoupled:  # read to its final response even when left early (bls_stream)
+            responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
+                                           stop=lambda: self._stop_engine(stream_id, pre)))
         else:
-            responses = [engine_request.exec()]
+            responses = nullcontext([engine_request.exec()])
         shapes, result_ended = {}, False
         try:
-            for response in responses:
-                if response.has_error():
-                    raise _failure(response.error(), self.engine)
-                if sender is not None and sender.is_cancelled():
-                    self._stop_engine(stream_id, pre)
-                    return
-                ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-                result_ended = ids is not None
-                if ids is None:
-                    continue
-                tokens = ids.as_numpy()
-                lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-                key = (_index(response, "batch_index"), _index(response, "sequence_index"))
-                shapes[key] = tokens.shape[:2]
-                yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
+            with responses as stream:
+                for response in stream:
+                    error = bls_error(response)
+                    if error is not None:
+                        raise _failure(error, self.engine)
+                    if sender is not None and sender.is_cancelled():
+                        return  # bls_stream stops the engine request
+                    ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
+                    result_ended = ids is not None
+                    if ids is None:
+                        continue
+                    tokens = ids.as_numpy()
+                    lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+                    key = (_index(response, "batch_index"), _index(response, "sequence_index"))
+                    shapes[key] = tokens.shape[:2]
+                    yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
             if not result_ended:
                 # tensorrt_llm ends every result with a response carrying output_ids. A bare final flag
                 # means it failed mid-stream: Triton 2.51 drops such an error on its way to a BLS caller.

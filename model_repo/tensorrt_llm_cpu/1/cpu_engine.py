@@ -443,6 +443,8 @@ class CpuEngine:
             seq.group.sink.send(tensors, final=last)
         except Exception as exc:  # the client is gone; its blocks are freed all the same
             self.log(f"CPU reference engine: could not send a response ({exc})")
+            if last:  # still end the stream: a BLS caller reads it to its final response
+                self._send_final(seq)
 
     def _finish(self, seq: _Sequence, *, cancel_engine: bool) -> None:
         """Send the final response of a row and release what it holds."""
@@ -463,10 +465,14 @@ class CpuEngine:
         """A cancelled or disconnected client: free its blocks, close its stream without output."""
         self._release(seq, cancel_engine=True)
         if seq.group.row_done():
-            try:
-                seq.group.sink.send(None, final=True)
-            except Exception:
-                pass
+            self._send_final(seq)
+
+    @staticmethod
+    def _send_final(seq: _Sequence) -> None:
+        try:
+            seq.group.sink.send(None, final=True)
+        except Exception:  # the stream is closed already
+            pass
 
     def _release(self, seq: _Sequence, *, cancel_engine: bool) -> None:
         if seq.admitted:

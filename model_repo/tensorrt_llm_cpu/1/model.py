@@ -14,13 +14,16 @@ import sys
 import threading
 import time
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cpu_engine import CpuEngine, load_model  # noqa: E402
 from engine_settings import MODEL, EngineSettings  # noqa: E402
-from model_common import RequestError, exit_with_server, parameters, requested_only, triton_error  # noqa: E402
+from model_common import (  # noqa: E402
+    ENGINE_ERROR_OUTPUT, RequestError, exit_with_server, parameters, requested_only, triton_error,
+)
 from trtllm_io import parse_request, stop_prompt  # noqa: E402
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -37,6 +40,8 @@ class _StreamSink:
     def __init__(self, request):
         self.request = request
         self.sender = request.get_response_sender()
+        self.error_as_output = (ENGINE_ERROR_OUTPUT in request.requested_output_names()
+                                and json.loads(request.parameters() or "{}").get(ENGINE_ERROR_OUTPUT) is True)
 
     def send(self, tensors, final):
         flags = _FINAL if final else 0
@@ -46,10 +51,18 @@ class _StreamSink:
         self.sender.send(pb_utils.InferenceResponse(output_tensors=requested_only(self.request, tensors)), flags=flags)
 
     def send_error(self, error, final):
-        # The error and the final flag go in two sends: in one, Triton 2.51 hangs a BLS caller.
-        self.sender.send(pb_utils.InferenceResponse(error=_error(error)))
-        if final:
-            self.sender.send(flags=_FINAL)
+        if self.error_as_output:  # a BLS caller of this repository: never an error response (ENGINE_ERROR_OUTPUT)
+            message = np.array([[_error(error).message().encode("utf-8")]], dtype=np.object_)
+            self.sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(ENGINE_ERROR_OUTPUT, message)]),
+                             flags=_FINAL if final else 0)
+            return
+        # The error and the final flag go in two sends: a BLS caller files an error response under a stale
+        # stream id, so only a bare final flag reaches its stream. It goes even when the error could not.
+        try:
+            self.sender.send(pb_utils.InferenceResponse(error=_error(error)))
+        finally:
+            if final:
+                self.sender.send(flags=_FINAL)
 
     def is_cancelled(self):
         return self.sender.is_cancelled()
@@ -157,7 +170,10 @@ class TritonPythonModel:
             try:
                 self._submit(request, sink)
             except Exception as exc:  # one bad request must not leave the others of this batch unanswered
-                sink.send_error(exc, final=True)
+                try:
+                    sink.send_error(exc, final=True)
+                except Exception:  # noqa: BLE001 - its stream is closed; raising would close the whole batch's
+                    pass
         return None
 
     def _execute_blocking(self, requests):
