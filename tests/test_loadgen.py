@@ -272,3 +272,42 @@ def test_grpc_wire_framing_edge_cases():
     assert [str(c) for c in closed] == ["gRPC status 3: bad input"]
     stream.close()
     listener.close()
+
+
+def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_the_rest():
+    """Requests sent without waiting (a closed-loop user's next request goes out from the last answer's
+    callback): the one a peer never answers fails after the timeout through the stream's one watchdog, the
+    answered one completes, and each callback runs once."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def peer() -> None:  # answers the request with id "run-0-0" only, once it has both requests
+        conn, _ = listener.accept()
+        data = b""
+        while data.count(b"\x1a\x07run-0-") < 2:
+            data += conn.recv(65536)
+        message = infer_response("run-0-0", [("text_output", "BYTES", strings(b"hi"))], final=True)
+        conn.sendall(grpcwire.frame(grpcwire.DATA, 0, 1, b"\x00" + len(message).to_bytes(4, "big") + message))
+        gevent.sleep(3)
+        conn.close()
+
+    server = gevent.spawn(peer)
+    info = clients.ModelInfo({"name": "ensemble", "input": [{"name": "text_input"}, {"name": "max_tokens"}],
+                              "output": [{"name": "text_output"}]}, None)
+    client = clients.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", info, timeout=0.5)
+    answered, silent = exchange(client.decode), exchange(client.decode)
+    silent.request_id = "run-0-1"
+    done: list[clients.Exchange] = []
+    for ex in (answered, silent):
+        client.start(ex, Prompt(0, "hi", 3, 1), done.append)
+    gevent.sleep(2.0)
+    assert done == [answered, silent] and not client.waiting
+    assert answered.error is None and len(answered.payloads) == 1
+    assert silent.error == "no response within 0.5 s" and not silent.payloads
+    client.close()
+    server.kill()
+    listener.close()
