@@ -39,6 +39,30 @@ def test_a_cache_folder_of_another_user_is_refused(tmp_path):
     assert list(folder.iterdir()) == []
 
 
+_MARKING_LIBRARY = """#include <stdio.h>
+__attribute__((constructor)) static void mark(void) { FILE *f = fopen(MARK, "w"); if (f) fclose(f); }
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_kept_library_another_user_could_write_is_never_loaded(tmp_path):
+    """A cache folder that was once open to others is made private, but what another user put there meanwhile
+    (the library's very name) is built over, not loaded into tritongen or the server."""
+    folder = tmp_path / "cache" / "tritongen"
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    name = argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "a")}).name
+    (tmp_path / "mark.c").write_text(_MARKING_LIBRARY)
+    planted = folder / name
+    subprocess.run(["cc", "-shared", "-fPIC", f"-DMARK=\"{tmp_path / 'marked'}\"", "-o", str(planted),
+                    str(tmp_path / "mark.c")], check=True)
+    os.chown(planted, 4242, 4242)
+    built = argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert built == planted and not (tmp_path / "marked").exists()
+    assert built.stat().st_uid == os.geteuid() and built.stat().st_mode & 0o777 == 0o700
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
 def test_no_compiler_warns_that_the_key_is_visible(tmp_path):
     env = {"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     with pytest.warns(argvkey.KeyOnCommandLine, match=r"every local user can read it.*no C compiler.*install a C"):

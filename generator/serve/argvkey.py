@@ -54,6 +54,16 @@ def _private(folder: Path) -> Path:
     return folder
 
 
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a plain file of this user that nobody else may write: the only kept library loaded. A
+    folder made private by ``_private`` may hold files another user put there while it was not."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 _INSTALL_CC = "install a C compiler (e.g. apt-get install gcc) so tritongen can keep it off"
 
 
@@ -84,7 +94,7 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     built = folder / f"argvkey-{digest}.so"
-    if built.is_file() and _private(folder) and _loads(built):
+    if _private(folder) and _ours(built) and _loads(built):
         return built
     path = env.get("PATH")
     compiler = next(filter(None, (shutil.which(c, path=path) for c in COMPILERS)), None)
@@ -99,6 +109,7 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
             lines = run.stderr.strip().splitlines() or ["no output"]
             _warn(f"{compiler} could not build {SOURCE.name} ({next((x for x in lines if 'error' in x), lines[-1])})")
             return None
+        tmp.chmod(0o700)  # whatever the umask: what _ours trusts next time
         os.replace(tmp, built)  # atomic: a server started meanwhile loads the old or the new file, never half
     except (OSError, subprocess.TimeoutExpired) as exc:
         _warn(f"{compiler} could not build {SOURCE.name} ({exc})")
