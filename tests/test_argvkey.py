@@ -13,7 +13,7 @@ import pytest
 
 from generator.errors import ServerError
 from generator.serve import argvkey
-from generator.serve.adminapi import KEY_PLACEHOLDER, restriction_flags
+from generator.serve.adminapi import KEY_PLACEHOLDER, admin_credential, restriction_flags
 from generator.serve.install import bundled_lib_dirs, find_install
 
 
@@ -114,13 +114,14 @@ def test_the_cli_prints_the_warning_as_a_warning_line(capsys):
     assert capsys.readouterr().err == "warning: the key is visible\n"
 
 
-def _server_alone(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """The bundled tritonserver with nothing but the placeholder's restriction flags (it stops at parsing)."""
+def _server_alone(tmp_path: Path, repo: str = "", **env: str) -> subprocess.CompletedProcess:
+    """The bundled tritonserver with nothing but the placeholder's restriction flags (it stops at parsing, or at
+    a ``repo`` that is not there)."""
     install = find_install()
     if not install.bundled:
         pytest.skip("tritonserver comes from PATH here, not from the nvidia-pytriton wheel")
     libs = os.pathsep.join(map(str, bundled_lib_dirs(install.pytriton_dir)))
-    return subprocess.run([str(install.binary), f"--model-repository={tmp_path}", *restriction_flags(KEY_PLACEHOLDER)],
+    return subprocess.run([str(install.binary), f"--model-repository={repo or tmp_path}", *restriction_flags(KEY_PLACEHOLDER)],
                           capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": libs, **env})
 
@@ -153,3 +154,14 @@ def test_through_the_launch_script_the_key_reaches_tritonserver_only(cpu_server)
     for stub in cpu_server.stubs():
         environ = Path(f"/proc/{stub}/environ").read_bytes()
         assert b"LD_PRELOAD=" not in environ and cpu_server.admin_key.encode() not in environ
+
+
+def test_the_key_fills_the_restriction_flags_only(tmp_path):
+    """A model repository folder named with the placeholder stays that folder: the key never becomes a path the
+    server prints (its options table, "failed to stat file ...")."""
+    built = argvkey.library()
+    run = _server_alone(tmp_path, repo=str(tmp_path / f"x{KEY_PLACEHOLDER}"), LD_PRELOAD=str(built),
+                        **{argvkey.VALUE_VAR: admin_credential("k3y-value")})
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and f"failed to stat file {tmp_path / f'x{KEY_PLACEHOLDER}'}" in out
+    assert "k3y-value" not in out

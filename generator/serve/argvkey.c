@@ -4,9 +4,11 @@ Triton 2.51 reads its admin-API restriction (--http-restricted-api, --grpc-restr
 argv, and every local user can read a process's command line (/proc/PID/cmdline, ps). tritongen writes a
 placeholder there instead, puts what stands for it in the environment (TRITONGEN_ARGV_KEY, readable only by
 the same user and root) and loads this library into the server with LD_PRELOAD. Before tritonserver's
-main(), in tritonserver only (not in the launch script's shell or mpirun on the way), this points every
-argument holding the placeholder at a heap copy with the value in its place: the command line keeps the
-placeholder. It then blanks the value in the environment's memory and takes it and LD_PRELOAD out of the
+main(), in tritonserver only (not in the launch script's shell or mpirun on the way), this points each
+restriction argument (adminapi.restriction_flags' --http-restricted-api=, --grpc-restricted-protocol=) holding
+the placeholder at a heap copy with the value in its place: the command line keeps the placeholder. Other
+arguments keep it too (a model repository folder may be named with it: the key must not become a path that
+the server prints). It then blanks the value in the environment's memory and takes it and LD_PRELOAD out of the
 environment, so the Python backend stubs inherit neither. A placeholder with no value to put there stops
 the server. Built and loaded by generator/serve/argvkey.py. */
 #include <stdio.h>
@@ -16,6 +18,14 @@ the server. Built and loaded by generator/serve/argvkey.py. */
 
 #define PLACEHOLDER "@TRITONGEN_ADMIN_KEY@"
 #define VALUE_VAR "TRITONGEN_ARGV_KEY"
+
+static int is_restriction(const char *arg) {
+    static const char *flags[] = {"--http-restricted-api=", "--grpc-restricted-protocol="};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+        if (strncmp(arg, flags[i], strlen(flags[i])) == 0)
+            return 1;
+    return 0;
+}
 
 static int is_tritonserver(void) {
     char exe[4096];
@@ -55,7 +65,7 @@ __attribute__((constructor)) static void fill_placeholders(int argc, char **argv
         return;
     char *value = getenv(VALUE_VAR);
     for (int i = 1; i < argc; i++) {
-        if (!strstr(argv[i], PLACEHOLDER))
+        if (!is_restriction(argv[i]) || !strstr(argv[i], PLACEHOLDER))
             continue;
         if (!value || !*value)
             refuse(VALUE_VAR " is not set");
