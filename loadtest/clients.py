@@ -318,25 +318,29 @@ _FINAL = b"\n\x15triton_final_response\x12\x02\x08"
 def route(data: bytes) -> Optional[tuple[bytes, bool]]:
     """(request id, final) read straight off a serialized ModelStreamInferResponse without an error, laid
     out as Triton writes it (fields in number order: infer_response; in it model_name, model_version, id,
-    then the parameters with triton_final_response); None for anything else (the caller parses it)."""
-    if data[0] != 0x12:  # an error_message comes first
-        return None
-    pos = 1
-    while data[pos] & 0x80:  # the length of infer_response
+    then the parameters with triton_final_response); None for anything else (the caller parses it), also a
+    message that ends before those fields (a valid one from a server laid out otherwise must not end the stream)."""
+    try:  # inline: the hot path pays no extra call per response
+        if data[0] != 0x12:  # an error_message comes first
+            return None
+        pos = 1
+        while data[pos] & 0x80:  # the length of infer_response
+            pos += 1
         pos += 1
-    pos += 1
-    for tag in (0x0A, 0x12):  # model_name, model_version (left out when empty)
-        if data[pos] == tag:
-            if data[pos + 1] & 0x80:
-                return None
-            pos += 2 + data[pos + 1]
-    if data[pos] != 0x1A or data[pos + 1] & 0x80:
+        for tag in (0x0A, 0x12):  # model_name, model_version (left out when empty)
+            if data[pos] == tag:
+                if data[pos + 1] & 0x80:
+                    return None
+                pos += 2 + data[pos + 1]
+        if data[pos] != 0x1A or data[pos + 1] & 0x80:
+            return None
+        end = pos + 2 + data[pos + 1]
+        flag = data.find(_FINAL, end)
+        if flag < 0:
+            return None
+        return data[pos + 2:end], data[flag + len(_FINAL)] == 1
+    except IndexError:
         return None
-    end = pos + 2 + data[pos + 1]
-    flag = data.find(_FINAL, end)
-    if flag < 0:
-        return None
-    return data[pos + 2:end], data[flag + len(_FINAL)] == 1
 
 
 def with_id(body: bytes, request_id: bytes) -> bytes:

@@ -311,3 +311,19 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     client.close()
     server.kill()
     listener.close()
+
+
+def _ends_early() -> list[bytes]:
+    """Valid ModelStreamInferResponse messages that end before the fields ``route`` reads off the bytes."""
+    named = service_pb2.ModelStreamInferResponse()
+    named.infer_response.model_name, named.infer_response.model_version = "ensemble", "1"
+    return [b"\x12\x00", named.SerializeToString(), service_pb2.ModelStreamInferResponse(
+        infer_response=service_pb2.ModelInferResponse(model_name="ensemble")).SerializeToString()]
+
+
+@pytest.mark.parametrize("message", _ends_early())
+def test_a_valid_response_laid_out_otherwise_is_parsed_not_raised_on(message):
+    """route reads Triton's layout straight off the bytes; a shorter valid message goes to the full parse instead
+    of raising in the stream's reader, which would fail every request in flight on the stream."""
+    assert clients.route(message) is None
+    assert service_pb2.ModelStreamInferResponse.FromString(message).infer_response.id == ""
