@@ -24,13 +24,13 @@ from generator.errors import StepFailed
 
 ENV_ALLOWED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
-    "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONUNBUFFERED",
+    "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONUNBUFFERED",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
     "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "MPI_HOSTS",
     "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME",
 })
-"""What a server, its Python stubs and Locust may inherit: paths, locale, thread counts, GPU choice,
-offline caches, the settings of CUDA, NCCL, MPI and TensorRT-LLM (``ENV_ALLOWED_PREFIXES``). Anything
+"""What a server, its Python stubs and Locust may inherit: paths, preloads (tcmalloc), locale, thread counts,
+GPU choice, offline caches, the settings of CUDA, NCCL, MPI and TensorRT-LLM (``ENV_ALLOWED_PREFIXES``). Anything
 else (HF_TOKEN, cloud keys, tritongen's admin key) stays behind."""
 ENV_ALLOWED_PREFIXES = ("LC_", "CUDA_", "NCCL_", "UCX_", "OMPI_", "PMIX_", "TRTLLM_", "TLLM_")
 

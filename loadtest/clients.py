@@ -424,8 +424,15 @@ class GrpcLLMClient:
             ex.end_ns = t
             self._complete(routed[0], ex)
 
-    def _complete(self, rid: bytes, ex: Exchange) -> None:
+    def _complete(self, rid: bytes, ex: Exchange, error: Optional[str] = None, t: Optional[int] = None) -> None:
+        """Once per request, failed with ``error`` if one is given: a callback that yields (a chain
+        reconnecting) may let the watchdog or a stopping user take another request of the same sweep first,
+        and a request already handed on must not change."""
+        if self.waiting.get(rid) is not ex:
+            return
         del self.waiting[rid]
+        if error is not None:
+            ex.fail(error, t)
         ex.on_done(ex)
 
     def _on_error(self, t: int, rid: bytes, message: str) -> None:
@@ -433,13 +440,11 @@ class GrpcLLMClient:
         if ex is None and len(self.waiting) == 1:  # an error without id: the only request in flight
             rid, ex = next(iter(self.waiting.items()))
         if ex is not None:
-            ex.fail(message, t)
-            self._complete(rid, ex)
+            self._complete(rid, ex, message, t)
 
     def _on_close(self, exc: StreamClosed) -> None:
         for rid, ex in list(self.waiting.items()):
-            ex.fail(f"gRPC stream failed: {exc}")
-            self._complete(rid, ex)
+            self._complete(rid, ex, f"gRPC stream failed: {exc}")
 
     def _watch(self) -> None:
         """Fails a request with no response for ``timeout`` seconds (since it was sent or since its last
@@ -449,9 +454,8 @@ class GrpcLLMClient:
             gevent.sleep(min(1.0, self.timeout / 10))
             now = time.monotonic_ns()
             for rid, ex in list(self.waiting.items()):
-                if now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit_ns and rid in self.waiting:
-                    ex.fail(f"no response within {self.timeout:g} s")
-                    self._complete(rid, ex)
+                if now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit_ns:
+                    self._complete(rid, ex, f"no response within {self.timeout:g} s")
 
     def start(self, ex: Exchange, prompt: Prompt, on_done: Callable[[Exchange], None]) -> None:
         """Send the request; ``on_done(ex)`` runs once its answer is complete (final response, error, timeout,

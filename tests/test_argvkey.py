@@ -165,3 +165,21 @@ def test_the_key_fills_the_restriction_flags_only(tmp_path):
     out = run.stdout + run.stderr
     assert run.returncode != 0 and f"failed to stat file {tmp_path / f'x{KEY_PLACEHOLDER}'}" in out
     assert "k3y-value" not in out
+
+
+def test_the_users_own_preload_reaches_the_server_and_its_children(tmp_path):
+    """A user's LD_PRELOAD (tcmalloc for Triton, as NVIDIA suggests) is loaded beside the library and handed on
+    to the server's children once the key is filled in; without one, LD_PRELOAD goes. The stand-in server is
+    ``env`` named tritonserver: it prints the environment its children would inherit."""
+    import shutil
+
+    built = argvkey.library()
+    stand_in = tmp_path / "tritonserver"
+    shutil.copy(shutil.which("env"), stand_in)
+    user = "/lib/x86_64-linux-gnu/libm.so.6" if Path("/lib/x86_64-linux-gnu/libm.so.6").exists() else str(built)
+    for inherited, expected in ((user, f"LD_PRELOAD={user}"), (None, None)):
+        env = {"PATH": os.environ["PATH"], **argvkey.handover_env(built, admin_credential("k3y"), inherited)}
+        seen = subprocess.run([str(stand_in)], env=env, capture_output=True, text=True, timeout=30).stdout.splitlines()
+        preloads = [line for line in seen if line.startswith("LD_PRELOAD=")]
+        assert preloads == ([expected] if expected else []), seen
+        assert not [line for line in seen if line.startswith(("TRITONGEN_", "k3y")) or "k3y" in line]

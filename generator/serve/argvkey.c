@@ -8,8 +8,9 @@ main(), in tritonserver only (not in the launch script's shell or mpirun on the 
 restriction argument (adminapi.restriction_flags' --http-restricted-api=, --grpc-restricted-protocol=) holding
 the placeholder at a heap copy with the value in its place: the command line keeps the placeholder. Other
 arguments keep it too (a model repository folder may be named with it: the key must not become a path that
-the server prints). It then blanks the value in the environment's memory and takes it and LD_PRELOAD out of the
-environment, so the Python backend stubs inherit neither. A placeholder with no value to put there stops
+the server prints). It then blanks the value in the environment's memory and takes it out of the environment, and
+puts back the LD_PRELOAD the user had (TRITONGEN_INHERITED_LD_PRELOAD; none: LD_PRELOAD goes), so the Python
+backend stubs inherit neither the value nor this library, and keep what the user preloads. A placeholder with no value to put there stops
 the server. Built and loaded by generator/serve/argvkey.py. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@ the server. Built and loaded by generator/serve/argvkey.py. */
 
 #define PLACEHOLDER "@TRITONGEN_ADMIN_KEY@"
 #define VALUE_VAR "TRITONGEN_ARGV_KEY"
+#define INHERITED_VAR "TRITONGEN_INHERITED_LD_PRELOAD"
 
 static int is_restriction(const char *arg) {
     static const char *flags[] = {"--http-restricted-api=", "--grpc-restricted-protocol="};
@@ -75,5 +77,10 @@ __attribute__((constructor)) static void fill_placeholders(int argc, char **argv
     if (value)
         memset(value, 0, strlen(value));
     unsetenv(VALUE_VAR);
-    unsetenv("LD_PRELOAD");
+    const char *inherited = getenv(INHERITED_VAR);
+    if (inherited && *inherited)
+        setenv("LD_PRELOAD", inherited, 1);
+    else
+        unsetenv("LD_PRELOAD");
+    unsetenv(INHERITED_VAR);
 }

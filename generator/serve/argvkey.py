@@ -28,6 +28,7 @@ from generator.errors import ServerError, TritongenWarning
 
 SOURCE = Path(__file__).with_name("argvkey.c")
 VALUE_VAR = "TRITONGEN_ARGV_KEY"
+INHERITED_VAR = "TRITONGEN_INHERITED_LD_PRELOAD"
 """Environment variable argvkey.c reads the placeholder's value from (the same name is in the C source)."""
 COMPILERS = ("cc", "gcc", "clang")
 _COMPILE_TIMEOUT_S = 120
@@ -123,6 +124,9 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
     return built
 
 
-def handover_env(built: Path, value: str) -> dict[str, str]:
-    """What a server started with the placeholder needs: the library preloaded and the value it fills in."""
-    return {"LD_PRELOAD": str(built), VALUE_VAR: value}
+def handover_env(built: Path, value: str, inherited: Optional[str] = None) -> dict[str, str]:
+    """What a server started with the placeholder needs: the library preloaded (before the user's own
+    ``inherited`` LD_PRELOAD, which the library hands on to the server's children) and the value it fills in."""
+    if not inherited:
+        return {"LD_PRELOAD": str(built), VALUE_VAR: value}
+    return {"LD_PRELOAD": f"{built}:{inherited}", INHERITED_VAR: inherited, VALUE_VAR: value}

@@ -281,7 +281,7 @@ class TritonServer:
         lib_dirs = bundled_lib_dirs(install.pytriton_dir) if install.bundled else []
         env = server_env(child_env(os.environ), python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
         if built is not None:
-            env.update(argvkey.handover_env(built, admin_credential(self.admin_key)))
+            env.update(argvkey.handover_env(built, admin_credential(self.admin_key), env.get("LD_PRELOAD")))
         # A port picked free can be taken before the server binds it; then try fresh ones.
         attempts = 1 if all(self._ports_given) else 3
         envs_before = python_envs()
