@@ -14,6 +14,7 @@ server to test anything against: no errors, no flow control beyond huge windows,
 
 from __future__ import annotations
 
+import argparse
 import socket
 import struct
 import sys
@@ -113,12 +114,15 @@ def handle(conn: socket.socket, config: bytes) -> None:
 
 
 def main() -> None:
-    port, tokenizer = int(sys.argv[1]), sys.argv[2]
-    config = service_pb2.ModelConfigResponse(
-        config=text_format.Parse(TRIVIAL_CONFIG % tokenizer, model_config_pb2.ModelConfig())).SerializeToString()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("tokenizer", help="the folder the configuration names as tokenizer_dir")
+    args = parser.parse_args()
+    config = service_pb2.ModelConfigResponse(config=text_format.Parse(
+        TRIVIAL_CONFIG % args.tokenizer, model_config_pb2.ModelConfig())).SerializeToString()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
+    listener.bind(("127.0.0.1", args.port))
     listener.listen(16)
     while True:
         conn, _ = listener.accept()

@@ -92,6 +92,19 @@ def test_a_known_per_token_slowdown_is_worse_and_its_interval_holds_it():
     assert gate.verdict is Verdict.FAIL and gate.exit_code == 1
 
 
+def test_a_very_wide_interval_of_few_noisy_runs_is_a_figure_not_an_overflow():
+    """Three against two runs this far apart, at a high confidence: the relative change's upper bound is
+    past what exp() holds in a float; it reads as the largest change a float holds, the verdict as none."""
+    import math
+
+    base, cand = side(1, runs=3), side(2, runs=2)
+    for ev, values in ((base, [202.0, 589.0, 524.0]), (cand, [1423.0, 195.0])):
+        for run, value in zip(ev.runs, values):
+            run.figures["ttft_p95"] = value
+    ttft = compare(base, cand, confidence=0.99923).get("ttft_p95")
+    assert ttft.verdict is Change.NONE and math.isfinite(ttft.change.high) and ttft.change.high > 1e300
+
+
 def test_faster_candidate_is_better_and_passes():
     c = compare(side(1), side(2, scale=0.7))
     assert c.get("ttft_p50").verdict is Change.BETTER and c.get("output_tokens_per_s").verdict is Change.BETTER

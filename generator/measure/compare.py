@@ -20,6 +20,7 @@ Pure: two Evidence in, a Comparison out.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import PurePath
 from enum import StrEnum
 from typing import Optional
@@ -131,12 +132,20 @@ def _pooled_counts(ev: Evidence, name: str) -> Optional[tuple[int, int]]:
     return (sum(e for e, _ in rows), sum(n for _, n in rows)) if rows else None
 
 
+_MAX_LOG = math.log(sys.float_info.max)
+
+
+def _relative(log_ratio: float) -> float:
+    """The relative change a log ratio means; a bound beyond what a float holds (the very wide interval of a
+    few noisy runs at a high confidence) reads as the largest change a float holds, not an overflow."""
+    return math.expm1(min(log_ratio, _MAX_LOG))
+
+
 def _run_to_run(b: list[float], c: list[float], confidence: float) -> tuple[intervals.Interval, intervals.Interval]:
     difference = intervals.welch(b, c, confidence)
     if min(b + c) > 0:
         logs = intervals.welch([math.log(v) for v in b], [math.log(v) for v in c], confidence)
-        change = logs.model_copy(update={"estimate": math.exp(logs.estimate) - 1, "low": math.exp(logs.low) - 1,
-                                         "high": math.exp(logs.high) - 1})
+        change = logs.model_copy(update={k: _relative(getattr(logs, k)) for k in ("estimate", "low", "high")})
     else:
         mean_b = sum(b) / len(b)
         change = difference.model_copy(update={k: getattr(difference, k) / mean_b for k in ("estimate", "low", "high")})
