@@ -244,7 +244,7 @@ class Bench:
         """One saturated one-core run under cpu_sampler.py: where the CPU of the Locust process goes."""
         from cpu_sampler import INTERVAL_S
 
-        raw = (self.args.out / "profile.txt").resolve()
+        raw = (self.args.out / f"profile-u{users}.txt").resolve()
         row = self.tritongen("profile", users, 0, (*prefix, sys.executable, str(HERE / "cpu_sampler.py"), str(raw)))
         parts, samples = categorize(raw)
         responses = row["requests"] * self.args.tokens
@@ -252,7 +252,7 @@ class Bench:
         prof = {"users": users, "cpu_s": row["cpu_s"], "requests": row["requests"],
                 "us_per_request": row["cpu_s"] * 1e6 / row["requests"], "sampled_s": samples * INTERVAL_S,
                 "us_per_response_by_part": table}
-        self.result["profile"] = prof
+        self.result.setdefault("profiles", {})[str(users)] = prof
         print(json.dumps(prof), flush=True)
         return prof
 
@@ -333,8 +333,9 @@ def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int]) -> N
     if fits():
         bench.tritongen("idle", min(users), args.idle_workers)
     os.sched_setaffinity(0, cpus[:-1])
-    if fits():
-        bench.profile(max(users), pin)
+    for u in sorted(users, reverse=True):
+        if fits():
+            bench.profile(u, pin)
     if fits():
         hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])
         try:

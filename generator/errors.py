@@ -74,3 +74,8 @@ class ServerNotReady(ServerError):
 
 class LoadTestError(TritongenError):
     """The load generator (Locust) failed or recorded nothing."""
+
+
+class TritongenWarning(UserWarning):
+    """Something works, less safely or less well than it should, and the user can mend it: the CLI prints
+    it as a ``warning:`` line (without Python's file and line). Carry the fix in the message."""

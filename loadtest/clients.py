@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any, Callable, Optional, Protocol
 
+import gevent
 import gevent.event
 from geventhttpclient import HTTPClient
 
@@ -30,7 +31,7 @@ summed over the answer, and an error the payloads carried."""
 class Exchange:
     """One request on the hot path: timestamps and raw payloads; ``finish`` turns them into the raw record."""
 
-    __slots__ = ("request_id", "record", "resp_ns", "payloads", "end_ns", "error", "done", "decode")
+    __slots__ = ("request_id", "record", "resp_ns", "payloads", "end_ns", "error", "on_done", "decode")
 
     def __init__(self, request_id: str, record: RequestRecord, decode: Callable[[list[Any]], Decoded]) -> None:
         self.request_id, self.record, self.decode = request_id, record, decode
@@ -38,7 +39,7 @@ class Exchange:
         self.payloads: list[Any] = []
         self.end_ns: Optional[int] = None
         self.error: Optional[str] = None
-        self.done: Optional[gevent.event.Event] = None
+        self.on_done: Optional[Callable[[Exchange], None]] = None  # called once, when the answer is complete
 
     def sent(self) -> None:
         self.record["sent_ns"] = time.monotonic_ns()
@@ -47,17 +48,6 @@ class Exchange:
         if self.error is None:
             self.error = message[:500]
             self.end_ns = t_ns or time.monotonic_ns()
-
-    def wait(self, timeout: float) -> None:
-        """Until the answer is complete; a request with no response for ``timeout`` seconds (since it was
-        sent or since its last response) fails."""
-        while True:
-            last_ns = self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]
-            if self.done.wait(max(0.0, last_ns / 1e9 + timeout - time.monotonic())):
-                return
-            if (self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"]) == last_ns:
-                self.fail(f"no response within {timeout:g} s")
-                return
 
     def finish(self) -> RequestRecord:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
@@ -373,6 +363,7 @@ class GrpcLLMClient:
         self.outputs = [n for n in ("text_output", *SERVER_FIELDS) if n in info.outputs]
         self.waiting: dict[bytes, Exchange] = {}
         self.bodies: dict[int, tuple[bytes, bool]] = {}
+        self.watchdog: Optional[gevent.Greenlet] = None
         self.stream = self._open()
 
     def _open(self) -> GrpcStream:
@@ -418,34 +409,68 @@ class GrpcLLMClient:
         ex.payloads.append(data)
         if routed[1]:
             ex.end_ns = t
-            ex.done.set()
+            self._complete(routed[0], ex)
+
+    def _complete(self, rid: bytes, ex: Exchange) -> None:
+        del self.waiting[rid]
+        ex.on_done(ex)
 
     def _on_error(self, t: int, rid: bytes, message: str) -> None:
         ex = self.waiting.get(rid)
         if ex is None and len(self.waiting) == 1:  # an error without id: the only request in flight
-            ex = next(iter(self.waiting.values()))
+            rid, ex = next(iter(self.waiting.items()))
         if ex is not None:
             ex.fail(message, t)
-            ex.done.set()
+            self._complete(rid, ex)
 
     def _on_close(self, exc: StreamClosed) -> None:
-        for ex in list(self.waiting.values()):
+        for rid, ex in list(self.waiting.items()):
             ex.fail(f"gRPC stream failed: {exc}")
-            ex.done.set()
+            self._complete(rid, ex)
 
-    def generate(self, ex: Exchange, prompt: Prompt) -> None:
+    def _watch(self) -> None:
+        """Fails a request with no response for ``timeout`` seconds (since it was sent or since its last
+        response): one process-wide check a few times per timeout, instead of a timer per request."""
+        limit_ns = int(self.timeout * 1e9)
+        while True:
+            gevent.sleep(min(1.0, self.timeout / 10))
+            now = time.monotonic_ns()
+            for rid, ex in list(self.waiting.items()):
+                if now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit_ns and rid in self.waiting:
+                    ex.fail(f"no response within {self.timeout:g} s")
+                    self._complete(rid, ex)
+
+    def start(self, ex: Exchange, prompt: Prompt, on_done: Callable[[Exchange], None]) -> None:
+        """Send the request; ``on_done(ex)`` runs once its answer is complete (final response, error, timeout,
+        the stream gone or ``abandon``), on the stream's reader or the watchdog: it must not block."""
         body, ex.record["exact_length"] = self.bodies.get(prompt.index) or self._body(prompt)
         if self.stream.closed is not None:
             self.stream = self._open()
-        ex.done = gevent.event.Event()
+        if self.watchdog is None:
+            self.watchdog = gevent.spawn(self._watch)
         rid = ex.request_id.encode()
+        ex.on_done = on_done
         self.waiting[rid] = ex
+        ex.sent()
         try:
-            ex.sent()
             self.stream.send(with_id(body, rid))
-            ex.wait(self.timeout)
-        finally:
+        except BaseException:
             self.waiting.pop(rid, None)
+            raise
+
+    def abandon(self, ex: Exchange) -> None:
+        """Stop waiting for a request (its user is stopping): ``on_done`` is not called."""
+        self.waiting.pop(ex.request_id.encode(), None)
+
+    def generate(self, ex: Exchange, prompt: Prompt) -> None:
+        done = gevent.event.Event()
+        self.start(ex, prompt, lambda _ex: done.set())
+        try:
+            done.wait()
+        finally:
+            self.abandon(ex)
 
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.kill(block=False)
         self.stream.close()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import gevent
 import gevent.event
-import gevent.lock
 from gevent import socket  # cooperative whether or not the process is monkey-patched (Locust's is)
 from hpack import Decoder
 
@@ -85,11 +85,9 @@ class GrpcStream:
         self.decoder = Decoder()
         self.max_frame = 16384
         self.send_window = self.conn_window = _DEFAULT_WINDOW
-        self.window_open = gevent.event.Event()
-        self.message_lock = gevent.lock.Semaphore()
+        self.blocked: deque[tuple[bytes, bool]] = deque()  # messages (or their rest) waiting for a window
         self.outbox: list[bytes] = []
         self.flushing = False
-        self.window_open.set()
         self.closed: Optional[StreamClosed] = None
         self.consumed = 0
         self._headers = b""
@@ -107,25 +105,37 @@ class GrpcStream:
     # ------------------------------------------------------------ sending
 
     def send(self, message: bytes, last: bool = False) -> None:
-        """One gRPC message (uncompressed), split into DATA frames within the peer's frame size and windows;
-        ``last`` ends the client's side of the call. One message at a time (its frames must not interleave
-        with another's); frames are queued (see _write), so the reader can still acknowledge settings and
-        pings while a sender waits for the window."""
-        with self.message_lock:
-            if self.closed is not None:
-                raise self.closed
-            data = b"\x00" + _HEADER.pack(len(message)) + message
-            while data:
-                while min(self.send_window, self.conn_window) <= 0:
-                    self.window_open.clear()
-                    self.window_open.wait()
-                    if self.closed is not None:
-                        raise self.closed
-                n = min(len(data), self.max_frame, self.send_window, self.conn_window)
-                chunk, data = data[:n], data[n:]
-                self.send_window -= n
-                self.conn_window -= n
-                self._write(frame(DATA, END_STREAM if last and not data else 0, _STREAM, chunk))
+        """One gRPC message (uncompressed); ``last`` ends the client's side of the call. Never blocks, so the
+        reader itself may send (a closed-loop user's next request goes out from the answer's callback): what
+        the peer's windows do not take yet waits, in order, for its WINDOW_UPDATE."""
+        if self.closed is not None:
+            raise self.closed
+        data = b"\x00" + _HEADER.pack(len(message)) + message
+        if not self.blocked and len(data) <= min(self.send_window, self.conn_window, self.max_frame):
+            self.send_window -= len(data)  # the usual case: one frame, the windows open
+            self.conn_window -= len(data)
+            self._write(frame(DATA, END_STREAM if last else 0, _STREAM, data))
+            return
+        self.blocked.append((data, last))
+        self._unblock()
+
+    def _unblock(self) -> None:
+        """Frames of the waiting messages, in order, as far as the peer's windows and frame size allow."""
+        blocked = self.blocked
+        while blocked:
+            data, last = blocked[0]
+            room = min(self.send_window, self.conn_window)
+            if room <= 0:
+                return
+            n = min(len(data), self.max_frame, room)
+            self.send_window -= n
+            self.conn_window -= n
+            if n < len(data):
+                blocked[0] = (data[n:], last)
+                self._write(frame(DATA, 0, _STREAM, data[:n]))
+            else:
+                blocked.popleft()
+                self._write(frame(DATA, END_STREAM if last else 0, _STREAM, data))
 
     def _write(self, data: bytes) -> None:
         """Queue frames for one write: what every greenlet due in this turn of the event loop sends goes to the
@@ -239,7 +249,7 @@ class GrpcStream:
                 elif key == 0x1:
                     self.decoder.header_table_size = value
             self._write(frame(SETTINGS, ACK, 0))
-            self.window_open.set()
+            self._unblock()
         elif kind == PING and not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
@@ -248,7 +258,7 @@ class GrpcStream:
                 self.conn_window += inc
             else:
                 self.send_window += inc
-            self.window_open.set()
+            self._unblock()
         elif kind == RST_STREAM:
             raise StreamClosed(f"the server reset the stream (HTTP/2 error code {_HEADER.unpack(payload)[0]})")
         elif kind == GOAWAY:
@@ -258,7 +268,7 @@ class GrpcStream:
     def _closed(self, exc: StreamClosed) -> None:
         if self.closed is None:
             self.closed = exc
-        self.window_open.set()
+        self.blocked.clear()
         self.sock.close()
         self.on_close(self.closed)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import gevent
+import gevent.event
 import gevent.pool
 import psutil
 from locust import User, constant, events, task
@@ -126,6 +127,7 @@ class LoadState:
                 output_mean=opts.output_tokens_mean, output_stddev=opts.output_tokens_stddev,
                 shared_prefix_tokens=opts.shared_prefix_tokens, prefix_groups=opts.prefix_groups, turns=opts.turns,
             )
+        self.conversations = any(p.turns for p in self.prompts)
         self.warmup_left = share(opts.warmup_requests, self.index, self.count)
         self.quota = None if opts.max_requests is None else share(opts.max_requests, self.index, self.count)
         if self.offsets is not None:  # a trace is replayed once
@@ -240,10 +242,10 @@ def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
     raise ValueError(f"unknown protocol {protocol!r}: http-stream, grpc-stream, http, openai-chat or openai-completions")
 
 
-def run_request(
+def begin_request(
     st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
 ) -> Exchange:
-    """Send one request, keep it whatever happens, hand it to the sink (decoded and written in batches).
+    """A request's record and exchange, counted in flight; ``end_request`` hands it on whatever happened.
 
     ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
     """
@@ -254,23 +256,94 @@ def run_request(
     # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
     ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
     st.inflight += 1
+    return ex
+
+
+def end_request(st: LoadState, ex: Exchange) -> None:
+    st.inflight -= 1
+    reason = server_gone(ex.error)
+    if reason is not None:
+        st.server_gone(reason)
+    st.finished(ex)
+
+
+def run_request(
+    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
+) -> Exchange:
+    """Send one request and wait for its answer; it is kept whatever happens and handed to the sink
+    (decoded and written in batches)."""
+    ex = begin_request(st, client, seq, prompt, warmup, sched_ns, conn_ns)
     st.active[gevent.getcurrent()] = ex
     try:
         client.generate(ex, prompt)
     except gevent.GreenletExit:
         ex.fail("cut off when the run stopped")
-        record["cancelled"] = True
+        ex.record["cancelled"] = True
         raise
     except Exception as exc:  # any transport failure is a failed request, not a crashed user
         ex.fail(f"{type(exc).__name__}: {exc}")
     finally:
-        st.inflight -= 1
         st.active.pop(gevent.getcurrent(), None)
-        reason = server_gone(ex.error)
-        if reason is not None:
-            st.server_gone(reason)
-        st.finished(ex)
+        end_request(st, ex)
     return ex
+
+
+class AnswerChain:
+    """A closed-loop user on the process's gRPC stream whose next request is sent from the callback of the
+    previous answer, on the stream's reader: no greenlet switch, task scheduling or timer per request, which
+    at saturation is most of what a request costs the event loop (docs/benchmarks.md, the GPU host). The
+    user's greenlet only waits for the chain to end (no request left) or is stopped (the run ends, the
+    server is gone), which cuts the request in flight as ``run_request`` does."""
+
+    def __init__(self, st: LoadState, client: GrpcLLMClient) -> None:
+        self.st, self.client = st, client
+        self.user = gevent.getcurrent()
+        self.ex: Optional[Exchange] = None
+        self.ended = gevent.event.Event()
+
+    def run(self) -> None:
+        self.issue()
+        try:
+            self.ended.wait()
+        except BaseException as exc:  # the run stops (GreenletExit) or the server is gone (ServerGone)
+            self.ended.set()
+            ex, self.ex = self.ex, None
+            if ex is not None:
+                self.client.abandon(ex)
+                st = self.st
+                st.active.pop(self.user, None)
+                ex.fail("cut off when the run stopped")
+                ex.record["cancelled"] = isinstance(exc, gevent.GreenletExit)
+                end_request(st, ex)
+            raise
+
+    def issue(self) -> None:
+        st = self.st
+        while not self.ended.is_set():
+            nxt = st.next_request()
+            if nxt is None:
+                self.ended.set()
+                return
+            seq, prompt, warmup = nxt
+            ex = self.ex = begin_request(st, self.client, seq, prompt, warmup, time.monotonic_ns())
+            st.active[self.user] = ex
+            try:
+                self.client.start(ex, prompt, self.answered)
+                return
+            except Exception as exc:  # the stream could not be opened: a failed request, then the next
+                ex.fail(f"{type(exc).__name__}: {exc}")
+                self.answered(ex, again=False)
+                gevent.spawn(self.issue)  # after the event loop's turn, as a waiting user would
+                return
+
+    def answered(self, ex: Exchange, again: bool = True) -> None:
+        if self.ex is not ex:  # already cut off
+            return
+        self.ex = None
+        self.st.active.pop(self.user, None)
+        end_request(self.st, ex)
+        if again:
+            self.issue()
 
 
 def run_conversation(
@@ -437,11 +510,16 @@ class TritonLLMUser(User):
         self.open_loop() if self.st.open_loop else self.closed_loop()
 
     def closed_loop(self) -> None:
-        nxt = self.st.next_request()
-        if nxt is None:
-            self.st.check_done()
-            raise StopUser()
-        run_conversation(self.st, self.client, *nxt, time.monotonic_ns())
+        st = self.st
+        if self.client is st.grpc and not st.conversations and type(self).wait_time is TritonLLMUser.wait_time:
+            AnswerChain(st, self.client).run()  # every request of this user, each sent when the last is answered
+        else:
+            nxt = st.next_request()
+            if nxt is not None:
+                run_conversation(st, self.client, *nxt, time.monotonic_ns())
+                return
+        st.check_done()
+        raise StopUser()
 
     def open_loop(self) -> None:
         """The first user of a process sends its share of the schedule; other users have nothing to do."""

@@ -20,6 +20,8 @@ import requests
 
 from generator.errors import ServerNotReady, TritongenError
 from generator.serve.client import generate, grpc_stream, text_inputs
+from generator.serve.adminapi import ADMIN_APIS, KEY_PLACEHOLDER
+from generator.serve.argvkey import VALUE_VAR, KeyOnCommandLine
 from generator.serve.install import ADMIN_HEADER, assemble_backend_dir, find_install, server_command, server_env
 from generator.serve.server import (
     SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port, own_python_env,
@@ -258,8 +260,12 @@ def _serve(repo: Path, *args: str, env: dict | None = None) -> tuple[subprocess.
 
 @pytest.mark.server
 def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tmp_path):
-    """Admin APIs need the per-run key (written 0600 where `serve` says), statistics do not; HF_TOKEN never
-    reaches a stub."""
+    """Admin APIs need the per-run key (written 0600 where `serve` says), over HTTP and gRPC; statistics do
+    not. The key is on no command line (tritonserver's shows the placeholder argvkey fills in) and, like
+    HF_TOKEN, in no stub's environment, nor is the LD_PRELOAD that carried it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
     repo = tmp_path / "repo"
     _write_model(repo, "echo")
     cli, printed = _serve(repo, env=dict(os.environ, HF_TOKEN="hf_secret_of_the_user", AWS_SECRET_ACCESS_KEY="x"))
@@ -272,20 +278,53 @@ def test_serve_defaults_close_the_admin_apis_and_keep_secrets_from_the_server(tm
                            ("/v2/repository/index", {})):
             assert requests.post(url + path, json=body, timeout=10).status_code == 403, path
             assert requests.post(url + path, json=body, headers=key, timeout=10).status_code == 200, path
+        assert requests.post(url + "/v2/repository/index", json={}, headers={ADMIN_HEADER: KEY_PLACEHOLDER},
+                             timeout=10).status_code == 403
         assert requests.get(url + "/v2/models/stats", timeout=10).status_code == 200  # perf_analyzer reads it
         assert requests.get(url + "/v2/systemsharedmemory/status", timeout=10).status_code == 403
         assert requests.get(url + "/v2/models/echo/config", timeout=10).status_code == 200  # clients still work
+        with grpcclient.InferenceServerClient(printed["gRPC"]) as grpc:
+            with pytest.raises(InferenceServerException, match="tritongen-admin-key"):
+                grpc.get_model_repository_index()
+            index = grpc.get_model_repository_index(headers={f"triton-grpc-protocol-{ADMIN_HEADER}": key[ADMIN_HEADER]})
+            assert [m.name for m in index.models] == ["echo"]
         server = next(p for p in psutil.Process(cli.pid).children() if "tritonserver" in p.name())
         stub = next(p for p in server.children(recursive=True) if "stub" in p.name())
+        for proc in (psutil.Process(cli.pid), server, *server.children(recursive=True)):
+            assert key[ADMIN_HEADER].encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), proc.name()
+        assert f"{ADMIN_HEADER}=" not in " ".join(server.cmdline())
+        assert server.cmdline().count(f"--http-restricted-api={','.join(ADMIN_APIS)}:{KEY_PLACEHOLDER}") == 1
         for proc in (server, stub):
             environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
             assert b"hf_secret_of_the_user" not in environ and b"AWS_SECRET" not in environ
             assert key[ADMIN_HEADER].encode() not in environ
             assert b"PATH=" in environ
+        stub_env = Path(f"/proc/{stub.pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in stub_env if v.startswith((b"LD_PRELOAD=", f"{VALUE_VAR}=".encode()))]
     finally:
         cli.send_signal(signal.SIGTERM)
         cli.communicate(timeout=60)
     assert not key_file.exists()
+
+
+@pytest.mark.server
+def test_without_a_compiler_the_server_warns_and_its_key_still_closes_the_admin_apis(tmp_path, monkeypatch):
+    """No C compiler (PATH with only the shells the stub launcher needs, an empty cache): a warning that the key
+    is on tritonserver's command line, where it then is, and it still guards the admin APIs."""
+    repo, shells = tmp_path / "repo", tmp_path / "bin"
+    _write_model(repo, "echo")
+    shells.mkdir()
+    for shell in ("sh", "bash"):
+        (shells / shell).symlink_to(next(p for p in (Path("/bin") / shell, Path("/usr/bin") / shell) if p.exists()))
+    monkeypatch.setenv("PATH", str(shells))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    warned = pytest.warns(KeyOnCommandLine, match="every local user can read it")
+    with warned, TritonServer(repo, exit_timeout_s=0) as server:
+        assert server.key_on_command_line
+        assert f"{ADMIN_HEADER}={server.admin_key}" in " ".join(psutil.Process(server.pid).cmdline())
+        url = f"http://{server.http_url}/v2/repository/index"
+        assert requests.post(url, json={}, timeout=10).status_code == 403
+        assert requests.post(url, json={}, headers=server.admin_headers, timeout=10).status_code == 200
 
 
 PERF_ANALYZER_WHEEL = "tritonclient==2.51.0"

@@ -11,6 +11,6 @@ cd "$(dirname "$0")/../.."
 bash bench/gpuhost/run.sh "$A" python bench/gpuhost_loadgen.py --perf-analyzer "${SRV:-/tmp/tritongen-srv}/pa/perf_analyzer" \
   --out /tmp/tritongen-gh --json "$OUT/gpuhost.json" --budget-s "${BUDGET_S:-300}" ${EXTRA_ARGS:-} 2>&1 | tee "$OUT/log.txt"
 rc=$?
-cp /tmp/tritongen-gh/profile.txt "$OUT/" 2>/dev/null
+cp /tmp/tritongen-gh/profile-u*.txt "$OUT/" 2>/dev/null
 tail -c 4000000 /tmp/tritongen-gh/work/triton.log > "$OUT/triton.log" 2>/dev/null
 exit $rc

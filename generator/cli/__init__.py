@@ -6,11 +6,12 @@ import errno
 import signal
 import sys
 import urllib.error
+import warnings
 
 from rich.markup import escape
 
 from generator.cli._app import EXIT_INTERRUPTED, EXIT_OS_ERROR, app, console, exit_code
-from generator.errors import ServerError, TritongenError
+from generator.errors import ServerError, TritongenError, TritongenWarning
 
 # Command groups register themselves on `app` when imported.
 from generator.cli import (  # noqa: E402,F401
@@ -42,6 +43,17 @@ def _fail(exc: TritongenError) -> None:
     sys.exit(exit_code(exc))
 
 
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """tritongen's own warnings as ``warning:`` lines; other libraries' as Python shows them."""
+    if issubclass(category, TritongenWarning):
+        console.print(f"[bold yellow]warning:[/] {escape(str(message))}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     # SIGTERM (a supervisor, `kill`) unwinds like Ctrl-C: servers, Locust and temporary folders are cleaned up.
     # SIGINT too, even when started as a background job (which inherits SIGINT ignored, and then never stops).
@@ -51,6 +63,7 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    warnings.showwarning = _show_warning
     try:
         app()
     except TritongenError as exc:

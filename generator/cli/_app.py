@@ -92,8 +92,9 @@ MetricsPort = Annotated[Optional[int], typer.Option(
 Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for every model to load.")]
 AdminKey = Annotated[Optional[str], typer.Option(
     "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
-    help="Key for the admin APIs (statistics, repository index) of a server `tritongen serve` started: "
-         "the content of the admin-key file it prints.")]
+    help="Key for the admin APIs (repository index, logging, trace, shared memory) of a server `tritongen serve` "
+         "started: the content of the admin-key file it prints. Prefer the environment variable: an option is "
+         "on the command line, which every local user can read.")]
 
 
 # ---------------------------------------------------------------- options made from spec fields

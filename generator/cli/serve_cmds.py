@@ -57,9 +57,10 @@ def serve(
     log_file: LogFile = None,
     admin_key: Annotated[Optional[str], typer.Option(
         "--admin-key", envvar="TRITONGEN_ADMIN_KEY",
-        help="Key the admin APIs (logging, trace, shared memory, statistics, repository) require "
+        help="Key the admin APIs (logging, trace, shared memory, repository) require "
              "(default: a new one per run, written to the admin-key file printed at start). Prefer "
-             "TRITONGEN_ADMIN_KEY: command lines, tritonserver's included, are visible to local users.")] = None,
+             "TRITONGEN_ADMIN_KEY: tritongen's own command line is visible to local users (tritonserver's "
+             "holds only a placeholder, where a C compiler is installed).")] = None,
 ) -> None:
     """Serve a repository with tritonserver until Ctrl-C or SIGTERM (then stop it and its stubs).
 
@@ -70,10 +71,11 @@ def serve(
     server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key,
                     exit_timeout_s=SERVE_EXIT_TIMEOUT_S)
     try:
+        visible = ("\n         (on tritonserver's command line: local users can read it there)"
+                   if server.key_on_command_line else "")
         out.print(f"HTTP     {server.http_url}\ngRPC     {server.grpc_url}\nmetrics  {server.metrics_url}\n"
                   f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}"
-                  "\n         (Triton takes it on its command line only: local users can read it there)",
-                  markup=False, highlight=False, soft_wrap=True)
+                  f"{visible}", markup=False, highlight=False, soft_wrap=True)
         console.print("[dim]serving; Ctrl-C stops[/]")
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)

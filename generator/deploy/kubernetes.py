@@ -23,7 +23,7 @@ from generator.deploy.topology import Topology
 from generator.engine.memory import GIB
 from generator.errors import PlanRefused
 from generator.resources import data_json
-from generator.serve.adminapi import restriction_flags
+from generator.serve.adminapi import admin_credential, restriction_flags
 from generator.spec import EngineTarget, Spec
 
 MANIFESTS = "kubernetes.yaml"
@@ -197,7 +197,7 @@ def server_shell(spec: Spec, topo: Topology, startup_budget_s: int) -> str:
     quoted shell word; the key reaches tritonserver's arguments inside the pod only (Triton 2.51 takes it
     nowhere else)."""
     launch = [str(repository_path(spec) / LAUNCH_SCRIPT)] + [f"--{name}-port={port}" for name, port in PORTS.items()]
-    flags = " ".join(f'"{flag}"' for flag in restriction_flags("$key"))
+    flags = " ".join(f'"{flag}"' for flag in restriction_flags(admin_credential("$key")))
     script = f'key="$(cat {ADMIN_KEY_DIR}/key)" && '
     if topo.multi_node:
         workers = " ".join(f'"pod/$POD_NAME-{i}"' for i in range(1, topo.nodes_per_instance))

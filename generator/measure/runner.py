@@ -204,6 +204,9 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
 class LoadResult:
     out_dir: Path
     results: LoadTestResult
+    requests: list[RequestRecord]
+    """The run's request records as read back, with the client's token counts: for callers that judge them
+    further (tune's SLO rows, the sweep's intervals) without reading the records file again."""
 
 
 def run_loadtest(
@@ -280,7 +283,7 @@ def run_loadtest(
         slo=evaluate(slo_terms, summary, client) if slo_terms else None,
     )
     _write_results(out_dir, results, report)
-    return LoadResult(out_dir, results)
+    return LoadResult(out_dir, results, requests)
 
 
 def _write_results(out_dir: Path, results: LoadTestResult, report: bool) -> None:
@@ -327,4 +330,4 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
                     integrity=_integrity(run)),
     )
     write_loadtest_report(out_dir, results)
-    return LoadResult(out_dir, results)
+    return LoadResult(out_dir, results, requests)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from generator.errors import (
     ArtifactCorrupt,
@@ -25,10 +25,13 @@ from generator.errors import (
     TritongenError,
 )
 from generator.measure.attainment import level_figures, objectives, request_rows
-from generator.measure.records import read_records
-from generator.measure.results import BestPoint, LevelFigures, LoadTestResult, PointStatus, SweepPoint, SweepResult, Verdict
+from generator.measure.records import RequestRecord
+from generator.measure.results import BestPoint, LevelFigures, PointStatus, SweepPoint, SweepResult, Verdict
 from generator.measure.slo import parse_slo
 from generator.spec import Spec, parse_override, with_overrides
+
+if TYPE_CHECKING:
+    from generator.measure.runner import LoadResult
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def failure_status(exc: TritongenError) -> tuple[PointStatus, str]:
 
 
 def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
-                   progress: Callable[[str], None]) -> LoadTestResult:
+                   progress: Callable[[str], None]) -> LoadResult:
     from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
 
@@ -136,7 +139,7 @@ def _measure_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, 
         progress(f"{label}: load test")
         return run_loadtest(pspec, out_dir, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                             metrics_url=server.metrics_url, title=f"Sweep point {label}",
-                            admin_key=server.admin_key, manifest_dir=repo).results
+                            admin_key=server.admin_key, manifest_dir=repo)
 
 
 def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_visible: bool,
@@ -144,19 +147,15 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
     """One point, start to finish; a failure becomes the point's status (by its error class) and detail."""
     point = SweepPoint(label=label, overrides=overrides, dir=str(out_dir))
     try:
-        results = _measure_point(spec, overrides, label, out_dir, gpu_visible, progress)
+        run = _measure_point(spec, overrides, label, out_dir, gpu_visible, progress)
     except TritongenError as exc:
         status, detail = failure_status(exc)
         return point.model_copy(update={"status": status, "detail": detail})
-    return point.model_copy(update={"results": results, "figures": point_figures(out_dir, spec.loadtest.slo)})
+    return point.model_copy(update={"results": run.results, "figures": point_figures(run.requests, spec.loadtest.slo)})
 
 
-def point_figures(out_dir: Path, slo_text: Optional[str]) -> Optional[LevelFigures]:
+def point_figures(requests: list[RequestRecord], slo_text: Optional[str]) -> Optional[LevelFigures]:
     """A completed point's figures with intervals, from its records (the SLO's per-request limits judged)."""
-    from generator.measure.runner import count_tokens_after_run
-
-    requests, processes, _ = read_records(out_dir / "records.jsonl")
-    count_tokens_after_run(requests, processes)
     rows = request_rows(requests, objectives(parse_slo(slo_text), strict=False) if slo_text else [])
     return level_figures(rows) if rows else None
 

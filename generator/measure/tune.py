@@ -20,7 +20,6 @@ from generator.errors import ServerNotReady, TritongenError
 from generator.measure.attainment import objectives, request_rows
 from generator.measure.goodput import Level, LevelVerdict, RoundSample, SearchOutcome, measure_level, search
 from generator.measure.intervals import Interval, across_runs
-from generator.measure.records import read_records
 from generator.measure.predict import Prediction, predict
 from generator.measure.results import PointStatus
 from generator.measure.slo import parse_slo
@@ -106,7 +105,7 @@ def _round_overrides(spec: Spec, load: float, rnd: int, open_loop: bool) -> list
 def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
                   progress: Callable[[str], None]) -> Callable[[float, int], RoundSample]:
     """The measurement function of goodput.search: one load-test round against the running ``server``."""
-    from generator.measure.runner import count_tokens_after_run, run_loadtest
+    from generator.measure.runner import run_loadtest
 
     objs = objectives(parse_slo(spec.loadtest.slo or ""))
     unit = "requests/s" if open_loop else "users"
@@ -120,10 +119,8 @@ def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
                               url=f"http://{server.http_url}", grpc_url=server.grpc_url, metrics_url=server.metrics_url,
                               admin_key=server.admin_key, title=f"tune level {load:g} {unit}, round {rnd + 1}",
                               report=False)
-        requests, processes, _ = read_records(folder / "records.jsonl")
-        count_tokens_after_run(requests, processes, spec.loadtest_tokenizer)
         client = result.results.client
-        return RoundSample(rows=request_rows(requests, objs), client_limited=client.client_limited,
+        return RoundSample(rows=request_rows(result.requests, objs), client_limited=client.client_limited,
                            client_reasons=tuple(client.reasons), seconds=time.monotonic() - started,
                            dir=str(folder.relative_to(out_dir.parent)))  # the run's folder is renamed at the end
 

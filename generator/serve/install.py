@@ -102,12 +102,13 @@ def server_command(
     shm_prefix: str,
     log_verbose: int = 0,
     exit_timeout_s: int = RUN_EXIT_TIMEOUT_S,
-    admin_key: Optional[str] = None,
+    admin_credential: Optional[str] = None,
     extra_args: Sequence[str] = (),
     launch_script: Optional[Path] = None,
 ) -> list[str]:
     """The tritonserver command line. ``extra_args`` come last so they override the defaults.
-    With ``admin_key`` the admin APIs need the ``ADMIN_HEADER`` header with that value (HTTP and gRPC).
+    With ``admin_credential`` (``adminapi.admin_credential(key)``, or its placeholder) the admin APIs need the
+    ``ADMIN_HEADER`` header with the key (HTTP and gRPC).
 
     With the repository's ``launch_script`` (what render writes for the topology), the script starts the
     server(s) and these arguments go to every process; the binary and the shared-memory prefix then
@@ -130,8 +131,8 @@ def server_command(
         cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
-    if admin_key is not None:
-        cmd += restriction_flags(admin_key)
+    if admin_credential is not None:
+        cmd += restriction_flags(admin_credential)
     cmd.extend(extra_args)
     return cmd
 

@@ -7,8 +7,9 @@ default, free ports are picked, readiness is polled, and a failed start names th
 not load. The server runs in its own process group (``generator.procs``) so that stopping it also
 ends the Python backend stubs, even when tritongen itself is killed; the shared-memory regions of
 this server carry their own prefix and are removed. The admin APIs (``install.ADMIN_APIS``) answer only
-requests that carry the run's key in the ``ADMIN_HEADER`` header, and the server sees only the
-environment variables it needs.
+requests that carry the run's key in the ``ADMIN_HEADER`` header; the key reaches the server through
+``argvkey`` (never on its command line, where local users could read it) wherever a C compiler has built
+that library, and the server sees only the environment variables it needs.
 
 Where the server is installed and its command line and environment are decided in ``install.py``; the
 pure helpers here (`failed_models_from_index`, `failed_models_from_log`) read why a start failed;
@@ -38,6 +39,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 from generator.errors import ArtifactMissing, ServerError, ServerNotReady, SpecError
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
+from generator.serve import argvkey
+from generator.serve.adminapi import KEY_PLACEHOLDER, admin_credential
 from generator.templating import stub_launch_problem
 from generator.serve.install import (
     ADMIN_HEADER, LAUNCH_SCRIPT, RUN_EXIT_TIMEOUT_S, ServerInstall, assemble_backend_dir, bundled_lib_dirs,
@@ -173,6 +176,8 @@ class TritonServer:
         self.admin_key = admin_key or secrets.token_urlsafe(24)
         """Value of the ``ADMIN_HEADER`` header the admin APIs require (made per run unless given)."""
         self.admin_key_file: Optional[Path] = None
+        self.key_on_command_line = False
+        """True when ``argvkey`` could not be built or loaded here: the key is then on tritonserver's command line."""
         script = self.repo_dir / LAUNCH_SCRIPT
         self.launch_script: Optional[Path] = script if script.is_file() else None
         """The repository's rendered launch script, which starts the server(s) when there is one."""
@@ -264,6 +269,8 @@ class TritonServer:
         self._start_failed = False
         self._exited_on_its_own = False
         remove_stale_workdirs()
+        built = argvkey.library()
+        self.key_on_command_line = built is None
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
         self.log_file = self._log_given or self._workdir / "tritonserver.log"
         self.admin_key_file = self._workdir / "admin-key"
@@ -273,6 +280,8 @@ class TritonServer:
         backend_dir = assemble_backend_dir(install.pytriton_dir, self._workdir / "backends") if install.bundled else None
         lib_dirs = bundled_lib_dirs(install.pytriton_dir) if install.bundled else []
         env = server_env(child_env(os.environ), python_bin_dir=Path(sys.executable).parent, lib_dirs=lib_dirs)
+        if built is not None:
+            env.update(argvkey.handover_env(built, admin_credential(self.admin_key)))
         # A port picked free can be taken before the server binds it; then try fresh ones.
         attempts = 1 if all(self._ports_given) else 3
         envs_before = python_envs()
@@ -316,7 +325,7 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             log_verbose=self.log_verbose,
             exit_timeout_s=self.exit_timeout_s,
-            admin_key=self.admin_key,
+            admin_credential=admin_credential(self.admin_key) if self.key_on_command_line else KEY_PLACEHOLDER,
             extra_args=self.extra_args,
             launch_script=self.launch_script,
         )
@@ -368,7 +377,8 @@ class TritonServer:
                 log = self.log_file.read_text(encoding="utf-8", errors="replace")
                 if "already in use" in log and not all(self._ports_given):
                     raise _PortTaken()
-                raise self._start_error(f"tritonserver exited with code {code} while loading", log)
+                raise self._start_error(f"tritonserver exited with code {code} while loading",
+                                        failed_models_from_log(log))
             if self.is_ready() and self._listening():
                 return
             time.sleep(0.25)
@@ -380,8 +390,9 @@ class TritonServer:
         except (OSError, ValueError):
             pass
         log = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
-        error = self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", log, index)
-        if failed_models_from_index(index) or failed_models_from_log(log):
+        failed = failed_models_from_index(index) or failed_models_from_log(log)
+        error = self._start_error(f"tritonserver was not ready after {timeout_s:.0f} s", failed)
+        if failed:
             raise error
         raise ServerNotReady(error.message, where=error.where,
                              fix="the models were still loading: check the machine's load (uptime) and run again")
@@ -394,8 +405,8 @@ class TritonServer:
         except OSError:
             return False
 
-    def _start_error(self, headline: str, log: str, index: Sequence[Mapping] = ()) -> ServerError:
-        failed = failed_models_from_index(index) or failed_models_from_log(log)
+    def _start_error(self, headline: str, failed: Mapping[str, str]) -> ServerError:
+        """The start failure with the models that failed to load (``failed``: name -> reason) named first."""
         lines = [headline]
         if failed:
             lines.append("models that failed to load:")

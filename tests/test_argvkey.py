@@ -1,0 +1,131 @@
+"""argvkey: the library that keeps the admin key off tritonserver's command line is built once into a private
+folder, its absence is warned about, and a server it does not reach refuses to start rather than take the
+placeholder for its key (the real bundled tritonserver; a running server's command line and stubs are checked in
+test_server.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from generator.errors import ServerError
+from generator.serve import argvkey
+from generator.serve.adminapi import KEY_PLACEHOLDER, restriction_flags
+from generator.serve.install import bundled_lib_dirs, find_install
+
+
+def test_library_is_built_once_into_a_private_folder(tmp_path):
+    env = {"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "cache" / "tritongen").mkdir(parents=True, mode=0o755)
+    built = argvkey.library(env)
+    assert built is not None and built.parent == tmp_path / "cache" / "tritongen"
+    assert built.parent.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary file left
+    stamp = built.stat().st_mtime_ns
+    assert argvkey.library(dict(env, PATH=str(tmp_path / "no-compiler"))) == built  # reused: no compiler needed
+    assert built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_cache_folder_of_another_user_is_refused(tmp_path):
+    folder = tmp_path / "cache" / "tritongen"
+    folder.mkdir(parents=True, mode=0o700)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(ServerError, match="not a folder of this user"):
+        argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert list(folder.iterdir()) == []
+
+
+def test_no_compiler_warns_that_the_key_is_visible(tmp_path):
+    env = {"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with pytest.warns(argvkey.KeyOnCommandLine, match=r"every local user can read it.*no C compiler.*install a C"):
+        assert argvkey.library(env) is None
+
+
+_JUNK_CC = """#!/bin/sh
+while [ "$1" != "-o" ]; do shift; done
+echo not a library > "$2"
+"""
+_HEADERLESS_CC = """#!/bin/sh
+echo "argvkey.c:12:10: fatal error: stdio.h: No such file or directory" >&2
+echo "compilation terminated." >&2
+exit 1
+"""
+
+
+def _fake_cc(folder: Path, script: str) -> dict[str, str]:
+    """The environment of a machine whose only compiler is ``script`` (and an empty cache)."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "cc").write_text(script)
+    (folder / "bin" / "cc").chmod(0o755)
+    return {"PATH": str(folder / "bin"), "XDG_CACHE_HOME": str(folder / "cache")}
+
+
+def test_a_compiler_that_fails_leaves_the_key_visible_and_says_why(tmp_path):
+    with pytest.warns(argvkey.KeyOnCommandLine, match="stdio.h: No such file"):
+        assert argvkey.library(_fake_cc(tmp_path, _HEADERLESS_CC)) is None
+    assert list((tmp_path / "cache" / "tritongen").iterdir()) == []
+
+
+def test_a_library_that_does_not_load_is_built_again_or_warned_about(tmp_path):
+    """A kept file that is no library is replaced; a compiler whose output does not load (as from a noexec
+    mount) leaves the key on the command line, with the warning."""
+    good = argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "a")})
+    kept = tmp_path / "b" / "tritongen" / good.name
+    kept.parent.mkdir(parents=True, mode=0o700)
+    kept.write_text("not a library")
+    assert argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "b")}) == kept
+    assert kept.read_bytes()[:4] == b"\x7fELF"
+    with pytest.warns(argvkey.KeyOnCommandLine, match="does not load"):
+        assert argvkey.library(_fake_cc(tmp_path / "c", _JUNK_CC)) is None
+
+
+def test_the_cli_prints_the_warning_as_a_warning_line(capsys):
+    from generator.cli import _show_warning
+
+    _show_warning(argvkey.KeyOnCommandLine("the key is visible"), argvkey.KeyOnCommandLine, "/x/argvkey.py", 7)
+    assert capsys.readouterr().err == "warning: the key is visible\n"
+
+
+def _server_alone(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """The bundled tritonserver with nothing but the placeholder's restriction flags (it stops at parsing)."""
+    install = find_install()
+    if not install.bundled:
+        pytest.skip("tritonserver comes from PATH here, not from the nvidia-pytriton wheel")
+    libs = os.pathsep.join(map(str, bundled_lib_dirs(install.pytriton_dir)))
+    return subprocess.run([str(install.binary), f"--model-repository={tmp_path}", *restriction_flags(KEY_PLACEHOLDER)],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": libs, **env})
+
+
+def test_a_server_the_key_does_not_reach_refuses_to_start(tmp_path):
+    """Without the library the placeholder is no valid restriction (Triton exits before it listens); with the
+    library but no value, the library stops it."""
+    unfilled = _server_alone(tmp_path)
+    assert unfilled.returncode != 0 and "--http-restricted-api option format" in unfilled.stdout + unfilled.stderr
+    built = argvkey.library()
+    no_value = _server_alone(tmp_path, LD_PRELOAD=str(built))
+    assert no_value.returncode == 2 and f"{argvkey.VALUE_VAR} is not set" in no_value.stderr
+
+
+@pytest.mark.server
+def test_through_the_launch_script_the_key_reaches_tritonserver_only(cpu_server):
+    """The CPU repository is served by its launch.sh (/bin/sh, which execs tritonserver): the library passes the
+    shell untouched and fills the key in tritonserver, whose command line and stubs still hold none of it."""
+    import psutil
+    import requests
+
+    assert cpu_server.launch_script is not None
+    server = psutil.Process(cpu_server.pid)
+    assert server.name() == "tritonserver"
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert KEY_PLACEHOLDER.encode() in cmdline and cpu_server.admin_key.encode() not in cmdline
+    url = f"http://{cpu_server.http_url}/v2/repository/index"
+    assert requests.post(url, json={}, timeout=10).status_code == 403
+    assert requests.post(url, json={}, headers=cpu_server.admin_headers, timeout=10).status_code == 200
+    for stub in cpu_server.stubs():
+        environ = Path(f"/proc/{stub}/environ").read_bytes()
+        assert b"LD_PRELOAD=" not in environ and cpu_server.admin_key.encode() not in environ
