@@ -49,7 +49,7 @@ def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
-    server = TritonServer(llmapi_repo_dir, log_file=work_dir / "triton-stub-down.log", exit_timeout_s=5)
+    server = TritonServer(llmapi_repo_dir, log_file=work_dir / "triton-stub-down.log")
     server.start()
     try:
         out = work_dir / "loadtest-stub-down"
