@@ -228,19 +228,20 @@ def bls_stream(request, responses, stop=None):
     finally:
         if not ended:
             if stop is not None and not errored:
-                stop()  # a stop that fails leaves the stream unread: draining it then waits out the engine's
-                # whole length (a soak with that drain wedged the BLS stub: no Python thread ran for 60 s, one
-                # of them draining, and its watchdog ended it; docs/benchmarks.md)
+                stop()
             for _ in responses:
                 pass
         request.is_cancelled()
 
 
 def stop_engine_request(engine: str, request_id: str, input_ids, decoupled: bool = True,
-                        error_output: bool = False) -> None:
+                        error_output: bool = False, caller=None) -> None:
     """Ask the engine model to end its request ``request_id`` (TensorRT-LLM's protocol: the same request
     id with ``stop`` true; the CPU engine also wants the same prompt ``input_ids`` so that no other client
-    can stop it). The engine answers with an empty final response; ``error_output``: see ENGINE_ERROR_OUTPUT."""
+    can stop it). The engine answers with an empty final response; ``error_output``: see ENGINE_ERROR_OUTPUT.
+    ``caller``: the request being served, whose cancellation query is the barrier ``bls_stream`` describes,
+    so that the stub frees the stop's own stream only after Python has let go of it (the one stream without
+    that barrier when a BLS stub segfaulted in pymalloc two minutes into a soak; core in docs/benchmarks.md)."""
     import numpy as np
     import triton_python_backend_utils as pb_utils
 
@@ -253,8 +254,11 @@ def stop_engine_request(engine: str, request_id: str, input_ids, decoupled: bool
                 pb_utils.Tensor("request_output_len", np.zeros((1, 1), np.int32)),
                 pb_utils.Tensor("stop", np.ones((1, 1), bool))],
     )
-    for _ in request.exec(decoupled=True) if decoupled else [request.exec()]:
+    responses = request.exec(decoupled=True) if decoupled else [request.exec()]
+    for _ in responses:
         pass
+    if caller is not None:
+        caller.is_cancelled()  # holding ``responses`` until the stub's cleanup of the stream is done
 
 
 def error_response(exc: BaseException, model: str, log=None):

@@ -201,7 +201,7 @@ class TritonPythonModel:
         if self.decoupled:  # read to its final response even when left early; leaving it stops the engine
             responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
                                            stop=lambda: stop_engine_request(self.engine_model, engine_id, prompt_ids,
-                                                                             error_output=True)))
+                                                                             error_output=True, caller=request)))
         else:
             responses = nullcontext([engine_request.exec()])
         with responses as stream:

@@ -194,12 +194,12 @@ class TritonPythonModel:
             raise _failure(response.error().message(), POSTPROCESSING)
         return [t.decode("utf-8") for t in pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy().reshape(-1)]
 
-    def _stop_engine(self, stream_id, pre):
+    def _stop_engine(self, stream_id, pre, caller):
         """Cancel a running engine request (``stop_engine_request``): the prompt is the first row's."""
         try:
             stop_engine_request(self.engine, stream_id,
                                 pre["INPUT_ID"][0][:int(pre["REQUEST_INPUT_LEN"].reshape(-1)[0])], self.decoupled,
-                                error_output=bool(self.error_output))
+                                error_output=bool(self.error_output), caller=caller)
         except Exception:  # noqa: BLE001 - best effort; the engine may already be done
             self.logger.log_warn(f"tensorrt_llm_bls: could not stop engine request {stream_id}")
 
@@ -228,7 +228,7 @@ class TritonPythonModel:
         engine_request = self._engine_request(inputs, pre, stream_id)
         if self.decoupled:  # read to its final response even when left early (bls_stream)
             responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
-                                           stop=lambda: self._stop_engine(stream_id, pre)))
+                                           stop=lambda: self._stop_engine(stream_id, pre, request)))
         else:
             responses = nullcontext([engine_request.exec()])
         shapes, result_ended = {}, False
