@@ -221,6 +221,6 @@ def test_a_locust_setup_failure_comes_first_and_its_logs_are_kept(cpu_server, tm
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "400"})
     assert run.returncode == 11, run.stderr
     first = run.stderr.split("error:", 1)[1].strip().splitlines()[0]
-    assert "JSONDecodeError" in first, run.stderr
-    assert (out / "locust.log").is_file() and "JSONDecodeError" in (out / "locust.log").read_text()
+    assert "prompts.jsonl:1: not JSON" in first, run.stderr
+    assert (out / "locust.log").is_file() and "prompts.jsonl:1: not JSON" in (out / "locust.log").read_text()
     assert f"the logs are kept in {out}" in run.stderr.replace("\n", "")  # and the message says where

@@ -208,9 +208,11 @@ def bls_stream(request, responses, stop=None):
     use it as ``with contextlib.closing(bls_stream(...)) as stream:`` so that leaving it early is seen at once.
 
     Every stream is read to its final response, also one the caller leaves early (a stop string, a
-    cancelled client, an error): ``stop()`` first asks the engine to end it (Triton 2.51's iterator has
-    no ``cancel()``; skipped after an error, which ends the engine's request), then the rest is read and
-    dropped. Triton 2.51's stub keeps a stream that is left early in a table until the model unloads,
+    cancelled client): ``stop()`` first asks the engine to end it (Triton 2.51's iterator has no
+    ``cancel()``), then the rest is read and dropped. Not after an error, which ends the engine's request:
+    an engine that answers with an error response (TensorRT-LLM's backend; a caller that did not ask for
+    ENGINE_ERROR_OUTPUT) has its final flag delivered under a stale id on 2.51, so reading on would wait
+    for ever (the BLS hung on such a stand-in engine in tests/test_hardening.py). Triton 2.51's stub keeps a stream that is left early in a table until the model unloads,
     with every response that still arrives for it in shared memory, so the caller's pool grows with each
     one (1 MiB per ~100 streams left in a stop-string load) and unloading waits for their final
     responses. When the last response has been read, the stub queues the stream's cleanup for its
@@ -226,8 +228,8 @@ def bls_stream(request, responses, stop=None):
             yield response
         ended = True
     finally:
-        if not ended:
-            if stop is not None and not errored:
+        if not ended and not errored:
+            if stop is not None:
                 stop()
             for _ in responses:
                 pass
