@@ -203,7 +203,7 @@ def bls_error(response):
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
-def bls_stream(request, responses, stop=None):
+def bls_stream(request, responses, stop=None, drain=True):
     """The responses of a decoupled BLS call (``exec(decoupled=True)``), for a model serving ``request``;
     use it as ``with contextlib.closing(bls_stream(...)) as stream:`` so that leaving it early is seen at once.
 
@@ -212,7 +212,9 @@ def bls_stream(request, responses, stop=None):
     ``cancel()``), then the rest is read and dropped. Not after an error, which ends the engine's request:
     an engine that answers with an error response (TensorRT-LLM's backend; a caller that did not ask for
     ENGINE_ERROR_OUTPUT) has its final flag delivered under a stale id on 2.51, so reading on would wait
-    for ever (the BLS hung on such a stand-in engine in tests/test_hardening.py). Triton 2.51's stub keeps a stream that is left early in a table until the model unloads,
+    for ever (the BLS hung on such a stand-in engine in tests/test_hardening.py). ``drain`` False: a stream
+    left early is stopped but not read on (kept by the stub until unload), for ``tensorrt_llm_bls``, whose
+    stub met heap corruption within minutes of a soak while draining (docs/benchmarks.md). Triton 2.51's stub keeps a stream that is left early in a table until the model unloads,
     with every response that still arrives for it in shared memory, so the caller's pool grows with each
     one (1 MiB per ~100 streams left in a stop-string load) and unloading waits for their final
     responses. When the last response has been read, the stub queues the stream's cleanup for its
@@ -231,8 +233,9 @@ def bls_stream(request, responses, stop=None):
         if not ended and not errored:
             if stop is not None:
                 stop()
-            for _ in responses:
-                pass
+            if drain:
+                for _ in responses:
+                    pass
         request.is_cancelled()
 
 

@@ -226,9 +226,9 @@ class TritonPythonModel:
         stream_id = f"bls-{uuid.uuid4().hex}"
         pre = self._preprocess(inputs, stream_id)
         engine_request = self._engine_request(inputs, pre, stream_id)
-        if self.decoupled:  # read to its final response even when left early (bls_stream)
+        if self.decoupled:  # stopped when left early, not read on (bls_stream)
             responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
-                                           stop=lambda: self._stop_engine(stream_id, pre, request)))
+                                           stop=lambda: self._stop_engine(stream_id, pre, request), drain=False))
         else:
             responses = nullcontext([engine_request.exec()])
         shapes, result_ended = {}, False
