@@ -184,18 +184,74 @@ def decode_json(payloads: list[bytes]) -> Decoded:
     return texts, server, None
 
 
+MAX_ANSWER_BYTES = 16 << 20
+"""The most an SSE line, a whole answer or an error body may hold: a real answer of thousands of tokens is a few
+hundred KB. Past it the request fails and its connection is dropped; a server's line that never ended grew
+without bound before, and a 300 MB error body was read whole."""
+_YIELD_EVERY = 64
+"""Socket reads between two turns given to the event loop: a server that always has data ready (an endless
+or never-ending line) made every read return at once, and the process's other users and its watchdog starved."""
+
+
+def drop_connection(resp) -> None:
+    """Close the connection of a response left unread (too large, or its request cut off) instead of giving it
+    back to the client's pool, where the next request would read the rest of this answer."""
+    sock, pool = resp._sock, resp._pool
+    resp._sock = resp._pool = None
+    if sock is not None and pool is not None:
+        pool.release_socket(sock)
+
+
+def read_bounded(resp) -> bytes:
+    """A whole response body of at most ``MAX_ANSWER_BYTES`` (ValueError past it, the connection dropped)."""
+    body = resp.read(MAX_ANSWER_BYTES + 1)
+    if len(body) > MAX_ANSWER_BYTES:
+        drop_connection(resp)
+        raise ValueError(f"the answer is longer than {MAX_ANSWER_BYTES:,} bytes")
+    return body
+
+
+def error_text(resp) -> str:
+    """The start of an error answer (its rest is not read: the connection is dropped)."""
+    head = resp.read(300)
+    if not resp.message_complete:
+        drop_connection(resp)
+    return head.decode(errors="replace")
+
+
 def read_events(resp, ex: Exchange) -> None:
-    """An SSE response, line by line off the socket: each ``data:`` line with the time it arrived."""
-    times, payloads, readline = ex.resp_ns, ex.payloads, resp.readline
-    while True:
-        line = readline(b"\n")
-        t = time.monotonic_ns()
-        if not line:
-            break
-        if line.startswith(b"data:"):
-            times.append(t)
-            payloads.append(line)
-    ex.end_ns = t
+    """An SSE response, line by line off the socket: each ``data:`` line with the time it arrived. The lines
+    are cut out of the response's own buffer (geventhttpclient's readline searched the whole buffer again
+    after every read and had no bound), each at most ``MAX_ANSWER_BYTES``."""
+    times, payloads, buf, feed = ex.resp_ns, ex.payloads, resp._body_buffer, resp.feed
+    searched = reads = 0
+    try:
+        while True:
+            end = buf.find(b"\n", searched)
+            if end < 0:
+                if len(buf) > MAX_ANSWER_BYTES:
+                    raise ValueError(f"an SSE line is longer than {MAX_ANSWER_BYTES:,} bytes")
+                if resp.message_complete:
+                    break
+                searched = len(buf)
+                if resp._sock is None:
+                    raise ConnectionError("connection closed")
+                feed(resp._sock.recv(resp.block_size))
+                reads += 1
+                if reads % _YIELD_EVERY == 0:
+                    gevent.sleep(0)
+                continue
+            t = time.monotonic_ns()
+            line = bytes(buf[:end + 1])
+            del buf[:end + 1]
+            searched = 0
+            if line.startswith(b"data:"):
+                times.append(t)
+                payloads.append(line)
+    except BaseException:
+        drop_connection(resp)
+        raise
+    ex.end_ns = time.monotonic_ns()
 
 
 class HttpLLMClient:
@@ -216,10 +272,10 @@ class HttpLLMClient:
         ex.sent()
         resp = self.http.post(self.path, body=body, headers={"Content-Type": "application/json"})
         if resp.status_code != 200:
-            ex.fail(f"HTTP {resp.status_code}: {resp.read()[:300].decode(errors='replace')}")
+            ex.fail(f"HTTP {resp.status_code}: {error_text(resp)}")
             return
         if not self.stream:
-            body = resp.read()
+            body = read_bounded(resp)
             t = time.monotonic_ns()
             ex.resp_ns.append(t)
             ex.payloads.append(body)
@@ -474,6 +530,15 @@ class GrpcLLMClient:
         except BaseException:
             self.waiting.pop(rid, None)
             raise
+
+    def cut(self, ex: Exchange, message: str) -> bool:
+        """Fail a request still waiting on the stream now, as its answer (``on_done`` runs); False when ``ex``
+        is not one of them."""
+        rid = ex.request_id.encode()
+        if self.waiting.get(rid) is not ex:
+            return False
+        self._complete(rid, ex, message)
+        return True
 
     def abandon(self, ex: Exchange) -> None:
         """Stop waiting for a request (its user is stopping): ``on_done`` is not called."""

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from geventhttpclient import HTTPClient
 
-from clients import Decoded, Exchange, read_events
+from clients import Decoded, Exchange, error_text, read_events
 from generator.measure.records import ServerFigures
 from prompts import Prompt
 
@@ -108,7 +108,7 @@ class OpenAIClient:
         ex.sent()
         resp = self.http.post(self.path, body=body, headers={"Content-Type": "application/json"})
         if resp.status_code != 200:
-            ex.fail(f"HTTP {resp.status_code}: {resp.read()[:300].decode(errors='replace')}")
+            ex.fail(f"HTTP {resp.status_code}: {error_text(resp)}")
             return
         read_events(resp, ex)
 

@@ -145,6 +145,31 @@ class LoadState:
         self.monitor = ProcessMonitor()
         self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
         self.gone: Optional[str] = None
+        self.watchdog = gevent.spawn(self._watch)
+
+    def _watch(self) -> None:
+        """Cut a request whose answer has been silent for request_timeout_s (no event: a server trickling bytes
+        or a line that never ends holds a blocking client's per-read timeout off), or that still runs
+        request_timeout_s after this process had nothing left to send (an endless stream): one such answer
+        held the run past its end until the runner gave up, and every record of the run with it."""
+        timeout = self.opts.request_timeout_s
+        limit, ending_since = int(timeout * 1e9), None
+        while True:
+            gevent.sleep(min(1.0, timeout / 10))
+            now = time.monotonic_ns()
+            if ending_since is None and self.nothing_left:
+                ending_since = now
+            ended = ending_since is not None and now - ending_since > limit
+            for greenlet, ex in list(self.active.items()):
+                if ended:
+                    why = f"still answering {timeout:g} s after the run ended"
+                elif now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit:
+                    why = f"no response within {timeout:g} s"
+                else:
+                    continue
+                if self.grpc is None or not self.grpc.cut(ex, why):
+                    ex.fail(why)
+                    greenlet.kill(StuckRequest(why), block=False)
 
     def server_gone(self, reason: str) -> None:
         """The server will answer nothing more (a dead stub): stop issuing and cut the requests in flight,
@@ -202,9 +227,13 @@ class LoadState:
         self.sink.add(ex)
         self.check_done()
 
+    @property
+    def nothing_left(self) -> bool:
+        """This process sends no more requests (draining, or its share sent)."""
+        return self.draining or (self.quota is not None and self.quota <= 0 and self.warmup_left <= 0)
+
     def check_done(self) -> None:
-        nothing_left = self.draining or (self.quota is not None and self.quota <= 0 and self.warmup_left <= 0)
-        if nothing_left and self.inflight == 0 and not self.done_sent:
+        if self.nothing_left and self.inflight == 0 and not self.done_sent:
             self.done_sent = True
             self.report_process()
             if self.worker:
@@ -223,6 +252,10 @@ _STATE: Optional[LoadState] = None
 
 class ServerGone(Exception):
     """Raised in a request's greenlet to end it when the server is known to answer no more."""
+
+
+class StuckRequest(Exception):
+    """Raised in a request's greenlet to end it when its answer is silent or outlasts the run (``LoadState._watch``)."""
 
 
 # ---------------------------------------------------------------- one request

@@ -321,3 +321,93 @@ def test_in_cluster_locust_carries_the_run_token_from_a_secret_and_has_a_deadlin
         [env] = container["env"]
         assert env["name"] == "TRITONGEN_RUN_TOKEN" and env["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert 0 < docs["Job"]["spec"]["activeDeadlineSeconds"] < 3600
+
+
+class _HostileOpenAI:
+    """An OpenAI-compatible server in a thread whose first answers are ``hostile`` (then short, well-formed ones):
+    ``endless`` an event every 50 ms that never ends, ``giant`` one SSE line of 20 MB without a newline, held
+    open, ``trickle`` an SSE comment byte every 0.3 s and no event, ever."""
+
+    def __init__(self, hostile: list[str]):
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        plan, lock, stop = list(hostile), threading.Lock(), threading.Event()
+        event = b'data: {"choices": [{"delta": {"content": " hi"}}]}\n\n'
+        self.stop = stop
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                body = b'{"data": [{"id": "m"}]}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    kind = plan.pop(0) if plan else "ok"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    if kind == "ok":
+                        self.wfile.write(event * 2 + b"data: [DONE]\n\n")
+                        return
+                    if kind == "giant":
+                        self.wfile.write(b'data: {"choices": [{"delta": {"content": "' + b"x" * (20 << 20))
+                    while not stop.is_set():
+                        self.wfile.write(event if kind == "endless" else b":")
+                        self.wfile.flush()
+                        time.sleep(0.05 if kind == "endless" else 0.3)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("hostile, errors", [
+    (["endless", "giant"], ["still answering 3 s after the run ended", "longer than 16,777,216 bytes"]),
+    (["trickle"], ["no response within 3 s"]),
+], ids=["endless-and-giant-line", "trickle"])
+def test_a_hostile_answer_fails_its_own_request_and_the_run_still_ends(cpu_spec, tiny_model_dir, tmp_path,
+                                                                        hostile, errors):
+    """review5: an answer that never ends, a line that never ends, or a byte now and then with no event held
+    an SSE client's read for ever (its per-read timeout never fired): the run outlived its end until the
+    runner gave up (exit 11, no results), and a 300 MB line grew quadratically slowly in one read. Now each
+    fails its own request with the reason, the well-formed answers count, and the run ends with its results."""
+    from generator.measure.records import read_records
+    from generator.measure.runner import run_loadtest
+    from generator.spec import with_overrides
+
+    server = _HostileOpenAI(hostile)
+    spec = with_overrides(cpu_spec, ["loadtest.protocol=openai-chat", f"loadtest.tokenizer={tiny_model_dir}",
+                                     f"loadtest.users={len(hostile) + 1}", "loadtest.duration_s=2",
+                                     "loadtest.request_timeout_s=3", "loadtest.warmup_requests=0",
+                                     "loadtest.reference_checks=0"])
+    try:
+        results = run_loadtest(spec, tmp_path, url=server.url, report=False).results
+    finally:
+        server.close()
+    failed = [r["error"] for r in read_records(tmp_path / "records.jsonl").requests if r["error"]]
+    assert results.counts.ok > 0, failed
+    for error in errors:
+        assert any(error in e for e in failed), (error, failed)
