@@ -20,7 +20,7 @@ from geventhttpclient import HTTPClient
 
 from generator.measure.records import SERVER_FIELDS, RequestRecord, ServerFigures, request_inputs
 from generator.serve.dialect import config_param, dialect_for_inputs
-from grpcwire import GrpcStream, StreamClosed, unary
+from grpcwire import MAX_MESSAGE, YIELD_EVERY, GrpcStream, StreamClosed, unary
 from prompts import Prompt
 
 Decoded = tuple[list[Optional[str]], ServerFigures, Optional[str]]
@@ -184,15 +184,6 @@ def decode_json(payloads: list[bytes]) -> Decoded:
     return texts, server, None
 
 
-MAX_ANSWER_BYTES = 16 << 20
-"""The most an SSE line, a whole answer or an error body may hold: a real answer of thousands of tokens is a few
-hundred KB. Past it the request fails and its connection is dropped; a server's line that never ended grew
-without bound before, and a 300 MB error body was read whole."""
-_YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop: a server that always has data ready (an endless
-or never-ending line) made every read return at once, and the process's other users and its watchdog starved."""
-
-
 def drop_connection(resp) -> None:
     """Close the connection of a response left unread (too large, or its request cut off) instead of giving it
     back to the client's pool, where the next request would read the rest of this answer."""
@@ -203,11 +194,11 @@ def drop_connection(resp) -> None:
 
 
 def read_bounded(resp) -> bytes:
-    """A whole response body of at most ``MAX_ANSWER_BYTES`` (ValueError past it, the connection dropped)."""
-    body = resp.read(MAX_ANSWER_BYTES + 1)
-    if len(body) > MAX_ANSWER_BYTES:
+    """A whole response body of at most ``MAX_MESSAGE`` (ValueError past it, the connection dropped)."""
+    body = resp.read(MAX_MESSAGE + 1)
+    if len(body) > MAX_MESSAGE:
         drop_connection(resp)
-        raise ValueError(f"the answer is longer than {MAX_ANSWER_BYTES:,} bytes")
+        raise ValueError(f"the answer is longer than {MAX_MESSAGE:,} bytes")
     return body
 
 
@@ -222,23 +213,24 @@ def error_text(resp) -> str:
 def read_events(resp, ex: Exchange) -> None:
     """An SSE response, line by line off the socket: each ``data:`` line with the time it arrived. The lines
     are cut out of the response's own buffer (geventhttpclient's readline searched the whole buffer again
-    after every read and had no bound), each at most ``MAX_ANSWER_BYTES``."""
+    after every read and had no bound), each at most ``MAX_MESSAGE``."""
     times, payloads, buf, feed = ex.resp_ns, ex.payloads, resp._body_buffer, resp.feed
     searched = reads = 0
     try:
         while True:
             end = buf.find(b"\n", searched)
             if end < 0:
-                if len(buf) > MAX_ANSWER_BYTES:
-                    raise ValueError(f"an SSE line is longer than {MAX_ANSWER_BYTES:,} bytes")
+                if len(buf) > MAX_MESSAGE:
+                    raise ValueError(f"an SSE line is longer than {MAX_MESSAGE:,} bytes")
                 if resp.message_complete:
                     break
                 searched = len(buf)
-                if resp._sock is None:
-                    raise ConnectionError("connection closed")
-                feed(resp._sock.recv(resp.block_size))
+                data = resp._sock.recv(resp.block_size)
+                feed(data)
+                if not data and not resp.message_complete:
+                    raise ConnectionError("the server closed the connection before the answer ended")
                 reads += 1
-                if reads % _YIELD_EVERY == 0:
+                if reads % YIELD_EVERY == 0:
                     gevent.sleep(0)
                 continue
             t = time.monotonic_ns()

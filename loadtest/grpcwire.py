@@ -31,6 +31,15 @@ _STREAM = 1
 _HEADER = struct.Struct(">I")
 _FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 _RECV = 1 << 18
+MAX_MESSAGE = 16 << 20
+"""The most one answer may hold (a gRPC message here; an SSE line or a response body in clients.py): a real one
+of thousands of tokens is a few hundred KB. A hostile server's message announced as 4 GB grew the client by
+12 GB in 25 s, and a header block that never ended grew without bound."""
+_MAX_FRAME = 16384
+"""The largest frame the peer may send: HTTP/2's default, which this client never raises."""
+YIELD_EVERY = 64
+"""Socket reads between two turns given to the event loop (here and in clients.read_events): a server that
+always has data ready made every read return at once, and the process's other users and its watchdog starved."""
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -90,7 +99,7 @@ class GrpcStream:
         self.flushing = False
         self.closed: Optional[StreamClosed] = None
         self.consumed = 0
-        self._headers = b""
+        self._headers = bytearray()
         self._headers_end_stream = False
         self._peer_initial = _DEFAULT_WINDOW
         # Our settings: stream receive windows as large as allowed; the connection window is raised below.
@@ -171,17 +180,23 @@ class GrpcStream:
         buf = b""
         pending = bytearray()  # DATA payload not yet a whole gRPC message
         recv, unpack, frame_size, on_message = self.sock.recv, _FRAME.unpack_from, _FRAME.size, self.on_message
+        reads = 0
         try:
             while True:
                 chunk = recv(_RECV)
                 t = time.monotonic_ns()
                 if not chunk:
                     raise StreamClosed("the server closed the connection")
+                reads += 1
+                if reads % YIELD_EVERY == 0:
+                    gevent.sleep(0)
                 buf = buf + chunk if buf else chunk
                 pos, end = 0, len(buf)
                 while end - pos >= frame_size:
                     hi, lo, kind, flags, stream = unpack(buf, pos)
                     length = (hi << 8) | lo
+                    if length > _MAX_FRAME:
+                        raise StreamClosed(f"the server sent a frame of {length:,} bytes (at most {_MAX_FRAME:,})")
                     if end - pos - frame_size < length:
                         break
                     start = pos + frame_size
@@ -218,6 +233,8 @@ class GrpcStream:
         pos, end, on_message = 0, len(pending), self.on_message
         while end - pos >= 5:
             length = int.from_bytes(pending[pos + 1:pos + 5], "big")
+            if length > MAX_MESSAGE:
+                raise StreamClosed(f"the server announced a message of {length:,} bytes (at most {MAX_MESSAGE:,})")
             if end - pos - 5 < length:
                 break
             on_message(t, bytes(pending[pos + 5:pos + 5 + length]))
@@ -233,9 +250,11 @@ class GrpcStream:
                     payload = payload[5:]
                 self._headers_end_stream = bool(flags & END_STREAM)
             self._headers += payload
+            if len(self._headers) > MAX_MESSAGE:
+                raise StreamClosed(f"the server sent a header block of more than {MAX_MESSAGE:,} bytes")
             if flags & END_HEADERS:
-                headers = dict(self.decoder.decode(self._headers))
-                self._headers = b""
+                headers = dict(self.decoder.decode(bytes(self._headers)))
+                self._headers = bytearray()
                 if self._headers_end_stream:
                     raise StreamClosed(_status(headers))
         elif kind == SETTINGS and not flags & ACK:

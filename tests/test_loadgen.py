@@ -274,6 +274,45 @@ def test_grpc_wire_framing_edge_cases():
     listener.close()
 
 
+@pytest.mark.parametrize("opening, flood, reason", [
+    (grpcwire.frame(grpcwire.DATA, 0, 1, b"\x00" + (2**32 - 16).to_bytes(4, "big")), grpcwire.DATA,
+     "announced a message of 4,294,967,280 bytes"),
+    (grpcwire.frame(grpcwire.HEADERS, 0, 1, b"\x88"), grpcwire.CONTINUATION, "header block of more than"),
+    (grpcwire.frame(grpcwire.DATA, 0, 1)[:3].replace(b"\x00\x00\x00", b"\xff\xff\xff") + b"\x00\x00\x00\x00\x01",
+     grpcwire.DATA, "a frame of 16,777,215 bytes"),
+], ids=["huge-message", "endless-header-block", "oversized-frame"])
+def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, reason):
+    """review5: a message announced as 4 GB, a header block that never ends or a frame past HTTP/2's default
+    size were buffered as they came (12 GB in 25 s from a local peer); the stream now ends with the reason
+    once an answer passes what any real one holds (grpcwire.MAX_MESSAGE)."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    closed: list = []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(opening)
+        chunk = grpcwire.frame(flood, 0, 1, b"\x00" * 16384) * 64
+        for _ in range(grpcwire.MAX_MESSAGE // len(chunk) + 2):  # a little more than MAX_MESSAGE
+            conn.sendall(chunk)
+        gevent.sleep(10)
+
+    server = gevent.spawn(peer)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, m: None, closed.append)
+    for _ in range(200):
+        if closed:
+            break
+        gevent.sleep(0.05)
+    assert closed and reason in str(closed[0]), closed
+    stream.close()
+    server.kill()
+    listener.close()
+
+
 def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_the_rest():
     """Requests sent without waiting (a closed-loop user's next request goes out from the last answer's
     callback): the one a peer never answers fails after the timeout through the stream's one watchdog, the
