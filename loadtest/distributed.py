@@ -31,7 +31,7 @@ from generator.measure.records import RunRecord
 TOKEN_ENV = "TRITONGEN_RUN_TOKEN"
 MSG_HELLO = "tritongen_hello"
 _PENDING_LIMIT = 1024
-"""Connections whose ``client_ready`` waits for a token at most (more are refused, not stored)."""
+"""Connections whose ``client_ready`` waits for a token at most (past it the oldest is dropped, not stored)."""
 _KINDS_COUNTED = 16
 """Message types counted by name at most; the sender chooses them, so more are counted as "other" (3,000
 made-up types made results.json and the summary 3,000 entries longer)."""
@@ -80,7 +80,11 @@ class MasterGuard:
         elif msg.type == MSG_HELLO and own and client_id in self.pending and self._valid(msg.data):
             self.members.add(client_id)
             self._handle(client_id, self.pending.pop(client_id))
-        elif msg.type == "client_ready" and own and len(self.pending) < _PENDING_LIMIT:
+        elif msg.type == "client_ready" and own:
+            if client_id not in self.pending and len(self.pending) >= _PENDING_LIMIT:
+                # the oldest has waited longest for a token a worker sends at once: 1,024 connections that never
+                # sent one locked the run's own workers out
+                self.reject(self.pending.pop(next(iter(self.pending))).node_id, msg.type)
             self.pending[client_id] = msg
             self.runner.send_message("ack", client_id=client_id)  # lets the worker start; no index: not a worker yet
         elif msg.type == "heartbeat" and client_id in self.pending:

@@ -411,3 +411,35 @@ def test_a_hostile_answer_fails_its_own_request_and_the_run_still_ends(cpu_spec,
     assert results.counts.ok > 0, failed
     for error in errors:
         assert any(error in e for e in failed), (error, failed)
+
+
+_PENDING_FLOOD = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+from locust import __version__
+from locust.env import Environment
+from locust.rpc import Message
+from distributed import MSG_HELLO, MasterGuard
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+runner = Environment().create_master_runner("127.0.0.1", port)
+guard = MasterGuard(runner, "t" * 32, 1, finish=lambda: None, drain=lambda: None)
+for i in range(int(sys.argv[2])):
+    guard.handle(f"intruder_{i}", Message("client_ready", __version__, f"intruder_{i}"))
+guard.handle("worker_1", Message("client_ready", __version__, "worker_1"))
+guard.handle("worker_1", Message(MSG_HELLO, {"token": "t" * 32}, "worker_1"))
+print("worker_1" in guard.members, len(guard.pending))
+runner.quit()
+"""
+
+
+def test_connections_that_never_send_the_token_do_not_lock_the_workers_out():
+    """review5: anyone who reaches the master's port may send client_ready (the token comes after it); 1,100 of
+    them filled the table of connections waiting for a token and the run's own worker was refused. A real
+    Locust master runner, in a subprocess (Locust monkey-patches the process that imports it)."""
+    from generator.resources import loadtest_dir
+
+    out = subprocess.run([sys.executable, "-c", _PENDING_FLOOD, str(loadtest_dir()), "1100"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    let_in, pending = out.stdout.split()
+    assert let_in == "True" and int(pending) <= 1024, out.stdout
