@@ -267,24 +267,32 @@ def end_request(st: LoadState, ex: Exchange) -> None:
     st.finished(ex)
 
 
+def cut_off(st: LoadState, user, ex: Exchange, exc: BaseException) -> None:
+    """End the request in flight of a user that was stopped: a failure, cancelled when the run stopped
+    (GreenletExit; the server being gone, ServerGone, is not a cancel)."""
+    st.active.pop(user, None)
+    ex.fail("cut off when the run stopped")
+    ex.record["cancelled"] = isinstance(exc, gevent.GreenletExit)
+    end_request(st, ex)
+
+
 def run_request(
     st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
 ) -> Exchange:
     """Send one request and wait for its answer; it is kept whatever happens and handed to the sink
     (decoded and written in batches)."""
     ex = begin_request(st, client, seq, prompt, warmup, sched_ns, conn_ns)
-    st.active[gevent.getcurrent()] = ex
+    user = gevent.getcurrent()
+    st.active[user] = ex
     try:
         client.generate(ex, prompt)
-    except gevent.GreenletExit:
-        ex.fail("cut off when the run stopped")
-        ex.record["cancelled"] = True
-        raise
     except Exception as exc:  # any transport failure is a failed request, not a crashed user
         ex.fail(f"{type(exc).__name__}: {exc}")
-    finally:
-        st.active.pop(gevent.getcurrent(), None)
-        end_request(st, ex)
+    except BaseException as exc:  # the run stops (GreenletExit)
+        cut_off(st, user, ex, exc)
+        raise
+    st.active.pop(user, None)
+    end_request(st, ex)
     return ex
 
 
@@ -293,7 +301,7 @@ class AnswerChain:
     previous answer, on the stream's reader: no greenlet switch, task scheduling or timer per request, which
     at saturation is most of what a request costs the event loop (docs/benchmarks.md, the GPU host). The
     user's greenlet only waits for the chain to end (no request left) or is stopped (the run ends, the
-    server is gone), which cuts the request in flight as ``run_request`` does."""
+    server is gone), which cuts the request in flight off (``cut_off``, as ``run_request`` does)."""
 
     def __init__(self, st: LoadState, client: GrpcLLMClient) -> None:
         self.st, self.client = st, client
@@ -310,11 +318,7 @@ class AnswerChain:
             ex, self.ex = self.ex, None
             if ex is not None:
                 self.client.abandon(ex)
-                st = self.st
-                st.active.pop(self.user, None)
-                ex.fail("cut off when the run stopped")
-                ex.record["cancelled"] = isinstance(exc, gevent.GreenletExit)
-                end_request(st, ex)
+                cut_off(self.st, self.user, ex, exc)
             raise
 
     def issue(self) -> None:
