@@ -13,6 +13,9 @@ Two load shapes:
 
 In distributed mode (``--master`` + ``--worker``), workers stream their records to the master, which
 writes the one records file; each process takes its share of the schedule, warm-up and request count.
+
+This module holds the Locust-facing parts (arguments, per-process state, users, run control); a request's
+life is lifecycle.py, the records sink and the process monitor are sink.py.
 """
 
 from __future__ import annotations
