@@ -360,3 +360,20 @@ def test_a_server_that_dies_keeps_the_log_its_error_names(tmp_path):
         server.stop()
     assert log.is_file() and "Started HTTPService" in log.read_text(errors="replace")
     shutil.rmtree(log.parent)
+
+
+@pytest.mark.parametrize("count", [100, 5000])
+def test_parameter_lines_are_found_in_one_pass_whatever_their_number(count, monkeypatch):
+    """review5: validate looked each parameter's line up with a search from the top, so a config.pbtxt of
+    40,000 parameters (2 MB) took more than two minutes. Every key's line is still right, and the lines are
+    scanned once, not once per key (the scans counted are the same for 100 parameters and for 5,000)."""
+    from generator.repo.problems import ConfigText
+
+    head = 'name: "tensorrt_llm"\nbackend: "python"\n# key: "k0" in a comment\n'
+    text = head + "".join(f'parameters {{ key: "k{i}" value {{ string_value: "v" }} }}\n' for i in range(count))
+    scans = []
+    original = ConfigText.find
+    monkeypatch.setattr(ConfigText, "find", lambda self, *a, **kw: scans.append(a) or original(self, *a, **kw))
+    config = ConfigText(Path("config.pbtxt"), text)
+    assert [config.parameter(f"k{i}") for i in range(count)] == [4 + i for i in range(count)]
+    assert config.parameter("missing") is None and len(scans) == 1
