@@ -13,6 +13,9 @@ Two load shapes:
 
 In distributed mode (``--master`` + ``--worker``), workers stream their records to the master, which
 writes the one records file; each process takes its share of the schedule, warm-up and request count.
+
+This module holds the Locust-facing parts (arguments, per-process state, users, run control); a request's
+life is lifecycle.py, the records sink and the process monitor are sink.py.
 """
 
 from __future__ import annotations
@@ -20,38 +23,30 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import gevent
-import gevent.event
 import gevent.pool
-import psutil
 from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, decode_safely, model_info, new_record
+from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info
 from distributed import MasterGuard, introduce, run_token
-from generator.measure.records import (
-    ProcessRecord, RequestRecord, open_records, quantile_sample, server_gone, write_records,
-)
+from generator.measure.records import open_records, write_records
 from generator.spec import LoadTestSpec
+from lifecycle import AnswerChain, run_conversation, run_request
 from openaiapi import OpenAIClient, openai_model
-from prompts import Prompt, follow_up, load_tokenizer, read_jsonl, synthesize
+from prompts import Prompt, load_tokenizer, read_jsonl, synthesize
 from schedule import arrival_offsets, share
+from sink import MSG_RECORDS, ProcessMonitor, RecordSink
 from traces import read_trace
 
-MSG_RECORDS = "tritongen_records"
 MSG_DRAIN = "tritongen_drain"
 MSG_DONE = "tritongen_done"
 MSG_FAILED = "tritongen_failed"
-_LAG_PROBE_S = 0.01
-_RUN_TOKEN = os.urandom(4).hex()
-_FLUSH_S = 0.2
 
 # ---------------------------------------------------------------- settings (Locust command-line arguments)
 
@@ -225,7 +220,7 @@ class ServerGone(Exception):
     """Raised in a request's greenlet to end it when the server is known to answer no more."""
 
 
-# ---------------------------------------------------------------- one request
+# ---------------------------------------------------------------- the users
 
 
 def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
@@ -240,252 +235,6 @@ def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
     if protocol.startswith("openai-"):
         return OpenAIClient(host, info, protocol, timeout, _STATE.opts.openai_body)
     raise ValueError(f"unknown protocol {protocol!r}: http-stream, grpc-stream, http, openai-chat or openai-completions")
-
-
-def begin_request(
-    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
-) -> Exchange:
-    """A request's record and exchange, counted in flight; ``end_request`` hands it on whatever happened.
-
-    ``conn_ns`` is how long the request waited for a connection (open loop opens one when all are busy).
-    """
-    first = prompt.index not in st.prompts_sent
-    st.prompts_sent.add(prompt.index)
-    record = new_record(st.opts.protocol, st.info.name, st.index, seq, prompt, warmup, sched_ns, conn_ns=conn_ns,
-                        cumulative=st.info.cumulative, prompt_text=prompt.text if first else None)
-    # The request id also keys the postprocessing's incremental detokenizer: unique across runs.
-    ex = Exchange(f"{_RUN_TOKEN}-{st.index}-{seq}", record, client.decode)
-    st.inflight += 1
-    return ex
-
-
-def end_request(st: LoadState, ex: Exchange) -> None:
-    st.inflight -= 1
-    reason = server_gone(ex.error)
-    if reason is not None:
-        st.server_gone(reason)
-    st.finished(ex)
-
-
-def run_request(
-    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
-) -> Exchange:
-    """Send one request and wait for its answer; it is kept whatever happens and handed to the sink
-    (decoded and written in batches)."""
-    ex = begin_request(st, client, seq, prompt, warmup, sched_ns, conn_ns)
-    st.active[gevent.getcurrent()] = ex
-    try:
-        client.generate(ex, prompt)
-    except gevent.GreenletExit:
-        ex.fail("cut off when the run stopped")
-        ex.record["cancelled"] = True
-        raise
-    except Exception as exc:  # any transport failure is a failed request, not a crashed user
-        ex.fail(f"{type(exc).__name__}: {exc}")
-    finally:
-        st.active.pop(gevent.getcurrent(), None)
-        end_request(st, ex)
-    return ex
-
-
-class AnswerChain:
-    """A closed-loop user on the process's gRPC stream whose next request is sent from the callback of the
-    previous answer, on the stream's reader: no greenlet switch, task scheduling or timer per request, which
-    at saturation is most of what a request costs the event loop (docs/benchmarks.md, the GPU host). The
-    user's greenlet only waits for the chain to end (no request left) or is stopped (the run ends, the
-    server is gone), which cuts the request in flight as ``run_request`` does."""
-
-    def __init__(self, st: LoadState, client: GrpcLLMClient) -> None:
-        self.st, self.client = st, client
-        self.user = gevent.getcurrent()
-        self.ex: Optional[Exchange] = None
-        self.ended = gevent.event.Event()
-
-    def run(self) -> None:
-        self.issue()
-        try:
-            self.ended.wait()
-        except BaseException as exc:  # the run stops (GreenletExit) or the server is gone (ServerGone)
-            self.ended.set()
-            ex, self.ex = self.ex, None
-            if ex is not None:
-                self.client.abandon(ex)
-                st = self.st
-                st.active.pop(self.user, None)
-                ex.fail("cut off when the run stopped")
-                ex.record["cancelled"] = isinstance(exc, gevent.GreenletExit)
-                end_request(st, ex)
-            raise
-
-    def issue(self) -> None:
-        st = self.st
-        while not self.ended.is_set():
-            nxt = st.next_request()
-            if nxt is None:
-                self.ended.set()
-                return
-            seq, prompt, warmup = nxt
-            ex = self.ex = begin_request(st, self.client, seq, prompt, warmup, time.monotonic_ns())
-            st.active[self.user] = ex
-            try:
-                self.client.start(ex, prompt, self.answered)
-                return
-            except Exception as exc:  # the stream could not be opened: a failed request, then the next
-                ex.fail(f"{type(exc).__name__}: {exc}")
-                self.answered(ex, again=False)
-                gevent.spawn(self.issue)  # after the event loop's turn, as a waiting user would
-                return
-
-    def answered(self, ex: Exchange, again: bool = True) -> None:
-        if self.ex is not ex:  # already cut off
-            return
-        self.ex = None
-        self.st.active.pop(self.user, None)
-        end_request(self.st, ex)
-        if again:
-            self.issue()
-
-
-def run_conversation(
-    st: LoadState, client: LLMClient, seq: int, prompt: Prompt, warmup: bool, sched_ns: int, conn_ns: int = 0
-) -> None:
-    """One request, or a conversation: each later turn is sent when the previous answer is complete and
-    resends the conversation so far (questions and answers) with its own question."""
-    ex = run_request(st, client, seq, prompt, warmup, sched_ns, conn_ns)
-    first = prompt.index
-    for k, question in enumerate(prompt.turns, 1):
-        nxt = st.next_turn(warmup)
-        if nxt is None or ex.error:
-            return
-        texts = [t for t in decode_safely(client.decode, ex.payloads)[0] if t]
-        answer = (texts[-1] if texts else "") if st.info.cumulative else "".join(texts)
-        prompt = follow_up(prompt, answer, question, k * len(st.prompts) + first, st.tokenizer)
-        ex = run_request(st, client, nxt[0], prompt, nxt[1], time.monotonic_ns())
-
-
-def fire_locust_events(environment, record: RequestRecord) -> None:
-    """Locust's live table: end-to-end and TTFT rows from the raw times (rounded by Locust; never the report's
-    figures, which come from the records after the run). Two events per request, not more: each costs a
-    Locust process about as much CPU as a tenth of a 16-token request (docs/benchmarks.md)."""
-    if record["cancelled"]:
-        return
-    kind = "warmup" if record["warmup"] else record["protocol"]
-    fire = environment.events.request.fire
-    e2e_ms = (record["end_ns"] - record["sched_ns"]) / 1e6
-    if record["error"]:
-        fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=0,
-             exception=RuntimeError(record["error"]), context={})
-        return
-    visible = [t for t, text in zip(record["resp_ns"], record["resp_text"]) if text]
-    fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(visible), exception=None, context={})
-    if not record["warmup"] and visible:
-        fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6,
-             response_length=0, exception=None, context={})
-
-
-# ---------------------------------------------------------------- records sink and process monitor
-
-
-class RecordSink:
-    """Finished exchanges are decoded, shown to Locust and written in batches, every ``_FLUSH_S`` and at the end:
-    local and master processes append them to the records file, workers send them to the master."""
-
-    def __init__(self, environment) -> None:
-        self.environment = environment
-        self.runner = environment.runner
-        self.worker = isinstance(self.runner, WorkerRunner)
-        self.pending: list[Exchange] = []
-        self.requests = self.responses = 0  # what this process received, for its CPU cost per response
-        path = environment.parsed_options.records
-        self.file = None if self.worker or not path else open_records(path)
-        gevent.spawn(self._flusher)
-
-    def add(self, ex: Exchange) -> None:
-        self.pending.append(ex)
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        records = [ex.finish() for ex in batch]
-        self.requests += len(records)
-        self.responses += sum(len(r["resp_ns"]) for r in records)
-        for record in records:
-            fire_locust_events(self.environment, record)
-        self.send(records)
-
-    def send(self, records: list[RequestRecord] | list[ProcessRecord]) -> None:
-        if self.worker:
-            self.runner.send_message(MSG_RECORDS, records)
-        elif self.file is not None:
-            write_records(self.file, records)
-
-    def _flusher(self) -> None:
-        while True:
-            gevent.sleep(_FLUSH_S)
-            self.flush()
-
-
-def _sched_ns() -> Optional[tuple[int, int]]:
-    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread, where the event loop
-    runs (Linux schedstat); None where the kernel does not keep it."""
-    try:
-        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
-            run, wait = f.read().split()[:2]
-        return int(run), int(wait)
-    except (OSError, ValueError):
-        return None
-
-
-class ProcessMonitor:
-    """The load generator's own health, reported as one ``process`` record per Locust process: event-loop lag
-    (a 10 ms sleep that wakes late means the process could not keep up), its CPU use, and per second how
-    much of a core its event loop wanted (on a CPU or waiting for one: a loop starved by other work on its
-    core wants a whole core while it gets little of one)."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.lags_ns: list[int] = []
-        self.cpu_percent: list[float] = []
-        self.demand: list[float] = []
-        self.started_ns = time.monotonic_ns()
-        self.cpu_start = self.proc.cpu_times()
-        self.sched_start = _sched_ns()
-        self.proc.cpu_percent(None)
-        self.greenlet = gevent.spawn(self._probe)
-
-    def _probe(self) -> None:
-        next_cpu = time.monotonic() + 1.0
-        last = (time.monotonic_ns(), self.sched_start)
-        while True:
-            t = time.monotonic_ns()
-            gevent.sleep(_LAG_PROBE_S)
-            self.lags_ns.append(time.monotonic_ns() - t - int(_LAG_PROBE_S * 1e9))
-            if time.monotonic() >= next_cpu:
-                self.cpu_percent.append(self.proc.cpu_percent(None))
-                now = (time.monotonic_ns(), _sched_ns())
-                if now[1] is not None and last[1] is not None:
-                    self.demand.append((sum(now[1]) - sum(last[1])) / (now[0] - last[0]))
-                last = now
-                next_cpu += 1.0
-
-    def record(self, index: int, tokenizer: str, requests: int, responses: int) -> ProcessRecord:
-        """This process's record; ``requests``/``responses``: what it received, for its CPU cost per response."""
-        self.greenlet.kill(block=False)
-        cpu = self.proc.cpu_times()
-        sched = _sched_ns()
-        return {
-            "kind": "process", "proc": index, "host": socket.gethostname(), "pid": os.getpid(),
-            "wall_s": (time.monotonic_ns() - self.started_ns) / 1e9,
-            "cpu_s": (cpu.user + cpu.system) - (self.cpu_start.user + self.cpu_start.system),
-            "cpu_percent": self.cpu_percent, "lag_ns": quantile_sample(self.lags_ns),
-            "lag_max_ns": max(self.lags_ns, default=0), "demand": self.demand,
-            "sched_wait_s": (sched[1] - self.sched_start[1]) / 1e9 if sched and self.sched_start else None,
-            "tokenizer": tokenizer, "requests": requests, "responses": responses,
-        }
-
-
-# ---------------------------------------------------------------- the users
 
 
 class TritonLLMUser(User):

@@ -73,7 +73,7 @@ def request_record(texts, *, sched=0, sent=0, first=10, gap=5, end=None, server=
 
 
 def process_record(**fields):
-    """A Locust process's record (loadtest/tritonllm.py ``ProcessMonitor.record``): a calm process by default."""
+    """A Locust process's record (loadtest/sink.py ``ProcessMonitor.record``): a calm process by default."""
     rec = {"kind": "process", "proc": 0, "host": "h", "pid": 1, "wall_s": 10.0, "cpu_s": 2.0, "cpu_percent": [],
            "lag_ns": [MS] * 100, "lag_max_ns": 2 * MS, "demand": [], "sched_wait_s": None, "tokenizer": "/tok",
            "requests": 0, "responses": 0}

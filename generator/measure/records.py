@@ -98,7 +98,7 @@ class RequestRecord(TypedDict):
 
 
 class ProcessRecord(TypedDict):
-    """One Locust process's own health (loadtest/tritonllm.py ``ProcessMonitor.record``)."""
+    """One Locust process's own health (loadtest/sink.py ``ProcessMonitor.record``)."""
 
     kind: Literal["process"]
     proc: int

@@ -5,7 +5,8 @@ what the C++ ``tensorrtllm`` backend and its executor do around the model: admis
 scheduler policy, end_id and stop words, streaming of new tokens only, exclude_input_in_output,
 cancellation that frees KV blocks, and per-request perf metrics on the steady clock. It knows
 nothing about Triton: responses go to a ``ResponseSink`` (numpy tensors in, Triton's sender out,
-or a list in tests).
+or a list in tests). What it refuses before queuing, and a failed row's error response, are
+``engine_requests``.
 
 Clock: ``time.perf_counter_ns``, which on Linux reads CLOCK_MONOTONIC, the clock behind the C++
 backend's ``std::chrono::steady_clock``, so the timestamps compare with any other monotonic
@@ -20,10 +21,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
-import numpy as np
-
+from engine_requests import ResponseSink, RowGroup, blocks_for, check_request
 from engine_settings import MIB, EngineSettings, kv_bytes_per_block, resolve_num_blocks, working_memory
 from model_common import RequestError, ServerBusy, ServerFault
 from trtllm_io import GenerationRequest, PerfMetrics, response_tensors
@@ -42,35 +42,11 @@ def load_model(weights_dir: str, dtype: str, threads: int | None = None):
     return load_causal_lm(weights_dir, dtype=getattr(torch, dtype))
 
 
-class ResponseSink(Protocol):
-    """Where one Triton request's responses go (Triton's response sender, or a list in tests)."""
-
-    def send(self, tensors: dict[str, np.ndarray] | None, final: bool) -> None: ...
-
-    def send_error(self, error: Exception, final: bool) -> None:
-        """``error`` is a ServerFault or ServerBusy (model_common), which decides the client's status."""
-
-    def is_cancelled(self) -> bool: ...
-
-
-@dataclass
-class _Group:
-    """The rows of one Triton request: only the last row to finish carries the final flag."""
-
-    sink: ResponseSink
-    triton_id: str
-    pending: int
-
-    def row_done(self) -> bool:
-        self.pending -= 1
-        return self.pending == 0
-
-
 @dataclass
 class _Sequence:
     rid: str
     request: GenerationRequest
-    group: _Group
+    group: RowGroup
     blocks: int  # blocks for prompt plus all output tokens, reserved under guaranteed_no_evict
     perf: PerfMetrics
     tokens: list[int] = field(default_factory=list)  # accepted output tokens (end_id excluded)
@@ -215,49 +191,6 @@ class CpuEngine:
 
     # ------------------------------------------------------------------ requests
 
-    def check(self, request: GenerationRequest) -> None:
-        """Refuse what the GPU engine refuses, before anything is queued (raises RequestError)."""
-        s = self.settings
-        n = len(request.input_ids)
-        if n == 0:
-            raise RequestError("input_ids is empty: the prompt must have at least one token")
-        if min(request.input_ids) < 0 or max(request.input_ids) >= self.vocab_size:
-            raise RequestError(f"input_ids must be token ids in [0, {self.vocab_size})")
-        if s.max_input_len is not None and n > s.max_input_len:
-            raise RequestError(f"prompt length ({n}) exceeds max_input_len ({s.max_input_len})")
-        if request.max_new_tokens <= 0:
-            wrap = "; a number of 2^31 or more wraps around in this INT32 input" if request.max_new_tokens < 0 else ""
-            raise RequestError(f"request_output_len (max_tokens) must be > 0, got {request.max_new_tokens}{wrap}")
-        if s.max_seq_len is not None and n + request.max_new_tokens > s.max_seq_len:
-            raise RequestError(
-                f"prompt length ({n}) + request_output_len ({request.max_new_tokens}) exceeds max_seq_len "
-                f"({s.max_seq_len})"
-            )
-        if not s.enable_chunked_context and n > s.max_num_tokens:
-            raise RequestError(
-                f"prompt length ({n}) exceeds max_num_tokens ({s.max_num_tokens}) and enable_chunked_context is off"
-            )
-        blocks = self.blocks_for(request)
-        if blocks > self.num_blocks:
-            raise RequestError(
-                f"the request needs {blocks} KV blocks but the whole cache has {self.num_blocks}; raise "
-                "max_tokens_in_paged_kv_cache / cpu_kv_cache_mib or send a shorter request"
-            )
-        sampling = request.sampling
-        if sampling.end_id is not None and not -1 <= sampling.end_id < self.vocab_size:
-            raise RequestError(f"end_id must be a token id in [0, {self.vocab_size - 1}] (or -1: no end token), "
-                               f"got {sampling.end_id}")
-        for name, words in (("bad_words_list", sampling.bad_words), ("stop_words_list", request.stop_words)):
-            for word in words:
-                if min(word) < 0 or max(word) >= self.vocab_size:
-                    raise RequestError(f"{name} holds token ids outside [0, {self.vocab_size - 1}]")
-        if len(sampling.embedding_bias) > self.vocab_size:
-            raise RequestError(f"embedding_bias has {len(sampling.embedding_bias)} values for a vocabulary of "
-                               f"{self.vocab_size}")
-
-    def blocks_for(self, request: GenerationRequest) -> int:
-        return math.ceil((len(request.input_ids) + request.max_new_tokens) / self.settings.tokens_per_block)
-
     def submit(
         self, rows: list[GenerationRequest], sink: ResponseSink, *, arrival_ns: int, triton_id: str = ""
     ) -> None:
@@ -265,8 +198,8 @@ class CpuEngine:
 
         Raises ServerBusy when ``max_queue_size`` requests already wait for a batch slot."""
         for row in rows:
-            self.check(row)
-        group = _Group(sink=sink, triton_id=triton_id, pending=len(rows))
+            check_request(row, self.settings, self.vocab_size, self.num_blocks)
+        group = RowGroup(sink=sink, triton_id=triton_id, pending=len(rows))
         with self._lock:
             limit = self.settings.max_queue_size
             if limit and len(self._waiting) + len(rows) > limit:
@@ -275,7 +208,7 @@ class CpuEngine:
             for row in rows:
                 self._counter += 1
                 seq = _Sequence(
-                    rid=f"trt-{self._counter}", request=row, group=group, blocks=self.blocks_for(row),
+                    rid=f"trt-{self._counter}", request=row, group=group, blocks=blocks_for(row, self.settings.tokens_per_block),
                     perf=PerfMetrics(arrival_time_ns=arrival_ns),
                 )
                 self._waiting.append(seq)
@@ -444,7 +377,7 @@ class CpuEngine:
         except Exception as exc:  # the client is gone; its blocks are freed all the same
             self.log(f"CPU reference engine: could not send a response ({exc})")
             if last:  # still end the stream: a BLS caller reads it to its final response
-                self._send_final(seq)
+                seq.group.close()
 
     def _finish(self, seq: _Sequence, *, cancel_engine: bool) -> None:
         """Send the final response of a row and release what it holds."""
@@ -455,24 +388,13 @@ class CpuEngine:
 
     def _end_row(self, seq: _Sequence, *, error: Exception) -> None:
         self._release(seq, cancel_engine=True)
-        last = seq.group.row_done()
-        try:
-            seq.group.sink.send_error(error, final=last)
-        except Exception as exc:
-            self.log(f"CPU reference engine: could not send an error response ({exc})")
+        seq.group.send_error(error, self.log)
 
     def _drop(self, seq: _Sequence) -> None:
         """A cancelled or disconnected client: free its blocks, close its stream without output."""
         self._release(seq, cancel_engine=True)
         if seq.group.row_done():
-            self._send_final(seq)
-
-    @staticmethod
-    def _send_final(seq: _Sequence) -> None:
-        try:
-            seq.group.sink.send(None, final=True)
-        except Exception:  # the stream is closed already
-            pass
+            seq.group.close()
 
     def _release(self, seq: _Sequence, *, cancel_engine: bool) -> None:
         if seq.admitted:
