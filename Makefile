@@ -2,8 +2,11 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
+# --no-compile: Python compiles a module when it is first imported instead of pip compiling all of them
+# (torch's thousands) at install: 27 s of CPU instead of 67 s for a clean clone's install here.
+PIP     = $(BIN)/pip install -q --no-compile
 # The virtual environment with a current pip, made once.
-VENV_UP = test -x $(BIN)/pip || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip; }
+VENV_UP = test -x $(BIN)/pip || { $(PYTHON) -m venv $(VENV) && $(PIP) --upgrade pip; }
 
 .PHONY: setup setup-dynamo demo test
 setup: $(VENV)/.installed
@@ -11,7 +14,7 @@ setup: $(VENV)/.installed
 # torch is pinned exactly (here and in pyproject.toml) so pip never picks a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(VENV_UP)
-	$(BIN)/pip install -q torch==2.13.0 -e '.[dev]'
+	$(PIP) torch==2.13.0 -e '.[dev]'
 	touch $@
 
 # Test extra: Dynamo's frontend + mocker for the OpenAI-protocol tests (86 MB of wheels, ~260 MB installed;
@@ -20,8 +23,8 @@ $(VENV)/.installed: pyproject.toml
 setup-dynamo: $(VENV)/.dynamo
 $(VENV)/.dynamo: pyproject.toml
 	$(VENV_UP)
-	$(BIN)/pip install -q torch==2.13.0 -e '.[dev,dynamo-test]'
-	$(BIN)/pip install -q --no-deps ai-dynamo==1.6.1
+	$(PIP) torch==2.13.0 -e '.[dev,dynamo-test]'
+	$(PIP) --no-deps ai-dynamo==1.6.1
 	touch $(VENV)/.installed $@
 
 demo: setup

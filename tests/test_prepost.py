@@ -302,3 +302,48 @@ def test_postprocessing_refuses_what_no_engine_sends(postprocessing):
         model._texts(_Request("", TOKENS_BATCH=np.array([[[5, 6]]], np.int32), SEQUENCE_LENGTH=np.array([[9]], np.int32)))
     # no server-made identity (an engine that does not stamp arrival times): each chunk alone, no state kept
     assert model._texts(_Request("x", **_chunk([5], ARRIVAL_TIME_NS=[[0]]))) and len(model.streams) == 0
+
+
+def _tokenizer_folder(src: Path, out: Path, tokenizer_class: str, model_type: str) -> Path:
+    """``src``'s tokenizer, declaring ``tokenizer_class`` for a model of ``model_type``."""
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((src / name).read_bytes())
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    (out / "config.json").write_text(json.dumps({"model_type": model_type, "vocab_size": 8}))
+    return out
+
+
+@pytest.mark.parametrize("tokenizer_class", ["PreTrainedTokenizerFast", "TokenizersBackend"])
+@pytest.mark.parametrize("model_type", ["qwen3", "llama"])
+def test_a_declared_fast_tokenizer_loads_as_autotokenizer_loads_it(tokenizer_weights_dir, tmp_path, tokenizer_class,
+                                                                   model_type):
+    """The models load such a folder without AutoTokenizer (and torch): the same class, ids and text."""
+    import model_common
+    from transformers import AutoTokenizer
+
+    folder = str(_tokenizer_folder(tokenizer_weights_dir, tmp_path / "tok", tokenizer_class, model_type))
+    assert model_type in model_common.FAST_MODEL_TYPES and model_common._declared_fast(folder)
+    ours, auto = model_common.load_tokenizer(folder), AutoTokenizer.from_pretrained(folder, use_fast=True)
+    assert type(ours) is type(auto)
+    text = "hello the triton model <eos> unknown world"
+    assert ours(text).input_ids == auto(text).input_ids and ours.all_special_ids == auto.all_special_ids
+    for skip in (True, False):
+        assert ours.decode(auto(text).input_ids, skip_special_tokens=skip) == auto.decode(
+            auto(text).input_ids, skip_special_tokens=skip)
+
+
+def test_other_tokenizers_are_left_to_autotokenizer(tokenizer_weights_dir, tmp_path):
+    """Another class, a model type whose hub class AutoTokenizer overrides (qwen2), remote code, or a Hub id."""
+    import model_common
+
+    assert not model_common._declared_fast(str(_tokenizer_folder(tokenizer_weights_dir, tmp_path / "a",
+                                                                 "Qwen2Tokenizer", "qwen3")))
+    assert not model_common._declared_fast(str(_tokenizer_folder(tokenizer_weights_dir, tmp_path / "b",
+                                                                 "PreTrainedTokenizerFast", "qwen2")))
+    remote = _tokenizer_folder(tokenizer_weights_dir, tmp_path / "c", "PreTrainedTokenizerFast", "qwen3")
+    config = json.loads((remote / "tokenizer_config.json").read_text())
+    (remote / "tokenizer_config.json").write_text(json.dumps({**config, "auto_map": {"AutoTokenizer": ["x.Tok", None]}}))
+    assert not model_common._declared_fast(str(remote))
+    assert not model_common._declared_fast("Qwen/Qwen3-8B")

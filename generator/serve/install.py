@@ -19,11 +19,13 @@ from typing import Mapping, Optional, Sequence
 from generator.errors import ToolMissing
 from generator.serve.adminapi import ADMIN_APIS, ADMIN_HEADER, restriction_flags  # noqa: F401 (re-exported)
 
-RUN_EXIT_TIMEOUT_S = 2
-"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``).
-Triton 2.51 counts its models' unloading against the same timeout (unloading the CPU engine took 12 s on
-the loaded 2-core machine), so these servers usually exit before their stubs: ``TritonServer.stop``
-then ends the stubs before it reaps the server, which keeps them from segfaulting."""
+RUN_EXIT_TIMEOUT_S = 0
+"""``--exit-timeout-secs`` of the servers tritongen's runs start and stop (see ``TritonServer.exit_timeout_s``):
+none, since a run stops its server once its own requests are done. Triton 2.51 counts its models' unloading
+against the same timeout in whole seconds, and unloading the Python models takes longer than that here
+(the CPU engine took 12 s on the loaded 2-core machine): with 2 s every stop waited 2 s and then left the
+same stubs behind, which ``TritonServer.stop`` ends before it reaps the server (that keeps them from
+segfaulting). ``tritongen serve`` gives its clients longer (SERVE_EXIT_TIMEOUT_S)."""
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 

@@ -48,8 +48,8 @@ CANCELLED = "Request cancelled by client"
 
 FINALIZE_WAIT_S = 20.0
 """How long unloading waits for requests in progress: each ends at its next engine step once cancelled,
-and the engine ends its own requests when it unloads. Below the 30 s tritongen's servers give their
-models to unload (install.RUN_EXIT_TIMEOUT_S)."""
+and the engine ends its own requests when it unloads. (Triton stops waiting for the unloading after its
+``--exit-timeout-secs``: ``tritongen serve``'s SERVE_EXIT_TIMEOUT_S, none for tritongen's own runs.)"""
 
 PERF_TIMES = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
 """Upstream returns the LLM engine's own time points; here the CPU engine's, on the same clock
