@@ -127,6 +127,10 @@ def test_empty_chunks_fail_only_when_nothing_explains_them():
     assert stream_failures(record(["a", "", "é!"])) == []  # a character held back until complete
     assert stream_failures(record(["a", "", "b", "c"]), reference="abc") == []  # e.g. a skipped special token
     assert "empty_chunk" in stream_failures(record(["a", "", "b", "c"]))
+    # the server counted a token for every response: the empty one carried a token that decodes to nothing
+    assert stream_failures(record(["a", "", "b", "c"], server={"num_output_tokens": 4})) == []
+    # fewer tokens than responses: one came without a token
+    assert "empty_chunk" in stream_failures(record(["a", "", "b", "c"], server={"num_output_tokens": 3}, max_tokens=3))
     # a diverged one-piece answer came from other tokens: no evidence against the empty response
     assert compare_texts("abc", "a xyz") == "diverged" and stream_failures(record(["a", "", "b", "c"]), reference="a xyz") == []
     # one that differs by streaming damage only: the empty response is where the text went missing

@@ -142,8 +142,9 @@ def _checks_section(doc: Doc, results: LoadTestResult) -> None:
           f"after the run: {ref.get('equal', 0)} equal, {ref.get('detokenization', 0)} damaged by streaming, "
           f"{ref.get('diverged', 0)} where the engine generated different tokens (not a streaming fault). "
           f"Empty chunks before the last: {checks.empty_chunks} (a failure only where nothing explains them: "
-          "a held-back character, or a one-piece text that is equal (a token that decodes to nothing) or that "
-          "came from other tokens, explains them).")
+          "a held-back character, a server that counted a token for every response, a cumulative answer "
+          "repeating its text so far, or a one-piece text that is equal (a token that decodes to nothing) or "
+          "that came from other tokens, explains them).")
     doc.table(["check", "failures"], [
         ["no U+FFFD the one-piece text does not have", checks.failures[CHECK_REPLACEMENT]],
         ["no unexplained empty chunk before the last", checks.failures[CHECK_EMPTY_CHUNK]],
