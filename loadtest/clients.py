@@ -49,6 +49,10 @@ class Exchange:
             self.error = message[:500]
             self.end_ns = t_ns or time.monotonic_ns()
 
+    def silent_ns(self, now: int) -> int:
+        """How long the answer has been silent: since the last response, or since the request was sent."""
+        return now - (self.resp_ns[-1] if self.resp_ns else self.record["sent_ns"])
+
     def finish(self) -> RequestRecord:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
         rec = self.record
@@ -502,7 +506,7 @@ class GrpcLLMClient:
             gevent.sleep(min(1.0, self.timeout / 10))
             now = time.monotonic_ns()
             for rid, ex in list(self.waiting.items()):
-                if now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit_ns:
+                if ex.silent_ns(now) > limit_ns:
                     self._complete(rid, ex, f"no response within {self.timeout:g} s")
 
     def start(self, ex: Exchange, prompt: Prompt, on_done: Callable[[Exchange], None]) -> None:

@@ -158,7 +158,7 @@ class LoadState:
             for greenlet, ex in list(self.active.items()):
                 if ended:
                     why = f"still answering {timeout:g} s after the run ended"
-                elif now - (ex.resp_ns[-1] if ex.resp_ns else ex.record["sent_ns"]) > limit:
+                elif ex.silent_ns(now) > limit:
                     why = f"no response within {timeout:g} s"
                 else:
                     continue
