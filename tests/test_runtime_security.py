@@ -209,7 +209,9 @@ def test_a_lost_worker_ends_the_run_with_its_records_kept(cpu_spec, cpu_server, 
                   and _cmdline(p).endswith(f"--worker --master-host 127.0.0.1 --master-port {port}"))
     os.kill(worker, signal.SIGKILL)
     thread.join(300)  # the run itself would last 600 s
-    assert not thread.is_alive(), "the run waited for the lost worker"
+    logs = "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:]
+                   for log in sorted((tmp_path / "out").glob("locust*.log")))
+    assert not thread.is_alive(), f"the run waited for the lost worker (killed pid {worker}); the Locust logs:{logs}"
     res = result["r"].results
     integrity = res.run.integrity
     assert integrity.incomplete and "worker" in integrity.incomplete and len(integrity.lost_workers) == 1
