@@ -8,7 +8,9 @@ monkey-patch this process); the server tests use the session's servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,8 +204,8 @@ def test_a_lost_worker_ends_the_run_with_its_records_kept(cpu_spec, cpu_server, 
     thread = threading.Thread(target=lambda: result.setdefault("r", run()), daemon=True)
     thread.start()
     records = tmp_path / "out" / "records.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (records.is_file() and records.stat().st_size > 0):
+    deadline = time.monotonic() + 240  # a request's record: both workers connected and the run under way
+    while time.monotonic() < deadline and not (records.is_file() and '"kind":"request"' in records.read_text()):
         time.sleep(0.5)
     worker = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
                   and _cmdline(p).endswith(f"--worker --master-host 127.0.0.1 --master-port {port}"))
@@ -216,6 +218,49 @@ def test_a_lost_worker_ends_the_run_with_its_records_kept(cpu_spec, cpu_server, 
     integrity = res.run.integrity
     assert integrity.incomplete and "worker" in integrity.incomplete and len(integrity.lost_workers) == 1
     assert res.counts.ok > 0
+
+
+@pytest.mark.server
+def test_a_worker_that_never_connects_fails_the_run_soon_with_its_cause(cpu_spec, cpu_server, tmp_path, monkeypatch):
+    """A worker stopped before it reached the master (as one that dies or hangs while starting): the master gives
+    up after locustconf.WORKERS_CONNECT_S instead of waiting for ever (the run's whole timeout, an empty records
+    file), and the error's first line says so."""
+    import signal
+    import threading
+    import time
+
+    from generator.errors import LoadTestError
+    from generator.measure import locustconf
+
+    monkeypatch.setattr(locustconf, "WORKERS_CONNECT_S", 5)
+    port, run = _distributed(cpu_spec, cpu_server, tmp_path / "out", monkeypatch, "loadtest.workers=2",
+                             "loadtest.users=4", "loadtest.duration_s=600")
+    stopped: list[int] = []
+
+    def stop_a_worker() -> None:  # as soon as it exists, long before its imports let it connect
+        deadline = time.monotonic() + 60
+        while not stopped and time.monotonic() < deadline:
+            for p in Path("/proc").iterdir():
+                if p.name.isdigit() and _cmdline(p).endswith(f"--worker --master-host 127.0.0.1 --master-port {port}"):
+                    os.kill(int(p.name), signal.SIGSTOP)
+                    stopped.append(int(p.name))
+                    break
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=stop_a_worker, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(LoadTestError) as err:
+            run()
+    finally:
+        watcher.join()
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped
+    first = str(err.value).splitlines()[0]  # "WHERE: message"
+    assert first.endswith("out/locust.log: not every Locust worker connected to the master within 5 s: one died or "
+                          f"hung while starting (its locust-worker-N.log in {tmp_path / 'out'} says which)"), first
 
 
 def _cmdline(proc: Path) -> str:

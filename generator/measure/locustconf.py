@@ -66,6 +66,12 @@ def locust_conf_text(options: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+WORKERS_CONNECT_S = 120
+"""How long a local master waits for all its workers to connect (they start beside it, in seconds on a loaded
+machine). Locust's default waits for ever: a worker that died before it connected held the run until its
+whole timeout (about 12 minutes with the defaults), with an empty records file."""
+
+
 def locust_commands(
     conf: Path, locustfile: Path, workers: int, master_port: int, *, python: str = sys.executable,
     prefix: Sequence[str] = (),
@@ -75,6 +81,7 @@ def locust_commands(
     if workers <= 0:
         return [[*base, "--config", str(conf)]]
     master = [*base, "--config", str(conf), "--master", "--master-bind-host", "127.0.0.1",
-              "--master-bind-port", str(master_port), "--expect-workers", str(workers)]
+              "--master-bind-port", str(master_port), "--expect-workers", str(workers),
+              "--expect-workers-max-wait", str(WORKERS_CONNECT_S)]
     worker = [*base, "-f", str(locustfile), "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)]
     return [master] + [list(worker) for _ in range(workers)]

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 from generator.errors import LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
+from generator.measure import locustconf
 from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import (
     ProcessRecord, RequestRecord, RunRecord, count_client_tokens, read_records, request_inputs, server_gone,
@@ -91,18 +92,20 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             log = open(out_dir / ("locust.log" if i == 0 else f"locust-worker-{i}.log"), "w", encoding="utf-8")
             procs.append(group.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, env=env))
             log.close()
-        procs[0].wait(timeout=timeout_s)
-        for p in procs[1:]:
-            p.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        raise LoadTestError(
-            f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=str(out_dir / 'locust.log'),
-            fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
-        ) from None
+        try:
+            procs[0].wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise LoadTestError(
+                f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=str(out_dir / 'locust.log'),
+                fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
+            ) from None
+        for p in procs[1:]:  # the master is done: a worker still there after this is ended with the group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
     finally:
         group.stop(timeout_s=10)
     if procs[0].returncode != 0:
-        cause = setup_failure(out_dir) or f"Locust exited with code {procs[0].returncode}"
+        cause = setup_failure(out_dir) or _workers_missing(out_dir) or f"Locust exited with code {procs[0].returncode}"
         raise LoadTestError(
             f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
             where=str(out_dir / 'locust.log'), fix="mend what the first line says; Locust's last lines are above",
@@ -134,6 +137,14 @@ def setup_failure(out_dir: Path) -> Optional[str]:
             if SETUP_FAILED in line:
                 return line.split(SETUP_FAILED, 1)[1].strip()
     return None
+
+
+def _workers_missing(out_dir: Path) -> Optional[str]:
+    """The master gave up waiting for its workers (locustconf.WORKERS_CONNECT_S): one died or hung while starting."""
+    if "Gave up waiting for workers to connect" not in _tail(out_dir / "locust.log"):
+        return None
+    return (f"not every Locust worker connected to the master within {locustconf.WORKERS_CONNECT_S} s: one died "
+            f"or hung while starting (its locust-worker-N.log in {out_dir} says which)")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
