@@ -148,7 +148,13 @@ def test_long_answers_are_compared_without_aligning_every_character_pair(monkeyp
     import generator.measure.records as records
 
     aligned, matcher = [], difflib.SequenceMatcher
-    monkeypatch.setattr(records.difflib, "SequenceMatcher", lambda *a, **kw: aligned.append(a) or matcher(*a, **kw))
+
+    def aligning(junk, a, b, **kw):
+        assert len(a) * len(b) <= 1 << 24, f"aligns {len(a):,} x {len(b):,} characters"
+        aligned.append((junk, a, b))
+        return matcher(junk, a, b, **kw)
+
+    monkeypatch.setattr(records.difflib, "SequenceMatcher", aligning)
     assert compare_texts("the cat " * 4000, "the dog " * 4000) == "diverged" and aligned == []
     assert compare_texts("ab" * 40_000 + "\ufffd cd", "ab" * 40_000 + "é cd") == "detokenization"
     assert [len(a) for _, a, b in aligned] == [1]  # the stretch that differs, not the whole answers
