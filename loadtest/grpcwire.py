@@ -32,13 +32,13 @@ _HEADER = struct.Struct(">I")
 _FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
 _RECV = 1 << 18
 MAX_MESSAGE = 16 << 20
-"""The most one answer may hold (a gRPC message here; an SSE line or a response body in clients.py): a real one
+"""The most one answer may hold (a gRPC message here; an SSE line or a response body in httpclient.py): a real one
 of thousands of tokens is a few hundred KB. A hostile server's message announced as 4 GB grew the client by
 12 GB in 25 s, and a header block that never ended grew without bound."""
 _MAX_FRAME = 16384
 """The largest frame the peer may send: HTTP/2's default, which this client never raises."""
 YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop (here and in clients.read_events): a server that
+"""Socket reads between two turns given to the event loop (here and in httpclient.read_events): a server that
 always has data ready made every read return at once, and the process's other users and its watchdog starved."""
 
 
