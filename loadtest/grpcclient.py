@@ -93,6 +93,7 @@ def decode_infer_responses(payloads: list[bytes]) -> Decoded:
 
 
 _FINAL = b"\n\x15triton_final_response\x12\x02\x08"
+_FINAL_SIZE = len(_FINAL)
 
 
 def route(data: bytes) -> Optional[tuple[bytes, bool]]:
@@ -100,25 +101,30 @@ def route(data: bytes) -> Optional[tuple[bytes, bool]]:
     out as Triton writes it (fields in number order: infer_response; in it model_name, model_version, id,
     then the parameters with triton_final_response); None for anything else (the caller parses it), also a
     message that ends before those fields (a valid one from a server laid out otherwise must not end the stream)."""
-    try:  # inline: the hot path pays no extra call per response
+    try:
         if data[0] != 0x12:  # an error_message comes first
             return None
-        pos = 1
-        while data[pos] & 0x80:  # the length of infer_response
+        pos = 2
+        while data[pos - 1] & 0x80:  # past the length of infer_response
             pos += 1
-        pos += 1
-        for tag in (0x0A, 0x12):  # model_name, model_version (left out when empty)
-            if data[pos] == tag:
-                if data[pos + 1] & 0x80:
-                    return None
-                pos += 2 + data[pos + 1]
-        if data[pos] != 0x1A or data[pos + 1] & 0x80:
+        if data[pos] == 0x0A:  # model_name
+            n = data[pos + 1]
+            if n & 0x80:
+                return None
+            pos += 2 + n
+        if data[pos] == 0x12:  # model_version (left out when empty)
+            n = data[pos + 1]
+            if n & 0x80:
+                return None
+            pos += 2 + n
+        n = data[pos + 1]
+        if data[pos] != 0x1A or n & 0x80:
             return None
-        end = pos + 2 + data[pos + 1]
+        end = pos + 2 + n
         flag = data.find(_FINAL, end)
         if flag < 0:
             return None
-        return data[pos + 2:end], data[flag + len(_FINAL)] == 1
+        return data[pos + 2:end], data[flag + _FINAL_SIZE] == 1
     except IndexError:
         return None
 
@@ -159,7 +165,7 @@ class GrpcLLMClient:
         self.stream = self._open()
 
     def _open(self) -> GrpcStream:
-        return GrpcStream(self.target, self.PATH, self.timeout, self._on_message, self._on_close)
+        return GrpcStream(self.target, self.PATH, self.timeout, self._on_messages, self._on_close)
 
     def _body(self, prompt: Prompt) -> tuple[bytes, bool]:
         """The request without its id, serialized, and whether it asks for exactly max_tokens."""
@@ -183,25 +189,29 @@ class GrpcLLMClient:
         body = self.bodies[prompt.index] = (req.SerializeToString(), "min_tokens" in fields)
         return body
 
-    def _on_message(self, t: int, data: bytes) -> None:
-        """The response path: route by id (read off the bytes, see route), keep the time and the message as
-        received (decoded after the request, see decode_infer_responses); a final response completes it."""
-        routed = route(data)
-        if routed is None:  # an error or another layout: parsed in full
-            resp = self._parse(data)
-            if resp.error_message:
-                self._on_error(t, resp.infer_response.id.encode(), resp.error_message)
-                return
-            ir = resp.infer_response
-            routed = ir.id.encode(), ir.parameters["triton_final_response"].bool_param
-        ex = self.waiting.get(routed[0])
-        if ex is None:
-            return
-        ex.resp_ns.append(t)
-        ex.payloads.append(data)
-        if routed[1]:
-            ex.end_ns = t
-            self._complete(routed[0], ex)
+    def _on_messages(self, t: int, messages: list[bytes]) -> None:
+        """The response path, once per ``recv``: route each message by id (read off the bytes, see route), keep
+        the time and the message as received (decoded after the request, see decode_infer_responses); a final
+        response completes its request."""
+        waiting = self.waiting
+        for data in messages:
+            routed = route(data)
+            if routed is None:  # an error or another layout: parsed in full
+                resp = self._parse(data)
+                if resp.error_message:
+                    self._on_error(t, resp.infer_response.id.encode(), resp.error_message)
+                    continue
+                ir = resp.infer_response
+                routed = ir.id.encode(), ir.parameters["triton_final_response"].bool_param
+            rid, final = routed
+            ex = waiting.get(rid)
+            if ex is None:
+                continue
+            ex.resp_ns.append(t)
+            ex.payloads.append(data)
+            if final:
+                ex.end_ns = t
+                self._complete(rid, ex)
 
     def _complete(self, rid: bytes, ex: Exchange, error: Optional[str] = None, t: Optional[int] = None) -> None:
         """Once per request, failed with ``error`` if one is given: a callback that yields (a chain

@@ -262,7 +262,7 @@ def test_grpc_wire_framing_edge_cases():
 
     server = gevent.spawn(peer)
     stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5,
-                                 lambda t, m: got.append((t, m)), closed.append)
+                                 lambda t, ms: got.extend((t, m) for m in ms), closed.append)
     gevent.sleep(0.2)
     stream.send(b"hello")  # 10 bytes with the prefix, the window is 5: the rest waits for the update
     server.join(timeout=5)
@@ -305,7 +305,7 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
         gevent.sleep(10)
 
     server = gevent.spawn(peer)
-    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, m: None, closed.append)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, ms: None, closed.append)
     for _ in range(200):
         if closed:
             break
