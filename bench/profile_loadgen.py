@@ -34,7 +34,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("per-chunk text work (tokenizing, checks)", r"count_tokens|tokenizers|prompts\.py|stream_failures|compare_texts|"
                                                   r"request_metrics|_strings|\.decode \("),
     ("response decoding (protobuf, tensors)", r"_infer_result|tritonclient/utils|numpy|FromString|_parse|"
-                                              r"decode_infer_responses|decode_json"),
+                                              r"decode_infer_responses|decode_json|_by_column|_by_tensor|_output \("),
     ("timestamps and record keeping", r"Exchange|new_record|fire_locust_events|locust/stats|locust/event|"
                                       r"RecordSink|LoadState\.finished|run_request"),
     ("requests: routed by id, issued, handed on (grpcclient, lifecycle)", r"grpcclient\.py|lifecycle\.py|tritonllm\.py"),

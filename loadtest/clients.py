@@ -57,8 +57,11 @@ class Exchange:
         """The raw record (generator/measure/records.py describes it): payloads decoded, texts kept per response."""
         rec = self.record
         texts, server, error = decode_safely(self.decode, self.payloads)
-        rec["resp_ns"] = [t for t, text in zip(self.resp_ns, texts) if text is not None]
-        rec["resp_text"] = [text for text in texts if text is not None]
+        if len(texts) == len(self.resp_ns) and None not in texts:  # the usual answer: every response has text
+            rec["resp_ns"], rec["resp_text"] = self.resp_ns, texts
+        else:  # (texts end early at an error)
+            rec["resp_ns"] = [t for t, text in zip(self.resp_ns, texts) if text is not None]
+            rec["resp_text"] = [text for text in texts if text is not None]
         rec["server"] = server
         rec["error"] = self.error or error
         rec["end_ns"] = self.end_ns if self.end_ns is not None else time.monotonic_ns()
@@ -89,12 +92,16 @@ def new_record(protocol: str, model: str, proc: int, seq: int, prompt: Prompt, w
     }
 
 
-def absorb(server: ServerFigures, name: str, value: int) -> None:
-    """One response's server figure: output tokens add up over the answer; time points not known yet come as 0."""
+def absorb(server: ServerFigures, name: str, values: list[int]) -> None:
+    """A server figure of responses in order: output tokens add up over the answer; any other keeps its last
+    value known (time points not known yet come as 0)."""
     if name == "num_output_tokens":
-        server[name] = server.get(name, 0) + value
-    elif value:
-        server[name] = value
+        server[name] = server.get(name, 0) + sum(values)
+        return
+    for value in reversed(values):
+        if value:
+            server[name] = value
+            return
 
 
 class LLMClient(Protocol):

@@ -4,7 +4,7 @@ requests multiplexed by id, and the decoding of their responses after the hot pa
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import gevent.event
 
@@ -21,11 +21,11 @@ def _strings(raw: bytes) -> str:
     """A BYTES tensor's elements (each a 4-byte little-endian length and the bytes), decoded and joined."""
     n = int.from_bytes(raw[:4], "little")
     if n + 4 == len(raw):  # one element: the usual case
-        return raw[4:].decode("utf-8", errors="replace")
+        return raw[4:].decode("utf-8", "replace")
     out, pos = [], 0
     while pos + 4 <= len(raw):
         n = int.from_bytes(raw[pos:pos + 4], "little")
-        out.append(raw[pos + 4:pos + 4 + n].decode("utf-8", errors="replace"))
+        out.append(raw[pos + 4:pos + 4 + n].decode("utf-8", "replace"))
         pos += 4 + n
     return "".join(out)
 
@@ -68,9 +68,8 @@ def _output(described: bytes) -> tuple[str, Optional[tuple[int, bool]]]:
     return known
 
 
-def _decode_merged(payloads: list[bytes]) -> tuple[list[str], ServerFigures]:
-    """The texts (in order) and the server's figures of the given ModelStreamInferResponse messages, in one parse."""
-    ir = _LEAN.FromString(b"".join(payloads)).infer_response
+def _by_tensor(ir: Any) -> tuple[list[str], ServerFigures]:
+    """The texts (in order) and the server's figures of a parsed (merged) response, one output tensor at a time."""
     texts: list[str] = []
     server: ServerFigures = {}
     for described, raw in zip(ir.outputs, ir.raw_output_contents):
@@ -78,17 +77,44 @@ def _decode_merged(payloads: list[bytes]) -> tuple[list[str], ServerFigures]:
         if name == "text_output":
             texts.append(_strings(raw))
         elif integer is not None:
-            absorb(server, name, int.from_bytes(raw[:integer[0]], "little", signed=integer[1]))
+            absorb(server, name, [int.from_bytes(raw[:integer[0]], "little", signed=integer[1])])
+    return texts, server
+
+
+def _by_column(ir: Any, first: list[bytes], n: int) -> tuple[list[Optional[str]], ServerFigures]:
+    """The same for ``n`` responses that each carry the outputs ``first`` in that order: an output's tensors are
+    every len(first)-th, so each description is read once per answer, not once per response."""
+    raws, m = ir.raw_output_contents, len(first)
+    texts: list[Optional[str]] = [None] * n
+    server: ServerFigures = {}
+    for j, described in enumerate(first):
+        name, integer = _output(described)
+        if name == "text_output":
+            texts = [_strings(raw) for raw in raws[j::m]]
+        elif integer is not None:
+            size, signed = integer
+            absorb(server, name, [int.from_bytes(raw[:size], "little", signed=signed) for raw in raws[j::m]])
     return texts, server
 
 
 def decode_infer_responses(payloads: list[bytes]) -> Decoded:
     """Serialized ModelStreamInferResponse messages: ``text_output`` and the server's figures from the raw
-    output tensors. A response has at most one text_output, so when every response has one, the merged
-    parse's texts are the responses' texts in order; otherwise each response is parsed alone."""
-    texts, server = _decode_merged(payloads)
-    if len(texts) != len(payloads):
-        texts = [(_decode_merged([p])[0] or [None])[0] for p in payloads]
+    output tensors, in one parse of their concatenation. The usual answer, every response with the same
+    outputs in the same order (the last one may be an empty final), is read by column; otherwise tensor by
+    tensor, and when not every response has a text (a response has at most one), each is parsed alone."""
+    if not payloads:
+        return [], {}, None
+    n, parse = len(payloads), _LEAN.FromString
+    merged = parse(b"".join(payloads)).infer_response
+    described, first = list(merged.outputs), list(parse(payloads[0]).infer_response.outputs)
+    if first and described == first * n:
+        return (*_by_column(merged, first, n), None)
+    if first and described == first * (n - 1) and not parse(payloads[-1]).infer_response.outputs:
+        texts, server = _by_column(merged, first, n - 1)
+        return texts + [None], server, None
+    texts, server = _by_tensor(merged)
+    if len(texts) != n:
+        texts = [(_by_tensor(parse(p).infer_response)[0] or [None])[0] for p in payloads]
     return texts, server, None
 
 

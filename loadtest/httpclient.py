@@ -31,7 +31,7 @@ def decode_json(payloads: list[bytes]) -> Decoded:
         for name in SERVER_FIELDS:
             if name in data:
                 value = data[name]
-                absorb(server, name, int(value[0] if isinstance(value, list) else value))
+                absorb(server, name, [int(value[0] if isinstance(value, list) else value)])
     return texts, server, None
 
 

@@ -95,16 +95,20 @@ def test_grpc_payloads_decoded_after_the_run():
     assert rec["error"] is None and rec["end_ns"] == 3500
 
 
-def test_every_response_with_text_decodes_in_one_parse():
-    """Responses that all carry text decode in one merged parse: texts stay per response and in order
-    (a two-element BYTES tensor joined), figures summed, the last time point kept."""
+@pytest.mark.parametrize("empty_final", [False, True])
+def test_every_response_with_text_decodes_in_one_parse(empty_final):
+    """Responses that all carry the same outputs (the last one may be an empty final) decode in one merged parse,
+    read by column: texts stay per response and in order (a two-element BYTES tensor joined), figures summed,
+    the last time point known kept (a 0 is not known yet) — what reading each response alone gives."""
     payloads = [infer_response("r", [("num_output_tokens", "INT32", (1).to_bytes(4, "little")),
                                      ("text_output", "BYTES", strings(f"w{i}".encode(), b"!")),
-                                     ("first_token_time_ns", "UINT64", (10 + i).to_bytes(8, "little"))])
-                for i in range(5)]
+                                     ("first_token_time_ns", "UINT64", (10 + i if i < 4 else 0).to_bytes(8, "little"))])
+                for i in range(5)] + ([infer_response("r", [], final=True)] if empty_final else [])
     texts, server, error = grpcclient.decode_infer_responses(payloads)
-    assert texts == [f"w{i}!" for i in range(5)] and error is None
-    assert server == {"num_output_tokens": 5, "first_token_time_ns": 14}
+    assert texts == [f"w{i}!" for i in range(5)] + ([None] if empty_final else []) and error is None
+    assert server == {"num_output_tokens": 5, "first_token_time_ns": 13}
+    alone = [grpcclient.decode_infer_responses([p]) for p in payloads]
+    assert texts == [t for one in alone for t in one[0]]
 
 
 @pytest.mark.parametrize("rid", ["run-0-1", "r" * 127])
