@@ -1,11 +1,10 @@
 """A locustfile for bench/loadgen_inmemory.py: tritongen's own users (the loadtest/ folder named by
 TRITONGEN_LOADTEST, any version of it), their gRPC stream on an in-memory socket whose peer answers every
 request at once with 16 one-token responses laid out as Triton lays them out (bench/fake_stream_server.py's
-templates). No system call, no server on the CPU: the process's CPU is the client's own Python work.
+peer and templates). No system call, no server on the CPU: the process's CPU is the client's own Python work.
 """
 
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -16,32 +15,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gevent.event  # noqa: E402
 from gevent import socket as gsocket  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
-from hpack import Decoder, Encoder  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: E402
 
 import grpcwire  # noqa: E402
 from bench_loadgen import TRIVIAL_CONFIG  # noqa: E402
-from fake_stream_server import _template, grpc_message  # noqa: E402
+from fake_stream_server import FakePeer, _template  # noqa: E402
 
 sys.path.insert(0, LOADTEST)  # fake_stream_server put this checkout's loadtest/ first
-_FRAME = struct.Struct(">HBBBI")
 _CONFIG = service_pb2.ModelConfigResponse(config=text_format.Parse(
     TRIVIAL_CONFIG % os.environ["TRITONGEN_TOKENIZER"], model_config_pb2.ModelConfig())).SerializeToString()
 
 
+def _answer(message: bytes) -> bytes:
+    """16 responses; the request id is its last field (with_id appends it), shorter than 128 bytes."""
+    rid = message[message.rfind(b"\x1a") + 2:]
+    return rid.join(_template("ensemble", len(rid), 16, b" tok"))
+
+
 class MemorySocket:
-    """The client's end of the connection; ``sendall`` answers at once into what ``recv`` returns."""
+    """The client's end of the connection; what ``sendall`` sends is answered at once into what ``recv`` returns."""
 
     def __init__(self) -> None:
         self._sock = self  # as gevent's socket: the raw one under it
-        self.inbox: list[bytes] = []
+        self.peer = FakePeer(_CONFIG, _answer)
+        self.inbox: list[bytes] = [self.peer.preface()]
         self.ready = gevent.event.Event()
         self.closed = False
-        self.buf = self.pending = b""
-        self.path = ""
-        self.decoder, self.encoder = Decoder(), Encoder()
-        self._put(grpcwire.frame(grpcwire.SETTINGS, 0, 0, struct.pack(">HI", 0x4, 2**31 - 1))
-                  + grpcwire.frame(grpcwire.WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
 
     def settimeout(self, _t) -> None:
         pass
@@ -51,10 +50,6 @@ class MemorySocket:
 
     def close(self) -> None:
         self.closed = True
-        self.ready.set()
-
-    def _put(self, data: bytes) -> None:
-        self.inbox.append(data)
         self.ready.set()
 
     def recv(self, size: int) -> bytes:
@@ -73,37 +68,10 @@ class MemorySocket:
         return len(data)
 
     def sendall(self, data: bytes) -> None:
-        buf = self.buf + bytes(data)
-        if buf.startswith(b"PRI * HTTP/2.0"):
-            buf = buf[24:]
-        out, pos = [], 0
-        while len(buf) - pos >= 9:
-            hi, lo, kind, _flags, _stream = _FRAME.unpack_from(buf, pos)
-            length = (hi << 8) | lo
-            if len(buf) - pos - 9 < length:
-                break
-            payload = buf[pos + 9:pos + 9 + length]
-            pos += 9 + length
-            if kind == grpcwire.HEADERS:
-                self.path = dict(self.decoder.decode(payload)).get(":path", "")
-                out.append(grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS, 1, self.encoder.encode(
-                    [(":status", "200"), ("content-type", "application/grpc")])))
-            elif kind == grpcwire.DATA:
-                pending = self.pending + payload
-                while len(pending) >= 5 and len(pending) - 5 >= int.from_bytes(pending[1:5], "big"):
-                    size = int.from_bytes(pending[1:5], "big")
-                    message, pending = pending[5:5 + size], pending[5 + size:]
-                    if self.path.endswith("/ModelConfig"):
-                        out.append(grpcwire.frame(grpcwire.DATA, 0, 1, grpc_message(_CONFIG)))
-                        out.append(grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS | grpcwire.END_STREAM, 1,
-                                                  self.encoder.encode([("grpc-status", "0")])))
-                    else:  # the request id is the last field (with_id appends it), shorter than 128 bytes
-                        rid = message[message.rfind(b"\x1a") + 2:]
-                        out.append(rid.join(_template("ensemble", len(rid), 16, b" tok")))
-                self.pending = pending
-        self.buf = buf[pos:]
+        out = self.peer.feed(bytes(data))
         if out:
-            self._put(b"".join(out))
+            self.inbox.append(out)
+            self.ready.set()
 
 
 gsocket.create_connection = lambda *_a, **_k: MemorySocket()
