@@ -34,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
+    from generator.measure.records import read_records
     from generator.model.tinymodel import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="tritongen-inmemory-"))
@@ -64,17 +65,10 @@ def main() -> None:
                 with open(work / "locust.log", "w") as log:
                     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=log,
                                    timeout=args.seconds + 120)
-                requests = errors = 0
-                process = None
-                for line in records.read_text(encoding="utf-8").splitlines():
-                    record = json.loads(line)
-                    if record["kind"] == "request":
-                        requests += 1
-                        errors += record["error"] is not None or len(record["resp_text"]) != 16
-                    elif record["kind"] == "process":
-                        process = record
-                rows.append({"rev": rev, "users": users, "round": rnd, "requests": requests, "errors": errors,
-                             "us": process["cpu_s"] * 1e6 / requests, "load": os.getloadavg()[0]})
+                requests, processes, _ = read_records(records)
+                errors = sum(r["error"] is not None or len(r["resp_text"]) != 16 for r in requests)
+                rows.append({"rev": rev, "users": users, "round": rnd, "requests": len(requests), "errors": errors,
+                             "us": processes[0]["cpu_s"] * 1e6 / len(requests), "load": os.getloadavg()[0]})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"| streams | {' | '.join(revs)} |\n|---:|{'---:|' * len(revs)}")
     for users in (int(u) for u in args.users.split(",")):
