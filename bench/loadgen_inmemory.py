@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,14 @@ def main() -> None:
     from generator.model.tinymodel import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="tritongen-inmemory-"))
-    tokenizer = make_tiny_model(work / "tiny")
+    try:
+        measure(args, work, make_tiny_model(work / "tiny"), read_records)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path, tokenizer: Path, read_records) -> None:
+    """Every revision's loadtest/ extracted under ``work``, run round by round; the table printed."""
     revs = args.revs.split(",")
     for rev in revs:
         (work / rev).mkdir()
