@@ -21,6 +21,7 @@ from helpers import MS, process_record
 
 sys.path.insert(0, str(loadtest_dir()))
 import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
+import httpclient  # noqa: E402
 from prompts import Prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def finished_request(seq: int, payloads: list[bytes], **kw) -> RequestRecord:
     prompt = Prompt(seq, f"prompt {seq}", 3, 4)
     record = clients.new_record("http-stream", "ensemble", 0, seq, prompt, False, 1_000 * MS, conn_ns=2 * MS,
                                 cumulative=False, prompt_text=prompt.text, **kw)
-    ex = clients.Exchange(f"run-0-{seq}", record, clients.decode_json)
+    ex = clients.Exchange(f"run-0-{seq}", record, httpclient.decode_json)
     ex.sent()
     ex.resp_ns, ex.payloads = [ex.record["sent_ns"] + (i + 1) * MS for i in range(len(payloads))], payloads
     ex.end_ns = ex.record["sent_ns"] + 10 * MS
