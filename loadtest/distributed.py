@@ -8,7 +8,10 @@ command line, where ``ps`` shows it) in a first message; until then the master h
 else is dropped and counted; the counts go into the records file's ``run`` record.
 
 Hooked by wrapping the master runner's ``handle_message`` (what its ``client_listener`` calls for every
-message, with the sender's connection identity), so Locust itself is unchanged.
+message, with the sender's connection identity), so Locust itself is unchanged. Its server's
+``recv_from_client`` is wrapped too: Locust's listener survives only two decoding errors, and any other
+(an empty frame, a msgpack integer, a two-item list: one small message from anyone on the port) ended it,
+so the master heard nothing more and its own workers were locked out or lost.
 
 A worker that stops answering heartbeats (Locust marks it missing after about 3 s) or leaves before it
 reported done makes the run incomplete: the other workers are told to drain, the run ends as soon as
@@ -24,6 +27,7 @@ from collections import Counter
 from typing import Any, Callable
 
 import gevent
+from locust.exception import RPCError, RPCReceiveError, RPCSendError
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from generator.measure.records import MAX_INCOMPLETE, MESSAGE_KIND_CHARS, MESSAGE_KINDS, RunRecord
@@ -66,9 +70,25 @@ class MasterGuard:
         self.finished = False
         self._handle = runner.handle_message
         runner.handle_message = self.handle
+        self._receive = runner.server.recv_from_client
+        runner.server.recv_from_client = self.receive
         gevent.spawn(self._watch)
 
     # ------------------------------------------------------------ authentication
+
+    def receive(self):
+        """The next message that decodes: one that does not is counted and dropped, never raised."""
+        while True:
+            try:
+                return self._receive()
+            except RPCReceiveError as exc:
+                if exc.addr in self.members:
+                    raise  # Locust asks its own worker to reconnect
+                self.reject(exc.addr or "?", "undecodable")
+            except (RPCError, RPCSendError):
+                raise  # the network's own failures, which Locust's listener handles
+            except Exception:  # noqa: BLE001 - whatever msgpack or Locust's Message raise on a sender's bytes
+                self.reject("?", "undecodable")
 
     def handle(self, client_id: str, msg) -> None:
         own = msg.node_id == client_id  # Locust trusts node_id; a message must name its own connection

@@ -498,3 +498,52 @@ def test_connections_that_never_send_the_token_do_not_lock_the_workers_out():
     assert out.returncode == 0, out.stderr[-2000:]
     let_in, pending = out.stdout.split()
     assert let_in == "True" and int(pending) <= 1024, out.stdout
+
+
+_GARBAGE = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+import gevent, msgpack
+import zmq.green as zmq
+from locust import __version__
+from locust.env import Environment
+from locust.rpc import Message
+from locust.rpc.zmqrpc import Client
+from distributed import MSG_HELLO, MasterGuard
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+runner = Environment().create_master_runner("127.0.0.1", port)
+guard = MasterGuard(runner, "t" * 32, 1, finish=lambda: None, drain=lambda: None)
+intruder = zmq.Context().socket(zmq.DEALER)
+intruder.connect(f"tcp://127.0.0.1:{port}")
+garbage = [b"", b"\\xc1", msgpack.dumps(1), msgpack.dumps(["client_ready", None]), msgpack.dumps([1, 2, 3, 4]),
+           msgpack.dumps([{"__datetime__": 1, "as_str": "x"}, None, "x"]), b"\\x91" * 100000 + b"\\xc0"]
+for frame in garbage:
+    intruder.send(frame)
+gevent.sleep(1)
+worker = Client("127.0.0.1", port, "worker_1")
+worker.send(Message("client_ready", __version__, "worker_1"))
+for _ in range(100):
+    gevent.sleep(0.1)
+    if "worker_1" in guard.pending:
+        break
+worker.send(Message(MSG_HELLO, {"token": "t" * 32}, "worker_1"))
+for _ in range(100):
+    gevent.sleep(0.1)
+    if "worker_1" in guard.members:
+        break
+print("worker_1" in guard.members, guard.rejected["undecodable"])
+runner.quit()
+"""
+
+
+def test_messages_that_do_not_decode_do_not_deafen_the_master():
+    """review7: Locust's listener survives only two of msgpack's decoding errors; an empty frame, a msgpack
+    integer, a short list (one small message from anyone on the master's port) ended it and the master heard
+    nothing more: its own worker was never let in. Each such message is now dropped and counted."""
+    from generator.resources import loadtest_dir
+
+    out = subprocess.run([sys.executable, "-c", _GARBAGE, str(loadtest_dir())], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    let_in, undecodable = out.stdout.split()
+    assert let_in == "True" and int(undecodable) >= 6, (out.stdout, out.stderr[-2000:])
