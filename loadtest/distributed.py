@@ -33,6 +33,9 @@ from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from generator.measure.records import MAX_INCOMPLETE, MESSAGE_KIND_CHARS, MESSAGE_KINDS, RunRecord
 
 TOKEN_ENV = "TRITONGEN_RUN_TOKEN"
+PORT_FD_ENV = "TRITONGEN_MASTER_PORT_FD"
+"""A pipe the master writes its bound port to: the workers start only then, so they never hand the token to
+whoever bound the port in the seconds between tritongen choosing it and the master binding it (review7)."""
 MSG_HELLO = "tritongen_hello"
 _PENDING_LIMIT = 1024
 """Connections whose ``client_ready`` waits for a token at most (past it the oldest is dropped, not stored)."""
@@ -55,6 +58,14 @@ def introduce(runner: WorkerRunner, token: str) -> None:
     runner.send_message(MSG_HELLO, {"token": token})
 
 
+def announce_port(runner: MasterRunner) -> None:
+    """Tell the parent (``PORT_FD_ENV``) that this master holds its port now."""
+    fd = os.environ.get(PORT_FD_ENV)
+    if fd and fd.isdigit():
+        with os.fdopen(int(fd), "w") as pipe:
+            pipe.write(f"{runner.server.port}\n")
+
+
 class MasterGuard:
     """Authenticates workers, counts what it refuses, notices lost workers and knows when all are done."""
 
@@ -73,6 +84,7 @@ class MasterGuard:
         self._receive = runner.server.recv_from_client
         runner.server.recv_from_client = self.receive
         gevent.spawn(self._watch)
+        announce_port(runner)
 
     # ------------------------------------------------------------ authentication
 

@@ -547,3 +547,29 @@ def test_messages_that_do_not_decode_do_not_deafen_the_master():
     assert out.returncode == 0, out.stderr[-2000:]
     let_in, undecodable = out.stdout.split()
     assert let_in == "True" and int(undecodable) >= 6, (out.stdout, out.stderr[-2000:])
+
+
+def test_workers_start_only_once_their_master_holds_its_port(tmp_path, monkeypatch):
+    """review7: another local user who bound the master's port (on every command line) in the seconds before
+    Locust's master did got the workers' client_ready and then the run token. Now the workers start only
+    once the master reports it holds the port: here nobody ever connects to the squatter, the run fails."""
+    import zmq
+
+    import generator.serve.server as server_module
+    from generator.errors import LoadTestError
+    from generator.measure.runner import run_locust
+    from generator.resources import loadtest_dir
+
+    squatter = zmq.Context.instance().socket(zmq.ROUTER)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    monkeypatch.setattr(server_module, "free_port", lambda host="127.0.0.1": port)
+    options = {"locustfile": str(loadtest_dir() / "locustfile.py"), "headless": True, "host": "http://127.0.0.1:9",
+               "users": 1, "spawn-rate": 1, "duration": 5, "records": str(tmp_path / "records.jsonl"),
+               "protocol": "http-stream", "model": "ensemble", "num-prompts": 1}
+    try:
+        with pytest.raises(LoadTestError, match="Address already in use"):
+            run_locust(options, 1, tmp_path, timeout_s=120)
+        assert squatter.poll(1000) == 0, squatter.recv_multipart()  # not even a worker's client_ready
+    finally:
+        squatter.close(linger=0)
+    assert not (tmp_path / "locust-worker-1.log").exists()

@@ -89,8 +89,13 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     try:
         for i, cmd in enumerate(commands):
             log = open(out_dir / ("locust.log" if i == 0 else f"locust-worker-{i}.log"), "w", encoding="utf-8")
-            procs.append(group.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, env=env))
+            if i == 0 and workers > 0:
+                procs.append(_start_master(group, cmd, log, out_dir, env, timeout_s))
+            else:
+                procs.append(group.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, env=env))
             log.close()
+            if procs[0].returncode is not None:
+                break  # the master failed before it held its port: no worker is started
         try:
             procs[0].wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -109,6 +114,32 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
             f"{cause}\nLocust's last lines:\n{_tail(out_dir / 'locust.log')}",
             where=str(out_dir / 'locust.log'), fix="mend what the first line says; Locust's last lines are above",
         )
+
+
+def _start_master(group: ChildGroup, cmd: list[str], log, out_dir: Path, env: dict[str, str],
+                  timeout_s: float) -> subprocess.Popen:
+    """Start the distributed master and wait until it holds its port (loadtest/distributed.py writes it to a
+    pipe): a worker started before might hand the run token to whoever bound the port first. Returns at
+    once when the master exits without it (its log says why)."""
+    import select
+
+    read_end, write_end = os.pipe()
+    try:
+        proc = group.start(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir, pass_fds=(write_end,),
+                           env={**env, "TRITONGEN_MASTER_PORT_FD": str(write_end)})
+        os.close(write_end)
+        write_end = -1
+        if not select.select([read_end], [], [], timeout_s)[0]:
+            raise LoadTestError(f"the Locust master did not bind its port within {timeout_s:.0f} s",
+                                where=str(out_dir / "locust.log"), fix="read the log; rerun on a less loaded machine")
+        if not os.read(read_end, 64):  # no port: the master exited (a port taken, a setup failure)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        return proc
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 def count_tokens_after_run(requests: list[RequestRecord], processes: list[ProcessRecord],
