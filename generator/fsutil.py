@@ -244,6 +244,8 @@ def read_json_object(path: Path, *, fix: str, inside: Optional[Path] = None) -> 
         data = json.loads(read_text_bounded(path, fix=fix, inside=inside))
     except json.JSONDecodeError as exc:
         raise ArtifactCorrupt(f"not valid JSON ({exc.msg} at line {exc.lineno})", where=str(path), fix=fix) from None
+    except ValueError as exc:  # an integer past Python's 4,300 digits
+        raise ArtifactCorrupt(f"not valid JSON ({str(exc).split(':')[0]})", where=str(path), fix=fix) from None
     except RecursionError:
         raise ArtifactCorrupt("nested deeper than any configuration is", where=str(path), fix=fix) from None
     if not isinstance(data, dict):

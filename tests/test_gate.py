@@ -19,7 +19,7 @@ from generator.errors import ArtifactCorrupt, TritongenError
 from generator.measure import baseline, intervals
 from generator.measure.ci import junit_xml, summary_markdown
 from generator.measure.compare import Change, compare
-from generator.measure.evidence import Evidence, RunFigures, Sketch, summarize_figures
+from generator.measure.evidence import MAX_SAMPLE, Evidence, RunFigures, Sketch, summarize_figures
 from generator.measure.gate import combined_exit, evaluate_gate, parse_gate
 from generator.measure.identity import run_identity
 from generator.measure.metrics import COMPARED, LATENCIES, METRICS
@@ -184,6 +184,51 @@ def test_baseline_file_round_trips_and_refuses_other_versions(tmp_path):
     with pytest.raises(ArtifactCorrupt, match="not a tritongen baseline"):
         (tmp_path / "other.json").write_text("{}")
         baseline.load(tmp_path / "other.json")
+
+
+def test_a_baseline_claiming_many_values_costs_no_more_than_max_sample():
+    """review7: a sketch's n comes from the file and the bootstrap costs 2,000 × n: a 20 kB baseline claiming
+    10**7 ITL values held compare for over 5 minutes. The sample is at most MAX_SAMPLE values of the same
+    distribution."""
+    sketch = Sketch.of(np.random.default_rng(3).lognormal(np.log(22), 0.2, 5000).tolist())
+    huge = sketch.model_copy(update={"n": 10**12})
+    drawn = huge.sample()
+    assert len(drawn) == MAX_SAMPLE and np.percentile(drawn, 95) == pytest.approx(np.percentile(sketch.sample(), 95),
+                                                                                  rel=0.01)
+
+
+def _hostile(data: dict, what: str) -> None:
+    runs, samples = data["runs"], data["samples"]
+    if what == "negative counts":
+        runs[0]["counts"]["error_rate"] = [-5, -1]
+    elif what == "events past trials":
+        runs[0]["counts"]["error_rate"] = [10**9, 1]
+    elif what == "negative requests":
+        runs[0]["requests"] = -10
+    elif what == "a NaN figure":
+        runs[0]["figures"]["ttft_p95"] = float("nan")
+    elif what == "an infinite figure":
+        runs[0]["figures"]["ttft_p95"] = float("inf")
+    elif what == "n below its values":
+        samples["ttft"]["n"] = -5
+    elif what == "a NaN value":
+        samples["ttft"]["values"][0] = float("nan")
+
+
+@pytest.mark.parametrize("what", ["negative counts", "events past trials", "negative requests", "a NaN figure",
+                                  "an infinite figure", "n below its values", "a NaN value", "a 5,000-digit integer"])
+def test_a_baseline_with_impossible_figures_is_refused_naming_it(tmp_path, what):
+    """review7: counts below zero or above their trials, NaN or infinite figures and a 5,000-digit integer in a
+    foreign baseline file were tracebacks from the interval code (or Python's int parser); each is now an
+    ArtifactCorrupt naming the file."""
+    data = side(1).model_dump(mode="json")
+    _hostile(data, what)
+    path = tmp_path / "baseline.json"
+    text = json.dumps(data)
+    path.write_text(text.replace('"requests": 60', '"requests": ' + "9" * 5000, 1) if "digit" in what else text)
+    with pytest.raises(ArtifactCorrupt) as err:
+        compare(baseline.load(path), side(2), confidence=0.95)
+    assert err.value.where == str(path)
 
 
 # ---------------------------------------------------------------- gate terms

@@ -6,15 +6,16 @@ points.json and baseline files, and turns each error into one that names the fil
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TypeVar
+from typing import Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from generator.errors import ArtifactCorrupt, ArtifactMissing
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.measure.evidence import (
-    BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, Evidence, Sketch, run_figures, summarize_figures,
+    BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, SKETCH_PERCENTS, Evidence, Sketch, run_figures, summarize_figures,
 )
 from generator.measure.metrics import LATENCY_BY_KEY
 from generator.measure.records import read_records
@@ -116,10 +117,30 @@ def from_file(path: Path) -> Evidence:
                               f"version {BASELINE_VERSION}", where=str(path),
                               fix="save the baseline again with this tritongen from its load-test folder")
     try:
-        return Evidence.model_validate(data)
+        evidence = Evidence.model_validate(data)
     except ValidationError as exc:
         raise ArtifactCorrupt(f"{path}: {str(exc).splitlines()[0]}", where=str(path),
                               fix="save it again: tritongen baseline save RUN -o FILE") from None
+    problem = _implausible(evidence)
+    if problem:
+        raise ArtifactCorrupt(problem, where=str(path), fix="save it again: tritongen baseline save RUN -o FILE")
+    return evidence
+
+
+def _implausible(evidence: Evidence) -> Optional[str]:
+    """What no saved baseline holds (review7: negative or inverted counts and NaN figures were tracebacks in
+    the interval code; a sketch's values not matching its n, an error in numpy)."""
+    for key, sketch in evidence.samples.items():
+        if sketch.n < 1 or len(sketch.values) != (sketch.n if sketch.n <= len(SKETCH_PERCENTS) else len(SKETCH_PERCENTS)):
+            return f"samples.{key} holds {len(sketch.values)} values for n = {sketch.n}"
+        if not all(math.isfinite(v) for v in sketch.values):
+            return f"samples.{key} holds a value that is not a finite number"
+    for run in evidence.runs:
+        if run.requests < 0 or any(not 0 <= events <= trials for events, trials in run.counts.values()):
+            return f"run {run.label!r} has negative counts or more events than trials"
+        if any(v is not None and not math.isfinite(v) for v in run.figures.values()):
+            return f"run {run.label!r} has a figure that is not a finite number"
+    return None
 
 
 def load(path: Path) -> Evidence:
