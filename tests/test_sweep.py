@@ -19,7 +19,7 @@ from generator.measure.results import (
     Verdict,
 )
 from generator.measure.statistics import summarize
-from generator.measure.sweep import best_point, plan_sweep, run_sweep
+from generator.measure.sweep import MAX_POINTS, best_point, plan_sweep, run_sweep
 from generator.spec import ResolvedLoadTest
 
 
@@ -38,6 +38,18 @@ def test_comma_lists_are_axes_and_single_values_are_fixed():
 def test_bad_sweeps_are_user_errors(sets, message):
     with pytest.raises(TritongenError, match=message):
         plan_sweep(sets)
+
+
+def test_a_grid_past_max_points_is_refused_before_any_setting_is_built():
+    """review7: seven axes of ten values (10**7 settings) were all built and validated before anything
+    started: minutes of CPU and gigabytes. A grid past MAX_POINTS is a user error naming the count;
+    MAX_POINTS itself is planned."""
+    values = ",".join(str(v) for v in range(1, 11))
+    sets = [f"loadtest.{f}={values}" for f in ("users", "seed", "num_prompts", "input_tokens_mean",
+                                                "output_tokens_mean", "duration_s", "warmup_requests")]
+    with pytest.raises(TritongenError, match="10,000,000 combinations"):
+        plan_sweep(sets)
+    assert len(plan_sweep(sets[:3]).points) == MAX_POINTS == 1000
 
 
 def _result(tps, verdict, client_limited, error_rate) -> LoadTestResult:

@@ -10,6 +10,7 @@ among those that pass the SLO (without an SLO: among those that completed and we
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -32,6 +33,11 @@ from generator.spec import Spec, parse_override, with_overrides
 
 if TYPE_CHECKING:
     from generator.measure.runner import LoadResult
+
+
+MAX_POINTS = 1000
+"""Settings a sweep or tune grid may hold (review7: 7 axes of 10 values, 10**7 settings, were all built and
+validated before anything started: minutes of CPU and gigabytes, never a measurement)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ def plan_sweep(sets: list[str], need_axis: bool = True) -> SweepPlan:
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
+    count = math.prod(len(values) for _, values in axes)
+    if count > MAX_POINTS:
+        raise SpecError(f"{count:,} combinations of the --set values; at most {MAX_POINTS:,} are measured (each is a "
+                        "server start and a load test)", where="--set", fix="give fewer fields or fewer values, "
+                        "or split the grid into several runs")
     if not axes and need_axis:
         raise SpecError("nothing to sweep", where="--set", fix="give at least one field several values, e.g. "
                         "--set serving.max_batch_size=1,4,16")
