@@ -314,8 +314,8 @@ def main() -> None:
 
 
 def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int]) -> None:
-    """The multi-process runs, many idle workers, the profile, a run starved by a CPU hog on its core; each
-    skipped when --budget-s would be overrun."""
+    """The profile at saturation (what to change next), the multi-process runs, many idle workers, a run
+    starved by a CPU hog on its core; each skipped when --budget-s would be overrun."""
     run_s = args.seconds + 12  # start, drain and the analysis of the records
 
     def fits() -> bool:
@@ -324,6 +324,10 @@ def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int]) -> N
         print(f"budget: {bench.left_s():.0f} s left, the remaining runs skipped", flush=True)
         return False
 
+    os.sched_setaffinity(0, cpus[:-1])
+    for u in sorted(users, reverse=True):
+        if fits():
+            bench.profile(u, pin)
     os.sched_setaffinity(0, cpus)
     for w in args.workers.split(","):
         if fits():
@@ -333,9 +337,6 @@ def rest(args, bench: Bench, users: list[int], pin: tuple, cpus: list[int]) -> N
     if fits():
         bench.tritongen("idle", min(users), args.idle_workers)
     os.sched_setaffinity(0, cpus[:-1])
-    for u in sorted(users, reverse=True):
-        if fits():
-            bench.profile(u, pin)
     if fits():
         hog = subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"])
         try:
