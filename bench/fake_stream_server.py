@@ -20,6 +20,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 from google.protobuf import text_format
 from hpack import Decoder, Encoder
@@ -69,17 +70,23 @@ def answers(request: bytes, word: bytes) -> bytes:
     return rid.join(_template(req.model_name, len(rid), int.from_bytes(raw[:4], "little"), word))
 
 
-def handle(conn: socket.socket, config: bytes) -> None:
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    decoder, encoder = Decoder(), Encoder()
-    conn.sendall(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, _MAX))
-                 + frame(0x8, 0, 0, struct.pack(">I", _MAX - 65535)))
-    buf, pending, path = b"", b"", ""
-    while True:
-        chunk = conn.recv(1 << 18)
-        if not chunk:
-            return
-        buf += chunk
+class FakePeer:
+    """The server's end of one connection, without the socket: ``preface`` to send first, then ``feed`` takes what
+    the client sent and returns the frames that answer it (settings and pings acknowledged, the ModelConfig
+    call answered with ``config``, every ModelStreamInfer request with ``answer(message)``)."""
+
+    def __init__(self, config: bytes, answer: Callable[[bytes], bytes]) -> None:
+        self.config, self.answer = config, answer
+        self.decoder, self.encoder = Decoder(), Encoder()
+        self.buf = self.pending = b""
+        self.path = ""
+
+    @staticmethod
+    def preface() -> bytes:
+        return frame(SETTINGS, 0, 0, struct.pack(">HI", 0x4, _MAX)) + frame(0x8, 0, 0, struct.pack(">I", _MAX - 65535))
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.buf + data
         if buf.startswith(b"PRI * HTTP/2.0"):
             buf = buf[24:]
         out, pos = [], 0
@@ -95,22 +102,36 @@ def handle(conn: socket.socket, config: bytes) -> None:
             elif kind == PING and not flags & ACK:
                 out.append(frame(PING, ACK, 0, payload))
             elif kind == HEADERS:
-                path = dict(decoder.decode(payload)).get(":path", "")
-                out.append(frame(HEADERS, END_HEADERS, 1, encoder.encode(
+                self.path = dict(self.decoder.decode(payload)).get(":path", "")
+                out.append(frame(HEADERS, END_HEADERS, 1, self.encoder.encode(
                     [(":status", "200"), ("content-type", "application/grpc")])))
             elif kind == DATA:
-                pending += payload
+                pending = self.pending + payload
                 while len(pending) >= 5 and len(pending) - 5 >= int.from_bytes(pending[1:5], "big"):
                     size = int.from_bytes(pending[1:5], "big")
                     message, pending = pending[5:5 + size], pending[5 + size:]
-                    if path.endswith("/ModelConfig"):
-                        out.append(frame(DATA, 0, 1, grpc_message(config)))
-                        out.append(frame(HEADERS, END_HEADERS | END_STREAM, 1, encoder.encode([("grpc-status", "0")])))
+                    if self.path.endswith("/ModelConfig"):
+                        out.append(frame(DATA, 0, 1, grpc_message(self.config)))
+                        out.append(frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                         self.encoder.encode([("grpc-status", "0")])))
                     else:
-                        out.append(answers(message, b" tok"))
-        buf = buf[pos:]
+                        out.append(self.answer(message))
+                self.pending = pending
+        self.buf = buf[pos:]
+        return b"".join(out)
+
+
+def handle(conn: socket.socket, config: bytes) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    peer = FakePeer(config, lambda message: answers(message, b" tok"))
+    conn.sendall(peer.preface())
+    while True:
+        chunk = conn.recv(1 << 18)
+        if not chunk:
+            return
+        out = peer.feed(chunk)
         if out:
-            conn.sendall(b"".join(out))
+            conn.sendall(out)
 
 
 def main() -> None:

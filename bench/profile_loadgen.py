@@ -34,10 +34,12 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("per-chunk text work (tokenizing, checks)", r"count_tokens|tokenizers|prompts\.py|stream_failures|compare_texts|"
                                                   r"request_metrics|_strings|\.decode \("),
     ("response decoding (protobuf, tensors)", r"_infer_result|tritonclient/utils|numpy|FromString|_parse|"
-                                              r"decode_infer_responses|decode_json|GrpcLLMClient\.generate \("),
+                                              r"decode_infer_responses|decode_json|_by_column|_by_tensor|_output \("),
     ("timestamps and record keeping", r"Exchange|new_record|fire_locust_events|locust/stats|locust/event|"
                                       r"RecordSink|LoadState\.finished|run_request"),
-    ("transport: gRPC or HTTP, gevent", r"grpc|gevent|greenlet|threading\.py|_read|_messages|GrpcStream|queue"),
+    ("requests: routed by id, issued, handed on (grpcclient, lifecycle)", r"grpcclient\.py|lifecycle\.py|tritonllm\.py"),
+    ("transport: HTTP/2 frames or HTTP, gevent", r"grpcwire|httpclient\.py|grpc/|gevent|greenlet|threading\.py|_read|"
+                                                r"_messages|GrpcStream|queue"),
     ("Locust users and the rest", r"."),
 )
 _STARTUP = re.compile(r"importlib|<module>|_on_test_start|LoadState\.__init__")

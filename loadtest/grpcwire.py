@@ -3,8 +3,8 @@
 Why not grpcio: under gevent, grpcio hands every completion-queue poll to gevent's thread pool, which costs
 more CPU per streamed response than everything else the load generator does (docs/benchmarks.md has the
 profile). Here one greenlet reads the socket; each ``recv`` gets one monotonic timestamp, which every gRPC
-message in it shares (they arrived together), and the messages go to ``on_message`` as bytes; what is sent in
-one turn of the event loop leaves in one write. Only what a
+message in it shares (they arrived together), and the messages of one ``recv`` go to ``on_messages`` as a
+list of bytes, in one call; what is sent in one turn of the event loop leaves in one write. Only what a
 client of one bidirectional stream needs is implemented: the connection preface and settings, one stream,
 flow control (large windows, topped up in bulk), PING and SETTINGS acknowledgements, and the end of the
 stream (trailers, RST_STREAM, GOAWAY). Header blocks are rare (stream start and end) and decoded with hpack.
@@ -30,15 +30,16 @@ _DEFAULT_WINDOW = 65535
 _STREAM = 1
 _HEADER = struct.Struct(">I")
 _FRAME = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream id
+_FRAME_AND_PREFIX = struct.Struct(">HBBBIBI")  # and the gRPC message prefix after it: compressed flag, length
 _RECV = 1 << 18
 MAX_MESSAGE = 16 << 20
-"""The most one answer may hold (a gRPC message here; an SSE line or a response body in clients.py): a real one
+"""The most one answer may hold (a gRPC message here; an SSE line or a response body in httpclient.py): a real one
 of thousands of tokens is a few hundred KB. A hostile server's message announced as 4 GB grew the client by
 12 GB in 25 s, and a header block that never ended grew without bound."""
 _MAX_FRAME = 16384
 """The largest frame the peer may send: HTTP/2's default, which this client never raises."""
 YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop (here and in clients.read_events): a server that
+"""Socket reads between two turns given to the event loop (here and in httpclient.read_events): a server that
 always has data ready made every read return at once, and the process's other users and its watchdog starved."""
 
 
@@ -80,17 +81,17 @@ class StreamClosed(Exception):
 class GrpcStream:
     """One HTTP/2 connection carrying one bidirectional gRPC call.
 
-    ``send`` writes one request message; ``on_message(t_ns, data)`` gets every response message with the
-    time of the ``recv`` that completed it; ``on_close(error)`` is called once when the call ends.
+    ``send`` writes one request message; ``on_messages(t_ns, messages)`` gets the response messages that one
+    ``recv`` completed, in order, with its time; ``on_close(error)`` is called once when the call ends.
     """
 
-    def __init__(self, target: str, path: str, timeout: float, on_message: Callable[[int, bytes], None],
+    def __init__(self, target: str, path: str, timeout: float, on_messages: Callable[[int, list[bytes]], None],
                  on_close: Callable[[StreamClosed], None]) -> None:
         host, port = target.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.on_message, self.on_close = on_message, on_close
+        self.on_messages, self.on_close = on_messages, on_close
         self.decoder = Decoder()
         self.max_frame = 16384
         self.send_window = self.conn_window = _DEFAULT_WINDOW
@@ -179,7 +180,8 @@ class GrpcStream:
     def _read(self) -> None:
         buf = b""
         pending = bytearray()  # DATA payload not yet a whole gRPC message
-        recv, unpack, frame_size, on_message = self.sock.recv, _FRAME.unpack_from, _FRAME.size, self.on_message
+        recv, on_messages = self.sock.recv, self.on_messages
+        header, header_and_prefix, frame_size = _FRAME.unpack_from, _FRAME_AND_PREFIX.unpack_from, _FRAME.size
         reads = 0
         try:
             while True:
@@ -191,32 +193,42 @@ class GrpcStream:
                 if reads % YIELD_EVERY == 0:
                     gevent.sleep(0)
                 buf = buf + chunk if buf else chunk
-                pos, end = 0, len(buf)
-                while end - pos >= frame_size:
-                    hi, lo, kind, flags, stream = unpack(buf, pos)
-                    length = (hi << 8) | lo
-                    if length > _MAX_FRAME:
-                        raise StreamClosed(f"the server sent a frame of {length:,} bytes (at most {_MAX_FRAME:,})")
-                    if end - pos - frame_size < length:
-                        break
-                    start = pos + frame_size
-                    pos = start + length
-                    if kind == DATA:
-                        self.consumed += length
-                        if (not pending and not flags & PADDED and length >= 5
-                                and int.from_bytes(buf[start + 1:start + 5], "big") == length - 5):
-                            on_message(t, buf[start + 5:pos])  # the usual frame: one whole message
+                pos, end, consumed, messages = 0, len(buf), 0, []
+                try:
+                    while end - pos >= frame_size:
+                        if end - pos >= 14:  # the usual DATA frame's header and the message's prefix in one unpack
+                            hi, lo, kind, flags, stream, _, size = header_and_prefix(buf, pos)
                         else:
-                            payload = buf[start:pos]
-                            if flags & PADDED:
-                                payload = payload[1:len(payload) - payload[0]]
-                            pending += payload
-                            self._messages(t, pending)
-                        if flags & END_STREAM:
-                            raise StreamClosed("the server ended the stream without a status")
-                    else:
-                        self._control(kind, flags, stream, buf[start:pos])
+                            (hi, lo, kind, flags, stream), size = header(buf, pos), None
+                        length = (hi << 8) | lo
+                        if length > _MAX_FRAME:
+                            raise StreamClosed(f"the server sent a frame of {length:,} bytes (at most {_MAX_FRAME:,})")
+                        if end - pos - frame_size < length:
+                            break
+                        start = pos + frame_size
+                        pos = start + length
+                        if kind == DATA:
+                            consumed += length
+                            if size == length - 5 and not pending and not flags & PADDED:
+                                messages.append(buf[start + 5:pos])  # the usual frame: one whole message
+                            else:
+                                payload = buf[start:pos]
+                                if flags & PADDED:
+                                    payload = payload[1:len(payload) - payload[0]]
+                                pending += payload
+                                self._messages(pending, messages)
+                            if flags & END_STREAM:
+                                raise StreamClosed("the server ended the stream without a status")
+                        else:
+                            self._control(kind, flags, stream, buf[start:pos])
+                except StreamClosed:
+                    if messages:  # what came before the end is answered first
+                        on_messages(t, messages)
+                    raise
+                if messages:
+                    on_messages(t, messages)
                 buf = buf[pos:]
+                self.consumed += consumed
                 if self.consumed > _MAX_WINDOW // 2:  # top up both receive windows in one go
                     inc = _HEADER.pack(self.consumed)
                     self.consumed = 0
@@ -228,16 +240,17 @@ class GrpcStream:
         except Exception as exc:  # a message the handler could not take: end the call, fail what waits on it
             self._closed(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
 
-    def _messages(self, t: int, pending: bytearray) -> None:
-        """Hand on every whole gRPC message in ``pending`` and drop it from there."""
-        pos, end, on_message = 0, len(pending), self.on_message
+    @staticmethod
+    def _messages(pending: bytearray, messages: list[bytes]) -> None:
+        """Move every whole gRPC message in ``pending`` to ``messages``."""
+        pos, end = 0, len(pending)
         while end - pos >= 5:
             length = int.from_bytes(pending[pos + 1:pos + 5], "big")
             if length > MAX_MESSAGE:
                 raise StreamClosed(f"the server announced a message of {length:,} bytes (at most {MAX_MESSAGE:,})")
             if end - pos - 5 < length:
                 break
-            on_message(t, bytes(pending[pos + 5:pos + 5 + length]))
+            messages.append(bytes(pending[pos + 5:pos + 5 + length]))
             pos += 5 + length
         del pending[:pos]
 
@@ -265,8 +278,8 @@ class GrpcStream:
                     self._peer_initial = value
                 elif key == 0x5:
                     self.max_frame = value
-                elif key == 0x1:
-                    self.decoder.header_table_size = value
+                # HEADER_TABLE_SIZE (0x1) bounds this client's encoder (which indexes nothing), not its decoder:
+                # taken as the decoder's, every later header block of the server was refused (hpack's check)
             self._write(frame(SETTINGS, ACK, 0))
             self._unblock()
         elif kind == PING and not flags & ACK:
@@ -308,7 +321,7 @@ def unary(target: str, path: str, message: bytes, timeout: float) -> bytes:
         if not answer.ready():
             answer.set_exception(exc)
 
-    call = GrpcStream(target, path, timeout, lambda _t, data: answer.set(data), closed)
+    call = GrpcStream(target, path, timeout, lambda _t, messages: answer.set(messages[0]), closed)
     try:
         call.send(message, last=True)
         return answer.get(timeout=timeout)

@@ -1,7 +1,8 @@
 """One request's life in a Locust process: counted in flight, sent, answered or cut off, handed to the sink.
 
 ``run_request`` (a user waits for the answer), ``AnswerChain`` (a closed-loop gRPC user whose next request
-leaves from the last answer's callback) and ``run_conversation`` (a request's later turns). This is the
+leaves from the last answer's callback), ``run_conversation`` (a request's later turns) and ``watch`` (the
+process's one watchdog over them all). This is the
 load generator's hot path (its cost per request is measured in docs/benchmarks.md): no layer more than
 the work needs. Runs only inside Locust's process (tritonllm.py imports it).
 """
@@ -15,14 +16,47 @@ from typing import TYPE_CHECKING, Optional
 import gevent
 import gevent.event
 
-from clients import Exchange, GrpcLLMClient, LLMClient, decode_safely, new_record
+from clients import Exchange, LLMClient, decode_safely, new_record
 from generator.measure.records import server_gone
+from grpcclient import GrpcLLMClient
 from prompts import Prompt, follow_up
 
 if TYPE_CHECKING:
     from tritonllm import LoadState
 
 _RUN_TOKEN = os.urandom(4).hex()
+
+
+class StuckRequest(Exception):
+    """Raised in a request's greenlet to end it when its answer is silent or outlasts the run (``watch``)."""
+
+
+def watch(st: LoadState) -> None:
+    """The process's one watchdog over its requests in flight (``st.active``: user greenlet -> request), one check
+    a few times per timeout instead of a timer per request. Cuts a request whose answer has been silent for
+    request_timeout_s (no event: a server trickling bytes or a line that never ends holds a blocking client's
+    per-read timeout off), or that still runs request_timeout_s after this process had nothing left to send
+    (an endless stream): one such answer held the run past its end until the runner gave up, and every
+    record of the run with it. A request on the shared gRPC stream is failed as its answer
+    (``GrpcLLMClient.cut``: its callback hands it on); any other by killing its user's greenlet."""
+    timeout = st.opts.request_timeout_s
+    limit, ending_since = int(timeout * 1e9), None
+    while True:
+        gevent.sleep(min(1.0, timeout / 10))
+        now = time.monotonic_ns()
+        if ending_since is None and st.nothing_left:
+            ending_since = now
+        ended = ending_since is not None and now - ending_since > limit
+        for greenlet, ex in list(st.active.items()):
+            if ended:
+                why = f"still answering {timeout:g} s after the run ended"
+            elif ex.silent_ns(now) > limit:
+                why = f"no response within {timeout:g} s"
+            else:
+                continue
+            if st.grpc is None or not st.grpc.cut(ex, why):
+                ex.fail(why)
+                greenlet.kill(StuckRequest(why), block=False)
 
 
 def begin_request(

@@ -1,6 +1,6 @@
 """The Locust client for OpenAI-compatible servers: streamed ``/v1/chat/completions`` and ``/v1/completions``.
 
-Same hot path as the Triton HTTP client (clients.py): one keep-alive connection, the SSE response read line by
+Same hot path as the Triton HTTP client (httpclient.py): one keep-alive connection, the SSE response read line by
 line off the socket (geventhttpclient's iter_content would hold the lines back until 1 KB), a monotonic
 timestamp and the raw ``data:`` line per event. ``decode`` turns the events into the raw record's texts
 later: the streamed text pieces, and the token counts of the final ``usage`` chunk where the server sends
@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 from geventhttpclient import HTTPClient
 
-from clients import Decoded, Exchange, error_text, read_events
+from clients import Decoded, Exchange
 from generator.measure.records import ServerFigures
+from httpclient import error_text, read_events
 from prompts import Prompt
 
 PROTOCOLS = {"openai-chat": "/v1/chat/completions", "openai-completions": "/v1/completions"}

@@ -33,11 +33,13 @@ from locust import User, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-from clients import Exchange, GrpcLLMClient, HttpLLMClient, LLMClient, model_info
+from clients import Exchange, LLMClient, model_info
 from distributed import MasterGuard, introduce, run_token
 from generator.measure.records import open_records, write_records
 from generator.spec import LoadTestSpec
-from lifecycle import AnswerChain, run_conversation, run_request
+from grpcclient import GrpcLLMClient
+from httpclient import HttpLLMClient
+from lifecycle import AnswerChain, run_conversation, run_request, watch
 from openaiapi import OpenAIClient, openai_model
 from prompts import Prompt, load_tokenizer, read_jsonl, synthesize
 from schedule import arrival_offsets, share
@@ -140,31 +142,7 @@ class LoadState:
         self.monitor = ProcessMonitor()
         self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
         self.gone: Optional[str] = None
-        self.watchdog = gevent.spawn(self._watch)
-
-    def _watch(self) -> None:
-        """Cut a request whose answer has been silent for request_timeout_s (no event: a server trickling bytes
-        or a line that never ends holds a blocking client's per-read timeout off), or that still runs
-        request_timeout_s after this process had nothing left to send (an endless stream): one such answer
-        held the run past its end until the runner gave up, and every record of the run with it."""
-        timeout = self.opts.request_timeout_s
-        limit, ending_since = int(timeout * 1e9), None
-        while True:
-            gevent.sleep(min(1.0, timeout / 10))
-            now = time.monotonic_ns()
-            if ending_since is None and self.nothing_left:
-                ending_since = now
-            ended = ending_since is not None and now - ending_since > limit
-            for greenlet, ex in list(self.active.items()):
-                if ended:
-                    why = f"still answering {timeout:g} s after the run ended"
-                elif ex.silent_ns(now) > limit:
-                    why = f"no response within {timeout:g} s"
-                else:
-                    continue
-                if self.grpc is None or not self.grpc.cut(ex, why):
-                    ex.fail(why)
-                    greenlet.kill(StuckRequest(why), block=False)
+        self.watchdog = gevent.spawn(watch, self)
 
     def server_gone(self, reason: str) -> None:
         """The server will answer nothing more (a dead stub): stop issuing and cut the requests in flight,
@@ -247,10 +225,6 @@ _STATE: Optional[LoadState] = None
 
 class ServerGone(Exception):
     """Raised in a request's greenlet to end it when the server is known to answer no more."""
-
-
-class StuckRequest(Exception):
-    """Raised in a request's greenlet to end it when its answer is silent or outlasts the run (``LoadState._watch``)."""
 
 
 # ---------------------------------------------------------------- the users

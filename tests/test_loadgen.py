@@ -29,7 +29,10 @@ from helpers import process_record, request_record
 
 sys.path.insert(0, str(loadtest_dir()))
 import clients  # noqa: E402  (gevent and the protocol layer only; no Locust)
+import grpcclient  # noqa: E402
 import grpcwire  # noqa: E402
+import httpclient  # noqa: E402
+import lifecycle  # noqa: E402
 import openaiapi  # noqa: E402
 from prompts import Prompt  # noqa: E402
 
@@ -67,14 +70,14 @@ def test_request_headers_are_valid_hpack():
 @pytest.mark.parametrize("rid", ["a-1", "x" * 300])
 def test_request_id_appended_to_a_serialized_request(rid):
     body = service_pb2.ModelInferRequest(model_name="ensemble", id="").SerializeToString()
-    req = service_pb2.ModelInferRequest.FromString(clients.with_id(body, rid.encode()))
+    req = service_pb2.ModelInferRequest.FromString(grpcclient.with_id(body, rid.encode()))
     assert (req.model_name, req.id) == ("ensemble", rid)
 
 
 def test_grpc_payloads_decoded_after_the_run():
     """Texts per response (BYTES elements joined, a cut character as U+FFFD as before), output tokens summed,
     other figures kept; a response without text (the empty final) drops out with its timestamp."""
-    ex = exchange(clients.decode_infer_responses)
+    ex = exchange(grpcclient.decode_infer_responses)
     payloads = [
         infer_response("r", [("text_output", "BYTES", strings(b" he", b"llo")), ("num_output_tokens", "INT32", (2).to_bytes(4, "little")),
                              ("arrival_time_ns", "UINT64", (7).to_bytes(8, "little"))]),
@@ -92,16 +95,20 @@ def test_grpc_payloads_decoded_after_the_run():
     assert rec["error"] is None and rec["end_ns"] == 3500
 
 
-def test_every_response_with_text_decodes_in_one_parse():
-    """Responses that all carry text decode in one merged parse: texts stay per response and in order
-    (a two-element BYTES tensor joined), figures summed, the last time point kept."""
+@pytest.mark.parametrize("empty_final", [False, True])
+def test_every_response_with_text_decodes_in_one_parse(empty_final):
+    """Responses that all carry the same outputs (the last one may be an empty final) decode in one merged parse,
+    read by column: texts stay per response and in order (a two-element BYTES tensor joined), figures summed,
+    the last time point known kept (a 0 is not known yet) — what reading each response alone gives."""
     payloads = [infer_response("r", [("num_output_tokens", "INT32", (1).to_bytes(4, "little")),
                                      ("text_output", "BYTES", strings(f"w{i}".encode(), b"!")),
-                                     ("first_token_time_ns", "UINT64", (10 + i).to_bytes(8, "little"))])
-                for i in range(5)]
-    texts, server, error = clients.decode_infer_responses(payloads)
-    assert texts == [f"w{i}!" for i in range(5)] and error is None
-    assert server == {"num_output_tokens": 5, "first_token_time_ns": 14}
+                                     ("first_token_time_ns", "UINT64", (10 + i if i < 4 else 0).to_bytes(8, "little"))])
+                for i in range(5)] + ([infer_response("r", [], final=True)] if empty_final else [])
+    texts, server, error = grpcclient.decode_infer_responses(payloads)
+    assert texts == [f"w{i}!" for i in range(5)] + ([None] if empty_final else []) and error is None
+    assert server == {"num_output_tokens": 5, "first_token_time_ns": 13}
+    alone = [grpcclient.decode_infer_responses([p]) for p in payloads]
+    assert texts == [t for one in alone for t in one[0]]
 
 
 @pytest.mark.parametrize("rid", ["run-0-1", "r" * 127])
@@ -109,23 +116,23 @@ def test_responses_routed_off_the_bytes(rid):
     """The response path reads the id and the final flag without parsing; what it cannot read (an error
     first, an id of 128 bytes or more) goes to the full parse."""
     text = [("text_output", "BYTES", strings(b"triton_final_response"))]
-    assert clients.route(infer_response(rid, text)) == (rid.encode(), False)
-    assert clients.route(infer_response(rid, text, final=True)) == (rid.encode(), True)
-    assert clients.route(infer_response("x" * 128, text)) is None
+    assert grpcclient.route(infer_response(rid, text)) == (rid.encode(), False)
+    assert grpcclient.route(infer_response(rid, text, final=True)) == (rid.encode(), True)
+    assert grpcclient.route(infer_response("x" * 128, text)) is None
     error = service_pb2.ModelStreamInferResponse(error_message="boom")
     error.infer_response.id = rid
-    assert clients.route(error.SerializeToString()) is None
+    assert grpcclient.route(error.SerializeToString()) is None
 
 
 def test_sse_payloads_decoded_after_the_run():
-    texts, server, error = clients.decode_json([
+    texts, server, error = httpclient.decode_json([
         b'data: {"text_output": "a", "num_output_tokens": 1, "first_token_time_ns": 0}\n',
         b'data: {"text_output": ["b", "c"], "num_output_tokens": [2]}\n',
         b'data: {"error": "engine failed"}\n',
         b'data: {"text_output": "never read"}\n',
     ])
     assert texts == ["a", "bc"] and server == {"num_output_tokens": 3} and error == "engine failed"
-    ex = exchange(clients.decode_json)
+    ex = exchange(httpclient.decode_json)
     ex.resp_ns, ex.payloads = [5, 6], [b'{"text_output": "x"}', b'data: {"error": "late"}\n']
     rec = ex.finish()
     assert rec["error"] == "late" and rec["resp_ns"] == [5] and rec["resp_text"] == ["x"]
@@ -134,8 +141,8 @@ def test_sse_payloads_decoded_after_the_run():
 @pytest.mark.parametrize("decode, good, bad", [
     (openaiapi.decode_events, b'data: {"choices": [{"delta": {"content": "x"}}]}\n', b"data: [1]\n"),
     (openaiapi.decode_events, b'data: {"choices": [{"delta": {"content": "x"}}]}\n', b"data: not json\n"),
-    (clients.decode_json, b'data: {"text_output": "x"}\n', b"data: <html>\n"),
-    (clients.decode_infer_responses, infer_response("run-0-0", [("text_output", "BYTES", strings(b"x"))]), b"\xff\x00"),
+    (httpclient.decode_json, b'data: {"text_output": "x"}\n', b"data: <html>\n"),
+    (grpcclient.decode_infer_responses, infer_response("run-0-0", [("text_output", "BYTES", strings(b"x"))]), b"\xff\x00"),
 ], ids=["openai-list-event", "openai-not-json", "triton-sse-not-json", "grpc-not-protobuf"])
 def test_a_response_the_client_cannot_read_fails_its_own_request_only(decode, good, bad):
     """finish() runs in the record writer for a whole batch: raising there lost the batch and hung the run."""
@@ -196,7 +203,7 @@ def test_grpc_wire_against_a_real_server(cpu_server):
     host = f"grpc://{cpu_server.grpc_url}"
     info = clients.model_info(host, "ensemble", 60)
     assert "text_input" in info.inputs and info.tokenizer_dir
-    client = clients.GrpcLLMClient(host, info, 60)
+    client = grpcclient.GrpcLLMClient(host, info, 60)
     try:
         ex = exchange(client.decode)
         client.generate(ex, Prompt(0, "hello world", 8, 2))
@@ -208,7 +215,7 @@ def test_grpc_wire_against_a_real_server(cpu_server):
         assert not client.waiting
     finally:
         client.close()
-    missing = clients.GrpcLLMClient(host, clients.ModelInfo({"name": "no_such_model", "input": []}, None), 60)
+    missing = grpcclient.GrpcLLMClient(host, clients.ModelInfo({"name": "no_such_model", "input": []}, None), 60)
     try:
         ex = exchange(missing.decode)
         missing.generate(ex, Prompt(0, "hello", 2, 1))
@@ -219,7 +226,8 @@ def test_grpc_wire_against_a_real_server(cpu_server):
 
 def test_grpc_wire_framing_edge_cases():
     """What a real server rarely shows: a message split over frames and reads, padded DATA, settings and pings
-    to acknowledge, a window to wait for, and trailers that end the call with a status."""
+    to acknowledge, a window to wait for, and trailers that end the call with a status. (review6: a server's
+    HEADER_TABLE_SIZE setting was applied to the client's decoder, which then refused every header block.)"""
     import gevent
     from gevent import socket
 
@@ -236,7 +244,9 @@ def test_grpc_wire_framing_edge_cases():
         while len(data) < 24 + 9:
             data += conn.recv(65536)
         message = b"\x00" + (10).to_bytes(4, "big") + b"0123456789"
-        conn.sendall(grpcwire.frame(grpcwire.SETTINGS, 0, 0, (0x4).to_bytes(2, "big") + (5).to_bytes(4, "big")))
+        settings = (0x4).to_bytes(2, "big") + (5).to_bytes(4, "big")  # the initial window: 5 bytes
+        settings += (0x1).to_bytes(2, "big") + (65536).to_bytes(4, "big")  # the server's own decoder's table
+        conn.sendall(grpcwire.frame(grpcwire.SETTINGS, 0, 0, settings))
         conn.sendall(grpcwire.frame(grpcwire.PING, 0, 0, b"12345678"))
         conn.sendall(grpcwire.frame(grpcwire.DATA, 0, 1, message[:7]))
         gevent.sleep(0.05)  # the rest in another read
@@ -259,7 +269,7 @@ def test_grpc_wire_framing_edge_cases():
 
     server = gevent.spawn(peer)
     stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5,
-                                 lambda t, m: got.append((t, m)), closed.append)
+                                 lambda t, ms: got.extend((t, m) for m in ms), closed.append)
     gevent.sleep(0.2)
     stream.send(b"hello")  # 10 bytes with the prefix, the window is 5: the rest waits for the update
     server.join(timeout=5)
@@ -302,7 +312,7 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
         gevent.sleep(10)
 
     server = gevent.spawn(peer)
-    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, m: None, closed.append)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, ms: None, closed.append)
     for _ in range(200):
         if closed:
             break
@@ -315,8 +325,11 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
 
 def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_the_rest():
     """Requests sent without waiting (a closed-loop user's next request goes out from the last answer's
-    callback): the one a peer never answers fails after the timeout through the stream's one watchdog, the
-    answered one completes, and each callback runs once."""
+    callback): the one a peer never answers fails after the timeout through the process's one watchdog
+    (lifecycle.watch, LoadState's), which cuts it on the stream as its answer instead of killing its user;
+    the answered one completes, and each callback runs once."""
+    from types import SimpleNamespace
+
     import gevent
     from gevent import socket
 
@@ -337,16 +350,29 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     server = gevent.spawn(peer)
     info = clients.ModelInfo({"name": "ensemble", "input": [{"name": "text_input"}, {"name": "max_tokens"}],
                               "output": [{"name": "text_output"}]}, None)
-    client = clients.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", info, timeout=0.5)
+    client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", info, timeout=0.5)
+    st = SimpleNamespace(opts=SimpleNamespace(request_timeout_s=0.5), active={}, grpc=client, nothing_left=False)
+    watchdog = gevent.spawn(lifecycle.watch, st)
     answered, silent = exchange(client.decode), exchange(client.decode)
     silent.request_id = "run-0-1"
+    users = {ex.request_id: gevent.spawn(gevent.sleep, 5) for ex in (answered, silent)}  # each request's waiting user
     done: list[clients.Exchange] = []
+
+    def on_done(ex: clients.Exchange) -> None:  # as AnswerChain.answered: the user has no request in flight
+        st.active.pop(users[ex.request_id])
+        done.append(ex)
+
     for ex in (answered, silent):
-        client.start(ex, Prompt(0, "hi", 3, 1), done.append)
+        st.active[users[ex.request_id]] = ex
+        client.start(ex, Prompt(0, "hi", 3, 1), on_done)
     gevent.sleep(2.0)
-    assert done == [answered, silent] and not client.waiting
+    assert done == [answered, silent] and not client.waiting and not st.active
     assert answered.error is None and len(answered.payloads) == 1
     assert silent.error == "no response within 0.5 s" and not silent.payloads
+    assert not any(user.dead for user in users.values())  # cut on the stream, no user killed
+    watchdog.kill()
+    for user in users.values():
+        user.kill()
     client.close()
     server.kill()
     listener.close()
@@ -364,5 +390,5 @@ def _ends_early() -> list[bytes]:
 def test_a_valid_response_laid_out_otherwise_is_parsed_not_raised_on(message):
     """route reads Triton's layout straight off the bytes; a shorter valid message goes to the full parse instead
     of raising in the stream's reader, which would fail every request in flight on the stream."""
-    assert clients.route(message) is None
+    assert grpcclient.route(message) is None
     assert service_pb2.ModelStreamInferResponse.FromString(message).infer_response.id == ""

@@ -27,7 +27,6 @@ from generator.errors import LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure import locustconf
-from generator.measure.locustconf import locust_commands, locust_conf_text, locust_options
 from generator.measure.records import (
     ProcessRecord, RequestRecord, RunRecord, count_client_tokens, read_records, request_inputs, server_gone,
 )
@@ -80,10 +79,10 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
                prefix: Sequence[str] = ()) -> None:
     """Run the Locust processes to completion; their logs go to OUT/locust*.log."""
     conf = out_dir / "locust.conf"
-    conf.write_text(locust_conf_text(options), encoding="utf-8")
+    conf.write_text(locustconf.locust_conf_text(options), encoding="utf-8")
     from generator.serve.server import free_port
 
-    commands = locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
+    commands = locustconf.locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
     # the master hears only workers that carry this run's token (loadtest/distributed.py)
     env = child_env(os.environ, PYTHONUNBUFFERED="1", TRITONGEN_RUN_TOKEN=secrets.token_hex(16))
     group, procs = ChildGroup(), []  # one process group that ends with us, however we end
@@ -260,7 +259,7 @@ def run_loadtest(
                  spec.loadtest.openai) as endpoints:
         lt = resolve_served(spec, endpoints.http_url, cores=available_cores(), ask_model=repo_dir is None,
                             admin_key=endpoints.admin_key)
-        options = locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
+        options = locustconf.locust_options(lt, endpoints, records, loadtest_dir() / "locustfile.py")
         triton = not lt.openai  # Triton's statistics API and one-piece generate exist only there
         before = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
         sampler = MetricsSampler(endpoints.metrics_url) if endpoints.metrics_url else contextlib.nullcontext()

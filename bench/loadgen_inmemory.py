@@ -1,0 +1,94 @@
+"""The load generator's own CPU per request at saturation, versions side by side: one Locust process (pinned to a
+CPU with ``--cpu``) whose gRPC stream is answered in memory at once (bench/inmemory_locustfile.py), so it runs
+flat out on its own Python work with no system call and no server sharing the CPU. Client CPU microseconds
+per request = the process record's CPU seconds / requests; versions alternate round by round.
+
+    .venv/bin/python bench/loadgen_inmemory.py --revs BEFORE,AFTER [--users 64,256 --seconds 5 --rounds 2]
+
+What it leaves out, and a real server does not: the socket's system calls, epoll, and answers that arrive
+spread out (here every request's 16 responses come in the same read). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--revs", required=True, help="git revisions whose loadtest/ to compare, e.g. main,HEAD")
+    parser.add_argument("--users", default="64,256")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cpu", default="1", help="taskset -c for the Locust process")
+    parser.add_argument("--profile", type=Path, default=None, help="write cpu_sampler.py profiles to this folder")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from generator.measure.records import read_records
+    from generator.model.tinymodel import make_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="tritongen-inmemory-"))
+    try:
+        measure(args, work, make_tiny_model(work / "tiny"), read_records)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path, tokenizer: Path, read_records) -> None:
+    """Every revision's loadtest/ extracted under ``work``, run round by round; the table printed."""
+    revs = args.revs.split(",")
+    for rev in revs:
+        (work / rev).mkdir()
+        archive = subprocess.run(["git", "archive", rev, "loadtest"], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work / rev)], input=archive, check=True)
+    rows = []
+    for rnd in range(args.rounds):
+        for users in (int(u) for u in args.users.split(",")):
+            for rev in revs if rnd % 2 == 0 else revs[::-1]:
+                records = work / "records.jsonl"
+                records.unlink(missing_ok=True)
+                cmd = ["taskset", "-c", args.cpu, sys.executable]
+                if args.profile:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    cmd += [str(ROOT / "bench/cpu_sampler.py"), str(args.profile / f"{rev}-u{users}-r{rnd}.txt"),
+                            sys.executable]
+                cmd += ["-m", "locust", "-f", str(ROOT / "bench/inmemory_locustfile.py"), "--headless",
+                        "--only-summary", "-H", "grpc://127.0.0.1:1", "--protocol", "grpc-stream",
+                        "--tokenizer", str(tokenizer), "-u", str(users), "-r", str(users), "--duration",
+                        str(args.seconds), "-t", f"{int(args.seconds) + 60}s", "--records", str(records),
+                        "--output-tokens-mean", "16", "--input-tokens-mean", "16", "--num-prompts", "16"]
+                env = dict(os.environ, TRITONGEN_LOADTEST=str(work / rev / "loadtest"),
+                           TRITONGEN_TOKENIZER=str(tokenizer))
+                with open(work / "locust.log", "w") as log:
+                    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=log,
+                                   timeout=args.seconds + 120)
+                requests, processes, _ = read_records(records)
+                errors = sum(r["error"] is not None or len(r["resp_text"]) != 16 for r in requests)
+                rows.append({"rev": rev, "users": users, "round": rnd, "requests": len(requests), "errors": errors,
+                             "us": processes[0]["cpu_s"] * 1e6 / len(requests), "load": os.getloadavg()[0]})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"| streams | {' | '.join(revs)} |\n|---:|{'---:|' * len(revs)}")
+    for users in (int(u) for u in args.users.split(",")):
+        cells = []
+        for rev in revs:
+            us = [r["us"] for r in rows if r["users"] == users and r["rev"] == rev]
+            cells.append(f"{statistics.median(us):.1f} ({', '.join(f'{u:.1f}' for u in us)})")
+        print(f"| {users} | {' | '.join(cells)} |")
+    bad = sum(r["errors"] for r in rows)
+    print(f"client CPU µs per request, median (each round); {bad} requests failed or incomplete; load average "
+          f"{min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}")
+
+
+if __name__ == "__main__":
+    main()
