@@ -35,10 +35,12 @@ def fire_locust_events(environment, record: RequestRecord) -> None:
         fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=0,
              exception=RuntimeError(record["error"]), context={})
         return
-    visible = [t for t, text in zip(record["resp_ns"], record["resp_text"]) if text]
-    fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(visible), exception=None, context={})
-    if not record["warmup"] and visible:
-        fire(request_type=kind, name="ttft", response_time=(visible[0] - record["sched_ns"]) / 1e6,
+    times, texts = record["resp_ns"], record["resp_text"]
+    if not all(texts):  # the usual answer has text in every response: no list made
+        times = [t for t, text in zip(times, texts) if text]
+    fire(request_type=kind, name="e2e", response_time=e2e_ms, response_length=len(times), exception=None, context={})
+    if not record["warmup"] and times:
+        fire(request_type=kind, name="ttft", response_time=(times[0] - record["sched_ns"]) / 1e6,
              response_length=0, exception=None, context={})
 
 
