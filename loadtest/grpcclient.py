@@ -86,13 +86,14 @@ def _by_tensor(ir: Any) -> tuple[list[str], ServerFigures]:
 def _by_column(ir: Any, first: list[bytes], n: int) -> tuple[list[Optional[str]], ServerFigures]:
     """The same for ``n`` responses that each carry the outputs ``first`` in that order: an output's tensors are
     every len(first)-th, so each description is read once per answer, not once per response."""
-    raws, m = ir.raw_output_contents, len(first)
+    raws, m, from_bytes = ir.raw_output_contents, len(first), int.from_bytes
     texts: list[Optional[str]] = [None] * n
     server: ServerFigures = {}
     for j, described in enumerate(first):
         name, integer = _output(described)
-        if name == "text_output":
-            texts = [_strings(raw) for raw in raws[j::m]]
+        if name == "text_output":  # a one-element tensor (the usual text) decoded inline, others by _strings
+            texts = [raw[4:].decode("utf-8", "replace") if len(raw) == from_bytes(raw[:4], "little") + 4
+                     else _strings(raw) for raw in raws[j::m]]
         elif integer is not None:
             size, code = integer
             column = raws[j::m]
@@ -190,10 +191,16 @@ def response_head(data: bytes) -> bytes:
         return b""
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def with_id(body: bytes, request_id: bytes) -> bytes:
     """A serialized ModelInferRequest with its ``id`` (field 3) set: a field appended to a serialized protobuf
     message is parsed as part of it, so the request is serialized once per prompt, not per request."""
-    n, length = len(request_id), bytearray()
+    n = len(request_id)
+    if n < 0x80:  # the usual id: its length in one byte
+        return b"".join((body, b"\x1a", _ONE_BYTE[n], request_id))
+    length = bytearray()
     while n >= 0x80:
         length.append((n & 0x7F) | 0x80)
         n >>= 7
