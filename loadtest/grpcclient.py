@@ -110,17 +110,19 @@ def decode_infer_responses(payloads: list[bytes]) -> Decoded:
     """Serialized ModelStreamInferResponse messages: ``text_output`` and the server's figures from the raw
     output tensors, in one parse of their concatenation. The usual answer, every response with the same
     outputs in the same order (the last one may be an empty final), is read by column; otherwise tensor by
-    tensor, and when not every response has a text (a response has at most one), each is parsed alone."""
+    tensor, and when not every response has a text (a response has at most one), each is parsed alone.
+    The usual answer is told from the merged outputs alone: as a response carries an output at most once
+    (Triton's), k responses whose outputs concatenate to k repeats of the first len/k are those repeats."""
     if not payloads:
         return [], {}, None
     n, parse = len(payloads), _LEAN.FromString
     merged = parse(b"".join(payloads)).infer_response
-    described, first = list(merged.outputs), list(parse(payloads[0]).infer_response.outputs)
-    if first and described == first * n:
-        return (*_by_column(merged, first, n), None)
-    if first and described == first * (n - 1) and not parse(payloads[-1]).infer_response.outputs:
-        texts, server = _by_column(merged, first, n - 1)
-        return texts + [None], server, None
+    described = merged.outputs[:]
+    for k in (n, n - 1):  # every response, or all but the last when it is an empty final
+        first = described[:len(described) // k] if k else []
+        if first and described == first * k and (k == n or not parse(payloads[-1]).infer_response.outputs):
+            texts, server = _by_column(merged, first, k)
+            return texts + [None] * (n - k), server, None
     texts, server = _by_tensor(merged)
     if len(texts) != n:
         texts = [(_by_tensor(parse(p).infer_response)[0] or [None])[0] for p in payloads]
