@@ -20,8 +20,12 @@ from geventhttpclient import HTTPClient
 
 from generator.measure.records import RequestRecord, ServerFigures
 from generator.serve.dialect import config_param, dialect_for_inputs
-from grpcwire import StreamClosed, unary
+from grpcwire import MAX_MESSAGE, StreamClosed, unary
 from prompts import Prompt
+
+MAX_ANSWER = 4 * MAX_MESSAGE
+"""The most bytes one answer's responses hold together: a server streaming small events as fast as it could
+until the run ended grew one Locust process to 21 GB (the machine's out-of-memory killer ended it)."""
 
 Decoded = tuple[list[Optional[str]], ServerFigures, Optional[str]]
 """Per payload its text (None: a response without text, e.g. an empty final one), the server's figures
@@ -31,12 +35,13 @@ summed over the answer, and an error the payloads carried."""
 class Exchange:
     """One request on the hot path: timestamps and raw payloads; ``finish`` turns them into the raw record."""
 
-    __slots__ = ("request_id", "record", "resp_ns", "payloads", "end_ns", "error", "on_done", "decode")
+    __slots__ = ("request_id", "record", "resp_ns", "payloads", "size", "end_ns", "error", "on_done", "decode")
 
     def __init__(self, request_id: str, record: RequestRecord, decode: Callable[[list[Any]], Decoded]) -> None:
         self.request_id, self.record, self.decode = request_id, record, decode
         self.resp_ns: list[int] = []
         self.payloads: list[Any] = []
+        self.size = 0  # bytes of the payloads
         self.end_ns: Optional[int] = None
         self.error: Optional[str] = None
         self.on_done: Optional[Callable[[Exchange], None]] = None  # called once, when the answer is complete
@@ -48,6 +53,14 @@ class Exchange:
         if self.error is None:
             self.error = message[:500]
             self.end_ns = t_ns or time.monotonic_ns()
+
+    def keep(self, t: int, payload: bytes) -> None:
+        """One response as received; ValueError once the answer passes MAX_ANSWER bytes."""
+        self.size += len(payload)
+        if self.size > MAX_ANSWER:
+            raise ValueError(f"the answer is longer than {MAX_ANSWER:,} bytes")
+        self.resp_ns.append(t)
+        self.payloads.append(payload)
 
     def silent_ns(self, now: int) -> int:
         """How long the answer has been silent: since the last response, or since the request was sent."""

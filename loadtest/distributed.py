@@ -26,15 +26,12 @@ from typing import Any, Callable
 import gevent
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
-from generator.measure.records import RunRecord
+from generator.measure.records import MAX_INCOMPLETE, MESSAGE_KIND_CHARS, MESSAGE_KINDS, RunRecord
 
 TOKEN_ENV = "TRITONGEN_RUN_TOKEN"
 MSG_HELLO = "tritongen_hello"
 _PENDING_LIMIT = 1024
 """Connections whose ``client_ready`` waits for a token at most (past it the oldest is dropped, not stored)."""
-_KINDS_COUNTED = 16
-"""Message types counted by name at most; the sender chooses them, so more are counted as "other" (3,000
-made-up types made results.json and the summary 3,000 entries longer)."""
 _WATCH_S = 0.5
 _log = logging.getLogger("tritongen")
 
@@ -100,8 +97,9 @@ class MasterGuard:
         if not self.rejected:
             _log.error("rejected a message (%s) from %r: not a worker of this run (no or wrong %s)",
                        kind, client_id, TOKEN_ENV)
-        kind = str(kind)[:64]
-        self.rejected[kind if kind in self.rejected or len(self.rejected) < _KINDS_COUNTED else "other"] += 1
+        # the sender chooses the types: 3,000 made-up ones made results.json and the summary 3,000 entries longer
+        kind = str(kind)[:MESSAGE_KIND_CHARS]
+        self.rejected[kind if kind in self.rejected or len(self.rejected) < MESSAGE_KINDS else "other"] += 1
 
     # ------------------------------------------------------------ completion and lost workers
 
@@ -137,6 +135,6 @@ class MasterGuard:
 
     def run_record(self) -> RunRecord:
         """The records file's ``run`` record: workers lost, messages refused."""
-        return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(self.lost.values()) or None,
+        return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(self.lost.values())[:MAX_INCOMPLETE] or None,
                 "rejected_messages": dict(self.rejected)}
 

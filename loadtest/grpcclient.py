@@ -280,8 +280,11 @@ class GrpcLLMClient:
                 continue
             if not head:
                 head = self.head = response_head(data)
-            ex.resp_ns.append(t)
-            ex.payloads.append(data)
+            try:
+                ex.keep(t, data)
+            except ValueError as exc:
+                self._complete(rid, ex, str(exc), t)
+                continue
             if final:
                 ex.end_ns = t
                 self._complete(rid, ex)

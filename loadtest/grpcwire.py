@@ -279,8 +279,8 @@ class GrpcStream:
                     self._peer_initial = value
                 elif key == 0x5:
                     self.max_frame = value
-                elif key == 0x1:
-                    self.decoder.header_table_size = value
+                # HEADER_TABLE_SIZE (0x1) bounds this client's encoder (which indexes nothing), not its decoder:
+                # taken as the decoder's, every later header block of the server was refused (hpack's check)
             self._write(frame(SETTINGS, ACK, 0))
             self._unblock()
         elif kind == PING and not flags & ACK:

@@ -64,8 +64,8 @@ def error_text(resp) -> str:
 def read_events(resp, ex: Exchange) -> None:
     """An SSE response, line by line off the socket: each ``data:`` line with the time it arrived. The lines
     are cut out of the response's own buffer (geventhttpclient's readline searched the whole buffer again
-    after every read and had no bound), each at most ``MAX_MESSAGE``."""
-    times, payloads, buf, feed = ex.resp_ns, ex.payloads, resp._body_buffer, resp.feed
+    after every read and had no bound), each at most ``MAX_MESSAGE``, all together at most ``MAX_ANSWER``."""
+    buf, feed = resp._body_buffer, resp.feed
     searched = reads = 0
     try:
         while True:
@@ -89,8 +89,7 @@ def read_events(resp, ex: Exchange) -> None:
             del buf[:end + 1]
             searched = 0
             if line.startswith(b"data:"):
-                times.append(t)
-                payloads.append(line)
+                ex.keep(t, line)
     except BaseException:
         drop_connection(resp)
         raise

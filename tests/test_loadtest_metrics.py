@@ -138,6 +138,43 @@ def test_empty_chunks_fail_only_when_nothing_explains_them():
     assert stream_failures(record(["a", "b", ""])) == []  # an empty final response is fine
 
 
+def test_long_answers_are_compared_without_aligning_every_character_pair(monkeypatch):
+    """review6: difflib aligned the streamed and one-piece answers character by character in time growing with
+    the product of their lengths (two diverged 32,000-character answers: 28 s; a server's megabyte answers:
+    hours). A difference that damage cannot make is found without it, damage is still told from divergence,
+    and stretches too long to align are not called damage."""
+    import difflib
+
+    import generator.measure.records as records
+
+    aligned, matcher = [], difflib.SequenceMatcher
+
+    def aligning(junk, a, b, **kw):
+        assert len(a) * len(b) <= 1 << 24, f"aligns {len(a):,} x {len(b):,} characters"
+        aligned.append((junk, a, b))
+        return matcher(junk, a, b, **kw)
+
+    monkeypatch.setattr(records.difflib, "SequenceMatcher", aligning)
+    assert compare_texts("the cat " * 4000, "the dog " * 4000) == "diverged" and aligned == []
+    assert compare_texts("ab" * 40_000 + "\ufffd cd", "ab" * 40_000 + "é cd") == "detokenization"
+    assert [len(a) for _, a, b in aligned] == [1]  # the stretch that differs, not the whole answers
+    assert compare_texts("a" + "\ufffd" * 10_000, "a" + "é" * 10_000) == "diverged"
+
+
+def test_empty_responses_are_judged_in_one_pass_over_the_responses():
+    """review6: each response looked for the next text in a copy of all the responses after it: one answer of
+    a million small responses (a hostile server's, or a records file's) took the checks most of an hour, and
+    the report with them. Its checks now come back in a pass (a thread given minutes to finish)."""
+    import threading
+
+    rec = record([""] * 1_000_000 + ["a"], gap=0)
+    found = []
+    worker = threading.Thread(target=lambda: found.append(stream_failures(rec)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert found == [["empty_chunk"]]
+
+
 def test_lost_spaces_are_detokenization_damage():
     assert compare_texts("Helloworld", "Hello world") == "detokenization"
     assert "reference_mismatch" in stream_failures(record(["Hello", "world"]), reference="Hello world")

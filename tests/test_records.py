@@ -92,6 +92,11 @@ def _rewrite(path: Path, line: int, change) -> None:
     (2, lambda r: {**r, "resp_ns": "soon"}, "line 3: not a tritongen-records v2 record (resp_ns"),
     (3, lambda r: {**r, "kind": "weather"}, "line 4: not a tritongen-records v2 record"),
     (4, lambda r: {**records_header(), "v": 9}, "line 5: records of version 9"),  # another file appended
+    # review6: numbers and texts no writer makes (a 4,000-digit time raised OverflowError out of the statistics;
+    # a 100 KB reason took rich a minute to print)
+    (1, lambda r: {**r, "start_unix_ns": 10 ** 400}, "line 2: not a JSON record"),
+    (4, lambda r: {**r, "incomplete": "x" * 100_000}, "line 5: not a tritongen-records v2 record (incomplete"),
+    (4, lambda r: {**r, "rejected_messages": {str(i): 1 for i in range(100)}}, "(rejected_messages"),
 ])
 def test_another_version_or_a_mangled_record_is_refused_with_the_fix(written, line, change, says):
     path = written[0]
@@ -148,3 +153,20 @@ def test_the_checker_sees_a_parser_elsewhere():
     through_owner = "def f(out):\n    return read_records(out / 'records.jsonl').requests\n"
     assert _offenders(by_path, "x") and _offenders(by_name, "x") and not _offenders(through_owner, "x")
     assert _offenders((ROOT / OWNER).read_text(encoding="utf-8"), OWNER)  # the owner itself is seen
+
+
+def test_no_record_is_written_longer_than_the_reader_reads(tmp_path, monkeypatch):
+    """review6: one request of an answer in millions of small responses wrote a line longer than read_records
+    reads, which then refused the whole file: every other request's record was lost with it. Such a request is
+    written failed, without its texts; the file stays readable."""
+    import generator.measure.records as records
+
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 1 << 16)
+    long = finished_request(0, [sse("word ") for _ in range(10_000)])
+    short = finished_request(1, [sse("a"), sse(" b")])
+    path = tmp_path / "records.jsonl"
+    with open_records(path) as file:
+        write_records(file, [long, short])
+    found = read_records(path).requests
+    assert found[1] == short and records.TOO_LONG in found[0]["error"] and found[0]["resp_text"] == []
+    assert found[0]["id"] == long["id"] and not request_metrics(found[0]).ok

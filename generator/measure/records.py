@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any, Callable, Literal, NamedTuple, Optional, Union
 
 import rapidjson
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from generator.errors import ArtifactCorrupt
@@ -119,13 +120,23 @@ class ProcessRecord(TypedDict):
     responses: int
 
 
+MAX_INCOMPLETE = 4096
+"""The longest ``incomplete`` reason a run record holds (the master cuts a longer one): the CLI prints it, and
+rich wraps one long word in time quadratic in its length (a 100 KB reason in a foreign records file took a minute)."""
+MESSAGE_KINDS = 16
+"""Message types a run record counts by name at most (more are counted as "other"), each named in at most
+MESSAGE_KIND_CHARS characters."""
+MESSAGE_KIND_CHARS = 64
+
+
 class RunRecord(TypedDict):
     """The distributed master's record of the run itself (loadtest/distributed.py ``MasterGuard.run_record``)."""
 
     kind: Literal["run"]
     lost_workers: list[int]
-    incomplete: Optional[str]
-    rejected_messages: dict[str, int]
+    incomplete: Optional[Annotated[str, StringConstraints(max_length=MAX_INCOMPLETE)]]
+    rejected_messages: Annotated[dict[Annotated[str, StringConstraints(max_length=MESSAGE_KIND_CHARS)], int],
+                                 Field(max_length=MESSAGE_KINDS + 1)]
 
 
 class RecordsHeader(TypedDict):
@@ -161,15 +172,34 @@ def open_records(path: Union[str, Path]) -> IO[str]:
     return file
 
 
-def write_records(file: IO[str], records: list[Union[RequestRecord, ProcessRecord, RunRecord, RecordsHeader]]) -> None:
-    """JSON lines through python-rapidjson (tritonclient's dependency): a quarter of the json module's CPU."""
-    file.write("".join(rapidjson.dumps(r) + "\n" for r in records))
-    file.flush()
-
-
 MAX_LINE_BYTES = 64 << 20
 """The longest line read_records reads: a record is a few KiB to a few MiB (its prompt and texts); read whole, a
 line of a sparse file without newlines (no disk used) held gigabytes before it was found not to be one."""
+TOO_LONG = "its record is longer than read_records reads"
+
+
+def write_records(file: IO[str], records: list[Union[RequestRecord, ProcessRecord, RunRecord, RecordsHeader]]) -> None:
+    """JSON lines through python-rapidjson (tritonclient's dependency): a quarter of the json module's CPU.
+
+    A request whose line would pass MAX_LINE_BYTES (an answer of millions of responses) is written without its
+    prompt and texts, failed with that reason: whole, it made read_records refuse the file, every record with it."""
+    lines = [rapidjson.dumps(r) for r in records]  # ASCII (ensure_ascii): characters are bytes
+    for i, line in enumerate(lines):
+        if len(line) >= MAX_LINE_BYTES and records[i]["kind"] == "request":
+            lines[i] = rapidjson.dumps({**records[i], "prompt_text": None, "resp_ns": [], "resp_text": [],
+                                        "error": f"{TOO_LONG} ({len(line):,} bytes): its texts are not kept"})
+    file.write("".join(line + "\n" for line in lines))
+    file.flush()
+
+
+_MAX_DIGITS = 20
+"""A number in a record is a 64-bit one at most: nanosecond times, counts."""
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise ValueError("a number of more than 20 digits")  # a float of it raised OverflowError in the statistics
+    return int(digits)
 
 
 def read_records(path: Path) -> Records:
@@ -206,7 +236,7 @@ def _parse_line(path: Path, no: int, raw: bytes, header: bool) -> Any:
         return ArtifactCorrupt(f"{path}, line {no}: {why}", where=str(path), fix=RERUN_FIX)
 
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise refuse("not a JSON record") from None
     if not isinstance(data, dict):
@@ -372,12 +402,29 @@ def _streaming_damage(streamed: str, reference: str) -> bool:
     )
 
 
+_MAX_ALIGNED = 1 << 24
+"""difflib's work grows with the product of the two lengths: two diverged answers of 32,000 characters took 28 s,
+a server's two of a megabyte would take hours."""
+
+
+def _plain(text: str) -> str:
+    """The text without what streaming damage may change (whitespace, U+FFFD, non-ASCII characters)."""
+    return "".join(c for c in text if ord(c) <= 127 and not c.isspace())
+
+
 def compare_texts(streamed: str, reference: str) -> str:
     """``equal``; ``detokenization`` when every difference is streaming damage (see _streaming_damage);
     else ``diverged``: the engine produced other tokens from some point on (e.g. a batch-dependent numerical
     difference between the two requests), which says nothing about the streaming path."""
     if streamed == reference:
         return "equal"
+    if _plain(streamed) != _plain(reference):  # a difference damage cannot make: found in linear time
+        return "diverged"
+    start = len(os.path.commonprefix([streamed, reference]))
+    end = len(os.path.commonprefix([streamed[start:][::-1], reference[start:][::-1]]))
+    streamed, reference = streamed[start:len(streamed) - end], reference[start:len(reference) - end]
+    if len(streamed) * len(reference) > _MAX_ALIGNED:
+        return "diverged"  # long stretches of only spaces and non-ASCII characters: no damage shown
     ops = difflib.SequenceMatcher(None, streamed, reference, autojunk=False).get_opcodes()
     damage = all(_streaming_damage(streamed[i1:i2], reference[j1:j2]) for tag, i1, i2, j1, j2 in ops if tag != "equal")
     return "detokenization" if damage else "diverged"
@@ -410,7 +457,11 @@ def stream_failures(rec: RequestRecord, reference: Optional[str] = None) -> list
     failures = []
     if comparison != "diverged" and text.count(REPLACEMENT_CHAR) > (reference or "").count(REPLACEMENT_CHAR):
         failures.append(CHECK_REPLACEMENT)
-    following = [next((t for t in texts[i + 1:] if t), "") for i in range(len(texts))]
+    following, after = [], ""  # per response, the next non-empty text after it (one pass from the end)
+    for t in reversed(texts):
+        following.append(after)
+        after = t or after
+    following.reverse()
     tokens = rec["server"].get("num_output_tokens")
     unexplained = any(t == "" and not (nxt and ord(nxt[0]) > 127) for t, nxt in zip(texts[:-1], following))
     explained = rec["cumulative"] or (tokens is not None and tokens >= len(texts))
