@@ -122,13 +122,14 @@ class GrpcStream:
         the peer's windows do not take yet waits, in order, for its WINDOW_UPDATE."""
         if self.closed is not None:
             raise self.closed
-        data = b"\x00" + _HEADER.pack(len(message)) + message
-        if not self.blocked and len(data) <= min(self.send_window, self.conn_window, self.max_frame):
-            self.send_window -= len(data)  # the usual case: one frame, the windows open
-            self.conn_window -= len(data)
-            self._write(frame(DATA, END_STREAM if last else 0, _STREAM, data))
+        n = len(message) + 5
+        if not self.blocked and n <= min(self.send_window, self.conn_window, self.max_frame):
+            self.send_window -= n  # the usual case: one frame, the windows open; its header and prefix in one pack
+            self.conn_window -= n
+            self._write(_FRAME_AND_PREFIX.pack(n >> 8, n & 0xFF, DATA, END_STREAM if last else 0, _STREAM, 0,
+                                               n - 5) + message)
             return
-        self.blocked.append((data, last))
+        self.blocked.append((b"\x00" + _HEADER.pack(len(message)) + message, last))
         self._unblock()
 
     def _unblock(self) -> None:
