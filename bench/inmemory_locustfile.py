@@ -41,6 +41,12 @@ class MemorySocket:
         self.inbox: list[bytes] = [self.peer.preface()]
         self.ready = gevent.event.Event()
         self.closed = False
+        # What the reader waits on before each read: a pipe that is always readable (recv waits on `ready`).
+        self._readable, self._w = os.pipe()
+        os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._readable
 
     def settimeout(self, _t) -> None:
         pass
@@ -49,6 +55,9 @@ class MemorySocket:
         pass
 
     def close(self) -> None:
+        if not self.closed:
+            os.close(self._readable)
+            os.close(self._w)
         self.closed = True
         self.ready.set()
 

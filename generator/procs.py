@@ -116,12 +116,13 @@ class ChildGroup:
                 pass
 
     def stop(self, timeout_s: float = 20.0, settle_s: float = 10.0) -> None:
-        """SIGTERM the group, SIGKILL what is left after ``timeout_s``; return once no process of the
+        """SIGTERM (and SIGCONT) the group, SIGKILL what is left after ``timeout_s``; return once no process of the
         group is alive, or raise naming the ones still there ``settle_s`` after SIGKILL."""
         if self.pgid is None:
             return
         if self.alive():
             self.signal(signal.SIGTERM)
+            self.signal(signal.SIGCONT)  # a stopped member (SIGSTOP, Ctrl-Z) gets its SIGTERM only once continued
             deadline = time.monotonic() + timeout_s
             while self.alive() and time.monotonic() < deadline:
                 self._reap()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from geventhttpclient import HTTPClient
 
@@ -105,7 +105,7 @@ def new_record(protocol: str, model: str, proc: int, seq: int, prompt: Prompt, w
     }
 
 
-def absorb(server: ServerFigures, name: str, values: list[int]) -> None:
+def absorb(server: ServerFigures, name: str, values: Sequence[int]) -> None:
     """A server figure of responses in order: output tokens add up over the answer; any other keeps its last
     value known (time points not known yet come as 0)."""
     if name == "num_output_tokens":

@@ -4,6 +4,7 @@ requests multiplexed by id, and the decoding of their responses after the hot pa
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Optional
 
 import gevent.event
@@ -14,7 +15,8 @@ from grpcwire import GrpcStream, StreamClosed
 from prompts import Prompt
 
 
-_INTS = {"INT32": (4, True), "INT64": (8, True), "UINT32": (4, False), "UINT64": (8, False)}
+_INTS = {"INT32": (4, "i"), "INT64": (8, "q"), "UINT32": (4, "I"), "UINT64": (8, "Q")}
+"""A server figure's datatype: its size and struct code (lower case: signed)."""
 
 
 def _strings(raw: bytes) -> str:
@@ -52,11 +54,11 @@ def _lean_stream_response() -> type:
 
 
 _LEAN = _lean_stream_response()
-_OUTPUTS: dict[bytes, tuple[str, Optional[tuple[int, bool]]]] = {}
+_OUTPUTS: dict[bytes, tuple[str, Optional[tuple[int, str]]]] = {}
 
 
-def _output(described: bytes) -> tuple[str, Optional[tuple[int, bool]]]:
-    """An output tensor's name and, for the server's integer figures, (size, signed); cached per description."""
+def _output(described: bytes) -> tuple[str, Optional[tuple[int, str]]]:
+    """An output tensor's name and, for the server's integer figures, (size, struct code); cached per description."""
     known = _OUTPUTS.get(described)
     if known is None:
         from tritonclient.grpc import service_pb2
@@ -77,23 +79,30 @@ def _by_tensor(ir: Any) -> tuple[list[str], ServerFigures]:
         if name == "text_output":
             texts.append(_strings(raw))
         elif integer is not None:
-            absorb(server, name, [int.from_bytes(raw[:integer[0]], "little", signed=integer[1])])
+            absorb(server, name, [int.from_bytes(raw[:integer[0]], "little", signed=integer[1].islower())])
     return texts, server
 
 
 def _by_column(ir: Any, first: list[bytes], n: int) -> tuple[list[Optional[str]], ServerFigures]:
     """The same for ``n`` responses that each carry the outputs ``first`` in that order: an output's tensors are
     every len(first)-th, so each description is read once per answer, not once per response."""
-    raws, m = ir.raw_output_contents, len(first)
+    raws, m, from_bytes = ir.raw_output_contents, len(first), int.from_bytes
     texts: list[Optional[str]] = [None] * n
     server: ServerFigures = {}
     for j, described in enumerate(first):
         name, integer = _output(described)
-        if name == "text_output":
-            texts = [_strings(raw) for raw in raws[j::m]]
+        if name == "text_output":  # a one-element tensor (the usual text) decoded inline, others by _strings
+            texts = [raw[4:].decode("utf-8", "replace") if len(raw) == from_bytes(raw[:4], "little") + 4
+                     else _strings(raw) for raw in raws[j::m]]
         elif integer is not None:
-            size, signed = integer
-            absorb(server, name, [int.from_bytes(raw[:size], "little", signed=signed) for raw in raws[j::m]])
+            size, code = integer
+            column = raws[j::m]
+            joined = b"".join(column)
+            if len(joined) == size * len(column):  # one element each, the usual case: unpacked at once
+                absorb(server, name, struct.unpack(f"<{len(column)}{code}", joined))
+            else:
+                signed = code.islower()
+                absorb(server, name, [int.from_bytes(raw[:size], "little", signed=signed) for raw in column])
     return texts, server
 
 
@@ -101,17 +110,19 @@ def decode_infer_responses(payloads: list[bytes]) -> Decoded:
     """Serialized ModelStreamInferResponse messages: ``text_output`` and the server's figures from the raw
     output tensors, in one parse of their concatenation. The usual answer, every response with the same
     outputs in the same order (the last one may be an empty final), is read by column; otherwise tensor by
-    tensor, and when not every response has a text (a response has at most one), each is parsed alone."""
+    tensor, and when not every response has a text (a response has at most one), each is parsed alone.
+    The usual answer is told from the merged outputs alone: as a response carries an output at most once
+    (Triton's), k responses whose outputs concatenate to k repeats of the first len/k are those repeats."""
     if not payloads:
         return [], {}, None
     n, parse = len(payloads), _LEAN.FromString
     merged = parse(b"".join(payloads)).infer_response
-    described, first = list(merged.outputs), list(parse(payloads[0]).infer_response.outputs)
-    if first and described == first * n:
-        return (*_by_column(merged, first, n), None)
-    if first and described == first * (n - 1) and not parse(payloads[-1]).infer_response.outputs:
-        texts, server = _by_column(merged, first, n - 1)
-        return texts + [None], server, None
+    described = merged.outputs[:]
+    for k in (n, n - 1):  # every response, or all but the last when it is an empty final
+        first = described[:len(described) // k] if k else []
+        if first and described == first * k and (k == n or not parse(payloads[-1]).infer_response.outputs):
+            texts, server = _by_column(merged, first, k)
+            return texts + [None] * (n - k), server, None
     texts, server = _by_tensor(merged)
     if len(texts) != n:
         texts = [(_by_tensor(parse(p).infer_response)[0] or [None])[0] for p in payloads]
@@ -122,29 +133,43 @@ _FINAL = b"\n\x15triton_final_response\x12\x02\x08"
 _FINAL_SIZE = len(_FINAL)
 
 
-def route(data: bytes) -> Optional[tuple[bytes, bool]]:
+def _id_tag_at(data: bytes, pos: int) -> int:
+    """Where the ``id`` field's tag is in a ModelInferResponse that starts at ``pos``, past model_name and
+    model_version (each left out when empty), laid out as Triton writes it; -1 for any other layout."""
+    if data[pos] == 0x0A:  # model_name
+        n = data[pos + 1]
+        if n & 0x80:
+            return -1
+        pos += 2 + n
+    if data[pos] == 0x12:  # model_version
+        n = data[pos + 1]
+        if n & 0x80:
+            return -1
+        pos += 2 + n
+    return pos if data[pos] == 0x1A else -1
+
+
+def route(data: bytes, head: bytes = b"") -> Optional[tuple[bytes, bool]]:
     """(request id, final) read straight off a serialized ModelStreamInferResponse without an error, laid
     out as Triton writes it (fields in number order: infer_response; in it model_name, model_version, id,
     then the parameters with triton_final_response); None for anything else (the caller parses it), also a
-    message that ends before those fields (a valid one from a server laid out otherwise must not end the stream)."""
+    message that ends before those fields (a valid one from a server laid out otherwise must not end the stream).
+    ``head`` (see response_head), the bytes every response of the stream starts its infer_response with, up
+    to the id's tag, is compared at once instead of read field by field."""
     try:
         if data[0] != 0x12:  # an error_message comes first
             return None
         pos = 2
         while data[pos - 1] & 0x80:  # past the length of infer_response
             pos += 1
-        if data[pos] == 0x0A:  # model_name
-            n = data[pos + 1]
-            if n & 0x80:
+        if head and data.startswith(head, pos):
+            pos += len(head) - 1
+        else:
+            pos = _id_tag_at(data, pos)
+            if pos < 0:
                 return None
-            pos += 2 + n
-        if data[pos] == 0x12:  # model_version (left out when empty)
-            n = data[pos + 1]
-            if n & 0x80:
-                return None
-            pos += 2 + n
         n = data[pos + 1]
-        if data[pos] != 0x1A or n & 0x80:
+        if n & 0x80:
             return None
         end = pos + 2 + n
         flag = data.find(_FINAL, end)
@@ -155,10 +180,29 @@ def route(data: bytes) -> Optional[tuple[bytes, bool]]:
         return None
 
 
+def response_head(data: bytes) -> bytes:
+    """The start of a routable response's infer_response up to and with the id's tag (model_name and
+    model_version, the same in every response of a stream): what ``route`` compares at once; b"" if none."""
+    try:
+        pos = 2
+        while data[pos - 1] & 0x80:
+            pos += 1
+        end = _id_tag_at(data, pos)
+        return data[pos:end + 1] if end >= 0 else b""
+    except IndexError:
+        return b""
+
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def with_id(body: bytes, request_id: bytes) -> bytes:
     """A serialized ModelInferRequest with its ``id`` (field 3) set: a field appended to a serialized protobuf
     message is parsed as part of it, so the request is serialized once per prompt, not per request."""
-    n, length = len(request_id), bytearray()
+    n = len(request_id)
+    if n < 0x80:  # the usual id: its length in one byte
+        return b"".join((body, b"\x1a", _ONE_BYTE[n], request_id))
+    length = bytearray()
     while n >= 0x80:
         length.append((n & 0x7F) | 0x80)
         n >>= 7
@@ -187,6 +231,7 @@ class GrpcLLMClient:
         self.target, self.info, self.timeout = grpc_target(host), info, timeout
         self.outputs = [n for n in ("text_output", *SERVER_FIELDS) if n in info.outputs]
         self.waiting: dict[bytes, Exchange] = {}
+        self.head = b""  # the start of every response (route's fast path), learnt from the first one routed
         self.bodies: dict[int, tuple[bytes, bool]] = {}
         self.stream = self._open()
 
@@ -219,9 +264,9 @@ class GrpcLLMClient:
         """The response path, once per ``recv``: route each message by id (read off the bytes, see route), keep
         the time and the message as received (decoded after the request, see decode_infer_responses); a final
         response completes its request."""
-        waiting = self.waiting
+        waiting, head = self.waiting, self.head
         for data in messages:
-            routed = route(data)
+            routed = route(data, head)
             if routed is None:  # an error or another layout: parsed in full
                 resp = self._parse(data)
                 if resp.error_message:
@@ -233,6 +278,8 @@ class GrpcLLMClient:
             ex = waiting.get(rid)
             if ex is None:
                 continue
+            if not head:
+                head = self.head = response_head(data)
             try:
                 ex.keep(t, data)
             except ValueError as exc:

@@ -39,8 +39,8 @@ of thousands of tokens is a few hundred KB. A hostile server's message announced
 _MAX_FRAME = 16384
 """The largest frame the peer may send: HTTP/2's default, which this client never raises."""
 YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop (here and in httpclient.read_events): a server that
-always has data ready made every read return at once, and the process's other users and its watchdog starved."""
+"""Socket reads between two turns given to the event loop (httpclient.read_events): a server that always has data
+ready made every read return at once, and the process's other users and its watchdog starved."""
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -110,6 +110,8 @@ class GrpcStream:
             + frame(WINDOW_UPDATE, 0, 0, _HEADER.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
             + frame(HEADERS, END_HEADERS, _STREAM, request_headers(target, path))
         )
+        hub = gevent.get_hub()
+        self._wait, self._readable = hub.wait, hub.loop.io(self.sock.fileno(), 1)
         self.reader = gevent.spawn(self._read)
 
     # ------------------------------------------------------------ sending
@@ -120,13 +122,14 @@ class GrpcStream:
         the peer's windows do not take yet waits, in order, for its WINDOW_UPDATE."""
         if self.closed is not None:
             raise self.closed
-        data = b"\x00" + _HEADER.pack(len(message)) + message
-        if not self.blocked and len(data) <= min(self.send_window, self.conn_window, self.max_frame):
-            self.send_window -= len(data)  # the usual case: one frame, the windows open
-            self.conn_window -= len(data)
-            self._write(frame(DATA, END_STREAM if last else 0, _STREAM, data))
+        n = len(message) + 5
+        if not self.blocked and n <= min(self.send_window, self.conn_window, self.max_frame):
+            self.send_window -= n  # the usual case: one frame, the windows open; its header and prefix in one pack
+            self.conn_window -= n
+            self._write(_FRAME_AND_PREFIX.pack(n >> 8, n & 0xFF, DATA, END_STREAM if last else 0, _STREAM, 0,
+                                               n - 5) + message)
             return
-        self.blocked.append((data, last))
+        self.blocked.append((b"\x00" + _HEADER.pack(len(message)) + message, last))
         self._unblock()
 
     def _unblock(self) -> None:
@@ -173,6 +176,7 @@ class GrpcStream:
             except OSError:
                 pass
         self.reader.kill(block=False)
+        self._readable.stop()  # never a watcher on a closed descriptor
         self.sock.close()
 
     # ------------------------------------------------------------ receiving
@@ -182,16 +186,18 @@ class GrpcStream:
         pending = bytearray()  # DATA payload not yet a whole gRPC message
         recv, on_messages = self.sock.recv, self.on_messages
         header, header_and_prefix, frame_size = _FRAME.unpack_from, _FRAME_AND_PREFIX.unpack_from, _FRAME.size
-        reads = 0
+        # Wait for the socket to be readable before each read: at saturation a read usually finds the socket
+        # drained (about one response per read on a GPU host), and a read that finds nothing costs a failed
+        # system call and an exception before the same wait. Each wait is a turn of the event loop, so the
+        # process's other greenlets always get theirs.
+        wait, readable = self._wait, self._readable
         try:
             while True:
+                wait(readable)
                 chunk = recv(_RECV)
                 t = time.monotonic_ns()
                 if not chunk:
                     raise StreamClosed("the server closed the connection")
-                reads += 1
-                if reads % YIELD_EVERY == 0:
-                    gevent.sleep(0)
                 buf = buf + chunk if buf else chunk
                 pos, end, consumed, messages = 0, len(buf), 0, []
                 try:
@@ -239,6 +245,8 @@ class GrpcStream:
             self._closed(StreamClosed(f"connection error: {exc}"))
         except Exception as exc:  # a message the handler could not take: end the call, fail what waits on it
             self._closed(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
+        finally:
+            readable.close()
 
     @staticmethod
     def _messages(pending: bytearray, messages: list[bytes]) -> None:
@@ -301,6 +309,9 @@ class GrpcStream:
         if self.closed is None:
             self.closed = exc
         self.blocked.clear()
+        if gevent.getcurrent() is not self.reader:
+            self.reader.kill(block=False)  # it may wait for the socket to be readable: closed, it never is
+        self._readable.stop()
         self.sock.close()
         self.on_close(self.closed)
 

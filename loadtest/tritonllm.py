@@ -43,7 +43,7 @@ from lifecycle import AnswerChain, run_conversation, run_request, watch
 from openaiapi import OpenAIClient, openai_model
 from prompts import Prompt, load_tokenizer, read_jsonl, synthesize
 from schedule import arrival_offsets, share
-from sink import MSG_RECORDS, ProcessMonitor, RecordSink
+from sink import MSG_RECORDS, ProcessMonitor, RecordSink, steady_gc
 from traces import read_trace
 
 MSG_DRAIN = "tritongen_drain"
@@ -393,6 +393,7 @@ def _on_test_start(environment, **_kw) -> None:
         return
     try:
         _STATE = LoadState(environment)
+        steady_gc()
     except Exception as exc:  # a setup error must stop the run, not leave users waiting forever
         message = f"tritongen load test setup failed: {type(exc).__name__}: {exc}"
         logging.getLogger("tritongen").error(message)

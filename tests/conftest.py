@@ -13,6 +13,12 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A pytest-xdist worker starts with COLUMNS=80 in its environment: the CLI's module-level Rich consoles would
+    # keep that width for good and ignore the COLUMNS a test gives its command, as they do in a serial run.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 
 @pytest.fixture(scope="session")
 def qwen3_8b_config() -> Path:
@@ -231,3 +237,51 @@ def trtllm_gauge():
         return values[0]
 
     return read
+
+
+
+# Two pytest-xdist workers (`make test`: `-n 2 --dist loadscope`: a module's tests stay on one worker, so its
+# module-scoped fixtures, a server or the demo's run, are made once). A test marked `alone` runs while the
+# other worker runs no test: it checks what another server starting at the same time would blur (the one
+# Python-backend folder under /tmp that appeared during its server's start).
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist each test holds the workers' lock (setup, call, teardown): shared, or exclusive when marked
+    `alone`. The turnstile makes an `alone` test's wait end at the other worker's current test."""
+    if _LOCKS is None:
+        yield
+        return
+    import fcntl
+
+    turnstile, lock = _LOCKS
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _worker_locks():
+    """(turnstile, lock): files of this test run, shared by its workers (None in a serial run)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not run:
+        return None
+    import tempfile
+
+    base = Path(tempfile.gettempdir()) / f"tritongen-tests-{run}"
+    return tuple(open(f"{base}.{name}", "a") for name in ("turnstile", "lock"))
+
+
+_LOCKS = _worker_locks()
+
+
+def pytest_unconfigure(config):
+    for file in _LOCKS or ():
+        file.close()
+        Path(file.name).unlink(missing_ok=True)  # the other worker keeps its open copies until it ends

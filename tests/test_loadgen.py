@@ -119,6 +119,13 @@ def test_responses_routed_off_the_bytes(rid):
     assert grpcclient.route(infer_response(rid, text)) == (rid.encode(), False)
     assert grpcclient.route(infer_response(rid, text, final=True)) == (rid.encode(), True)
     assert grpcclient.route(infer_response("x" * 128, text)) is None
+    # the start learnt from one response is compared at once; a response that starts otherwise is read field by field
+    head = grpcclient.response_head(infer_response("other", text))
+    assert head.endswith(b"\x1a") and len(head) > 1
+    for message in (infer_response(rid, text, final=True), infer_response(rid, text)):
+        assert grpcclient.route(message, head) == grpcclient.route(message)
+    assert grpcclient.route(infer_response("x" * 128, text), head) is None
+    assert grpcclient.route(infer_response(rid, text), b"\x0a\x02zz\x1a") == (rid.encode(), False)
     error = service_pb2.ModelStreamInferResponse(error_message="boom")
     error.infer_response.id = rid
     assert grpcclient.route(error.SerializeToString()) is None

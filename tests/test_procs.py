@@ -46,6 +46,17 @@ def test_stop_names_a_process_that_survives(monkeypatch):
     group.procs[0].wait(timeout=30)
 
 
+def test_a_stopped_member_ends_by_sigterm_not_by_the_sigkill_after_the_timeout():
+    """A member stopped by SIGSTOP (a hung Locust worker in the tests, Ctrl-Z) gets the SIGTERM too: stop sends
+    SIGCONT with it, where the SIGTERM used to stay pending until the SIGKILL after ``timeout_s``."""
+    group = ChildGroup()
+    sleeper = group.start(["sleep", "600"])
+    _wait_members(group, 1)
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    group.stop(timeout_s=120)
+    assert sleeper.returncode == -signal.SIGTERM
+
+
 _LAUNCHER = """
 import sys, subprocess
 from pathlib import Path

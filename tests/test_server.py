@@ -161,6 +161,7 @@ def test_a_server_still_loading_at_the_timeout_is_slow_not_refused(tmp_path):
 
 
 @pytest.mark.server
+@pytest.mark.alone  # its server's Python-backend folder: the one that appeared while it started
 def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
     repo = tmp_path / "repo"
     _write_model(repo, "echo", instances=2)
@@ -195,6 +196,7 @@ time.sleep(600)
 
 
 @pytest.mark.server
+@pytest.mark.alone  # its server's Python-backend folder: the one that appeared while it started
 def test_server_goes_when_its_launcher_is_killed(tmp_path):
     """The server runs in its own session, so a launcher killed outright cannot stop it; Linux sends
     it SIGTERM instead (parent-death signal) and it shuts down with its stubs."""

@@ -103,7 +103,9 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
                 f"Locust did not finish within {timeout_s:.0f} s:\n{_tail(out_dir / 'locust.log')}", where=str(out_dir / 'locust.log'),
                 fix="check the server log; lower loadtest.request_timeout_s to fail stuck requests sooner",
             ) from None
-        for p in procs[1:]:  # the master is done: a worker still there after this is ended with the group
+        # the master is done: a worker still there after this is ended with the group (at once when the master
+        # failed: a worker that never connected would not end on its own)
+        for p in procs[1:] if procs[0].returncode == 0 else ():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
     finally:
