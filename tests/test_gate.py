@@ -397,3 +397,17 @@ def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
     assert baseline.run_folders(tune) == [tune / "settings" / "1" / "levels" / "4-0"]
     itl = compare(baseline.load(single), baseline.load(tune)).get("itl_p50")
     assert itl.candidate == pytest.approx(10.0) and itl.verdict is Change.WORSE
+
+
+@pytest.mark.parametrize("section, key", [("counts", "requests"), ("counts", "errors"), ("checks", "checked"),
+                                          ("checks", "failed_requests")])
+def test_a_results_file_with_negative_counts_is_refused_naming_it(tmp_path, section, key):
+    """review7: a foreign results.json with -1 requests, errors or checks (672 variants of its numbers tried: these
+    four) was a ValueError traceback from the Wilson interval; it is an ArtifactCorrupt naming the file."""
+    _, single = _single_run(tmp_path)
+    data = json.loads((single / "results.json").read_text())
+    data[section][key] = -1
+    (single / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactCorrupt) as err:
+        baseline.load(single)
+    assert err.value.where == str(single / "results.json")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from generator.errors import ArtifactCorrupt, ArtifactMissing
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.measure.evidence import (
-    BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, SKETCH_PERCENTS, Evidence, Sketch, run_figures, summarize_figures,
+    BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, SKETCH_PERCENTS, Evidence, RunFigures, Sketch, run_figures, summarize_figures,
 )
 from generator.measure.metrics import LATENCY_BY_KEY
 from generator.measure.records import read_records
@@ -102,6 +102,10 @@ def from_folder(folder: Path) -> Evidence:
         for key, values in _run_values(f).items():
             pooled[key].extend(values)
     runs = [run_figures(f.name, r) for f, r in zip(folders, results)]
+    for f, run in zip(folders, runs):
+        problem = _impossible_counts(run)
+        if problem:
+            raise ArtifactCorrupt(problem, where=str(f / "results.json"), fix="run `tritongen loadtest` again into a new folder")
     samples = {key: Sketch.of(v) for key, v in pooled.items() if v}
     return Evidence(source=str(folder), identity=results[0].run.identity, runs=runs, samples=samples,
                     summary=summarize_figures(runs, samples))
@@ -136,10 +140,18 @@ def _implausible(evidence: Evidence) -> Optional[str]:
         if not all(math.isfinite(v) for v in sketch.values):
             return f"samples.{key} holds a value that is not a finite number"
     for run in evidence.runs:
-        if run.requests < 0 or any(not 0 <= events <= trials for events, trials in run.counts.values()):
-            return f"run {run.label!r} has negative counts or more events than trials"
+        problem = _impossible_counts(run)
+        if problem:
+            return problem
         if any(v is not None and not math.isfinite(v) for v in run.figures.values()):
             return f"run {run.label!r} has a figure that is not a finite number"
+    return None
+
+
+def _impossible_counts(run: RunFigures) -> Optional[str]:
+    """Counts no run has (a results.json with -1 errors or requests was a traceback in the Wilson interval)."""
+    if run.requests < 0 or any(not 0 <= events <= trials for events, trials in run.counts.values()):
+        return f"run {run.label!r} has negative counts or more events than trials"
     return None
 
 
