@@ -30,12 +30,12 @@ $(VENV)/.dynamo: pyproject.toml
 demo: setup
 	$(BIN)/tritongen demo -o demo-out --force
 
-# Two pytest-xdist workers: the suite mostly waits (servers starting, Locust runs), one core at about 45% serially;
-# a module's tests stay on one worker, in file order (its module-scoped fixtures made once; tests/conftest.py).
-# (Not --dist loadgroup: pytest-xdist 3.8 groups by rewriting item._nodeid, which pytest 9.2 no longer reads.)
+# Serial: on two pytest-xdist workers (`-n 2 --dist loadscope --no-loadscope-reorder`, tests/conftest.py) the suite
+# runs too, but on this 2-core machine under load one clean clone in three failed timing-bound tests
+# (docs/benchmarks.md, "Test suite"); CI must pass every time.
 # The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup-dynamo
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium not installed; the report screenshot test will be skipped"
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest -q

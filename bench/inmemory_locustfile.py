@@ -1,16 +1,20 @@
 """A locustfile for bench/loadgen_inmemory.py: tritongen's own users (the loadtest/ folder named by
-TRITONGEN_LOADTEST, any version of it), their gRPC stream on an in-memory socket whose peer answers every
-request at once with 16 one-token responses laid out as Triton lays them out (bench/fake_stream_server.py's
-peer and templates). No system call, no server on the CPU: the process's CPU is the client's own Python work.
+TRITONGEN_LOADTEST, any version of it; this checkout's by default), their gRPC stream on an in-memory socket
+whose peer answers every request at once with 16 one-token responses laid out as Triton lays them out
+(bench/fake_stream_server.py's peer and templates). No system call, no server on the CPU: the process's CPU is
+the client's own Python work.
 """
 
 import os
 import sys
 from pathlib import Path
 
-LOADTEST = os.environ["TRITONGEN_LOADTEST"]
+LOADTEST = os.environ.get("TRITONGEN_LOADTEST", str(Path(__file__).resolve().parents[1] / "loadtest"))
 sys.path.insert(0, LOADTEST)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # not a command: Locust loads it (`locust -f`), as bench/loadgen_inmemory.py does
+    print(f"usage: TRITONGEN_LOADTEST=DIR locust -f {Path(__file__).name} ...\n\n{__doc__}")
+    sys.exit(0)
 
 import gevent.event  # noqa: E402
 from gevent import socket as gsocket  # noqa: E402
