@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from generator.errors import TritongenError
-from generator.measure.records import answer_text, request_inputs, request_metrics, stream_failures
+from generator.measure.records import request_inputs
+from generator.measure.request_figures import answer_text, request_metrics, stream_failures
 from generator.serve.client import (
     ENSEMBLE, LLMAPI, REPLACEMENT, dialect_for_inputs, joined_text, llmapi_inputs, output_scalar, text_delta,
 )

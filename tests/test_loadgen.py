@@ -22,7 +22,7 @@ from generator.measure.ceiling import (
     resolve_workers,
     workers_for,
 )
-from generator.measure.records import count_client_tokens
+from generator.measure.request_figures import count_client_tokens
 from generator.resources import loadtest_dir
 from generator.spec import load_spec
 from helpers import process_record, request_record

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from generator.errors import TritongenError
-from generator.measure.records import compare_texts, request_inputs, request_metrics, server_gone, stream_failures
+from generator.measure.records import request_inputs, server_gone
+from generator.measure.request_figures import compare_texts, request_metrics, stream_failures
 from generator.measure.results import ClientVerdict, ProcessHealth, TermOutcome, Verdict
 from generator.measure.locustconf import locust_commands, locust_options
 from generator.serve.endpoints import Endpoints
@@ -145,7 +146,7 @@ def test_long_answers_are_compared_without_aligning_every_character_pair(monkeyp
     and stretches too long to align are not called damage."""
     import difflib
 
-    import generator.measure.records as records
+    import generator.measure.request_figures as figures
 
     aligned, matcher = [], difflib.SequenceMatcher
 
@@ -154,7 +155,7 @@ def test_long_answers_are_compared_without_aligning_every_character_pair(monkeyp
         aligned.append((junk, a, b))
         return matcher(junk, a, b, **kw)
 
-    monkeypatch.setattr(records.difflib, "SequenceMatcher", aligning)
+    monkeypatch.setattr(figures.difflib, "SequenceMatcher", aligning)
     assert compare_texts("the cat " * 4000, "the dog " * 4000) == "diverged" and aligned == []
     assert compare_texts("ab" * 40_000 + "\ufffd cd", "ab" * 40_000 + "é cd") == "detokenization"
     assert [len(a) for _, a, b in aligned] == [1]  # the stretch that differs, not the whole answers

@@ -14,8 +14,9 @@ import pytest
 
 from generator.errors import ArtifactCorrupt
 from generator.measure.records import (
-    RECORD_VERSION, RequestRecord, open_records, read_records, records_header, request_metrics, write_records,
+    RECORD_VERSION, RequestRecord, open_records, read_records, records_header, write_records,
 )
+from generator.measure.request_figures import request_metrics
 from generator.resources import loadtest_dir
 from helpers import MS, process_record
 

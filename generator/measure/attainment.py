@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence
 
 from generator.errors import SpecError
 from generator.measure.intervals import Interval, across_runs, percentile, wilson
-from generator.measure.records import RequestRecord, request_metrics
+from generator.measure.records import RequestRecord
+from generator.measure.request_figures import request_metrics
 from generator.measure.results import LevelFigures
 from generator.measure.slo import Term
 

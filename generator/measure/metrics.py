@@ -14,7 +14,8 @@ from enum import StrEnum
 from typing import Callable, Iterable, Literal, Optional
 
 from generator.errors import SpecError
-from generator.measure.records import RequestMetrics, RequestRecord
+from generator.measure.records import RequestRecord
+from generator.measure.request_figures import RequestMetrics
 from generator.measure.results import Summary
 
 STATS = ("p50", "p90", "p95", "p99", "mean", "max")

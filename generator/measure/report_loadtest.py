@@ -12,7 +12,7 @@ from typing import Optional
 
 from generator.fsutil import atomic_write_text
 from generator.measure.metrics import LATENCIES
-from generator.measure.records import CHECK_EMPTY_CHUNK, CHECK_REFERENCE, CHECK_REPLACEMENT, CHECK_TOKEN_COUNT
+from generator.measure.request_figures import CHECK_EMPTY_CHUNK, CHECK_REFERENCE, CHECK_REPLACEMENT, CHECK_TOKEN_COUNT
 from generator.measure.report_doc import Doc, pyplot
 from generator.measure.results import ClientVerdict, Dist, Latency, LoadTestResult, SloVerdict, TermOutcome
 from generator.measure.verdict import (

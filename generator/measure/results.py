@@ -109,7 +109,7 @@ class CheckSample(BaseModel):
 
 
 class Checks(BaseModel):
-    """The streamed-output checks (records.stream_failures) over every streamed answer."""
+    """The streamed-output checks (request_figures.stream_failures) over every streamed answer."""
 
     checked: int
     with_reference: int
@@ -118,14 +118,14 @@ class Checks(BaseModel):
     failed_requests: int
     empty_chunks: int
     failures: dict[str, int]
-    """Check name (records.CHECKS) -> failed answers."""
+    """Check name (request_figures.CHECKS) -> failed answers."""
     samples: list[CheckSample]
     reference_errors: list[str] = []
     """Prompts that could not be asked again without streaming."""
 
 
 class Split(BaseModel):
-    """The TTFT split from the engine's own timestamps (records.server_split), over the requests that had it."""
+    """The TTFT split from the engine's own timestamps (request_figures.server_split), over the requests that had it."""
 
     requests: int
     parts: dict[str, Dist]

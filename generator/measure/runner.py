@@ -28,8 +28,9 @@ from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure import locustconf
 from generator.measure.records import (
-    ProcessRecord, RequestRecord, RunRecord, count_client_tokens, read_records, request_inputs, server_gone,
+    ProcessRecord, RequestRecord, RunRecord, read_records, request_inputs, server_gone,
 )
+from generator.measure.request_figures import count_client_tokens
 from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec

@@ -1,6 +1,6 @@
 """Statistics of a run from its raw request records: the figures of results.json, computed exactly.
 
-Per-request figures come from records.request_metrics (one definition shared with the Locust process);
+Per-request figures come from request_figures.request_metrics (one definition shared with the Locust process);
 this module aggregates them: distributions, throughput over the run's window, the engine queue's trend,
 token-count agreement, the server-side TTFT split, and TTFT/ITL under genai-perf's and vLLM's
 definitions. Pure: plain records in, typed results out.
@@ -12,9 +12,8 @@ from collections import Counter
 from typing import Optional, Sequence
 
 from generator.measure.metrics import LATENCIES
-from generator.measure.records import (
-    CHECK_REFERENCE, CHECKS, RequestMetrics, RequestRecord, empty_chunks, quantile_sample, request_metrics,
-)
+from generator.measure.records import RequestRecord, quantile_sample
+from generator.measure.request_figures import CHECK_REFERENCE, CHECKS, RequestMetrics, empty_chunks, request_metrics
 from generator.measure.results import (
     CheckSample,
     Checks,
