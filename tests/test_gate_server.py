@@ -98,9 +98,10 @@ def test_a_server_slowed_by_a_known_delay_is_a_confirmed_regression(sides):
     c = compare(baseline.load(sides / "baseline"), baseline.load(sides / "slowed"))
     itl = c.get("itl_p50")
     assert itl.measured is Change.WORSE and itl.verdict is (Change.INCONCLUSIVE if c.client_limited else Change.WORSE)
-    # The known slowdown: at least DELAY_MS a gap (time.sleep never returns early), plus the sleep's own
-    # overshoot (a few percent): the interval must reach into that range.
-    assert itl.difference.low <= DELAY_MS * 1.05 and itl.difference.high >= DELAY_MS, itl.difference
+    # The known slowdown: DELAY_MS a gap, within 5% either way: the sleep's own overshoot above, and below the
+    # engine's own step time, which differs a little between the two sides' runs (a clean clone's interval
+    # read 58.9-60.0 ms for the 60-ms delay): the interval must reach into that range.
+    assert itl.difference.low <= DELAY_MS * 1.05 and itl.difference.high >= DELAY_MS * 0.95, itl.difference
     gate = evaluate_gate(parse_gate("itl_p50:+10%"), c)
     assert gate.exit_code == (3 if c.client_limited else 1), gate
 
