@@ -294,6 +294,27 @@ def test_streams_with_the_same_client_id_keep_their_own_state(postprocessing, by
         assert len(model.streams) == 0
 
 
+def test_one_request_cannot_push_other_streams_out_of_the_table(postprocessing, byte_level, monkeypatch):
+    """Review 8: the table of streams is bounded, and one request with more beams than it holds, under its own
+    STREAM_ID, pushed every other stream out: a stream holding half a character lost it ('😊' became U+FFFD
+    through the real server). Such a request is decoded chunk by chunk and keeps no state."""
+    module, model = postprocessing
+    monkeypatch.setattr(model, "streams", detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode),
+                                                            max_streams=4 * module.MAX_STREAMS_PER_REQUEST))
+    text = "Emoji: 😊 done"
+    ids = byte_level.encode(text, add_special_tokens=False)
+    split = next(k for k in range(1, len(ids)) if byte_level.decode(ids[:k]).endswith("\ufffd"))
+    victim = {"STREAM_ID": [[b"bls-victim"]]}
+    pieces = model._texts(_Request("", **_chunk(ids[:split], **victim)))
+    beams = 4 * module.MAX_STREAMS_PER_REQUEST + 1
+    flood = model._texts(_Request("", TOKENS_BATCH=np.array([[ids[:1]] * beams], np.int32),
+                                  SEQUENCE_LENGTH=np.array([[1] * beams], np.int32), STREAM_ID=[[b"bls-other"]]))
+    assert flood == [byte_level.decode(ids[:1])] * beams  # still answered, chunk by chunk
+    pieces += model._texts(_Request("", **_chunk(ids[split:], **victim)))
+    pieces += model._texts(_Request("", **_chunk([], **victim)))
+    assert "".join(pieces) == text and len(model.streams) == 0
+
+
 def test_postprocessing_refuses_what_no_engine_sends(postprocessing):
     module, model = postprocessing
     with pytest.raises(module.RequestError, match="outside"):

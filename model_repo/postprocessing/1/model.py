@@ -43,6 +43,11 @@ from model_common import (  # noqa: E402
 )
 
 MODEL = "postprocessing"
+MAX_STREAMS_PER_REQUEST = 8
+"""The most streams (batch item × beam) one request keeps state for: an engine response has one batch item
+and at most max_beam_width beams. The table of streams is bounded, so a request with thousands of beams would
+push every other client's stream out of it (their held bytes and context lost mid-character); a request with
+more rows is decoded chunk by chunk, as upstream does."""
 
 
 def _rows(tokens, lengths):
@@ -91,9 +96,10 @@ class TritonPythonModel:
             if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
                 raise RequestError(f"TOKENS_BATCH holds token ids outside [0, {self.vocab_size - 1}]")
         streams = self._streams(request)
-        if len(streams) != len(set(b for b, _, _ in rows)):
+        if len(streams) != len(set(b for b, _, _ in rows)) or len(rows) > MAX_STREAMS_PER_REQUEST:
             # No identity, or one per prompt of a batched request while the engine answers row by row
-            # (the row is not passed down the ensemble): decode each chunk alone, as upstream does.
+            # (the row is not passed down the ensemble), or more rows than MAX_STREAMS_PER_REQUEST: decode each
+            # chunk alone, as upstream does.
             return self.tokenizer.batch_decode([ids for _, _, ids in rows], skip_special_tokens=self.skip_special_tokens)
         return [self._stateful((streams[b], b, beam), ids) for b, beam, ids in rows]
 
