@@ -12,7 +12,8 @@ multi-byte characters and, with SentencePiece tokenizers, drops spaces. So:
   item, beam) this model keeps the last few tokens and any tokens that end in an incomplete
   character (detok.StreamTable); the pieces of a stream then join to exactly the text of decoding
   all its tokens at once. An empty chunk (the engine's final response after an end token) flushes
-  and forgets the stream; streams that end otherwise expire after 10 idle minutes.
+  and forgets the stream; streams that end otherwise expire after 10 idle minutes. One request keeps
+  state for at most MAX_STREAMS_PER_REQUEST streams, so that it cannot push others out of the table.
 * the stream is known by an identity the server made, never by the client's request id alone (two
   clients sending the same id must not read or corrupt each other's held bytes): tensorrt_llm_bls
   sends STREAM_ID, its own id per stream; through the ensemble it is the request id together with
