@@ -304,8 +304,8 @@ class TritonServer:
                         "tritonserver could not bind its ports:\n" + _tail(self.log_file, 10),
                         fix="pass free --http-port/--grpc-port/--metrics-port",
                     ) from None
-            except BaseException:
-                self._start_failed = True
+            except BaseException as exc:
+                self._start_failed = isinstance(exc, Exception)  # Ctrl-C/SIGTERM: no error names the log, none kept
                 self.stop()
                 raise
         return self
