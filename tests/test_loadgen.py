@@ -331,6 +331,9 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
 
 
 _PING = grpcwire.frame(grpcwire.PING, 0, 0, b"12345678")
+_NOTHING = b"\x20" * 16384  # HPACK table-size updates: a header block that decodes to no header at all
+_NOTHING_BLOCK = grpcwire.frame(grpcwire.HEADERS, 0, 1, _NOTHING) + grpcwire.frame(grpcwire.CONTINUATION, 0, 1, _NOTHING) * (
+    grpcwire._MAX_HEADER_BLOCK // len(_NOTHING)) + grpcwire.frame(grpcwire.CONTINUATION, grpcwire.END_HEADERS, 1, _NOTHING)
 
 
 @pytest.mark.parametrize("frames, reason", [
@@ -338,11 +341,13 @@ _PING = grpcwire.frame(grpcwire.PING, 0, 0, b"12345678")
     (grpcwire.frame(grpcwire.SETTINGS, 0, 0) * 4096, "PING/SETTINGS frames without reading"),
     (grpcwire.frame(grpcwire.SETTINGS, 0, 0, (0x5).to_bytes(2, "big") + (0).to_bytes(4, "big")),
      "SETTINGS_MAX_FRAME_SIZE 0"),
-], ids=["ping-flood", "settings-flood", "frame-size-0"])
+    (_NOTHING_BLOCK, "header block of more than"),
+], ids=["ping-flood", "settings-flood", "frame-size-0", "header-block-of-nothing"])
 def test_frames_that_demand_answers_cannot_pile_them_up_or_spin_the_sender(frames, reason):
     """review8: a server that sends PING or SETTINGS frames and never reads grew the client by 60 MB/s (each
     acknowledgement queued); SETTINGS_MAX_FRAME_SIZE 0 made the next send loop for ever on empty frames, the event
-    loop starved. The call now ends with the reason; the peer's frames are sent until then (at most ~30 MB)."""
+    loop starved; a 16 MiB header block of HPACK table-size updates held the event loop for ~12 s. The call now
+    ends with the reason; the peer's frames are sent until then (at most ~30 MB)."""
     import gevent
     from gevent import socket
 
