@@ -266,6 +266,7 @@ def postprocessing(byte_level):
         sys.path.remove(str(_python_backend_dir()))
     model = module.TritonPythonModel()
     model.tokenizer, model.skip_special_tokens, model.vocab_size = byte_level, True, len(byte_level)
+    model.max_shape = (None, None)  # as a repository rendered before max_beam_width/max_seq_len were passed
     model.streams = detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode))
     return module, model
 
@@ -313,6 +314,19 @@ def test_one_request_cannot_push_other_streams_out_of_the_table(postprocessing, 
     pieces += model._texts(_Request("", **_chunk(ids[split:], **victim)))
     pieces += model._texts(_Request("", **_chunk([], **victim)))
     assert "".join(pieces) == text and len(model.streams) == 0
+
+
+def test_a_request_larger_than_any_engine_response_is_refused(postprocessing, monkeypatch):
+    """Review 8: 200,000 beams of one token (0.8 MB) straight to postprocessing held every other stream's text
+    for 1.2 s (16 MB would hold it ~15 s). More beams than max_beam_width or tokens than max_seq_len: a 400."""
+    module, model = postprocessing
+    monkeypatch.setattr(model, "max_shape", (2, 16))
+    for shape, what in (((1, 3, 1), "3 beams"), ((1, 1, 17), "17 tokens"), ((1, 17), "17 tokens")):
+        lengths = np.ones(shape[:2] if len(shape) == 3 else (1, 1), np.int32)
+        with pytest.raises(module.RequestError, match=f"holds {what}, more than an engine response"):
+            model._texts(_Request("", TOKENS_BATCH=np.full(shape, 5, np.int32), SEQUENCE_LENGTH=lengths))
+    largest = _Request("", TOKENS_BATCH=np.full((1, 2, 16), 5, np.int32), SEQUENCE_LENGTH=np.full((1, 2), 16, np.int32))
+    assert len(model._texts(largest)) == 2
 
 
 def test_postprocessing_refuses_what_no_engine_sends(postprocessing):
