@@ -359,9 +359,10 @@ def test_frames_that_demand_answers_cannot_pile_them_up_or_spin_the_sender(frame
 
     def peer() -> None:
         conn, _ = listener.accept()
+        chunk = frames * max(1, 65536 // len(frames))
         try:
-            for _ in range(30 * 2**20 // len(frames) + 1):  # never reads
-                conn.sendall(frames)
+            for _ in range(30 * 2**20 // len(chunk) + 1):  # never reads
+                conn.sendall(chunk)
         except OSError:  # the client ended the call
             pass
         gevent.sleep(10)

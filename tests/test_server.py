@@ -441,23 +441,21 @@ def test_serve_stopped_while_starting_leaves_no_work_folder(tmp_path):
 
 
 @pytest.mark.server
-def test_ports_taken_after_the_check_are_named_as_the_cause(tmp_path):
-    """review8: two `serve` racing for the same ports: the one that lost was told to validate its repository."""
+def test_ports_taken_after_the_check_are_named_as_the_cause(tmp_path, monkeypatch):
+    """review8: two `serve` racing for the same ports: the one that lost was told to validate its repository.
+    The race made certain: the port is held from the start and the check is told it was still free."""
     import socket
-    import threading
+
+    import generator.serve.server as server_module
 
     repo = tmp_path / "repo"
     _write_model(repo, "echo")
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=tmp_path / "triton.log")
-    with socket.socket() as squatter:
-        def take_grpc_port_once_started() -> None:  # after start's own check, before the server binds it
-            while server.admin_key_file is None:
-                time.sleep(0.01)
-            squatter.bind(("127.0.0.1", server.grpc_port))
-            squatter.listen()
-
-        threading.Thread(target=take_grpc_port_once_started, daemon=True).start()
+    monkeypatch.setattr(server_module, "port_taken", lambda host, port: False)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        server = TritonServer(repo, http_port=free_port(), grpc_port=other.getsockname()[1], metrics_port=free_port(),
+                              log_file=tmp_path / "triton.log")
         with pytest.raises(TritongenError) as info:
             server.start(timeout_s=60)
     assert "could not bind its ports" in info.value.message and "--grpc-port" in info.value.fix
