@@ -318,7 +318,7 @@ def test_one_request_cannot_push_other_streams_out_of_the_table(postprocessing, 
 
 def test_a_request_larger_than_any_engine_response_is_refused(postprocessing, monkeypatch):
     """Review 8: 200,000 beams of one token (0.8 MB) straight to postprocessing held every other stream's text
-    for 1.2 s (16 MB would hold it ~15 s). More beams than max_beam_width or tokens than max_seq_len: a 400."""
+    for 1.2 s. More beams than max_beam_width or tokens than max_seq_len: a 400."""
     module, model = postprocessing
     monkeypatch.setattr(model, "max_shape", (2, 16))
     for shape, what in (((1, 3, 1), "3 beams"), ((1, 1, 17), "17 tokens"), ((1, 17), "17 tokens")):
