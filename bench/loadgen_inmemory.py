@@ -113,11 +113,15 @@ def _rounds(args: argparse.Namespace, work: Path, tokenizer: Path, read_records,
                         "--output-tokens-mean", "16", "--input-tokens-mean", "16", "--num-prompts", "16"]
                 env = dict(os.environ, TRITONGEN_LOADTEST=str(work / rev / "loadtest"),
                            TRITONGEN_TOKENIZER=str(tokenizer))
-                with open(work / "locust.log", "w") as log:
-                    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=log,
-                                   timeout=args.seconds + 120)
+                with open(work / "locust.log", "w") as log:  # exit status 1: failed requests, counted below
+                    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                      timeout=args.seconds + 120).returncode not in (0, 1):
+                        sys.exit((work / "locust.log").read_text()[-3000:])
                 requests, processes, _ = read_records(records)
                 errors = sum(r["error"] is not None or len(r["resp_text"]) != 16 for r in requests)
+                if errors:
+                    print(f"{errors} failed or incomplete, e.g. {next(r['error'] for r in requests if r['error'])}",
+                          file=sys.stderr)
                 rows.append({"rev": rev, "users": users, "round": rnd, "requests": len(requests), "errors": errors,
                              "us": processes[0]["cpu_s"] * 1e6 / len(requests), "load": os.getloadavg()[0]})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
