@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import gevent
+import gevent.lock
 import gevent.pool
 from locust import User, constant, events, task
 from locust.exception import StopUser
@@ -138,6 +139,10 @@ class LoadState:
         self.prompts_sent: set[int] = set()
         self.dispatcher_taken = False
         self.grpc: Optional[GrpcLLMClient] = None
+        # One stream for all users: without it each user that Locust started while the first connected made its
+        # own connection (256 users spawned at once: 256 connections, each read about one response, and all but
+        # the last user's requests on the per-request path instead of AnswerChain; docs/benchmarks.md).
+        self.grpc_opening = gevent.lock.Semaphore()
         self.sink = RecordSink(environment)
         self.monitor = ProcessMonitor()
         self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
@@ -235,7 +240,9 @@ def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
     if protocol == "grpc-stream":
         st = _STATE
         if st.grpc is None:
-            st.grpc = GrpcLLMClient(host, info, timeout)
+            with st.grpc_opening:  # the users Locust starts at once ask while the first one connects
+                if st.grpc is None:
+                    st.grpc = GrpcLLMClient(host, info, timeout)
         return st.grpc
     if protocol in ("http-stream", "http"):
         return HttpLLMClient(host, info, protocol == "http-stream", timeout)

@@ -449,3 +449,49 @@ def test_a_valid_response_laid_out_otherwise_is_parsed_not_raised_on(message):
     of raising in the stream's reader, which would fail every request in flight on the stream."""
     assert grpcclient.route(message) is None
     assert service_pb2.ModelStreamInferResponse.FromString(message).infer_response.id == ""
+
+
+_ONE_STREAM = """
+import sys
+from types import SimpleNamespace
+
+sys.path.insert(0, sys.argv[1])
+import gevent
+import gevent.lock
+from gevent import socket
+
+import clients
+import tritonllm
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+accepted = []
+
+def serve():
+    while True:
+        accepted.append(listener.accept()[0])  # a peer that says nothing: the client's connect is all it needs
+
+server = gevent.spawn(serve)
+tritonllm._STATE = SimpleNamespace(grpc=None, grpc_opening=gevent.lock.Semaphore())
+info = clients.ModelInfo({"name": "ensemble", "input": [], "output": [{"name": "text_output"}]}, None)
+host = "grpc://127.0.0.1:%d" % listener.getsockname()[1]
+users = [gevent.spawn(tritonllm.make_client, "grpc-stream", host, info, 5) for _ in range(16)]
+gevent.joinall(users, raise_error=True)
+gevent.sleep(0.2)
+print(len({id(u.value) for u in users}), len(accepted))
+"""
+
+
+def test_users_started_at_once_share_the_processs_one_grpc_stream(tmp_path):
+    """Locust starts a process's users at once (spawn rate = users, as every bench and sweep does): each user that
+    asked for the gRPC client while the first one connected made its own connection, so 256 users ran 256
+    connections and all but one on the per-request path (docs/benchmarks.md). Now they wait for the first."""
+    import subprocess
+
+    script = tmp_path / "one_stream.py"
+    script.write_text(_ONE_STREAM)
+    out = subprocess.run([sys.executable, str(script), str(loadtest_dir())], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1"]  # one client, one connection
