@@ -8,6 +8,7 @@ import struct
 from typing import Any, Callable, Optional
 
 import gevent.event
+import gevent.lock
 
 from clients import Decoded, Exchange, ModelInfo, absorb, grpc_target
 from generator.measure.records import SERVER_FIELDS, ServerFigures, request_inputs
@@ -233,6 +234,7 @@ class GrpcLLMClient:
         self.waiting: dict[bytes, Exchange] = {}
         self.head = b""  # the start of every response (route's fast path), learnt from the first one routed
         self.bodies: dict[int, tuple[bytes, bool]] = {}
+        self.reopening = gevent.lock.Semaphore()
         self.stream = self._open()
 
     def _open(self) -> GrpcStream:
@@ -302,7 +304,9 @@ class GrpcLLMClient:
 
     def _on_error(self, t: int, rid: bytes, message: str) -> None:
         ex = self.waiting.get(rid)
-        if ex is None and len(self.waiting) == 1:  # an error without id: the only request in flight
+        # An error without id is the only request's in flight; one with an unknown id (a request cut or abandoned
+        # before) is nobody's: a timed-out request's late error failed another user's request on the shared stream.
+        if ex is None and not rid and len(self.waiting) == 1:
             rid, ex = next(iter(self.waiting.items()))
         if ex is not None:
             self._complete(rid, ex, message, t)
@@ -317,7 +321,9 @@ class GrpcLLMClient:
         not block (wait or switch greenlets)."""
         body, ex.record["exact_length"] = self.bodies.get(prompt.index) or self._body(prompt)
         if self.stream.closed is not None:
-            self.stream = self._open()
+            with self.reopening:  # users sending at once each opened a stream, and an orphan's end failed them all
+                if self.stream.closed is not None:
+                    self.stream = self._open()
         rid = ex.request_id.encode()
         ex.on_done = on_done
         self.waiting[rid] = ex

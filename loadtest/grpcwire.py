@@ -382,7 +382,8 @@ def _status(headers: dict[str, str]) -> str:
 
 
 def unary(target: str, path: str, message: bytes, timeout: float) -> bytes:
-    """One unary gRPC call (e.g. ModelConfig): the response message, or StreamClosed with the status."""
+    """One unary gRPC call (e.g. ModelConfig): the response message, or StreamClosed with the status (TimeoutError
+    when none came within ``timeout``)."""
     answer: gevent.event.AsyncResult = gevent.event.AsyncResult()
 
     def closed(exc: StreamClosed) -> None:
@@ -393,5 +394,7 @@ def unary(target: str, path: str, message: bytes, timeout: float) -> bytes:
     try:
         call.send(message, last=True)
         return answer.get(timeout=timeout)
+    except gevent.Timeout:  # a BaseException: a silent server left the load test's setup with a traceback
+        raise TimeoutError(f"{target} sent no answer to {path} within {timeout:g} s") from None
     finally:
         call.close()

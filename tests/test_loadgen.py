@@ -435,6 +435,106 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     listener.close()
 
 
+_INFO = clients.ModelInfo({"name": "ensemble", "input": [{"name": "text_input"}, {"name": "max_tokens"}],
+                           "output": [{"name": "text_output"}]}, None)
+
+
+def _grpc_message(message: bytes) -> bytes:
+    return grpcwire.frame(grpcwire.DATA, 0, 1, b"\x00" + len(message).to_bytes(4, "big") + message)
+
+
+@pytest.mark.parametrize("late", [
+    service_pb2.ModelStreamInferResponse(error_message="queue full",
+                                         infer_response=service_pb2.ModelInferResponse(id="run-0-0")).SerializeToString(),
+    infer_response("run-0-0", [("text_output", "BYTES", strings(b"late"))], final=True),
+], ids=["error", "final"])
+def test_a_late_answer_to_a_request_cut_off_completes_no_other_request(late):
+    """review9: the answer of a request the client no longer waits for (cut by the watchdog, abandoned by a stopping
+    user) is nobody's: an error carrying its id was given to the only request in flight, another user's on the shared
+    stream, which failed with it."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        data = b""
+        while b"\x1a\x07run-0-1" not in data:  # the second request came after the first was cut
+            data += conn.recv(65536)
+        conn.sendall(_grpc_message(late))
+        gevent.sleep(5)
+
+    server = gevent.spawn(peer)
+    client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", _INFO, timeout=5)
+    cut, other = exchange(client.decode), exchange(client.decode)
+    other.request_id = "run-0-1"
+    done: list[clients.Exchange] = []
+    client.start(cut, Prompt(0, "hi", 3, 1), done.append)
+    assert client.cut(cut, "no response within 1 s")
+    client.start(other, Prompt(0, "hi", 3, 1), done.append)
+    gevent.sleep(0.5)
+    assert done == [cut] and client.waiting == {b"run-0-1": other} and other.error is None and not other.payloads
+    client.close()
+    server.kill()
+    listener.close()
+
+
+def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
+    """review9: once the shared stream ended, users sending at once (open loop: a greenlet per request) each opened a
+    stream of their own; all but the last were left open, and when one of them ended, every request of the process
+    failed with it, also those on the stream in use."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    conns: list = []
+
+    def serve() -> None:
+        while True:
+            conns.append(listener.accept()[0])
+
+    server = gevent.spawn(serve)
+    client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", _INFO, timeout=5)
+    gevent.sleep(0.1)
+    conns[0].close()  # the server ends the first stream
+    for _ in range(100):
+        if client.stream.closed is not None:
+            break
+        gevent.sleep(0.02)
+    users = [exchange(client.decode) for _ in range(8)]
+    for i, ex in enumerate(users):
+        ex.request_id = f"run-0-{i}"
+    gevent.joinall([gevent.spawn(client.start, ex, Prompt(0, "hi", 3, 1), lambda _ex: None) for ex in users],
+                   raise_error=True)
+    gevent.sleep(0.2)
+    assert len(conns) == 2 and client.stream.closed is None  # the first and one more, which carries them all
+    assert len(client.waiting) == 8 and not any(ex.error for ex in users)
+    client.close()
+    server.kill()
+    listener.close()
+
+
+def test_a_server_that_never_answers_a_unary_call_is_a_timeout_error():
+    """review9: the load test's model discovery against a server that accepts and says nothing raised gevent's
+    Timeout, a BaseException that the setup's error handling let through: a traceback, and the run idled to its end."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    server = gevent.spawn(listener.accept)
+    with pytest.raises(TimeoutError, match="sent no answer to /x within 0.2 s"):
+        grpcwire.unary(f"127.0.0.1:{listener.getsockname()[1]}", "/x", b"", 0.2)
+    server.kill()
+    listener.close()
+
+
 def _ends_early() -> list[bytes]:
     """Valid ModelStreamInferResponse messages that end before the fields ``route`` reads off the bytes."""
     named = service_pb2.ModelStreamInferResponse()
