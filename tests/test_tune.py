@@ -128,6 +128,24 @@ def test_open_loop_bisects_rates_to_the_resolution():
     assert outcome.resolved and 9.0 <= outcome.goodput_load <= 10 < outcome.breaking_load <= outcome.goodput_load * 1.1
 
 
+@pytest.mark.parametrize("start, resolution", [(1.0, 0.0001), (0.002, 0.1)])
+def test_open_loop_bisection_ends_where_rates_cannot_be_told_apart(start, resolution):
+    """review9: rates are rounded to 3 decimals; a bracket narrower than that (a fine rate_resolution, or rates below
+    ~0.01/s) made the midpoint round onto its end, which was measured again for ever."""
+    measured = []
+
+    def measure(rate, rnd):  # passes up to three quarters of the start rate
+        measured.append(rate)
+        assert len(measured) < 100, measured[-10:]
+        ok = rate <= start * 0.75
+        return RoundSample(rows=[RequestRow(ok=True, start_s=i / rate, end_s=i / rate + 0.2, ttft_ms=10.0, itl_ms=1.0,
+                                            e2e_ms=200.0, lateness_ms=0.0, output_tokens=4,
+                                            misses=() if ok or i % 2 else ("ttft_p95",)) for i in range(80)])
+
+    outcome = search(measure, TuneSpec(start_rate=start, rate_resolution=resolution), open_loop=True)
+    assert outcome.goodput_load <= start * 0.75 < outcome.breaking_load and len(set(measured)) == len(measured)
+
+
 def test_the_budget_stops_new_rounds_and_says_so():
     ticks = iter(range(100))
     budget = Budget(minutes=3, clock=lambda: next(ticks) * 60.0)  # each look at the clock: one more minute

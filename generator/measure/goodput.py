@@ -152,7 +152,10 @@ def _levels(tune: TuneSpec, open_loop: bool) -> tuple[float, float, Callable[[fl
     """Start, ceiling and the bisection's next point (None once the bracket is one step wide)."""
     if open_loop:
         def mid_rate(lo: float, hi: float) -> Optional[float]:
-            return None if hi <= lo * (1 + tune.rate_resolution) else round((lo + hi) / 2, 3)
+            # rates are rounded to 3 decimals: a midpoint that rounds onto the bracket's end was measured again for
+            # ever (rate_resolution 0.0001 near 1 request/s, or rates below ~0.01/s; review9)
+            mid = round((lo + hi) / 2, 3)
+            return None if hi <= lo * (1 + tune.rate_resolution) or not lo < mid < hi else mid
         return float(tune.start_rate), tune.max_rate, mid_rate
 
     def mid_users(lo: float, hi: float) -> Optional[float]:
