@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import stat
 from collections import Counter
 from typing import Any, Callable
 
@@ -63,9 +64,16 @@ def introduce(runner: WorkerRunner, token: str) -> None:
 def announce_port(runner: MasterRunner) -> None:
     """Tell the parent (``PORT_FD_ENV``) that this master holds its port now."""
     fd = os.environ.get(PORT_FD_ENV)
-    if fd and fd.isdigit():
-        with os.fdopen(int(fd), "w") as pipe:
-            pipe.write(f"{runner.server.port}\n")
+    if not fd:
+        return
+    try:  # a pipe past stdin, stdout and stderr: a stale or hand-set value closed stderr, or raised a traceback
+        if not fd.isdigit() or int(fd) < 3 or not stat.S_ISFIFO(os.fstat(int(fd)).st_mode):
+            raise OSError("not a pipe")
+    except (OSError, OverflowError) as exc:
+        _log.warning("ignoring %s=%r (%s): tritongen loadtest sets it to a pipe; by hand, unset it", PORT_FD_ENV, fd, exc)
+        return
+    with os.fdopen(int(fd), "w") as pipe:
+        pipe.write(f"{runner.server.port}\n")
 
 
 class MasterGuard:

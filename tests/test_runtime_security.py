@@ -505,6 +505,35 @@ def test_connections_that_never_send_the_token_do_not_lock_the_workers_out():
     assert let_in == "True" and int(pending) <= 1024, out.stdout
 
 
+_PORT_FD = """
+import os, sys, tempfile
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[1])
+from distributed import PORT_FD_ENV, announce_port
+runner = SimpleNamespace(server=SimpleNamespace(port=4242))
+kept = tempfile.TemporaryFile()  # a descriptor the process holds that is no pipe
+read_end, write_end = os.pipe()
+for fd in ("999", "99999999999999999999", "2", str(kept.fileno()), "-1", str(write_end)):
+    os.environ[PORT_FD_ENV] = fd
+    announce_port(runner)
+os.fstat(2), os.fstat(kept.fileno())  # still open
+kept.seek(0)
+print(repr(kept.read()), repr(os.read(read_end, 64)))
+"""
+
+
+def test_a_master_port_descriptor_that_is_no_pipe_is_ignored():
+    """review9: TRITONGEN_MASTER_PORT_FD set by hand or stale: a number no descriptor has was a traceback that ended
+    the master, and stderr or any file the process held got the port written into it and was closed."""
+    from generator.resources import loadtest_dir
+
+    out = subprocess.run([sys.executable, "-c", _PORT_FD, str(loadtest_dir())], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["b''", "b'4242\\n'"], out.stdout
+    assert out.stderr.count("ignoring TRITONGEN_MASTER_PORT_FD") == 5, out.stderr
+
+
 _GARBAGE = """
 import socket, sys
 sys.path.insert(0, sys.argv[1])
