@@ -316,6 +316,32 @@ def test_one_request_cannot_push_other_streams_out_of_the_table(postprocessing, 
     assert "".join(pieces) == text and len(model.streams) == 0
 
 
+@pytest.mark.parametrize("identity", ["STREAM_ID", "request id"])
+def test_the_table_holds_no_more_for_a_long_stream_identity(postprocessing, byte_level, identity, monkeypatch):
+    """review9: the table bounds its streams by number, but kept each identity as sent: 400 requests with their own
+    1 MB STREAM_ID held 400 MiB in the postprocessing stub for 10 idle minutes. What 16 streams of 1 MB identities
+    leave held is what 16 streams of short ones do."""
+    import tracemalloc
+
+    _, model = postprocessing
+    ids = byte_level.encode("Emoji: 😊", add_special_tokens=False)[:-1]  # ends mid-character: state is kept
+
+    def held(size: int) -> int:
+        monkeypatch.setattr(model, "streams", detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode)))
+        tracemalloc.start()
+        for i in range(16):
+            name = f"{i:02d}" + "s" * size
+            model._texts(_Request("", **_chunk(ids, STREAM_ID=[[name.encode()]])) if identity == "STREAM_ID"
+                         else _Request(name, **_chunk(ids, ARRIVAL_TIME_NS=[[7]])))
+        del name
+        kept = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert len(model.streams) == 16
+        return kept
+
+    assert held(1 << 20) < held(1) + (1 << 20)  # 16 MiB of identities sent
+
+
 def test_a_request_larger_than_any_engine_response_is_refused(postprocessing, monkeypatch):
     """Review 8: 200,000 beams of one token (0.8 MB) straight to postprocessing held every other stream's text
     for 1.2 s. More beams than max_beam_width or tokens than max_seq_len: a 400."""
