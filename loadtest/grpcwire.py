@@ -37,8 +37,15 @@ MAX_MESSAGE = 16 << 20
 """The most one answer may hold (a gRPC message here; an SSE line or a response body in httpclient.py): a real one
 of thousands of tokens is a few hundred KB. A hostile server's message announced as 4 GB grew the client by
 12 GB in 25 s, and a header block that never ended grew without bound."""
+_MAX_HEADER_BLOCK = 2 * 65536
+"""The longest header block decoded: twice the decoded size hpack accepts (``max_header_list_size``), which any
+real block stays under (HPACK only shrinks headers). A 16 MiB block of table-size updates, which decode to
+nothing, held the event loop for ~12 s per block (0.76 s per MiB here)."""
 _MAX_FRAME = 16384
 """The largest frame the peer may send: HTTP/2's default, which this client never raises."""
+_MAX_QUEUED_ACKS = 1000
+"""PING and SETTINGS acknowledgements waiting for the socket before the call is ended: a server that sends those
+frames and never reads grew the client by 60 MB/s (nghttp2 stops at 1,000 too)."""
 YIELD_EVERY = 64
 """Socket reads between two turns given to the event loop (httpclient.read_events): a server that always has data
 ready made every read return at once, and the process's other users and its watchdog starved."""
@@ -100,6 +107,7 @@ class GrpcStream:
         self.outbox: list[bytes] = []
         self.flushing = False  # a flusher greenlet is due or writing: what is written meanwhile joins its write
         self.reading = False  # in _on_readable: what is written meanwhile leaves when it ends
+        self.queued_acks = 0  # PING/SETTINGS acknowledgements queued since the outbox last went to the socket
         self.closed: Optional[StreamClosed] = None
         self.ended = False  # _closed ran
         self.consumed = 0
@@ -169,6 +177,7 @@ class GrpcStream:
         try:
             while self.outbox:
                 data, self.outbox = b"".join(self.outbox), []
+                self.queued_acks = 0
                 self.sock.sendall(data)
         except OSError as exc:
             self._closed(StreamClosed(f"connection error: {exc}"))
@@ -179,6 +188,7 @@ class GrpcStream:
         """The outbox in one non-blocking write from the event loop; what the socket does not take yet goes to a
         flusher greenlet (which may wait)."""
         data, self.outbox = b"".join(self.outbox), []
+        self.queued_acks = 0
         try:
             sent = self._send(data)
         except BlockingIOError:
@@ -297,8 +307,8 @@ class GrpcStream:
                     payload = payload[5:]
                 self._headers_end_stream = bool(flags & END_STREAM)
             self._headers += payload
-            if len(self._headers) > MAX_MESSAGE:
-                raise StreamClosed(f"the server sent a header block of more than {MAX_MESSAGE:,} bytes")
+            if len(self._headers) > _MAX_HEADER_BLOCK:
+                raise StreamClosed(f"the server sent a header block of more than {_MAX_HEADER_BLOCK:,} bytes")
             if flags & END_HEADERS:
                 headers = dict(self.decoder.decode(bytes(self._headers)))
                 self._headers = bytearray()
@@ -308,16 +318,21 @@ class GrpcStream:
             for i in range(0, len(payload) - 5, 6):
                 key, value = struct.unpack_from(">HI", payload, i)
                 if key == 0x4:  # INITIAL_WINDOW_SIZE applies to the open stream as a difference
+                    if value > _MAX_WINDOW:
+                        raise StreamClosed(f"the server sent SETTINGS_INITIAL_WINDOW_SIZE {value:,} (at most {_MAX_WINDOW:,})")
                     self.send_window += value - self._peer_initial
                     self._peer_initial = value
-                elif key == 0x5:
+                elif key == 0x5:  # outside HTTP/2's range (0 made the sender loop forever on empty frames): refused
+                    if not _MAX_FRAME <= value < 1 << 24:
+                        raise StreamClosed(f"the server sent SETTINGS_MAX_FRAME_SIZE {value:,} (HTTP/2 allows "
+                                           f"{_MAX_FRAME:,} to {(1 << 24) - 1:,})")
                     self.max_frame = value
                 # HEADER_TABLE_SIZE (0x1) bounds this client's encoder (which indexes nothing), not its decoder:
                 # taken as the decoder's, every later header block of the server was refused (hpack's check)
-            self._write(frame(SETTINGS, ACK, 0))
+            self._ack(frame(SETTINGS, ACK, 0))
             self._unblock()
         elif kind == PING and not flags & ACK:
-            self._write(frame(PING, ACK, 0, payload))
+            self._ack(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             inc = _HEADER.unpack(payload)[0] & _MAX_WINDOW
             if stream == 0:
@@ -330,6 +345,13 @@ class GrpcStream:
         elif kind == GOAWAY:
             code = _HEADER.unpack_from(payload, 4)[0]
             raise StreamClosed(f"the server closed the connection (GOAWAY, error code {code}): {payload[8:].decode(errors='replace')}")
+
+    def _ack(self, data: bytes) -> None:
+        self.queued_acks += 1
+        if self.queued_acks > _MAX_QUEUED_ACKS:
+            raise StreamClosed(f"the server sent more than {_MAX_QUEUED_ACKS:,} PING/SETTINGS frames without reading "
+                               "their acknowledgements")
+        self._write(data)
 
     def _end(self, exc: StreamClosed) -> None:
         """The call ended while the event loop read: no more reads; ``_closed`` in a greenlet (``on_close`` may

@@ -330,6 +330,56 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
     listener.close()
 
 
+_PING = grpcwire.frame(grpcwire.PING, 0, 0, b"12345678")
+_NOTHING = b"\x20" * 16384  # HPACK table-size updates: a header block that decodes to no header at all
+_NOTHING_BLOCK = grpcwire.frame(grpcwire.HEADERS, 0, 1, _NOTHING) + grpcwire.frame(grpcwire.CONTINUATION, 0, 1, _NOTHING) * (
+    grpcwire._MAX_HEADER_BLOCK // len(_NOTHING)) + grpcwire.frame(grpcwire.CONTINUATION, grpcwire.END_HEADERS, 1, _NOTHING)
+
+
+@pytest.mark.parametrize("frames, reason", [
+    (_PING * 4096, "PING/SETTINGS frames without reading"),
+    (grpcwire.frame(grpcwire.SETTINGS, 0, 0) * 4096, "PING/SETTINGS frames without reading"),
+    (grpcwire.frame(grpcwire.SETTINGS, 0, 0, (0x5).to_bytes(2, "big") + (0).to_bytes(4, "big")),
+     "SETTINGS_MAX_FRAME_SIZE 0"),
+    (_NOTHING_BLOCK, "header block of more than"),
+], ids=["ping-flood", "settings-flood", "frame-size-0", "header-block-of-nothing"])
+def test_frames_that_demand_answers_cannot_pile_them_up_or_spin_the_sender(frames, reason):
+    """review8: a server that sends PING or SETTINGS frames and never reads grew the client by 60 MB/s (each
+    acknowledgement queued); SETTINGS_MAX_FRAME_SIZE 0 made the next send loop for ever on empty frames, the event
+    loop starved; a 16 MiB header block of HPACK table-size updates held the event loop for ~12 s. The call now
+    ends with the reason; the peer's frames are sent until then (at most ~30 MB)."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a peer that does not read fills up soon
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    closed: list = []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        chunk = frames * max(1, 65536 // len(frames))
+        try:
+            for _ in range(30 * 2**20 // len(chunk) + 1):  # never reads
+                conn.sendall(chunk)
+        except OSError:  # the client ended the call
+            pass
+        gevent.sleep(10)
+
+    server = gevent.spawn(peer)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, ms: None, closed.append)
+    gevent.sleep(0.1)
+    with pytest.raises(grpcwire.StreamClosed, match=reason):  # by now or once the peer's frames are in
+        for _ in range(200):
+            stream.send(b"hello")
+            gevent.sleep(0.05)
+    assert closed and reason in str(closed[0]), closed
+    stream.close()
+    server.kill()
+    listener.close()
+
+
 def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_the_rest():
     """Requests sent without waiting (a closed-loop user's next request goes out from the last answer's
     callback): the one a peer never answers fails after the timeout through the process's one watchdog
