@@ -16,7 +16,6 @@ if __name__ == "__main__":  # not a command: Locust loads it (`locust -f`), as b
     print(f"usage: TRITONGEN_LOADTEST=DIR locust -f {Path(__file__).name} ...\n\n{__doc__}")
     sys.exit(0)
 
-import gevent.event  # noqa: E402
 from gevent import socket as gsocket  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: E402
@@ -37,17 +36,18 @@ def _answer(message: bytes) -> bytes:
 
 
 class MemorySocket:
-    """The client's end of the connection; what ``sendall`` sends is answered at once into what ``recv`` returns."""
+    """The client's end of the connection; what ``sendall`` sends is answered at once into what ``recv`` returns.
+    Its descriptor, a pipe, is readable while an answer waits (the client waits on it before a read), and
+    ``recv`` on nothing raises BlockingIOError, as the non-blocking socket under gevent's does."""
 
     def __init__(self) -> None:
         self._sock = self  # as gevent's socket: the raw one under it
         self.peer = FakePeer(_CONFIG, _answer)
         self.inbox: list[bytes] = [self.peer.preface()]
-        self.ready = gevent.event.Event()
         self.closed = False
-        # What the reader waits on before each read: a pipe that is always readable (recv waits on `ready`).
         self._readable, self._w = os.pipe()
         os.write(self._w, b"x")
+        self.signalled = True  # a byte in the pipe: the inbox holds something
 
     def fileno(self) -> int:
         return self._readable
@@ -63,17 +63,18 @@ class MemorySocket:
             os.close(self._readable)
             os.close(self._w)
         self.closed = True
-        self.ready.set()
 
     def recv(self, size: int) -> bytes:
-        while not self.inbox:
+        if not self.inbox:
             if self.closed:
                 return b""
-            self.ready.clear()
-            self.ready.wait()
+            raise BlockingIOError
         data, self.inbox = b"".join(self.inbox), []
         if len(data) > size:
             data, self.inbox = data[:size], [data[size:]]
+        if not self.inbox:
+            os.read(self._readable, 1)
+            self.signalled = False
         return data
 
     def send(self, data: bytes) -> int:
@@ -84,7 +85,9 @@ class MemorySocket:
         out = self.peer.feed(bytes(data))
         if out:
             self.inbox.append(out)
-            self.ready.set()
+            if not self.signalled:
+                os.write(self._w, b"x")
+                self.signalled = True
 
 
 gsocket.create_connection = lambda *_a, **_k: MemorySocket()

@@ -27,7 +27,9 @@ from collections import Counter
 from typing import Any, Callable
 
 import gevent
+from locust import __version__ as LOCUST_VERSION
 from locust.exception import RPCError, RPCReceiveError, RPCSendError
+from locust.rpc import Message
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 from generator.measure.records import MAX_INCOMPLETE, MESSAGE_KIND_CHARS, MESSAGE_KINDS, RunRecord
@@ -106,9 +108,12 @@ class MasterGuard:
         own = msg.node_id == client_id  # Locust trusts node_id; a message must name its own connection
         if client_id in self.members and own:
             self._handle(client_id, msg)
-        elif msg.type == MSG_HELLO and own and client_id in self.pending and self._valid(msg.data):
+        elif msg.type == MSG_HELLO and own and self._valid(msg.data):
+            # its client_ready, or one made again when a flood of other connections pushed it out of the table
+            # (1,200 connections repeating client_ready locked the run's worker out between its two messages)
+            ready = self.pending.pop(client_id, None) or Message("client_ready", LOCUST_VERSION, client_id)
             self.members.add(client_id)
-            self._handle(client_id, self.pending.pop(client_id))
+            self._handle(client_id, ready)
         elif msg.type == "client_ready" and own:
             if client_id not in self.pending and len(self.pending) >= _PENDING_LIMIT:
                 # the oldest has waited longest for a token a worker sends at once: 1,024 connections that never

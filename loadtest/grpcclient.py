@@ -313,7 +313,8 @@ class GrpcLLMClient:
 
     def start(self, ex: Exchange, prompt: Prompt, on_done: Callable[[Exchange], None]) -> None:
         """Send the request; ``on_done(ex)`` runs once its answer is complete (final response, error, timeout,
-        the stream gone or ``abandon``), on the stream's reader or the watchdog: it must not block."""
+        the stream gone or ``abandon``), in the event loop's read of the stream (grpcwire) or on the watchdog: it must
+        not block (wait or switch greenlets)."""
         body, ex.record["exact_length"] = self.bodies.get(prompt.index) or self._body(prompt)
         if self.stream.closed is not None:
             self.stream = self._open()

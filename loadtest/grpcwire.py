@@ -2,9 +2,10 @@
 
 Why not grpcio: under gevent, grpcio hands every completion-queue poll to gevent's thread pool, which costs
 more CPU per streamed response than everything else the load generator does (docs/benchmarks.md has the
-profile). Here one greenlet reads the socket; each ``recv`` gets one monotonic timestamp, which every gRPC
-message in it shares (they arrived together), and the messages of one ``recv`` go to ``on_messages`` as a
-list of bytes, in one call; what is sent in one turn of the event loop leaves in one write. Only what a
+profile). Here the event loop reads the socket itself, in a watcher's callback (no greenlet); each ``recv``
+gets one monotonic timestamp, which every gRPC message in it shares (they arrived together), and the messages
+of one ``recv`` go to ``on_messages`` as a list of bytes, in one call; what their callbacks send leaves in one
+write when the read is handled, what greenlets send in one turn of the event loop in one write after them. Only what a
 client of one bidirectional stream needs is implemented: the connection preface and settings, one stream,
 flow control (large windows, topped up in bulk), PING and SETTINGS acknowledgements, and the end of the
 stream (trailers, RST_STREAM, GOAWAY). Header blocks are rare (stream start and end) and decoded with hpack.
@@ -36,11 +37,15 @@ MAX_MESSAGE = 16 << 20
 """The most one answer may hold (a gRPC message here; an SSE line or a response body in httpclient.py): a real one
 of thousands of tokens is a few hundred KB. A hostile server's message announced as 4 GB grew the client by
 12 GB in 25 s, and a header block that never ended grew without bound."""
+_MAX_HEADER_BLOCK = 2 * 65536
+"""The longest header block decoded: twice the decoded size hpack accepts (``max_header_list_size``), which any
+real block stays under (HPACK only shrinks headers). A 16 MiB block of table-size updates, which decode to
+nothing, held the event loop for ~12 s per block (0.76 s per MiB here)."""
 _MAX_FRAME = 16384
 """The largest frame the peer may send: HTTP/2's default, which this client never raises."""
-YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop (httpclient.read_events): a server that always has data
-ready made every read return at once, and the process's other users and its watchdog starved."""
+_MAX_QUEUED_ACKS = 1000
+"""PING and SETTINGS acknowledgements waiting for the socket before the call is ended: a server that sends those
+frames and never reads grew the client by 60 MB/s (nghttp2 stops at 1,000 too)."""
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -97,9 +102,14 @@ class GrpcStream:
         self.send_window = self.conn_window = _DEFAULT_WINDOW
         self.blocked: deque[tuple[bytes, bool]] = deque()  # messages (or their rest) waiting for a window
         self.outbox: list[bytes] = []
-        self.flushing = False
+        self.flushing = False  # a flusher greenlet is due or writing: what is written meanwhile joins its write
+        self.reading = False  # in _on_readable: what is written meanwhile leaves when it ends
+        self.queued_acks = 0  # PING/SETTINGS acknowledgements queued since the outbox last went to the socket
         self.closed: Optional[StreamClosed] = None
+        self.ended = False  # _closed ran
         self.consumed = 0
+        self._buf = b""
+        self._pending = bytearray()  # DATA payload not yet a whole gRPC message
         self._headers = bytearray()
         self._headers_end_stream = False
         self._peer_initial = _DEFAULT_WINDOW
@@ -110,15 +120,16 @@ class GrpcStream:
             + frame(WINDOW_UPDATE, 0, 0, _HEADER.pack(_MAX_WINDOW - _DEFAULT_WINDOW))
             + frame(HEADERS, END_HEADERS, _STREAM, request_headers(target, path))
         )
-        hub = gevent.get_hub()
-        self._wait, self._readable = hub.wait, hub.loop.io(self.sock.fileno(), 1)
-        self.reader = gevent.spawn(self._read)
+        # The non-blocking socket under gevent's, for the reads and writes of _on_readable (see there).
+        self._recv, self._send = self.sock._sock.recv, self.sock._sock.send
+        self._readable = gevent.get_hub().loop.io(self.sock.fileno(), 1)
+        self._readable.start(self._on_readable)
 
     # ------------------------------------------------------------ sending
 
     def send(self, message: bytes, last: bool = False) -> None:
-        """One gRPC message (uncompressed); ``last`` ends the client's side of the call. Never blocks, so the
-        reader itself may send (a closed-loop user's next request goes out from the answer's callback): what
+        """One gRPC message (uncompressed); ``last`` ends the client's side of the call. Never blocks, so an
+        answer's callback may send in the event loop's read (a closed-loop user's next request goes out from it): what
         the peer's windows do not take yet waits, in order, for its WINDOW_UPDATE."""
         if self.closed is not None:
             raise self.closed
@@ -151,10 +162,11 @@ class GrpcStream:
                 self._write(frame(DATA, END_STREAM if last else 0, _STREAM, data))
 
     def _write(self, data: bytes) -> None:
-        """Queue frames for one write: what every greenlet due in this turn of the event loop sends goes to the
-        socket in one system call (at saturation, dozens of requests), by a greenlet that runs after them."""
+        """Queue frames for one write: what the answers of one read send (a closed-loop chain's next requests)
+        leaves when the read is handled (_on_readable); what other greenlets send in one turn of the event
+        loop, by a flusher greenlet that runs after them (at saturation, dozens of requests per system call)."""
         self.outbox.append(data)
-        if not self.flushing:
+        if not self.flushing and not self.reading:
             self.flushing = True
             gevent.spawn(self._flush)
 
@@ -162,11 +174,29 @@ class GrpcStream:
         try:
             while self.outbox:
                 data, self.outbox = b"".join(self.outbox), []
+                self.queued_acks = 0
                 self.sock.sendall(data)
         except OSError as exc:
             self._closed(StreamClosed(f"connection error: {exc}"))
         finally:
             self.flushing = False
+
+    def _write_now(self) -> None:
+        """The outbox in one non-blocking write from the event loop; what the socket does not take yet goes to a
+        flusher greenlet (which may wait)."""
+        data, self.outbox = b"".join(self.outbox), []
+        self.queued_acks = 0
+        try:
+            sent = self._send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._end(StreamClosed(f"connection error: {exc}"))
+            return
+        if sent < len(data):
+            self.outbox.append(data[sent:])
+            self.flushing = True
+            gevent.spawn(self._flush)
 
     def close(self) -> None:
         if self.closed is None:
@@ -175,78 +205,81 @@ class GrpcStream:
                 self.sock.sendall(frame(RST_STREAM, 0, _STREAM, _HEADER.pack(0x8)))  # CANCEL
             except OSError:
                 pass
-        self.reader.kill(block=False)
-        self._readable.stop()  # never a watcher on a closed descriptor
+        self._readable.close()  # never a watcher on a closed descriptor
         self.sock.close()
 
     # ------------------------------------------------------------ receiving
 
-    def _read(self) -> None:
-        buf = b""
-        pending = bytearray()  # DATA payload not yet a whole gRPC message
-        recv, on_messages = self.sock.recv, self.on_messages
-        header, header_and_prefix, frame_size = _FRAME.unpack_from, _FRAME_AND_PREFIX.unpack_from, _FRAME.size
-        # Wait for the socket to be readable before each read: at saturation a read usually finds the socket
-        # drained (about one response per read on a GPU host), and a read that finds nothing costs a failed
-        # system call and an exception before the same wait. Each wait is a turn of the event loop, so the
-        # process's other greenlets always get theirs.
-        wait, readable = self._wait, self._readable
+    def _on_readable(self) -> None:
+        """One read, run by the event loop itself each time the socket is readable: no greenlet switch or
+        watcher start per read (at saturation on a GPU host, about one response per read, and the reader
+        greenlet's two switches and its wait were a large part of the client's CPU). So nothing here may
+        block: the answer's callbacks only queue what they send (GrpcStream.send never waits), which leaves
+        in one write when the read is handled, and the end of the call is handed to a greenlet (``on_close``
+        may reconnect)."""
         try:
-            while True:
-                wait(readable)
-                chunk = recv(_RECV)
-                t = time.monotonic_ns()
-                if not chunk:
-                    raise StreamClosed("the server closed the connection")
-                buf = buf + chunk if buf else chunk
-                pos, end, consumed, messages = 0, len(buf), 0, []
-                try:
-                    while end - pos >= frame_size:
-                        if end - pos >= 14:  # the usual DATA frame's header and the message's prefix in one unpack
-                            hi, lo, kind, flags, stream, _, size = header_and_prefix(buf, pos)
-                        else:
-                            (hi, lo, kind, flags, stream), size = header(buf, pos), None
-                        length = (hi << 8) | lo
-                        if length > _MAX_FRAME:
-                            raise StreamClosed(f"the server sent a frame of {length:,} bytes (at most {_MAX_FRAME:,})")
-                        if end - pos - frame_size < length:
-                            break
-                        start = pos + frame_size
-                        pos = start + length
-                        if kind == DATA:
-                            consumed += length
-                            if size == length - 5 and not pending and not flags & PADDED:
-                                messages.append(buf[start + 5:pos])  # the usual frame: one whole message
-                            else:
-                                payload = buf[start:pos]
-                                if flags & PADDED:
-                                    payload = payload[1:len(payload) - payload[0]]
-                                pending += payload
-                                self._messages(pending, messages)
-                            if flags & END_STREAM:
-                                raise StreamClosed("the server ended the stream without a status")
-                        else:
-                            self._control(kind, flags, stream, buf[start:pos])
-                except StreamClosed:
-                    if messages:  # what came before the end is answered first
-                        on_messages(t, messages)
-                    raise
-                if messages:
-                    on_messages(t, messages)
-                buf = buf[pos:]
-                self.consumed += consumed
-                if self.consumed > _MAX_WINDOW // 2:  # top up both receive windows in one go
-                    inc = _HEADER.pack(self.consumed)
-                    self.consumed = 0
-                    self._write(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, _STREAM, inc))
-        except StreamClosed as exc:
-            self._closed(exc)
+            chunk = self._recv(_RECV)
+        except BlockingIOError:  # woken for nothing
+            return
         except OSError as exc:
-            self._closed(StreamClosed(f"connection error: {exc}"))
+            self._end(StreamClosed(f"connection error: {exc}"))
+            return
+        t = time.monotonic_ns()
+        self.reading = True
+        try:
+            if not chunk:
+                raise StreamClosed("the server closed the connection")
+            self._frames(t, self._buf + chunk if self._buf else chunk)
+        except StreamClosed as exc:
+            self._end(exc)
         except Exception as exc:  # a message the handler could not take: end the call, fail what waits on it
-            self._closed(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
+            self._end(StreamClosed(f"response handling failed: {type(exc).__name__}: {exc}"))
         finally:
-            readable.close()
+            self.reading = False
+            if self.outbox and not self.flushing and self._readable.active:
+                self._write_now()
+
+    def _frames(self, t: int, buf: bytes) -> None:
+        """The whole frames of ``buf``: the messages they complete go to ``on_messages`` in one call, with ``t``;
+        the rest of ``buf`` waits for the next read."""
+        pos, end, consumed, messages, pending = 0, len(buf), 0, [], self._pending
+        frame_size = _FRAME.size
+        try:
+            while end - pos >= frame_size:
+                if end - pos >= 14:  # the usual DATA frame's header and the message's prefix in one unpack
+                    hi, lo, kind, flags, stream, _, size = _FRAME_AND_PREFIX.unpack_from(buf, pos)
+                else:
+                    (hi, lo, kind, flags, stream), size = _FRAME.unpack_from(buf, pos), None
+                length = (hi << 8) | lo
+                if length > _MAX_FRAME:
+                    raise StreamClosed(f"the server sent a frame of {length:,} bytes (at most {_MAX_FRAME:,})")
+                if end - pos - frame_size < length:
+                    break
+                start = pos + frame_size
+                pos = start + length
+                if kind == DATA:
+                    consumed += length
+                    if size == length - 5 and not pending and not flags & PADDED:
+                        messages.append(buf[start + 5:pos])  # the usual frame: one whole message
+                    else:
+                        payload = buf[start:pos]
+                        if flags & PADDED:
+                            payload = payload[1:len(payload) - payload[0]]
+                        pending += payload
+                        self._messages(pending, messages)
+                    if flags & END_STREAM:
+                        raise StreamClosed("the server ended the stream without a status")
+                else:
+                    self._control(kind, flags, stream, buf[start:pos])
+        finally:  # what came before an end is answered first
+            if messages:
+                self.on_messages(t, messages)
+        self._buf = buf[pos:]
+        self.consumed += consumed
+        if self.consumed > _MAX_WINDOW // 2:  # top up both receive windows in one go
+            inc = _HEADER.pack(self.consumed)
+            self.consumed = 0
+            self._write(frame(WINDOW_UPDATE, 0, 0, inc) + frame(WINDOW_UPDATE, 0, _STREAM, inc))
 
     @staticmethod
     def _messages(pending: bytearray, messages: list[bytes]) -> None:
@@ -271,8 +304,8 @@ class GrpcStream:
                     payload = payload[5:]
                 self._headers_end_stream = bool(flags & END_STREAM)
             self._headers += payload
-            if len(self._headers) > MAX_MESSAGE:
-                raise StreamClosed(f"the server sent a header block of more than {MAX_MESSAGE:,} bytes")
+            if len(self._headers) > _MAX_HEADER_BLOCK:
+                raise StreamClosed(f"the server sent a header block of more than {_MAX_HEADER_BLOCK:,} bytes")
             if flags & END_HEADERS:
                 headers = dict(self.decoder.decode(bytes(self._headers)))
                 self._headers = bytearray()
@@ -282,16 +315,21 @@ class GrpcStream:
             for i in range(0, len(payload) - 5, 6):
                 key, value = struct.unpack_from(">HI", payload, i)
                 if key == 0x4:  # INITIAL_WINDOW_SIZE applies to the open stream as a difference
+                    if value > _MAX_WINDOW:
+                        raise StreamClosed(f"the server sent SETTINGS_INITIAL_WINDOW_SIZE {value:,} (at most {_MAX_WINDOW:,})")
                     self.send_window += value - self._peer_initial
                     self._peer_initial = value
-                elif key == 0x5:
+                elif key == 0x5:  # outside HTTP/2's range (0 made the sender loop forever on empty frames): refused
+                    if not _MAX_FRAME <= value < 1 << 24:
+                        raise StreamClosed(f"the server sent SETTINGS_MAX_FRAME_SIZE {value:,} (HTTP/2 allows "
+                                           f"{_MAX_FRAME:,} to {(1 << 24) - 1:,})")
                     self.max_frame = value
                 # HEADER_TABLE_SIZE (0x1) bounds this client's encoder (which indexes nothing), not its decoder:
                 # taken as the decoder's, every later header block of the server was refused (hpack's check)
-            self._write(frame(SETTINGS, ACK, 0))
+            self._ack(frame(SETTINGS, ACK, 0))
             self._unblock()
         elif kind == PING and not flags & ACK:
-            self._write(frame(PING, ACK, 0, payload))
+            self._ack(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
             inc = _HEADER.unpack(payload)[0] & _MAX_WINDOW
             if stream == 0:
@@ -305,13 +343,29 @@ class GrpcStream:
             code = _HEADER.unpack_from(payload, 4)[0]
             raise StreamClosed(f"the server closed the connection (GOAWAY, error code {code}): {payload[8:].decode(errors='replace')}")
 
+    def _ack(self, data: bytes) -> None:
+        self.queued_acks += 1
+        if self.queued_acks > _MAX_QUEUED_ACKS:
+            raise StreamClosed(f"the server sent more than {_MAX_QUEUED_ACKS:,} PING/SETTINGS frames without reading "
+                               "their acknowledgements")
+        self._write(data)
+
+    def _end(self, exc: StreamClosed) -> None:
+        """The call ended while the event loop read: no more reads; ``_closed`` in a greenlet (``on_close`` may
+        reconnect, which waits), so that the stream is marked closed and its requests failed at once."""
+        self._readable.stop()
+        gevent.spawn(self._closed, exc)
+
     def _closed(self, exc: StreamClosed) -> None:
+        """Once (a failed write and a failed read may both end the call): the requests of this call fail, and
+        never those of the call a client opened after it."""
+        if self.ended:
+            return
+        self.ended = True
         if self.closed is None:
             self.closed = exc
         self.blocked.clear()
-        if gevent.getcurrent() is not self.reader:
-            self.reader.kill(block=False)  # it may wait for the socket to be readable: closed, it never is
-        self._readable.stop()
+        self._readable.close()
         self.sock.close()
         self.on_close(self.closed)
 

@@ -54,7 +54,7 @@ def watch(st: LoadState) -> None:
                 why = f"no response within {timeout:g} s"
             else:
                 continue
-            if st.grpc is None or not st.grpc.cut(ex, why):
+            if not any(client.cut(ex, why) for client in st.grpc):
                 ex.fail(why)
                 greenlet.kill(StuckRequest(why), block=False)
 
@@ -115,8 +115,8 @@ def run_request(
 
 class AnswerChain:
     """A closed-loop user on the process's gRPC stream whose next request is sent from the callback of the
-    previous answer, on the stream's reader: no greenlet switch, task scheduling or timer per request, which
-    at saturation is most of what a request costs the event loop (docs/benchmarks.md, the GPU host). The
+    previous answer, in the event loop's read of the stream: no greenlet switch, task scheduling or timer per
+    request, which at saturation is most of what a request costs the event loop (docs/benchmarks.md). The
     user's greenlet only waits for the chain to end (no request left) or is stopped (the run ends, the
     server is gone), which cuts the request in flight off (``cut_off``, as ``run_request`` does)."""
 

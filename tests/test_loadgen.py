@@ -330,6 +330,56 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
     listener.close()
 
 
+_PING = grpcwire.frame(grpcwire.PING, 0, 0, b"12345678")
+_NOTHING = b"\x20" * 16384  # HPACK table-size updates: a header block that decodes to no header at all
+_NOTHING_BLOCK = grpcwire.frame(grpcwire.HEADERS, 0, 1, _NOTHING) + grpcwire.frame(grpcwire.CONTINUATION, 0, 1, _NOTHING) * (
+    grpcwire._MAX_HEADER_BLOCK // len(_NOTHING)) + grpcwire.frame(grpcwire.CONTINUATION, grpcwire.END_HEADERS, 1, _NOTHING)
+
+
+@pytest.mark.parametrize("frames, reason", [
+    (_PING * 4096, "PING/SETTINGS frames without reading"),
+    (grpcwire.frame(grpcwire.SETTINGS, 0, 0) * 4096, "PING/SETTINGS frames without reading"),
+    (grpcwire.frame(grpcwire.SETTINGS, 0, 0, (0x5).to_bytes(2, "big") + (0).to_bytes(4, "big")),
+     "SETTINGS_MAX_FRAME_SIZE 0"),
+    (_NOTHING_BLOCK, "header block of more than"),
+], ids=["ping-flood", "settings-flood", "frame-size-0", "header-block-of-nothing"])
+def test_frames_that_demand_answers_cannot_pile_them_up_or_spin_the_sender(frames, reason):
+    """review8: a server that sends PING or SETTINGS frames and never reads grew the client by 60 MB/s (each
+    acknowledgement queued); SETTINGS_MAX_FRAME_SIZE 0 made the next send loop for ever on empty frames, the event
+    loop starved; a 16 MiB header block of HPACK table-size updates held the event loop for ~12 s. The call now
+    ends with the reason; the peer's frames are sent until then (at most ~30 MB)."""
+    import gevent
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a peer that does not read fills up soon
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    closed: list = []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        chunk = frames * max(1, 65536 // len(frames))
+        try:
+            for _ in range(30 * 2**20 // len(chunk) + 1):  # never reads
+                conn.sendall(chunk)
+        except OSError:  # the client ended the call
+            pass
+        gevent.sleep(10)
+
+    server = gevent.spawn(peer)
+    stream = grpcwire.GrpcStream(f"127.0.0.1:{listener.getsockname()[1]}", "/x", 5, lambda t, ms: None, closed.append)
+    gevent.sleep(0.1)
+    with pytest.raises(grpcwire.StreamClosed, match=reason):  # by now or once the peer's frames are in
+        for _ in range(200):
+            stream.send(b"hello")
+            gevent.sleep(0.05)
+    assert closed and reason in str(closed[0]), closed
+    stream.close()
+    server.kill()
+    listener.close()
+
+
 def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_the_rest():
     """Requests sent without waiting (a closed-loop user's next request goes out from the last answer's
     callback): the one a peer never answers fails after the timeout through the process's one watchdog
@@ -358,7 +408,7 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     info = clients.ModelInfo({"name": "ensemble", "input": [{"name": "text_input"}, {"name": "max_tokens"}],
                               "output": [{"name": "text_output"}]}, None)
     client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", info, timeout=0.5)
-    st = SimpleNamespace(opts=SimpleNamespace(request_timeout_s=0.5), active={}, grpc=client, nothing_left=False)
+    st = SimpleNamespace(opts=SimpleNamespace(request_timeout_s=0.5), active={}, grpc=[client], nothing_left=False)
     watchdog = gevent.spawn(lifecycle.watch, st)
     answered, silent = exchange(client.decode), exchange(client.decode)
     silent.request_id = "run-0-1"
@@ -399,3 +449,54 @@ def test_a_valid_response_laid_out_otherwise_is_parsed_not_raised_on(message):
     of raising in the stream's reader, which would fail every request in flight on the stream."""
     assert grpcclient.route(message) is None
     assert service_pb2.ModelStreamInferResponse.FromString(message).infer_response.id == ""
+
+
+_STREAMS = """
+import collections
+import itertools
+import sys
+from types import SimpleNamespace
+
+sys.path.insert(0, sys.argv[1])
+import gevent
+import gevent.lock
+from gevent import socket
+
+import clients
+import tritonllm
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+accepted = []
+
+def serve():
+    while True:
+        accepted.append(listener.accept()[0])  # a peer that says nothing: the client's connect is all it needs
+
+server = gevent.spawn(serve)
+tritonllm._STATE = SimpleNamespace(grpc=[], grpc_opening=gevent.lock.Semaphore(), grpc_users=itertools.count(),
+                                   opts=SimpleNamespace(grpc_streams=int(sys.argv[2])))
+info = clients.ModelInfo({"name": "ensemble", "input": [], "output": [{"name": "text_output"}]}, None)
+host = "grpc://127.0.0.1:%d" % listener.getsockname()[1]
+users = [gevent.spawn(tritonllm.make_client, "grpc-stream", host, info, 5) for _ in range(16)]
+gevent.joinall(users, raise_error=True)
+gevent.sleep(0.2)
+print(sorted(collections.Counter(id(u.value) for u in users).values()), len(accepted))
+"""
+
+
+@pytest.mark.parametrize("streams, users_per_stream", [(1, [16]), (4, [4, 4, 4, 4])])
+def test_users_started_at_once_share_the_processs_grpc_streams(tmp_path, streams, users_per_stream):
+    """Locust starts a process's users at once (spawn rate = users, as every bench and sweep does): each user that
+    asked for the gRPC client while the first one connected made its own connection, so 256 users ran 256
+    connections and all but one on the per-request path (docs/benchmarks.md). Now they wait for the streams
+    loadtest.grpc_streams asks for and are spread over them in turn."""
+    import subprocess
+
+    script = tmp_path / "streams.py"
+    script.write_text(_STREAMS)
+    out = subprocess.run([sys.executable, str(script), str(loadtest_dir()), str(streams)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"{users_per_stream} {streams}"  # users per client, connections

@@ -266,6 +266,7 @@ def postprocessing(byte_level):
         sys.path.remove(str(_python_backend_dir()))
     model = module.TritonPythonModel()
     model.tokenizer, model.skip_special_tokens, model.vocab_size = byte_level, True, len(byte_level)
+    model.max_shape = (None, None)  # as a repository rendered before max_beam_width/max_seq_len were passed
     model.streams = detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode))
     return module, model
 
@@ -292,6 +293,40 @@ def test_streams_with_the_same_client_id_keep_their_own_state(postprocessing, by
             pieces[key] += model._texts(_Request("same-id", **_chunk([], **identity[key])))  # the final flush
             assert "".join(pieces[key]) == texts[key]
         assert len(model.streams) == 0
+
+
+def test_one_request_cannot_push_other_streams_out_of_the_table(postprocessing, byte_level, monkeypatch):
+    """Review 8: the table of streams is bounded, and one request with more beams than it holds, under its own
+    STREAM_ID, pushed every other stream out: a stream holding half a character lost it ('😊' became U+FFFD
+    through the real server). Such a request is decoded chunk by chunk and keeps no state."""
+    module, model = postprocessing
+    monkeypatch.setattr(model, "streams", detok.StreamTable(lambda: detok.IncrementalDetokenizer(model._decode),
+                                                            max_streams=4 * module.MAX_STREAMS_PER_REQUEST))
+    text = "Emoji: 😊 done"
+    ids = byte_level.encode(text, add_special_tokens=False)
+    split = next(k for k in range(1, len(ids)) if byte_level.decode(ids[:k]).endswith("\ufffd"))
+    victim = {"STREAM_ID": [[b"bls-victim"]]}
+    pieces = model._texts(_Request("", **_chunk(ids[:split], **victim)))
+    beams = 4 * module.MAX_STREAMS_PER_REQUEST + 1
+    flood = model._texts(_Request("", TOKENS_BATCH=np.array([[ids[:1]] * beams], np.int32),
+                                  SEQUENCE_LENGTH=np.array([[1] * beams], np.int32), STREAM_ID=[[b"bls-other"]]))
+    assert flood == [byte_level.decode(ids[:1])] * beams  # still answered, chunk by chunk
+    pieces += model._texts(_Request("", **_chunk(ids[split:], **victim)))
+    pieces += model._texts(_Request("", **_chunk([], **victim)))
+    assert "".join(pieces) == text and len(model.streams) == 0
+
+
+def test_a_request_larger_than_any_engine_response_is_refused(postprocessing, monkeypatch):
+    """Review 8: 200,000 beams of one token (0.8 MB) straight to postprocessing held every other stream's text
+    for 1.2 s. More beams than max_beam_width or tokens than max_seq_len: a 400."""
+    module, model = postprocessing
+    monkeypatch.setattr(model, "max_shape", (2, 16))
+    for shape, what in (((1, 3, 1), "3 beams"), ((1, 1, 17), "17 tokens"), ((1, 17), "17 tokens")):
+        lengths = np.ones(shape[:2] if len(shape) == 3 else (1, 1), np.int32)
+        with pytest.raises(module.RequestError, match=f"holds {what}, more than an engine response"):
+            model._texts(_Request("", TOKENS_BATCH=np.full(shape, 5, np.int32), SEQUENCE_LENGTH=lengths))
+    largest = _Request("", TOKENS_BATCH=np.full((1, 2, 16), 5, np.int32), SEQUENCE_LENGTH=np.full((1, 2), 16, np.int32))
+    assert len(model._texts(largest)) == 2
 
 
 def test_postprocessing_refuses_what_no_engine_sends(postprocessing):

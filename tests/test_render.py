@@ -128,7 +128,8 @@ def test_cpu_reference_target(cpu_repo):
     assert pre == {"tokenizer_dir": str(spec.serving_weights_dir), "apply_chat_template": "false",
                    "max_output_len": "64", "max_input_len": str(spec.build.max_input_len)}  # only what the model reads
     post = {k: v.string_value for k, v in parse(repo, "postprocessing").parameters.items()}
-    assert post == {"tokenizer_dir": str(spec.serving_weights_dir), "skip_special_tokens": "true"}
+    assert post == {"tokenizer_dir": str(spec.serving_weights_dir), "skip_special_tokens": "true",
+                    "max_beam_width": "1", "max_seq_len": str(spec.build.resolved_max_seq_len)}
     bls = {k: v.string_value for k, v in parse(repo, "tensorrt_llm_bls").parameters.items()}
     assert set(bls) == {"accumulate_tokens", "tensorrt_llm_model_name", "engine_error_output"}
     # the BLS asks the CPU engine for its errors as the output the engine's model code names

@@ -482,14 +482,19 @@ for i in range(int(sys.argv[2])):
     guard.handle(f"intruder_{i}", Message("client_ready", __version__, f"intruder_{i}"))
 guard.handle("worker_1", Message("client_ready", __version__, "worker_1"))
 guard.handle("worker_1", Message(MSG_HELLO, {"token": "t" * 32}, "worker_1"))
-print("worker_1" in guard.members, len(guard.pending))
+guard.handle("worker_2", Message("client_ready", __version__, "worker_2"))
+for i in range(int(sys.argv[2])):  # between a worker's two messages: its client_ready is pushed out
+    guard.handle(f"late_{i}", Message("client_ready", __version__, f"late_{i}"))
+guard.handle("worker_2", Message(MSG_HELLO, {"token": "t" * 32}, "worker_2"))
+print("worker_1" in guard.members and "worker_2" in guard.members, len(guard.pending))
 runner.quit()
 """
 
 
 def test_connections_that_never_send_the_token_do_not_lock_the_workers_out():
     """review5: anyone who reaches the master's port may send client_ready (the token comes after it); 1,100 of
-    them filled the table of connections waiting for a token and the run's own worker was refused. A real
+    them filled the table of connections waiting for a token and the run's own worker was refused; review8: sent
+    between a worker's client_ready and its token, they pushed the worker out of the table (refused too). A real
     Locust master runner, in a subprocess (Locust monkey-patches the process that imports it)."""
     from generator.resources import loadtest_dir
 

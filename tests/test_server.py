@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -419,6 +420,53 @@ def test_serve_interrupted_then_killed_leaves_no_stub_and_no_work_folder(tmp_pat
     assert not workdir.exists()
 
 
+@pytest.mark.server
+def test_serve_stopped_while_starting_leaves_no_work_folder(tmp_path):
+    """review8: SIGTERM (or Ctrl-C) while the models load left /tmp/tritongen-server-PID-* with the server log,
+    kept as for a failed start although no message named it, and never removed (it holds no key)."""
+    repo = tmp_path / "repo"
+    _write_model(repo, "slow", init="time.sleep(600)")
+    tritongen = Path(sys.executable).parent / "tritongen"
+    cli = subprocess.Popen([str(tritongen), "serve", str(repo)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not _stub_pids(cli.pid) and time.monotonic() < deadline:  # loading: the model's stub runs
+            time.sleep(0.2)
+        workdirs = list(Path(tempfile.gettempdir()).glob(f"tritongen-server-{cli.pid}-*"))
+        assert _stub_pids(cli.pid) and workdirs
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130 and not [w for w in workdirs if w.exists()]
+
+
+@pytest.mark.server
+def test_ports_taken_after_the_check_are_named_as_the_cause(tmp_path, monkeypatch):
+    """review8: two `serve` racing for the same ports: the one that lost was told to validate its repository.
+    The race made certain: the port is held from the start and the check is told it was still free."""
+    import socket
+
+    import generator.serve.server as server_module
+
+    repo = tmp_path / "repo"
+    _write_model(repo, "echo")
+    monkeypatch.setattr(server_module, "port_taken", lambda host, port: False)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        server = TritonServer(repo, http_port=free_port(), grpc_port=other.getsockname()[1], metrics_port=free_port(),
+                              log_file=tmp_path / "triton.log")
+        with pytest.raises(TritongenError) as info:
+            server.start(timeout_s=60)
+    assert "could not bind its ports" in info.value.message and "--grpc-port" in info.value.fix
+
+
+def _stub_pids(pid: int) -> list[int]:
+    return [p.pid for p in psutil.Process(pid).children(recursive=True) if "stub" in p.name()]
+
+
 def _loadtest_until_locust_runs(server: TritonServer, tokenizer: Path, out: Path) -> tuple[subprocess.Popen, list]:
     """`tritongen loadtest --url` (HF_TOKEN in its environment) against ``server``, once Locust runs (its own
     prompts: the 8-word tokenizer is too small to make up prompts from, and Locust would stop at once)."""
@@ -498,6 +546,7 @@ def test_sixteen_concurrent_streams_get_the_sequential_answers(cpu_server, model
 
 _STREAMING_CLIENT = """
 import sys
+import tempfile
 from generator.serve.client import grpc_stream, text_inputs
 
 def seen(n):

@@ -46,7 +46,7 @@ EXTRA_PARAMETERS: dict[str, tuple[str, ...]] = {
     "tensorrt_llm": ("tokens_per_block", "max_num_tokens", "max_input_len", "max_seq_len", "cpu_kv_cache_mib",
                      "cpu_threads", "dtype", "cpu_max_batch_tokens", "max_queue_size"),
     "preprocessing": ("apply_chat_template", "max_output_len", "max_input_len"),
-    "postprocessing": (),
+    "postprocessing": ("max_beam_width", "max_seq_len"),
     "tensorrt_llm_bls": ("engine_error_output",),
     "ensemble": (),
 }
@@ -222,6 +222,8 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         POSTPROCESSING: {"backend": "python", "instance_count": s.postprocessing_instances, "parameters": _params([
             ("tokenizer_dir", spec.serving_weights_dir),
             ("skip_special_tokens", s.skip_special_tokens),
+            ("max_beam_width", spec.build.max_beam_width),
+            ("max_seq_len", spec.build.resolved_max_seq_len),
         ])},
     }
     if s.bls:

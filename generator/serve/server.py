@@ -304,8 +304,8 @@ class TritonServer:
                         "tritonserver could not bind its ports:\n" + _tail(self.log_file, 10),
                         fix="pass free --http-port/--grpc-port/--metrics-port",
                     ) from None
-            except BaseException:
-                self._start_failed = True
+            except BaseException as exc:
+                self._start_failed = isinstance(exc, Exception)  # Ctrl-C/SIGTERM: no error names the log, none kept
                 self.stop()
                 raise
         return self
@@ -375,8 +375,12 @@ class TritonServer:
             code = self.process.poll()
             if code is not None:
                 log = self.log_file.read_text(encoding="utf-8", errors="replace")
-                if "already in use" in log and not all(self._ports_given):
-                    raise _PortTaken()
+                if "already in use" in log:
+                    if not all(self._ports_given):
+                        raise _PortTaken()
+                    raise ServerError("tritonserver could not bind its ports (another server took them after the "
+                                      f"check?); the end of its log ({self.log_file}):\n" + _tail(self.log_file, 10),
+                                      fix="pass free --http-port/--grpc-port/--metrics-port, or stop the server using them")
                 raise self._start_error(f"tritonserver exited with code {code} while loading",
                                         failed_models_from_log(log))
             if self.is_ready() and self._listening():
