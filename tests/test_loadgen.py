@@ -197,9 +197,9 @@ def test_ceiling_sizes_the_workers():
     procs = [process_record(responses=int(per_process * 10), cpu_s=9.0, wall_s=10.0)]
     cap = capacity(procs + [dict(procs[0])], ceiling)
     assert cap.processes == 2 and cap.processes_needed == 2 and cap.advice is None
-    cap = capacity([process_record(responses=int(per_process * 30), cpu_s=9.0, wall_s=10.0)], ceiling)
+    cap = capacity([process_record(responses=int(per_process * 29), cpu_s=9.0, wall_s=10.0)], ceiling)
     assert cap.processes_needed == 3 and "--workers 3" in cap.advice
-    assert cap.responses_per_core_s == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
+    assert cap.responses_per_core_s == pytest.approx(per_process * 29 / 9.0, rel=1e-3)
     assert capacity([], ceiling) is None
 
 
