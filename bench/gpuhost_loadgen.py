@@ -162,6 +162,7 @@ class Bench:
             f"loadtest.output_tokens_mean={self.args.tokens}", "loadtest.input_tokens_mean=16",
             "loadtest.num_prompts=16", "loadtest.reference_checks=0", "loadtest.request_timeout_s=30",
             f"loadtest.tokenizer={self.tokenizer}",
+            *([f"loadtest.grpc_streams={self.args.grpc_streams}"] if self.args.grpc_streams else []),
         ])
 
     def tritongen(self, tag: str, users: int, workers, prefix: tuple = ()) -> dict:
@@ -265,6 +266,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--grpc-streams", type=int, default=None,
+                        help="loadtest.grpc_streams: gRPC streams per process (default: the spec's)")
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument("--pa-window-ms", type=int, default=2000)
     parser.add_argument("--pa-timeout-s", type=float, default=20.0,

@@ -25,6 +25,29 @@ MARKER = ".tritongen-output"
 
 _LEFTOVER_KINDS = ("tmp", "old")
 
+CACHE_VAR = "TRITONGEN_CACHE_DIR"
+"""Environment variable naming the folder tritongen keeps what it builds once (the test suite gives each run its own)."""
+
+
+def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where tritongen keeps what it builds once and reuses: ``$TRITONGEN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/tritongen`` (default ``~/.cache/tritongen``)."""
+    if env.get(CACHE_VAR):
+        return Path(env[CACHE_VAR])
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tritongen"
+
+
+def private_dir(folder: Path) -> Path:
+    """``folder``, made if missing and mode 0700: nobody else may swap what tritongen reuses from it."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise ArtifactCorrupt(f"the cache folder is not a folder of this user (uid {os.geteuid()})", where=str(folder),
+                              fix=f"remove it, or point {CACHE_VAR} (or XDG_CACHE_HOME) at a folder of yours")
+    if st.st_mode & 0o077:
+        folder.chmod(0o700)
+    return folder
+
 
 def _listing(folder: Path) -> list[str]:
     """Every file and folder under ``folder`` (relative, POSIX), the marker left out; links are not followed.

@@ -46,9 +46,6 @@ _MAX_FRAME = 16384
 _MAX_QUEUED_ACKS = 1000
 """PING and SETTINGS acknowledgements waiting for the socket before the call is ended: a server that sends those
 frames and never reads grew the client by 60 MB/s (nghttp2 stops at 1,000 too)."""
-YIELD_EVERY = 64
-"""Socket reads between two turns given to the event loop (httpclient.read_events): a server that always has data
-ready made every read return at once, and the process's other users and its watchdog starved."""
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:

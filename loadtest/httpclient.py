@@ -14,8 +14,12 @@ from geventhttpclient import HTTPClient
 
 from clients import Decoded, Exchange, ModelInfo, absorb
 from generator.measure.records import SERVER_FIELDS, ServerFigures, request_inputs
-from grpcwire import MAX_MESSAGE, YIELD_EVERY
+from grpcwire import MAX_MESSAGE
 from prompts import Prompt
+
+YIELD_EVERY = 64
+"""Socket reads between two turns given to the event loop (read_events): a server that always has data ready made
+every read return at once, and the process's other users and its watchdog starved."""
 
 
 def decode_json(payloads: list[bytes]) -> Decoded:

@@ -54,7 +54,7 @@ def watch(st: LoadState) -> None:
                 why = f"no response within {timeout:g} s"
             else:
                 continue
-            if st.grpc is None or not st.grpc.cut(ex, why):
+            if not any(client.cut(ex, why) for client in st.grpc):
                 ex.fail(why)
                 greenlet.kill(StuckRequest(why), block=False)
 

@@ -61,7 +61,7 @@ _SPEC_ARGS: tuple[tuple[str, type], ...] = (
     ("output_tokens_mean", int), ("output_tokens_stddev", int), ("tokenizer", str), ("seed", int),
     ("warmup_requests", int), ("request_timeout_s", float), ("openai_body", json.loads), ("trace", str),
     ("time_scale", float), ("trace_block_tokens", int), ("shared_prefix_tokens", int), ("prefix_groups", int),
-    ("turns", int),
+    ("turns", int), ("grpc_streams", int),
 )
 
 
@@ -138,11 +138,12 @@ class LoadState:
         self.done_sent = False
         self.prompts_sent: set[int] = set()
         self.dispatcher_taken = False
-        self.grpc: Optional[GrpcLLMClient] = None
-        # One stream for all users: without it each user that Locust started while the first connected made its
+        self.grpc: list[GrpcLLMClient] = []  # the process's gRPC streams (loadtest.grpc_streams), opened as users ask
+        # Held while a stream opens: without it each user that Locust started while the first connected made its
         # own connection (256 users spawned at once: 256 connections, each read about one response, and all but
         # the last user's requests on the per-request path instead of AnswerChain; docs/benchmarks.md).
         self.grpc_opening = gevent.lock.Semaphore()
+        self.grpc_users = itertools.count()
         self.sink = RecordSink(environment)
         self.monitor = ProcessMonitor()
         self.active: dict[Any, Exchange] = {}  # greenlet -> its request in flight
@@ -236,14 +237,15 @@ class ServerGone(Exception):
 
 
 def make_client(protocol: str, host: str, info, timeout: float) -> LLMClient:
-    """HTTP: a connection per user (per request in flight, open loop). gRPC: the process's one stream."""
+    """HTTP: a connection per user (per request in flight, open loop). gRPC: one of the process's streams, in turn."""
     if protocol == "grpc-stream":
         st = _STATE
-        if st.grpc is None:
-            with st.grpc_opening:  # the users Locust starts at once ask while the first one connects
-                if st.grpc is None:
-                    st.grpc = GrpcLLMClient(host, info, timeout)
-        return st.grpc
+        k = next(st.grpc_users) % st.opts.grpc_streams
+        if k >= len(st.grpc):
+            with st.grpc_opening:  # the users Locust starts at once ask while the first ones connect
+                while len(st.grpc) <= k:
+                    st.grpc.append(GrpcLLMClient(host, info, timeout))
+        return st.grpc[k]
     if protocol in ("http-stream", "http"):
         return HttpLLMClient(host, info, protocol == "http-stream", timeout)
     if protocol.startswith("openai-"):
@@ -265,7 +267,7 @@ class TritonLLMUser(User):
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)  # None when on_start stopped the user (setup failed)
-        if client is not None and client is not self.st.grpc:  # the shared gRPC stream closes with the process
+        if client is not None and client not in self.st.grpc:  # the shared gRPC streams close with the process
             client.close()
 
     @task
@@ -274,7 +276,7 @@ class TritonLLMUser(User):
 
     def closed_loop(self) -> None:
         st = self.st
-        if self.client is st.grpc and not st.conversations and type(self).wait_time is TritonLLMUser.wait_time:
+        if self.client in st.grpc and not st.conversations and type(self).wait_time is TritonLLMUser.wait_time:
             AnswerChain(st, self.client).run()  # every request of this user, each sent when the last is answered
         else:
             nxt = st.next_request()
@@ -296,7 +298,7 @@ class TritonLLMUser(User):
         group = gevent.pool.Group()
 
         def one(nxt: tuple[int, Prompt, bool], sched_ns: int) -> None:
-            if self.client is st.grpc:  # one multiplexed stream carries every request
+            if self.client in st.grpc:  # one multiplexed stream carries every request
                 run_conversation(st, self.client, *nxt, sched_ns)
                 return
             t0 = time.monotonic_ns()
@@ -415,6 +417,7 @@ def _on_test_stop(environment, **_kw) -> None:
     """Runs stopped from outside (Locust's -t, Ctrl-C) still report the process record."""
     if _STATE is not None and not _STATE.done_sent:
         _STATE.report_process()
-    if _STATE is not None and _STATE.grpc is not None:
-        _STATE.grpc.close()
-        _STATE.grpc = None
+    if _STATE is not None:
+        for client in _STATE.grpc:
+            client.close()
+        _STATE.grpc = []

@@ -6,12 +6,21 @@ Everything is made locally through the same code paths users run; nothing is dow
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from generator.fsutil import CACHE_VAR
+
 DATA = Path(__file__).parent / "data"
+
+# tritongen's cache (the tiny model, the argvkey library) of this test run alone, made afresh: what the run's session
+# fixtures build once is reused by the commands the tests run (the demo's tiny model), never what an earlier run left.
+_CACHE = tempfile.mkdtemp(prefix="tritongen-test-cache-")
+os.environ[CACHE_VAR] = _CACHE
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # A pytest-xdist worker starts with COLUMNS=80 in its environment: the CLI's module-level Rich consoles would
@@ -285,3 +294,4 @@ def pytest_unconfigure(config):
     for file in _LOCKS or ():
         file.close()
         Path(file.name).unlink(missing_ok=True)  # the other worker keeps its open copies until it ends
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.errors import ServerError
+from generator.errors import ArtifactCorrupt
 from generator.serve import argvkey
 from generator.serve.adminapi import KEY_PLACEHOLDER, admin_credential, restriction_flags
 from generator.serve.install import bundled_lib_dirs, find_install
@@ -34,7 +34,7 @@ def test_a_cache_folder_of_another_user_is_refused(tmp_path):
     folder = tmp_path / "cache" / "tritongen"
     folder.mkdir(parents=True, mode=0o700)
     os.chown(folder, 65534, 65534)
-    with pytest.raises(ServerError, match="not a folder of this user"):
+    with pytest.raises(ArtifactCorrupt, match="not a folder of this user"):
         argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert list(folder.iterdir()) == []
 

@@ -18,9 +18,10 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     tritongen = Path(sys.executable).with_name("tritongen")
     # The demo as a newcomer runs it, with shorter load tests (--set, as on every command) to keep the suite quick:
-    # 4 s each, and 2 prompts asked again for the reference checks instead of up to 100 (one by one, after each of
-    # the demo's four load tests, on the sweep's max_batch_size=1 server too).
-    proc = subprocess.run([str(tritongen), "demo", "-o", str(out), "--set", "loadtest.duration_s=4",
+    # 2 s each (the tests need requests that passed, and every user's request in flight at the end still completes),
+    # and 2 prompts asked again for the reference checks instead of up to 100 (one by one, after each of the demo's
+    # four load tests, on the sweep's max_batch_size=1 server too).
+    proc = subprocess.run([str(tritongen), "demo", "-o", str(out), "--set", "loadtest.duration_s=2",
                            "--set", "loadtest.reference_checks=2"], capture_output=True, text=True, timeout=1500)
     return out, proc
 
@@ -35,7 +36,7 @@ def test_demo_passes_every_stage(demo_run):
     assert {"serve llmapi", "smoke llmapi", "load test llmapi"} <= set(names)
     assert "tritongen demo: passed" in proc.stdout and "served targets side by side" in proc.stdout
     spec = yaml.safe_load((out / "tritongen.yaml").read_text())
-    assert spec["loadtest"]["duration_s"] == 4 and spec["loadtest"]["users"] == 8  # --set over the demo's own values
+    assert spec["loadtest"]["duration_s"] == 2 and spec["loadtest"]["users"] == 8  # --set over the demo's own values
     assert spec["loadtest"]["reference_checks"] == 2
 
 

@@ -197,9 +197,9 @@ def test_ceiling_sizes_the_workers():
     procs = [process_record(responses=int(per_process * 10), cpu_s=9.0, wall_s=10.0)]
     cap = capacity(procs + [dict(procs[0])], ceiling)
     assert cap.processes == 2 and cap.processes_needed == 2 and cap.advice is None
-    cap = capacity([process_record(responses=int(per_process * 30), cpu_s=9.0, wall_s=10.0)], ceiling)
+    cap = capacity([process_record(responses=int(per_process * 29), cpu_s=9.0, wall_s=10.0)], ceiling)
     assert cap.processes_needed == 3 and "--workers 3" in cap.advice
-    assert cap.responses_per_core_s == pytest.approx(per_process * 30 / 9.0, rel=1e-3)
+    assert cap.responses_per_core_s == pytest.approx(per_process * 29 / 9.0, rel=1e-3)
     assert capacity([], ceiling) is None
 
 
@@ -408,7 +408,7 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     info = clients.ModelInfo({"name": "ensemble", "input": [{"name": "text_input"}, {"name": "max_tokens"}],
                               "output": [{"name": "text_output"}]}, None)
     client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", info, timeout=0.5)
-    st = SimpleNamespace(opts=SimpleNamespace(request_timeout_s=0.5), active={}, grpc=client, nothing_left=False)
+    st = SimpleNamespace(opts=SimpleNamespace(request_timeout_s=0.5), active={}, grpc=[client], nothing_left=False)
     watchdog = gevent.spawn(lifecycle.watch, st)
     answered, silent = exchange(client.decode), exchange(client.decode)
     silent.request_id = "run-0-1"
@@ -551,7 +551,9 @@ def test_a_valid_response_laid_out_otherwise_is_parsed_not_raised_on(message):
     assert service_pb2.ModelStreamInferResponse.FromString(message).infer_response.id == ""
 
 
-_ONE_STREAM = """
+_STREAMS = """
+import collections
+import itertools
 import sys
 from types import SimpleNamespace
 
@@ -573,25 +575,28 @@ def serve():
         accepted.append(listener.accept()[0])  # a peer that says nothing: the client's connect is all it needs
 
 server = gevent.spawn(serve)
-tritonllm._STATE = SimpleNamespace(grpc=None, grpc_opening=gevent.lock.Semaphore())
+tritonllm._STATE = SimpleNamespace(grpc=[], grpc_opening=gevent.lock.Semaphore(), grpc_users=itertools.count(),
+                                   opts=SimpleNamespace(grpc_streams=int(sys.argv[2])))
 info = clients.ModelInfo({"name": "ensemble", "input": [], "output": [{"name": "text_output"}]}, None)
 host = "grpc://127.0.0.1:%d" % listener.getsockname()[1]
 users = [gevent.spawn(tritonllm.make_client, "grpc-stream", host, info, 5) for _ in range(16)]
 gevent.joinall(users, raise_error=True)
 gevent.sleep(0.2)
-print(len({id(u.value) for u in users}), len(accepted))
+print(sorted(collections.Counter(id(u.value) for u in users).values()), len(accepted))
 """
 
 
-def test_users_started_at_once_share_the_processs_one_grpc_stream(tmp_path):
+@pytest.mark.parametrize("streams, users_per_stream", [(1, [16]), (4, [4, 4, 4, 4])])
+def test_users_started_at_once_share_the_processs_grpc_streams(tmp_path, streams, users_per_stream):
     """Locust starts a process's users at once (spawn rate = users, as every bench and sweep does): each user that
     asked for the gRPC client while the first one connected made its own connection, so 256 users ran 256
-    connections and all but one on the per-request path (docs/benchmarks.md). Now they wait for the first."""
+    connections and all but one on the per-request path (docs/benchmarks.md). Now they wait for the streams
+    loadtest.grpc_streams asks for and are spread over them in turn."""
     import subprocess
 
-    script = tmp_path / "one_stream.py"
-    script.write_text(_ONE_STREAM)
-    out = subprocess.run([sys.executable, str(script), str(loadtest_dir())], capture_output=True, text=True,
-                         timeout=120)
+    script = tmp_path / "streams.py"
+    script.write_text(_STREAMS)
+    out = subprocess.run([sys.executable, str(script), str(loadtest_dir()), str(streams)], capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["1", "1"]  # one client, one connection
+    assert out.stdout.strip() == f"{users_per_stream} {streams}"  # users per client, connections

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from generator.errors import ServerNotReady, TritongenError
+from generator.fsutil import CACHE_VAR
 from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.adminapi import ADMIN_APIS, KEY_PLACEHOLDER
 from generator.serve.argvkey import VALUE_VAR, KeyOnCommandLine
@@ -321,6 +322,7 @@ def test_without_a_compiler_the_server_warns_and_its_key_still_closes_the_admin_
         (shells / shell).symlink_to(next(p for p in (Path("/bin") / shell, Path("/usr/bin") / shell) if p.exists()))
     monkeypatch.setenv("PATH", str(shells))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(CACHE_VAR)
     warned = pytest.warns(KeyOnCommandLine, match="every local user can read it")
     with warned, TritonServer(repo, exit_timeout_s=0) as server:
         assert server.key_on_command_line

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from generator.errors import TritongenError
+from generator.fsutil import CACHE_VAR
 
 
 def test_config_is_a_scaled_down_qwen3(tiny_model_dir, qwen3_8b_config):
@@ -66,16 +67,29 @@ def test_training_made_it_better_than_chance(tiny_model_dir):
 
 
 def test_same_seed_same_bytes(tmp_path, monkeypatch):
-    """Two builds with the same seed are byte-identical (a shortened run: the same code, fewer steps)."""
+    """Two builds with the same seed are byte-identical (a shortened run: the same code, fewer steps). The cache
+    keeps a build and hands the next call the same bytes without training; another seed or step count is
+    another model."""
     import generator.model.tinymodel as tiny
 
     monkeypatch.setattr(tiny, "TRAIN_STEPS", 2)
-    first = tiny.make_tiny_model(tmp_path / "first", seed=3)
-    second = tiny.make_tiny_model(tmp_path / "second", seed=3)
+    first = tiny.make_tiny_model(tmp_path / "first", seed=3, cache=False)
+    second = tiny.make_tiny_model(tmp_path / "second", seed=3, cache=False)
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "cache"))
+    kept = tiny.make_tiny_model(tmp_path / "kept", seed=3)
+    monkeypatch.setattr(tiny, "_build", lambda *_: pytest.fail("trained again although the cache holds the model"))
+    copied = tiny.make_tiny_model(tmp_path / "copied", seed=3)
     names = sorted(p.name for p in first.iterdir())
-    assert names == sorted(p.name for p in second.iterdir()) and "model.safetensors" in names
-    for name in names:
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert "model.safetensors" in names
+    for folder in (second, kept, copied):
+        assert sorted(p.name for p in folder.iterdir()) == names, folder
+        for name in names:
+            assert (first / name).read_bytes() == (folder / name).read_bytes(), (folder, name)
+    key = tiny.cache_key(3)
+    assert [p.name for p in (tmp_path / "cache" / "tiny-model").iterdir()] == [key]  # one folder, nothing staged left
+    assert tiny.cache_key(4) != key
+    monkeypatch.setattr(tiny, "TRAIN_STEPS", 3)
+    assert tiny.cache_key(3) != key
 
 
 def test_refuses_to_overwrite_without_force(tiny_model_dir):

@@ -45,7 +45,11 @@ def tiny_model(
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and training (same seed, same bytes)."),
     force: Force = False,
 ) -> None:
-    """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo)."""
+    """Make a tiny trained Qwen3 model with its own BPE tokenizer and chat template (for tests and the demo).
+
+    A model made before (same seed, same code) is copied from tritongen's cache folder, not trained again.
+
+    The cache folder: $TRITONGEN_CACHE_DIR, else $XDG_CACHE_HOME/tritongen (default ~/.cache/tritongen)."""
     from generator.model.tinymodel import make_tiny_model
 
     with step(f"training a tiny Qwen3 model into {output}"):

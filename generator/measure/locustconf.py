@@ -37,7 +37,7 @@ def locust_options(lt: ResolvedLoadTest, endpoints: Endpoints, records: Path, lo
     for name in ("protocol", "model", "max_requests", "request_rate", "arrival", "prompts", "num_prompts",
                  "input_tokens_mean", "input_tokens_stddev", "output_tokens_mean", "output_tokens_stddev",
                  "tokenizer", "seed", "warmup_requests", "request_timeout_s", "openai_body", "trace", "time_scale",
-                 "trace_block_tokens", "shared_prefix_tokens", "prefix_groups", "turns"):
+                 "trace_block_tokens", "shared_prefix_tokens", "prefix_groups", "turns", "grpc_streams"):
         value = getattr(lt, name)
         if value is not None:
             opts[name.replace("_", "-")] = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value

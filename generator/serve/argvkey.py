@@ -24,7 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Optional
 
-from generator.errors import ServerError, TritongenWarning
+from generator.errors import TritongenWarning
+from generator.fsutil import cache_dir, private_dir
 
 SOURCE = Path(__file__).with_name("argvkey.c")
 VALUE_VAR = "TRITONGEN_ARGV_KEY"
@@ -38,26 +39,9 @@ class KeyOnCommandLine(TritongenWarning):
     """The admin key could not be kept off tritonserver's command line: local users can read it there."""
 
 
-def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """``$XDG_CACHE_HOME/tritongen`` (default ``~/.cache/tritongen``): where the built library is kept."""
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tritongen"
-
-
-def _private(folder: Path) -> Path:
-    """``folder``, made if missing and mode 0700: nobody else may swap the library a server loads."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = folder.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise ServerError(f"the cache folder is not a folder of this user (uid {os.geteuid()})", where=str(folder),
-                          fix="remove it, or point XDG_CACHE_HOME at a folder of yours")
-    if st.st_mode & 0o077:
-        folder.chmod(0o700)
-    return folder
-
-
 def _ours(path: Path) -> bool:
     """Whether ``path`` is a plain file of this user that nobody else may write: the only kept library loaded. A
-    folder made private by ``_private`` may hold files another user put there while it was not."""
+    folder made private by ``private_dir`` may hold files another user put there while it was not."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -90,19 +74,19 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
     folder = cache_dir(env)
     if any(c in str(folder) for c in " :"):  # LD_PRELOAD splits on both
         _warn(f"the cache folder {folder} holds a space or colon, which LD_PRELOAD cannot load from",
-              "set XDG_CACHE_HOME to a path without them")
+              "set TRITONGEN_CACHE_DIR (or XDG_CACHE_HOME) to a path without them")
         return None
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     built = folder / f"argvkey-{digest}.so"
-    if _private(folder) and _ours(built) and _loads(built):
+    if private_dir(folder) and _ours(built) and _loads(built):
         return built
     path = env.get("PATH")
     compiler = next(filter(None, (shutil.which(c, path=path) for c in COMPILERS)), None)
     if compiler is None:
         _warn(f"no C compiler ({', '.join(COMPILERS)}) on PATH to build tritongen's argvkey library")
         return None
-    tmp = _private(folder) / f".argvkey-{uuid.uuid4().hex}.so"
+    tmp = private_dir(folder) / f".argvkey-{uuid.uuid4().hex}.so"
     try:
         run = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SOURCE)],
                              capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
@@ -119,7 +103,7 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
         tmp.unlink(missing_ok=True)
     if not _loads(built):
         _warn(f"the argvkey library built in {folder} does not load (a noexec mount?)",
-              "set XDG_CACHE_HOME to a folder programs may run from")
+              "set TRITONGEN_CACHE_DIR (or XDG_CACHE_HOME) to a folder programs may run from")
         return None
     return built
 

@@ -34,6 +34,12 @@ class LoadTestSpec(Section):
     spawn_rate: float = Field(16.0, gt=0)
     """Users started per second."""
 
+    grpc_streams: int = Field(8, ge=1)
+    """grpc-stream, closed loop: gRPC streams (each on its own connection) per Locust process, its users spread
+    over them in turn. Few streams read many answers per system call (the least client CPU per request), but
+    Triton's gRPC frontend writes a stream's responses one at a time: on a 16-core GPU host one stream held a
+    Triton server at about half its ceiling, 8 streams reached it from one core (docs/benchmarks.md, lease F)."""
+
     duration_s: float = Field(30.0, gt=0)
     """Run time in seconds after spawning."""
 
