@@ -30,7 +30,8 @@ class TuneSpec(Section):
     """Open loop: the highest request rate tried."""
 
     rate_resolution: float = Field(0.1, gt=0, lt=1)
-    """Open loop: bisection stops when the failing rate is within this share above the passing one."""
+    """Open loop: bisection stops when the failing rate is within this share above the passing one (or 0.001
+    requests/s above it: rates are set to 3 decimals)."""
 
     requests_per_level: int = Field(80, ge=5)
     """Requests measured per round at one load level (after warm-up; closed loop: at least 3 per user); a
