@@ -18,7 +18,7 @@ import pytest
 from generator.errors import ArtifactCorrupt, TritongenError
 from generator.measure import baseline, intervals
 from generator.measure.ci import junit_xml, summary_markdown
-from generator.measure.compare import Change, compare
+from generator.measure.compare import Change, comparability, compare
 from generator.measure.evidence import MAX_SAMPLE, Evidence, RunFigures, Sketch, summarize_figures
 from generator.measure.gate import combined_exit, evaluate_gate, parse_gate
 from generator.measure.identity import run_identity
@@ -140,6 +140,20 @@ def test_each_identity_difference_is_named():
     assert moved.comparable  # the same local model in another folder
     other = compare(side(1, ident=identity(model_source="Qwen/Qwen3-8B")), side(2, ident=identity(model_source="Qwen/Qwen3-4B")))
     assert other.reasons == ["different model: 'Qwen/Qwen3-8B' → 'Qwen/Qwen3-4B'"]
+
+
+@pytest.mark.parametrize("base, cand", [({"grpc_streams": 1}, {"grpc_streams": 8}), ({"workers": 1}, {"workers": 4}),
+                                        ({"request_rate": 5.0, "workers": 1}, {"request_rate": 5.0, "workers": 2})])
+def test_grpc_runs_over_other_stream_counts_are_not_comparable(base, cand):
+    """One stream held Triton at about half its ceiling: a baseline sent over fewer streams read as the same settings
+    (review 10), so a regressed candidate over more could pass the gate."""
+    sides = [Evidence(source=str(k), identity=run_identity(LoadTestSpec(**{"protocol": "grpc-stream",
+                                                                                 "grpc_streams": 1, **kw}), None), runs=[], samples={}) for k, kw in enumerate((base, cand))]
+    reasons, _ = comparability(*sides)
+    assert len(reasons) == 1 and "grpc_streams_used" in reasons[0], reasons
+    same = LoadTestSpec(protocol="grpc-stream", users=4, grpc_streams=8), LoadTestSpec(protocol="grpc-stream", users=4)
+    assert not comparability(*(Evidence(source="s", identity=run_identity(lt, None), runs=[], samples={})
+                                for lt in same))[0]  # 4 users open 4 streams either way
 
 
 def test_a_client_limited_run_on_either_side_makes_it_inconclusive():

@@ -19,8 +19,8 @@ LOAD_FIELDS = ("users", "spawn_rate", "duration_s", "max_requests", "request_rat
                "input_tokens_stddev", "output_tokens_mean", "output_tokens_stddev", "num_prompts", "seed",
                "warmup_requests")
 """Fields of the load itself: two runs with any of them different put different work on the server."""
-SETTING_FIELDS = ("protocol", "openai_body", "request_timeout_s")
-"""How the load was sent and when a request counts as an error."""
+SETTING_FIELDS = ("protocol", "openai_body", "request_timeout_s", "grpc_streams_used")
+"""How the load was sent and when a request counts as an error (grpc_streams_used: see grpc_streams_used)."""
 SERVER_FIELDS = ("target", "tensorrt_llm_version", "max_batch_size", "max_input_len", "max_seq_len")
 """Served settings from tritongen.json that compare lists when they changed."""
 
@@ -40,6 +40,20 @@ def tritongen_version() -> str:
         return "unknown"
 
 
+def grpc_streams_used(lt: LoadTestSpec) -> Optional[int]:
+    """The gRPC streams a grpc-stream run sent over, all processes together (None for other protocols): Triton
+    writes a stream's responses one at a time, so one stream held it at about half its ceiling where 8 reached
+    it, and a baseline sent over fewer streams compared as the same settings could hide a regression. Closed
+    loop: each process opens loadtest.grpc_streams at most, one per user it runs; open loop: one per process."""
+    if lt.protocol != "grpc-stream":
+        return None
+    processes = max(lt.workers, 1) if isinstance(lt.workers, int) else 1
+    if lt.open_loop:
+        return processes
+    share, rest = divmod(lt.users, processes)
+    return sum(min(lt.grpc_streams, share + (i < rest)) for i in range(processes))
+
+
 def run_identity(lt: LoadTestSpec, repo_dir: Optional[Path]) -> RunIdentity:
     """The identity of a run of the resolved load ``lt`` against the repository ``repo_dir`` (None: a --url
     server whose repository is not known here)."""
@@ -55,7 +69,8 @@ def run_identity(lt: LoadTestSpec, repo_dir: Optional[Path]) -> RunIdentity:
             server[section] = spec[section]
     return RunIdentity(
         load={k: getattr(lt, k) for k in LOAD_FIELDS},
-        settings={k: getattr(lt, k) for k in SETTING_FIELDS},
+        settings={"protocol": lt.protocol, "openai_body": lt.openai_body, "request_timeout_s": lt.request_timeout_s,
+                  "grpc_streams_used": grpc_streams_used(lt)},
         prompts=_sha256(lt.prompts or lt.trace),
         tokenizer=_sha256(Path(lt.tokenizer) / "tokenizer.json") if lt.tokenizer else None,
         model=lt.model or "",
