@@ -43,9 +43,12 @@ def perf(arrival, scheduled, first_token, last_token, tokens):
 def test_a_dead_stub_or_a_silent_server_ends_the_run_other_errors_do_not():
     dead = "Stub process 'tensorrt_llm_cpu_0_0' is not healthy."
     assert server_gone(dead) == dead
+    # a server that exited: its users spun on failed connects (review 10)
+    assert server_gone("ConnectionRefusedError: [Errno 111] Connection refused").startswith("the server is gone")
     assert server_gone("no response within 30 s").startswith("the server stopped answering")
     assert server_gone("TimeoutError: timed out")
-    for error in (None, "", "HTTP 400: prompt length (900) exceeds max_input_len (256)", "server busy: retry"):
+    for error in (None, "", "HTTP 400: prompt length (900) exceeds max_input_len (256)", "server busy: retry",
+                  "gRPC stream failed: connection error: [Errno 104] Connection reset by peer"):
         assert server_gone(error) is None
 
 

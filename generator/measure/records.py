@@ -263,6 +263,8 @@ STUB_DOWN = "is not healthy"
 """What Triton 2.51 answers for a model whose Python backend stub died ("Stub process 'M_0_0' is not healthy")."""
 NO_RESPONSE = "no response within"
 """How the load generator fails a request that got no response for request_timeout_s."""
+REFUSED = "ConnectionRefusedError"
+"""How the load generator fails a request whose connection was refused: nothing listens on the server's port."""
 
 
 def server_gone(error: Optional[str]) -> Optional[str]:
@@ -270,11 +272,15 @@ def server_gone(error: Optional[str]) -> Optional[str]:
 
     A dead Python stub stays READY in Triton 2.51, which neither restarts it nor fails its requests in
     flight: they get nothing (a request silent for request_timeout_s), and new ones get nothing or the
-    stub's "not healthy" error. Waiting on would only make every later request sit out its timeout."""
+    stub's "not healthy" error. Waiting on would only make every later request sit out its timeout. A server
+    whose port refuses connections has exited: each user failed a request per refusal, thousands a second for the
+    rest of the run (records of requests never sent, gigabytes over a long run, all read back for the report)."""
     if not error:
         return None
     if STUB_DOWN in error:
         return error
+    if REFUSED in error:
+        return f"the server is gone (its port refuses connections): {error}"
     if error.startswith(NO_RESPONSE) or "timed out" in error.lower() or "Timeout" in error:
         return f"the server stopped answering: {error}"
     return None
