@@ -113,8 +113,9 @@ class LoadTestSpec(Section):
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its
     end for requests still in flight (they finish and count, instead of being cut off). Such a silent
-    request, or a "Stub process ... is not healthy" answer (a model's Python stub died), ends the run at
-    once: the requests still in flight count as errors and no reference answers are asked."""
+    request, a "Stub process ... is not healthy" answer (a model's Python stub died) or a refused connection
+    (the server exited), ends the run at once: the requests still in flight count as errors and no reference
+    answers are asked."""
 
     reference_checks: int = Field(100, ge=0)
     """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
