@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from generator.procs import ChildGroup, child_env
-from generator.serve.server import free_port
+from generator.serve.ports import free_port
 
 INSTALL_HINT = "make setup-dynamo (pip install -e '.[dynamo-test]' and ai-dynamo==1.6.1 --no-deps)"
 

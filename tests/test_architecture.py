@@ -27,7 +27,7 @@ PURE = (
     "generator.engine.rules",
     "generator.repo.render", "generator.repo.validate*", "generator.repo.llmapi", "generator.repo.problems",
     "generator.repo.enginecheck", "generator.model.manifest",
-    "generator.serve.dialect", "generator.serve.adminapi", "generator.deploy.pod_security", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.request_figures", "generator.measure.results", "generator.measure.statistics",
+    "generator.serve.dialect", "generator.serve.adminapi", "generator.serve.startlog", "generator.deploy.pod_security", "generator.serve.endpoints", "generator.measure.locustconf", "generator.measure.records", "generator.measure.request_figures", "generator.measure.results", "generator.measure.statistics",
     "generator.measure.verdict", "generator.measure.slo", "generator.measure.intervals", "generator.measure.metrics",
     "generator.measure.identity", "generator.measure.evidence", "generator.measure.compare", "generator.measure.gate",
     "generator.measure.ci",

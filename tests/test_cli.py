@@ -16,7 +16,7 @@ from generator import errors
 from generator.cli._app import EXIT_CODES, exit_code, spec_overrides
 from generator.errors import ArtifactCorrupt, OutputExists, SpecError, TritongenError
 from generator.serve.endpoints import Endpoints
-from generator.serve.server import free_port
+from generator.serve.ports import free_port
 
 TRITONGEN = str(Path(sys.executable).with_name("tritongen"))
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,12 +150,12 @@ while time.monotonic() < end:
 
 def _distributed(cpu_spec, cpu_server, out, monkeypatch, *overrides):
     """A distributed run on a known master port; returns (port, the run in a thread's result holder)."""
-    import generator.serve.server as server_module
+    import generator.serve.ports as ports_module
     from generator.measure.runner import run_loadtest
     from generator.spec import with_overrides
 
-    port = server_module.free_port()
-    monkeypatch.setattr(server_module, "free_port", lambda host="127.0.0.1": port)
+    port = ports_module.free_port()
+    monkeypatch.setattr(ports_module, "free_port", lambda host="127.0.0.1": port)
     spec = with_overrides(cpu_spec, ["loadtest.input_tokens_mean=16", "loadtest.output_tokens_mean=8",
                                      "loadtest.num_prompts=4", "loadtest.reference_checks=0",
                                      "loadtest.warmup_requests=0", "loadtest.protocol=http-stream",
@@ -589,14 +589,14 @@ def test_workers_start_only_once_their_master_holds_its_port(tmp_path, monkeypat
     once the master reports it holds the port: here nobody ever connects to the squatter, the run fails."""
     import zmq
 
-    import generator.serve.server as server_module
+    import generator.serve.ports as ports_module
     from generator.errors import LoadTestError
     from generator.measure.runner import run_locust
     from generator.resources import loadtest_dir
 
     squatter = zmq.Context.instance().socket(zmq.ROUTER)
     port = squatter.bind_to_random_port("tcp://127.0.0.1")
-    monkeypatch.setattr(server_module, "free_port", lambda host="127.0.0.1": port)
+    monkeypatch.setattr(ports_module, "free_port", lambda host="127.0.0.1": port)
     options = {"locustfile": str(loadtest_dir() / "locustfile.py"), "headless": True, "host": "http://127.0.0.1:9",
                "users": 1, "spawn-rate": 1, "duration": 5, "records": str(tmp_path / "records.jsonl"),
                "protocol": "http-stream", "model": "ensemble", "num-prompts": 1}

@@ -25,9 +25,9 @@ from generator.serve.client import generate, grpc_stream, text_inputs
 from generator.serve.adminapi import ADMIN_APIS, KEY_PLACEHOLDER
 from generator.serve.argvkey import VALUE_VAR, KeyOnCommandLine
 from generator.serve.install import ADMIN_HEADER, assemble_backend_dir, find_install, server_command, server_env
-from generator.serve.server import (
-    SHM_DIR, TritonServer, failed_models_from_index, failed_models_from_log, free_port, own_python_env,
-)
+from generator.serve.ports import free_port
+from generator.serve.server import SHM_DIR, TritonServer, own_python_env
+from generator.serve.startlog import failed_models_from_index, failed_models_from_log
 from generator.serve.smoke import same_text
 
 # ---------------------------------------------------------------- pure pieces

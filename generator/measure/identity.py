@@ -69,8 +69,7 @@ def run_identity(lt: LoadTestSpec, repo_dir: Optional[Path]) -> RunIdentity:
             server[section] = spec[section]
     return RunIdentity(
         load={k: getattr(lt, k) for k in LOAD_FIELDS},
-        settings={"protocol": lt.protocol, "openai_body": lt.openai_body, "request_timeout_s": lt.request_timeout_s,
-                  "grpc_streams_used": grpc_streams_used(lt)},
+        settings={k: grpc_streams_used(lt) if k == "grpc_streams_used" else getattr(lt, k) for k in SETTING_FIELDS},
         prompts=_sha256(lt.prompts or lt.trace),
         tokenizer=_sha256(Path(lt.tokenizer) / "tokenizer.json") if lt.tokenizer else None,
         model=lt.model or "",

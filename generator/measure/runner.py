@@ -81,7 +81,7 @@ def run_locust(options: dict[str, Any], workers: int, out_dir: Path, timeout_s: 
     """Run the Locust processes to completion; their logs go to OUT/locust*.log."""
     conf = out_dir / "locust.conf"
     conf.write_text(locustconf.locust_conf_text(options), encoding="utf-8")
-    from generator.serve.server import free_port
+    from generator.serve.ports import free_port
 
     commands = locustconf.locust_commands(conf, Path(options["locustfile"]), workers, free_port(), prefix=prefix)
     # the master hears only workers that carry this run's token (loadtest/distributed.py)

@@ -11,9 +11,8 @@ requests that carry the run's key in the ``ADMIN_HEADER`` header; the key reache
 ``argvkey`` (never on its command line, where local users could read it) wherever a C compiler has built
 that library, and the server sees only the environment variables it needs.
 
-Where the server is installed and its command line and environment are decided in ``install.py``; the
-pure helpers here (`failed_models_from_index`, `failed_models_from_log`) read why a start failed;
-`TritonServer` acts.
+Where the server is installed and its command line and environment are decided in ``install.py``; why a start
+failed is read in ``startlog.py``; `TritonServer` acts.
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,13 +31,15 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from generator.errors import ArtifactMissing, ServerError, ServerNotReady, SpecError
 from generator.fsutil import pid_alive
 from generator.procs import ChildGroup, child_env
 from generator.serve import argvkey
 from generator.serve.adminapi import KEY_PLACEHOLDER, admin_credential
+from generator.serve.ports import free_port, port_taken
+from generator.serve.startlog import failed_models_from_index, failed_models_from_log
 from generator.templating import stub_launch_problem
 from generator.serve.install import (
     ADMIN_HEADER, LAUNCH_SCRIPT, RUN_EXIT_TIMEOUT_S, ServerInstall, assemble_backend_dir, bundled_lib_dirs,
@@ -54,65 +53,6 @@ PYTHON_ENV_GLOB = "/tmp/python_env_*"
 """The folder the Python backend makes per server at its start (``mkdtemp``, always under /tmp: its
 EnvironmentManager, python_backend r24.10 pb_env.cc) and removes only when the server unloads every
 model before it exits, which a server stopped on its exit timeout or killed never does."""
-
-
-def _first_line(reason: str, limit: int = 300) -> str:
-    """The message of a load error without the Python traceback Triton appends (as literal \\n)."""
-    text = reason.replace("\\n", "\n").strip()
-    line = text.split("\n", 1)[0].strip()
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def failed_models_from_index(index: Iterable[Mapping]) -> dict[str, str]:
-    """Models of a ``/v2/repository/index`` answer that are not READY, with Triton's reason."""
-    failed = {}
-    for entry in index:
-        state = entry.get("state", "")
-        if state and state != "READY":
-            failed[entry.get("name", "?")] = _first_line(entry.get("reason") or state)
-    return failed
-
-
-_LOAD_FAIL = re.compile(r"failed to load '([^']+)'(?: version \d+)?: (.*)")
-_ENSEMBLE_FAIL = re.compile(r"(in ensemble '?([^',\s]+)'?, .*?)\"?$")
-_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\S+\s*\|\s*(UNAVAILABLE: .*?)\s*\|\s*$")
-
-
-def failed_models_from_log(log_text: str) -> dict[str, str]:
-    """Models that a server log reports as failing to load (the load errors and the final table)."""
-    failed: dict[str, str] = {}
-    for line in log_text.splitlines():
-        m = _LOAD_FAIL.search(line)
-        if m:
-            failed.setdefault(m.group(1), _first_line(m.group(2)))
-            continue
-        m = _ENSEMBLE_FAIL.search(line)
-        if m:
-            failed.setdefault(m.group(2), _first_line(m.group(1)))
-            continue
-        m = _TABLE_ROW.match(line.strip())
-        if m:
-            failed.setdefault(m.group(1), _first_line(m.group(2)))
-    return failed
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free on ``host`` now (the server binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_taken(host: str, port: int) -> bool:
-    """Whether something already listens on ``port`` of ``host`` (binding it fails; SO_REUSEADDR, as the
-    server sets it, so a closed connection's TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host or "0.0.0.0", port))
-        except OSError:
-            return True
-    return False
 
 
 def _client_host(host: str) -> str:
