@@ -207,6 +207,7 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
     max_tokens with the engine's greedy defaults, so it comes from the same tokens as every streamed
     answer to that prompt. Asked after the run, four at a time, so it does not disturb the measurement.
     """
+    import urllib.error
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
@@ -234,8 +235,9 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
                 return index, json.loads(resp.read()).get("text_output", ""), None
-        except OSError as exc:
-            if server_gone(str(exc)):
+        except OSError as exc:  # an HTTP error is the server answering; a refusal or a timeout is in the URLError
+            why = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+            if server_gone(f"{type(why).__name__}: {why}"):
                 silent.set()
             return index, None, f"prompt {index}: {exc}"
 
