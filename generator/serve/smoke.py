@@ -237,8 +237,8 @@ class Smoke:
         import requests
 
         for path in ("/v2/health/live", "/v2/health/ready"):
-            r = requests.get(endpoint_url(self.http, path), timeout=10)
-            _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
+            with requests.get(endpoint_url(self.http, path), timeout=10, stream=True) as r:  # the status alone
+                _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
