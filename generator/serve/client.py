@@ -308,15 +308,29 @@ def grpc_stream(
 
 
 
-def http_client(http_url: str, timeout: float = 120.0):
-    """tritonclient's HTTP client for HOST:PORT or an http:// URL (it takes no scheme)."""
-    import tritonclient.http as httpclient
+class InferAnswer:
+    """The outputs of a KServe v2 infer answer (JSON) as numpy arrays by name, BYTES as bytes objects."""
 
-    return httpclient.InferenceServerClient(http_url.split("://", 1)[-1], network_timeout=timeout)
+    def __init__(self, answer: Mapping[str, Any]) -> None:
+        self.outputs = {o["name"]: o for o in answer.get("outputs", [])}
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        from tritonclient.utils import triton_to_np_dtype
+
+        out = self.outputs[name]
+        if out["datatype"] == "BYTES":
+            data = np.array([d.encode() if isinstance(d, str) else d for d in out["data"]], dtype=np.object_)
+        else:
+            data = np.array(out["data"], dtype=triton_to_np_dtype(out["datatype"]))
+        return data.reshape(out["shape"])
 
 
-def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0):
-    """Plain HTTP infer (KServe v2); returns tritonclient's result. Refused by decoupled models."""
-    import tritonclient.http as httpclient
+def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0) -> InferAnswer:
+    """Plain HTTP infer (KServe v2, JSON), its answer read as ``post_json`` reads (at most MAX_ANSWER_BYTES;
+    tritonclient's HTTP client read any answer whole). Refused by decoupled models (ServerRequestError)."""
+    from tritonclient.utils import np_to_triton_dtype
 
-    return http_client(http_url, timeout).infer(model, _tensors(httpclient, inputs))
+    tensors = [{"name": name, "shape": list(array.shape), "datatype": np_to_triton_dtype(array.dtype),
+                "data": [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]}
+               for name, array in inputs.items()]
+    return InferAnswer(post_json(http_url, f"/v2/models/{model}/infer", {"inputs": tensors}, timeout))
