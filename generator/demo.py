@@ -165,8 +165,10 @@ class _Stages:
         from generator.model.quantize import quantize as run_quantize
 
         manifest = run_quantize(self.spec, force=True)
-        self.run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
-        return f"{self.spec.checkpoint_dir}"
+        self.run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s",
+                                                                      "reused")}
+        kept = manifest.get("reused")
+        return f"{self.spec.checkpoint_dir}" + (f" (copied from the cache: {kept['from_cache']})" if kept else "")
 
     def plan(self) -> str:
         from generator.engine.plan import make_plan
