@@ -11,7 +11,7 @@ import gevent.event
 import gevent.lock
 
 from clients import Decoded, Exchange, ModelInfo, absorb, grpc_target
-from generator.measure.records import SERVER_FIELDS, ServerFigures, request_inputs
+from generator.measure.records import SERVER_FIELDS, SERVER_SAID, ServerFigures, request_inputs
 from grpcwire import GrpcStream, StreamClosed
 from prompts import Prompt
 
@@ -308,8 +308,8 @@ class GrpcLLMClient:
         # before) is nobody's: a timed-out request's late error failed another user's request on the shared stream.
         if ex is None and not rid and len(self.waiting) == 1:
             rid, ex = next(iter(self.waiting.items()))
-        if ex is not None:
-            self._complete(rid, ex, message, t)
+        if ex is not None:  # the server's text, named so (records.SERVER_SAID)
+            self._complete(rid, ex, f"{SERVER_SAID}{message}", t)
 
     def _on_close(self, exc: StreamClosed) -> None:
         for rid, ex in list(self.waiting.items()):

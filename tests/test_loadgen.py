@@ -482,6 +482,49 @@ def test_a_late_answer_to_a_request_cut_off_completes_no_other_request(late):
     listener.close()
 
 
+def test_a_server_error_response_never_reads_as_the_load_generators_own_words():
+    """review13: an error response's text went into the record as sent, and records.server_gone reads a refusal or a
+    silence from the start of the error: one model error "TimeoutError: ..." (a Python model's usual way to name an
+    exception) stopped the run as "the server stopped answering" and cut every request in flight."""
+    import gevent
+    from gevent import socket
+
+    from generator.measure.records import server_gone
+
+    said = ["TimeoutError: the tokenizer service did not answer", "no response within 5 s",
+            "ConnectionRefusedError: [Errno 111] Connection refused", "gRPC stream failed: connection error: timed out"]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        data = b""
+        while not all(f"run-0-{i}".encode() in data for i in range(len(said))):
+            data += conn.recv(65536)
+        for i, text in enumerate(said):
+            conn.sendall(_grpc_message(service_pb2.ModelStreamInferResponse(
+                error_message=text, infer_response=service_pb2.ModelInferResponse(id=f"run-0-{i}")).SerializeToString()))
+        gevent.sleep(5)
+
+    server = gevent.spawn(peer)
+    client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", _INFO, timeout=5)
+    done: list[clients.Exchange] = []
+    for i in range(len(said)):
+        ex = exchange(client.decode)
+        ex.request_id = f"run-0-{i}"
+        client.start(ex, Prompt(0, "hi", 3, 1), done.append)
+    for _ in range(100):
+        if len(done) == len(said):
+            break
+        gevent.sleep(0.02)
+    assert [ex.error for ex in done] == [f"server error: {text}" for text in said]
+    assert [server_gone(ex.error) for ex in done] == [None] * len(said)
+    client.close()
+    server.kill()
+    listener.close()
+
+
 def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
     """review9: once the shared stream ended, users sending at once (open loop: a greenlet per request) each opened a
     stream of their own; all but the last were left open, and when one of them ended, every request of the process

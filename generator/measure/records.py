@@ -265,6 +265,9 @@ NO_RESPONSE = "no response within"
 """How the load generator fails a request that got no response for request_timeout_s."""
 REFUSED = "ConnectionRefusedError:"
 """How the load generator fails a request whose connection was refused: nothing listens on the server's port."""
+SERVER_SAID = "server error: "
+"""How a request's error starts when it is the server's text as sent (a gRPC error response; HTTP's start "HTTP 500: "),
+so no server text reads as the load generator's own words below: a model's error "TimeoutError: ..." ended a run."""
 OWN_TIMEOUTS = (NO_RESPONSE, "TimeoutError:", "gRPC stream failed: connection error: timed out")
 """How the load generator fails a request whose server went silent (its watchdog, its socket's timeout)."""
 
