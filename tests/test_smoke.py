@@ -48,7 +48,8 @@ def test_metadata_comparison_finds_each_kind_of_difference():
 
 @pytest.fixture()
 def endless_server():
-    """A server that answers every request 200 and then sends without end (address, body kind switch)."""
+    """A server that answers every request 200 and then sends without end (address, body kind switch; a piece
+    None: the first chunk is the whole answer)."""
     import socket
     import threading
 
@@ -62,7 +63,9 @@ def endless_server():
                 conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n"
                              % (len(kind["first"]), kind["first"]))
                 piece = kind["piece"]
-                while True:
+                if piece is None:
+                    conn.sendall(b"0\r\n\r\n")
+                while piece is not None:
                     conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
             except OSError:
                 pass
@@ -100,6 +103,19 @@ def test_an_answer_without_end_is_cut_at_the_bound(endless_server, first, piece,
              "http_get": lambda: http_get(f"http://{url}/metrics")}
     with pytest.raises((client.ServerRequestError, OSError), match=f"longer than {client.MAX_ANSWER_BYTES:,} bytes"):
         calls[call]()
+
+
+@pytest.mark.parametrize("answer", [b"[1]", b"[" * 100_000 + b"]" * 100_000, b'{"input": [1], "parameters": [2]}'],
+                         ids=["list", "nesting", "fields"])
+def test_an_answer_of_another_shape_fails_checks_not_the_smoke_test(endless_server, answer):
+    """Review 13: reading which model to check and its limits, smoke took the server's JSON for the shape it expects;
+    an answer ``[1]`` (or nested past the recursion limit) ended ``tritongen smoke`` in a traceback."""
+    from generator.serve.smoke_run import run_smoke
+
+    url, kind = endless_server
+    kind.update(first=answer, piece=None)
+    report = run_smoke(url, "127.0.0.1:1", timeout_s=5)
+    assert report.checks and not all(check.ok for check in report.checks)
 
 
 def test_streamed_text_comparison():

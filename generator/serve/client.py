@@ -41,6 +41,11 @@ class ServerRequestError(Exception):
     """The server answered a request with an error (its message is the exception's)."""
 
 
+UNREADABLE = (ServerRequestError, OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError)
+"""What asking for and reading a JSON answer may raise: an error, no server, or an answer of another shape (a list
+where an object was expected, nesting past Python's recursion limit). Readers that fall back to a default when the
+server cannot tell catch these: an answer ``[1]`` ended ``tritongen smoke`` in a traceback."""
+
 MAX_ANSWER_BYTES = 64 << 20
 """The most this client reads of one answer (a body, or a stream's events together): the answers to its small
 requests are kilobytes; a server that sent without end ran ``tritongen smoke`` out of memory (2.8 GB in 9 s)."""

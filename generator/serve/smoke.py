@@ -27,7 +27,7 @@ import numpy as np
 from generator.engine.facts import read_engine_if_built, runtime_limits
 from generator.errors import TritongenError
 from generator.serve.client import (
-    ENSEMBLE, REPLACEMENT, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
+    ENSEMBLE, REPLACEMENT, UNREADABLE, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
     endpoint_url, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text,
     post_json, text_inputs,
 )
@@ -457,29 +457,27 @@ def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm")
     here (same machine), the limit the C++ runtime derives from it (generator.engine.facts.runtime_limits)."""
     try:
         params = get_json(http_url, f"/v2/models/{engine_model}/config").get("parameters", {})
-    except (ServerRequestError, OSError, ValueError):
+        value, engine_dir, chunked = (str(params.get(k, {}).get("string_value", ""))
+                                      for k in ("max_input_len", "gpt_model_path", "enable_chunked_context"))
+    except UNREADABLE:
         return None
-    value = params.get("max_input_len", {}).get("string_value")
-    if value and value.isdigit():
+    if value.isdigit():
         return int(value)
-    engine_dir = params.get("gpt_model_path", {}).get("string_value")
     try:
         engine = read_engine_if_built(Path(engine_dir)) if engine_dir else None
     except TritongenError:
         return None
     if engine is None:
         return None
-    chunked = params.get("enable_chunked_context", {}).get("string_value", "").lower() in ("true", "1", "yes")
-    return runtime_limits(engine, chunked_context=chunked).max_input_len
+    return runtime_limits(engine, chunked_context=chunked.lower() in ("true", "1", "yes")).max_input_len
 
 
 def served_dialect(http_url: str, model: str) -> Dialect:
     """The dialect of the served model, from its config's input names; ENSEMBLE when it cannot be read."""
     try:
-        config = get_json(http_url, f"/v2/models/{model}/config")
-    except (ServerRequestError, OSError, ValueError):
+        return dialect_for_inputs({i["name"] for i in get_json(http_url, f"/v2/models/{model}/config").get("input", [])})
+    except UNREADABLE:
         return ENSEMBLE
-    return dialect_for_inputs({i["name"] for i in config.get("input", [])})
 
 
 def admin_headers(admin_key: Optional[str]) -> Optional[dict[str, str]]:

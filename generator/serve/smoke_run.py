@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from generator.repo.llmapi import CPU_ENGINE_MODEL
 from generator.repo.manifest import read_manifest
-from generator.serve.client import LLMAPI, LLMAPI_TARGET, ServerRequestError, model_config, post_json
+from generator.serve.client import LLMAPI, LLMAPI_TARGET, UNREADABLE, model_config, post_json
 from generator.serve.smoke import (
     DEFAULT_PROMPT, Smoke, SmokeReport, admin_headers, max_input_len_from_server, served_dialect,
 )
@@ -25,13 +25,13 @@ def entry_model(http_url: str, repo_dir: Optional[Path] = None, admin_key: Optio
         return "tensorrt_llm" if manifest.target.value == LLMAPI_TARGET else "ensemble"
     try:
         index = post_json(http_url, "/v2/repository/index", {}, headers=admin_headers(admin_key))
-    except (ServerRequestError, OSError, ValueError):  # the index is an admin API: without the key, ask for the config
+        return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
+    except UNREADABLE:  # the index is an admin API: without the key, ask for the config
         try:
             model_config(http_url, "ensemble")
-        except (ServerRequestError, OSError, ValueError):
+        except UNREADABLE:
             return "tensorrt_llm"
         return "ensemble"
-    return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
 
 
 def run_smoke(
