@@ -607,3 +607,43 @@ def test_workers_start_only_once_their_master_holds_its_port(tmp_path, monkeypat
     finally:
         squatter.close(linger=0)
     assert not (tmp_path / "locust-worker-1.log").exists()
+
+
+@pytest.mark.parametrize("config, answer", [
+    (b'{"input": [{"name": "text_input"}, {"name": "max_tokens"}]}', b"<html>Bad Gateway</html>"),
+    (b'{"input": [{"name": "text_input"}, {"name": "max_tokens"}]}', b"[1]"),
+    (b"[1]", b"{}"),
+], ids=["answer-no-json", "answer-no-object", "config-no-object"])
+def test_a_reference_answer_that_is_no_json_object_fails_its_check_not_the_run(config, answer):
+    """Review 13: the one-piece answers asked after the run were taken for JSON objects; an answer ``[1]`` or an
+    HTML page with status 200 (a proxy) raised out of the run after it was measured: no results, no report."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from generator.measure.runner import reference_answers
+    from helpers import request_record
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = config if self.path.endswith("/config") else answer
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        requests = [request_record(["a", "b"], prompt_text="a prompt", streaming=True)]
+        references, errors = reference_answers(f"http://127.0.0.1:{server.server_address[1]}", "ensemble",
+                                               requests, 4, 5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert references == {} and len(errors) == 1 and ("no JSON object" in errors[0] or "not asked" in errors[0])

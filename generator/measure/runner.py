@@ -212,7 +212,7 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from generator.serve.client import MAX_ANSWER_BYTES
+    from generator.serve.client import MAX_ANSWER_BYTES, UNREADABLE
 
     gone = next((why for why in map(server_gone, (r["error"] for r in requests)) if why), None)
     if gone is not None:  # its answers would each sit out the timeout too
@@ -224,7 +224,10 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
             prompts.setdefault(r["prompt"], (texts[r["prompt"]], r["max_tokens"]))
     if not prompts:
         return {}, []
-    accepted = model_inputs(http_url, model)
+    try:
+        accepted = model_inputs(http_url, model)
+    except UNREADABLE as exc:  # the run is measured: its report is not lost to a config that cannot be read
+        return {}, [f"not asked: the model's config could not be read ({type(exc).__name__}: {exc})"[:300]]
 
     silent = threading.Event()  # one answer that timed out: the server stopped answering, ask no more
 
@@ -240,7 +243,9 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
                 answer = resp.read(MAX_ANSWER_BYTES + 1)
             if len(answer) > MAX_ANSWER_BYTES:
                 return index, None, f"prompt {index}: the answer is longer than {MAX_ANSWER_BYTES:,} bytes"
-            return index, json.loads(answer).get("text_output", ""), None
+            return index, str(json.loads(answer).get("text_output", "")), None
+        except (ValueError, AttributeError, RecursionError) as exc:  # not a JSON object: a failed check, no traceback
+            return index, None, f"prompt {index}: the answer is no JSON object ({type(exc).__name__}: {exc})"[:300]
         except OSError as exc:  # an HTTP error is the server answering; a refusal or a timeout is in the URLError
             why = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
             if server_gone(f"{type(why).__name__}: {why}"):
