@@ -11,7 +11,7 @@ import gevent.event
 import gevent.lock
 
 from clients import Decoded, Exchange, ModelInfo, absorb, grpc_target
-from generator.measure.records import SERVER_FIELDS, SERVER_SAID, ServerFigures, request_inputs
+from generator.measure.records import SERVER_FIELDS, SERVER_SAID, UNANSWERED, ServerFigures, request_inputs
 from grpcwire import GrpcStream, StreamClosed
 from prompts import Prompt
 
@@ -235,6 +235,7 @@ class GrpcLLMClient:
         self.head = b""  # the start of every response (route's fast path), learnt from the first one routed
         self.bodies: dict[int, tuple[bytes, bool]] = {}
         self.reopening = gevent.lock.Semaphore()
+        self.unanswered = 0  # calls in a row that ended before any answer
         self.stream = self._open()
 
     def _open(self) -> GrpcStream:
@@ -312,8 +313,12 @@ class GrpcLLMClient:
             self._complete(rid, ex, f"{SERVER_SAID}{message}", t)
 
     def _on_close(self, exc: StreamClosed) -> None:
+        # A port that accepts and then closes (a proxy or port-forward whose server is gone) failed each request at once,
+        # thousands a second for the rest of the run: a second call in a row that ended unanswered is a server gone.
+        self.unanswered = 0 if self.stream.answered else self.unanswered + 1
+        why = f"{UNANSWERED}{exc}" if self.unanswered >= 2 else f"gRPC stream failed: {exc}"
         for rid, ex in list(self.waiting.items()):
-            self._complete(rid, ex, f"gRPC stream failed: {exc}")
+            self._complete(rid, ex, why)
 
     def start(self, ex: Exchange, prompt: Prompt, on_done: Callable[[Exchange], None]) -> None:
         """Send the request; ``on_done(ex)`` runs once its answer is complete (final response, error, timeout,

@@ -108,6 +108,7 @@ class GrpcStream:
         self.closed: Optional[StreamClosed] = None
         self.ended = False  # _closed ran
         self.consumed = 0
+        self.answered = False  # a message came on this call
         self._buf = b""
         self._pending = bytearray()  # DATA payload not yet a whole gRPC message
         self._headers = bytearray()
@@ -273,6 +274,7 @@ class GrpcStream:
                     self._control(kind, flags, stream, buf[start:pos])
         finally:  # what came before an end is answered first
             if messages:
+                self.answered = True
                 self.on_messages(t, messages)
         self._buf = buf[pos:]
         self.consumed += consumed

@@ -525,6 +525,46 @@ def test_a_server_error_response_never_reads_as_the_load_generators_own_words():
     listener.close()
 
 
+@pytest.mark.parametrize("answers", [False, True], ids=["unanswered", "answered"])
+def test_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_gone(answers):
+    """review13: a port that accepts and closes at once (a proxy or port-forward whose server is gone) failed every
+    request at once, ~2,000 records a second for the rest of the run, where a refused port ends it (review 10). A
+    call that ended after answering is no sign: it resets the count (a server resetting connections mid-run)."""
+    import gevent
+    from gevent import socket
+
+    from generator.measure.records import server_gone
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            if answers:  # a response (to another request of the call) before the end
+                conn.recv(65536)
+                conn.sendall(_grpc_message(infer_response("other", [("text_output", "BYTES", strings(b"a"))])))
+            gevent.sleep(0.05)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    client = grpcclient.GrpcLLMClient(f"grpc://127.0.0.1:{listener.getsockname()[1]}", _INFO, timeout=5)
+    errors = []
+    for i in range(3):
+        ex = exchange(client.decode)
+        ex.request_id = f"run-0-{i}"
+        done = gevent.event.Event()
+        client.start(ex, Prompt(0, "hi", 3, 1), lambda _ex: done.set())
+        assert done.wait(5)
+        errors.append(ex.error)
+    gone = [bool(server_gone(e)) for e in errors]
+    assert gone == ([False, False, False] if answers else [False, True, True]), errors
+    client.close()
+    server.kill()
+    listener.close()
+
+
 def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
     """review9: once the shared stream ended, users sending at once (open loop: a greenlet per request) each opened a
     stream of their own; all but the last were left open, and when one of them ended, every request of the process

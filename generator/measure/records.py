@@ -265,6 +265,9 @@ NO_RESPONSE = "no response within"
 """How the load generator fails a request that got no response for request_timeout_s."""
 REFUSED = "ConnectionRefusedError:"
 """How the load generator fails a request whose connection was refused: nothing listens on the server's port."""
+UNANSWERED = "gRPC stream failed: a second connection in a row ended before any answer: "
+"""How the load generator fails the requests of a gRPC call when the call before it also ended unanswered: a port
+that accepts and closes (a proxy or a port-forward whose server is gone), the gRPC peer of a refused connection."""
 SERVER_SAID = "server error: "
 """How a request's error starts when it is the server's text as sent (a gRPC error response; HTTP's start "HTTP 500: "),
 so no server text reads as the load generator's own words below: a model's error "TimeoutError: ..." ended a run."""
@@ -290,6 +293,8 @@ def server_gone(error: Optional[str]) -> Optional[str]:
         return error
     if error.startswith(REFUSED):
         return f"the server is gone (its port refuses connections): {error}"
+    if error.startswith(UNANSWERED):
+        return f"the server is gone (its connections end unanswered): {error}"
     if error.startswith(OWN_TIMEOUTS):
         return f"the server stopped answering: {error}"
     return None
