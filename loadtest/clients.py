@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from geventhttpclient import HTTPClient
 
-from generator.measure.records import RequestRecord, ServerFigures
+from generator.measure.records import UNANSWERED, RequestRecord, ServerFigures
 from generator.serve.dialect import config_param, dialect_for_inputs
 from grpcwire import MAX_MESSAGE, StreamClosed, unary
 from prompts import Prompt
@@ -115,6 +115,30 @@ def absorb(server: ServerFigures, name: str, values: Sequence[int]) -> None:
         if value:
             server[name] = value
             return
+
+
+class NoAnswer(Exception):
+    """A second request in a row whose connection ended before any answer (records.UNANSWERED)."""
+
+
+class AnsweredPosts:
+    """An HTTP client's POSTs, counting those in a row that got no answer at all: the second raises NoAnswer, which
+    ends the run as a refused connection does. A port that accepts and closes (a proxy or port-forward whose server
+    is gone) failed every user's request at once, ~1,400 records a second for the rest of the run."""
+
+    def __init__(self, http: HTTPClient) -> None:
+        self.http, self.unanswered = http, 0
+
+    def post(self, path: str, body: bytes):
+        try:
+            resp = self.http.post(path, body=body, headers={"Content-Type": "application/json"})
+        except Exception as exc:  # noqa: BLE001 - the connection ended (or timed out) before any answer
+            self.unanswered += 1
+            if self.unanswered >= 2:
+                raise NoAnswer(f"{UNANSWERED.removeprefix('NoAnswer: ')}{type(exc).__name__}: {exc}") from exc
+            raise
+        self.unanswered = 0
+        return resp
 
 
 class LLMClient(Protocol):

@@ -316,7 +316,7 @@ class GrpcLLMClient:
         # A port that accepts and then closes (a proxy or port-forward whose server is gone) failed each request at once,
         # thousands a second for the rest of the run: a second call in a row that ended unanswered is a server gone.
         self.unanswered = 0 if self.stream.answered else self.unanswered + 1
-        why = f"{UNANSWERED}{exc}" if self.unanswered >= 2 else f"gRPC stream failed: {exc}"
+        why = f"{UNANSWERED if self.unanswered >= 2 else ''}gRPC stream failed: {exc}"
         for rid, ex in list(self.waiting.items()):
             self._complete(rid, ex, why)
 

@@ -12,7 +12,7 @@ from typing import Optional
 import gevent
 from geventhttpclient import HTTPClient
 
-from clients import Decoded, Exchange, ModelInfo, absorb
+from clients import AnsweredPosts, Decoded, Exchange, ModelInfo, absorb
 from generator.measure.records import SERVER_FIELDS, ServerFigures, request_inputs
 from grpcwire import MAX_MESSAGE
 from prompts import Prompt
@@ -110,13 +110,14 @@ class HttpLLMClient:
         self.http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
         self.path = f"/v2/models/{info.name}/{'generate_stream' if stream else 'generate'}"
         self.http.get("/v2/health/ready").read()  # open the connection before the first timed request
+        self.posts = AnsweredPosts(self.http)
 
     def generate(self, ex: Exchange, prompt: Prompt) -> None:
         fields = request_inputs(self.info.inputs, prompt.text, prompt.max_tokens, self.stream)
         ex.record["exact_length"] = "min_tokens" in fields
         body = json.dumps({"id": ex.request_id, **fields}).encode()
         ex.sent()
-        resp = self.http.post(self.path, body=body, headers={"Content-Type": "application/json"})
+        resp = self.posts.post(self.path, body)
         if resp.status_code != 200:
             ex.fail(f"HTTP {resp.status_code}: {error_text(resp)}")
             return

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from geventhttpclient import HTTPClient
 
-from clients import Decoded, Exchange
+from clients import AnsweredPosts, Decoded, Exchange
 from generator.measure.records import ServerFigures
 from httpclient import error_text, read_events
 from prompts import Prompt
@@ -93,6 +93,7 @@ class OpenAIClient:
         self.path = PROTOCOLS[protocol]
         self.http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
         self.http.get("/v1/models").read()  # open the connection before the first timed request
+        self.posts = AnsweredPosts(self.http)
 
     def body(self, prompt: Prompt) -> bytes:
         request: dict[str, Any] = {"model": self.info.name, "max_tokens": prompt.max_tokens, "stream": True,
@@ -107,7 +108,7 @@ class OpenAIClient:
         ex.record["exact_length"] = False  # OpenAI has no min_tokens: an answer may end early at the end token
         body = self.body(prompt)
         ex.sent()
-        resp = self.http.post(self.path, body=body, headers={"Content-Type": "application/json"})
+        resp = self.posts.post(self.path, body)
         if resp.status_code != 200:
             ex.fail(f"HTTP {resp.status_code}: {error_text(resp)}")
             return

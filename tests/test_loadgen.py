@@ -565,6 +565,44 @@ def test_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_gone(
     listener.close()
 
 
+@pytest.mark.parametrize("answers", [False, True], ids=["unanswered", "answered"])
+def test_http_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_gone(answers):
+    """review13: the HTTP users' side of the test above (~1,400 records a second against a port that accepts and
+    closes); an answer between two closed connections resets the count."""
+    import gevent
+    from gevent import socket
+
+    from generator.measure.records import server_gone
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            request = conn.recv(65536)
+            if request.startswith(b"GET") or answers:  # the client's first GET, or every request
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+
+    server = gevent.spawn(serve)
+    client = httpclient.HttpLLMClient(f"http://127.0.0.1:{listener.getsockname()[1]}", _INFO, False, 5)
+    errors = []
+    for i in range(3):
+        ex = exchange(client.decode)
+        try:
+            client.generate(ex, Prompt(0, "hi", 3, 1))
+        except Exception as exc:  # noqa: BLE001 - as lifecycle.run_request records it
+            ex.fail(f"{type(exc).__name__}: {exc}")
+        errors.append(ex.error)
+    gone = [bool(server_gone(e)) for e in errors]
+    assert gone == ([False, False, False] if answers else [False, True, True]), errors
+    client.close()
+    server.kill()
+    listener.close()
+
+
 def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
     """review9: once the shared stream ended, users sending at once (open loop: a greenlet per request) each opened a
     stream of their own; all but the last were left open, and when one of them ended, every request of the process

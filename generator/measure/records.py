@@ -265,9 +265,10 @@ NO_RESPONSE = "no response within"
 """How the load generator fails a request that got no response for request_timeout_s."""
 REFUSED = "ConnectionRefusedError:"
 """How the load generator fails a request whose connection was refused: nothing listens on the server's port."""
-UNANSWERED = "gRPC stream failed: a second connection in a row ended before any answer: "
-"""How the load generator fails the requests of a gRPC call when the call before it also ended unanswered: a port
-that accepts and closes (a proxy or a port-forward whose server is gone), the gRPC peer of a refused connection."""
+UNANSWERED = "NoAnswer: a second connection in a row ended before any answer: "
+"""How the load generator fails a request whose connection (an HTTP user's, a gRPC call) ended before any answer when
+the one before it did too: a port that accepts and closes (a proxy or a port-forward whose server is gone) is a
+refused connection in disguise."""
 SERVER_SAID = "server error: "
 """How a request's error starts when it is the server's text as sent (a gRPC error response; HTTP's start "HTTP 500: "),
 so no server text reads as the load generator's own words below: a model's error "TimeoutError: ..." ended a run."""
