@@ -113,10 +113,11 @@ class LoadTestSpec(Section):
     request_timeout_s: float = Field(300.0, gt=0)
     """A request with no response for this long counts as an error; also the most a run waits at its
     end for requests still in flight (they finish and count, instead of being cut off). Such a silent
-    request, a "Stub process ... is not healthy" answer (a model's Python stub died) or a refused connection
-    (the server exited), ends the run at once: the requests still in flight count as errors and no reference
-    answers are asked. A server's own error text about a timeout or a refusal (a proxy's "504 Gateway Timeout")
-    fails only its request."""
+    request, a "Stub process ... is not healthy" answer (a model's Python stub died), a refused connection
+    (the server exited) or a second connection in a row that ends before any answer (a proxy or port-forward
+    whose server is gone) ends the run at once: the requests still in flight count as errors and no reference
+    answers are asked. A server's own error text about a timeout or a refusal (a proxy's "504 Gateway Timeout",
+    a model's "TimeoutError: ...") fails only its request."""
 
     reference_checks: int = Field(100, ge=0)
     """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
