@@ -132,7 +132,7 @@ def test_broken_postprocessing_fails_the_streamed_output_checks(cpu_spec, cpu_re
     shutil.copytree(cpu_repo_dir, repo)
     (repo / "postprocessing" / "1" / "model.py").write_text(BROKEN_POSTPROCESSING, encoding="utf-8")
     with TritonServer(repo, log_file=tmp_path / "triton.log") as server:
-        res = run(cpu_spec, tmp_path / "load", server, "loadtest.users=2", "loadtest.duration_s=3").results
+        res = run(cpu_spec, tmp_path / "load", server, "loadtest.users=2", "loadtest.duration_s=1").results
     checks = res.checks
     assert checks.failed_requests > 0 and checks.failures["reference_mismatch"] > 0
     assert checks.reference.get("detokenization", 0) > 0
