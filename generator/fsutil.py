@@ -183,6 +183,13 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:  # again: the user may have written into the folder while the command ran (a load test runs for hours)
+        check_writable_target(target, force, command_hint, protected)
+    except OutputExists as exc:
+        kept = target.with_name(f"{target.name}.new-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
+        tmp.rename(kept)
+        raise OutputExists(f"{exc.message} (it changed while this command ran); the new output is in {kept}",
+                           where=exc.where, fix=f"move what you added out of {target}, then move {kept} there") from None
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")

@@ -84,6 +84,23 @@ def test_render_cli_force_refuses_a_user_folder(tokenizer_weights_dir, tmp_path)
     assert (user / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.parametrize("force", [True, False])
+def test_what_the_user_puts_into_the_output_while_the_command_runs_is_never_replaced(tmp_path, force):
+    """The check at the start is not enough: a load test or tune holds the folder for hours (review 11)."""
+    target = tmp_path / "out"
+    if force:
+        _write(target)
+    with pytest.raises(TritongenError, match="changed while this command ran") as err:
+        with atomic_dir(target, force=force) as tmp:
+            (tmp / "out.txt").write_text("new")
+            target.mkdir(exist_ok=True)
+            (target / "NOTES.md").write_text("mine")
+    assert (target / "NOTES.md").read_text() == "mine"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.new-")]
+    assert [p.name for p in kept] == [p.name for p in tmp_path.iterdir() if p != target]  # no temporary folder left
+    assert (kept[0] / "out.txt").read_text() == "new" and str(kept[0]) in err.value.message
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     target = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
