@@ -210,7 +210,8 @@ def atomic_write_text(path: Path, text: str, *, force: bool = True) -> None:
             f.write(text)
             f.flush()
         except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes what the full disk refused again, and fails again
+                f.close()
             Path(f.name).unlink(missing_ok=True)
             raise
     Path(f.name).replace(path)
