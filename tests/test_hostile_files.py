@@ -323,6 +323,8 @@ def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path)
     # What shutil.copyfile raises when the disk fills during its sendfile copy: source first, destination second.
     full = OSError(errno.ENOSPC, "No space left on device", str(src), None, "/out/engine/rank0.engine")
     assert os_error_line(full) == "/out/engine/rank0.engine: No space left on device"
+    for code in (errno.EDQUOT, errno.EFBIG):  # a quota or a file-size limit: the file written too (review 11)
+        assert os_error_line(OSError(code, "x", str(src), None, "/out/a")).startswith("/out/a: ")
 
     # A real limit on file size (Python ignores SIGXFSZ, so the write fails as on a full disk): the buffered text
     # fails at the flush and again at the close, which left the temporary file (review 11).
