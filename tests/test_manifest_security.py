@@ -118,6 +118,13 @@ BREAKS = [
         2, "pip install locust && locust"), "installs packages"),
     ("unpinned image", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0].__setitem__("image", "locustio/locust"),
      "not pinned"),
+    # bindings whose grant the file does not show (review 11: a ClusterRoleBinding to cluster-admin passed)
+    ("cluster-admin bound", MANIFESTS, lambda d: d.append(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+         "subjects": [{"kind": "ServiceAccount", "name": "tritongen", "namespace": "default"}]}), "every namespace"),
+    ("a role from elsewhere", MANIFESTS, lambda d: next(x for x in d if x["kind"] == "RoleBinding")["roleRef"].update(
+        kind="ClusterRole", name="edit"), "not reviewed"),
     # Pod Security's baseline rules, which "restricted" includes (second review)
     ("unmasked /proc", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
         "procMount", "Unmasked"), "procMount"),

@@ -73,8 +73,9 @@ def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Fin
                     server_labels: Optional[dict[str, str]] = None) -> None:
     """The cluster admin's review (generator.deploy.pod_security) of every pod and role, as warnings (--strict fails);
     with ``server_labels``, the server pods also need the admin-API restriction and a NetworkPolicy."""
+    roles = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d, _ in docs}
     for doc, line in docs:
-        for problem, fix in review_rbac(doc):
+        for problem, fix in review_rbac(doc, roles):
             out.add(path, line, problem, fix, Severity.warning)
         for role, pod, metadata in pod_specs(doc):
             leader = "leaderTemplate" in role

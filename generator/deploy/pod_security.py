@@ -11,7 +11,7 @@ refuses every pod that breaks one.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Collection, Iterator, Optional
 
 from generator.serve.adminapi import ADMIN_APIS
 
@@ -151,12 +151,20 @@ def review_pod(role: str, pod: dict[str, Any], metadata: dict[str, Any], *, need
     return out
 
 
-def review_rbac(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """A Role or ClusterRole granting more than a pod needs: exec anywhere, secrets, wildcards."""
+def review_rbac(doc: dict[str, Any], roles: Collection[tuple[Any, Any]] = ()) -> list[tuple[str, str]]:
+    """A Role or ClusterRole granting more than a pod needs: exec anywhere, secrets, wildcards; a binding whose
+    grant this review cannot see: cluster-wide, or of a role not among ``roles`` ((kind, name) of the file's own)."""
+    name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
+    ref = doc.get("roleRef") if isinstance(doc.get("roleRef"), dict) else {}
+    if doc.get("kind") == "ClusterRoleBinding":
+        return [(f"{name} grants {ref.get('kind')} {ref.get('name')!r} in every namespace (cluster-admin, admin and "
+                 "edit reach every Secret)", "bind a Role of this file with a RoleBinding")]
+    if doc.get("kind") == "RoleBinding" and (ref.get("kind"), ref.get("name")) not in roles:
+        return [(f"{name} binds {ref.get('kind')} {ref.get('name')!r}, which this file does not define, so what it "
+                 "grants is not reviewed", "bind a Role defined in this file")]
     if doc.get("kind") not in ("Role", "ClusterRole"):
         return []
     out = []
-    name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
     for rule in doc.get("rules") or []:
         resources, verbs = set(rule.get("resources") or []), set(rule.get("verbs") or [])
         if "*" in resources or "*" in verbs:
