@@ -96,6 +96,16 @@ def _not_ours(target: Path, *, fill_in_place: bool = False) -> Optional[str]:
     return None
 
 
+def output_path(target: Path) -> Path:
+    """``target`` resolved; a symbolic link that leads to itself is an error naming it (pathlib raised a
+    RuntimeError, a traceback)."""
+    try:
+        return Path(target).resolve()
+    except RuntimeError:
+        raise OutputExists("the output is a symbolic link that leads back to itself (a loop)", where=str(target),
+                           fix="remove the link, or choose another output") from None
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -110,7 +120,7 @@ def check_writable_target(
     holds one is refused, with or without ``force``; so is a target holding the working directory.
     ``fill_in_place``: the command writes into the folder without deleting it (the demo).
     """
-    target = Path(target).resolve()
+    target = output_path(target)
     named = dict(protected, **{"the working directory": Path.cwd()})
     for label, path in named.items():
         if _inside(Path(path).resolve(), target):
@@ -172,7 +182,7 @@ def atomic_dir(
 
     On any exception the temporary folder is removed and ``target`` is left as it was.
     """
-    target = Path(target).resolve()
+    target = output_path(target)
     check_writable_target(target, force, command_hint, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)

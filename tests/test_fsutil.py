@@ -101,6 +101,13 @@ def test_what_the_user_puts_into_the_output_while_the_command_runs_is_never_repl
     assert (kept[0] / "out.txt").read_text() == "new" and str(kept[0]) in err.value.message
 
 
+def test_an_output_that_is_a_symlink_loop_is_an_error_naming_it(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    for target in (tmp_path / "loop", tmp_path / "loop" / "x"):
+        with pytest.raises(TritongenError, match="leads back to itself"):
+            _write(target)
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     target = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
