@@ -49,6 +49,40 @@ def private_dir(folder: Path) -> Path:
     return folder
 
 
+def kept_folder(kind: str, key: str) -> Path:
+    """Where the cache keeps one thing tritongen made from fixed inputs (``kind``: tiny-model, quantize), under the
+    ``key`` of all that decides its bytes. The folder may not exist yet: ``reusable`` says whether it does."""
+    return private_dir(cache_dir() / kind) / key
+
+
+def reusable(folder: Path) -> bool:
+    """Whether ``folder`` is a kept folder: a folder (not a link) of this user in the private cache folder."""
+    try:
+        st = folder.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def keep_copy(built: Path, kept: Path) -> None:
+    """Copy the files of ``built`` to ``kept`` as one folder, whole or not at all. The cache is an aid: a full disk,
+    or another run that kept its copy first, leaves this run's output as it is."""
+    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-", dir=kept.parent))
+    try:
+        with contextlib.suppress(OSError):
+            for file in built.iterdir():
+                shutil.copy(file, staged / file.name)
+            staged.rename(kept)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # nothing left once renamed
+
+
+def copy_kept(kept: Path, target: Path) -> None:
+    """The files of a kept folder into ``target`` (a command's temporary output folder)."""
+    for file in kept.iterdir():
+        shutil.copy(file, target / file.name)
+
+
 def _listing(folder: Path) -> list[str]:
     """Every file and folder under ``folder`` (relative, POSIX), the marker left out; links are not followed.
     ``__pycache__`` folders are Python's own (the Python backend writes them beside model.py) and left out."""

@@ -207,8 +207,12 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
     max_tokens with the engine's greedy defaults, so it comes from the same tokens as every streamed
     answer to that prompt. Asked after the run, four at a time, so it does not disturb the measurement.
     """
+    import urllib.error
     import urllib.request
+
     from concurrent.futures import ThreadPoolExecutor
+
+    from generator.serve.client import MAX_ANSWER_BYTES
 
     gone = next((why for why in map(server_gone, (r["error"] for r in requests)) if why), None)
     if gone is not None:  # its answers would each sit out the timeout too
@@ -233,9 +237,13 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
-                return index, json.loads(resp.read()).get("text_output", ""), None
-        except OSError as exc:
-            if server_gone(str(exc)):
+                answer = resp.read(MAX_ANSWER_BYTES + 1)
+            if len(answer) > MAX_ANSWER_BYTES:
+                return index, None, f"prompt {index}: the answer is longer than {MAX_ANSWER_BYTES:,} bytes"
+            return index, json.loads(answer).get("text_output", ""), None
+        except OSError as exc:  # an HTTP error is the server answering; a refusal or a timeout is in the URLError
+            why = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+            if server_gone(f"{type(why).__name__}: {why}"):
                 silent.set()
             return index, None, f"prompt {index}: {exc}"
 

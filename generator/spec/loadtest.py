@@ -116,7 +116,8 @@ class LoadTestSpec(Section):
     end for requests still in flight (they finish and count, instead of being cut off). Such a silent
     request, a "Stub process ... is not healthy" answer (a model's Python stub died) or a refused connection
     (the server exited), ends the run at once: the requests still in flight count as errors and no reference
-    answers are asked."""
+    answers are asked. A server's own error text about a timeout or a refusal (a proxy's "504 Gateway Timeout")
+    fails only its request."""
 
     reference_checks: int = Field(100, ge=0)
     """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
