@@ -169,6 +169,16 @@ def admin_secret(spec: Spec) -> str:
     return f"{spec.kubernetes.name}-admin-key"
 
 
+def tritongen_secrets(spec: Spec) -> tuple[str, str]:
+    """Every Secret the rendered pods read: validate refuses a pod that reads another."""
+    return admin_secret(spec), loadtest_secret(spec)
+
+
+def loadtest_secret(spec: Spec) -> str:
+    """The Secret holding the in-cluster load test's run token (created by the user, never rendered)."""
+    return f"{spec.kubernetes.name}-loadtest-token"
+
+
 def kube_int(value: float) -> int:
     """A count of seconds or probes for a manifest, rounded up and at most INT32_MAX (Kubernetes' int32 fields;
     about 68 years): tiny rates or huge durations made values the API server refuses, or infinity."""

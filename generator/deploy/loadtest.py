@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from generator.deploy.kubernetes import (
-    CONTAINER_SECURITY, PORTS, artifacts_mount, kube_int, kube_literal, pod_security,
+    CONTAINER_SECURITY, PORTS, artifacts_mount, kube_int, kube_literal, loadtest_secret, pod_security,
 )
 from generator.resources import loadtest_dir
 from generator.spec import Spec
@@ -127,7 +127,7 @@ def loadtest_values(spec: Spec) -> dict:
     files["locust.conf"] = locust_conf_text(options)
     items = [{"key": _key(rel), "path": rel} for rel in package_files()] + [{"key": "locust.conf", "path": "locust.conf"}]
     master = f"{k.name}-locust-master"
-    token_secret = f"{k.name}-loadtest-token"
+    token_secret = loadtest_secret(spec)
     token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
     # the Job ends even if the run hangs: the run, its last requests, and 10 minutes for the pods to start
     lt = spec.loadtest

@@ -57,6 +57,22 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(c, dict)]
 
 
+def secrets_read(pod: dict[str, Any]) -> set[str]:
+    """The Secrets a pod reads: its containers' env and envFrom, its secret and projected volumes."""
+    names = set()
+    for c in _containers(pod):
+        for env in c.get("env") or []:
+            ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}) if isinstance(env, dict) else {}
+            names.add(ref.get("name"))
+        names |= {(e.get("secretRef") or {}).get("name") for e in c.get("envFrom") or [] if isinstance(e, dict)}
+    for v in pod.get("volumes") or []:
+        if isinstance(v, dict):
+            names.add((v.get("secret") or {}).get("secretName"))
+            names |= {(s.get("secret") or {}).get("name") for s in (v.get("projected") or {}).get("sources") or []
+                      if isinstance(s, dict)}
+    return {str(n) for n in names if n}
+
+
 def _baseline_context(who: str, ctx: dict[str, Any]) -> list[str]:
     """What the "baseline" rules refuse in one security context (the pod's or a container's)."""
     why = []
@@ -123,10 +139,14 @@ def restricted_violations(pod: dict[str, Any], metadata: Optional[dict[str, Any]
 
 
 def review_pod(role: str, pod: dict[str, Any], metadata: dict[str, Any], *, needs_token: bool,
-               server: bool) -> list[tuple[str, str]]:
-    """(problem, fix) of one pod: the profile, then token, resources, images, admin APIs, fetching at start."""
+               server: bool, secrets: Optional[Collection[str]] = None) -> list[tuple[str, str]]:
+    """(problem, fix) of one pod: the profile, then token, Secrets other than ``secrets`` (None: not reviewed),
+    resources, images, admin APIs, fetching at start."""
     out = [(f"{role} fails Pod Security \"restricted\": {reason}", "re-render the manifests (tritongen writes "
             "pods that pass it)") for reason in restricted_violations(pod, metadata)]
+    for name in sorted(secrets_read(pod) - set(secrets if secrets is not None else secrets_read(pod))):
+        out.append((f"{role} reads Secret {name!r}, which is not one of tritongen's ({', '.join(sorted(secrets))})",
+                    "remove the reference (re-render the manifests)"))
     if not needs_token and pod.get("automountServiceAccountToken") is not False:
         out.append((f"{role} mounts a ServiceAccount token it does not need", "set automountServiceAccountToken: false"))
     for c in _containers(pod):
