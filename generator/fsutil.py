@@ -66,8 +66,9 @@ def reusable(folder: Path) -> bool:
 
 def keep_copy(built: Path, kept: Path) -> None:
     """Copy the files of ``built`` to ``kept`` as one folder, whole or not at all. The cache is an aid: a full disk,
-    or another run that kept its copy first, leaves this run's output as it is."""
-    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-", dir=kept.parent))
+    or another run that kept its copy first, leaves this run's output as it is; a copy left by a killed run goes."""
+    remove_leftovers(kept)
+    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-{os.getpid()}-", dir=kept.parent))
     try:
         with contextlib.suppress(OSError):
             for file in built.iterdir():

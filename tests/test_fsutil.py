@@ -125,6 +125,24 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     assert remove_leftovers(target) == []
 
 
+def test_a_cache_copy_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypatch):
+    """review11: a kill -9 while a model or checkpoint was copied into the cache left its staging folder for ever."""
+    from generator.fsutil import CACHE_VAR, keep_copy, kept_folder, reusable
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "cache"))
+    kept = kept_folder("quantize", "0123abcd")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = kept.parent / f".{kept.name}.tmp-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half a checkpoint")
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "model.safetensors").write_text("a whole checkpoint")
+    keep_copy(built, kept)
+    assert reusable(kept) and (kept / "model.safetensors").read_text() == "a whole checkpoint"
+    assert sorted(p.name for p in kept.parent.iterdir()) == [kept.name]
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
