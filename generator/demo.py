@@ -24,6 +24,9 @@ from generator.resources import data_dir
 GPU_TARGET = "rtx-5090"
 """The GPU the demo's tensorrtllm repository is planned, rendered and validated for (not served)."""
 
+SERVED_BATCH = 16
+"""The demo's build.max_batch_size, which its repositories serve."""
+
 
 def demo_overrides(model_dir: Path, artifacts_dir: Path) -> list[str]:
     """Spec overrides that shrink the default deployment to the tiny model on 2 CPU cores.
@@ -39,7 +42,7 @@ def demo_overrides(model_dir: Path, artifacts_dir: Path) -> list[str]:
         f"build.gpu={GPU_TARGET}",
         "build.max_input_len=256",
         "build.max_output_len=64",
-        "build.max_batch_size=16",
+        f"build.max_batch_size={SERVED_BATCH}",
         "build.max_num_tokens=512",
         "build.tokens_per_block=16",
         "serving.engine=cpu-reference",
@@ -55,8 +58,10 @@ TARGET_FILES = {"cpu-reference": "", "llmapi": "-llmapi"}
 """The two served targets and the suffix of their smoke/load-test outputs: the ensemble on the CPU reference
 engine, and the LLM-API model (the CPU stand-in) in front of the same engine."""
 
-SWEEP_POINTS = ["serving.max_batch_size=1,16"]
-"""The demo's two-point sweep: no in-flight batching against batching up to 16 requests."""
+SWEEP_POINTS = [f"serving.max_batch_size=1,{SERVED_BATCH}"]
+"""The demo's two-point sweep: no in-flight batching against batching up to 16 requests, the served setting: the
+CPU load test already measured that point, so the sweep takes its run instead of starting a second server for it
+(tests/test_demo.py checks that the point renders as the served repository)."""
 
 
 @dataclass
@@ -140,6 +145,7 @@ class _Stages:
         self.run, self.stack, self.show_plan, self.out = run, stack, show_plan, run.out
         self.spec: Any = None
         self.repos: dict[str, Path] = {}
+        self.loads: dict[str, Any] = {}
         self.server: Any = None
 
     def on(self, engine: str) -> Any:
@@ -165,8 +171,10 @@ class _Stages:
         from generator.model.quantize import quantize as run_quantize
 
         manifest = run_quantize(self.spec, force=True)
-        self.run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s")}
-        return f"{self.spec.checkpoint_dir}"
+        self.run.figures["quantize"] = {k: manifest.get(k) for k in ("format", "kv_cache", "sizes", "quality", "timings_s",
+                                                                      "reused")}
+        kept = manifest.get("reused")
+        return f"{self.spec.checkpoint_dir}" + (f" (copied from the cache: {kept['from_cache']})" if kept else "")
 
     def plan(self) -> str:
         from generator.engine.plan import make_plan
@@ -226,6 +234,7 @@ class _Stages:
                               metrics_url=server.metrics_url, title=f"demo load test ({engine})",
                               admin_key=server.admin_key)
         self.stack.close()  # the next stages start their own servers
+        self.loads[engine] = result
         r = result.results
         figures = {
             "requests_ok": r.counts.ok, "errors": r.counts.errors,
@@ -242,12 +251,20 @@ class _Stages:
         tps = r.throughput.output_tokens_per_s or 0
         return f"{r.counts.ok} requests, {tps:.0f} output tokens/s, report {folder / 'report.html'}"
 
+    def served_point(self, plan: Any) -> dict[str, Any]:
+        """The CPU load test as the sweep's point with the served settings, by its label; none when a --set changed
+        the engine or the batch size the repositories serve (then the sweep serves every point itself)."""
+        if self.spec != self.on("cpu-reference") or self.spec.triton_max_batch_size != SERVED_BATCH:
+            return {}
+        return {plan.label([f"serving.max_batch_size={SERVED_BATCH}"]): self.loads["cpu-reference"]}
+
     def sweep(self) -> str:
         from generator.measure.sweep import plan_sweep, run_sweep
 
         folder = self.out / "sweep"
         folder.mkdir(parents=True, exist_ok=True)
-        result = run_sweep(self.spec, plan_sweep(SWEEP_POINTS), folder)
+        plan = plan_sweep(SWEEP_POINTS)
+        result = run_sweep(self.spec, plan, folder, measured=self.served_point(plan))
         self.run.figures["sweep"] = {"report": str(folder / "report.html"),
                                      "best": result.best.label if result.best else None,
                                      "points": [_point_figures(p) for p in result.points]}

@@ -439,6 +439,9 @@ def test_request_output_len_and_errors(engine, prompts):
         (make_request(list(range(3, 140)), 4), "max_input_len"),
         (make_request(prompts[3], 200), "max_seq_len"),
         (make_request([engine.vocab_size + 5], 4), "token ids"),
+        # a word longer than any sequence never matches: refused, not compared at every step (review 12)
+        (make_request(prompts[0], 3, stop_words=[[5] * 400]), "stop_words_list holds a word of 400 tokens"),
+        (make_request(prompts[0], 3, sampling=SamplingParams(bad_words=((5,) * 400,))), "could never match"),
     ]
     for request, message in cases:
         with pytest.raises(RequestError, match=message):

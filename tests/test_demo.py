@@ -50,6 +50,8 @@ def test_demo_outputs_are_real(demo_run):
     assert figures["quantize"]["sizes"]["quantized_linear_ratio"] <= 0.30
     assert figures["loadtest"]["requests_ok"] > 0 and figures["loadtest"]["errors"] == 0
     assert [p["status"] for p in figures["sweep"]["points"]] == ["ok", "ok"]
+    points = json.loads((out / "sweep" / "points.json").read_text())["points"]  # 16: the served repository's load test
+    assert [Path(p["dir"]) for p in points] == [out / "sweep" / "points" / "0", out / "loadtest"]
     for report in (out / "loadtest" / "report.html", out / "sweep" / "report.html"):
         assert report.stat().st_size > 10_000  # plots are embedded
     smoke = json.loads((out / "smoke.json").read_text())
@@ -70,3 +72,17 @@ def test_demo_refuses_to_overwrite_without_force(demo_run):
     proc = subprocess.run([str(tritongen), "demo", "-o", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--force" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_sweeps_point_taken_from_the_load_test_renders_as_the_served_repository(cpu_spec, cpu_repo_dir, tmp_path):
+    from generator.demo import SERVED_BATCH, SWEEP_POINTS
+    from generator.measure.sweep import plan_sweep
+    from generator.repo.render import render_repository
+    from generator.spec import with_overrides
+
+    (served,) = [p for p in plan_sweep(SWEEP_POINTS).points if p == [f"serving.max_batch_size={SERVED_BATCH}"]]
+    point = render_repository(with_overrides(cpu_spec, served), tmp_path / "point")
+    configs = sorted(f.relative_to(cpu_repo_dir) for f in cpu_repo_dir.rglob("config.pbtxt"))
+    assert configs == sorted(f.relative_to(point) for f in point.rglob("config.pbtxt")) and len(configs) >= 5
+    for config in configs:
+        assert (point / config).read_text() == (cpu_repo_dir / config).read_text(), config

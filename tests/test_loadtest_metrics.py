@@ -50,6 +50,12 @@ def test_a_dead_stub_or_a_silent_server_ends_the_run_other_errors_do_not():
     for error in (None, "", "HTTP 400: prompt length (900) exceeds max_input_len (256)", "server busy: retry",
                   "gRPC stream failed: connection error: [Errno 104] Connection reset by peer"):
         assert server_gone(error) is None
+    # the server's own words about a timeout or a refusal (a proxy, a backend) are one failed request: one such
+    # answer ended the run and cut every request in flight (review 12)
+    for said in ("HTTP 504: Gateway Timeout", "HTTP 408: Request Timeout", "upstream request timed out",
+                 "HTTP 502: upstream: ConnectionRefusedError: [Errno 111] Connection refused",
+                 "gRPC stream failed: the server closed the connection (GOAWAY, error code 0): idle Timeout"):
+        assert server_gone(said) is None, said
 
 
 def test_ttft_itl_e2e_from_exact_timestamps():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -201,6 +202,62 @@ def test_existing_checkpoint_is_not_overwritten(nvfp4_checkpoint_dir, cpu_spec):
     with pytest.raises(TritongenError, match="already exists"):
         quantize(cpu_spec)
     assert (nvfp4_checkpoint_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_the_same_model_quantized_again_is_copied_from_the_cache(nvfp4_checkpoint_dir, cpu_spec, tmp_path):
+    """The session's checkpoint was kept (the tiny model is far below quantization.cache_max_mib): quantizing the
+    same files with the same settings again copies it, with no load or calibration, and says so."""
+    from generator.fsutil import cache_dir
+    from generator.model.quantize import quantize
+
+    steps = []
+    manifest = quantize(cpu_spec, out_dir=tmp_path / "again", progress=lambda *a: steps.append(a[0]))
+    assert set(steps) == {"reuse"}
+    assert Path(manifest["reused"]["from_cache"]).parent == cache_dir() / "quantize"
+    again, first = tmp_path / "again", nvfp4_checkpoint_dir
+    assert sorted(f.name for f in again.iterdir()) == sorted(f.name for f in first.iterdir())
+    assert (again / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+    kept = json.loads((first / MANIFEST_NAME).read_text())
+    assert json.loads((again / MANIFEST_NAME).read_text()) == manifest
+    assert {k: v for k, v in manifest.items() if k != "reused"} == kept  # how it was made, as it was recorded
+
+
+def test_a_kept_checkpoint_it_cannot_read_is_quantized_afresh(tmp_path):
+    from generator.model.quantize import _kept_manifest
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert _kept_manifest(kept) is None  # emptied by hand
+    for text in ("{ edited by hand", "[]", '{"input_model": 1}'):
+        (kept / MANIFEST_NAME).write_text(text)
+        assert _kept_manifest(kept) is None, text
+    (kept / MANIFEST_NAME).write_text('{"input_model": {"dir": "x"}}')
+    assert _kept_manifest(kept) == {"input_model": {"dir": "x"}}
+    (tmp_path / "link").symlink_to(kept)
+    assert _kept_manifest(tmp_path / "link") is None and _kept_manifest(None) is None
+
+
+def test_the_cache_key_changes_with_what_decides_the_checkpoint(tiny_model_dir, cpu_spec, tmp_path):
+    import shutil
+
+    from generator.model.quantize import cache_key
+
+    texts = ["one calibration text", "another"]
+    key = cache_key(cpu_spec, tiny_model_dir, texts)
+    assert key and cache_key(cpu_spec, tiny_model_dir, list(texts)) == key
+    assert cache_key(with_overrides(cpu_spec, ["quantization.cache_max_mib=7"]), tiny_model_dir, texts) == key
+    for overrides in (["quantization.calibration.seed=1"], ["quantization.exclude_modules=[]"], ["build.dtype=float16"],
+                      ["quantization.kv_cache=none"], ["quantization.quality_tokens=16"]):
+        assert cache_key(with_overrides(cpu_spec, overrides), tiny_model_dir, texts) != key, overrides
+    assert cache_key(cpu_spec, tiny_model_dir, texts[:1]) != key
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    assert cache_key(cpu_spec, model, texts) == key  # where the files are does not matter, what they hold does
+    (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
+    edited = cache_key(cpu_spec, model, texts)
+    assert edited != key
+    (model / "pytorch_model.bin").write_bytes(b"a weight copy quantize never reads")
+    assert cache_key(cpu_spec, model, texts) == edited
+    assert cache_key(with_overrides(cpu_spec, ["quantization.cache_max_mib=0"]), tiny_model_dir, texts) is None
 
 
 # ------------------------------------------------------------------ the other formats (tiny calibration)

@@ -85,6 +85,9 @@ def test_failed_models_are_read_from_the_log_and_the_index():
     assert set(failed) == {"ens", "tensorrt_llm"}
     assert failed["tensorrt_llm"] == "Internal: MemoryError: too big"  # the traceback is cut off
     assert "different decoupled models" in failed["ens"]
+    # a reason with a long run of spaces is read in one pass (it took minutes: review 12)
+    wide = failed_models_from_log(f"| m | 1 | UNAVAILABLE: bad{' ' * 1_000_000}x |\n| n | 1 | UNAVAILABLE: y{' ' * 9} |")
+    assert wide["m"].startswith("UNAVAILABLE: bad ") and wide["n"] == "UNAVAILABLE: y"
     index = [{"name": "a", "state": "READY"}, {"name": "b", "state": "UNAVAILABLE", "reason": "boom\\nAt: x"}]
     assert failed_models_from_index(index) == {"b": "boom"}
 

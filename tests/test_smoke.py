@@ -46,6 +46,62 @@ def test_metadata_comparison_finds_each_kind_of_difference():
     assert compare_metadata(unbatched, {**CONFIG, "max_batch_size": 0}) == []
 
 
+@pytest.fixture()
+def endless_server():
+    """A server that answers every request 200 and then sends without end (address, body kind switch)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    kind = {"first": b"["}
+
+    def handle(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n"
+                             % (len(kind["first"]), kind["first"]))
+                piece = kind["piece"]
+                while True:
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            except OSError:
+                pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}", kind
+    listener.close()
+
+
+@pytest.mark.parametrize("first, piece, call", [
+    (b"[", b"1," * 32768, "get_json"), (b"[", b"1," * 32768, "post_json"),
+    (b"data: ", b"x" * 65536, "generate_stream"),  # one line without end
+    (b"\n", b'data: {"text_output": "%s"}\n' % (b"x" * 65000), "generate_stream"),  # events without end
+    (b"# ", b"x" * 65536, "http_get"),  # the load test's /metrics and /v2/models/stats
+])
+def test_an_answer_without_end_is_cut_at_the_bound(endless_server, first, piece, call):
+    """Review 12: smoke's client read a server's answer whole (a body, or an SSE line) and ran out of memory
+    (2.8 GB in 9 s against a server that sends without end); it stops at MAX_ANSWER_BYTES, naming the bound."""
+    from generator.measure.tritonstats import http_get
+    from generator.serve import client
+
+    url, kind = endless_server
+    kind.update(first=first, piece=piece)
+    calls = {"get_json": lambda: client.get_json(url, "/v2/models/m/config"),
+             "post_json": lambda: client.post_json(url, "/v2/repository/index", {}),
+             "generate_stream": lambda: client.generate_stream(url, "m", {"text_input": "x"}),
+             "http_get": lambda: http_get(f"http://{url}/metrics")}
+    with pytest.raises((client.ServerRequestError, OSError), match=f"longer than {client.MAX_ANSWER_BYTES:,} bytes"):
+        calls[call]()
+
+
 def test_streamed_text_comparison():
     assert same_text("abc", "abc") == (True, "equal")
     ok, how = same_text("ab", "ab" + REPLACEMENT)

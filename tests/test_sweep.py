@@ -114,6 +114,21 @@ def test_sweep_runs_every_point_and_reports_the_one_that_cannot(cpu_spec, nvfp4_
     assert SweepResult.model_validate_json((tmp_path / "points.json").read_text()) == result
 
 
+def test_points_measured_before_the_sweep_are_taken_as_they_are_and_serve_nothing(cpu_spec, cpu_loadtest, tmp_path):
+    steps = []
+    labels = ["max_batch_size=8", "max_batch_size=16"]
+    result = run_sweep(cpu_spec, plan_sweep(["serving.max_batch_size=8,16"]), tmp_path, progress=steps.append,
+                       measured=dict.fromkeys(labels, cpu_loadtest))
+    assert [p.label for p in result.points] == labels
+    for point in result.points:
+        assert point.status is PointStatus.OK and point.results == cpu_loadtest.results
+        assert point.dir == str(cpu_loadtest.out_dir) and str(cpu_loadtest.out_dir) in point.detail
+        assert point.figures.requests == cpu_loadtest.results.counts.requests
+    assert steps == ["point 1/2: max_batch_size=8", "point 2/2: max_batch_size=16"]
+    assert not (tmp_path / "points").exists()  # nothing rendered, nothing served
+    assert "Point max_batch_size=16: measured before the sweep" in (tmp_path / "report.md").read_text()
+
+
 def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tmp_path):
     from generator.measure.sweep import run_point
     from generator.spec import load_spec

@@ -19,6 +19,7 @@ STAGES = {
     "simulated": "scoring simulated quantization",
     "export": "exporting the unified checkpoint",
     "exported": "scoring the exported checkpoint",
+    "reuse": "copying the checkpoint kept in the cache",
 }
 
 
@@ -87,6 +88,9 @@ def print_manifest(manifest: dict, checkpoint: Path) -> None:
     hq = manifest["hf_quant_config"]
     sizes, q, t = manifest["sizes"], manifest["quality"], manifest["timings_s"]
     out.print(f"[bold]Checkpoint[/] {escape(str(checkpoint))}")
+    if "reused" in manifest:
+        out.print(f"[bold]Reused[/] the checkpoint kept in the cache ({escape(manifest['reused']['from_cache'])}): the "
+                  f"same model files, settings, calibration text, libraries and device; the figures below are its own")
     kept = ", ".join(hq.get("exclude_modules") or [])
     out.print(f"[bold]Format[/] {hq.get('quant_algo') or 'unquantized'} weights, "
               f"{hq.get('kv_cache_quant_algo') or 'unquantized'} KV cache" + (f"; kept unquantized: {escape(kept)}" if kept else ""))

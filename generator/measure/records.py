@@ -263,8 +263,10 @@ STUB_DOWN = "is not healthy"
 """What Triton 2.51 answers for a model whose Python backend stub died ("Stub process 'M_0_0' is not healthy")."""
 NO_RESPONSE = "no response within"
 """How the load generator fails a request that got no response for request_timeout_s."""
-REFUSED = "ConnectionRefusedError"
+REFUSED = "ConnectionRefusedError:"
 """How the load generator fails a request whose connection was refused: nothing listens on the server's port."""
+OWN_TIMEOUTS = (NO_RESPONSE, "TimeoutError:", "gRPC stream failed: connection error: timed out")
+"""How the load generator fails a request whose server went silent (its watchdog, its socket's timeout)."""
 
 
 def server_gone(error: Optional[str]) -> Optional[str]:
@@ -274,14 +276,18 @@ def server_gone(error: Optional[str]) -> Optional[str]:
     flight: they get nothing (a request silent for request_timeout_s), and new ones get nothing or the
     stub's "not healthy" error. Waiting on would only make every later request sit out its timeout. A server
     whose port refuses connections has exited: each user failed a request per refusal, thousands a second for the
-    rest of the run (records of requests never sent, gigabytes over a long run, all read back for the report)."""
+    rest of the run (records of requests never sent, gigabytes over a long run, all read back for the report).
+
+    A refusal or a silence is read only from the load generator's own words (the start of the error), never from
+    the server's ("HTTP 504: Gateway Timeout" from a proxy, a backend's "upstream request timed out"): one such
+    answer ended the run and cut every request in flight as an error, failing an error-rate SLO the run met."""
     if not error:
         return None
     if STUB_DOWN in error:
         return error
-    if REFUSED in error:
+    if error.startswith(REFUSED):
         return f"the server is gone (its port refuses connections): {error}"
-    if error.startswith(NO_RESPONSE) or "timed out" in error.lower() or "Timeout" in error:
+    if error.startswith(OWN_TIMEOUTS):
         return f"the server stopped answering: {error}"
     return None
 

@@ -152,6 +152,9 @@ def sweep_doc(title: str, points: list[SweepPoint], best: Optional[BestPoint], s
           "rest on the same requests.")
     _sweep_plots(doc, rows)
     doc.p("Each point's own report (latency split, server stages, checks) is in its folder: `points/<n>/report.html`.")
+    for p in points:
+        if p.status is PointStatus.OK and p.detail:
+            doc.p(f"Point {p.label}: {p.detail}.")
     return doc
 
 

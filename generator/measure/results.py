@@ -424,7 +424,7 @@ class SweepPoint(BaseModel):
     dir: str
     status: PointStatus = PointStatus.OK
     detail: str = ""
-    """Why the point did not complete."""
+    """Why the point did not complete, or where a point measured before the sweep was run."""
     results: Optional[LoadTestResult] = None
     figures: Optional[LevelFigures] = None
     """The point's figures with their intervals and request counts (attainment of the SLO's per-request limits)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import LoadTestError, SpecError
+from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure import locustconf
@@ -207,8 +207,12 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
     max_tokens with the engine's greedy defaults, so it comes from the same tokens as every streamed
     answer to that prompt. Asked after the run, four at a time, so it does not disturb the measurement.
     """
+    import urllib.error
     import urllib.request
+
     from concurrent.futures import ThreadPoolExecutor
+
+    from generator.serve.client import MAX_ANSWER_BYTES
 
     gone = next((why for why in map(server_gone, (r["error"] for r in requests)) if why), None)
     if gone is not None:  # its answers would each sit out the timeout too
@@ -233,9 +237,13 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
-                return index, json.loads(resp.read()).get("text_output", ""), None
-        except OSError as exc:
-            if server_gone(str(exc)):
+                answer = resp.read(MAX_ANSWER_BYTES + 1)
+            if len(answer) > MAX_ANSWER_BYTES:
+                return index, None, f"prompt {index}: the answer is longer than {MAX_ANSWER_BYTES:,} bytes"
+            return index, json.loads(answer).get("text_output", ""), None
+        except OSError as exc:  # an HTTP error is the server answering; a refusal or a timeout is in the URLError
+            why = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+            if server_gone(f"{type(why).__name__}: {why}"):
                 silent.set()
             return index, None, f"prompt {index}: {exc}"
 
@@ -354,7 +362,10 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     target = out_dir / "records.jsonl"
     if Path(records).resolve() != target:
         shutil.copyfile(records, target)
-    requests, processes, run = read_records(target)
+    try:
+        requests, processes, run = read_records(target)
+    except ArtifactCorrupt as exc:  # the copy lies in a temporary folder that goes with the error: name the source
+        raise ArtifactCorrupt(exc.message.replace(str(target), str(records)), where=str(records), fix=exc.fix) from None
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")

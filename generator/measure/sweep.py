@@ -162,7 +162,12 @@ def run_point(spec: Spec, overrides: list[str], label: str, out_dir: Path, gpu_v
     except TritongenError as exc:
         status, detail = failure_status(exc)
         return point.model_copy(update={"status": status, "detail": detail})
-    return point.model_copy(update={"results": run.results, "figures": point_figures(run.requests, spec.loadtest.slo)})
+    return measured_point(point, run, spec.loadtest.slo)
+
+
+def measured_point(point: SweepPoint, run: LoadResult, slo_text: Optional[str]) -> SweepPoint:
+    """``point`` completed by ``run``: its results and its figures with intervals."""
+    return point.model_copy(update={"results": run.results, "figures": point_figures(run.requests, slo_text)})
 
 
 def point_figures(requests: list[RequestRecord], slo_text: Optional[str]) -> Optional[LevelFigures]:
@@ -172,14 +177,24 @@ def point_figures(requests: list[RequestRecord], slo_text: Optional[str]) -> Opt
 
 
 def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool = False,
-              progress: Callable[[str], None] = lambda _msg: None) -> SweepResult:
-    """Run every point into OUT/points/<n>/ and write the sweep report into OUT."""
+              progress: Callable[[str], None] = lambda _msg: None,
+              measured: Optional[dict[str, LoadResult]] = None) -> SweepResult:
+    """Run every point into OUT/points/<n>/ and write the sweep report into OUT.
+
+    ``measured``: runs already made of some points (by label), with the same settings and load, taken as they are
+    instead of serving those settings again (the demo's load test of its served repository)."""
     from generator.measure.report_sweep import write_sweep_report
 
     points = []
     for i, overrides in enumerate(plan.points):
         label = plan.label(overrides)
         progress(f"point {i + 1}/{len(plan.points)}: {label}")
+        if label in (measured or {}):
+            run = measured[label]
+            before = SweepPoint(label=label, overrides=overrides, dir=str(run.out_dir),
+                                detail=f"measured before the sweep, with the same settings and load: {run.out_dir}")
+            points.append(measured_point(before, run, spec.loadtest.slo))
+            continue
         points.append(run_point(spec, overrides, label, out_dir / "points" / str(i), gpu_visible, progress))
     result = SweepResult(points=points, best=best_point(points, with_slo=bool(spec.loadtest.slo)))
     write_sweep_report(out_dir, "tritongen sweep", result, spec.loadtest.slo)

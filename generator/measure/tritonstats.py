@@ -28,9 +28,15 @@ Sample = tuple[str, str, dict[str, str], float]
 
 
 def http_get(url: str, timeout: float = 10.0, headers: Optional[dict[str, str]] = None) -> bytes:
+    """The body of a GET, at most MAX_ANSWER_BYTES (an OSError past it, as for the network's own failures)."""
+    from generator.serve.client import MAX_ANSWER_BYTES
+
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
-        return resp.read()
+        body = resp.read(MAX_ANSWER_BYTES + 1)
+    if len(body) > MAX_ANSWER_BYTES:
+        raise OSError(f"{url}: the server's answer is longer than {MAX_ANSWER_BYTES:,} bytes")
+    return body
 
 
 def fetch_model_stats(http_url: str, admin_key: Optional[str] = None) -> dict[str, Any]:

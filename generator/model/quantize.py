@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from generator.errors import ArtifactCorrupt, PlanRefused, SpecError
-from generator.fsutil import atomic_dir, check_writable_target
+from generator.fsutil import atomic_dir, check_writable_target, copy_kept, keep_copy, kept_folder, reusable
 from generator.model.calibration_data import calibration_texts
 from generator.model.manifest import library_versions, sha256_files, size_report, tensor_table
+from generator.resources import data_dir
 from generator.spec import KVCacheFormat, QuantFormat, QuantizationSpec, Spec
 
 MANIFEST_NAME = "tritongen-manifest.json"
@@ -50,6 +51,10 @@ FORMAT_PRESETS = {
 """ModelOpt's preset for each weight format (their defaults also keep routers, vision towers ... unquantized)."""
 
 NVFP4_BLOCK = 16
+
+READ_FILES = ("*.safetensors", "*.json", "*.py", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+"""The model folder's files a quantization reads (weights, configs, tokenizer, remote code): what the cache key
+hashes (other weight copies, .bin or .gguf, are never read)."""
 
 
 # ------------------------------------------------------------------ deciders
@@ -354,6 +359,59 @@ def _manifest(run: _Run, tmp: Path, input_hash: dict[str, Any], peak_gpu_bytes: 
     }
 
 
+def cache_key(spec: Spec, model_dir: Path, texts: list[str]) -> Optional[str]:
+    """What decides the checkpoint's bytes, hashed: the model's files, the quantization settings and export dtype,
+    the calibration text, this code and its held-out text, the libraries and the device. None when the model's
+    weights exceed ``quantization.cache_max_mib`` (or it is 0): such checkpoints are not kept."""
+    import hashlib
+    import platform
+
+    import torch
+
+    q = spec.quantization
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights or sum(w.stat().st_size for w in weights) > q.cache_max_mib * 2**20:
+        return None
+    here = Path(__file__).parent
+    facts = {
+        "model": sha256_files(sorted({f for pattern in READ_FILES for f in model_dir.glob(pattern) if f.is_file()}))["sha256"],
+        "trust_remote_code": spec.model.trust_remote_code,
+        "quantization": q.model_dump(mode="json", exclude={"cache_max_mib"}), "dtype": spec.build.dtype,
+        "calibration": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        "code": sha256_files([*sorted(here.glob("*.py")), data_dir() / "heldout.txt"])["sha256"],
+        "versions": library_versions(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+        else [platform.machine(), torch.backends.cpu.get_cpu_capability()],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _kept_manifest(kept: Optional[Path]) -> Optional[dict[str, Any]]:
+    """The manifest of a kept checkpoint, or None when there is none to reuse (a cache folder emptied or edited by
+    hand is quantized afresh)."""
+    if kept is None or not reusable(kept):
+        return None
+    try:
+        manifest = json.loads((kept / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("input_model"), dict) else None
+
+
+def _reuse(kept: Path, manifest: dict[str, Any], run: _Run, out: Path, force: bool, protected: Any) -> dict[str, Any]:
+    """The kept checkpoint copied to ``out``; its manifest says how it was made and that this run copied it."""
+    started = time.perf_counter()
+    manifest["input_model"]["dir"] = str(run.model_dir)  # the same files (the key holds their hash), found here
+    with atomic_dir(out, force=force, command_hint="tritongen quantize ...", protected=protected) as tmp:
+        run.step("reuse", 0, 1)
+        copy_kept(kept, tmp)
+        manifest["reused"] = {"from_cache": str(kept), "copied_unix": int(time.time()),
+                              "copy_s": round(time.perf_counter() - started, 3)}
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        run.step("reuse", 1, 1)
+    return manifest
+
+
 def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, progress: Progress = None) -> dict[str, Any]:
     """Quantize ``spec``'s model and write the checkpoint, tokenizer and manifest; returns the manifest.
 
@@ -376,6 +434,11 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
     started = time.perf_counter()
     texts, dataset = calibration_texts(spec)  # before a download, so a bad data set fails fast
     run = _Run(spec=spec, model_dir=fetch(spec), dataset=dataset, progress=progress)
+    key = cache_key(spec, run.model_dir, texts)
+    kept = kept_folder("quantize", key) if key else None
+    reused = _kept_manifest(kept)
+    if reused is not None:
+        return _reuse(kept, reused, run, out, force, protected)
     # Hashing 16 GB of input takes seconds of CPU while the GPU calibrates: do it beside the work.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritongen-sha256")
     input_hash = hashing.submit(sha256_files, sorted(run.model_dir.glob("*.safetensors")))
@@ -396,4 +459,6 @@ def quantize(spec: Spec, *, out_dir: Path | None = None, force: bool = False, pr
             manifest = _manifest(run, tmp, input_hash.result(), peak_gpu_bytes, quality)
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (tmp / LOG_NAME).write_text(log.getvalue(), encoding="utf-8")
+            if kept is not None:
+                keep_copy(tmp, kept)
     return manifest

@@ -13,15 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
-import stat
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from generator.model.fetch import add_legacy_rope_theta
-from generator.fsutil import atomic_dir, cache_dir, private_dir
+from generator.fsutil import atomic_dir, copy_kept, keep_copy, kept_folder, reusable
 from generator.resources import data_dir
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -207,38 +203,15 @@ def make_tiny_model(out_dir: Path, *, seed: int = 0, force: bool = False, cache:
     With ``cache``, the files are kept in tritongen's cache folder under ``cache_key`` and copied from there
     next time (the demo run again, the test suite's second copy): the same bytes a build would write."""
     out_dir = Path(out_dir)
-    kept = private_dir(cache_dir() / "tiny-model") / cache_key(seed) if cache else None
+    kept = kept_folder("tiny-model", cache_key(seed)) if cache else None
     with atomic_dir(out_dir, force=force, command_hint=f"tritongen tiny-model -o {out_dir}") as tmp:
-        if kept is not None and _ours(kept):
-            for file in kept.iterdir():
-                shutil.copy(file, tmp / file.name)
+        if kept is not None and reusable(kept):
+            copy_kept(kept, tmp)
         else:
             _build(tmp, seed)
             if kept is not None:
-                _keep(tmp, kept)
+                keep_copy(tmp, kept)
     return out_dir.resolve()
-
-
-def _keep(built: Path, kept: Path) -> None:
-    """Copy the files of ``built`` to ``kept`` as one folder, whole or not at all. The cache is an aid: a full disk,
-    or another run that kept its copy first, leaves this run's model as it is."""
-    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-", dir=kept.parent))
-    try:
-        with contextlib.suppress(OSError):
-            for file in built.iterdir():
-                shutil.copy(file, staged / file.name)
-            staged.rename(kept)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)  # nothing left once renamed
-
-
-def _ours(folder: Path) -> bool:
-    """Whether ``folder`` is a kept model: a folder (not a link) of this user in the private cache folder."""
-    try:
-        st = folder.lstat()
-    except FileNotFoundError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _build(tmp: Path, seed: int) -> None:

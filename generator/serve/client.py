@@ -15,6 +15,7 @@ module, so a request looks the same everywhere. Two dialects:
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import time
@@ -38,6 +39,29 @@ from generator.serve.dialect import (  # noqa: F401 (the dialects are part of th
 
 class ServerRequestError(Exception):
     """The server answered a request with an error (its message is the exception's)."""
+
+
+MAX_ANSWER_BYTES = 64 << 20
+"""The most this client reads of one answer (a body, or a stream's events together): the answers to its small
+requests are kilobytes; a server that sent without end ran ``tritongen smoke`` out of memory (2.8 GB in 9 s)."""
+
+
+def _capped(chunks, what: str):
+    """``chunks`` as they come, failing once together they pass MAX_ANSWER_BYTES."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise ServerRequestError(f"{what}: the server's answer is longer than {MAX_ANSWER_BYTES:,} bytes")
+        yield chunk
+
+
+def _request(method: str, url: str, **kwargs) -> tuple[int, bytes]:
+    """Status and body of one request, the body read up to MAX_ANSWER_BYTES."""
+    import requests
+
+    with requests.request(method, url, stream=True, **kwargs) as r:
+        return r.status_code, b"".join(_capped(r.iter_content(1 << 16), f"{method} {url}"))
 
 
 def check_reachable(http_url: str, path: str = "/v2/health/live", timeout_s: float = 10.0) -> None:
@@ -67,29 +91,26 @@ def endpoint_url(http_url: str, path: str) -> str:
 
 
 def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
-    import requests
-
-    r = requests.get(endpoint_url(http_url, path), timeout=timeout)
-    if r.status_code != 200:
-        raise ServerRequestError(f"GET {path}: HTTP {r.status_code} {r.text.strip()}")
-    return r.json()
+    status, body = _request("GET", endpoint_url(http_url, path), timeout=timeout)
+    if status != 200:
+        raise ServerRequestError(f"GET {path}: HTTP {status} {body.decode(errors='replace').strip()}")
+    return json.loads(body)
 
 
 def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0,
               headers: Optional[Mapping[str, str]] = None) -> Any:
-    import requests
-
-    r = requests.post(endpoint_url(http_url, path), json=body, timeout=timeout, headers=headers)
-    if r.status_code != 200:
-        raise ServerRequestError(_error_text(r))
-    return r.json()
+    status, answer = _request("POST", endpoint_url(http_url, path), json=body, timeout=timeout, headers=headers)
+    if status != 200:
+        raise ServerRequestError(_error_text(status, answer))
+    return json.loads(answer)
 
 
 def is_ready(http_url: str) -> bool:
     import requests
 
     try:
-        return requests.get(endpoint_url(http_url, "/v2/health/ready"), timeout=5).status_code == 200
+        with requests.get(endpoint_url(http_url, "/v2/health/ready"), timeout=5, stream=True) as r:
+            return r.status_code == 200  # the body is not read
     except requests.RequestException:
         return False
 
@@ -98,11 +119,12 @@ def model_config(http_url: str, model: str) -> dict:
     return get_json(http_url, f"/v2/models/{model}/config")
 
 
-def _error_text(response) -> str:
+def _error_text(status: int, body: bytes) -> str:
+    text = body.decode(errors="replace")
     try:
-        return f"HTTP {response.status_code}: {response.json().get('error', response.text)}"
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text.strip()}"
+        return f"HTTP {status}: {json.loads(body).get('error', text)}"
+    except (ValueError, AttributeError):  # not JSON, or JSON that is no object
+        return f"HTTP {status}: {text.strip()}"
 
 
 def generate(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> dict:
@@ -115,17 +137,23 @@ def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout:
     import requests
 
     events = []
-    with requests.post(endpoint_url(http_url, f"/v2/models/{model}/generate_stream"), json=body, stream=True,
-                       timeout=timeout) as r:
+    url = endpoint_url(http_url, f"/v2/models/{model}/generate_stream")
+    with requests.post(url, json=body, stream=True, timeout=timeout) as r:
+        chunks = _capped(r.iter_content(1 << 16), f"POST {url}")
         if r.status_code != 200:
-            raise ServerRequestError(_error_text(r))
-        for line in r.iter_lines():
-            if not line.startswith(b"data:"):
-                continue
-            event = json.loads(line[5:].decode("utf-8"))
-            if "error" in event:
-                raise ServerRequestError(event["error"])
-            events.append(event)
+            raise ServerRequestError(_error_text(r.status_code, b"".join(chunks)))
+        buf = bytearray()  # lines cut out as they end (requests' iter_lines kept an endless one whole)
+        for chunk in itertools.chain(chunks, (b"\n",)):
+            searched, start = len(buf), 0
+            buf += chunk
+            while (end := buf.find(b"\n", max(start, searched))) >= 0:
+                line, start = bytes(buf[start:end]).rstrip(b"\r"), end + 1
+                if line.startswith(b"data:"):
+                    event = json.loads(line[5:].decode("utf-8"))
+                    if "error" in event:
+                        raise ServerRequestError(event["error"])
+                    events.append(event)
+            del buf[:start]
     return events
 
 
@@ -240,7 +268,9 @@ def grpc_stream(
 
     responses: "queue.Queue" = queue.Queue()
     result = StreamResult(cumulative=cumulative)
-    client = grpcclient.InferenceServerClient(grpc_url)
+    client = grpcclient.InferenceServerClient(grpc_url, channel_args=[
+        ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)])
+    received = 0
     try:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
         client.async_stream_infer(model, _tensors(grpcclient, inputs), request_id=request_id or uuid.uuid4().hex,
@@ -254,6 +284,10 @@ def grpc_stream(
                 break
             if error is not None:
                 result.error = error.message() if hasattr(error, "message") else str(error)
+                break
+            received += response.get_response().ByteSize()
+            if received > MAX_ANSWER_BYTES:  # a stream that never ends, in messages each under the bound
+                result.error = f"the server's answers are longer than {MAX_ANSWER_BYTES:,} bytes"
                 break
             outputs = {o.name: response.as_numpy(o.name) for o in response.get_response().outputs}
             text = outputs.get("text_output")
@@ -274,15 +308,29 @@ def grpc_stream(
 
 
 
-def http_client(http_url: str, timeout: float = 120.0):
-    """tritonclient's HTTP client for HOST:PORT or an http:// URL (it takes no scheme)."""
-    import tritonclient.http as httpclient
+class InferAnswer:
+    """The outputs of a KServe v2 infer answer (JSON) as numpy arrays by name, BYTES as bytes objects."""
 
-    return httpclient.InferenceServerClient(http_url.split("://", 1)[-1], network_timeout=timeout)
+    def __init__(self, answer: Mapping[str, Any]) -> None:
+        self.outputs = {o["name"]: o for o in answer.get("outputs", [])}
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        from tritonclient.utils import triton_to_np_dtype
+
+        out = self.outputs[name]
+        if out["datatype"] == "BYTES":
+            data = np.array([d.encode() if isinstance(d, str) else d for d in out["data"]], dtype=np.object_)
+        else:
+            data = np.array(out["data"], dtype=triton_to_np_dtype(out["datatype"]))
+        return data.reshape(out["shape"])
 
 
-def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0):
-    """Plain HTTP infer (KServe v2); returns tritonclient's result. Refused by decoupled models."""
-    import tritonclient.http as httpclient
+def http_infer(http_url: str, model: str, inputs: Mapping[str, np.ndarray], timeout: float = 120.0) -> InferAnswer:
+    """Plain HTTP infer (KServe v2, JSON), its answer read as ``post_json`` reads (at most MAX_ANSWER_BYTES;
+    tritonclient's HTTP client read any answer whole). Refused by decoupled models (ServerRequestError)."""
+    from tritonclient.utils import np_to_triton_dtype
 
-    return http_client(http_url, timeout).infer(model, _tensors(httpclient, inputs))
+    tensors = [{"name": name, "shape": list(array.shape), "datatype": np_to_triton_dtype(array.dtype),
+                "data": [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]}
+               for name, array in inputs.items()]
+    return InferAnswer(post_json(http_url, f"/v2/models/{model}/infer", {"inputs": tensors}, timeout))

@@ -26,7 +26,9 @@ def failed_models_from_index(index: Iterable[Mapping]) -> dict[str, str]:
 
 _LOAD_FAIL = re.compile(r"failed to load '([^']+)'(?: version \d+)?: (.*)")
 _ENSEMBLE_FAIL = re.compile(r"(in ensemble '?([^',\s]+)'?, .*?)\"?$")
-_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\S+\s*\|\s*(UNAVAILABLE: .*?)\s*\|\s*$")
+# The reason greedy up to the row's last bar (a lazy one before ``\s*\|`` tried every run of spaces again at each
+# character: a reason of 160,000 spaces took 28 s to read).
+_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\S+\s*\|\s*(UNAVAILABLE: .*)\|\s*$")
 
 
 def failed_models_from_log(log_text: str) -> dict[str, str]:
@@ -43,5 +45,5 @@ def failed_models_from_log(log_text: str) -> dict[str, str]:
             continue
         m = _TABLE_ROW.match(line.strip())
         if m:
-            failed.setdefault(m.group(1), _first_line(m.group(2)))
+            failed.setdefault(m.group(1), _first_line(m.group(2).rstrip()))
     return failed

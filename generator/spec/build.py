@@ -87,6 +87,12 @@ class QuantizationSpec(Section):
     """Held-out tokens (bundled English text) on which the exported checkpoint is compared with the
     original model after quantization: perplexity, top-1 agreement, KL divergence. 0 skips the check."""
 
+    cache_max_mib: int = Field(1024, ge=0)
+    """Models whose weights total at most this many MiB have their checkpoint kept in tritongen's cache folder
+    and copied from there when the same files are quantized again with the same settings, calibration text,
+    libraries and device (the demo run again: seconds instead of a calibration). 0 keeps nothing; larger
+    models are not kept, so their checkpoints are not stored twice."""
+
     @property
     def quantizes_anything(self) -> bool:
         return self.format is not QuantFormat.none or self.kv_cache is not KVCacheFormat.none

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from generator.spec.base import Section
 
@@ -115,7 +116,8 @@ class LoadTestSpec(Section):
     end for requests still in flight (they finish and count, instead of being cut off). Such a silent
     request, a "Stub process ... is not healthy" answer (a model's Python stub died) or a refused connection
     (the server exited), ends the run at once: the requests still in flight count as errors and no reference
-    answers are asked."""
+    answers are asked. A server's own error text about a timeout or a refusal (a proxy's "504 Gateway Timeout")
+    fails only its request."""
 
     reference_checks: int = Field(100, ge=0)
     """Distinct prompts of the run re-asked once without streaming after the run; every streamed answer
@@ -137,6 +139,17 @@ class LoadTestSpec(Section):
     def openai(self) -> bool:
         """Whether the protocol is an OpenAI-compatible endpoint rather than Triton's own."""
         return self.protocol.startswith("openai-")
+
+    @field_validator("openai_body")
+    @classmethod
+    def _json_body(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """YAML holds values JSON does not (dates, bytes, sets, .nan): they reached json.dumps at render."""
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"is not JSON ({exc}): write strings, finite numbers, booleans, lists and "
+                             "mappings only (quote a date)") from None
+        return value
 
     @model_validator(mode="after")
     def _one_workload(self) -> "LoadTestSpec":

@@ -56,9 +56,9 @@ def select_token(
             seen = torch.where(seen > 0, seen / params.repetition_penalty, seen * params.repetition_penalty)
         seen = seen - params.presence_penalty - params.frequency_penalty * counts.to(scores.dtype)
         scores[ids] = seen
-    for word in params.bad_words:
-        prefix = list(word[:-1])
-        if not prefix or history[-len(prefix):] == prefix:
+    for word in params.bad_words:  # banned when the history ends with the tokens before its last
+        n = len(word) - 1
+        if not n or (n <= len(history) and history[-1] == word[-2] and tuple(history[-n:]) == tuple(word[:-1])):
             scores[word[-1]] = float("-inf")
     if params.end_id is not None and 0 <= params.end_id < scores.numel() and generated < params.min_tokens:
         scores[params.end_id] = float("-inf")

@@ -98,6 +98,11 @@ def check_request(request: GenerationRequest, settings: EngineSettings, vocab_si
         for word in words:
             if min(word) < 0 or max(word) >= vocab_size:
                 raise RequestError(f"{name} holds token ids outside [0, {vocab_size - 1}]")
+            # a word no sequence can hold never matches, yet a bad word was compared at every step of the batch:
+            # one of 4,000,000 tokens added ~90 ms to every step, for every request served beside it
+            if s.max_seq_len is not None and len(word) > s.max_seq_len:
+                raise RequestError(f"{name} holds a word of {len(word)} tokens, longer than max_seq_len "
+                                   f"({s.max_seq_len}): it could never match")
     if len(sampling.embedding_bias) > vocab_size:
         raise RequestError(f"embedding_bias has {len(sampling.embedding_bias)} values for a vocabulary of "
                            f"{vocab_size}")
