@@ -174,7 +174,7 @@ def test_load_generator_with_a_small_cpu_share_is_flagged(cpu_spec, cpu_server, 
 def test_cli_slo_tighter_than_measured_exits_1(cpu_server, tmp_path):
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "tritongen"), "loadtest", "--url", f"http://{cpu_server.http_url}",
-           "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "3",
+           "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "1",
            "--admin-key", cpu_server.admin_key,
            "--slo", "ttft_p95<0.001ms,error_rate<1%", "-o", str(out),
            "--set", "loadtest.output_tokens_mean=8", "--set", "loadtest.input_tokens_mean=16",
