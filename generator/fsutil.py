@@ -66,8 +66,9 @@ def reusable(folder: Path) -> bool:
 
 def keep_copy(built: Path, kept: Path) -> None:
     """Copy the files of ``built`` to ``kept`` as one folder, whole or not at all. The cache is an aid: a full disk,
-    or another run that kept its copy first, leaves this run's output as it is."""
-    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-", dir=kept.parent))
+    or another run that kept its copy first, leaves this run's output as it is; a copy left by a killed run goes."""
+    remove_leftovers(kept)
+    staged = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp-{os.getpid()}-", dir=kept.parent))
     try:
         with contextlib.suppress(OSError):
             for file in built.iterdir():
@@ -130,6 +131,16 @@ def _not_ours(target: Path, *, fill_in_place: bool = False) -> Optional[str]:
     return None
 
 
+def output_path(target: Path) -> Path:
+    """``target`` resolved; a symbolic link that leads to itself is an error naming it (pathlib raised a
+    RuntimeError, a traceback)."""
+    try:
+        return Path(target).resolve()
+    except RuntimeError:
+        raise OutputExists("the output is a symbolic link that leads back to itself (a loop)", where=str(target),
+                           fix="remove the link, or choose another output") from None
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -144,7 +155,7 @@ def check_writable_target(
     holds one is refused, with or without ``force``; so is a target holding the working directory.
     ``fill_in_place``: the command writes into the folder without deleting it (the demo).
     """
-    target = Path(target).resolve()
+    target = output_path(target)
     named = dict(protected, **{"the working directory": Path.cwd()})
     for label, path in named.items():
         if _inside(Path(path).resolve(), target):
@@ -206,7 +217,7 @@ def atomic_dir(
 
     On any exception the temporary folder is removed and ``target`` is left as it was.
     """
-    target = Path(target).resolve()
+    target = output_path(target)
     check_writable_target(target, force, command_hint, protected)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
@@ -217,6 +228,13 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:  # again: the user may have written into the folder while the command ran (a load test runs for hours)
+        check_writable_target(target, force, command_hint, protected)
+    except OutputExists as exc:
+        kept = target.with_name(f"{target.name}.new-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
+        tmp.rename(kept)
+        raise OutputExists(f"{exc.message} (it changed while this command ran); the new output is in {kept}",
+                           where=exc.where, fix=f"move what you added out of {target}, then move {kept} there") from None
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
@@ -237,7 +255,8 @@ def atomic_write_text(path: Path, text: str, *, force: bool = True) -> None:
             f.write(text)
             f.flush()
         except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
-            f.close()
+            with contextlib.suppress(OSError):  # closing flushes what the full disk refused again, and fails again
+                f.close()
             Path(f.name).unlink(missing_ok=True)
             raise
     Path(f.name).replace(path)

@@ -205,7 +205,7 @@ def cpu_loadtest(cpu_spec, cpu_server, work_dir):
     out = work_dir / "loadtest-grpc"
     out.mkdir()
     spec = with_overrides(cpu_spec, [
-        "loadtest.users=4", "loadtest.duration_s=4", "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16",
+        "loadtest.users=4", "loadtest.duration_s=2", "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16",
         "loadtest.warmup_requests=2", "loadtest.num_prompts=8", "loadtest.reference_checks=8",
         "loadtest.request_timeout_s=120",
         "loadtest.slo=ttft_p99<120s,error_rate<50%",

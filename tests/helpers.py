@@ -81,7 +81,7 @@ def process_record(**fields):
     return rec
 
 
-LLMAPI_SHORT_LOAD = ["loadtest.protocol=grpc-stream", "loadtest.users=4", "loadtest.duration_s=4",
+LLMAPI_SHORT_LOAD = ["loadtest.protocol=grpc-stream", "loadtest.users=4", "loadtest.duration_s=2",
                      "loadtest.input_tokens_mean=32", "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2",
                      "loadtest.num_prompts=6", "loadtest.reference_checks=6", "loadtest.request_timeout_s=120"]
 """The short load test of the LLM-API server (conftest's ``llmapi_loadtest``; other protocols append theirs)."""

@@ -245,3 +245,50 @@ def test_launch_script_runs_with_a_hostile_repository_path(tmp_path):
                          env={"TRITONSERVER": str(fake), "PATH": "/usr/bin:/bin"}, cwd=tmp_path, check=True)
     assert f"--model-repository={folder}" in run.stdout.splitlines()
     assert not list(tmp_path.glob("pwned*"))
+
+
+# ---------------------------------------------------------------- numbers at the edges (review 11)
+
+
+def float_fields(model: type[BaseModel] = Spec, prefix: str = "") -> list[str]:
+    """Dotted name of every number field of the spec that takes fractions."""
+    out = []
+    for name, field in model.model_fields.items():
+        args = typing.get_args(field.annotation) or (field.annotation,)
+        sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None:
+            out += float_fields(sub, f"{prefix}{name}.")
+        elif float in args:
+            out.append(prefix + name)
+    return out
+
+
+def _integers(node) -> list[int]:
+    if isinstance(node, dict):
+        return [i for v in node.values() for i in _integers(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _integers(v)]
+    return [node] if isinstance(node, int) and not isinstance(node, bool) else []
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_spec_refuses_numbers_that_are_not_finite_naming_the_field(value):
+    fields = float_fields()
+    assert {"loadtest.duration_s", "loadtest.spawn_rate", "kubernetes.load_gib_per_s"} <= set(fields)
+    for field in fields:
+        with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+            spec_from_dict(with_field({}, field, float(value)))
+
+
+def test_tiny_rates_and_huge_durations_keep_every_manifest_integer_in_kubernetes_range():
+    """Derived counts (probe thresholds, the load test's deadline) were infinity (a traceback) or past int64."""
+    edges = {"loadtest.spawn_rate": 5e-324, "kubernetes.load_gib_per_s": 5e-324, "loadtest.duration_s": 1e300,
+             "loadtest.request_timeout_s": 1e300}
+    data = base_data(TARGETS[0][0])
+    for field, value in edges.items():
+        data = with_field(data, field, value)
+    files = _render(data, True)
+    docs = [d for rel in ("kubernetes.yaml", "kubernetes-loadtest.yaml") for d in yaml.load_all(files[rel], Loader=LOADER)]
+    numbers = _integers(docs)
+    assert numbers and max(numbers) <= 2**31 - 1
+    assert max(numbers) == 2**31 - 1  # the capped ones are there

@@ -84,6 +84,30 @@ def test_render_cli_force_refuses_a_user_folder(tokenizer_weights_dir, tmp_path)
     assert (user / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.parametrize("force", [True, False])
+def test_what_the_user_puts_into_the_output_while_the_command_runs_is_never_replaced(tmp_path, force):
+    """The check at the start is not enough: a load test or tune holds the folder for hours (review 11)."""
+    target = tmp_path / "out"
+    if force:
+        _write(target)
+    with pytest.raises(TritongenError, match="changed while this command ran") as err:
+        with atomic_dir(target, force=force) as tmp:
+            (tmp / "out.txt").write_text("new")
+            target.mkdir(exist_ok=True)
+            (target / "NOTES.md").write_text("mine")
+    assert (target / "NOTES.md").read_text() == "mine"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.new-")]
+    assert [p.name for p in kept] == [p.name for p in tmp_path.iterdir() if p != target]  # no temporary folder left
+    assert (kept[0] / "out.txt").read_text() == "new" and str(kept[0]) in err.value.message
+
+
+def test_an_output_that_is_a_symlink_loop_is_an_error_naming_it(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    for target in (tmp_path / "loop", tmp_path / "loop" / "x"):
+        with pytest.raises(TritongenError, match="leads back to itself"):
+            _write(target)
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     target = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -99,6 +123,24 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
     assert not stale.exists()
     assert mine.exists() and unrelated.exists()
     assert remove_leftovers(target) == []
+
+
+def test_a_cache_copy_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monkeypatch):
+    """review11: a kill -9 while a model or checkpoint was copied into the cache left its staging folder for ever."""
+    from generator.fsutil import CACHE_VAR, keep_copy, kept_folder, reusable
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "cache"))
+    kept = kept_folder("quantize", "0123abcd")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = kept.parent / f".{kept.name}.tmp-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half a checkpoint")
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "model.safetensors").write_text("a whole checkpoint")
+    keep_copy(built, kept)
+    assert reusable(kept) and (kept / "model.safetensors").read_text() == "a whole checkpoint"
+    assert sorted(p.name for p in kept.parent.iterdir()) == [kept.name]
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):

@@ -184,6 +184,19 @@ def test_single_runs_use_the_per_request_bootstrap_and_say_it_is_narrow():
     assert not any("one run on a side" in n for n in compare(side(1), side(2)).notes)
 
 
+@pytest.mark.parametrize("runs", [1, 3])
+def test_a_baseline_latency_of_zero_compares_without_a_relative_change(runs):
+    """Every token gap 0 ms (answers read in one piece): the ratio bootstrap (one run) was a ValueError, the
+    run-to-run change (repeated runs) a ZeroDivisionError traceback (review 11)."""
+    def zero_itl(ev: Evidence) -> Evidence:
+        zero = {f"itl_p{p}": 0.0 for p in (50, 95, 99)}
+        return ev.model_copy(update={"samples": dict(ev.samples, itl=Sketch.of([0.0] * 480)),
+                                     "runs": [r.model_copy(update={"figures": r.figures | zero}) for r in ev.runs]})
+
+    c = compare(zero_itl(side(1, runs=runs)), zero_itl(side(2, runs=runs)))
+    assert c.get("itl_p95").verdict is Change.NOT_COMPARABLE and c.get("ttft_p95").verdict is not Change.NOT_COMPARABLE
+
+
 # ---------------------------------------------------------------- baseline files
 
 

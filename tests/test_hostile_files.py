@@ -311,31 +311,28 @@ def test_serve_on_busy_ports_fails_before_starting(cpu, tmp_path):
     assert f"HTTP {port}" in str(result.exception) and "already in use" in str(result.exception)
 
 
-def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+def test_full_disk_names_the_file_written_and_leaves_no_temporary_file(tmp_path):
     """Low item: a copy that fills the disk is reported at the file written, not its source; and the spec
     import writes through atomic_write_text, which leaves no temporary file."""
     import errno
-    import tempfile
 
     from generator.cli import os_error_line
-    from generator.fsutil import atomic_write_text
 
     src = tmp_path / "source.bin"
     src.write_bytes(b"x")
     # What shutil.copyfile raises when the disk fills during its sendfile copy: source first, destination second.
     full = OSError(errno.ENOSPC, "No space left on device", str(src), None, "/out/engine/rank0.engine")
     assert os_error_line(full) == "/out/engine/rank0.engine: No space left on device"
+    for code in (errno.EDQUOT, errno.EFBIG):  # a quota or a file-size limit: the file written too (review 11)
+        assert os_error_line(OSError(code, "x", str(src), None, "/out/a")).startswith("/out/a: ")
 
-    real = tempfile.NamedTemporaryFile
-
-    def full_disk(*args, **kwargs):  # the disk fills while the spec is written (no real full disk here)
-        f = real(*args, **kwargs)
-        f.write = lambda text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
-        return f
-
-    monkeypatch.setattr("generator.fsutil.tempfile.NamedTemporaryFile", full_disk)
-    with pytest.raises(OSError):
-        atomic_write_text(tmp_path / "spec.yaml", "model: {}\n")
+    # A real limit on file size (Python ignores SIGXFSZ, so the write fails as on a full disk): the buffered text
+    # fails at the flush and again at the close, which left the temporary file (review 11).
+    write = ("import resource, sys; from pathlib import Path; from generator.fsutil import atomic_write_text; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY)); "
+             "atomic_write_text(Path(sys.argv[1]), 'model: {}\\n' * 300)")  # under io's 8 KiB buffer
+    run = subprocess.run([sys.executable, "-c", write, str(tmp_path / "spec.yaml")], capture_output=True, text=True)
+    assert run.returncode != 0 and "File too large" in run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.bin"]
 
 

@@ -132,7 +132,7 @@ def test_broken_postprocessing_fails_the_streamed_output_checks(cpu_spec, cpu_re
     shutil.copytree(cpu_repo_dir, repo)
     (repo / "postprocessing" / "1" / "model.py").write_text(BROKEN_POSTPROCESSING, encoding="utf-8")
     with TritonServer(repo, log_file=tmp_path / "triton.log") as server:
-        res = run(cpu_spec, tmp_path / "load", server, "loadtest.users=2", "loadtest.duration_s=3").results
+        res = run(cpu_spec, tmp_path / "load", server, "loadtest.users=2", "loadtest.duration_s=1").results
     checks = res.checks
     assert checks.failed_requests > 0 and checks.failures["reference_mismatch"] > 0
     assert checks.reference.get("detokenization", 0) > 0
@@ -174,7 +174,7 @@ def test_load_generator_with_a_small_cpu_share_is_flagged(cpu_spec, cpu_server, 
 def test_cli_slo_tighter_than_measured_exits_1(cpu_server, tmp_path):
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "tritongen"), "loadtest", "--url", f"http://{cpu_server.http_url}",
-           "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "3",
+           "--grpc-url", cpu_server.grpc_url, "--metrics-url", cpu_server.metrics_url, "-u", "2", "-t", "1",
            "--admin-key", cpu_server.admin_key,
            "--slo", "ttft_p95<0.001ms,error_rate<1%", "-o", str(out),
            "--set", "loadtest.output_tokens_mean=8", "--set", "loadtest.input_tokens_mean=16",

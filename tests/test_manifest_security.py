@@ -118,6 +118,20 @@ BREAKS = [
         2, "pip install locust && locust"), "installs packages"),
     ("unpinned image", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0].__setitem__("image", "locustio/locust"),
      "not pinned"),
+    # bindings whose grant the file does not show (review 11: a ClusterRoleBinding to cluster-admin passed)
+    ("cluster-admin bound", MANIFESTS, lambda d: d.append(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+         "subjects": [{"kind": "ServiceAccount", "name": "tritongen", "namespace": "default"}]}), "every namespace"),
+    ("a role from elsewhere", MANIFESTS, lambda d: next(x for x in d if x["kind"] == "RoleBinding")["roleRef"].update(
+        kind="ClusterRole", name="edit"), "not reviewed"),
+    # another application's Secret read by a pod (review 11)
+    ("another Secret in env", MANIFESTS, lambda d: _leader(d)["containers"][0]["env"].append(
+        {"name": "DB", "valueFrom": {"secretKeyRef": {"name": "other-app-db", "key": "password"}}}), "other-app-db"),
+    ("another Secret as envFrom", LOADTEST_MANIFESTS, lambda d: _job(d)["containers"][0].__setitem__(
+        "envFrom", [{"secretRef": {"name": "other-app-db"}}]), "other-app-db"),
+    ("another Secret as a volume", MANIFESTS, lambda d: _worker(d)["volumes"].append(
+        {"name": "s", "projected": {"sources": [{"secret": {"name": "other-app-db"}}]}}), "other-app-db"),
     # Pod Security's baseline rules, which "restricted" includes (second review)
     ("unmasked /proc", MANIFESTS, lambda d: _leader(d)["containers"][0]["securityContext"].__setitem__(
         "procMount", "Unmasked"), "procMount"),
@@ -141,7 +155,8 @@ def test_the_review_names_what_a_cluster_admin_would_refuse(repo, name, file, ch
     """The review validate runs on each manifest (the end-to-end `validate --strict` run is the next test)."""
     _edit(repo / file, change)
     out = Findings()
-    security_review(repo / file, documents(repo / file, out), out, SERVER_LABELS if file == MANIFESTS else None)
+    security_review(repo / file, documents(repo / file, out), out, SERVER_LABELS if file == MANIFESTS else None,
+                    ("tritongen-admin-key", "tritongen-loadtest-token"))
     problems = failing(out.problems, strict=True)
     assert any(words in p.message for p in problems), [p.message for p in problems]
 

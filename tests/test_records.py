@@ -171,3 +171,16 @@ def test_no_record_is_written_longer_than_the_reader_reads(tmp_path, monkeypatch
     found = read_records(path).requests
     assert found[1] == short and records.TOO_LONG in found[0]["error"] and found[0]["resp_text"] == []
     assert found[0]["id"] == long["id"] and not request_metrics(found[0]).ok
+
+
+def test_records_of_another_kind_given_to_loadtest_records_are_named_by_the_path_given(tmp_path):
+    """The error named the copy in the output's temporary folder, which is gone once the command fails (review 11)."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    given = tmp_path / "mine.json"
+    given.write_text('{"secret": 1}\n')
+    result = CliRunner().invoke(app, ["loadtest", "--records", str(given), "-o", str(tmp_path / "out")])
+    assert isinstance(result.exception, ArtifactCorrupt) and result.exception.where == str(given)
+    assert ".tmp-" not in str(result.exception) and not (tmp_path / "out").exists()

@@ -494,6 +494,19 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
 
 
+def _until_a_request_is_recorded(folder: Path) -> None:
+    """Wait until the run's hidden folder under ``folder`` holds a finished request (Locust writes its records
+    every 0.2 s as it runs)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for name in _leftovers(folder):
+            records = folder / name / "records.jsonl"
+            if records.is_file() and '"kind":"request"' in records.read_text(errors="replace"):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no request recorded under {folder} within 120 s")
+
+
 @pytest.mark.server
 def test_loadtest_killed_or_terminated_leaves_no_locust_and_no_temporary_folder(tmp_path, tokenizer_weights_dir):
     """SIGKILL: the kernel and the guard end Locust; the hidden folder is removed by the next run.
@@ -504,7 +517,7 @@ def test_loadtest_killed_or_terminated_leaves_no_locust_and_no_temporary_folder(
     work.mkdir()
     with TritonServer(repo) as server:
         cli, locusts = _loadtest_until_locust_runs(server, tokenizer_weights_dir, work / "out")
-        time.sleep(3)  # Locust is up and sending, not about to stop
+        _until_a_request_is_recorded(work)  # Locust is up and sending, not about to stop (-t 600)
         assert _alive([p.pid for p in locusts]) == [p.pid for p in locusts]
         assert all(b"hf_secret_of_the_user" not in Path(f"/proc/{p.pid}/environ").read_bytes() for p in locusts)
         cli.kill()

@@ -145,3 +145,12 @@ def test_anchors_within_limits_still_work(tmp_path):
     spec = tmp_path / "ok.yaml"
     spec.write_text("build: &b\n  max_input_len: 100\nloadtest:\n  input_tokens_mean: 7\n")
     assert load_spec(spec).build.max_input_len == 100
+
+
+@pytest.mark.parametrize("value", ["2001-12-14", "!!binary aGVsbG8=", "!!set {x, y}", ".nan", "[.inf]"])
+def test_an_openai_body_that_is_not_json_is_refused_naming_the_field(tmp_path, value):
+    """YAML holds values JSON cannot (dates, bytes, sets, NaN): they were a json.dumps traceback at render (review 11)."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"loadtest:\n  protocol: openai-chat\n  openai_body: {{a: {value}}}\n")
+    with pytest.raises(SpecError, match=r"loadtest\.openai_body.*not JSON"):
+        load_spec(path)

@@ -86,7 +86,7 @@ def test_best_point_needs_a_pass_and_ignores_inconclusive_and_failed_points():
 @pytest.mark.server
 def test_sweep_runs_every_point_and_reports_the_one_that_cannot(cpu_spec, nvfp4_checkpoint_dir, tmp_path):
     plan = plan_sweep([
-        "serving.max_batch_size=2,64", "loadtest.users=4", "loadtest.duration_s=3", "loadtest.input_tokens_mean=32",
+        "serving.max_batch_size=2,64", "loadtest.users=4", "loadtest.duration_s=1.5", "loadtest.input_tokens_mean=32",
         "loadtest.output_tokens_mean=16", "loadtest.warmup_requests=2", "loadtest.num_prompts=6",
         "loadtest.reference_checks=6", "loadtest.slo=error_rate<1%",
     ])

@@ -30,9 +30,9 @@ def _interrupt(signum, frame) -> None:
 
 
 def os_error_line(exc: OSError) -> str:
-    """The OS's cause and the file it concerns. A copy that fills the disk names its source first and the
-    file being written second (shutil): the one written is where the space ran out."""
-    name = exc.filename2 if exc.errno == errno.ENOSPC and exc.filename2 else exc.filename
+    """The OS's cause and the file it concerns. A copy that fills the disk (or the user's quota, or the file-size
+    limit) names its source first and the file being written second (shutil): the one written is where it ran out."""
+    name = exc.filename2 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and exc.filename2 else exc.filename
     return (f"{name}: " if name else "") + (exc.strerror or str(exc))
 
 

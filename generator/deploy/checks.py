@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.deploy.kubernetes import MANIFESTS
+from generator.deploy.kubernetes import MANIFESTS, tritongen_secrets
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, launch_script
 from generator.deploy.loadtest import LOADTEST_MANIFESTS
 from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems, security_review
@@ -56,7 +56,7 @@ def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optiona
             check_manifests(manifests, spec, topo, _version(spec, manifest, target), out)
         if (repo / LOADTEST_MANIFESTS).is_file():
             loadtest_docs = documents(repo / LOADTEST_MANIFESTS, out)
-            security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out)
+            security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out, secrets=tritongen_secrets(spec))
             for doc, line in loadtest_docs:
                 schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
                 size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())

@@ -25,6 +25,7 @@ from generator.errors import PlanRefused
 from generator.resources import data_json
 from generator.serve.adminapi import admin_credential, restriction_flags
 from generator.spec import EngineTarget, Spec
+from generator.spec.base import INT32_MAX
 
 MANIFESTS = "kubernetes.yaml"
 DATA_FILE = "deploy.json"
@@ -110,7 +111,7 @@ def pod_sizing(spec: Spec, topo: Topology) -> PodSizing:
     else:
         budget = 2 * (STARTUP_BASE_S + 600)
         startup_reason = f"no memory plan (no model config.json): 2 x ({STARTUP_BASE_S} s + 600 s)"
-    threshold = math.ceil(budget / PROBE_PERIOD_S)
+    threshold = kube_int(budget / PROBE_PERIOD_S)
     cpu = topo.gpus_per_pod * CPU_PER_RANK + py * CPU_PER_PYTHON_INSTANCE
     cpu_reason = (f"{CPU_PER_RANK} x {topo.gpus_per_pod} GPU rank(s) + {CPU_PER_PYTHON_INSTANCE} x {py} "
                   "Python-backend instance(s)")
@@ -166,6 +167,22 @@ def labels(spec: Spec) -> dict[str, str]:
 def admin_secret(spec: Spec) -> str:
     """The Secret holding the server's admin key (created by the user, never rendered)."""
     return f"{spec.kubernetes.name}-admin-key"
+
+
+def tritongen_secrets(spec: Spec) -> tuple[str, str]:
+    """Every Secret the rendered pods read: validate refuses a pod that reads another."""
+    return admin_secret(spec), loadtest_secret(spec)
+
+
+def loadtest_secret(spec: Spec) -> str:
+    """The Secret holding the in-cluster load test's run token (created by the user, never rendered)."""
+    return f"{spec.kubernetes.name}-loadtest-token"
+
+
+def kube_int(value: float) -> int:
+    """A count of seconds or probes for a manifest, rounded up and at most INT32_MAX (Kubernetes' int32 fields;
+    about 68 years): tiny rates or huge durations made values the API server refuses, or infinity."""
+    return math.ceil(min(value, INT32_MAX))
 
 
 def kube_literal(text: str) -> str:

@@ -14,7 +14,9 @@ import shlex
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from generator.deploy.kubernetes import CONTAINER_SECURITY, PORTS, artifacts_mount, kube_literal, pod_security
+from generator.deploy.kubernetes import (
+    CONTAINER_SECURITY, PORTS, artifacts_mount, kube_int, kube_literal, loadtest_secret, pod_security,
+)
 from generator.resources import loadtest_dir
 from generator.spec import Spec
 
@@ -125,11 +127,11 @@ def loadtest_values(spec: Spec) -> dict:
     files["locust.conf"] = locust_conf_text(options)
     items = [{"key": _key(rel), "path": rel} for rel in package_files()] + [{"key": "locust.conf", "path": "locust.conf"}]
     master = f"{k.name}-locust-master"
-    token_secret = f"{k.name}-loadtest-token"
+    token_secret = loadtest_secret(spec)
     token_env = [{"name": "TRITONGEN_RUN_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "token"}}}]
     # the Job ends even if the run hangs: the run, its last requests, and 10 minutes for the pods to start
     lt = spec.loadtest
-    deadline_s = int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
+    deadline_s = kube_int(lt.duration_s + lt.users / lt.spawn_rate + lt.request_timeout_s + 600)
     conf, locustfile = shlex.quote(f"{MOUNT}/locust.conf"), shlex.quote(f"{MOUNT}/locustfile.py")
     return {
         "token_secret": token_secret, "token_env": token_env, "deadline_s": deadline_s,

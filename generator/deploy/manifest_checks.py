@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Collection, NamedTuple, Optional
 
 import yaml
 
 from generator.deploy.kubernetes import (
     PORTS, PROBE_PERIOD_S, WAITING_METRIC, artifacts_mount, deploy_data, expected_image, labels, pod_sizing, read_paths,
-    repository_path,
+    repository_path, tritongen_secrets,
 )
 from generator.deploy.pod_security import pod_specs, review_pod, review_rbac
 from generator.errors import TritongenError
@@ -70,16 +70,18 @@ def schema_problems(path: Path, doc: dict[str, Any], line: int, out: Findings) -
 
 
 def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Findings,
-                    server_labels: Optional[dict[str, str]] = None) -> None:
+                    server_labels: Optional[dict[str, str]] = None, secrets: Optional[Collection[str]] = None) -> None:
     """The cluster admin's review (generator.deploy.pod_security) of every pod and role, as warnings (--strict fails);
-    with ``server_labels``, the server pods also need the admin-API restriction and a NetworkPolicy."""
+    with ``server_labels``, the server pods also need the admin-API restriction and a NetworkPolicy; with
+    ``secrets``, pods read no other Secret."""
+    roles = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d, _ in docs}
     for doc, line in docs:
-        for problem, fix in review_rbac(doc):
+        for problem, fix in review_rbac(doc, roles):
             out.add(path, line, problem, fix, Severity.warning)
         for role, pod, metadata in pod_specs(doc):
             leader = "leaderTemplate" in role
             server = server_labels is not None and (leader or doc.get("kind") == "Deployment")
-            for problem, fix in review_pod(role, pod, metadata, needs_token=leader, server=server):
+            for problem, fix in review_pod(role, pod, metadata, needs_token=leader, server=server, secrets=secrets):
                 out.add(path, line, problem, fix, Severity.warning)
     if server_labels and not any(doc.get("kind") == "NetworkPolicy" and _selects(
             ((doc.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}, server_labels)
@@ -90,7 +92,7 @@ def security_review(path: Path, docs: list[tuple[dict[str, Any], int]], out: Fin
 
 def check_manifests(path: Path, spec: Spec, topo: Topology, version: str, out: Findings) -> None:
     docs = documents(path, out)
-    security_review(path, docs, out, labels(spec))
+    security_review(path, docs, out, labels(spec), tritongen_secrets(spec))
     by_kind: dict[str, tuple[dict[str, Any], int]] = {}
     for doc, line in docs:
         schema_problems(path, doc, line, out)

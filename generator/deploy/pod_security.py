@@ -11,7 +11,7 @@ refuses every pod that breaks one.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Collection, Iterator, Optional
 
 from generator.serve.adminapi import ADMIN_APIS
 
@@ -55,6 +55,22 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[s
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for key in ("initContainers", "containers", "ephemeralContainers") for c in pod.get(key) or []
             if isinstance(c, dict)]
+
+
+def secrets_read(pod: dict[str, Any]) -> set[str]:
+    """The Secrets a pod reads: its containers' env and envFrom, its secret and projected volumes."""
+    names = set()
+    for c in _containers(pod):
+        for env in c.get("env") or []:
+            ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}) if isinstance(env, dict) else {}
+            names.add(ref.get("name"))
+        names |= {(e.get("secretRef") or {}).get("name") for e in c.get("envFrom") or [] if isinstance(e, dict)}
+    for v in pod.get("volumes") or []:
+        if isinstance(v, dict):
+            names.add((v.get("secret") or {}).get("secretName"))
+            names |= {(s.get("secret") or {}).get("name") for s in (v.get("projected") or {}).get("sources") or []
+                      if isinstance(s, dict)}
+    return {str(n) for n in names if n}
 
 
 def _baseline_context(who: str, ctx: dict[str, Any]) -> list[str]:
@@ -123,10 +139,14 @@ def restricted_violations(pod: dict[str, Any], metadata: Optional[dict[str, Any]
 
 
 def review_pod(role: str, pod: dict[str, Any], metadata: dict[str, Any], *, needs_token: bool,
-               server: bool) -> list[tuple[str, str]]:
-    """(problem, fix) of one pod: the profile, then token, resources, images, admin APIs, fetching at start."""
+               server: bool, secrets: Optional[Collection[str]] = None) -> list[tuple[str, str]]:
+    """(problem, fix) of one pod: the profile, then token, Secrets other than ``secrets`` (None: not reviewed),
+    resources, images, admin APIs, fetching at start."""
     out = [(f"{role} fails Pod Security \"restricted\": {reason}", "re-render the manifests (tritongen writes "
             "pods that pass it)") for reason in restricted_violations(pod, metadata)]
+    for name in sorted(secrets_read(pod) - set(secrets if secrets is not None else secrets_read(pod))):
+        out.append((f"{role} reads Secret {name!r}, which is not one of tritongen's ({', '.join(sorted(secrets))})",
+                    "remove the reference (re-render the manifests)"))
     if not needs_token and pod.get("automountServiceAccountToken") is not False:
         out.append((f"{role} mounts a ServiceAccount token it does not need", "set automountServiceAccountToken: false"))
     for c in _containers(pod):
@@ -151,12 +171,20 @@ def review_pod(role: str, pod: dict[str, Any], metadata: dict[str, Any], *, need
     return out
 
 
-def review_rbac(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    """A Role or ClusterRole granting more than a pod needs: exec anywhere, secrets, wildcards."""
+def review_rbac(doc: dict[str, Any], roles: Collection[tuple[Any, Any]] = ()) -> list[tuple[str, str]]:
+    """A Role or ClusterRole granting more than a pod needs: exec anywhere, secrets, wildcards; a binding whose
+    grant this review cannot see: cluster-wide, or of a role not among ``roles`` ((kind, name) of the file's own)."""
+    name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
+    ref = doc.get("roleRef") if isinstance(doc.get("roleRef"), dict) else {}
+    if doc.get("kind") == "ClusterRoleBinding":
+        return [(f"{name} grants {ref.get('kind')} {ref.get('name')!r} in every namespace (cluster-admin, admin and "
+                 "edit reach every Secret)", "bind a Role of this file with a RoleBinding")]
+    if doc.get("kind") == "RoleBinding" and (ref.get("kind"), ref.get("name")) not in roles:
+        return [(f"{name} binds {ref.get('kind')} {ref.get('name')!r}, which this file does not define, so what it "
+                 "grants is not reviewed", "bind a Role defined in this file")]
     if doc.get("kind") not in ("Role", "ClusterRole"):
         return []
     out = []
-    name = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}"
     for rule in doc.get("rules") or []:
         resources, verbs = set(rule.get("resources") or []), set(rule.get("verbs") or [])
         if "*" in resources or "*" in verbs:

@@ -141,15 +141,19 @@ def _relative(log_ratio: float) -> float:
     return math.expm1(min(log_ratio, _MAX_LOG))
 
 
-def _run_to_run(b: list[float], c: list[float], confidence: float) -> tuple[intervals.Interval, intervals.Interval]:
+def _run_to_run(b: list[float], c: list[float],
+                confidence: float) -> Optional[tuple[intervals.Interval, intervals.Interval, str]]:
+    """(difference, relative change, method) from run-to-run variation, or None when the baseline is 0."""
     difference = intervals.welch(b, c, confidence)
+    mean_b = sum(b) / len(b)
     if min(b + c) > 0:
         logs = intervals.welch([math.log(v) for v in b], [math.log(v) for v in c], confidence)
         change = logs.model_copy(update={k: _relative(getattr(logs, k)) for k in ("estimate", "low", "high")})
+    elif mean_b == 0:  # every run's figure 0 (e.g. every token gap read in one piece): no relative change
+        return None
     else:
-        mean_b = sum(b) / len(b)
         change = difference.model_copy(update={k: getattr(difference, k) / mean_b for k in ("estimate", "low", "high")})
-    return difference, change
+    return difference, change, f"run-to-run Welch ({len(b)} vs {len(c)} runs)"
 
 
 def _per_request(metric: Metric, base: Evidence, cand: Evidence, b: list[float],
@@ -160,8 +164,11 @@ def _per_request(metric: Metric, base: Evidence, cand: Evidence, b: list[float],
     if metric.kind == "percentile" and metric.latency in base.samples and metric.latency in cand.samples:
         p = float(metric.stat[1:])
         sb, sc = base.samples[metric.latency], cand.samples[metric.latency]
-        difference, ratio = intervals.two_sample(sb.sample(), sc.sample(), lambda a: np.percentile(a, p, axis=-1),
-                                                 confidence)
+        try:
+            difference, ratio = intervals.two_sample(sb.sample(), sc.sample(), lambda a: np.percentile(a, p, axis=-1),
+                                                     confidence)
+        except ValueError:  # the baseline's percentile is 0 (e.g. every token gap read in one piece): no ratio
+            return None
         return difference, _minus_one(ratio), f"per-request bootstrap ({sb.n} vs {sc.n} values)"
     if metric.kind == "rate":
         nb, nc = sum(r.requests for r in base.runs), sum(r.requests for r in cand.runs)
@@ -203,11 +210,9 @@ def compare_metric(name: str, base: Evidence, cand: Evidence, blocked: Optional[
         row["baseline"], row["candidate"] = cb[0] / cb[1], cc[0] / cc[1]
         difference = intervals.newcombe(cb, cc, confidence)
         change, method = difference, f"Newcombe ({cb[1]} vs {cc[1]} trials, pooled)"
-    elif len(b) >= 2 and len(c) >= 2:
-        difference, change = _run_to_run(b, c, confidence)
-        method = f"run-to-run Welch ({len(b)} vs {len(c)} runs)"
     else:
-        got = _per_request(metric, base, cand, b, confidence)
+        repeated = len(b) >= 2 and len(c) >= 2
+        got = _run_to_run(b, c, confidence) if repeated else _per_request(metric, base, cand, b, confidence)
         if got is None:
             return MetricComparison(**row, change=None, difference=None, method="no interval",
                                     verdict=Change.NOT_COMPARABLE, measured=Change.NOT_COMPARABLE)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from generator.errors import LoadTestError, SpecError
+from generator.errors import ArtifactCorrupt, LoadTestError, SpecError
 from generator.procs import ChildGroup, child_env
 from generator.measure.ceiling import capacity, recorded_ceiling
 from generator.measure import locustconf
@@ -367,7 +367,10 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     target = out_dir / "records.jsonl"
     if Path(records).resolve() != target:
         shutil.copyfile(records, target)
-    requests, processes, run = read_records(target)
+    try:
+        requests, processes, run = read_records(target)
+    except ArtifactCorrupt as exc:  # the copy lies in a temporary folder that goes with the error: name the source
+        raise ArtifactCorrupt(exc.message.replace(str(target), str(records)), where=str(records), fix=exc.fix) from None
     if not requests:
         raise LoadTestError(f"no request records in {records}", where=str(records),
                             fix="point --records at the records.jsonl the Locust master wrote")

@@ -30,9 +30,10 @@ def control_character(value: Any) -> str | None:
 
 class Section(BaseModel):
     """Base of every spec section: unknown keys are errors, docstrings become descriptions, integers fit INT32,
-    and no text holds a control character."""
+    numbers are finite, and no text holds a control character."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)  # inf/nan durations and rates overflowed every derived integer
 
     @field_validator("*", mode="after")
     @classmethod

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from generator.spec.base import Section
 
@@ -139,6 +140,17 @@ class LoadTestSpec(Section):
     def openai(self) -> bool:
         """Whether the protocol is an OpenAI-compatible endpoint rather than Triton's own."""
         return self.protocol.startswith("openai-")
+
+    @field_validator("openai_body")
+    @classmethod
+    def _json_body(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """YAML holds values JSON does not (dates, bytes, sets, .nan): they reached json.dumps at render."""
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"is not JSON ({exc}): write strings, finite numbers, booleans, lists and "
+                             "mappings only (quote a date)") from None
+        return value
 
     @model_validator(mode="after")
     def _one_workload(self) -> "LoadTestSpec":
