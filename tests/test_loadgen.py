@@ -236,13 +236,10 @@ def test_grpc_wire_framing_edge_cases():
     to acknowledge, a window to wait for, and trailers that end the call with a status. (review6: a server's
     HEADER_TABLE_SIZE setting was applied to the client's decoder, which then refused every header block.)"""
     import gevent
-    from gevent import socket
 
     from hpack import Encoder
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     got, closed, peer_saw = [], [], []
 
     def peer() -> None:
@@ -303,11 +300,8 @@ def test_a_hostile_peer_cannot_grow_the_stream_without_bound(opening, flood, rea
     size were buffered as they came (12 GB in 25 s from a local peer); the stream now ends with the reason
     once an answer passes what any real one holds (grpcwire.MAX_MESSAGE)."""
     import gevent
-    from gevent import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     closed: list = []
 
     def peer() -> None:
@@ -388,11 +382,8 @@ def test_the_stream_watchdog_fails_a_request_that_gets_no_answer_and_hands_on_th
     from types import SimpleNamespace
 
     import gevent
-    from gevent import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
 
     def peer() -> None:  # answers the request with id "run-0-0" only, once it has both requests
         conn, _ = listener.accept()
@@ -443,6 +434,16 @@ def _grpc_message(message: bytes) -> bytes:
     return grpcwire.frame(grpcwire.DATA, 0, 1, b"\x00" + len(message).to_bytes(4, "big") + message)
 
 
+def _listener(backlog: int = 1):
+    """A gevent socket listening on a free local port: a scripted peer's."""
+    from gevent import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    return listener
+
+
 @pytest.mark.parametrize("late", [
     service_pb2.ModelStreamInferResponse(error_message="queue full",
                                          infer_response=service_pb2.ModelInferResponse(id="run-0-0")).SerializeToString(),
@@ -453,11 +454,8 @@ def test_a_late_answer_to_a_request_cut_off_completes_no_other_request(late):
     user) is nobody's: an error carrying its id was given to the only request in flight, another user's on the shared
     stream, which failed with it."""
     import gevent
-    from gevent import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
 
     def peer() -> None:
         conn, _ = listener.accept()
@@ -487,15 +485,12 @@ def test_a_server_error_response_never_reads_as_the_load_generators_own_words():
     silence from the start of the error: one model error "TimeoutError: ..." (a Python model's usual way to name an
     exception) stopped the run as "the server stopped answering" and cut every request in flight."""
     import gevent
-    from gevent import socket
 
     from generator.measure.records import server_gone
 
     said = ["TimeoutError: the tokenizer service did not answer", "no response within 5 s",
             "ConnectionRefusedError: [Errno 111] Connection refused", "gRPC stream failed: connection error: timed out"]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
 
     def peer() -> None:
         conn, _ = listener.accept()
@@ -525,19 +520,21 @@ def test_a_server_error_response_never_reads_as_the_load_generators_own_words():
     listener.close()
 
 
+def _gone_from_the_second(errors: list, answered: bool) -> None:
+    """Three requests' errors: the server is gone from the second unanswered connection on, never when answered."""
+    from generator.measure.records import server_gone
+
+    assert [bool(server_gone(e)) for e in errors] == ([False] * 3 if answered else [False, True, True]), errors
+
+
 @pytest.mark.parametrize("answers", [False, True], ids=["unanswered", "answered"])
 def test_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_gone(answers):
     """review13: a port that accepts and closes at once (a proxy or port-forward whose server is gone) failed every
     request at once, ~2,000 records a second for the rest of the run, where a refused port ends it (review 10). A
     call that ended after answering is no sign: it resets the count (a server resetting connections mid-run)."""
     import gevent
-    from gevent import socket
 
-    from generator.measure.records import server_gone
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
+    listener = _listener(8)
 
     def serve() -> None:
         while True:
@@ -558,8 +555,7 @@ def test_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_gone(
         client.start(ex, Prompt(0, "hi", 3, 1), lambda _ex: done.set())
         assert done.wait(5)
         errors.append(ex.error)
-    gone = [bool(server_gone(e)) for e in errors]
-    assert gone == ([False, False, False] if answers else [False, True, True]), errors
+    _gone_from_the_second(errors, answers)
     client.close()
     server.kill()
     listener.close()
@@ -570,13 +566,8 @@ def test_http_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_
     """review13: the HTTP users' side of the test above (~1,400 records a second against a port that accepts and
     closes); an answer between two closed connections resets the count."""
     import gevent
-    from gevent import socket
 
-    from generator.measure.records import server_gone
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
+    listener = _listener(8)
 
     def serve() -> None:
         while True:
@@ -596,8 +587,7 @@ def test_http_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_
         except Exception as exc:  # noqa: BLE001 - as lifecycle.run_request records it
             ex.fail(f"{type(exc).__name__}: {exc}")
         errors.append(ex.error)
-    gone = [bool(server_gone(e)) for e in errors]
-    assert gone == ([False, False, False] if answers else [False, True, True]), errors
+    _gone_from_the_second(errors, answers)
     client.close()
     server.kill()
     listener.close()
@@ -608,11 +598,8 @@ def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
     stream of their own; all but the last were left open, and when one of them ended, every request of the process
     failed with it, also those on the stream in use."""
     import gevent
-    from gevent import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    listener = _listener(64)
     conns: list = []
 
     def serve() -> None:
@@ -644,11 +631,8 @@ def test_a_server_that_never_answers_a_unary_call_is_a_timeout_error():
     """review9: the load test's model discovery against a server that accepts and says nothing raised gevent's
     Timeout, a BaseException that the setup's error handling let through: a traceback, and the run idled to its end."""
     import gevent
-    from gevent import socket
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener = _listener()
     server = gevent.spawn(listener.accept)
     with pytest.raises(TimeoutError, match="sent no answer to /x within 0.2 s"):
         grpcwire.unary(f"127.0.0.1:{listener.getsockname()[1]}", "/x", b"", 0.2)
