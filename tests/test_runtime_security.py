@@ -639,7 +639,7 @@ def test_a_reference_answer_that_is_no_json_object_fails_its_check_not_the_run(c
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     try:
         requests = [request_record(["a", "b"], prompt_text="a prompt", streaming=True)]
         references, errors = reference_answers(f"http://127.0.0.1:{server.server_address[1]}", "ensemble",
