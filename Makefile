@@ -5,6 +5,10 @@ BIN     = $(VENV)/bin
 # --no-compile: Python compiles a module when it is first imported instead of pip compiling all of them
 # (torch's thousands) at install: 27 s of CPU instead of 67 s for a clean clone's install here.
 PIP     = $(BIN)/pip install -q --no-compile
+# ...which needs Python to keep what it compiled: where PYTHONDONTWRITEBYTECODE is set (container images, this
+# machine), every process compiled torch, transformers and ModelOpt from source again, each time (a clean clone's
+# suite 56 s slower). The demo and the tests run without it; later runs read the bytecode they left.
+RUN     = env -u PYTHONDONTWRITEBYTECODE
 # The virtual environment with a current pip, made once.
 VENV_UP = test -x $(BIN)/pip || { $(PYTHON) -m venv $(VENV) && $(PIP) --upgrade pip; }
 
@@ -28,7 +32,7 @@ $(VENV)/.dynamo: pyproject.toml
 	touch $(VENV)/.installed $@
 
 demo: setup
-	$(BIN)/tritongen demo -o demo-out --force
+	$(RUN) $(BIN)/tritongen demo -o demo-out --force
 
 # Serial: on two pytest-xdist workers (`-n 2 --dist loadscope --no-loadscope-reorder`, tests/conftest.py) the suite
 # runs too, but on this 2-core machine under load one clean clone in three failed timing-bound tests
@@ -38,4 +42,4 @@ test: setup-dynamo
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium not installed; the report screenshot test will be skipped"
-	$(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q
