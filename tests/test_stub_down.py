@@ -9,6 +9,7 @@ names the model that is down, and that ``TritonServer.dead_stubs`` (what ``trito
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,18 +43,35 @@ def _answered(records: Path) -> bool:
     return any('"kind":"request"' in line and '"error":null' in line for line in lines)
 
 
+TRITON_ABORT = "boost::interprocess::lock_exception"
+"""What Triton 2.51's Python backend throws, aborting the whole server, when a stub is killed while it holds their
+shared-memory mutex (1 clean clone in 5 on 2026-12-07: the kill landed mid-exchange). That is Triton's crash, not the
+case this module tests (a dead stub in a live server): such an attempt is made once more with a fresh server, and a
+second crash in a row fails."""
+
+
 @pytest.fixture(scope="module")
 def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
     """A load test of the LLM-API repository during which the engine's stub is killed: (server, killed pid,
     what dead_stubs said, the run's result or error, its records)."""
+    for attempt in (1, 2):
+        with _stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir, attempt) as killed:
+            log = killed[0].log_file.read_text(encoding="utf-8", errors="replace")
+            if TRITON_ABORT not in log or attempt == 2:
+                yield killed
+                return
+
+
+@contextlib.contextmanager
+def _stub_killed_mid_run(repo, llmapi_spec, work_dir, attempt: int):
     from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
-    server = TritonServer(llmapi_repo_dir, log_file=work_dir / "triton-stub-down.log")
+    server = TritonServer(repo, log_file=work_dir / f"triton-stub-down-{attempt}.log")
     server.start()
     try:
-        out = work_dir / "loadtest-stub-down"
+        out = work_dir / f"loadtest-stub-down-{attempt}"
         out.mkdir()
         spec = with_overrides(llmapi_spec, [
             "loadtest.users=4", f"loadtest.duration_s={DURATION_S}", f"loadtest.request_timeout_s={TIMEOUT_S}",
