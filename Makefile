@@ -34,12 +34,14 @@ $(VENV)/.dynamo: pyproject.toml
 demo: setup
 	$(RUN) $(BIN)/tritongen demo -o demo-out --force
 
-# Serial: on two pytest-xdist workers (`-n 2 --dist loadscope --no-loadscope-reorder`, tests/conftest.py) the suite
-# runs too, but on this 2-core machine under load one clean clone in three failed timing-bound tests
-# (docs/benchmarks.md, "Test suite"); CI must pass every time.
+# Two pytest-xdist workers: the tests mostly wait on servers, Locust and timers, so one process used about two thirds
+# of one core. A module's tests stay on one worker, in file order (its module fixtures made once); the two workers
+# share the run's cache, so the tiny model is trained and quantized once; a test whose figures another test's load
+# would blur is marked `alone` and runs while the other worker waits (tests/conftest.py; docs/benchmarks.md,
+# "Test suite").
 # The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup-dynamo
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium not installed; the report screenshot test will be skipped"
-	$(RUN) $(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder

@@ -5,6 +5,7 @@ Everything is made locally through the same code paths users run; nothing is dow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -17,10 +18,27 @@ from generator.fsutil import CACHE_VAR
 
 DATA = Path(__file__).parent / "data"
 
-# tritongen's cache (the tiny model, the argvkey library) of this test run alone, made afresh: what the run's session
-# fixtures build once is reused by the commands the tests run (the demo's tiny model), never what an earlier run left.
-_CACHE = tempfile.mkdtemp(prefix="tritongen-test-cache-")
+# tritongen's cache (the tiny model, the NVFP4 checkpoint, the argvkey library) of this test run alone, made afresh:
+# what the run's session fixtures build once is reused by the commands the tests run (the demo's tiny model) and, under
+# pytest-xdist, by the other worker (the workers inherit the folder the controller made), never what an earlier run left.
+_SHARED_CACHE = "TRITONGEN_TEST_CACHE_OF_RUN"
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_SHARED_CACHE):
+    _CACHE, _OWN_CACHE = os.environ[_SHARED_CACHE], False
+else:
+    _CACHE, _OWN_CACHE = tempfile.mkdtemp(prefix="tritongen-test-cache-"), True
+    os.environ[_SHARED_CACHE] = _CACHE
 os.environ[CACHE_VAR] = _CACHE
+
+
+@contextlib.contextmanager
+def _one_worker_at_a_time(name: str):
+    """Under pytest-xdist, the second worker to want the tiny model or the checkpoint waits for the first to keep
+    it in the shared cache, then copies it, instead of training and quantizing it again beside it."""
+    import fcntl
+
+    with open(Path(_CACHE) / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # A pytest-xdist worker starts with COLUMNS=80 in its environment: the CLI's module-level Rich consoles would
@@ -44,7 +62,8 @@ def work_dir(tmp_path_factory) -> Path:
 def tiny_model_dir(work_dir) -> Path:
     from generator.model.tinymodel import make_tiny_model
 
-    return make_tiny_model(work_dir / "tiny-qwen3", seed=0)
+    with _one_worker_at_a_time("tiny-model"):
+        return make_tiny_model(work_dir / "tiny-qwen3", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +79,8 @@ def cpu_spec(tiny_model_dir, work_dir):
 def nvfp4_checkpoint_dir(cpu_spec) -> Path:
     from generator.model.quantize import quantize
 
-    quantize(cpu_spec)
+    with _one_worker_at_a_time("quantize"):
+        quantize(cpu_spec)
     return cpu_spec.checkpoint_dir
 
 
@@ -294,4 +314,5 @@ def pytest_unconfigure(config):
     for file in _LOCKS or ():
         file.close()
         Path(file.name).unlink(missing_ok=True)  # the other worker keeps its open copies until it ends
-    shutil.rmtree(_CACHE, ignore_errors=True)
+    if _OWN_CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)

@@ -83,6 +83,7 @@ def test_distributed_workers_split_the_request_count_and_merge_records(cpu_spec,
     assert res.checks.failed_requests == 0
 
 
+@pytest.mark.alone  # the engine's queue must grow from this load alone
 def test_open_loop_above_capacity_shows_up_as_growing_engine_queue(cpu_spec, cpu_server, tmp_path):
     """40 requests/s of 32 tokens is far above what the CPU engine serves: requests wait in the engine's
     queue longer and longer, which the server-side split shows (and latency counts from the schedule). 1.5 s:

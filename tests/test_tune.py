@@ -219,6 +219,7 @@ def slots_repo(tmp_path_factory, tokenizer_weights_dir) -> Path:
 
 
 @pytest.mark.server
+@pytest.mark.alone  # the slots' times, not another test's load, decide who misses the SLO
 def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
     """2 slots of 0.2 s: 2 users pass (TTFT is the network's few ms), 3 do not (a third of the requests wait
     for a slot, up to 0.2 s, against an 80 ms TTFT limit); goodput 2 users, at most 10 requests/s. On a
