@@ -330,6 +330,22 @@ def test_inconclusive_terms_are_junit_errors_and_the_summary_says_why():
     assert "INCONCLUSIVE" in md and "load generator was the limit" in md and "| TTFT p95 |" in md
 
 
+def test_text_xml_cannot_hold_keeps_the_junit_file_well_formed():
+    """review14: a baseline's client reason (or a run label) with a control character or a lone surrogate made
+    junit.xml not well-formed: the CI's test report read none of the gate's terms (and the summary a traceback)."""
+    import xml.etree.ElementTree as ET
+
+    base = side(1, limited=True)
+    base.runs[0].client_reasons = ["bell\x07 escape\x1b[31m surrogate\ud800 tab\t kept"]
+    gate = evaluate_gate(parse_gate("ttft_p95:+10%"), compare(base, side(2)))
+    xml = junit_xml([("run\x0c 1", _slo(TermOutcome.FAIL)), ("run 2", _slo(TermOutcome.PASS))], gate)
+    root = ET.fromstring(xml.encode("utf-8", "surrogatepass"))
+    error = root.find(".//testcase[@name='ttft_p95:+10%']/error").text
+    assert "bell\\x07 escape\\x1b[31m surrogate\\ud800 tab\t kept" in error
+    assert root.find(".//testcase[@name='run\\x0c 1: ttft_p95<100ms']/failure") is not None
+    assert "surrogate\\\\ud800" in summary_markdown([], gate, None).encode("utf-8").decode()  # a summary, no traceback
+
+
 def test_compare_cli_on_baseline_files(tmp_path):
     base, cand = tmp_path / "base.json", tmp_path / "cand.json"
     base.write_text(json.dumps(side(1).model_dump(mode="json")))

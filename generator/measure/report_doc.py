@@ -163,9 +163,13 @@ def _inline(text: str) -> str:
 
 def md_text(text: str) -> str:
     """One line of Markdown text: no line break (a server's error text with a blank line and ``# ...`` added a
-    heading and left the table) and no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
-    them). The reports' own marks (``**``, backticks) stay."""
-    return " ".join(text.splitlines()).replace("<", "&lt;")
+    heading and left the table), no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
+    them) and no link or image (``[`` escaped, and a backslash before it too: a baseline's ``[All checks
+    passed](https://...)`` was a link in the CI summary, review14), and half a UTF-16 pair written as its escape
+    (a baseline's ``"\\ud800"`` made writing the summary a traceback). The reports' own marks (``**``, backticks)
+    stay."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(text.splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
 
 
 def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
