@@ -72,6 +72,16 @@ def test_text_from_a_server_never_changes_the_markdown_structure(text):
     assert fence.content == text.replace("\r\n", "\n") + "\n"  # CommonMark reads CRLF as LF
 
 
+def test_text_from_a_servers_metrics_is_drawn_as_written(cpu_loadtest):
+    """review14: a metric label ``model="$\\nope{$"`` from the server's /metrics reached a plot legend, matplotlib
+    read it as mathtext and failed: the load test ended in a traceback and its whole output folder was removed."""
+    results = cpu_loadtest.results.model_copy(deep=True)
+    hostile = 'nv_inference_pending_request_count{model="$\\nope{$ $x^$"}'
+    results.server.metrics.series = {hostile: [(0.0, 1.0), (1.0, 2.0)]}
+    doc = loadtest_doc(results)
+    assert doc.figures["gauges"].startswith(b"\x89PNG")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install -y chromium")
 def test_headless_browser_renders_the_html_report(cpu_loadtest, tmp_path):
     from matplotlib.image import imread
