@@ -431,6 +431,19 @@ def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
     assert "per-request bootstrap" in itl.method
 
 
+def test_a_sweep_naming_no_folder_for_its_best_point_is_an_error_naming_its_file(tmp_path):
+    """review14: a points.json whose best point's folder was '..' made compare read points/../points/../... until
+    the path was too long ('File name too long', pointing at no file of the user's)."""
+    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points.json").write_text(SweepResult(points=[SweepPoint(label="a", overrides=[], dir="..")],
+                                                      best=BestPoint(label="a", overrides=[], reason="x")).model_dump_json())
+    with pytest.raises(ArtifactCorrupt, match="names '..' as its best run's folder") as err:
+        baseline.load(tmp_path)
+    assert err.value.where == str(tmp_path / "points.json")
+
+
 def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
     from generator.measure.intervals import Interval
     from generator.measure.runner import report_records
