@@ -32,6 +32,11 @@ MAX_TRACE_TOKENS = 1 << 28
 whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
 
 
+MAX_TIMESTAMP_MS = 1e15
+"""The largest timestamp a row may have (some 31,000 years; Unix milliseconds are 1.7e12): between -1e308 and 1e308
+the send offset was infinite, an OverflowError naming no row."""
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -79,8 +84,9 @@ def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int
     # it, and its max_tokens when it gives one
     tokens = 0
     for lineno, row in jsonl_rows(path):
-        if not isinstance(row, dict) or not _number(row.get("timestamp")):
-            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
+        if not isinstance(row, dict) or not _number(row.get("timestamp")) or abs(row["timestamp"]) > MAX_TIMESTAMP_MS:
+            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms, at most "
+                             f"{MAX_TIMESTAMP_MS:g} either side of 0)")
         if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
             raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
         length = row_max_tokens(path, lineno, row.get("output_length") or row.get("max_tokens"))
