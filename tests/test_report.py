@@ -72,6 +72,19 @@ def test_text_from_a_server_never_changes_the_markdown_structure(text):
     assert fence.content == text.replace("\r\n", "\n") + "\n"  # CommonMark reads CRLF as LF
 
 
+def test_a_page_holding_half_a_utf16_pair_is_written(tmp_path):
+    """review14: an error text from a records file (JSON "\\ud800", which json.loads hands back) made writing
+    report.html (and report.md's code block) a UnicodeEncodeError traceback after the figures were written."""
+    from generator.measure.report_doc import Doc
+
+    doc = Doc("run")
+    doc.pre("HTTP 500: bad \ud800 thing")
+    doc.table(["message", "count"], [["bad \ud800 thing", 2]])
+    doc.write(tmp_path)
+    assert "bad \\ud800 thing" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "bad \\ud800 thing" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
 def test_text_from_a_servers_metrics_is_drawn_as_written(cpu_loadtest):
     """review14: a metric label ``model="$\\nope{$"`` from the server's /metrics reached a plot legend, matplotlib
     read it as mathtext and failed: the load test ended in a traceback and its whole output folder was removed."""

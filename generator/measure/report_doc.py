@@ -101,8 +101,9 @@ class Doc:
         plots.mkdir(parents=True, exist_ok=True)
         for name, png in self.figures.items():
             (plots / f"{name}.png").write_bytes(png)
-        atomic_write_text(out_dir / f"{stem}.md", self.markdown())
-        atomic_write_text(out_dir / f"{stem}.html", self.html())
+        for suffix, text in (("md", self.markdown()), ("html", self.html())):  # half a UTF-16 pair (a records
+            # file's "\\ud800") as its escape: UTF-8 cannot hold it, and writing the page was a traceback
+            atomic_write_text(out_dir / f"{stem}.{suffix}", text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 _PAGE = """<!DOCTYPE html>
