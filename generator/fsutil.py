@@ -55,7 +55,11 @@ def private_dir(folder: Path) -> Path:
     reuses from it (an LD_PRELOAD library, kept checkpoints), neither in it nor by renaming a folder above it
     (review14: with XDG_CACHE_HOME in another user's folder, that user swapped the cache folder between its check
     and its use, and tritonserver preloaded their library with the admin key in its environment)."""
+    made = [part for part in (folder, *folder.parents) if not part.exists()]
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for part in made[1:]:  # folders above it made here: writable by this user alone, whatever the umask (0000)
+        with contextlib.suppress(OSError):
+            part.chmod(part.stat().st_mode & ~0o022)
     folder = folder.resolve()
     above = _replaceable_by_others(folder.parent)
     if above:

@@ -164,6 +164,20 @@ def test_a_cache_folder_another_user_could_rename_is_refused_and_links_are_resol
     assert kept_folder("quantize", "0123abcd") == shared / "tritongen" / "quantize" / "0123abcd"
 
 
+def test_a_cache_folder_made_under_umask_0000_is_used(tmp_path, monkeypatch):
+    """The folders tritongen makes above its cache folder are writable by this user alone, whatever the umask: the
+    check of the folders above refused what tritongen had just made under umask 0000."""
+    from generator.fsutil import CACHE_VAR, kept_folder
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "made" / "here" / "tritongen"))
+    before = os.umask(0)
+    try:
+        kept = kept_folder("quantize", "0123abcd")
+    finally:
+        os.umask(before)
+    assert kept.parent.stat().st_mode & 0o777 == 0o700 and not (tmp_path / "made").stat().st_mode & 0o022
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
