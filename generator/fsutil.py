@@ -37,9 +37,35 @@ def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tritongen"
 
 
+def _replaceable_by_others(folder: Path) -> Optional[str]:
+    """Why another user could rename or replace ``folder`` (a resolved path) or a folder above it, or None: one of
+    them is not this user's or root's, or others may write to it without the sticky bit that keeps them from
+    renaming what is not theirs (/tmp has it)."""
+    for part in [*reversed(folder.parents), folder]:
+        st = part.lstat()
+        if st.st_uid not in (0, os.geteuid()):
+            return f"{part} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"other users may write to {part} (mode {stat.filemode(st.st_mode)}, no sticky bit)"
+    return None
+
+
 def private_dir(folder: Path) -> Path:
-    """``folder``, made if missing and mode 0700: nobody else may swap what tritongen reuses from it."""
+    """``folder``, made if missing and mode 0700, as a path without links: nobody else may swap what tritongen
+    reuses from it (an LD_PRELOAD library, kept checkpoints), neither in it nor by renaming a folder above it
+    (review14: with XDG_CACHE_HOME in another user's folder, that user swapped the cache folder between its check
+    and its use, and tritonserver preloaded their library with the admin key in its environment)."""
+    made = [part for part in (folder, *folder.parents) if not part.exists()]
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for part in made[1:]:  # folders above it made here: writable by this user alone, whatever the umask (0000)
+        with contextlib.suppress(OSError):
+            part.chmod(part.stat().st_mode & ~0o022)
+    folder = folder.resolve()
+    above = _replaceable_by_others(folder.parent)
+    if above:
+        raise ArtifactCorrupt(f"the cache folder sits where another user could replace it: {above}", where=str(folder),
+                              fix=f"point {CACHE_VAR} (or XDG_CACHE_HOME) at a folder only you (and root) can write, "
+                                  "e.g. ~/.cache")
     st = folder.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise ArtifactCorrupt(f"the cache folder is not a folder of this user (uid {os.geteuid()})", where=str(folder),

@@ -9,6 +9,7 @@ library is used: this runs inside the Locust process, which must stay light.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -106,15 +107,39 @@ otherwise be read whole into the Locust process."""
 
 
 def row_text(path: Path, lineno: int, text: str) -> str:
-    """``text``, refused (naming the line) when longer than MAX_ROW_CHARS, before anything tokenizes it."""
+    """``text``, refused (naming the line) when longer than MAX_ROW_CHARS, before anything tokenizes it, or when
+    it is no Unicode text (a JSON ``"\\ud800"``: the records, written as UTF-8, could not hold it)."""
     if len(text) > MAX_ROW_CHARS:
         raise ValueError(f"{path}:{lineno}: a prompt of {len(text):,} characters; a row holds at most "
                          f"{MAX_ROW_CHARS:,}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{path}:{lineno}: the prompt holds {ascii(exc.object[exc.start])}, half of a UTF-16 "
+                         "surrogate pair, which is no character") from None
     return text
 
 
+MAX_OUTPUT_TOKENS = 1 << 20
+"""The most tokens a row may ask the server to generate (max_tokens, a trace's output_length)."""
+
+
+def row_max_tokens(path: Path, lineno: int, value: Any) -> Optional[int]:
+    """A row's max_tokens (or output_length): None when it gives none (absent, null or 0), else a whole number from
+    1 to MAX_OUTPUT_TOKENS, refused naming the line (``"many"`` or ``[1]`` was a traceback-like setup error naming
+    no file, -5 or 10**12 a request every server refused)."""
+    if not value and not isinstance(value, bool):
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or not 1 <= value <= MAX_OUTPUT_TOKENS):
+        raise ValueError(f"{path}:{lineno}: max_tokens (output_length) must be a whole number of tokens from 1 to "
+                         f"{MAX_OUTPUT_TOKENS}, got {value!r}"[:300])
+    return int(value)
+
+
 def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, JSON value) of each non-blank line; a line too long or not JSON is a ValueError naming it."""
+    """(line number, JSON value) of each non-blank line; a line too long, not JSON or nested past what Python
+    parses is a ValueError naming it."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), 1):
             if len(line) > MAX_LINE_CHARS:
@@ -122,9 +147,14 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+            except ValueError as exc:  # an integer past Python's 4,300 digits
+                raise ValueError(f"{path}:{lineno}: not JSON ({str(exc).split(':')[0]})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{lineno}: nested deeper than any row is") from None
+            yield lineno, row
 
 
 def read_jsonl(
@@ -137,7 +167,7 @@ def read_jsonl(
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
             raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a string 'text'")
         row_text(path, lineno, item["text"])
-        max_tokens = int(item.get("max_tokens") or _length(rng, output_mean, output_stddev))
+        max_tokens = row_max_tokens(path, lineno, item.get("max_tokens")) or _length(rng, output_mean, output_stddev)
         prompts.append(Prompt(len(prompts), item["text"], max_tokens, count_tokens(tokenizer, item["text"])))
     if not prompts:
         raise ValueError(f"{path}: no prompts")

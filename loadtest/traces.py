@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from tokenizers import Tokenizer
 
-from prompts import Prompt, count_tokens, jsonl_rows, row_text, word_tokens, words_text
+from prompts import Prompt, count_tokens, jsonl_rows, row_max_tokens, row_text, word_tokens, words_text
 
 
 MAX_ROW_TOKENS = 1 << 20
@@ -30,6 +30,11 @@ counting a prompt costs the Locust process about 0.7 KB a token at its peak (2M 
 MAX_TRACE_TOKENS = 1 << 28
 """input_length of all rows together: the prompts stay in every Locust process (about 5 bytes a token); the
 whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
+
+
+MAX_TIMESTAMP_MS = 1e15
+"""The largest timestamp a row may have (some 31,000 years; Unix milliseconds are 1.7e12): between -1e308 and 1e308
+the send offset was infinite, an OverflowError naming no row."""
 
 
 def _number(value: Any) -> bool:
@@ -75,15 +80,18 @@ def _plain_text(path: Path, lineno: int, row: dict[str, Any]) -> str:
 def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int, time_scale: float,
                output_mean: int) -> tuple[list[Prompt], list[int]]:
     """(prompts in trace order, their send offsets in ns from the first timestamp)."""
-    rows: list[tuple[dict[str, Any], Optional[str]]] = []  # each row with its prompt when the row holds it
+    rows: list[tuple[dict[str, Any], Optional[str], Optional[int]]] = []  # each row, its prompt when the row holds
+    # it, and its max_tokens when it gives one
     tokens = 0
     for lineno, row in jsonl_rows(path):
-        if not isinstance(row, dict) or not _number(row.get("timestamp")):
-            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms)")
+        if not isinstance(row, dict) or not _number(row.get("timestamp")) or abs(row["timestamp"]) > MAX_TIMESTAMP_MS:
+            raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms, at most "
+                             f"{MAX_TIMESTAMP_MS:g} either side of 0)")
         if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
             raise ValueError(f"{path}:{lineno}: a row needs 'input_length' (+ 'hash_ids'), 'prompt' or 'messages'")
+        length = row_max_tokens(path, lineno, row.get("output_length") or row.get("max_tokens"))
         if "input_length" not in row:
-            rows.append((row, _plain_text(path, lineno, row)))
+            rows.append((row, _plain_text(path, lineno, row), length))
             continue
         n = row["input_length"]
         if not _number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
@@ -93,19 +101,19 @@ def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int
         if tokens > MAX_TRACE_TOKENS:
             raise ValueError(f"{path}:{lineno}: the rows up to here ask for more than {MAX_TRACE_TOKENS} prompt "
                              "tokens together; replay a part of the trace")
-        rows.append((row, None))
+        rows.append((row, None, length))
     if not rows:
         raise ValueError(f"{path}: no requests")
     rows.sort(key=lambda r: r[0]["timestamp"])
-    words = word_tokens(tokenizer) if any(text is None for _, text in rows) else []
+    words = word_tokens(tokenizer) if any(text is None for _, text, _ in rows) else []
     own = random.Random(f"{seed}-own")
     t0 = rows[0][0]["timestamp"]
     prompts, offsets = [], []
-    for i, (row, text) in enumerate(rows):
+    for i, (row, text, length) in enumerate(rows):
         messages = tuple(row["messages"]) if text is not None and "messages" in row else None
         if text is None:
             text = _mooncake_text(row, words, seed, block_tokens, own)
-        max_tokens = int(row.get("output_length") or row.get("max_tokens") or output_mean)
+        max_tokens = length or output_mean
         prompts.append(Prompt(i, text, max_tokens, count_tokens(tokenizer, text), messages=messages))
         offsets.append(round((row["timestamp"] - t0) * time_scale * 1e6))
     return prompts, offsets

@@ -39,6 +39,18 @@ def test_a_cache_folder_of_another_user_is_refused(tmp_path):
     assert list(folder.iterdir()) == []
 
 
+def test_no_library_is_built_or_preloaded_from_a_folder_another_user_could_swap(tmp_path):
+    """review14: XDG_CACHE_HOME in a folder others may write let another user swap the cache folder between the
+    check of the library and the server's start: tritonserver preloaded their library, the admin key in its
+    environment (38 starts in 41 of /tmp/review14/race/run.sh)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ArtifactCorrupt, match="another user could replace it"):
+        argvkey.library({"PATH": os.environ["PATH"], "XDG_CACHE_HOME": str(shared)})
+    assert list((shared / "tritongen").iterdir()) == []
+
+
 _MARKING_LIBRARY = """#include <stdio.h>
 __attribute__((constructor)) static void mark(void) { FILE *f = fopen(MARK, "w"); if (f) fclose(f); }
 """

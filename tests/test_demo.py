@@ -51,7 +51,8 @@ def test_demo_outputs_are_real(demo_run):
     assert figures["loadtest"]["requests_ok"] > 0 and figures["loadtest"]["errors"] == 0
     assert [p["status"] for p in figures["sweep"]["points"]] == ["ok", "ok"]
     points = json.loads((out / "sweep" / "points.json").read_text())["points"]  # 16: the served repository's load test
-    assert [Path(p["dir"]) for p in points] == [out / "sweep" / "points" / "0", out / "loadtest"]
+    assert [Path(p["dir"]) for p in points] == [out / "sweep" / "points" / "0", out / "sweep" / "points" / "1"]
+    assert str(out / "loadtest") in points[1]["detail"] and (out / "sweep" / "points" / "1" / "records.jsonl").is_file()
     for report in (out / "loadtest" / "report.html", out / "sweep" / "report.html"):
         assert report.stat().st_size > 10_000  # plots are embedded
     smoke = json.loads((out / "smoke.json").read_text())

@@ -143,6 +143,41 @@ def test_a_cache_copy_left_by_a_killed_run_is_removed_by_the_next(tmp_path, monk
     assert sorted(p.name for p in kept.parent.iterdir()) == [kept.name]
 
 
+def test_a_cache_folder_another_user_could_rename_is_refused_and_links_are_resolved(tmp_path, monkeypatch):
+    """review14: with XDG_CACHE_HOME in a folder others may write (another user's, or a shared one), that user
+    swapped the private cache folder between tritongen's check and its use (a kept checkpoint, the LD_PRELOAD
+    library). Such a folder is refused; /tmp's sticky bit keeps others from renaming, so under it the cache is used,
+    by a path without links."""
+    from generator.errors import ArtifactCorrupt
+    from generator.fsutil import CACHE_VAR, kept_folder
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.delenv(CACHE_VAR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    with pytest.raises(ArtifactCorrupt, match=f"other users may write to {shared} "):
+        kept_folder("quantize", "0123abcd")
+    shared.chmod(0o1777)
+    (tmp_path / "link").symlink_to(shared)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "link"))
+    assert kept_folder("quantize", "0123abcd") == shared / "tritongen" / "quantize" / "0123abcd"
+
+
+def test_a_cache_folder_made_under_umask_0000_is_used(tmp_path, monkeypatch):
+    """The folders tritongen makes above its cache folder are writable by this user alone, whatever the umask: the
+    check of the folders above refused what tritongen had just made under umask 0000."""
+    from generator.fsutil import CACHE_VAR, kept_folder
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "made" / "here" / "tritongen"))
+    before = os.umask(0)
+    try:
+        kept = kept_folder("quantize", "0123abcd")
+    finally:
+        os.umask(before)
+    assert kept.parent.stat().st_mode & 0o777 == 0o700 and not (tmp_path / "made").stat().st_mode & 0o022
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

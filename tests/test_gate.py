@@ -330,6 +330,22 @@ def test_inconclusive_terms_are_junit_errors_and_the_summary_says_why():
     assert "INCONCLUSIVE" in md and "load generator was the limit" in md and "| TTFT p95 |" in md
 
 
+def test_text_xml_cannot_hold_keeps_the_junit_file_well_formed():
+    """review14: a baseline's client reason (or a run label) with a control character or a lone surrogate made
+    junit.xml not well-formed: the CI's test report read none of the gate's terms (and the summary a traceback)."""
+    import xml.etree.ElementTree as ET
+
+    base = side(1, limited=True)
+    base.runs[0].client_reasons = ["bell\x07 escape\x1b[31m surrogate\ud800 tab\t kept"]
+    gate = evaluate_gate(parse_gate("ttft_p95:+10%"), compare(base, side(2)))
+    xml = junit_xml([("run\x0c 1", _slo(TermOutcome.FAIL)), ("run 2", _slo(TermOutcome.PASS))], gate)
+    root = ET.fromstring(xml.encode("utf-8", "surrogatepass"))
+    error = root.find(".//testcase[@name='ttft_p95:+10%']/error").text
+    assert "bell\\x07 escape\\x1b[31m surrogate\\ud800 tab\t kept" in error
+    assert root.find(".//testcase[@name='run\\x0c 1: ttft_p95<100ms']/failure") is not None
+    assert "surrogate\\\\ud800" in summary_markdown([], gate, None).encode("utf-8").decode()  # a summary, no traceback
+
+
 def test_compare_cli_on_baseline_files(tmp_path):
     base, cand = tmp_path / "base.json", tmp_path / "cand.json"
     base.write_text(json.dumps(side(1).model_dump(mode="json")))
@@ -413,6 +429,19 @@ def test_single_and_sweep_folders_are_read_and_compared(tmp_path):
     assert itl.baseline == pytest.approx(6.0) and itl.candidate == pytest.approx(10.0)
     assert itl.verdict is Change.WORSE and itl.difference.low <= 4.0 <= itl.difference.high
     assert "per-request bootstrap" in itl.method
+
+
+def test_a_sweep_naming_no_folder_for_its_best_point_is_an_error_naming_its_file(tmp_path):
+    """review14: a points.json whose best point's folder was '..' made compare read points/../points/../... until
+    the path was too long ('File name too long', pointing at no file of the user's)."""
+    from generator.measure.results import BestPoint, SweepPoint, SweepResult
+
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points.json").write_text(SweepResult(points=[SweepPoint(label="a", overrides=[], dir="..")],
+                                                      best=BestPoint(label="a", overrides=[], reason="x")).model_dump_json())
+    with pytest.raises(ArtifactCorrupt, match="names '..' as its best run's folder") as err:
+        baseline.load(tmp_path)
+    assert err.value.where == str(tmp_path / "points.json")
 
 
 def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):

@@ -162,6 +162,25 @@ def test_a_response_the_client_cannot_read_fails_its_own_request_only(decode, go
     assert fine.finish()["error"] is None and fine.record["resp_text"] == ["x"]
 
 
+def test_a_text_that_is_no_unicode_fails_its_own_request_and_every_record_is_written(tmp_path):
+    """review14: JSON's "\\ud800" (half of a UTF-16 pair) in one answer reached the record writer, which failed on
+    it: the batch's other records were lost and the writer stopped (40 requests: 32 ok, no error, exit 0)."""
+    from generator.measure.records import open_records, read_records, write_records
+
+    bad = exchange(httpclient.decode_json)
+    bad.resp_ns, bad.payloads = [5, 6], [b'data: {"text_output": "x"}\n', b'data: {"text_output": "y\\ud800"}\n']
+    told = exchange(openaiapi.decode_events)
+    told.resp_ns, told.payloads = [5], [b'data: {"error": "bad \\udfff"}\n']
+    fine = exchange(httpclient.decode_json)
+    fine.resp_ns, fine.payloads = [5], [b'data: {"text_output": "x"}\n']
+    records = [ex.finish() for ex in (bad, told, fine)]
+    assert records[0]["error"].startswith("unreadable response: UnicodeEncodeError") and records[0]["resp_text"] == []
+    assert records[1]["error"] == "bad \\udfff" and records[2]["error"] is None  # the server's words, written
+    with open_records(tmp_path / "records.jsonl") as file:
+        write_records(file, records)
+    assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
+
+
 def test_client_token_counts_filled_after_the_run():
     requests = [request_record(["a b", " c"], output_tokens=None), request_record(["x"], error="boom", output_tokens=None),
                 request_record(["y"], output_tokens=9)]

@@ -41,7 +41,8 @@ def test_report_is_built_from_results_alone(cpu_loadtest):
 
 
 HOSTILE = ["HTTP 500: <img src=x onerror=alert(1)>\n\n# All SLOs met\n| PASS | 0 |", "a\r\n> quoted\u2028- item",
-           "<script>alert(1)</script>", "`<b>` ``` </b>"]
+           "<script>alert(1)</script>", "`<b>` ``` </b>",
+           "[All checks passed: approve](https://evil.example/a) ![](https://evil.example/p.png) \\[x](https://e.example)"]
 
 
 @pytest.mark.parametrize("text", HOSTILE)
@@ -60,13 +61,38 @@ def test_text_from_a_server_never_changes_the_markdown_structure(text):
     doc.pre(text)
     tokens = MarkdownIt("commonmark").enable("table").parse(doc.markdown())
     inline = [c for t in tokens for c in (t.children or [])]
-    assert not [t.type for t in tokens + inline if t.type.startswith("html")]
+    assert not [t.type for t in tokens + inline if t.type.startswith("html") or t.type in ("link_open", "image")]
     assert [t.tag for t in tokens if t.type == "heading_open"] == ["h1", "h2"]
     assert [t.type for t in tokens if t.type in ("bullet_list_open", "blockquote_open", "table_open", "fence")] == \
         ["bullet_list_open", "table_open", "fence"]
     assert sum(t.type == "tr_open" for t in tokens) == 3 and sum(t.type == "list_item_open" for t in tokens) == 2
+    cells = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type in ("th_open", "td_open")]
+    assert cells[2:] == [cells[2], "6", "ok", "1"]  # the text stays in its cell, the count in the next
     fence = next(t for t in tokens if t.type == "fence")
     assert fence.content == text.replace("\r\n", "\n") + "\n"  # CommonMark reads CRLF as LF
+
+
+def test_a_page_holding_half_a_utf16_pair_is_written(tmp_path):
+    """review14: an error text from a records file (JSON "\\ud800", which json.loads hands back) made writing
+    report.html (and report.md's code block) a UnicodeEncodeError traceback after the figures were written."""
+    from generator.measure.report_doc import Doc
+
+    doc = Doc("run")
+    doc.pre("HTTP 500: bad \ud800 thing")
+    doc.table(["message", "count"], [["bad \ud800 thing", 2]])
+    doc.write(tmp_path)
+    assert "bad \\ud800 thing" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "bad \\ud800 thing" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_text_from_a_servers_metrics_is_drawn_as_written(cpu_loadtest):
+    """review14: a metric label ``model="$\\nope{$"`` from the server's /metrics reached a plot legend, matplotlib
+    read it as mathtext and failed: the load test ended in a traceback and its whole output folder was removed."""
+    results = cpu_loadtest.results.model_copy(deep=True)
+    hostile = 'nv_inference_pending_request_count{model="$\\nope{$ $x^$"}'
+    results.server.metrics.series = {hostile: [(0.0, 1.0), (1.0, 2.0)]}
+    doc = loadtest_doc(results)
+    assert doc.figures["gauges"].startswith(b"\x89PNG")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: apt-get install -y chromium")

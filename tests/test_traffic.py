@@ -82,7 +82,13 @@ def test_a_bad_trace_row_names_its_line(tokenizer, tmp_path):
     ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "%s"}\n'
      % (" a" * (lt_prompts.MAX_ROW_CHARS // 2 + 1)), 2),
     ('{"timestamp": 0, "messages": ["not an object"]}\n', 1),
-], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole", "prompt-text-too-long", "messages-not-objects"])
+    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "half a pair \\ud800"}\n', 2),
+    ('{"timestamp": 0, "input_length": 5, "output_length": "many"}\n', 1),
+    ('{"timestamp": 0, "prompt": "hi", "max_tokens": -5}\n', 1),
+    ('{"timestamp": 0, "input_length": 5, "hash_ids": %s}\n' % ("[" * 100_000 + "]" * 100_000), 1),
+    ('{"timestamp": -1e308, "prompt": "a"}\n{"timestamp": 1e308, "prompt": "b"}\n', 1),
+], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole", "prompt-text-too-long", "messages-not-objects",
+        "prompt-not-unicode", "output-length-not-a-count", "negative-max-tokens", "nested-too-deep", "endless-span"])
 def test_a_trace_row_a_replay_cannot_send_is_refused_before_any_prompt_is_built(tokenizer, tmp_path, rows, line):
     """A 70-byte row asking for 2M prompt tokens cost each Locust process 1.4 GB and 10 s before any request (a
     9.6M-character prompt: 1.5 GB, 9 s)."""

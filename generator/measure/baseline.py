@@ -70,11 +70,21 @@ def run_folders(folder: Path) -> list[Path]:
         if best is None:
             raise ArtifactMissing(f"the sweep in {folder} has no best point to compare", where=str(folder / "points.json"),
                                   fix=f"compare one point's folder instead, e.g. {folder / 'points' / '0'}")
-        return run_folders(folder / "points" / Path(best.dir).name)
+        return run_folders(_named_folder(folder / "points", best.dir, folder / "points.json"))
     if (folder / "tune.json").is_file():
         return _tune_goodput_runs(folder)
     raise ArtifactMissing(f"{folder} holds no load-test results", where=str(folder),
                           fix="pass a `tritongen loadtest`/`sweep`/`tune` output folder or a baseline file")
+
+
+def _named_folder(parent: Path, recorded: str, record: Path) -> Path:
+    """The folder in ``parent`` a results file names by the last part of its recorded path (the run's folder was
+    renamed at the end); one that names no folder there (``..`` recursed until the path was too long) is refused."""
+    name = Path(recorded).name
+    if name in ("", ".", ".."):
+        raise ArtifactCorrupt(f"{record} names {recorded!r} as its best run's folder, which is no folder in {parent}",
+                              where=str(record), fix="compare the folder as its tritongen command wrote it")
+    return parent / name
 
 
 def _tune_goodput_runs(folder: Path) -> list[Path]:
@@ -86,7 +96,7 @@ def _tune_goodput_runs(folder: Path) -> list[Path]:
     if best is None:
         raise ArtifactMissing(f"the tune in {folder} found no setting that met the SLO", where=str(folder / "tune.json"),
                               fix="compare a load-test folder instead, or tune with a looser --slo")
-    levels = folder / "settings" / Path(best.dir).name  # written as settings/N (absolute by earlier versions)
+    levels = _named_folder(folder / "settings", best.dir, folder / "tune.json")  # settings/N (absolute before)
     rounds = sorted(p for p in (levels / "levels").glob(f"{best.goodput.load:g}-*") if (p / "results.json").is_file())
     if not rounds:
         raise ArtifactMissing(f"the rounds of {best.label} at load {best.goodput.load:g} are not in {levels}",

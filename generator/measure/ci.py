@@ -8,6 +8,7 @@ text. Pure: verdicts in, text out.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from typing import Optional
 
@@ -60,7 +61,18 @@ def _gate_text(r: GateTermResult) -> str:
             f"{fmt_change(r.change, r.relative)} ({conf}interval), allowed {limit} worse: {r.reason}")
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""What XML 1.0 cannot hold, even as a character reference: control characters and lone surrogates."""
+
+
+def _xml(text: str) -> str:
+    """``text`` with what XML cannot hold written as its escape (``\\x07``): a baseline's client reason holding
+    one made the whole junit.xml not well-formed, so the CI's test report read none of it (review14)."""
+    return _NOT_XML.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
 def _case(suite: ET.Element, classname: str, name: str, outcome: TermOutcome, text: str) -> None:
+    name, text = _xml(name), _xml(text)
     case = ET.SubElement(suite, "testcase", classname=classname, name=name)
     if outcome is TermOutcome.FAIL:
         ET.SubElement(case, "failure", type="regression" if "gate" in classname else "slo", message=text).text = text

@@ -101,8 +101,9 @@ class Doc:
         plots.mkdir(parents=True, exist_ok=True)
         for name, png in self.figures.items():
             (plots / f"{name}.png").write_bytes(png)
-        atomic_write_text(out_dir / f"{stem}.md", self.markdown())
-        atomic_write_text(out_dir / f"{stem}.html", self.html())
+        for suffix, text in (("md", self.markdown()), ("html", self.html())):  # half a UTF-16 pair (a records
+            # file's "\\ud800") as its escape: UTF-8 cannot hold it, and writing the page was a traceback
+            atomic_write_text(out_dir / f"{stem}.{suffix}", text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 _PAGE = """<!DOCTYPE html>
@@ -163,9 +164,13 @@ def _inline(text: str) -> str:
 
 def md_text(text: str) -> str:
     """One line of Markdown text: no line break (a server's error text with a blank line and ``# ...`` added a
-    heading and left the table) and no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
-    them). The reports' own marks (``**``, backticks) stay."""
-    return " ".join(text.splitlines()).replace("<", "&lt;")
+    heading and left the table), no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
+    them) and no link or image (``[`` escaped, and a backslash before it too: a baseline's ``[All checks
+    passed](https://...)`` was a link in the CI summary, review14), and half a UTF-16 pair written as its escape
+    (a baseline's ``"\\ud800"`` made writing the summary a traceback). The reports' own marks (``**``, backticks)
+    stay."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(text.splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
 
 
 def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
@@ -176,10 +181,13 @@ def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
 
 
 def pyplot():
-    """matplotlib on its Agg backend: plots without a display."""
+    """matplotlib on its Agg backend: plots without a display, every text drawn as written: with mathtext on, a
+    server's metric label ``model="$\\nope{$"`` in a legend failed the figure, and with it the whole load test's
+    output folder was removed after the run (review14)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -182,20 +182,26 @@ def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool =
     """Run every point into OUT/points/<n>/ and write the sweep report into OUT.
 
     ``measured``: runs already made of some points (by label), with the same settings and load, taken as they are
-    instead of serving those settings again (the demo's load test of its served repository)."""
+    instead of serving those settings again (the demo's load test of its served repository); their folders are
+    copied to OUT/points/<n>/ as the other points' are, where ``compare`` and ``baseline save`` of the sweep read
+    its best point (review14: they looked for the demo's load test there and named a folder that never was)."""
+    import shutil
+
     from generator.measure.report_sweep import write_sweep_report
 
     points = []
     for i, overrides in enumerate(plan.points):
         label = plan.label(overrides)
         progress(f"point {i + 1}/{len(plan.points)}: {label}")
+        folder = out_dir / "points" / str(i)
         if label in (measured or {}):
             run = measured[label]
-            before = SweepPoint(label=label, overrides=overrides, dir=str(run.out_dir),
+            shutil.copytree(run.out_dir, folder, dirs_exist_ok=True)
+            before = SweepPoint(label=label, overrides=overrides, dir=str(folder),
                                 detail=f"measured before the sweep, with the same settings and load: {run.out_dir}")
             points.append(measured_point(before, run, spec.loadtest.slo))
             continue
-        points.append(run_point(spec, overrides, label, out_dir / "points" / str(i), gpu_visible, progress))
+        points.append(run_point(spec, overrides, label, folder, gpu_visible, progress))
     result = SweepResult(points=points, best=best_point(points, with_slo=bool(spec.loadtest.slo)))
     write_sweep_report(out_dir, "tritongen sweep", result, spec.loadtest.slo)
     return result

@@ -71,7 +71,7 @@ def _loads(path: Path) -> bool:
 def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
     """The built library (compiled on first use, and again if the kept one does not load), or None after a
     ``KeyOnCommandLine`` warning when it cannot be built or loaded from here."""
-    folder = cache_dir(env)
+    folder = private_dir(cache_dir(env))  # the path the server preloads from: links resolved, none another user swaps
     if any(c in str(folder) for c in " :"):  # LD_PRELOAD splits on both
         _warn(f"the cache folder {folder} holds a space or colon, which LD_PRELOAD cannot load from",
               "set TRITONGEN_CACHE_DIR (or XDG_CACHE_HOME) to a path without them")
@@ -79,14 +79,14 @@ def library(env: Mapping[str, str] = os.environ) -> Optional[Path]:
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     built = folder / f"argvkey-{digest}.so"
-    if private_dir(folder) and _ours(built) and _loads(built):
+    if _ours(built) and _loads(built):
         return built
     path = env.get("PATH")
     compiler = next(filter(None, (shutil.which(c, path=path) for c in COMPILERS)), None)
     if compiler is None:
         _warn(f"no C compiler ({', '.join(COMPILERS)}) on PATH to build tritongen's argvkey library")
         return None
-    tmp = private_dir(folder) / f".argvkey-{uuid.uuid4().hex}.so"
+    tmp = folder / f".argvkey-{uuid.uuid4().hex}.so"
     try:
         run = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SOURCE)],
                              capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
