@@ -28,7 +28,7 @@ from generator.engine.facts import read_engine_if_built, runtime_limits
 from generator.errors import TritongenError
 from generator.serve.client import (
     ENSEMBLE, REPLACEMENT, UNREADABLE, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
-    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text,
+    endpoint_url, exchange, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text,
     post_json, text_inputs,
 )
 
@@ -234,15 +234,13 @@ class Smoke:
     # -------------------------------------------------------------- checks
 
     def live(self) -> str:
-        import requests
-
         for path in ("/v2/health/live", "/v2/health/ready"):
-            with requests.get(endpoint_url(self.http, path), timeout=10, stream=True) as r:  # the status alone
-                _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
+            with exchange("GET", endpoint_url(self.http, path), timeout=10) as (status, _):  # the status alone
+                _expect(status == 200, f"GET {path}: HTTP {status}")
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
-        index = post_json(self.http, "/v2/repository/index", {}, headers=self.admin_headers)
+        index = post_json(self.http, "/v2/repository/index", {}, self.timeout, headers=self.admin_headers)
         bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
         self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
         _expect(not bad, "; ".join(bad))
@@ -348,7 +346,8 @@ class Smoke:
         raise CheckFailed(f"none of {[c[0] for c in candidates]} stopped generation")
 
     def bad_missing_input(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": self.prompt}), "max_tokens")
+        body = {"text_input": self.prompt}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "max_tokens")
 
     def bad_dtype(self) -> str:
         inputs = self.tensors(self.prompt, self.max_tokens, stream=False)
@@ -358,8 +357,8 @@ class Smoke:
                                  "data-type", "datatype", "data type")
 
     def bad_empty_prompt(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": "", self.dialect.max_tokens: 4}),
-                                 "empty")
+        body = {"text_input": "", self.dialect.max_tokens: 4}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "empty")
 
     def bad_long_prompt(self) -> str:
         words = (self.max_input_len or 32768) + 16
@@ -368,7 +367,8 @@ class Smoke:
                                  "length", "long", "exceed")
 
     def bad_zero_tokens(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, self.body(max_tokens=0)), "max_tokens", "output")
+        return self.expect_error(lambda: generate(self.http, self.model, self.body(max_tokens=0), self.timeout),
+                                 "max_tokens", "output")
 
     def huge_tokens(self) -> str:
         """TensorRT-LLM clamps an output length past max_seq_len (with a warning) or refuses it."""
