@@ -118,6 +118,22 @@ def test_an_answer_of_another_shape_fails_checks_not_the_smoke_test(endless_serv
     assert report.checks and not all(check.ok for check in report.checks)
 
 
+@pytest.mark.parametrize("value, expected", [("4096", 4096), ("\u00b2", None), ("9" * 5000, None)])
+def test_a_max_input_len_the_server_names_is_checked_before_it_is_used(endless_server, value, expected):
+    """Review 15: smoke read the server's max_input_len with str.isdigit, which "²" and 5,000 digits pass and int()
+    refuses (a traceback), and sent a prompt past whatever it named: 200,000,000 made a 1.2 GB prompt (3.6 GB of
+    memory). An odd value is unknown; one past MAX_TESTED_INPUT_LEN fails the check without a prompt sent."""
+    from generator.serve.smoke import Smoke, max_input_len_from_server
+
+    url, kind = endless_server
+    kind.update(first=json.dumps({"parameters": {"max_input_len": {"string_value": value}}}).encode(), piece=None)
+    assert max_input_len_from_server(url) == expected
+    smoke = Smoke(url, "127.0.0.1:1", "m", None, "p", 4, 4 << 20, 5, None)  # past MAX_TESTED_INPUT_LEN
+    smoke.check("over max_input_len", smoke.bad_long_prompt)
+    [check] = smoke.report.checks
+    assert not check.ok and check.detail.startswith("not sent: the server's max_input_len"), check.detail
+
+
 @pytest.fixture()
 def trickling_server():
     """A server that sends its answer a byte every 0.1 s and closes the connection after 5 s: its headers never end

@@ -34,6 +34,10 @@ from generator.serve.client import (
 
 DEFAULT_PROMPT = "Tea travelled a long way before it reached the small café on the corner."
 
+MAX_TESTED_INPUT_LEN = 1 << 20
+"""The largest max_input_len the over-length check sends a prompt past (6 MB of text): the limit is the server's
+word, and a server naming 200,000,000 made smoke build a 1.2 GB prompt (3.6 GB of memory)."""
+
 _TRITON_TO_METADATA = {"TYPE_STRING": "BYTES"}
 
 
@@ -361,6 +365,9 @@ class Smoke:
         return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "empty")
 
     def bad_long_prompt(self) -> str:
+        _expect(self.max_input_len is None or self.max_input_len <= MAX_TESTED_INPUT_LEN,
+                f"not sent: the server's max_input_len ({self.max_input_len}) is more than the {MAX_TESTED_INPUT_LEN:,} "
+                "tokens this check sends at most")
         words = (self.max_input_len or 32768) + 16
         body = {"text_input": "hello " * words, self.dialect.max_tokens: 4}
         return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout),
@@ -461,7 +468,7 @@ def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm")
                                       for k in ("max_input_len", "gpt_model_path", "enable_chunked_context"))
     except UNREADABLE:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) < 19:  # "²" is a digit to isdigit, not to int
         return int(value)
     try:
         engine = read_engine_if_built(Path(engine_dir)) if engine_dir else None
