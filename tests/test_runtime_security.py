@@ -368,32 +368,37 @@ def test_the_non_decoupled_llmapi_stand_in_sends_no_stack_frames(nondecoupled_ll
 
 
 @pytest.mark.server
-def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondecoupled_llmapi_server, trtllm_gauge):
-    """Review 15: the non-decoupled CPU engine waited in ``execute`` until every request of its batch was done, so a
-    request that came while a long one generated was held until the long one's last token (upstream's backend, and
-    the decoupled mode, answer it beside): a 2-token request took 0.12-0.22 s instead of 0.03 s beside a 64-token one.
-    Now the short answer arrives before the long one's last token (both clocks are CLOCK_MONOTONIC)."""
+@pytest.mark.parametrize("model", ["tensorrt_llm_cpu", "tensorrt_llm"], ids=["engine", "llmapi-stand-in"])
+def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondecoupled_llmapi_server, trtllm_gauge,
+                                                                          model):
+    """Review 15: the non-decoupled CPU engine waited in ``execute`` until every request of its batch was done, and
+    the non-decoupled LLM-API stand-in served its requests one after another, so a request that came while a long
+    one generated was held until the long one's last token (upstream's backend, and the decoupled mode, answer it
+    beside): a 2-token request took 0.12-0.22 s (engine) and 0.59 s (stand-in) instead of 0.03-0.04 s. Now the
+    short answer arrives before the long one's last token (the engine's perf metrics: both clocks CLOCK_MONOTONIC)."""
     import threading
     import time
 
-    from generator.repo.llmapi import CPU_ENGINE_MODEL
-    from generator.serve.client import http_infer
+    from generator.serve.client import http_infer, llmapi_inputs
 
     server = nondecoupled_llmapi_server
 
     def inputs(tokens: int) -> dict[str, np.ndarray]:
+        if model == "tensorrt_llm":
+            return llmapi_inputs("a prompt", {"sampling_param_max_tokens": tokens,
+                                              "sampling_param_return_perf_metrics": True})
         return {"input_ids": np.array([[5, 6, 7, 8]], np.int32), "input_lengths": np.array([[4]], np.int32),
                 "request_output_len": np.array([[tokens]], np.int32), "end_id": np.array([[-1]], np.int32),
                 "return_perf_metrics": np.array([[True]])}
 
     long = {}
     thread = threading.Thread(target=lambda: long.setdefault("answer", http_infer(
-        server.http_url, CPU_ENGINE_MODEL, inputs(100), timeout=120)))
+        server.http_url, model, inputs(100), timeout=120)))
     thread.start()
     deadline = time.monotonic() + 60
     while trtllm_gauge(server, "nv_trt_llm_request_metrics", "active") < 1 and time.monotonic() < deadline:
         time.sleep(0.02)  # until the long request is in the engine
-    http_infer(server.http_url, CPU_ENGINE_MODEL, inputs(2), timeout=120)
+    http_infer(server.http_url, model, inputs(2), timeout=120)
     short_done = time.monotonic_ns()
     thread.join()
     last_token = int(long["answer"].as_numpy("last_token_time_ns").reshape(-1)[0])
