@@ -70,7 +70,7 @@ def _capped(chunks, what: str):
 def exchange(method: str, url: str, *, body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
              timeout: float = 120.0) -> Iterator[tuple[int, Iterator[bytes]]]:
     """``(status, chunks)`` of one HTTP request: the body's pieces as they arrive, at most MAX_ANSWER_BYTES, and all of
-    the answer within ``timeout`` seconds of the connection. A per-read timeout never fires against a server that sends
+    the exchange within ``timeout`` seconds. A per-read timeout never fires against a server that sends
     a byte now and then (in its status line, headers or body): ``tritongen smoke`` and a load test's reads before and
     after its run waited on one for ever. At ``timeout`` the connection is shut, and what reads it fails with a
     TimeoutError (an OSError, as the network's own failures are)."""
@@ -94,9 +94,11 @@ def exchange(method: str, url: str, *, body: Optional[bytes] = None, headers: Op
 
     timer = threading.Timer(timeout, cut)
     timer.daemon = True
+    timer.start()
     try:
-        connection.connect()
-        timer.start()
+        connection.connect()  # a TLS handshake reads from the server too
+        if expired.is_set():  # the time ran out while connecting, before there was a socket to shut
+            cut()
         connection.request(method, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), body=body,
                            headers=dict(headers or {}))
         response = connection.getresponse()
