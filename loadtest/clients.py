@@ -32,6 +32,24 @@ Decoded = tuple[list[Optional[str]], ServerFigures, Optional[str]]
 summed over the answer, and an error the payloads carried."""
 
 
+def drop_connection(resp) -> None:
+    """Close the connection of a response left unread (too large, or its request cut off) instead of giving it
+    back to the client's pool, where the next request would read the rest of this answer."""
+    sock, pool = resp._sock, resp._pool
+    resp._sock = resp._pool = None
+    if sock is not None and pool is not None:
+        pool.release_socket(sock)
+
+
+def read_bounded(resp) -> bytes:
+    """A whole response body of at most ``MAX_MESSAGE`` (ValueError past it, the connection dropped)."""
+    body = resp.read(MAX_MESSAGE + 1)
+    if len(body) > MAX_MESSAGE:
+        drop_connection(resp)
+        raise ValueError(f"the answer is longer than {MAX_MESSAGE:,} bytes")
+    return body
+
+
 class Exchange:
     """One request on the hot path: timestamps and raw payloads; ``finish`` turns them into the raw record."""
 
@@ -192,7 +210,7 @@ def _config_fetcher(host: str, timeout: float) -> Callable[[str], Optional[dict[
 
     def fetch_http(name: str) -> Optional[dict[str, Any]]:
         resp = http.get(f"/v2/models/{name}/config")
-        body = resp.read()
+        body = read_bounded(resp)  # an endless one grew every Locust process to 7.4 GB in 75 s (MemoryError)
         return json.loads(body) if resp.status_code == 200 else None
 
     return fetch_http

@@ -12,7 +12,7 @@ from typing import Optional
 import gevent
 from geventhttpclient import HTTPClient
 
-from clients import AnsweredPosts, Decoded, Exchange, ModelInfo, absorb
+from clients import AnsweredPosts, Decoded, Exchange, ModelInfo, absorb, drop_connection, read_bounded
 from generator.measure.records import SERVER_FIELDS, ServerFigures, request_inputs
 from grpcwire import MAX_MESSAGE
 from prompts import Prompt
@@ -37,24 +37,6 @@ def decode_json(payloads: list[bytes]) -> Decoded:
                 value = data[name]
                 absorb(server, name, [int(value[0] if isinstance(value, list) else value)])
     return texts, server, None
-
-
-def drop_connection(resp) -> None:
-    """Close the connection of a response left unread (too large, or its request cut off) instead of giving it
-    back to the client's pool, where the next request would read the rest of this answer."""
-    sock, pool = resp._sock, resp._pool
-    resp._sock = resp._pool = None
-    if sock is not None and pool is not None:
-        pool.release_socket(sock)
-
-
-def read_bounded(resp) -> bytes:
-    """A whole response body of at most ``MAX_MESSAGE`` (ValueError past it, the connection dropped)."""
-    body = resp.read(MAX_MESSAGE + 1)
-    if len(body) > MAX_MESSAGE:
-        drop_connection(resp)
-        raise ValueError(f"the answer is longer than {MAX_MESSAGE:,} bytes")
-    return body
 
 
 def error_text(resp) -> str:
@@ -109,7 +91,7 @@ class HttpLLMClient:
         self.info, self.stream = info, stream
         self.http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
         self.path = f"/v2/models/{info.name}/{'generate_stream' if stream else 'generate'}"
-        self.http.get("/v2/health/ready").read()  # open the connection before the first timed request
+        read_bounded(self.http.get("/v2/health/ready"))  # open the connection before the first timed request
         self.posts = AnsweredPosts(self.http)
 
     def generate(self, ex: Exchange, prompt: Prompt) -> None:

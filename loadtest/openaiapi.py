@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from geventhttpclient import HTTPClient
 
-from clients import AnsweredPosts, Decoded, Exchange
+from clients import AnsweredPosts, Decoded, Exchange, read_bounded
 from generator.measure.records import ServerFigures
 from httpclient import error_text, read_events
 from prompts import Prompt
@@ -37,7 +37,7 @@ def openai_model(host: str, model: Optional[str], timeout: float) -> OpenAIModel
     http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
     try:
         resp = http.get("/v1/models")
-        body = resp.read()
+        body = read_bounded(resp)
     finally:
         http.close()
     if resp.status_code != 200:
@@ -92,7 +92,7 @@ class OpenAIClient:
         self.info, self.chat, self.extra = info, protocol == "openai-chat", body or {}
         self.path = PROTOCOLS[protocol]
         self.http = HTTPClient.from_url(host, concurrency=1, connection_timeout=timeout, network_timeout=timeout)
-        self.http.get("/v1/models").read()  # open the connection before the first timed request
+        read_bounded(self.http.get("/v1/models"))  # open the connection before the first timed request
         self.posts = AnsweredPosts(self.http)
 
     def body(self, prompt: Prompt) -> bytes:

@@ -612,6 +612,37 @@ def test_http_connections_that_end_unanswered_twice_in_a_row_mean_the_server_is_
     listener.close()
 
 
+@pytest.mark.parametrize("read", ["model_info", "openai_model", "http_user", "openai_user"])
+def test_a_setup_answer_past_the_bound_fails_the_setup_not_the_memory(read):
+    """review15: each Locust process read a model's config, /v1/models and its users' warm-up answers whole: a
+    server that sent those without end grew every Locust process to 7.4 GB in 75 s, to a MemoryError. They are read
+    up to MAX_MESSAGE, as every other answer (here one byte more arrives, then the answer ends)."""
+    import gevent
+
+    listener = _listener(4)
+    body = b'{"data": [{"id": "m"}], "name": "m", "pad": "' + b"x" * grpcwire.MAX_MESSAGE + b'"}'
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
+             "openai_model": lambda: openaiapi.openai_model(url, None, 5),
+             "http_user": lambda: httpclient.HttpLLMClient(url, _INFO, False, 5),
+             "openai_user": lambda: openaiapi.OpenAIClient(url, openaiapi.OpenAIModel("m"), "openai-chat", 5, None)}
+    try:
+        with pytest.raises(ValueError, match=f"longer than {grpcwire.MAX_MESSAGE:,} bytes"):
+            calls[read]()
+    finally:
+        server.kill()
+        listener.close()
+
+
 def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
     """review9: once the shared stream ended, users sending at once (open loop: a greenlet per request) each opened a
     stream of their own; all but the last were left open, and when one of them ended, every request of the process

@@ -80,6 +80,18 @@ def test_server_token_count_wins_over_the_tokenizer_for_per_request_itl():
     assert m.itl_ns == pytest.approx((m.e2e_ns - m.ttft_ns) / 3)
 
 
+@pytest.mark.parametrize("claimed", [10**9, 5, 1], ids=["billion", "past-max-tokens", "under-responses"])
+def test_a_server_token_count_that_cannot_be_true_is_not_taken_for_the_figures(claimed):
+    """Review 15: output tokens/s and ITL per request took the server's count whatever it said: a server claiming
+    10**9 tokens for a 3-token answer of max_tokens 4 made them (and an SLO on them) what it liked. A count past
+    max_tokens or under the responses with text (a token_count check failure) gives way to the tokenizer's."""
+    rec = record(["ab", "cd", "ef"], server=perf(1, 2, 8, 20, claimed), max_tokens=4, output_tokens=3)
+    m = request_metrics(rec)
+    assert m.output_tokens == 3 and m.server_output_tokens == claimed
+    assert m.itl_ns == pytest.approx((m.e2e_ns - m.ttft_ns) / 2)
+    assert "token_count" in m.failures
+
+
 def test_ttft_split_adds_up_and_splits_the_front_end_on_a_shared_clock():
     rec = record(["a", "b", "c"], sched=0, sent=1, first=30, gap=10, server=perf(4, 9, 25, 45, 3))
     m = request_metrics(rec)

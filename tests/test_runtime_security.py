@@ -272,19 +272,23 @@ def _cmdline(proc: Path) -> str:
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("which, model, max_key", [("cpu_server", "ensemble", "max_tokens"),
-                                                    ("cpu_server", "tensorrt_llm_bls", "max_tokens"),
-                                                    ("llmapi_server", "tensorrt_llm", "sampling_param_max_tokens")])
-def test_a_10_mb_prompt_is_refused_before_it_is_tokenized(request, which, model, max_key):
+@pytest.mark.parametrize("which, model, max_key, field", [
+    ("cpu_server", "ensemble", "max_tokens", "text_input"), ("cpu_server", "tensorrt_llm_bls", "max_tokens", "text_input"),
+    ("llmapi_server", "tensorrt_llm", "sampling_param_max_tokens", "text_input"),
+    ("cpu_server", "ensemble", "max_tokens", "decoder_text_input"),
+    ("cpu_server", "tensorrt_llm_bls", "max_tokens", "decoder_text_input")])
+def test_a_10_mb_prompt_is_refused_before_it_is_tokenized(request, which, model, max_key, field):
     """Finding 16: the refusal names the prompt's characters and max_input_len (the cheap bound, before
     any tokenizing; it used to be the engine's "prompt length (N tokens)" after tokenizing all of it),
-    and a small request beside it is answered."""
+    and a small request beside it is answered. Review 15: a 10 MB decoder_text_input, which preprocessing
+    tokenizes too, was not bounded: three of them delayed a small request from 0.06 s to 37.9 s (and passed)."""
     import requests as http
 
     server = request.getfixturevalue(which)
     url = f"http://{server.http_url}/v2/models/{model}/generate"
-    big = http.post(url, json={"text_input": "word " * 2_000_000, max_key: 4}, timeout=300)
-    assert big.status_code == 400 and "10000000 characters" in big.text and "max_input_len" in big.text, big.text
+    big = http.post(url, json={"text_input": "a small request", field: "word " * 2_000_000, max_key: 4}, timeout=300)
+    assert big.status_code == 400 and f"{field} of 10000000 characters" in big.text and "max_input_len" in big.text, \
+        big.text
     small = http.post(url, json={"text_input": "a small request", max_key: 4}, timeout=300)
     assert small.status_code == 200, small.text
 
@@ -337,23 +341,68 @@ def test_stop_and_bad_word_lists_are_bounded(request, which, model, words_key, m
             assert error is None, error
 
 
-@pytest.mark.server
-def test_the_non_decoupled_llmapi_stand_in_sends_no_stack_frames(llmapi_spec, nvfp4_checkpoint_dir, tmp_path):
-    """Low finding: an error of the non-decoupled LLM-API stand-in reaches the client as its message
-    alone; it used to carry the Python stack with file paths."""
-    import requests as http
-
+@pytest.fixture(scope="module")
+def nondecoupled_llmapi_server(llmapi_spec, nvfp4_checkpoint_dir, tmp_path_factory):
+    """The LLM-API repository with serving.decoupled=false: its stand-in and its CPU engine model not decoupled."""
     from generator.repo.render import render_repository
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
-    repo = render_repository(with_overrides(llmapi_spec, ["serving.decoupled=false"]), tmp_path / "repo")
-    with TritonServer(repo, log_file=tmp_path / "triton.log") as server:
-        url = f"http://{server.http_url}/v2/models/tensorrt_llm/generate"
-        r = http.post(url, json={"text_input": "hello", "stop": True}, timeout=120)
-        assert r.status_code >= 400 and "a stop request needs a decoupled model" in r.text
-        assert ".py" not in r.text and "At:" not in r.text, r.text
-        assert http.post(url, json={"text_input": "hello", "sampling_param_max_tokens": 4}, timeout=120).ok
+    folder = tmp_path_factory.mktemp("nondecoupled")
+    repo = render_repository(with_overrides(llmapi_spec, ["serving.decoupled=false"]), folder / "repo")
+    with TritonServer(repo, log_file=folder / "triton.log") as server:
+        yield server
+
+
+@pytest.mark.server
+def test_the_non_decoupled_llmapi_stand_in_sends_no_stack_frames(nondecoupled_llmapi_server):
+    """Low finding: an error of the non-decoupled LLM-API stand-in reaches the client as its message
+    alone; it used to carry the Python stack with file paths."""
+    import requests as http
+
+    url = f"http://{nondecoupled_llmapi_server.http_url}/v2/models/tensorrt_llm/generate"
+    r = http.post(url, json={"text_input": "hello", "stop": True}, timeout=120)
+    assert r.status_code >= 400 and "a stop request needs a decoupled model" in r.text
+    assert ".py" not in r.text and "At:" not in r.text, r.text
+    assert http.post(url, json={"text_input": "hello", "sampling_param_max_tokens": 4}, timeout=120).ok
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", ["tensorrt_llm_cpu", "tensorrt_llm"], ids=["engine", "llmapi-stand-in"])
+def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondecoupled_llmapi_server, trtllm_gauge,
+                                                                          model):
+    """Review 15: the non-decoupled CPU engine waited in ``execute`` until every request of its batch was done, and
+    the non-decoupled LLM-API stand-in served its requests one after another, so a request that came while a long
+    one generated was held until the long one's last token (upstream's backend, and the decoupled mode, answer it
+    beside): a 2-token request took 0.12-0.22 s (engine) and 0.59 s (stand-in) instead of 0.03-0.04 s. Now the
+    short answer arrives before the long one's last token (the engine's perf metrics: both clocks CLOCK_MONOTONIC)."""
+    import threading
+    import time
+
+    from generator.serve.client import http_infer, llmapi_inputs
+
+    server = nondecoupled_llmapi_server
+
+    def inputs(tokens: int) -> dict[str, np.ndarray]:
+        if model == "tensorrt_llm":
+            return llmapi_inputs("a prompt", {"sampling_param_max_tokens": tokens,
+                                              "sampling_param_return_perf_metrics": True})
+        return {"input_ids": np.array([[5, 6, 7, 8]], np.int32), "input_lengths": np.array([[4]], np.int32),
+                "request_output_len": np.array([[tokens]], np.int32), "end_id": np.array([[-1]], np.int32),
+                "return_perf_metrics": np.array([[True]])}
+
+    long = {}
+    thread = threading.Thread(target=lambda: long.setdefault("answer", http_infer(
+        server.http_url, model, inputs(100), timeout=120)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while trtllm_gauge(server, "nv_trt_llm_request_metrics", "active") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the long request is in the engine
+    http_infer(server.http_url, model, inputs(2), timeout=120)
+    short_done = time.monotonic_ns()
+    thread.join()
+    last_token = int(long["answer"].as_numpy("last_token_time_ns").reshape(-1)[0])
+    assert short_done < last_token, (short_done, last_token)
 
 
 def test_in_cluster_locust_carries_the_run_token_from_a_secret_and_has_a_deadline():

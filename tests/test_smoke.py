@@ -118,6 +118,79 @@ def test_an_answer_of_another_shape_fails_checks_not_the_smoke_test(endless_serv
     assert report.checks and not all(check.ok for check in report.checks)
 
 
+@pytest.mark.parametrize("value, expected", [("4096", 4096), ("\u00b2", None), ("9" * 5000, None)])
+def test_a_max_input_len_the_server_names_is_checked_before_it_is_used(endless_server, value, expected):
+    """Review 15: smoke read the server's max_input_len with str.isdigit, which "²" and 5,000 digits pass and int()
+    refuses (a traceback), and sent a prompt past whatever it named: 200,000,000 made a 1.2 GB prompt (3.6 GB of
+    memory). An odd value is unknown; one past MAX_TESTED_INPUT_LEN fails the check without a prompt sent."""
+    from generator.serve.smoke import Smoke, max_input_len_from_server
+
+    url, kind = endless_server
+    kind.update(first=json.dumps({"parameters": {"max_input_len": {"string_value": value}}}).encode(), piece=None)
+    assert max_input_len_from_server(url) == expected
+    smoke = Smoke(url, "127.0.0.1:1", "m", None, "p", 4, 4 << 20, 5, None)  # past MAX_TESTED_INPUT_LEN
+    smoke.check("over max_input_len", smoke.bad_long_prompt)
+    [check] = smoke.report.checks
+    assert not check.ok and check.detail.startswith("not sent: the server's max_input_len"), check.detail
+
+
+@pytest.fixture()
+def trickling_server():
+    """A server that sends its answer a byte every 0.1 s and closes the connection after 5 s: its headers never end
+    (``where`` "headers"), or a body of 10,000 bytes does not ("body"). Address, mode switch."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    mode = {"where": "body"}
+
+    def handle(conn):
+        with conn:
+            try:
+                conn.recv(65536)
+                if mode["where"] == "body":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(50):
+                    conn.sendall(b":")
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}", mode
+    listener.close()
+
+
+@pytest.mark.parametrize("where, call", [("headers", "get_json"), ("body", "post_json"), ("body", "generate_stream"),
+                                         ("body", "http_get")])
+def test_an_answer_sent_a_byte_at_a_time_fails_at_its_timeout(trickling_server, where, call):
+    """Review 15: each read waited for the next byte only up to the timeout, so a server sending one every few seconds
+    held ``tritongen smoke --url`` and a load test's reads around its run (the served model, the repository index,
+    /v2/models/stats, /metrics, the reference answers) for ever. The answer must now come whole within the timeout."""
+    from generator.measure.tritonstats import http_get
+    from generator.serve import client
+
+    url, mode = trickling_server
+    mode["where"] = where
+    calls = {"get_json": lambda: client.get_json(url, "/v2/models/m/config", timeout=0.5),
+             "post_json": lambda: client.post_json(url, "/v2/repository/index", {}, timeout=0.5),
+             "generate_stream": lambda: client.generate_stream(url, "m", {"text_input": "x"}, timeout=0.5),
+             "http_get": lambda: http_get(f"http://{url}/metrics", timeout=0.5)}
+    with pytest.raises(TimeoutError, match="no whole answer within 0.5 s"):
+        calls[call]()
+
+
 def test_streamed_text_comparison():
     assert same_text("abc", "abc") == (True, "equal")
     ok, how = same_text("ab", "ab" + REPLACEMENT)

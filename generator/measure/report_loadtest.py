@@ -175,7 +175,8 @@ def _appendix(doc: Doc, results: LoadTestResult) -> None:
         "**TTFT**: scheduled send → first response carrying text.",
         "**ITL per gap**: time between two consecutive responses carrying text, pooled over all requests.",
         "**ITL per request**: (E2E − TTFT) / (output tokens − 1), output tokens as counted by the server "
-        "(`num_output_tokens`), else by the model's tokenizer.",
+        "(`num_output_tokens`) where that count can be true (at most max_tokens, at least the responses with text), "
+        "else by the model's tokenizer.",
         "**End-to-end (E2E)**: scheduled send → last response.",
         "**Send lateness**: actual send − scheduled send (open loop; the client's own delay).",
         "**Throughput**: successful requests and their output tokens divided by the window from the first "

@@ -207,12 +207,9 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
     max_tokens with the engine's greedy defaults, so it comes from the same tokens as every streamed
     answer to that prompt. Asked after the run, four at a time, so it does not disturb the measurement.
     """
-    import urllib.error
-    import urllib.request
-
     from concurrent.futures import ThreadPoolExecutor
 
-    from generator.serve.client import MAX_ANSWER_BYTES, UNREADABLE
+    from generator.serve.client import UNREADABLE, ServerRequestError, exchange
 
     gone = next((why for why in map(server_gone, (r["error"] for r in requests)) if why), None)
     if gone is not None:  # its answers would each sit out the timeout too
@@ -236,21 +233,21 @@ def reference_answers(http_url: str, model: str, requests: list[RequestRecord], 
         if silent.is_set():
             return index, None, f"prompt {index}: not asked, the server stopped answering"
         body = json.dumps(request_inputs(accepted, text, max_tokens, False)).encode()
-        req = urllib.request.Request(f"{http_url}/v2/models/{model}/generate", data=body,
-                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 (the user's server)
-                answer = resp.read(MAX_ANSWER_BYTES + 1)
-            if len(answer) > MAX_ANSWER_BYTES:
-                return index, None, f"prompt {index}: the answer is longer than {MAX_ANSWER_BYTES:,} bytes"
+            with exchange("POST", f"{http_url}/v2/models/{model}/generate", body=body,
+                          headers={"Content-Type": "application/json"}, timeout=timeout_s) as (status, chunks):
+                answer = b"".join(chunks)
+            if status != 200:  # the server answering
+                return index, None, f"prompt {index}: HTTP {status}: {answer[:200].decode(errors='replace')}"
             return index, str(json.loads(answer).get("text_output", "")), None
+        except ServerRequestError as exc:  # past MAX_ANSWER_BYTES
+            return index, None, f"prompt {index}: {exc}"
         except (ValueError, AttributeError, RecursionError) as exc:  # not a JSON object: a failed check, no traceback
             return index, None, f"prompt {index}: the answer is no JSON object ({type(exc).__name__}: {exc})"[:300]
-        except OSError as exc:  # an HTTP error is the server answering; a refusal or a timeout is in the URLError
-            why = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
-            if server_gone(f"{type(why).__name__}: {why}"):
+        except OSError as exc:  # a refusal, a silence or an answer that takes longer than timeout_s in all
+            if server_gone(f"{type(exc).__name__}: {exc}"):
                 silent.set()
-            return index, None, f"prompt {index}: {exc}"
+            return index, None, f"prompt {index}: {type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(ask, prompts.items()))

@@ -10,10 +10,11 @@ thread and the two GETs are the only edges.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
-import urllib.request
+import urllib.error
 from typing import Any, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,14 +29,17 @@ Sample = tuple[str, str, dict[str, str], float]
 
 
 def http_get(url: str, timeout: float = 10.0, headers: Optional[dict[str, str]] = None) -> bytes:
-    """The body of a GET, at most MAX_ANSWER_BYTES (an OSError past it, as for the network's own failures)."""
-    from generator.serve.client import MAX_ANSWER_BYTES
+    """The body of a GET, at most MAX_ANSWER_BYTES and within ``timeout`` seconds in all (``client.exchange``; an
+    OSError past either, as for the network's own failures; an HTTPError for an error status)."""
+    from generator.serve.client import ServerRequestError, exchange
 
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (a URL the user gave)
-        body = resp.read(MAX_ANSWER_BYTES + 1)
-    if len(body) > MAX_ANSWER_BYTES:
-        raise OSError(f"{url}: the server's answer is longer than {MAX_ANSWER_BYTES:,} bytes")
+    with exchange("GET", url, headers=headers, timeout=timeout) as (status, chunks):
+        try:
+            body = b"".join(chunks)
+        except ServerRequestError as exc:
+            raise OSError(str(exc)) from None
+    if status >= 400:
+        raise urllib.error.HTTPError(url, status, http.client.responses.get(status, "error"), None, None)
     return body
 
 

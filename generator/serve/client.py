@@ -15,13 +15,18 @@ module, so a request looks the same everywhere. Two dialects:
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import itertools
 import json
 import queue
+import socket
+import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -61,26 +66,74 @@ def _capped(chunks, what: str):
         yield chunk
 
 
-def _request(method: str, url: str, **kwargs) -> tuple[int, bytes]:
-    """Status and body of one request, the body read up to MAX_ANSWER_BYTES."""
-    import requests
+@contextlib.contextmanager
+def exchange(method: str, url: str, *, body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
+             timeout: float = 120.0) -> Iterator[tuple[int, Iterator[bytes]]]:
+    """``(status, chunks)`` of one HTTP request: the body's pieces as they arrive, at most MAX_ANSWER_BYTES, and all of
+    the exchange within ``timeout`` seconds. A per-read timeout never fires against a server that sends
+    a byte now and then (in its status line, headers or body): ``tritongen smoke`` and a load test's reads before and
+    after its run waited on one for ever. At ``timeout`` the connection is shut, and what reads it fails with a
+    TimeoutError (an OSError, as the network's own failures are)."""
+    parts = urllib.parse.urlsplit(url)
+    what = f"{method} {url}"
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout=timeout)
+    expired = threading.Event()
 
-    with requests.request(method, url, stream=True, **kwargs) as r:
-        return r.status_code, b"".join(_capped(r.iter_content(1 << 16), f"{method} {url}"))
+    def cut() -> None:
+        expired.set()
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+
+    def pieces(response) -> Iterator[bytes]:
+        yield from iter(lambda: response.read1(1 << 16), b"")
+        if expired.is_set():  # a shut connection reads as the end of a body without a length
+            raise TimeoutError(f"{what}: no whole answer within {timeout:g} s (the server sends too slowly)")
+
+    timer = threading.Timer(timeout, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.connect()  # a TLS handshake reads from the server too
+        if expired.is_set():  # the time ran out while connecting, before there was a socket to shut
+            cut()
+        connection.request(method, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")), body=body,
+                           headers=dict(headers or {}))
+        response = connection.getresponse()
+        yield response.status, _capped(pieces(response), what)
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"{what}: no whole answer within {timeout:g} s (the server sends too slowly)") from None
+        if isinstance(exc, OSError):
+            raise
+        raise ConnectionError(f"{what}: {type(exc).__name__}: {exc}") from None
+    finally:
+        timer.cancel()
+        connection.close()
+
+
+def _request(method: str, url: str, *, json_body: Any = None, headers: Optional[Mapping[str, str]] = None,
+             timeout: float = 120.0) -> tuple[int, bytes]:
+    """Status and body of one request (``exchange``), with ``json_body`` sent as JSON."""
+    body = None if json_body is None else json.dumps(json_body).encode()
+    sent = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
+    with exchange(method, url, body=body, headers=sent, timeout=timeout) as (status, chunks):
+        return status, b"".join(chunks)
 
 
 def check_reachable(http_url: str, path: str = "/v2/health/live", timeout_s: float = 10.0) -> None:
     """Fail with the address and the fix when nothing answers at ``http_url`` (Triton's liveness endpoint, or
     ``path``: an OpenAI-compatible server's /v1/models)."""
-    import urllib.request
-
     from generator.errors import ServerError
 
     try:
-        with urllib.request.urlopen(endpoint_url(http_url, path), timeout=timeout_s):  # noqa: S310
-            pass
+        with exchange("GET", endpoint_url(http_url, path), timeout=timeout_s) as (status, _):
+            reason = f"HTTP {status} {http.client.responses.get(status, '')}".strip() if status >= 400 else None
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+        reason = exc
+    if reason is not None:
         kind = "Triton server" if path.startswith("/v2/") else "OpenAI-compatible server"
         raise ServerError(f"no {kind} answers at {http_url}: {reason}", where="--url",
                           fix="start one (tritongen serve REPO prints its URLs), or pass the right --url") from None
@@ -104,19 +157,17 @@ def get_json(http_url: str, path: str, timeout: float = 10.0) -> Any:
 
 def post_json(http_url: str, path: str, body: Mapping[str, Any], timeout: float = 120.0,
               headers: Optional[Mapping[str, str]] = None) -> Any:
-    status, answer = _request("POST", endpoint_url(http_url, path), json=body, timeout=timeout, headers=headers)
+    status, answer = _request("POST", endpoint_url(http_url, path), json_body=body, timeout=timeout, headers=headers)
     if status != 200:
         raise ServerRequestError(_error_text(status, answer))
     return json.loads(answer)
 
 
 def is_ready(http_url: str) -> bool:
-    import requests
-
     try:
-        with requests.get(endpoint_url(http_url, "/v2/health/ready"), timeout=5, stream=True) as r:
-            return r.status_code == 200  # the body is not read
-    except requests.RequestException:
+        with exchange("GET", endpoint_url(http_url, "/v2/health/ready"), timeout=5) as (status, _):
+            return status == 200  # the body is not read
+    except (OSError, ValueError):
         return False
 
 
@@ -139,14 +190,12 @@ def generate(http_url: str, model: str, body: Mapping[str, Any], timeout: float 
 
 def generate_stream(http_url: str, model: str, body: Mapping[str, Any], timeout: float = 120.0) -> list[dict]:
     """POST /v2/models/MODEL/generate_stream and read the server-sent events (one per response)."""
-    import requests
-
     events = []
     url = endpoint_url(http_url, f"/v2/models/{model}/generate_stream")
-    with requests.post(url, json=body, stream=True, timeout=timeout) as r:
-        chunks = _capped(r.iter_content(1 << 16), f"POST {url}")
-        if r.status_code != 200:
-            raise ServerRequestError(_error_text(r.status_code, b"".join(chunks)))
+    with exchange("POST", url, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+                  timeout=timeout) as (status, chunks):
+        if status != 200:
+            raise ServerRequestError(_error_text(status, b"".join(chunks)))
         buf = bytearray()  # lines cut out as they end (requests' iter_lines kept an endless one whole)
         for chunk in itertools.chain(chunks, (b"\n",)):
             searched, start = len(buf), 0

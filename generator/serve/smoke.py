@@ -28,11 +28,15 @@ from generator.engine.facts import read_engine_if_built, runtime_limits
 from generator.errors import TritongenError
 from generator.serve.client import (
     ENSEMBLE, REPLACEMENT, UNREADABLE, Dialect, ServerRequestError, StreamResult, dialect_for_inputs,
-    endpoint_url, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text,
+    endpoint_url, exchange, generate, generate_stream, get_json, grpc_stream, http_infer, is_ready, joined_text,
     post_json, text_inputs,
 )
 
 DEFAULT_PROMPT = "Tea travelled a long way before it reached the small café on the corner."
+
+MAX_TESTED_INPUT_LEN = 1 << 20
+"""The largest max_input_len the over-length check sends a prompt past (6 MB of text): the limit is the server's
+word, and a server naming 200,000,000 made smoke build a 1.2 GB prompt (3.6 GB of memory)."""
 
 _TRITON_TO_METADATA = {"TYPE_STRING": "BYTES"}
 
@@ -234,15 +238,13 @@ class Smoke:
     # -------------------------------------------------------------- checks
 
     def live(self) -> str:
-        import requests
-
         for path in ("/v2/health/live", "/v2/health/ready"):
-            with requests.get(endpoint_url(self.http, path), timeout=10, stream=True) as r:  # the status alone
-                _expect(r.status_code == 200, f"GET {path}: HTTP {r.status_code}")
+            with exchange("GET", endpoint_url(self.http, path), timeout=10) as (status, _):  # the status alone
+                _expect(status == 200, f"GET {path}: HTTP {status}")
         return f"tritonserver {get_json(self.http, '/v2').get('version', '?')}"
 
     def models_ready(self) -> str:
-        index = post_json(self.http, "/v2/repository/index", {}, headers=self.admin_headers)
+        index = post_json(self.http, "/v2/repository/index", {}, self.timeout, headers=self.admin_headers)
         bad = [f"{m['name']}: {m.get('state')} {m.get('reason', '')}".strip() for m in index if m.get("state") != "READY"]
         self.models = sorted(m["name"] for m in index if m.get("state") == "READY")
         _expect(not bad, "; ".join(bad))
@@ -348,7 +350,8 @@ class Smoke:
         raise CheckFailed(f"none of {[c[0] for c in candidates]} stopped generation")
 
     def bad_missing_input(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": self.prompt}), "max_tokens")
+        body = {"text_input": self.prompt}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "max_tokens")
 
     def bad_dtype(self) -> str:
         inputs = self.tensors(self.prompt, self.max_tokens, stream=False)
@@ -358,17 +361,21 @@ class Smoke:
                                  "data-type", "datatype", "data type")
 
     def bad_empty_prompt(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": "", self.dialect.max_tokens: 4}),
-                                 "empty")
+        body = {"text_input": "", self.dialect.max_tokens: 4}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "empty")
 
     def bad_long_prompt(self) -> str:
+        _expect(self.max_input_len is None or self.max_input_len <= MAX_TESTED_INPUT_LEN,
+                f"not sent: the server's max_input_len ({self.max_input_len}) is more than the {MAX_TESTED_INPUT_LEN:,} "
+                "tokens this check sends at most")
         words = (self.max_input_len or 32768) + 16
         body = {"text_input": "hello " * words, self.dialect.max_tokens: 4}
         return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout),
                                  "length", "long", "exceed")
 
     def bad_zero_tokens(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, self.body(max_tokens=0)), "max_tokens", "output")
+        return self.expect_error(lambda: generate(self.http, self.model, self.body(max_tokens=0), self.timeout),
+                                 "max_tokens", "output")
 
     def huge_tokens(self) -> str:
         """TensorRT-LLM clamps an output length past max_seq_len (with a warning) or refuses it."""
@@ -461,7 +468,7 @@ def max_input_len_from_server(http_url: str, engine_model: str = "tensorrt_llm")
                                       for k in ("max_input_len", "gpt_model_path", "enable_chunked_context"))
     except UNREADABLE:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) < 19:  # "²" is a digit to isdigit, not to int
         return int(value)
     try:
         engine = read_engine_if_built(Path(engine_dir)) if engine_dir else None

@@ -67,7 +67,8 @@ class LLMAPISmoke(Smoke):
         return detail + "; each response holds the whole text so far"
 
     def bad_missing_input(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {self.dialect.max_tokens: 4}), "text_input")
+        body = {self.dialect.max_tokens: 4}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "text_input")
 
     # -------------------------------------------------------------- checks of this model only
 
@@ -139,8 +140,8 @@ class LLMAPISmoke(Smoke):
         return f"stopped after {len(result.pieces)} of up to {wanted} responses (finish_reason={finish})"
 
     def stop_without_id(self) -> str:
-        return self.expect_error(lambda: generate(self.http, self.model, {"text_input": self.prompt, "stop": True}),
-                                 "request id")
+        body = {"text_input": self.prompt, "stop": True}
+        return self.expect_error(lambda: generate(self.http, self.model, body, self.timeout), "request id")
 
     def plan(self) -> list[tuple[str, Callable[[], str]]]:
         checks = super().plan()

@@ -24,7 +24,7 @@ def entry_model(http_url: str, repo_dir: Optional[Path] = None, admin_key: Optio
     if manifest is not None:
         return "tensorrt_llm" if manifest.target.value == LLMAPI_TARGET else "ensemble"
     try:
-        index = post_json(http_url, "/v2/repository/index", {}, headers=admin_headers(admin_key))
+        index = post_json(http_url, "/v2/repository/index", {}, 10.0, headers=admin_headers(admin_key))
         return "ensemble" if any(m.get("name") == "ensemble" for m in index) else "tensorrt_llm"
     except UNREADABLE:  # the index is an admin API: without the key, ask for the config
         try:

@@ -6,8 +6,8 @@ named in ``model.yaml`` encodes the prompt, the CPU reference engine (a model wi
 a BLS call, and the tokens are decoded back. Streamed ``text_output`` is the whole text so far, as
 ``CompletionOutput.text`` is in the LLM API. Stands alone: imports nothing from tritongen.
 
-As upstream, a decoupled model serves each request on its own (upstream: an asyncio task per request;
-here a thread), so requests overlap and the engine batches them in flight, and a request with ``stop``
+Each request is served on its own thread (upstream: an asyncio task per request),
+so requests overlap and the engine batches them in flight, and a request with ``stop``
 set cancels the requests in progress that carry the same request id and the same ``text_input`` (upstream
 matches the id alone, so a client that guesses another's id could stop it; the prompt is the sender's own).
 """
@@ -98,21 +98,28 @@ class TritonPythonModel:
         self.threads = set()  # the threads serving requests (decoupled mode)
 
     def execute(self, requests):
-        if not self.decoupled:
-            return [self._serve_one(request) for request in requests]
+        """Every request on a thread of its own, decoupled or not: served one after another, a short request
+        waited for the end of every long one before it (0.59 s instead of 0.04 s beside a 100-token one)."""
+        serve = self._serve_decoupled if self.decoupled else self._serve_one
         for request in requests:
-            thread = threading.Thread(target=self._serve_decoupled, args=(request,), daemon=True)
+            thread = threading.Thread(target=serve, args=(request,), daemon=True)
             with self.lock:
                 self.threads.add(thread)
             thread.start()
         return None
 
     def _serve_one(self, request):
-        """Non-decoupled: an exception escaping execute() would reach the client with its stack frames."""
+        """Non-decoupled: the one response, with the final flag, through the request's sender (Triton 2.51's
+        Python backend allows one); an error as its message alone, never the stack frames."""
         try:
-            return self._serve(request, None, None)
-        except Exception as exc:  # noqa: BLE001 - each request gets its own error
-            return pb_utils.InferenceResponse(error=_client_error(exc))
+            try:
+                response = self._serve(request, None, None)
+            except Exception as exc:  # noqa: BLE001 - each request gets its own error
+                response = pb_utils.InferenceResponse(error=_client_error(exc))
+            request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            with self.lock:
+                self.threads.discard(threading.current_thread())
 
     def _serve_decoupled(self, request):
         sender = request.get_response_sender()

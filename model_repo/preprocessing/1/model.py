@@ -16,8 +16,8 @@ The client's RETURN_PERF_METRICS comes in only because an ensemble must use ever
 
 Parameters: ``tokenizer_dir``, ``add_special_tokens`` (upstream's key, default true),
 ``apply_chat_template`` (wrap each prompt as one user message of the tokenizer's chat template),
-``max_output_len`` (the most tokens a request may ask for) and ``max_input_len`` (prompts certainly
-longer are refused before they are tokenized).
+``max_output_len`` (the most tokens a request may ask for) and ``max_input_len`` (prompts, decoder prompts
+included, certainly longer are refused before they are tokenized).
 """
 
 import json
@@ -179,6 +179,9 @@ class TritonPythonModel:
         for prompt in prompts:
             self.prompt_limit.check(prompt)
         decoder = _optional(request, "DECODER_QUERY")
+        decoder_prompts = _texts(decoder, "decoder_text_input") if decoder is not None else None
+        for prompt in decoder_prompts or ():  # tokenized like the prompt: the same bound first
+            self.prompt_limit.check(prompt, "decoder_text_input")
         end = _optional(request, "END_ID")
         pad = _optional(request, "PAD_ID")
         end_ids = _token_ids(end, batch, "end_id", self.vocab_size) if end is not None else [self.end_id] * batch
@@ -190,7 +193,7 @@ class TritonPythonModel:
         return {
             "batch": batch,
             "prompts": prompts,
-            "decoder_prompts": _texts(decoder, "decoder_text_input") if decoder is not None else None,
+            "decoder_prompts": decoder_prompts,
             "output_len": self._output_len(request, batch),
             "bad": word_lists_to_ids(self._encode_words, _optional(request, "BAD_WORDS_DICT"), batch, "bad_words",
                                      self.prompt_limit),

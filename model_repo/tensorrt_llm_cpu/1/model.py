@@ -68,27 +68,28 @@ class _StreamSink:
         return self.sender.is_cancelled()
 
 
-class _BlockingSink:
-    """Non-decoupled mode: one response per request, returned by ``execute`` once the engine is done."""
+class _OneResponseSink:
+    """Non-decoupled mode: the request's one response, sent with the final flag through its response sender once
+    the engine is done. ``execute`` returns at once, as in decoupled mode, so the requests that come meanwhile join
+    the engine's in-flight batch, as with upstream's backend; waiting in ``execute`` for its batch to finish held
+    every later request (and the short ones of that batch) until the longest was done."""
 
     def __init__(self, request):
         self.request = request
+        self.sender = request.get_response_sender()
         self.response = None
-        self.done = threading.Event()
 
     def send(self, tensors, final):
         if tensors is not None:
-            outputs = [pb_utils.Tensor(name, value) for name, value in tensors.items()]
-            self.response = pb_utils.InferenceResponse(output_tensors=outputs)
+            self.response = pb_utils.InferenceResponse(output_tensors=requested_only(self.request, tensors))
         if final:
-            self.done.set()
+            self.sender.send(self.response or pb_utils.InferenceResponse(output_tensors=[]), flags=_FINAL)
 
     def send_error(self, error, final):
-        self.response = pb_utils.InferenceResponse(error=_error(error))
-        self.done.set()
+        self.sender.send(pb_utils.InferenceResponse(error=_error(error)), flags=_FINAL)
 
     def is_cancelled(self):
-        return self.request.is_cancelled()
+        return self.sender.is_cancelled()
 
 
 # nv_trt_llm_* families of the C++ backend (custom_metrics_reporter.cc): label value -> EngineStats field
@@ -163,10 +164,8 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        if not self.decoupled:
-            return self._execute_blocking(requests)
         for request in requests:
-            sink = _StreamSink(request)
+            sink = _StreamSink(request) if self.decoupled else _OneResponseSink(request)
             try:
                 self._submit(request, sink)
             except Exception as exc:  # one bad request must not leave the others of this batch unanswered
@@ -175,20 +174,6 @@ class TritonPythonModel:
                 except Exception:  # noqa: BLE001 - its stream is closed; raising would close the whole batch's
                     pass
         return None
-
-    def _execute_blocking(self, requests):
-        """One response per request; all requests go to the engine before waiting, so they share steps."""
-        results = []
-        for request in requests:
-            sink = _BlockingSink(request)
-            try:
-                self._submit(request, sink)
-            except Exception as exc:  # noqa: BLE001
-                sink.send_error(exc, final=True)
-            results.append(sink)
-        for sink in results:
-            sink.done.wait()
-        return [sink.response or pb_utils.InferenceResponse(output_tensors=[]) for sink in results]
 
     def _submit(self, request, sink):
         arrival_ns = time.perf_counter_ns()
