@@ -219,7 +219,13 @@ def test_the_same_model_quantized_again_is_copied_from_the_cache(nvfp4_checkpoin
     assert (again / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
     kept = json.loads((first / MANIFEST_NAME).read_text())
     assert json.loads((again / MANIFEST_NAME).read_text()) == manifest
-    assert {k: v for k, v in manifest.items() if k != "reused"} == kept  # how it was made, as it was recorded
+
+    def made(record: dict) -> dict:
+        """How it was made, as it was recorded (the session's own checkpoint may be a copy too: under pytest-xdist
+        the other worker may have quantized it first)."""
+        return {k: v for k, v in record.items() if k != "reused"}
+
+    assert made(manifest) == made(kept)
 
 
 def test_a_kept_checkpoint_it_cannot_read_is_quantized_afresh(tmp_path):
