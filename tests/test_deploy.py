@@ -374,8 +374,10 @@ def test_cpu_instances_serve_through_launch_script_and_load_test_distributed(cpu
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
+    # 4 s: with the other test worker busy on the same two cores, a 2-s run once measured nothing past its two warm-up
+    # requests (the users spawned while the window ran out).
     spec = with_overrides(cpu_spec, ["topology.instances_per_node=2", "serving.cpu_threads=1", "loadtest.workers=2",
-                                     "loadtest.users=4", "loadtest.spawn_rate=4", "loadtest.duration_s=2",
+                                     "loadtest.users=4", "loadtest.spawn_rate=4", "loadtest.duration_s=4",
                                      "loadtest.output_tokens_mean=8", "loadtest.reference_checks=4"])
     repo = render_repository(spec, tmp_path / "repo")
     assert [p for p in validate_repository(repo) if p.severity == "error"] == []

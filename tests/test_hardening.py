@@ -114,20 +114,26 @@ def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server,
                              headers=cpu_server.admin_headers, timeout=10).json()
         return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
 
-    before = postprocessed()
+    def kv(label: str) -> float:
+        return trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", label)
+
+    before, allocated = postprocessed(), kv("alloc_total")
     result = grpc_stream(cpu_server.grpc_url, "ensemble", text_inputs(PROMPT, 64, stream=True, extra={
         "min_tokens": np.array([[64]], np.int32)}), on_response=lambda n: n < 2, timeout=120)
     assert result.error is None and len(result.pieces) <= 2, result.error  # the client left after two responses
-    def busy() -> bool:  # gauges are published one by one each period: a scrape may catch the engine mid-way
-        return bool(trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active")
-                    or trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used"))
+    def settled() -> bool:
+        """The gauges show this request (its context blocks counted: on a busy machine the client may leave before
+        the engine publishes once more, and the gauges from before it read idle), and then show it ended. They are
+        published one by one each period, the request family first: a scrape may catch the engine mid-way."""
+        return (kv("alloc_total") > allocated and not trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active")
+                and not kv("used"))
 
     deadline = time.monotonic() + 120
-    while busy() and time.monotonic() < deadline:
+    while not settled() and time.monotonic() < deadline:
         time.sleep(0.2)
     # Whatever the engine still generated for a client that had gone stays within the 64-token cap.
     assert 2 <= postprocessed() - before <= 64
-    assert trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used") == 0
+    assert kv("used") == 0
 
 
 _STAND_IN_ENGINE = '''
