@@ -14,14 +14,15 @@ library is used: this runs inside the Locust process.
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Any, Optional
 
 from tokenizers import Tokenizer
 
-from prompts import Prompt, count_tokens, jsonl_rows, row_max_tokens, row_text, word_tokens, words_text
+from prompts import (
+    Prompt, count_tokens, finite_number, jsonl_rows, row_max_tokens, row_text, word_tokens, words_text,
+)
 
 
 MAX_ROW_TOKENS = 1 << 20
@@ -35,10 +36,6 @@ whole Mooncake trace (about 23,600 rows, 180M tokens) fits."""
 MAX_TIMESTAMP_MS = 1e15
 """The largest timestamp a row may have (some 31,000 years; Unix milliseconds are 1.7e12): between -1e308 and 1e308
 the send offset was infinite, an OverflowError naming no row."""
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _block(words: list[str], seed: int, hash_id: Any, block_tokens: int) -> str:
@@ -84,7 +81,7 @@ def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int
     # it, and its max_tokens when it gives one
     tokens = 0
     for lineno, row in jsonl_rows(path):
-        if not isinstance(row, dict) or not _number(row.get("timestamp")) or abs(row["timestamp"]) > MAX_TIMESTAMP_MS:
+        if not isinstance(row, dict) or not finite_number(row.get("timestamp")) or abs(row["timestamp"]) > MAX_TIMESTAMP_MS:
             raise ValueError(f"{path}:{lineno}: each line needs a JSON object with a numeric 'timestamp' (ms, at most "
                              f"{MAX_TIMESTAMP_MS:g} either side of 0)")
         if not ("input_length" in row or isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
@@ -94,7 +91,7 @@ def read_trace(path: Path, tokenizer: Tokenizer, *, seed: int, block_tokens: int
             rows.append((row, _plain_text(path, lineno, row), length))
             continue
         n = row["input_length"]
-        if not _number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
+        if not finite_number(n) or n != int(n) or not 0 < n <= MAX_ROW_TOKENS:
             raise ValueError(f"{path}:{lineno}: input_length must be a whole number of tokens from 1 to "
                              f"{MAX_ROW_TOKENS}, got {n!r}")
         tokens += int(n)

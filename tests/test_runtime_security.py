@@ -405,6 +405,32 @@ def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondec
     assert short_done < last_token, (short_done, last_token)
 
 
+@pytest.mark.server
+def test_a_burst_of_requests_does_not_hold_back_the_answers_already_made(nondecoupled_llmapi_server):
+    """Review 16: the LLM-API stand-in made one engine call (BLS) per request in flight, and Triton 2.51's Python
+    backend serves each on one of 32 threads until it ends, with what the model sends queued behind the calls waiting
+    for a thread: 150 requests sent at once held every answer for 60 s (the engine ended 16 every 6.4 s). Now the
+    stand-in keeps fewer calls in flight than there are threads: an answer arrives before a request the engine
+    scheduled only after it ended has ended too (the engine's perf metrics and this clock: both CLOCK_MONOTONIC)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from generator.serve.client import http_infer, llmapi_inputs
+
+    def ask(_: int) -> tuple[int, int, int]:
+        answer = http_infer(nondecoupled_llmapi_server.http_url, "tensorrt_llm", llmapi_inputs(
+            "the long one", {"sampling_param_max_tokens": 32, "sampling_param_return_perf_metrics": True}), timeout=300)
+        arrived = time.monotonic_ns()
+        return arrived, *(int(answer.as_numpy(name).reshape(-1)[0])
+                          for name in ("first_scheduled_time_ns", "last_token_time_ns"))
+
+    with ThreadPoolExecutor(72) as pool:  # 40 more engine calls than the backend's threads
+        answers = list(pool.map(ask, range(72)))
+    for arrived, _, ended in answers:
+        later = [b_ended for _, b_scheduled, b_ended in answers if b_scheduled > ended]
+        assert not later or arrived < min(later), (arrived, ended, min(later))
+
+
 def test_in_cluster_locust_carries_the_run_token_from_a_secret_and_has_a_deadline():
     """Findings 8 and 9 in the cluster: master and workers read the run token from a Secret (never the
     manifest), and the master Job ends by its deadline even when a worker is lost."""

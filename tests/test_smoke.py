@@ -137,7 +137,8 @@ def test_a_max_input_len_the_server_names_is_checked_before_it_is_used(endless_s
 @pytest.fixture()
 def trickling_server():
     """A server that sends its answer a byte every 0.1 s and closes the connection after 5 s: its headers never end
-    (``where`` "headers"), or a body of 10,000 bytes does not ("body"). Address, mode switch."""
+    (``where`` "headers"), or a body of 10,000 bytes does not ("body"); or ("cut") that closes the connection at once
+    after a body of 10,000 bytes began with a whole JSON value and a whole metrics line. Address, mode switch."""
     import socket
     import threading
     import time
@@ -149,6 +150,9 @@ def trickling_server():
         with conn:
             try:
                 conn.recv(65536)
+                if mode["where"] == "cut":
+                    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n12\nnv_inference_count{model="m"} 12')
+                    return
                 if mode["where"] == "body":
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
                 else:
@@ -188,6 +192,22 @@ def test_an_answer_sent_a_byte_at_a_time_fails_at_its_timeout(trickling_server, 
              "generate_stream": lambda: client.generate_stream(url, "m", {"text_input": "x"}, timeout=0.5),
              "http_get": lambda: http_get(f"http://{url}/metrics", timeout=0.5)}
     with pytest.raises(TimeoutError, match="no whole answer within 0.5 s"):
+        calls[call]()
+
+
+@pytest.mark.parametrize("call", ["get_json", "http_get"])
+def test_an_answer_cut_short_by_a_closed_connection_is_no_answer(trickling_server, call):
+    """Review 16: ``client.exchange`` (http.client's read1) took a body that the connection's close cut short of its
+    Content-Length for the whole answer, where requests raised: a /metrics sample cut inside ``... 123456`` read as
+    ``... 12``, and the run's counters were the difference to that. The cut is now a ConnectionError naming it."""
+    from generator.measure.tritonstats import http_get
+    from generator.serve import client
+
+    url, mode = trickling_server
+    mode["where"] = "cut"
+    calls = {"get_json": lambda: client.get_json(url, "/v2/models/m/config", timeout=5),
+             "http_get": lambda: http_get(f"http://{url}/metrics", timeout=5)}
+    with pytest.raises(ConnectionError, match="closed 9,965 bytes before the end"):
         calls[call]()
 
 

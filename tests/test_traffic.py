@@ -87,8 +87,12 @@ def test_a_bad_trace_row_names_its_line(tokenizer, tmp_path):
     ('{"timestamp": 0, "prompt": "hi", "max_tokens": -5}\n', 1),
     ('{"timestamp": 0, "input_length": 5, "hash_ids": %s}\n' % ("[" * 100_000 + "]" * 100_000), 1),
     ('{"timestamp": -1e308, "prompt": "a"}\n{"timestamp": 1e308, "prompt": "b"}\n', 1),
+    ('{"timestamp": 1%s, "prompt": "a"}\n' % ("0" * 400), 1),  # review16: 401-digit integers, an OverflowError
+    ('{"timestamp": 0, "input_length": 1%s}\n' % ("0" * 400), 1),  # naming no row where a float was made of them
+    ('{"timestamp": 0, "prompt": "hi"}\n{"timestamp": 1, "prompt": "a", "output_length": 1%s}\n' % ("0" * 400), 2),
 ], ids=["nan-timestamp", "longer-than-any-model-takes", "not-whole", "prompt-text-too-long", "messages-not-objects",
-        "prompt-not-unicode", "output-length-not-a-count", "negative-max-tokens", "nested-too-deep", "endless-span"])
+        "prompt-not-unicode", "output-length-not-a-count", "negative-max-tokens", "nested-too-deep", "endless-span",
+        "huge-integer-timestamp", "huge-integer-input-length", "huge-integer-output-length"])
 def test_a_trace_row_a_replay_cannot_send_is_refused_before_any_prompt_is_built(tokenizer, tmp_path, rows, line):
     """A 70-byte row asking for 2M prompt tokens cost each Locust process 1.4 GB and 10 s before any request (a
     9.6M-character prompt: 1.5 GB, 9 s)."""

@@ -91,6 +91,9 @@ def exchange(method: str, url: str, *, body: Optional[bytes] = None, headers: Op
         yield from iter(lambda: response.read1(1 << 16), b"")
         if expired.is_set():  # a shut connection reads as the end of a body without a length
             raise TimeoutError(f"{what}: no whole answer within {timeout:g} s (the server sends too slowly)")
+        if response.length:  # http.client's read1 ends a body cut short by a closed connection without a word
+            raise ConnectionError(f"{what}: the connection closed {response.length:,} bytes before the end of the "
+                                  "answer its Content-Length announced")
 
     timer = threading.Timer(timeout, cut)
     timer.daemon = True

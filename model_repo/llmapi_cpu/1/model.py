@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import closing, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -45,6 +45,14 @@ generator/data/llmapi_1.2.json, sources.request_semantics): what the LLM
 API generates when a request gives no sampling_param_max_tokens."""
 
 CANCELLED = "Request cancelled by client"
+
+ENGINE_CALLS = 24
+"""The most engine calls (BLS) this model has in flight at once; the others wait for one to end. Triton 2.51's Python
+backend serves each call on one of its 32 threads (``thread-pool-size``) until the call ends, and what this model
+sends waits behind the calls queued for a thread: with more calls than threads, every answer, finished or not,
+waited until the last call of a burst had a thread (review16: 150 requests sent at once held every client's answer
+for 60 s, where the engine ended 16 every 6.4 s; the engine's max_queue_size never saw the excess). Fewer calls
+than threads leave some for the stops and the answers."""
 
 FINALIZE_WAIT_S = 20.0
 """How long unloading waits for requests in progress: each ends at its next engine step once cancelled,
@@ -96,6 +104,7 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.cancel_events = {}  # request id ("" for none) -> {threading.Event: text_input} of each request in progress
         self.threads = set()  # the threads serving requests (decoupled mode)
+        self.engine_calls = threading.BoundedSemaphore(ENGINE_CALLS)
 
     def execute(self, requests):
         """Every request on a thread of its own, decoupled or not: served one after another, a short request
@@ -205,37 +214,41 @@ class TritonPythonModel:
         stop_hit = None
         aborted = False
         engine_times = {}
-        if self.decoupled:  # read to its final response even when left early; leaving it stops the engine
-            responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
-                                           stop=lambda: stop_engine_request(self.engine_model, engine_id, prompt_ids,
-                                                                             error_output=True, caller=request)))
-        else:
-            responses = nullcontext([engine_request.exec()])
-        with responses as stream:
-            for response in stream:
-                if cancelled is not None and cancelled.is_set():
-                    aborted = True
-                    break
-                error = bls_error(response)  # the engine's errors come as its error output (ENGINE_ERROR_OUTPUT)
-                if error is not None:
-                    raise pb_utils.TritonModelException(error)
-                for name in PERF_TIMES[1:]:
-                    tensor = pb_utils.get_output_tensor_by_name(response, name)
-                    if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
-                        engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
-                ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
-                if ids_tensor is None:  # the engine's empty final response
-                    continue
-                new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
-                if not new:
-                    continue
-                first_token = first_token or time.perf_counter_ns()
-                generated += new
-                text, stop_hit = self._text(generated, stops)
-                if streaming and stop_hit is None:  # each step at once, as upstream; the final response repeats the text
-                    sender.send(self._response(request, text, None, None, {}, ()))
-                if stop_hit is not None:
-                    break
+        with self._engine_slot(cancelled) as admitted:  # before the call: see ENGINE_CALLS
+            if not admitted:
+                aborted, responses = True, nullcontext(())
+            elif self.decoupled:  # read to its final response even when left early; leaving it stops the engine
+                responses = closing(bls_stream(
+                    request, engine_request.exec(decoupled=True),
+                    stop=lambda: stop_engine_request(self.engine_model, engine_id, prompt_ids, error_output=True,
+                                                     caller=request)))
+            else:
+                responses = nullcontext([engine_request.exec()])
+            with responses as stream:
+                for response in stream:
+                    if cancelled is not None and cancelled.is_set():
+                        aborted = True
+                        break
+                    error = bls_error(response)  # the engine's errors come as its error output (ENGINE_ERROR_OUTPUT)
+                    if error is not None:
+                        raise pb_utils.TritonModelException(error)
+                    for name in PERF_TIMES[1:]:
+                        tensor = pb_utils.get_output_tensor_by_name(response, name)
+                        if tensor is not None and int(tensor.as_numpy().reshape(-1)[0]):
+                            engine_times[name] = int(tensor.as_numpy().reshape(-1)[0])
+                    ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+                    if ids_tensor is None:  # the engine's empty final response
+                        continue
+                    new = self._new_tokens(response, ids_tensor, prompt_ids, len(generated), self.decoupled)
+                    if not new:
+                        continue
+                    first_token = first_token or time.perf_counter_ns()
+                    generated += new
+                    text, stop_hit = self._text(generated, stops)
+                    if streaming and stop_hit is None:  # each step at once, as upstream; the final one repeats the text
+                        sender.send(self._response(request, text, None, None, {}, ()))
+                    if stop_hit is not None:
+                        break
         text, stop_hit = self._text(generated, stops)
         if aborted:
             finish = "cancelled"
@@ -251,6 +264,19 @@ class TritonPythonModel:
             return final
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+
+    @contextmanager
+    def _engine_slot(self, cancelled):
+        """One of the ENGINE_CALLS, waited for while the request is wanted: True, or False once ``cancelled`` (a
+        stop, or the model unloading) before one came."""
+        while not self.engine_calls.acquire(timeout=0.1):
+            if cancelled is not None and cancelled.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self.engine_calls.release()
 
     def _engine_inputs(self, request, prompt_ids, max_tokens, streaming):
         def t(name, value, dtype):
