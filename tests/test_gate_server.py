@@ -29,6 +29,7 @@ from generator.measure.metrics import COMPARED
 from generator.measure.runner import run_loadtest
 from generator.spec import with_overrides
 
+pytestmark = pytest.mark.alone  # the known delay is measured within 5%: another test's load would blur it
 SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
 DELAY_MS = 60
 """Added to every engine step: each gap between tokens grows by this much."""
