@@ -431,6 +431,42 @@ def test_a_burst_of_requests_does_not_hold_back_the_answers_already_made(nondeco
         assert not later or arrived < min(later), (arrived, ended, min(later))
 
 
+def test_an_engine_call_slot_comes_back_however_its_request_ends():
+    """Review 17: tensorrt_llm_bls and the LLM-API stand-in hold one of ENGINE_CALLS slots per engine call (a burst
+    held every answer back when the calls outnumbered the backend's threads). A slot left by an error, a return or a
+    generator closed early comes back (24 leaks would stall the model for good), and a wait ends once unwanted."""
+    import importlib.util
+
+    from generator.resources import model_repo_dir
+
+    spec = importlib.util.spec_from_file_location("_model_common", model_repo_dir() / "_shared" / "model_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = module.EngineCalls(2)
+
+    def both_free() -> bool:  # a request that is no longer wanted takes a free slot, never waits for one
+        with calls.slot(lambda: False) as first, calls.slot(lambda: False) as second:
+            return first and second
+
+    def streaming():  # as the BLS's _generate: a slot held across yields
+        with calls.slot(lambda: True):
+            yield 1
+            yield 2
+
+    with pytest.raises(RuntimeError), calls.slot(lambda: True):
+        raise RuntimeError("engine failed")
+    assert both_free()
+    stream = streaming()
+    next(stream)
+    stream.close()  # the client went away after its first piece
+    assert both_free()
+    assert list(streaming()) == [1, 2] and both_free()
+    with calls.slot(lambda: True) as first, calls.slot(lambda: True) as second:
+        with calls.slot(lambda: False) as third:  # both held: a stopped request stops waiting
+            assert (first, second, third) == (True, True, False)
+    assert both_free()
+
+
 def test_in_cluster_locust_carries_the_run_token_from_a_secret_and_has_a_deadline():
     """Findings 8 and 9 in the cluster: master and workers read the run token from a Secret (never the
     manifest), and the master Job ends by its deadline even when a worker is lost."""

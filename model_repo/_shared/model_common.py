@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import uuid
+from contextlib import contextmanager
 
 _TRUE = ("1", "true", "yes", "y", "t", "on")
 _FALSE = ("0", "false", "no", "n", "f", "off")
@@ -269,6 +270,37 @@ def bls_stream(request, responses, stop=None, drain=True):
                 for _ in responses:
                     pass
         request.is_cancelled()
+
+
+ENGINE_CALLS = 24
+"""The most engine calls (BLS) one model instance has in flight at once; the others wait for one to end. Triton
+2.51's Python backend serves each BLS call on one of its 32 threads (``thread-pool-size``) until the call ends, and
+what the model sends, and its other calls, wait behind the calls queued for a thread: with more calls than threads,
+answers already made waited for the calls made after them (review16: the LLM-API stand-in, 150 requests at once, no
+answer for 60 s while the engine ended 16 every 6.4 s; review17: tensorrt_llm_bls with max_batch_size 32, whose 64
+request threads made 64 calls: every answer came ~9 s after its last token). The engine's max_queue_size never saw
+the excess. Fewer calls than threads leave some for the answers, the stops and pre-/postprocessing."""
+
+
+class EngineCalls:
+    """At most :data:`ENGINE_CALLS` engine calls of one model instance in flight."""
+
+    def __init__(self, size: int = ENGINE_CALLS):
+        self._free = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def slot(self, wanted):
+        """Wait for a slot while ``wanted()``: yields True holding one, released when the block is left in any way
+        (an error, a return, a generator closed early), or False once no longer wanted (a stop, the model
+        unloading) before one came."""
+        while not self._free.acquire(timeout=0.1):
+            if not wanted():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._free.release()
 
 
 def stop_engine_request(engine: str, request_id: str, input_ids, decoupled: bool = True,

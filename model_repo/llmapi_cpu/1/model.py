@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, nullcontext
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -26,8 +26,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    ENGINE_ERROR_OUTPUT, PromptLimit, bls_error, bls_stream, check_word_count, exit_with_server, load_tokenizer,
-    parameters, required, requested_only, stop_engine_request, triton_error, utf8,
+    ENGINE_ERROR_OUTPUT, EngineCalls, PromptLimit, bls_error, bls_stream, check_word_count, exit_with_server,
+    load_tokenizer, parameters, required, requested_only, stop_engine_request, triton_error, utf8,
 )
 
 _SAMPLING_TO_ENGINE = {
@@ -45,14 +45,6 @@ generator/data/llmapi_1.2.json, sources.request_semantics): what the LLM
 API generates when a request gives no sampling_param_max_tokens."""
 
 CANCELLED = "Request cancelled by client"
-
-ENGINE_CALLS = 24
-"""The most engine calls (BLS) this model has in flight at once; the others wait for one to end. Triton 2.51's Python
-backend serves each call on one of its 32 threads (``thread-pool-size``) until the call ends, and what this model
-sends waits behind the calls queued for a thread: with more calls than threads, every answer, finished or not,
-waited until the last call of a burst had a thread (review16: 150 requests sent at once held every client's answer
-for 60 s, where the engine ended 16 every 6.4 s; the engine's max_queue_size never saw the excess). Fewer calls
-than threads leave some for the stops and the answers."""
 
 FINALIZE_WAIT_S = 20.0
 """How long unloading waits for requests in progress: each ends at its next engine step once cancelled,
@@ -104,7 +96,8 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.cancel_events = {}  # request id ("" for none) -> {threading.Event: text_input} of each request in progress
         self.threads = set()  # the threads serving requests (decoupled mode)
-        self.engine_calls = threading.BoundedSemaphore(ENGINE_CALLS)
+        self.engine_calls = EngineCalls()
+        self.unloading = threading.Event()  # ends the waits for an engine call (non-decoupled requests have no event)
 
     def execute(self, requests):
         """Every request on a thread of its own, decoupled or not: served one after another, a short request
@@ -158,6 +151,7 @@ class TritonPythonModel:
         """End the requests in progress and wait for their threads. Triton 2.51's stub frees its shared
         memory right after ``finalize`` returns: a thread still inside a ``pb_utils`` call then crashes
         the stub (segfault in libc's ``sem_wait``), so none may be left."""
+        self.unloading.set()
         with self.lock:
             for events in self.cancel_events.values():
                 for event in events:
@@ -214,7 +208,7 @@ class TritonPythonModel:
         stop_hit = None
         aborted = False
         engine_times = {}
-        with self._engine_slot(cancelled) as admitted:  # before the call: see ENGINE_CALLS
+        with self.engine_calls.slot(lambda: self._wanted(cancelled)) as admitted:
             if not admitted:
                 aborted, responses = True, nullcontext(())
             elif self.decoupled:  # read to its final response even when left early; leaving it stops the engine
@@ -265,18 +259,9 @@ class TritonPythonModel:
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    @contextmanager
-    def _engine_slot(self, cancelled):
-        """One of the ENGINE_CALLS, waited for while the request is wanted: True, or False once ``cancelled`` (a
-        stop, or the model unloading) before one came."""
-        while not self.engine_calls.acquire(timeout=0.1):
-            if cancelled is not None and cancelled.is_set():
-                yield False
-                return
-        try:
-            yield True
-        finally:
-            self.engine_calls.release()
+    def _wanted(self, cancelled):
+        """Whether a request still waits for an engine call: not once stopped or the model is unloading."""
+        return not self.unloading.is_set() and (cancelled is None or not cancelled.is_set())
 
     def _engine_inputs(self, request, prompt_ids, max_tokens, streaming):
         def t(name, value, dtype):

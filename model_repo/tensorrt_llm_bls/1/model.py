@@ -11,7 +11,8 @@ so a client can call it instead of the ensemble. Differences from the ensemble t
   otherwise one response carries the whole text. ``accumulate_tokens`` sends the text so far in
   every streamed response instead of the new piece.
 * Requests run on threads, so one instance keeps many streams in the engine's in-flight batch
-  (upstream's BLS serves one request per instance at a time).
+  (upstream's BLS serves one request per instance at a time), with at most ``ENGINE_CALLS`` engine
+  calls in flight (model_common.py): more than Triton's Python backend has threads held back every answer.
 * Errors: an error is sent as its own response and the final flag separately; one ``send()``
   with both hangs a BLS caller in Triton 2.51. Clients get a short message with the status of its
   kind (400 for their own mistakes, 503 busy, 500 for the server's); an unexpected exception is
@@ -27,6 +28,7 @@ Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``, ``engine_error_o
 import json
 import os
 import sys
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
@@ -36,8 +38,8 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_common import (  # noqa: E402
-    RequestError, ServerBusy, ServerFault, bls_error, bls_stream, error_response, exit_with_server, flag, parameters,
-    required, requested_only, stop_engine_request,
+    EngineCalls, RequestError, ServerBusy, ServerFault, bls_error, bls_stream, error_response, exit_with_server, flag,
+    parameters, required, requested_only, stop_engine_request,
 )
 
 MODEL = "tensorrt_llm_bls"
@@ -156,6 +158,8 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.get("max_batch_size", 0)) * 2),
                                        thread_name_prefix="bls")
+        self.engine_calls = EngineCalls()  # the threads can make more calls than Triton serves: see ENGINE_CALLS
+        self.unloading = threading.Event()
 
     # -------------------------------------------------------------- the three calls
 
@@ -226,29 +230,33 @@ class TritonPythonModel:
         stream_id = f"bls-{uuid.uuid4().hex}"
         pre = self._preprocess(inputs, stream_id)
         engine_request = self._engine_request(inputs, pre, stream_id)
-        if self.decoupled:  # stopped when left early, not read on (bls_stream)
-            responses = closing(bls_stream(request, engine_request.exec(decoupled=True),
-                                           stop=lambda: self._stop_engine(stream_id, pre, request), drain=False))
-        else:
-            responses = nullcontext([engine_request.exec()])
         shapes, result_ended = {}, False
         try:
-            with responses as stream:
-                for response in stream:
-                    error = bls_error(response)
-                    if error is not None:
-                        raise _failure(error, self.engine)
-                    if sender is not None and sender.is_cancelled():
-                        return  # bls_stream stops the engine request
-                    ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-                    result_ended = ids is not None
-                    if ids is None:
-                        continue
-                    tokens = ids.as_numpy()
-                    lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
-                    key = (_index(response, "batch_index"), _index(response, "sequence_index"))
-                    shapes[key] = tokens.shape[:2]
-                    yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
+            with self.engine_calls.slot(lambda: not self.unloading.is_set()) as admitted:
+                if not admitted:
+                    raise ServerBusy(f"server busy: {MODEL} is unloading")
+                if self.decoupled:  # stopped when left early, not read on (bls_stream)
+                    responses = closing(bls_stream(
+                        request, engine_request.exec(decoupled=True),
+                        stop=lambda: self._stop_engine(stream_id, pre, request), drain=False))
+                else:
+                    responses = nullcontext([engine_request.exec()])
+                with responses as stream:
+                    for response in stream:
+                        error = bls_error(response)
+                        if error is not None:
+                            raise _failure(error, self.engine)
+                        if sender is not None and sender.is_cancelled():
+                            return  # bls_stream stops the engine request
+                        ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
+                        result_ended = ids is not None
+                        if ids is None:
+                            continue
+                        tokens = ids.as_numpy()
+                        lengths = pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy()
+                        key = (_index(response, "batch_index"), _index(response, "sequence_index"))
+                        shapes[key] = tokens.shape[:2]
+                        yield key, self._postprocess(tokens, lengths, f"{stream_id}/{key[0]}/{key[1]}"), response
             if not result_ended:
                 # tensorrt_llm ends every result with a response carrying output_ids. A bare final flag
                 # means it failed mid-stream: Triton 2.51 drops such an error on its way to a BLS caller.
@@ -318,4 +326,5 @@ class TritonPythonModel:
         return list(self.pool.map(self._serve, requests))
 
     def finalize(self):
+        self.unloading.set()  # requests waiting for an engine call end (ENGINE_CALLS)
         self.pool.shutdown(wait=True, cancel_futures=True)
