@@ -269,6 +269,29 @@ def trtllm_gauge():
 
 
 
+@pytest.fixture(scope="session")
+def engine_settled(trtllm_gauge):
+    """``with engine_settled(server): <a request its client leaves early>``: after the block, wait (up to 120 s) until
+    the engine's gauges have counted the request's context blocks and then show no request active and no block used.
+    Waiting only for idle gauges ended at once on a busy machine, where the client left before the engine published
+    again and the gauges from before the request read idle. They are published one by one each period, the request
+    family first: a scrape may catch the engine mid-way, so each reading is taken anew."""
+    import time
+
+    @contextlib.contextmanager
+    def settled(server):
+        kv = lambda label: trtllm_gauge(server, "nv_trt_llm_kv_cache_block_metrics", label)  # noqa: E731
+        allocated = kv("alloc_total")
+        yield
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                kv("alloc_total") > allocated and not trtllm_gauge(server, "nv_trt_llm_request_metrics", "active")
+                and not kv("used")):
+            time.sleep(0.2)
+
+    return settled
+
+
 # Two pytest-xdist workers (`make test`: `-n 2 --dist loadscope`: a module's tests stay on one worker, so its
 # module-scoped fixtures, a server or the demo's run, are made once). A test marked `alone` runs while the
 # other worker runs no test: it checks what another server starting at the same time would blur (the one

@@ -9,7 +9,6 @@ tensorrt_llm (same config, so the same tensors).
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -64,17 +63,14 @@ def test_error_before_the_first_token_reaches_the_client(cpu_server):
 
 
 @pytest.mark.server
-def test_cancelled_bls_stream_stops_the_engine_request(cpu_server, trtllm_gauge):
+def test_cancelled_bls_stream_stops_the_engine_request(cpu_server, trtllm_gauge, engine_settled):
     """The client goes away after two tokens of a 64-token answer (the server's max_output_len): the BLS
     stops the engine request, so the engine runs fewer than 64 steps for it and frees its KV blocks."""
     steps_before = trtllm_gauge(cpu_server, "nv_trt_llm_general_metrics", "iteration_counter")
     inputs = text_inputs(PROMPT, 64, stream=True, extra={"min_tokens": np.array([[64]], np.int32)})
-    result = grpc_stream(cpu_server.grpc_url, BLS, inputs, on_response=lambda n: n < 2)
-    assert result.error is None and len(result.pieces) == 2
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active") > 0
-                                           or trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used") > 0):
-        time.sleep(0.2)
+    with engine_settled(cpu_server):
+        result = grpc_stream(cpu_server.grpc_url, BLS, inputs, on_response=lambda n: n < 2)
+        assert result.error is None and len(result.pieces) == 2
     assert trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used") == 0
     assert trtllm_gauge(cpu_server, "nv_trt_llm_general_metrics", "iteration_counter") - steps_before < 64
     assert _answer(cpu_server, PROMPT, 4, BLS) == _answer(cpu_server, PROMPT, 4)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -102,7 +101,7 @@ def test_streams_with_the_same_request_id_keep_their_own_text(cpu_server):
         assert result.error is None and result.text == want
 
 
-def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server, trtllm_gauge):
+def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server, trtllm_gauge, engine_settled):
     """Finding 8: Triton 2.51 does not pass a client's disconnect into ensemble steps, so the engine finishes
     the request (the BLS and direct callers are cancelled: test_bls, test_cpu_engine). What bounds the
     abandoned work is the per-request cap: max_tokens above build.max_output_len is refused."""
@@ -114,26 +113,14 @@ def test_a_disconnected_ensemble_client_costs_at_most_max_output_len(cpu_server,
                              headers=cpu_server.admin_headers, timeout=10).json()
         return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
 
-    def kv(label: str) -> float:
-        return trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", label)
-
-    before, allocated = postprocessed(), kv("alloc_total")
-    result = grpc_stream(cpu_server.grpc_url, "ensemble", text_inputs(PROMPT, 64, stream=True, extra={
-        "min_tokens": np.array([[64]], np.int32)}), on_response=lambda n: n < 2, timeout=120)
-    assert result.error is None and len(result.pieces) <= 2, result.error  # the client left after two responses
-    def settled() -> bool:
-        """The gauges show this request (its context blocks counted: on a busy machine the client may leave before
-        the engine publishes once more, and the gauges from before it read idle), and then show it ended. They are
-        published one by one each period, the request family first: a scrape may catch the engine mid-way."""
-        return (kv("alloc_total") > allocated and not trtllm_gauge(cpu_server, "nv_trt_llm_request_metrics", "active")
-                and not kv("used"))
-
-    deadline = time.monotonic() + 120
-    while not settled() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    before = postprocessed()
+    with engine_settled(cpu_server):
+        result = grpc_stream(cpu_server.grpc_url, "ensemble", text_inputs(PROMPT, 64, stream=True, extra={
+            "min_tokens": np.array([[64]], np.int32)}), on_response=lambda n: n < 2, timeout=120)
+        assert result.error is None and len(result.pieces) <= 2, result.error  # the client left after two responses
     # Whatever the engine still generated for a client that had gone stays within the 64-token cap.
     assert 2 <= postprocessed() - before <= 64
-    assert kv("used") == 0
+    assert trtllm_gauge(cpu_server, "nv_trt_llm_kv_cache_block_metrics", "used") == 0
 
 
 _STAND_IN_ENGINE = '''

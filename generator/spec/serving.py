@@ -65,7 +65,9 @@ class ServingSpec(Section):
     """Also render tensorrt_llm_bls, the Python alternative to the ensemble."""
 
     bls_instances: int = Field(1, ge=1)
-    """Instances of tensorrt_llm_bls."""
+    """Instances of tensorrt_llm_bls. Each has at most 24 requests in the engine at once (Triton 2.51's Python backend
+    serves a model's engine calls on 32 threads; more calls held back every answer): to fill an engine batch above 24
+    through the BLS, use max_batch_size / 24 instances, rounded up."""
 
     accumulate_tokens: bool = False
     """BLS streaming: send the whole text so far in each response instead of the new piece."""
