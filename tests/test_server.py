@@ -5,6 +5,7 @@ stops on SIGTERM, and the CPU repository serves 16 concurrent streams and surviv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -467,7 +468,14 @@ def test_ports_taken_after_the_check_are_named_as_the_cause(tmp_path, monkeypatc
 
 
 def _stub_pids(pid: int) -> list[int]:
-    return [p.pid for p in psutil.Process(pid).children(recursive=True) if "stub" in p.name()]
+    """The stubs under ``pid`` now; a child that ends while the list is read (a starting server's short-lived helpers:
+    a clean clone once lost one between the listing and its name) is not one."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "stub" in child.name():
+                found.append(child.pid)
+    return found
 
 
 def _loadtest_until_locust_runs(server: TritonServer, tokenizer: Path, out: Path) -> tuple[subprocess.Popen, list]:
