@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -46,14 +47,33 @@ def test_metadata_comparison_finds_each_kind_of_difference():
     assert compare_metadata(unbatched, {**CONFIG, "max_batch_size": 0}) == []
 
 
-@pytest.fixture()
-def endless_server():
-    """A server that answers every request 200 and then sends without end (address, body kind switch; a piece
-    None: the first chunk is the whole answer)."""
+@contextlib.contextmanager
+def _scripted_server(handle):
+    """A server on 127.0.0.1 that runs ``handle(conn)`` on a thread of its own for every connection: its address."""
     import socket
     import threading
 
     listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.fixture()
+def endless_server():
+    """A server that answers every request 200 and then sends without end (address, body kind switch; a piece
+    None: the first chunk is the whole answer)."""
     kind = {"first": b"["}
 
     def handle(conn):
@@ -70,17 +90,8 @@ def endless_server():
             except OSError:
                 pass
 
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}", kind
-    listener.close()
+    with _scripted_server(handle) as address:
+        yield address, kind
 
 
 @pytest.mark.parametrize("first, piece, call", [
@@ -139,11 +150,8 @@ def trickling_server():
     """A server that sends its answer a byte every 0.1 s and closes the connection after 5 s: its headers never end
     (``where`` "headers"), or a body of 10,000 bytes does not ("body"); or ("cut") that closes the connection at once
     after a body of 10,000 bytes began with a whole JSON value and a whole metrics line. Address, mode switch."""
-    import socket
-    import threading
     import time
 
-    listener = socket.create_server(("127.0.0.1", 0))
     mode = {"where": "body"}
 
     def handle(conn):
@@ -163,17 +171,8 @@ def trickling_server():
             except OSError:
                 pass
 
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"127.0.0.1:{listener.getsockname()[1]}", mode
-    listener.close()
+    with _scripted_server(handle) as address:
+        yield address, mode
 
 
 @pytest.mark.parametrize("where, call", [("headers", "get_json"), ("body", "post_json"), ("body", "generate_stream"),
