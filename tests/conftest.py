@@ -297,6 +297,37 @@ def engine_settled(trtllm_gauge):
 # other worker runs no test: it checks what another server starting at the same time would blur (the one
 # Python-backend folder under /tmp that appeared during its server's start).
 
+SESSION_SERVERS = {"cpu_server", "llmapi_server"}
+"""Session fixtures that start a server: the modules using them run on one worker, so each starts once."""
+SESSION_SERVER_MODULES = frozenset(f"tests/test_{name}.py" for name in (
+    "argvkey", "bls", "bls_streams", "cpu_engine", "gate_server", "hardening", "llmapi_server", "loadgen",
+    "loadtest_server", "report", "runtime_security", "server", "smoke", "soak", "sweep"))
+"""The modules using SESSION_SERVERS (checked at collection): about half the suite's time, one scope of the
+scheduler; the other worker takes the remaining modules one by one."""
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """loadscope, with the session servers' modules as one scope: without it each worker started both session
+    servers (each ~10 s of CPU in the stubs' imports) and ran the session load test again."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServersTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "session servers" if module in SESSION_SERVER_MODULES else module
+
+    return ServersTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A module that uses a session server but is not in SESSION_SERVER_MODULES would start it on the other
+    worker too: an error at collection, naming the module."""
+    strays = sorted({item.nodeid.split("::", 1)[0] for item in items
+                     if SESSION_SERVERS & set(getattr(item, "fixturenames", ()))} - SESSION_SERVER_MODULES)
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} use a session server: add them to SESSION_SERVER_MODULES "
+                                "in tests/conftest.py")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):

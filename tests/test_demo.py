@@ -14,7 +14,9 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, nvfp4_checkpoint_dir):
+    """The demo's tiny model and checkpoint come from the run's cache (``nvfp4_checkpoint_dir`` has put them there,
+    or waits for the other test worker to): never trained and quantized a second time beside it."""
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     tritongen = Path(sys.executable).with_name("tritongen")
     # The demo as a newcomer runs it, with shorter load tests (--set, as on every command) to keep the suite quick:
