@@ -39,9 +39,10 @@ demo: setup
 # share the run's cache, so the tiny model is trained and quantized once; a test whose figures another test's load
 # would blur is marked `alone` and runs while the other worker waits (tests/conftest.py; docs/benchmarks.md,
 # "Test suite").
+TEST_WORKERS ?= 2
 # The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup-dynamo
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: chromium not installed; the report screenshot test will be skipped"
-	$(RUN) $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder

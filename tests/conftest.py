@@ -298,35 +298,38 @@ def engine_settled(trtllm_gauge):
 # Python-backend folder under /tmp that appeared during its server's start).
 
 SESSION_SERVERS = {"cpu_server", "llmapi_server"}
-"""Session fixtures that start a server: the modules using them run on one worker, so each starts once."""
-SESSION_SERVER_MODULES = frozenset(f"tests/test_{name}.py" for name in (
-    "argvkey", "bls", "bls_streams", "cpu_engine", "gate_server", "hardening", "llmapi_server", "loadgen",
-    "loadtest_server", "report", "runtime_security", "server", "smoke", "soak", "sweep"))
-"""The modules using SESSION_SERVERS (checked at collection): about half the suite's time, one scope of the
-scheduler; the other worker takes the remaining modules one by one."""
+"""Session fixtures that start a server: each worker running a module that uses one starts it again."""
+SERVER_SCOPES = {
+    "cpu server": ("argvkey", "bls", "cpu_engine", "gate_server", "hardening", "loadgen", "loadtest_server",
+                   "report", "smoke", "soak", "sweep"),
+    "both servers": ("bls_streams", "llmapi_server", "runtime_security", "server"),
+}
+"""The modules using SESSION_SERVERS (checked at collection), in two scopes of the scheduler, each run by one
+worker: the CPU server starts twice and the LLM-API server and the session load tests once, not on every worker.
+Two scopes, not one: one would hold about half the suite's time, more than a worker's share."""
+_SCOPE_OF = {f"tests/test_{m}.py": scope for scope, modules in SERVER_SCOPES.items() for m in modules}
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """loadscope, with the session servers' modules as one scope: without it each worker started both session
-    servers (each ~10 s of CPU in the stubs' imports) and ran the session load test again."""
+    """loadscope (a module's tests on one worker, in file order) with the SERVER_SCOPES' modules together."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ServersTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "session servers" if module in SESSION_SERVER_MODULES else module
+            return _SCOPE_OF.get(module, module)
 
     return ServersTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """A module that uses a session server but is not in SESSION_SERVER_MODULES would start it on the other
-    worker too: an error at collection, naming the module."""
+    """A module that uses a session server but is in none of SERVER_SCOPES would start it on yet another worker:
+    an error at collection, naming the module."""
     strays = sorted({item.nodeid.split("::", 1)[0] for item in items
-                     if SESSION_SERVERS & set(getattr(item, "fixturenames", ()))} - SESSION_SERVER_MODULES)
+                     if SESSION_SERVERS & set(getattr(item, "fixturenames", ()))} - _SCOPE_OF.keys())
     if strays:
-        raise pytest.UsageError(f"{', '.join(strays)} use a session server: add them to SESSION_SERVER_MODULES "
-                                "in tests/conftest.py")
+        raise pytest.UsageError(f"{', '.join(strays)} use a session server: add them to SERVER_SCOPES in "
+                                "tests/conftest.py")
 
 
 @pytest.hookimpl(hookwrapper=True)
