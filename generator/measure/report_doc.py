@@ -101,9 +101,14 @@ class Doc:
         plots.mkdir(parents=True, exist_ok=True)
         for name, png in self.figures.items():
             (plots / f"{name}.png").write_bytes(png)
-        for suffix, text in (("md", self.markdown()), ("html", self.html())):  # half a UTF-16 pair (a records
-            # file's "\\ud800") as its escape: UTF-8 cannot hold it, and writing the page was a traceback
-            atomic_write_text(out_dir / f"{stem}.{suffix}", text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for suffix, text in (("md", self.markdown()), ("html", self.html())):
+            atomic_write_text(out_dir / f"{stem}.{suffix}", utf8_safe(text))
+
+
+def utf8_safe(text: str) -> str:
+    """Half a UTF-16 pair (a records file's or a baseline's ``"\\ud800"``) as its escape: UTF-8 cannot hold it, and
+    writing a page or a summary holding one was a traceback."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _PAGE = """<!DOCTYPE html>
@@ -166,11 +171,9 @@ def md_text(text: str) -> str:
     """One line of Markdown text: no line break (a server's error text with a blank line and ``# ...`` added a
     heading and left the table), no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
     them) and no link or image (``[`` escaped, and a backslash before it too: a baseline's ``[All checks
-    passed](https://...)`` was a link in the CI summary, review14), and half a UTF-16 pair written as its escape
-    (a baseline's ``"\\ud800"`` made writing the summary a traceback). The reports' own marks (``**``, backticks)
-    stay."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return " ".join(text.splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
+    passed](https://...)`` was a link in the CI summary, review14), and ``utf8_safe``. The reports' own marks
+    (``**``, backticks) stay."""
+    return " ".join(utf8_safe(text).splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
 
 
 def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:
