@@ -162,3 +162,37 @@ def test_every_command_any_message_names_exists_with_its_options():
                 bad += [f"{file.name}:{node.lineno}: {m.group(0)!r} has no {flag}"
                         for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", m.group(2)) if flag not in options]
     assert checked > 50 and not bad, "\n".join(bad)
+
+
+def test_bls_instances_that_cannot_fill_the_batch_are_warned_by_validate(tokenizer_weights_dir, tmp_path):
+    """Rule "bls_fills_batch" (review18): each tensorrt_llm_bls instance puts at most 24 requests into the engine
+    (model_common.ENGINE_CALLS, review17), so one instance can never fill the reference's batch of 32. By default
+    render makes as many instances as the batch needs; validate warns when the repository has fewer, with the fix
+    the rule gives (the field to change)."""
+    import importlib.util
+
+    from generator.resources import model_repo_dir
+    from generator.spec.serving import BLS_ENGINE_CALLS
+
+    spec = importlib.util.spec_from_file_location("_model_common", model_repo_dir() / "_shared" / "model_common.py")
+    model_common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_common)
+    assert BLS_ENGINE_CALLS == model_common.ENGINE_CALLS  # the bound the BLS applies is the one the rule assumes
+    assert rules.bls_fills_batch(24, 1) == [] and rules.bls_fills_batch(48, 2) == []
+    [expected] = rules.bls_fills_batch(32, 1)
+    assert expected.severity == "warning" and "serving.bls_instances=2" in expected.fix
+
+    def bls_warnings(repo):
+        return [p for p in validate_repository(repo) if "tensorrt_llm_bls" in p.file and p.severity == "warning"]
+
+    gpu = ("serving.engine=tensorrtllm", "build.max_batch_size=32")
+    repo = render.render_repository(small_spec(tokenizer_weights_dir, tmp_path / "art", *gpu), tmp_path / "default")
+    assert "count: 2 " in (repo / "tensorrt_llm_bls" / "config.pbtxt").read_text() and bls_warnings(repo) == []
+    one = render.render_repository(small_spec(tokenizer_weights_dir, tmp_path / "art", *gpu, "serving.bls_instances=1"),
+                                   tmp_path / "one")
+    [found] = bls_warnings(one)
+    assert (found.message, found.fix) == (expected.message, expected.fix)
+    config = repo / "tensorrt_llm_bls" / "config.pbtxt"  # the same count edited by hand in the default's repository
+    config.write_text(config.read_text().replace("count: 2 ", "count: 1 "))
+    [edited] = bls_warnings(repo)
+    assert (edited.message, edited.fix, edited.line) == (expected.message, expected.fix, found.line)

@@ -342,14 +342,28 @@ def test_stop_and_bad_word_lists_are_bounded(request, which, model, words_key, m
 
 
 @pytest.fixture(scope="module")
-def nondecoupled_llmapi_server(llmapi_spec, nvfp4_checkpoint_dir, tmp_path_factory):
-    """The LLM-API repository with serving.decoupled=false: its stand-in and its CPU engine model not decoupled."""
-    from generator.repo.render import render_repository
+def nondecoupled_llmapi_server(cpu_spec, llmapi_spec, nvfp4_checkpoint_dir, tmp_path_factory):
+    """The LLM-API repository with serving.decoupled=false: its stand-in and its CPU engine model not decoupled. Beside
+    them, the engine layout's non-decoupled tensorrt_llm_bls with its preprocessing and postprocessing, calling that
+    same engine model (the one parameter that names it changed), so that no other server starts for the BLS."""
+    import shutil
+
+    from generator.repo.llmapi import CPU_ENGINE_MODEL
+    from generator.repo.render import BLS, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM, render_repository
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
 
     folder = tmp_path_factory.mktemp("nondecoupled")
     repo = render_repository(with_overrides(llmapi_spec, ["serving.decoupled=false"]), folder / "repo")
+    engine_layout = render_repository(with_overrides(cpu_spec, ["serving.decoupled=false"]), folder / "engine-layout")
+    for model in (PREPROCESSING, POSTPROCESSING, BLS):
+        shutil.copytree(engine_layout / model, repo / model)
+    config = repo / BLS / "config.pbtxt"
+    def named(model: str) -> str:
+        return f'key: "tensorrt_llm_model_name" value {{ string_value: "{model}" }}'
+
+    assert named(TENSORRT_LLM) in config.read_text()
+    config.write_text(config.read_text().replace(named(TENSORRT_LLM), named(CPU_ENGINE_MODEL)))
     with TritonServer(repo, log_file=folder / "triton.log") as server:
         yield server
 
@@ -368,14 +382,17 @@ def test_the_non_decoupled_llmapi_stand_in_sends_no_stack_frames(nondecoupled_ll
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("model", ["tensorrt_llm_cpu", "tensorrt_llm"], ids=["engine", "llmapi-stand-in"])
+@pytest.mark.parametrize("model", ["tensorrt_llm_cpu", "tensorrt_llm", "tensorrt_llm_bls"],
+                         ids=["engine", "llmapi-stand-in", "bls"])
 def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondecoupled_llmapi_server, trtllm_gauge,
                                                                           model):
     """Review 15: the non-decoupled CPU engine waited in ``execute`` until every request of its batch was done, and
     the non-decoupled LLM-API stand-in served its requests one after another, so a request that came while a long
     one generated was held until the long one's last token (upstream's backend, and the decoupled mode, answer it
-    beside): a 2-token request took 0.12-0.22 s (engine) and 0.59 s (stand-in) instead of 0.03-0.04 s. Now the
-    short answer arrives before the long one's last token (the engine's perf metrics: both clocks CLOCK_MONOTONIC)."""
+    beside): a 2-token request took 0.12-0.22 s (engine) and 0.59 s (stand-in) instead of 0.03-0.04 s. Review 17:
+    the non-decoupled tensorrt_llm_bls returned each answer from ``execute`` (Triton hands it one request at a time),
+    so a 1-token request waited 7.6 s for a 64-token one. Now the short answer arrives before the long one's last
+    token (the engine's perf metrics: both clocks CLOCK_MONOTONIC)."""
     import threading
     import time
 
@@ -387,13 +404,17 @@ def test_a_short_request_is_answered_beside_a_long_one_when_not_decoupled(nondec
         if model == "tensorrt_llm":
             return llmapi_inputs("a prompt", {"sampling_param_max_tokens": tokens,
                                               "sampling_param_return_perf_metrics": True})
+        if model == "tensorrt_llm_bls":
+            return text_inputs("a prompt", tokens, extra={"min_tokens": np.array([[tokens]], np.int32),
+                                                          "return_perf_metrics": np.array([[True]])})
         return {"input_ids": np.array([[5, 6, 7, 8]], np.int32), "input_lengths": np.array([[4]], np.int32),
                 "request_output_len": np.array([[tokens]], np.int32), "end_id": np.array([[-1]], np.int32),
                 "return_perf_metrics": np.array([[True]])}
 
     long = {}
+    long_tokens = 64 if model == "tensorrt_llm_bls" else 100  # the BLS: at most the spec's max_output_len
     thread = threading.Thread(target=lambda: long.setdefault("answer", http_infer(
-        server.http_url, model, inputs(100), timeout=120)))
+        server.http_url, model, inputs(long_tokens), timeout=120)))
     thread.start()
     deadline = time.monotonic() + 60
     while trtllm_gauge(server, "nv_trt_llm_request_metrics", "active") < 1 and time.monotonic() < deadline:

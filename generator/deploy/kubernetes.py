@@ -87,7 +87,7 @@ def python_instances(spec: Spec, target: EngineTarget) -> int:
     s = spec.serving
     if target is EngineTarget.llmapi:
         return spec.topology.instances_per_node
-    count = s.preprocessing_instances + s.postprocessing_instances + (s.bls_instances if s.bls else 0)
+    count = s.preprocessing_instances + s.postprocessing_instances + (spec.bls_instance_count if s.bls else 0)
     return count + (spec.topology.instances_per_node if target is EngineTarget.cpu_reference else 0)
 
 

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple, Optional
 from generator.engine.gpus import GpuSpec
 from generator.engine.memory import GIB, MemoryPlan, kv_token_ceiling
 from generator.engine.shape import ModelShape
+from generator.spec.serving import BLS_ENGINE_CALLS, bls_instances_for
 
 Severity = Literal["error", "warning", "note"]
 
@@ -128,3 +129,18 @@ def batch_fits_engine(wanted: int, engine_max_batch_size: int, engine_config: st
                     f"--set build.max_batch_size={engine_max_batch_size} (the engine's; or a serving.max_batch_size at "
                     f"most that) and re-render ({RERENDER}), or rebuild the engine with max_batch_size {wanted} "
                     f"({REBUILD})")]
+
+
+def bls_fills_batch(engine_batch: int, bls_instances: int) -> list[Finding]:
+    """tensorrt_llm_bls puts at most BLS_ENGINE_CALLS requests per instance into the engine: with fewer instances than
+    the engine's batch needs, requests through the BLS wait while batch slots stay empty (the ensemble still fills it)."""
+    reach = BLS_ENGINE_CALLS * bls_instances
+    if engine_batch <= reach:
+        return []
+    need = bls_instances_for(engine_batch)
+    return [Finding("bls_fills_batch", "serving.bls_instances",
+                    f"tensorrt_llm_bls: {bls_instances} instance(s) put at most {reach} requests into the engine at once "
+                    f"({BLS_ENGINE_CALLS} each), fewer than its batch of {engine_batch} (build.max_batch_size): requests "
+                    "through the BLS never fill the batch",
+                    f"--set serving.bls_instances={need} (or leave it unset: as many as the batch needs) and re-render "
+                    f"({RERENDER}), or lower build.max_batch_size to {reach}", "warning")]

@@ -227,7 +227,7 @@ def _ifb_models(spec: Spec, target: EngineTarget, max_batch_size: int, topo: Top
         ])},
     }
     if s.bls:
-        models[BLS] = {"backend": "python", "instance_count": s.bls_instances, "parameters": _params([
+        models[BLS] = {"backend": "python", "instance_count": spec.bls_instance_count, "parameters": _params([
             ("accumulate_tokens", s.accumulate_tokens),
             ("tensorrt_llm_model_name", TENSORRT_LLM),
             ("engine_error_output", cpu_error_output),

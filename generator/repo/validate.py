@@ -22,7 +22,7 @@ from generator.repo.manifest import MANIFEST, RepoManifest, read_manifest
 from generator.repo.render import ENSEMBLE, LLMAPI_LAYOUT, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
 from generator.repo.validate_artifacts import check_engine, check_tokenizers
 from generator.repo.validate_models import Model, Report, check_model
-from generator.repo.validate_wiring import check_batch_and_decoupling, check_ensemble
+from generator.repo.validate_wiring import check_batch_and_decoupling, check_bls_reach, check_ensemble
 from generator.spec import Spec
 
 __all__ = ["Problem", "Severity", "validate_repository"]
@@ -115,6 +115,7 @@ def _validate_ifb(repo: Path, manifest: Optional[RepoManifest], spec: Optional[S
         check_ensemble(models[ENSEMBLE], {**models}, report)
     if models:
         check_batch_and_decoupling(models, manifest, spec, report)
+        check_bls_reach(models, spec, report)
     check_tokenizers(models, spec, report)
     if TENSORRT_LLM in models:
         check_engine(models[TENSORRT_LLM], spec, report)

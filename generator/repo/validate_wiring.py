@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from generator.repo.problems import type_name
+from generator.engine.rules import bls_fills_batch
+from generator.repo.problems import Severity, type_name
 from generator.repo.manifest import RepoManifest
 from generator.repo.render import BLS, ENSEMBLE, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
 from generator.repo.validate_models import Model, Report
@@ -122,3 +123,16 @@ def check_batch_and_decoupling(models: dict[str, Model], manifest: Optional[Repo
             report.add(trt.file, line, f"tensorrt_llm is not decoupled, so streaming ({spec.loadtest.protocol}, "
                        "the ensemble's `stream` input) cannot work",
                        "--set serving.decoupled=true, or --set loadtest.protocol=http")
+
+
+def check_bls_reach(models: dict[str, Model], spec: Optional[Spec], report: Report) -> None:
+    """tensorrt_llm_bls's instances can fill the engine's batch (rule "bls_fills_batch"): the batch is the spec's
+    build.max_batch_size, or without a spec tensorrt_llm's max_batch_size."""
+    bls, trt = models.get(BLS), models.get(TENSORRT_LLM)
+    if bls is None or (spec is None and trt is None):
+        return
+    batch = spec.build.max_batch_size if spec is not None else trt.config.max_batch_size
+    instances = sum(max(group.count, 1) for group in bls.config.instance_group) or 1
+    for f in bls_fills_batch(batch, instances):
+        report.add(bls.file, bls.text.field("instance_group") or bls.text.field("name"), f.message, f.fix,
+                   Severity(f.severity))

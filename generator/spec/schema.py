@@ -20,7 +20,7 @@ from generator.spec.build import (
     QuantizationSpec,
 )
 from generator.spec.loadtest import GateSpec, LoadTestSpec, ResolvedLoadTest
-from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec
+from generator.spec.serving import KubernetesSpec, ServingSpec, TopologySpec, bls_instances_for
 from generator.spec.tune import TuneSpec
 
 __all__ = [
@@ -110,6 +110,11 @@ class Spec(Section):
     def triton_max_batch_size(self) -> int:
         """Batch size written into every Triton config (one place, never typed twice)."""
         return self.serving.max_batch_size or self.build.max_batch_size
+
+    @property
+    def bls_instance_count(self) -> int:
+        """tensorrt_llm_bls instances: serving.bls_instances, or by default enough to fill the engine's batch."""
+        return self.serving.bls_instances or bls_instances_for(self.build.max_batch_size)
 
     def path(self, p: Path) -> Path:
         """Resolve a spec path against the spec file's folder."""

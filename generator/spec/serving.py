@@ -11,6 +11,17 @@ from generator.spec.base import Section
 from generator.spec.build import EngineTarget
 
 
+BLS_ENGINE_CALLS = 24
+"""The most requests one tensorrt_llm_bls instance has in the engine at once: model_repo/_shared/model_common.py
+``ENGINE_CALLS``, which must be the same number (Triton 2.51's Python backend serves a model's engine calls on 32
+threads, and more calls than that held back every answer)."""
+
+
+def bls_instances_for(engine_batch: int) -> int:
+    """The tensorrt_llm_bls instances that can fill an engine batch of ``engine_batch`` requests."""
+    return -(-engine_batch // BLS_ENGINE_CALLS)
+
+
 class ServingSpec(Section):
     engine: EngineTarget = EngineTarget.auto
     """Engine behind the tensorrt_llm model: tensorrtllm (a trtllm-build engine on a GPU), llmapi
@@ -64,10 +75,11 @@ class ServingSpec(Section):
     bls: bool = True
     """Also render tensorrt_llm_bls, the Python alternative to the ensemble."""
 
-    bls_instances: int = Field(1, ge=1)
-    """Instances of tensorrt_llm_bls. Each has at most 24 requests in the engine at once (Triton 2.51's Python backend
-    serves a model's engine calls on 32 threads; more calls held back every answer): to fill an engine batch above 24
-    through the BLS, use max_batch_size / 24 instances, rounded up."""
+    bls_instances: Optional[int] = Field(None, ge=1)
+    """Instances of tensorrt_llm_bls. Each puts at most 24 requests into the engine at once (Triton 2.51's Python
+    backend serves a model's engine calls on 32 threads; more calls held back every answer): filling an engine batch
+    above 24 through the BLS takes build.max_batch_size / 24 instances, rounded up. None means exactly that many
+    (1 up to a batch of 24, 2 for the reference's 32); validate warns about fewer."""
 
     accumulate_tokens: bool = False
     """BLS streaming: send the whole text so far in each response instead of the new piece."""

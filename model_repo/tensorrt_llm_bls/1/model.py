@@ -20,7 +20,9 @@ so a client can call it instead of the ensemble. Differences from the ensemble t
   other direction the CPU engine's errors come as its ``error_message`` output (``engine_error_output``):
   Triton 2.51 files an error response of a BLS stream under another stream's id (``ENGINE_ERROR_OUTPUT``
   in model_common.py). A stream that ends with a bare final flag is reported as an engine failure.
-* A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input.
+* A cancelled client (disconnect) stops the engine request through tensorrt_llm's ``stop`` input, seen
+  between engine responses: with ``stream`` false (or not decoupled) the engine's one response is its
+  last, so such a request runs to its end, as through the ensemble.
 
 Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``, ``engine_error_output`` (CPU engine only).
 """
