@@ -176,6 +176,19 @@ def test_a_pass_on_one_run_a_side_is_inconclusive():
     assert gate.exit_code == 1
 
 
+def test_a_pass_resting_on_one_run_of_two_is_inconclusive():
+    """Review 19: of two candidate runs, one whose every request failed has no latency figure; the other's
+    request-to-request interval passed ``ttft_p95:+30%`` (exit 0) as if two runs a side had shown it."""
+    cand = side(2, runs=2)
+    dead = cand.runs[1]
+    dead.figures.update({k: None for k in dead.figures if k.startswith(("ttft", "itl", "e2e"))}, error_rate=1.0)
+    dead.counts["error_rate"] = (dead.requests, dead.requests)
+    c = compare(side(1, runs=2), cand)
+    assert c.get("ttft_p95").runs == (2, 1) and c.get("output_tokens_per_s").runs == (2, 2)
+    gate = evaluate_gate(parse_gate("ttft_p95:+30%"), c)
+    assert gate.verdict is Verdict.INCONCLUSIVE and "one run on a side" in gate.terms[0].reason
+
+
 def test_single_runs_use_the_per_request_bootstrap_and_say_it_is_narrow():
     c = compare(side(1, runs=1), side(2, runs=1, shift_ms=8.0))
     itl = c.get("itl_p50")
