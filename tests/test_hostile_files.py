@@ -113,6 +113,24 @@ def test_diff_never_reads_or_prints_files_outside_the_repositories(cpu, tmp_path
     assert "not compared" in result.output and "outside" in result.output
 
 
+@pytest.mark.parametrize("layout, link", [("cpu", "tensorrt_llm/config.pbtxt"), ("cpu", "postprocessing"),
+                                          ("llmapi", "tensorrt_llm/config.pbtxt")])
+def test_validate_never_quotes_a_config_pbtxt_that_resolves_outside_the_repository(request, tmp_path, layout, link):
+    """review19: a config.pbtxt (or a whole model folder) linked to a one-line token file elsewhere, such as
+    ~/.cache/huggingface/token: validate parsed it and its protobuf error quoted the token ("has no field named
+    hf_…"), into the CI log of whoever validated a foreign repository. Import and diff already refused it."""
+    repo = request.getfixturevalue(layout)
+    token = tmp_path / "home" / "token"
+    token.parent.mkdir()
+    token.write_text("hf_SECRETqwertyuiop\n")
+    (token.parent / "config.pbtxt").symlink_to(token)
+    target = repo / link
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.symlink_to(token.parent if link == "postprocessing" else token)
+    found = messages(repo)
+    assert "SECRET" not in found and re.search(r"config\.pbtxt: resolves outside", found), found
+
+
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
     """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
     where an engine has a number: validate and import name the key and the type found, never the text

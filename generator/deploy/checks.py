@@ -74,7 +74,7 @@ def _check_engine_model(repo: Path, topo: Topology, spec: Spec, out: Findings) -
     path = repo / name / "config.pbtxt"
     if not path.is_file():
         return  # reported by the repository checks
-    parsed = parse_config(path)[0]
+    parsed = parse_config(path, inside=repo)[0]
     if parsed is None:
         return
     text, cfg = parsed
