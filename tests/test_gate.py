@@ -265,14 +265,17 @@ def _hostile(data: dict, what: str) -> None:
         samples["ttft"]["n"] = -5
     elif what == "a NaN value":
         samples["ttft"]["values"][0] = float("nan")
+    elif what == "a share without its counts":
+        del runs[0]["counts"]["error_rate"]
 
 
 @pytest.mark.parametrize("what", ["negative counts", "events past trials", "negative requests", "a NaN figure",
-                                  "an infinite figure", "n below its values", "a NaN value", "a 5,000-digit integer"])
+                                  "an infinite figure", "n below its values", "a NaN value", "a 5,000-digit integer",
+                                  "a share without its counts"])
 def test_a_baseline_with_impossible_figures_is_refused_naming_it(tmp_path, what):
     """review7: counts below zero or above their trials, NaN or infinite figures and a 5,000-digit integer in a
-    foreign baseline file were tracebacks from the interval code (or Python's int parser); each is now an
-    ArtifactCorrupt naming the file."""
+    foreign baseline file were tracebacks from the interval code (or Python's int parser), and so was (review19) a
+    share whose counts were removed; each is now an ArtifactCorrupt naming the file."""
     data = side(1).model_dump(mode="json")
     _hostile(data, what)
     path = tmp_path / "baseline.json"
