@@ -176,7 +176,11 @@ def check_model(m: Model, report: Report) -> None:
     if cfg.name and cfg.name != m.name:
         report.add(m.file, m.text.field("name"), f"name is {cfg.name!r} but the folder is {m.name!r}",
                    f'set name: "{m.name}" (Triton requires them to match)')
-    if cfg.platform != "ensemble" and cfg.backend not in KNOWN_BACKENDS:
+    if cfg.platform and cfg.backend:  # review19: validate passed it, and Triton refused to load the repository
+        report.add(m.file, m.text.field("platform"), f"both platform {cfg.platform!r} and backend {cfg.backend!r}: Triton "
+                   "loads a model by one of them (an ensemble has no backend) and refuses this pair",
+                   'keep platform: "ensemble" for the ensemble, backend: "python" or "tensorrtllm" for the others')
+    elif cfg.platform != "ensemble" and cfg.backend not in KNOWN_BACKENDS:
         what = f"backend {cfg.backend!r}" if cfg.backend else "no backend"
         report.add(m.file, m.text.field("backend") or m.text.field("platform"),
                    f"{what}; this layout uses {' or '.join(KNOWN_BACKENDS)}", 'set backend: "python" or "tensorrtllm"')
