@@ -189,6 +189,7 @@ def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool =
 
     from generator.measure.report_sweep import write_sweep_report
 
+    spec = with_overrides(spec, plan.fixed)  # review19: an SLO fixed by --set judged every point, but not the best
     points = []
     for i, overrides in enumerate(plan.points):
         label = plan.label(overrides)
