@@ -483,6 +483,22 @@ def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
     assert itl.candidate == pytest.approx(10.0) and itl.verdict is Change.WORSE
 
 
+def test_a_run_that_lost_a_worker_is_no_verdict(tmp_path):
+    """review19: a candidate run that lost a Locust worker (``tritongen loadtest`` exits 1 for it) passed
+    ``compare --gate error_rate:+50%`` with exit 0, as a whole run: it sent less load than its identity says."""
+    import shutil
+
+    _, single = _single_run(tmp_path)
+    cand = Path(shutil.copytree(single, tmp_path / "cand"))
+    data = json.loads((cand / "results.json").read_text())
+    data["run"]["integrity"]["incomplete"] = "worker 1 lost"
+    (cand / "results.json").write_text(json.dumps(data))
+    gate = evaluate_gate(parse_gate("error_rate:+50%"), compare(baseline.load(single), baseline.load(cand)))
+    assert gate.verdict is Verdict.INCONCLUSIVE and "run incomplete: worker 1 lost" in gate.reason
+    assert evaluate_gate(parse_gate("error_rate:+50%"), compare(baseline.load(single), baseline.load(single))
+                         ).verdict is Verdict.PASS
+
+
 @pytest.mark.parametrize("section, key", [("counts", "requests"), ("counts", "errors"), ("checks", "checked"),
                                           ("checks", "failed_requests")])
 def test_a_results_file_with_negative_counts_is_refused_naming_it(tmp_path, section, key):

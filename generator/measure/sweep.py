@@ -88,7 +88,7 @@ def best_point(points: list[SweepPoint], with_slo: bool) -> Optional[BestPoint]:
     """Highest output tokens/s among points that pass the SLO (or, without one, completed cleanly)."""
     def eligible(p: SweepPoint) -> bool:
         r = p.results
-        if p.status is not PointStatus.OK or r is None or r.client.client_limited:
+        if p.status is not PointStatus.OK or r is None or r.load_limits:  # client-limited, or a worker lost
             return False
         if not r.throughput.output_tokens_per_s:
             return False
