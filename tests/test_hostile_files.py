@@ -247,6 +247,21 @@ def test_import_keeps_repository_text_in_its_comments(cpu, tmp_path):
     assert not (tmp_path / "kept.yaml").exists()
 
 
+@pytest.mark.parametrize("value", ["²", "9" * 5000])
+def test_a_count_that_is_no_integer_is_not_imported(cpu, value):
+    """review19: preprocessing's max_input_len "²" (a digit to str.isdigit, not to int) or 5,000 digits (past int's
+    limit) was a ValueError traceback from import."""
+    cfg = cpu / "preprocessing" / "config.pbtxt"
+    _set_parameter_text(cfg, "max_input_len", value)
+    assert import_repository(cpu).spec["build"]["max_input_len"] != value
+
+
+def _set_parameter_text(cfg: Path, key: str, value: str) -> None:
+    text = cfg.read_text()
+    start = text.index('string_value: "', text.index(f'"{key}"')) + len('string_value: "')
+    cfg.write_text(text[:start] + value + text[text.index('"', start):])
+
+
 def test_import_refuses_a_nul_path_naming_the_field(cpu, tmp_path):
     _set_engine_path(cpu, "/engine\\000/x")
     assert "artifacts.engine_dir" in " ".join(import_repository(cpu).held_back)  # not carried by default

@@ -139,6 +139,12 @@ def type_name(dtype: int) -> str:
     return model_config_pb2().DataType.Name(dtype)
 
 
+def count_value(text: Optional[str]) -> Optional[int]:
+    """The count a parameter's text spells in ASCII digits (at most 18), else None: ``str.isdigit`` also takes
+    "²", which ``int`` refuses, and ``int`` refuses 4,300 digits (review19: tracebacks in import and validate)."""
+    return int(text) if text and len(text) < 19 and text.isascii() and text.isdigit() else None
+
+
 @functools.lru_cache(maxsize=64)
 def _parsed_model_config(text: str) -> Any:
     """``text`` parsed as a ModelConfig, once per distinct text: protobuf's text parser is pure Python (10-15 ms
