@@ -36,7 +36,9 @@ def test_comma_lists_are_axes_and_single_values_are_fixed():
 
 
 @pytest.mark.parametrize("sets, message", [([], "nothing to sweep"), (["serving.max_batch_size=1,,4"], "empty value"),
-                                           (["serving.max_batch_size"], "not KEY=VALUE")])
+                                           (["serving.max_batch_size"], "not KEY=VALUE"),
+                                           (["serving.max_batch_size=4,8,4"], "given twice"),
+                                           (["serving.max_batch_size=1,2", "serving..max_batch_size=4,8"], "swept twice")])
 def test_bad_sweeps_are_user_errors(sets, message):
     with pytest.raises(TritongenError, match=message):
         plan_sweep(sets)

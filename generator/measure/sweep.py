@@ -70,9 +70,15 @@ def plan_sweep(sets: list[str], need_axis: bool = True) -> SweepPlan:
             values = [v.strip() for v in raw.split(",")]
             if any(not v for v in values):
                 raise SpecError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
+            if len(set(values)) != len(values):  # review19: two settings of one label, compare took either
+                raise SpecError(f"a value given twice in {item!r}", where="--set", fix="give each value once")
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
+    swept = [key for key, _ in axes]
+    if len(set(swept)) != len(swept):  # the last one served, both shown in every label
+        raise SpecError(f"{sorted(k for k in swept if swept.count(k) > 1)[0]} is swept twice", where="--set",
+                        fix="give the field one --set with all its values")
     count = math.prod(len(values) for _, values in axes)
     if count > MAX_POINTS:
         raise SpecError(f"{count:,} combinations of the --set values; at most {MAX_POINTS:,} are measured (each is a "
