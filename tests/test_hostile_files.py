@@ -256,6 +256,18 @@ def test_a_count_that_is_no_integer_is_not_imported(cpu, value):
     assert import_repository(cpu).spec["build"]["max_input_len"] != value
 
 
+def test_a_config_past_its_bound_is_one_problem_and_a_huge_count_no_traceback(cpu):
+    """review19: 2.8 MB of parameters in tensorrt_llm/config.pbtxt held validate 65 s and diff 37 s of CPU (protobuf's
+    pure-Python parser and a did-you-mean per unknown key; 64 MiB would have been over ten minutes each); a
+    max_beam_width of 5,000 digits was a ValueError traceback from validate's integer check."""
+    _set_parameter_text(cpu / "tensorrt_llm" / "config.pbtxt", "max_beam_width", "9" * 5000)
+    assert re.search(r"max_beam_width' must be a non-negative integer", messages(cpu))
+    cfg = cpu / "preprocessing" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "#" * (300 << 10) + "\n")  # a comment: a config some 15 times NVIDIA's largest
+    assert re.search(r"preprocessing/config\.pbtxt: [\d,]+ bytes, more than the", messages(cpu))
+    assert str(cfg) in read_meaning(cpu).unreadable
+
+
 def _set_parameter_text(cfg: Path, key: str, value: str) -> None:
     text = cfg.read_text()
     start = text.index('string_value: "', text.index(f'"{key}"')) + len('string_value: "')

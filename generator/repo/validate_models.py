@@ -5,12 +5,11 @@ names and the form of their values)."""
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.repo.problems import ConfigText, Problem, Severity, type_name
+from generator.repo.problems import ConfigText, Problem, Severity, count_value, type_name
 from generator.repo.render import EXTRA_PARAMETERS, reference_facts
 from generator.resources import data_json
 
@@ -153,7 +152,7 @@ def check_parameters(m: Model, report: Report) -> None:
             _unfilled(m, key, v, line, report)
             continue
         if key in _INT_PARAMS:
-            if not re.fullmatch(r"-?\d+", v) or int(v) < 0:
+            if count_value(v) is None:  # 5,000 digits were a ValueError from int() (review19)
                 report.add(m.file, line, f"parameter {key!r} must be a non-negative integer, got {value!r}",
                            "write a whole number")
         elif key in _FRACTION_PARAMS:
