@@ -169,6 +169,8 @@ MISTAKES = [
      "max_batch_size"),
     ("unknown backend name", "postprocessing", lambda f: _replace(f, 'backend: "python"', 'backend: "pyhton"'),
      "backend"),
+    ("platform and backend both set (Triton refuses the pair)", "postprocessing",
+     lambda f: _replace(f, 'backend: "python"', 'backend: "python"\nplatform: "ensemble"') + 1, "both platform"),
     ("batching strategy left unfilled (the C++ backend throws on it)", "tensorrt_llm",
      lambda f: _set_parameter(f, "gpt_model_type", "${batching_strategy}"), "'gpt_model_type' of tensorrt_llm"),
 ]

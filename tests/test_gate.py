@@ -176,6 +176,19 @@ def test_a_pass_on_one_run_a_side_is_inconclusive():
     assert gate.exit_code == 1
 
 
+def test_a_pass_resting_on_one_run_of_two_is_inconclusive():
+    """Review 19: of two candidate runs, one whose every request failed has no latency figure; the other's
+    request-to-request interval passed ``ttft_p95:+30%`` (exit 0) as if two runs a side had shown it."""
+    cand = side(2, runs=2)
+    dead = cand.runs[1]
+    dead.figures.update({k: None for k in dead.figures if k.startswith(("ttft", "itl", "e2e"))}, error_rate=1.0)
+    dead.counts["error_rate"] = (dead.requests, dead.requests)
+    c = compare(side(1, runs=2), cand)
+    assert c.get("ttft_p95").runs == (2, 1) and c.get("output_tokens_per_s").runs == (2, 2)
+    gate = evaluate_gate(parse_gate("ttft_p95:+30%"), c)
+    assert gate.verdict is Verdict.INCONCLUSIVE and "one run on a side" in gate.terms[0].reason
+
+
 def test_single_runs_use_the_per_request_bootstrap_and_say_it_is_narrow():
     c = compare(side(1, runs=1), side(2, runs=1, shift_ms=8.0))
     itl = c.get("itl_p50")
@@ -252,14 +265,17 @@ def _hostile(data: dict, what: str) -> None:
         samples["ttft"]["n"] = -5
     elif what == "a NaN value":
         samples["ttft"]["values"][0] = float("nan")
+    elif what == "a share without its counts":
+        del runs[0]["counts"]["error_rate"]
 
 
 @pytest.mark.parametrize("what", ["negative counts", "events past trials", "negative requests", "a NaN figure",
-                                  "an infinite figure", "n below its values", "a NaN value", "a 5,000-digit integer"])
+                                  "an infinite figure", "n below its values", "a NaN value", "a 5,000-digit integer",
+                                  "a share without its counts"])
 def test_a_baseline_with_impossible_figures_is_refused_naming_it(tmp_path, what):
     """review7: counts below zero or above their trials, NaN or infinite figures and a 5,000-digit integer in a
-    foreign baseline file were tracebacks from the interval code (or Python's int parser); each is now an
-    ArtifactCorrupt naming the file."""
+    foreign baseline file were tracebacks from the interval code (or Python's int parser), and so was (review19) a
+    share whose counts were removed; each is now an ArtifactCorrupt naming the file."""
     data = side(1).model_dump(mode="json")
     _hostile(data, what)
     path = tmp_path / "baseline.json"
@@ -465,6 +481,22 @@ def test_a_tune_folder_compares_as_its_winner_at_its_goodput_level(tmp_path):
     assert baseline.run_folders(tune) == [tune / "settings" / "1" / "levels" / "4-0"]
     itl = compare(baseline.load(single), baseline.load(tune)).get("itl_p50")
     assert itl.candidate == pytest.approx(10.0) and itl.verdict is Change.WORSE
+
+
+def test_a_run_that_lost_a_worker_is_no_verdict(tmp_path):
+    """review19: a candidate run that lost a Locust worker (``tritongen loadtest`` exits 1 for it) passed
+    ``compare --gate error_rate:+50%`` with exit 0, as a whole run: it sent less load than its identity says."""
+    import shutil
+
+    _, single = _single_run(tmp_path)
+    cand = Path(shutil.copytree(single, tmp_path / "cand"))
+    data = json.loads((cand / "results.json").read_text())
+    data["run"]["integrity"]["incomplete"] = "worker 1 lost"
+    (cand / "results.json").write_text(json.dumps(data))
+    gate = evaluate_gate(parse_gate("error_rate:+50%"), compare(baseline.load(single), baseline.load(cand)))
+    assert gate.verdict is Verdict.INCONCLUSIVE and "run incomplete: worker 1 lost" in gate.reason
+    assert evaluate_gate(parse_gate("error_rate:+50%"), compare(baseline.load(single), baseline.load(single))
+                         ).verdict is Verdict.PASS
 
 
 @pytest.mark.parametrize("section, key", [("counts", "requests"), ("counts", "errors"), ("checks", "checked"),

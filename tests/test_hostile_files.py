@@ -113,6 +113,24 @@ def test_diff_never_reads_or_prints_files_outside_the_repositories(cpu, tmp_path
     assert "not compared" in result.output and "outside" in result.output
 
 
+@pytest.mark.parametrize("layout, link", [("cpu", "tensorrt_llm/config.pbtxt"), ("cpu", "postprocessing"),
+                                          ("llmapi", "tensorrt_llm/config.pbtxt")])
+def test_validate_never_quotes_a_config_pbtxt_that_resolves_outside_the_repository(request, tmp_path, layout, link):
+    """review19: a config.pbtxt (or a whole model folder) linked to a one-line token file elsewhere, such as
+    ~/.cache/huggingface/token: validate parsed it and its protobuf error quoted the token ("has no field named
+    hf_…"), into the CI log of whoever validated a foreign repository. Import and diff already refused it."""
+    repo = request.getfixturevalue(layout)
+    token = tmp_path / "home" / "token"
+    token.parent.mkdir()
+    token.write_text("hf_SECRETqwertyuiop\n")
+    (token.parent / "config.pbtxt").symlink_to(token)
+    target = repo / link
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.symlink_to(token.parent if link == "postprocessing" else token)
+    found = messages(repo)
+    assert "SECRET" not in found and re.search(r"config\.pbtxt: resolves outside", found), found
+
+
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
     """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
     where an engine has a number: validate and import name the key and the type found, never the text
@@ -227,6 +245,33 @@ def test_import_keeps_repository_text_in_its_comments(cpu, tmp_path):
     kept = CliRunner().invoke(app, ["import", str(cpu), "-o", str(tmp_path / "kept.yaml"), "--keep-paths"])
     assert isinstance(kept.exception, SpecError) and "artifacts.engine_dir" in kept.exception.message
     assert not (tmp_path / "kept.yaml").exists()
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000])
+def test_a_count_that_is_no_integer_is_not_imported(cpu, value):
+    """review19: preprocessing's max_input_len "²" (a digit to str.isdigit, not to int) or 5,000 digits (past int's
+    limit) was a ValueError traceback from import."""
+    cfg = cpu / "preprocessing" / "config.pbtxt"
+    _set_parameter_text(cfg, "max_input_len", value)
+    assert import_repository(cpu).spec["build"]["max_input_len"] != value
+
+
+def test_a_config_past_its_bound_is_one_problem_and_a_huge_count_no_traceback(cpu):
+    """review19: 2.8 MB of parameters in tensorrt_llm/config.pbtxt held validate 65 s and diff 37 s of CPU (protobuf's
+    pure-Python parser and a did-you-mean per unknown key; 64 MiB would have been over ten minutes each); a
+    max_beam_width of 5,000 digits was a ValueError traceback from validate's integer check."""
+    _set_parameter_text(cpu / "tensorrt_llm" / "config.pbtxt", "max_beam_width", "9" * 5000)
+    assert re.search(r"max_beam_width' must be a non-negative integer", messages(cpu))
+    cfg = cpu / "preprocessing" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "#" * (300 << 10) + "\n")  # a comment: a config some 15 times NVIDIA's largest
+    assert re.search(r"preprocessing/config\.pbtxt: [\d,]+ bytes, more than the", messages(cpu))
+    assert str(cfg) in read_meaning(cpu).unreadable
+
+
+def _set_parameter_text(cfg: Path, key: str, value: str) -> None:
+    text = cfg.read_text()
+    start = text.index('string_value: "', text.index(f'"{key}"')) + len('string_value: "')
+    cfg.write_text(text[:start] + value + text[text.index('"', start):])
 
 
 def test_import_refuses_a_nul_path_naming_the_field(cpu, tmp_path):

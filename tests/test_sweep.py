@@ -36,7 +36,9 @@ def test_comma_lists_are_axes_and_single_values_are_fixed():
 
 
 @pytest.mark.parametrize("sets, message", [([], "nothing to sweep"), (["serving.max_batch_size=1,,4"], "empty value"),
-                                           (["serving.max_batch_size"], "not KEY=VALUE")])
+                                           (["serving.max_batch_size"], "not KEY=VALUE"),
+                                           (["serving.max_batch_size=4,8,4"], "given twice"),
+                                           (["serving.max_batch_size=1,2", "serving..max_batch_size=4,8"], "swept twice")])
 def test_bad_sweeps_are_user_errors(sets, message):
     with pytest.raises(TritongenError, match=message):
         plan_sweep(sets)
@@ -136,6 +138,20 @@ def test_points_measured_before_the_sweep_are_taken_as_they_are_and_serve_nothin
     assert "Point max_batch_size=16: measured before the sweep" in (tmp_path / "report.md").read_text()
     swept, made = (baseline.load(f) for f in (tmp_path, cpu_loadtest.out_dir))
     assert [r.figures for r in swept.runs] == [r.figures for r in made.runs]
+
+
+def test_an_slo_fixed_by_set_decides_the_best_point(tmp_path):
+    """review19: ``--set loadtest.slo=…`` (a fixed override) judged every point, but the best point was picked by the
+    no-SLO rule from the spec without it, so a sweep whose every point failed its SLO named a best and exited 0."""
+    from generator.measure.runner import LoadResult
+    from generator.spec import load_spec
+
+    (tmp_path / "made").mkdir()
+    measured = {f"max_batch_size={b}": LoadResult(out_dir=tmp_path / "made", requests=[],
+                                                  results=_result(100.0 * b, Verdict.FAIL, False, 0.0)) for b in (8, 16)}
+    plan = plan_sweep(["serving.max_batch_size=8,16", "loadtest.slo=ttft_p95<1ms"])
+    result = run_sweep(load_spec(None, []), plan, tmp_path / "out", measured=measured)
+    assert [p.results.slo.verdict for p in result.points] == [Verdict.FAIL] * 2 and result.best is None
 
 
 def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tmp_path):

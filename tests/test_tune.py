@@ -146,6 +146,24 @@ def test_open_loop_bisection_ends_where_rates_cannot_be_told_apart(start, resolu
     assert outcome.goodput_load <= start * 0.75 < outcome.breaking_load and len(set(measured)) == len(measured)
 
 
+@pytest.mark.parametrize("start", [0.005, 0.001, 0.0004])
+def test_halving_a_failing_rate_ends_where_rates_cannot_be_told_apart(start):
+    """review19: a failing level's rate is halved and rounded to 3 decimals: below a start rate of 0.008/s the
+    halving reached 0.001/s, which halves onto itself, and a server failing every level was measured for ever
+    (0.0004/s halved to 0, a rate no load test takes)."""
+    measured = []
+
+    def measure(rate, rnd):  # every request misses
+        measured.append(rate)
+        assert len(measured) < 20 and rate > 0, measured[-10:]
+        return RoundSample(rows=[RequestRow(ok=True, start_s=i / rate, end_s=i / rate + 0.2, ttft_ms=900.0, itl_ms=1.0,
+                                            e2e_ms=200.0, lateness_ms=0.0, output_tokens=4, misses=("ttft_p95",))
+                                 for i in range(80)])
+
+    outcome = search(measure, TuneSpec(start_rate=start), open_loop=True)
+    assert outcome.goodput_load is None and "did not pass" in outcome.note and len(set(measured)) == len(measured)
+
+
 def test_the_budget_stops_new_rounds_and_says_so():
     ticks = iter(range(100))
     budget = Budget(minutes=3, clock=lambda: next(ticks) * 60.0)  # each look at the clock: one more minute

@@ -248,7 +248,7 @@ def sweep(
 
     plan = plan_sweep(list(sets or []))
     flags = spec_overrides(sweep, locals())
-    spec = load_spec(spec_path, flags)
+    spec = load_spec(spec_path, flags + plan.fixed)  # its SLO gives the exit code; its paths are protected
     for overrides in plan.points:  # fail on a bad field before the first server starts
         load_spec(spec_path, flags + overrides)
     console.print(f"{len(plan.points)} points: " + escape("; ".join(plan.label(p) for p in plan.points)))

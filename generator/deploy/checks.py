@@ -22,7 +22,7 @@ from generator.deploy.topology import Topology
 from generator.errors import TritongenError
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.repo.manifest import MANIFEST, RepoManifest
-from generator.repo.problems import Problem, parse_config
+from generator.repo.problems import Problem, count_value, parse_config
 from generator.spec import EngineTarget, Spec
 
 ENGINE_MODEL = "tensorrt_llm"
@@ -74,7 +74,7 @@ def _check_engine_model(repo: Path, topo: Topology, spec: Spec, out: Findings) -
     path = repo / name / "config.pbtxt"
     if not path.is_file():
         return  # reported by the repository checks
-    parsed = parse_config(path)[0]
+    parsed = parse_config(path, inside=repo)[0]
     if parsed is None:
         return
     text, cfg = parsed
@@ -103,7 +103,7 @@ def _check_engine_model(repo: Path, topo: Topology, spec: Spec, out: Findings) -
         out.add(path, text.field("parameters"), f"{topo.instance_count} instances without max_tokens_in_paged_kv_cache: "
                 "each takes kv_cache_free_gpu_mem_fraction of what is free when it loads, so their KV caches differ",
                 f"set max_tokens_in_paged_kv_cache to {topo.kv_tokens_per_instance} (re-render)")
-    elif kv and kv.isdigit() and topo.kv_tokens_per_instance and int(kv) > topo.kv_tokens_per_instance:
+    elif (tokens := count_value(kv)) is not None and topo.kv_tokens_per_instance and tokens > topo.kv_tokens_per_instance:
         out.add(path, text.parameter("max_tokens_in_paged_kv_cache"), f"max_tokens_in_paged_kv_cache {kv} exceeds the "
                 f"{topo.kv_tokens_per_instance} tokens the memory plan leaves per instance",
                 f"lower it to {topo.kv_tokens_per_instance} or use more GPUs per instance")
@@ -122,7 +122,7 @@ def _check_id_sets(path: Path, text: Any, key: str, got: Optional[str], want: Op
                 f"set {key} to {want!r}")
         return
     sets = [[s.strip() for s in part.split(",") if s.strip()] for part in got.split(";")]
-    ids = [int(i) for s in sets for i in s if i.isdigit()]
+    ids = [n for s in sets for i in s if (n := count_value(i)) is not None]
     why = []
     if len(sets) != topo.instance_count:
         why.append(f"{len(sets)} set(s) for {topo.instance_count} instance(s)")

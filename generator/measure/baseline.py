@@ -17,7 +17,7 @@ from generator.fsutil import read_json_object, read_text_bounded
 from generator.measure.evidence import (
     BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, SKETCH_PERCENTS, Evidence, RunFigures, Sketch, run_figures, summarize_figures,
 )
-from generator.measure.metrics import LATENCY_BY_KEY
+from generator.measure.metrics import LATENCY_BY_KEY, METRICS
 from generator.measure.records import read_records
 from generator.measure.results import LoadTestResult
 
@@ -155,6 +155,10 @@ def _implausible(evidence: Evidence) -> Optional[str]:
             return problem
         if any(v is not None and not math.isfinite(v) for v in run.figures.values()):
             return f"run {run.label!r} has a figure that is not a finite number"
+        bare = [k for k, v in run.figures.items() if v is not None and k in METRICS and METRICS[k].kind == "proportion"
+                and run.counts.get(k, (0, 0))[1] < 1]  # the interval of a share reads its counts (review19: a traceback)
+        if bare:
+            return f"run {run.label!r} has a share ({', '.join(bare)}) without the counts behind it"
     return None
 
 

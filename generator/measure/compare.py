@@ -54,6 +54,9 @@ class MetricComparison(BaseModel):
     difference: Optional[intervals.Interval]
     """candidate − baseline in the metric's unit."""
     relative: bool
+    runs: tuple[int, int]
+    """Runs on each side (baseline, candidate) that carry the figure: fewer than the side's runs when a run
+    measured none (every request failed); the interval is run-to-run only with two or more on both."""
     method: str
     verdict: Change
     measured: Change
@@ -201,7 +204,7 @@ def compare_metric(name: str, base: Evidence, cand: Evidence, blocked: Optional[
     b, c = _values(base, name), _values(cand, name)
     row = dict(metric=name, label=metric.label, unit=metric.unit, direction=metric.direction,
                baseline=sum(b) / len(b) if b else None, candidate=sum(c) / len(c) if c else None,
-               relative=metric.kind != "proportion")
+               relative=metric.kind != "proportion", runs=(len(b), len(c)))
     if not b or not c:
         return MetricComparison(**row, change=None, difference=None, method="not measured on both sides",
                                 verdict=Change.NOT_COMPARABLE, measured=Change.NOT_COMPARABLE)

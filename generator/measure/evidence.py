@@ -117,8 +117,7 @@ def run_figures(label: str, result: LoadTestResult) -> RunFigures:
         if metric.counts and (c := metric.counts(result)):
             counts[name] = c
     return RunFigures(label=label, figures={name: METRICS[name].read(result) for name in COMPARED}, counts=counts,
-                      requests=result.counts.ok, client_limited=result.client.client_limited,
-                      client_reasons=result.client.reasons)
+                      requests=result.counts.ok, client_limited=bool(result.load_limits), client_reasons=result.load_limits)
 
 
 def summarize_figures(runs: list[RunFigures], samples: dict[str, Sketch],

@@ -21,7 +21,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from generator.errors import SpecError
-from generator.measure.compare import Comparison
+from generator.measure.compare import Comparison, MetricComparison
 from generator.measure.intervals import Interval
 from generator.measure.metrics import COMPARED, Direction, Metric, lookup
 from generator.measure.results import TermOutcome, Verdict
@@ -112,12 +112,13 @@ ONE_RUN = ("one run on a side: its interval covers request-to-request variation 
            "moves from run to run, so it cannot show an absence of regression: --repeat N (2 or more a side)")
 
 
-def _one_run_pass(term: GateTerm, outcome: TermOutcome, comparison: Comparison) -> bool:
+def _one_run_pass(term: GateTerm, outcome: TermOutcome, row: MetricComparison) -> bool:
     """A pass from one run on a side, whose interval is narrower than two runs give (run to run): with the server's
     speed moving 5% between runs it passed a true +15% regression 3 times in 40 against ``+10%`` (a 95% interval
-    allows 1), where two runs a side read inconclusive (review 13). Rates (pooled counts) use the same method at any
-    number of runs."""
-    return outcome is TermOutcome.PASS and min(comparison.runs) < 2 and term.metric.kind != "proportion"
+    allows 1), where two runs a side read inconclusive (review 13). Runs that carry the figure count: of two
+    candidate runs, one whose every request failed left the other's narrow interval to pass (review 19). Rates
+    (pooled counts) use the same method at any number of runs."""
+    return outcome is TermOutcome.PASS and min(row.runs) < 2 and term.metric.kind != "proportion"
 
 
 def evaluate_gate(terms: list[GateTerm], comparison: Comparison) -> GateVerdict:
@@ -134,7 +135,7 @@ def evaluate_gate(terms: list[GateTerm], comparison: Comparison) -> GateVerdict:
         why = blocked
         if blocked and outcome is not TermOutcome.NOT_MEASURED:
             outcome = TermOutcome.INCONCLUSIVE
-        elif _one_run_pass(term, outcome, comparison):
+        elif _one_run_pass(term, outcome, row):
             outcome, why = TermOutcome.INCONCLUSIVE, ONE_RUN
         rows.append(GateTermResult(
             term=term.text, metric=term.metric.name, limit=term.limit, relative=row.relative,

@@ -192,10 +192,12 @@ def search(measure: Callable[[float, int], RoundSample], tune: TuneSpec, *, open
             load = min(load * 2, ceiling)
             continue
         if lo is None:
-            if load <= (1 if not open_loop else first / 8):
+            # a rate halved rounds to 3 decimals: below 0.002/s onto itself or 0, measured again for ever (review19)
+            lower = max(1.0, float(int(load // 2))) if not open_loop else round(load / 2, 3)
+            if load <= (1 if not open_loop else first / 8) or not 0 < lower < load:
                 note = f"even load {load:g} did not pass"
                 break
-            load = (max(1.0, float(int(load // 2))) if not open_loop else round(load / 2, 3))
+            load = lower
             continue
         nxt = midpoint(lo, hi)
         if nxt is None:

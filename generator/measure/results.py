@@ -376,6 +376,14 @@ class LoadTestResult(Summary):
     slo: Optional[SloVerdict] = None
     """None without an SLO."""
 
+    @property
+    def load_limits(self) -> list[str]:
+        """Why the load generator, not the server, may have set the figures (empty: nothing says so): its client
+        verdict, or a run that lost a Locust worker (less load than its identity says, that worker's requests
+        missing): compare and tune judged such a run as a whole one (review19)."""
+        limits = (self.client.reasons or ["client-limited"]) if self.client.client_limited else []
+        return limits + ([f"run incomplete: {self.run.integrity.incomplete}"] if self.run.integrity.incomplete else [])
+
 
 class LevelFigures(BaseModel):
     """A load level's figures, each with its interval and the requests behind it."""

@@ -70,9 +70,15 @@ def plan_sweep(sets: list[str], need_axis: bool = True) -> SweepPlan:
             values = [v.strip() for v in raw.split(",")]
             if any(not v for v in values):
                 raise SpecError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")
+            if len(set(values)) != len(values):  # review19: two settings of one label, compare took either
+                raise SpecError(f"a value given twice in {item!r}", where="--set", fix="give each value once")
             axes.append((".".join(keys), values))
         else:
             fixed.append(item)
+    swept = [key for key, _ in axes]
+    if len(set(swept)) != len(swept):  # the last one served, both shown in every label
+        raise SpecError(f"{sorted(k for k in swept if swept.count(k) > 1)[0]} is swept twice", where="--set",
+                        fix="give the field one --set with all its values")
     count = math.prod(len(values) for _, values in axes)
     if count > MAX_POINTS:
         raise SpecError(f"{count:,} combinations of the --set values; at most {MAX_POINTS:,} are measured (each is a "
@@ -88,7 +94,7 @@ def best_point(points: list[SweepPoint], with_slo: bool) -> Optional[BestPoint]:
     """Highest output tokens/s among points that pass the SLO (or, without one, completed cleanly)."""
     def eligible(p: SweepPoint) -> bool:
         r = p.results
-        if p.status is not PointStatus.OK or r is None or r.client.client_limited:
+        if p.status is not PointStatus.OK or r is None or r.load_limits:  # client-limited, or a worker lost
             return False
         if not r.throughput.output_tokens_per_s:
             return False
@@ -189,6 +195,7 @@ def run_sweep(spec: Spec, plan: SweepPlan, out_dir: Path, *, gpu_visible: bool =
 
     from generator.measure.report_sweep import write_sweep_report
 
+    spec = with_overrides(spec, plan.fixed)  # review19: an SLO fixed by --set judged every point, but not the best
     points = []
     for i, overrides in enumerate(plan.points):
         label = plan.label(overrides)

@@ -119,9 +119,9 @@ def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
                               url=f"http://{server.http_url}", grpc_url=server.grpc_url, metrics_url=server.metrics_url,
                               admin_key=server.admin_key, title=f"tune level {load:g} {unit}, round {rnd + 1}",
                               report=False)
-        client = result.results.client
-        return RoundSample(rows=request_rows(result.requests, objs), client_limited=client.client_limited,
-                           client_reasons=tuple(client.reasons), seconds=time.monotonic() - started,
+        limits = result.results.load_limits
+        return RoundSample(rows=request_rows(result.requests, objs), client_limited=bool(limits),
+                           client_reasons=tuple(limits), seconds=time.monotonic() - started,
                            dir=str(folder.relative_to(out_dir.parent)))  # the run's folder is renamed at the end
 
     return measure

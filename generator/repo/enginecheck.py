@@ -20,7 +20,7 @@ from generator.engine.memory import memory_plan
 from generator.engine.rules import RERENDER, batch_fits_engine, kv_cap_fits
 from generator.engine.shape import model_shape, read_model_config
 from generator.errors import TritongenError
-from generator.repo.problems import ConfigText, Problem, not_built
+from generator.repo.problems import ConfigText, Problem, count_value, not_built
 from generator.spec import Spec
 
 _PATHS = ("gpt_model_path", "tokenizer_dir", "executor_worker_path")
@@ -60,8 +60,8 @@ def _repository_vs_engine(file: str, text: ConfigText, params: dict[str, str], m
     """What the config asks of the engine at load (rule "runtime_batch_and_beam")."""
     problems = [Problem(file, text.field("max_batch_size"), f.message, f.fix)
                 for f in batch_fits_engine(mbs, engine.max_batch_size, engine.config_path)]
-    beam = params.get("max_beam_width", "1")
-    if beam.isdigit() and int(beam) > engine.max_beam_width:
+    beam = count_value(params.get("max_beam_width", "1"))
+    if beam is not None and beam > engine.max_beam_width:
         problems.append(Problem(file, text.parameter("max_beam_width"), f"max_beam_width {beam} exceeds the engine's "
                                 f"{engine.max_beam_width}", f"re-render ({RERENDER}), or rebuild the engine with build.max_beam_width={beam}"))
     if engine.tp_size * engine.pp_size != engine.world_size:

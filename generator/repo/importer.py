@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from generator.engine.facts import KV_ALGOS, QUANT_ALGOS, read_engine_if_built, runtime_limits
 from generator.errors import ArtifactCorrupt, ArtifactMissing, TritongenError
 from generator.repo.meaning import ModelMeaning, RepoMeaning, read_meaning
+from generator.repo.problems import count_value
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -149,8 +150,7 @@ def _ifb(meaning: RepoMeaning, spec: dict[str, Any], result: ImportResult) -> No
         raise ArtifactCorrupt("no tensorrt_llm model (inflight_batcher_llm layout expected)", where="tensorrt_llm/config.pbtxt",
                              fix="point tritongen import at the folder that holds ensemble/, preprocessing/, tensorrt_llm/ …")
     pre = meaning.models.get("preprocessing")
-    prompt_limit = (int(pre.parameters["max_input_len"])  # the prompt limit render wrote
-                    if pre is not None and pre.parameters.get("max_input_len", "").isdigit() else None)
+    prompt_limit = count_value(pre.parameters.get("max_input_len")) if pre is not None else None  # render wrote it
     cpu = trt.backend == "python"
     _set(spec, "serving.engine", "cpu-reference" if cpu else "tensorrtllm")
     _set(spec, "serving.max_batch_size", trt.max_batch_size)

@@ -139,6 +139,12 @@ def type_name(dtype: int) -> str:
     return model_config_pb2().DataType.Name(dtype)
 
 
+def count_value(text: Optional[str]) -> Optional[int]:
+    """The count a parameter's text spells in ASCII digits (at most 18), else None: ``str.isdigit`` also takes
+    "²", which ``int`` refuses, and ``int`` refuses 4,300 digits (review19: tracebacks in import and validate)."""
+    return int(text) if text and len(text) < 19 and text.isascii() and text.isdigit() else None
+
+
 @functools.lru_cache(maxsize=64)
 def _parsed_model_config(text: str) -> Any:
     """``text`` parsed as a ModelConfig, once per distinct text: protobuf's text parser is pure Python (10-15 ms
@@ -149,15 +155,22 @@ def _parsed_model_config(text: str) -> Any:
     return text_format.Parse(text, model_config_pb2().ModelConfig())
 
 
+MAX_CONFIG_BYTES = 256 << 10
+"""A config.pbtxt read at most: NVIDIA's largest is some 20 KB. protobuf's pure-Python text parser and the
+parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters held validate 65 s and diff 37 s;
+the 64 MiB other files may have would have held each for over ten minutes)."""
+
+
 def parse_config(path: Path, *, inside: Optional[Path] = None) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
     """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems). Only a regular
-    file of bounded size (and, with ``inside``, one resolving inside that folder) is read."""
+    file of at most MAX_CONFIG_BYTES (and, with ``inside``, one resolving inside that folder) is read."""
     from google.protobuf import text_format
 
     from generator.fsutil import read_text_bounded
 
     try:
-        text = read_text_bounded(path, fix="re-render, or replace the file with a model configuration", inside=inside)
+        text = read_text_bounded(path, fix="re-render, or replace the file with a model configuration",
+                                 limit=MAX_CONFIG_BYTES, inside=inside)
     except ArtifactCorrupt as exc:
         return None, [Problem(str(path), None, exc.message, exc.fix or "")]
     ct = ConfigText(path, text)

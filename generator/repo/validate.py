@@ -96,7 +96,7 @@ def _load_models(repo: Path, expected: list[str], report: Report, *, others: boo
     for folder in folders:
         if not (folder / "config.pbtxt").is_file():
             continue
-        parsed, problems = parse_config(folder / "config.pbtxt")
+        parsed, problems = parse_config(folder / "config.pbtxt", inside=repo)  # never quote a file elsewhere
         report.extend(problems)
         if parsed is not None:
             models[folder.name] = Model(folder.name, folder, *parsed, role=(roles or {}).get(folder.name, ""))
@@ -138,7 +138,7 @@ def _validate_llmapi(repo: Path, manifest: Optional[RepoManifest], spec: Optiona
     check_tokenizers({engine.name: engine}, spec, report)
     check_engine(engine, spec, report)
     front_cfg = repo / LLMAPI_MODEL / "config.pbtxt"
-    parsed = parse_config(front_cfg)[0] if front_cfg.is_file() else None  # its own problems: validate_llmapi
+    parsed = parse_config(front_cfg, inside=repo)[0] if front_cfg.is_file() else None  # its own problems: validate_llmapi
     if parsed is None:
         return
     front = Model(LLMAPI_MODEL, front_cfg.parent, *parsed)

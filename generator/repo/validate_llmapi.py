@@ -83,8 +83,8 @@ def _check_model_yaml(path: Path, doc: dict[str, Any], lines: dict[tuple[str, ..
     return problems
 
 
-def _check_config(path: Path, tc: dict[str, Any] | None) -> list[Problem]:
-    parsed, problems = parse_config(path)
+def _check_config(path: Path, tc: dict[str, Any] | None, repo: Path) -> list[Problem]:
+    parsed, problems = parse_config(path, inside=repo)
     if parsed is None:
         return problems
     text, cfg = parsed
@@ -214,7 +214,7 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
     if not cfg_path.is_file():
         problems.append(Problem(str(cfg_path), None, "config.pbtxt is missing", "re-render with `tritongen render`"))
     else:
-        problems += _check_config(cfg_path, tc)
+        problems += _check_config(cfg_path, tc, repo)
     problems += _check_model_code(model_dir)
     if spec is not None and doc:
         expected = llmapi_model_yaml(spec)

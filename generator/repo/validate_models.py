@@ -5,12 +5,11 @@ names and the form of their values)."""
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from generator.repo.problems import ConfigText, Problem, Severity, type_name
+from generator.repo.problems import ConfigText, Problem, Severity, count_value, type_name
 from generator.repo.render import EXTRA_PARAMETERS, reference_facts
 from generator.resources import data_json
 
@@ -153,7 +152,7 @@ def check_parameters(m: Model, report: Report) -> None:
             _unfilled(m, key, v, line, report)
             continue
         if key in _INT_PARAMS:
-            if not re.fullmatch(r"-?\d+", v) or int(v) < 0:
+            if count_value(v) is None:  # 5,000 digits were a ValueError from int() (review19)
                 report.add(m.file, line, f"parameter {key!r} must be a non-negative integer, got {value!r}",
                            "write a whole number")
         elif key in _FRACTION_PARAMS:
@@ -176,7 +175,11 @@ def check_model(m: Model, report: Report) -> None:
     if cfg.name and cfg.name != m.name:
         report.add(m.file, m.text.field("name"), f"name is {cfg.name!r} but the folder is {m.name!r}",
                    f'set name: "{m.name}" (Triton requires them to match)')
-    if cfg.platform != "ensemble" and cfg.backend not in KNOWN_BACKENDS:
+    if cfg.platform and cfg.backend:  # review19: validate passed it, and Triton refused to load the repository
+        report.add(m.file, m.text.field("platform"), f"both platform {cfg.platform!r} and backend {cfg.backend!r}: Triton "
+                   "loads a model by one of them (an ensemble has no backend) and refuses this pair",
+                   'keep platform: "ensemble" for the ensemble, backend: "python" or "tensorrtllm" for the others')
+    elif cfg.platform != "ensemble" and cfg.backend not in KNOWN_BACKENDS:
         what = f"backend {cfg.backend!r}" if cfg.backend else "no backend"
         report.add(m.file, m.text.field("backend") or m.text.field("platform"),
                    f"{what}; this layout uses {' or '.join(KNOWN_BACKENDS)}", 'set backend: "python" or "tensorrtllm"')
