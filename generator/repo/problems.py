@@ -161,9 +161,10 @@ parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters he
 the 64 MiB other files may have would have held each for over ten minutes)."""
 
 
-def parse_config(path: Path, *, inside: Optional[Path] = None) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
+def parse_config(path: Path, *, inside: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
     """Parse a config.pbtxt as Triton's ModelConfig protobuf: ((text, config) or None, problems). Only a regular
-    file of at most MAX_CONFIG_BYTES (and, with ``inside``, one resolving inside that folder) is read."""
+    file of at most MAX_CONFIG_BYTES resolving inside the repository ``inside`` is read (a link to a token file
+    elsewhere was quoted in a parse error, review19)."""
     from google.protobuf import text_format
 
     from generator.fsutil import read_text_bounded
