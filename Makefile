@@ -39,6 +39,7 @@ demo: setup
 # share the run's cache, so the tiny model is trained and quantized once; a test whose figures another test's load
 # would blur is marked `alone` and runs while the other worker waits (tests/conftest.py; docs/benchmarks.md,
 # "Test suite").
+# Three workers measured no faster (docs/benchmarks.md, "Where the suite's CPU goes").
 TEST_WORKERS ?= 2
 # The HTML report test screenshots it with headless Chromium (Debian's package; installed when root).
 test: setup-dynamo
