@@ -50,6 +50,7 @@ def test_demo_outputs_are_real(demo_run):
     assert (quant["quant_algo"], quant["kv_cache_quant_algo"]) == ("NVFP4", "FP8")
     assert "lm_head" in quant["exclude_modules"]
     assert figures["quantize"]["sizes"]["quantized_linear_ratio"] <= 0.30
+    assert figures["quantize"]["reused"]["from_cache"]  # the run's checkpoint (demo_run), not quantized again
     assert figures["loadtest"]["requests_ok"] > 0 and figures["loadtest"]["errors"] == 0
     assert [p["status"] for p in figures["sweep"]["points"]] == ["ok", "ok"]
     points = json.loads((out / "sweep" / "points.json").read_text())["points"]  # 16: the served repository's load test
