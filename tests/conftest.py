@@ -302,16 +302,19 @@ SESSION_SERVERS = {"cpu_server", "llmapi_server"}
 SERVER_SCOPES = {
     "cpu server": ("argvkey", "bls", "cpu_engine", "gate_server", "hardening", "loadgen", "loadtest_server",
                    "report", "smoke", "soak", "sweep"),
-    "both servers": ("bls_streams", "llmapi_server", "runtime_security", "server"),
+    "both servers": ("bls_streams", "llmapi_server", "runtime_security", "scenarios", "server"),
 }
-"""The modules using SESSION_SERVERS (checked at collection), in two scopes of the scheduler, each run by one
+"""The modules using SESSION_SERVERS (checked after each test), in two scopes of the scheduler, each run by one
 worker: the CPU server starts twice and the LLM-API server and the session load tests once, not on every worker.
 Two scopes, not one: one would hold about half the suite's time, more than a worker's share."""
 _SCOPE_OF = {f"tests/test_{m}.py": scope for scope, modules in SERVER_SCOPES.items() for m in modules}
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """loadscope (a module's tests on one worker, in file order) with the SERVER_SCOPES' modules together."""
+    """loadscope (a module's tests on one worker, in file order) with the SERVER_SCOPES' modules together; another
+    --dist is left as asked."""
+    if config.getvalue("dist") != "loadscope":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ServersTogether(LoadScopeScheduling):
@@ -322,14 +325,15 @@ def pytest_xdist_make_scheduler(config, log):
     return ServersTogether(config, log)
 
 
-def pytest_collection_modifyitems(config, items):
-    """A module that uses a session server but is in none of SERVER_SCOPES would start it on yet another worker:
-    an error at collection, naming the module."""
-    strays = sorted({item.nodeid.split("::", 1)[0] for item in items
-                     if SESSION_SERVERS & set(getattr(item, "fixturenames", ()))} - _SCOPE_OF.keys())
-    if strays:
-        raise pytest.UsageError(f"{', '.join(strays)} use a session server: add them to SERVER_SCOPES in "
-                                "tests/conftest.py")
+@pytest.fixture(autouse=True)
+def _session_servers_stay_in_their_scopes(request):
+    """A test that used a session server (as an argument or by ``request.getfixturevalue``, as the scenarios do)
+    from a module in none of SERVER_SCOPES would start it on yet another worker: an error naming the module."""
+    yield
+    module = request.node.nodeid.split("::", 1)[0]
+    used = sorted(SESSION_SERVERS & set(request.fixturenames))
+    if used and module not in _SCOPE_OF:
+        pytest.fail(f"{module} uses {', '.join(used)}: add it to SERVER_SCOPES in tests/conftest.py", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)
