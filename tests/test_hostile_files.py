@@ -131,6 +131,36 @@ def test_validate_never_quotes_a_config_pbtxt_that_resolves_outside_the_reposito
     assert "SECRET" not in found and re.search(r"config\.pbtxt: resolves outside", found), found
 
 
+@pytest.mark.parametrize("swapped", ["file", "folder"])
+def test_a_config_pbtxt_swapped_for_a_link_after_its_check_is_not_read(cpu, tmp_path, monkeypatch, swapped):
+    """review20: whoever can write into the repository while validate runs swaps postprocessing's config.pbtxt (or
+    its whole folder) for a link to a token file elsewhere between the check that it resolves inside and its
+    open: the token was read and quoted in the parse error (a race hit 400 times in 10 s). Here the swap
+    happens exactly then, inside the open."""
+    token = tmp_path / "home" / "token"
+    token.parent.mkdir()
+    token.write_text("hf_SECRETqwertyuiop\n")
+    (token.parent / "config.pbtxt").symlink_to(token)
+    target = cpu / "postprocessing" / "config.pbtxt"
+    real_open, swaps = os.open, []
+
+    def swap_then_open(path, *args, **kwargs):
+        if str(path) == str(target) and not swaps:
+            swaps.append(path)
+            if swapped == "file":
+                target.unlink()
+                target.symlink_to(token)
+            else:
+                target.parent.rename(cpu / "moved-away")
+                target.parent.symlink_to(token.parent)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    found = messages(cpu)
+    assert swaps and "SECRET" not in found, found
+    assert re.search(r"postprocessing/config\.pbtxt: (cannot be opened|changed while it was read)", found), found
+
+
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
     """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
     where an engine has a number: validate and import name the key and the type found, never the text
