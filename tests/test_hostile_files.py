@@ -21,6 +21,7 @@ from generator.errors import ArtifactCorrupt, SpecError
 from generator.measure.records import MAX_LINE_BYTES, read_records, records_header
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
+from generator.repo.problems import MAX_CONFIG_BYTES
 from generator.repo.render import render_repository
 from generator.repo.validate import validate_repository
 from generator.repo.validate_artifacts import tokenizer_load_error
@@ -61,11 +62,17 @@ def test_alias_bomb_model_yaml_is_one_problem_not_a_hang(llmapi, rendered):
     assert any(d.where.endswith("model.yaml") and d.b == "does not parse" for d in differences)
 
 
-@pytest.mark.parametrize("kind", ["dev-zero", "sparse-2GiB", "binary", "deep"])
+@pytest.mark.parametrize("kind", ["dev-zero", "sparse-2GiB", "binary", "deep", "past-its-bound"])
 def test_model_yaml_that_is_no_text_file_is_one_problem(llmapi, kind):
+    """past-its-bound (review20): a model.yaml of valid keys past MAX_CONFIG_BYTES is not parsed (PyYAML took 5 s of
+    CPU a MiB, twice in validate and once per side in import and diff, up to the 64 MiB any file may have)."""
     path = llmapi / "tensorrt_llm" / "1" / "model.yaml"
+    text = path.read_text()
     path.unlink()
-    if kind == "dev-zero":
+    if kind == "past-its-bound":
+        path.write_text(text + "".join(f"k{i:07d}: {i}\n" for i in range(MAX_CONFIG_BYTES // 10)))
+        assert str(path) in read_meaning(llmapi).unreadable
+    elif kind == "dev-zero":
         path.symlink_to("/dev/zero")
     elif kind == "sparse-2GiB":
         with open(path, "wb") as f:
@@ -76,7 +83,7 @@ def test_model_yaml_that_is_no_text_file_is_one_problem(llmapi, kind):
         path.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
     text = messages(llmapi)
     assert {"dev-zero": "resolves outside", "sparse-2GiB": "more than", "binary": "not UTF-8",
-            "deep": "nested deeper"}[kind] in text
+            "deep": "nested deeper", "past-its-bound": f"more than the {MAX_CONFIG_BYTES:,}"}[kind] in text
 
 
 def test_fifo_config_does_not_block_validate_import_or_diff(cpu, rendered, tmp_path):

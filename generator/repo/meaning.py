@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from generator.errors import ArtifactCorrupt, TritongenError
 from generator.fsutil import read_text_bounded
-from generator.repo.problems import parse_config, type_name
+from generator.repo.problems import MAX_CONFIG_BYTES, parse_config, type_name
 from generator.spec.load import safe_yaml
 
 PLACEHOLDER = "${"
@@ -146,7 +146,7 @@ def _model_yaml(repo: Path, meaning: RepoMeaning) -> None:
     if not path.exists():
         return
     try:
-        data = safe_yaml(read_text_bounded(path, fix=_REREAD, inside=repo), str(path))
+        data = safe_yaml(read_text_bounded(path, fix=_REREAD, limit=MAX_CONFIG_BYTES, inside=repo), str(path))
     except (TritongenError, yaml.YAMLError):
         meaning.unreadable.append(str(path))
         return

@@ -156,9 +156,10 @@ def _parsed_model_config(text: str) -> Any:
 
 
 MAX_CONFIG_BYTES = 256 << 10
-"""A config.pbtxt read at most: NVIDIA's largest is some 20 KB. protobuf's pure-Python text parser and the
-parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters held validate 65 s and diff 37 s;
-the 64 MiB other files may have would have held each for over ten minutes)."""
+"""A config.pbtxt or model.yaml read at most: NVIDIA's largest config is some 20 KB, a model.yaml 1 KB. protobuf's
+pure-Python text parser and the parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters held
+validate 65 s and diff 37 s; the 64 MiB other files may have would have held each for over ten minutes), PyYAML's
+about 5 s a MiB, twice in validate (review20: a 14 MB model.yaml held validate and import for over a minute each)."""
 
 
 def parse_config(path: Path, *, inside: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:
