@@ -309,19 +309,41 @@ def unreadable_file(path: Path, *, limit: int = MAX_READ_BYTES) -> Optional[str]
     return None
 
 
+def _opened_path(fd: int, fallback: Path) -> Path:
+    """The path of the file open as ``fd`` as the kernel resolved it (Linux's /proc), else ``fallback``."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return fallback
+
+
 def read_text_bounded(path: Path, *, fix: str, limit: int = MAX_READ_BYTES, inside: Optional[Path] = None) -> str:
     """The UTF-8 text of ``path``, read only when it is a regular file (never a FIFO that would block, a
     device such as /dev/zero, or a folder) of at most ``limit`` bytes, and, with ``inside``, when it
-    resolves inside that folder. Anything else is ArtifactCorrupt naming the file (never its content)."""
-    path = Path(path)
-    if inside is not None and not _inside(path.resolve(), Path(inside).resolve()):
-        raise ArtifactCorrupt(f"resolves outside {inside} (to {path.resolve()}); only files inside it are read",
-                              where=str(path), fix=fix)
+    resolves inside that folder, also when the path changes between that check and the read (the path
+    resolved is opened without following a link, and the file opened must lie inside). Anything else is
+    ArtifactCorrupt naming the file (never its content)."""
+    path = opened = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if inside is not None:
+        folder = Path(inside).resolve()
+        try:
+            opened = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a link loop, or a link swapped in while it was followed
+            raise ArtifactCorrupt(f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}", where=str(path),
+                                  fix=fix) from None
+        if not _inside(opened, folder):
+            raise ArtifactCorrupt(f"resolves outside {inside} (to {opened}); only files inside it are read",
+                                  where=str(path), fix=fix)
+        flags |= getattr(os, "O_NOFOLLOW", 0)  # the path checked, never a link put there since (review20)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(opened, flags)
     except OSError as exc:
         raise ArtifactCorrupt(f"cannot be opened: {exc.strerror}", where=str(path), fix=fix) from None
     with os.fdopen(fd, "rb") as f:
+        if inside is not None and not _inside(_opened_path(fd, opened), folder):  # a folder above swapped for a link
+            raise ArtifactCorrupt(f"changed while it was read: it no longer resolves inside {inside}; only files inside "
+                                  "it are read", where=str(path), fix=fix)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactCorrupt("not a regular file (a FIFO, device, socket or folder)", where=str(path), fix=fix)

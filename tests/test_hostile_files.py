@@ -21,6 +21,7 @@ from generator.errors import ArtifactCorrupt, SpecError
 from generator.measure.records import MAX_LINE_BYTES, read_records, records_header
 from generator.repo.importer import import_repository
 from generator.repo.meaning import diff_meanings, read_meaning
+from generator.repo.problems import MAX_CONFIG_BYTES
 from generator.repo.render import render_repository
 from generator.repo.validate import validate_repository
 from generator.repo.validate_artifacts import tokenizer_load_error
@@ -61,11 +62,17 @@ def test_alias_bomb_model_yaml_is_one_problem_not_a_hang(llmapi, rendered):
     assert any(d.where.endswith("model.yaml") and d.b == "does not parse" for d in differences)
 
 
-@pytest.mark.parametrize("kind", ["dev-zero", "sparse-2GiB", "binary", "deep"])
+@pytest.mark.parametrize("kind", ["dev-zero", "sparse-2GiB", "binary", "deep", "past-its-bound"])
 def test_model_yaml_that_is_no_text_file_is_one_problem(llmapi, kind):
+    """past-its-bound (review20): a model.yaml of valid keys past MAX_CONFIG_BYTES is not parsed (PyYAML took 5 s of
+    CPU a MiB, twice in validate and once per side in import and diff, up to the 64 MiB any file may have)."""
     path = llmapi / "tensorrt_llm" / "1" / "model.yaml"
+    text = path.read_text()
     path.unlink()
-    if kind == "dev-zero":
+    if kind == "past-its-bound":
+        path.write_text(text + "".join(f"k{i:07d}: {i}\n" for i in range(MAX_CONFIG_BYTES // 10)))
+        assert str(path) in read_meaning(llmapi).unreadable
+    elif kind == "dev-zero":
         path.symlink_to("/dev/zero")
     elif kind == "sparse-2GiB":
         with open(path, "wb") as f:
@@ -76,7 +83,7 @@ def test_model_yaml_that_is_no_text_file_is_one_problem(llmapi, kind):
         path.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
     text = messages(llmapi)
     assert {"dev-zero": "resolves outside", "sparse-2GiB": "more than", "binary": "not UTF-8",
-            "deep": "nested deeper"}[kind] in text
+            "deep": "nested deeper", "past-its-bound": f"more than the {MAX_CONFIG_BYTES:,}"}[kind] in text
 
 
 def test_fifo_config_does_not_block_validate_import_or_diff(cpu, rendered, tmp_path):
@@ -129,6 +136,36 @@ def test_validate_never_quotes_a_config_pbtxt_that_resolves_outside_the_reposito
     target.symlink_to(token.parent if link == "postprocessing" else token)
     found = messages(repo)
     assert "SECRET" not in found and re.search(r"config\.pbtxt: resolves outside", found), found
+
+
+@pytest.mark.parametrize("swapped", ["file", "folder"])
+def test_a_config_pbtxt_swapped_for_a_link_after_its_check_is_not_read(cpu, tmp_path, monkeypatch, swapped):
+    """review20: whoever can write into the repository while validate runs swaps postprocessing's config.pbtxt (or
+    its whole folder) for a link to a token file elsewhere between the check that it resolves inside and its
+    open: the token was read and quoted in the parse error (a race hit 400 times in 10 s). Here the swap
+    happens exactly then, inside the open."""
+    token = tmp_path / "home" / "token"
+    token.parent.mkdir()
+    token.write_text("hf_SECRETqwertyuiop\n")
+    (token.parent / "config.pbtxt").symlink_to(token)
+    target = cpu / "postprocessing" / "config.pbtxt"
+    real_open, swaps = os.open, []
+
+    def swap_then_open(path, *args, **kwargs):
+        if str(path) == str(target) and not swaps:
+            swaps.append(path)
+            if swapped == "file":
+                target.unlink()
+                target.symlink_to(token)
+            else:
+                target.parent.rename(cpu / "moved-away")
+                target.parent.symlink_to(token.parent)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    found = messages(cpu)
+    assert swaps and "SECRET" not in found, found
+    assert re.search(r"postprocessing/config\.pbtxt: (cannot be opened|changed while it was read)", found), found
 
 
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):

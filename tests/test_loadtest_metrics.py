@@ -376,6 +376,17 @@ def test_client_limited_run_never_passes_and_fails_only_beyond_its_own_error():
     assert evaluate(parse_slo("output_tokens_per_s>1e9"), res, limited).verdict is Verdict.INCONCLUSIVE
 
 
+def test_a_run_that_lost_a_worker_never_passes_its_slo():
+    """review20: a run whose Locust master lost a worker exits 1, but its SLO verdict (results.json, the JUnit
+    file, the CI summary) read PASS, as review19 found compare did: less load than asked, that worker's requests
+    missing. A pass is inconclusive, naming the loss; a fail stands."""
+    res = summarize(_run())
+    ttft = res.latency_ms.ttft.p95
+    lost = evaluate(parse_slo(f"ttft_p95<{ttft + 1}ms"), res, _client(False), "worker 1 lost")
+    assert lost.verdict is Verdict.INCONCLUSIVE and lost.reason == "run incomplete: worker 1 lost"
+    assert evaluate(parse_slo(f"ttft_p95<{ttft - 1}ms"), res, _client(False), "worker 1 lost").verdict is Verdict.FAIL
+
+
 def test_client_verdict_flags_cpu_lag_and_lateness():
     lat = summarize(_run()).latency_ms
     calm = process_record(wall_s=10.0, cpu_s=2.0, lag_ns=[1 * MS] * 100, lag_max_ns=2 * MS)

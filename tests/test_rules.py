@@ -15,6 +15,7 @@ from generator.engine.facts import TRTLLM_VERSION
 from generator.engine.plan import make_plan
 from generator.errors import TritongenError
 from generator.repo import render
+from generator.repo.importer import import_repository
 from generator.repo.validate import validate_repository
 from generator.resources import data_json
 from generator.spec import EngineTarget, load_spec
@@ -196,3 +197,6 @@ def test_bls_instances_that_cannot_fill_the_batch_are_warned_by_validate(tokeniz
     config.write_text(config.read_text().replace("count: 2 ", "count: 1 "))
     [edited] = bls_warnings(repo)
     assert (edited.message, edited.fix, edited.line) == (expected.message, expected.fix, found.line)
+    config.write_text(config.read_text().replace("count: 1 kind: KIND_CPU", "count: 1 kind: KIND_GPU gpus: [ 0, 1 ]"))
+    assert bls_warnings(repo) == []  # review20: one instance on each of two GPUs is two, as for import
+    assert import_repository(repo).spec["serving"]["bls_instances"] == 2

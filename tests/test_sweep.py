@@ -140,16 +140,19 @@ def test_points_measured_before_the_sweep_are_taken_as_they_are_and_serve_nothin
     assert [r.figures for r in swept.runs] == [r.figures for r in made.runs]
 
 
-def test_an_slo_fixed_by_set_decides_the_best_point(tmp_path):
+@pytest.mark.parametrize("slo", ["ttft_p95<1ms", "ttft_p95<1ms,error_rate<50%"])
+def test_an_slo_fixed_by_set_decides_the_best_point(tmp_path, slo):
     """review19: ``--set loadtest.slo=…`` (a fixed override) judged every point, but the best point was picked by the
-    no-SLO rule from the spec without it, so a sweep whose every point failed its SLO named a best and exited 0."""
+    no-SLO rule from the spec without it, so a sweep whose every point failed its SLO named a best and exited 0.
+    review20: an SLO of two terms (its commas) was an axis of two one-term SLOs, the same failure."""
     from generator.measure.runner import LoadResult
     from generator.spec import load_spec
 
     (tmp_path / "made").mkdir()
     measured = {f"max_batch_size={b}": LoadResult(out_dir=tmp_path / "made", requests=[],
                                                   results=_result(100.0 * b, Verdict.FAIL, False, 0.0)) for b in (8, 16)}
-    plan = plan_sweep(["serving.max_batch_size=8,16", "loadtest.slo=ttft_p95<1ms"])
+    plan = plan_sweep(["serving.max_batch_size=8,16", f"loadtest.slo={slo}"])
+    assert [plan.label(p) for p in plan.points] == list(measured) and plan.fixed == [f"loadtest.slo={slo}"]
     result = run_sweep(load_spec(None, []), plan, tmp_path / "out", measured=measured)
     assert [p.results.slo.verdict for p in result.points] == [Verdict.FAIL] * 2 and result.best is None
 

@@ -228,7 +228,8 @@ def _run(spec: Spec, tmp: Path, repo: Optional[Path], url: Optional[str], grpc_u
 def sweep(
     spec_path: SpecPath = None,
     sets: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="KEY=V1,V2,... sweeps a field (several give every combination); KEY=V fixes one.")] = None,
+        "--set", help="KEY=V1,V2,... sweeps a field (several give every combination); "
+        "KEY=V fixes one (loadtest.slo, gate.max_change: their commas are one value).")] = None,
     users: Users = None,
     duration: Duration = None,
     requests: Requests = None,

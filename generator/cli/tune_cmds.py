@@ -23,7 +23,8 @@ Repeat = spec_option("tune.repeat", "--repeat")
 def tune(
     spec_path: SpecPath = None,
     sets: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="KEY=V1,V2,... gives a field several settings (several give every combination); KEY=V fixes one.")] = None,
+        "--set", help="KEY=V1,V2,... gives a field several settings (several give every combination); "
+        "KEY=V fixes one (loadtest.slo, gate.max_change: their commas are one value).")] = None,
     slo: Slo = None,
     attainment: Attainment = None,
     rate: Rate = None,

@@ -326,6 +326,7 @@ def run_loadtest(
     metrics = metrics_summary(getattr(sampler, "samples", []))
     client = client_verdict(processes, summary.latency_ms, lt.open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
+    integrity = _integrity(run)
     results = LoadTestResult(
         **dict(summary),
         server=ServerView(stages=stages, metrics=metrics, metrics_stages=counter_stages(metrics.counters),
@@ -333,8 +334,8 @@ def run_loadtest(
         client=client,
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
-                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=_integrity(run)),
-        slo=evaluate(slo_terms, summary, client) if slo_terms else None,
+                    loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=integrity),
+        slo=evaluate(slo_terms, summary, client, integrity.incomplete) if slo_terms else None,  # a lost worker: review20
     )
     _write_results(out_dir, results, report)
     return LoadResult(out_dir, results, requests)

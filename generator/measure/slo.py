@@ -94,21 +94,24 @@ def overall(outcomes: Iterable[TermOutcome]) -> Verdict:
     return Verdict.PASS if seen == {TermOutcome.PASS} else Verdict.INCONCLUSIVE
 
 
-def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict) -> SloVerdict:
+def evaluate(terms: list[Term], summary: Summary, client: ClientVerdict, incomplete: Optional[str] = None) -> SloVerdict:
     """Each term's measured value and outcome, and the overall verdict with its exit code.
 
-    fail if any term definitely fails; else inconclusive if the load generator limited the run or a term
-    was not measured; else pass.
+    fail if any term definitely fails; else inconclusive if the load generator limited the run, the run is
+    ``incomplete`` (a Locust worker lost: less load than asked, its requests missing) or a term was not measured;
+    else pass.
     """
     margin = client_margin_ms(client) if client.client_limited else 0.0
     rows = []
     for term in terms:
         value = term.metric.read(summary)
+        result = judge(term, value, client.client_limited, margin)
         rows.append(TermResult(
             term=term.text, metric=term.metric.name, op=term.op, limit=term.limit, measured=value, unit=term.metric.unit,
-            result=judge(term, value, client.client_limited, margin),
+            result=TermOutcome.INCONCLUSIVE if incomplete and result is TermOutcome.PASS else result,
         ))
     verdict = overall(r.result for r in rows)
-    reason = (f"the load generator limited the run (its timestamps may be up to {margin:.1f} ms late)"
-              if client.client_limited else None)
+    reasons = ([f"the load generator limited the run (its timestamps may be up to {margin:.1f} ms late)"]
+               if client.client_limited else []) + ([f"run incomplete: {incomplete}"] if incomplete else [])
+    reason = "; ".join(reasons) or None
     return SloVerdict(verdict=verdict, exit_code=EXIT_CODES[verdict], terms=rows, reason=reason)

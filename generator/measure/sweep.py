@@ -40,6 +40,12 @@ MAX_POINTS = 1000
 validated before anything started: minutes of CPU and gigabytes, never a measurement)."""
 
 
+ONE_VALUE_LISTS = frozenset({"loadtest.slo", "gate.max_change"})
+"""Fields whose one value is a comma-separated list (an SLO's terms, the gate's limits): always fixed, never an axis
+(review20: ``--set loadtest.slo=ttft_p95<1ms,error_rate<1%`` became two settings judged by one term each, the
+sweep's own spec had no SLO, and it named a best point and exited 0 with every point failing the SLO given)."""
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     fixed: list[str]
@@ -59,14 +65,15 @@ class SweepPlan:
 
 
 def plan_sweep(sets: list[str], need_axis: bool = True) -> SweepPlan:
-    """``--set a.b=1,4,16`` makes an axis; ``--set a.b=1`` (no comma, or a YAML list) a fixed override.
+    """``--set a.b=1,4,16`` makes an axis; ``--set a.b=1`` (no comma, or a YAML list, or a field of
+    ``ONE_VALUE_LISTS``) a fixed override.
     Without an axis the plan is the one setting (``need_axis=False``, as tune allows) or an error."""
     fixed, axes = [], []
     for item in sets:
         keys, _ = parse_override(item)  # validates KEY=VALUE
         key, raw = item.split("=", 1)
         raw = raw.strip()
-        if "," in raw and not raw.startswith(("[", "{")):
+        if "," in raw and not raw.startswith(("[", "{")) and ".".join(keys) not in ONE_VALUE_LISTS:
             values = [v.strip() for v in raw.split(",")]
             if any(not v for v in values):
                 raise SpecError(f"empty value in {item!r}", where="--set", fix="e.g. --set serving.max_batch_size=1,4,16")

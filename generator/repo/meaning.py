@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from generator.errors import ArtifactCorrupt, TritongenError
 from generator.fsutil import read_text_bounded
-from generator.repo.problems import parse_config, type_name
+from generator.repo.problems import MAX_CONFIG_BYTES, group_instances, parse_config, type_name
 from generator.spec.load import safe_yaml
 
 PLACEHOLDER = "${"
@@ -106,7 +106,7 @@ def model_meaning(config: Any) -> ModelMeaning:
         backend=config.platform or config.backend,
         max_batch_size=config.max_batch_size,
         decoupled=config.model_transaction_policy.decoupled,
-        instances=[(type(g).Kind.Name(g.kind), g.count or 1) for g in config.instance_group],
+        instances=[(type(g).Kind.Name(g.kind), group_instances(g)) for g in config.instance_group],
         dynamic_batching=config.HasField("dynamic_batching"),
         max_queue_delay_microseconds=db.max_queue_delay_microseconds,
         max_queue_size=db.default_queue_policy.max_queue_size,
@@ -146,7 +146,7 @@ def _model_yaml(repo: Path, meaning: RepoMeaning) -> None:
     if not path.exists():
         return
     try:
-        data = safe_yaml(read_text_bounded(path, fix=_REREAD, inside=repo), str(path))
+        data = safe_yaml(read_text_bounded(path, fix=_REREAD, limit=MAX_CONFIG_BYTES, inside=repo), str(path))
     except (TritongenError, yaml.YAMLError):
         meaning.unreadable.append(str(path))
         return

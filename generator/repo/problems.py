@@ -145,6 +145,14 @@ def count_value(text: Optional[str]) -> Optional[int]:
     return int(text) if text and len(text) < 19 and text.isascii() and text.isdigit() else None
 
 
+def group_instances(group: Any) -> int:
+    """The model instances Triton starts for one ``instance_group``: ``count`` (at least 1) on each GPU a KIND_GPU
+    group lists (review20: ``count: 1 kind: KIND_GPU gpus: [0, 1]`` is two, which validate and import read as one;
+    without a list, one set per visible GPU, which a repository does not say: counted once)."""
+    gpus = len(group.gpus) if group.kind == type(group).KIND_GPU else 0
+    return max(group.count, 1) * max(gpus, 1)
+
+
 @functools.lru_cache(maxsize=64)
 def _parsed_model_config(text: str) -> Any:
     """``text`` parsed as a ModelConfig, once per distinct text: protobuf's text parser is pure Python (10-15 ms
@@ -156,9 +164,10 @@ def _parsed_model_config(text: str) -> Any:
 
 
 MAX_CONFIG_BYTES = 256 << 10
-"""A config.pbtxt read at most: NVIDIA's largest is some 20 KB. protobuf's pure-Python text parser and the
-parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters held validate 65 s and diff 37 s;
-the 64 MiB other files may have would have held each for over ten minutes)."""
+"""A config.pbtxt or model.yaml read at most: NVIDIA's largest config is some 20 KB, a model.yaml 1 KB. protobuf's
+pure-Python text parser and the parameter checks take about 20 s of CPU a MiB (review19: 2.8 MB of parameters held
+validate 65 s and diff 37 s; the 64 MiB other files may have would have held each for over ten minutes), PyYAML's
+about 5 s a MiB, twice in validate (review20: a 14 MB model.yaml held validate and import for over a minute each)."""
 
 
 def parse_config(path: Path, *, inside: Path) -> tuple[Optional[tuple[ConfigText, Any]], list[Problem]]:

@@ -16,7 +16,7 @@ from generator.repo.llmapi import (
     DATA_FILE, MODEL_NAME, accepted_llm_args, llmapi_data, llmapi_model_yaml,
 )
 from generator.repo.problems import (
-    Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
+    MAX_CONFIG_BYTES, Problem, Severity, checkpoint_quant_problems, not_built, parse_config, type_name, weights_command,
 )
 from generator.spec import Spec
 from generator.spec.load import safe_yaml
@@ -196,7 +196,7 @@ def validate_llmapi(repo_dir: Path, spec: Spec | None = None) -> list[Problem]:
     else:
         loaded = None
         try:
-            text = read_text_bounded(yaml_path, fix="re-render with `tritongen render`", inside=repo)
+            text = read_text_bounded(yaml_path, fix="re-render with `tritongen render`", limit=MAX_CONFIG_BYTES, inside=repo)
             loaded = safe_yaml(text, str(yaml_path))
             lines = _yaml_key_lines(text)
         except TritongenError as exc:  # not a regular file, too big, not UTF-8, an alias bomb, nested too deep
