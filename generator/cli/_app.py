@@ -90,6 +90,10 @@ def exit_code(exc: TritongenError) -> int:
 SpecPath = Annotated[Optional[Path], typer.Argument(help="Spec YAML file (see `tritongen init`). Omitted: the defaults.")]
 Sets = Annotated[Optional[List[str]], typer.Option(
     "--set", help="Override a spec field, e.g. --set build.max_batch_size=16 (repeatable).")]
+AxisSets = Annotated[Optional[List[str]], typer.Option(
+    "--set", help="KEY=V1,V2,... gives a field several settings (several give every combination); "
+    "KEY=V fixes one (loadtest.slo, gate.max_change: their commas are one value).")]
+"""``--set`` of sweep and tune: the same spelling as Sets, with axes."""
 Output = Annotated[Path, typer.Option("--output", "-o", help="Folder to write (whole or not at all).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 Url = Annotated[Optional[str], typer.Option(

@@ -7,12 +7,12 @@ the spec stays the one source of defaults. Locust runs as a subprocess; nothing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from generator.cli._app import (
-    AdminKey, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, escape, out,
+    AdminKey, AxisSets, Force, GrpcUrl, MetricsUrl, Output, Sets, SpecPath, Url, app, console, cuda_visible, escape, out,
     spec_option, spec_overrides, step,
 )
 from generator.cli.gate_cmds import Baseline, Gate, Junit, Summary, finish, gate_inputs, judge_folder
@@ -227,9 +227,7 @@ def _run(spec: Spec, tmp: Path, repo: Optional[Path], url: Optional[str], grpc_u
 @app.command()
 def sweep(
     spec_path: SpecPath = None,
-    sets: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="KEY=V1,V2,... sweeps a field (several give every combination); "
-        "KEY=V fixes one (loadtest.slo, gate.max_change: their commas are one value).")] = None,
+    sets: AxisSets = None,
     users: Users = None,
     duration: Duration = None,
     requests: Requests = None,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
 
 import typer
 
-from generator.cli._app import Force, Output, SpecPath, app, console, cuda_visible, escape, out, spec_option, spec_overrides, step
+from generator.cli._app import (
+    AxisSets, Force, Output, SpecPath, app, console, cuda_visible, escape, out, spec_option, spec_overrides, step,
+)
 from generator.errors import SpecError
 from generator.measure.tune_results import SettingStatus, TuneResult
 from generator.spec import load_spec
@@ -22,9 +23,7 @@ Repeat = spec_option("tune.repeat", "--repeat")
 @app.command()
 def tune(
     spec_path: SpecPath = None,
-    sets: Annotated[Optional[List[str]], typer.Option(
-        "--set", help="KEY=V1,V2,... gives a field several settings (several give every combination); "
-        "KEY=V fixes one (loadtest.slo, gate.max_change: their commas are one value).")] = None,
+    sets: AxisSets = None,
     slo: Slo = None,
     attainment: Attainment = None,
     rate: Rate = None,
