@@ -168,6 +168,24 @@ def test_a_config_pbtxt_swapped_for_a_link_after_its_check_is_not_read(cpu, tmp_
     assert re.search(r"postprocessing/config\.pbtxt: (cannot be opened|changed while it was read)", found), found
 
 
+def test_validate_never_quotes_manifests_or_a_launch_script_that_resolve_outside_the_repository(tmp_path):
+    """review21: kubernetes.yaml and kubernetes-loadtest.yaml of a foreign repository linked to a Deployment
+    elsewhere: validate read it and its warnings named that Deployment, its image and its replicas."""
+    repo = render_repository(load_spec(None, ["serving.engine=tensorrtllm", f"artifacts.dir={tmp_path / 'art'}"]),
+                             tmp_path / "repo")
+    elsewhere = tmp_path / "home" / "deploy.yaml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: SECRET-name}\nspec:\n"
+                         "  replicas: SECRET-replicas\n  template: {spec: {containers: [{name: c, image: SECRET-image}]}}\n")
+    for name in ("kubernetes.yaml", "kubernetes-loadtest.yaml", "launch.sh"):
+        (repo / name).unlink()
+        (repo / name).symlink_to(elsewhere)
+    found = messages(repo)
+    assert "SECRET" not in found, found
+    for name in ("kubernetes.yaml", "kubernetes-loadtest.yaml", "launch.sh"):
+        assert re.search(rf"{re.escape(name)}: resolves outside", found), found
+
+
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):
     """Second review: gpt_model_path naming a folder outside the repository whose config.json holds text
     where an engine has a number: validate and import name the key and the type found, never the text

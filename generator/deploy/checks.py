@@ -142,7 +142,7 @@ def _check_launch(repo: Path, topo: Topology, out: Findings) -> None:
         out.add(path, None, "no launch script", "re-render with `tritongen render` (tritongen serve runs it)")
         return
     try:
-        text = read_text_bounded(path, fix="re-render with `tritongen render`", limit=1 << 20)
+        text = read_text_bounded(path, fix="re-render with `tritongen render`", limit=1 << 20, inside=repo)
     except TritongenError as exc:
         out.add(path, None, exc.message, exc.fix or "re-render")
         return

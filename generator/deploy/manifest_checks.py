@@ -46,10 +46,11 @@ class Findings:
 
 
 def documents(path: Path, out: Findings) -> list[tuple[dict[str, Any], int]]:
-    """The mappings of a manifest with their first lines; a file that is not bounded, readable YAML is one
-    problem naming the place, never quoting the file."""
+    """The mappings of a manifest with their first lines; a file that is not bounded, readable YAML inside its
+    repository (the folder holding it) is one problem naming the place, never quoting the file (review21: a
+    kubernetes.yaml linked to a YAML file elsewhere had its names, images and counts printed in warnings)."""
     try:
-        docs = safe_yaml_all(read_text_bounded(path, fix="re-render"), str(path))
+        docs = safe_yaml_all(read_text_bounded(path, fix="re-render", inside=path.parent), str(path))
     except TritongenError as exc:
         out.add(path, None, exc.message, exc.fix or "re-render")
         return []
