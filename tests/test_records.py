@@ -184,3 +184,21 @@ def test_records_of_another_kind_given_to_loadtest_records_are_named_by_the_path
     result = CliRunner().invoke(app, ["loadtest", "--records", str(given), "-o", str(tmp_path / "out")])
     assert isinstance(result.exception, ArtifactCorrupt) and result.exception.where == str(given)
     assert ".tmp-" not in str(result.exception) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("slo, code, verdict", [(None, 1, None), ("ttft_p95<0.001ms", 1, "fail"),
+                                                ("error_rate<100%", 3, "inconclusive")])
+def test_records_given_to_loadtest_are_judged_as_a_run_of_its_own(written, tmp_path, slo, code, verdict):
+    """review21: ``loadtest --records R --slo …`` (the in-cluster run's report) ignored the SLO and a lost worker and
+    exited 0. The written run lost a worker: it fails a term it fails, never passes one, and has no clean exit."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    path = written[0]
+    result = CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(tmp_path / "out"),
+                                      "--junit", str(tmp_path / "junit.xml")] + (["--slo", slo] if slo else []))
+    assert result.exit_code == code, result.output
+    judged = json.loads((tmp_path / "out" / "results.json").read_text())["slo"]
+    assert (judged and judged["verdict"]) == verdict
+    assert (tmp_path / "junit.xml").is_file()

@@ -150,8 +150,10 @@ def loadtest(
     from generator.fsutil import atomic_dir
 
     if records is not None:
-        _from_records(loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals())),
-                      records, output, force)
+        code = _from_records(loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals())),
+                             records, output, force, junit, summary)
+        if code:
+            raise typer.Exit(code=code)
         return
     if (repo is None) == (url is None):
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
@@ -181,16 +183,20 @@ def loadtest(
         raise typer.Exit(code=code)
 
 
-def _from_records(spec: Spec, records: Path, output: Path, force: bool) -> None:
-    """`--records`: the report of a run recorded elsewhere; starts no load."""
+def _from_records(spec: Spec, records: Path, output: Path, force: bool, junit: Optional[Path],
+                  summary: Optional[Path]) -> int:
+    """`--records`: the report of a run recorded elsewhere, judged as a run started here (its SLO, its gate, a lost
+    worker; review21: they were ignored and the command exited 0); starts no load. Returns the exit code."""
     from generator.fsutil import atomic_dir
     from generator.measure.runner import report_records
 
     if not records.is_file():
         raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
+    gating = gate_inputs(spec)
     with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
         result = report_records(spec, records, tmp)
-    _print_results(result.results, output.resolve())
+        comparison, verdict = judge_folder(gating, tmp, str(output))
+    return _conclude([result], None, output, comparison, verdict, junit, summary)
 
 
 def _conclude(results: list, figures, output: Path, comparison, verdict, junit: Optional[Path],

@@ -31,7 +31,7 @@ from generator.measure.records import (
     ProcessRecord, RequestRecord, RunRecord, read_records, request_inputs, server_gone,
 )
 from generator.measure.request_figures import count_client_tokens
-from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView
+from generator.measure.results import LoadTestResult, MetricsSummary, RunInfo, RunIntegrity, ServerView, SloVerdict
 from generator.serve.endpoints import Endpoints
 from generator.spec import Spec
 
@@ -192,6 +192,13 @@ def _integrity(run: Optional[RunRecord]) -> RunIntegrity:
                         rejected_messages=run["rejected_messages"])
 
 
+def _judged(slo_terms: Optional[list], summary: Any, client: Any, integrity: RunIntegrity) -> Optional[SloVerdict]:
+    """The SLO verdict of a run (None without an SLO); a run that lost a worker never passes (review20)."""
+    from generator.measure.slo import evaluate
+
+    return evaluate(slo_terms, summary, client, integrity.incomplete) if slo_terms else None
+
+
 def model_inputs(http_url: str, model: str) -> set[str]:
     from generator.measure.tritonstats import http_get
 
@@ -277,7 +284,7 @@ def run_loadtest(
     serves, when known, so the run records what was served (identity.run_identity).
     """
     from generator.measure.identity import run_identity
-    from generator.measure.slo import evaluate, parse_slo
+    from generator.measure.slo import parse_slo
     from generator.measure.statistics import split_vs_stages, summarize
     from generator.measure.tritonstats import (
         MetricsSampler,
@@ -335,7 +342,7 @@ def run_loadtest(
         run=RunInfo(title=title or "tritongen load test", target=str(repo_dir) if repo_dir else endpoints.http_url,
                     started_unix=started, mode="open loop" if lt.open_loop else "closed loop",
                     loadtest=lt, identity=run_identity(lt, repo_dir or manifest_dir), integrity=integrity),
-        slo=evaluate(slo_terms, summary, client, integrity.incomplete) if slo_terms else None,  # a lost worker: review20
+        slo=_judged(slo_terms, summary, client, integrity),
     )
     _write_results(out_dir, results, report)
     return LoadResult(out_dir, results, requests)
@@ -358,10 +365,12 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     statistics and pages as ``run_loadtest``, without the server-side figures only a local run samples."""
     from generator.measure.identity import run_identity
     from generator.measure.report_loadtest import write_loadtest_report
+    from generator.measure.slo import parse_slo
     from generator.measure.statistics import summarize
     from generator.measure.verdict import client_verdict
 
     out_dir = Path(out_dir).resolve()
+    slo_terms = parse_slo(spec.loadtest.slo) if spec.loadtest.slo else None
     target = out_dir / "records.jsonl"
     if Path(records).resolve() != target:
         shutil.copyfile(records, target)
@@ -378,6 +387,7 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
     open_loop = lt.open_loop
     client = client_verdict(processes, summary.latency_ms, open_loop)
     client.capacity = capacity(processes, recorded_ceiling())
+    integrity = _integrity(run)
     results = LoadTestResult(
         **dict(summary),
         server=ServerView(stages={}, metrics=MetricsSummary(), metrics_stages={}, split_vs_stages=None),
@@ -385,7 +395,8 @@ def report_records(spec: Spec, records: Path, out_dir: Path, *, title: Optional[
         run=RunInfo(title=title or f"tritongen load test (records of {records})", target=str(records),
                     started_unix=min(r["start_unix_ns"] for r in requests) / 1e9,
                     mode="open loop" if open_loop else "closed loop", loadtest=lt, identity=run_identity(lt, None),
-                    integrity=_integrity(run)),
+                    integrity=integrity),
+        slo=_judged(slo_terms, summary, client, integrity),  # review21: --records ignored the SLO
     )
     write_loadtest_report(out_dir, results)
     return LoadResult(out_dir, results, requests)
