@@ -224,6 +224,15 @@ def test_no_repository_text_reaches_the_terminal_as_a_control_character(llmapi, 
                    f"\\u{ord(c):04x}" if UNPRINTABLE.match(c) else c for c in text) in result.output
 
 
+def test_a_tokenizer_folder_never_reaches_the_terminal_through_transformers_own_log(tmp_path, capfd):
+    """review21: a tokenizer_dir whose config.json had an ESC sequence as its model_type: transformers' own warning
+    ("You are using a model of type ...") wrote it raw to the terminal during validate, past the CLI's escape."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "\x1b[2J\x1b[8mhidden"}))
+    assert tokenizer_load_error(str(tmp_path))  # the folder holds no tokenizer: a problem validate reports
+    captured = capfd.readouterr()
+    assert "\x1b" not in captured.err + captured.out and "hidden" not in captured.err, captured
+
+
 def test_the_cli_prints_through_its_own_escape_only():
     """rich's escape handles markup only: a module importing it would print control characters again."""
     import ast

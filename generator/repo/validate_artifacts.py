@@ -3,8 +3,11 @@ and the checkpoint's quantization against the spec."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +25,23 @@ _TOKENIZER_SUFFIXES = {".json", ".txt", ".model", ".jinja", ".tiktoken"}
 vocab.json, merges.txt, tokenizer.model, chat_template.jinja, config.json, ...); weights are not read."""
 
 
+@contextlib.contextmanager
+def _transformers_silent():
+    """transformers writes nothing to the terminal itself: its log lines and warnings quote the folder's files raw,
+    past the CLI's escape (review21: a config.json a repository names, with an ESC sequence as its model_type,
+    erased the screen during validate); what fails is the problem validate reports."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.CRITICAL + 1)  # above every level it logs at
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 @functools.lru_cache(maxsize=16)
 def tokenizer_load_error(path: str) -> Optional[str]:
     """None when the folder holds a tokenizer that transformers loads offline and that turns text into
@@ -34,14 +54,15 @@ def tokenizer_load_error(path: str) -> Optional[str]:
                None)
     if bad:
         return bad
-    try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as first:  # noqa: BLE001 - any failure means "does not load"; report its text
+    with _transformers_silent():
         try:
-            tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-        except Exception:  # noqa: BLE001
-            return f"{type(first).__name__}: {first}".splitlines()[0][:300]
-    ids = tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as first:  # noqa: BLE001 - any failure means "does not load"; report its text
+            try:
+                tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+            except Exception:  # noqa: BLE001
+                return f"{type(first).__name__}: {first}".splitlines()[0][:300]
+        ids = tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
     if not ids:
         return (f"it is empty: {_PROBE_TEXT!r} encodes to no tokens (no tokenizer.json, tokenizer.model or "
                 "vocab.json there, so every request would read as an empty prompt)")
