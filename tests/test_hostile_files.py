@@ -168,11 +168,17 @@ def test_a_config_pbtxt_swapped_for_a_link_after_its_check_is_not_read(cpu, tmp_
     assert re.search(r"postprocessing/config\.pbtxt: (cannot be opened|changed while it was read)", found), found
 
 
-def test_validate_never_quotes_manifests_or_a_launch_script_that_resolve_outside_the_repository(tmp_path):
+@pytest.fixture(scope="module")
+def engine_layout(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("engine-layout")
+    return render_repository(load_spec(None, ["serving.engine=tensorrtllm", f"artifacts.dir={root / 'art'}"]),
+                             root / "repo")
+
+
+def test_validate_never_quotes_manifests_or_a_launch_script_that_resolve_outside_the_repository(engine_layout, tmp_path):
     """review21: kubernetes.yaml and kubernetes-loadtest.yaml of a foreign repository linked to a Deployment
     elsewhere: validate read it and its warnings named that Deployment, its image and its replicas."""
-    repo = render_repository(load_spec(None, ["serving.engine=tensorrtllm", f"artifacts.dir={tmp_path / 'art'}"]),
-                             tmp_path / "repo")
+    repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
     elsewhere = tmp_path / "home" / "deploy.yaml"
     elsewhere.parent.mkdir()
     elsewhere.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: SECRET-name}\nspec:\n"
@@ -184,6 +190,17 @@ def test_validate_never_quotes_manifests_or_a_launch_script_that_resolve_outside
     assert "SECRET" not in found, found
     for name in ("kubernetes.yaml", "kubernetes-loadtest.yaml", "launch.sh"):
         assert re.search(rf"{re.escape(name)}: resolves outside", found), found
+
+
+def test_an_engine_instance_group_of_count_0_is_the_one_instance_triton_starts(engine_layout, tmp_path):
+    """review21 (Low): ``count: 0`` is Triton's default count, 1; validate's topology check read 0 instances."""
+    repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
+    cfg = repo / "tensorrt_llm" / "config.pbtxt"
+    assert "count: 1 kind: KIND_CPU" in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace("count: 1 kind: KIND_CPU", "count: 0 kind: KIND_CPU"))
+    assert "instance(s)" not in messages(repo)
+    cfg.write_text(cfg.read_text().replace("count: 0 kind: KIND_CPU", "count: 2 kind: KIND_CPU"))
+    assert "runs 2 instance(s)" in messages(repo)
 
 
 def test_validate_and_import_never_print_a_value_of_a_config_json_a_repository_names(tmp_path):

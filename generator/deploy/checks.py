@@ -22,7 +22,7 @@ from generator.deploy.topology import Topology
 from generator.errors import TritongenError
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.repo.manifest import MANIFEST, RepoManifest
-from generator.repo.problems import Problem, count_value, parse_config
+from generator.repo.problems import Problem, count_value, group_instances, parse_config
 from generator.spec import EngineTarget, Spec
 
 ENGINE_MODEL = "tensorrt_llm"
@@ -79,7 +79,7 @@ def _check_engine_model(repo: Path, topo: Topology, spec: Spec, out: Findings) -
         return
     text, cfg = parsed
     groups = list(cfg.instance_group)
-    count = sum(g.count for g in groups) if groups else 1
+    count = sum(group_instances(g) for g in groups) if groups else 1  # count 0 is Triton's default, 1
     line = text.field("instance_group")
     if count != topo.instance_count:
         out.add(path, line, f"{name} runs {count} instance(s) but the topology has topology.instances_per_node "
