@@ -22,7 +22,7 @@ from generator.deploy.topology import Topology
 from generator.errors import TritongenError
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.repo.manifest import MANIFEST, RepoManifest
-from generator.repo.problems import Problem, count_value, group_instances, parse_config
+from generator.repo.problems import Problem, count_value, model_instances, parse_config
 from generator.spec import EngineTarget, Spec
 
 ENGINE_MODEL = "tensorrt_llm"
@@ -78,13 +78,12 @@ def _check_engine_model(repo: Path, topo: Topology, spec: Spec, out: Findings) -
     if parsed is None:
         return
     text, cfg = parsed
-    groups = list(cfg.instance_group)
-    count = sum(group_instances(g) for g in groups) if groups else 1  # count 0 is Triton's default, 1
+    count = model_instances(cfg)  # count 0 is Triton's default, 1
     line = text.field("instance_group")
     if count != topo.instance_count:
         out.add(path, line, f"{name} runs {count} instance(s) but the topology has topology.instances_per_node "
                 f"{topo.instance_count}", f"set instance_group count to {topo.instance_count} (re-render)")
-    if cfg.backend == "tensorrtllm" and any(g.kind == 1 for g in groups):  # KIND_GPU
+    if cfg.backend == "tensorrtllm" and any(g.kind == 1 for g in cfg.instance_group):  # KIND_GPU
         out.add(path, line, "instance_group KIND_GPU: the tensorrtllm backend does not support it (it places ranks "
                 "itself)", "use kind: KIND_CPU with the gpu_device_ids parameter (re-render)")
     params = {k: v.string_value for k, v in cfg.parameters.items()}

@@ -153,6 +153,11 @@ def group_instances(group: Any) -> int:
     return max(group.count, 1) * max(gpus, 1)
 
 
+def model_instances(config: Any) -> int:
+    """The instances Triton starts for a model: its groups' (``group_instances``), or one without a group."""
+    return sum(group_instances(g) for g in config.instance_group) or 1
+
+
 @functools.lru_cache(maxsize=64)
 def _parsed_model_config(text: str) -> Any:
     """``text`` parsed as a ModelConfig, once per distinct text: protobuf's text parser is pure Python (10-15 ms

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from generator.engine.rules import bls_fills_batch
-from generator.repo.problems import Severity, group_instances, type_name
+from generator.repo.problems import Severity, model_instances, type_name
 from generator.repo.manifest import RepoManifest
 from generator.repo.render import BLS, ENSEMBLE, POSTPROCESSING, PREPROCESSING, TENSORRT_LLM
 from generator.repo.validate_models import Model, Report
@@ -132,7 +132,6 @@ def check_bls_reach(models: dict[str, Model], spec: Optional[Spec], report: Repo
     if bls is None or (spec is None and trt is None):
         return
     batch = spec.build.max_batch_size if spec is not None else trt.config.max_batch_size
-    instances = sum(group_instances(group) for group in bls.config.instance_group) or 1
-    for f in bls_fills_batch(batch, instances):
+    for f in bls_fills_batch(batch, model_instances(bls.config)):
         report.add(bls.file, bls.text.field("instance_group") or bls.text.field("name"), f.message, f.fix,
                    Severity(f.severity))

@@ -283,18 +283,23 @@ the excess. Fewer calls than threads leave some for the answers, the stops and p
 
 
 class EngineCalls:
-    """At most :data:`ENGINE_CALLS` engine calls of one model instance in flight."""
+    """At most :data:`ENGINE_CALLS` engine calls of one model instance in flight; ``close`` (the model unloading)
+    ends every wait."""
 
     def __init__(self, size: int = ENGINE_CALLS):
         self._free = threading.BoundedSemaphore(size)
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
 
     @contextmanager
-    def slot(self, wanted):
+    def slot(self, wanted=lambda: True):
         """Wait for a slot while ``wanted()``: yields True holding one, released when the block is left in any way
-        (an error, a return, a generator closed early), or False once no longer wanted (a stop, the model
-        unloading) before one came."""
+        (an error, a return, a generator closed early), or False once no longer wanted (a stop) or closed before
+        one came."""
         while not self._free.acquire(timeout=0.1):
-            if not wanted():
+            if self._closed.is_set() or not wanted():
                 yield False
                 return
         try:

@@ -97,7 +97,6 @@ class TritonPythonModel:
         self.cancel_events = {}  # request id ("" for none) -> {threading.Event: text_input} of each request in progress
         self.threads = set()  # the threads serving requests (decoupled mode)
         self.engine_calls = EngineCalls()
-        self.unloading = threading.Event()  # ends the waits for an engine call (non-decoupled requests have no event)
 
     def execute(self, requests):
         """Every request on a thread of its own, decoupled or not: served one after another, a short request
@@ -151,7 +150,7 @@ class TritonPythonModel:
         """End the requests in progress and wait for their threads. Triton 2.51's stub frees its shared
         memory right after ``finalize`` returns: a thread still inside a ``pb_utils`` call then crashes
         the stub (segfault in libc's ``sem_wait``), so none may be left."""
-        self.unloading.set()
+        self.engine_calls.close()  # ends the waits for an engine call (non-decoupled requests have no event)
         with self.lock:
             for events in self.cancel_events.values():
                 for event in events:
@@ -208,7 +207,7 @@ class TritonPythonModel:
         stop_hit = None
         aborted = False
         engine_times = {}
-        with self.engine_calls.slot(lambda: self._wanted(cancelled)) as admitted:
+        with self.engine_calls.slot(lambda: cancelled is None or not cancelled.is_set()) as admitted:
             if not admitted:
                 aborted, responses = True, nullcontext(())
             elif self.decoupled:  # read to its final response even when left early; leaving it stops the engine
@@ -258,10 +257,6 @@ class TritonPythonModel:
             return final
         sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
-
-    def _wanted(self, cancelled):
-        """Whether a request still waits for an engine call: not once stopped or the model is unloading."""
-        return not self.unloading.is_set() and (cancelled is None or not cancelled.is_set())
 
     def _engine_inputs(self, request, prompt_ids, max_tokens, streaming):
         def t(name, value, dtype):

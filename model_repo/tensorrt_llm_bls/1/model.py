@@ -30,7 +30,6 @@ Parameters: ``tensorrt_llm_model_name``, ``accumulate_tokens``, ``engine_error_o
 import json
 import os
 import sys
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
@@ -161,7 +160,6 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(max_workers=max(4, int(config.get("max_batch_size", 0)) * 2),
                                        thread_name_prefix="bls")
         self.engine_calls = EngineCalls()  # the threads can make more calls than Triton serves: see ENGINE_CALLS
-        self.unloading = threading.Event()
 
     # -------------------------------------------------------------- the three calls
 
@@ -234,7 +232,7 @@ class TritonPythonModel:
         engine_request = self._engine_request(inputs, pre, stream_id)
         shapes, result_ended = {}, False
         try:
-            with self.engine_calls.slot(lambda: not self.unloading.is_set()) as admitted:
+            with self.engine_calls.slot() as admitted:
                 if not admitted:
                     raise ServerBusy(f"server busy: {MODEL} is unloading")
                 if self.decoupled:  # stopped when left early, not read on (bls_stream)
@@ -326,5 +324,5 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        self.unloading.set()  # requests waiting for an engine call end (ENGINE_CALLS)
+        self.engine_calls.close()  # requests waiting for an engine call end (ENGINE_CALLS)
         self.pool.shutdown(wait=True, cancel_futures=True)
