@@ -2,33 +2,50 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
-# --no-compile: Python compiles a module when it is first imported instead of pip compiling all of them
-# (torch's thousands) at install: 27 s of CPU instead of 67 s for a clean clone's install here.
-PIP     = $(BIN)/pip install -q --no-compile
+# uv installs: 11 s for what pip took about 45 s to resolve and unpack on a clean clone here (docs/benchmarks.md,
+# "Set-up"). It does not read pip's configuration, so it is given pip's package sources as flags (pip.conf and
+# PIP_* variables: find-links, indexes, constraints; where this machine keeps the CPU torch wheel) and takes the
+# best version over all of them, as pip does. uv compiles nothing at install (pip took 67 s of CPU to compile torch's
+# thousands of modules); Python compiles a module when it is first imported...
+UV      = $(BIN)/uv
+INSTALL = $(UV) pip install -q --python $(BIN)/python --index-strategy unsafe-best-match \
+          $$($(BIN)/python -c "$$PIP_SOURCES_AS_UV_FLAGS")
+define PIP_SOURCES_AS_UV_FLAGS
+import ast, subprocess, sys
+flags = {"find-links": "--find-links", "index-url": "--index-url", "extra-index-url": "--extra-index-url",
+         "constraint": "--constraint"}
+listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+for line in listed.splitlines():
+    key, _, value = line.partition("=")
+    flag = flags.get(key.rpartition(".")[2])
+    if flag:
+        print(*(f"{flag} {source}" for source in ast.literal_eval(value).split()))
+endef
+export PIP_SOURCES_AS_UV_FLAGS
 # ...which needs Python to keep what it compiled: where PYTHONDONTWRITEBYTECODE is set (container images, this
 # machine), every process compiled torch, transformers and ModelOpt from source again, each time (a clean clone's
 # suite 56 s slower). The demo and the tests run without it; later runs read the bytecode they left.
 RUN     = env -u PYTHONDONTWRITEBYTECODE
-# The virtual environment with a current pip, made once.
-VENV_UP = test -x $(BIN)/pip || { $(PYTHON) -m venv $(VENV) && $(PIP) --upgrade pip; }
+# The virtual environment (with pip, for the user) and uv in it, made once.
+VENV_UP = { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } && { test -x $(UV) || $(BIN)/pip install -q uv==0.13.10; }
 
 .PHONY: setup setup-dynamo demo test
 setup: $(VENV)/.installed
 
-# torch is pinned exactly (here and in pyproject.toml) so pip never picks a CUDA build.
+# torch is pinned exactly (here and in pyproject.toml) so the installer never picks a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	$(VENV_UP)
-	$(PIP) torch==2.13.0 -e '.[dev]'
+	$(INSTALL) torch==2.13.0 -e '.[dev]'
 	touch $@
 
 # Test extra: Dynamo's frontend + mocker for the OpenAI-protocol tests (86 MB of wheels, ~260 MB installed;
-# about 25 s with a warm pip cache, 20 s more to download them here). On a clean clone everything goes in with
-# one pip call (one resolution of the dependencies instead of three); after `make setup`, only what is missing.
+# on a clean clone everything goes in with one resolution of the dependencies; after `make setup`, only what is
+# missing.
 setup-dynamo: $(VENV)/.dynamo
 $(VENV)/.dynamo: pyproject.toml
 	$(VENV_UP)
-	$(PIP) torch==2.13.0 -e '.[dev,dynamo-test]'
-	$(PIP) --no-deps ai-dynamo==1.6.1
+	$(INSTALL) torch==2.13.0 -e '.[dev,dynamo-test]'
+	$(INSTALL) --no-deps ai-dynamo==1.6.1
 	touch $(VENV)/.installed $@
 
 demo: setup
