@@ -295,7 +295,8 @@ def engine_settled(trtllm_gauge):
 # Two pytest-xdist workers (`make test`: `-n 2 --dist loadscope`: a module's tests stay on one worker, so its
 # module-scoped fixtures, a server or the demo's run, are made once). A test marked `alone` runs while the
 # other worker runs no test: it checks what another server starting at the same time would blur (the one
-# Python-backend folder under /tmp that appeared during its server's start).
+# Python-backend folder under /tmp that appeared during its server's start); a measurement that another test's
+# load would blur runs in `with alone():` (the fixture below), the rest of its test beside the other worker.
 
 SESSION_SERVERS = {"cpu_server", "llmapi_server"}
 """Session fixtures that start a server: each worker running a module that uses one starts it again."""
@@ -339,22 +340,52 @@ def _session_servers_stay_in_their_scopes(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Under xdist each test holds the workers' lock (setup, call, teardown): shared, or exclusive when marked
-    `alone`. The turnstile makes an `alone` test's wait end at the other worker's current test."""
+    `alone`."""
     if _LOCKS is None:
         yield
         return
     import fcntl
 
-    turnstile, lock = _LOCKS
-    fcntl.flock(turnstile, fcntl.LOCK_EX)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH)
-    finally:
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    _take_lock(exclusive=bool(item.get_closest_marker("alone")))
     try:
         yield
     finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(_LOCKS[1], fcntl.LOCK_UN)
+
+
+def _take_lock(*, exclusive: bool) -> None:
+    """The workers' lock, through the turnstile: an exclusive wait ends at the other worker's current test."""
+    import fcntl
+
+    turnstile, lock = _LOCKS
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def alone():
+    """``with alone():`` runs a part of a test (its measurement, not its server's start) as an `alone` test runs:
+    the other worker finishes its current test and starts no other until the part ends. The test's shared lock is
+    given up first, so two workers asking at once wait for each other's test to end, never deadlock."""
+    @contextlib.contextmanager
+    def part():
+        if _LOCKS is None:
+            yield
+            return
+        import fcntl
+
+        fcntl.flock(_LOCKS[1], fcntl.LOCK_UN)
+        _take_lock(exclusive=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(_LOCKS[1], fcntl.LOCK_UN)
+            _take_lock(exclusive=False)
+
+    return part
 
 
 def _worker_locks():

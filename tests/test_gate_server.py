@@ -29,7 +29,6 @@ from generator.measure.metrics import COMPARED
 from generator.measure.runner import run_loadtest
 from generator.spec import with_overrides
 
-pytestmark = pytest.mark.alone  # the known delay is measured within 5%: another test's load would blur it
 SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
 DELAY_MS = 60
 """Added to every engine step: each gap between tokens grows by this much."""
@@ -53,22 +52,24 @@ def slowed_server(cpu_repo_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sides(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory):
-    """Folders baseline/ and slowed/, each with run-01 .. run-03, run in turn."""
+def sides(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory, alone):
+    """Folders baseline/ and slowed/, each with run-01 .. run-03, run in turn, `alone`: the known delay is measured
+    within 5%, and another test's load would blur it."""
     root = tmp_path_factory.mktemp("gate")
     spec = with_overrides(cpu_spec, SHORT)
-    for i in (1, 2, 3):
-        for name, server in (("baseline", cpu_server), ("slowed", slowed_server)):
-            out = root / name / f"run-{i:02d}"
-            out.mkdir(parents=True)
-            run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
-                         metrics_url=server.metrics_url, admin_key=server.admin_key, manifest_dir=cpu_repo_dir,
-                         report=False)  # compare reads results.json; the release run below writes the reports
+    with alone():
+        for i in (1, 2, 3):
+            for name, server in (("baseline", cpu_server), ("slowed", slowed_server)):
+                out = root / name / f"run-{i:02d}"
+                out.mkdir(parents=True)
+                run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
+                             metrics_url=server.metrics_url, admin_key=server.admin_key, manifest_dir=cpu_repo_dir,
+                             report=False)  # compare reads results.json; the release run below writes the reports
     return root
 
 
 @pytest.fixture(scope="module")
-def release(sides, cpu_server, tmp_path_factory):
+def release(sides, cpu_server, tmp_path_factory, alone):
     """`tritongen baseline save` of the baseline runs, then `tritongen loadtest --repeat 2` of the same server
     against it with a gate, JUnit XML and a summary: (finished command, its folder)."""
     tmp = tmp_path_factory.mktemp("release")
@@ -81,7 +82,8 @@ def release(sides, cpu_server, tmp_path_factory):
            "--baseline", str(tmp / "baseline.json"), "--gate", "itl_p50:+25%", "--slo", "error_rate<50%",
            "--junit", str(tmp / "gate.xml"), "--summary", str(tmp / "summary.md"), "-o", str(tmp / "rc"),
            *[f"--set={o}" for o in SHORT]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="200"))
+    with alone():  # compared with the baseline runs, measured alone
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="200"))
     return proc, tmp
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from generator.measure.records import read_records
 
-pytestmark = [pytest.mark.server, pytest.mark.alone]
+pytestmark = pytest.mark.server
 
 DURATION_S = 240.0
 """Far longer than the run lasts once the stub is dead: ending before it shows the run stopped by itself."""
@@ -47,16 +47,17 @@ TRITON_ABORT = "boost::interprocess::lock_exception"
 """What Triton 2.51's Python backend throws, aborting the whole server, when a stub is killed while it holds their
 shared-memory mutex (1 clean clone in 5 on 2026-12-07: the kill landed mid-exchange; both attempts of one clean clone
 when another test worker loaded the machine). That is Triton's crash, not the case this module tests (a dead stub in a
-live server): such an attempt is made again with a fresh server, up to ATTEMPTS in all, and the module runs `alone`."""
+live server): such an attempt is made again with a fresh server, up to ATTEMPTS in all, and the load test with its
+kill runs `alone`."""
 ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
-def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
+def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir, alone):
     """A load test of the LLM-API repository during which the engine's stub is killed: (server, killed pid,
     what dead_stubs said, the run's result or error, its records)."""
     for attempt in range(1, ATTEMPTS + 1):
-        with _stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir, attempt) as killed:
+        with _stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir, attempt, alone) as killed:
             log = killed[0].log_file.read_text(encoding="utf-8", errors="replace")
             if TRITON_ABORT not in log or attempt == ATTEMPTS:
                 yield killed
@@ -64,7 +65,7 @@ def stub_killed_mid_run(llmapi_repo_dir, llmapi_spec, work_dir):
 
 
 @contextlib.contextmanager
-def _stub_killed_mid_run(repo, llmapi_spec, work_dir, attempt: int):
+def _stub_killed_mid_run(repo, llmapi_spec, work_dir, attempt: int, alone):
     from generator.measure.runner import run_loadtest
     from generator.serve.server import TritonServer
     from generator.spec import with_overrides
@@ -88,16 +89,17 @@ def _stub_killed_mid_run(repo, llmapi_spec, work_dir, attempt: int):
             except Exception as exc:  # noqa: BLE001 - the test reads it
                 outcome["error"] = exc
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 600
-        while not _answered(out / "records.jsonl") and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert thread.is_alive(), f"the load test ended before the stub was killed: {outcome}"
-        pid = next(p for p, model in server.stubs().items() if model == VICTIM)
-        os.kill(pid, signal.SIGKILL)
-        thread.join(DURATION_S + 300)
-        assert not thread.is_alive(), "the load test did not end"
+        with alone():
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 600
+            while not _answered(out / "records.jsonl") and thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert thread.is_alive(), f"the load test ended before the stub was killed: {outcome}"
+            pid = next(p for p, model in server.stubs().items() if model == VICTIM)
+            os.kill(pid, signal.SIGKILL)
+            thread.join(DURATION_S + 300)
+            assert not thread.is_alive(), "the load test did not end"
         dead = server.dead_stubs()
         yield server, pid, dead, outcome, read_records(out / "records.jsonl").requests
     finally:

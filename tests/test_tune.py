@@ -237,8 +237,7 @@ def slots_repo(tmp_path_factory, tokenizer_weights_dir) -> Path:
 
 
 @pytest.mark.server
-@pytest.mark.alone  # the slots' times, not another test's load, decide who misses the SLO
-def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
+def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path, alone):
     """2 slots of 0.2 s: 2 users pass (TTFT is the network's few ms), 3 do not (a third of the requests wait
     for a slot, up to 0.2 s, against an 80 ms TTFT limit); goodput 2 users, at most 10 requests/s. On a
     loaded machine a few requests of level 2 may miss too and leave it unresolved: then the search must
@@ -257,7 +256,8 @@ def test_search_against_a_server_of_known_capacity(slots_repo, tmp_path):
                             "loadtest.output_tokens_mean=3", "loadtest.warmup_requests=2", "loadtest.request_timeout_s=30",
                             "tune.start_users=2", "tune.max_users=3", "tune.max_rounds=2", "tune.level_timeout_s=60",
                             "tune.requests_per_level=40", "tune.attainment=0.9"])
-    with TritonServer(slots_repo, log_file=tmp_path / "triton.log") as server:
+    # alone: the slots' times, not another test's load, decide who misses the SLO
+    with TritonServer(slots_repo, log_file=tmp_path / "triton.log") as server, alone():
         outcome = search(round_measure(spec, server, tmp_path / "levels", False, lambda _m: None), spec.tune,
                          open_loop=False)
     # each round's folder is recorded relative to the setting's, so it survives the output's rename
