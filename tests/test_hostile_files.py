@@ -250,6 +250,20 @@ def test_a_tokenizer_folder_never_reaches_the_terminal_through_transformers_own_
     assert "\x1b" not in captured.err + captured.out and "hidden" not in captured.err, captured
 
 
+def test_a_tokenizer_folder_with_its_own_code_is_never_run_or_offered_to_run(tmp_path, monkeypatch):
+    """review22: a tokenizer_dir with an auto_map (and no model type transformers knows): AutoTokenizer asked on the
+    terminal "Do you wish to run the custom code? [y/N]", and the answer "y" ran the folder's Python inside validate."""
+    ran = tmp_path / "ran"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["mine.Mine", None]},
+                                                                "tokenizer_class": "Mine"}))
+    (tmp_path / "mine.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
+                                      "from transformers import PreTrainedTokenizerFast as Mine\n")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user who says yes
+    assert tokenizer_load_error(str(tmp_path))  # the folder does not load: a problem validate reports
+    assert asked == [] and not ran.exists()
+
+
 def test_the_cli_prints_through_its_own_escape_only():
     """rich's escape handles markup only: a module importing it would print control characters again."""
     import ast
