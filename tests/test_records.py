@@ -202,3 +202,18 @@ def test_records_given_to_loadtest_are_judged_as_a_run_of_its_own(written, tmp_p
     judged = json.loads((tmp_path / "out" / "results.json").read_text())["slo"]
     assert (judged and judged["verdict"]) == verdict
     assert (tmp_path / "junit.xml").is_file()
+
+
+def test_records_given_to_loadtest_never_replace_the_baseline_they_are_compared_with(written, tmp_path):
+    """review22: ``loadtest --records R --baseline BASE -o BASE --force`` replaced the baseline folder it had just been
+    compared with; a local run refuses an output holding what the spec names, and --records now does the same."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    path, base = written[0], tmp_path / "base"
+    assert CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(base)]).exit_code == 1  # lost worker
+    kept = (base / "results.json").stat().st_ino
+    again = CliRunner().invoke(app, ["loadtest", "--records", str(path), "--baseline", str(base), "-o", str(base),
+                                     "--force"])
+    assert "gate.baseline" in str(again.exception) and (base / "results.json").stat().st_ino == kept
