@@ -210,6 +210,14 @@ def test_manifests_of_many_values_or_problems_are_checked_and_printed_within_bou
     assert result.output.count("kubernetes-loadtest.yaml:") == ROWS_PER_FILE
 
 
+def test_a_loadtest_manifest_whose_configmap_data_is_no_mapping_is_a_problem_not_a_traceback(engine_layout, tmp_path):
+    """review22 (Low): ``data: [1, 2]`` in kubernetes-loadtest.yaml: the ConfigMap size rule raised AttributeError."""
+    repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
+    with open(repo / "kubernetes-loadtest.yaml", "a") as f:
+        f.write("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: [1, 2]\n")
+    assert re.search(r"kubernetes-loadtest\.yaml: .*ConfigMap", messages(repo)), messages(repo)
+
+
 def test_an_engine_instance_group_of_count_0_is_the_one_instance_triton_starts(engine_layout, tmp_path):
     """review21 (Low): ``count: 0`` is Triton's default count, 1; validate's topology check read 0 instances."""
     repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))

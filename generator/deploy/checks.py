@@ -59,7 +59,8 @@ def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optiona
             security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out, secrets=tritongen_secrets(spec))
             for doc, line in loadtest_docs:
                 schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
-                size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())
+                data = doc.get("data")  # a list or text is the schema check's problem, not a traceback (review22)
+                size = sum(len(str(v).encode()) for v in data.values()) if isinstance(data, dict) else 0
                 if doc.get("kind") == "ConfigMap" and size > CONFIGMAP_LIMIT:
                     out.add(repo / LOADTEST_MANIFESTS, line, f"ConfigMap data is {size:,} bytes; the API server "
                             f"refuses more than {CONFIGMAP_LIMIT:,}", "ship fewer files (re-render)")
