@@ -179,7 +179,13 @@ class MasterGuard:
         self._maybe_finish()
 
     def run_record(self) -> RunRecord:
-        """The records file's ``run`` record: workers lost, messages refused."""
-        return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(self.lost.values())[:MAX_INCOMPLETE] or None,
+        """The records file's ``run`` record: workers lost, messages refused, and a master that quit before every worker
+        was done or lost (review22: stopped by its Job's deadline, ``kubectl delete``, or a worker's failed setup, the
+        master recorded a whole run, which ``loadtest --records`` judged as one: an SLO passed on part of a run)."""
+        why = list(self.lost.values())
+        if not self.finished:
+            why.append(f"the master stopped before every worker finished ({len(self.done)} of {self.expected} reported "
+                       "done: a worker's setup failed, or the master was stopped, e.g. at its Job's deadline)")
+        return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(why)[:MAX_INCOMPLETE] or None,
                 "rejected_messages": dict(self.rejected)}
 

@@ -192,6 +192,40 @@ def test_validate_never_quotes_manifests_or_a_launch_script_that_resolve_outside
         assert re.search(rf"{re.escape(name)}: resolves outside", found), found
 
 
+def test_manifests_of_many_values_or_problems_are_checked_and_printed_within_bounds(engine_layout, tmp_path):
+    """review22: each YAML document was bounded alone: 600,000 documents ``--- {}`` (4 MiB) took validate 8 minutes
+    and printed 1.2 million lines, a Deployment of 5,000 containers (0.5 MiB) 40,000 problems in 43 s. A manifest's
+    documents are bounded together, and the table shows at most ROWS_PER_FILE problems of a file."""
+    from generator.cli.repo_cmds import ROWS_PER_FILE
+
+    repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
+    with open(repo / "kubernetes.yaml", "a") as f:
+        f.write(("--- [" + "0, " * 60_000 + "]\n") * 2)
+    with open(repo / "kubernetes-loadtest.yaml", "a") as f:
+        f.write("--- {}\n" * (ROWS_PER_FILE + 20))
+    result = CliRunner().invoke(app, ["validate", str(repo)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and re.search(r"kubernetes\.yaml\s*│ its \d+ YAML documents hold more than", result.output)
+    more = re.search(r"kubernetes-loadtest\.yaml\s*│\s*(\d+) more problem\(s\) in this file", result.output)
+    assert more and int(more.group(1)) >= 20, result.output
+    assert result.output.count("kubernetes-loadtest.yaml:") == ROWS_PER_FILE
+
+
+@pytest.mark.parametrize("manifest, document", [
+    ("kubernetes-loadtest.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: [1, 2]\n"),
+    ("kubernetes.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\nrules: [7]\n"),
+    ("kubernetes.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
+                        "spec: {template: {spec: {securityContext: [1], containers: [{name: c}]}}}\n"),
+], ids=["configmap-data-list", "role-rules-number", "pod-security-context-list"])
+def test_a_manifest_field_of_the_wrong_type_is_a_problem_not_a_traceback(engine_layout, tmp_path, manifest, document):
+    """review22 (Low): a list or text where a manifest has a mapping (92 of 192 spellings tried) ended validate in an
+    AttributeError or TypeError traceback: the rules and the security review read only documents the schema accepts."""
+    repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
+    with open(repo / manifest, "a") as f:
+        f.write("---\n" + document)
+    kind = re.search(r"kind: (\w+)", document).group(1)
+    assert re.search(rf"{re.escape(manifest)}: {kind}/\w+ is not valid for Kubernetes", messages(repo)), messages(repo)
+
+
 def test_an_engine_instance_group_of_count_0_is_the_one_instance_triton_starts(engine_layout, tmp_path):
     """review21 (Low): ``count: 0`` is Triton's default count, 1; validate's topology check read 0 instances."""
     repo = Path(shutil.copytree(engine_layout, tmp_path / "repo", symlinks=True))
@@ -248,6 +282,20 @@ def test_a_tokenizer_folder_never_reaches_the_terminal_through_transformers_own_
     assert tokenizer_load_error(str(tmp_path))  # the folder holds no tokenizer: a problem validate reports
     captured = capfd.readouterr()
     assert "\x1b" not in captured.err + captured.out and "hidden" not in captured.err, captured
+
+
+def test_a_tokenizer_folder_with_its_own_code_is_never_run_or_offered_to_run(tmp_path, monkeypatch):
+    """review22: a tokenizer_dir with an auto_map (and no model type transformers knows): AutoTokenizer asked on the
+    terminal "Do you wish to run the custom code? [y/N]", and the answer "y" ran the folder's Python inside validate."""
+    ran = tmp_path / "ran"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["mine.Mine", None]},
+                                                                "tokenizer_class": "Mine"}))
+    (tmp_path / "mine.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
+                                      "from transformers import PreTrainedTokenizerFast as Mine\n")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user who says yes
+    assert tokenizer_load_error(str(tmp_path))  # the folder does not load: a problem validate reports
+    assert asked == [] and not ran.exists()
 
 
 def test_the_cli_prints_through_its_own_escape_only():

@@ -14,7 +14,7 @@ import pytest
 
 from generator.errors import ArtifactCorrupt
 from generator.measure.records import (
-    RECORD_VERSION, RequestRecord, open_records, read_records, records_header, write_records,
+    MAX_LINE_BYTES, RECORD_VERSION, RequestRecord, open_records, read_records, records_header, write_records,
 )
 from generator.measure.request_figures import request_metrics
 from generator.resources import loadtest_dir
@@ -202,3 +202,35 @@ def test_records_given_to_loadtest_are_judged_as_a_run_of_its_own(written, tmp_p
     judged = json.loads((tmp_path / "out" / "results.json").read_text())["slo"]
     assert (judged and judged["verdict"]) == verdict
     assert (tmp_path / "junit.xml").is_file()
+
+
+def test_records_given_to_loadtest_never_replace_the_baseline_they_are_compared_with(written, tmp_path):
+    """review22: ``loadtest --records R --baseline BASE -o BASE --force`` replaced the baseline folder it had just been
+    compared with; a local run refuses an output holding what the spec names, and --records now does the same."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    path, base = written[0], tmp_path / "base"
+    assert CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(base)]).exit_code == 1  # lost worker
+    kept = (base / "results.json").stat().st_ino
+    again = CliRunner().invoke(app, ["loadtest", "--records", str(path), "--baseline", str(base), "-o", str(base),
+                                     "--force"])
+    assert "gate.baseline" in str(again.exception) and (base / "results.json").stat().st_ino == kept
+
+
+def test_records_given_to_loadtest_are_read_before_anything_is_copied(tmp_path, monkeypatch):
+    """review22 (Low): --records copied the file into the output whole before reading a line: a sparse file (no disk
+    used) was written out as that many bytes of zeros, then refused. Now it is refused before any copy."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    sparse = tmp_path / "records.jsonl"
+    with open(sparse, "wb") as f:
+        f.truncate(MAX_LINE_BYTES + 2)
+    copies = []
+    monkeypatch.setattr("shutil.copyfile", lambda *args, **kw: copies.append(args))
+    result = CliRunner().invoke(app, ["loadtest", "--records", str(sparse), "-o", str(tmp_path / "out")])
+    assert isinstance(result.exception, ArtifactCorrupt) and result.exception.where == str(sparse)
+    assert copies == [] and not (tmp_path / "out").exists()

@@ -638,6 +638,40 @@ def test_connections_that_never_send_the_token_do_not_lock_the_workers_out():
     assert let_in == "True" and int(pending) <= 1024, out.stdout
 
 
+_CUT_SHORT = """
+import json, socket, sys
+sys.path.insert(0, sys.argv[1])
+from locust import __version__
+from locust.env import Environment
+from locust.rpc import Message
+from distributed import MSG_HELLO, MasterGuard
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+runner = Environment().create_master_runner("127.0.0.1", port)
+guard = MasterGuard(runner, "t" * 32, 2, finish=lambda: None, drain=lambda: None)
+for w in ("worker_0", "worker_1"):
+    guard.handle(w, Message("client_ready", __version__, w))
+    guard.handle(w, Message(MSG_HELLO, {"token": "t" * 32}, w))
+guard.worker_done(0)
+cut = guard.run_record()  # what the master writes when it quits now (Locust's SIGTERM handler fires `quitting`)
+guard.worker_done(1)
+print(json.dumps([cut["incomplete"], guard.run_record()["incomplete"]]))
+runner.quit()
+"""
+
+
+def test_a_master_that_quits_before_its_workers_are_done_records_an_incomplete_run():
+    """review22: the in-cluster master stopped by its Job's deadline or ``kubectl delete``, or quitting after a worker's
+    setup failed, wrote a run record of a whole run (only a lost worker made it incomplete): ``loadtest --records``
+    passed an SLO on part of a run and exited 0. A real Locust master runner, in a subprocess."""
+    from generator.resources import loadtest_dir
+
+    out = subprocess.run([sys.executable, "-c", _CUT_SHORT, str(loadtest_dir())], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cut, whole = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cut and "1 of 2" in cut and whole is None
+
+
 _PORT_FD = """
 import os, sys, tempfile
 from types import SimpleNamespace

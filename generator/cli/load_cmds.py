@@ -149,22 +149,20 @@ def loadtest(
     """
     from generator.fsutil import atomic_dir
 
+    spec = loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals()))
+    protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     if records is not None:
-        code = _from_records(loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals())),
-                             records, output, force, junit, summary)
+        code = _from_records(spec, records, output, force, junit, summary, dict(protected, **{"the records file": records}))
         if code:
             raise typer.Exit(code=code)
         return
     if (repo is None) == (url is None):
         raise SpecError("give either a repository folder or --url", fix="tritongen loadtest REPO, or --url http://HOST:8000")
-    flags = spec_overrides(loadtest, locals())
-    spec = loadtest_spec(spec_path, repo, list(overrides or []) + flags)
     gating = gate_inputs(spec)
     lt = spec.loadtest
     load = (f"trace {lt.trace}" if lt.trace else f"{lt.request_rate:g} req/s" if lt.request_rate
             else f"{lt.users} users")
     runs = f" × {lt.repeat} runs" if lt.repeat > 1 else ""
-    protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     failed = None
     with atomic_dir(output, force=force, command_hint="tritongen loadtest ... -o " + str(output), protected=protected) as tmp:
         with step(f"load test: {load}, {lt.duration_s:g} s{runs}, {lt.protocol} ({repo or url})"):
@@ -184,16 +182,19 @@ def loadtest(
 
 
 def _from_records(spec: Spec, records: Path, output: Path, force: bool, junit: Optional[Path],
-                  summary: Optional[Path]) -> int:
+                  summary: Optional[Path], protected: dict[str, Path]) -> int:
     """`--records`: the report of a run recorded elsewhere, judged as a run started here (its SLO, its gate, a lost
-    worker; review21: they were ignored and the command exited 0); starts no load. Returns the exit code."""
+    worker; review21: they were ignored and the command exited 0); starts no load. Returns the exit code.
+    ``protected``: what no --force may replace, as for a local run, and the records file (review22: ``-o`` naming the
+    --baseline folder replaced the baseline the run had just been compared with)."""
     from generator.fsutil import atomic_dir
     from generator.measure.runner import report_records
 
     if not records.is_file():
         raise SpecError(f"no records file {records}", where="--records", fix="kubectl cp the master's records.jsonl here")
     gating = gate_inputs(spec)
-    with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output)) as tmp:
+    with atomic_dir(output, force=force, command_hint="tritongen loadtest --records ... -o " + str(output),
+                    protected=protected) as tmp:
         result = report_records(spec, records, tmp)
         comparison, verdict = judge_folder(gating, tmp, str(output))
     return _conclude([result], None, output, comparison, verdict, junit, summary)

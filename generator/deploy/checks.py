@@ -17,7 +17,7 @@ from typing import Any, Optional
 from generator.deploy.kubernetes import MANIFESTS, tritongen_secrets
 from generator.deploy.launch import KUBESSH, LAUNCH_SCRIPT, launch_script
 from generator.deploy.loadtest import LOADTEST_MANIFESTS
-from generator.deploy.manifest_checks import Findings, check_manifests, documents, schema_problems, security_review
+from generator.deploy.manifest_checks import Findings, check_manifests, security_review, valid_documents
 from generator.deploy.topology import Topology
 from generator.errors import TritongenError
 from generator.fsutil import read_json_object, read_text_bounded
@@ -55,10 +55,9 @@ def check_deployment(repo: Path, manifest: Optional[RepoManifest], spec: Optiona
         else:
             check_manifests(manifests, spec, topo, _version(spec, manifest, target), out)
         if (repo / LOADTEST_MANIFESTS).is_file():
-            loadtest_docs = documents(repo / LOADTEST_MANIFESTS, out)
+            loadtest_docs = valid_documents(repo / LOADTEST_MANIFESTS, out)
             security_review(repo / LOADTEST_MANIFESTS, loadtest_docs, out, secrets=tritongen_secrets(spec))
             for doc, line in loadtest_docs:
-                schema_problems(repo / LOADTEST_MANIFESTS, doc, line, out)
                 size = sum(len(str(v).encode()) for v in (doc.get("data") or {}).values())
                 if doc.get("kind") == "ConfigMap" and size > CONFIGMAP_LIMIT:
                     out.add(repo / LOADTEST_MANIFESTS, line, f"ConfigMap data is {size:,} bytes; the API server "

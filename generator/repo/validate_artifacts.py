@@ -54,12 +54,15 @@ def tokenizer_load_error(path: str) -> Optional[str]:
                None)
     if bad:
         return bad
+    # trust_remote_code=False, never transformers' default (None): for a folder with an auto_map and no known model
+    # type, None asks "Do you wish to run the custom code? [y/N]" on the terminal (15 s), and a user's "y" ran the
+    # folder's Python inside validate (review22); False refuses such a folder, which validate then reports
     with _transformers_silent():
         try:
-            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         except Exception as first:  # noqa: BLE001 - any failure means "does not load"; report its text
             try:
-                tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+                tok = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             except Exception:  # noqa: BLE001
                 return f"{type(first).__name__}: {first}".splitlines()[0][:300]
         ids = tok(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
