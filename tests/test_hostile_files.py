@@ -298,6 +298,24 @@ def test_a_tokenizer_folder_with_its_own_code_is_never_run_or_offered_to_run(tmp
     assert asked == [] and not ran.exists()
 
 
+def test_a_model_folder_with_its_own_code_is_never_run_or_offered_to_run_by_the_cpu_engine(tmp_path, monkeypatch):
+    """review23: the CPU engine's load_causal_lm read a plain model folder (what it serves for quantization none) with
+    transformers' default trust_remote_code; a config.json with an auto_map and an unknown model_type asked on stdin
+    (a terminal under launch.sh) "Do you wish to run the custom code? [y/N]", and "y" ran the folder's Python."""
+    from generator.model.quality import checkpoint_loader
+
+    ran = tmp_path / "ran"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mine", "auto_map": {
+        "AutoConfig": "mine.Config", "AutoModelForCausalLM": "mine.Model"}}))
+    (tmp_path / "mine.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
+                                      "from transformers import LlamaConfig as Config, LlamaForCausalLM as Model\n")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user who says yes
+    with pytest.raises(ValueError, match="custom code"):
+        checkpoint_loader().load_causal_lm(tmp_path)
+    assert asked == [] and not ran.exists()
+
+
 def test_the_cli_prints_through_its_own_escape_only():
     """rich's escape handles markup only: a module importing it would print control characters again."""
     import ast

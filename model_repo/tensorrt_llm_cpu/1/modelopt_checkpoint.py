@@ -287,8 +287,11 @@ def load_causal_lm(weights_dir: str | Path, dtype: torch.dtype = torch.float32):
 
     weights_dir = Path(weights_dir)
     quant = read_quant_config(weights_dir)
-    if quant is None:
-        return AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype, attn_implementation="sdpa").eval()
+    if quant is None:  # never transformers' default trust_remote_code (None): for a folder with an auto_map and an
+        # unknown model type it asks "Do you wish to run the custom code? [y/N]" on stdin (a terminal under launch.sh)
+        # and "y" runs the folder's Python (review23); False refuses such a folder, which the load reports
+        return AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype, attn_implementation="sdpa",
+                                                    trust_remote_code=False).eval()
     algo = quant.get("quant_algo")
     kv_algo = quant.get("kv_cache_quant_algo")
     if algo is not None and algo not in SUPPORTED_WEIGHT_ALGOS:
