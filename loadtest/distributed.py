@@ -178,12 +178,18 @@ class MasterGuard:
         self.drain()
         self._maybe_finish()
 
-    def run_record(self) -> RunRecord:
+    def run_record(self, *, ended: bool = True) -> RunRecord:
         """The records file's ``run`` record: workers lost, messages refused, and a master that quit before every worker
         was done or lost (review22: stopped by its Job's deadline, ``kubectl delete``, or a worker's failed setup, the
-        master recorded a whole run, which ``loadtest --records`` judged as one: an SLO passed on part of a run)."""
+        master recorded a whole run, which ``loadtest --records`` judged as one: an SLO passed on part of a run).
+        ``ended=False``: the record the master writes first, which the one it writes when it quits replaces (the last
+        run record counts); a file without that last one is an incomplete run (review23: a killed master, or a file
+        read while the run went on, left no run record, which ``loadtest --records`` took for a whole run)."""
         why = list(self.lost.values())
-        if not self.finished:
+        if not ended:
+            why.append("the master never recorded the run's end: the run was still going when the records were read, "
+                       "or the master was killed (out of memory, its node lost, SIGKILL) before it could")
+        elif not self.finished:
             why.append(f"the master stopped before every worker finished ({len(self.done)} of {self.expected} reported "
                        "done: a worker's setup failed, or the master was stopped, e.g. at its Job's deadline)")
         return {"kind": "run", "lost_workers": sorted(self.lost), "incomplete": "; ".join(why)[:MAX_INCOMPLETE] or None,

@@ -363,6 +363,8 @@ def _on_init(environment, **_kw) -> None:
         sink = open_records(opts.records) if opts.records else None
         guard = MasterGuard(runner, _run_token_or_exit(), opts.expect_workers,
                             finish=lambda: _finish_run(environment), drain=lambda: runner.send_message(MSG_DRAIN))
+        if sink is not None:  # until the master quits, the file holds an unfinished run (MasterGuard.run_record)
+            write_records(sink, [guard.run_record(ended=False)])
 
         def on_records(msg, **_kw) -> None:
             if sink is not None:

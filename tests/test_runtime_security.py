@@ -672,6 +672,40 @@ def test_a_master_that_quits_before_its_workers_are_done_records_an_incomplete_r
     assert cut and "1 of 2" in cut and whole is None
 
 
+_KILLED = """
+import os, socket, sys
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[1])
+os.environ["TRITONGEN_RUN_TOKEN"] = "t" * 32
+os.environ.pop("TRITONGEN_MASTER_PORT_FD", None)
+from locust.env import Environment
+import tritonllm
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+env = Environment(parsed_options=SimpleNamespace(records=sys.argv[2], expect_workers=2, duration=None))
+env.create_master_runner("127.0.0.1", port)
+tritonllm._on_init(env)  # the master starts as Locust's init event starts it
+os._exit(0)  # then it is killed: no `quitting`, no final run record
+"""
+
+
+def test_a_master_killed_before_it_quits_leaves_an_incomplete_run(tmp_path):
+    """review23: a master killed (out of memory, its node lost) or a records file read while the run still went on has
+    no run record, which ``loadtest --records`` took for a whole run: SLO PASS and exit 0 on part of a run. The master
+    writes an unfinished run record first, which only its final one replaces. A real Locust master, in a subprocess."""
+    from generator.measure.records import open_records, read_records, write_records
+    from generator.resources import loadtest_dir
+    from helpers import process_record
+
+    records = tmp_path / "records.jsonl"
+    out = subprocess.run([sys.executable, "-c", _KILLED, str(loadtest_dir()), str(records)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open_records(records) as file:  # what its workers had sent before the kill
+        write_records(file, [process_record()])
+    run = read_records(records).run
+    assert run and "never recorded the run's end" in run["incomplete"], run
+
+
 _PORT_FD = """
 import os, sys, tempfile
 from types import SimpleNamespace
