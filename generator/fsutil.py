@@ -202,6 +202,20 @@ def check_writable_target(
         )
 
 
+def check_side_file(path: Optional[Path], option: str, reads: Mapping[str, Optional[Path]]) -> None:
+    """Refuse a file a command writes beside its output (``--junit``, ``--summary``) that is one of what it ``reads``
+    (label -> path; None: not given) or lies inside one. Such files replace what is there without ``--force``, as CI
+    files do (``$GITHUB_STEP_SUMMARY`` exists before the step); review23: ``--junit R`` replaced the records R, and
+    ``--summary`` the spec or the baseline the command had just read, where ``-o`` refuses them even with --force."""
+    if path is None:
+        return
+    target = output_path(path)
+    for label, read in reads.items():
+        if read is not None and _inside(target, output_path(read)):
+            raise OutputExists(f"{path} would replace {label} ({read}), which this command reads",
+                               where=option, fix=f"write {option} to a file of its own")
+
+
 def _leftover_owner(name: str, target_name: str) -> Optional[int]:
     """The process id in a temporary sibling's name ``.NAME.tmp-PID-XXXX`` (or ``.old-``), else None."""
     for kind in _LEFTOVER_KINDS:

@@ -219,6 +219,25 @@ def test_records_given_to_loadtest_never_replace_the_baseline_they_are_compared_
     assert "gate.baseline" in str(again.exception) and (base / "results.json").stat().st_ino == kept
 
 
+def test_junit_and_summary_never_replace_what_the_command_reads(written, tmp_path):
+    """review23: --junit and --summary replace a file without --force (CI files; $GITHUB_STEP_SUMMARY exists), and
+    nothing kept them off the command's inputs: ``loadtest --records R --junit R`` replaced the records, and
+    ``compare BASE CAND --summary BASE`` the baseline it had just compared with."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    path, base = written[0], tmp_path / "base"
+    CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(base)])
+    kept = path.read_bytes(), (base / "results.json").read_bytes()
+    runs = [CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(tmp_path / "out"), "--junit",
+                                     str(path)]),
+            CliRunner().invoke(app, ["compare", str(base), str(base), "--summary", str(base / "results.json")])]
+    assert [type(r.exception).__name__ for r in runs] == ["OutputExists"] * 2, [r.output for r in runs]
+    assert "the records file" in str(runs[0].exception) and "the baseline" in str(runs[1].exception)
+    assert (path.read_bytes(), (base / "results.json").read_bytes()) == kept
+
+
 def test_records_given_to_loadtest_are_read_before_anything_is_copied(tmp_path, monkeypatch):
     """review22 (Low): --records copied the file into the output whole before reading a line: a sparse file (no disk
     used) was written out as that many bytes of zeros, then refused. Now it is refused before any copy."""

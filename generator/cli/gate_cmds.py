@@ -16,7 +16,7 @@ import typer
 
 from generator.cli._app import Force, app, console, escape, get_spec, out, spec_option
 from generator.errors import OutputExists, SpecError
-from generator.fsutil import atomic_write_text
+from generator.fsutil import atomic_write_text, check_side_file
 from generator.measure import baseline as baseline_io
 from generator.measure.ci import SloRuns, fmt, fmt_change, junit_xml, shown_verdict, summary_markdown
 from generator.measure.compare import Change, Comparison, compare
@@ -139,6 +139,9 @@ def compare_cmd(
     Exit codes: 0 (with --gate: every term shown within its limit), 1 a regression beyond its limit that the
     interval confirms, 3 inconclusive (interval straddles a limit, runs not comparable, or client-limited).
     """
+    reads = {"the baseline": baseline, "the candidate": candidate, "the spec": spec_path}
+    for side, option in ((junit, "--junit"), (summary, "--summary")):
+        check_side_file(side, option, reads)
     flags = [f"gate.max_change={json.dumps(gate)}"] if gate else []
     spec = get_spec(spec_path, flags)
     terms = parse_gate(spec.gate.max_change, "gate.max_change (--gate)") if spec.gate.max_change else None

@@ -147,9 +147,13 @@ def loadtest(
     regression, or no request succeeded, 3 inconclusive (the load generator limited the run, a term could not
     be measured, or an interval straddles a gate limit), 2 bad input; README "Exit codes" lists the others.
     """
-    from generator.fsutil import atomic_dir
+    from generator.fsutil import atomic_dir, check_side_file
 
     spec = loadtest_spec(spec_path, repo, list(overrides or []) + spec_overrides(loadtest, locals()))
+    reads = dict(spec.named_paths(except_=("folder",)), **{"the spec": spec_path, "the repository": repo,
+                                                           "the records file": records})
+    for side, option in ((junit, "--junit"), (summary, "--summary")):
+        check_side_file(side, option, reads)
     protected = dict(spec.named_paths(), **({"the repository": repo} if repo else {}))
     if records is not None:
         code = _from_records(spec, records, output, force, junit, summary, dict(protected, **{"the records file": records}))
