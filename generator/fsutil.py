@@ -203,10 +203,11 @@ def check_writable_target(
 
 
 def check_side_file(path: Optional[Path], option: str, reads: Mapping[str, Optional[Path]]) -> None:
-    """Refuse a file a command writes beside its output (``--junit``, ``--summary``) that is one of what it ``reads``
-    (label -> path; None: not given) or lies inside one. Such files replace what is there without ``--force``, as CI
-    files do (``$GITHUB_STEP_SUMMARY`` exists before the step); review23: ``--junit R`` replaced the records R, and
-    ``--summary`` the spec or the baseline the command had just read, where ``-o`` refuses them even with --force."""
+    """Refuse a file a command writes beside its output (``--junit``, ``--summary``, smoke's ``--json``, serve's
+    ``--log-file``) that is one of what it ``reads`` (label -> path; None: not given) or lies inside one. Such files
+    replace what is there without ``--force``, as CI files do (``$GITHUB_STEP_SUMMARY`` exists before the step);
+    review23: ``--junit R`` replaced the records R, ``--summary`` the spec or the baseline the command had just read
+    (where ``-o`` refuses them even with --force), and ``--log-file`` truncated a file of the repository served."""
     if path is None:
         return
     target = output_path(path)

@@ -316,6 +316,18 @@ def test_a_model_folder_with_its_own_code_is_never_run_or_offered_to_run_by_the_
     assert asked == [] and not ran.exists()
 
 
+def test_serve_and_smoke_never_write_their_log_or_report_over_the_repository(rendered, tmp_path):
+    """review23: ``serve REPO --log-file REPO/F`` opened F for writing (truncated) before the server read the
+    repository, and ``smoke REPO --json REPO/F`` replaced F after its checks: both now refuse before anything starts."""
+    repo = shutil.copytree(rendered["cpu-reference"], tmp_path / "repo")
+    kept = (repo / "tritongen.json").read_bytes()
+    runs = [CliRunner().invoke(app, [command, str(repo), option, str(repo / "tritongen.json")])
+            for command, option in (("serve", "--log-file"), ("smoke", "--json"))]
+    assert [type(r.exception).__name__ for r in runs] == ["OutputExists"] * 2, [r.output for r in runs]
+    assert all("the repository" in str(r.exception) for r in runs)
+    assert (repo / "tritongen.json").read_bytes() == kept
+
+
 def test_the_cli_prints_through_its_own_escape_only():
     """rich's escape handles markup only: a module importing it would print control characters again."""
     import ast

@@ -65,8 +65,10 @@ def serve(
 
     The admin APIs answer only requests with the header `tritongen-admin-key: KEY`; smoke and loadtest
     take the key with --admin-key (or TRITONGEN_ADMIN_KEY)."""
+    from generator.fsutil import check_side_file
     from generator.serve.install import ADMIN_HEADER
 
+    check_side_file(log_file, "--log-file", {"the repository": repo_dir})
     server = _start(repo_dir, host, http_port, grpc_port, metrics_port, timeout, log_file, admin_key,
                     exit_timeout_s=SERVE_EXIT_TIMEOUT_S)
     try:
@@ -120,6 +122,7 @@ def smoke(
     admin_key: AdminKey = None,
 ) -> None:
     """Check a served repository end to end (health, metadata, generate, infer, gRPC and SSE streaming, stop words, limits, bad requests, BLS; for the LLM-API model also finish/stop reasons, perf metrics, cancellation, default max_tokens); exit 1 on any failure."""
+    from generator.fsutil import check_side_file
     from generator.serve.client import check_reachable
     from generator.serve.endpoints import Endpoints
     from generator.serve.smoke_run import run_smoke
@@ -127,6 +130,7 @@ def smoke(
     if (repo_dir is None) == (url is None):
         raise SpecError("give either a repository folder or --url",
                         fix="tritongen smoke REPO_DIR   or   tritongen smoke --url 127.0.0.1:8000 (gRPC on port + 1)")
+    check_side_file(json_out, "--json", {"the repository": repo_dir})
 
     def run(http: str, grpc: str, key: Optional[str]):
         with step("running smoke checks"):
