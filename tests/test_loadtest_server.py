@@ -88,9 +88,11 @@ def test_open_loop_above_capacity_shows_up_as_growing_engine_queue(cpu_spec, cpu
     """40 requests/s of 32 tokens is far above what the CPU engine serves: requests wait in the engine's
     queue longer and longer, which the server-side split shows (and latency counts from the schedule). 1.5 s:
     60 requests, never more than the engine's 16 batch slots and 64 queue places hold however slow a loaded
-    machine makes it (3 s sent 120, more than those 80 when the engine serves slowly: 4 failed on a busy machine)."""
+    machine makes it (3 s sent 120, more than those 80 when the engine serves slowly: 4 failed on a busy machine).
+    No warm-up: the run's time includes it, and on a loaded machine two warm-up requests of 0.58 s each left 0.35 s
+    of the schedule, 15 requests, too few to queue."""
     res = run(cpu_spec, tmp_path, cpu_server, "loadtest.request_rate=40", "loadtest.arrival=constant",
-              "loadtest.duration_s=1.5", "loadtest.output_tokens_mean=32").results
+              "loadtest.duration_s=1.5", "loadtest.output_tokens_mean=32", "loadtest.warmup_requests=0").results
     assert res.run.mode == "open loop" and res.counts.errors == 0
     first, _, last = res.queue_trend.median_ms_by_third
     assert last > first + 100 and res.queue_trend.slope_ms_per_s > 0
