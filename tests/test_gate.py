@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator.errors import ArtifactCorrupt, TritongenError
+from generator.errors import ArtifactCorrupt, ArtifactMissing, TritongenError
 from generator.measure import baseline, intervals
 from generator.measure.ci import junit_xml, summary_markdown
 from generator.measure.compare import Change, comparability, compare
@@ -497,6 +497,23 @@ def test_a_run_that_lost_a_worker_is_no_verdict(tmp_path):
     assert gate.verdict is Verdict.INCONCLUSIVE and "run incomplete: worker 1 lost" in gate.reason
     assert evaluate_gate(parse_gate("error_rate:+50%"), compare(baseline.load(single), baseline.load(single))
                          ).verdict is Verdict.PASS
+
+
+def test_a_repeat_folder_with_a_run_that_did_not_finish_is_refused_naming_it(tmp_path):
+    """review24: ``loadtest --repeat N`` failing on a later run keeps its folder (the logs): the runs before it finished,
+    the failed one holds no results.json. compare read it as a shorter finished repeat (gate PASS, exit 0), and
+    baseline save saved it, nothing said about the run that failed."""
+    import shutil
+
+    _, single = _single_run(tmp_path)
+    repeat = tmp_path / "repeat"
+    shutil.copytree(single, repeat / "run-01")
+    assert baseline.run_folders(repeat) == [repeat / "run-01"]
+    (repeat / "run-02").mkdir()
+    (repeat / "run-02" / "locust.log").write_text("Killed\n")
+    with pytest.raises(ArtifactMissing, match="run-02 has no results.json: that run of the repeat did not finish") as err:
+        baseline.load(repeat)
+    assert err.value.where == str(repeat / "run-02")
 
 
 @pytest.mark.parametrize("section, key", [("counts", "requests"), ("counts", "errors"), ("checks", "checked"),

@@ -298,17 +298,27 @@ def test_a_tokenizer_folder_with_its_own_code_is_never_run_or_offered_to_run(tmp
     assert asked == [] and not ran.exists()
 
 
-def test_a_model_folder_with_its_own_code_is_never_run_or_offered_to_run_by_the_cpu_engine(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_type, modelopt", [("mine", False), ("resnet", True)], ids=["plain", "modelopt"])
+def test_a_model_folder_with_its_own_code_is_never_run_or_offered_to_run_by_the_cpu_engine(tmp_path, monkeypatch,
+                                                                                           model_type, modelopt):
     """review23: the CPU engine's load_causal_lm read a plain model folder (what it serves for quantization none) with
     transformers' default trust_remote_code; a config.json with an auto_map and an unknown model_type asked on stdin
-    (a terminal under launch.sh) "Do you wish to run the custom code? [y/N]", and "y" ran the folder's Python."""
+    (a terminal under launch.sh) "Do you wish to run the custom code? [y/N]", and "y" ran the folder's Python.
+    review24: so did a ModelOpt checkpoint (hf_quant_config.json) whose config is of a known type that is no causal LM
+    (resnet), built with from_config; its name_or_path led transformers to the folder's module."""
     from generator.model.quality import checkpoint_loader
 
     ran = tmp_path / "ran"
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mine", "auto_map": {
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "name_or_path": str(tmp_path), "auto_map": {
         "AutoConfig": "mine.Config", "AutoModelForCausalLM": "mine.Model"}}))
     (tmp_path / "mine.py").write_text(f"open({str(ran)!r}, 'w').close()\n"
                                       "from transformers import LlamaConfig as Config, LlamaForCausalLM as Model\n")
+    if modelopt:
+        import torch
+        from safetensors.torch import save_file
+
+        (tmp_path / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": None}}))
+        save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     asked = []
     monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")  # a user who says yes
     with pytest.raises(ValueError, match="custom code"):

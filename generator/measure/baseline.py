@@ -58,7 +58,12 @@ def run_folders(folder: Path) -> list[Path]:
     winner at its goodput level."""
     if (folder / "results.json").is_file():
         return [folder]
-    repeats = sorted(p for p in folder.glob("run-*") if (p / "results.json").is_file())
+    repeats = sorted(p for p in folder.glob("run-*") if p.is_dir())
+    unfinished = [p for p in repeats if not (p / "results.json").is_file()]
+    if unfinished:  # review24: a repeat that failed on a run keeps its folder, which compared as a shorter repeat
+        raise ArtifactMissing(f"{unfinished[0]} has no results.json: that run of the repeat did not finish (tritongen "
+                              "loadtest failed on it, its logs are there), so the repeat is incomplete",
+                              where=str(unfinished[0]), fix="run the repeat again into a new folder")
     if repeats:
         return repeats
     if (folder / "points.json").is_file():

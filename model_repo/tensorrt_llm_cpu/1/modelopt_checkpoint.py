@@ -303,8 +303,9 @@ def load_causal_lm(weights_dir: str | Path, dtype: torch.dtype = torch.float32):
     config_dict.pop("quantization_config", None)  # keep transformers from handling (and skipping) modelopt
     config = AutoConfig.for_model(**config_dict)
     state, inputs, kv = _split_checkpoint(_read_tensors(weights_dir), algo, dtype)
-    with _no_init():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    with _no_init():  # trust_remote_code=False: a config of a known type that is no causal LM, with an auto_map, asked
+        # on stdin too (review24), as the plain path did
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa", trust_remote_code=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ()) if config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
