@@ -167,13 +167,13 @@ def test_a_server_still_loading_at_the_timeout_is_slow_not_refused(tmp_path):
 
 
 @pytest.mark.server
-@pytest.mark.alone  # its server's Python-backend folder: the one that appeared while it started
-def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path):
+def test_stop_ends_the_process_group_even_when_a_model_hangs(tmp_path, alone):
     repo = tmp_path / "repo"
     _write_model(repo, "echo", instances=2)
     _write_model(repo, "stuck", finalize="time.sleep(600)")  # unloading never ends: SIGKILL must follow
     server = TritonServer(repo)
-    server.start(timeout_s=120)
+    with alone():  # its server's Python-backend folder: the one that appeared while it started
+        server.start(timeout_s=120)
     try:
         assert requests.get(f"http://{server.http_url}/v2/health/ready", timeout=5).status_code == 200
         family = [server.pid] + [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
@@ -202,16 +202,17 @@ time.sleep(600)
 
 
 @pytest.mark.server
-@pytest.mark.alone  # its server's Python-backend folder: the one that appeared while it started
-def test_server_goes_when_its_launcher_is_killed(tmp_path):
+def test_server_goes_when_its_launcher_is_killed(tmp_path, alone):
     """The server runs in its own session, so a launcher killed outright cannot stop it; Linux sends
     it SIGTERM instead (parent-death signal) and it shuts down with its stubs."""
     repo = tmp_path / "repo"
     _write_model(repo, "echo")
-    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(repo), str(tmp_path / "triton.log")],
-                                stdout=subprocess.PIPE, text=True)
+    with alone():  # its server's Python-backend folder: the one that appeared while it started
+        launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(repo), str(tmp_path / "triton.log")],
+                                    stdout=subprocess.PIPE, text=True)
+        started = launcher.stdout.readline()
     try:
-        pid, python_env = launcher.stdout.readline().split()
+        pid, python_env = started.split()
         server_pid = int(pid)
         family = [server_pid] + [p.pid for p in psutil.Process(server_pid).children(recursive=True)]
         assert len(family) == 2  # tritonserver and the echo model's stub
