@@ -294,9 +294,9 @@ def engine_settled(trtllm_gauge):
 
 # Two pytest-xdist workers (`make test`: `-n 2 --dist loadscope`: a module's tests stay on one worker, so its
 # module-scoped fixtures, a server or the demo's run, are made once). A test marked `alone` runs while the
-# other worker runs no test: it checks what another server starting at the same time would blur (the one
-# Python-backend folder under /tmp that appeared during its server's start); a measurement that another test's
-# load would blur runs in `with alone():` (the fixture below), the rest of its test beside the other worker.
+# other worker runs no test (a measurement another test's load would blur); where only a part of a test must not be
+# disturbed (a measurement, or a server's start that finds the one Python-backend folder under /tmp that appeared
+# meanwhile), that part runs in `with alone():` (the fixture below), the rest beside the other worker.
 
 SESSION_SERVERS = {"cpu_server", "llmapi_server"}
 """Session fixtures that start a server: each worker running a module that uses one starts it again."""
