@@ -516,6 +516,49 @@ def test_a_repeat_folder_with_a_run_that_did_not_finish_is_refused_naming_it(tmp
     assert err.value.where == str(repeat / "run-02")
 
 
+def test_a_repeat_whose_server_died_keeps_its_runs_and_is_refused_by_compare(tmp_path):
+    """review25: a server that died during a repeat's run (killed by the OOM killer, say) answered no more: the next
+    run's reachability check raised ServerError ("no Triton server answers", where --url, fix: start one), which is
+    no LoadTestError, so `loadtest --repeat` deleted its whole output (the runs made, the server's log) with a cause
+    that was not one; and the run it died in, asking the server's statistics after Locust, ended the command as an
+    OSError ("check the path, its permissions"). Now the next run fails as a load test does: its folder kept, and
+    compare refuses the repeat naming that run; the statistics of a server gone are none."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from generator.errors import LoadTestError
+    from generator.measure import repeat, runner
+    from generator.serve.endpoints import Endpoints
+    from generator.spec import load_spec
+
+    asked = []
+
+    class AnswersOnce(BaseHTTPRequestHandler):  # live when the repeat starts, gone from its first run on
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(200 if len(asked) == 1 else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswersOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(LoadTestError, match="run 1 of 2 found no server: no Triton server answers") as err:
+            repeat.run_repeated(load_spec(None, ["loadtest.repeat=2"]), tmp_path, url=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/v2/health/live"] * 2
+    assert err.value.where == url and "stopped answering before this run" in err.value.fix
+    with pytest.raises(ArtifactMissing, match="run-01 has no results.json"):
+        baseline.load(tmp_path)
+    assert runner._stats_after(Endpoints.from_urls(url)) == {}
+
+
 @pytest.mark.parametrize("section, key", [("counts", "requests"), ("counts", "errors"), ("checks", "checked"),
                                           ("checks", "failed_requests")])
 def test_a_results_file_with_negative_counts_is_refused_naming_it(tmp_path, section, key):

@@ -319,6 +319,35 @@ def test_repeats_say_whether_the_order_holds():
     assert "not repeated" in order_note(rep("a", [90]), rep("b", [95]))
 
 
+def test_a_repeat_that_fails_is_reported_and_the_tune_keeps_its_output(tmp_path, monkeypatch):
+    """review25: the repeat phase started a fresh server per repeat outside any error handling: one that was still
+    loading at its start timeout (ServerNotReady; the settings phase counts that as a failed setting) or a failed
+    load-test round ended `tritongen tune` with the error, its whole output (every setting measured) deleted and the
+    error naming the repeat's triton.log inside it. Now the repeat is reported failed and the others go on."""
+    from generator.errors import ServerNotReady
+    from generator.measure.tune import goodput_of, order_note, repeat_level
+    from generator.serve.server import TritonServer
+    from generator.spec import load_spec
+
+    def still_loading(self):
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.write_text("loading\n")
+        raise ServerNotReady("the models were still loading after 600 s", where=str(self.log_file), fix="run again")
+
+    monkeypatch.setattr(TritonServer, "__enter__", still_loading)
+    spec = load_spec(None, ["tune.repeat=1"])
+    outcome = search(SimulatedServer(capacity=4), TuneSpec(start_users=1, max_users=8), open_loop=False)
+    measured = SettingResult(label="mbs=4", overrides=[], dir="settings/0", gpus=1, status=SettingStatus.MEASURED,
+                             search=outcome, goodput=goodput_of(outcome, 1))
+    steps = []
+    repeat = repeat_level(spec, measured, tmp_path / "repeats" / "0", gpu_visible=False, open_loop=False,
+                          budget=Budget(None), progress=steps.append)
+    assert repeat.runs == [] and repeat.passed == 0 and len(repeat.failed) == 1
+    assert repeat.failed[0].startswith("repeat 1 (repeats/0/0): ") and "still loading" in repeat.failed[0]
+    assert (tmp_path / "repeats" / "0" / "0" / "triton.log").is_file()  # its log is kept with the output
+    assert "1 repeat(s) failed" in order_note(repeat, repeat.model_copy(update={"failed": []}))
+
+
 def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8b_config):
     import json
 

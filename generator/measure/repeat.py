@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+from generator.errors import LoadTestError, ServerError
 from generator.fsutil import atomic_write_text
 from generator.measure import baseline
 from generator.measure.ci import fmt
@@ -35,8 +36,14 @@ def run_repeated(spec: Spec, out_dir: Path, *, repo_dir: Optional[Path] = None, 
         for i in range(1, n + 1):
             folder = out_dir / f"run-{i:02d}"
             folder.mkdir()
-            runs.append(run_loadtest(spec, folder, url=ep.http_url, grpc_url=ep.grpc_url, metrics_url=ep.metrics_url,
-                                     admin_key=ep.admin_key, manifest_dir=repo_dir, title=f"{title}, run {i} of {n}"))
+            try:
+                runs.append(run_loadtest(spec, folder, url=ep.http_url, grpc_url=ep.grpc_url, metrics_url=ep.metrics_url,
+                                         admin_key=ep.admin_key, manifest_dir=repo_dir, title=f"{title}, run {i} of {n}"))
+            except ServerError as exc:  # review25: the server died in an earlier run ("--url" named as the cause, the
+                # runs made and the server's log deleted); as a failed run, the folder is kept and compare refuses it
+                raise LoadTestError(f"run {i} of {n} found no server: {exc.message}", where=str(
+                    out_dir / "triton.log") if repo_dir else ep.http_url, fix="the server stopped answering before this "
+                    "run (the runs before it and the server's log say why); mend that, then run the repeat again") from None
             r = runs[-1].results
             progress(f"run {i}/{n}: {r.counts.ok} ok, TTFT p95 "
                      f"{r.latency_ms.ttft.p95 if r.latency_ms.ttft else float('nan'):.1f} ms")

@@ -111,8 +111,12 @@ def tune_doc(result: TuneResult, best_repo_problems: list[str]) -> Doc:
     if result.repeats:
         doc.h("Repeats")
         doc.table(["setting", "load", "runs (incl. the search's)", "passed again", "out tok/s per GPU across runs [95%]"],
-                  [[r.label, f"{r.load:g}", len(r.runs) + 1, f"{r.passed}/{len(r.runs)}",
+                  [[r.label, f"{r.load:g}", len(r.runs) + 1, f"{r.passed}/{len(r.runs) + len(r.failed)}",
                     interval_cell(r.output_tokens_per_s_per_gpu)] for r in result.repeats])
+        failed = [f"{r.label}, {why}" for r in result.repeats for why in r.failed]
+        if failed:
+            doc.p("**Repeats that failed** (they measured nothing; their logs are in repeats/):")
+            doc.bullets(failed)
         doc.p(f"Order of winner and runner-up: {result.order}.")
     _plots(doc, result)
     doc.h("Levels measured")

@@ -316,7 +316,7 @@ def run_loadtest(
             spawn_s = lt.users / lt.spawn_rate
             run_locust(options, lt.workers, out_dir, timeout_s=lt.duration_s + spawn_s + lt.request_timeout_s + 120,
                        prefix=locust_prefix)
-        after = fetch_model_stats(endpoints.http_url, endpoints.admin_key) if triton else {}
+        after = _stats_after(endpoints) if triton else {}
         requests, processes, run = read_records(records)
         if not requests:
             raise LoadTestError(f"the load test recorded no requests:\n{_tail(out_dir / 'locust.log')}",
@@ -346,6 +346,19 @@ def run_loadtest(
     )
     _write_results(out_dir, results, report)
     return LoadResult(out_dir, results, requests)
+
+
+def _stats_after(endpoints: Endpoints) -> dict[str, Any]:
+    """The server's statistics after the run, or none when it no longer answers: it died during the run, which the
+    run's records show (review25: the refusal here, an OSError, ended the command as "check the path, its permissions",
+    the run's records, report and the server's log deleted with its folder)."""
+    from generator.measure.tritonstats import fetch_model_stats
+    from generator.serve.client import UNREADABLE
+
+    try:
+        return fetch_model_stats(endpoints.http_url, endpoints.admin_key)
+    except UNREADABLE:
+        return {}
 
 
 def _write_results(out_dir: Path, results: LoadTestResult, report: bool) -> None:

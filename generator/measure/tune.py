@@ -213,27 +213,41 @@ def repeat_level(spec: Spec, s: SettingResult, out: Path, *, gpu_visible: bool, 
 
     first = s.search.level(s.goodput.load)
     runs: list[Level] = []
+    failed: list[str] = []
     for i in range(spec.tune.repeat):
         if not budget.ok():
             break
-        pspec, repo = prepare_point(spec, s.overrides, s.label, out / str(i), gpu_visible, progress)
-        with TritonServer(repo, log_file=out / str(i) / "triton.log") as server:
-            level = measure_level(round_measure(pspec, server, out / str(i) / "levels", open_loop,
-                                                lambda m: progress(f"{s.label} repeat {i + 1}: {m}")),
-                                  s.goodput.load, pspec.tune, budget.ok)
+        try:
+            pspec, repo = prepare_point(spec, s.overrides, s.label, out / str(i), gpu_visible, progress)
+            with TritonServer(repo, log_file=out / str(i) / "triton.log") as server:
+                level = measure_level(round_measure(pspec, server, out / str(i) / "levels", open_loop,
+                                                    lambda m: progress(f"{s.label} repeat {i + 1}: {m}")),
+                                      s.goodput.load, pspec.tune, budget.ok)
+        except TritongenError as exc:  # review25: one repeat's slow server or failed load test ended the whole tune,
+            # its output (every setting measured) deleted and the error naming a log inside it; its logs stay in out/i
+            status, detail = failure_status(exc)
+            failed.append(f"repeat {i + 1} (repeats/{out.name}/{i}): {status.value}: {detail}")
+            progress(f"{s.label} repeat {i + 1} failed: {detail}")
+            continue
         if level is not None:
             runs.append(level)
     values = [lv.figures.output_tokens_per_s.estimate / s.gpus for lv in [first] + runs]
     return RepeatResult(label=s.label, load=s.goodput.load, runs=runs, output_tokens_per_s_per_gpu=across_runs(values),
-                        passed=sum(lv.verdict is LevelVerdict.PASS for lv in runs))
+                        passed=sum(lv.verdict is LevelVerdict.PASS for lv in runs), failed=failed)
 
 
 def order_note(win: RepeatResult, second: RepeatResult) -> str:
     """Whether the winner stayed ahead of the runner-up over the runs of both (the search's and the repeats)."""
+    failed = len(win.failed) + len(second.failed)
+    note = _order(win, second)
+    return note + (f"; {failed} repeat(s) failed and measured nothing (tune.json says why)" if failed else "")
+
+
+def _order(win: RepeatResult, second: RepeatResult) -> str:
     a, b = win.output_tokens_per_s_per_gpu, second.output_tokens_per_s_per_gpu
     runs = min(a.n, b.n)
     if runs < 2:
-        return "not repeated (the budget ran out)"
+        return "not repeated (the budget ran out)" if not win.failed + second.failed else "not repeated"
     if a.low > b.high:
         return f"holds: over {runs} runs each, {win.label}'s interval lies above {second.label}'s"
     if a.estimate > b.estimate:

@@ -70,6 +70,8 @@ class RepeatResult(BaseModel):
     """Across the original run and the repeats (t interval over runs)."""
     passed: int
     """Runs whose level passed again."""
+    failed: list[str] = []
+    """Why each repeat that measured nothing failed (its fresh server did not start in time, its load test failed)."""
 
 
 class Choice(BaseModel):
