@@ -348,6 +348,33 @@ def test_a_repeat_that_fails_is_reported_and_the_tune_keeps_its_output(tmp_path,
     assert "1 repeat(s) failed" in order_note(repeat, repeat.model_copy(update={"failed": []}))
 
 
+def test_a_setting_whose_server_died_mid_search_is_failed_naming_its_log_not_refused(tmp_path, monkeypatch):
+    """review26: a setting's server that died during a round (killed for memory at a load too high) made the next
+    round's reachability check raise ServerError ("no Triton server answers at http://127.0.0.1:PORT"): the setting was
+    reported "refused" (no load sent, it cannot be served) with a --url fix. Now it failed, naming the server's exit
+    and its log."""
+    import types
+
+    from generator.measure import tune as tune_mod
+    from generator.serve.server import TritonServer
+    from generator.spec import load_spec
+
+    def died_at_once(self):  # a server that answered its start, then died (exit -9) before the first round
+        self.process = types.SimpleNamespace(poll=lambda: -9)
+        self.http_port = self.grpc_port = self.metrics_port = 9  # nothing listens there
+        return self
+
+    monkeypatch.setattr(TritonServer, "__enter__", died_at_once)
+    monkeypatch.setattr(TritonServer, "__exit__", lambda self, *exc: None)
+    monkeypatch.setattr(tune_mod, "prepare_point", lambda spec, o, label, out, gpu, progress: (spec, tmp_path))
+    spec = load_spec(None, ["loadtest.slo=ttft_p95<1s"])
+    out = tmp_path / "settings" / "0"
+    result = tune_mod.tune_setting(spec, [], "spec", out, gpu_visible=False, open_loop=False, budget=Budget(None),
+                                   done=[], progress=lambda _m: None)
+    assert result.status is SettingStatus.FAILED, result.reason
+    assert "the server exited (code -9) during the search" in result.reason and "--url" not in result.reason
+
+
 def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8b_config):
     import json
 

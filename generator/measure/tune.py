@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from generator.errors import ServerNotReady, TritongenError
+from generator.errors import LoadTestError, ServerNotReady, TritongenError
 from generator.measure.attainment import objectives, request_rows
 from generator.measure.goodput import Level, LevelVerdict, RoundSample, SearchOutcome, measure_level, search
 from generator.measure.intervals import Interval, across_runs
@@ -112,6 +112,12 @@ def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
 
     def measure(load: float, rnd: int) -> RoundSample:
         progress(f"load {load:g} {unit}, round {rnd + 1}")
+        code = server.process.poll() if server.process is not None else None
+        if code is not None:  # review26: it died in the round before (out of memory, say); the next round's "no server
+            # answers at URL" (a ServerError) made the setting "refused" (no load sent) with "pass the right --url"
+            raise LoadTestError(f"the server exited (code {code}) during the search, before load {load:g} {unit}",
+                                where=str(server.log_file), fix="its log's last lines say why (out of memory?); mend "
+                                "that or leave the setting out, then tune again")
         folder = out_dir / f"{load:g}-{rnd}"
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
