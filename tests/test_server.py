@@ -75,6 +75,26 @@ def test_own_python_env_is_the_one_folder_that_appeared():
     assert own_python_env({older}, {older}) is None
 
 
+@pytest.mark.parametrize("why", [KeyboardInterrupt, ServerNotReady])
+def test_a_start_that_fails_or_is_interrupted_removes_its_python_backend_folder(tmp_path, monkeypatch, why):
+    """review26: a start interrupted (Ctrl-C, SIGTERM to the CLI) or failed after the Python backend made its
+    /tmp/python_env_* folder left that folder behind: it was taken as the server's own only once ready."""
+    from generator.serve import server as server_mod
+
+    monkeypatch.setattr(server_mod, "PYTHON_ENV_GLOB", str(tmp_path / "python_env_*"))
+    monkeypatch.setattr(TritonServer, "_launch", lambda self, *a, **k: (tmp_path / "python_env_x").mkdir())
+    monkeypatch.setattr(TritonServer, "stubs", lambda self: {1: "slots"})  # its stub runs: the folder is its own
+
+    def stopped(self, timeout_s):
+        raise why() if why is KeyboardInterrupt else why("not ready", fix="run again")
+
+    monkeypatch.setattr(TritonServer, "_wait_ready", stopped)
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(why):
+        TritonServer(tmp_path / "repo", log_file=tmp_path / "triton.log").start()
+    assert not (tmp_path / "python_env_x").exists()
+
+
 def test_failed_models_are_read_from_the_log_and_the_index():
     log = textwrap.dedent("""\
         E1126 01:19:27.006480 7350 model_repository_manager.cc:703] "Invalid argument: in ensemble ens, step of model 'ens' receives inputs originated from different decoupled models"

@@ -246,6 +246,8 @@ class TritonServer:
                     ) from None
             except BaseException as exc:
                 self._start_failed = isinstance(exc, Exception)  # Ctrl-C/SIGTERM: no error names the log, none kept
+                if self.python_env is None and self.stubs():  # review26: a failed or interrupted start left it in /tmp
+                    self.python_env = own_python_env(envs_before, python_envs())
                 self.stop()
                 raise
         return self
