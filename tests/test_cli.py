@@ -180,3 +180,28 @@ def test_an_http_error_from_the_server_gets_the_fix_of_its_status(monkeypatch, c
     printed = capsys.readouterr().err
     assert f"HTTP {status}" in printed and needle in printed.split("fix:")[1]
     assert "free space" not in printed
+
+
+def test_a_server_that_fails_to_start_keeps_the_log_its_error_names(tmp_path, monkeypatch):
+    """review26: `tritongen loadtest REPO` whose server failed to start (a model that fails to load) quoted "last lines
+    of the server log (OUT/.out.tmp-*/triton.log)", a log deleted with the output; now the log is kept in OUT as a
+    failed load test's are, and the error names it there."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+    from generator.errors import ServerError
+    from generator.serve.server import TritonServer
+
+    def fails(self):  # as TritonServer.start's error for a model that failed to load
+        self.log_file.write_text("E model 'broken': boom\n", encoding="utf-8")
+        raise ServerError(f"failed to load all models\nlast lines of the server log ({self.log_file}):\nE boom",
+                          where=str(self.repo_dir), fix="tritongen validate REPO")
+
+    monkeypatch.setattr(TritonServer, "__enter__", fails)
+    (tmp_path / "repo").mkdir()
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["loadtest", str(tmp_path / "repo"), "-o", str(out)])
+    assert isinstance(run.exception, ServerError), run.output
+    log = out.resolve() / "triton.log"
+    assert f"({log})" in run.exception.message and "boom" in log.read_text(encoding="utf-8")
+    assert f"the logs are kept in {out}" in run.exception.fix

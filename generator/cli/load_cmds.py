@@ -16,7 +16,7 @@ from generator.cli._app import (
     spec_option, spec_overrides, step,
 )
 from generator.cli.gate_cmds import Baseline, Gate, Junit, Summary, finish, gate_inputs, judge_folder
-from generator.errors import LoadTestError, SpecError
+from generator.errors import LoadTestError, ServerError, SpecError, TritongenError
 from generator.measure.metrics import LATENCIES
 from generator.repo.manifest import MANIFEST, read_manifest
 from generator.measure.results import LoadTestResult, PointStatus, SloVerdict, SweepResult, TermOutcome, Verdict
@@ -172,17 +172,32 @@ def loadtest(
         with step(f"load test: {load}, {lt.duration_s:g} s{runs}, {lt.protocol} ({repo or url})"):
             try:
                 results, figures = _run(spec, tmp, repo, url, grpc_url, metrics_url, admin_key, str(output))
-            except LoadTestError as exc:  # Locust ran and failed: its logs become the output (tmp is renamed to it)
-                failed = exc
+            except (LoadTestError, ServerError) as exc:
+                failed = _kept_failure(exc, tmp)
         if failed is None:
             comparison, verdict = judge_folder(gating, tmp, str(output))
     if failed is not None:
-        failed.where = failed.where and failed.where.replace(str(tmp), str(output.resolve()))
-        failed.fix += f" (the logs are kept in {output}; pass --force to replace them)"
-        raise failed
+        raise _naming_output(failed, tmp, output)
     code = _conclude(results, figures, output, comparison, verdict, junit, summary)
     if code:
         raise typer.Exit(code=code)
+
+
+def _kept_failure(exc: TritongenError, tmp: Path) -> TritongenError:
+    """A run that failed whose logs become the output (tmp is renamed to it): Locust's, or those of the server tritongen
+    started that failed (review26: its error quoted OUT/.out.tmp-*/triton.log, deleted with the output). A server
+    given by --url that does not answer left no log: nothing to keep, the error goes on."""
+    if isinstance(exc, ServerError) and not (tmp / "triton.log").is_file():
+        raise exc
+    return exc
+
+
+def _naming_output(failed: TritongenError, tmp: Path, output: Path) -> TritongenError:
+    """``failed`` naming the kept output instead of the temporary folder it was written in."""
+    failed.where = failed.where and failed.where.replace(str(tmp), str(output.resolve()))
+    failed.message = failed.message.replace(str(tmp), str(output.resolve()))
+    failed.fix += f" (the logs are kept in {output}; pass --force to replace them)"
+    return failed
 
 
 def _from_records(spec: Spec, records: Path, output: Path, force: bool, junit: Optional[Path],
