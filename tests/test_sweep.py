@@ -165,3 +165,23 @@ def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tm
     point = run_point(load_spec(None, []), ["loadtest.users=0"], "users=0", tmp_path / "p", False, steps.append)
     assert point.status is PointStatus.INVALID and "loadtest.users" in point.detail and point.results is None
     assert steps == [] and not (tmp_path / "p").exists()
+
+
+def test_a_sweep_whose_every_point_failed_exits_1_without_an_slo(tmp_path, monkeypatch):
+    """review26: without an SLO, a sweep whose every point failed (each server exited while loading) printed "no
+    setting qualified" and exited 0, having measured nothing; now 1, and the report is kept."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+    from generator.errors import ServerError
+    from generator.measure import sweep as sweep_mod
+
+    def server_fails(spec, overrides, label, out_dir, gpu_visible, progress):
+        raise ServerError("tritonserver exited with code 1 while loading", fix="tritongen validate REPO")
+
+    monkeypatch.setattr(sweep_mod, "_measure_point", server_fails)
+    out = tmp_path / "sw"
+    run = CliRunner().invoke(app, ["sweep", "--set", "serving.max_batch_size=4,8", "-o", str(out)],
+                             env={"COLUMNS": "200"})
+    assert run.exit_code == 1, run.output
+    assert "no setting qualified" in run.output and (out / "points.json").is_file()
