@@ -52,11 +52,21 @@ def slowed_server(cpu_repo_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sides(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory, alone):
-    """Folders baseline/ and slowed/, each with run-01 .. run-03, run in turn, `alone`: the known delay is measured
-    within 5%, and another test's load would blur it."""
+def measured(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory, alone):
+    """Every run of the module, one after the other and `alone` (the known delay is measured within 5%, and another
+    test's load would blur it; the servers' starts and the checks run beside the other worker): folders baseline/ and
+    slowed/, each with run-01 .. run-03, run in turn; then `tritongen baseline save` of the baseline runs and
+    `tritongen loadtest --repeat 2` of the same server against it with a gate, JUnit XML and a summary.
+    Returns (sides' folder, finished release command, its folder)."""
     root = tmp_path_factory.mktemp("gate")
+    tmp = tmp_path_factory.mktemp("release")
     spec = with_overrides(cpu_spec, SHORT)
+    tritongen = str(Path(sys.executable).with_name("tritongen"))
+    cmd = [tritongen, "loadtest", "--url", f"http://{cpu_server.http_url}", "--grpc-url", cpu_server.grpc_url,
+           "--metrics-url", cpu_server.metrics_url, "--admin-key", cpu_server.admin_key, "--repeat", "2",
+           "--baseline", str(tmp / "baseline.json"), "--gate", "itl_p50:+25%", "--slo", "error_rate<50%",
+           "--junit", str(tmp / "gate.xml"), "--summary", str(tmp / "summary.md"), "-o", str(tmp / "rc"),
+           *[f"--set={o}" for o in SHORT]]
     with alone():
         for i in (1, 2, 3):
             for name, server in (("baseline", cpu_server), ("slowed", slowed_server)):
@@ -65,26 +75,22 @@ def sides(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory, a
                 run_loadtest(spec, out, url=f"http://{server.http_url}", grpc_url=server.grpc_url,
                              metrics_url=server.metrics_url, admin_key=server.admin_key, manifest_dir=cpu_repo_dir,
                              report=False)  # compare reads results.json; the release run below writes the reports
-    return root
+        saved = subprocess.run([tritongen, "baseline", "save", str(root / "baseline"), "-o", str(tmp / "baseline.json")],
+                               capture_output=True, text=True, timeout=120)
+        assert saved.returncode == 0, saved.stderr
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="200"))
+    return root, proc, tmp
 
 
 @pytest.fixture(scope="module")
-def release(sides, cpu_server, tmp_path_factory, alone):
-    """`tritongen baseline save` of the baseline runs, then `tritongen loadtest --repeat 2` of the same server
-    against it with a gate, JUnit XML and a summary: (finished command, its folder)."""
-    tmp = tmp_path_factory.mktemp("release")
-    tritongen = str(Path(sys.executable).with_name("tritongen"))
-    saved = subprocess.run([tritongen, "baseline", "save", str(sides / "baseline"), "-o", str(tmp / "baseline.json")],
-                           capture_output=True, text=True, timeout=120)
-    assert saved.returncode == 0, saved.stderr
-    cmd = [tritongen, "loadtest", "--url", f"http://{cpu_server.http_url}", "--grpc-url", cpu_server.grpc_url,
-           "--metrics-url", cpu_server.metrics_url, "--admin-key", cpu_server.admin_key, "--repeat", "2",
-           "--baseline", str(tmp / "baseline.json"), "--gate", "itl_p50:+25%", "--slo", "error_rate<50%",
-           "--junit", str(tmp / "gate.xml"), "--summary", str(tmp / "summary.md"), "-o", str(tmp / "rc"),
-           *[f"--set={o}" for o in SHORT]]
-    with alone():  # compared with the baseline runs, measured alone
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, COLUMNS="200"))
-    return proc, tmp
+def sides(measured):
+    return measured[0]
+
+
+@pytest.fixture(scope="module")
+def release(measured):
+    """(finished `tritongen loadtest --repeat 2` command, its folder)."""
+    return measured[1:]
 
 
 def test_two_runs_of_the_same_server_and_load_show_no_detectable_change(sides, release):

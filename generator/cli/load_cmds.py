@@ -173,7 +173,10 @@ def loadtest(
             try:
                 results, figures = _run(spec, tmp, repo, url, grpc_url, metrics_url, admin_key, str(output))
             except (LoadTestError, ServerError) as exc:
-                failed = _kept_failure(exc, tmp)
+                if isinstance(exc, ServerError) and not (tmp / "triton.log").is_file():
+                    raise  # a server given by --url that does not answer: no log to keep
+                failed = exc  # Locust's logs, or those of the server tritongen started (review26: its error quoted
+                # OUT/.out.tmp-*/triton.log, deleted with the output): they become the output (tmp is renamed to it)
         if failed is None:
             comparison, verdict = judge_folder(gating, tmp, str(output))
     if failed is not None:
@@ -181,15 +184,6 @@ def loadtest(
     code = _conclude(results, figures, output, comparison, verdict, junit, summary)
     if code:
         raise typer.Exit(code=code)
-
-
-def _kept_failure(exc: TritongenError, tmp: Path) -> TritongenError:
-    """A run that failed whose logs become the output (tmp is renamed to it): Locust's, or those of the server tritongen
-    started that failed (review26: its error quoted OUT/.out.tmp-*/triton.log, deleted with the output). A server
-    given by --url that does not answer left no log: nothing to keep, the error goes on."""
-    if isinstance(exc, ServerError) and not (tmp / "triton.log").is_file():
-        raise exc
-    return exc
 
 
 def _naming_output(failed: TritongenError, tmp: Path, output: Path) -> TritongenError:

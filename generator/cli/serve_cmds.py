@@ -78,14 +78,13 @@ def serve(
                   f"log      {server.log_file}\nadmin    header {ADMIN_HEADER}: the key in {server.admin_key_file}"
                   f"{visible}", markup=False, highlight=False, soft_wrap=True)
         console.print("[dim]serving; Ctrl-C stops[/]")
-        while server.process is not None and server.process.poll() is None:
+        while server.process is not None and server.exit_code is None:
             time.sleep(0.5)
             dead = server.dead_stubs()
             if dead:
                 raise ServerError(stub_died_message(dead), where=str(server.log_file),
                                   fix="read the server log named here and the kernel log (dmesg), then serve again")
-        code = server.process.returncode if server.process is not None else None
-        raise ServerError(f"tritonserver exited on its own (code {code})", where=str(server.log_file),
+        raise ServerError(f"tritonserver exited on its own (code {server.exit_code})", where=str(server.log_file),
                           fix="read the server log named here")
     except KeyboardInterrupt:
         console.print("stopping tritonserver")

@@ -112,7 +112,7 @@ def round_measure(spec: Spec, server, out_dir: Path, open_loop: bool,
 
     def measure(load: float, rnd: int) -> RoundSample:
         progress(f"load {load:g} {unit}, round {rnd + 1}")
-        code = server.process.poll() if server.process is not None else None
+        code = server.exit_code
         if code is not None:  # review26: it died in the round before (out of memory, say); the next round's "no server
             # answers at URL" (a ServerError) made the setting "refused" (no load sent) with "pass the right --url"
             raise LoadTestError(f"the server exited (code {code}) during the search, before load {load:g} {unit}",

@@ -151,6 +151,12 @@ class TritonServer:
     def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
 
+    @property
+    def exit_code(self) -> Optional[int]:
+        """tritonserver's exit code once it has exited on its own (a signal as its negative), else None: running,
+        or never started (``serve`` and tune's rounds watch it)."""
+        return self.process.poll() if self.process is not None else None
+
     def stubs(self) -> dict[int, str]:
         """pid -> model name of each running Python backend stub of this server (one per model instance)."""
         import psutil
