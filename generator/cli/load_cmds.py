@@ -260,7 +260,8 @@ def sweep(
     """Render, validate, serve and load-test each setting with the same seeded load; report and pick the best.
 
     Exit codes with --slo: 0 a setting passed, 1 none passed, 3 none passed but some were inconclusive; with or
-    without it, 1 when no setting was measured (every point failed: invalid, not valid, its server or load test).
+    without it, 1 when no setting was measured (every point failed: invalid, not valid, its server or load test, or
+    no request of it succeeded).
     """
     from generator.fsutil import atomic_dir
     from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE
@@ -276,8 +277,9 @@ def sweep(
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {escape(m)}"))
     _print_sweep(result, output.resolve())
-    # review26: without an SLO, a sweep whose every point failed (no server started) exited 0 having measured nothing
-    if result.best is None and (spec.loadtest.slo or not any(p.results for p in result.points)):
+    # review26: without an SLO, a sweep whose every point failed (no server started) exited 0 having measured nothing;
+    # review27: so did one whose every point ran but had no request succeed (loadtest exits 1 on such a run)
+    if result.best is None and (spec.loadtest.slo or not any(p.results and p.results.counts.ok for p in result.points)):
         verdicts = [p.results.slo.verdict for p in result.points if p.results and p.results.slo]
         raise typer.Exit(code=EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_FAIL)
 
