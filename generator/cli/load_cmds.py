@@ -225,7 +225,7 @@ def _conclude(results: list, figures, output: Path, comparison, verdict, junit: 
         console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
     slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
     code = finish(slo_runs, comparison, verdict, junit, summary, figures)
-    if not code and not all(r.results.counts.ok and not r.results.run.integrity.incomplete for r in results):
+    if not code and not all(r.results.completed for r in results):
         code = EXIT_FAIL  # nothing succeeded, or a run lost a worker
     return code
 
@@ -260,7 +260,8 @@ def sweep(
     """Render, validate, serve and load-test each setting with the same seeded load; report and pick the best.
 
     Exit codes with --slo: 0 a setting passed, 1 none passed, 3 none passed but some were inconclusive; with or
-    without it, 1 when no setting was measured (every point failed: invalid, not valid, its server or load test).
+    without it, 1 when no setting was measured (every point failed: invalid, not valid, its server or load test, or
+    no request of it succeeded, or it lost a Locust worker).
     """
     from generator.fsutil import atomic_dir
     from generator.measure.slo import EXIT_FAIL, EXIT_INCONCLUSIVE
@@ -276,8 +277,9 @@ def sweep(
         with step("sweep"):
             result = run_sweep(spec, plan, tmp, gpu_visible=cuda_visible(), progress=lambda m: console.print(f"  {escape(m)}"))
     _print_sweep(result, output.resolve())
-    # review26: without an SLO, a sweep whose every point failed (no server started) exited 0 having measured nothing
-    if result.best is None and (spec.loadtest.slo or not any(p.results for p in result.points)):
+    # review26: without an SLO, a sweep whose every point failed (no server started) exited 0 having measured nothing;
+    # review27: so did one whose every point ran but failed as its load test would (no request succeeded, a worker lost)
+    if result.best is None and (spec.loadtest.slo or not any(p.results and p.results.completed for p in result.points)):
         verdicts = [p.results.slo.verdict for p in result.points if p.results and p.results.slo]
         raise typer.Exit(code=EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_FAIL)
 

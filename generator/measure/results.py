@@ -384,6 +384,12 @@ class LoadTestResult(Summary):
         limits = (self.client.reasons or ["client-limited"]) if self.client.client_limited else []
         return limits + ([f"run incomplete: {self.run.integrity.incomplete}"] if self.run.integrity.incomplete else [])
 
+    @property
+    def completed(self) -> bool:
+        """A request succeeded and no Locust worker was lost: else the load test failed (exit 1; a sweep with no
+        completed point too, review27)."""
+        return bool(self.counts.ok) and not self.run.integrity.incomplete
+
 
 class LevelFigures(BaseModel):
     """A load level's figures, each with its interval and the requests behind it."""
