@@ -58,3 +58,15 @@ def test_ratio_of_percentiles_finds_a_known_slowdown_and_no_change_on_equal_samp
     assert slow.contains(1.2) and slow.above(1.05)
     equal = intervals.ratio_of_percentiles(base, same, 95)
     assert equal.contains(1.0)
+
+
+@pytest.mark.parametrize("n,p", [(5, 60), (60, 95), (300, 99)])
+def test_percentile_draws_have_the_distribution_of_resampled_percentiles(n, p):
+    """The order-statistic shortcut against what it replaces: resampling n values and interpolating each resample."""
+    values = np.random.default_rng(n).lognormal(3.0, 1.0, size=n)
+    drawn = intervals.percentile_draws(values, p, 40_000, np.random.default_rng(1))
+    picks = np.random.default_rng(2).integers(0, n, size=(40_000, n))
+    resampled = np.percentile(values[picks], p, axis=-1)
+    assert drawn.mean() == pytest.approx(resampled.mean(), rel=0.02)
+    for q in (10, 50, 90):
+        assert np.percentile(drawn, q) == pytest.approx(np.percentile(resampled, q), rel=0.03)

@@ -162,14 +162,11 @@ def _run_to_run(b: list[float], c: list[float],
 def _per_request(metric: Metric, base: Evidence, cand: Evidence, b: list[float],
                  confidence: float) -> Optional[tuple[intervals.Interval, intervals.Interval, str]]:
     """(difference, relative change, method) from request-to-request variation, or None if it cannot be had."""
-    import numpy as np
-
     if metric.kind == "percentile" and metric.latency in base.samples and metric.latency in cand.samples:
         p = float(metric.stat[1:])
         sb, sc = base.samples[metric.latency], cand.samples[metric.latency]
         try:
-            difference, ratio = intervals.two_sample(sb.sample(), sc.sample(), lambda a: np.percentile(a, p, axis=-1),
-                                                     confidence)
+            difference, ratio = intervals.percentile_change(sb.sample(), sc.sample(), p, confidence)
         except ValueError:  # the baseline's percentile is 0 (e.g. every token gap read in one piece): no ratio
             return None
         return difference, _minus_one(ratio), f"per-request bootstrap ({sb.n} vs {sc.n} values)"

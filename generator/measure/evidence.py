@@ -32,9 +32,9 @@ SKETCH_PERCENTS = tuple(i / 2 for i in range(201))
 SAMPLED = ("ttft", "itl", "e2e")
 """Latencies whose per-request distribution is kept (those COMPARED reads)."""
 MAX_SAMPLE = 100_000
-"""Values ``Sketch.sample`` gives at most: each bootstrap costs 2,000 × n, and n may come from a file (review7:
-a baseline claiming 10**7 ITL values held ``compare`` for over 5 minutes). Past it the interval is that of
-100,000 values of the same distribution: wider than n values would give, never narrower."""
+"""Values ``Sketch.sample`` gives at most: they are built in memory, and n may come from a file (review7: a
+baseline claiming 10**7 ITL values held ``compare`` for over 5 minutes). Past it the interval is that of 100,000
+values of the same distribution: wider than n values would give, never narrower."""
 
 
 class Sketch(BaseModel):

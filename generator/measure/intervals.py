@@ -8,7 +8,8 @@ are seeded so the same records always give the same interval.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from functools import lru_cache
+from typing import Sequence
 
 from pydantic import BaseModel
 
@@ -73,83 +74,68 @@ def wilson(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> In
                     confidence=confidence, n=n, method="wilson")
 
 
-def bootstrap(values: Sequence[float], statistic: Callable, confidence: float = DEFAULT_CONFIDENCE,
-              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-              batched: Optional[Callable] = None) -> Interval:
-    """Percentile bootstrap of `statistic(array) -> float` over per-request values (seeded).
-
-    `statistic` takes a numpy array; e.g. `lambda a: np.percentile(a, 95)`. `batched`, when given, computes
-    the same statistic of every resample at once (a 2-D array, one resample per row): same result, faster.
-    """
+def percentile(values: Sequence[float], p: float, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """A percentile (numpy's linear interpolation, as the reports use) with its percentile-bootstrap interval."""
     import numpy as np
 
     a = np.asarray(values, dtype=float)
     if a.size == 0:
-        raise ValueError("bootstrap needs at least one observation")
-    estimate = float(statistic(a))
+        raise ValueError("a percentile needs at least one observation")
+    estimate = float(np.percentile(a, p))
     if a.size == 1:
         return Interval(estimate=estimate, low=estimate, high=estimate, confidence=confidence, n=1, method="exact")
-    stats = np.array([statistic(row) for chunk in resample(a, resamples, np.random.default_rng(seed)) for row in chunk],
-                     dtype=float)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(stats, [tail, 1 - tail])
-    return Interval(estimate=estimate, low=float(min(low, estimate)), high=float(max(high, estimate)),
-                    confidence=confidence, n=int(a.size), method="bootstrap")
+    draws = percentile_draws(a, p, BOOTSTRAP_RESAMPLES, np.random.default_rng(BOOTSTRAP_SEED))
+    return _from_draws(estimate, draws, confidence, int(a.size), "bootstrap")
 
 
-def percentile(values: Sequence[float], p: float, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
-    """A percentile (numpy's linear interpolation, as the reports use) with its bootstrap interval."""
+def percentile_draws(a, p: float, resamples: int, rng):
+    """The p-th percentile of each of ``resamples`` bootstrap resamples of ``a``, drawn without building them.
+
+    A resample is ``n`` draws with replacement from the sorted values, i.e. the sorted values at ``floor(n·U)`` for
+    ``n`` uniforms ``U``, so its k-th smallest value is the sorted values at ``floor(n·U₍ₖ₎)``: the k-th order
+    statistic of ``n`` uniforms is Beta(k, n−k+1), and the next one lies above it as the least of the ``n−k``
+    uniforms left, Beta(1, n−k) of the rest of the way. The same distribution as resampling and interpolating each
+    resample, at O(n log n + resamples) instead of O(n × resamples): a run's 50,000 token gaps cost milliseconds.
+    """
     import numpy as np
 
-    a = np.asarray(values, dtype=float)
-    if a.size < 2:
-        return bootstrap(values, lambda x: np.percentile(x, p), confidence)
-    draws = np.concatenate([np.percentile(chunk, p, axis=-1)
-                            for chunk in resample(a, BOOTSTRAP_RESAMPLES, np.random.default_rng(BOOTSTRAP_SEED))])
-    return _from_draws(float(np.percentile(a, p)), draws, confidence, int(a.size), "bootstrap")
-
-
-def resample(a, resamples: int, rng, budget: int = 2_000_000):
-    """Bootstrap resamples of ``a`` as arrays of shape (rows, a.size), a few rows at a time so that no
-    chunk holds more than ``budget`` values (a pooled ITL sample can have tens of thousands)."""
-    rows = max(1, min(resamples, budget // max(1, a.size)))
-    done = 0
-    while done < resamples:
-        take = min(rows, resamples - done)
-        yield a[rng.integers(0, a.size, size=(take, a.size))]
-        done += take
+    ordered = np.sort(np.asarray(a, dtype=float))
+    n = ordered.size
+    position = (n - 1) * p / 100
+    k = min(int(math.floor(position)), n - 1)  # 0-based rank of the lower of the two interpolated values
+    fraction = position - k
+    lower = rng.beta(k + 1, n - k, size=resamples)
+    below = ordered[np.minimum((lower * n).astype(np.int64), n - 1)]
+    if fraction == 0 or k == n - 1:
+        return below
+    upper = lower + (1 - lower) * rng.beta(1, n - k - 1, size=resamples)
+    above = ordered[np.minimum((upper * n).astype(np.int64), n - 1)]
+    return below + fraction * (above - below)
 
 
 def ratio_of_percentiles(baseline: Sequence[float], candidate: Sequence[float], p: float,
-                         confidence: float = DEFAULT_CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                         seed: int = BOOTSTRAP_SEED) -> Interval:
+                         confidence: float = DEFAULT_CONFIDENCE) -> Interval:
     """candidate's p-th percentile over baseline's, resampling both independently (e.g. 1.10 = 10% slower)."""
-    import numpy as np
-
-    return two_sample(baseline, candidate, lambda a: np.percentile(a, p, axis=-1), confidence, resamples, seed)[1]
+    return percentile_change(baseline, candidate, p, confidence)[1]
 
 
-def two_sample(baseline: Sequence[float], candidate: Sequence[float], statistic: Callable,
-               confidence: float = DEFAULT_CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-               seed: int = BOOTSTRAP_SEED) -> tuple[Interval, Interval]:
-    """Difference (candidate − baseline) and ratio (candidate / baseline) of ``statistic``, each with its
+def percentile_change(baseline: Sequence[float], candidate: Sequence[float], p: float,
+                      confidence: float = DEFAULT_CONFIDENCE) -> tuple[Interval, Interval]:
+    """Difference (candidate − baseline) and ratio (candidate / baseline) of the p-th percentile, each with its
     percentile-bootstrap interval from the same resamples of both sides, drawn independently (seeded).
-
-    ``statistic`` maps an array of shape (resamples, n) to one value per row along ``axis=-1``,
-    e.g. ``lambda a: np.percentile(a, 95, axis=-1)``. ``n`` of both intervals is the smaller side.
-    """
+    ``n`` of both intervals is the smaller side."""
     import numpy as np
 
     b = np.asarray(baseline, dtype=float)
     c = np.asarray(candidate, dtype=float)
     if b.size == 0 or c.size == 0:
         raise ValueError("a two-sample interval needs observations on both sides")
-    sb, sc = float(statistic(b)), float(statistic(c))
+    sb, sc = float(np.percentile(b, p)), float(np.percentile(c, p))
     if sb == 0:
         raise ValueError("baseline statistic is 0: a ratio is undefined")
-    rng = np.random.default_rng(seed)
-    rb = np.concatenate([statistic(chunk) for chunk in resample(b, resamples, rng)])
-    rc = np.concatenate([statistic(chunk) for chunk in resample(c, resamples, rng)])
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    rb = percentile_draws(b, p, BOOTSTRAP_RESAMPLES, rng)
+    rc = percentile_draws(c, p, BOOTSTRAP_RESAMPLES, rng)
     ratios = rc / np.where(rb == 0, np.nan, rb)
     n = int(min(b.size, c.size))
     return (_from_draws(sc - sb, rc - rb, confidence, n, "bootstrap"),
@@ -228,8 +214,10 @@ def across_runs(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE)
                     n=int(a.size), method="t")
 
 
+@lru_cache(maxsize=256)
 def _t(confidence: float, dof: int) -> float:
-    """Two-sided Student-t quantile by bisection on the regularized incomplete beta (no scipy here)."""
+    """Two-sided Student-t quantile by bisection on the regularized incomplete beta (no scipy here); kept, as tune
+    and the gate ask for the same few."""
     target = 1 - (1 - confidence) / 2
 
     def cdf(x: float) -> float:
