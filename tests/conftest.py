@@ -18,6 +18,12 @@ from generator.fsutil import CACHE_VAR
 
 DATA = Path(__file__).parent / "data"
 
+# One torch (OpenMP) thread in every process of the run, the servers' engines and the commands' included (they
+# inherit it): two test workers, their servers and Locust share the two cores, and a second OpenMP thread in each
+# spins waiting for a core (test_quantize.py alone beside other work: 55-65 s of CPU with two threads, 35-37 s with
+# one, and no slower). A thread count the caller set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # tritongen's cache (the tiny model, the NVFP4 checkpoint, the argvkey library) of this test run alone, made afresh:
 # what the run's session fixtures build once is reused by the commands the tests run (the demo's tiny model) and, under
 # pytest-xdist, by the other worker (the workers inherit the folder the controller made), never what an earlier run left.
