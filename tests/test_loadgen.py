@@ -181,6 +181,56 @@ def test_a_text_that_is_no_unicode_fails_its_own_request_and_every_record_is_wri
     assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
 
 
+def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_record_is_read(tmp_path):
+    """review28: a server's count of 1e30 (an OpenAI usage chunk; a Triton answer's num_output_tokens alike) was written
+    into the record as a 31-digit number, which read_records refuses: the whole run was lost ("records.jsonl, line 2:
+    not a JSON record", naming the deleted temporary folder and "run again with this tritongen")."""
+    from generator.measure.records import open_records, read_records, write_records
+
+    usage = exchange(openaiapi.decode_events)
+    usage.resp_ns, usage.payloads = [5, 6], [b'data: {"choices": [{"delta": {"content": "x"}}]}\n',
+                                             b'data: {"choices": [], "usage": {"completion_tokens": 1e30}}\n']
+    count = exchange(httpclient.decode_json)
+    count.resp_ns, count.payloads = [5], [b'data: {"text_output": "x", "num_output_tokens": -1e25}\n']
+    fine = exchange(openaiapi.decode_events)
+    fine.resp_ns, fine.payloads = [5, 6], [b'data: {"choices": [{"delta": {"content": "x"}}]}\n',
+                                           b'data: {"choices": [], "usage": {"completion_tokens": 1}}\n']
+    records = [ex.finish() for ex in (usage, count, fine)]
+    assert all(r["error"].startswith("unreadable response") and "past any 64-bit count" in r["error"] for r in records[:2])
+    assert records[2]["error"] is None and records[2]["server"] == {"num_output_tokens": 1, "num_input_tokens": 0}
+    with open_records(tmp_path / "records.jsonl") as file:
+        write_records(file, records)
+    assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
+
+
+@pytest.mark.parametrize("read", ["model_info", "openai_model"])
+def test_a_served_model_name_that_is_no_string_fails_the_setup(read):
+    """review28: every record carries the model's name, as a string; a Triton config named 5, or a /v1/models list
+    whose id is 5 (taken as the model to call), made every record of the run unreadable, the run lost."""
+    import gevent
+
+    listener = _listener(4)
+    body = b'{"data": [{"id": 5, "object": "model"}], "name": 5, "input": []}'
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
+             "openai_model": lambda: openaiapi.openai_model(url, None, 5)}
+    try:
+        with pytest.raises(RuntimeError, match="string"):
+            calls[read]()
+    finally:
+        server.kill()
+        listener.close()
+
+
 def test_client_token_counts_filled_after_the_run():
     requests = [request_record(["a b", " c"], output_tokens=None), request_record(["x"], error="boom", output_tokens=None),
                 request_record(["y"], output_tokens=9)]
