@@ -184,7 +184,8 @@ def test_a_text_that_is_no_unicode_fails_its_own_request_and_every_record_is_wri
 def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_record_is_read(tmp_path):
     """review28: a server's count of 1e30 (an OpenAI usage chunk; a Triton answer's num_output_tokens alike) was written
     into the record as a 31-digit number, which read_records refuses: the whole run was lost ("records.jsonl, line 2:
-    not a JSON record", naming the deleted temporary folder and "run again with this tritongen")."""
+    not a JSON record", naming the deleted temporary folder and "run again with this tritongen"). prompt_tokens of 5 and
+    -5 (with cached tokens) summed to 0 in the prefix-cache share: a ZeroDivisionError, the run lost too."""
     from generator.measure.records import open_records, read_records, write_records
 
     usage = exchange(openaiapi.decode_events)
@@ -192,12 +193,16 @@ def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_
                                              b'data: {"choices": [], "usage": {"completion_tokens": 1e30}}\n']
     count = exchange(httpclient.decode_json)
     count.resp_ns, count.payloads = [5], [b'data: {"text_output": "x", "num_output_tokens": -1e25}\n']
+    negative = exchange(openaiapi.decode_events)  # a prompt of -5 tokens, 1 cached: summed with one of 5, a division by 0
+    negative.resp_ns, negative.payloads = [5], [b'data: {"choices": [], "usage": {"prompt_tokens": -5, '
+                                                b'"prompt_tokens_details": {"cached_tokens": 1}}}\n']
     fine = exchange(openaiapi.decode_events)
     fine.resp_ns, fine.payloads = [5, 6], [b'data: {"choices": [{"delta": {"content": "x"}}]}\n',
                                            b'data: {"choices": [], "usage": {"completion_tokens": 1}}\n']
-    records = [ex.finish() for ex in (usage, count, fine)]
-    assert all(r["error"].startswith("unreadable response") and "past any 64-bit count" in r["error"] for r in records[:2])
-    assert records[2]["error"] is None and records[2]["server"] == {"num_output_tokens": 1, "num_input_tokens": 0}
+    records = [ex.finish() for ex in (usage, count, negative, fine)]
+    assert all(r["error"].startswith("unreadable response") and "negative or past 64 bits" in r["error"]
+               for r in records[:3])
+    assert records[3]["error"] is None and records[3]["server"] == {"num_output_tokens": 1, "num_input_tokens": 0}
     with open_records(tmp_path / "records.jsonl") as file:
         write_records(file, records)
     assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
