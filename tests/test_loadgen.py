@@ -236,6 +236,21 @@ def test_a_served_model_name_that_is_no_string_fails_the_setup(read):
         listener.close()
 
 
+def test_a_load_test_error_quotes_a_long_log_line_cut(tmp_path):
+    """review28: a /v1/models id of 200,000 characters came back in the setup failure ("model 'other' is not served at
+    ... (it lists xxxx...)"), which the error quoted whole, twice (the cause and Locust's last lines): the terminal's
+    wrapping of one long word is quadratic, and `tritongen loadtest` spent minutes of CPU before it showed the error.
+    Each quoted line is cut, saying how long it was; the log keeps it whole."""
+    from generator.measure.runner import MAX_QUOTED_LINE, SETUP_FAILED, _tail, setup_failure
+
+    line = f"[2026] vm/ERROR/tritongen: {SETUP_FAILED}RuntimeError: model 'other' is not served (it lists {'x' * 200_000})"
+    (tmp_path / "locust.log").write_text(f"starting\n{line}\nShutting down (exit code 2)\n", encoding="utf-8")
+    cause, tail = setup_failure(tmp_path), _tail(tmp_path / "locust.log").splitlines()
+    assert cause.startswith("RuntimeError: model 'other' is not served") and cause.endswith("characters)")
+    assert len(cause) < MAX_QUOTED_LINE + 50 and max(map(len, tail)) < MAX_QUOTED_LINE + 50
+    assert tail[0] == "starting" and tail[2] == "Shutting down (exit code 2)" and "(cut: 200,1" in tail[1]
+
+
 def test_client_token_counts_filled_after_the_run():
     requests = [request_record(["a b", " c"], output_tokens=None), request_record(["x"], error="boom", output_tokens=None),
                 request_record(["y"], output_tokens=9)]
