@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from geventhttpclient import HTTPClient
 
-from generator.measure.records import UNANSWERED, RequestRecord, ServerFigures
+from generator.measure.records import UNANSWERED, RequestRecord, ServerFigures, readable_figure
 from generator.serve.dialect import config_param, dialect_for_inputs
 from grpcwire import MAX_MESSAGE, StreamClosed, unary
 from prompts import Prompt
@@ -104,10 +104,15 @@ def decode_safely(decode: Callable[[list[Any]], Decoded], payloads: list[Any]) -
     the record writer, one malformed event from a server lost every record of the batch and hung the run. A text
     that is no Unicode (JSON's ``"\\ud800"``, half of a UTF-16 pair, which json.loads hands back) is one too: the
     record writer and the workers' messages encode UTF-8, and it failed there (review14: the batch's other records
-    lost, the writer stopped, a run of 40 requests reported 32 ok and no error)."""
+    lost, the writer stopped, a run of 40 requests reported 32 ok and no error). So is a figure of the server's past what
+    the records file holds, or negative (review28: one usage count of 1e30 made the file unreadable; prompt_tokens of 5
+    and -5 with cached tokens a ZeroDivisionError in the statistics: each time the whole run lost)."""
     try:
         texts, server, error = decode(payloads)
         "".join(text for text in texts if text).encode("utf-8")
+        for name, value in server.items():  # times and counts: a negative sum of counts divided the report by 0
+            if value < 0 or not readable_figure(value):
+                raise ValueError(f"the server's {name} is {value:.3g}: no count or time is negative or past 64 bits")
     except Exception as exc:  # noqa: BLE001 - whatever the server sent, this request's error
         return [None] * len(payloads), {}, f"unreadable response: {type(exc).__name__}: {exc}"[:500]
     return texts, server, error if error is None else error.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -182,6 +187,8 @@ class ModelInfo:
 
     def __init__(self, config: dict[str, Any], tokenizer_dir: Optional[str]) -> None:
         self.name = config["name"]
+        if not isinstance(self.name, str):  # review28: every record carries it, and a record's model is a string
+            raise RuntimeError(f"the served model's config names it {self.name!r}, not a string: is this a Triton server?")
         self.inputs = {i["name"] for i in config.get("input", [])}
         self.outputs = {o["name"] for o in config.get("output", [])}
         self.batched = int(config.get("max_batch_size", 0)) > 0

@@ -42,10 +42,11 @@ def openai_model(host: str, model: Optional[str], timeout: float) -> OpenAIModel
         http.close()
     if resp.status_code != 200:
         raise RuntimeError(f"GET {host}/v1/models answered HTTP {resp.status_code}: is this an OpenAI-compatible server?")
-    names = [m.get("id") for m in json.loads(body).get("data", [])]
+    # review28: an id that is no string (every record carries the model's name as one) made the run's records unreadable
+    names = [m["id"] for m in json.loads(body).get("data", []) if isinstance(m.get("id"), str)]
     if model is None:
         if not names:
-            raise RuntimeError(f"{host}/v1/models lists no model yet")
+            raise RuntimeError(f"{host}/v1/models lists no model yet (no entry with a string id)")
         return OpenAIModel(names[0])
     if model not in names:
         raise RuntimeError(f"model {model!r} is not served at {host} (it lists {', '.join(map(str, names))})")

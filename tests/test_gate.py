@@ -381,6 +381,37 @@ def test_compare_cli_on_baseline_files(tmp_path):
     assert proc.returncode == 5 and "Traceback" not in proc.stderr
 
 
+def test_a_run_in_which_no_request_succeeded_is_never_a_baseline(tmp_path):
+    """review28: `baseline save` kept a run whose every request failed (its load test exited 1); against its error rate
+    of 100%, a candidate with 40% errors passed `--gate error_rate:+1%` and `tritongen loadtest` exited 0. Such a
+    baseline is refused wherever it is one: baseline save, compare's first side, the gate's --baseline."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+    from generator.cli.gate_cmds import gate_inputs
+    from generator.spec import load_spec
+
+    def failing(ev: Evidence, share: float) -> Evidence:
+        n = ev.runs[0].requests
+        runs = [r.model_copy(update={"requests": round(n * (1 - share)), "figures": {**r.figures, "error_rate": share},
+                                     "counts": {**r.counts, "error_rate": (round(n * share), n)}}) for r in ev.runs]
+        return ev.model_copy(update={"runs": runs})
+
+    dead, cand = tmp_path / "dead.json", tmp_path / "cand.json"
+    dead.write_text(json.dumps(failing(side(1, runs=1), 1.0).model_dump(mode="json")))
+    cand.write_text(json.dumps(failing(side(2, runs=1), 0.4).model_dump(mode="json")))
+    runner = CliRunner()
+    for args in (["compare", str(dead), str(cand), "--gate", "error_rate:+1%"],
+                 ["baseline", "save", str(dead), "-o", str(tmp_path / "saved.json")]):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code != 0 and "no request succeeded (run-01)" in str(result.exception), result.output
+    assert not (tmp_path / "saved.json").exists()
+    with pytest.raises(TritongenError, match="no request succeeded"):
+        gate_inputs(load_spec(None, [f"gate.baseline={dead}", "gate.max_change=error_rate:+1%"]))
+    result = runner.invoke(app, ["compare", str(cand), str(dead), "--gate", "error_rate:+1%"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output  # as the candidate, a dead run is the regression it is
+
+
 @pytest.mark.parametrize("name, content", [
     ("points.json", '{"points": ['), ("points.json", '{"points": "x"}'), ("tune.json", "[" * 100_000 + "]" * 100_000),
     ("tune.json", "\udcff"), ("baseline.json", "[" * 100_000 + "]" * 100_000), ("baseline.json", '["a list"]')])

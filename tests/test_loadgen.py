@@ -181,6 +181,76 @@ def test_a_text_that_is_no_unicode_fails_its_own_request_and_every_record_is_wri
     assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
 
 
+def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_record_is_read(tmp_path):
+    """review28: a server's count of 1e30 (an OpenAI usage chunk; a Triton answer's num_output_tokens alike) was written
+    into the record as a 31-digit number, which read_records refuses: the whole run was lost ("records.jsonl, line 2:
+    not a JSON record", naming the deleted temporary folder and "run again with this tritongen"). prompt_tokens of 5 and
+    -5 (with cached tokens) summed to 0 in the prefix-cache share: a ZeroDivisionError, the run lost too."""
+    from generator.measure.records import open_records, read_records, write_records
+
+    usage = exchange(openaiapi.decode_events)
+    usage.resp_ns, usage.payloads = [5, 6], [b'data: {"choices": [{"delta": {"content": "x"}}]}\n',
+                                             b'data: {"choices": [], "usage": {"completion_tokens": 1e30}}\n']
+    count = exchange(httpclient.decode_json)
+    count.resp_ns, count.payloads = [5], [b'data: {"text_output": "x", "num_output_tokens": -1e25}\n']
+    negative = exchange(openaiapi.decode_events)  # a prompt of -5 tokens, 1 cached: summed with one of 5, a division by 0
+    negative.resp_ns, negative.payloads = [5], [b'data: {"choices": [], "usage": {"prompt_tokens": -5, '
+                                                b'"prompt_tokens_details": {"cached_tokens": 1}}}\n']
+    fine = exchange(openaiapi.decode_events)
+    fine.resp_ns, fine.payloads = [5, 6], [b'data: {"choices": [{"delta": {"content": "x"}}]}\n',
+                                           b'data: {"choices": [], "usage": {"completion_tokens": 1}}\n']
+    records = [ex.finish() for ex in (usage, count, negative, fine)]
+    assert all(r["error"].startswith("unreadable response") and "negative or past 64 bits" in r["error"]
+               for r in records[:3])
+    assert records[3]["error"] is None and records[3]["server"] == {"num_output_tokens": 1, "num_input_tokens": 0}
+    with open_records(tmp_path / "records.jsonl") as file:
+        write_records(file, records)
+    assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
+
+
+@pytest.mark.parametrize("read", ["model_info", "openai_model"])
+def test_a_served_model_name_that_is_no_string_fails_the_setup(read):
+    """review28: every record carries the model's name, as a string; a Triton config named 5, or a /v1/models list
+    whose id is 5 (taken as the model to call), made every record of the run unreadable, the run lost."""
+    import gevent
+
+    listener = _listener(4)
+    body = b'{"data": [{"id": 5, "object": "model"}], "name": 5, "input": []}'
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
+             "openai_model": lambda: openaiapi.openai_model(url, None, 5)}
+    try:
+        with pytest.raises(RuntimeError, match="string"):
+            calls[read]()
+    finally:
+        server.kill()
+        listener.close()
+
+
+def test_a_load_test_error_quotes_a_long_log_line_cut(tmp_path):
+    """review28: a /v1/models id of 200,000 characters came back in the setup failure ("model 'other' is not served at
+    ... (it lists xxxx...)"), which the error quoted whole, twice (the cause and Locust's last lines): the terminal's
+    wrapping of one long word is quadratic, and `tritongen loadtest` spent minutes of CPU before it showed the error.
+    Each quoted line is cut, saying how long it was; the log keeps it whole."""
+    from generator.measure.runner import MAX_QUOTED_LINE, SETUP_FAILED, _tail, setup_failure
+
+    line = f"[2026] vm/ERROR/tritongen: {SETUP_FAILED}RuntimeError: model 'other' is not served (it lists {'x' * 200_000})"
+    (tmp_path / "locust.log").write_text(f"starting\n{line}\nShutting down (exit code 2)\n", encoding="utf-8")
+    cause, tail = setup_failure(tmp_path), _tail(tmp_path / "locust.log").splitlines()
+    assert cause.startswith("RuntimeError: model 'other' is not served") and cause.endswith("characters)")
+    assert len(cause) < MAX_QUOTED_LINE + 50 and max(map(len, tail)) < MAX_QUOTED_LINE + 50
+    assert tail[0] == "starting" and tail[2] == "Shutting down (exit code 2)" and "(cut: 200,1" in tail[1]
+
+
 def test_client_token_counts_filled_after_the_run():
     requests = [request_record(["a b", " c"], output_tokens=None), request_record(["x"], error="boom", output_tokens=None),
                 request_record(["y"], output_tokens=9)]

@@ -85,6 +85,19 @@ def test_a_page_holding_half_a_utf16_pair_is_written(tmp_path):
     assert "bad \\ud800 thing" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
+def test_control_characters_from_a_server_are_shown_not_written_into_report_md(tmp_path):
+    """review28: an OpenAI-compatible server's error event holding ESC sequences ("\\x1b[2J", a title set with OSC ...
+    BEL) went raw into report.md's error table (the terminal was escaped): `cat report.md` cleared the screen."""
+    from generator.measure.report_doc import Doc
+
+    doc = Doc("run \x1b]0;title\x07")
+    doc.table(["message", "count"], [["\x1b[2J\x1b[31mowned\u202e", 6]])
+    doc.write(tmp_path)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert not [c for c in md if c in "\x1b\x07\u202e"]
+    assert "\\\\x1b\\[2J\\\\x1b\\[31mowned\\\\u202e | 6 |" in md  # shown as escapes (Markdown-escaped)
+
+
 def test_text_from_a_servers_metrics_is_drawn_as_written(cpu_loadtest):
     """review14: a metric label ``model="$\\nope{$"`` from the server's /metrics reached a plot legend, matplotlib
     read it as mathtext and failed: the load test ended in a traceback and its whole output folder was removed."""

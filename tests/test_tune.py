@@ -375,6 +375,29 @@ def test_a_setting_whose_server_died_mid_search_is_failed_naming_its_log_not_ref
     assert "the server exited (code -9) during the search" in result.reason and "--url" not in result.reason
 
 
+@pytest.mark.parametrize("limited", [False, True], ids=["served", "client-limited"])
+def test_a_setting_whose_round_measured_no_request_failed_naming_the_round_time(tmp_path, monkeypatch, limited):
+    """review28: a round whose time (tune.level_timeout_s) ran out before any request but the warm-up ones was
+    answered (a setting slower than a round lasts; a low rate) measured no request: the level's attainment of no
+    request was a ValueError that ended `tritongen tune` with a traceback, its output (every setting measured) deleted.
+    Now the setting failed, naming the round's time and what to change."""
+    import types
+
+    from generator.measure import tune as tune_mod
+    from generator.serve.server import TritonServer
+    from generator.spec import load_spec
+
+    monkeypatch.setattr(TritonServer, "__enter__", lambda self: types.SimpleNamespace())
+    monkeypatch.setattr(TritonServer, "__exit__", lambda self, *exc: None)
+    monkeypatch.setattr(tune_mod, "prepare_point", lambda spec, o, label, out, gpu, progress: (spec, tmp_path))
+    monkeypatch.setattr(tune_mod, "round_measure", lambda *a: lambda load, rnd: RoundSample(rows=[], client_limited=limited))
+    spec = load_spec(None, ["loadtest.slo=ttft_p95<1s", "tune.level_timeout_s=3"])
+    result = tune_mod.tune_setting(spec, [], "spec", tmp_path / "settings" / "0", gpu_visible=False, open_loop=False,
+                                   budget=Budget(None), done=[], progress=lambda _m: None)
+    assert result.status is SettingStatus.FAILED, result.reason
+    assert "measured no request" in result.reason and "tune.level_timeout_s = 3 s" in result.reason
+
+
 def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8b_config):
     import json
 

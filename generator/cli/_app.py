@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 import types
 import typing
@@ -37,6 +36,7 @@ from generator.errors import (
     ToolMissing,
     TritongenError,
 )
+from generator.measure.report_doc import visible
 from generator.spec import Spec, load_spec
 
 app = typer.Typer(
@@ -49,15 +49,11 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def escape(text: str) -> str:
     """Text from outside (a repository, a server, a records file, a path) as the terminal shows it: rich markup
     escaped and control characters written as ``\\xNN`` (newlines and tabs kept). A value of a foreign repository
     holding ESC sequences erased rows of ``tritongen diff``'s table (its trust_remote_code row among them)."""
-    return escape_markup(_UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                                          else f"\\u{ord(m.group()):04x}", text))
+    return escape_markup(visible(text))
 
 
 # Exit status per error class (README "Exit codes"). 0 is success, 3 an inconclusive SLO verdict.

@@ -56,7 +56,7 @@ def gate_inputs(spec: Spec) -> GateInputs:
     if terms and g.baseline is None:
         raise SpecError("a regression gate needs a baseline", where="gate.baseline (--baseline)",
                         fix="pass --baseline baseline.json (from `tritongen baseline save RUN -o baseline.json`)")
-    return GateInputs(baseline_io.load(spec.path(g.baseline)) if g.baseline else None, terms, g.confidence)
+    return GateInputs(baseline_io.load_baseline(spec.path(g.baseline)) if g.baseline else None, terms, g.confidence)
 
 
 def judge_folder(inputs: GateInputs, folder: Path, source: str) -> tuple[Optional[Comparison], Optional[GateVerdict]]:
@@ -145,7 +145,7 @@ def compare_cmd(
     flags = [f"gate.max_change={json.dumps(gate)}"] if gate else []
     spec = get_spec(spec_path, flags)
     terms = parse_gate(spec.gate.max_change, "gate.max_change (--gate)") if spec.gate.max_change else None
-    comparison = compare(baseline_io.load(baseline), baseline_io.load(candidate), spec.gate.confidence)
+    comparison = compare(baseline_io.load_baseline(baseline), baseline_io.load(candidate), spec.gate.confidence)
     verdict = evaluate_gate(terms, comparison) if terms else None
     code = finish([], comparison, verdict, junit, summary)
     raise typer.Exit(code=code)
@@ -160,7 +160,7 @@ def baseline_save(
     """Save a run as the baseline file a team commits: figures, intervals, load, settings, versions; no text."""
     if output.exists() and not force:
         raise OutputExists(f"{output} exists", where=str(output), fix="pass --force to replace it, or another -o")
-    ev = baseline_io.from_folder(run) if run.is_dir() else baseline_io.load(run)
+    ev = baseline_io.load_baseline(run)
     atomic_write_text(output, json.dumps(ev.model_dump(mode="json"), indent=1) + "\n")
     out.print("\n".join(_describe(ev)))
     console.print(f"baseline: {escape(str(output))} ({output.stat().st_size / 1024:.1f} KiB)")

@@ -12,7 +12,7 @@ from typing import Optional, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from generator.errors import ArtifactCorrupt, ArtifactMissing
+from generator.errors import ArtifactCorrupt, ArtifactMissing, SpecError
 from generator.fsutil import read_json_object, read_text_bounded
 from generator.measure.evidence import (
     BASELINE_FORMAT, BASELINE_VERSION, SAMPLED, SKETCH_PERCENTS, Evidence, RunFigures, Sketch, run_figures, summarize_figures,
@@ -183,3 +183,16 @@ def load(path: Path) -> Evidence:
         return from_file(path)
     raise ArtifactMissing(f"no such folder or file: {path}", where=str(path),
                           fix="pass a load-test output folder or a baseline file from `tritongen baseline save`")
+
+
+def load_baseline(path: Path) -> Evidence:
+    """The side a candidate is compared *with* (``baseline save``, ``compare``'s first side, ``--baseline``): as
+    ``load``, refused when a run of it had no successful request (review28: saved from a run whose every request
+    failed, its error rate of 100% passed a candidate with 40% errors through ``--gate error_rate:+1%``, exit 0)."""
+    ev = load(path)
+    failed = [run.label for run in ev.runs if not run.requests]
+    if failed:
+        raise SpecError(f"{path} holds a run in which no request succeeded ({', '.join(failed)}): as a baseline it "
+                        "would pass any candidate that fails less", where=str(path),
+                        fix="save the baseline from a load test that succeeded: tritongen baseline save RUN -o FILE")
+    return ev

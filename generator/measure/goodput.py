@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel
 
+from generator.errors import LoadTestError
 from generator.measure.attainment import RequestRow, attainment, level_figures, ttft_growth
 from generator.measure.intervals import Interval
 from generator.measure.results import LevelFigures
@@ -127,6 +128,12 @@ def measure_level(measure: Callable[[float, int], RoundSample], load: float, tun
         seconds += sample.seconds
         dirs.append(sample.dir)
         last = rounds >= tune.max_rounds
+        if not rows and not sample.rows:  # review28: attainment() of no request was a ValueError that ended the tune
+            raise LoadTestError(
+                f"load {load:g}: its round measured no request: none but warm-up requests was sent and answered "
+                f"within the round's time (tune.level_timeout_s = {tune.level_timeout_s:g} s)", where="tune.level_timeout_s",
+                fix="raise tune.level_timeout_s (a low rate sends few requests in it; a slow setting answers few), or "
+                    "lower loadtest.warmup_requests or loadtest.output_tokens_mean")
         if sample.client_limited:
             limited.append(sample)
             if last and not rows:

@@ -191,6 +191,12 @@ _MAX_DIGITS = 20
 """A number in a record is a 64-bit one at most: nanosecond times, counts."""
 
 
+def readable_figure(value: int) -> bool:
+    """Whether ``read_records`` reads the number back (the load generator checks a server's figures with it before it
+    writes them: review28, one usage count of 1e30 from an OpenAI server made the whole records file unreadable)."""
+    return abs(value) < 10 ** _MAX_DIGITS
+
+
 def _parse_int(digits: str) -> int:
     if len(digits.lstrip("-")) > _MAX_DIGITS:
         raise ValueError("a number of more than 20 digits")  # a float of it raised OverflowError in the statistics

@@ -167,13 +167,24 @@ def _inline(text: str) -> str:
     return out
 
 
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """Control characters and bidi overrides written as ``\\xNN`` / ``\\uNNNN`` (newlines and tabs kept): text from
+    outside as a terminal shows it, in the CLI's lines (``cli._app.escape``) and in report.md, which people read with
+    ``cat`` (review28: an OpenAI server's error holding ESC sequences, written raw into its table, cleared the screen)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
 def md_text(text: str) -> str:
     """One line of Markdown text: no line break (a server's error text with a blank line and ``# ...`` added a
     heading and left the table), no raw HTML tag (``<`` as ``&lt;``; GitHub strips tags, other renderers run
     them) and no link or image (``[`` escaped, and a backslash before it too: a baseline's ``[All checks
     passed](https://...)`` was a link in the CI summary, review14), and ``utf8_safe``. The reports' own marks
-    (``**``, backticks) stay."""
-    return " ".join(utf8_safe(text).splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
+    (``**``, backticks) stay; control characters are ``visible``."""
+    return " ".join(visible(utf8_safe(text)).splitlines()).replace("\\", "\\\\").replace("<", "&lt;").replace("[", "\\[")
 
 
 def interval_cell(i: Any, fmt: str = "{:.1f}") -> str:

@@ -168,8 +168,18 @@ def setup_failure(out_dir: Path) -> Optional[str]:
     for log in sorted(out_dir.glob("locust*.log")):
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             if SETUP_FAILED in line:
-                return line.split(SETUP_FAILED, 1)[1].strip()
+                return _clip(line.split(SETUP_FAILED, 1)[1].strip())
     return None
+
+
+MAX_QUOTED_LINE = 1000
+"""The most characters of one log line an error quotes: a server's text can be in it (review28: a /v1/models id of
+200,000 characters in "model 'm' is not served at ... (it lists ...)"), and the terminal wraps one long word in time
+quadratic in its length: 40,000 characters took 17 s, that id minutes of CPU before the error was shown."""
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= MAX_QUOTED_LINE else f"{line[:MAX_QUOTED_LINE]}... (cut: {len(line):,} characters)"
 
 
 def _workers_missing(out_dir: Path) -> Optional[str]:
@@ -181,7 +191,9 @@ def _workers_missing(out_dir: Path) -> Optional[str]:
 
 
 def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+    """The log's last lines, each ``_clip``-ped."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    return "\n".join(map(_clip, text.splitlines()[-lines:]))
 
 
 def _integrity(run: Optional[RunRecord]) -> RunIntegrity:

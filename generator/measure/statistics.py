@@ -110,8 +110,8 @@ def prefix_reuse(measured: Measured) -> Optional[PrefixReuse]:
     # An OpenAI server that reports no cached_tokens says nothing about reuse.
     for unit, part, whole, zero_left_out in (("blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks", True),
                                              ("tokens", "num_cached_tokens", "num_input_tokens", False)):
-        rows = [(r["server"].get(part, 0), r["server"][whole], m.ttft_ns) for r, m in measured
-                if r["server"].get(whole) and (zero_left_out or part in r["server"])]
+        rows = [(r["server"].get(part, 0), r["server"][whole], m.ttft_ns) for r, m in measured  # (a records file's
+                if r["server"].get(whole, 0) > 0 and (zero_left_out or part in r["server"])]  # negatives summed to 0)
         if rows:
             return PrefixReuse(
                 unit=unit, requests=len(rows), hit_share=sum(p for p, _, _ in rows) / sum(w for _, w, _ in rows),
