@@ -27,6 +27,11 @@ MAX_ANSWER = 4 * MAX_MESSAGE
 """The most bytes one answer's responses hold together: a server streaming small events as fast as it could
 until the run ended grew one Locust process to 21 GB (the machine's out-of-memory killer ended it)."""
 
+RESPONSE_COST = 256
+"""Bytes each response counts for toward MAX_ANSWER beyond its own: what the process holds for one besides them (its
+objects, time and list slots, its decoded text). review28: an answer of tiny events held ten times its bytes (a
+Locust process of 2.8 GB with 4 users; with 12 the run stalled); a real answer of 128k tokens counts 40 MiB."""
+
 Decoded = tuple[list[Optional[str]], ServerFigures, Optional[str]]
 """Per payload its text (None: a response without text, e.g. an empty final one), the server's figures
 summed over the answer, and an error the payloads carried."""
@@ -59,7 +64,7 @@ class Exchange:
         self.request_id, self.record, self.decode = request_id, record, decode
         self.resp_ns: list[int] = []
         self.payloads: list[Any] = []
-        self.size = 0  # bytes of the payloads
+        self.size = 0  # bytes of the payloads, RESPONSE_COST each included
         self.end_ns: Optional[int] = None
         self.error: Optional[str] = None
         self.on_done: Optional[Callable[[Exchange], None]] = None  # called once, when the answer is complete
@@ -73,10 +78,10 @@ class Exchange:
             self.end_ns = t_ns or time.monotonic_ns()
 
     def keep(self, t: int, payload: bytes) -> None:
-        """One response as received; ValueError once the answer passes MAX_ANSWER bytes."""
-        self.size += len(payload)
+        """One response as received; ValueError once the answer passes MAX_ANSWER bytes (RESPONSE_COST each)."""
+        self.size += len(payload) + RESPONSE_COST
         if self.size > MAX_ANSWER:
-            raise ValueError(f"the answer is longer than {MAX_ANSWER:,} bytes")
+            raise ValueError(f"the answer is longer than {MAX_ANSWER:,} bytes ({RESPONSE_COST} a response included)")
         self.resp_ns.append(t)
         self.payloads.append(payload)
 

@@ -181,6 +181,23 @@ def test_a_text_that_is_no_unicode_fails_its_own_request_and_every_record_is_wri
     assert [r["error"] for r in read_records(tmp_path / "records.jsonl").requests] == [r["error"] for r in records]
 
 
+def test_an_answer_of_tiny_responses_is_cut_before_it_holds_more_than_its_bound():
+    """review28: the bound counted the payloads' bytes only, and an answer of tiny events held ten times as much (each
+    event's objects): 4 users' answers grew a Locust process to 2.8 GB. Its memory now stays within the bound."""
+    import tracemalloc
+
+    ex = exchange(httpclient.decode_json)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="the answer is longer than"):
+            for t in range(2_000_000):  # 2 MB of payload: far below the bound in bytes, far above it in objects
+                ex.keep(t, b"x")
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held <= clients.MAX_ANSWER, f"{held:,} bytes held for {len(ex.payloads):,} responses"
+
+
 def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_record_is_read(tmp_path):
     """review28: a server's count of 1e30 (an OpenAI usage chunk; a Triton answer's num_output_tokens alike) was written
     into the record as a 31-digit number, which read_records refuses: the whole run was lost ("records.jsonl, line 2:

@@ -204,6 +204,22 @@ def test_records_given_to_loadtest_are_judged_as_a_run_of_its_own(written, tmp_p
     assert (tmp_path / "junit.xml").is_file()
 
 
+def test_records_in_which_no_request_succeeded_fail_whatever_the_slo(tmp_path):
+    """review28: with an SLO that nothing could measure, a run in which every request failed exited 3 (inconclusive);
+    the README's exit 1 is "no request succeeded", gate or no gate."""
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    path = tmp_path / "records.jsonl"
+    with open_records(path) as file:
+        write_records(file, [finished_request(i, [sse("x"), b'data: {"error": "engine failed"}\n']) for i in range(3)])
+        write_records(file, [{"kind": "run", "lost_workers": [], "incomplete": None, "rejected_messages": {}}])
+    for slo in ([], ["--slo", "ttft_p95<10s"]):
+        result = CliRunner().invoke(app, ["loadtest", "--records", str(path), "-o", str(tmp_path / f"out{len(slo)}"), *slo])
+        assert result.exit_code == 1, result.output
+
+
 def test_records_given_to_loadtest_never_replace_the_baseline_they_are_compared_with(written, tmp_path):
     """review22: ``loadtest --records R --baseline BASE -o BASE --force`` replaced the baseline folder it had just been
     compared with; a local run refuses an output holding what the spec names, and --records now does the same."""

@@ -167,11 +167,12 @@ def test_a_point_whose_setting_the_spec_rejects_is_invalid_and_starts_nothing(tm
     assert steps == [] and not (tmp_path / "p").exists()
 
 
-@pytest.mark.parametrize("fails", ["server", "every request", "a worker lost"])
-def test_a_sweep_whose_every_point_failed_exits_1_without_an_slo(tmp_path, monkeypatch, fails):
+@pytest.mark.parametrize("fails", ["server", "every request", "a worker lost", "every request, its SLO unmeasured"])
+def test_a_sweep_whose_every_point_failed_exits_1(tmp_path, monkeypatch, fails):
     """review26: without an SLO, a sweep whose every point failed (each server exited while loading) printed "no
     setting qualified" and exited 0, having measured nothing; now 1, and the report is kept. review27: so did one
-    whose every point ran with no request succeeding, or lost a Locust worker (a load test of its own exits 1 then)."""
+    whose every point ran with no request succeeding, or lost a Locust worker (a load test of its own exits 1 then).
+    review28: with an SLO, points in which no request succeeded (their SLO unmeasured, inconclusive) exited 3."""
     from typer.testing import CliRunner
 
     from generator.cli import app
@@ -183,14 +184,15 @@ def test_a_sweep_whose_every_point_failed_exits_1_without_an_slo(tmp_path, monke
         if fails == "server":
             raise ServerError("tritonserver exited with code 1 while loading", fix="tritongen validate REPO")
         out_dir.mkdir(parents=True)
-        results = _result(0.0, None, False, 1.0)
+        results = _result(0.0, Verdict.INCONCLUSIVE if "SLO" in fails else None, False, 1.0)
         if fails == "a worker lost":
             results.counts.ok, results.run.integrity.incomplete = 10, "worker 2 stopped reporting"
         return LoadResult(out_dir=out_dir, requests=[], results=results)
 
     monkeypatch.setattr(sweep_mod, "_measure_point", point_fails)
     out = tmp_path / "sw"
-    run = CliRunner().invoke(app, ["sweep", "--set", "serving.max_batch_size=4,8", "-o", str(out)],
+    slo = ["--slo", "ttft_p95<10s"] if "SLO" in fails else []
+    run = CliRunner().invoke(app, ["sweep", "--set", "serving.max_batch_size=4,8", "-o", str(out), *slo],
                              env={"COLUMNS": "200"})
     assert run.exit_code == 1, run.output
     assert "no setting qualified" in run.output and (out / "points.json").is_file()

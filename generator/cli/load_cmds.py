@@ -225,8 +225,10 @@ def _conclude(results: list, figures, output: Path, comparison, verdict, junit: 
         console.print(f"repeat report: {escape(str(output.resolve() / 'report.html'))} (and report.md, repeat.json)")
     slo_runs = [(f"run {i}", r.results.slo) for i, r in enumerate(results, 1) if r.results.slo]
     code = finish(slo_runs, comparison, verdict, junit, summary, figures)
+    if not all(r.results.counts.ok for r in results):
+        return EXIT_FAIL  # nothing succeeded: a failure, not an SLO that could not be measured (review28: exit 3)
     if not code and not all(r.results.completed for r in results):
-        code = EXIT_FAIL  # nothing succeeded, or a run lost a worker
+        code = EXIT_FAIL  # a run lost a worker, and no gate called it inconclusive
     return code
 
 
@@ -280,7 +282,8 @@ def sweep(
     # review26: without an SLO, a sweep whose every point failed (no server started) exited 0 having measured nothing;
     # review27: so did one whose every point ran but failed as its load test would (no request succeeded, a worker lost)
     if result.best is None and (spec.loadtest.slo or not any(p.results and p.results.completed for p in result.points)):
-        verdicts = [p.results.slo.verdict for p in result.points if p.results and p.results.slo]
+        # a point in which no request succeeded failed; its SLO could not be measured, which is no inconclusive run
+        verdicts = [p.results.slo.verdict for p in result.points if p.results and p.results.slo and p.results.counts.ok]
         raise typer.Exit(code=EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_FAIL)
 
 
