@@ -19,14 +19,14 @@ from generator.fsutil import CACHE_VAR
 DATA = Path(__file__).parent / "data"
 
 # One torch (OpenMP) thread in every process of the run, the servers' engines and the commands' included (they
-# inherit it): two test workers, their servers and Locust share the two cores, and a second OpenMP thread in each
+# inherit it): the test workers, their servers and Locust share the two cores, and a second OpenMP thread in each
 # spins waiting for a core (test_quantize.py alone beside other work: 55-65 s of CPU with two threads, 35-37 s with
 # one, and no slower). A thread count the caller set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # tritongen's cache (the tiny model, the NVFP4 checkpoint, the argvkey library) of this test run alone, made afresh:
 # what the run's session fixtures build once is reused by the commands the tests run (the demo's tiny model) and, under
-# pytest-xdist, by the other worker (the workers inherit the folder the controller made), never what an earlier run left.
+# pytest-xdist, by the other workers (the workers inherit the folder the controller made), never what an earlier run left.
 _SHARED_CACHE = "TRITONGEN_TEST_CACHE_OF_RUN"
 if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_SHARED_CACHE):
     _CACHE, _OWN_CACHE = os.environ[_SHARED_CACHE], False
@@ -298,11 +298,11 @@ def engine_settled(trtllm_gauge):
     return settled
 
 
-# Two pytest-xdist workers (`make test`: `-n 2 --dist loadscope`: a module's tests stay on one worker, so its
+# pytest-xdist workers (`make test`: `-n 3 --dist loadscope`: a module's tests stay on one worker, so its
 # module-scoped fixtures, a server or the demo's run, are made once). A test marked `alone` runs while the
-# other worker runs no test (a measurement another test's load would blur); where only a part of a test must not be
+# other workers run no test (a measurement another test's load would blur); where only a part of a test must not be
 # disturbed (a measurement, or a server's start that finds the one Python-backend folder under /tmp that appeared
-# meanwhile), that part runs in `with alone():` (the fixture below), the rest beside the other worker.
+# meanwhile), that part runs in `with alone():` (the fixture below), the rest beside the other workers.
 
 SESSION_SERVERS = {"cpu_server", "llmapi_server"}
 """Session fixtures that start a server: each worker running a module that uses one starts it again."""
@@ -360,7 +360,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def _take_lock(*, exclusive: bool) -> None:
-    """The workers' lock, through the turnstile: an exclusive wait ends at the other worker's current test."""
+    """The workers' lock, through the turnstile: an exclusive wait ends at the other workers' current tests."""
     import fcntl
 
     turnstile, lock = _LOCKS
@@ -374,7 +374,7 @@ def _take_lock(*, exclusive: bool) -> None:
 @pytest.fixture(scope="session")
 def alone():
     """``with alone():`` runs a part of a test (its measurement, not its server's start) as an `alone` test runs:
-    the other worker finishes its current test and starts no other until the part ends. The test's shared lock is
+    the other workers finish their current tests and start no other until the part ends. The test's shared lock is
     given up first, so two workers asking at once wait for each other's test to end, never deadlock."""
     @contextlib.contextmanager
     def part():
@@ -411,6 +411,6 @@ _LOCKS = _worker_locks()
 def pytest_unconfigure(config):
     for file in _LOCKS or ():
         file.close()
-        Path(file.name).unlink(missing_ok=True)  # the other worker keeps its open copies until it ends
+        Path(file.name).unlink(missing_ok=True)  # the other workers keep their open copies until they end
     if _OWN_CACHE:
         shutil.rmtree(_CACHE, ignore_errors=True)

@@ -54,7 +54,7 @@ def slowed_server(cpu_repo_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def measured(cpu_spec, cpu_server, slowed_server, cpu_repo_dir, tmp_path_factory, alone):
     """Every run of the module, one after the other and `alone` (the known delay is measured within 5%, and another
-    test's load would blur it; the servers' starts and the checks run beside the other worker): folders baseline/ and
+    test's load would blur it; the servers' starts and the checks run beside the other workers): folders baseline/ and
     slowed/, each with run-01 .. run-03, run in turn; then `tritongen baseline save` of the baseline runs and
     `tritongen loadtest --repeat 2` of the same server against it with a gate, JUnit XML and a summary.
     Returns (sides' folder, finished release command, its folder)."""
