@@ -7,6 +7,7 @@ messages and the JSON Triton's generate endpoints send.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -229,28 +230,12 @@ def test_a_server_figure_past_what_records_hold_fails_its_own_request_and_every_
 def test_a_served_model_name_that_is_no_string_fails_the_setup(read):
     """review28: every record carries the model's name, as a string; a Triton config named 5, or a /v1/models list
     whose id is 5 (taken as the model to call), made every record of the run unreadable, the run lost."""
-    import gevent
-
-    listener = _listener(4)
     body = b'{"data": [{"id": 5, "object": "model"}], "name": 5, "input": []}'
-
-    def serve() -> None:
-        while True:
-            conn = listener.accept()[0]
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            conn.close()
-
-    server = gevent.spawn(serve)
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
-             "openai_model": lambda: openaiapi.openai_model(url, None, 5)}
-    try:
+    with _http_peer(body) as url:
+        calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
+                 "openai_model": lambda: openaiapi.openai_model(url, None, 5)}
         with pytest.raises(RuntimeError, match="string"):
             calls[read]()
-    finally:
-        server.kill()
-        listener.close()
 
 
 def test_a_load_test_error_quotes_a_long_log_line_cut(tmp_path):
@@ -550,6 +535,28 @@ def _listener(backlog: int = 1):
     return listener
 
 
+@contextlib.contextmanager
+def _http_peer(body: bytes):
+    """A local HTTP peer answering every request 200 with ``body``: yields its URL."""
+    import gevent
+
+    listener = _listener(4)
+
+    def serve() -> None:
+        while True:
+            conn = listener.accept()[0]
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.kill()
+        listener.close()
+
+
 @pytest.mark.parametrize("late", [
     service_pb2.ModelStreamInferResponse(error_message="queue full",
                                          infer_response=service_pb2.ModelInferResponse(id="run-0-0")).SerializeToString(),
@@ -704,30 +711,14 @@ def test_a_setup_answer_past_the_bound_fails_the_setup_not_the_memory(read):
     """review15: each Locust process read a model's config, /v1/models and its users' warm-up answers whole: a
     server that sent those without end grew every Locust process to 7.4 GB in 75 s, to a MemoryError. They are read
     up to MAX_MESSAGE, as every other answer (here one byte more arrives, then the answer ends)."""
-    import gevent
-
-    listener = _listener(4)
     body = b'{"data": [{"id": "m"}], "name": "m", "pad": "' + b"x" * grpcwire.MAX_MESSAGE + b'"}'
-
-    def serve() -> None:
-        while True:
-            conn = listener.accept()[0]
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            conn.close()
-
-    server = gevent.spawn(serve)
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
-             "openai_model": lambda: openaiapi.openai_model(url, None, 5),
-             "http_user": lambda: httpclient.HttpLLMClient(url, _INFO, False, 5),
-             "openai_user": lambda: openaiapi.OpenAIClient(url, openaiapi.OpenAIModel("m"), "openai-chat", 5, None)}
-    try:
+    with _http_peer(body) as url:
+        calls = {"model_info": lambda: clients.model_info(url, "ensemble", 5),
+                 "openai_model": lambda: openaiapi.openai_model(url, None, 5),
+                 "http_user": lambda: httpclient.HttpLLMClient(url, _INFO, False, 5),
+                 "openai_user": lambda: openaiapi.OpenAIClient(url, openaiapi.OpenAIModel("m"), "openai-chat", 5, None)}
         with pytest.raises(ValueError, match=f"longer than {grpcwire.MAX_MESSAGE:,} bytes"):
             calls[read]()
-    finally:
-        server.kill()
-        listener.close()
 
 
 def test_users_sending_at_once_after_the_stream_ended_share_one_new_stream():
