@@ -26,6 +26,25 @@ def test_incomplete_local_folder_says_what_is_missing(tiny_model_dir, tmp_path):
     assert "safetensors" in err.value.fix
 
 
+def test_a_model_file_that_is_no_regular_file_is_refused(tiny_model_dir, tmp_path):
+    """review29: extra.safetensors -> /dev/zero in a folder a user was handed: quantize hashed it without end after
+    quantizing. Links to regular files stay allowed (a Hugging Face snapshot is links into its blobs)."""
+    import os
+
+    folder = tmp_path / "handed"
+    folder.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (folder / f.name).symlink_to(f)
+    assert fetch(folder) == folder.resolve()
+    (folder / "extra.safetensors").symlink_to("/dev/zero")
+    os.mkfifo(folder / "added_tokens.json")
+    (folder / "vocab.json").symlink_to(tmp_path / "gone")
+    with pytest.raises(TritongenError) as err:
+        fetch(folder)
+    assert all(name in err.value.message for name in ("extra.safetensors", "added_tokens.json", "vocab.json"))
+    assert err.value.fix
+
+
 def test_missing_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(TritongenError, match="no such folder"):
         fetch(str(tmp_path / "nope"))

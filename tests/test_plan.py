@@ -259,3 +259,19 @@ def test_cli_plan_text_json_and_refusal(tmp_path):
     refused = runner.invoke(app, ["plan", str(spec), "--set", "build.gpu=h100-sxm", "--set", "build.tp_size=3"])
     assert refused.exit_code == 4
     assert "nvfp4 needs Blackwell" in refused.output and "attention heads" in refused.output
+
+
+@pytest.mark.parametrize("bad", [
+    {"num_hidden_layers": 20_000_000},  # review29: 8 GB and a MemoryError in render, plan, validate
+    {"num_attention_heads": 0, "head_dim": None},  # was a ZeroDivisionError
+    {"num_key_value_heads": "8"}, {"num_key_value_heads": -8}, {"head_dim": 1.5}, {"hidden_size": True},
+    {"max_position_embeddings": "x"}, {"architectures": "Qwen3ForCausalLM"}, {"architectures": [{"a": 1}]},
+])
+def test_a_hostile_model_config_is_refused_naming_its_field(qwen3, bad):
+    """A config.json from a model folder a user was handed: a size that is no whole number in range, or
+    architectures that are no list of names, is an error naming the key before any per-layer loop runs."""
+    from generator.engine.shape import model_shape
+
+    with pytest.raises(TritongenError) as err:
+        model_shape(qwen3 | bad)
+    assert next(iter(bad)) in str(err.value) and err.value.fix

@@ -382,3 +382,18 @@ def test_calibration_files(tmp_path):
     jsonl.write_text('{"prompt": "a"}\n', encoding="utf-8")
     with pytest.raises(TritongenError, match="line 1"):
         read_calibration_file(jsonl)
+
+
+def test_the_size_report_sizes_every_safetensors_dtype(tmp_path):
+    """review29: a model holding one U32 tensor (or MXFP4's E8M0 scales) quantized to the end, then lost its
+    checkpoint to a KeyError in the size table; every dtype of safetensors is sized, in bits."""
+    import torch
+    from safetensors.torch import save_file
+
+    from generator.model.manifest import tensor_table
+
+    save_file({"w": torch.zeros(3, 4, dtype=torch.bfloat16), "ids": torch.zeros(5, dtype=torch.uint32),
+               "scale": torch.zeros(6, dtype=torch.float8_e8m0fnu), "flag": torch.zeros(2, dtype=torch.bool)},
+              str(tmp_path / "model.safetensors"))
+    sizes = {k: v[2] for k, v in tensor_table(tmp_path).items()}
+    assert sizes == {"w": 24, "ids": 20, "scale": 6, "flag": 2}

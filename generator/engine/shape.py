@@ -38,36 +38,66 @@ class ModelShape:
     max_position_embeddings: Optional[int]
 
 
+SIZE_LIMITS = {"num_hidden_layers": 4096, "num_attention_heads": 4096, "num_key_value_heads": 4096, "head_dim": 65536,
+               "hidden_size": 1 << 24, "intermediate_size": 1 << 24, "vocab_size": 1 << 24}
+"""The largest size a config.json may give: far past any decoder model (Llama 3.1 405B: 126 layers, 128 heads, hidden
+16,384), and small enough that the plan's per-layer and per-head loops stay cheap (review29: 20 million layers took
+8 GB and ended in a MemoryError, a huge head count hung the tp_size refusal)."""
+
+_CONFIG_FIX = "pass the model's own config.json with --model-config PATH"
+
+
+def _size(config: dict[str, Any], key: str, *, required: bool) -> Optional[int]:
+    """A size of config.json: a whole number from 1 to its SIZE_LIMITS entry (absent or null where optional)."""
+    value = config.get(key)
+    if value is None and not required:
+        return None
+    limit = SIZE_LIMITS.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (limit is not None and value > limit):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        bound = f"from 1 to {limit:,}" if limit is not None else "of at least 1"
+        raise ArtifactCorrupt(f"model config.json has {key} = {shown}; a decoder model's {key} is a whole number "
+                              f"{bound}", where="config.json", fix=_CONFIG_FIX)
+    return value
+
+
 def model_shape(config: dict[str, Any]) -> ModelShape:
     """Read the sizes from a Hugging Face config.json; dense decoder models only."""
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-               if not isinstance(config.get(k), int)]
+               if config.get(k) is None]
     if missing:
         raise ArtifactCorrupt(
             f"model config.json lacks {', '.join(missing)}; the plan needs a decoder model's sizes",
-            where="config.json", fix="pass the model's own config.json with --model-config PATH")
+            where="config.json", fix=_CONFIG_FIX)
     if any(config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
         raise PlanRefused("mixture-of-experts models are not covered by the memory plan", where="config.json",
                           fix="plan a dense decoder model; build MoE models with TensorRT-LLM's own tools")
-    heads = config["num_attention_heads"]
+    sizes = {k: _size(config, k, required=True)
+             for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")}
+    sizes |= {k: _size(config, k, required=False) for k in ("num_key_value_heads", "head_dim", "max_position_embeddings")}
+    heads = sizes["num_attention_heads"]
+    architectures = config.get("architectures") or ["unknown"]
+    if not isinstance(architectures, list) or not isinstance(architectures[0], str):
+        raise ArtifactCorrupt(f"model config.json has architectures = {str(architectures)[:40]!r}; it is a list of "
+                              "class names, e.g. [\"Qwen3ForCausalLM\"]", where="config.json", fix=_CONFIG_FIX)
     model_type = str(config.get("model_type", ""))
     attention_bias = bool(config.get("attention_bias", False))
     return ModelShape(
-        architecture=(config.get("architectures") or ["unknown"])[0],
+        architecture=architectures[0],
         model_type=model_type,
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
+        hidden_size=sizes["hidden_size"],
+        num_layers=sizes["num_hidden_layers"],
         num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        intermediate_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"],
+        num_kv_heads=sizes["num_key_value_heads"] or heads,
+        head_dim=sizes["head_dim"] or max(1, sizes["hidden_size"] // heads),
+        intermediate_size=sizes["intermediate_size"],
+        vocab_size=sizes["vocab_size"],
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         # Qwen2 hard-codes q/k/v biases; Llama-style configs say so with attention_bias (all four projections).
         qkv_bias=attention_bias or model_type == "qwen2",
         o_bias=attention_bias,
         qk_norm=model_type.startswith("qwen3"),
-        max_position_embeddings=config.get("max_position_embeddings"),
+        max_position_embeddings=sizes["max_position_embeddings"],
     )
 
 

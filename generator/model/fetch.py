@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from generator.errors import ArtifactMissing, HubError, SpecError
+from generator.errors import ArtifactCorrupt, ArtifactMissing, HubError, SpecError
 from generator.spec import Spec
 
 ALLOW_PATTERNS = [
@@ -73,7 +73,22 @@ def add_legacy_rope_theta(config_path: Path) -> None:
         config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def not_regular_files(folder: Path) -> list[str]:
+    """The files of a model folder that later stages read (ALLOW_PATTERNS) which are no regular file, links followed:
+    a FIFO, a device, a folder, a dangling link. review29: a link extra.safetensors -> /dev/zero in a folder a user
+    was handed made quantize hash it without end (100% CPU, no exit) after the quantization itself had run."""
+    from fnmatch import fnmatchcase
+
+    return sorted(f.name for f in folder.iterdir() if any(fnmatchcase(f.name, p) for p in ALLOW_PATTERNS) and not f.is_file())
+
+
 def check_model_folder(folder: Path, *, where: str | None = None) -> Path:
+    odd = not_regular_files(folder)
+    if odd:
+        shown = ", ".join(repr(name[:80]) for name in odd[:5])
+        raise ArtifactCorrupt(f"the model folder's {shown} {'is' if len(odd) == 1 else 'are'} no regular file (a FIFO, "
+                              "a device, a folder or a link to one, or a dangling link)", where=where or str(folder),
+                              fix="replace each with the file it stands for, or remove it")
     missing = missing_model_files(folder)
     if missing:
         has_bin = any(folder.glob("*.bin"))

@@ -8,6 +8,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from generator.errors import ArtifactCorrupt
+
+
 def sha256_files(files: list[Path]) -> dict[str, Any]:
     per_file = {}
     for path in files:
@@ -20,7 +23,11 @@ def sha256_files(files: list[Path]) -> dict[str, Any]:
     return {"sha256": combined, "files": per_file}
 
 
-_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}
+_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16,
+               "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64, "F4": 4, "F6_E2M3": 6,
+               "F6_E3M2": 6, "C64": 64}
+"""Bits per element of every safetensors dtype (safetensors 0.8's ``Dtype``). review29: a model holding one U32
+tensor quantized to the end, then lost the checkpoint to a KeyError here."""
 
 
 def tensor_table(folder: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
@@ -32,11 +39,15 @@ def tensor_table(folder: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 sl = f.get_slice(key)
-                shape = tuple(sl.get_shape())
+                shape, dtype = tuple(sl.get_shape()), sl.get_dtype()
+                if dtype not in _DTYPE_BITS:
+                    raise ArtifactCorrupt(f"{path.name}: tensor {key[:80]!r} has dtype {dtype[:20]!r}, which this "
+                                          "tritongen does not size", where=str(path),
+                                          fix="convert that tensor to a standard dtype, or update tritongen")
                 count = 1
                 for d in shape:
                     count *= d
-                table[key] = (sl.get_dtype(), shape, count * _DTYPE_BYTES[sl.get_dtype()])
+                table[key] = (dtype, shape, (count * _DTYPE_BITS[dtype] + 7) // 8)
     return table
 
 
