@@ -418,3 +418,17 @@ def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8
     plan = memory_plan(gpu, model_shape(config), lookup_gpu(gpu.build.gpu))
     g = predict(gpu, True, config, 128, 64)
     assert g.kv_requests == plan.kv_tokens // 192 and g.concurrency == min(g.batch_slots, g.kv_requests)
+
+
+@pytest.mark.parametrize("hostile", [{"num_attention_heads": 0}, {"head_dim": "x", "num_hidden_layers": 4_000_000_000}])
+def test_a_hostile_checkpoint_config_is_no_prediction_naming_its_key(qwen3_8b_config, hostile):
+    """review30: the CPU engine's prediction read the served checkpoint's config.json unchecked: num_attention_heads
+    0 ended tune in a ZeroDivisionError traceback, head_dim "x" with 4e9 layers repeated a string of some 64 GB."""
+    import json
+
+    from generator.measure.predict import predict
+    from generator.spec import load_spec
+
+    config = json.loads(qwen3_8b_config.read_text()) | hostile
+    p = predict(load_spec(None, ["serving.engine=cpu-reference"]), False, config, 32, 24)
+    assert p.kv_requests is None and f"has {next(reversed(hostile))} = " in p.source
