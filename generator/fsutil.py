@@ -355,13 +355,17 @@ def read_text_bounded(path: Path, *, fix: str, limit: int = MAX_READ_BYTES, insi
         fd = os.open(opened, flags)
     except OSError as exc:
         raise ArtifactCorrupt(f"cannot be opened: {exc.strerror}", where=str(path), fix=fix) from None
-    with os.fdopen(fd, "rb") as f:
+    try:  # before fdopen, which refuses a folder with IsADirectoryError (review30: a traceback)
         if inside is not None and not _inside(_opened_path(fd, opened), folder):  # a folder above swapped for a link
             raise ArtifactCorrupt(f"changed while it was read: it no longer resolves inside {inside}; only files inside "
                                   "it are read", where=str(path), fix=fix)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ArtifactCorrupt("not a regular file (a FIFO, device, socket or folder)", where=str(path), fix=fix)
+    except ArtifactCorrupt:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
         if st.st_size > limit:
             raise ArtifactCorrupt(f"{st.st_size:,} bytes, more than the {limit:,} a file of this kind may have",
                                   where=str(path), fix=fix)

@@ -437,6 +437,24 @@ def test_a_config_past_its_bound_is_one_problem_and_a_huge_count_no_traceback(cp
     assert str(cfg) in read_meaning(cpu).unreadable
 
 
+@pytest.mark.parametrize("repo_kind, file, text", [
+    ("llmapi", "tensorrt_llm/1/model.yaml", "model: [unclosed\n"),
+    ("llmapi", "tensorrt_llm/1/model.yaml", "- model: /weights\n"),
+    ("cpu", "tensorrt_llm/config.pbtxt", 'name: "tensorrt_llm"\nmax_batch_size: 8\nmax_batch_size: 16\n'),
+])
+def test_import_names_the_file_it_cannot_read_not_a_guess(request, tmp_path, repo_kind, file, text):
+    """review30: a model.yaml that is no YAML mapping was read as no model.yaml, so import took the LLM-API repository
+    for a CPU-engine one and failed on "serving.max_batch_size: got 0"; a tensorrt_llm/config.pbtxt that does not parse
+    said "no tensorrt_llm model (inflight_batcher_llm layout expected)". Both pointed at a wrong cause."""
+    repo = request.getfixturevalue(repo_kind)
+    (repo / file).write_text(text)
+    with pytest.raises(ArtifactCorrupt, match="does not parse") as caught:
+        import_repository(repo)
+    assert caught.value.where == str(repo / file)
+    result = CliRunner().invoke(app, ["import", str(repo), "-o", str(tmp_path / "s.yaml")])
+    assert isinstance(result.exception, ArtifactCorrupt) and not (tmp_path / "s.yaml").exists()
+
+
 def _set_parameter_text(cfg: Path, key: str, value: str) -> None:
     text = cfg.read_text()
     start = text.index('string_value: "', text.index(f'"{key}"')) + len('string_value: "')

@@ -375,6 +375,30 @@ def test_a_setting_whose_server_died_mid_search_is_failed_naming_its_log_not_ref
     assert "the server exited (code -9) during the search" in result.reason and "--url" not in result.reason
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_model_config_that_is_no_regular_file_refuses_the_setting_naming_it(tmp_path, monkeypatch, kind):
+    """review30: tune's prediction read the served model's config.json with read_text: a FIFO there (tar keeps them)
+    held `tritongen tune` forever before any server started, a link to /dev/zero read until a MemoryError."""
+    import os
+
+    from generator.measure import tune as tune_mod
+    from generator.spec import load_spec
+
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mkfifo(model / "config.json") if kind == "fifo" else (model / "config.json").mkdir()
+
+    def never(*_a):
+        raise AssertionError("the setting went on to render and serve")
+
+    monkeypatch.setattr(tune_mod, "prepare_point", never)
+    spec = load_spec(None, ["loadtest.slo=ttft_p95<1s", "serving.engine=cpu-reference", f"model.source={model}",
+                            "quantization.format=none", "quantization.kv_cache=none"])
+    result = tune_mod.tune_setting(spec, [], "spec", tmp_path / "settings" / "0", gpu_visible=False, open_loop=False,
+                                   budget=Budget(None), done=[], progress=lambda _m: None)
+    assert result.status is SettingStatus.REFUSED and f"{model / 'config.json'}: not a regular file" in result.reason
+
+
 @pytest.mark.parametrize("limited", [False, True], ids=["served", "client-limited"])
 def test_a_setting_whose_round_measured_no_request_failed_naming_the_round_time(tmp_path, monkeypatch, limited):
     """review28: a round whose time (tune.level_timeout_s) ran out before any request but the warm-up ones was
@@ -418,3 +442,17 @@ def test_predicted_kv_full_concurrency_comes_from_the_engines_own_sizing(qwen3_8
     plan = memory_plan(gpu, model_shape(config), lookup_gpu(gpu.build.gpu))
     g = predict(gpu, True, config, 128, 64)
     assert g.kv_requests == plan.kv_tokens // 192 and g.concurrency == min(g.batch_slots, g.kv_requests)
+
+
+@pytest.mark.parametrize("hostile", [{"num_attention_heads": 0}, {"head_dim": "x", "num_hidden_layers": 4_000_000_000}])
+def test_a_hostile_checkpoint_config_is_no_prediction_naming_its_key(qwen3_8b_config, hostile):
+    """review30: the CPU engine's prediction read the served checkpoint's config.json unchecked: num_attention_heads
+    0 ended tune in a ZeroDivisionError traceback, head_dim "x" with 4e9 layers repeated a string of some 64 GB."""
+    import json
+
+    from generator.measure.predict import predict
+    from generator.spec import load_spec
+
+    config = json.loads(qwen3_8b_config.read_text()) | hostile
+    p = predict(load_spec(None, ["serving.engine=cpu-reference"]), False, config, 32, 24)
+    assert p.kv_requests is None and f"has {next(reversed(hostile))} = " in p.source

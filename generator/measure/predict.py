@@ -18,6 +18,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from generator.engine.shape import model_shape
 from generator.errors import TritongenError
 from generator.resources import model_repo_dir
 from generator.spec import EngineTarget, Spec
@@ -68,12 +69,11 @@ def _cpu_kv_tokens(spec: Spec, target: EngineTarget, config: dict) -> tuple[int,
     return blocks * settings.tokens_per_block, f"CPU engine: {blocks} KV blocks ({why})"
 
 
-def _gpu_kv_tokens(spec: Spec, config: dict) -> tuple[int, str]:
+def _gpu_kv_tokens(spec: Spec, shape) -> tuple[int, str]:
     from generator.engine.gpus import lookup_gpu
     from generator.engine.memory import memory_plan
-    from generator.engine.shape import model_shape
 
-    plan = memory_plan(spec, model_shape(config), lookup_gpu(spec.build.gpu))
+    plan = memory_plan(spec, shape, lookup_gpu(spec.build.gpu))
     return plan.kv_tokens, f"memory plan on {spec.build.gpu}: {plan.kv_tokens} KV tokens per GPU"
 
 
@@ -84,10 +84,13 @@ def predict(spec: Spec, gpu_visible: bool, config: dict, input_tokens: int, outp
     tpb = spec.build.tokens_per_block
     per_request = math.ceil((input_tokens + output_tokens) / tpb) * tpb
     try:
+        # The sizes checked first, for the CPU engine too (it reads the same keys): review30, a checkpoint's
+        # num_attention_heads 0 ended tune in a ZeroDivisionError, a head_dim "x" repeated a string gigabytes long.
+        shape = model_shape(config)
         if target is EngineTarget.cpu_reference:
             tokens, source = _cpu_kv_tokens(spec, target, config)
         elif gpu_visible:
-            tokens, source = _gpu_kv_tokens(spec, config)
+            tokens, source = _gpu_kv_tokens(spec, shape)
         else:
             raise ValueError(f"{target.value} is served by a stand-in here")
     except (TritongenError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -11,12 +11,11 @@ again with ``tune.repeat``), the winner as a spec (DIR/best.yaml) and a rendered
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from generator.errors import LoadTestError, ServerNotReady, TritongenError
+from generator.errors import ArtifactCorrupt, LoadTestError, ServerNotReady, TritongenError
 from generator.measure.attainment import objectives, request_rows
 from generator.measure.goodput import Level, LevelVerdict, RoundSample, SearchOutcome, measure_level, search
 from generator.measure.intervals import Interval, across_runs
@@ -173,11 +172,18 @@ def _choice(s: SettingResult, unit: str, other: Optional[SettingResult]) -> Choi
 
 
 def _model_config(spec: Spec) -> dict:
+    """The served model's config.json ({} where there is none); one that is no bounded regular file of a JSON object
+    refuses the setting, naming it (review30: a FIFO held tune forever, a link to /dev/zero ended in a MemoryError)."""
+    from generator.fsutil import read_json_object
+
     path = spec.serving_weights_dir / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not path.exists() and not path.is_symlink():
         return {}
+    fix = "replace it with the model's own config.json"
+    try:
+        return read_json_object(path, fix=fix)
+    except ArtifactCorrupt as exc:  # the setting's reason keeps the message only: name the file in it
+        raise ArtifactCorrupt(f"{path}: {exc.message}", where=str(path), fix=fix) from None
 
 
 def tune_setting(spec: Spec, overrides: list[str], label: str, out: Path, *, gpu_visible: bool, open_loop: bool,

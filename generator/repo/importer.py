@@ -243,6 +243,11 @@ def import_repository(repo: Path, *, trust_remote_code: bool = False, keep_paths
     if not meaning.models:
         raise ArtifactCorrupt("no model folder with a config.pbtxt that parses", where=str(repo),
                              fix=f"run `tritongen validate {repo}` to see why, then import again")
+    for needed in (repo / "tensorrt_llm" / "config.pbtxt", repo / "tensorrt_llm" / "1" / "model.yaml"):
+        if str(needed) in meaning.unreadable:  # the spec would follow a guess (an empty model.yaml: a CPU engine)
+            raise ArtifactCorrupt(f"{needed.relative_to(repo).as_posix()} does not parse as the settings the spec is "
+                                  "derived from", where=str(needed),
+                                  fix=f"run `tritongen validate {repo}` to see why, then import again")
     result = ImportResult(spec={})
     spec: dict[str, Any] = {}
     _weights(meaning, spec, result)

@@ -148,9 +148,11 @@ def _model_yaml(repo: Path, meaning: RepoMeaning) -> None:
     try:
         data = safe_yaml(read_text_bounded(path, fix=_REREAD, limit=MAX_CONFIG_BYTES, inside=repo), str(path))
     except (TritongenError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict):  # not YAML, or no mapping of LLM() arguments: no meaning to read
         meaning.unreadable.append(str(path))
         return
-    meaning.llmapi = flatten(data) if isinstance(data, dict) else {}
+    meaning.llmapi = flatten(data)
 
 
 def read_meaning(repo: Path, *, engine_root: Optional[Path] = None) -> RepoMeaning:
