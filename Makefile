@@ -53,7 +53,7 @@ demo: setup
 
 # Three pytest-xdist workers on the two cores: the tests mostly wait on servers, Locust and timers, so two left about
 # a fifth of the cores idle; with one torch thread a process (tests/conftest.py) a third worker fills most of it
-# (quiet clean clones' `make test` 7:04-7:31 against 7:23-8:37 with two, a fourth no faster: docs/benchmarks.md,
+# (quiet clean clones' `make test` 6:46-7:31 against 7:23-8:37 with two, a fourth no faster: docs/benchmarks.md,
 # "Three workers"). A module's tests stay on one worker, in file order (its module fixtures made once); the workers
 # share the run's cache, so the tiny model is trained and quantized once; a test whose figures another test's load
 # would blur is marked `alone` and runs while the other workers wait (tests/conftest.py; docs/benchmarks.md,
