@@ -385,10 +385,16 @@ class LoadTestResult(Summary):
         return limits + ([f"run incomplete: {self.run.integrity.incomplete}"] if self.run.integrity.incomplete else [])
 
     @property
+    def failure(self) -> Optional[str]:
+        """Why the load test failed (exit 1; a sweep with no completed point too, review27): no request succeeded, or
+        a Locust worker was lost. None when it completed."""
+        if not self.counts.ok:
+            return "no request succeeded"
+        return f"run incomplete: {self.run.integrity.incomplete}" if self.run.integrity.incomplete else None
+
+    @property
     def completed(self) -> bool:
-        """A request succeeded and no Locust worker was lost: else the load test failed (exit 1; a sweep with no
-        completed point too, review27)."""
-        return bool(self.counts.ok) and not self.run.integrity.incomplete
+        return self.failure is None
 
 
 class LevelFigures(BaseModel):
